@@ -1,0 +1,606 @@
+// Package algorithms holds the pure arithmetic of halt-envoy's rate-limit algorithms.
+//
+// Every function here is a pure function of (state, now, limit, cost): no I/O, no clock
+// reads, no allocation on the hot path. Backends that cannot run Go next to their data
+// (Redis Lua, PostgreSQL functions) re-implement the same integer arithmetic; the shared
+// conformance suite checks that they agree with this package decision for decision.
+//
+// All times and durations are int64 microseconds. Microseconds keep every quantity the
+// algorithms produce below 2^53, so a Lua or SQL double computes exactly the same
+// integers as Go does here; nanoseconds since the epoch would not fit.
+package algorithms
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Algorithm names one decision rule.
+type Algorithm uint8
+
+// The algorithms. The zero value is invalid so a forgotten field is caught by validation
+// instead of silently meaning "fixed window".
+const (
+	// FixedWindow counts hits in windows aligned to multiples of the period since the
+	// Unix epoch, exactly as the reference Envoy rate-limit service does. Denied hits are
+	// counted too (as there), so a client that keeps hammering stays denied.
+	FixedWindow Algorithm = iota + 1
+	// TokenBucket refills continuously at Requests per Period up to Burst tokens; a
+	// denied request takes nothing. It is implemented as GCRA, so its state is one number.
+	TokenBucket
+	// SlidingWindow is the exact sliding log: a request passes when the cost admitted in
+	// (now-Period, now] plus its own cost is within Requests. Memory grows with Requests.
+	SlidingWindow
+	// SlidingWindowCounter is the O(1) estimate of a sliding window: the previous fixed
+	// window's count weighted by how much of it still overlaps, plus the current count.
+	SlidingWindowCounter
+	// LeakyBucket drains at Requests per Period from a bucket of Burst capacity. As a
+	// meter it admits the same traffic as TokenBucket; with MaxDelay it shapes traffic
+	// by telling the caller how long to hold each admitted request.
+	LeakyBucket
+	// Calendar is a counter over caller-given bounds [WindowStart, WindowEnd): calendar
+	// quotas (a month has no fixed length). Denied hits are not counted, so a customer's
+	// quota is not burned by requests it never got served.
+	Calendar
+	// Penalty is the progressive lockout state of one identity; see DecidePenalty.
+	Penalty
+
+	numAlgorithms = iota
+)
+
+var algorithmNames = [numAlgorithms + 1]string{
+	FixedWindow:          "fixed_window",
+	TokenBucket:          "token_bucket",
+	SlidingWindow:        "sliding_window",
+	SlidingWindowCounter: "sliding_window_counter",
+	LeakyBucket:          "leaky_bucket",
+	Calendar:             "calendar",
+	Penalty:              "penalty",
+}
+
+// String returns the configuration name of a.
+func (a Algorithm) String() string {
+	if a == 0 || int(a) > numAlgorithms {
+		return fmt.Sprintf("algorithm(%d)", uint8(a))
+	}
+	return algorithmNames[a]
+}
+
+// Valid reports whether a names a known algorithm.
+func (a Algorithm) Valid() bool { return a != 0 && int(a) <= numAlgorithms }
+
+// Selectable reports whether a may be named in a rate_limit's algorithm key. Calendar and
+// Penalty are driven by quotas and penalties, not chosen by users directly.
+func (a Algorithm) Selectable() bool {
+	return a == FixedWindow || a == TokenBucket || a == SlidingWindow || a == SlidingWindowCounter || a == LeakyBucket
+}
+
+// Parse returns the selectable algorithm with configuration name s.
+func Parse(s string) (Algorithm, error) {
+	for a := Algorithm(1); int(a) <= numAlgorithms; a++ {
+		if algorithmNames[a] == s && a.Selectable() {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown algorithm %q (want token_bucket, fixed_window, sliding_window, sliding_window_counter or leaky_bucket)", s)
+}
+
+// Bounds that keep every intermediate value below 2^53 (exact in a double) and keep the
+// sliding log small enough to store in one value of any backend.
+const (
+	// MaxCount saturates counters: a flood of 2^32-1 hits per request can never wrap.
+	MaxCount = int64(1) << 52
+	// MaxRequests is the largest limit accepted in configuration.
+	MaxRequests = int64(1) << 40
+	// MaxPeriod is the longest period accepted: a bit over 100 years.
+	MaxPeriod = int64(100 * 366 * 24 * time.Hour / time.Microsecond)
+	// MaxSlidingLog bounds sliding_window's Requests: beyond it the log is too large to
+	// keep per key, and sliding_window_counter is the bounded alternative.
+	MaxSlidingLog = int64(10000)
+	// MaxLadder is the number of lockout steps a penalty may have.
+	MaxLadder = 8
+)
+
+// Limit parameterises one decision. The zero Burst means Requests.
+type Limit struct {
+	// Requests admitted per Period (the penalty threshold for Penalty).
+	Requests int64
+	// Period in microseconds (the quiet period after which violations decay for Penalty).
+	Period int64
+	// Burst is the bucket capacity of TokenBucket and LeakyBucket; 0 means Requests.
+	Burst int64
+	// MaxDelay (microseconds) turns LeakyBucket into a shaper: admitted requests are held
+	// until the water ahead of them drained, and a request that would wait longer is denied.
+	MaxDelay int64
+	// WindowStart and WindowEnd bound a Calendar window, in microseconds since the epoch.
+	WindowStart, WindowEnd int64
+	// Ladder holds Penalty lockout durations (microseconds), Steps of them in use.
+	Ladder [MaxLadder]int64
+	// Steps is the number of Ladder entries in use.
+	Steps int
+}
+
+// Capacity returns the effective bucket size.
+func (l *Limit) Capacity() int64 {
+	if l.Burst > 0 {
+		return l.Burst
+	}
+	return l.Requests
+}
+
+// Interval returns the GCRA emission interval: the time one unit of cost takes to drain.
+// It rounds up, so rounding can only make a bucket slightly stricter, never looser.
+func (l *Limit) Interval() int64 {
+	if l.Requests <= 0 {
+		return 0
+	}
+	return ceilDiv(l.Period, l.Requests)
+}
+
+// Validate checks that a can decide with l without leaving exact integer arithmetic.
+// It is the single place where configuration limits are enforced.
+func (l *Limit) Validate(a Algorithm) error {
+	if !a.Valid() {
+		return fmt.Errorf("unknown algorithm %d", a)
+	}
+	if l.Requests < 0 {
+		return fmt.Errorf("requests_per_unit must not be negative, got %d", l.Requests)
+	}
+	if l.Requests > MaxRequests {
+		return fmt.Errorf("requests_per_unit %d is above the maximum %d", l.Requests, MaxRequests)
+	}
+	if a != Calendar && (l.Period <= 0 || l.Period > MaxPeriod) {
+		return fmt.Errorf("period must be between 1us and 100 years, got %s", time.Duration(l.Period)*time.Microsecond)
+	}
+	if l.Burst < 0 {
+		return fmt.Errorf("burst must not be negative, got %d", l.Burst)
+	}
+	switch a {
+	case TokenBucket, LeakyBucket:
+		if l.Requests > 0 && l.Requests > l.Period {
+			return fmt.Errorf("%s refills one request per microsecond at most: %d per %s is too fast; use fixed_window or sliding_window_counter", a, l.Requests, time.Duration(l.Period)*time.Microsecond)
+		}
+		if l.Requests > 0 && l.Capacity() > (int64(1)<<52)/l.Interval() {
+			return fmt.Errorf("burst %d is too large for %d per %s (burst x interval must stay below 2^52us)", l.Capacity(), l.Requests, time.Duration(l.Period)*time.Microsecond)
+		}
+		if l.MaxDelay < 0 || l.MaxDelay > MaxPeriod {
+			return fmt.Errorf("max_delay must be between 0 and 100 years")
+		}
+		if l.MaxDelay > 0 && a != LeakyBucket {
+			return fmt.Errorf("max_delay applies to leaky_bucket only")
+		}
+	case SlidingWindow:
+		if l.Requests > MaxSlidingLog {
+			return fmt.Errorf("sliding_window keeps one log entry per request: %d requests per window is above the bound of %d; use sliding_window_counter (O(1) memory, weighted two-window estimate)", l.Requests, MaxSlidingLog)
+		}
+	case Calendar:
+		if l.WindowEnd <= l.WindowStart {
+			return fmt.Errorf("calendar window end %d is not after its start %d", l.WindowEnd, l.WindowStart)
+		}
+	case Penalty:
+		if l.Steps <= 0 || l.Steps > MaxLadder {
+			return fmt.Errorf("penalty ladder needs 1 to %d steps, got %d", MaxLadder, l.Steps)
+		}
+		for i := 0; i < l.Steps; i++ {
+			if l.Ladder[i] <= 0 || l.Ladder[i] > MaxPeriod {
+				return fmt.Errorf("penalty step %d must be a positive duration up to 100 years", i+1)
+			}
+			if i > 0 && l.Ladder[i] <= l.Ladder[i-1] {
+				return fmt.Errorf("penalty ladder must increase: step %d (%s) is not longer than step %d (%s)", i+1, time.Duration(l.Ladder[i])*time.Microsecond, i, time.Duration(l.Ladder[i-1])*time.Microsecond)
+			}
+		}
+	}
+	if l.Burst > MaxRequests {
+		return fmt.Errorf("burst %d is above the maximum %d", l.Burst, MaxRequests)
+	}
+	return nil
+}
+
+// Entry is one admitted request in a sliding log.
+type Entry struct {
+	// At is when the request was admitted (microseconds since the epoch).
+	At int64
+	// Cost is what it took from the window.
+	Cost int64
+}
+
+// State is the whole persistent state of one key. Its fields mean different things per
+// algorithm (documented on each Decide function) so that every backend stores the same
+// four integers, plus the log for SlidingWindow only.
+type State struct {
+	A, B, C, D int64
+	Log        []Entry
+}
+
+// Reset clears s for reuse, keeping the log's storage.
+func (s *State) Reset() {
+	s.A, s.B, s.C, s.D = 0, 0, 0, 0
+	s.Log = s.Log[:0]
+}
+
+// Result is the outcome of one decision.
+type Result struct {
+	// Allowed reports whether the request passes.
+	Allowed bool
+	// Limit is the limit the decision was made against (Requests, or capacity for buckets).
+	Limit int64
+	// Remaining is what is left after this decision, never negative.
+	Remaining int64
+	// ResetAfter is the time (us) until the limit is fully restored: the window's end,
+	// the bucket being full, or the lockout's end.
+	ResetAfter int64
+	// RetryAfter is the time (us) after which the same request could pass; 0 when
+	// allowed, -1 when it can never pass (cost above the limit).
+	RetryAfter int64
+	// Delay is how long (us) the caller should hold an admitted request (leaky-bucket shaping).
+	Delay int64
+	// TTL is how long (us) the state must be kept; past it the state is equivalent to a
+	// fresh one and a backend may drop it. 0 means "nothing worth keeping".
+	TTL int64
+}
+
+// Decide applies algorithm a to s at time now for a request of the given cost, updating
+// s in place. A cost of 0 only checks. cost must not be negative.
+func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {
+	if cost < 0 {
+		cost = 0
+	}
+	switch a {
+	case FixedWindow:
+		return DecideFixedWindow(s, now, l, cost)
+	case TokenBucket:
+		return DecideTokenBucket(s, now, l, cost)
+	case SlidingWindow:
+		return DecideSlidingWindow(s, now, l, cost)
+	case SlidingWindowCounter:
+		return DecideSlidingWindowCounter(s, now, l, cost)
+	case LeakyBucket:
+		return DecideLeakyBucket(s, now, l, cost)
+	case Calendar:
+		return DecideCalendar(s, now, l, cost)
+	case Penalty:
+		return DecidePenalty(s, now, l, cost)
+	}
+	return Result{RetryAfter: -1}
+}
+
+// WindowStart returns the start of the period-long window holding now, aligned to the
+// Unix epoch (floor division, so times before 1970 align too).
+func WindowStart(now, period int64) int64 {
+	r := now % period
+	if r < 0 {
+		r += period
+	}
+	return now - r
+}
+
+func ceilDiv(a, b int64) int64 {
+	if a <= 0 {
+		return 0
+	}
+	return (a + b - 1) / b
+}
+
+func satAdd(a, b int64) int64 {
+	if a > MaxCount-b {
+		return MaxCount
+	}
+	return a + b
+}
+
+// DecideFixedWindow: A is the window start, B the hits counted in it.
+// As in the reference service the hit is counted even when denied.
+func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
+	start := WindowStart(now, l.Period)
+	switch {
+	case s.A == start:
+	case s.A > start && s.A < start+l.Period*2:
+		// The clock went back into an earlier window: keep counting in the newer one
+		// rather than forgetting what it admitted.
+		start = s.A
+	default:
+		s.A, s.B = start, 0
+	}
+	s.B = satAdd(s.B, cost)
+	reset := start + l.Period - now
+	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: reset}
+	if s.B <= l.Requests {
+		r.Allowed = true
+		r.Remaining = l.Requests - s.B
+	} else if cost > l.Requests {
+		r.RetryAfter = -1
+	} else {
+		r.RetryAfter = reset
+	}
+	return r
+}
+
+// DecideCalendar: A is the window start, B the cost admitted in it. Bounds come from l.
+func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
+	start := l.WindowStart
+	if s.A != start {
+		if s.A > start && s.A < l.WindowEnd {
+			start = s.A // clock went back: keep the newer window's count
+		} else {
+			s.A, s.B = start, 0
+		}
+	}
+	reset := l.WindowEnd - now
+	if reset < 0 {
+		reset = 0
+	}
+	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: reset}
+	if s.B+cost <= l.Requests {
+		s.B += cost
+		r.Allowed = true
+	} else if cost > l.Requests {
+		r.RetryAfter = -1
+	} else {
+		r.RetryAfter = reset
+	}
+	r.Remaining = l.Requests - s.B
+	if r.Remaining < 0 {
+		r.Remaining = 0
+	}
+	return r
+}
+
+// DecideTokenBucket: A is the theoretical arrival time (GCRA's TAT): the instant at
+// which the bucket will be full again. A zero A is a full bucket.
+func DecideTokenBucket(s *State, now int64, l *Limit, cost int64) Result {
+	return gcra(s, now, l, cost, false)
+}
+
+// DecideLeakyBucket: A is the instant the bucket will have drained empty. Water drains
+// at Requests per Period; a request fits when its cost plus the water fits in capacity.
+// With MaxDelay, Delay tells the caller how long the water ahead of it takes to drain.
+func DecideLeakyBucket(s *State, now int64, l *Limit, cost int64) Result {
+	return gcra(s, now, l, cost, true)
+}
+
+func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
+	capacity := l.Capacity()
+	r := Result{Limit: capacity}
+	if l.Requests <= 0 || capacity <= 0 {
+		r.RetryAfter = -1
+		if cost == 0 {
+			r.Allowed = true
+		}
+		return r
+	}
+	t := l.Interval()
+	tau := capacity * t
+	tat := s.A
+	if tat < now {
+		tat = now
+	}
+	backlog := tat - now // water (in time) ahead of this request
+	if backlog > tau {
+		// Only possible when the clock went backwards: treat the bucket as exactly full.
+		backlog = tau
+	}
+	if cost > capacity {
+		r.RetryAfter = -1
+		r.Remaining = (tau - backlog) / t
+		r.ResetAfter = backlog
+		r.TTL = backlog
+		return r
+	}
+	next := backlog + cost*t
+	waitOK := !shape || l.MaxDelay <= 0 || backlog <= l.MaxDelay
+	if next <= tau && waitOK {
+		if cost > 0 {
+			s.A = now + next
+		}
+		r.Allowed = true
+		r.Remaining = (tau - next) / t
+		r.ResetAfter = next
+		r.TTL = next
+		if shape && l.MaxDelay > 0 {
+			r.Delay = backlog
+		}
+		return r
+	}
+	r.Remaining = (tau - backlog) / t
+	r.ResetAfter = backlog
+	r.TTL = backlog
+	r.RetryAfter = next - tau
+	if !waitOK && backlog-l.MaxDelay > r.RetryAfter {
+		r.RetryAfter = backlog - l.MaxDelay
+	}
+	return r
+}
+
+// DecideSlidingWindow keeps Log sorted by time; entries at or before now-Period have left
+// the window. Entries admitted in the same microsecond are merged so the log stays at
+// most Requests long.
+func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
+	cut := now - l.Period
+	drop := 0
+	for drop < len(s.Log) && s.Log[drop].At <= cut {
+		drop++
+	}
+	if drop > 0 {
+		n := copy(s.Log, s.Log[drop:])
+		s.Log = s.Log[:n]
+	}
+	var used int64
+	for _, e := range s.Log {
+		used += e.Cost
+	}
+	r := Result{Limit: l.Requests}
+	if used+cost <= l.Requests {
+		r.Allowed = true
+		if cost > 0 {
+			at := now
+			if n := len(s.Log); n > 0 && s.Log[n-1].At >= at {
+				// Same microsecond, or a clock that went back: merge into the newest entry
+				// so it expires no earlier than what it already held.
+				s.Log[n-1].Cost += cost
+			} else {
+				s.Log = append(s.Log, Entry{At: at, Cost: cost})
+			}
+			used += cost
+		}
+	} else if cost > l.Requests {
+		r.RetryAfter = -1
+	} else {
+		// Wait until enough of the oldest entries have left the window.
+		need := used + cost - l.Requests
+		for _, e := range s.Log {
+			need -= e.Cost
+			if need <= 0 {
+				r.RetryAfter = e.At + l.Period - now
+				break
+			}
+		}
+	}
+	r.Remaining = l.Requests - used
+	if r.Remaining < 0 {
+		r.Remaining = 0
+	}
+	if n := len(s.Log); n > 0 {
+		r.ResetAfter = s.Log[n-1].At + l.Period - now
+		r.TTL = r.ResetAfter
+	}
+	return r
+}
+
+// DecideSlidingWindowCounter: A is the current fixed window's start, B its count, C the
+// previous window's count. The estimate is C*(Period-elapsed)/Period + B. The product is
+// computed in float64 with the same operation order as the Lua and SQL versions
+// (multiply, then divide), so every backend rounds identically.
+func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Result {
+	p := l.Period
+	cur := WindowStart(now, p)
+	switch {
+	case s.A == cur:
+	case s.A == cur-p:
+		s.A, s.B, s.C = cur, 0, s.B
+	case s.A > cur && s.A < cur+2*p:
+		cur = s.A // clock went back: stay in the newer window
+	default:
+		s.A, s.B, s.C = cur, 0, 0
+	}
+	elapsed := now - cur
+	if elapsed < 0 {
+		elapsed = 0
+	}
+	weighted := math.Floor(float64(s.C) * float64(p-elapsed) / float64(p))
+	w := int64(weighted)
+	r := Result{Limit: l.Requests}
+	if w+s.B+cost <= l.Requests {
+		s.B = satAdd(s.B, cost)
+		r.Allowed = true
+	} else if cost > l.Requests {
+		r.RetryAfter = -1
+	} else {
+		r.RetryAfter = slidingCounterRetry(s, now, cur, p, l.Requests, cost)
+	}
+	r.Remaining = l.Requests - w - s.B
+	if r.Remaining < 0 {
+		r.Remaining = 0
+	}
+	switch {
+	case s.B > 0:
+		r.ResetAfter = cur + 2*p - now
+	case s.C > 0:
+		r.ResetAfter = cur + p - now
+	}
+	r.TTL = r.ResetAfter
+	return r
+}
+
+// slidingCounterRetry finds when the estimate will have fallen enough for cost to fit.
+func slidingCounterRetry(s *State, now, cur, p, limit, cost int64) int64 {
+	// Within the current window only the previous count decays.
+	if room := limit - s.B - cost; room >= 0 && s.C > 0 {
+		// need floor(C*(p-e)/p) <= room, i.e. C*(p-e) < (room+1)*p.
+		e := p - int64(math.Floor(float64(room+1)*float64(p)/float64(s.C)))
+		if e < 0 {
+			e = 0
+		}
+		for i := 0; i < 8 && e < p && int64(math.Floor(float64(s.C)*float64(p-e)/float64(p))) > room; i++ {
+			e++
+		}
+		return cur + e - now
+	}
+	// Otherwise wait for the next window, where the current count decays in turn.
+	room := limit - cost
+	if s.B == 0 {
+		return cur + p - now
+	}
+	e := p - int64(math.Floor(float64(room+1)*float64(p)/float64(s.B)))
+	if e < 0 {
+		e = 0
+	}
+	for i := 0; i < 8 && e < p && int64(math.Floor(float64(s.B)*float64(p-e)/float64(p))) > room; i++ {
+		e++
+	}
+	return cur + p + e - now
+}
+
+// DecidePenalty records a violation of the given severity (cost) or, with cost 0, only
+// checks. A is the lockout end, B the ladder level reached, C the violation points
+// gathered toward the next lockout, D the time of the last violation. Requests is the
+// points threshold, Period the quiet period after which one level (and all points) decay.
+// Allowed is false while locked out; ResetAfter is then the lockout remaining.
+func DecidePenalty(s *State, now int64, l *Limit, cost int64) Result {
+	decay := func() {
+		if s.D == 0 || l.Period <= 0 || now <= s.D {
+			return
+		}
+		quiet := now - s.D
+		if s.A > s.D {
+			quiet = now - s.A // the quiet period starts when the lockout ends
+		}
+		if quiet < l.Period {
+			return
+		}
+		s.C = 0
+		steps := quiet / l.Period
+		if steps >= s.B {
+			s.B = 0
+		} else {
+			s.B -= steps
+		}
+	}
+	r := Result{Limit: l.Requests}
+	if now >= s.A {
+		decay()
+	}
+	if cost > 0 && now >= s.A {
+		s.C = satAdd(s.C, cost)
+		s.D = now
+		if s.C >= l.Requests {
+			if s.B < int64(l.Steps) {
+				s.B++
+			}
+			s.A = now + l.Ladder[s.B-1]
+			s.C = 0
+		}
+	}
+	if now < s.A {
+		r.ResetAfter = s.A - now
+		r.RetryAfter = r.ResetAfter
+	} else {
+		r.Allowed = true
+		r.Remaining = l.Requests - s.C
+		if r.Remaining < 0 {
+			r.Remaining = 0
+		}
+	}
+	// Keep the state until its lockout is over and every level has decayed.
+	if s.D != 0 || s.A != 0 {
+		end := s.A
+		if s.D > end {
+			end = s.D
+		}
+		r.TTL = end + (s.B+1)*l.Period - now
+		if r.TTL < 0 {
+			r.TTL = 0
+		}
+	}
+	return r
+}

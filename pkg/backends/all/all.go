@@ -1,0 +1,48 @@
+// Package all opens any halt-envoy store from its URL. It is the only package that knows
+// every backend, so the engine and the backends stay unaware of each other.
+package all
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+)
+
+// Open returns the store named by rawURL: memory://, redis://, rediss://,
+// redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://.
+func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.Store, error) {
+	opt = opt.Defaults()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("store URL: %w", backends.Redact(err))
+	}
+	switch u.Scheme {
+	case "memory", "":
+		return openMemory(u)
+	}
+	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
+}
+
+func openMemory(u *url.URL) (backends.Store, error) {
+	var cfg memory.Config
+	q := u.Query()
+	for k := range q {
+		switch k {
+		case "max_keys", "snapshot":
+		default:
+			return nil, fmt.Errorf("store URL: memory:// has no option %q (want max_keys, snapshot)", k)
+		}
+	}
+	if v := q.Get("max_keys"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("store URL: memory max_keys must be a positive integer, got %q", v)
+		}
+		cfg.MaxKeys = n
+	}
+	return memory.New(cfg), nil
+}

@@ -1,0 +1,181 @@
+// Package backends defines the store contract every halt-envoy backend implements, the
+// state encoding shared by compare-and-swap backends, and (in conformance/) the one suite
+// that proves every backend decides exactly like the pure algorithms.
+package backends
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+)
+
+// Op is one atomic decision on one key. The engine fills the inputs, the store fills
+// Result or Err. Ops in one Apply call are independent: each is atomic on its own key.
+type Op struct {
+	// Key identifies the counter. Stores may prefix it but must not otherwise change it.
+	Key string
+	// Algorithm and Limit say how to decide.
+	Algorithm algorithms.Algorithm
+	Limit     algorithms.Limit
+	// Cost is the hits this request adds; 0 checks without counting.
+	Cost int64
+
+	// Result is the decision, valid when Err is nil.
+	Result algorithms.Result
+	// Err is why this op could not be decided (the engine then applies the failure mode).
+	Err error
+}
+
+// Store is a place where rate-limit state lives. Implementations must make each Op atomic
+// on its key across every halt replica sharing the store, and must give exactly the
+// decisions algorithms.Decide gives for the same sequence of ops.
+type Store interface {
+	// Apply decides every op at time now (microseconds since the Unix epoch, passed in so
+	// that tests can inject a clock and replicas agree on one time source). It sets each
+	// op's Result or Err and returns the first error, if any, for convenience.
+	Apply(ctx context.Context, now int64, ops []*Op) error
+	// Delete removes keys (admin resets). Missing keys are not an error.
+	Delete(ctx context.Context, keys ...string) error
+	// Ping reports whether the store can serve now (readiness).
+	Ping(ctx context.Context) error
+	// Close releases connections and background work.
+	Close() error
+}
+
+// Options are the settings every backend understands. Backend-specific settings travel
+// in the store URL's query.
+type Options struct {
+	// Timeout bounds every call to the store. Zero means DefaultTimeout.
+	Timeout time.Duration
+	// Logger receives connection trouble; never nil after Defaults.
+	Logger *slog.Logger
+	// KeyPrefix namespaces keys so several deployments can share one store.
+	KeyPrefix string
+}
+
+// DefaultTimeout is well under Envoy's default 20 ms rate-limit filter timeout, so halt
+// answers (per the failure mode) before Envoy gives up on it.
+const DefaultTimeout = 15 * time.Millisecond
+
+// Defaults returns o with zero fields filled in.
+func (o Options) Defaults() Options {
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// ErrUnavailable marks errors that mean "the store cannot answer now" (down, timed out,
+// too much contention). The engine maps them to the configured failure mode.
+var ErrUnavailable = errors.New("store unavailable")
+
+// ErrContention is returned when an optimistic update lost its race too many times.
+var ErrContention = fmt.Errorf("%w: too many concurrent updates to one key", ErrUnavailable)
+
+// ErrCorrupt is returned when a stored value cannot be decoded: someone else wrote it, or
+// a different schema did. It is never silently treated as a fresh (empty) state.
+var ErrCorrupt = errors.New("stored state is corrupt")
+
+// stateVersion tags the binary encoding so a later release can change it.
+const stateVersion = 1
+
+// EncodeState appends the binary form of s to dst: a version byte, the four integers
+// and the log, all varint-encoded. Compare-and-swap backends store this as the value.
+func EncodeState(dst []byte, s *algorithms.State) []byte {
+	dst = append(dst, stateVersion)
+	dst = binary.AppendVarint(dst, s.A)
+	dst = binary.AppendVarint(dst, s.B)
+	dst = binary.AppendVarint(dst, s.C)
+	dst = binary.AppendVarint(dst, s.D)
+	dst = binary.AppendUvarint(dst, uint64(len(s.Log)))
+	var prev int64
+	for _, e := range s.Log {
+		dst = binary.AppendVarint(dst, e.At-prev) // deltas keep the log small
+		dst = binary.AppendVarint(dst, e.Cost)
+		prev = e.At
+	}
+	return dst
+}
+
+// DecodeState parses what EncodeState wrote into s (reusing its log storage).
+func DecodeState(b []byte, s *algorithms.State) error {
+	s.Reset()
+	if len(b) == 0 {
+		return nil
+	}
+	if b[0] != stateVersion {
+		return fmt.Errorf("%w: unknown encoding version %d", ErrCorrupt, b[0])
+	}
+	b = b[1:]
+	read := func() (int64, error) {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			return 0, fmt.Errorf("%w: truncated value", ErrCorrupt)
+		}
+		b = b[n:]
+		return v, nil
+	}
+	var err error
+	for _, p := range []*int64{&s.A, &s.B, &s.C, &s.D} {
+		if *p, err = read(); err != nil {
+			return err
+		}
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(algorithms.MaxSlidingLog) {
+		return fmt.Errorf("%w: bad log length", ErrCorrupt)
+	}
+	b = b[k:]
+	var prev int64
+	for i := uint64(0); i < n; i++ {
+		d, err := read()
+		if err != nil {
+			return err
+		}
+		c, err := read()
+		if err != nil {
+			return err
+		}
+		prev += d
+		s.Log = append(s.Log, algorithms.Entry{At: prev, Cost: c})
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b))
+	}
+	return nil
+}
+
+// TTL converts an algorithm TTL (microseconds) to a store expiry, never below one
+// second so a store with second-granularity expiry does not drop live state early.
+func TTL(us int64) time.Duration {
+	d := time.Duration(us) * time.Microsecond
+	if d < time.Second {
+		d = time.Second
+	}
+	return d.Truncate(time.Millisecond) + time.Second
+}
+
+// Micros converts t to the microseconds the algorithms use.
+func Micros(t time.Time) int64 { return t.UnixMicro() }
+
+// Redact strips passwords from URL errors (url.Error quotes the whole URL) so that a
+// mistyped store URL never prints its secret into logs.
+func Redact(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if u, perr := url.Parse(ue.URL); perr == nil {
+			return fmt.Errorf("%s %q: %w", ue.Op, u.Redacted(), ue.Err)
+		}
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
+}

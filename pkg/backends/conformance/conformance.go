@@ -1,0 +1,338 @@
+// Package conformance is the one suite every halt-envoy backend runs unchanged: the same
+// timelines must give the same decisions as the pure algorithms, and concurrent hammering
+// of one key must never admit more than the limit.
+package conformance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// Factory opens a fresh store for one subtest. The suite closes it.
+type Factory func(t *testing.T) backends.Store
+
+// Options adjust the suite for a backend's documented limits. Every field that skips
+// something must come with a Reason the test log will show.
+type Options struct {
+	// SkipConcurrency skips the concurrent-hammering part (FerretDB v1 does not make
+	// updates atomic; a real mongod does). Reason is then required.
+	SkipConcurrency bool
+	// SkipSlidingLog skips the exact sliding log (a backend whose items are too small).
+	SkipSlidingLog bool
+	// Reason explains every skip.
+	Reason string
+	// Workers and OpsPerWorker size the concurrency part (defaults 16 and 40).
+	Workers, OpsPerWorker int
+}
+
+// Case is one algorithm configuration the suite exercises.
+type Case struct {
+	Name      string
+	Algorithm algorithms.Algorithm
+	Limit     algorithms.Limit
+}
+
+const (
+	sec    = int64(time.Second / time.Microsecond)
+	minute = 60 * sec
+)
+
+// Cases returns the algorithm configurations every backend must decide identically.
+func Cases() []Case {
+	pen := algorithms.Limit{Requests: 3, Period: 10 * sec, Steps: 3}
+	pen.Ladder[0], pen.Ladder[1], pen.Ladder[2] = 2*sec, 5*sec, 30*sec
+	return []Case{
+		{"fixed_window", algorithms.FixedWindow, algorithms.Limit{Requests: 5, Period: sec}},
+		{"fixed_window_minute", algorithms.FixedWindow, algorithms.Limit{Requests: 20, Period: minute}},
+		{"token_bucket", algorithms.TokenBucket, algorithms.Limit{Requests: 5, Period: sec}},
+		{"token_bucket_burst", algorithms.TokenBucket, algorithms.Limit{Requests: 3, Period: sec, Burst: 7}},
+		{"sliding_window", algorithms.SlidingWindow, algorithms.Limit{Requests: 5, Period: sec}},
+		{"sliding_window_counter", algorithms.SlidingWindowCounter, algorithms.Limit{Requests: 7, Period: sec}},
+		{"leaky_bucket", algorithms.LeakyBucket, algorithms.Limit{Requests: 4, Period: sec}},
+		{"leaky_bucket_shaping", algorithms.LeakyBucket, algorithms.Limit{Requests: 10, Period: sec, MaxDelay: 300_000}},
+		{"calendar", algorithms.Calendar, algorithms.Limit{Requests: 6}},
+		{"penalty", algorithms.Penalty, pen},
+	}
+}
+
+// Step is one request of a timeline.
+type Step struct {
+	At   int64 // microseconds since the timeline's base
+	Key  int   // index into the timeline's keys
+	Cost int64
+}
+
+// Timeline returns a deterministic sequence exercising boundaries: bursts within one
+// microsecond, steps across window edges, long idle gaps, a clock going backwards, check-
+// only (cost 0) requests and costs above the limit.
+func Timeline(seed uint64, n int) []Step {
+	rng := mrand.New(mrand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	steps := make([]Step, 0, n)
+	var t int64 = 3*sec/4 + 17
+	for i := 0; i < n; i++ {
+		switch r := rng.IntN(100); {
+		case r < 35: // same instant: bursts
+		case r < 65:
+			t += int64(rng.IntN(int(sec / 5)))
+		case r < 80:
+			t += sec - t%sec + int64(rng.IntN(3)) - 1 // right at a window edge
+		case r < 88:
+			t += int64(rng.IntN(int(3 * sec)))
+		case r < 92:
+			t += 70 * sec // long idle: windows and lockouts expire
+		case r < 95:
+			t -= int64(rng.IntN(int(sec / 3))) // clock goes backwards
+		default:
+			t += 1
+		}
+		cost := int64(1)
+		switch r := rng.IntN(100); {
+		case r < 8:
+			cost = 0
+		case r < 20:
+			cost = 2
+		case r < 24:
+			cost = 9 // above most limits
+		case r < 26:
+			cost = 1<<32 - 1 // hostile hits_addend
+		}
+		steps = append(steps, Step{At: t, Key: rng.IntN(3), Cost: cost})
+	}
+	return steps
+}
+
+// UniqueKey returns a key prefix nobody else uses, so suites can share a real server.
+func UniqueKey(t testing.TB) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("halt-conf-%s-%s", t.Name(), hex.EncodeToString(b[:]))
+}
+
+// Run runs the whole suite.
+func Run(t *testing.T, open Factory, opt Options) {
+	if (opt.SkipConcurrency || opt.SkipSlidingLog) && opt.Reason == "" {
+		t.Fatal("conformance: a skip needs a Reason")
+	}
+	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
+	t.Run("batch", func(t *testing.T) { RunBatch(t, open) })
+	t.Run("delete", func(t *testing.T) { RunDelete(t, open) })
+	t.Run("concurrency", func(t *testing.T) {
+		if opt.SkipConcurrency {
+			t.Skip(opt.Reason)
+		}
+		RunConcurrency(t, open, opt)
+	})
+}
+
+// base is a fixed instant far from any epoch-aligned surprise: 2030-01-01T00:00:00Z.
+const base = int64(1893456000) * sec
+
+func calendarLimit(l algorithms.Limit, now int64) algorithms.Limit {
+	// A "calendar" of 2-second periods is enough to exercise the explicit bounds.
+	start := algorithms.WindowStart(now, 2*sec)
+	l.WindowStart, l.WindowEnd = start, start+2*sec
+	return l
+}
+
+// RunTimelines plays the same timelines through the store and through the pure
+// algorithms and demands identical results, field by field.
+func RunTimelines(t *testing.T, open Factory, opt Options) {
+	for _, c := range Cases() {
+		c := c
+		if opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			st := open(t)
+			defer st.Close()
+			prefix := UniqueKey(t)
+			keys := []string{prefix + ":a", prefix + ":b", prefix + ":{c}"}
+			for seed := uint64(1); seed <= 3; seed++ {
+				model := map[string]*algorithms.State{}
+				for i, step := range Timeline(seed*7919+uint64(c.Algorithm), 150) {
+					now := base + int64(seed)*1000*sec + step.At
+					key := fmt.Sprintf("%s:%d", keys[step.Key], seed)
+					lim := c.Limit
+					if c.Algorithm == algorithms.Calendar {
+						lim = calendarLimit(lim, now)
+					}
+					ms := model[key]
+					if ms == nil {
+						ms = &algorithms.State{}
+						model[key] = ms
+					}
+					want := algorithms.Decide(c.Algorithm, ms, now, &lim, step.Cost)
+					op := &backends.Op{Key: key, Algorithm: c.Algorithm, Limit: lim, Cost: step.Cost}
+					if err := applyOne(st, now, op); err != nil {
+						t.Fatalf("seed %d step %d (%+v): %v", seed, i, step, err)
+					}
+					if !sameResult(op.Result, want) {
+						t.Fatalf("seed %d step %d at +%dus key %s cost %d:\n got  %+v\n want %+v", seed, i, step.At, keys[step.Key], step.Cost, op.Result, want)
+					}
+				}
+			}
+		})
+	}
+}
+
+func applyOne(st backends.Store, now int64, op *backends.Op) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := st.Apply(ctx, now, []*backends.Op{op}); err != nil {
+		return err
+	}
+	return op.Err
+}
+
+func sameResult(a, b algorithms.Result) bool {
+	return a.Allowed == b.Allowed && a.Limit == b.Limit && a.Remaining == b.Remaining &&
+		a.ResetAfter == b.ResetAfter && a.RetryAfter == b.RetryAfter && a.Delay == b.Delay
+}
+
+// RunBatch checks that one Apply with several ops (the same key twice included) decides
+// them in order, each atomically, as the engine sends every descriptor of a request at once.
+func RunBatch(t *testing.T, open Factory) {
+	st := open(t)
+	defer st.Close()
+	p := UniqueKey(t)
+	now := base + 5*sec
+	mk := func(key string, a algorithms.Algorithm, l algorithms.Limit, cost int64) *backends.Op {
+		return &backends.Op{Key: key, Algorithm: a, Limit: l, Cost: cost}
+	}
+	for round := 0; round < 4; round++ {
+		ops := []*backends.Op{
+			mk(p+":fw", algorithms.FixedWindow, algorithms.Limit{Requests: 3, Period: minute}, 1),
+			mk(p+":tb", algorithms.TokenBucket, algorithms.Limit{Requests: 2, Period: minute}, 1),
+			mk(p+":fw", algorithms.FixedWindow, algorithms.Limit{Requests: 3, Period: minute}, 1),
+			mk(p+":sw", algorithms.SlidingWindow, algorithms.Limit{Requests: 3, Period: minute}, 1),
+		}
+		if err := st.Apply(context.Background(), now, ops); err != nil {
+			t.Fatal(err)
+		}
+		fwFirst, fwSecond := ops[0].Result, ops[2].Result
+		wantFirst := int64(3 - (2*round + 1))
+		if wantFirst < 0 {
+			wantFirst = 0
+		}
+		if fwFirst.Remaining != wantFirst || fwSecond.Remaining != max(0, wantFirst-1) {
+			t.Fatalf("round %d: same key twice in one batch not applied in order: %+v then %+v", round, fwFirst, fwSecond)
+		}
+		if want := round < 2; ops[1].Result.Allowed != want {
+			t.Fatalf("round %d: token bucket allowed=%v, want %v", round, ops[1].Result.Allowed, want)
+		}
+		if want := round < 3; ops[3].Result.Allowed != want {
+			t.Fatalf("round %d: sliding window allowed=%v, want %v", round, ops[3].Result.Allowed, want)
+		}
+	}
+}
+
+// RunDelete checks that Delete resets state and that deleting a missing key is fine.
+func RunDelete(t *testing.T, open Factory) {
+	st := open(t)
+	defer st.Close()
+	key := UniqueKey(t)
+	now := base + 9*sec
+	lim := algorithms.Limit{Requests: 1, Period: minute}
+	op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+	for i, want := range []bool{true, false} {
+		if err := applyOne(st, now, op); err != nil {
+			t.Fatal(err)
+		}
+		if op.Result.Allowed != want {
+			t.Fatalf("hit %d: allowed=%v", i, op.Result.Allowed)
+		}
+	}
+	if err := st.Delete(context.Background(), key, key+":missing"); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyOne(st, now, op); err != nil {
+		t.Fatal(err)
+	}
+	if !op.Result.Allowed {
+		t.Fatal("not allowed after Delete: state survived")
+	}
+}
+
+// RunConcurrency hammers one key per algorithm from many goroutines at one instant (so
+// nothing refills) and demands that exactly the limit is admitted: never more (lost
+// updates) and, barring reported errors, never fewer.
+func RunConcurrency(t *testing.T, open Factory, opt Options) {
+	workers, per := opt.Workers, opt.OpsPerWorker
+	if workers <= 0 {
+		workers = 16
+	}
+	if per <= 0 {
+		per = 40
+	}
+	for _, c := range Cases() {
+		c := c
+		if c.Algorithm == algorithms.Penalty || (opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow) {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			st := open(t)
+			defer st.Close()
+			key := UniqueKey(t)
+			now := base + 77*sec + 500_000
+			lim := c.Limit
+			lim.Requests = 50
+			lim.Burst = 0
+			if c.Algorithm == algorithms.Calendar {
+				lim = calendarLimit(lim, now)
+			}
+			if c.Algorithm == algorithms.LeakyBucket {
+				lim.MaxDelay = 0
+			}
+			if c.Algorithm == algorithms.FixedWindow || c.Algorithm == algorithms.SlidingWindowCounter {
+				lim.Period = minute // one window for the whole run
+			}
+			var admitted, failed atomic.Int64
+			var firstErr atomic.Value
+			var wg sync.WaitGroup
+			for w := 0; w < workers; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; i < per; i++ {
+						op := &backends.Op{Key: key, Algorithm: c.Algorithm, Limit: lim, Cost: 1}
+						err := applyOne(st, now, op)
+						switch {
+						case err != nil:
+							failed.Add(1)
+							firstErr.CompareAndSwap(nil, err)
+						case op.Result.Allowed:
+							admitted.Add(1)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			got := admitted.Load()
+			if got > lim.Requests {
+				t.Fatalf("admitted %d > limit %d: lost updates", got, lim.Requests)
+			}
+			if f := failed.Load(); f > 0 {
+				err, _ := firstErr.Load().(error)
+				if !errors.Is(err, backends.ErrUnavailable) {
+					t.Fatalf("%d ops failed with a non-availability error: %v", f, err)
+				}
+				t.Logf("%d of %d ops failed under contention (%v); admitted %d", f, workers*per, err, got)
+				return
+			}
+			if got != lim.Requests {
+				t.Fatalf("admitted %d, want exactly %d", got, lim.Requests)
+			}
+		})
+	}
+}

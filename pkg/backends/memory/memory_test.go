@@ -1,0 +1,64 @@
+package memory
+
+import (
+	"context"
+	"testing"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
+)
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, func(t *testing.T) backends.Store {
+		return New(Config{SweepInterval: -1})
+	}, conformance.Options{})
+}
+
+func TestMaxKeysEvicts(t *testing.T) {
+	evicted := 0
+	s := New(Config{MaxKeys: 128, SweepInterval: -1, OnEvict: func() { evicted++ }})
+	defer s.Close()
+	lim := algorithms.Limit{Requests: 10, Period: 60_000_000}
+	for i := 0; i < 10_000; i++ {
+		op := &backends.Op{Key: string(rune('a'+i%26)) + string(rune(i)), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		if err := s.Apply(context.Background(), 1_000_000, []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.Len(); n > 128 {
+		t.Fatalf("holds %d keys, bound is 128", n)
+	}
+	if evicted == 0 || int64(evicted) != s.Evicted() {
+		t.Fatalf("evictions not counted: callback %d, counter %d", evicted, s.Evicted())
+	}
+}
+
+func TestSweepRemovesExpired(t *testing.T) {
+	s := New(Config{SweepInterval: -1})
+	defer s.Close()
+	lim := algorithms.Limit{Requests: 10, Period: 1_000_000}
+	for _, k := range []string{"a", "b", "c"} {
+		op := &backends.Op{Key: k, Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		_ = s.Apply(context.Background(), 5_000_000, []*backends.Op{op})
+	}
+	if s.Len() != 3 {
+		t.Fatalf("len %d", s.Len())
+	}
+	if n := s.Sweep(5_050_000); n != 0 {
+		t.Fatalf("swept %d live keys", n)
+	}
+	if n := s.Sweep(5_100_000); n != 3 || s.Len() != 0 {
+		t.Fatalf("swept %d, left %d", n, s.Len())
+	}
+}
+
+func TestClosedStoreIsUnavailable(t *testing.T) {
+	s := New(Config{})
+	s.Close()
+	s.Close()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: 1}, Cost: 1}
+	if err := s.Apply(context.Background(), 1, []*backends.Op{op}); err == nil || op.Err == nil {
+		t.Fatal("closed store answered")
+	}
+}
