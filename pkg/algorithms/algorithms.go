@@ -413,21 +413,25 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 }
 
 // DecideSlidingWindow keeps Log sorted by time; entries at or before now-Period have left
-// the window. Entries admitted in the same microsecond are merged so the log stays at
+// the window. B caches the sum of the log's costs. Entries admitted in the same microsecond are merged so the log stays at
 // most Requests long.
 func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 	cut := now - l.Period
 	drop := 0
+	used := s.B // running sum of the log's costs, so a decision is O(entries expired)
 	for drop < len(s.Log) && s.Log[drop].At <= cut {
+		used -= s.Log[drop].Cost
 		drop++
 	}
 	if drop > 0 {
 		n := copy(s.Log, s.Log[drop:])
 		s.Log = s.Log[:n]
 	}
-	var used int64
-	for _, e := range s.Log {
-		used += e.Cost
+	if len(s.Log) == 0 || used < 0 {
+		used = 0
+		for _, e := range s.Log {
+			used += e.Cost
+		}
 	}
 	r := Result{Limit: l.Requests}
 	if used+cost <= l.Requests {
@@ -456,6 +460,7 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 			}
 		}
 	}
+	s.B = used
 	r.Remaining = l.Requests - used
 	if r.Remaining < 0 {
 		r.Remaining = 0
