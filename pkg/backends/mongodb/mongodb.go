@@ -1,0 +1,577 @@
+// Package mongodb keeps halt-envoy's rate-limit state in MongoDB: one document per key,
+// every decision made in Go by algorithms.Decide and written back with a compare-and-swap
+// on a version field, so each op is atomic on its key across every halt replica.
+//
+// A document looks like {_id: key, v: <int64 version>, s: <binary backends.EncodeState>,
+// exp: <date>}. Expired documents are removed by a TTL index on exp, or, on servers
+// that reject TTL indexes (FerretDB v1), by a background sweep.
+package mongodb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// Defaults for the settings the store URL may override.
+const (
+	// DefaultDatabase is used when the URL has no path.
+	DefaultDatabase = "halt"
+	// DefaultCollection is used when the URL has no collection option.
+	DefaultCollection = "ratelimits"
+	// DefaultMaxAttempts bounds the compare-and-swap loop of one op. Each lost race means
+	// another replica made progress on the key, so a small budget suffices; past it the op
+	// fails with backends.ErrContention rather than spinning through the caller's deadline.
+	DefaultMaxAttempts = 12
+	// DefaultSweepInterval is how often the fallback sweeper runs when the server has no
+	// TTL indexes.
+	DefaultSweepInterval = time.Minute
+	// DefaultSweepBatch bounds the documents one sweep round deletes, so a sweep after a
+	// long outage never issues one huge delete.
+	DefaultSweepBatch = 1000
+	// DefaultSetupTimeout bounds Open's ping and index creation. The driver's server
+	// selection timeout defaults to the same value so that an unreachable server fails
+	// Open instead of blocking it.
+	DefaultSetupTimeout = 10 * time.Second
+)
+
+// Config holds the MongoDB-specific settings, normally parsed from the store URL by Open.
+type Config struct {
+	// URI is the driver connection string with halt's own options removed.
+	URI string
+	// Database and Collection name where documents live.
+	Database, Collection string
+	// MaxAttempts bounds the compare-and-swap retries of one op.
+	MaxAttempts int
+	// TTLIndex, when false, skips the TTL index and always runs the sweeper (for servers
+	// where the index is unwanted or not permitted).
+	TTLIndex bool
+	// SweepInterval and SweepBatch tune the fallback sweeper.
+	SweepInterval time.Duration
+	SweepBatch    int
+	// SetupTimeout bounds Open's I/O.
+	SetupTimeout time.Duration
+}
+
+// Store is the MongoDB backend.
+type Store struct {
+	client *mongo.Client
+	coll   *mongo.Collection
+	cfg    Config
+	opt    backends.Options
+	log    *slog.Logger
+
+	mu        sync.Mutex // guards sweeping and closed
+	sweeping  bool
+	closed    bool
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ParseURL reads a mongodb:// or mongodb+srv:// store URL. The database comes from the
+// path (default "halt"); halt's own query options are collection, max_attempts,
+// ttl_index, sweep_interval, sweep_batch and setup_timeout. Every other query option is
+// passed to the driver untouched (authSource, replicaSet, tls, ...).
+func ParseURL(raw string) (Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return Config{}, fmt.Errorf("mongodb URL: %w", backends.Redact(err))
+	}
+	if u.Scheme != "mongodb" && u.Scheme != "mongodb+srv" {
+		return Config{}, fmt.Errorf("mongodb URL: scheme %q is not mongodb or mongodb+srv", u.Scheme)
+	}
+	cfg := Config{
+		Database:      strings.Trim(u.Path, "/"),
+		Collection:    DefaultCollection,
+		MaxAttempts:   DefaultMaxAttempts,
+		TTLIndex:      true,
+		SweepInterval: DefaultSweepInterval,
+		SweepBatch:    DefaultSweepBatch,
+		SetupTimeout:  DefaultSetupTimeout,
+	}
+	if cfg.Database == "" {
+		cfg.Database = DefaultDatabase
+	}
+	if strings.Contains(cfg.Database, "/") {
+		return Config{}, fmt.Errorf("mongodb URL: database name %q must not contain '/'", cfg.Database)
+	}
+	q := u.Query()
+	take := func(k string) string {
+		v := q.Get(k)
+		q.Del(k)
+		return v
+	}
+	if v := take("collection"); v != "" {
+		cfg.Collection = v
+	}
+	if v := take("max_attempts"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 || n > 1000 {
+			return Config{}, fmt.Errorf("mongodb URL: max_attempts must be an integer in 1..1000, got %q", v)
+		}
+		cfg.MaxAttempts = n
+	}
+	if v := take("ttl_index"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return Config{}, fmt.Errorf("mongodb URL: ttl_index must be true or false, got %q", v)
+		}
+		cfg.TTLIndex = b
+	}
+	for _, d := range []struct {
+		key string
+		dst *time.Duration
+	}{{"sweep_interval", &cfg.SweepInterval}, {"setup_timeout", &cfg.SetupTimeout}} {
+		if v := take(d.key); v != "" {
+			dur, err := time.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return Config{}, fmt.Errorf("mongodb URL: %s must be a positive duration, got %q", d.key, v)
+			}
+			*d.dst = dur
+		}
+	}
+	if v := take("sweep_batch"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return Config{}, fmt.Errorf("mongodb URL: sweep_batch must be a positive integer, got %q", v)
+		}
+		cfg.SweepBatch = n
+	}
+	u.RawQuery = q.Encode()
+	cfg.URI = u.String()
+	return cfg, nil
+}
+
+// Open connects to the server named by rawURL, checks that it answers and makes sure
+// expired documents will be removed (TTL index, or the sweeper when the server has none).
+// It fails with an error wrapping backends.ErrUnavailable, within the setup timeout, when
+// the server cannot be reached.
+func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, error) {
+	cfg, err := ParseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	s, err := New(cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.setup(ctx); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// New builds a store from cfg without any I/O; the driver connects lazily. Open is the
+// usual entry point: New alone does not create the TTL index.
+func New(cfg Config, opt backends.Options) (*Store, error) {
+	opt = opt.Defaults()
+	if cfg.Database == "" {
+		cfg.Database = DefaultDatabase
+	}
+	if cfg.Collection == "" {
+		cfg.Collection = DefaultCollection
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.SweepBatch <= 0 {
+		cfg.SweepBatch = DefaultSweepBatch
+	}
+	if cfg.SetupTimeout <= 0 {
+		cfg.SetupTimeout = DefaultSetupTimeout
+	}
+	co := options.Client().ApplyURI(cfg.URI)
+	if co.ServerSelectionTimeout == nil {
+		// The driver's default (30 s) would let a request with no deadline hang that
+		// long; every Apply has a deadline anyway, so this only bounds setup.
+		co.SetServerSelectionTimeout(cfg.SetupTimeout)
+	}
+	if co.ConnectTimeout == nil {
+		co.SetConnectTimeout(cfg.SetupTimeout)
+	}
+	if co.AppName == nil {
+		co.SetAppName("halt-envoy")
+	}
+	client, err := mongo.Connect(co)
+	if err != nil {
+		// The driver quotes the connection string in some errors: never log a password.
+		return nil, fmt.Errorf("mongodb open: %w", backends.Redact(err))
+	}
+	return &Store{
+		client: client,
+		coll:   client.Database(cfg.Database).Collection(cfg.Collection),
+		cfg:    cfg,
+		opt:    opt,
+		log:    opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}, nil
+}
+
+// setup pings the server and creates the TTL index, falling back to the sweeper when the
+// server does not implement TTL indexes.
+func (s *Store) setup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SetupTimeout)
+	defer cancel()
+	if err := s.client.Ping(ctx, readpref.Primary()); err != nil {
+		return unavailable("mongodb open: ping", err)
+	}
+	if !s.cfg.TTLIndex {
+		s.startSweeper()
+		return nil
+	}
+	_, err := s.coll.Indexes().CreateOne(ctx, mongo.IndexModel{
+		Keys:    bson.D{{Key: "exp", Value: 1}},
+		Options: options.Index().SetName("halt_exp_ttl").SetExpireAfterSeconds(0),
+	})
+	switch {
+	case err == nil:
+		return nil
+	case ttlUnsupported(err):
+		s.log.Warn("mongodb: server rejects TTL indexes; expired keys will be removed by a background sweep instead",
+			"error", err, "sweep_interval", s.cfg.SweepInterval, "sweep_batch", s.cfg.SweepBatch)
+		s.startSweeper()
+		return nil
+	case isCommandError(err):
+		return fmt.Errorf("mongodb open: create TTL index on exp: %w", err)
+	default:
+		return unavailable("mongodb open: create TTL index on exp", err)
+	}
+}
+
+// ttlUnsupported recognises servers that speak the protocol but lack TTL indexes
+// (FerretDB v1: "(NotImplemented) Index option "expireAfterSeconds" is not implemented yet").
+func ttlUnsupported(err error) bool {
+	var ce mongo.CommandError
+	if !errors.As(err, &ce) {
+		return false
+	}
+	const notImplemented, commandNotSupported, invalidOptions = 238, 115, 72
+	return ce.HasErrorCode(notImplemented) || ce.HasErrorCode(commandNotSupported) ||
+		(ce.HasErrorCode(invalidOptions) && strings.Contains(ce.Message, "expireAfterSeconds"))
+}
+
+func isCommandError(err error) bool {
+	var ce mongo.CommandError
+	return errors.As(err, &ce)
+}
+
+func unavailable(what string, err error) error {
+	return fmt.Errorf("%s: %w: %w", what, backends.ErrUnavailable, backends.Redact(err))
+}
+
+func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
+
+// Apply decides the ops one after another, so that the same key twice in one batch is
+// applied in order; each op is its own compare-and-swap on its document.
+func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	var first error
+	var st algorithms.State
+	var buf []byte
+	for _, op := range ops {
+		op.Result, op.Err = algorithms.Result{}, nil
+		var r algorithms.Result
+		r, buf, op.Err = s.apply(ctx, now, op, &st, buf)
+		if op.Err != nil {
+			if first == nil {
+				first = op.Err
+			}
+			continue
+		}
+		op.Result = r
+	}
+	return first
+}
+
+// apply runs the optimistic loop for one op: read the document, decide in Go, write it
+// back only if its version is still the one read. st and buf are scratch space reused
+// across the ops of one Apply.
+func (s *Store) apply(ctx context.Context, now int64, op *backends.Op, st *algorithms.State, buf []byte) (algorithms.Result, []byte, error) {
+	key := s.key(op.Key)
+	idFilter := bson.D{{Key: "_id", Value: key}}
+	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
+		if attempt > 0 {
+			if err := backoff(ctx, attempt); err != nil {
+				return algorithms.Result{}, buf, unavailable("mongodb apply", err)
+			}
+		}
+		raw, err := s.coll.FindOne(ctx, idFilter).Raw()
+		exists := true
+		var version int64
+		switch {
+		case errors.Is(err, mongo.ErrNoDocuments):
+			exists = false
+			st.Reset()
+		case err != nil:
+			return algorithms.Result{}, buf, unavailable("mongodb apply: read", err)
+		default:
+			if version, err = decodeDoc(raw, st); err != nil {
+				return algorithms.Result{}, buf, fmt.Errorf("mongodb apply: key %q: %w", key, err)
+			}
+		}
+		before := snapshot(st)
+		r := algorithms.Decide(op.Algorithm, st, now, &op.Limit, op.Cost)
+		if before.same(st) && (exists || isEmpty(st)) {
+			// Nothing changed: the read was a consistent snapshot, so the decision stands
+			// without a write (check-only requests and denials cost one read).
+			return r, buf, nil
+		}
+		buf = backends.EncodeState(buf[:0], st)
+		exp := bson.NewDateTimeFromTime(time.UnixMicro(now).Add(backends.TTL(r.TTL)))
+		if !exists {
+			_, err := s.coll.InsertOne(ctx, bson.D{
+				{Key: "_id", Value: key},
+				{Key: "v", Value: int64(1)},
+				{Key: "s", Value: bson.Binary{Data: buf}},
+				{Key: "exp", Value: exp},
+			})
+			switch {
+			case err == nil:
+				return r, buf, nil
+			case mongo.IsDuplicateKeyError(err):
+				continue // another replica created it first: decide again on its state
+			default:
+				return algorithms.Result{}, buf, unavailable("mongodb apply: insert", err)
+			}
+		}
+		res, err := s.coll.UpdateOne(ctx,
+			bson.D{{Key: "_id", Value: key}, {Key: "v", Value: version}},
+			bson.D{{Key: "$set", Value: bson.D{
+				{Key: "v", Value: version + 1},
+				{Key: "s", Value: bson.Binary{Data: buf}},
+				{Key: "exp", Value: exp},
+			}}})
+		if err != nil {
+			return algorithms.Result{}, buf, unavailable("mongodb apply: update", err)
+		}
+		if res.MatchedCount == 1 {
+			return r, buf, nil
+		}
+		// Someone else wrote (or deleted) the document since we read it: retry.
+	}
+	return algorithms.Result{}, buf, fmt.Errorf("mongodb apply: key %q after %d attempts: %w", key, s.cfg.MaxAttempts, backends.ErrContention)
+}
+
+// backoff sleeps a short random time so that replicas racing on one key spread out.
+func backoff(ctx context.Context, attempt int) error {
+	limit := time.Duration(min(attempt, 8)) * 200 * time.Microsecond
+	d := rand.N(limit) + 50*time.Microsecond
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// decodeDoc checks a document's shape and decodes its state; anything unexpected is
+// ErrCorrupt, never an empty state.
+func decodeDoc(raw bson.Raw, st *algorithms.State) (int64, error) {
+	vv, err := raw.LookupErr("v")
+	if err != nil {
+		return 0, fmt.Errorf("%w: document has no version field v", backends.ErrCorrupt)
+	}
+	var version int64
+	switch vv.Type {
+	case bson.TypeInt64:
+		version = vv.Int64()
+	case bson.TypeInt32:
+		version = int64(vv.Int32())
+	default:
+		return 0, fmt.Errorf("%w: version field v is a %s, want an integer", backends.ErrCorrupt, vv.Type)
+	}
+	sv, err := raw.LookupErr("s")
+	if err != nil {
+		return 0, fmt.Errorf("%w: document has no state field s", backends.ErrCorrupt)
+	}
+	_, data, ok := sv.BinaryOK()
+	if !ok {
+		return 0, fmt.Errorf("%w: state field s is a %s, want binary", backends.ErrCorrupt, sv.Type)
+	}
+	if len(data) == 0 {
+		return 0, fmt.Errorf("%w: state field s is empty", backends.ErrCorrupt)
+	}
+	if err := backends.DecodeState(data, st); err != nil {
+		return 0, err
+	}
+	return version, nil
+}
+
+// fixed is the scalar part of a state, to tell whether a decision changed anything.
+type fixed struct {
+	a, b, c, d int64
+	n          int
+	last       algorithms.Entry
+}
+
+func snapshot(st *algorithms.State) fixed {
+	f := fixed{a: st.A, b: st.B, c: st.C, d: st.D, n: len(st.Log)}
+	if f.n > 0 {
+		f.last = st.Log[f.n-1]
+	}
+	return f
+}
+
+// same reports whether st still equals the snapshot. The sliding log only ever drops
+// entries from its front, appends at its end or grows its last entry, so its length and
+// last entry are enough to notice a change.
+func (f fixed) same(st *algorithms.State) bool {
+	return f == snapshot(st)
+}
+
+func isEmpty(st *algorithms.State) bool {
+	return st.A == 0 && st.B == 0 && st.C == 0 && st.D == 0 && len(st.Log) == 0
+}
+
+// Delete removes keys; missing keys are fine.
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	ids := make(bson.A, len(keys))
+	for i, k := range keys {
+		ids[i] = s.key(k)
+	}
+	if _, err := s.coll.DeleteMany(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}}); err != nil {
+		return unavailable("mongodb delete", err)
+	}
+	return nil
+}
+
+// Ping reports whether the primary answers.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	if err := s.client.Ping(ctx, readpref.Primary()); err != nil {
+		return unavailable("mongodb ping", err)
+	}
+	return nil
+}
+
+// Close stops the sweeper and disconnects. Later calls return the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		started := s.sweeping
+		s.mu.Unlock()
+		close(s.stop)
+		if started {
+			<-s.done
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.SetupTimeout)
+		defer cancel()
+		if err := s.client.Disconnect(ctx); err != nil {
+			s.closeErr = fmt.Errorf("mongodb close: %w", err)
+		}
+	})
+	return s.closeErr
+}
+
+// Sweeping reports whether the store removes expired documents itself (because the
+// server has no TTL indexes, or ttl_index=false).
+func (s *Store) Sweeping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sweeping
+}
+
+func (s *Store) startSweeper() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.sweeping {
+		return
+	}
+	s.sweeping = true
+	go s.sweepLoop()
+}
+
+func (s *Store) sweepLoop() {
+	defer close(s.done)
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.SweepInterval)
+			if n, err := s.Sweep(ctx, time.Now()); err != nil {
+				s.log.Warn("mongodb: sweep of expired keys failed", "error", err, "removed", n)
+			} else if n > 0 {
+				s.log.Debug("mongodb: swept expired keys", "removed", n)
+			}
+			cancel()
+		}
+	}
+}
+
+// maxSweepRounds bounds one Sweep; what is left waits for the next tick.
+const maxSweepRounds = 100
+
+// Sweep deletes documents whose expiry is before now, in batches of SweepBatch, and
+// returns how many it deleted. The delete re-checks exp so a document refreshed between
+// the find and the delete survives; a document deleted under a concurrent update only
+// makes that update's compare-and-swap miss and retry on a fresh state.
+func (s *Store) Sweep(ctx context.Context, now time.Time) (int64, error) {
+	cutoff := bson.D{{Key: "$lt", Value: bson.NewDateTimeFromTime(now)}}
+	var total int64
+	for round := 0; round < maxSweepRounds; round++ {
+		cur, err := s.coll.Find(ctx, bson.D{{Key: "exp", Value: cutoff}},
+			options.Find().SetProjection(bson.D{{Key: "_id", Value: 1}}).SetLimit(int64(s.cfg.SweepBatch)))
+		if err != nil {
+			return total, unavailable("mongodb sweep: find", err)
+		}
+		var ids bson.A
+		for cur.Next(ctx) {
+			ids = append(ids, cur.Current.Lookup("_id"))
+		}
+		err = cur.Err()
+		_ = cur.Close(ctx)
+		if err != nil {
+			return total, unavailable("mongodb sweep: find", err)
+		}
+		if len(ids) == 0 {
+			return total, nil
+		}
+		res, err := s.coll.DeleteMany(ctx, bson.D{
+			{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}},
+			{Key: "exp", Value: cutoff},
+		})
+		if err != nil {
+			return total, unavailable("mongodb sweep: delete", err)
+		}
+		total += res.DeletedCount
+		if len(ids) < s.cfg.SweepBatch {
+			return total, nil
+		}
+	}
+	return total, nil
+}

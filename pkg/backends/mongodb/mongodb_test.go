@@ -1,0 +1,341 @@
+package mongodb
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
+)
+
+// ferretReason is why the concurrency part is skipped unless HALT_TEST_MONGO_ATOMIC=1.
+const ferretReason = "MONGO_URI is FerretDB v1, which does not apply concurrent updates atomically " +
+	"(filtered updates lose writes under concurrency, FerretDB#3040), so no MongoDB client can " +
+	"prove atomicity against it; set HALT_TEST_MONGO_ATOMIC=1 when MONGO_URI is a real mongod"
+
+// testURI returns the server to test against: skip when unset, fail under HALT_TEST_PEERS=1.
+func testURI(t testing.TB) string {
+	uri := os.Getenv("MONGO_URI")
+	if uri == "" {
+		if os.Getenv("HALT_TEST_PEERS") == "1" {
+			t.Fatal("MONGO_URI is not set but HALT_TEST_PEERS=1 demands every peer")
+		}
+		t.Skip("MONGO_URI not set: no MongoDB-protocol server to test against")
+	}
+	return uri
+}
+
+// withDB points uri at database db with extra halt options, keeping the caller's
+// driver options.
+func withDB(t testing.TB, uri, db, query string) string {
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + db
+	if query != "" {
+		if u.RawQuery != "" {
+			u.RawQuery += "&"
+		}
+		u.RawQuery += query
+	}
+	return u.String()
+}
+
+func openTest(t testing.TB, query string, opt backends.Options) *Store {
+	uri := withDB(t, testURI(t), "halt_test", query)
+	if opt.Timeout == 0 {
+		opt.Timeout = 5 * time.Second
+	}
+	s, err := Open(context.Background(), uri, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	testURI(t)
+	opt := conformance.Options{SkipConcurrency: true, Reason: ferretReason}
+	if os.Getenv("HALT_TEST_MONGO_ATOMIC") == "1" {
+		opt = conformance.Options{}
+	}
+	conformance.Run(t, func(t *testing.T) backends.Store {
+		return openTest(t, "", backends.Options{})
+	}, opt)
+}
+
+func TestParseURL(t *testing.T) {
+	cfg, err := ParseURL("mongodb://u:secret@h1:1,h2:2/rl?collection=lim&replicaSet=rs0&max_attempts=5&ttl_index=false&sweep_interval=5s&sweep_batch=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Database != "rl" || cfg.Collection != "lim" || cfg.MaxAttempts != 5 || cfg.TTLIndex ||
+		cfg.SweepInterval != 5*time.Second || cfg.SweepBatch != 10 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	if strings.Contains(cfg.URI, "collection") || !strings.Contains(cfg.URI, "replicaSet=rs0") {
+		t.Fatalf("driver URI %q must keep driver options and drop halt's", cfg.URI)
+	}
+	cfg, err = ParseURL("mongodb+srv://cluster.example.com")
+	if err != nil || cfg.Database != DefaultDatabase || cfg.Collection != DefaultCollection || !cfg.TTLIndex {
+		t.Fatalf("defaults: %+v %v", cfg, err)
+	}
+	for _, bad := range []string{"redis://x", "mongodb://h/?max_attempts=0", "mongodb://h/?ttl_index=maybe", "mongodb://h/?sweep_interval=-1s"} {
+		if _, err := ParseURL(bad); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+	if _, err := ParseURL("mongodb://u:hunter2@h:bad/"); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("bad URL error leaks or is missing: %v", err)
+	}
+}
+
+// TestCorruptDocument: a document of the wrong shape is ErrCorrupt, never a fresh state.
+func TestCorruptDocument(t *testing.T) {
+	s := openTest(t, "", backends.Options{})
+	defer s.Close()
+	ctx := context.Background()
+	p := conformance.UniqueKey(t)
+	docs := map[string]bson.D{
+		"string-state":   {{Key: "v", Value: int64(1)}, {Key: "s", Value: "hello"}},
+		"no-state":       {{Key: "v", Value: int64(1)}},
+		"no-version":     {{Key: "s", Value: bson.Binary{Data: []byte{1, 0, 0, 0, 0, 0}}}},
+		"string-version": {{Key: "v", Value: "1"}, {Key: "s", Value: bson.Binary{Data: []byte{1, 0, 0, 0, 0, 0}}}},
+		"bad-encoding":   {{Key: "v", Value: int64(1)}, {Key: "s", Value: bson.Binary{Data: []byte{9, 9}}}},
+		"truncated":      {{Key: "v", Value: int64(1)}, {Key: "s", Value: bson.Binary{Data: []byte{1, 2}}}},
+	}
+	for name, d := range docs {
+		key := p + ":" + name
+		if _, err := s.coll.InsertOne(ctx, append(bson.D{{Key: "_id", Value: key}}, d...)); err != nil {
+			t.Fatal(err)
+		}
+		op := &backends.Op{Key: key, Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
+		err := s.Apply(ctx, 1_000_000, []*backends.Op{op})
+		if !errors.Is(err, backends.ErrCorrupt) || !errors.Is(op.Err, backends.ErrCorrupt) {
+			t.Errorf("%s: got %v, want ErrCorrupt", name, err)
+		}
+		if errors.Is(err, backends.ErrUnavailable) {
+			t.Errorf("%s: corrupt data reported as unavailable: %v", name, err)
+		}
+	}
+}
+
+// TestUnreachable: Open fails fast with ErrUnavailable, and so does Apply on a store
+// whose server went away, within the op timeout.
+func TestUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+
+	start := time.Now()
+	_, err = Open(context.Background(), "mongodb://"+addr+"/halt?setup_timeout=300ms", backends.Options{})
+	if !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Open: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Open took %s", d)
+	}
+
+	cfg, _ := ParseURL("mongodb://" + addr + "/halt")
+	s, err := New(cfg, backends.Options{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
+	start = time.Now()
+	err = s.Apply(context.Background(), 1, []*backends.Op{op})
+	if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
+		t.Fatalf("Apply: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Apply took %s with a 50ms timeout", d)
+	}
+	if err := s.Ping(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Ping: %v", err)
+	}
+	if err := s.Delete(context.Background(), "k"); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Delete: %v", err)
+	}
+}
+
+// TestPasswordNotLogged: a failing Open never prints the password.
+func TestPasswordNotLogged(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	_, err := Open(context.Background(), "mongodb://user:hunter2@127.0.0.1:1/halt?setup_timeout=100ms", backends.Options{Logger: log})
+	if err == nil {
+		t.Fatal("opened an unreachable server")
+	}
+	if strings.Contains(err.Error(), "hunter2") || strings.Contains(buf.String(), "hunter2") {
+		t.Fatalf("password leaked: %v / %s", err, buf.String())
+	}
+}
+
+// TestExpiry: against a server with TTL indexes the index exists; against one without
+// (FerretDB v1) the store warns once and its sweep removes expired documents and only those.
+func TestExpiry(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	coll := fmt.Sprintf("exp_%d", time.Now().UnixNano())
+	s := openTest(t, "collection="+coll, backends.Options{Logger: log})
+	defer func() {
+		_ = s.coll.Drop(context.Background())
+		s.Close()
+	}()
+	if s.Sweeping() {
+		if n := strings.Count(logs.String(), "rejects TTL indexes"); n != 1 {
+			t.Fatalf("want exactly one warning about TTL indexes, got %d:\n%s", n, logs.String())
+		}
+		t.Log("server rejects TTL indexes: testing the sweep fallback")
+	} else {
+		specs, err := s.coll.Indexes().ListSpecifications(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, sp := range specs {
+			if sp.ExpireAfterSeconds != nil && *sp.ExpireAfterSeconds == 0 && strings.Contains(string(sp.KeysDocument), "exp") {
+				found = true
+			}
+		}
+		if !found {
+			t.Fatalf("no TTL index on exp: %+v", specs)
+		}
+	}
+	// Whatever the server, the sweep works: it is also what ttl_index=false runs.
+	ctx := context.Background()
+	now := time.Now()
+	lim := algorithms.Limit{Requests: 5, Period: 1_000_000}
+	for i := 0; i < 7; i++ {
+		op := &backends.Op{Key: fmt.Sprintf("short-%d", i), Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		if err := s.Apply(ctx, backends.Micros(now), []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := &backends.Op{Key: "long", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 3600_000_000}, Cost: 1}
+	if err := s.Apply(ctx, backends.Micros(now), []*backends.Op{long}); err != nil {
+		t.Fatal(err)
+	}
+	s.cfg.SweepBatch = 3 // several rounds
+	n, err := s.Sweep(ctx, now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 7 {
+		t.Fatalf("swept %d, want the 7 short-lived keys", n)
+	}
+	left, err := s.coll.CountDocuments(ctx, bson.D{})
+	if err != nil || left != 1 {
+		t.Fatalf("left %d documents (%v), want the long-lived one", left, err)
+	}
+}
+
+// TestSweeperRuns: with ttl_index=false the background sweeper removes expired keys.
+func TestSweeperRuns(t *testing.T) {
+	coll := fmt.Sprintf("sweep_%d", time.Now().UnixNano())
+	s := openTest(t, "ttl_index=false&sweep_interval=50ms&collection="+coll, backends.Options{})
+	defer func() {
+		_ = s.coll.Drop(context.Background())
+		s.Close()
+	}()
+	if !s.Sweeping() {
+		t.Fatal("ttl_index=false did not start the sweeper")
+	}
+	ctx := context.Background()
+	// Written two minutes in the past, so already expired for the wall-clock sweeper.
+	op := &backends.Op{Key: "old", Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
+	if err := s.Apply(ctx, backends.Micros(time.Now().Add(-2*time.Minute)), []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := s.coll.CountDocuments(ctx, bson.D{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sweeper did not remove the expired key")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestContentionBudget: a CAS that always loses ends with ErrContention (an
+// ErrUnavailable), not a spin. It races a writer bumping the version between our read
+// and write by using a one-attempt budget against a concurrently updated key.
+func TestContentionBudget(t *testing.T) {
+	s := openTest(t, "max_attempts=1", backends.Options{})
+	defer s.Close()
+	ctx := context.Background()
+	key := conformance.UniqueKey(t)
+	lim := algorithms.Limit{Requests: 1 << 30, Period: 1_000_000}
+	op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+	if err := s.Apply(ctx, 1_000_000, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for !stop.Load() {
+			_, _ = s.coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: key}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "v", Value: int64(1)}}}})
+		}
+	}()
+	defer func() { stop.Store(true); <-done }()
+	for i := 0; i < 500; i++ {
+		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		err := s.Apply(ctx, 1_000_000, []*backends.Op{op})
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, backends.ErrContention) || !errors.Is(err, backends.ErrUnavailable) {
+			t.Fatalf("want ErrContention, got %v", err)
+		}
+		return
+	}
+	t.Skip("never lost a race in 500 tries; cannot observe the budget on this machine")
+}
+
+func BenchmarkApply(b *testing.B) {
+	s := openTest(b, "", backends.Options{Timeout: 5 * time.Second})
+	defer s.Close()
+	prefix := conformance.UniqueKey(b)
+	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000}
+	var n atomic.Int64
+	now := backends.Micros(time.Now())
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		key := fmt.Sprintf("%s:%d", prefix, n.Add(1))
+		ops := []*backends.Op{{Key: key, Algorithm: algorithms.TokenBucket, Limit: lim}}
+		t := now
+		for pb.Next() {
+			t++
+			ops[0].Cost = 1
+			if err := s.Apply(context.Background(), t, ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
