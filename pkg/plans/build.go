@@ -1,0 +1,312 @@
+package plans
+
+import (
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+)
+
+// PresetFile is the File of the built-in presets' rules.
+const PresetFile = "<preset>"
+
+// presets returns the built-in policies, fresh each call (they are plain data).
+func presets() []*policyCfg {
+	mk := func(name string, alg algorithms.Algorithm, rpu int64, unit string, burst int64) *policyCfg {
+		secs := unitSeconds[unit]
+		p := algorithms.Limit{Requests: rpu, Period: secs * int64(time.Second/time.Microsecond)}
+		if alg == algorithms.TokenBucket || alg == algorithms.LeakyBucket {
+			p.Burst = burst
+			if p.Burst == 0 {
+				p.Burst = rpu
+			}
+		}
+		return &policyCfg{name: name, file: PresetFile, limits: []*limitCfg{{lim: Limit{
+			Algorithm: alg, Unit: unit, RequestsPerUnit: uint32(rpu), UnitMultiplier: 1, Params: p,
+		}}}}
+	}
+	return []*policyCfg{
+		mk("PUBLIC_API", algorithms.TokenBucket, 100, "minute", 100),
+		mk("AUTH_BRUTE_FORCE", algorithms.SlidingWindow, 5, "minute", 0),
+		mk("EXPENSIVE_OPERATION", algorithms.TokenBucket, 10, "minute", 2),
+		mk("WEBHOOK", algorithms.SlidingWindowCounter, 1000, "minute", 0),
+		mk("INTERNAL_SERVICE", algorithms.TokenBucket, 10000, "second", 0),
+		mk("STRICT", algorithms.FixedWindow, 10, "minute", 0),
+	}
+}
+
+// Parse validates and builds a Set from file contents (name -> content), exactly as Load
+// does for the files it reads. On failure the error is a *LoadError.
+func Parse(files map[string][]byte) (*Set, error) {
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+
+	var problems []Problem
+	var cfgs []*fileCfg
+	for _, name := range names {
+		d := &decoder{file: name}
+		fc := d.decodeFile(files[name])
+		problems = append(problems, d.problems...)
+		if fc != nil {
+			cfgs = append(cfgs, fc)
+		}
+	}
+	b := &builder{
+		set: &Set{
+			domains:  map[string]*domain{},
+			policies: map[string]*Rule{},
+			files:    names,
+		},
+	}
+	b.policies(cfgs)
+	b.domains(cfgs)
+	problems = append(problems, b.problems...)
+	if len(problems) > 0 {
+		e := &LoadError{Problems: problems}
+		e.sort()
+		return nil, e
+	}
+	s := b.set
+	for n := range s.domains {
+		s.names = append(s.names, n)
+	}
+	sort.Strings(s.names)
+	s.effective = buildEffective(s, b.effDomains)
+	return s, nil
+}
+
+type builder struct {
+	set        *Set
+	problems   []Problem
+	effDomains map[string]*EffectiveDomain
+}
+
+func (b *builder) add(file string, line, col int, field, msg string) {
+	if line <= 0 {
+		line, col = 1, 1
+	}
+	b.problems = append(b.problems, Problem{File: file, Line: line, Column: col, Field: field, Msg: msg})
+}
+
+func (b *builder) policies(cfgs []*fileCfg) {
+	defined := map[string]*policyCfg{}
+	for _, fc := range cfgs {
+		for _, pc := range fc.policies {
+			if first, dup := defined[pc.name]; dup {
+				b.add(pc.file, pc.line, pc.col, "policies."+pc.name,
+					"policy "+quote(pc.name)+" is defined twice: in "+first.file+" (line "+itoa(first.line)+") and in "+pc.file)
+				continue
+			}
+			defined[pc.name] = pc
+		}
+	}
+	for _, pc := range presets() {
+		if _, overridden := defined[pc.name]; !overridden {
+			defined[pc.name] = pc
+		}
+	}
+	for name, pc := range defined {
+		r := &Rule{
+			Name:                   name,
+			Path:                   "policy " + name,
+			Policy:                 name,
+			ShadowMode:             pc.shadow,
+			FailureMode:            pc.failureMode,
+			AllowAlgorithmOverride: pc.allowOverride,
+			Cost:                   1,
+			File:                   pc.file,
+			Line:                   pc.line,
+		}
+		b.fillLimits(r, pc.limits)
+		if r.FailureMode == "" {
+			r.FailureMode = limitsFailureMode(pc.limits)
+		}
+		b.set.policies[name] = r
+	}
+}
+
+// limitsFailureMode folds the failure_mode of several limits: the strictest one wins
+// (error > deny > allow).
+func limitsFailureMode(ls []*limitCfg) FailureMode {
+	var fm FailureMode
+	for _, l := range ls {
+		if rank(l.failureMode) > rank(fm) {
+			fm = l.failureMode
+		}
+	}
+	return fm
+}
+
+func rank(f FailureMode) int {
+	switch f {
+	case FailAllow:
+		return 1
+	case FailDeny:
+		return 2
+	case FailError:
+		return 3
+	}
+	return 0
+}
+
+func (b *builder) fillLimits(r *Rule, ls []*limitCfg) {
+	for _, l := range ls {
+		if l.unlimited {
+			r.Unlimited = true
+		} else {
+			r.Limits = append(r.Limits, l.lim)
+		}
+		r.Replaces = append(r.Replaces, l.replaces...)
+	}
+	if r.Unlimited {
+		r.Limits = nil
+	}
+}
+
+func (b *builder) domains(cfgs []*fileCfg) {
+	b.effDomains = map[string]*EffectiveDomain{}
+	for _, fc := range cfgs {
+		if fc.domain == "" {
+			continue
+		}
+		if first, dup := b.set.domains[fc.domain]; dup {
+			line, col := 1, 1
+			if fc.domainNode != nil {
+				line, col = fc.domainNode.Line, fc.domainNode.Column
+			}
+			b.add(fc.name, line, col, "domain",
+				"duplicate domain "+quote(fc.domain)+": defined in "+first.file+" and in "+fc.name)
+			continue
+		}
+		line := 1
+		if fc.domainNode != nil {
+			line = fc.domainNode.Line
+		}
+		d := &domain{name: fc.domain, file: fc.name, line: line, failureMode: fc.failureMode}
+		b.set.domains[fc.domain] = d
+		ed := &EffectiveDomain{Domain: fc.domain, File: fc.name, FailureMode: string(fc.failureMode)}
+		b.effDomains[fc.domain] = ed
+		ed.Descriptors = b.level(d, &d.root, fc.descriptors, nil, nil)
+	}
+}
+
+// level builds the children of parent from descs; levels and names are the path so far.
+func (b *builder) level(d *domain, parent *node, descs []*descCfg, levels []Level, names []string) []EffectiveDescriptor {
+	var eff []EffectiveDescriptor
+	for _, dc := range descs {
+		n := &node{}
+		lv := Level{Key: dc.key, Value: dc.value, ShareThreshold: dc.shareThreshold, ValueToMetric: dc.valueToMetric}
+		finalKey := dc.key
+		if dc.value != "" {
+			finalKey += "_" + dc.value
+		}
+		switch {
+		case strings.Contains(dc.value, "*"):
+			lv.Wildcard = true
+			parent.wild = append(parent.wild, wildNode{key: dc.key, value: dc.value, n: n})
+		case dc.value == "" && strings.Contains(dc.key, "*"):
+			lv.Wildcard = true
+			parent.wild = append(parent.wild, wildNode{key: dc.key, keyGlob: true, n: n})
+		case dc.value == "":
+			if parent.keys == nil {
+				parent.keys = map[string]*node{}
+			}
+			parent.keys[dc.key] = n
+		default:
+			if parent.exact == nil {
+				parent.exact = map[Entry]*node{}
+			}
+			parent.exact[Entry{dc.key, dc.value}] = n
+		}
+		parent.nchild++
+		myLevels := append(append([]Level(nil), levels...), lv)
+		myNames := append(append([]string(nil), names...), finalKey)
+		ed := EffectiveDescriptor{Key: dc.key, Value: dc.value, Path: pathOf(myLevels), Line: dc.line}
+		if r := b.rule(d, dc, myLevels, myNames); r != nil {
+			n.rule = r
+			ed.Rule = effectiveRule(r)
+		}
+		ed.Descriptors = b.level(d, n, dc.children, myLevels, myNames)
+		eff = append(eff, ed)
+	}
+	return eff
+}
+
+func pathOf(levels []Level) string {
+	var sb strings.Builder
+	for i, l := range levels {
+		if i > 0 {
+			sb.WriteByte('/')
+		}
+		sb.WriteString(l.Key)
+		if l.Value != "" {
+			sb.WriteByte('=')
+			sb.WriteString(l.Value)
+		}
+	}
+	return sb.String()
+}
+
+func (b *builder) rule(d *domain, dc *descCfg, levels []Level, names []string) *Rule {
+	if len(dc.limits) == 0 && dc.policy == "" {
+		return nil
+	}
+	r := &Rule{
+		Domain:                 d.name,
+		Name:                   strings.Join(names, "."),
+		Path:                   pathOf(levels),
+		ShadowMode:             dc.shadow,
+		DetailedMetric:         dc.detailed,
+		Cost:                   dc.cost,
+		FailureMode:            dc.failureMode,
+		AllowAlgorithmOverride: dc.allowOverride,
+		Levels:                 levels,
+		File:                   d.file,
+		Line:                   dc.line,
+	}
+	if dc.policy != "" {
+		p, ok := b.set.policies[dc.policy]
+		if !ok {
+			line, col := dc.line, dc.col
+			if dc.policyNode != nil {
+				line, col = dc.policyNode.Line, dc.policyNode.Column
+			}
+			b.add(d.file, line, col, dc.field+".policy", "unknown policy "+quote(dc.policy)+" (define it under policies: or use a preset: "+strings.Join(presetNames(), ", ")+")")
+			return nil
+		}
+		r.Policy = dc.policy
+		r.Limits = p.Limits
+		r.Unlimited = p.Unlimited
+		r.Replaces = append(r.Replaces, p.Replaces...)
+		r.ShadowMode = r.ShadowMode || p.ShadowMode
+		r.AllowAlgorithmOverride = r.AllowAlgorithmOverride || p.AllowAlgorithmOverride
+		if r.FailureMode == "" {
+			r.FailureMode = p.FailureMode
+		}
+	} else {
+		b.fillLimits(r, dc.limits)
+		if len(dc.limits) == 1 && dc.limits[0].lim.Name != "" {
+			r.Name = dc.limits[0].lim.Name
+		}
+		if r.FailureMode == "" {
+			r.FailureMode = limitsFailureMode(dc.limits)
+		}
+	}
+	r.Replaces = append(r.Replaces, dc.replaces...)
+	if r.FailureMode == "" {
+		r.FailureMode = d.failureMode
+	}
+	return r
+}
+
+func presetNames() []string {
+	var out []string
+	for _, p := range presets() {
+		out = append(out, p.name)
+	}
+	return out
+}
