@@ -1,0 +1,462 @@
+// Package postgres keeps halt-envoy's rate-limit state in a PostgreSQL table. Every
+// Apply is one round trip: a PL/pgSQL function (created by Migrate) locks each op's row,
+// decides with the same integer arithmetic as pkg/algorithms and writes the state back,
+// all inside the statement's own transaction.
+package postgres
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// Defaults for the background cleaner.
+const (
+	// DefaultCleanupInterval is how often expired rows are deleted.
+	DefaultCleanupInterval = time.Minute
+	// DefaultCleanupBatch bounds the rows one DELETE removes, so the cleaner never holds
+	// many row locks (or a long transaction) at once.
+	DefaultCleanupBatch = 1000
+)
+
+// MaxTime bounds now, window bounds and every period-derived instant handed to the
+// database: far beyond any real clock (about 36,000 years), and far enough below 2^63
+// that now plus a few 100-year periods cannot overflow a bigint column.
+const MaxTime = int64(1) << 60
+
+// Config tunes a Store beyond what backends.Options says.
+type Config struct {
+	// Table is the state table; empty means DefaultTable.
+	Table string
+	// CleanupInterval is how often expired rows are removed; zero means
+	// DefaultCleanupInterval, negative disables the cleaner (tests call Cleanup).
+	CleanupInterval time.Duration
+	// CleanupBatch is the most rows one cleanup DELETE removes; zero means DefaultCleanupBatch.
+	CleanupBatch int
+	// Clock returns microseconds since the epoch for the cleaner; nil means time.Now.
+	Clock func() int64
+	// SkipMigrate makes Open only check the schema version instead of creating the
+	// table, for deployments whose runtime role has no CREATE right.
+	SkipMigrate bool
+}
+
+// Store is the PostgreSQL backend. Create it with Open.
+type Store struct {
+	pool    *pgxpool.Pool
+	names   names
+	callSQL string
+	opt     backends.Options
+	cfg     Config
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+type urlConfig struct {
+	pool  *pgxpool.Config
+	table string
+	cfg   Config
+}
+
+// parseURL splits halt's own query options (table, cleanup_interval, cleanup_batch,
+// migrate) from the DSN pgx understands. pgx would otherwise send unknown options to
+// the server as run-time parameters and fail to connect.
+func parseURL(raw string) (*urlConfig, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("postgres URL: %w", backends.Redact(err))
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return nil, fmt.Errorf("postgres URL: scheme %q is not postgres or postgresql", u.Scheme)
+	}
+	out := &urlConfig{table: DefaultTable}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("postgres URL: query: %w", err)
+	}
+	if v, ok := q["table"]; ok {
+		out.table = v[0]
+		if err := validTable(out.table); err != nil {
+			return nil, err
+		}
+		q.Del("table")
+	}
+	if v := q.Get("cleanup_interval"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return nil, fmt.Errorf("postgres URL: cleanup_interval %q is not a duration (like 30s; 0 disables)", v)
+		}
+		if d == 0 {
+			d = -1
+		}
+		out.cfg.CleanupInterval = d
+	}
+	q.Del("cleanup_interval")
+	if v := q.Get("cleanup_batch"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("postgres URL: cleanup_batch must be a positive integer, got %q", v)
+		}
+		out.cfg.CleanupBatch = n
+	}
+	q.Del("cleanup_batch")
+	if v := q.Get("migrate"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("postgres URL: migrate must be true or false, got %q", v)
+		}
+		out.cfg.SkipMigrate = !b
+	}
+	q.Del("migrate")
+	u.RawQuery = q.Encode()
+	out.cfg.Table = out.table
+	out.pool, err = pgxpool.ParseConfig(u.String())
+	if err != nil {
+		// pgx redacts the password in its parse errors; Redact covers url.Error too.
+		return nil, fmt.Errorf("postgres URL: %w", backends.Redact(err))
+	}
+	return out, nil
+}
+
+// OpenURL opens the store a postgres:// or postgresql:// URL names. Besides every pgx
+// option it understands table=NAME, cleanup_interval=DURATION (0 disables),
+// cleanup_batch=N and migrate=false (only check the schema version).
+func OpenURL(ctx context.Context, raw string, opt backends.Options) (*Store, error) {
+	uc, err := parseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, uc.pool, uc.cfg, opt)
+}
+
+// Open opens a store on the database dsn names, creating the schema when it is missing
+// (unless cfg.SkipMigrate) and refusing a schema newer than this release.
+func Open(ctx context.Context, dsn string, cfg Config, opt backends.Options) (*Store, error) {
+	uc, err := parseURL(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Table == "" {
+		cfg.Table = uc.table
+	}
+	return open(ctx, uc.pool, cfg, opt)
+}
+
+func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Options) (*Store, error) {
+	opt = opt.Defaults()
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if err := validTable(cfg.Table); err != nil {
+		return nil, err
+	}
+	if cfg.CleanupInterval == 0 {
+		cfg.CleanupInterval = DefaultCleanupInterval
+	}
+	if cfg.CleanupBatch <= 0 {
+		cfg.CleanupBatch = DefaultCleanupBatch
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = func() int64 { return time.Now().UnixMicro() }
+	}
+	// The server stops a decision that outlives the caller's budget even when the
+	// client's cancel request is lost, so no stuck statement keeps row locks.
+	if _, ok := pc.ConnConfig.RuntimeParams["statement_timeout"]; !ok {
+		ms := (opt.Timeout + time.Millisecond - 1) / time.Millisecond
+		pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(int64(ms), 10)
+	}
+	if pc.ConnConfig.ConnectTimeout == 0 || pc.ConnConfig.ConnectTimeout > 5*time.Second {
+		pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", redactErr(err))
+	}
+	n := namesFor(cfg.Table)
+	s := &Store{
+		pool:    pool,
+		names:   n,
+		callSQL: `SELECT ` + n.fn + `($1::text[], $2::bigint[], $3::bigint)`,
+		opt:     opt,
+		cfg:     cfg,
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	sctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+	}
+	if err := s.ensureSchema(sctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	if cfg.CleanupInterval > 0 {
+		go s.cleanLoop()
+	} else {
+		close(s.done)
+	}
+	return s, nil
+}
+
+func (s *Store) ensureSchema(ctx context.Context) error {
+	v, err := schemaVersion(ctx, s.pool, s.names.raw)
+	if err != nil {
+		return fmt.Errorf("postgres: checking schema of %q: %w", s.names.raw, classify(redactErr(err)))
+	}
+	switch {
+	case v > SchemaVersion:
+		return newerError(s.names.raw, v)
+	case v == SchemaVersion:
+		return nil
+	case s.cfg.SkipMigrate:
+		return fmt.Errorf("postgres: table %q has schema version %d, want %d; run `halt-envoy migrate` first", s.names.raw, v, SchemaVersion)
+	}
+	if err := migrate(ctx, s.pool, s.names.raw); err != nil {
+		return classify(redactErr(err))
+	}
+	s.opt.Logger.Info("postgres: state table ready", "table", s.names.raw, "schema_version", SchemaVersion)
+	return nil
+}
+
+// redactErr keeps passwords out of connection errors: pgx's own messages name only user
+// and database, but a url.Error quotes the whole URL.
+func redactErr(err error) error { return backends.Redact(err) }
+
+// classify wraps errors that mean "the database cannot answer now" with
+// backends.ErrUnavailable: every transport failure (refused, reset, timed out, pool
+// closed) and the server's own outage codes. Errors about what was asked (overflow, a
+// dropped function) stay as they are so they are not mistaken for an outage.
+func classify(err error) error {
+	if err == nil || errors.Is(err, backends.ErrUnavailable) || errors.Is(err, backends.ErrCorrupt) {
+		return err
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+	}
+	switch {
+	case pe.Code == "40001" || pe.Code == "40P01" || pe.Code == "55P03":
+		return fmt.Errorf("%w: %w", backends.ErrContention, err)
+	case len(pe.Code) == 5 && (pe.Code[:2] == "08" || pe.Code[:2] == "53" || pe.Code[:2] == "57" || pe.Code[:2] == "58"):
+		// connection exception, insufficient resources, operator intervention
+		// (statement timeout, shutdown, recovery), system error
+		return fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+	}
+	return err
+}
+
+func inTime(v int64) bool { return v >= -MaxTime && v <= MaxTime }
+
+// check rejects ops whose numbers could overflow a bigint inside the function: such an
+// op fails on its own with a clear error instead of being admitted or failing the batch.
+func check(op *backends.Op) error {
+	if err := op.Limit.Validate(op.Algorithm); err != nil {
+		return fmt.Errorf("postgres: key %q: %w", op.Key, err)
+	}
+	if op.Cost > algorithms.MaxCount {
+		return fmt.Errorf("postgres: key %q: cost %d is above the maximum %d", op.Key, op.Cost, algorithms.MaxCount)
+	}
+	if op.Algorithm == algorithms.Calendar && (!inTime(op.Limit.WindowStart) || !inTime(op.Limit.WindowEnd)) {
+		return fmt.Errorf("postgres: key %q: calendar window [%d, %d) is outside the supported range of +-%d us", op.Key, op.Limit.WindowStart, op.Limit.WindowEnd, MaxTime)
+	}
+	return nil
+}
+
+type call struct {
+	keys   []string
+	params []int64
+	order  []int // order[i] = index in ops of the i-th op sent
+}
+
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
+// Apply decides every op in one round trip. Ops are sent sorted by key (stable, so one
+// key's ops keep their order): every transaction then locks rows in the same order, which
+// rules out deadlocks between concurrent batches.
+func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	if !inTime(now) {
+		err := fmt.Errorf("postgres: clock value %d us is outside the supported range of +-%d us", now, MaxTime)
+		for _, op := range ops {
+			op.Err = err
+		}
+		return err
+	}
+	c := callPool.Get().(*call)
+	defer func() {
+		c.keys, c.params, c.order = c.keys[:0], c.params[:0], c.order[:0]
+		callPool.Put(c)
+	}()
+	var first error
+	for i, op := range ops {
+		op.Err = nil
+		op.Result = algorithms.Result{}
+		if err := check(op); err != nil {
+			op.Err = err
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		c.order = append(c.order, i)
+	}
+	if len(c.order) == 0 {
+		return first
+	}
+	if len(c.order) > 1 {
+		slices.SortStableFunc(c.order, func(a, b int) int { return cmp.Compare(ops[a].Key, ops[b].Key) })
+	}
+	for _, i := range c.order {
+		op := ops[i]
+		l := &op.Limit
+		cost := max(op.Cost, 0)
+		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
+		c.params = append(c.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
+			l.WindowStart, l.WindowEnd, cost, int64(l.Steps))
+		c.params = append(c.params, l.Ladder[:]...)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	var res []int64
+	err := s.pool.QueryRow(ctx, s.callSQL, c.keys, c.params, now).Scan(&res)
+	if err == nil && len(res) != resStride*len(c.order) {
+		err = fmt.Errorf("%w: decision function returned %d values for %d ops", backends.ErrCorrupt, len(res), len(c.order))
+	}
+	if err != nil {
+		err = fmt.Errorf("postgres apply: %w", classify(err))
+		for _, i := range c.order {
+			ops[i].Err = err
+		}
+		return err
+	}
+	for j, i := range c.order {
+		r := res[j*resStride : (j+1)*resStride]
+		ops[i].Result = algorithms.Result{
+			Allowed:    r[1] == 1,
+			Limit:      r[2],
+			Remaining:  r[3],
+			ResetAfter: r[4],
+			RetryAfter: r[5],
+			Delay:      r[6],
+			TTL:        r[7],
+		}
+	}
+	return first
+}
+
+// Delete removes keys in one statement.
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = s.opt.KeyPrefix + k
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, `DELETE FROM `+s.names.table+` WHERE key = ANY($1)`, full); err != nil {
+		return fmt.Errorf("postgres delete: %w", classify(err))
+	}
+	return nil
+}
+
+// Ping checks that a connection can be had and the server answers.
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres ping: %w", classify(err))
+	}
+	return nil
+}
+
+// Close stops the cleaner and closes the pool. Later calls are no-ops.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.done
+		s.pool.Close()
+	})
+	return nil
+}
+
+// Cleanup deletes rows expired at the cleaner's clock, cleanup_batch rows per statement
+// (each its own short transaction, skipping rows an Apply holds) until a batch comes back
+// short. It returns how many rows it removed.
+func (s *Store) Cleanup(ctx context.Context) (int64, error) {
+	var total int64
+	sql := `DELETE FROM ` + s.names.table + ` WHERE key = ANY(ARRAY(
+		SELECT key FROM ` + s.names.table + ` WHERE expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED))
+		AND expires_at < $1`
+	for {
+		select {
+		case <-s.stop:
+			return total, nil
+		default:
+		}
+		now := s.cfg.Clock()
+		var n int64
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 10000`); err != nil {
+				return err
+			}
+			tag, err := tx.Exec(ctx, sql, now, s.cfg.CleanupBatch)
+			n = tag.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("postgres cleanup of %q: %w", s.names.raw, classify(err))
+		}
+		total += n
+		if n < int64(s.cfg.CleanupBatch) {
+			return total, nil
+		}
+	}
+}
+
+func (s *Store) cleanLoop() {
+	defer close(s.done)
+	t := time.NewTicker(s.cfg.CleanupInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			n, err := s.Cleanup(ctx)
+			if err != nil && ctx.Err() == nil {
+				s.opt.Logger.Warn("postgres: cleanup failed", "table", s.names.raw, "err", err)
+			} else if n > 0 {
+				s.opt.Logger.Debug("postgres: expired rows removed", "table", s.names.raw, "rows", n)
+			}
+		}
+	}
+}

@@ -1,0 +1,360 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
+)
+
+func testDSN(t testing.TB) string {
+	t.Helper()
+	v := os.Getenv("PG_DSN")
+	if v == "" {
+		if os.Getenv("HALT_TEST_PEERS") == "1" {
+			t.Fatal("PG_DSN is not set and HALT_TEST_PEERS=1")
+		}
+		t.Skip("PG_DSN not set: no PostgreSQL to test against")
+	}
+	return v
+}
+
+// tempTable returns a table name nobody else uses and drops it (with its function and
+// version row) when the test ends, so tests share one server without interfering.
+func tempTable(t testing.TB, dsn string) string {
+	t.Helper()
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	name := "halt_test_" + hex.EncodeToString(b[:])
+	t.Cleanup(func() { dropTable(dsn, name) })
+	return name
+}
+
+func dropTable(dsn, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	uc, err := parseURL(dsn)
+	if err != nil {
+		return
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		return
+	}
+	defer conn.Close(ctx)
+	n := namesFor(name)
+	_, _ = conn.Exec(ctx, `DROP FUNCTION IF EXISTS `+n.fn+`(text[], bigint[], bigint)`)
+	_, _ = conn.Exec(ctx, `DROP TABLE IF EXISTS `+n.table)
+	_, _ = conn.Exec(ctx, `DELETE FROM `+versionTable+` WHERE table_name = $1`, name)
+}
+
+func openTest(t testing.TB, dsn, table string, cfg Config) *Store {
+	t.Helper()
+	cfg.Table = table
+	if cfg.CleanupInterval == 0 {
+		cfg.CleanupInterval = -1
+	}
+	s, err := Open(context.Background(), dsn, cfg, backends.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	conformance.Run(t, func(t *testing.T) backends.Store {
+		return openTest(t, dsn, table, Config{})
+	}, conformance.Options{})
+}
+
+func TestSchemaVersioning(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	s := openTest(t, dsn, table, Config{SkipMigrate: true})
+	if _, err := s.pool.Exec(ctx, `UPDATE `+versionTable+` SET version = $1 WHERE table_name = $2`, SchemaVersion+1, table); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err := Open(ctx, dsn, Config{Table: table, CleanupInterval: -1}, backends.Options{Timeout: 5 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("opened a table with a newer schema: %v", err)
+	}
+	if err := Migrate(ctx, dsn, table); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("migrated a table with a newer schema: %v", err)
+	}
+	missing := tempTable(t, dsn)
+	if _, err := Open(ctx, dsn, Config{Table: missing, SkipMigrate: true, CleanupInterval: -1}, backends.Options{}); err == nil || !strings.Contains(err.Error(), "migrate") {
+		t.Fatalf("migrate=false opened a missing table: %v", err)
+	}
+}
+
+func TestTableFromURL(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	s, err := OpenURL(context.Background(), dsn+sep+"table="+table+"&cleanup_interval=0", backends.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.names.raw != table {
+		t.Fatalf("table %q", s.names.raw)
+	}
+	for _, bad := range []string{`x"; DROP TABLE y; --`, "1abc", "", strings.Repeat("a", 60)} {
+		if _, err := OpenURL(context.Background(), dsn+sep+"table="+bad, backends.Options{}); err == nil {
+			t.Fatalf("table %q accepted", bad)
+		}
+	}
+}
+
+func TestMissingCreatePermission(t *testing.T) {
+	dsn := testDSN(t)
+	ctx := context.Background()
+	admin := openTest(t, dsn, tempTable(t, dsn), Config{})
+	defer admin.Close()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := "halt_noddl_" + hex.EncodeToString(b[:])
+	schema := role + "_s"
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`CREATE SCHEMA ` + schema,
+		`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + role,
+	} {
+		if _, err := admin.pool.Exec(ctx, q); err != nil {
+			t.Skipf("cannot set up a role without CREATE (%v)", err)
+		}
+	}
+	defer func() {
+		_, _ = admin.pool.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`)
+		_, _ = admin.pool.Exec(ctx, `DROP ROLE `+role)
+	}()
+	uc, _ := parseURL(dsn)
+	cc := uc.pool.ConnConfig
+	u := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable&search_path=%s", role, cc.Host, cc.Port, cc.Database, schema)
+	// PostgreSQL 15 revoked CREATE on public from ordinary roles; the version table may
+	// already exist in public (created by other tests), so use a fresh table name.
+	_, err := OpenURL(ctx, u+"&table=halt_perm_test", backends.Options{Timeout: 5 * time.Second})
+	if err == nil {
+		t.Fatal("opened without the right to create the table")
+	}
+	if !strings.Contains(err.Error(), "CREATE privilege") {
+		t.Fatalf("error does not name the missing right: %v", err)
+	}
+	t.Logf("error: %v", err)
+}
+
+func TestCleanupBoundsTable(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	var clock atomic.Int64
+	s := openTest(t, dsn, table, Config{CleanupBatch: 300, Clock: clock.Load})
+	defer s.Close()
+	ctx := context.Background()
+	now := time.Now().UnixMicro()
+	lim := algorithms.Limit{Requests: 10, Period: 1_000_000}
+	const keys = 2000
+	ops := make([]*backends.Op, 0, 100)
+	for i := 0; i < keys; i++ {
+		ops = append(ops, &backends.Op{Key: fmt.Sprintf("short-%d", i), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1})
+		if len(ops) == cap(ops) {
+			if err := s.Apply(ctx, now, ops); err != nil {
+				t.Fatal(err)
+			}
+			ops = ops[:0]
+		}
+	}
+	long := &backends.Op{Key: "long", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 10, Period: 3600_000_000}, Cost: 1}
+	if err := s.Apply(ctx, now, []*backends.Op{long}); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+s.names.table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != keys+1 {
+		t.Fatalf("%d rows before cleanup", n)
+	}
+	clock.Store(now) // nothing expired yet
+	if n, err := s.Cleanup(ctx); err != nil || n != 0 {
+		t.Fatalf("cleanup removed %d live rows (%v)", n, err)
+	}
+	clock.Store(now + 2_000_000) // every short window is over
+	n, err := s.Cleanup(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != keys || count() != 1 {
+		t.Fatalf("cleanup removed %d, %d rows left, want %d removed and 1 left", n, count(), keys)
+	}
+	// The long-lived key kept its state.
+	if err := s.Apply(ctx, now, []*backends.Op{long}); err != nil || long.Result.Remaining != 8 {
+		t.Fatalf("long key lost its state: %+v %v", long.Result, err)
+	}
+}
+
+func TestBackgroundCleaner(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	s := openTest(t, dsn, table, Config{CleanupInterval: 50 * time.Millisecond})
+	defer s.Close()
+	ctx := context.Background()
+	past := time.Now().Add(-time.Hour).UnixMicro()
+	op := &backends.Op{Key: "old", Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 1, Period: 1_000_000}, Cost: 1}
+	if err := s.Apply(ctx, past, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		var n int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM `+s.names.table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("background cleaner did not remove an expired row")
+}
+
+func TestBadInput(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	s := openTest(t, dsn, table, Config{})
+	defer s.Close()
+	ctx := context.Background()
+	lim := algorithms.Limit{Requests: 5, Period: 1_000_000}
+	for _, now := range []int64{1 << 62, -(1 << 62), 9223372036854775807} {
+		op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		err := s.Apply(ctx, now, []*backends.Op{op})
+		if err == nil || op.Err == nil || op.Result.Allowed || !strings.Contains(err.Error(), "range") {
+			t.Fatalf("now=%d: err=%v result=%+v", now, err, op.Result)
+		}
+	}
+	good := &backends.Op{Key: "good", Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+	bad := &backends.Op{Key: "bad", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 1 << 62}, Cost: 1}
+	cal := &backends.Op{Key: "cal", Algorithm: algorithms.Calendar, Limit: algorithms.Limit{Requests: 5, WindowStart: 0, WindowEnd: 1 << 62}, Cost: 1}
+	err := s.Apply(ctx, time.Now().UnixMicro(), []*backends.Op{bad, good, cal})
+	if err == nil || bad.Err == nil || bad.Result.Allowed || cal.Err == nil || cal.Result.Allowed {
+		t.Fatalf("out-of-range limits admitted: %v %+v %+v", err, bad, cal)
+	}
+	if good.Err != nil || !good.Result.Allowed {
+		t.Fatalf("a bad op spoiled a good one: %+v", good)
+	}
+}
+
+func TestBadDSNRedactsPassword(t *testing.T) {
+	ctx := context.Background()
+	for _, dsn := range []string{
+		"postgres://halt:s3cretpw@127.0.0.1:1/db?sslmode=disable&connect_timeout=2",
+		"postgres://halt:s3cretpw@127.0.0.1:notaport/db",
+		"postgresql://halt:s3cretpw@127.0.0.1:1/db?sslmode=bogus",
+		"postgres://halt:s3cretpw@127.0.0.1:1/db?table=bad-name",
+	} {
+		_, err := OpenURL(ctx, dsn, backends.Options{Timeout: time.Second})
+		if err == nil {
+			t.Fatalf("%s: opened", dsn)
+		}
+		if strings.Contains(err.Error(), "s3cretpw") {
+			t.Fatalf("password leaked: %v", err)
+		}
+		t.Logf("%v", err)
+	}
+	// An unreachable server is an outage, not a config error.
+	_, err := OpenURL(ctx, "postgres://halt:s3cretpw@127.0.0.1:1/db?sslmode=disable", backends.Options{})
+	if !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("unreachable server: %v", err)
+	}
+}
+
+func TestTimeoutBoundsCall(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	s := openTest(t, dsn, table, Config{})
+	defer s.Close()
+	ctx := context.Background()
+	key := "locked"
+	op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 60_000_000}, Cost: 1}
+	if err := s.Apply(ctx, time.Now().UnixMicro(), []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the row lock in another transaction: the decision must give up in time.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM `+s.names.table+` WHERE key = $1 FOR UPDATE`, key); err != nil {
+		t.Fatal(err)
+	}
+	short, err := Open(ctx, dsn, Config{Table: table, CleanupInterval: -1}, backends.Options{Timeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	start := time.Now()
+	err = short.Apply(ctx, time.Now().UnixMicro(), []*backends.Op{op})
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("Apply took %v with a 50ms timeout", el)
+	}
+	if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
+		t.Fatalf("blocked Apply: %v", err)
+	}
+}
+
+func benchApply(b *testing.B, keys int) {
+	dsn := testDSN(b)
+	table := tempTable(b, dsn)
+	s := openTest(b, dsn, table, Config{})
+	defer s.Close()
+	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000}
+	names := make([]string, keys)
+	for i := range names {
+		names[i] = fmt.Sprintf("bench-%d", i)
+	}
+	var seq atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		op := &backends.Op{Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		ops := []*backends.Op{op}
+		for pb.Next() {
+			op.Key = names[int(seq.Add(1))%keys]
+			if err := s.Apply(ctx, time.Now().UnixMicro(), ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkApplyTokenBucket5Keys(b *testing.B)     { benchApply(b, 5) }
+func BenchmarkApplyTokenBucket10000Keys(b *testing.B) { benchApply(b, 10_000) }
