@@ -1,0 +1,106 @@
+// Package metrics defines halt-envoy's Prometheus metrics on a registry of its own (no
+// global registry, so tests and embedders can run several servers in one process).
+//
+// Label cardinality is bounded by configuration: domain and rule names come from config
+// files, never from request values (except for rules marked detailed_metric).
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Decision results used as the "result" label.
+const (
+	ResultOK        = "ok"
+	ResultOverLimit = "over_limit"
+	ResultShadow    = "shadow"
+	ResultError     = "error"
+	ResultFailOpen  = "fail_open"
+	ResultExempt    = "exempt"
+)
+
+// Metrics holds every collector halt-envoy exports.
+type Metrics struct {
+	// Registry is what /metrics serves.
+	Registry *prometheus.Registry
+
+	// Decisions counts descriptor decisions by domain, rule and result.
+	Decisions *prometheus.CounterVec
+	// DetailedDecisions counts decisions per full descriptor for rules marked detailed_metric.
+	DetailedDecisions *prometheus.CounterVec
+	// Requests counts gRPC calls by service method and code.
+	Requests *prometheus.CounterVec
+	// RequestDuration is the server-side latency of a whole call.
+	RequestDuration *prometheus.HistogramVec
+	// StoreDuration is the latency of one store Apply.
+	StoreDuration *prometheus.HistogramVec
+	// StoreErrors counts failed store operations by backend.
+	StoreErrors *prometheus.CounterVec
+	// ConfigReloads counts reloads by result (success, failure).
+	ConfigReloads *prometheus.CounterVec
+	// ConfigLastReloadSuccess is 1 when the last reload succeeded.
+	ConfigLastReloadSuccess prometheus.Gauge
+	// MemoryKeys is the number of keys held by the in-memory store.
+	MemoryKeys prometheus.GaugeFunc
+	// MemoryEvictions counts live keys evicted to honour the in-memory store's bound.
+	MemoryEvictions prometheus.Counter
+	// Rejected counts calls refused before evaluation (overload, bad input) by reason.
+	Rejected *prometheus.CounterVec
+	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
+	ShapingDelay prometheus.Histogram
+}
+
+// New creates and registers every metric. keys reports the in-memory store's size (nil
+// when another backend is used).
+func New(keys func() float64) *Metrics {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	latency := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
+	m := &Metrics{
+		Registry: r,
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_decisions_total", Help: "Descriptor decisions by domain, rule and result (ok, over_limit, shadow, error, fail_open, exempt).",
+		}, []string{"domain", "rule", "result"}),
+		DetailedDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_detailed_decisions_total", Help: "Decisions per full descriptor, only for rules with detailed_metric: true.",
+		}, []string{"domain", "descriptor", "result"}),
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_requests_total", Help: "gRPC calls by method and status code.",
+		}, []string{"method", "code"}),
+		RequestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "halt_request_duration_seconds", Help: "Server-side latency of a call, shaping delay included.", Buckets: latency,
+		}, []string{"method"}),
+		StoreDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "halt_store_duration_seconds", Help: "Latency of one store round (all descriptors of a call).", Buckets: latency,
+		}, []string{"backend"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_store_errors_total", Help: "Store operations that failed (unavailable, timeout, contention, corrupt state).",
+		}, []string{"backend"}),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_config_reloads_total", Help: "Configuration reloads by result (success, failure).",
+		}, []string{"result"}),
+		ConfigLastReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "halt_config_last_reload_successful", Help: "1 if the last configuration reload succeeded, 0 if the last good config is being kept.",
+		}),
+		MemoryEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "halt_memory_evictions_total", Help: "Live keys evicted from the in-memory store to stay within max_keys.",
+		}),
+		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_rejected_total", Help: "Calls refused before evaluation, by reason (invalid_argument, overload).",
+		}, []string{"reason"}),
+		ShapingDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "halt_shaping_delay_seconds", Help: "How long leaky-bucket shaping held admitted requests.", Buckets: latency,
+		}),
+	}
+	if keys == nil {
+		keys = func() float64 { return 0 }
+	}
+	m.MemoryKeys = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "halt_memory_keys", Help: "Keys held by the in-memory store.",
+	}, keys)
+	r.MustRegister(m.Decisions, m.DetailedDecisions, m.Requests, m.RequestDuration, m.StoreDuration, m.StoreErrors,
+		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.ShapingDelay)
+	m.ConfigLastReloadSuccess.Set(1)
+	return m
+}

@@ -1,0 +1,542 @@
+// Package ratelimit is halt-envoy's decision engine and its gRPC front: it matches request
+// descriptors against the current configuration, turns every matched limit into one store
+// operation, applies the failure mode when the store cannot answer, and assembles Envoy's
+// RateLimitService v3 response.
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+)
+
+// Clock tells the engine what time it is. Tests inject a fake so algorithm timelines are
+// exact; production uses SystemClock.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock reads the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Limits on a single call. Envoy never sends anything near them; a caller that does is
+// broken or hostile, and gets InvalidArgument instead of a store round per descriptor.
+const (
+	DefaultMaxDescriptors = 64
+	DefaultMaxEntries     = 32
+	DefaultMaxValueLen    = 1024
+)
+
+// Config wires an Engine.
+type Config struct {
+	// Store holds the counters.
+	Store backends.Store
+	// StoreName labels store metrics ("memory", "redis", ...).
+	StoreName string
+	// Rules returns the configuration to use for one call. It is called once per call, so
+	// a reload never shows a call half old and half new config.
+	Rules func() *plans.Set
+	// Clock defaults to SystemClock.
+	Clock Clock
+	// Metrics may be nil in tests.
+	Metrics *metrics.Metrics
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// FailureMode applies when a rule does not set its own: allow (default), deny or error.
+	FailureMode plans.FailureMode
+	// StoreTimeout bounds one store round; zero means backends.DefaultTimeout.
+	StoreTimeout time.Duration
+	// MaxDescriptors, MaxEntries and MaxValueLen bound one call; zero means the defaults.
+	MaxDescriptors, MaxEntries, MaxValueLen int
+}
+
+// Engine decides. It is safe for concurrent use.
+type Engine struct {
+	cfg  Config
+	pool sync.Pool // *scratch
+}
+
+// New returns an engine for cfg.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ratelimit: no store")
+	}
+	if cfg.Rules == nil {
+		return nil, errors.New("ratelimit: no rules")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch cfg.FailureMode {
+	case "":
+		cfg.FailureMode = plans.FailureMode("allow")
+	case "allow", "deny", "error":
+	default:
+		return nil, fmt.Errorf("ratelimit: unknown failure mode %q (want allow, deny or error)", cfg.FailureMode)
+	}
+	if cfg.StoreTimeout <= 0 {
+		cfg.StoreTimeout = backends.DefaultTimeout
+	}
+	if cfg.MaxDescriptors <= 0 {
+		cfg.MaxDescriptors = DefaultMaxDescriptors
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	if cfg.MaxValueLen <= 0 {
+		cfg.MaxValueLen = DefaultMaxValueLen
+	}
+	if cfg.StoreName == "" {
+		cfg.StoreName = "unknown"
+	}
+	e := &Engine{cfg: cfg}
+	e.pool.New = func() any { return new(scratch) }
+	return e, nil
+}
+
+// Store returns the engine's store (for readiness checks).
+func (e *Engine) Store() backends.Store { return e.cfg.Store }
+
+// Descriptor is one request descriptor in engine terms.
+type Descriptor struct {
+	// Entries are the (key, value) pairs, in order.
+	Entries []plans.Entry
+	// Hits is what this request adds (hits_addend resolved); 0 checks without counting.
+	Hits uint64
+	// Override replaces the configured limit (Envoy's descriptor limit override).
+	Override *Override
+}
+
+// Override is a limit sent by Envoy with the descriptor.
+type Override struct {
+	RequestsPerUnit uint32
+	Unit            string
+	UnitMultiplier  uint32
+}
+
+// Code is a descriptor's outcome.
+type Code uint8
+
+// Outcomes. They mirror Envoy's RateLimitResponse codes.
+const (
+	CodeOK Code = iota + 1
+	CodeOverLimit
+)
+
+// Decision is the outcome for one descriptor.
+type Decision struct {
+	// Code is CodeOK or CodeOverLimit (shadow-mode denials are CodeOK with Shadow set).
+	Code Code
+	// Shadow is set when a shadow-mode limit was exceeded but the request let through.
+	Shadow bool
+	// Rule is the matched rule, nil when nothing matched.
+	Rule *plans.Rule
+	// Limit is the limit reported (the tightest, or the one that denied), nil for none.
+	Limit *plans.Limit
+	// Result is that limit's algorithm result.
+	Result algorithms.Result
+	// FailedOpen is set when the store failed and the failure mode let the request pass.
+	FailedOpen bool
+}
+
+// ErrInvalid wraps every rejection of a malformed call.
+var ErrInvalid = errors.New("invalid request")
+
+// ErrStoreUnavailable is returned when the store failed and the failure mode is "error".
+var ErrStoreUnavailable = errors.New("rate-limit store unavailable")
+
+type scratch struct {
+	ops     []backends.Op
+	opPtrs  []*backends.Op
+	owners  []int // descriptor index of each op
+	limits  []*plans.Limit
+	keyBuf  []byte
+	replace map[string]struct{}
+}
+
+// Check decides every descriptor of one call for domain. decisions must have the same
+// length as descs. It returns whether the call as a whole is over limit.
+func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
+	if err := e.validate(domain, descs); err != nil {
+		if e.cfg.Metrics != nil {
+			e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
+		}
+		return false, err
+	}
+	set := e.cfg.Rules()
+	now := e.cfg.Clock.Now()
+	nowUS := now.UnixMicro()
+
+	sc := e.pool.Get().(*scratch)
+	defer e.pool.Put(sc)
+	sc.ops, sc.opPtrs, sc.owners, sc.limits = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0]
+	clear(sc.replace)
+
+	// Match every descriptor first: "replaces" is decided across the whole call.
+	for i := range descs {
+		decisions[i] = Decision{Code: CodeOK}
+		if descs[i].Override != nil {
+			continue
+		}
+		if set == nil {
+			continue
+		}
+		rule, ok := set.Match(domain, descs[i].Entries)
+		if !ok {
+			continue
+		}
+		decisions[i].Rule = rule
+		for _, name := range rule.Replaces {
+			if sc.replace == nil {
+				sc.replace = make(map[string]struct{})
+			}
+			sc.replace[name] = struct{}{}
+		}
+	}
+	for i := range descs {
+		d := &descs[i]
+		if d.Override != nil {
+			if set == nil || !hasDomain(set, domain) {
+				continue
+			}
+			l, err := overrideLimit(d.Override)
+			if err != nil {
+				return false, fmt.Errorf("%w: descriptor %d: %v", ErrInvalid, i, err)
+			}
+			e.addOp(sc, domain, d, i, l, int64Cost(d.Hits, 1))
+			continue
+		}
+		rule := decisions[i].Rule
+		if rule == nil || rule.Unlimited {
+			continue
+		}
+		cost := int64Cost(d.Hits, rule.Cost)
+		for j := range rule.Limits {
+			l := &rule.Limits[j]
+			if l.Name != "" {
+				if _, replaced := sc.replace[l.Name]; replaced {
+					continue
+				}
+			}
+			e.addOp(sc, domain, d, i, l, cost)
+		}
+	}
+	if len(sc.ops) == 0 {
+		e.count(domain, decisions)
+		return false, nil
+	}
+	for k := range sc.ops {
+		sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
+	}
+
+	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
+	start := time.Now()
+	applyErr := e.cfg.Store.Apply(sctx, nowUS, sc.opPtrs)
+	cancel()
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.StoreDuration.WithLabelValues(e.cfg.StoreName).Observe(time.Since(start).Seconds())
+	}
+
+	var delay int64
+	failErr := error(nil)
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		dec := &decisions[sc.owners[k]]
+		l := sc.limits[k]
+		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
+			err := op.Err
+			if err == nil {
+				err = applyErr
+			}
+			if e.cfg.Metrics != nil {
+				e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+			}
+			switch e.failureMode(dec.Rule) {
+			case "deny":
+				dec.Code = CodeOverLimit
+				dec.Limit = l
+				dec.Result = algorithms.Result{Limit: l.Params.Requests, RetryAfter: 1_000_000, ResetAfter: 1_000_000}
+			case "error":
+				failErr = err
+			default:
+				dec.FailedOpen = true
+				if dec.Limit == nil {
+					dec.Limit = l
+					dec.Result = algorithms.Result{Allowed: true, Limit: l.Params.Requests, Remaining: l.Params.Requests}
+				}
+			}
+			continue
+		}
+		r := op.Result
+		if r.Allowed && r.Delay > delay {
+			delay = r.Delay
+		}
+		if tighter(dec, l, r) {
+			dec.Limit, dec.Result = l, r
+		}
+		if !r.Allowed {
+			if dec.Rule != nil && dec.Rule.ShadowMode {
+				dec.Shadow = true
+			} else {
+				dec.Code = CodeOverLimit
+			}
+		}
+	}
+	if failErr != nil {
+		e.cfg.Logger.Warn("store failed; answering UNAVAILABLE per failure_mode error", "domain", domain, "err", failErr)
+		return false, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+	}
+	if applyErr != nil {
+		e.cfg.Logger.Warn("store failed; applying failure mode", "domain", domain, "err", applyErr)
+	}
+	for i := range decisions {
+		if decisions[i].Code == CodeOverLimit {
+			overLimit = true
+		}
+	}
+	if delay > 0 && !overLimit {
+		e.shape(ctx, delay)
+	}
+	e.count(domain, decisions)
+	return overLimit, nil
+}
+
+// tighter reports whether (l, r) should be reported instead of what dec holds: a denial
+// beats an admission, then the least remaining, then the longest wait.
+func tighter(dec *Decision, l *plans.Limit, r algorithms.Result) bool {
+	if dec.Limit == nil {
+		return true
+	}
+	cur := dec.Result
+	if cur.Allowed != r.Allowed {
+		return !r.Allowed
+	}
+	if r.Remaining != cur.Remaining {
+		return r.Remaining < cur.Remaining
+	}
+	return r.ResetAfter > cur.ResetAfter
+}
+
+// shape holds an admitted request until the water ahead of it drained (leaky bucket with
+// max_delay), but never past the caller's deadline.
+func (e *Engine) shape(ctx context.Context, delayUS int64) {
+	d := time.Duration(delayUS) * time.Microsecond
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl) - 2*time.Millisecond; left < d {
+			d = left
+		}
+	}
+	if d <= 0 {
+		return
+	}
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.ShapingDelay.Observe(d.Seconds())
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (e *Engine) failureMode(r *plans.Rule) plans.FailureMode {
+	if r != nil && r.FailureMode != "" {
+		return r.FailureMode
+	}
+	return e.cfg.FailureMode
+}
+
+func (e *Engine) count(domain string, decisions []Decision) {
+	m := e.cfg.Metrics
+	if m == nil {
+		return
+	}
+	for i := range decisions {
+		d := &decisions[i]
+		if d.Rule == nil && d.Limit == nil {
+			continue
+		}
+		result := metrics.ResultOK
+		switch {
+		case d.FailedOpen:
+			result = metrics.ResultFailOpen
+		case d.Code == CodeOverLimit:
+			result = metrics.ResultOverLimit
+		case d.Shadow:
+			result = metrics.ResultShadow
+		}
+		name := "override"
+		if d.Rule != nil {
+			name = d.Rule.Name
+		}
+		m.Decisions.WithLabelValues(domain, name, result).Inc()
+	}
+}
+
+// CountDetailed records a per-descriptor metric for rules marked detailed_metric. It is
+// separate from Check because only the transport knows the descriptor's text form.
+func (e *Engine) CountDetailed(domain, descriptor string, d *Decision) {
+	if e.cfg.Metrics == nil || d.Rule == nil || !d.Rule.DetailedMetric {
+		return
+	}
+	result := metrics.ResultOK
+	if d.Code == CodeOverLimit {
+		result = metrics.ResultOverLimit
+	} else if d.Shadow {
+		result = metrics.ResultShadow
+	}
+	e.cfg.Metrics.DetailedDecisions.WithLabelValues(domain, descriptor, result).Inc()
+}
+
+func (e *Engine) validate(domain string, descs []Descriptor) error {
+	if domain == "" {
+		return fmt.Errorf("%w: domain must not be empty", ErrInvalid)
+	}
+	if len(domain) > e.cfg.MaxValueLen {
+		return fmt.Errorf("%w: domain is %d bytes, the limit is %d", ErrInvalid, len(domain), e.cfg.MaxValueLen)
+	}
+	if len(descs) == 0 {
+		return fmt.Errorf("%w: no descriptors: a request must carry at least one descriptor", ErrInvalid)
+	}
+	if len(descs) > e.cfg.MaxDescriptors {
+		return fmt.Errorf("%w: %d descriptors in one request, the limit is %d", ErrInvalid, len(descs), e.cfg.MaxDescriptors)
+	}
+	for i := range descs {
+		ents := descs[i].Entries
+		if len(ents) == 0 {
+			return fmt.Errorf("%w: descriptor %d has no entries", ErrInvalid, i)
+		}
+		if len(ents) > e.cfg.MaxEntries {
+			return fmt.Errorf("%w: descriptor %d has %d entries, the limit is %d", ErrInvalid, i, len(ents), e.cfg.MaxEntries)
+		}
+		for j, en := range ents {
+			if en.Key == "" {
+				return fmt.Errorf("%w: descriptor %d entry %d has an empty key", ErrInvalid, i, j)
+			}
+			if len(en.Key) > e.cfg.MaxValueLen || len(en.Value) > e.cfg.MaxValueLen {
+				return fmt.Errorf("%w: descriptor %d entry %d is longer than %d bytes", ErrInvalid, i, j, e.cfg.MaxValueLen)
+			}
+		}
+	}
+	return nil
+}
+
+func hasDomain(set *plans.Set, domain string) bool {
+	for _, d := range set.Domains() {
+		if d == domain {
+			return true
+		}
+	}
+	return false
+}
+
+// int64Cost multiplies hits by a rule's cost without overflowing: anything beyond
+// algorithms.MaxCount saturates, which every algorithm treats as "never fits".
+func int64Cost(hits uint64, ruleCost int64) int64 {
+	if ruleCost <= 0 {
+		ruleCost = 1
+	}
+	if hits == 0 {
+		return 0
+	}
+	if hits > uint64(algorithms.MaxCount)/uint64(ruleCost) {
+		return algorithms.MaxCount
+	}
+	return int64(hits) * ruleCost
+}
+
+func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, l *plans.Limit, cost int64) {
+	sc.keyBuf = AppendKey(sc.keyBuf[:0], domain, d.Entries, l)
+	sc.ops = append(sc.ops, backends.Op{
+		Key:       string(sc.keyBuf),
+		Algorithm: l.Algorithm,
+		Limit:     l.Params,
+		Cost:      cost,
+	})
+	sc.owners = append(sc.owners, owner)
+	sc.limits = append(sc.limits, l)
+}
+
+// AppendKey appends the store key of one limit of one descriptor: the domain, every
+// entry (escaped so that values holding separators cannot collide) and the algorithm and
+// period, so that a reload that changes a limit's algorithm never reads a state written
+// by another algorithm.
+func AppendKey(dst []byte, domain string, entries []plans.Entry, l *plans.Limit) []byte {
+	dst = appendEscaped(dst, domain)
+	for _, en := range entries {
+		dst = append(dst, '|')
+		dst = appendEscaped(dst, en.Key)
+		dst = append(dst, '=')
+		dst = appendEscaped(dst, en.Value)
+	}
+	dst = append(dst, '|', '@')
+	dst = append(dst, l.Algorithm.String()...)
+	dst = append(dst, ':')
+	dst = strconv.AppendInt(dst, l.Params.Period, 10)
+	return dst
+}
+
+func appendEscaped(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\', '|', '=', '@':
+			dst = append(dst, '\\', c)
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// unitPeriods are the reference service's unit lengths (UnitToDivider): a month is 30
+// days and a year 365, windows aligned to multiples of them since the epoch.
+var unitPeriods = map[string]time.Duration{
+	"second": time.Second,
+	"minute": time.Minute,
+	"hour":   time.Hour,
+	"day":    24 * time.Hour,
+	"week":   7 * 24 * time.Hour,
+	"month":  30 * 24 * time.Hour,
+	"year":   365 * 24 * time.Hour,
+}
+
+func overrideLimit(o *Override) (*plans.Limit, error) {
+	p, ok := unitPeriods[o.Unit]
+	if !ok {
+		return nil, fmt.Errorf("limit override has unknown unit %q", o.Unit)
+	}
+	mult := int64(o.UnitMultiplier)
+	if mult == 0 {
+		mult = 1
+	}
+	l := &plans.Limit{
+		Algorithm:       algorithms.FixedWindow,
+		Unit:            o.Unit,
+		RequestsPerUnit: o.RequestsPerUnit,
+		UnitMultiplier:  mult,
+		Params: algorithms.Limit{
+			Requests: int64(o.RequestsPerUnit),
+			Period:   int64(p/time.Microsecond) * mult,
+		},
+	}
+	if err := l.Params.Validate(l.Algorithm); err != nil {
+		return nil, fmt.Errorf("limit override: %w", err)
+	}
+	return l, nil
+}

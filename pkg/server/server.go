@@ -1,0 +1,279 @@
+// Package server assembles halt-envoy's listeners: the gRPC port (RateLimitService,
+// health, reflection) and the HTTP port (metrics, health, readiness, effective config,
+// pprof and the reference service's /healthcheck and /json endpoints).
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+)
+
+// Options configure a Server.
+type Options struct {
+	// GRPCAddr and HTTPAddr are listen addresses; ":0" picks a free port.
+	GRPCAddr, HTTPAddr string
+	// Engine decides; Service is its gRPC front.
+	Engine  *ratelimit.Engine
+	Service *ratelimit.Service
+	// Register adds more gRPC services (ext_authz) to the same port.
+	Register []func(*grpc.Server)
+	// Metrics is served on /metrics.
+	Metrics *metrics.Metrics
+	// Config returns the current configuration for /config and readiness.
+	Config func() *plans.Set
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// MaxInFlight bounds concurrent calls; past it calls fail fast with RESOURCE_EXHAUSTED
+	// instead of queueing without limit. Zero means 4096.
+	MaxInFlight int
+	// MaxRecvBytes bounds one request message. Zero means 1 MiB.
+	MaxRecvBytes int
+	// DrainTimeout bounds graceful shutdown. Zero means 10 s.
+	DrainTimeout time.Duration
+	// DisablePprof removes /debug/pprof from the HTTP port.
+	DisablePprof bool
+	// ReadyTimeout bounds the store ping of /readyz. Zero means 1 s.
+	ReadyTimeout time.Duration
+}
+
+// Server runs both listeners.
+type Server struct {
+	opt      Options
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	grpcLn   net.Listener
+	httpLn   net.Listener
+	inflight chan struct{}
+	draining sync.Once
+}
+
+// New listens on both addresses (so the caller knows the ports before Serve).
+func New(opt Options) (*Server, error) {
+	if opt.Engine == nil || opt.Service == nil {
+		return nil, errors.New("server: engine and service are required")
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.MaxInFlight <= 0 {
+		opt.MaxInFlight = 4096
+	}
+	if opt.MaxRecvBytes <= 0 {
+		opt.MaxRecvBytes = 1 << 20
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 10 * time.Second
+	}
+	if opt.ReadyTimeout <= 0 {
+		opt.ReadyTimeout = time.Second
+	}
+	s := &Server{opt: opt, inflight: make(chan struct{}, opt.MaxInFlight)}
+	var err error
+	if s.grpcLn, err = net.Listen("tcp", opt.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen grpc %s: %w", opt.GRPCAddr, err)
+	}
+	if s.httpLn, err = net.Listen("tcp", opt.HTTPAddr); err != nil {
+		s.grpcLn.Close()
+		return nil, fmt.Errorf("listen http %s: %w", opt.HTTPAddr, err)
+	}
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
+		grpc.UnaryInterceptor(s.bound),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     15 * time.Minute,
+			MaxConnectionAge:      30 * time.Minute, // rebalance long-lived Envoy connections
+			MaxConnectionAgeGrace: 30 * time.Second,
+			Time:                  2 * time.Minute,
+			Timeout:               20 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	rlsv3.RegisterRateLimitServiceServer(s.grpc, opt.Service)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	for _, reg := range opt.Register {
+		reg(s.grpc)
+	}
+	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second}
+	return s, nil
+}
+
+// GRPCAddr is the bound gRPC address.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
+
+// HTTPAddr is the bound HTTP address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+
+// bound refuses calls beyond MaxInFlight at once: under overload a fast
+// RESOURCE_EXHAUSTED lets Envoy apply its failure mode instead of every call timing out.
+func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if ctx.Err() != nil {
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	select {
+	case s.inflight <- struct{}{}:
+	default:
+		if s.opt.Metrics != nil {
+			s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
+		}
+		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
+	}
+	defer func() { <-s.inflight }()
+	return handler(ctx, req)
+}
+
+// Serve serves until ctx is done, then drains in-flight calls and returns.
+func (s *Server) Serve(ctx context.Context) error {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	errc := make(chan error, 2)
+	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
+	go func() {
+		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.Shutdown()
+	return err
+}
+
+// Shutdown stops accepting calls, lets in-flight ones finish (up to DrainTimeout) and
+// closes both listeners.
+func (s *Server) Shutdown() {
+	s.draining.Do(func() {
+		s.health.Shutdown() // health checks now say NOT_SERVING so balancers move away
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(s.opt.DrainTimeout):
+			s.opt.Logger.Warn("drain timeout; closing remaining calls", "timeout", s.opt.DrainTimeout)
+			s.grpc.Stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.DrainTimeout)
+		defer cancel()
+		_ = s.http.Shutdown(ctx)
+	})
+}
+
+func (s *Server) mux() *http.ServeMux {
+	m := http.NewServeMux()
+	if s.opt.Metrics != nil {
+		m.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	m.HandleFunc("GET /readyz", s.ready)
+	m.HandleFunc("GET /healthcheck", s.ready) // the reference service's path
+	m.HandleFunc("GET /config", s.config)
+	m.HandleFunc("POST /json", s.json)
+	if !s.opt.DisablePprof {
+		m.HandleFunc("/debug/pprof/", pprof.Index)
+		m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return m
+}
+
+// ready answers 200 only when a config is loaded and the store answers a ping.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	if s.opt.Config != nil && s.opt.Config() == nil {
+		http.Error(w, "not ready: no configuration loaded", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opt.ReadyTimeout)
+	defer cancel()
+	if err := s.opt.Engine.Store().Ping(ctx); err != nil {
+		http.Error(w, "not ready: store: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("OK\n"))
+}
+
+func (s *Server) config(w http.ResponseWriter, r *http.Request) {
+	var set *plans.Set
+	if s.opt.Config != nil {
+		set = s.opt.Config()
+	}
+	if set == nil {
+		http.Error(w, "no configuration loaded", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(set.Effective())
+}
+
+// json is the reference service's POST /json: a RateLimitRequest in protobuf JSON in, a
+// RateLimitResponse out, 429 when over limit.
+func (s *Server) json(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.opt.MaxRecvBytes)))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusRequestEntityTooLarge)
+		return
+	}
+	var req rlsv3.RateLimitRequest
+	if err := protojson.Unmarshal(body, &req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, err := s.opt.Service.ShouldRateLimit(r.Context(), &req)
+	if err != nil {
+		code := http.StatusInternalServerError
+		switch status.Code(err) {
+		case codes.InvalidArgument:
+			code = http.StatusBadRequest
+		case codes.Unavailable, codes.ResourceExhausted:
+			code = http.StatusServiceUnavailable
+		}
+		http.Error(w, status.Convert(err).Message(), code)
+		return
+	}
+	out, err := protojson.Marshal(resp)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
+		w.WriteHeader(http.StatusTooManyRequests)
+	}
+	w.Write(out)
+}
