@@ -10,6 +10,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/postgres"
 )
 
 // Open returns the store named by rawURL: memory://, redis://, rediss://,
@@ -23,6 +24,12 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	switch u.Scheme {
 	case "memory", "":
 		return openMemory(u)
+	case "postgres", "postgresql":
+		s, err := postgres.OpenURL(ctx, rawURL, opt)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return s, nil
 	}
 	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
