@@ -11,6 +11,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/postgres"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
 )
 
 // Open returns the store named by rawURL: memory://, redis://, rediss://,
@@ -24,6 +25,12 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	switch u.Scheme {
 	case "memory", "":
 		return openMemory(u)
+	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+		s, err := redis.Open(ctx, u, opt)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return s, nil
 	case "postgres", "postgresql":
 		s, err := postgres.OpenURL(ctx, rawURL, opt)
 		if err != nil {

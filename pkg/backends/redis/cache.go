@@ -1,0 +1,208 @@
+package redis
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// denyCache remembers keys the server said are over their limit, for the algorithms
+// where the server's answer until some instant is fully determined by that denial, so
+// that an abusive client's hits are answered without a round trip:
+//
+//   - fixed_window, after a denial: the window's count is above the limit and only grows
+//     until the window ends, so every hit with cost > 0 in that same window is denied with
+//     Remaining 0 and ResetAfter = window end - now. (The server would also add the
+//     denied hits to the count; the count being above the limit either way, no Result
+//     differs.)
+//   - calendar, once Remaining is 0: admitted cost only grows within the window and denied
+//     cost is not counted, so every hit with cost > 0 is denied until the window end.
+//   - penalty, while locked out: the state does not change at all until the lockout ends,
+//     so every op (any cost) gets the same denial, computed from the lockout end.
+//
+// Token and leaky buckets and both sliding windows refill with time in ways that depend
+// on the exact server state (which other replicas move), so they are never cached.
+//
+// Entries are tied to the exact Limit (a configuration change misses) and are replaced
+// or dropped by every answer the server gives for the key in this process, so a clock
+// that went forward and back again is handled exactly. What a cache cannot see is another
+// replica's Delete (admin reset) or another replica whose clock is ahead; see the docs.
+type denyCache struct {
+	seed   maphash.Seed
+	maxPer int
+	n      atomic.Int64
+	shards [cacheShards]cacheShard
+}
+
+const cacheShards = 32
+
+type cacheShard struct {
+	mu sync.Mutex
+	m  map[string]cacheEntry
+	_  [40]byte
+}
+
+type cacheEntry struct {
+	alg   algorithms.Algorithm
+	limit algorithms.Limit
+	// from and until bound the times (microseconds, op clock) at which the entry answers.
+	from, until int64
+	// ttlEnd is when the server-side state expires in op time (for Result.TTL).
+	ttlEnd int64
+}
+
+func newDenyCache(maxKeys int) *denyCache {
+	if maxKeys < cacheShards {
+		maxKeys = cacheShards
+	}
+	c := &denyCache{seed: maphash.MakeSeed(), maxPer: maxKeys / cacheShards}
+	for i := range c.shards {
+		c.shards[i].m = make(map[string]cacheEntry)
+	}
+	return c
+}
+
+func (c *denyCache) shard(key string) *cacheShard {
+	return &c.shards[maphash.String(c.seed, key)%cacheShards]
+}
+
+// cacheable reports whether alg can ever be answered from the cache.
+func cacheable(alg algorithms.Algorithm) bool {
+	return alg == algorithms.FixedWindow || alg == algorithms.Calendar || alg == algorithms.Penalty
+}
+
+// answer fills op.Result from a live entry and reports whether it did.
+func (c *denyCache) answer(now int64, op *backends.Op) bool {
+	if c.n.Load() == 0 || !cacheable(op.Algorithm) {
+		return false
+	}
+	sh := c.shard(op.Key)
+	sh.mu.Lock()
+	e, ok := sh.m[op.Key]
+	if ok && now >= e.until {
+		delete(sh.m, op.Key)
+		c.n.Add(-1)
+		ok = false
+	}
+	sh.mu.Unlock()
+	if !ok || now < e.from || e.alg != op.Algorithm || e.limit != op.Limit {
+		return false
+	}
+	l := &op.Limit
+	cost := op.Cost
+	var r algorithms.Result
+	switch op.Algorithm {
+	case algorithms.FixedWindow:
+		if cost <= 0 || algorithms.WindowStart(now, l.Period) != e.from {
+			return false
+		}
+		reset := e.until - now
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: reset}
+	case algorithms.Calendar:
+		if cost <= 0 {
+			return false
+		}
+		reset := e.until - now
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: reset}
+	case algorithms.Penalty:
+		left := e.until - now
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: left, RetryAfter: left, TTL: max(0, e.ttlEnd-now)}
+	}
+	if op.Algorithm != algorithms.Penalty && cost > l.Requests {
+		r.RetryAfter = -1
+	}
+	op.Result = r
+	op.Err = nil
+	return true
+}
+
+// learn records (or forgets) what the server just answered for op at now.
+func (c *denyCache) learn(now int64, op *backends.Op) {
+	if !cacheable(op.Algorithm) {
+		return
+	}
+	r := &op.Result
+	var e cacheEntry
+	keep := false
+	switch op.Algorithm {
+	case algorithms.FixedWindow:
+		if !r.Allowed && r.ResetAfter > 0 {
+			// The window the server counted in (it may be a newer one than now's when
+			// the clock went back); the entry answers only inside exactly that window.
+			end := now + r.ResetAfter
+			e.from, e.until = end-op.Limit.Period, end
+			keep = true
+		}
+	case algorithms.Calendar:
+		if r.Remaining == 0 && op.Limit.WindowEnd > now {
+			e.from, e.until = minTime, op.Limit.WindowEnd
+			keep = true
+		}
+	case algorithms.Penalty:
+		if !r.Allowed && r.ResetAfter > 0 {
+			e.from, e.until = minTime, now+r.ResetAfter
+			e.ttlEnd = now + r.TTL
+			keep = true
+		}
+	}
+	sh := c.shard(op.Key)
+	if !keep {
+		if c.n.Load() == 0 {
+			return
+		}
+		sh.mu.Lock()
+		if _, ok := sh.m[op.Key]; ok {
+			delete(sh.m, op.Key)
+			c.n.Add(-1)
+		}
+		sh.mu.Unlock()
+		return
+	}
+	e.alg, e.limit = op.Algorithm, op.Limit
+	sh.mu.Lock()
+	if _, ok := sh.m[op.Key]; !ok {
+		if len(sh.m) >= c.maxPer {
+			c.evict(sh, now)
+		}
+		c.n.Add(1)
+	}
+	sh.m[op.Key] = e
+	sh.mu.Unlock()
+}
+
+// evict makes room: an expired entry if one of a few sampled is, else the first sampled.
+func (c *denyCache) evict(sh *cacheShard, now int64) {
+	var victim string
+	n := 0
+	for k, e := range sh.m {
+		if e.until <= now {
+			victim = k
+			break
+		}
+		if n == 0 {
+			victim = k
+		}
+		if n++; n == 8 {
+			break
+		}
+	}
+	delete(sh.m, victim)
+	c.n.Add(-1)
+}
+
+// forget drops keys (Delete in this process must not be undone by a cached denial).
+func (c *denyCache) forget(key string) {
+	sh := c.shard(key)
+	sh.mu.Lock()
+	if _, ok := sh.m[key]; ok {
+		delete(sh.m, key)
+		c.n.Add(-1)
+	}
+	sh.mu.Unlock()
+}
+
+// minTime is earlier than any op time.
+const minTime = -1 << 62

@@ -1,0 +1,639 @@
+// Package redis is halt-envoy's Redis backend: standalone, TLS, Sentinel and Cluster.
+//
+// Every decision runs server-side in one Lua script that ports pkg/algorithms line by
+// line, so each op is atomic on its key across every halt replica sharing the Redis, and
+// one Apply costs one script call per cluster slot (one in total outside Cluster).
+// Concurrent Apply calls are gathered into shared pipelines, and keys known to be over
+// their limit are answered from a small local cache where that is exact.
+package redis
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// Mode is how the store reaches Redis.
+type Mode int
+
+// The deployment shapes a URL can name.
+const (
+	// Standalone is one server (redis:// or rediss://).
+	Standalone Mode = iota + 1
+	// Sentinel asks Sentinels for the current master (redis+sentinel://).
+	Sentinel
+	// Cluster spreads keys over Redis Cluster slots (redis+cluster://).
+	Cluster
+)
+
+// DefaultPort is used for hosts given without a port.
+const DefaultPort = "6379"
+
+// Config is everything a store URL says.
+type Config struct {
+	Mode Mode
+	// Addrs are the server (Standalone), the Sentinels (Sentinel) or the seed nodes (Cluster).
+	Addrs []string
+	// Username and Password authenticate to Redis itself (AUTH / ACL).
+	Username, Password string
+	// DB is the database number (Standalone and Sentinel; Cluster has only 0).
+	DB int
+	// TLS is set for rediss:// URLs.
+	TLS *tls.Config
+	// MasterName, SentinelUsername and SentinelPassword are for Sentinel mode.
+	MasterName, SentinelUsername, SentinelPassword string
+	// PoolSize and MinIdle size the connection pool (per node in Cluster); 0 = driver default.
+	PoolSize, MinIdle int
+	// Timeout overrides Options.Timeout when non-zero.
+	Timeout time.Duration
+	// ServerTime makes the script read Redis TIME instead of using the now given to Apply.
+	ServerTime bool
+	// LocalCache answers keys known to be over limit locally (see denyCache). Default on.
+	LocalCache bool
+	// Batch gathers concurrent Apply calls into shared pipelines. Default on.
+	Batch bool
+	// Pipelines is the number of collector goroutines, each with one pipeline in flight.
+	Pipelines int
+}
+
+// Parse reads a store URL:
+//
+//	redis://[user:pass@]host:port/db?options
+//	rediss://[user:pass@]host:port/db?tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_server_name=NAME&tls_insecure_skip_verify=true
+//	redis+sentinel://[user:pass@]host1:port,host2:port/db?master=NAME&sentinel_username=U&sentinel_password=P
+//	redis+cluster://[user:pass@]host1:port,host2:port,...
+//
+// Common options: pool_size, min_idle, timeout (Go duration), time=redis|halt,
+// local_cache=true|false, batch=true|false, pipelines=N. Unknown options are an error.
+func Parse(u *url.URL) (Config, error) {
+	cfg := Config{LocalCache: true, Batch: true}
+	switch u.Scheme {
+	case "redis", "rediss":
+		cfg.Mode = Standalone
+	case "redis+sentinel":
+		cfg.Mode = Sentinel
+	case "redis+cluster":
+		cfg.Mode = Cluster
+	default:
+		return cfg, fmt.Errorf("redis URL: unknown scheme %q (want redis, rediss, redis+sentinel or redis+cluster)", u.Scheme)
+	}
+	if u.Opaque != "" {
+		return cfg, fmt.Errorf("redis URL: want %s://host:port, got no host", u.Scheme)
+	}
+	for _, h := range strings.Split(u.Host, ",") {
+		if h == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(h, DefaultPort)
+		}
+		cfg.Addrs = append(cfg.Addrs, h)
+	}
+	if len(cfg.Addrs) == 0 {
+		return cfg, fmt.Errorf("redis URL: no host")
+	}
+	if cfg.Mode == Standalone && len(cfg.Addrs) > 1 {
+		return cfg, fmt.Errorf("redis URL: %s:// takes one host, got %d (use redis+sentinel:// or redis+cluster:// for several)", u.Scheme, len(cfg.Addrs))
+	}
+	if u.User != nil {
+		cfg.Username = u.User.Username()
+		cfg.Password, _ = u.User.Password()
+	}
+	if p := strings.Trim(u.Path, "/"); p != "" {
+		db, err := strconv.Atoi(p)
+		if err != nil || db < 0 {
+			return cfg, fmt.Errorf("redis URL: database must be a non-negative number, got %q", p)
+		}
+		if cfg.Mode == Cluster && db != 0 {
+			return cfg, fmt.Errorf("redis URL: Redis Cluster has only database 0, got %d", db)
+		}
+		cfg.DB = db
+	}
+
+	q := u.Query()
+	tlsOpts := map[string]string{}
+	for k, vs := range q {
+		v := vs[len(vs)-1]
+		var err error
+		switch k {
+		case "pool_size":
+			cfg.PoolSize, err = positive(k, v)
+		case "min_idle":
+			cfg.MinIdle, err = strconv.Atoi(v)
+			if err != nil || cfg.MinIdle < 0 {
+				err = fmt.Errorf("redis URL: min_idle must be a non-negative integer, got %q", v)
+			}
+		case "pipelines":
+			cfg.Pipelines, err = positive(k, v)
+		case "timeout":
+			cfg.Timeout, err = time.ParseDuration(v)
+			if err != nil || cfg.Timeout <= 0 {
+				err = fmt.Errorf("redis URL: timeout must be a positive Go duration such as 15ms, got %q", v)
+			}
+		case "time":
+			switch v {
+			case "redis":
+				cfg.ServerTime = true
+			case "halt", "local", "":
+				cfg.ServerTime = false
+			default:
+				err = fmt.Errorf("redis URL: time must be redis or halt, got %q", v)
+			}
+		case "local_cache":
+			cfg.LocalCache, err = boolean(k, v)
+		case "batch":
+			cfg.Batch, err = boolean(k, v)
+		case "master", "sentinel_username", "sentinel_password":
+			if cfg.Mode != Sentinel {
+				return cfg, fmt.Errorf("redis URL: option %q applies to redis+sentinel:// only", k)
+			}
+			switch k {
+			case "master":
+				cfg.MasterName = v
+			case "sentinel_username":
+				cfg.SentinelUsername = v
+			default:
+				cfg.SentinelPassword = v
+			}
+		case "tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure_skip_verify":
+			if u.Scheme != "rediss" {
+				return cfg, fmt.Errorf("redis URL: option %q needs a rediss:// URL", k)
+			}
+			tlsOpts[k] = v
+		default:
+			return cfg, fmt.Errorf("redis URL: unknown option %q (want pool_size, min_idle, timeout, time, local_cache, batch, pipelines%s)", k, modeOptions(u.Scheme))
+		}
+		if err != nil {
+			return cfg, err
+		}
+	}
+	if cfg.Mode == Sentinel && cfg.MasterName == "" {
+		return cfg, fmt.Errorf("redis URL: redis+sentinel:// needs ?master=NAME")
+	}
+	if u.Scheme == "rediss" {
+		t, err := tlsConfig(tlsOpts, strings.Split(cfg.Addrs[0], ":")[0])
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = t
+	}
+	return cfg, nil
+}
+
+func modeOptions(scheme string) string {
+	switch scheme {
+	case "rediss":
+		return ", tls_ca, tls_cert, tls_key, tls_server_name, tls_insecure_skip_verify"
+	case "redis+sentinel":
+		return ", master, sentinel_username, sentinel_password"
+	}
+	return ""
+}
+
+func positive(k, v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("redis URL: %s must be a positive integer, got %q", k, v)
+	}
+	return n, nil
+}
+
+func boolean(k, v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("redis URL: %s must be true or false, got %q", k, v)
+	}
+	return b, nil
+}
+
+func tlsConfig(o map[string]string, host string) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if v, ok := o["tls_server_name"]; ok {
+		t.ServerName = v
+	}
+	if v, ok := o["tls_insecure_skip_verify"]; ok {
+		b, err := boolean("tls_insecure_skip_verify", v)
+		if err != nil {
+			return nil, err
+		}
+		t.InsecureSkipVerify = b
+	}
+	if p, ok := o["tls_ca"]; ok {
+		pem, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("redis URL: tls_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis URL: tls_ca %s holds no PEM certificate", p)
+		}
+		t.RootCAs = pool
+	}
+	cert, key := o["tls_cert"], o["tls_key"]
+	if (cert == "") != (key == "") {
+		return nil, fmt.Errorf("redis URL: tls_cert and tls_key go together")
+	}
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, fmt.Errorf("redis URL: client certificate: %w", err)
+		}
+		t.Certificates = []tls.Certificate{c}
+	}
+	return t, nil
+}
+
+// Store is the Redis backend. Create it with Open.
+type Store struct {
+	cfg     Config
+	log     *slog.Logger
+	prefix  string
+	timeout time.Duration
+	client  goredis.UniversalClient
+	slots   *slotTable // Cluster only
+	sha     string
+	flag    string // ARGV[2]: "1" when the script reads TIME
+	cache   *denyCache
+	batch   *batcher
+	closed  atomic.Bool
+	closeMu sync.Mutex
+}
+
+// cacheKeys bounds the local deny cache.
+const cacheKeys = 1 << 16
+
+// Open connects to the Redis named by u. It does not fail when the servers are
+// unreachable (a Cluster node may be down at start, Redis may start after halt): it logs
+// and lets Ping report readiness. A wrong password does fail, as no retry can fix it.
+func Open(ctx context.Context, u *url.URL, opt backends.Options) (*Store, error) {
+	opt = opt.Defaults()
+	cfg, err := Parse(u)
+	if err != nil {
+		return nil, err
+	}
+	return OpenConfig(ctx, cfg, opt)
+}
+
+// OpenConfig is Open for a parsed Config.
+func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) {
+	opt = opt.Defaults()
+	timeout := opt.Timeout
+	if cfg.Timeout > 0 {
+		timeout = cfg.Timeout
+	}
+	s := &Store{
+		cfg:     cfg,
+		log:     opt.Logger.With("store", "redis"),
+		prefix:  opt.KeyPrefix,
+		timeout: timeout,
+		sha:     goredis.NewScript(luaDecide).Hash(),
+		flag:    "0",
+	}
+	if cfg.ServerTime {
+		s.flag = "1"
+	}
+	// Server time and the local cache do not mix: the cache needs the op's clock.
+	if cfg.LocalCache && !cfg.ServerTime {
+		s.cache = newDenyCache(cacheKeys)
+	}
+	// Dials outlive one Apply's budget only in the background; a foreground dial is still
+	// bounded by the caller's context.
+	dial := max(timeout, time.Second)
+	switch cfg.Mode {
+	case Cluster:
+		s.slots = newSlotTable()
+		s.client = goredis.NewClusterClient(&goredis.ClusterOptions{
+			Addrs: cfg.Addrs, Username: cfg.Username, Password: cfg.Password, TLSConfig: cfg.TLS,
+			PoolSize: cfg.PoolSize, MinIdleConns: cfg.MinIdle,
+			DialTimeout: dial, ReadTimeout: dial, WriteTimeout: dial, ContextTimeoutEnabled: true,
+			MaxRetries: -1, DialerRetries: 1, MaxRedirects: 3,
+		})
+	case Sentinel:
+		s.client = goredis.NewFailoverClient(&goredis.FailoverOptions{
+			MasterName: cfg.MasterName, SentinelAddrs: cfg.Addrs,
+			SentinelUsername: cfg.SentinelUsername, SentinelPassword: cfg.SentinelPassword,
+			Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
+			PoolSize: cfg.PoolSize, MinIdleConns: cfg.MinIdle,
+			DialTimeout: dial, ReadTimeout: dial, WriteTimeout: dial, ContextTimeoutEnabled: true,
+			MaxRetries: -1, DialerRetries: 1,
+		})
+	default:
+		s.client = goredis.NewClient(&goredis.Options{
+			Addr: cfg.Addrs[0], Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
+			PoolSize: cfg.PoolSize, MinIdleConns: cfg.MinIdle,
+			DialTimeout: dial, ReadTimeout: dial, WriteTimeout: dial, ContextTimeoutEnabled: true,
+			MaxRetries: -1, DialerRetries: 1,
+		})
+	}
+	if cfg.Batch {
+		n := cfg.Pipelines
+		if n <= 0 {
+			n = defaultPipelines()
+		}
+		s.batch = newBatcher(s, n)
+	}
+
+	// Load the script now so the first Apply is one EVALSHA; failing here is only logged.
+	cctx, cancel := context.WithTimeout(ctx, max(timeout, 2*time.Second))
+	defer cancel()
+	if err := s.loadScript(cctx); err != nil {
+		if isAuthErr(err) {
+			s.Close()
+			return nil, fmt.Errorf("redis open: %w", s.wrap(err))
+		}
+		s.log.Warn("redis not ready at start; will keep trying on each call", "err", err)
+	}
+	return s, nil
+}
+
+func defaultPipelines() int {
+	return max(4, runtime.GOMAXPROCS(0))
+}
+
+func (s *Store) loadScript(ctx context.Context) error {
+	if cc, ok := s.client.(*goredis.ClusterClient); ok {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			return c.ScriptLoad(ctx, luaDecide).Err()
+		})
+	}
+	return s.client.ScriptLoad(ctx, luaDecide).Err()
+}
+
+// Apply decides every op at now. Ops on keys in one cluster slot (all ops outside
+// Cluster) travel in one script call, applied in order.
+func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	if s.closed.Load() {
+		err := fmt.Errorf("redis apply: store closed: %w", backends.ErrUnavailable)
+		for _, op := range ops {
+			op.Err = err
+		}
+		return err
+	}
+	var buf [8]*backends.Op
+	pending := buf[:0]
+	for _, op := range ops {
+		op.Err = nil
+		if err := op.Limit.Validate(op.Algorithm); err != nil {
+			op.Err = fmt.Errorf("redis apply: key %q: %w", op.Key, err)
+			continue
+		}
+		if s.cache != nil && s.cache.answer(now, op) {
+			continue
+		}
+		pending = append(pending, op)
+	}
+	if len(pending) > 0 {
+		ctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		s.decide(ctx, now, pending)
+	}
+	for _, op := range ops {
+		if op.Err != nil {
+			return op.Err
+		}
+	}
+	return nil
+}
+
+// call is one script invocation: the ops of one slot.
+type call struct {
+	keys []string
+	spec string
+	ops  []*backends.Op
+	ctx  context.Context
+
+	reply string
+	err   error
+	done  chan struct{}
+	// abandoned is set (by the Apply goroutine only) when its context ended before the
+	// collector finished; reply and err are then not read.
+	abandoned error
+}
+
+func (s *Store) newCall(ctx context.Context, now int64, ops []*backends.Op) *call {
+	c := &call{keys: make([]string, len(ops)), ops: ops, ctx: ctx}
+	b := make([]byte, 0, 48*len(ops))
+	for i, op := range ops {
+		c.keys[i] = s.prefix + op.Key
+		b = appendOp(b, now, op)
+	}
+	c.spec = string(b)
+	return c
+}
+
+func (s *Store) decide(ctx context.Context, now int64, ops []*backends.Op) {
+	var calls []*call
+	if s.slots == nil || len(ops) == 1 {
+		calls = []*call{s.newCall(ctx, now, ops)}
+	} else {
+		calls = s.splitBySlot(ctx, now, ops)
+	}
+	if s.batch != nil {
+		s.batch.do(ctx, calls)
+	} else {
+		s.run(ctx, calls)
+	}
+	for _, c := range calls {
+		cerr := c.abandoned
+		if cerr == nil {
+			cerr = c.err
+		}
+		if cerr != nil {
+			err := fmt.Errorf("redis apply: %w", s.wrap(cerr))
+			for _, op := range c.ops {
+				op.Err = err
+			}
+			continue
+		}
+		if err := parseReply(c.reply, c.keys, c.ops); err != nil {
+			for _, op := range c.ops {
+				op.Err = err
+			}
+			continue
+		}
+		if s.cache != nil {
+			for _, op := range c.ops {
+				if op.Err == nil {
+					s.cache.learn(now, op)
+				}
+			}
+		}
+	}
+}
+
+// splitBySlot groups ops by cluster slot, keeping their order within each slot (the same
+// key twice stays in order).
+func (s *Store) splitBySlot(ctx context.Context, now int64, ops []*backends.Op) []*call {
+	type slotted struct {
+		slot int
+		op   *backends.Op
+	}
+	ss := make([]slotted, len(ops))
+	for i, op := range ops {
+		ss[i] = slotted{s.slots.slot(s.prefix + op.Key), op}
+	}
+	slices.SortStableFunc(ss, func(a, b slotted) int { return a.slot - b.slot })
+	var calls []*call
+	for i := 0; i < len(ss); {
+		j := i
+		group := make([]*backends.Op, 0, 4)
+		for ; j < len(ss) && ss[j].slot == ss[i].slot; j++ {
+			group = append(group, ss[j].op)
+		}
+		calls = append(calls, s.newCall(ctx, now, group))
+		i = j
+	}
+	return calls
+}
+
+// run sends calls in one pipeline (one round trip per node), falling back to EVAL for
+// calls that found the script cache empty (SCRIPT FLUSH, a restarted or new node).
+func (s *Store) run(ctx context.Context, calls []*call) {
+	if len(calls) == 1 {
+		c := calls[0]
+		cmd := s.client.EvalSha(ctx, s.sha, c.keys, c.spec, s.flag)
+		if isNoScript(cmd.Err()) {
+			cmd = s.client.Eval(ctx, luaDecide, c.keys, c.spec, s.flag)
+		}
+		c.reply, c.err = cmd.Text()
+		return
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*goredis.Cmd, len(calls))
+	for i, c := range calls {
+		cmds[i] = pipe.EvalSha(ctx, s.sha, c.keys, c.spec, s.flag)
+	}
+	_, _ = pipe.Exec(ctx)
+	var again []int
+	for i, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			again = append(again, i)
+			continue
+		}
+		calls[i].reply, calls[i].err = cmd.Text()
+	}
+	if len(again) == 0 {
+		return
+	}
+	pipe = s.client.Pipeline()
+	for _, i := range again {
+		c := calls[i]
+		cmds[i] = pipe.Eval(ctx, luaDecide, c.keys, c.spec, s.flag)
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, i := range again {
+		calls[i].reply, calls[i].err = cmds[i].Text()
+	}
+}
+
+func isNoScript(err error) bool {
+	return err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+func isAuthErr(err error) bool {
+	return goredis.HasErrorPrefix(err, "WRONGPASS") || goredis.HasErrorPrefix(err, "NOAUTH") ||
+		goredis.HasErrorPrefix(err, "NOPERM") || (err != nil && strings.Contains(err.Error(), "invalid password"))
+}
+
+// wrap classifies a driver error. Everything the driver reports means "Redis cannot
+// answer now"; auth failures say so plainly since they need an operator.
+func (s *Store) wrap(err error) error {
+	switch {
+	case isAuthErr(err):
+		return fmt.Errorf("authentication failed (check the user and password in the store URL): %w: %w", backends.ErrUnavailable, err)
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return fmt.Errorf("no answer within %s: %w: %w", s.timeout, backends.ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Delete removes keys (admin reset), here and from this process's deny cache.
+func (s *Store) Delete(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if s.cache != nil {
+		for _, k := range keys {
+			s.cache.forget(k)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = s.prefix + k
+	}
+	var err error
+	if s.slots == nil {
+		err = s.client.Del(ctx, full...).Err()
+	} else {
+		pipe := s.client.Pipeline()
+		for _, k := range full {
+			pipe.Del(ctx, k)
+		}
+		_, err = pipe.Exec(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("redis delete: %w", s.wrap(err))
+	}
+	return nil
+}
+
+// Ping reports readiness: the server (every master, in Cluster) answers PING.
+func (s *Store) Ping(ctx context.Context) error {
+	if s.closed.Load() {
+		return fmt.Errorf("redis ping: store closed: %w", backends.ErrUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var err error
+	if cc, ok := s.client.(*goredis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+			return c.Ping(ctx).Err()
+		})
+	} else {
+		err = s.client.Ping(ctx).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("redis ping: %w", s.wrap(err))
+	}
+	return nil
+}
+
+// Close stops the collectors and closes the connections. Later calls are no-ops.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	defer s.closeMu.Unlock()
+	if !s.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	if s.batch != nil {
+		s.batch.close()
+	}
+	if err := s.client.Close(); err != nil {
+		return fmt.Errorf("redis close: %w", err)
+	}
+	return nil
+}

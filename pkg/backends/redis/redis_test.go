@@ -1,0 +1,628 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
+)
+
+// peer returns the env var or skips (fails under HALT_TEST_PEERS=1, where CI promised it).
+func peer(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv("HALT_TEST_PEERS") == "1" {
+			t.Fatalf("%s is not set but HALT_TEST_PEERS=1", name)
+		}
+		t.Skipf("%s not set: no Redis to test against", name)
+	}
+	return v
+}
+
+func mustOpen(t testing.TB, raw string, opt backends.Options) *Store {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(context.Background(), u, opt)
+	if err != nil {
+		t.Fatalf("open %s: %v", u.Redacted(), err)
+	}
+	return s
+}
+
+// testOpt gives tests a timeout that survives -race on a loaded 2-core machine.
+var testTimeout = 5 * time.Second
+
+func factory(raw string) conformance.Factory {
+	return func(t *testing.T) backends.Store {
+		return mustOpen(t, raw, backends.Options{Timeout: testTimeout})
+	}
+}
+
+func TestConformanceStandalone(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	for _, q := range []string{"", "?local_cache=false&batch=false", "?batch=false", "?local_cache=false"} {
+		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
+			conformance.Run(t, factory("redis://"+addr+"/0"+q), conformance.Options{})
+		})
+	}
+}
+
+func TestConformanceSentinel(t *testing.T) {
+	addr := peer(t, "REDIS_SENTINEL_ADDR")
+	master := os.Getenv("REDIS_SENTINEL_MASTER")
+	if master == "" {
+		master = "mymaster"
+	}
+	conformance.Run(t, factory("redis+sentinel://"+addr+"/0?master="+master), conformance.Options{})
+}
+
+func TestConformanceCluster(t *testing.T) {
+	addrs := peer(t, "REDIS_CLUSTER_ADDRS")
+	for _, q := range []string{"", "?local_cache=false&batch=false"} {
+		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
+			conformance.Run(t, factory("redis+cluster://"+addrs+q), conformance.Options{})
+		})
+	}
+}
+
+// TestClusterBatchAcrossSlots sends one Apply whose keys span many slots and repeats a
+// key, checking every op against the pure algorithm.
+func TestClusterBatchAcrossSlots(t *testing.T) {
+	addrs := peer(t, "REDIS_CLUSTER_ADDRS")
+	s := mustOpen(t, "redis+cluster://"+addrs, backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	checkManyKeys(t, s)
+}
+
+func TestStandaloneBatchManyKeys(t *testing.T) {
+	s := mustOpen(t, "redis://"+peer(t, "REDIS_ADDR"), backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	checkManyKeys(t, s)
+}
+
+func checkManyKeys(t *testing.T, s *Store) {
+	p := conformance.UniqueKey(t)
+	lim := algorithms.Limit{Requests: 3, Period: 60_000_000}
+	model := map[string]*algorithms.State{}
+	now := int64(1893456000_000_000)
+	for round := 0; round < 5; round++ {
+		var ops []*backends.Op
+		for i := 0; i < 40; i++ {
+			k := fmt.Sprintf("%s:%d", p, i%25) // 15 keys appear twice
+			ops = append(ops, &backends.Op{Key: k, Algorithm: algorithms.SlidingWindow, Limit: lim, Cost: 1})
+		}
+		if err := s.Apply(context.Background(), now, ops); err != nil {
+			t.Fatal(err)
+		}
+		for i, op := range ops {
+			st := model[op.Key]
+			if st == nil {
+				st = &algorithms.State{}
+				model[op.Key] = st
+			}
+			want := algorithms.Decide(op.Algorithm, st, now, &op.Limit, op.Cost)
+			if op.Result != want {
+				t.Fatalf("round %d op %d (%s): got %+v want %+v", round, i, op.Key, op.Result, want)
+			}
+		}
+		now += 7_000_000
+	}
+}
+
+func TestParse(t *testing.T) {
+	good := []struct {
+		url  string
+		want func(Config) bool
+	}{
+		{"redis://h:1/2", func(c Config) bool {
+			return c.Mode == Standalone && c.Addrs[0] == "h:1" && c.DB == 2 && c.LocalCache && c.Batch
+		}},
+		{"redis://u:p@h", func(c Config) bool { return c.Addrs[0] == "h:6379" && c.Username == "u" && c.Password == "p" }},
+		{"rediss://h:1?tls_server_name=x&tls_insecure_skip_verify=true", func(c Config) bool { return c.TLS != nil && c.TLS.ServerName == "x" && c.TLS.InsecureSkipVerify }},
+		{"redis+sentinel://:pw@a:1,b:2/3?master=m&sentinel_password=sp&sentinel_username=su", func(c Config) bool {
+			return c.Mode == Sentinel && len(c.Addrs) == 2 && c.MasterName == "m" && c.SentinelPassword == "sp" && c.SentinelUsername == "su" && c.DB == 3 && c.Password == "pw"
+		}},
+		{"redis+cluster://a:1,b:2,c:3", func(c Config) bool { return c.Mode == Cluster && len(c.Addrs) == 3 }},
+		{"redis://h:1?pool_size=50&min_idle=5&timeout=30ms&time=redis&local_cache=false&batch=false&pipelines=3", func(c Config) bool {
+			return c.PoolSize == 50 && c.MinIdle == 5 && c.Timeout == 30*time.Millisecond && c.ServerTime && !c.LocalCache && !c.Batch && c.Pipelines == 3
+		}},
+	}
+	for _, g := range good {
+		u, _ := url.Parse(g.url)
+		c, err := Parse(u)
+		if err != nil {
+			t.Errorf("%s: %v", g.url, err)
+			continue
+		}
+		if !g.want(c) {
+			t.Errorf("%s: parsed to %+v", g.url, c)
+		}
+	}
+	bad := map[string]string{
+		"redis://h:1?bogus=1":                       `"bogus"`,
+		"redis://h:1?timeout=fast":                  "timeout",
+		"redis://h:1/x":                             "database",
+		"redis+cluster://a:1/2":                     "database 0",
+		"redis+sentinel://a:1":                      "master",
+		"redis://a:1,b:2":                           "one host",
+		"redis://h:1?tls_ca=/x":                     "rediss",
+		"rediss://h:1?tls_ca=/nonexistent/ca.pem":   "tls_ca",
+		"redis://h:1?master=m":                      "sentinel",
+		"redis://h:1?time=gps":                      "time",
+		"rediss://h:1?tls_cert=/x":                  "tls_key",
+		"memcached://h:1":                           "scheme",
+		"redis://h:1?local_cache=maybe":             "local_cache",
+		"redis://h:1?pool_size=0":                   "pool_size",
+		"redis+sentinel://a:1?master=m&tls_ca=/x.p": "rediss",
+	}
+	for raw, want := range bad {
+		u, _ := url.Parse(raw)
+		_, err := Parse(u)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: error %v, want one mentioning %s", raw, err, want)
+		}
+	}
+}
+
+func TestSlotMatchesRedis(t *testing.T) {
+	st := newSlotTable()
+	// Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+	for k, want := range map[string]int{"123456789": 12739, "foo": 12182} {
+		if got := st.slot(k); got != want {
+			t.Errorf("slot(%q) = %d, want %d", k, got, want)
+		}
+	}
+	addrs := os.Getenv("REDIS_CLUSTER_ADDRS")
+	if addrs == "" {
+		return
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: strings.Split(addrs, ",")[0]})
+	defer c.Close()
+	for _, k := range []string{"x", "halt-conf-a:{c}:1", "{", "}{", "a{}b{c}", "ü{ß}", "k{x}y{z}"} {
+		want, err := c.ClusterKeySlot(context.Background(), k).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.slot(k); int64(got) != want {
+			t.Errorf("slot(%q) = %d, redis says %d", k, got, want)
+		}
+	}
+}
+
+// TestScriptFlush empties the script cache while ops run: every op must still be decided.
+func TestScriptFlush(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	for _, q := range []string{"", "?batch=false"} {
+		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
+			s := mustOpen(t, "redis://"+addr+q, backends.Options{Timeout: testTimeout})
+			defer s.Close()
+			admin := goredis.NewClient(&goredis.Options{Addr: addr})
+			defer admin.Close()
+			p := conformance.UniqueKey(t)
+			lim := algorithms.Limit{Requests: 1_000_000, Period: 60_000_000}
+			var wg sync.WaitGroup
+			errs := make(chan error, 8)
+			stop := make(chan struct{})
+			for w := 0; w < 8; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						op := &backends.Op{Key: fmt.Sprintf("%s:%d", p, i%10), Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+						if err := s.Apply(context.Background(), time.Now().UnixMicro(), []*backends.Op{op}); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}(w)
+			}
+			for i := 0; i < 5; i++ {
+				time.Sleep(30 * time.Millisecond)
+				if err := admin.ScriptFlush(context.Background()).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(30 * time.Millisecond)
+			close(stop)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatalf("op failed across SCRIPT FLUSH: %v", err)
+			}
+			// And a single op right after a flush.
+			_ = admin.ScriptFlush(context.Background()).Err()
+			op := &backends.Op{Key: p + ":single", Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+			if err := s.Apply(context.Background(), time.Now().UnixMicro(), []*backends.Op{op}); err != nil || !op.Result.Allowed {
+				t.Fatalf("after flush: %v %+v", err, op.Result)
+			}
+		})
+	}
+}
+
+// TestKeysExpire checks every key gets an expiry no longer than its algorithm needs (plus
+// the 1 s margin), and that nothing is left once those expiries pass.
+func TestKeysExpire(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	prefix := conformance.UniqueKey(t) + ":"
+	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout, KeyPrefix: prefix})
+	defer s.Close()
+	admin := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+
+	const period = 200_000 // 200 ms
+	pen := algorithms.Limit{Requests: 1, Period: period, Steps: 2}
+	pen.Ladder[0], pen.Ladder[1] = 100_000, 300_000
+	cases := []struct {
+		alg algorithms.Algorithm
+		lim algorithms.Limit
+	}{
+		{algorithms.FixedWindow, algorithms.Limit{Requests: 2, Period: period}},
+		{algorithms.TokenBucket, algorithms.Limit{Requests: 2, Period: period}},
+		{algorithms.SlidingWindow, algorithms.Limit{Requests: 2, Period: period}},
+		{algorithms.SlidingWindowCounter, algorithms.Limit{Requests: 2, Period: period}},
+		{algorithms.LeakyBucket, algorithms.Limit{Requests: 2, Period: period, MaxDelay: 50_000}},
+		{algorithms.Penalty, pen},
+	}
+	now := time.Now().UnixMicro()
+	calLim := algorithms.Limit{Requests: 2, WindowStart: now - 100_000, WindowEnd: now + 400_000}
+	cases = append(cases, struct {
+		alg algorithms.Algorithm
+		lim algorithms.Limit
+	}{algorithms.Calendar, calLim})
+	var longest time.Duration
+	for i, c := range cases {
+		key := fmt.Sprintf("k%d", i)
+		var ttl int64
+		for hit := 0; hit < 4; hit++ {
+			op := &backends.Op{Key: key, Algorithm: c.alg, Limit: c.lim, Cost: 1}
+			if err := s.Apply(ctx, now, []*backends.Op{op}); err != nil {
+				t.Fatal(err)
+			}
+			ttl = op.Result.TTL
+		}
+		pttl, err := admin.PTTL(ctx, prefix+key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		limit := backends.TTL(ttl)
+		if pttl <= 0 || pttl > limit {
+			t.Errorf("%s: PTTL %s, want in (0, %s] (algorithm TTL %dus)", c.alg, pttl, limit, ttl)
+		}
+		longest = max(longest, limit)
+	}
+	// A check-only op on a fresh key must not create one.
+	op := &backends.Op{Key: "fresh", Algorithm: algorithms.TokenBucket, Limit: cases[1].lim, Cost: 0}
+	if err := s.Apply(ctx, now, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	if n := countKeys(t, admin, prefix); n != len(cases) {
+		t.Fatalf("%d keys after the ops, want %d", n, len(cases))
+	}
+	time.Sleep(longest + 100*time.Millisecond)
+	if n := countKeys(t, admin, prefix); n != 0 {
+		t.Fatalf("%d keys left behind after every TTL passed", n)
+	}
+}
+
+func countKeys(t *testing.T, c *goredis.Client, prefix string) int {
+	t.Helper()
+	var n int
+	iter := c.Scan(context.Background(), 0, prefix+"*", 1000).Iterator()
+	for iter.Next(context.Background()) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCorruptValues leaves foreign values at keys: each op on them fails with ErrCorrupt,
+// the value is left alone, and the other ops of the same Apply are still decided.
+func TestCorruptValues(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	admin := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+	p := conformance.UniqueKey(t)
+	admin.Set(ctx, p+":str", "garbage", time.Minute)
+	admin.Set(ctx, p+":short", "h1 1 2", time.Minute)
+	admin.Set(ctx, p+":log", "h1 0 0 0 0 2 5 1", time.Minute)
+	admin.RPush(ctx, p+":list", "a", "b")
+	admin.HSet(ctx, p+":hash", "a", "1")
+	admin.Expire(ctx, p+":list", time.Minute)
+	admin.Expire(ctx, p+":hash", time.Minute)
+	lim := algorithms.Limit{Requests: 5, Period: 1_000_000}
+	for _, alg := range []algorithms.Algorithm{algorithms.FixedWindow, algorithms.SlidingWindow, algorithms.TokenBucket} {
+		var ops []*backends.Op
+		for _, k := range []string{"str", "short", "log", "list", "hash", "fine"} {
+			ops = append(ops, &backends.Op{Key: p + ":" + k, Algorithm: alg, Limit: lim, Cost: 1})
+		}
+		err := s.Apply(ctx, 1893456000_000_000, ops)
+		if !errors.Is(err, backends.ErrCorrupt) {
+			t.Fatalf("%s: Apply returned %v, want ErrCorrupt", alg, err)
+		}
+		for _, op := range ops[:5] {
+			if alg != algorithms.SlidingWindow && strings.HasSuffix(op.Key, ":log") {
+				// A sliding log left under a key another algorithm uses is valid state.
+				continue
+			}
+			if !errors.Is(op.Err, backends.ErrCorrupt) || !strings.Contains(op.Err.Error(), op.Key) {
+				t.Errorf("%s %s: err %v, want ErrCorrupt naming the key", alg, op.Key, op.Err)
+			}
+		}
+		if ops[5].Err != nil || !ops[5].Result.Allowed {
+			t.Errorf("%s: the healthy op in the same batch: %v %+v", alg, ops[5].Err, ops[5].Result)
+		}
+	}
+	if v, _ := admin.Get(ctx, p+":str").Result(); v != "garbage" {
+		t.Errorf("foreign value overwritten: %q", v)
+	}
+}
+
+// ownRedis starts a redis-server of this test's own on a free port.
+type ownRedis struct {
+	t    *testing.T
+	port int
+	args []string
+	cmd  *exec.Cmd
+}
+
+func startOwnRedis(t *testing.T, port int, args ...string) *ownRedis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("HALT_TEST_PEERS") == "1" {
+			t.Fatal("redis-server not installed")
+		}
+		t.Skip("redis-server not installed")
+	}
+	if port == 0 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	}
+	r := &ownRedis{t: t, port: port, args: args}
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *ownRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
+
+func (r *ownRedis) start() {
+	r.t.Helper()
+	args := append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(r.port), "--save", "", "--appendonly", "no", "--dir", r.t.TempDir()}, r.args...)
+	r.cmd = exec.Command("redis-server", args...)
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	go func(c *exec.Cmd) { _ = c.Wait() }(r.cmd)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", r.addr()); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.t.Fatalf("redis-server on %s did not start", r.addr())
+}
+
+func (r *ownRedis) kill() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+	}
+}
+
+func TestWrongPassword(t *testing.T) {
+	r := startOwnRedis(t, 0, "--requirepass", "s3cret")
+	for _, raw := range []string{"redis://:wrong@" + r.addr(), "redis://" + r.addr(), "redis://nobody:s3cret@" + r.addr()} {
+		u, _ := url.Parse(raw)
+		_, err := Open(context.Background(), u, backends.Options{Timeout: time.Second})
+		if !errors.Is(err, backends.ErrUnavailable) || !strings.Contains(err.Error(), "authentication failed") {
+			t.Errorf("%s: Open error %v, want an authentication error wrapping ErrUnavailable", u.Redacted(), err)
+		}
+		if err != nil && strings.Contains(err.Error(), "wrong") {
+			t.Errorf("password leaked into the error: %v", err)
+		}
+	}
+	s := mustOpen(t, "redis://:s3cret@"+r.addr(), backends.Options{Timeout: time.Second})
+	defer s.Close()
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := l.Addr().String()
+	l.Close()
+	// A listener that never answers: connects, then silence.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	const timeout = 50 * time.Millisecond
+	for _, raw := range []string{"redis://" + closedAddr, "redis://" + silent.Addr().String(), "redis+cluster://" + closedAddr, "redis+sentinel://" + closedAddr + "?master=m"} {
+		t.Run(raw, func(t *testing.T) {
+			start := time.Now()
+			s := mustOpen(t, raw, backends.Options{Timeout: timeout})
+			defer s.Close()
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("Open took %s", d)
+			}
+			for i := 0; i < 3; i++ {
+				op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: 1_000_000}, Cost: 1}
+				start = time.Now()
+				err := s.Apply(context.Background(), 1, []*backends.Op{op})
+				d := time.Since(start)
+				if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
+					t.Fatalf("Apply: %v, want ErrUnavailable", err)
+				}
+				if d > timeout+100*time.Millisecond {
+					t.Errorf("Apply took %s with a %s timeout", d, timeout)
+				}
+			}
+			if err := s.Ping(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
+				t.Errorf("Ping: %v", err)
+			}
+		})
+	}
+}
+
+// TestRedisRestart stops Redis under the store and starts it again on the same port.
+func TestRedisRestart(t *testing.T) {
+	r := startOwnRedis(t, 0)
+	const timeout = 100 * time.Millisecond
+	s := mustOpen(t, "redis://"+r.addr(), backends.Options{Timeout: timeout})
+	defer s.Close()
+	ctx := context.Background()
+	lim := algorithms.Limit{Requests: 1000, Period: 60_000_000}
+	apply := func() (time.Duration, error) {
+		op := &backends.Op{Key: "k", Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		start := time.Now()
+		err := s.Apply(ctx, time.Now().UnixMicro(), []*backends.Op{op})
+		return time.Since(start), err
+	}
+	if _, err := apply(); err != nil {
+		t.Fatal(err)
+	}
+	admin := goredis.NewClient(&goredis.Options{Addr: r.addr()})
+	_ = admin.Shutdown(ctx) // SHUTDOWN NOSAVE semantics: --save '' and no AOF
+	admin.Close()
+	time.Sleep(100 * time.Millisecond)
+	var slowest time.Duration
+	for i := 0; i < 50; i++ {
+		d, err := apply()
+		if !errors.Is(err, backends.ErrUnavailable) {
+			t.Fatalf("Apply with Redis down: %v", err)
+		}
+		slowest = max(slowest, d)
+	}
+	if slowest > timeout+50*time.Millisecond {
+		t.Errorf("slowest failing Apply took %s", slowest)
+	}
+	if err := s.Ping(ctx); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Ping with Redis down: %v", err)
+	}
+	r.start()
+	restarted := time.Now()
+	for {
+		if _, err := apply(); err == nil {
+			break
+		}
+		if time.Since(restarted) > 3*time.Second {
+			t.Fatal("Apply still failing 3 s after Redis came back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("slowest Apply while down: %s; working again %s after restart", slowest, time.Since(restarted).Round(time.Millisecond))
+	if err := s.Ping(ctx); err != nil {
+		t.Fatalf("Ping after restart: %v", err)
+	}
+}
+
+// TestLocalCacheAnswersDenials shows denials of a fixed window are answered without Redis
+// (the key is overwritten behind the store's back and the cache still answers), and that
+// Delete in this process clears the cached denial.
+func TestLocalCacheAnswersDenials(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	admin := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer admin.Close()
+	ctx := context.Background()
+	key := conformance.UniqueKey(t)
+	lim := algorithms.Limit{Requests: 1, Period: 60_000_000}
+	now := int64(1893456000_000_000)
+	var model algorithms.State
+	for i := 0; i < 3; i++ {
+		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		if err := s.Apply(ctx, now+int64(i), []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+		want := algorithms.Decide(algorithms.FixedWindow, &model, now+int64(i), &lim, 1)
+		if op.Result != want {
+			t.Fatalf("hit %d: %+v want %+v", i, op.Result, want)
+		}
+	}
+	admin.Set(ctx, key, "garbage", time.Minute)
+	op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+	if err := s.Apply(ctx, now+10, []*backends.Op{op}); err != nil || op.Result.Allowed {
+		t.Fatalf("cached denial not answered locally: %v %+v", err, op.Result)
+	}
+	if err := s.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, now+11, []*backends.Op{op}); err != nil || !op.Result.Allowed {
+		t.Fatalf("after Delete: %v %+v", err, op.Result)
+	}
+}
+
+// TestServerTime checks time=redis decides with Redis TIME: a fixed window of one hit per
+// hour admits once however the passed-in clock jumps.
+func TestServerTime(t *testing.T) {
+	addr := peer(t, "REDIS_ADDR")
+	s := mustOpen(t, "redis://"+addr+"?time=redis", backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	key := conformance.UniqueKey(t)
+	lim := algorithms.Limit{Requests: 1, Period: 3_600_000_000}
+	admitted := 0
+	for i, now := range []int64{1, 1 << 40, 1893456000_000_000, 5} {
+		op := &backends.Op{Key: key, Algorithm: algorithms.SlidingWindow, Limit: lim, Cost: 1}
+		if err := s.Apply(context.Background(), now, []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+		if op.Result.Allowed {
+			admitted++
+		}
+		if i > 0 && (op.Result.RetryAfter <= 0 || op.Result.RetryAfter > lim.Period) {
+			t.Fatalf("retry_after %d not relative to server time", op.Result.RetryAfter)
+		}
+	}
+	if admitted != 1 {
+		t.Fatalf("admitted %d, want 1", admitted)
+	}
+}

@@ -1,0 +1,449 @@
+package redis
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// luaDecide is the whole decision path on the server: one call decides every op of a
+// group (all keys in one slot), in order, each op reading and writing its own key, so the
+// same key twice in one call sees its own earlier update.
+//
+// It is a line-by-line port of pkg/algorithms. Lua numbers are doubles; every quantity is
+// an integer below 2^53 (times are microseconds), so + - * and comparisons are exact and
+// integer division is math.floor(a / b), exact for 0 <= a < 2^53. Numbers travel as
+// decimal text both ways and are formatted with %d, never tostring (which prints 14
+// significant digits).
+//
+// ARGV[1] holds every op's inputs as decimal tokens: now, algorithm, cost, then the limit
+// fields the algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
+//
+// A key holds one string: "h1 A B C D" plus, for the sliding log, " n at1 c1 d2 c2 ..."
+// (n entries, the first time absolute, then deltas). Anything else at the key (another
+// type, or a string of another shape) is reported as corrupt for that op and left alone.
+//
+// The reply is one string, seven decimal fields per op: allowed (0/1, or 2 = wrong type,
+// 3 = unparseable value), limit, remaining, reset_after, retry_after, delay, ttl.
+const luaDecide = `
+local MAXC = 4503599627370496
+local floor = math.floor
+local fmt = string.format
+
+local function satadd(a, b)
+  if a > MAXC - b then return MAXC end
+  return a + b
+end
+
+local function wstart(now, p)
+  return now - (now % p)
+end
+
+local function ceildiv(a, b)
+  if a <= 0 then return 0 end
+  return floor((a + b - 1) / b)
+end
+
+local function fixed(s, now, R, P, cost)
+  local start = wstart(now, P)
+  if s[1] == start then
+  elseif s[1] > start and s[1] < start + P * 2 then
+    start = s[1]
+  else
+    s[1] = start; s[2] = 0
+  end
+  s[2] = satadd(s[2], cost)
+  local reset = start + P - now
+  if s[2] <= R then return 1, R, R - s[2], reset, 0, 0, reset end
+  if cost > R then return 0, R, 0, reset, -1, 0, reset end
+  return 0, R, 0, reset, reset, 0, reset
+end
+
+local function calendar(s, now, R, WS, WE, cost)
+  if s[1] ~= WS then
+    if not (s[1] > WS and s[1] < WE) then
+      s[1] = WS; s[2] = 0
+    end
+  end
+  local reset = WE - now
+  if reset < 0 then reset = 0 end
+  local allowed, retry = 0, 0
+  if s[2] + cost <= R then
+    s[2] = s[2] + cost; allowed = 1
+  elseif cost > R then
+    retry = -1
+  else
+    retry = reset
+  end
+  local rem = R - s[2]
+  if rem < 0 then rem = 0 end
+  return allowed, R, rem, reset, retry, 0, reset
+end
+
+local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
+  local cap = R
+  if burst > 0 then cap = burst end
+  if R <= 0 or cap <= 0 then
+    if cost == 0 then return 1, cap, 0, 0, -1, 0, 0 end
+    return 0, cap, 0, 0, -1, 0, 0
+  end
+  local t = ceildiv(P, R)
+  local tau = cap * t
+  local tat = s[1]
+  if tat < now then tat = now end
+  local backlog = tat - now
+  if backlog > tau then backlog = tau end
+  if cost > cap then
+    return 0, cap, floor((tau - backlog) / t), backlog, -1, 0, backlog
+  end
+  local nxt = backlog + cost * t
+  local waitok = (not shape) or maxdelay <= 0 or backlog <= maxdelay
+  if nxt <= tau and waitok then
+    if cost > 0 then s[1] = now + nxt end
+    local delay = 0
+    if shape and maxdelay > 0 then delay = backlog end
+    return 1, cap, floor((tau - nxt) / t), nxt, 0, delay, nxt
+  end
+  local retry = nxt - tau
+  if (not waitok) and backlog - maxdelay > retry then retry = backlog - maxdelay end
+  return 0, cap, floor((tau - backlog) / t), backlog, retry, 0, backlog
+end
+
+-- lg = {at = {...}, c = {...}, n = count, dirty = bool}
+local function sliding(lg, now, R, P, cost)
+  local cut = now - P
+  local at, c, n = lg.at, lg.c, lg.n
+  local drop = 0
+  while drop < n and at[drop + 1] <= cut do drop = drop + 1 end
+  if drop > 0 then
+    for i = 1, n - drop do
+      at[i] = at[i + drop]; c[i] = c[i + drop]
+    end
+    for i = n - drop + 1, n do
+      at[i] = nil; c[i] = nil
+    end
+    n = n - drop
+    lg.dirty = true
+  end
+  local used = 0
+  for i = 1, n do used = used + c[i] end
+  local allowed, retry = 0, 0
+  if used + cost <= R then
+    allowed = 1
+    if cost > 0 then
+      if n > 0 and at[n] >= now then
+        c[n] = c[n] + cost
+      else
+        n = n + 1; at[n] = now; c[n] = cost
+      end
+      used = used + cost
+      lg.dirty = true
+    end
+  elseif cost > R then
+    retry = -1
+  else
+    local need = used + cost - R
+    for i = 1, n do
+      need = need - c[i]
+      if need <= 0 then
+        retry = at[i] + P - now
+        break
+      end
+    end
+  end
+  lg.n = n
+  local rem = R - used
+  if rem < 0 then rem = 0 end
+  local reset = 0
+  if n > 0 then reset = at[n] + P - now end
+  return allowed, R, rem, reset, retry, 0, reset
+end
+
+local function swcretry(s, now, cur, p, limit, cost)
+  local room = limit - s[2] - cost
+  if room >= 0 and s[3] > 0 then
+    local e = p - floor((room + 1) * p / s[3])
+    if e < 0 then e = 0 end
+    local i = 0
+    while i < 8 and e < p and floor(s[3] * (p - e) / p) > room do
+      e = e + 1; i = i + 1
+    end
+    return cur + e - now
+  end
+  room = limit - cost
+  if s[2] == 0 then return cur + p - now end
+  local e = p - floor((room + 1) * p / s[2])
+  if e < 0 then e = 0 end
+  local i = 0
+  while i < 8 and e < p and floor(s[2] * (p - e) / p) > room do
+    e = e + 1; i = i + 1
+  end
+  return cur + p + e - now
+end
+
+local function swc(s, now, R, P, cost)
+  local cur = wstart(now, P)
+  if s[1] == cur then
+  elseif s[1] == cur - P then
+    s[3] = s[2]; s[1] = cur; s[2] = 0
+  elseif s[1] > cur and s[1] < cur + 2 * P then
+    cur = s[1]
+  else
+    s[1] = cur; s[2] = 0; s[3] = 0
+  end
+  local el = now - cur
+  if el < 0 then el = 0 end
+  local w = floor(s[3] * (P - el) / P)
+  local allowed, retry = 0, 0
+  if w + s[2] + cost <= R then
+    s[2] = satadd(s[2], cost); allowed = 1
+  elseif cost > R then
+    retry = -1
+  else
+    retry = swcretry(s, now, cur, P, R, cost)
+  end
+  local rem = R - w - s[2]
+  if rem < 0 then rem = 0 end
+  local reset = 0
+  if s[2] > 0 then
+    reset = cur + 2 * P - now
+  elseif s[3] > 0 then
+    reset = cur + P - now
+  end
+  return allowed, R, rem, reset, retry, 0, reset
+end
+
+local function penalty(s, now, R, P, steps, ladder, cost)
+  if now >= s[1] then
+    if not (s[4] == 0 or P <= 0 or now <= s[4]) then
+      local quiet = now - s[4]
+      if s[1] > s[4] then quiet = now - s[1] end
+      if quiet >= P then
+        s[3] = 0
+        local st = floor(quiet / P)
+        if st >= s[2] then s[2] = 0 else s[2] = s[2] - st end
+      end
+    end
+  end
+  if cost > 0 and now >= s[1] then
+    s[3] = satadd(s[3], cost)
+    s[4] = now
+    if s[3] >= R then
+      if s[2] < steps then s[2] = s[2] + 1 end
+      s[1] = now + ladder[s[2]]
+      s[3] = 0
+    end
+  end
+  local allowed, rem, reset, retry, ttl = 0, 0, 0, 0, 0
+  if now < s[1] then
+    reset = s[1] - now; retry = reset
+  else
+    allowed = 1
+    rem = R - s[3]
+    if rem < 0 then rem = 0 end
+  end
+  if s[4] ~= 0 or s[1] ~= 0 then
+    local e = s[1]
+    if s[4] > e then e = s[4] end
+    ttl = e + (s[2] + 1) * P - now
+    if ttl < 0 then ttl = 0 end
+  end
+  return allowed, R, rem, reset, retry, 0, ttl
+end
+
+local usetime = ARGV[2] == '1'
+local tnow = 0
+if usetime then
+  local t = redis.call('TIME')
+  tnow = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local it = string.gmatch(ARGV[1], '%S+')
+local function nx() return tonumber(it()) end
+local out = {}
+
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local now, alg, cost = nx(), nx(), nx()
+  if usetime then now = tnow end
+  local R, P, burst, maxdelay, ws, we, steps, ladder = nx(), 0, 0, 0, 0, 0, 0, nil
+  if alg == 2 or alg == 5 then
+    P = nx(); burst = nx(); maxdelay = nx()
+  elseif alg == 6 then
+    ws = nx(); we = nx()
+  elseif alg == 7 then
+    P = nx(); steps = nx(); ladder = {}
+    for j = 1, steps do ladder[j] = nx() end
+  else
+    P = nx()
+  end
+
+  local raw = redis.pcall('GET', key)
+  local code = 0
+  local s, rest = nil, ''
+  if type(raw) == 'table' then
+    code = 2
+  elseif raw then
+    local a, b, c, d, r = string.match(raw, '^h1 (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)(.*)$')
+    if a then
+      s = {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
+      rest = r
+    else
+      code = 3
+    end
+  else
+    s = {0, 0, 0, 0}
+  end
+
+  local lg = nil
+  if s and alg == 3 then
+    lg = {at = {}, c = {}, n = 0, dirty = false}
+    if rest ~= '' then
+      local rt = string.gmatch(rest, '%S+')
+      local n = tonumber(rt())
+      local prev = 0
+      local ok = n ~= nil and n >= 0 and n <= 10000
+      if ok then
+        for j = 1, n do
+          local d, cc = tonumber(rt() or ''), tonumber(rt() or '')
+          if d == nil or cc == nil then ok = false; break end
+          prev = prev + d
+          lg.at[j] = prev; lg.c[j] = cc
+        end
+        if ok and rt() ~= nil then ok = false end
+      end
+      if ok then lg.n = n else code = 3; s = nil end
+    end
+  end
+
+  if s == nil then
+    out[i] = fmt('%d 0 0 0 0 0 0', code)
+  else
+    local o1, o2, o3, o4 = s[1], s[2], s[3], s[4]
+    local al, lim, rem, reset, retry, delay, ttl
+    if alg == 1 then
+      al, lim, rem, reset, retry, delay, ttl = fixed(s, now, R, P, cost)
+    elseif alg == 2 then
+      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, false)
+    elseif alg == 3 then
+      al, lim, rem, reset, retry, delay, ttl = sliding(lg, now, R, P, cost)
+    elseif alg == 4 then
+      al, lim, rem, reset, retry, delay, ttl = swc(s, now, R, P, cost)
+    elseif alg == 5 then
+      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, true)
+    elseif alg == 6 then
+      al, lim, rem, reset, retry, delay, ttl = calendar(s, now, R, ws, we, cost)
+    elseif alg == 7 then
+      al, lim, rem, reset, retry, delay, ttl = penalty(s, now, R, P, steps, ladder, cost)
+    else
+      al, lim, rem, reset, retry, delay, ttl = 0, 0, 0, 0, -1, 0, 0
+    end
+    out[i] = fmt('%d %d %d %d %d %d %d', al, lim, rem, reset, retry, delay, ttl)
+
+    local dirty = s[1] ~= o1 or s[2] ~= o2 or s[3] ~= o3 or s[4] ~= o4
+    if lg and lg.dirty then
+      dirty = true
+      if lg.n == 0 then
+        rest = ''
+      else
+        local parts = {fmt(' %d', lg.n)}
+        local prev = 0
+        for j = 1, lg.n do
+          parts[j + 1] = fmt(' %d %d', lg.at[j] - prev, lg.c[j])
+          prev = lg.at[j]
+        end
+        rest = table.concat(parts)
+      end
+    end
+    if dirty then
+      if s[1] == 0 and s[2] == 0 and s[3] == 0 and s[4] == 0 and rest == '' then
+        if raw then redis.call('DEL', key) end
+      else
+        local us = ttl
+        if us < 1000000 then us = 1000000 end
+        local ms = floor(us / 1000) + 1000
+        redis.call('SET', key, fmt('h1 %d %d %d %d', s[1], s[2], s[3], s[4]) .. rest, 'PX', fmt('%d', ms))
+      end
+    end
+  end
+end
+return table.concat(out, ' ')
+`
+
+// appendOp appends op's inputs to the ARGV[1] spec, in the order luaDecide reads them.
+func appendOp(b []byte, now int64, op *backends.Op) []byte {
+	l := &op.Limit
+	cost := op.Cost
+	if cost < 0 {
+		cost = 0
+	}
+	b = strconv.AppendInt(b, now, 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(op.Algorithm), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, cost, 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, l.Requests, 10)
+	b = append(b, ' ')
+	switch op.Algorithm {
+	case algorithms.TokenBucket, algorithms.LeakyBucket:
+		b = strconv.AppendInt(b, l.Period, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, l.Burst, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, l.MaxDelay, 10)
+	case algorithms.Calendar:
+		b = strconv.AppendInt(b, l.WindowStart, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, l.WindowEnd, 10)
+	case algorithms.Penalty:
+		b = strconv.AppendInt(b, l.Period, 10)
+		b = append(b, ' ')
+		b = strconv.AppendInt(b, int64(l.Steps), 10)
+		for i := 0; i < l.Steps; i++ {
+			b = append(b, ' ')
+			b = strconv.AppendInt(b, l.Ladder[i], 10)
+		}
+	default:
+		b = strconv.AppendInt(b, l.Period, 10)
+	}
+	return append(b, ' ')
+}
+
+// parseReply reads the seven fields of each op from the script's reply into the ops.
+// It allocates nothing: fields are parsed in place.
+func parseReply(reply string, keys []string, ops []*backends.Op) error {
+	var f [7]int64
+	p := 0
+	for i, op := range ops {
+		for j := range f {
+			for p < len(reply) && reply[p] == ' ' {
+				p++
+			}
+			q := p
+			for q < len(reply) && reply[q] != ' ' {
+				q++
+			}
+			v, err := strconv.ParseInt(reply[p:q], 10, 64)
+			if err != nil {
+				return fmt.Errorf("redis apply: unexpected script reply (op %d field %d): %w", i, j, backends.ErrUnavailable)
+			}
+			f[j] = v
+			p = q
+		}
+		switch f[0] {
+		case 0, 1:
+			op.Err = nil
+			op.Result = algorithms.Result{
+				Allowed: f[0] == 1, Limit: f[1], Remaining: f[2], ResetAfter: f[3],
+				RetryAfter: f[4], Delay: f[5], TTL: f[6],
+			}
+		case 2:
+			op.Err = fmt.Errorf("redis apply: key %q holds a value of another Redis type, not halt state: %w", keys[i], backends.ErrCorrupt)
+		default:
+			op.Err = fmt.Errorf("redis apply: key %q holds a string that is not halt state: %w", keys[i], backends.ErrCorrupt)
+		}
+	}
+	return nil
+}
