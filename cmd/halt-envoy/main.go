@@ -1,0 +1,307 @@
+// Command halt-envoy is a rate-limit service for Envoy and Istio: Envoy's
+// RateLimitService v3 on a gRPC port, metrics and health on an HTTP port.
+//
+// Usage:
+//
+//	halt-envoy [serve] [flags]          run the server
+//	halt-envoy validate --config PATH   check a config file or directory, print every error
+//	halt-envoy version                  print the version
+//
+// Every flag can also be set through an environment variable HALT_<NAME>, e.g.
+// HALT_STORE=redis://127.0.0.1:6379/0. A flag on the command line wins.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+	"github.com/halt-envoy/halt-envoy/pkg/server"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, args, stdout, stderr, getenv)
+	case "validate":
+		return validate(args, stdout, stderr, getenv)
+	case "version":
+		fmt.Fprintln(stdout, "halt-envoy", version)
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "halt-envoy: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  halt-envoy [serve] [flags]          run the server (flags: halt-envoy serve -h)
+  halt-envoy validate --config PATH   check a config file or directory, print every error
+  halt-envoy version                  print the version
+`)
+}
+
+// envFlags fills every flag not given on the command line from HALT_<NAME> (dashes
+// become underscores), so containers can be configured without a command line.
+func envFlags(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		env := "HALT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", env, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+type serveFlags struct {
+	config, grpcAddr, httpAddr, store, logLevel, logFormat string
+	failureMode, headers                                   string
+	storeTimeout, drainTimeout, debounce                   time.Duration
+	maxInFlight                                            int
+	disablePprof                                           bool
+}
+
+func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveFlags, error) {
+	f := &serveFlags{}
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", "config", "config file or directory (*.yaml, *.yml, recursively)")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", ":8081", "gRPC listen address (RateLimitService, health, reflection)")
+	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "HTTP listen address (/metrics, /healthz, /readyz, /config, /json, /debug/pprof)")
+	fs.StringVar(&f.store, "store", "memory://", "store URL: memory://, redis://, rediss://, redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fs.StringVar(&f.failureMode, "failure-mode", "allow", "when the store fails and a rule sets none: allow (fail open), deny (OVER_LIMIT) or error (UNAVAILABLE)")
+	fs.StringVar(&f.headers, "headers", "none", "rate-limit response headers: none, ietf, x-ratelimit or ietf,x-ratelimit")
+	fs.DurationVar(&f.storeTimeout, "store-timeout", backends.DefaultTimeout, "bound on one store round trip")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for in-flight calls")
+	fs.DurationVar(&f.debounce, "reload-debounce", 300*time.Millisecond, "quiet time after a config change before reloading")
+	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
+	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if err := envFlags(fs, getenv); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+func parseHeaders(s string) (ratelimit.HeaderFamilies, error) {
+	var h ratelimit.HeaderFamilies
+	for _, p := range strings.Split(s, ",") {
+		switch strings.TrimSpace(p) {
+		case "none", "":
+		case "ietf":
+			h.IETF = true
+		case "x-ratelimit":
+			h.XRateLimit = true
+		default:
+			return h, fmt.Errorf("headers: unknown family %q (want none, ietf, x-ratelimit)", p)
+		}
+	}
+	return h, nil
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	f, err := parseServe(args, stderr, getenv)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "halt-envoy:", err)
+		return 2
+	}
+	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "halt-envoy:", err)
+		return 2
+	}
+	headers, err := parseHeaders(f.headers)
+	if err != nil {
+		fmt.Fprintln(stderr, "halt-envoy:", err)
+		return 2
+	}
+	if err := runServer(ctx, f, headers, log); err != nil {
+		log.Error("halt-envoy stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamilies, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	var m *metrics.Metrics
+	var memStore *memory.Store
+	m = metrics.New(func() float64 {
+		if memStore != nil {
+			return float64(memStore.Len())
+		}
+		return 0
+	})
+
+	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer store.Close()
+	memStore, _ = store.(*memory.Store)
+	storeName := storeKind(f.store)
+
+	watcher, err := plans.Watch(ctx, f.config, f.debounce, func(set *plans.Set, err error) {
+		if err != nil {
+			m.ConfigReloads.WithLabelValues("failure").Inc()
+			m.ConfigLastReloadSuccess.Set(0)
+			log.Error("config reload failed; keeping the last good config", "path", f.config, "err", err)
+			return
+		}
+		m.ConfigReloads.WithLabelValues("success").Inc()
+		m.ConfigLastReloadSuccess.Set(1)
+		log.Info("config loaded", "path", f.config, "domains", set.Domains())
+	})
+	if err != nil {
+		return fmt.Errorf("load config: %w", err)
+	}
+	defer watcher.Close()
+
+	engine, err := ratelimit.New(ratelimit.Config{
+		Store:        store,
+		StoreName:    storeName,
+		Rules:        watcher.Current,
+		Metrics:      m,
+		Logger:       log,
+		FailureMode:  plans.FailureMode(f.failureMode),
+		StoreTimeout: f.storeTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Options{
+		GRPCAddr:     f.grpcAddr,
+		HTTPAddr:     f.httpAddr,
+		Engine:       engine,
+		Service:      ratelimit.NewService(engine, headers),
+		Metrics:      m,
+		Config:       watcher.Current,
+		Logger:       log,
+		MaxInFlight:  f.maxInFlight,
+		DrainTimeout: f.drainTimeout,
+		DisablePprof: f.disablePprof,
+	})
+	if err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				log.Info("SIGHUP: reloading config", "path", f.config)
+				watcher.Reload()
+			}
+		}
+	}()
+
+	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "store", storeName, "config", f.config)
+	err = srv.Serve(ctx)
+	log.Info("halt-envoy drained; exiting")
+	return err
+}
+
+// storeKind is the scheme of a store URL: a metric label that never holds a password.
+func storeKind(raw string) string {
+	if i := strings.Index(raw, "://"); i > 0 {
+		return raw[:i]
+	}
+	return "memory"
+}
+
+func validate(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config", "config file or directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := envFlags(fs, getenv); err != nil {
+		fmt.Fprintln(stderr, "halt-envoy:", err)
+		return 2
+	}
+	set, err := plans.Load(*path)
+	if err != nil {
+		var le *plans.LoadError
+		if errors.As(err, &le) {
+			for _, p := range le.Problems {
+				fmt.Fprintln(stderr, p.Error())
+			}
+			fmt.Fprintf(stderr, "%s: %d problem(s)\n", *path, len(le.Problems))
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d domain(s): %s)\n", *path, len(set.Domains()), strings.Join(set.Domains(), ", "))
+	return 0
+}

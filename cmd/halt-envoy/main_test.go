@@ -1,0 +1,362 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+)
+
+// buildBinary compiles halt-envoy once per test binary run.
+var buildOnce sync.Once
+var builtPath string
+var buildErr error
+
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "halt-envoy-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtPath = filepath.Join(dir, "halt-envoy")
+		out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v0.0.0-test", "-o", builtPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// process is a running halt-envoy with its captured log.
+type process struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	httpAddr string
+	log      *syncBuffer
+	done     chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func start(t *testing.T, args ...string) *process {
+	t.Helper()
+	p := &process{grpcAddr: freeAddr(t), httpAddr: freeAddr(t), log: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(binary(t), append([]string{"--grpc-addr", p.grpcAddr, "--http-addr", p.httpAddr, "--log-level", "debug"}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.Env = append(os.Environ(), "HALT_STORE=") // the flag default, not the caller's env
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("halt-envoy log:\n%s", p.log.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 20s:\n%s", p.log.String())
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("exited early (%v):\n%s", err, p.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (p *process) client(t *testing.T) *grpc.ClientConn {
+	t.Helper()
+	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+func rlReq(domain string, kv ...string) *rlsv3.RateLimitRequest {
+	d := &rlcommon.RateLimitDescriptor{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		d.Entries = append(d.Entries, &rlcommon.RateLimitDescriptor_Entry{Key: kv[i], Value: kv[i+1]})
+	}
+	return &rlsv3.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{d}}
+}
+
+func writeConfig(t *testing.T, dir, name, body string) {
+	t.Helper()
+	tmp := filepath.Join(dir, "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const limitsV1 = `
+domain: e2e
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 2}
+`
+
+func TestBinaryServesReloadsAndDrains(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", limitsV1)
+	p := start(t, "--config", dir, "--reload-debounce", "50ms")
+	cc := p.client(t)
+	rls := rlsv3.NewRateLimitServiceClient(cc)
+	ctx := context.Background()
+
+	codes := func(user string, n int) []rlsv3.RateLimitResponse_Code {
+		var out []rlsv3.RateLimitResponse_Code
+		for i := 0; i < n; i++ {
+			r, err := rls.ShouldRateLimit(ctx, rlReq("e2e", "user", user))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, r.OverallCode)
+		}
+		return out
+	}
+	if got := fmt.Sprint(codes("alice", 3)); got != "[OK OK OVER_LIMIT]" {
+		t.Fatalf("v1 decisions %s", got)
+	}
+
+	// Health and reflection on the same port.
+	hr, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", hr, err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(cc).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := stream.Recv()
+	if err != nil || !strings.Contains(rr.String(), "envoy.service.ratelimit.v3.RateLimitService") {
+		t.Fatalf("reflection: %v %v", rr, err)
+	}
+	stream.CloseSend() // an open stream would (rightly) hold up the drain below
+
+	// HTTP endpoints.
+	for path, want := range map[string]string{
+		"/healthz":      "ok",
+		"/readyz":       "OK",
+		"/healthcheck":  "OK",
+		"/metrics":      "halt_decisions_total",
+		"/config":       `"e2e"`,
+		"/debug/pprof/": "goroutine",
+	} {
+		body := get(t, "http://"+p.httpAddr+path)
+		if !strings.Contains(body, want) {
+			t.Errorf("%s: %q not in %.200q", path, want, body)
+		}
+	}
+	// The reference's POST /json answers 429 when over limit.
+	resp, err := http.Post("http://"+p.httpAddr+"/json", "application/json", strings.NewReader(`{"domain":"e2e","descriptors":[{"entries":[{"key":"user","value":"alice"}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "OVER_LIMIT") {
+		t.Fatalf("/json: %d %s", resp.StatusCode, body)
+	}
+
+	// A broken file keeps the last good config and says so.
+	writeConfig(t, dir, "limits.yaml", "domain: e2e\ndescriptors:\n  - key: user\n    rate_limit: {unit: fortnight, requests_per_unit: 2}\n")
+	waitFor(t, func() bool {
+		return strings.Contains(get(t, "http://"+p.httpAddr+"/metrics"), `halt_config_reloads_total{result="failure"}`)
+	})
+	if got := fmt.Sprint(codes("bob", 3)); got != "[OK OK OVER_LIMIT]" {
+		t.Fatalf("after a bad reload the old limits must hold: %s", got)
+	}
+	if !strings.Contains(p.log.String(), "limits.yaml:4") {
+		t.Errorf("reload error does not name file and line:\n%s", p.log.String())
+	}
+
+	// A good file is picked up by the watcher.
+	writeConfig(t, dir, "limits.yaml", strings.Replace(limitsV1, "requests_per_unit: 2", "requests_per_unit: 4", 1))
+	waitFor(t, func() bool {
+		r, err := rls.ShouldRateLimit(ctx, rlReq("e2e", "user", "probe"))
+		return err == nil && r.Statuses[0].GetCurrentLimit().GetRequestsPerUnit() == 4
+	})
+
+	// SIGHUP reloads too (debounced): a config with a new domain.
+	writeConfig(t, dir, "more.yml", "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, func() bool {
+		r, err := rls.ShouldRateLimit(ctx, rlReq("other", "k", "v"))
+		return err == nil && r.Statuses[0].GetCurrentLimit() != nil
+	})
+
+	// SIGTERM drains and exits 0.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	start := time.Now()
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup
+		t.Logf("drained and exited %v after SIGTERM", time.Since(start))
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no exit 15s after SIGTERM")
+	}
+}
+
+func TestBinaryEnvFlags(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", limitsV1)
+	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	cmd := exec.Command(binary(t))
+	cmd.Env = append(os.Environ(), "HALT_CONFIG="+dir, "HALT_GRPC_ADDR="+grpcAddr, "HALT_HTTP_ADDR="+httpAddr, "HALT_STORE=memory://?max_keys=1000", "HALT_LOG_FORMAT=json")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor(t, func() bool { return strings.Contains(get(t, "http://"+httpAddr+"/readyz"), "OK") })
+	if !strings.Contains(out.String(), `"msg":"halt-envoy serving"`) {
+		t.Fatalf("json log expected:\n%s", out.String())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+}
+
+func TestBadStartupInput(t *testing.T) {
+	var out bytes.Buffer
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", limitsV1)
+	for _, args := range [][]string{
+		{"serve", "--config", dir, "--store", "nosuch://x"},
+		{"serve", "--config", dir, "--store", "redis://user:hunter2@%zz"},
+		{"serve", "--config", filepath.Join(dir, "missing")},
+		{"serve", "--log-level", "loud"},
+		{"serve", "--headers", "fancy"},
+		{"frobnicate"},
+	} {
+		out.Reset()
+		code := run(context.Background(), append(args, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"), &out, &out, func(string) string { return "" })
+		if code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+		if strings.Contains(out.String(), "hunter2") {
+			t.Errorf("%v: password in output: %s", args, out.String())
+		}
+	}
+}
+
+func TestValidateCommand(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "good.yaml", limitsV1)
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"validate", "--config", dir}, &stdout, &stderr, os.Getenv); code != 0 {
+		t.Fatalf("good config: exit %d: %s", code, stderr.String())
+	}
+	writeConfig(t, dir, "bad.yaml", "domain: bad\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n  - key: b\n    color: blue\n")
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", dir}, &stdout, &stderr, os.Getenv); code == 0 {
+		t.Fatal("bad config: exit 0")
+	}
+	// Every problem, each with file and line.
+	for _, want := range []string{"bad.yaml:4", "bad.yaml:6", "color"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("%q missing from:\n%s", want, stderr.String())
+		}
+	}
+	// The shipped configs are valid.
+	stderr.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", "../../config"}, &stdout, &stderr, os.Getenv); code != 0 {
+		t.Fatalf("config/: %s", stderr.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := exec.Command(binary(t), "version").Output()
+	if err != nil || !strings.Contains(string(out), "v0.0.0-test") {
+		t.Fatalf("%s %v", out, err)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15s")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
