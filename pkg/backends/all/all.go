@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memcached"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/postgres"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
@@ -27,6 +28,12 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 		return openMemory(u)
 	case "redis", "rediss", "redis+sentinel", "redis+cluster":
 		s, err := redis.Open(ctx, u, opt)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return s, nil
+	case "memcached":
+		s, err := memcached.OpenURL(rawURL, opt)
 		if err != nil {
 			return nil, err // not a typed nil inside the interface
 		}

@@ -275,18 +275,21 @@ BEGIN
 					END IF;
 				END IF;
 
-			ELSIF alg = 3 THEN -- sliding_window (exact log, flattened at,cost pairs)
+			ELSIF alg = 3 THEN -- sliding_window (exact log, flattened at,cost pairs; B = their cost sum)
 				IF lg IS NULL THEN lg := '{}'; END IF;
 				m := coalesce(array_length(lg, 1), 0) / 2;
 				cut := now_us - per;
+				used := sb; -- B caches the sum of the log's costs, as in pkg/algorithms
 				j := 1;
-				WHILE j <= m AND lg[2*j-1] <= cut LOOP j := j + 1; END LOOP;
+				WHILE j <= m AND lg[2*j-1] <= cut LOOP used := used - lg[2*j]; j := j + 1; END LOOP;
 				IF j > 1 THEN
 					IF j > m THEN lg := '{}'; ELSE lg := lg[2*j-1 : 2*m]; END IF;
 					m := m - (j - 1);
 				END IF;
-				used := 0;
-				FOR j IN 1..m LOOP used := used + lg[2*j]; END LOOP;
+				IF m = 0 OR used < 0 THEN
+					used := 0;
+					FOR j IN 1..m LOOP used := used + lg[2*j]; END LOOP;
+				END IF;
 				rlim := req;
 				IF used + cost <= req THEN
 					allowed := true;
@@ -308,6 +311,7 @@ BEGIN
 						IF need <= 0 THEN rretry := lg[2*j-1] + per - now_us; EXIT; END IF;
 					END LOOP;
 				END IF;
+				sb := used;
 				rem := greatest(req - used, 0);
 				IF m > 0 THEN rreset := lg[2*m-1] + per - now_us; rttl := rreset; END IF;
 
