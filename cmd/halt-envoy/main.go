@@ -6,6 +6,7 @@
 //	halt-envoy [serve] [flags]          run the server
 //	halt-envoy validate --config PATH   check a config file or directory, print every error
 //	halt-envoy version                  print the version
+//	halt-envoy probe [--url URL]        exit 0 when URL answers 200 (for HEALTHCHECK)
 //
 // Every flag can also be set through an environment variable HALT_<NAME>, e.g.
 // HALT_STORE=redis://127.0.0.1:6379/0. A flag on the command line wins.
@@ -18,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "version":
 		fmt.Fprintln(stdout, "halt-envoy", version)
 		return 0
+	case "probe":
+		return probe(ctx, args, stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -67,6 +71,7 @@ func usage(w io.Writer) {
   halt-envoy [serve] [flags]          run the server (flags: halt-envoy serve -h)
   halt-envoy validate --config PATH   check a config file or directory, print every error
   halt-envoy version                  print the version
+  halt-envoy probe [--url URL]        exit 0 when URL answers 200 (container health checks: no shell needed)
 `)
 }
 
@@ -303,5 +308,35 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d domain(s): %s)\n", *path, len(set.Domains()), strings.Join(set.Domains(), ", "))
+	return 0
+}
+
+// probe is the container health check: distroless images have no shell or curl.
+func probe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8080/healthz", "URL that must answer 200")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, *url, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "probe:", err)
+		return 2
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "probe:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "probe: %s answered %s\n", *url, resp.Status)
+		return 1
+	}
+	fmt.Fprintln(stdout, "ok")
 	return 0
 }

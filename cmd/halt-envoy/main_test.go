@@ -360,3 +360,16 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
+
+func TestProbe(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", limitsV1)
+	p := start(t, "--config", dir)
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"probe", "--url", "http://" + p.httpAddr + "/healthz"}, &out, &out, os.Getenv); code != 0 {
+		t.Fatalf("probe of a live server: exit %d %s", code, out.String())
+	}
+	if code := run(context.Background(), []string{"probe", "--url", "http://" + freeAddr(t) + "/healthz", "--timeout", "500ms"}, &out, &out, os.Getenv); code == 0 {
+		t.Fatal("probe of nothing: exit 0")
+	}
+}
