@@ -1,6 +1,7 @@
 package plans
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -45,12 +46,17 @@ func Parse(files map[string][]byte) (*Set, error) {
 	}
 	sort.Strings(names)
 
-	var problems []Problem
+	var problems, dropped []Problem
 	var cfgs []*fileCfg
 	for _, name := range names {
 		d := &decoder{file: name}
 		fc := d.decodeFile(files[name])
 		problems = append(problems, d.problems...)
+		if d.dropped > 0 {
+			last := d.problems[len(d.problems)-1]
+			dropped = append(dropped, Problem{File: name, Line: last.Line, Column: last.Column,
+				Msg: fmt.Sprintf("and %d more problems in this file, not shown", d.dropped)})
+		}
 		if fc != nil {
 			cfgs = append(cfgs, fc)
 		}
@@ -68,6 +74,7 @@ func Parse(files map[string][]byte) (*Set, error) {
 	if len(problems) > 0 {
 		e := &LoadError{Problems: problems}
 		e.sort()
+		e.Problems = append(e.Problems, dropped...)
 		return nil, e
 	}
 	s := b.set

@@ -94,9 +94,17 @@ type decoder struct {
 	problems []Problem
 	ndesc    int
 	tooMany  bool
+	dropped  int // problems past maxProblems
 }
 
+// maxProblems bounds the problems reported for one file: past it they are noise.
+const maxProblems = 100
+
 func (d *decoder) add(n *yaml.Node, field, format string, args ...any) {
+	if len(d.problems) >= maxProblems {
+		d.dropped++
+		return
+	}
 	line, col := 1, 1
 	if n != nil && n.Line > 0 {
 		line, col = n.Line, n.Column
@@ -139,7 +147,23 @@ type pair struct {
 // fields returns the pairs of mapping n, with merge keys (<<) expanded and duplicate keys
 // reported. A non-mapping n is reported and yields nothing.
 func (d *decoder) fields(n *yaml.Node, field string) []pair {
+	return d.fieldsMerging(n, field, nil)
+}
+
+// fieldsMerging is fields with the chain of mappings being merged into, so that a merge
+// key that refers back to its own mapping is an error, not an endless recursion.
+func (d *decoder) fieldsMerging(n *yaml.Node, field string, chain []*yaml.Node) []pair {
 	n = deref(n)
+	for _, c := range chain {
+		if c == n {
+			d.add(n, field, "merge key (<<) refers to a mapping that contains it")
+			return nil
+		}
+	}
+	if len(chain) > 16 {
+		d.add(n, field, "merge keys (<<) nest deeper than 16 levels")
+		return nil
+	}
 	if n == nil || n.Kind != yaml.MappingNode {
 		d.add(n, field, "must be a mapping, got %s", kindName(n))
 		return nil
@@ -149,7 +173,7 @@ func (d *decoder) fields(n *yaml.Node, field string) []pair {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind == yaml.ScalarNode && k.Value == "<<" && (k.Tag == "" || k.Tag == "!" || k.ShortTag() == "!!merge") {
-			merged = append(merged, d.mergePairs(v, field)...)
+			merged = append(merged, d.mergePairs(v, field, append(chain, n))...)
 			continue
 		}
 		k = deref(k)
@@ -173,16 +197,16 @@ func (d *decoder) fields(n *yaml.Node, field string) []pair {
 	return out
 }
 
-func (d *decoder) mergePairs(v *yaml.Node, field string) []pair {
+func (d *decoder) mergePairs(v *yaml.Node, field string, chain []*yaml.Node) []pair {
 	v = deref(v)
 	if v != nil && v.Kind == yaml.SequenceNode {
 		var out []pair
 		for _, m := range v.Content {
-			out = append(out, d.fields(m, field)...)
+			out = append(out, d.fieldsMerging(m, field, chain)...)
 		}
 		return out
 	}
-	return d.fields(v, field)
+	return d.fieldsMerging(v, field, chain)
 }
 
 func kindName(n *yaml.Node) string {
