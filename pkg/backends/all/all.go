@@ -9,8 +9,10 @@ import (
 	"strconv"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/dynamodb"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memcached"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/mongodb"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/postgres"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
 )
@@ -40,6 +42,18 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 		return s, nil
 	case "postgres", "postgresql":
 		s, err := postgres.OpenURL(ctx, rawURL, opt)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return s, nil
+	case "mongodb", "mongodb+srv":
+		s, err := mongodb.Open(ctx, rawURL, opt)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return s, nil
+	case "dynamodb":
+		s, err := dynamodb.Open(ctx, rawURL, opt)
 		if err != nil {
 			return nil, err // not a typed nil inside the interface
 		}
