@@ -67,14 +67,33 @@ func openTest(t testing.TB, query string, opt backends.Options) *Store {
 	return s
 }
 
+// scratchCollection names a collection for one test and drops it when the test ends, so
+// test documents (which expire in 2030) never pile up on a shared server.
+func scratchCollection(t testing.TB, prefix string) string {
+	name := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
+	t.Cleanup(func() {
+		s, err := Open(context.Background(), withDB(t, testURI(t), "halt_test", "collection="+name), backends.Options{Timeout: 5 * time.Second})
+		if err != nil {
+			t.Logf("cannot drop %s: %v", name, err)
+			return
+		}
+		defer s.Close()
+		if err := s.coll.Drop(context.Background()); err != nil {
+			t.Logf("cannot drop %s: %v", name, err)
+		}
+	})
+	return name
+}
+
 func TestConformance(t *testing.T) {
 	testURI(t)
 	opt := conformance.Options{SkipConcurrency: true, Reason: ferretReason}
 	if os.Getenv("HALT_TEST_MONGO_ATOMIC") == "1" {
 		opt = conformance.Options{}
 	}
+	coll := scratchCollection(t, "conformance")
 	conformance.Run(t, func(t *testing.T) backends.Store {
-		return openTest(t, "", backends.Options{})
+		return openTest(t, "collection="+coll, backends.Options{})
 	}, opt)
 }
 
@@ -106,7 +125,7 @@ func TestParseURL(t *testing.T) {
 
 // TestCorruptDocument: a document of the wrong shape is ErrCorrupt, never a fresh state.
 func TestCorruptDocument(t *testing.T) {
-	s := openTest(t, "", backends.Options{})
+	s := openTest(t, "collection="+scratchCollection(t, "corrupt"), backends.Options{})
 	defer s.Close()
 	ctx := context.Background()
 	p := conformance.UniqueKey(t)
@@ -194,12 +213,8 @@ func TestPasswordNotLogged(t *testing.T) {
 func TestExpiry(t *testing.T) {
 	var logs bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	coll := fmt.Sprintf("exp_%d", time.Now().UnixNano())
-	s := openTest(t, "collection="+coll, backends.Options{Logger: log})
-	defer func() {
-		_ = s.coll.Drop(context.Background())
-		s.Close()
-	}()
+	s := openTest(t, "collection="+scratchCollection(t, "expiry"), backends.Options{Logger: log})
+	defer s.Close()
 	if s.Sweeping() {
 		if n := strings.Count(logs.String(), "rejects TTL indexes"); n != 1 {
 			t.Fatalf("want exactly one warning about TTL indexes, got %d:\n%s", n, logs.String())
@@ -250,12 +265,8 @@ func TestExpiry(t *testing.T) {
 
 // TestSweeperRuns: with ttl_index=false the background sweeper removes expired keys.
 func TestSweeperRuns(t *testing.T) {
-	coll := fmt.Sprintf("sweep_%d", time.Now().UnixNano())
-	s := openTest(t, "ttl_index=false&sweep_interval=50ms&collection="+coll, backends.Options{})
-	defer func() {
-		_ = s.coll.Drop(context.Background())
-		s.Close()
-	}()
+	s := openTest(t, "ttl_index=false&sweep_interval=50ms&collection="+scratchCollection(t, "sweep"), backends.Options{})
+	defer s.Close()
 	if !s.Sweeping() {
 		t.Fatal("ttl_index=false did not start the sweeper")
 	}
@@ -285,7 +296,7 @@ func TestSweeperRuns(t *testing.T) {
 // ErrUnavailable), not a spin. It races a writer bumping the version between our read
 // and write by using a one-attempt budget against a concurrently updated key.
 func TestContentionBudget(t *testing.T) {
-	s := openTest(t, "max_attempts=1", backends.Options{})
+	s := openTest(t, "max_attempts=1&collection="+scratchCollection(t, "contention"), backends.Options{})
 	defer s.Close()
 	ctx := context.Background()
 	key := conformance.UniqueKey(t)
@@ -318,7 +329,7 @@ func TestContentionBudget(t *testing.T) {
 }
 
 func BenchmarkApply(b *testing.B) {
-	s := openTest(b, "", backends.Options{Timeout: 5 * time.Second})
+	s := openTest(b, "collection="+scratchCollection(b, "bench"), backends.Options{Timeout: 5 * time.Second})
 	defer s.Close()
 	prefix := conformance.UniqueKey(b)
 	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000}
