@@ -220,12 +220,15 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	}
 	return &Store{
 		client: client,
-		coll:   client.Database(cfg.Database).Collection(cfg.Collection),
-		cfg:    cfg,
-		opt:    opt,
-		log:    opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		// Reads go to the primary whatever the URI says: a secondary's stale copy would
+		// never pass the version check, so it could only cost lost races and retries.
+		coll: client.Database(cfg.Database).Collection(cfg.Collection,
+			options.Collection().SetReadPreference(readpref.Primary())),
+		cfg:  cfg,
+		opt:  opt,
+		log:  opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}, nil
 }
 
