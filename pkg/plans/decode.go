@@ -546,7 +546,7 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 	if dc.policyNode != nil && (rlNode != nil || rlsNode != nil) {
 		d.add(dc.policyNode, join(field, "policy"), "policy and rate_limit/rate_limits are mutually exclusive")
 	}
-	if dc.shareThreshold && !strings.Contains(dc.value, "*") {
+	if dc.shareThreshold && !strings.Contains(dc.value, "*") && !(dc.value == "" && strings.Contains(dc.key, "*")) {
 		d.add(shareNode, join(field, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found %q", dc.value)
 	}
 	for _, l := range dc.limits {

@@ -125,6 +125,22 @@ func BenchmarkMatch(b *testing.B) {
 			}
 		}
 	})
+	b.Run("exact+exact", func(b *testing.B) {
+		e := ents("header_match", "foo", "path", "/api/health")
+		b.ReportAllocs()
+		for b.Loop() {
+			s.Match("edge", e)
+		}
+	})
+	b.Run("default", func(b *testing.B) {
+		e := ents("remote_address", "192.168.10.10")
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := s.Match("edge", e); !ok {
+				b.Fatal("no match")
+			}
+		}
+	})
 	b.Run("exact+default", func(b *testing.B) {
 		e := ents("header_match", "foo", "path", "/other")
 		b.ReportAllocs()
