@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole halt-envoy test run (what CI runs through .ci/run).
+#
+#   bash scripts/test.sh                     everything: peers + gofmt + vet + go test ./... + fuzz + promtool
+#   bash scripts/test.sh -run TestX ./pkg/...   go test args are passed through (instead of ./...);
+#                                            the fuzz stage is skipped then
+#
+# On Debian 12 as root it installs (apt) and starts every service the tests talk to, on free
+# loopback ports, exports their endpoints, runs the Go stages, and stops everything on exit.
+#
+# Environment knobs:
+#   HALT_SKIP_PEERS=1   no apt, no peers: only the Go stages (tests that need a peer skip)
+#   HALT_PEERS_ONLY=1   start the peers, print their env, tear down and stop (no Go stages)
+#   HALT_FUZZTIME=10s   -fuzztime for each fuzz target
+#   PEERS_KEEP_DIR=1    keep the peers' data dirs and logs after the run
+#   PEERS_CACHE=DIR     build/download cache (default ${XDG_CACHE_HOME:-$HOME/.cache}/halt-envoy-peers)
+#
+# Exported for the tests (when peers run):
+#   HALT_TEST_PEERS=1 (tests must fail, not skip, when an endpoint below is missing)
+#   REDIS_ADDR, REDIS_CLUSTER_ADDRS (6 nodes, comma list), REDIS_CLUSTER_BASE_PORT,
+#   REDIS_SENTINEL_ADDR, REDIS_SENTINEL_MASTER (mymaster), REDIS_SENTINEL_MASTER_ADDR,
+#   REDIS_SENTINEL_REPLICA_ADDR, MEMCACHED_ADDR, PG_DSN, PG_DATA_DIR, PG_BIN, MONGO_URI (FerretDB,
+#   SQLite handler), DYNAMODB_ENDPOINT (DynamoDB Local)
+#   PostgreSQL can be stopped/restarted by fault tests on the same port with
+#     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA_DIR" -l "$PG_DATA_DIR/../server.log" -w stop|start|restart
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# shellcheck source=scripts/peers.sh
+source scripts/peers.sh
+
+T0=$(peers_now)
+STAGE=setup
+halt_on_exit() {
+  local rc=$1
+  if [ "$rc" != 0 ]; then
+    echo "test.sh: FAILED in stage '$STAGE' (exit $rc) after $(peers_since "$T0")" >&2
+  fi
+  peers_teardown "$rc"
+}
+trap 'halt_on_exit $?' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+say() { echo "==> $*"; }
+
+# ---------- Go toolchain ----------
+for d in /usr/local/go/bin "${GOROOT:-/nonexistent}/bin" "$HOME/go/bin"; do
+  [ -d "$d" ] && case ":$PATH:" in *":$d:"*) ;; *) PATH=$PATH:$d ;; esac
+done
+export PATH
+command -v go >/dev/null || { echo "test.sh: 'go' not found (expected in /usr/local/go/bin)" >&2; exit 1; }
+say "$(go version)"
+
+# ---------- peers ----------
+PEERS_SECS=-
+if [ -n "${HALT_SKIP_PEERS:-}" ]; then
+  say "HALT_SKIP_PEERS set: no peers (tests that need one will skip)"
+  unset HALT_TEST_PEERS
+else
+  STAGE=peers
+  # Slow ones first, in the background: FerretDB (cold build ~3 min) and DynamoDB Local (JVM start
+  # ~6 s; its jar comes from npm). Meanwhile apt runs and the fast peers start in the foreground.
+  # Every port is reserved by free_port before any start, so the parallel starts can't collide.
+  JOBS=() # "PID NAME LOG"
+  bg_job() { # NAME CMD... : run CMD in the background; its output goes to a log shown at the end
+    local name=$1 log=$PEERS_DIR/job-$1.log; shift
+    ("$@") >"$log" 2>&1 </dev/null &
+    record_tree $! "job-$name"
+    JOBS+=("$! $name $log")
+  }
+  timed() { # NAME CMD...: run CMD, print how long it took
+    local t name=$1; shift
+    t=$(peers_now)
+    "$@" || { echo "peer $name: FAILED after $(peers_since "$t")" >&2; return 1; }
+    echo "peer $name: up in $(peers_since "$t")"
+  }
+
+  FERRET_PORT=$(free_port)
+  bg_job ferretdb timed ferretdb peers_start_ferretdb "$FERRET_PORT" sqlite
+  DDB_PORT=$(free_port)
+  ddb_job_started=
+  if command -v java >/dev/null && command -v npm >/dev/null; then
+    bg_job ddblocal timed dynamodb-local peers_start_ddblocal "$DDB_PORT"; ddb_job_started=1
+  fi
+  # warm the Go module cache for the project meanwhile (read-only: never touches go.mod/go.sum)
+  [ -f go.mod ] && bg_job gomod go list -mod=readonly -e -deps -test ./...
+
+  t=$(peers_now)
+  apt_pkgs=(redis-server redis-tools memcached postgresql openjdk-17-jre-headless curl ca-certificates 'prometheus?')
+  command -v npm >/dev/null || apt_pkgs+=(npm)
+  peers_apt "${apt_pkgs[@]}"
+  echo "apt: done in $(peers_since "$t")"
+  [ -n "$ddb_job_started" ] || bg_job ddblocal timed dynamodb-local peers_start_ddblocal "$DDB_PORT"
+
+  p=$(free_port)
+  timed redis peers_start_redis "$p"
+  export REDIS_ADDR=127.0.0.1:$p
+
+  p=$(free_port 6)
+  timed redis-cluster peers_start_redis_cluster "$p"
+  export REDIS_CLUSTER_BASE_PORT=$p
+  REDIS_CLUSTER_ADDRS=$(seq -s, -f "127.0.0.1:%g" "$p" $((p + 5)))
+  export REDIS_CLUSTER_ADDRS
+
+  p=$(free_port 3)
+  timed redis-sentinel peers_start_redis_sentinel "$p" $((p + 1)) $((p + 2))
+  export REDIS_SENTINEL_ADDR=127.0.0.1:$((p + 2)) REDIS_SENTINEL_MASTER=mymaster
+  export REDIS_SENTINEL_MASTER_ADDR=127.0.0.1:$p REDIS_SENTINEL_REPLICA_ADDR=127.0.0.1:$((p + 1))
+
+  p=$(free_port)
+  timed memcached peers_start_memcached "$p"
+  export MEMCACHED_ADDR=127.0.0.1:$p
+
+  p=$(free_port)
+  timed postgres peers_start_postgres "$p"
+  export PG_DSN="postgres://postgres@127.0.0.1:$p/postgres?sslmode=disable" PG_DATA_DIR PG_BIN
+
+  # collect the background jobs
+  failed=
+  for j in "${JOBS[@]}"; do
+    read -r pid name log <<<"$j"
+    if wait "$pid"; then
+      [ "$name" = gomod ] || grep -v '^go: downloading ' "$log"
+    elif [ "$name" = gomod ]; then
+      : # only a cache warm-up: go vet/test will report real problems
+    else
+      echo "background job $name failed:" >&2; grep -v '^go: downloading ' "$log" >&2; failed=1
+    fi
+  done
+  [ -z "$failed" ] || exit 1
+  export MONGO_URI="mongodb://127.0.0.1:$FERRET_PORT/"
+  export DYNAMODB_ENDPOINT="http://127.0.0.1:$DDB_PORT"
+  export HALT_TEST_PEERS=1
+
+  PEERS_SECS=$(peers_since "$T0")
+  say "all peers up in $PEERS_SECS"
+  env | grep -E '^(HALT_TEST_PEERS|REDIS_[A-Z_]+|MEMCACHED_ADDR|PG_DSN|PG_DATA_DIR|PG_BIN|MONGO_URI|DYNAMODB_ENDPOINT)=' | sort |
+    tee "$PEERS_DIR/env" | sed 's/^/    /'
+
+  if [ -n "${HALT_PEERS_ONLY:-}" ]; then
+    say "HALT_PEERS_ONLY set: stopping here (peers are torn down now)"
+    exit 0
+  fi
+fi
+
+# ---------- Go stages ----------
+# go test args: "$@" if given (plus ./... when they name no package), else ./...
+looks_like_pkg() { [[ $1 == . || $1 == ./* || $1 == ../* || $1 == */... || $1 == github.com/* ]]; }
+ARGS=("$@")
+PKGS=()
+for a in "$@"; do looks_like_pkg "$a" && PKGS+=("$a"); done
+((${#PKGS[@]})) || { PKGS=(./...); ARGS+=(./...); }
+
+STAGE=gofmt
+go_files=()
+while IFS= read -r f; do [ -f "$f" ] && go_files+=("$f"); done < <(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*')
+if ((${#go_files[@]})); then
+  say "gofmt -l (${#go_files[@]} files)"
+  unformatted=$(gofmt -l "${go_files[@]}")
+  if [ -n "$unformatted" ]; then
+    echo "test.sh: these files are not gofmt-formatted (run: gofmt -w FILE):" >&2
+    echo "$unformatted" | sed 's/^/    /' >&2
+    exit 1
+  fi
+else
+  say "gofmt: no .go files tracked, skipped"
+fi
+
+STAGE="go vet"
+say "go vet ${PKGS[*]}"
+go vet "${PKGS[@]}"
+
+STAGE="go test"
+say "go test -race -count=1 -timeout 40m ${ARGS[*]}"
+go test -race -count=1 -timeout 40m "${ARGS[@]}" 2>&1 | tee "$PEERS_DIR/gotest.log"
+pkgs_ok=$(grep -c '^ok ' "$PEERS_DIR/gotest.log" || true)
+pkgs_none=$(grep -c '\[no test files\]' "$PEERS_DIR/gotest.log" || true)
+
+STAGE=fuzz
+fuzz_summary="skipped (go test args given)"
+if (($# == 0)); then
+  fuzz_targets=()
+  while IFS= read -r f; do
+    [ -f "$f" ] || continue
+    while IFS= read -r name; do fuzz_targets+=("$(dirname "$f") $name"); done \
+      < <(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$f")
+  done < <(git ls-files -co --exclude-standard '*_test.go' 2>/dev/null | grep -Ev '(^|/)(testdata|vendor)/' | sort)
+  for t in "${fuzz_targets[@]}"; do
+    read -r dir name <<<"$t"
+    say "fuzz $name in ./$dir for ${HALT_FUZZTIME:-10s}"
+    go test -run '^$' -fuzz "^${name}\$" -fuzztime "${HALT_FUZZTIME:-10s}" "./$dir"
+  done
+  fuzz_summary="${#fuzz_targets[@]} targets x ${HALT_FUZZTIME:-10s}"
+fi
+
+STAGE=promtool
+prom_summary="no deploy/prometheus/alerts.yaml"
+if [ -f deploy/prometheus/alerts.yaml ]; then
+  if command -v promtool >/dev/null; then
+    say "promtool check rules deploy/prometheus/alerts.yaml"
+    promtool check rules deploy/prometheus/alerts.yaml
+    prom_summary=ok
+  else
+    echo "test.sh: WARNING: promtool not installed, deploy/prometheus/alerts.yaml not checked" >&2
+    prom_summary="skipped (no promtool)"
+  fi
+fi
+
+STAGE=done
+echo "test.sh: OK — gofmt, go vet, go test (packages ok: $pkgs_ok, without tests: $pkgs_none)," \
+  "fuzz: $fuzz_summary, promtool: $prom_summary; peers up in $PEERS_SECS; total $(peers_since "$T0")"
