@@ -3,8 +3,8 @@ package plans
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"runtime"
+	"strings"
 	"testing"
 )
 
