@@ -215,7 +215,17 @@ func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Opti
 }
 
 func (s *Store) ensureSchema(ctx context.Context) error {
-	v, err := schemaVersion(ctx, s.pool, s.names.raw)
+	// Start-up may be slower than a decision (cold caches, a busy server): lift the
+	// per-call statement_timeout for this check; ctx still bounds it.
+	var v int
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
+			return err
+		}
+		var err error
+		v, err = schemaVersion(ctx, tx, s.names.raw)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("postgres: checking schema of %q: %w", s.names.raw, classify(redactErr(err)))
 	}
