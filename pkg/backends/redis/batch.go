@@ -3,6 +3,8 @@ package redis
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,10 +129,72 @@ func (b *batcher) send(batch []*call) {
 		deadline = time.Now().Add(b.s.timeout)
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	b.s.run(ctx, live)
+	merged := b.merge(live)
+	b.s.run(ctx, merged)
 	cancel()
+	if len(merged) != len(live) {
+		b.unmerge(live, merged)
+	}
 	for _, c := range live {
 		close(c.done)
+	}
+}
+
+// merge folds the calls of one slot (every call, outside Cluster) into one script call:
+// each op carries its own now, so ops of different Apply calls decide exactly as if sent
+// apart, and the server runs one script instead of one per Apply. In Cluster the merged
+// calls of different slots then share one pipeline per node.
+func (b *batcher) merge(calls []*call) []*call {
+	if len(calls) == 1 {
+		return calls
+	}
+	if b.s.slots != nil {
+		slices.SortStableFunc(calls, func(x, y *call) int { return x.slot - y.slot })
+	}
+	var out []*call
+	for i := 0; i < len(calls); {
+		j := i + 1
+		for j < len(calls) && calls[j].slot == calls[i].slot {
+			j++
+		}
+		if j == i+1 {
+			out = append(out, calls[i])
+			i = j
+			continue
+		}
+		nk, ns := 0, 0
+		for _, c := range calls[i:j] {
+			nk += len(c.keys)
+			ns += len(c.spec)
+		}
+		m := &call{keys: make([]string, 0, nk), slot: calls[i].slot, parts: calls[i:j]}
+		var sb strings.Builder
+		sb.Grow(ns)
+		for _, c := range calls[i:j] {
+			m.keys = append(m.keys, c.keys...)
+			sb.WriteString(c.spec)
+		}
+		m.spec = sb.String()
+		out = append(out, m)
+		i = j
+	}
+	return out
+}
+
+// unmerge hands each part of a merged call its share of the reply (or the error).
+func (b *batcher) unmerge(live, merged []*call) {
+	for _, m := range merged {
+		if m.parts == nil {
+			continue
+		}
+		rest := m.reply
+		for _, c := range m.parts {
+			if m.err != nil {
+				c.err = m.err
+				continue
+			}
+			c.reply, rest = splitFields(rest, replyFields*len(c.ops))
+		}
 	}
 }
 

@@ -418,6 +418,10 @@ type call struct {
 	spec string
 	ops  []*backends.Op
 	ctx  context.Context
+	// slot is the cluster slot of every key (0 outside Cluster).
+	slot int
+	// parts are the calls a merged call stands for.
+	parts []*call
 
 	reply string
 	err   error
@@ -441,7 +445,11 @@ func (s *Store) newCall(ctx context.Context, now int64, ops []*backends.Op) *cal
 func (s *Store) decide(ctx context.Context, now int64, ops []*backends.Op) {
 	var calls []*call
 	if s.slots == nil || len(ops) == 1 {
-		calls = []*call{s.newCall(ctx, now, ops)}
+		c := s.newCall(ctx, now, ops)
+		if s.slots != nil {
+			c.slot = s.slots.slot(c.keys[0])
+		}
+		calls = []*call{c}
 	} else {
 		calls = s.splitBySlot(ctx, now, ops)
 	}
@@ -497,7 +505,9 @@ func (s *Store) splitBySlot(ctx context.Context, now int64, ops []*backends.Op) 
 		for ; j < len(ss) && ss[j].slot == ss[i].slot; j++ {
 			group = append(group, ss[j].op)
 		}
-		calls = append(calls, s.newCall(ctx, now, group))
+		c := s.newCall(ctx, now, group)
+		c.slot = ss[i].slot
+		calls = append(calls, c)
 		i = j
 	}
 	return calls

@@ -354,6 +354,7 @@ func TestCorruptValues(t *testing.T) {
 	admin.Set(ctx, p+":str", "garbage", time.Minute)
 	admin.Set(ctx, p+":short", "h1 1 2", time.Minute)
 	admin.Set(ctx, p+":log", "h1 0 0 0 0 2 5 1", time.Minute)
+	admin.Set(ctx, p+":tail", "h1 1 2 3 4xyz", time.Minute)
 	admin.RPush(ctx, p+":list", "a", "b")
 	admin.HSet(ctx, p+":hash", "a", "1")
 	admin.Expire(ctx, p+":list", time.Minute)
@@ -361,14 +362,14 @@ func TestCorruptValues(t *testing.T) {
 	lim := algorithms.Limit{Requests: 5, Period: 1_000_000}
 	for _, alg := range []algorithms.Algorithm{algorithms.FixedWindow, algorithms.SlidingWindow, algorithms.TokenBucket} {
 		var ops []*backends.Op
-		for _, k := range []string{"str", "short", "log", "list", "hash", "fine"} {
+		for _, k := range []string{"str", "short", "log", "list", "hash", "tail", "fine"} {
 			ops = append(ops, &backends.Op{Key: p + ":" + k, Algorithm: alg, Limit: lim, Cost: 1})
 		}
 		err := s.Apply(ctx, 1893456000_000_000, ops)
 		if !errors.Is(err, backends.ErrCorrupt) {
 			t.Fatalf("%s: Apply returned %v, want ErrCorrupt", alg, err)
 		}
-		for _, op := range ops[:5] {
+		for _, op := range ops[:6] {
 			if alg != algorithms.SlidingWindow && strings.HasSuffix(op.Key, ":log") {
 				// A sliding log left under a key another algorithm uses is valid state.
 				continue
@@ -377,8 +378,8 @@ func TestCorruptValues(t *testing.T) {
 				t.Errorf("%s %s: err %v, want ErrCorrupt naming the key", alg, op.Key, op.Err)
 			}
 		}
-		if ops[5].Err != nil || !ops[5].Result.Allowed {
-			t.Errorf("%s: the healthy op in the same batch: %v %+v", alg, ops[5].Err, ops[5].Result)
+		if ops[6].Err != nil || !ops[6].Result.Allowed {
+			t.Errorf("%s: the healthy op in the same batch: %v %+v", alg, ops[6].Err, ops[6].Result)
 		}
 	}
 	if v, _ := admin.Get(ctx, p+":str").Result(); v != "garbage" {

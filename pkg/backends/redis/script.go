@@ -286,7 +286,7 @@ for i = 1, #KEYS do
     code = 2
   elseif raw then
     local a, b, c, d, r = string.match(raw, '^h1 (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)(.*)$')
-    if a then
+    if a and (r == '' or string.find(r, '^ [%d %-]+$')) then
       s = {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
       rest = r
     else
@@ -411,10 +411,27 @@ func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	return append(b, ' ')
 }
 
+// replyFields is the number of reply fields per op.
+const replyFields = 7
+
+// splitFields returns the first n space-separated fields of s, and the rest.
+func splitFields(s string, n int) (head, rest string) {
+	p := 0
+	for i := 0; i < n; i++ {
+		for p < len(s) && s[p] == ' ' {
+			p++
+		}
+		for p < len(s) && s[p] != ' ' {
+			p++
+		}
+	}
+	return s[:p], s[p:]
+}
+
 // parseReply reads the seven fields of each op from the script's reply into the ops.
 // It allocates nothing: fields are parsed in place.
 func parseReply(reply string, keys []string, ops []*backends.Op) error {
-	var f [7]int64
+	var f [replyFields]int64
 	p := 0
 	for i, op := range ops {
 		for j := range f {

@@ -1,0 +1,99 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
+)
+
+// BenchmarkApply measures one Apply of one op against REDIS_ADDR (or the cluster with
+// REDIS_BENCH_CLUSTER=1), from many goroutines at once:
+//
+//	go test -run '^$' -bench BenchmarkApply -benchmem ./pkg/backends/redis/
+//
+// "admit" ops always reach Redis (the limit is never hit); "deny" ops hit a key that is
+// over its limit, which the local cache answers unless local_cache=false.
+func BenchmarkApply(b *testing.B) {
+	base := "redis://" + peer(b, "REDIS_ADDR")
+	if addrs := envBench("REDIS_BENCH_CLUSTER"); addrs != "" {
+		base = "redis+cluster://" + peer(b, "REDIS_CLUSTER_ADDRS")
+	}
+	for _, mode := range []struct{ name, query string }{
+		{"batched", "?"},
+		{"unbatched", "?batch=false&"},
+	} {
+		for _, keys := range []int{1, 5, 10_000} {
+			b.Run(fmt.Sprintf("%s/admit/keys=%d", mode.name, keys), func(b *testing.B) {
+				benchApply(b, base+mode.query, keys, algorithms.Limit{Requests: 1 << 40, Period: 3_600_000_000})
+			})
+		}
+	}
+	for _, q := range []string{"local_cache=true", "local_cache=false"} {
+		b.Run("deny/"+q, func(b *testing.B) {
+			benchApply(b, base+"?"+q, 5, algorithms.Limit{Requests: 1, Period: 3_600_000_000})
+		})
+	}
+	b.Run("serial/admit", func(b *testing.B) {
+		s := mustOpen(b, base, backends.Options{Timeout: time.Second})
+		defer s.Close()
+		key := conformance.UniqueKey(b)
+		lim := algorithms.Limit{Requests: 1 << 40, Period: 3_600_000_000}
+		now := time.Now().UnixMicro()
+		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		ops := []*backends.Op{op}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if err := s.Apply(context.Background(), now, ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func envBench(name string) string {
+	if v := os.Getenv(name); v != "" && v != "0" {
+		return v
+	}
+	return ""
+}
+
+func benchApply(b *testing.B, raw string, nkeys int, lim algorithms.Limit) {
+	s := mustOpen(b, raw, backends.Options{Timeout: time.Second})
+	defer s.Close()
+	prefix := conformance.UniqueKey(b)
+	keys := make([]string, nkeys)
+	for i := range keys {
+		keys[i] = prefix + ":" + strconv.Itoa(i)
+	}
+	now := time.Now().UnixMicro()
+	var seq atomic.Int64
+	var failed atomic.Int64
+	b.SetParallelism(8)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(seq.Add(1)) * 7919
+		op := &backends.Op{Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		ops := []*backends.Op{op}
+		for pb.Next() {
+			op.Key = keys[i%nkeys]
+			i++
+			if err := s.Apply(context.Background(), now, ops); err != nil {
+				failed.Add(1)
+			}
+		}
+	})
+	b.StopTimer()
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d ops failed", f)
+	}
+}
