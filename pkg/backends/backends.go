@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"time"
 
@@ -157,6 +158,10 @@ func DecodeState(b []byte, s *algorithms.State) error {
 // TTL converts an algorithm TTL (microseconds) to a store expiry, never below one
 // second so a store with second-granularity expiry does not drop live state early.
 func TTL(us int64) time.Duration {
+	const maxUS = int64(math.MaxInt64/int64(time.Microsecond)) - int64(time.Hour/time.Microsecond)
+	if us > maxUS {
+		us = maxUS // a state that must live for centuries must not wrap to "expire now"
+	}
 	d := time.Duration(us) * time.Microsecond
 	if d < time.Second {
 		d = time.Second

@@ -1,0 +1,33 @@
+package backends
+
+import (
+	"testing"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+)
+
+func TestTTLNeverWraps(t *testing.T) {
+	for _, us := range []int64{0, 1, 999_999, 1 << 40, 10_000_000_000_000_000, 1 << 62, 1<<63 - 1} {
+		if d := TTL(us); d < time.Second || (us > 1<<40 && d < 100*365*24*time.Hour) {
+			t.Errorf("TTL(%d) = %v", us, d)
+		}
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	in := algorithms.State{A: -5, B: 1 << 52, C: 7, D: 1893456000000000, Log: []algorithms.Entry{{At: 10, Cost: 1}, {At: 25, Cost: 3}}}
+	b := EncodeState(nil, &in)
+	var out algorithms.State
+	if err := DecodeState(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if out.A != in.A || out.B != in.B || out.C != in.C || out.D != in.D || len(out.Log) != 2 || out.Log[1] != in.Log[1] {
+		t.Fatalf("round trip: %+v", out)
+	}
+	for _, bad := range [][]byte{{9}, b[:len(b)-1], append(append([]byte{}, b...), 0)} {
+		if err := DecodeState(bad, &out); err == nil {
+			t.Errorf("corrupt %x accepted", bad)
+		}
+	}
+}
