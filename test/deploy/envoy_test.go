@@ -45,7 +45,6 @@ func loadBootstrap(t *testing.T, path string) *bootstrapv3.Bootstrap {
 	return b
 }
 
-
 // envoyEdge is what the tests need out of an example bootstrap.
 type envoyEdge struct {
 	listenerPort uint32

@@ -227,7 +227,7 @@ func freePort(t *testing.T) int {
 
 type halt struct {
 	grpcAddr, httpAddr string
-	log                *bytes.Buffer
+	log                *lockedBuffer
 }
 
 // startHalt runs halt-envoy with the memory store on free loopback ports and waits until
@@ -238,7 +238,7 @@ func startHalt(t *testing.T, configPath string) *halt {
 	h := &halt{
 		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		log:      &bytes.Buffer{},
+		log:      &lockedBuffer{},
 	}
 	cmd := exec.Command(bin, "serve", "--config", configPath, "--store", "memory://",
 		"--grpc-addr", h.grpcAddr, "--http-addr", h.httpAddr, "--log-level", "debug")
@@ -258,7 +258,7 @@ func startHalt(t *testing.T, configPath string) *halt {
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("halt-envoy log:\n%s", h.log)
+			t.Logf("halt-envoy log:\n%s", h.log.String())
 		}
 	})
 	waitHTTP(t, "http://"+h.httpAddr+"/readyz", done, 15*time.Second)
@@ -304,4 +304,25 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
 	}
 	return string(b)
+}
+
+// httpClient bounds every request the tests make.
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+// lockedBuffer collects a child process's output safely.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
