@@ -27,7 +27,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	}
 	switch u.Scheme {
 	case "memory", "":
-		return openMemory(u)
+		return openMemory(u, opt)
 	case "redis", "rediss", "redis+sentinel", "redis+cluster":
 		s, err := redis.Open(ctx, u, opt)
 		if err != nil {
@@ -62,7 +62,9 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
 
-func openMemory(u *url.URL) (backends.Store, error) {
+// openMemory reads memory://?max_keys=N&snapshot=PATH. With snapshot the store is
+// restored from PATH at open and writes PATH on Close (clean shutdown).
+func openMemory(u *url.URL, opt backends.Options) (backends.Store, error) {
 	var cfg memory.Config
 	q := u.Query()
 	for k := range q {
@@ -78,6 +80,13 @@ func openMemory(u *url.URL) (backends.Store, error) {
 			return nil, fmt.Errorf("store URL: memory max_keys must be a positive integer, got %q", v)
 		}
 		cfg.MaxKeys = n
+	}
+	if q.Has("snapshot") {
+		path := q.Get("snapshot")
+		if path == "" {
+			return nil, fmt.Errorf("store URL: memory snapshot needs a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
+		}
+		return memory.OpenPersistent(cfg, path, opt.Logger), nil
 	}
 	return memory.New(cfg), nil
 }
