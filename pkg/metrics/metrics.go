@@ -49,6 +49,22 @@ type Metrics struct {
 	Rejected *prometheus.CounterVec
 	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
 	ShapingDelay prometheus.Histogram
+	// Exemptions counts descriptors let through uncounted, by reason, for audits.
+	Exemptions *prometheus.CounterVec
+	// PlanDecisions counts decisions per plan.
+	PlanDecisions *prometheus.CounterVec
+	// PlanFallbacks counts requests that named an unknown plan and got the default one.
+	PlanFallbacks *prometheus.CounterVec
+	// QuotaDecisions counts decisions reported by a quota (usually its denials).
+	QuotaDecisions *prometheus.CounterVec
+	// PenaltyViolations counts violations recorded against penalty policies.
+	PenaltyViolations *prometheus.CounterVec
+	// PenaltyLockouts counts lockouts started.
+	PenaltyLockouts *prometheus.CounterVec
+	// PenaltyRefusals counts requests refused because their identity is locked out.
+	PenaltyRefusals *prometheus.CounterVec
+	// AlgorithmOverrides counts per-request algorithm asks by outcome (applied, ignored, invalid).
+	AlgorithmOverrides *prometheus.CounterVec
 }
 
 // New creates and registers every metric. keys reports the in-memory store's size (nil
@@ -93,6 +109,32 @@ func New(keys func() float64) *Metrics {
 			Name: "halt_shaping_delay_seconds", Help: "How long leaky-bucket shaping held admitted requests.", Buckets: latency,
 		}),
 	}
+	m.Exemptions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_exemptions_total", Help: "Descriptors exempted from limits (not counted), by domain and reason (path, private_address, cidr, value).",
+	}, []string{"domain", "reason"})
+	m.PlanDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_plan_decisions_total", Help: "Decisions of plan rules by domain, plan and result.",
+	}, []string{"domain", "plan", "result"})
+	m.PlanFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_plan_fallbacks_total", Help: "Requests naming an unknown plan that were given the default plan.",
+	}, []string{"domain"})
+	m.QuotaDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_quota_decisions_total", Help: "Decisions reported by a calendar quota, by domain, quota and result.",
+	}, []string{"domain", "quota", "result"})
+	m.PenaltyViolations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_penalty_violations_total", Help: "Violations recorded against a penalty policy.",
+	}, []string{"domain", "penalty"})
+	m.PenaltyLockouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_penalty_lockouts_total", Help: "Lockouts started by a penalty policy.",
+	}, []string{"domain", "penalty"})
+	m.PenaltyRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_penalty_refusals_total", Help: "Requests refused because their identity is locked out.",
+	}, []string{"domain", "penalty"})
+	m.AlgorithmOverrides = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_algorithm_overrides_total", Help: "Per-request algorithm asks by outcome (applied, ignored: not allowed by the rule, invalid).",
+	}, []string{"outcome"})
+	r.MustRegister(m.Exemptions, m.PlanDecisions, m.PlanFallbacks, m.QuotaDecisions, m.PenaltyViolations,
+		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides)
 	if keys == nil {
 		keys = func() float64 { return 0 }
 	}

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -60,6 +59,8 @@ type Config struct {
 	StoreTimeout time.Duration
 	// MaxDescriptors, MaxEntries and MaxValueLen bound one call; zero means the defaults.
 	MaxDescriptors, MaxEntries, MaxValueLen int
+	// Observers see every decision and violation.
+	Observers []Observer
 }
 
 // Engine decides. It is safe for concurrent use.
@@ -152,6 +153,10 @@ type Decision struct {
 	Result algorithms.Result
 	// FailedOpen is set when the store failed and the failure mode let the request pass.
 	FailedOpen bool
+	// Kind says what decided: an exemption, a penalty lockout, a quota or a rate limit.
+	Kind Kind
+	// Exempt is the exemption's reason when Kind is KindExempt.
+	Exempt string
 }
 
 // ErrInvalid wraps every rejection of a malformed call.
@@ -159,162 +164,6 @@ var ErrInvalid = errors.New("invalid request")
 
 // ErrStoreUnavailable is returned when the store failed and the failure mode is "error".
 var ErrStoreUnavailable = errors.New("rate-limit store unavailable")
-
-type scratch struct {
-	ops     []backends.Op
-	opPtrs  []*backends.Op
-	owners  []int // descriptor index of each op
-	limits  []*plans.Limit
-	keyBuf  []byte
-	replace map[string]struct{}
-}
-
-// Check decides every descriptor of one call for domain. decisions must have the same
-// length as descs. It returns whether the call as a whole is over limit.
-func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
-	if err := e.validate(domain, descs); err != nil {
-		if e.cfg.Metrics != nil {
-			e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
-		}
-		return false, err
-	}
-	set := e.cfg.Rules()
-	now := e.cfg.Clock.Now()
-	nowUS := now.UnixMicro()
-
-	sc := e.pool.Get().(*scratch)
-	defer e.pool.Put(sc)
-	sc.ops, sc.opPtrs, sc.owners, sc.limits = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0]
-	clear(sc.replace)
-
-	// Match every descriptor first: "replaces" is decided across the whole call.
-	for i := range descs {
-		decisions[i] = Decision{Code: CodeOK}
-		if descs[i].Override != nil {
-			continue
-		}
-		if set == nil {
-			continue
-		}
-		rule, ok := set.Match(domain, descs[i].Entries)
-		if !ok {
-			continue
-		}
-		decisions[i].Rule = rule
-		for _, name := range rule.Replaces {
-			if sc.replace == nil {
-				sc.replace = make(map[string]struct{})
-			}
-			sc.replace[name] = struct{}{}
-		}
-	}
-	for i := range descs {
-		d := &descs[i]
-		if d.Override != nil {
-			if set == nil || !hasDomain(set, domain) {
-				continue
-			}
-			l, err := overrideLimit(d.Override)
-			if err != nil {
-				return false, fmt.Errorf("%w: descriptor %d: %v", ErrInvalid, i, err)
-			}
-			e.addOp(sc, domain, d, i, l, int64Cost(d.Hits, 1))
-			continue
-		}
-		rule := decisions[i].Rule
-		if rule == nil || rule.Unlimited {
-			continue
-		}
-		cost := int64Cost(d.Hits, rule.Cost)
-		for j := range rule.Limits {
-			l := &rule.Limits[j]
-			if l.Name != "" {
-				if _, replaced := sc.replace[l.Name]; replaced {
-					continue
-				}
-			}
-			e.addOp(sc, domain, d, i, l, cost)
-		}
-	}
-	if len(sc.ops) == 0 {
-		e.count(domain, decisions)
-		return false, nil
-	}
-	for k := range sc.ops {
-		sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
-	}
-
-	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
-	start := time.Now()
-	applyErr := e.cfg.Store.Apply(sctx, nowUS, sc.opPtrs)
-	cancel()
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.StoreDuration.WithLabelValues(e.cfg.StoreName).Observe(time.Since(start).Seconds())
-	}
-
-	var delay int64
-	failErr := error(nil)
-	for k := range sc.ops {
-		op := &sc.ops[k]
-		dec := &decisions[sc.owners[k]]
-		l := sc.limits[k]
-		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
-			err := op.Err
-			if err == nil {
-				err = applyErr
-			}
-			if e.cfg.Metrics != nil {
-				e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-			}
-			switch e.failureMode(dec.Rule) {
-			case "deny":
-				dec.Code = CodeOverLimit
-				dec.Limit = l
-				dec.Result = algorithms.Result{Limit: l.Params.Requests, RetryAfter: 1_000_000, ResetAfter: 1_000_000}
-			case "error":
-				failErr = err
-			default:
-				dec.FailedOpen = true
-				if dec.Limit == nil {
-					dec.Limit = l
-					dec.Result = algorithms.Result{Allowed: true, Limit: l.Params.Requests, Remaining: l.Params.Requests}
-				}
-			}
-			continue
-		}
-		r := op.Result
-		if r.Allowed && r.Delay > delay {
-			delay = r.Delay
-		}
-		if tighter(dec, l, r) {
-			dec.Limit, dec.Result = l, r
-		}
-		if !r.Allowed {
-			if dec.Rule != nil && dec.Rule.ShadowMode {
-				dec.Shadow = true
-			} else {
-				dec.Code = CodeOverLimit
-			}
-		}
-	}
-	if failErr != nil {
-		e.cfg.Logger.Warn("store failed; answering UNAVAILABLE per failure_mode error", "domain", domain, "err", failErr)
-		return false, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
-	}
-	if applyErr != nil {
-		e.cfg.Logger.Warn("store failed; applying failure mode", "domain", domain, "err", applyErr)
-	}
-	for i := range decisions {
-		if decisions[i].Code == CodeOverLimit {
-			overLimit = true
-		}
-	}
-	if delay > 0 && !overLimit {
-		e.shape(ctx, delay)
-	}
-	e.count(domain, decisions)
-	return overLimit, nil
-}
 
 // tighter reports whether (l, r) should be reported instead of what dec holds: a denial
 // beats an admission, then the least remaining, then the longest wait.
@@ -369,6 +218,11 @@ func (e *Engine) count(domain string, decisions []Decision) {
 	}
 	for i := range decisions {
 		d := &decisions[i]
+		if d.Kind == KindExempt {
+			m.Decisions.WithLabelValues(domain, "exempt", metrics.ResultExempt).Inc()
+			m.Exemptions.WithLabelValues(domain, d.Exempt).Inc()
+			continue
+		}
 		if d.Rule == nil && d.Limit == nil {
 			continue
 		}
@@ -384,8 +238,17 @@ func (e *Engine) count(domain string, decisions []Decision) {
 		name := "override"
 		if d.Rule != nil {
 			name = d.Rule.Name
+			if d.Rule.Plan != "" {
+				m.PlanDecisions.WithLabelValues(domain, d.Rule.Plan, result).Inc()
+			}
 		}
 		m.Decisions.WithLabelValues(domain, name, result).Inc()
+		switch {
+		case d.Kind == KindQuota:
+			m.QuotaDecisions.WithLabelValues(domain, d.Limit.Name, result).Inc()
+		case d.Kind == KindPenalty:
+			m.PenaltyRefusals.WithLabelValues(domain, d.Limit.Name).Inc()
+		}
 	}
 }
 
@@ -437,15 +300,6 @@ func (e *Engine) validate(domain string, descs []Descriptor) error {
 	return nil
 }
 
-func hasDomain(set *plans.Set, domain string) bool {
-	for _, d := range set.Domains() {
-		if d == domain {
-			return true
-		}
-	}
-	return false
-}
-
 // int64Cost multiplies hits by a rule's cost without overflowing: anything beyond
 // algorithms.MaxCount saturates, which every algorithm treats as "never fits".
 func int64Cost(hits uint64, ruleCost int64) int64 {
@@ -459,49 +313,6 @@ func int64Cost(hits uint64, ruleCost int64) int64 {
 		return algorithms.MaxCount
 	}
 	return int64(hits) * ruleCost
-}
-
-func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, l *plans.Limit, cost int64) {
-	sc.keyBuf = AppendKey(sc.keyBuf[:0], domain, d.Entries, l)
-	sc.ops = append(sc.ops, backends.Op{
-		Key:       string(sc.keyBuf),
-		Algorithm: l.Algorithm,
-		Limit:     l.Params,
-		Cost:      cost,
-	})
-	sc.owners = append(sc.owners, owner)
-	sc.limits = append(sc.limits, l)
-}
-
-// AppendKey appends the store key of one limit of one descriptor: the domain, every
-// entry (escaped so that values holding separators cannot collide) and the algorithm and
-// period, so that a reload that changes a limit's algorithm never reads a state written
-// by another algorithm.
-func AppendKey(dst []byte, domain string, entries []plans.Entry, l *plans.Limit) []byte {
-	dst = appendEscaped(dst, domain)
-	for _, en := range entries {
-		dst = append(dst, '|')
-		dst = appendEscaped(dst, en.Key)
-		dst = append(dst, '=')
-		dst = appendEscaped(dst, en.Value)
-	}
-	dst = append(dst, '|', '@')
-	dst = append(dst, l.Algorithm.String()...)
-	dst = append(dst, ':')
-	dst = strconv.AppendInt(dst, l.Params.Period, 10)
-	return dst
-}
-
-func appendEscaped(dst []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\', '|', '=', '@':
-			dst = append(dst, '\\', c)
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return dst
 }
 
 // unitPeriods are the reference service's unit lengths (UnitToDivider): a month is 30

@@ -1,0 +1,129 @@
+package ratelimit_test
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"testing"
+
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+)
+
+// benchConfig is the configuration docs/benchmarks.md measures: one token-bucket rule
+// on the descriptor key "user", high enough that almost every call is admitted.
+const benchConfig = `
+domain: bench
+descriptors:
+  - key: user
+    rate_limit:
+      unit: second
+      requests_per_unit: 1000000
+      algorithm: token_bucket
+`
+
+// benchConfigLow denies almost every call.
+const benchConfigLow = `
+domain: bench
+descriptors:
+  - key: user
+    rate_limit:
+      unit: hour
+      requests_per_unit: 1
+      algorithm: token_bucket
+`
+
+// newBenchService builds the production shape: the system clock, metrics on, memory
+// store with its sweeper, no response headers.
+func newBenchService(b *testing.B, yaml string) *ratelimit.Service {
+	b.Helper()
+	set, err := plans.Parse(map[string][]byte{"bench.yaml": []byte(yaml)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	store := memory.New(memory.Config{})
+	b.Cleanup(func() { store.Close() })
+	e, err := ratelimit.New(ratelimit.Config{
+		Store: store, StoreName: "memory",
+		Rules:   func() *plans.Set { return set },
+		Metrics: metrics.New(func() float64 { return float64(store.Len()) }),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ratelimit.NewService(e, ratelimit.HeaderFamilies{})
+}
+
+// benchRequests returns one single-descriptor request per key, built up front.
+func benchRequests(keys int) []*rlsv3.RateLimitRequest {
+	reqs := make([]*rlsv3.RateLimitRequest, keys)
+	for k := range reqs {
+		reqs[k] = &rlsv3.RateLimitRequest{
+			Domain: "bench",
+			Descriptors: []*rlcommon.RateLimitDescriptor{{
+				Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "u" + strconv.Itoa(k)}},
+			}},
+		}
+	}
+	return reqs
+}
+
+func benchShouldRateLimit(b *testing.B, yaml string, keys int, want rlsv3.RateLimitResponse_Code) {
+	svc := newBenchService(b, yaml)
+	reqs := benchRequests(keys)
+	ctx := context.Background()
+	// Touch every key once so the timed loop measures steady state, not map growth (and,
+	// with benchConfigLow, so every timed call is denied).
+	for _, r := range reqs {
+		if _, err := svc.ShouldRateLimit(ctx, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Uint64
+	var wrong atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		// Each goroutine walks the keys from its own starting point.
+		k := int(next.Add(uint64(keys/8+1))) % keys
+		for pb.Next() {
+			resp, err := svc.ShouldRateLimit(ctx, reqs[k])
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if resp.OverallCode != want {
+				wrong.Add(1)
+			}
+			if k++; k == keys {
+				k = 0
+			}
+		}
+	})
+	b.StopTimer()
+	if n := wrong.Load(); n > 0 {
+		b.Errorf("%d answers were not %s", n, want)
+	}
+}
+
+// BenchmarkShouldRateLimit measures Service.ShouldRateLimit in process (no gRPC): one
+// descriptor per call, token bucket, memory store, metrics on.
+func BenchmarkShouldRateLimit(b *testing.B) {
+	b.Run("TokenBucket/1Key", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfig, 1, rlsv3.RateLimitResponse_OK)
+	})
+	b.Run("TokenBucket/10000Keys", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfig, 10_000, rlsv3.RateLimitResponse_OK)
+	})
+	b.Run("TokenBucketOverLimit/1Key", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfigLow, 1, rlsv3.RateLimitResponse_OVER_LIMIT)
+	})
+	b.Run("TokenBucketOverLimit/10000Keys", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfigLow, 10_000, rlsv3.RateLimitResponse_OVER_LIMIT)
+	})
+}
