@@ -63,12 +63,15 @@ func Parse(files map[string][]byte) (*Set, error) {
 	}
 	b := &builder{
 		set: &Set{
-			domains:  map[string]*domain{},
-			policies: map[string]*Rule{},
-			files:    names,
+			domains:     map[string]*domain{},
+			policies:    map[string]*Rule{},
+			plans:       map[string]*planDef{},
+			defaultPlan: DefaultPlanName,
+			files:       names,
 		},
 	}
 	b.policies(cfgs)
+	b.plans(cfgs)
 	b.domains(cfgs)
 	problems = append(problems, b.problems...)
 	if len(problems) > 0 {
@@ -99,6 +102,12 @@ func (b *builder) add(file string, line, col int, field, msg string) {
 	b.problems = append(b.problems, Problem{File: file, Line: line, Column: col, Field: field, Msg: msg})
 }
 
+func (b *builder) plans(cfgs []*fileCfg) {
+	for _, p := range builtinPlans() {
+		b.set.plans[p.name] = p
+	}
+}
+
 func (b *builder) policies(cfgs []*fileCfg) {
 	defined := map[string]*policyCfg{}
 	for _, fc := range cfgs {
@@ -127,6 +136,7 @@ func (b *builder) policies(cfgs []*fileCfg) {
 			Cost:                   1,
 			File:                   pc.file,
 			Line:                   pc.line,
+			IdentitySkip:           -1,
 		}
 		b.fillLimits(r, pc.limits)
 		if r.FailureMode == "" {
@@ -274,6 +284,7 @@ func (b *builder) rule(d *domain, dc *descCfg, levels []Level, names []string) *
 		Levels:                 levels,
 		File:                   d.file,
 		Line:                   dc.line,
+		IdentitySkip:           -1,
 	}
 	if dc.policy != "" {
 		p, ok := b.set.policies[dc.policy]

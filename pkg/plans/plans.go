@@ -102,6 +102,20 @@ type Rule struct {
 	// File and Line locate the descriptor (or policy) that defined the rule.
 	File string
 	Line int
+	// Quotas are the rule's calendar quotas: its own, then its plan's. Every one must pass.
+	Quotas []Quota
+	// Penalty is the progressive lockout applied to the rule's identity, nil when none.
+	// The rule's own penalty wins over its plan's.
+	Penalty *PenaltyPolicy
+	// Plan is the plan whose limits the rule applies ("" when none).
+	Plan string
+	// PlanFallback reports the request named an unknown plan and the default plan was
+	// applied instead.
+	PlanFallback bool
+	// IdentitySkip is the index of the request entry that named the plan (plan_from_value),
+	// -1 otherwise. Counter keys leave that entry out, so that a customer keeps its usage
+	// when its plan changes.
+	IdentitySkip int
 }
 
 // node is one descriptor level of the match tree.
@@ -111,6 +125,9 @@ type node struct {
 	wild   []wildNode       // wildcard descriptors, in configuration order
 	rule   *Rule            // nil when the descriptor has no limit
 	nchild int
+	// planRules is set on a plan_from_value node: the prebuilt rule of every plan; rule
+	// is then the fallback (default plan, PlanFallback).
+	planRules map[string]*Rule
 }
 
 type wildNode struct {
@@ -125,15 +142,19 @@ type domain struct {
 	line        int
 	failureMode FailureMode
 	root        node
+	exempt      *exemptions // nil when the domain has no exemptions
 }
 
 // Set is an immutable, validated set of domains: one load of the config file or directory.
 type Set struct {
-	domains   map[string]*domain
-	names     []string
-	policies  map[string]*Rule
-	files     []string
-	effective *EffectiveConfig
+	domains  map[string]*domain
+	names    []string
+	policies map[string]*Rule
+	plans    map[string]*planDef
+	// defaultPlan is default_plan (DefaultPlanName unless a file sets it).
+	defaultPlan string
+	files       []string
+	effective   *EffectiveConfig
 }
 
 // Domains returns the domain names, sorted.
@@ -198,6 +219,11 @@ func (s *Set) Match(dom string, entries []Entry) (*Rule, bool) {
 			return nil, false
 		}
 		if i == last {
+			if next.planRules != nil {
+				if r := next.planRules[e.Value]; r != nil {
+					return r, true
+				}
+			}
 			if next.rule != nil {
 				return next.rule, true
 			}
