@@ -193,7 +193,8 @@ func (b *batcher) unmerge(live, merged []*call) {
 				c.err = m.err
 				continue
 			}
-			c.reply, rest = splitFields(rest, replyFields*len(c.ops))
+			n := min(replyBytes*len(c.ops), len(rest))
+			c.reply, rest = rest[:n], rest[n:]
 		}
 	}
 }

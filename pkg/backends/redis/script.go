@@ -1,8 +1,9 @@
 package redis
 
 import (
+	"encoding/binary"
 	"fmt"
-	"strconv"
+	"math"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -14,19 +15,20 @@ import (
 //
 // It is a line-by-line port of pkg/algorithms. Lua numbers are doubles; every quantity is
 // an integer below 2^53 (times are microseconds), so + - * and comparisons are exact and
-// integer division is math.floor(a / b), exact for 0 <= a < 2^53. Numbers travel as
-// decimal text both ways and are formatted with %d, never tostring (which prints 14
-// significant digits).
+// integer division is math.floor(a / b), exact for 0 <= a < 2^53. Numbers cross the wire
+// and sit in Redis as little-endian float64 (Redis's struct library packs and unpacks
+// them without any decimal conversion, which is both exact and the cheapest to parse).
 //
-// ARGV[1] holds every op's inputs as decimal tokens: now, algorithm, cost, then the limit
-// fields the algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
+// ARGV[1] holds every op's inputs: now, algorithm, cost, requests, then the limit fields
+// the algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
 //
-// A key holds one string: "h1 A B C D" plus, for the sliding log, " n at1 c1 d2 c2 ..."
-// (n entries, the first time absolute, then deltas). Anything else at the key (another
-// type, or a string of another shape) is reported as corrupt for that op and left alone.
+// A key holds one string: "h2" then A, B, C, D (34 bytes), plus, for the sliding log,
+// the entry count n and n (at, cost) pairs. Anything else at the key (another type, or a
+// string of another shape, length or with non-integer numbers) is reported as corrupt
+// for that op and left alone.
 //
-// The reply is one string, seven decimal fields per op: allowed (0/1, or 2 = wrong type,
-// 3 = unparseable value), limit, remaining, reset_after, retry_after, delay, ttl.
+// The reply is seven float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
+// state), limit, remaining, reset_after, retry_after, delay, ttl.
 const luaDecide = `
 local MAXC = 4503599627370496
 local floor = math.floor
@@ -259,24 +261,31 @@ if usetime then
   local t = redis.call('TIME')
   tnow = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local it = string.gmatch(ARGV[1], '%S+')
-local function nx() return tonumber(it()) end
+local unpack, pack = struct.unpack, struct.pack
+local spec = ARGV[1]
+local pos = 1
 local out = {}
+
+local function int(v)
+  return v == floor(v) and v > -9007199254740992 and v < 9007199254740992
+end
 
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local now, alg, cost = nx(), nx(), nx()
+  local now, alg, cost, R
+  now, alg, cost, R, pos = unpack('<dddd', spec, pos)
   if usetime then now = tnow end
-  local R, P, burst, maxdelay, ws, we, steps, ladder = nx(), 0, 0, 0, 0, 0, 0, nil
+  local P, burst, maxdelay, ws, we, steps, ladder = 0, 0, 0, 0, 0, 0, nil
   if alg == 2 or alg == 5 then
-    P = nx(); burst = nx(); maxdelay = nx()
+    P, burst, maxdelay, pos = unpack('<ddd', spec, pos)
   elseif alg == 6 then
-    ws = nx(); we = nx()
+    ws, we, pos = unpack('<dd', spec, pos)
   elseif alg == 7 then
-    P = nx(); steps = nx(); ladder = {}
-    for j = 1, steps do ladder[j] = nx() end
+    P, steps, pos = unpack('<dd', spec, pos)
+    ladder = {}
+    for j = 1, steps do ladder[j], pos = unpack('<d', spec, pos) end
   else
-    P = nx()
+    P, pos = unpack('<d', spec, pos)
   end
 
   local raw = redis.pcall('GET', key)
@@ -285,13 +294,23 @@ for i = 1, #KEYS do
   if type(raw) == 'table' then
     code = 2
   elseif raw then
-    local a, b, c, d, r = string.match(raw, '^h1 (%-?%d+) (%-?%d+) (%-?%d+) (%-?%d+)(.*)$')
-    if a and (r == '' or string.find(r, '^ [%d %-]+$')) then
-      s = {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
-      rest = r
-    else
-      code = 3
+    local len = #raw
+    local b1, b2 = string.byte(raw, 1, 2)
+    if len >= 34 and b1 == 104 and b2 == 50 then
+      local a, b, c, d = unpack('<dddd', raw, 3)
+      if int(a) and int(b) and int(c) and int(d) then
+        s = {a, b, c, d}
+        if len > 34 then
+          local n = len >= 42 and unpack('<d', raw, 35)
+          if n and int(n) and n >= 0 and n <= 10000 and len == 42 + 16 * n then
+            rest = string.sub(raw, 35)
+          else
+            s = nil
+          end
+        end
+      end
     end
+    if not s then code = 3 end
   else
     s = {0, 0, 0, 0}
   end
@@ -300,25 +319,18 @@ for i = 1, #KEYS do
   if s and alg == 3 then
     lg = {at = {}, c = {}, n = 0, dirty = false}
     if rest ~= '' then
-      local rt = string.gmatch(rest, '%S+')
-      local n = tonumber(rt())
-      local prev = 0
-      local ok = n ~= nil and n >= 0 and n <= 10000
-      if ok then
-        for j = 1, n do
-          local d, cc = tonumber(rt() or ''), tonumber(rt() or '')
-          if d == nil or cc == nil then ok = false; break end
-          prev = prev + d
-          lg.at[j] = prev; lg.c[j] = cc
-        end
-        if ok and rt() ~= nil then ok = false end
+      local n, p = unpack('<d', rest, 1)
+      local at, cc = lg.at, lg.c
+      for j = 1, n do
+        at[j], cc[j], p = unpack('<dd', rest, p)
+        if not (int(at[j]) and int(cc[j])) then s = nil; code = 3; break end
       end
-      if ok then lg.n = n else code = 3; s = nil end
+      lg.n = n
     end
   end
 
   if s == nil then
-    out[i] = fmt('%d 0 0 0 0 0 0', code)
+    out[i] = pack('<ddddddd', code, 0, 0, 0, 0, 0, 0)
   else
     local o1, o2, o3, o4 = s[1], s[2], s[3], s[4]
     local al, lim, rem, reset, retry, delay, ttl
@@ -339,7 +351,7 @@ for i = 1, #KEYS do
     else
       al, lim, rem, reset, retry, delay, ttl = 0, 0, 0, 0, -1, 0, 0
     end
-    out[i] = fmt('%d %d %d %d %d %d %d', al, lim, rem, reset, retry, delay, ttl)
+    out[i] = pack('<ddddddd', al, lim, rem, reset, retry, delay, ttl)
 
     local dirty = s[1] ~= o1 or s[2] ~= o2 or s[3] ~= o3 or s[4] ~= o4
     if lg and lg.dirty then
@@ -347,11 +359,9 @@ for i = 1, #KEYS do
       if lg.n == 0 then
         rest = ''
       else
-        local parts = {fmt(' %d', lg.n)}
-        local prev = 0
+        local parts = {pack('<d', lg.n)}
         for j = 1, lg.n do
-          parts[j + 1] = fmt(' %d %d', lg.at[j] - prev, lg.c[j])
-          prev = lg.at[j]
+          parts[j + 1] = pack('<dd', lg.at[j], lg.c[j])
         end
         rest = table.concat(parts)
       end
@@ -363,91 +373,70 @@ for i = 1, #KEYS do
         local us = ttl
         if us < 1000000 then us = 1000000 end
         local ms = floor(us / 1000) + 1000
-        redis.call('SET', key, fmt('h1 %d %d %d %d', s[1], s[2], s[3], s[4]) .. rest, 'PX', fmt('%d', ms))
+        redis.call('SET', key, 'h2' .. pack('<dddd', s[1], s[2], s[3], s[4]) .. rest, 'PX', fmt('%d', ms))
       end
     end
   end
 end
-return table.concat(out, ' ')
+return table.concat(out)
 `
 
-// appendOp appends op's inputs to the ARGV[1] spec, in the order luaDecide reads them.
+// appendOp appends op's inputs to the ARGV[1] spec, in the order luaDecide reads them,
+// each as a little-endian float64 (exact: every value is an integer below 2^53).
 func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	l := &op.Limit
 	cost := op.Cost
 	if cost < 0 {
 		cost = 0
 	}
-	b = strconv.AppendInt(b, now, 10)
-	b = append(b, ' ')
-	b = strconv.AppendInt(b, int64(op.Algorithm), 10)
-	b = append(b, ' ')
-	b = strconv.AppendInt(b, cost, 10)
-	b = append(b, ' ')
-	b = strconv.AppendInt(b, l.Requests, 10)
-	b = append(b, ' ')
+	b = appendNum(b, now)
+	b = appendNum(b, int64(op.Algorithm))
+	b = appendNum(b, cost)
+	b = appendNum(b, l.Requests)
 	switch op.Algorithm {
 	case algorithms.TokenBucket, algorithms.LeakyBucket:
-		b = strconv.AppendInt(b, l.Period, 10)
-		b = append(b, ' ')
-		b = strconv.AppendInt(b, l.Burst, 10)
-		b = append(b, ' ')
-		b = strconv.AppendInt(b, l.MaxDelay, 10)
+		b = appendNum(b, l.Period)
+		b = appendNum(b, l.Burst)
+		b = appendNum(b, l.MaxDelay)
 	case algorithms.Calendar:
-		b = strconv.AppendInt(b, l.WindowStart, 10)
-		b = append(b, ' ')
-		b = strconv.AppendInt(b, l.WindowEnd, 10)
+		b = appendNum(b, l.WindowStart)
+		b = appendNum(b, l.WindowEnd)
 	case algorithms.Penalty:
-		b = strconv.AppendInt(b, l.Period, 10)
-		b = append(b, ' ')
-		b = strconv.AppendInt(b, int64(l.Steps), 10)
+		b = appendNum(b, l.Period)
+		b = appendNum(b, int64(l.Steps))
 		for i := 0; i < l.Steps; i++ {
-			b = append(b, ' ')
-			b = strconv.AppendInt(b, l.Ladder[i], 10)
+			b = appendNum(b, l.Ladder[i])
 		}
 	default:
-		b = strconv.AppendInt(b, l.Period, 10)
+		b = appendNum(b, l.Period)
 	}
-	return append(b, ' ')
+	return b
 }
 
-// replyFields is the number of reply fields per op.
+func appendNum(b []byte, v int64) []byte {
+	return binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(v)))
+}
+
+// replyFields is the number of reply fields per op; each is a little-endian float64.
 const replyFields = 7
 
-// splitFields returns the first n space-separated fields of s, and the rest.
-func splitFields(s string, n int) (head, rest string) {
-	p := 0
-	for i := 0; i < n; i++ {
-		for p < len(s) && s[p] == ' ' {
-			p++
-		}
-		for p < len(s) && s[p] != ' ' {
-			p++
-		}
-	}
-	return s[:p], s[p:]
-}
+// replyBytes is the size of one op's reply.
+const replyBytes = 8 * replyFields
 
 // parseReply reads the seven fields of each op from the script's reply into the ops.
-// It allocates nothing: fields are parsed in place.
 func parseReply(reply string, keys []string, ops []*backends.Op) error {
+	if len(reply) != replyBytes*len(ops) {
+		return fmt.Errorf("redis apply: script reply of %d bytes for %d ops: %w", len(reply), len(ops), backends.ErrUnavailable)
+	}
 	var f [replyFields]int64
-	p := 0
 	for i, op := range ops {
 		for j := range f {
-			for p < len(reply) && reply[p] == ' ' {
-				p++
+			o := i*replyBytes + 8*j
+			var u uint64
+			for k := 7; k >= 0; k-- {
+				u = u<<8 | uint64(reply[o+k])
 			}
-			q := p
-			for q < len(reply) && reply[q] != ' ' {
-				q++
-			}
-			v, err := strconv.ParseInt(reply[p:q], 10, 64)
-			if err != nil {
-				return fmt.Errorf("redis apply: unexpected script reply (op %d field %d): %w", i, j, backends.ErrUnavailable)
-			}
-			f[j] = v
-			p = q
+			f[j] = int64(math.Float64frombits(u))
 		}
 		switch f[0] {
 		case 0, 1:
