@@ -207,7 +207,12 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer store.Close()
-	memStore, _ = store.(*memory.Store)
+	switch s := store.(type) {
+	case *memory.Store:
+		memStore = s
+	case *memory.Persistent: // memory://?snapshot=PATH: store.Close below writes the snapshot
+		memStore = s.Store
+	}
 	storeName := storeKind(f.store)
 
 	watcher, err := plans.Watch(ctx, f.config, f.debounce, func(set *plans.Set, err error) {
