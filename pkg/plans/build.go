@@ -62,6 +62,7 @@ func Parse(files map[string][]byte) (*Set, error) {
 		}
 	}
 	b := &builder{
+		penaltyDefs: map[string]*penaltyCfg{},
 		set: &Set{
 			domains:     map[string]*domain{},
 			policies:    map[string]*Rule{},
@@ -71,6 +72,7 @@ func Parse(files map[string][]byte) (*Set, error) {
 		},
 	}
 	b.policies(cfgs)
+	b.penalties(cfgs)
 	b.plans(cfgs)
 	b.domains(cfgs)
 	problems = append(problems, b.problems...)
@@ -85,7 +87,7 @@ func Parse(files map[string][]byte) (*Set, error) {
 		s.names = append(s.names, n)
 	}
 	sort.Strings(s.names)
-	s.effective = buildEffective(s, b.effDomains)
+	s.effective = buildEffective(s, b.effDomains, b.penaltyDefs)
 	return s, nil
 }
 
@@ -93,6 +95,11 @@ type builder struct {
 	set        *Set
 	problems   []Problem
 	effDomains map[string]*EffectiveDomain
+	// penaltyDefs are the valid penalties; penaltyNames and planNames every defined name
+	// (valid or not), so that a reference to an invalid one is not reported as unknown.
+	penaltyDefs  map[string]*penaltyCfg
+	penaltyNames map[string]*penaltyCfg
+	planNames    map[string]*planCfg
 }
 
 func (b *builder) add(file string, line, col int, field, msg string) {
@@ -100,12 +107,6 @@ func (b *builder) add(file string, line, col int, field, msg string) {
 		line, col = 1, 1
 	}
 	b.problems = append(b.problems, Problem{File: file, Line: line, Column: col, Field: field, Msg: msg})
-}
-
-func (b *builder) plans(cfgs []*fileCfg) {
-	for _, p := range builtinPlans() {
-		b.set.plans[p.name] = p
-	}
 }
 
 func (b *builder) policies(cfgs []*fileCfg) {
@@ -203,9 +204,12 @@ func (b *builder) domains(cfgs []*fileCfg) {
 		if fc.domainNode != nil {
 			line = fc.domainNode.Line
 		}
-		d := &domain{name: fc.domain, file: fc.name, line: line, failureMode: fc.failureMode}
+		d := &domain{name: fc.domain, file: fc.name, line: line, failureMode: fc.failureMode, loc: fc.timeZone, exempt: fc.exempt}
 		b.set.domains[fc.domain] = d
-		ed := &EffectiveDomain{Domain: fc.domain, File: fc.name, FailureMode: string(fc.failureMode)}
+		ed := &EffectiveDomain{Domain: fc.domain, File: fc.name, FailureMode: string(fc.failureMode), TimeZone: fc.timeZoneName, Exemptions: fc.exemptEff}
+		if ed.TimeZone == "" {
+			ed.TimeZone = "UTC"
+		}
 		b.effDomains[fc.domain] = ed
 		ed.Descriptors = b.level(d, &d.root, fc.descriptors, nil, nil)
 	}
@@ -243,9 +247,13 @@ func (b *builder) level(d *domain, parent *node, descs []*descCfg, levels []Leve
 		myLevels := append(append([]Level(nil), levels...), lv)
 		myNames := append(append([]string(nil), names...), finalKey)
 		ed := EffectiveDescriptor{Key: dc.key, Value: dc.value, Path: pathOf(myLevels), Line: dc.line}
-		if r := b.rule(d, dc, myLevels, myNames); r != nil {
+		if r := b.rule(d, dc, n, myLevels, myNames); r != nil {
 			n.rule = r
 			ed.Rule = effectiveRule(r)
+			ed.PlanFromValue = n.planRules != nil
+			for _, name := range sortedKeys(n.planRules) {
+				ed.PlanRules = append(ed.PlanRules, *effectiveRule(n.planRules[name]))
+			}
 		}
 		ed.Descriptors = b.level(d, n, dc.children, myLevels, myNames)
 		eff = append(eff, ed)
@@ -268,8 +276,12 @@ func pathOf(levels []Level) string {
 	return sb.String()
 }
 
-func (b *builder) rule(d *domain, dc *descCfg, levels []Level, names []string) *Rule {
-	if len(dc.limits) == 0 && dc.policy == "" {
+func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []string) *Rule {
+	hasPlan := dc.plan != "" || dc.planFromValue
+	if len(dc.limits) == 0 && dc.policy == "" && !hasPlan && len(dc.quotas) == 0 {
+		if dc.penalty != "" {
+			b.add(d.file, dc.penaltyNode.Line, dc.penaltyNode.Column, dc.field+".penalty", "a penalty needs something to violate: rate_limit, rate_limits, policy, plan or quotas on the same descriptor")
+		}
 		return nil
 	}
 	r := &Rule{
@@ -285,6 +297,17 @@ func (b *builder) rule(d *domain, dc *descCfg, levels []Level, names []string) *
 		File:                   d.file,
 		Line:                   dc.line,
 		IdentitySkip:           -1,
+		Quotas:                 resolveQuotas(dc.quotas, d.loc),
+	}
+	if dc.penaltyNode != nil {
+		pol, ok := b.penaltyRef(d.file, dc.penalty, dc.penaltyNode.Line, dc.penaltyNode.Column, dc.field+".penalty")
+		if !ok {
+			return nil
+		}
+		r.Penalty = pol
+	}
+	if hasPlan {
+		return b.planNode(d, dc, n, r, names)
 	}
 	if dc.policy != "" {
 		p, ok := b.set.policies[dc.policy]
@@ -318,7 +341,20 @@ func (b *builder) rule(d *domain, dc *descCfg, levels []Level, names []string) *
 	if r.FailureMode == "" {
 		r.FailureMode = d.failureMode
 	}
+	if r.Unlimited && (len(r.Quotas) > 0 || r.Penalty != nil) {
+		b.add(d.file, dc.line, dc.col, dc.field, "an unlimited descriptor cannot have quotas or a penalty")
+		return nil
+	}
 	return r
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func presetNames() []string {

@@ -37,9 +37,6 @@ var unitSeconds = map[string]int64{
 	"year":   60 * 60 * 24 * 365,
 }
 
-// Keys that later versions will define; naming them now gets a clear "not supported yet".
-var reservedKeys = map[string]bool{"plans": true, "quota": true, "penalty": true, "exemptions": true}
-
 // ---- decoded, not yet resolved, configuration ----
 
 type fileCfg struct {
@@ -49,6 +46,16 @@ type fileCfg struct {
 	failureMode FailureMode
 	descriptors []*descCfg
 	policies    []*policyCfg
+
+	// The SaaS keys (saas_decode.go).
+	timeZone        *time.Location // nil when time_zone is not set
+	timeZoneName    string
+	defaultPlan     string
+	defaultPlanNode *yaml.Node
+	plans           []*planCfg
+	penalties       []*penaltyCfg
+	exempt          *exemptions
+	exemptEff       *EffectiveExemptions
 }
 
 type limitCfg struct {
@@ -75,6 +82,14 @@ type descCfg struct {
 	failureMode    FailureMode
 	allowOverride  bool
 	children       []*descCfg
+
+	// The SaaS keys (saas_decode.go).
+	plan          string
+	planNode      *yaml.Node
+	planFromValue bool
+	quotas        []*quotaCfg
+	penalty       string
+	penaltyNode   *yaml.Node
 }
 
 type policyCfg struct {
@@ -95,6 +110,9 @@ type decoder struct {
 	ndesc    int
 	tooMany  bool
 	dropped  int // problems past maxProblems
+	// quotas are every quota decoded in the file: their fileLoc is set once the file's
+	// time_zone is known.
+	quotas []*quotaCfg
 }
 
 // maxProblems bounds the problems reported for one file: past it they are noise.
@@ -327,10 +345,6 @@ func (d *decoder) name(n *yaml.Node, field, what string) string {
 }
 
 func (d *decoder) unknown(p pair, field, valid string) {
-	if reservedKeys[p.key] {
-		d.add(p.k, join(field, p.key), "%q is not supported yet", p.key)
-		return
-	}
 	d.add(p.k, join(field, p.key), "unknown key (valid here: %s)", valid)
 }
 
@@ -378,8 +392,8 @@ func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 		return nil
 	}
 	fc = &fileCfg{name: d.file}
-	const valid = "domain, descriptors, policies, failure_mode"
-	var descNode *yaml.Node
+	const valid = "domain, descriptors, policies, failure_mode, time_zone, default_plan, plans, penalties, exemptions"
+	var descNode, exemptNode *yaml.Node
 	for _, p := range d.fields(root, "") {
 		switch p.key {
 		case "domain":
@@ -391,13 +405,33 @@ func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 			fc.policies = d.policies(p.v, "policies")
 		case "failure_mode":
 			fc.failureMode = d.failureMode(p.v, "failure_mode")
+		case "time_zone":
+			fc.timeZoneName, fc.timeZone = d.timeZone(p.v, "time_zone")
+		case "default_plan":
+			fc.defaultPlan = d.ref(p.v, "default_plan", "plan name", "must name a plan")
+			fc.defaultPlanNode = p.v
+
+		case "plans":
+			fc.plans = d.plans(p.v, "plans")
+		case "penalties":
+			fc.penalties = d.penalties(p.v, "penalties")
+		case "exemptions":
+			exemptNode = p.v
+			fc.exempt, fc.exemptEff = d.exemptions(p.v, "exemptions")
 		default:
 			d.unknown(p, "", valid)
 		}
 	}
+	for _, q := range d.quotas {
+		q.fileLoc = fc.timeZone
+	}
+	shared := len(fc.policies) > 0 || len(fc.plans) > 0 || len(fc.penalties) > 0 || fc.defaultPlanNode != nil
+	if fc.domainNode == nil && exemptNode != nil {
+		d.add(exemptNode, "exemptions", "exemptions belong to a domain: this file has none")
+	}
 	if fc.domainNode == nil || fc.domain == "" {
-		if fc.domainNode == nil && descNode == nil && len(fc.policies) > 0 {
-			// A file of shared policies only: no domain needed.
+		if fc.domainNode == nil && descNode == nil && shared {
+			// A file of shared policies, plans and penalties only: no domain needed.
 		} else {
 			n := fc.domainNode
 			if n == nil {
@@ -466,8 +500,8 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		return nil
 	}
 	dc := &descCfg{line: n.Line, col: n.Column, field: field, cost: 1}
-	const valid = "key, value, rate_limit, rate_limits, policy, descriptors, shadow_mode, detailed_metric, value_to_metric, share_threshold, replaces, cost, failure_mode, allow_algorithm_override"
-	var keyNode, rlNode, rlsNode, childNode, shareNode *yaml.Node
+	const valid = "key, value, rate_limit, rate_limits, policy, descriptors, shadow_mode, detailed_metric, value_to_metric, share_threshold, replaces, cost, failure_mode, allow_algorithm_override, plan, plan_from_value, quota, quotas, penalty"
+	var keyNode, rlNode, rlsNode, childNode, shareNode, pfvNode, quotaNode, quotasNode *yaml.Node
 	for _, p := range d.fields(n, field) {
 		f := join(field, p.key)
 		switch p.key {
@@ -529,9 +563,46 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 			dc.failureMode = d.failureMode(p.v, f)
 		case "allow_algorithm_override":
 			dc.allowOverride = d.boolean(p.v, f)
+		case "plan":
+			dc.plan = d.ref(p.v, f, "plan name", "must name a plan")
+			dc.planNode = p.v
+
+		case "plan_from_value":
+			dc.planFromValue = d.boolean(p.v, f)
+			pfvNode = p.k
+		case "quota":
+			quotaNode = p.k
+			if q := d.quota(p.v, f); q != nil {
+				dc.quotas = append(dc.quotas, q)
+			}
+		case "quotas":
+			quotasNode = p.k
+			dc.quotas = append(dc.quotas, d.quotaList(p.v, f)...)
+		case "penalty":
+			dc.penalty = d.ref(p.v, f, "penalty name", "must name a penalty")
+			dc.penaltyNode = p.v
+
 		default:
 			d.unknown(p, field, valid)
 		}
+	}
+	if quotaNode != nil && quotasNode != nil {
+		d.add(quotasNode, join(field, "quotas"), "quota and quotas are mutually exclusive")
+	}
+	if dc.planNode != nil && dc.planFromValue {
+		d.add(pfvNode, join(field, "plan_from_value"), "plan and plan_from_value are mutually exclusive")
+	}
+	if dc.planNode != nil || dc.planFromValue {
+		at, f := dc.planNode, join(field, "plan")
+		if at == nil {
+			at, f = pfvNode, join(field, "plan_from_value")
+		}
+		if rlNode != nil || rlsNode != nil || dc.policyNode != nil {
+			d.add(at, f, "a descriptor with a plan takes its limits from the plan: rate_limit, rate_limits and policy are not allowed here")
+		}
+	}
+	if len(dc.quotas) > 1 {
+		d.uniqueQuotas(dc.quotas, join(field, "quotas"))
 	}
 	if dc.key == "" {
 		kn := keyNode

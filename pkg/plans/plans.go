@@ -79,8 +79,8 @@ type Rule struct {
 	Name string
 	// Path is human-readable: "key=value/key2".
 	Path string
-	// Limits must all pass; the tightest is reported. Empty when Unlimited or when the
-	// node has no limit (Match never returns such a node).
+	// Limits must all pass; the tightest is reported. Empty when Unlimited, or when the
+	// rule has only Quotas.
 	Limits    []Limit
 	Unlimited bool
 	// ShadowMode: over-limit is answered OK (and counted as shadow in metrics).
@@ -142,7 +142,8 @@ type domain struct {
 	line        int
 	failureMode FailureMode
 	root        node
-	exempt      *exemptions // nil when the domain has no exemptions
+	loc         *time.Location // time_zone; nil when not set (UTC)
+	exempt      *exemptions    // nil when the domain has no exemptions
 }
 
 // Set is an immutable, validated set of domains: one load of the config file or directory.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	// Quota calendars must not depend on the host having a zoneinfo database (a scratch
 	// or distroless image may not): the zone database is embedded.
 	_ "time/tzdata"
@@ -183,8 +185,11 @@ type quotaCfg struct {
 	period   quota.Period
 	requests int64
 	loc      *time.Location // the quota's own time_zone, nil when unset
+	locName  string
 	fileLoc  *time.Location // the time_zone of the file it is written in, nil when unset
-	line     int
+	file     string
+	node     *yaml.Node
+	field    string
 }
 
 // builtinPlans returns the built-in plans, fresh each call: token_bucket, burst =
