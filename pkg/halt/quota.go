@@ -1,0 +1,149 @@
+package halt
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/quota"
+)
+
+// Quota is a calendar allowance: at most Requests per calendar Period (hour, day, ISO
+// week, month, year) in Location, reset at the local start of each period whatever its
+// length — what a customer's plan and invoice promise, unlike a rolling window.
+type Quota struct {
+	// Name tells quotas of one identity apart; empty means the period's name ("monthly").
+	Name string
+	// Period is quota.Hourly, Daily, Weekly, Monthly or Yearly.
+	Period quota.Period
+	// Requests allowed per period; 0 allows nothing.
+	Requests int64
+	// Location is the calendar's time zone; nil means UTC.
+	Location *time.Location
+}
+
+func (q *Quota) name() string {
+	if q.Name != "" {
+		return q.Name
+	}
+	return q.Period.String()
+}
+
+// limit returns the algorithms' parameters for the period holding nowUS.
+func (q *Quota) limit(nowUS int64) (algorithms.Limit, error) {
+	if q.Period < quota.Hourly || q.Period > quota.Yearly {
+		return algorithms.Limit{}, fmt.Errorf("%w: unknown quota period %d", ErrInvalid, q.Period)
+	}
+	loc := q.Location
+	if loc == nil {
+		loc = time.UTC
+	}
+	start, end := quota.WindowMicros(q.Period, nowUS, loc)
+	l := algorithms.Limit{Requests: q.Requests, WindowStart: start, WindowEnd: end}
+	if err := l.Validate(algorithms.Calendar); err != nil {
+		return algorithms.Limit{}, fmt.Errorf("%w: quota %s: %v", ErrInvalid, q.name(), err)
+	}
+	return l, nil
+}
+
+// QuotaDecision is one quota's state after a Check (or as read by Usage).
+type QuotaDecision struct {
+	// Allowed reports whether the request was counted. For Usage it reports whether one
+	// more request would fit.
+	Allowed bool
+	// Used, Limit and Remaining are in requests (Used is Limit minus Remaining, so it is
+	// never above Limit even if the quota was lowered mid-period).
+	Used, Limit, Remaining int64
+	// PeriodStart and PeriodEnd bound the current calendar period: [start, end).
+	PeriodStart, PeriodEnd time.Time
+	// ResetAfter is how long until PeriodEnd.
+	ResetAfter time.Duration
+	// RetryAfter is how long until a refused request could pass (the next period);
+	// negative when it never can (its cost is above the quota).
+	RetryAfter time.Duration
+}
+
+// QuotaManager counts calendar quotas per identity. Unlike a Limiter it holds no policy:
+// each call names the quota, because a customer's quota usually comes from its plan.
+type QuotaManager struct {
+	store backends.Store
+	opt   options
+}
+
+// NewQuotaManager returns a manager keeping quota usage in store.
+func NewQuotaManager(store backends.Store, opts ...Option) *QuotaManager {
+	return &QuotaManager{store: store, opt: buildOptions(opts)}
+}
+
+// Key returns the store key holding quota q of id, for tools that inspect the store.
+func (m *QuotaManager) Key(id string, q Quota) string {
+	return m.opt.prefix + QuotaPrefix + escape(q.name()) + ":" + id
+}
+
+// Check counts one request of id against q. A refused request is not counted, so a
+// customer's quota is never burned by requests it was not served.
+func (m *QuotaManager) Check(ctx context.Context, id string, q Quota) (QuotaDecision, error) {
+	return m.CheckN(ctx, id, q, 1)
+}
+
+// CheckN counts a request of cost n against q; n = 0 only reads (see Usage).
+func (m *QuotaManager) CheckN(ctx context.Context, id string, q Quota, n int64) (QuotaDecision, error) {
+	if m.store == nil {
+		return QuotaDecision{}, fmt.Errorf("%w: nil store", ErrInvalid)
+	}
+	if err := checkKey(id); err != nil {
+		return QuotaDecision{}, err
+	}
+	if n < 0 {
+		return QuotaDecision{}, fmt.Errorf("%w: negative cost %d", ErrInvalid, n)
+	}
+	now := m.opt.clock.Now().UnixMicro()
+	l, err := q.limit(now)
+	if err != nil {
+		return QuotaDecision{}, err
+	}
+	op := backends.Op{Key: m.Key(id, q), Algorithm: algorithms.Calendar, Limit: l, Cost: min(n, algorithms.MaxCount)}
+	if err := m.opt.apply(ctx, m.store, now, &op); err != nil {
+		return QuotaDecision{}, err
+	}
+	d := QuotaOf(op.Result, l)
+	if n == 0 {
+		d.Allowed = d.Remaining > 0
+	}
+	return d, nil
+}
+
+// Usage reads id's usage of q without counting anything.
+func (m *QuotaManager) Usage(ctx context.Context, id string, q Quota) (QuotaDecision, error) {
+	return m.CheckN(ctx, id, q, 0)
+}
+
+// Reset clears id's usage of q: support's answer to a customer billed for a bug's
+// requests. The period itself does not move.
+func (m *QuotaManager) Reset(ctx context.Context, id string, q Quota) error {
+	if err := checkKey(id); err != nil {
+		return err
+	}
+	return m.opt.del(ctx, m.store, m.Key(id, q))
+}
+
+// QuotaOf decodes a Calendar result decided with l. It is exported for code that reads
+// the server's quota keys directly (the admin API) and must report them the same way.
+func QuotaOf(r algorithms.Result, l algorithms.Limit) QuotaDecision {
+	d := QuotaDecision{
+		Allowed:     r.Allowed,
+		Limit:       l.Requests,
+		Remaining:   r.Remaining,
+		Used:        l.Requests - r.Remaining,
+		PeriodStart: time.UnixMicro(l.WindowStart).UTC(),
+		PeriodEnd:   time.UnixMicro(l.WindowEnd).UTC(),
+		ResetAfter:  micros(r.ResetAfter),
+		RetryAfter:  micros(r.RetryAfter),
+	}
+	if r.RetryAfter < 0 {
+		d.RetryAfter = -1
+	}
+	return d
+}
