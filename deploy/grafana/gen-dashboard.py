@@ -155,21 +155,30 @@ panel("timeseries", "Process memory and goroutines",
                                       "properties": [{"id": "unit", "value": "bytes"}]}]}})
 
 # ---- SaaS layer ----
-row("Quotas and penalties", description="These panels fill in once halt's SaaS layer (plans, quotas, penalties) lands; until then they show no data.")
-panel("timeseries", "Quota decisions by plan",
-      [(f'sum by (plan, quota, result) (rate(halt_quota_decisions_total{{{SEL}}}[{RI}]))', "{{plan}} / {{quota}} {{result}}")],
-      0, 12, 9, "reqps", "Quota decisions by plan, quota and result (halt_quota_decisions_total; fills in with the SaaS layer).", newline=False)
-panel("timeseries", "Quota exhaustion ratio by plan",
-      [(f'sum by (plan, quota) (rate(halt_quota_decisions_total{{{SEL}, result="over_limit"}}[{RI}])) / sum by (plan, quota) (rate(halt_quota_decisions_total{{{SEL}}}[{RI}]))',
-        "{{plan}} / {{quota}}")],
-      12, 12, 9, "percentunit", "Share of quota decisions refused (fills in with the SaaS layer).")
-panel("stat", "Active penalties",
-      [(f'sum(halt_penalty_active{{{SEL}}})', "active")],
-      0, 6, 9, "short", "Clients currently locked out by a penalty policy (halt_penalty_active; fills in with the SaaS layer).",
-      newline=False)
-panel("timeseries", "Penalty lockouts by policy",
-      [(f'sum by (policy) (increase(halt_penalty_lockouts_total{{{SEL}}}[{RI}]))', "{{policy}}")],
-      6, 18, 9, "short", "New lockouts per policy (halt_penalty_lockouts_total; fills in with the SaaS layer).")
+row("Plans, quotas and penalties", description="halt's SaaS layer: plans, calendar quotas, penalty lockouts and exemptions. Empty while no rule uses them.")
+panel("timeseries", "Plan decisions by plan",
+      [(f'sum by (domain, plan, result) (rate(halt_plan_decisions_total{{{DSEL}}}[{RI}]))', "{{domain}} / {{plan}} {{result}}")],
+      0, 12, 9, "reqps", "Decisions of plan rules by plan and result.", newline=False)
+panel("timeseries", "Quota decisions",
+      [(f'sum by (domain, quota, result) (rate(halt_quota_decisions_total{{{DSEL}}}[{RI}]))', "{{domain}} / {{quota}} {{result}}")],
+      12, 12, 9, "reqps", "Decisions reported by calendar quotas (mostly their denials), by quota and result.")
+panel("stat", "Locked-out refusals/s",
+      [(f'sum(rate(halt_penalty_refusals_total{{{DSEL}}}[{RI}])) or vector(0)', "refusals/s")],
+      0, 6, 9, "reqps", "Requests refused because their identity is locked out by a penalty policy.",
+      {"defaults": thresholds((None, "green"), (0.000001, "orange"))}, newline=False)
+panel("timeseries", "Penalty lockouts and violations",
+      [(f'sum by (domain, penalty) (increase(halt_penalty_lockouts_total{{{DSEL}}}[{RI}]))', "lockouts {{domain}} / {{penalty}}"),
+       (f'sum by (domain, penalty) (increase(halt_penalty_violations_total{{{DSEL}}}[{RI}]))', "violations {{domain}} / {{penalty}}")],
+      6, 18, 9, "short", "Violations recorded against penalty policies and the lockouts they started.")
+panel("timeseries", "Exemptions by reason",
+      [(f'sum by (domain, reason) (rate(halt_exemptions_total{{{DSEL}}}[{RI}]))', "{{domain}} {{reason}}")],
+      0, 8, 8, "reqps", "Descriptors let through uncounted: path, private_address, cidr, value.", newline=False)
+panel("timeseries", "Plan fallbacks",
+      [(f'sum by (domain) (rate(halt_plan_fallbacks_total{{{DSEL}}}[{RI}]))', "{{domain}}")],
+      8, 8, 8, "reqps", "Requests that named an unknown plan and got the default plan: a client/config mismatch.", newline=False)
+panel("timeseries", "Algorithm overrides by outcome",
+      [(f'sum by (outcome) (rate(halt_algorithm_overrides_total{{{SEL}}}[{RI}]))', "{{outcome}}")],
+      16, 8, 8, "reqps", "Per-request algorithm asks: applied, ignored (rule does not allow it), invalid.")
 
 
 def var(name, label, query):
