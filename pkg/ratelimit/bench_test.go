@@ -5,9 +5,11 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
@@ -126,4 +128,68 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 	b.Run("TokenBucketOverLimit/10000Keys", func(b *testing.B) {
 		benchShouldRateLimit(b, benchConfigLow, 10_000, rlsv3.RateLimitResponse_OVER_LIMIT)
 	})
+}
+
+// TestResponseBlocks checks the responses built from status blocks (one allocation for
+// a one-descriptor call): every status is its own message, and a response survives a
+// wire round trip unchanged.
+func TestResponseBlocks(t *testing.T) {
+	set, err := plans.Parse(map[string][]byte{"bench.yaml": []byte(benchConfigLow)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New(memory.Config{SweepInterval: -1})
+	defer store.Close()
+	e, err := ratelimit.New(ratelimit.Config{Store: store, Rules: func() *plans.Set { return set }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := ratelimit.NewService(e, ratelimit.HeaderFamilies{})
+	for _, n := range []int{1, 2, 5} {
+		req := &rlsv3.RateLimitRequest{Domain: "bench"}
+		for i := range n {
+			req.Descriptors = append(req.Descriptors, &rlcommon.RateLimitDescriptor{
+				Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "n" + strconv.Itoa(n) + "-" + strconv.Itoa(i%2)}},
+			})
+		}
+		for call := range 2 {
+			resp, err := svc.ShouldRateLimit(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Statuses) != n {
+				t.Fatalf("n=%d: %d statuses", n, len(resp.Statuses))
+			}
+			seen := map[*rlsv3.RateLimitResponse_DescriptorStatus]bool{}
+			for i, st := range resp.Statuses {
+				if st == nil || seen[st] || st.CurrentLimit == nil || st.DurationUntilReset == nil {
+					t.Fatalf("n=%d status %d: %v (shared or incomplete)", n, i, st)
+				}
+				seen[st] = true
+				if d := st.DurationUntilReset.AsDuration(); d <= 0 || d > time.Hour || st.DurationUntilReset.CheckValid() != nil {
+					t.Errorf("n=%d status %d: duration_until_reset %v", n, i, st.DurationUntilReset)
+				}
+				if st.CurrentLimit.RequestsPerUnit != 1 || st.CurrentLimit.Unit != rlsv3.RateLimitResponse_RateLimit_HOUR {
+					t.Errorf("n=%d status %d: limit %v", n, i, st.CurrentLimit)
+				}
+			}
+			// 1 per hour: the first call admits each distinct key once (descriptors 0
+			// and 1 of a call are distinct keys; 2.. repeat them), the second denies all.
+			wantOver := call == 1 || n > 2
+			if got := resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT; got != wantOver {
+				t.Errorf("n=%d call %d: overall %s", n, call, resp.OverallCode)
+			}
+			b, err := proto.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var back rlsv3.RateLimitResponse
+			if err := proto.Unmarshal(b, &back); err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(resp, &back) {
+				t.Errorf("n=%d: round trip changed the response:\n%v\n%v", n, resp, &back)
+			}
+		}
+	}
 }

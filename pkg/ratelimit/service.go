@@ -109,17 +109,14 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 		}
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	resp := &rlsv3.RateLimitResponse{
-		OverallCode: rlsv3.RateLimitResponse_OK,
-		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, n),
-	}
+	resp, blocks := newResponse(n)
 	if over {
 		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 	}
 	var report Decision
 	for i := range sc.decisions {
 		dec := &sc.decisions[i]
-		resp.Statuses[i] = descriptorStatus(dec)
+		resp.Statuses[i] = descriptorStatus(dec, &blocks[i])
 		if dec.Rule != nil && dec.Rule.DetailedMetric {
 			s.engine.CountDetailed(req.Domain, descriptorText(sc.descs[i].Entries), dec)
 		}
@@ -157,8 +154,41 @@ func hitsFor(req *rlsv3.RateLimitRequest, d *rlcommon.RateLimitDescriptor) uint6
 	return uint64(req.HitsAddend)
 }
 
-func descriptorStatus(dec *Decision) *rlsv3.RateLimitResponse_DescriptorStatus {
-	st := &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+// statusBlock holds one descriptor status and the messages it points to, so that a
+// status costs one allocation instead of three.
+type statusBlock struct {
+	st  rlsv3.RateLimitResponse_DescriptorStatus
+	lim rlsv3.RateLimitResponse_RateLimit
+	dur durationpb.Duration
+}
+
+// oneResponse is a whole one-descriptor response, Envoy's common case, in one allocation.
+type oneResponse struct {
+	resp     rlsv3.RateLimitResponse
+	statuses [1]*rlsv3.RateLimitResponse_DescriptorStatus
+	blocks   [1]statusBlock
+}
+
+// newResponse returns an OK response with room for n statuses, and the blocks to fill
+// them from. The messages are never copied: they are filled in place and handed to gRPC.
+func newResponse(n int) (*rlsv3.RateLimitResponse, []statusBlock) {
+	if n == 1 {
+		one := new(oneResponse)
+		one.resp.OverallCode = rlsv3.RateLimitResponse_OK
+		one.resp.Statuses = one.statuses[:]
+		return &one.resp, one.blocks[:]
+	}
+	resp := &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OK,
+		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, n),
+	}
+	return resp, make([]statusBlock, n)
+}
+
+// descriptorStatus fills b from dec and returns its status.
+func descriptorStatus(dec *Decision, b *statusBlock) *rlsv3.RateLimitResponse_DescriptorStatus {
+	st := &b.st
+	st.Code = rlsv3.RateLimitResponse_OK
 	if dec.Code == CodeOverLimit {
 		st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
 	}
@@ -166,11 +196,10 @@ func descriptorStatus(dec *Decision) *rlsv3.RateLimitResponse_DescriptorStatus {
 		return st
 	}
 	l := dec.Limit
-	st.CurrentLimit = &rlsv3.RateLimitResponse_RateLimit{
-		Name:            l.Name,
-		RequestsPerUnit: l.RequestsPerUnit,
-		Unit:            unitProto(l.Unit),
-	}
+	b.lim.Name = l.Name
+	b.lim.RequestsPerUnit = l.RequestsPerUnit
+	b.lim.Unit = unitProto(l.Unit)
+	st.CurrentLimit = &b.lim
 	if l.UnitMultiplier > 1 {
 		st.CurrentLimit.UnitMultiplier = wrapperspb.UInt32(uint32(min(l.UnitMultiplier, 1<<32-1)))
 	}
@@ -179,7 +208,11 @@ func descriptorStatus(dec *Decision) *rlsv3.RateLimitResponse_DescriptorStatus {
 	if dec.Code == CodeOverLimit && dec.Result.RetryAfter > reset {
 		reset = dec.Result.RetryAfter
 	}
-	st.DurationUntilReset = durationpb.New(time.Duration(reset) * time.Microsecond)
+	// What durationpb.New computes, without its allocation.
+	d := time.Duration(reset) * time.Microsecond
+	b.dur.Seconds = int64(d / time.Second)
+	b.dur.Nanos = int32(d % time.Second)
+	st.DurationUntilReset = &b.dur
 	return st
 }
 

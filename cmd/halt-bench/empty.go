@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// emptyService is the baseline RateLimitService: it answers OK at once and does no
+// work, so that what it costs per call is the cost of gRPC itself.
+type emptyService struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+}
+
+// ShouldRateLimit answers OK without looking at the request.
+func (emptyService) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	return &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}, nil
+}
+
+// emptyServer is a listening baseline server.
+type emptyServer struct {
+	grpc *grpc.Server
+	ln   net.Listener
+}
+
+// newEmptyServer listens on addr and registers the empty RateLimitService and the
+// standard health service (so --method health can be measured against it too). The
+// gRPC server has default options: the baseline is a plain grpc-go server.
+func newEmptyServer(addr string) (*emptyServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	s := grpc.NewServer()
+	rlsv3.RegisterRateLimitServiceServer(s, emptyService{})
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, hs)
+	return &emptyServer{grpc: s, ln: ln}, nil
+}
+
+// Addr is the bound address.
+func (s *emptyServer) Addr() net.Addr { return s.ln.Addr() }
+
+// serve serves until ctx is done, then stops gracefully (at most one second).
+func (s *emptyServer) serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(s.ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		s.grpc.Stop()
+	}
+	return nil
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+)
+
+// descriptorFlag collects repeated --descriptor k=v[,k=v] values.
+type descriptorFlag [][]plans.Entry
+
+func (d *descriptorFlag) String() string { return fmt.Sprint(len(*d)) }
+
+func (d *descriptorFlag) Set(s string) error {
+	entries, err := parseDescriptor(s)
+	if err != nil {
+		return err
+	}
+	*d = append(*d, entries)
+	return nil
+}
+
+// parseDescriptor reads "k=v,k2=v2". A value may contain "=", not ",".
+func parseDescriptor(s string) ([]plans.Entry, error) {
+	var out []plans.Entry
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(part, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("descriptor entry %q: want key=value", part)
+		}
+		out = append(out, plans.Entry{Key: k, Value: v})
+	}
+	return out, nil
+}
+
+// checkReport is what `halt-envoy check` prints for one descriptor.
+type checkReport struct {
+	Descriptor string        `json:"descriptor"`
+	Exempt     string        `json:"exempt,omitempty"`
+	Matched    bool          `json:"matched"`
+	Rule       string        `json:"rule,omitempty"`
+	Path       string        `json:"path,omitempty"`
+	Source     string        `json:"source,omitempty"`
+	Policy     string        `json:"policy,omitempty"`
+	Plan       string        `json:"plan,omitempty"`
+	Fallback   bool          `json:"plan_fallback,omitempty"`
+	Unlimited  bool          `json:"unlimited,omitempty"`
+	Shadow     bool          `json:"shadow_mode,omitempty"`
+	Cost       int64         `json:"cost,omitempty"`
+	Failure    string        `json:"failure_mode,omitempty"`
+	Limits     []checkLimit  `json:"limits,omitempty"`
+	Quotas     []checkQuota  `json:"quotas,omitempty"`
+	Penalty    *checkPenalty `json:"penalty,omitempty"`
+}
+
+type checkLimit struct {
+	Name      string `json:"name,omitempty"`
+	Algorithm string `json:"algorithm"`
+	Requests  int64  `json:"requests"`
+	Period    string `json:"period"`
+	Burst     int64  `json:"burst,omitempty"`
+	MaxDelay  string `json:"max_delay,omitempty"`
+}
+
+type checkQuota struct {
+	Name     string `json:"name"`
+	Period   string `json:"period"`
+	Requests int64  `json:"requests"`
+	TimeZone string `json:"time_zone"`
+}
+
+type checkPenalty struct {
+	Name      string   `json:"name"`
+	Threshold int64    `json:"threshold"`
+	Severity  int64    `json:"severity"`
+	Ladder    []string `json:"ladder"`
+	Decay     string   `json:"decay"`
+}
+
+func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// check answers "which rule would this descriptor hit, and how" without a server.
+func check(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "config", "config file or directory")
+	domain := fs.String("domain", "", "rate-limit domain")
+	asJSON := fs.Bool("json", false, "print JSON")
+	var descs descriptorFlag
+	fs.Var(&descs, "descriptor", "descriptor entries k=v[,k=v] (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := envFlags(fs, getenv); err != nil {
+		fmt.Fprintln(stderr, "halt-envoy:", err)
+		return 2
+	}
+	if *domain == "" || len(descs) == 0 {
+		fmt.Fprintln(stderr, "halt-envoy check: --domain and at least one --descriptor are required")
+		return 2
+	}
+	set, err := plans.Load(*path)
+	if err != nil {
+		var le *plans.LoadError
+		if errors.As(err, &le) {
+			for _, p := range le.Problems {
+				fmt.Fprintln(stderr, p.Error())
+			}
+		} else {
+			fmt.Fprintln(stderr, err)
+		}
+		return 1
+	}
+	if !set.HasDomain(*domain) {
+		fmt.Fprintf(stderr, "halt-envoy check: domain %q is not configured (have: %s)\n", *domain, strings.Join(set.Domains(), ", "))
+		return 1
+	}
+	var reports []checkReport
+	for _, entries := range descs {
+		reports = append(reports, describe(set, *domain, entries))
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(reports)
+		return 0
+	}
+	for _, r := range reports {
+		printReport(stdout, &r)
+	}
+	return 0
+}
+
+func describe(set *plans.Set, domain string, entries []plans.Entry) checkReport {
+	var parts []string
+	for _, e := range entries {
+		parts = append(parts, e.Key+"="+e.Value)
+	}
+	r := checkReport{Descriptor: strings.Join(parts, ",")}
+	if reason, ok := set.Exempt(domain, entries); ok {
+		r.Exempt = reason
+		return r
+	}
+	rule, ok := set.Match(domain, entries)
+	if !ok {
+		return r
+	}
+	r.Matched = true
+	r.Rule, r.Path, r.Policy, r.Plan, r.Fallback = rule.Name, rule.Path, rule.Policy, rule.Plan, rule.PlanFallback
+	r.Source = fmt.Sprintf("%s:%d", rule.File, rule.Line)
+	r.Unlimited, r.Shadow, r.Cost, r.Failure = rule.Unlimited, rule.ShadowMode, rule.Cost, string(rule.FailureMode)
+	for _, l := range rule.Limits {
+		cl := checkLimit{Name: l.Name, Algorithm: l.Algorithm.String(), Requests: l.Params.Requests, Period: l.Period().String(), Burst: l.Params.Burst}
+		if l.Params.MaxDelay > 0 {
+			cl.MaxDelay = us(l.Params.MaxDelay).String()
+		}
+		r.Limits = append(r.Limits, cl)
+	}
+	for _, q := range rule.Quotas {
+		r.Quotas = append(r.Quotas, checkQuota{Name: q.Name, Period: q.Period.String(), Requests: q.Requests, TimeZone: q.Location.String()})
+	}
+	if p := rule.Penalty; p != nil {
+		cp := &checkPenalty{Name: p.Name, Threshold: p.Params.Requests, Severity: p.Severity, Decay: us(p.Params.Period).String()}
+		for i := 0; i < p.Params.Steps; i++ {
+			cp.Ladder = append(cp.Ladder, us(p.Params.Ladder[i]).String())
+		}
+		r.Penalty = cp
+	}
+	return r
+}
+
+func printReport(w io.Writer, r *checkReport) {
+	fmt.Fprintf(w, "descriptor %s\n", r.Descriptor)
+	switch {
+	case r.Exempt != "":
+		fmt.Fprintf(w, "  exempt (%s): always OK, never counted\n", r.Exempt)
+		return
+	case !r.Matched:
+		fmt.Fprintln(w, "  no rule matches: always OK, never counted")
+		return
+	}
+	fmt.Fprintf(w, "  rule     %s (%s, defined at %s)\n", r.Rule, r.Path, r.Source)
+	if r.Policy != "" {
+		fmt.Fprintf(w, "  policy   %s\n", r.Policy)
+	}
+	if r.Plan != "" {
+		note := ""
+		if r.Fallback {
+			note = " (unknown plan named: the default plan applies)"
+		}
+		fmt.Fprintf(w, "  plan     %s%s\n", r.Plan, note)
+	}
+	if r.Unlimited {
+		fmt.Fprintln(w, "  unlimited: always OK, never counted")
+	}
+	for _, l := range r.Limits {
+		line := fmt.Sprintf("  limit    %s: %d per %s", l.Algorithm, l.Requests, l.Period)
+		if l.Name != "" {
+			line += " [" + l.Name + "]"
+		}
+		if l.Burst > 0 {
+			line += fmt.Sprintf(", burst %d", l.Burst)
+		}
+		if l.MaxDelay != "" {
+			line += ", max_delay " + l.MaxDelay
+		}
+		fmt.Fprintln(w, line)
+	}
+	for _, q := range r.Quotas {
+		fmt.Fprintf(w, "  quota    %s: %d %s (%s)\n", q.Name, q.Requests, q.Period, q.TimeZone)
+	}
+	if p := r.Penalty; p != nil {
+		fmt.Fprintf(w, "  penalty  %s: %d point(s) per violation, lockout after %d, ladder %s, decay %s\n", p.Name, p.Severity, p.Threshold, strings.Join(p.Ladder, " -> "), p.Decay)
+	}
+	if r.Cost > 1 {
+		fmt.Fprintf(w, "  cost     %d hits per request\n", r.Cost)
+	}
+	if r.Shadow {
+		fmt.Fprintln(w, "  shadow mode: over-limit answers OK (counted as shadow)")
+	}
+	if r.Failure != "" {
+		fmt.Fprintf(w, "  failure  %s when the store fails\n", r.Failure)
+	}
+}

@@ -1,0 +1,55 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestCheckCommand(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := run(t.Context(), []string{"check", "--config", "../../config", "--domain", "edge_proxy",
+		"--descriptor", "generic_key=api,path=/api/v1/search/items",
+		"--descriptor", "generic_key=api,path=/api/v1/login",
+		"--descriptor", "nothing=here"}, &out, &errb, os.Getenv)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{
+		"rule     api_search",
+		"token_bucket: 20 per 1s [api_search], burst 40",
+		"policy   AUTH_BRUTE_FORCE",
+		"sliding_window: 5 per 1m0s",
+		"failure  deny",
+		"no rule matches",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("%q missing from:\n%s", want, out.String())
+		}
+	}
+
+	out.Reset()
+	if code := run(t.Context(), []string{"check", "--config", "../../config", "--domain", "edge_proxy", "--json", "--descriptor", "remote_address=192.0.2.1"}, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("json: exit %d", code)
+	}
+	var reports []checkReport
+	if err := json.Unmarshal(out.Bytes(), &reports); err != nil || len(reports) != 1 || !reports[0].Matched || reports[0].Limits[0].Requests != 600 {
+		t.Fatalf("json report: %v %s", err, out.String())
+	}
+}
+
+func TestCheckCommandBadInput(t *testing.T) {
+	for _, args := range [][]string{
+		{"check", "--config", "../../config"},
+		{"check", "--config", "../../config", "--domain", "nope", "--descriptor", "a=b"},
+		{"check", "--config", "../../config", "--domain", "edge_proxy", "--descriptor", "novalue"},
+		{"check", "--config", "/nonexistent", "--domain", "edge_proxy", "--descriptor", "a=b"},
+	} {
+		var out bytes.Buffer
+		if code := run(t.Context(), args, &out, &out, os.Getenv); code == 0 {
+			t.Errorf("%v: exit 0", args)
+		}
+	}
+}
