@@ -5,6 +5,8 @@
 //
 //	halt-envoy [serve] [flags]          run the server
 //	halt-envoy validate --config PATH   check a config file or directory, print every error
+//	halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
+//	                                    show which rule applies, without a server
 //	halt-envoy version                  print the version
 //	halt-envoy probe [--url URL]        exit 0 when URL answers 200 (for HEALTHCHECK)
 //
@@ -57,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 0
 	case "probe":
 		return probe(ctx, args, stdout, stderr)
+	case "check":
+		return check(args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -70,6 +74,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   halt-envoy [serve] [flags]          run the server (flags: halt-envoy serve -h)
   halt-envoy validate --config PATH   check a config file or directory, print every error
+  halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
+                                      which rule, algorithm, limits, plan, quota and penalty apply
   halt-envoy version                  print the version
   halt-envoy probe [--url URL]        exit 0 when URL answers 200 (container health checks: no shell needed)
 `)
