@@ -1,0 +1,258 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+)
+
+// storeTimeout is the bound every faulted call must respect (plus latencyBound's slack).
+const storeTimeout = 50 * time.Millisecond
+
+// latencyBound is what a call may take while the store misbehaves: the store timeout
+// plus generous slack for a loaded 2-core CI machine and the race detector. It is a bound
+// check, not a performance target.
+const latencyBound = time.Second
+
+// limitN is the per-key limit of the test rule: a fresh key admits exactly limitN.
+const limitN = 5
+
+const rulesYAML = `
+domain: faults
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 5, algorithm: token_bucket}
+`
+
+var modes = []plans.FailureMode{"allow", "deny", "error"}
+
+// env returns a peer's address or skips (fails under HALT_TEST_PEERS=1) when unset.
+func env(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv("HALT_TEST_PEERS") == "1" {
+			t.Fatalf("%s is not set and HALT_TEST_PEERS=1", name)
+		}
+		t.Skipf("%s not set: no peer to test against", name)
+	}
+	return v
+}
+
+// harness is one store shared by three engines, one per failure mode, the way three
+// halt deployments with different --failure-mode would see the same store.
+type harness struct {
+	t       *testing.T
+	store   backends.Store
+	svc     map[plans.FailureMode]*ratelimit.Service
+	metrics map[plans.FailureMode]*metrics.Metrics
+	seq     atomic.Int64
+	prefix  string
+}
+
+func newHarness(t *testing.T, storeURL string) *harness {
+	t.Helper()
+	set, err := plans.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	store, err := all.Open(ctx, storeURL, backends.Options{Timeout: storeTimeout})
+	if err != nil {
+		t.Fatalf("open %s: %v", backends.Redact(fmt.Errorf("%s", storeURL)), err)
+	}
+	h := &harness{t: t, store: store, svc: map[plans.FailureMode]*ratelimit.Service{}, metrics: map[plans.FailureMode]*metrics.Metrics{},
+		prefix: fmt.Sprintf("%s-%d-", strings.ReplaceAll(t.Name(), "/", "."), time.Now().UnixNano())}
+	for _, m := range modes {
+		h.metrics[m] = metrics.New(nil)
+		e, err := ratelimit.New(ratelimit.Config{
+			Store:        store,
+			StoreName:    "fault",
+			Rules:        func() *plans.Set { return set },
+			Metrics:      h.metrics[m],
+			FailureMode:  m,
+			StoreTimeout: storeTimeout,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.svc[m] = ratelimit.NewService(e, ratelimit.HeaderFamilies{})
+	}
+	return h
+}
+
+func (h *harness) Close() { h.store.Close() }
+
+// freshUser is a key nobody used before (across runs too: the prefix has a timestamp).
+func (h *harness) freshUser() string {
+	return fmt.Sprintf("%su%d", h.prefix, h.seq.Add(1))
+}
+
+// outcome is what a caller (Envoy) saw.
+type outcome struct {
+	code    rlsv3.RateLimitResponse_Code // when err is nil
+	grpc    codes.Code
+	elapsed time.Duration
+}
+
+func (o outcome) String() string {
+	if o.grpc != codes.OK {
+		return o.grpc.String()
+	}
+	return o.code.String()
+}
+
+func (h *harness) call(mode plans.FailureMode, user string) outcome {
+	req := &rlsv3.RateLimitRequest{Domain: "faults", Descriptors: []*rlcommon.RateLimitDescriptor{{
+		Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: user}},
+	}}}
+	// Envoy's own deadline is far longer than the store timeout: the bound must come
+	// from halt, not from the caller giving up.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := h.svc[mode].ShouldRateLimit(ctx, req)
+	o := outcome{elapsed: time.Since(start), grpc: status.Code(err)}
+	if err == nil {
+		o.code = resp.OverallCode
+	}
+	return o
+}
+
+// counter reads halt_decisions_total{result=...} summed over domains and rules.
+func counter(m *metrics.Metrics, family, label, value string) float64 {
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		return -1
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != family {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			for _, lp := range mt.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					sum += mt.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// expectFailureMode checks that a failed store was answered as mode says.
+func expectFailureMode(t *testing.T, mode plans.FailureMode, o outcome) bool {
+	t.Helper()
+	var ok bool
+	switch mode {
+	case "allow":
+		ok = o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OK
+	case "deny":
+		ok = o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OVER_LIMIT
+	case "error":
+		ok = o.grpc == codes.Unavailable
+	}
+	if !ok {
+		t.Errorf("failure_mode %s: store down answered %s", mode, o)
+	}
+	return ok
+}
+
+// exactlyN checks that a fresh key admits exactly limitN, then denies: counting is right.
+// Every call must reach the store (mode error turns a store failure into UNAVAILABLE).
+func (h *harness) exactlyN(t *testing.T) {
+	t.Helper()
+	user := h.freshUser()
+	var got []string
+	for i := 0; i < limitN+2; i++ {
+		got = append(got, h.call("error", user).String())
+	}
+	want := strings.TrimSpace(strings.Repeat("OK ", limitN) + "OVER_LIMIT OVER_LIMIT")
+	if g := strings.Join(got, " "); g != want {
+		t.Errorf("fresh key with limit %d: got %s, want %s", limitN, g, want)
+	}
+}
+
+// waitRecovered polls until `streak` calls in a row reached the store, and returns how
+// long that took.
+func (h *harness) waitRecovered(t *testing.T, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	streak := 0
+	for streak < 3 {
+		if h.call("error", h.freshUser()).grpc == codes.OK {
+			streak++
+		} else {
+			streak = 0
+		}
+		if time.Since(start) > within {
+			t.Fatalf("store not back %v after the fault was lifted", within)
+		}
+		if streak == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return time.Since(start)
+}
+
+// leakCheck returns a function that fails t if goroutines did not come back to the count
+// seen now (within slack) after a settle period: timers, pools and relays must all end.
+func leakCheck(t *testing.T) func() {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	return func() {
+		t.Helper()
+		const slack = 3
+		deadline := time.Now().Add(10 * time.Second)
+		n := runtime.NumGoroutine()
+		for n > before+slack && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+			n = runtime.NumGoroutine()
+		}
+		if n > before+slack {
+			var b strings.Builder
+			pprof.Lookup("goroutine").WriteTo(&b, 1)
+			t.Errorf("goroutine leak: %d before, %d after settling\n%s", before, n, b.String())
+		} else {
+			t.Logf("goroutines: %d before, %d after", before, n)
+		}
+	}
+}
+
+// report collects measured figures for the summary printed at the end of a test.
+type report struct {
+	mu   sync.Mutex
+	rows []string
+}
+
+func (r *report) add(format string, args ...any) {
+	r.mu.Lock()
+	r.rows = append(r.rows, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+}
+
+func (r *report) log(t *testing.T) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t.Logf("measured:\n  %s", strings.Join(r.rows, "\n  "))
+}
