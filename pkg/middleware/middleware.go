@@ -1,0 +1,367 @@
+// Package middleware rate-limits a net/http server with a halt.Limiter: the protection
+// halt-envoy gives services behind Envoy, for a Go service that has no Envoy in front.
+//
+// It answers like the server does: the same RateLimit / RateLimit-Policy (IETF draft)
+// and X-RateLimit-* headers, 429 with Retry-After on denial, and the same exemption
+// semantics (health paths, private address ranges, CIDR lists) as a domain's exemptions:
+// block.
+//
+//	lim, _ := halt.NewLimiter(store, halt.Policy{Requests: 100, Per: time.Minute})
+//	http.ListenAndServe(":8080", middleware.New(lim, middleware.ExemptPaths("/healthz"))(mux))
+package middleware
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/pkg/halt"
+)
+
+// Headers selects the rate-limit response header families, as the server's --headers
+// flag does.
+type Headers struct {
+	// IETF adds the draft-ietf-httpapi-ratelimit-headers RateLimit and RateLimit-Policy fields.
+	IETF bool
+	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
+	XRateLimit bool
+}
+
+// FailureMode is what happens to a request when the store cannot answer.
+type FailureMode uint8
+
+// The failure modes. FailOpen is the default, as in the server: a rate limiter that
+// takes the site down with its store protects nothing.
+const (
+	// FailOpen lets the request through (and logs the store failure).
+	FailOpen FailureMode = iota
+	// FailClosed answers 503 with a problem body.
+	FailClosed
+)
+
+// Option configures the middleware.
+type Option func(*config)
+
+type config struct {
+	key      func(*http.Request) string
+	cost     func(*http.Request) int64
+	trusted  []netip.Prefix
+	paths    map[string]struct{}
+	prefixes []string
+	private  bool
+	cidrs    []netip.Prefix
+	headers  Headers
+	failure  FailureMode
+	log      *slog.Logger
+}
+
+// WithKey replaces the default key (the client address, "ip:203.0.113.7"): an API key,
+// a user id from the session, a tenant. An empty key lets the request through unlimited,
+// so a key function can also decide that some requests are not limited at all.
+func WithKey(f func(*http.Request) string) Option { return func(c *config) { c.key = f } }
+
+// WithCost makes some requests cost more than one (weighted endpoints: a bulk export may
+// cost 10 ordinary calls). A cost of 0 checks without counting.
+func WithCost(f func(*http.Request) int64) Option { return func(c *config) { c.cost = f } }
+
+// TrustProxies makes the client address come from X-Forwarded-For when the request
+// arrives from one of these proxies: the header is read from the right, skipping trusted
+// hops, so a client cannot pick its own address by sending the header itself.
+func TrustProxies(proxies ...netip.Prefix) Option {
+	return func(c *config) { c.trusted = append(c.trusted, proxies...) }
+}
+
+// ExemptPaths lets requests for these paths through uncounted (health checks, metrics
+// scrapes). A path ending in "*" is a prefix; the query string is ignored. These are
+// the semantics of the server's exemptions: paths.
+func ExemptPaths(paths ...string) Option {
+	return func(c *config) {
+		if c.paths == nil {
+			c.paths = make(map[string]struct{})
+		}
+		for _, p := range paths {
+			if pre, ok := strings.CutSuffix(p, "*"); ok {
+				c.prefixes = append(c.prefixes, pre)
+			} else {
+				c.paths[p] = struct{}{}
+			}
+		}
+	}
+}
+
+// ExemptPrivate lets clients from private, loopback and link-local ranges through
+// uncounted (the server's private_ranges: true): internal callers are not customers.
+func ExemptPrivate() Option { return func(c *config) { c.private = true } }
+
+// ExemptCIDRs lets clients from these ranges through uncounted (partners, monitoring).
+func ExemptCIDRs(prefixes ...netip.Prefix) Option {
+	return func(c *config) { c.cidrs = append(c.cidrs, prefixes...) }
+}
+
+// WithHeaders selects the header families; both are on by default.
+func WithHeaders(h Headers) Option { return func(c *config) { c.headers = h } }
+
+// WithFailureMode chooses between FailOpen (the default) and FailClosed.
+func WithFailureMode(m FailureMode) Option { return func(c *config) { c.failure = m } }
+
+// WithLogger receives store failures; the default discards them.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// New returns middleware that limits every request with lim.
+func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
+	c := &config{headers: Headers{IETF: true, XRateLimit: true}}
+	for _, o := range opts {
+		if o != nil {
+			o(c)
+		}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.key == nil {
+		c.key = func(r *http.Request) string {
+			a := ClientAddr(r, c.trusted)
+			if !a.IsValid() {
+				return ""
+			}
+			return "ip:" + a.String()
+		}
+	}
+	p := lim.Policy()
+	name := policyName(p.Name)
+	window := strconv.FormatInt(ceilSeconds(p.Per), 10)
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if c.exempt(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			key := c.key(r)
+			if key == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			var n int64 = 1
+			if c.cost != nil {
+				n = c.cost(r)
+			}
+			d, err := lim.AllowN(r.Context(), key, n)
+			if err != nil {
+				c.log.Warn("rate-limit store failed", "mode", c.failure.String(), "err", err)
+				if c.failure == FailClosed {
+					w.Header().Set("Retry-After", "1")
+					problem(w, http.StatusServiceUnavailable, "Rate limiter unavailable", "the rate limiter cannot decide right now; retry shortly")
+					return
+				}
+				next.ServeHTTP(w, r)
+				return
+			}
+			c.setHeaders(w.Header(), name, window, &d)
+			if !d.Allowed {
+				var detail string
+				var secs int64
+				if d.RetryAfter < 0 {
+					// It can never pass; Retry-After still tells a client when to look again.
+					secs = max(ceilSeconds(d.ResetAfter), 1)
+					detail = "this request costs more than the limit allows at once"
+				} else {
+					secs = max(ceilSeconds(d.RetryAfter), 1)
+					detail = "rate limit exceeded; retry in " + strconv.FormatInt(secs, 10) + " s"
+				}
+				w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+				problem(w, http.StatusTooManyRequests, "Too Many Requests", detail)
+				return
+			}
+			if d.Delay > 0 && !hold(r.Context(), d.Delay) {
+				return // the client went away while its request was being shaped
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// String names the mode for logs.
+func (m FailureMode) String() string {
+	if m == FailClosed {
+		return "closed"
+	}
+	return "open"
+}
+
+// hold waits d (leaky-bucket shaping) and reports whether the request is still wanted.
+func hold(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *config) exempt(r *http.Request) bool {
+	if len(c.paths) > 0 || len(c.prefixes) > 0 {
+		p := r.URL.Path
+		if _, ok := c.paths[p]; ok {
+			return true
+		}
+		for _, pre := range c.prefixes {
+			if strings.HasPrefix(p, pre) {
+				return true
+			}
+		}
+	}
+	if !c.private && len(c.cidrs) == 0 {
+		return false
+	}
+	a := ClientAddr(r, c.trusted)
+	if !a.IsValid() {
+		return false
+	}
+	if c.private && IsPrivate(a) {
+		return true
+	}
+	for _, p := range c.cidrs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *config) setHeaders(h http.Header, name, window string, d *halt.Decision) {
+	reset := d.ResetAfter
+	if !d.Allowed && d.RetryAfter > reset {
+		reset = d.RetryAfter
+	}
+	resetS := strconv.FormatInt(ceilSeconds(reset), 10)
+	limit := strconv.FormatInt(d.Limit, 10)
+	rem := strconv.FormatInt(d.Remaining, 10)
+	if c.headers.XRateLimit {
+		h.Set("X-RateLimit-Limit", limit)
+		h.Set("X-RateLimit-Remaining", rem)
+		h.Set("X-RateLimit-Reset", resetS)
+	}
+	if c.headers.IETF {
+		h.Set("RateLimit-Policy", `"`+name+`";q=`+limit+";w="+window)
+		h.Set("RateLimit", `"`+name+`";r=`+rem+";t="+resetS)
+	}
+}
+
+// problem writes an RFC 9457 problem body.
+func problem(w http.ResponseWriter, status int, title, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Detail string `json:"detail"`
+		Status int    `json:"status"`
+	}{"about:blank", title, detail, status})
+}
+
+// ceilSeconds rounds a wait up to whole seconds, as HTTP's Retry-After needs.
+func ceilSeconds(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
+// policyName is the policy identifier of the IETF headers, restricted (as in the
+// server) to characters that cannot break a structured-field string.
+func policyName(name string) string {
+	b := make([]byte, 0, len(name))
+	for i := 0; i < len(name); i++ {
+		if ch := name[i]; ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\' {
+			b = append(b, ch)
+		}
+	}
+	if len(b) == 0 {
+		return "default"
+	}
+	return string(b)
+}
+
+// ClientAddr returns the client's address: the connection's peer, or, when the peer is
+// one of the trusted proxies, the first X-Forwarded-For hop from the right that is not
+// itself trusted. An unparsable hop stops the walk at the last address known good. It
+// returns the zero Addr when not even the peer parses (a unit test's RemoteAddr).
+func ClientAddr(r *http.Request, trusted []netip.Prefix) netip.Addr {
+	a := parseAddr(r.RemoteAddr)
+	if !a.IsValid() || len(trusted) == 0 || !in(a, trusted) {
+		return a
+	}
+	hops := r.Header.Values("X-Forwarded-For")
+	for i := len(hops) - 1; i >= 0; i-- {
+		parts := strings.Split(hops[i], ",")
+		for j := len(parts) - 1; j >= 0; j-- {
+			h := parseAddr(strings.TrimSpace(parts[j]))
+			if !h.IsValid() {
+				return a
+			}
+			a = h
+			if !in(a, trusted) {
+				return a
+			}
+		}
+	}
+	return a
+}
+
+func parseAddr(s string) netip.Addr {
+	if len(s) > 64 {
+		return netip.Addr{} // no address is that long
+	}
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().WithZone("").Unmap()
+	}
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		s = host
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.WithZone("").Unmap()
+}
+
+func in(a netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// IsPrivate reports whether a is in a private, loopback or link-local range: the ranges
+// of the server's private_ranges exemption (10/8, 172.16/12, 192.168/16, 127/8,
+// 169.254/16, ::1, fc00::/7, fe80::/10). pkg/plans keeps its check unexported, so this
+// is a deliberate duplicate.
+func IsPrivate(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() {
+		b := a.As4()
+		return b[0] == 10 || b[0] == 127 ||
+			(b[0] == 172 && b[1]&0xf0 == 16) ||
+			(b[0] == 192 && b[1] == 168) ||
+			(b[0] == 169 && b[1] == 254)
+	}
+	if !a.Is6() {
+		return false
+	}
+	if a == netip.IPv6Loopback() {
+		return true
+	}
+	b := a.As16()
+	return b[0]&0xfe == 0xfc || (b[0] == 0xfe && b[1]&0xc0 == 0x80)
+}
