@@ -88,6 +88,10 @@ func Parse(files map[string][]byte) (*Set, error) {
 	}
 	sort.Strings(s.names)
 	s.effective = buildEffective(s, b.effDomains, b.penaltyDefs)
+	s.penalties = make(map[string]*PenaltyPolicy, len(b.penaltyDefs))
+	for name, pc := range b.penaltyDefs {
+		s.penalties[name] = pc.pol
+	}
 	return s, nil
 }
 

@@ -6,3 +6,10 @@ func (s *Set) HasDomain(domain string) bool {
 	_, ok := s.domains[domain]
 	return ok
 }
+
+// PenaltyPolicy returns the penalty defined under penalties: with that name, for
+// penalties charged outside descriptor rules (ext_authz's invalid-key guard).
+func (s *Set) PenaltyPolicy(name string) (*PenaltyPolicy, bool) {
+	p, ok := s.penalties[name]
+	return p, ok
+}

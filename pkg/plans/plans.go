@@ -156,6 +156,7 @@ type Set struct {
 	defaultPlan string
 	files       []string
 	effective   *EffectiveConfig
+	penalties   map[string]*PenaltyPolicy
 }
 
 // Domains returns the domain names, sorted.
