@@ -104,6 +104,7 @@ type builder struct {
 	penaltyDefs  map[string]*penaltyCfg
 	penaltyNames map[string]*penaltyCfg
 	planNames    map[string]*planCfg
+	planRules    int // prebuilt plan_from_value rules so far
 }
 
 func (b *builder) add(file string, line, col int, field, msg string) {

@@ -416,7 +416,7 @@ func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 		case "penalties":
 			fc.penalties = d.penalties(p.v, "penalties")
 		case "exemptions":
-			exemptNode = p.v
+			exemptNode = p.k
 			fc.exempt, fc.exemptEff = d.exemptions(p.v, "exemptions")
 		default:
 			d.unknown(p, "", valid)

@@ -132,14 +132,10 @@ func (s *Set) Exempt(dom string, entries []Entry) (reason string, ok bool) {
 			}
 		}
 		if _, hit := x.addrKeys[e.Key]; hit && (x.private || len(x.cidrs) > 0) {
-			if len(e.Value) > 64 {
-				continue // no address is that long
-			}
-			a, err := netip.ParseAddr(e.Value)
-			if err != nil {
+			a, ok := parseAddr(e.Value)
+			if !ok {
 				continue
 			}
-			a = a.WithZone("").Unmap()
 			if x.private && isPrivate(a) {
 				return ExemptPrivateAddress, true
 			}
@@ -151,6 +147,67 @@ func (s *Set) Exempt(dom string, entries []Entry) (reason string, ok bool) {
 		}
 	}
 	return "", false
+}
+
+// parseAddr parses an IP address without allocating on the common paths: IPv4 is parsed
+// here, and only text made of IPv6 characters reaches netip.ParseAddr (whose error
+// allocates). The zone is dropped and an IPv4-mapped IPv6 address is unmapped.
+func parseAddr(s string) (netip.Addr, bool) {
+	if len(s) == 0 || len(s) > 64 {
+		return netip.Addr{}, false // no address is that long
+	}
+	if b, ok := parseIPv4(s); ok {
+		return netip.AddrFrom4(b), true
+	}
+	colon := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '%' {
+			break // a zone: anything may follow
+		}
+		switch {
+		case c == ':':
+			colon = true
+		case c == '.', '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	if !colon {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.WithZone("").Unmap(), true
+}
+
+// parseIPv4 parses dotted-decimal IPv4 as netip.ParseAddr does (four parts, no leading
+// zeros).
+func parseIPv4(s string) ([4]byte, bool) {
+	var out [4]byte
+	part, val, digits := 0, 0, 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '.' {
+			if digits == 0 || part > 3 {
+				return out, false
+			}
+			out[part] = byte(val)
+			part, val, digits = part+1, 0, 0
+			continue
+		}
+		c := s[i]
+		if c < '0' || c > '9' || (digits == 1 && val == 0) {
+			return out, false
+		}
+		val = val*10 + int(c-'0')
+		digits++
+		if val > 255 {
+			return out, false
+		}
+	}
+	return out, part == 4
 }
 
 // PlanNames returns the names of every plan, built-in and configured, sorted.

@@ -6,6 +6,10 @@ import (
 	"time"
 )
 
+// MaxPlanRules bounds the rules prebuilt for plan_from_value descriptors (one per plan
+// per such descriptor), so that a hostile configuration cannot exhaust the server.
+const MaxPlanRules = 100000
+
 // penalties collects penalties: across files; names are unique.
 func (b *builder) penalties(cfgs []*fileCfg) {
 	defined := map[string]*penaltyCfg{}
@@ -238,6 +242,11 @@ func (b *builder) planNode(d *domain, dc *descCfg, n *node, base *Rule, names []
 		return r
 	}
 	base.IdentitySkip = len(base.Levels) - 1
+	b.planRules += len(b.set.plans)
+	if b.planRules > MaxPlanRules {
+		b.add(d.file, dc.line, dc.col, dc.field+".plan_from_value", "too many plan_from_value descriptors: each holds a rule per plan, and the configuration would hold more than "+itoa(MaxPlanRules))
+		return nil
+	}
 	n.planRules = make(map[string]*Rule, len(b.set.plans))
 	for name, p := range b.set.plans {
 		r, ok := b.planRule(d, dc, base, names, p)

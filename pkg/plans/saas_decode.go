@@ -372,7 +372,14 @@ func (d *decoder) penalty(k, n *yaml.Node, field, name string) *PenaltyPolicy {
 
 // ---- exemptions ----
 
-func (d *decoder) strList(n *yaml.Node, field, what string) []string {
+// strItem is one element of a list of strings, with where it is.
+type strItem struct {
+	s     string
+	n     *yaml.Node
+	field string
+}
+
+func (d *decoder) strList(n *yaml.Node, field, what string) []strItem {
 	v := deref(n)
 	if isNull(v) {
 		return nil
@@ -381,15 +388,25 @@ func (d *decoder) strList(n *yaml.Node, field, what string) []string {
 		d.add(v, field, "must be a list of %s, got %s", what, kindName(v))
 		return nil
 	}
-	var out []string
+	var out []strItem
 	for i, c := range v.Content {
 		g := fmt.Sprintf("%s[%d]", field, i)
 		s := d.name(c, g, what)
 		if s == "" {
-			d.add(deref(c), g, "must not be empty")
+			if c := deref(c); c != nil && c.Kind == yaml.ScalarNode {
+				d.add(c, g, "must not be empty")
+			}
 			continue
 		}
-		out = append(out, s)
+		out = append(out, strItem{s, deref(c), g})
+	}
+	return out
+}
+
+func strs(items []strItem) []string {
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		out = append(out, it.s)
 	}
 	return out
 }
@@ -412,9 +429,8 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 		f := join(field, p.key)
 		switch p.key {
 		case "paths":
-			v := deref(p.v)
-			for i, s := range d.strList(p.v, f, "paths") {
-				g := fmt.Sprintf("%s[%d]", f, i)
+			for _, it := range d.strList(p.v, f, "paths") {
+				s := it.s
 				star := strings.IndexByte(s, '*')
 				switch {
 				case star < 0:
@@ -422,31 +438,23 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 				case star == len(s)-1:
 					x.prefixes = append(x.prefixes, s[:star])
 				default:
-					at := v
-					if i < len(v.Content) {
-						at = v.Content[i]
-					}
-					d.add(deref(at), g, "a * is only allowed at the end of a path (a prefix), got %q", s)
+					d.add(it.n, it.field, "a * is only allowed at the end of a path (a prefix), got %q", s)
 					continue
 				}
 				eff.Paths = append(eff.Paths, s)
 			}
 		case "path_keys":
 			pathKeysSet = true
-			pathKeys = d.strList(p.v, f, "descriptor keys")
+			pathKeys = strs(d.strList(p.v, f, "descriptor keys"))
 		case "private_ranges":
 			x.private = d.boolean(p.v, f)
 			eff.PrivateRanges = x.private
 		case "cidrs":
-			v := deref(p.v)
-			for i, s := range d.strList(p.v, f, "CIDRs") {
+			for _, it := range d.strList(p.v, f, "CIDRs") {
+				s := it.s
 				pre, err := netip.ParsePrefix(s)
 				if err != nil {
-					at := v
-					if i < len(v.Content) {
-						at = v.Content[i]
-					}
-					d.add(deref(at), fmt.Sprintf("%s[%d]", f, i), "invalid CIDR %q (want an address range such as 203.0.113.0/24 or 2001:db8::/32)", s)
+					d.add(it.n, it.field, "invalid CIDR %q (want an address range such as 203.0.113.0/24 or 2001:db8::/32)", s)
 					continue
 				}
 				pre = pre.Masked()
@@ -455,7 +463,7 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 			}
 		case "address_keys":
 			addrKeysSet = true
-			addrKeys = d.strList(p.v, f, "descriptor keys")
+			addrKeys = strs(d.strList(p.v, f, "descriptor keys"))
 		case "values":
 			v := deref(p.v)
 			if isNull(v) {
