@@ -67,17 +67,20 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 		decisions[i] = Decision{Code: CodeOK}
 		d := &descs[i]
 		d.Entries = e.takeAlgorithmAsk(d.Entries, &sc.algo[i])
-		if d.Override != nil || set == nil {
+		if d.Override != nil || (set == nil && d.Rule == nil) {
 			continue
 		}
-		if reason, ok := set.Exempt(domain, d.Entries); ok {
-			decisions[i].Kind = KindExempt
-			decisions[i].Exempt = reason
-			continue
-		}
-		rule, ok := set.Match(domain, d.Entries)
-		if !ok {
-			continue
+		rule := d.Rule
+		if rule == nil {
+			if reason, ok := set.Exempt(domain, d.Entries); ok {
+				decisions[i].Kind = KindExempt
+				decisions[i].Exempt = reason
+				continue
+			}
+			var ok bool
+			if rule, ok = set.Match(domain, d.Entries); !ok {
+				continue
+			}
 		}
 		decisions[i].Rule = rule
 		if rule.PlanFallback && e.cfg.Metrics != nil {
@@ -498,4 +501,44 @@ func appendEscaped(dst []byte, s string) []byte {
 		}
 	}
 	return dst
+}
+
+// Penalize records a violation of the given severity against penalty policy p for the
+// identity named by entries, outside any descriptor evaluation: ext_authz uses it for
+// repeated invalid API keys from one address. A severity of 0 only reads the state.
+// It reports whether the identity is locked out and for how much longer.
+func (e *Engine) Penalize(ctx context.Context, domain string, entries []plans.Entry, p *plans.PenaltyPolicy, severity int64) (locked bool, remaining time.Duration, err error) {
+	key := AppendIdentity(nil, domain, entries, nil)
+	key = append(key, "|@penalty:"...)
+	key = appendEscaped(key, p.Name)
+	op := &backends.Op{Key: string(key), Algorithm: algorithms.Penalty, Limit: p.Params, Cost: severity}
+	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
+	defer cancel()
+	if err := e.cfg.Store.Apply(sctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
+		if e.cfg.Metrics != nil {
+			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+		}
+		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
+	}
+	if severity > 0 {
+		ev := ViolationEvent{Domain: domain, Penalty: p.Name, Severity: severity}
+		// A lockout that started with this violation has a whole ladder step left; one
+		// already running has less (violations during a lockout do not extend it).
+		for i := 0; i < p.Params.Steps && !op.Result.Allowed; i++ {
+			if op.Result.ResetAfter == p.Params.Ladder[i] {
+				ev.LockedOut = true
+				ev.Lockout = time.Duration(op.Result.ResetAfter) * time.Microsecond
+			}
+		}
+		if m := e.cfg.Metrics; m != nil {
+			m.PenaltyViolations.WithLabelValues(domain, p.Name).Inc()
+			if ev.LockedOut {
+				m.PenaltyLockouts.WithLabelValues(domain, p.Name).Inc()
+			}
+		}
+		for _, o := range e.cfg.Observers {
+			o.OnViolation(ctx, &ev)
+		}
+	}
+	return !op.Result.Allowed, time.Duration(op.Result.ResetAfter) * time.Microsecond, nil
 }
