@@ -121,6 +121,9 @@ type Descriptor struct {
 	Hits uint64
 	// Override replaces the configured limit (Envoy's descriptor limit override).
 	Override *Override
+	// Rule, when set, is used instead of matching Entries against the configuration:
+	// ext_authz resolves routes to policies itself. Entries still name the counters.
+	Rule *plans.Rule
 }
 
 // Override is a limit sent by Envoy with the descriptor.
