@@ -727,3 +727,18 @@ scrape_configs:
 		}
 	}
 }
+
+// TestMetricsDocumented keeps docs/observability.md complete: every halt_ metric
+// pkg/metrics registers is described there.
+func TestMetricsDocumented(t *testing.T) {
+	doc := string(mustRead(t, repo("docs", "observability.md")))
+	for name := range exportedMetrics(t) {
+		if !strings.HasPrefix(name, "halt_") || strings.HasSuffix(name, "_bucket") ||
+			strings.HasSuffix(name, "_sum") || strings.HasSuffix(name, "_count") {
+			continue
+		}
+		if !strings.Contains(doc, "`"+name+"`") {
+			t.Errorf("docs/observability.md does not describe %s", name)
+		}
+	}
+}
