@@ -147,8 +147,9 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 		return false, err
 	}
 
-	// Stage 3: quotas, only for what the rate limits let through.
-	if hasQuota {
+	// Stage 3: quotas, only when the rate limits let the whole call through: a refused
+	// call must not burn any descriptor's quota.
+	if hasQuota && !anyOverLimit(decisions) {
 		for i := range descs {
 			dec := &decisions[i]
 			if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
@@ -176,11 +177,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 		}
 	}
 
-	for i := range decisions {
-		if decisions[i].Code == CodeOverLimit {
-			overLimit = true
-		}
-	}
+	overLimit = anyOverLimit(decisions)
 	if delay > 0 && !overLimit {
 		e.shape(ctx, delay)
 	}
@@ -541,4 +538,13 @@ func (e *Engine) Penalize(ctx context.Context, domain string, entries []plans.En
 		}
 	}
 	return !op.Result.Allowed, time.Duration(op.Result.ResetAfter) * time.Microsecond, nil
+}
+
+func anyOverLimit(decisions []Decision) bool {
+	for i := range decisions {
+		if decisions[i].Code == CodeOverLimit {
+			return true
+		}
+	}
+	return false
 }

@@ -1,0 +1,326 @@
+// Package authz is halt-envoy's Envoy external authorization server
+// (envoy.service.auth.v3.Authorization/Check). Where the rate-limit filter only sends
+// descriptors and hears yes or no, ext_authz sees the whole request: it turns an API key
+// into a customer and a plan, checks exemptions, penalties, quotas and rate limits in one
+// call through the same engine, and answers with the status, headers and body a client
+// needs to come back at the right time.
+package authz
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one load of the authz configuration file (and its API key file).
+type Config struct {
+	// Domain is the rate-limit domain whose rules, plans, quotas, penalties and
+	// exemptions apply to ext_authz calls.
+	Domain string `yaml:"domain"`
+	// Identity lists where a caller's identity comes from, in order.
+	Identity []IdentitySource `yaml:"identity"`
+	// APIKeys maps SHA-256 hashes of keys to customers. Keys are never stored in clear.
+	APIKeys []APIKey `yaml:"api_keys"`
+	// APIKeysFile is a separate YAML file with an `api_keys:` list, relative to this
+	// file; it is watched and reloaded on its own.
+	APIKeysFile string `yaml:"api_keys_file"`
+	// Anonymous, when set, lets callers without a valid key through as anonymous
+	// customers on this plan (identified by the next identity source); unset means 401.
+	Anonymous *Anonymous `yaml:"anonymous"`
+	// InvalidKeyPenalty names a penalty policy (from the rate-limit config) charged to the
+	// source address for every invalid API key: brute-force guessing locks out.
+	InvalidKeyPenalty string `yaml:"invalid_key_penalty"`
+	// Routes give a request a name, a cost and optionally its own policy.
+	Routes []Route `yaml:"routes"`
+	// Headers lists the rate-limit header families sent: ietf, x-ratelimit (default both).
+	Headers []string `yaml:"headers"`
+	// UpstreamHeaders names the request headers that carry the customer and plan upstream.
+	UpstreamHeaders UpstreamHeaders `yaml:"upstream_headers"`
+
+	file  string
+	keys  map[[32]byte]APIKey
+	route []compiledRoute
+}
+
+// IdentitySource is one way to identify a caller. Exactly one field is set.
+type IdentitySource struct {
+	// APIKey reads a key from a header (default x-api-key) and, with Bearer, from
+	// "Authorization: Bearer KEY".
+	APIKey *APIKeySource `yaml:"api_key"`
+	// Header is a header set by an upstream authenticator (e.g. a JWT claim forwarded by
+	// Envoy's jwt_authn filter); its value is the customer id.
+	Header string `yaml:"header"`
+	// SourceAddress identifies the caller by its IP address.
+	SourceAddress bool `yaml:"source_address"`
+}
+
+// APIKeySource says where API keys are read.
+type APIKeySource struct {
+	Header string `yaml:"header"`
+	Bearer bool   `yaml:"bearer"`
+}
+
+// APIKey is one known key, by hash.
+type APIKey struct {
+	SHA256   string `yaml:"sha256"`
+	Customer string `yaml:"customer"`
+	Plan     string `yaml:"plan"`
+}
+
+// Anonymous configures callers without a valid key.
+type Anonymous struct {
+	Plan string `yaml:"plan"`
+}
+
+// Route matches requests by method and path.
+type Route struct {
+	Name   string `yaml:"name"`
+	Method string `yaml:"method"`
+	// Path is exact ("/v1/items"), a prefix ending in "*" ("/v1/*"), or a template with
+	// {name} segments ("/v1/items/{id}").
+	Path   string `yaml:"path"`
+	Cost   int64  `yaml:"cost"`
+	Policy string `yaml:"policy"`
+	// Exempt routes are never counted (health checks).
+	Exempt bool `yaml:"exempt"`
+}
+
+// UpstreamHeaders name the headers added to the request sent upstream.
+type UpstreamHeaders struct {
+	Customer string `yaml:"customer"`
+	Plan     string `yaml:"plan"`
+}
+
+type compiledRoute struct {
+	Route
+	re *regexp.Regexp // nil for exact and prefix
+}
+
+// Limits on what a config may hold, so a hostile file cannot exhaust memory.
+const (
+	maxRoutes  = 10000
+	maxAPIKeys = 1_000_000
+)
+
+var hexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// LoadConfig reads and validates the authz file at path (and its API key file).
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("authz config: %w", err)
+	}
+	c := &Config{file: path}
+	if err := decodeStrict(path, data, c); err != nil {
+		return nil, err
+	}
+	if c.APIKeysFile != "" {
+		kp := c.APIKeysFile
+		if !filepath.IsAbs(kp) {
+			kp = filepath.Join(filepath.Dir(path), kp)
+		}
+		kdata, err := os.ReadFile(kp)
+		if err != nil {
+			return nil, fmt.Errorf("authz api_keys_file: %w", err)
+		}
+		var kf struct {
+			APIKeys []APIKey `yaml:"api_keys"`
+		}
+		if err := decodeStrict(kp, kdata, &kf); err != nil {
+			return nil, err
+		}
+		c.APIKeys = append(c.APIKeys, kf.APIKeys...)
+	}
+	if err := c.compile(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// KeysFile returns the resolved path of the API key file ("" when none).
+func (c *Config) KeysFile() string {
+	if c.APIKeysFile == "" || filepath.IsAbs(c.APIKeysFile) {
+		return c.APIKeysFile
+	}
+	return filepath.Join(filepath.Dir(c.file), c.APIKeysFile)
+}
+
+// decodeStrict rejects unknown keys, wrong types and several documents, naming the file
+// and the line (yaml.v3 errors carry the line).
+func decodeStrict(name string, data []byte, out any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s: empty file", name)
+		}
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); err == nil {
+		return fmt.Errorf("%s: more than one YAML document", name)
+	}
+	return nil
+}
+
+func (c *Config) compile() error {
+	var errs []error
+	if c.Domain == "" {
+		errs = append(errs, errors.New("domain: required (the rate-limit domain whose rules apply)"))
+	}
+	if len(c.Identity) == 0 {
+		c.Identity = []IdentitySource{{APIKey: &APIKeySource{Header: "x-api-key", Bearer: true}}}
+	}
+	for i := range c.Identity {
+		s := &c.Identity[i]
+		n := 0
+		if s.APIKey != nil {
+			n++
+			if s.APIKey.Header == "" {
+				s.APIKey.Header = "x-api-key"
+			}
+			s.APIKey.Header = strings.ToLower(s.APIKey.Header)
+		}
+		if s.Header != "" {
+			n++
+			s.Header = strings.ToLower(s.Header)
+		}
+		if s.SourceAddress {
+			n++
+		}
+		if n != 1 {
+			errs = append(errs, fmt.Errorf("identity[%d]: set exactly one of api_key, header, source_address", i))
+		}
+	}
+	if len(c.APIKeys) > maxAPIKeys {
+		errs = append(errs, fmt.Errorf("api_keys: %d keys, the limit is %d", len(c.APIKeys), maxAPIKeys))
+	}
+	c.keys = make(map[[32]byte]APIKey, len(c.APIKeys))
+	for i, k := range c.APIKeys {
+		h := strings.ToLower(k.SHA256)
+		if !hexRE.MatchString(h) {
+			errs = append(errs, fmt.Errorf("api_keys[%d].sha256: want 64 hex digits (sha256 of the key, e.g. `printf %%s KEY | sha256sum`), never the key itself", i))
+			continue
+		}
+		if k.Customer == "" {
+			errs = append(errs, fmt.Errorf("api_keys[%d].customer: required", i))
+		}
+		if len(k.Customer) > 256 || len(k.Plan) > 256 {
+			errs = append(errs, fmt.Errorf("api_keys[%d]: customer and plan are limited to 256 bytes", i))
+		}
+		var sum [32]byte
+		hex.Decode(sum[:], []byte(h))
+		if _, dup := c.keys[sum]; dup {
+			errs = append(errs, fmt.Errorf("api_keys[%d].sha256: duplicate key hash %s…", i, h[:8]))
+		}
+		c.keys[sum] = k
+	}
+	if c.Anonymous != nil && c.Anonymous.Plan == "" {
+		errs = append(errs, errors.New("anonymous.plan: required when anonymous is set"))
+	}
+	if len(c.Routes) > maxRoutes {
+		errs = append(errs, fmt.Errorf("routes: %d routes, the limit is %d", len(c.Routes), maxRoutes))
+	}
+	names := map[string]bool{}
+	for i, r := range c.Routes {
+		if r.Path == "" || r.Path[0] != '/' {
+			errs = append(errs, fmt.Errorf("routes[%d].path: must start with /", i))
+			continue
+		}
+		if r.Cost < 0 {
+			errs = append(errs, fmt.Errorf("routes[%d].cost: must not be negative", i))
+		}
+		if r.Cost == 0 {
+			r.Cost = 1
+		}
+		r.Method = strings.ToUpper(r.Method)
+		if r.Name == "" {
+			r.Name = strings.TrimSpace(r.Method + " " + r.Path)
+		}
+		if names[r.Name] {
+			errs = append(errs, fmt.Errorf("routes[%d].name: duplicate route name %q", i, r.Name))
+		}
+		names[r.Name] = true
+		cr := compiledRoute{Route: r}
+		if strings.Contains(r.Path, "{") {
+			re, err := templateRegexp(r.Path)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("routes[%d].path: %v", i, err))
+				continue
+			}
+			cr.re = re
+		}
+		c.route = append(c.route, cr)
+	}
+	for _, h := range c.Headers {
+		if h != "ietf" && h != "x-ratelimit" && h != "none" {
+			errs = append(errs, fmt.Errorf("headers: unknown family %q (want ietf, x-ratelimit or none)", h))
+		}
+	}
+	if c.Headers == nil {
+		c.Headers = []string{"ietf", "x-ratelimit"}
+	}
+	if c.UpstreamHeaders.Customer == "" {
+		c.UpstreamHeaders.Customer = "x-halt-customer"
+	}
+	if c.UpstreamHeaders.Plan == "" {
+		c.UpstreamHeaders.Plan = "x-halt-plan"
+	}
+	return errors.Join(errs...)
+}
+
+// templateRegexp turns /v1/items/{id} into ^/v1/items/[^/]+$.
+func templateRegexp(tpl string) (*regexp.Regexp, error) {
+	var b strings.Builder
+	b.WriteString("^")
+	for rest := tpl; rest != ""; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			b.WriteString(regexp.QuoteMeta(rest))
+			break
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			return nil, fmt.Errorf("unclosed { in %q", tpl)
+		}
+		if name := rest[i+1 : i+j]; name == "" || strings.ContainsAny(name, "/{") {
+			return nil, fmt.Errorf("bad parameter name %q in %q", name, tpl)
+		}
+		b.WriteString(regexp.QuoteMeta(rest[:i]))
+		b.WriteString("[^/]+")
+		rest = rest[i+j+1:]
+	}
+	b.WriteString("$")
+	return regexp.Compile(b.String())
+}
+
+// matchRoute returns the first route matching method and path.
+func (c *Config) matchRoute(method, path string) *compiledRoute {
+	for i := range c.route {
+		r := &c.route[i]
+		if r.Method != "" && r.Method != method {
+			continue
+		}
+		switch {
+		case r.re != nil:
+			if r.re.MatchString(path) {
+				return r
+			}
+		case strings.HasSuffix(r.Path, "*"):
+			if strings.HasPrefix(path, strings.TrimSuffix(r.Path, "*")) {
+				return r
+			}
+		case r.Path == path:
+			return r
+		}
+	}
+	return nil
+}
