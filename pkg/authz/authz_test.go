@@ -130,7 +130,11 @@ type lockedWriter struct {
 	mu *sync.Mutex
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.w.Write(p) }
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
 
 const authzYAML = `
 domain: edge
@@ -318,9 +322,9 @@ func TestRateQuotaAndPenalty(t *testing.T) {
 func TestExemptAndOddInput(t *testing.T) {
 	e := setup(t, authzYAML)
 	for _, r := range []*authv3.CheckRequest{
-		req("GET", "/healthz", public, nil),              // exempt path, no key needed
-		req("GET", "/status", public, nil),               // exempt route
-		req("GET", "/v1/items/1", "10.0.0.8", nil),       // private source range
+		req("GET", "/healthz", public, nil),               // exempt path, no key needed
+		req("GET", "/status", public, nil),                // exempt route
+		req("GET", "/v1/items/1", "10.0.0.8", nil),        // private source range
 		req("GET", "/v1/items/1", "::ffff:10.0.0.8", nil), // mapped IPv4
 	} {
 		if got := status(e.check(t, r)); got != 200 {
@@ -335,7 +339,7 @@ func TestExemptAndOddInput(t *testing.T) {
 		req("", "", "", nil),
 		req("GET", "/v1/items/1", "198.51.100.31", map[string]string{"x-api-key": huge}),
 		req("GET", "/v1/items/1", "198.51.100.32", map[string]string{"x-api-key": odd}),
-		req("GET", "/v1/../healthz", public, nil),        // resolves to /healthz: exempt
+		req("GET", "/v1/../healthz", public, nil), // resolves to /healthz: exempt
 		req("GET", "/v1/items/a%2Fb", public, map[string]string{"x-api-key": proKey}),
 		req("GET", "/v1/items/1", "not-an-ip", nil),
 	}
