@@ -107,6 +107,7 @@ type serveFlags struct {
 	storeTimeout, drainTimeout, debounce                   time.Duration
 	maxInFlight                                            int
 	disablePprof                                           bool
+	authzConfig                                            string
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveFlags, error) {
@@ -126,6 +127,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.DurationVar(&f.debounce, "reload-debounce", 300*time.Millisecond, "quiet time after a config change before reloading")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
+	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -249,6 +251,11 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 	if err != nil {
 		return err
 	}
+	ext, err := startAuthz(ctx, f.authzConfig, f.debounce, engine, watcher.Current, log, m)
+	if err != nil {
+		return fmt.Errorf("load authz config: %w", err)
+	}
+	defer ext.close()
 	srv, err := server.New(server.Options{
 		GRPCAddr:     f.grpcAddr,
 		HTTPAddr:     f.httpAddr,
@@ -256,6 +263,7 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		Service:      ratelimit.NewService(engine, headers),
 		Metrics:      m,
 		Config:       watcher.Current,
+		Register:     ext.registrations(),
 		Logger:       log,
 		MaxInFlight:  f.maxInFlight,
 		DrainTimeout: f.drainTimeout,
@@ -276,6 +284,7 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 			case <-hup:
 				log.Info("SIGHUP: reloading config", "path", f.config)
 				watcher.Reload()
+				ext.reload()
 			}
 		}
 	}()

@@ -193,13 +193,20 @@ func (h *harness) exactlyN(t *testing.T) {
 	}
 }
 
-// waitRecovered polls until `streak` calls in a row reached the store, and returns how
-// long that took.
+// waitRecovered polls until 3 calls in a row reached the store, and returns how long
+// that took.
 func (h *harness) waitRecovered(t *testing.T, within time.Duration) time.Duration {
+	t.Helper()
+	return h.waitStreak(t, within, 3)
+}
+
+// waitStreak polls with fresh keys until want calls in a row reached the store. A
+// cluster needs a long streak: fresh keys must have landed on every master.
+func (h *harness) waitStreak(t *testing.T, within time.Duration, want int) time.Duration {
 	t.Helper()
 	start := time.Now()
 	streak := 0
-	for streak < 3 {
+	for streak < want {
 		if h.call("error", h.freshUser()).grpc == codes.OK {
 			streak++
 		} else {

@@ -324,6 +324,11 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 			PoolSize: cfg.PoolSize, MinIdleConns: cfg.MinIdle,
 			DialTimeout: dial, ReadTimeout: dial, WriteTimeout: dial, ContextTimeoutEnabled: true,
 			MaxRetries: -1, DialerRetries: 1, MaxRedirects: 3,
+			// With no retries and a budget of milliseconds a dead master never yields the
+			// MOVED that makes go-redis reload its slot map, so its slots stayed
+			// unavailable for the default 60 s after a failover (test/faults measured it).
+			// A one-second refresh costs one CLUSTER SLOTS a second.
+			ClusterStateReloadInterval: time.Second,
 		})
 	case Sentinel:
 		s.client = goredis.NewFailoverClient(&goredis.FailoverOptions{
