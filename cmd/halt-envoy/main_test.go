@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -371,5 +374,41 @@ func TestProbe(t *testing.T) {
 	}
 	if code := run(context.Background(), []string{"probe", "--url", "http://" + freeAddr(t) + "/healthz", "--timeout", "500ms"}, &out, &out, os.Getenv); code == 0 {
 		t.Fatal("probe of nothing: exit 0")
+	}
+}
+
+func TestBinaryServesExtAuthz(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", `
+domain: edge
+default_plan: free
+plans:
+  free:
+    rate_limit: {unit: hour, requests_per_unit: 2}
+descriptors:
+  - key: customer
+    descriptors:
+      - key: plan
+        plan_from_value: true
+`)
+	authzDir := t.TempDir()
+	sum := sha256.Sum256([]byte("k-123"))
+	writeConfig(t, authzDir, "authz.yaml", "domain: edge\napi_keys:\n  - {sha256: "+hex.EncodeToString(sum[:])+", customer: acme, plan: free}\n")
+	p := start(t, "--config", dir, "--authz-config", filepath.Join(authzDir, "authz.yaml"))
+	client := authv3.NewAuthorizationClient(p.client(t))
+	check := func(key string) int {
+		req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
+			Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Path: "/x", Headers: map[string]string{"x-api-key": key}}}}}
+		resp, err := client.Check(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := resp.GetDeniedResponse(); d != nil {
+			return int(d.GetStatus().GetCode())
+		}
+		return 200
+	}
+	if got := []int{check("k-123"), check("k-123"), check("k-123"), check("wrong")}; fmt.Sprint(got) != "[200 200 429 401]" {
+		t.Fatalf("ext_authz answers %v", got)
 	}
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+
+	"github.com/halt-envoy/halt-envoy/pkg/authz"
+	"github.com/halt-envoy/halt-envoy/pkg/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+)
+
+// extAuthz is the optional ext_authz server: present only with --authz-config.
+type extAuthz struct {
+	watcher  *authz.Watcher
+	register func(*grpc.Server)
+}
+
+// startAuthz loads the authz config (and keeps reloading it). With no path it returns a
+// nil *extAuthz whose methods do nothing, so the caller needs no branches.
+func startAuthz(ctx context.Context, path string, debounce time.Duration, engine *ratelimit.Engine, rules func() *plans.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
+	if path == "" {
+		return nil, nil
+	}
+	w, err := authz.Watch(ctx, path, debounce, func(_ *authz.Config, err error) {
+		if err != nil {
+			m.ConfigReloads.WithLabelValues("failure").Inc()
+			log.Error("authz config reload failed; keeping the last good one", "path", path, "err", err)
+			return
+		}
+		m.ConfigReloads.WithLabelValues("success").Inc()
+		log.Info("authz config loaded", "path", path)
+	})
+	if err != nil {
+		return nil, err
+	}
+	x := &extAuthz{watcher: w}
+	srv := authz.New(engine, rules, w.Current, log, m)
+	x.register = func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) }
+	return x, nil
+}
+
+// registrations returns the gRPC registrations to add to the server.
+func (x *extAuthz) registrations() []func(*grpc.Server) {
+	if x == nil {
+		return nil
+	}
+	return []func(*grpc.Server){x.register}
+}
+
+// reload asks for an authz config reload (SIGHUP).
+func (x *extAuthz) reload() {
+	if x != nil {
+		x.watcher.Reload()
+	}
+}
+
+// close stops watching.
+func (x *extAuthz) close() {
+	if x != nil {
+		x.watcher.Close()
+	}
+}
