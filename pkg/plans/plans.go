@@ -74,8 +74,9 @@ type Rule struct {
 	Domain string
 	// Name is rate_limit.name when the rule has a single named limit, else the
 	// reference's descriptor path below the domain ("remote_address",
-	// "header_match_foo.path", "database_users"). It is built from configuration only, so
-	// it is a bounded metric label.
+	// "header_match_foo.path", "database_users"); a plan's rule is that path, ":" and the
+	// plan ("customer.plan:pro", "tenant:enterprise"). It is built from configuration
+	// only, so it is a bounded metric label.
 	Name string
 	// Path is human-readable: "key=value/key2".
 	Path string
