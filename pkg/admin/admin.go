@@ -17,7 +17,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
+	"github.com/halt-envoy/halt-envoy/pkg/observe"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
 )
@@ -100,10 +100,7 @@ func (h *Handler) Register(m *http.ServeMux) { m.Handle(Prefix, h) }
 
 // ShortHash is the first 8 hex characters of s's SHA-256: enough to correlate log lines
 // about one identity or token, useless for recovering it.
-func ShortHash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:4])
-}
+func ShortHash(s string) string { return observe.ShortHash(s) }
 
 // ServeHTTP authenticates, then routes.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -260,6 +257,8 @@ func (h *Handler) resolve(r *http.Request) (*target, error) {
 	if t.entries, err = ParseDescriptor(desc); err != nil {
 		return t, err
 	}
+	// The canonical form's hash: the one the log and trace observers print.
+	t.hash = observe.IdentityHash(t.entries)
 	set := h.cfg.Rules()
 	if set == nil {
 		return t, errors.New("no configuration loaded")
@@ -343,7 +342,8 @@ type QuotasAnswer struct {
 	Domain string `json:"domain"`
 	Rule   string `json:"rule"`
 	Plan   string `json:"plan,omitempty"`
-	// Identity is the descriptor's short hash: the raw value is never echoed into logs.
+	// Identity is the descriptor's short hash (observe.IdentityHash), the same the log and
+	// trace observers print: the raw value is never echoed into logs.
 	Identity string       `json:"identity"`
 	Quotas   []QuotaUsage `json:"quotas,omitempty"`
 	Reset    []string     `json:"reset,omitempty"`
