@@ -134,20 +134,21 @@ func TestReplicasShareOneLimit(t *testing.T) {
 
 	t.Run("fixed_window", func(t *testing.T) {
 		calls := h.run(t, "fixed_window", fastLimit, false, runFor)
-		summarize(t, calls, runFor)
+		summarize(t, calls)
 		checkFixedWindow(t, calls)
 	})
 	for _, alg := range []string{"token_bucket", "leaky_bucket"} {
 		t.Run(alg, func(t *testing.T) {
 			burst := h.run(t, alg, fastLimit, true, 0)
 			rest := h.run(t, alg, fastLimit, false, runFor)
-			summarize(t, rest, runFor)
-			checkBucket(t, burst, append(burst, rest...))
+			all := slices.Concat(burst, rest)
+			summarize(t, all)
+			checkBucket(t, burst, all)
 		})
 	}
 	t.Run("sliding_window", func(t *testing.T) {
 		calls := h.run(t, "sliding_window", slowLimit, false, runFor)
-		summarize(t, calls, runFor)
+		summarize(t, calls)
 		first, last := span(calls)
 		if last-first >= slowPeriod.Microseconds() {
 			t.Fatalf("run spanned %v, not shorter than the %v window", time.Duration(last-first)*time.Microsecond, slowPeriod)
@@ -164,7 +165,7 @@ func TestReplicasShareOneLimit(t *testing.T) {
 			time.Sleep(wait)
 		}
 		calls := h.run(t, "sliding_window_counter", slowLimit, false, runFor)
-		summarize(t, calls, runFor)
+		summarize(t, calls)
 		first, last := span(calls)
 		if first/p != last/p {
 			t.Fatalf("run crossed a window boundary (%d..%d µs): the test's own timing failed", first, last)
@@ -291,7 +292,7 @@ func checkFills(t *testing.T, calls []call, limit int) {
 }
 
 // summarize fails on any gRPC error or an idle replica and logs the throughput.
-func summarize(t *testing.T, calls []call, d time.Duration) {
+func summarize(t *testing.T, calls []call) {
 	t.Helper()
 	var perProc, admProc [numReplicas]int
 	var errs []error
