@@ -554,3 +554,13 @@ func TestTooManyPlanRules(t *testing.T) {
 		t.Errorf("problems: %.300v", le)
 	}
 }
+
+func TestSetPenaltyPolicy(t *testing.T) {
+	s := mustParse(t, map[string]string{"saas.yaml": saasConfig})
+	if p, ok := s.PenaltyPolicy("abuse"); !ok || p.Name != "abuse" || p.Params.Requests != 3 {
+		t.Errorf("PenaltyPolicy(abuse) = %+v, %v", p, ok)
+	}
+	if _, ok := s.PenaltyPolicy("nope"); ok {
+		t.Error("unknown penalty found")
+	}
+}
