@@ -10,7 +10,8 @@
 # * Every server binds 127.0.0.1 (DynamoDB Local binds all interfaces: it has no bind option).
 #   Default ports (6379, 5432, 11211, ...) are never used: the machine may run its own services there.
 # * Runtime state (data dirs, logs) lives under $PEERS_DIR (a fresh temp dir per run).
-#   "KIND ID NAME" lines in $PEERS_DIR/pids tell peers_teardown what to stop.
+#   $PEERS_DIR/pids tells peers_teardown what to stop (see record_pid); ports handed out by
+#   free_port are listed in $PEERS_DIR/ports so that parallel starts never get the same one.
 # * Things that must be built or downloaded (FerretDB, the DynamoDB Local jar) are cached under
 #   $PEERS_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/halt-envoy-peers) and reused across runs.
 #
@@ -24,7 +25,7 @@
 # * DynamoDB Local's jar ships inside npm amplify-dynamodb-simulator; it needs openjdk-17-jre-headless.
 
 PEERS_DIR=${PEERS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/halt-envoy-peers.XXXXXX")}
-PEERS_CACHE=${PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/halt-envoy-peers}
+PEERS_CACHE=${PEERS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/halt-envoy-peers}
 mkdir -p "$PEERS_DIR" "$PEERS_CACHE"
 chmod 755 "$PEERS_DIR" # the postgres user must be able to traverse it
 PEERS_PIDS=$PEERS_DIR/pids
