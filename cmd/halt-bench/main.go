@@ -44,6 +44,7 @@ type descriptorFlags struct {
 	list *[][]entryTemplate
 }
 
+// String prints the descriptors in flag syntax.
 func (d descriptorFlags) String() string {
 	if d.list == nil {
 		return ""
@@ -59,6 +60,7 @@ func (d descriptorFlags) String() string {
 	return strings.Join(parts, " ")
 }
 
+// Set adds one descriptor.
 func (d descriptorFlags) Set(s string) error {
 	ents, err := parseDescriptor(s)
 	if err != nil {

@@ -119,6 +119,7 @@ func TestLoadRespectsLimit(t *testing.T) {
 	}
 }
 
+// TestLoadSpreadsKeys checks that {key} spreads the load over distinct counters.
 func TestLoadSpreadsKeys(t *testing.T) {
 	const n, keys = 5, 7
 	addr := startHalt(t, tokenBucketConfig(n))
@@ -149,6 +150,7 @@ func TestLoadSpreadsKeys(t *testing.T) {
 	}
 }
 
+// TestLoadSeveralDescriptors sends two descriptors per request.
 func TestLoadSeveralDescriptors(t *testing.T) {
 	// Two descriptors per request on distinct keys, used in lockstep: a request is OK
 	// while both are.
@@ -168,6 +170,7 @@ func TestLoadSeveralDescriptors(t *testing.T) {
 	}
 }
 
+// TestLoadWarmupNotCounted checks that answers during warmup are not tallied.
 func TestLoadWarmupNotCounted(t *testing.T) {
 	// The limit (2) is used up by the first calls, during warmup: the measured period
 	// sees only OVER_LIMIT.
@@ -186,6 +189,7 @@ func TestLoadWarmupNotCounted(t *testing.T) {
 	}
 }
 
+// TestEmptyServer loads the baseline server with both methods.
 func TestEmptyServer(t *testing.T) {
 	addr := startEmpty(t)
 	for _, method := range []string{methodRateLimit, methodHealth} {
@@ -214,6 +218,7 @@ func TestEmptyServer(t *testing.T) {
 	}
 }
 
+// TestLoadCountsErrors loads an address nobody listens on.
 func TestLoadCountsErrors(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -238,6 +243,7 @@ func TestLoadCountsErrors(t *testing.T) {
 	}
 }
 
+// TestRunJSONAndInterrupt runs the command with --json and interrupts it.
 func TestRunJSONAndInterrupt(t *testing.T) {
 	addr := startEmpty(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
@@ -258,6 +264,7 @@ func TestRunJSONAndInterrupt(t *testing.T) {
 	}
 }
 
+// TestRunText checks the text report.
 func TestRunText(t *testing.T) {
 	addr := startEmpty(t)
 	var out, errOut bytes.Buffer
@@ -272,6 +279,7 @@ func TestRunText(t *testing.T) {
 	}
 }
 
+// TestFlagErrors checks that bad flags exit 2.
 func TestFlagErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--descriptor", "novalue"},
@@ -289,6 +297,7 @@ func TestFlagErrors(t *testing.T) {
 	}
 }
 
+// TestHistogram checks bucket bounds, quantiles, merging and that recording never allocates.
 func TestHistogram(t *testing.T) {
 	// Every value lands in a bucket whose top is within 1/128 of it.
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -326,6 +335,7 @@ func TestHistogram(t *testing.T) {
 	}
 }
 
+// TestParseStat checks the /proc/PID/stat parser.
 func TestParseStat(t *testing.T) {
 	// The command name may hold spaces and parentheses.
 	line := "1234 (a b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 100 1000 10 18446744073709551615"
