@@ -79,7 +79,7 @@ type env struct {
 	mu     *sync.Mutex
 }
 
-func setup(t *testing.T, authzYAML string) *env {
+func setup(t testing.TB, authzYAML string) *env {
 	t.Helper()
 	dir := t.TempDir()
 	write := func(name, body string) {
