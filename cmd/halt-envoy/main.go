@@ -108,6 +108,7 @@ type serveFlags struct {
 	maxInFlight                                            int
 	disablePprof                                           bool
 	authzConfig                                            string
+	saas                                                   saasFlags
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveFlags, error) {
@@ -128,6 +129,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
+	f.saas.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -239,7 +241,13 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 	}
 	defer watcher.Close()
 
+	observers, stopTracing, err := f.saas.observers(m, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing(context.WithoutCancel(ctx))
 	engine, err := ratelimit.New(ratelimit.Config{
+		Observers:    observers,
 		Store:        store,
 		StoreName:    storeName,
 		Rules:        watcher.Current,
