@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
@@ -67,6 +69,16 @@ type Config struct {
 type Engine struct {
 	cfg  Config
 	pool sync.Pool // *scratch
+	// inProcess is set for stores that do no I/O (memory): no per-call timeout needed.
+	inProcess bool
+	// storeLatency is resolved once: a label lookup per call is measurable on this path.
+	storeLatency prometheus.Observer
+}
+
+// InProcess is implemented by stores that decide without I/O, so a call to them needs
+// no timeout of its own.
+type InProcess interface {
+	InProcess() bool
 }
 
 // New returns an engine for cfg.
@@ -106,6 +118,12 @@ func New(cfg Config) (*Engine, error) {
 		cfg.StoreName = "unknown"
 	}
 	e := &Engine{cfg: cfg}
+	if ip, ok := cfg.Store.(InProcess); ok {
+		e.inProcess = ip.InProcess()
+	}
+	if cfg.Metrics != nil {
+		e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
+	}
 	e.pool.New = func() any { return new(scratch) }
 	return e, nil
 }

@@ -226,6 +226,9 @@ func (s *Store) sweepLoop() {
 	}
 }
 
+// InProcess reports that decisions need no I/O (the engine then skips a per-call timeout).
+func (s *Store) InProcess() bool { return true }
+
 // Ping always succeeds while the store is open.
 func (s *Store) Ping(ctx context.Context) error {
 	if s.closed.Load() {
