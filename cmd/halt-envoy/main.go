@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -35,6 +36,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
 	"github.com/halt-envoy/halt-envoy/pkg/server"
+	"github.com/halt-envoy/halt-envoy/pkg/tlsutil"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -107,6 +109,9 @@ type serveFlags struct {
 	storeTimeout, drainTimeout, debounce                   time.Duration
 	maxInFlight                                            int
 	disablePprof                                           bool
+	storeFile, adminAddr                                   string
+	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
+	tlsReload                                              time.Duration
 	authzConfig                                            string
 	saas                                                   saasFlags
 }
@@ -130,14 +135,33 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	f.saas.register(fs)
+	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
+	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain: serve gRPC and HTTP over TLS (reloaded when the file changes)")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+	fs.StringVar(&f.tlsMinVersion, "tls-min-version", "1.2", "minimum TLS version: 1.2 or 1.3")
+	fs.DurationVar(&f.tlsReload, "tls-reload-interval", tlsutil.DefaultInterval, "how often the TLS files are checked for changes")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	storeSet := getenv("HALT_STORE") != ""
+	fs.Visit(func(fl *flag.Flag) { storeSet = storeSet || fl.Name == "store" })
 	if err := envFlags(fs, getenv); err != nil {
 		return nil, err
+	}
+	if f.storeFile != "" {
+		if storeSet {
+			return nil, errors.New("--store and --store-file exclude each other")
+		}
+		b, err := os.ReadFile(f.storeFile)
+		if err != nil {
+			return nil, fmt.Errorf("store-file: %w", err)
+		}
+		f.store = strings.TrimSpace(string(b))
 	}
 	return f, nil
 }
@@ -264,6 +288,22 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		return fmt.Errorf("load authz config: %w", err)
 	}
 	defer ext.close()
+	var tlsCfg *tls.Config
+	if f.tlsCert != "" || f.tlsKey != "" || f.tlsClientCA != "" {
+		minVersion, err := tlsutil.ParseVersion(f.tlsMinVersion)
+		if err != nil {
+			return err
+		}
+		reloader, err := tlsutil.New(tlsutil.Config{
+			CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA,
+			MinVersion: minVersion, Interval: f.tlsReload, Logger: log,
+		})
+		if err != nil {
+			return err
+		}
+		go reloader.Run(ctx)
+		tlsCfg = reloader.ServerConfig("h2", "http/1.1")
+	}
 	srv, err := server.New(server.Options{
 		GRPCAddr:     f.grpcAddr,
 		HTTPAddr:     f.httpAddr,
@@ -276,6 +316,8 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		MaxInFlight:  f.maxInFlight,
 		DrainTimeout: f.drainTimeout,
 		DisablePprof: f.disablePprof,
+		TLS:          tlsCfg,
+		AdminAddr:    f.adminAddr,
 	})
 	if err != nil {
 		return err
@@ -297,7 +339,7 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		}
 	}()
 
-	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "store", storeName, "config", f.config)
+	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "admin", srv.AdminAddr(), "tls", tlsCfg != nil, "store", storeName, "config", f.config)
 	err = srv.Serve(ctx)
 	log.Info("halt-envoy drained; exiting")
 	return err

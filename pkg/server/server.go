@@ -1,10 +1,12 @@
 // Package server assembles halt-envoy's listeners: the gRPC port (RateLimitService,
 // health, reflection) and the HTTP port (metrics, health, readiness, effective config,
-// pprof and the reference service's /healthcheck and /json endpoints).
+// pprof and the reference service's /healthcheck and /json endpoints), and optionally a
+// separate admin port for pprof, so profiling never shares a port with scrapers.
 package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -58,6 +63,15 @@ type Options struct {
 	DisablePprof bool
 	// ReadyTimeout bounds the store ping of /readyz. Zero means 1 s.
 	ReadyTimeout time.Duration
+	// TLS, when set, serves every listener over TLS (its GetConfigForClient may swap
+	// certificates at run time; see tlsutil). Nil means plaintext.
+	TLS *tls.Config
+	// AdminAddr, when set, moves /debug/pprof (and any Admin handlers) off the HTTP port
+	// to this address, e.g. 127.0.0.1:9090. Empty keeps them on the HTTP port.
+	AdminAddr string
+	// Admin registers more handlers on the admin mux (the HTTP port's when AdminAddr is
+	// empty).
+	Admin []func(*http.ServeMux)
 }
 
 // Server runs both listeners.
@@ -66,8 +80,10 @@ type Server struct {
 	grpc     *grpc.Server
 	health   *health.Server
 	http     *http.Server
+	admin    *http.Server // nil unless AdminAddr is set
 	grpcLn   net.Listener
 	httpLn   net.Listener
+	adminLn  net.Listener
 	inflight chan struct{}
 	draining sync.Once
 }
@@ -101,7 +117,18 @@ func New(opt Options) (*Server, error) {
 		s.grpcLn.Close()
 		return nil, fmt.Errorf("listen http %s: %w", opt.HTTPAddr, err)
 	}
-	s.grpc = grpc.NewServer(
+	if opt.AdminAddr != "" {
+		if s.adminLn, err = net.Listen("tcp", opt.AdminAddr); err != nil {
+			s.grpcLn.Close()
+			s.httpLn.Close()
+			return nil, fmt.Errorf("listen admin %s: %w", opt.AdminAddr, err)
+		}
+	}
+	var creds []grpc.ServerOption
+	if opt.TLS != nil {
+		creds = append(creds, grpc.Creds(credentials.NewTLS(opt.TLS)))
+	}
+	s.grpc = grpc.NewServer(append(creds,
 		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
 		grpc.UnaryInterceptor(s.bound),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -112,7 +139,7 @@ func New(opt Options) (*Server, error) {
 			Timeout:               20 * time.Second,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	rlsv3.RegisterRateLimitServiceServer(s.grpc, opt.Service)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -120,8 +147,35 @@ func New(opt Options) (*Server, error) {
 	for _, reg := range opt.Register {
 		reg(s.grpc)
 	}
-	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second}
+	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+	if s.adminLn != nil {
+		am := http.NewServeMux()
+		s.adminRoutes(am)
+		s.admin = &http.Server{Handler: am, ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+	}
 	return s, nil
+}
+
+// AdminAddr is the bound admin address, nil when there is no separate admin port.
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
+
+// serveHTTP serves one HTTP listener, over TLS when configured.
+func (s *Server) serveHTTP(srv *http.Server, ln net.Listener) error {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "") // certificates come from TLSConfig
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
 }
 
 // GRPCAddr is the bound gRPC address.
@@ -152,15 +206,12 @@ func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 func (s *Server) Serve(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
-	go func() {
-		if err := s.http.Serve(s.httpLn); !errors.Is(err, http.ErrServerClosed) {
-			errc <- err
-			return
-		}
-		errc <- nil
-	}()
+	go func() { errc <- s.serveHTTP(s.http, s.httpLn) }()
+	if s.admin != nil {
+		go func() { errc <- s.serveHTTP(s.admin, s.adminLn) }()
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -186,6 +237,9 @@ func (s *Server) Shutdown() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.opt.DrainTimeout)
 		defer cancel()
 		_ = s.http.Shutdown(ctx)
+		if s.admin != nil {
+			_ = s.admin.Shutdown(ctx)
+		}
 	})
 }
 
@@ -201,14 +255,56 @@ func (s *Server) mux() *http.ServeMux {
 	m.HandleFunc("GET /healthcheck", s.ready) // the reference service's path
 	m.HandleFunc("GET /config", s.config)
 	m.HandleFunc("POST /json", s.json)
+	if s.opt.AdminAddr == "" {
+		s.adminRoutes(m)
+	}
+	return m
+}
+
+// adminRoutes are the handlers that reveal internals: they move to AdminAddr when set.
+func (s *Server) adminRoutes(m *http.ServeMux) {
 	if !s.opt.DisablePprof {
 		m.HandleFunc("/debug/pprof/", pprof.Index)
-		m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		m.HandleFunc("/debug/pprof/cmdline", redactedCmdline)
 		m.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		m.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	return m
+	for _, reg := range s.opt.Admin {
+		reg(m)
+	}
+}
+
+// redactedCmdline is pprof's /debug/pprof/cmdline without URL passwords: a --store URL
+// on the command line must not be readable by whoever can reach the profiler.
+func redactedCmdline(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	args := make([]string, len(os.Args))
+	for i, a := range os.Args {
+		args[i] = RedactURLs(a)
+	}
+	fmt.Fprint(w, strings.Join(args, "\x00"))
+}
+
+// RedactURLs replaces the password of every URL-looking word in s with "xxxxx".
+func RedactURLs(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	at := strings.IndexByte(s[i:], '@')
+	if at < 0 {
+		return s
+	}
+	userinfo := s[i+3 : i+at]
+	if strings.ContainsAny(userinfo, "/ ") {
+		return s[:i+at+1] + RedactURLs(s[i+at+1:])
+	}
+	if c := strings.IndexByte(userinfo, ':'); c >= 0 {
+		return s[:i+3] + userinfo[:c] + ":xxxxx@" + RedactURLs(s[i+at+1:])
+	}
+	return s[:i+at+1] + RedactURLs(s[i+at+1:])
 }
 
 // ready answers 200 only when a config is loaded and the store answers a ping.
