@@ -126,11 +126,11 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
 
-// TestOverloadRefusesFast floods a server bounded to 8 calls in flight, each held 200 ms
-// by the store: the excess must be refused with RESOURCE_EXHAUSTED at once (not queued),
+// TestOverloadRefusesFast floods a server bounded to 8 calls in flight, each held 1 s by
+// the store: the excess must be refused with RESOURCE_EXHAUSTED at once (not queued),
 // admitted calls must take about the store's time, and the heap must stay flat.
 func TestOverloadRefusesFast(t *testing.T) {
-	const maxInFlight, delay, callers = 8, 200 * time.Millisecond, 200
+	const maxInFlight, delay, callers = 8, time.Second, 200
 	o := startOverloadServer(t, maxInFlight, 0, delay)
 	runtime.GC()
 	heap0 := heapInuse()
@@ -144,7 +144,7 @@ func TestOverloadRefusesFast(t *testing.T) {
 	var mu sync.Mutex
 	var admitted, refused []time.Duration
 	other := map[string]int{}
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(3 * time.Second)
 	var wg sync.WaitGroup
 	for c := 0; c < callers; c++ {
 		wg.Add(1)
@@ -177,7 +177,7 @@ func TestOverloadRefusesFast(t *testing.T) {
 	runtime.GC()
 	heap1 := heapInuse()
 
-	t.Logf("%d callers for 2 s against max_in_flight=%d, store delay %v:", callers, maxInFlight, delay)
+	t.Logf("%d callers for 3 s against max_in_flight=%d, store delay %v:", callers, maxInFlight, delay)
 	t.Logf("  admitted %d: p50 %v p99 %v max %v", len(admitted), percentile(admitted, .5), percentile(admitted, .99), percentile(admitted, 1))
 	t.Logf("  refused  %d: p50 %v p99 %v max %v", len(refused), percentile(refused, .5), percentile(refused, .99), percentile(refused, 1))
 	t.Logf("  heap in use: %.1f MiB before, peak %.1f MiB, %.1f MiB after GC; peak store concurrency %d",
@@ -191,8 +191,9 @@ func TestOverloadRefusesFast(t *testing.T) {
 	if p := o.store.peak.Load(); p > maxInFlight {
 		t.Errorf("%d calls reached the store at once, bound %d", p, maxInFlight)
 	}
-	// Refusals do not wait for a slot: far below the store's delay.
-	if p50 := percentile(refused, .5); p50 > delay/4 {
+	// Refusals do not wait for a slot: far below the store's delay (the margin is wide
+	// for -race on 2 cores, where 200 client goroutines alone cost ~150 ms a call).
+	if p50 := percentile(refused, .5); p50 > delay/2 {
 		t.Errorf("refusals are not fast: p50 %v (store delay %v)", p50, delay)
 	}
 	if mx := percentile(refused, 1); mx > latencyBound {
