@@ -150,17 +150,22 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 	// Stage 3: quotas, only when the rate limits let the whole call through: a refused
 	// call must not burn any descriptor's quota.
 	if hasQuota && !anyOverLimit(decisions) {
-		for i := range descs {
-			dec := &decisions[i]
-			if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
-				cost := int64Cost(descs[i].Hits, r.Cost)
-				for q := range r.Quotas {
-					e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], cost, nowUS)
+		if err := e.precheckQuotas(ctx, domain, nowUS, sc, descs, decisions); err != nil {
+			return false, err
+		}
+		if !anyOverLimit(decisions) {
+			for i := range descs {
+				dec := &decisions[i]
+				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+					cost := int64Cost(descs[i].Hits, r.Cost)
+					for q := range r.Quotas {
+						e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], cost, nowUS)
+					}
 				}
 			}
-		}
-		if _, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions); err != nil {
-			return false, err
+			if _, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions); err != nil {
+				return false, err
+			}
 		}
 	}
 
@@ -173,7 +178,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 			}
 		}
 		if len(sc.ops) > 0 {
-			e.recordViolations(ctx, domain, nowUS, sc, decisions)
+			e.recordViolations(ctx, domain, nowUS, sc, descs, decisions)
 		}
 	}
 
@@ -364,7 +369,7 @@ func (e *Engine) fail(dec *Decision, l *plans.Limit, kind Kind, err error) error
 
 // recordViolations runs the last stage: it never changes the answer of this call (the
 // descriptor is already over limit), it only starts or lengthens lockouts.
-func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int64, sc *scratch, decisions []Decision) {
+func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
 	if err := e.apply(ctx, nowUS, sc); err != nil {
 		e.cfg.Logger.Warn("recording penalty violations failed", "domain", domain, "err", err)
 	}
@@ -377,7 +382,7 @@ func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int6
 			}
 			continue
 		}
-		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
+		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Entries: descs[sc.owners[k]].Entries, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
 		if !op.Result.Allowed {
 			ev.LockedOut = true
 			ev.Lockout = time.Duration(op.Result.ResetAfter) * time.Microsecond
@@ -524,7 +529,7 @@ func (e *Engine) Penalize(ctx context.Context, domain string, entries []plans.En
 		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
 	}
 	if severity > 0 {
-		ev := ViolationEvent{Domain: domain, Penalty: p.Name, Severity: severity}
+		ev := ViolationEvent{Domain: domain, Entries: entries, Penalty: p.Name, Severity: severity}
 		// A lockout that started with this violation has a whole ladder step left; one
 		// already running has less (violations during a lockout do not extend it).
 		for i := 0; i < p.Params.Steps && !op.Result.Allowed; i++ {
@@ -553,4 +558,50 @@ func anyOverLimit(decisions []Decision) bool {
 		}
 	}
 	return false
+}
+
+// precheckQuotas reads (cost 0) every quota of calls that carry more than one, and
+// refuses the call when any of them lacks room, so that a request refused by its
+// monthly quota does not still use up its daily one. Calls with a single quota need no
+// extra round: the Calendar decision itself is all-or-nothing. Between this read and the
+// charge a concurrent call may take the last unit; then that quota denies, and the
+// quotas charged before it in the same call keep the charge (bounded by concurrency).
+func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) error {
+	for i := range descs {
+		dec := &decisions[i]
+		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+			for q := range r.Quotas {
+				e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], 0, nowUS)
+			}
+		}
+	}
+	if len(sc.ops) == 0 {
+		return nil
+	}
+	applyErr := e.apply(ctx, nowUS, sc)
+	var failErr error
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		dec := &decisions[sc.owners[k]]
+		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
+			if ferr := e.fail(dec, sc.limits[k], KindQuota, firstErr(op.Err, applyErr)); ferr != nil {
+				failErr = ferr
+			}
+			continue
+		}
+		need := int64Cost(descs[sc.owners[k]].Hits, dec.Rule.Cost)
+		if r := op.Result; r.Remaining < need && dec.Code == CodeOK {
+			r.Allowed = false
+			r.RetryAfter = r.ResetAfter
+			if need > r.Limit {
+				r.RetryAfter = -1
+			}
+			dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindQuota, sc.limits[k], r
+		}
+	}
+	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	if failErr != nil {
+		return fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+	}
+	return nil
 }

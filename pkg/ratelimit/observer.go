@@ -45,8 +45,11 @@ type DecisionEvent struct {
 
 // ViolationEvent describes a violation recorded against a penalty policy.
 type ViolationEvent struct {
-	Domain  string
-	Rule    *plans.Rule
+	Domain string
+	// Rule is nil for violations charged outside a rule (ext_authz's invalid keys).
+	Rule *plans.Rule
+	// Entries name the identity; valid only during the callback.
+	Entries []plans.Entry
 	Penalty string
 	// Severity is the points recorded.
 	Severity int64
