@@ -63,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return probe(ctx, args, stdout, stderr)
 	case "check":
 		return check(args, stdout, stderr, getenv)
+	case "migrate":
+		return migrate(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -78,6 +80,7 @@ func usage(w io.Writer) {
   halt-envoy validate --config PATH   check a config file or directory, print every error
   halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
                                       which rule, algorithm, limits, plan, quota and penalty apply
+  halt-envoy migrate --store URL      create or upgrade the PostgreSQL schema
   halt-envoy version                  print the version
   halt-envoy probe [--url URL]        exit 0 when URL answers 200 (container health checks: no shell needed)
 `)
