@@ -7,6 +7,7 @@
 //	halt-envoy validate --config PATH   check a config file or directory, print every error
 //	halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
 //	                                    show which rule applies, without a server
+//	halt-envoy simulate [--pattern P]   compare the algorithms on simulated traffic (SVG charts)
 //	halt-envoy version                  print the version
 //	halt-envoy probe [--url URL]        exit 0 when URL answers 200 (for HEALTHCHECK)
 //
@@ -63,6 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return probe(ctx, args, stdout, stderr)
 	case "check":
 		return check(args, stdout, stderr, getenv)
+	case "simulate":
+		return simulate(args, stdout, stderr)
 	case "migrate":
 		return migrate(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
@@ -81,6 +84,7 @@ func usage(w io.Writer) {
   halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
                                       which rule, algorithm, limits, plan, quota and penalty apply
   halt-envoy migrate --store URL      create or upgrade the PostgreSQL schema
+  halt-envoy simulate [--pattern P]   compare the algorithms on simulated traffic: SVG charts and totals
   halt-envoy version                  print the version
   halt-envoy probe [--url URL]        exit 0 when URL answers 200 (container health checks: no shell needed)
 `)
