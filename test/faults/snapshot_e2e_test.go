@@ -25,6 +25,15 @@ var (
 	buildErr  error
 )
 
+// TestMain removes the binary built for the run, so runs do not pile up in /tmp.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtPath != "" {
+		os.RemoveAll(filepath.Dir(builtPath))
+	}
+	os.Exit(code)
+}
+
 // haltBinary builds cmd/halt-envoy once per test run.
 func haltBinary(t *testing.T) string {
 	t.Helper()
