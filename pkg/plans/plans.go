@@ -244,10 +244,12 @@ func (s *Set) Match(dom string, entries []Entry) (*Rule, bool) {
 // and every other byte matches itself. A single trailing * is the reference's prefix match.
 func glob(pattern, s string) bool {
 	// Fast path for the reference's trailing-* form.
-	if i := strings.IndexByte(pattern, '*'); i == len(pattern)-1 {
-		return strings.HasPrefix(s, pattern[:i])
-	} else if i < 0 {
+	i := strings.IndexByte(pattern, '*')
+	if i < 0 {
 		return pattern == s
+	}
+	if i == len(pattern)-1 {
+		return strings.HasPrefix(s, pattern[:i])
 	}
 	p, n := 0, 0
 	star, mark := -1, 0
