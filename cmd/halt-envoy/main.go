@@ -236,11 +236,11 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 
 	var m *metrics.Metrics
 	var memStore *memory.Store
-	m = metrics.New(func() float64 {
+	m = metrics.New(func() metrics.MemoryStore {
 		if memStore != nil {
-			return float64(memStore.Len())
+			return memStore
 		}
-		return 0
+		return nil
 	})
 
 	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log})

@@ -44,7 +44,7 @@ type Metrics struct {
 	// MemoryKeys is the number of keys held by the in-memory store.
 	MemoryKeys prometheus.GaugeFunc
 	// MemoryEvictions counts live keys evicted to honour the in-memory store's bound.
-	MemoryEvictions prometheus.Counter
+	MemoryEvictions prometheus.CounterFunc
 	// Rejected counts calls refused before evaluation (overload, bad input) by reason.
 	Rejected *prometheus.CounterVec
 	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
@@ -67,9 +67,15 @@ type Metrics struct {
 	AlgorithmOverrides *prometheus.CounterVec
 }
 
-// New creates and registers every metric. keys reports the in-memory store's size (nil
-// when another backend is used).
-func New(keys func() float64) *Metrics {
+// MemoryStore is what the metrics read from the in-memory store.
+type MemoryStore interface {
+	Len() int
+	Evicted() int64
+}
+
+// New creates and registers every metric. mem returns the in-memory store (nil, or a nil
+// func, when another backend is used); it is read at scrape time.
+func New(mem func() MemoryStore) *Metrics {
 	r := prometheus.NewRegistry()
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	latency := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
@@ -98,9 +104,6 @@ func New(keys func() float64) *Metrics {
 		}, []string{"result"}),
 		ConfigLastReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "halt_config_last_reload_successful", Help: "1 if the last configuration reload succeeded, 0 if the last good config is being kept.",
-		}),
-		MemoryEvictions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "halt_memory_evictions_total", Help: "Live keys evicted from the in-memory store to stay within max_keys.",
 		}),
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "halt_rejected_total", Help: "Calls refused before evaluation, by reason (invalid_argument, overload).",
@@ -135,12 +138,23 @@ func New(keys func() float64) *Metrics {
 	}, []string{"outcome"})
 	r.MustRegister(m.Exemptions, m.PlanDecisions, m.PlanFallbacks, m.QuotaDecisions, m.PenaltyViolations,
 		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides)
-	if keys == nil {
-		keys = func() float64 { return 0 }
+	memStat := func(f func(MemoryStore) float64) func() float64 {
+		return func() float64 {
+			if mem == nil {
+				return 0
+			}
+			if st := mem(); st != nil {
+				return f(st)
+			}
+			return 0
+		}
 	}
 	m.MemoryKeys = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "halt_memory_keys", Help: "Keys held by the in-memory store.",
-	}, keys)
+	}, memStat(func(st MemoryStore) float64 { return float64(st.Len()) }))
+	m.MemoryEvictions = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "halt_memory_evictions_total", Help: "Live keys evicted from the in-memory store to stay within max_keys.",
+	}, memStat(func(st MemoryStore) float64 { return float64(st.Evicted()) }))
 	r.MustRegister(m.Decisions, m.DetailedDecisions, m.Requests, m.RequestDuration, m.StoreDuration, m.StoreErrors,
 		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.ShapingDelay)
 	m.ConfigLastReloadSuccess.Set(1)

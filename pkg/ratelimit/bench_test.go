@@ -56,7 +56,7 @@ func newBenchService(b *testing.B, yaml string) *ratelimit.Service {
 	e, err := ratelimit.New(ratelimit.Config{
 		Store: store, StoreName: "memory",
 		Rules:   func() *plans.Set { return set },
-		Metrics: metrics.New(func() float64 { return float64(store.Len()) }),
+		Metrics: metrics.New(func() metrics.MemoryStore { return store }),
 	})
 	if err != nil {
 		b.Fatal(err)
