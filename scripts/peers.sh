@@ -24,7 +24,8 @@
 #                                                -> check the port first, probe with a real ListTables
 # * DynamoDB Local's jar ships inside npm amplify-dynamodb-simulator; it needs openjdk-17-jre-headless.
 
-PEERS_DIR=${PEERS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/halt-envoy-peers.XXXXXX")}
+PEERS_DIR_OWNED= # teardown removes PEERS_DIR only when it made it
+[ -n "${PEERS_DIR:-}" ] || { PEERS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/halt-envoy-peers.XXXXXX"); PEERS_DIR_OWNED=1; }
 PEERS_CACHE=${PEERS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/halt-envoy-peers}
 mkdir -p "$PEERS_DIR" "$PEERS_CACHE"
 chmod 755 "$PEERS_DIR" # the postgres user must be able to traverse it
@@ -198,8 +199,9 @@ peers_teardown() {
   done <"$PEERS_PIDS"
   # 4. safety net: a process still running from our state dir (e.g. a peer that a test restarted):
   #    its command line names $PEERS_DIR, or it is a redis-server working in it (redis retitles itself)
+  #    (only for a PEERS_DIR of our own making: a caller's PEERS_DIR could be shared with others)
   local cmd parts cwd
-  for f in /proc/[0-9]*/cmdline; do
+  [ -n "$PEERS_DIR_OWNED" ] && for f in /proc/[0-9]*/cmdline; do
     pid=${f#/proc/}; pid=${pid%/cmdline}
     [ "$pid" = $$ ] && continue
     mapfile -d '' -t parts 2>/dev/null <"$f" || continue
@@ -213,7 +215,9 @@ peers_teardown() {
   done
   : >"$PEERS_PIDS"
   # keep the logs when failing (or asked to), unless there is nothing but our bookkeeping
-  if [ -n "${PEERS_KEEP_DIR:-}" ] ||
+  if [ -z "$PEERS_DIR_OWNED" ]; then
+    rm -f "$PEERS_PORTS"
+  elif [ -n "${PEERS_KEEP_DIR:-}" ] ||
     { [ "$rc" != 0 ] && [ -n "$(ls -A "$PEERS_DIR" | grep -vx 'pids\|ports')" ]; }; then
     peers_log "peer state and logs kept in $PEERS_DIR"
   else

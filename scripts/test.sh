@@ -213,6 +213,7 @@ if [ -f deploy/prometheus/alerts.yaml ]; then
 fi
 
 STAGE=done
+peers_summary="peers skipped"
+[ -z "$PEERS_SECS" ] || peers_summary="peers up in $PEERS_SECS"
 echo "test.sh: OK — gofmt, go vet, go test (packages ok: $pkgs_ok, without tests: $pkgs_none)," \
-  "fuzz: $fuzz_summary, promtool: $prom_summary;" \
-  "${PEERS_SECS:+peers up in $PEERS_SECS;}${PEERS_SECS:-peers skipped;} total $(peers_since "$T0")"
+  "fuzz: $fuzz_summary, promtool: $prom_summary; $peers_summary; total $(peers_since "$T0")"
