@@ -2,8 +2,6 @@ package metrics
 
 import (
 	"testing"
-
-	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 type fakeMem struct{ n, ev int }
@@ -11,19 +9,38 @@ type fakeMem struct{ n, ev int }
 func (f fakeMem) Len() int       { return f.n }
 func (f fakeMem) Evicted() int64 { return int64(f.ev) }
 
+func value(t *testing.T, m *Metrics, name string) float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			mt := mf.GetMetric()[0]
+			if g := mt.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return mt.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("%s not registered", name)
+	return 0
+}
+
 func TestMemoryMetricsReadTheStore(t *testing.T) {
 	m := New(func() MemoryStore { return fakeMem{n: 7, ev: 3} })
-	if got := testutil.ToFloat64(m.MemoryKeys); got != 7 {
+	if got := value(t, m, "halt_memory_keys"); got != 7 {
 		t.Fatalf("keys %v", got)
 	}
-	if got := testutil.ToFloat64(m.MemoryEvictions); got != 3 {
+	if got := value(t, m, "halt_memory_evictions_total"); got != 3 {
 		t.Fatalf("evictions %v", got)
 	}
 	// Another backend: zeros, no panic.
-	if got := testutil.ToFloat64(New(nil).MemoryEvictions); got != 0 {
+	if got := value(t, New(nil), "halt_memory_evictions_total"); got != 0 {
 		t.Fatalf("no store: %v", got)
 	}
-	if got := testutil.ToFloat64(New(func() MemoryStore { return nil }).MemoryKeys); got != 0 {
+	if got := value(t, New(func() MemoryStore { return nil }), "halt_memory_keys"); got != 0 {
 		t.Fatalf("nil store: %v", got)
 	}
 }
