@@ -54,6 +54,9 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 		}
 		return false, err
 	}
+	if err := ctx.Err(); err != nil {
+		return false, err // the caller gave up: deciding would only spend the budget
+	}
 	set := e.cfg.Rules()
 	nowUS := e.cfg.Clock.Now().UnixMicro()
 
