@@ -203,7 +203,7 @@ func TestWatchStopsWithContext(t *testing.T) {
 	}
 	cancel()
 	select {
-	case <-w.done:
+	case <-w.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("watcher did not stop with its context")
 	}
