@@ -218,7 +218,7 @@ peers_teardown() {
   if [ -z "$PEERS_DIR_OWNED" ]; then
     rm -f "$PEERS_PORTS"
   elif [ -n "${PEERS_KEEP_DIR:-}" ] ||
-    { [ "$rc" != 0 ] && [ -n "$(ls -A "$PEERS_DIR" | grep -vx 'pids\|ports')" ]; }; then
+    { [ "$rc" != 0 ] && [ -n "$(find "$PEERS_DIR" -mindepth 1 -maxdepth 1 ! -name pids ! -name ports)" ]; }; then
     peers_log "peer state and logs kept in $PEERS_DIR"
   else
     rm -rf "$PEERS_DIR"

@@ -212,7 +212,7 @@ if [ -f deploy/prometheus/alerts.yaml ]; then
   fi
 fi
 
-STAGE=done
+STAGE=summary
 peers_summary="peers skipped"
 [ -z "$PEERS_SECS" ] || peers_summary="peers up in $PEERS_SECS"
 echo "test.sh: OK — gofmt, go vet, go test (packages ok: $pkgs_ok, without tests: $pkgs_none)," \
