@@ -40,6 +40,13 @@ func newBatcher(s *Store, collectors int) *batcher {
 func (b *batcher) do(ctx context.Context, calls []*call) {
 	for i, c := range calls {
 		c.done = make(chan struct{})
+		// A one-channel attempt first: the queue is rarely full, and a three-way select
+		// locks all three channels every time.
+		select {
+		case b.in <- c:
+			continue
+		default:
+		}
 		select {
 		case b.in <- c:
 		case <-ctx.Done():
