@@ -76,6 +76,7 @@ func (l *lockedBuffer) String() string {
 type haltProcess struct {
 	cmd      *exec.Cmd
 	grpcAddr string
+	httpAddr string
 	log      *lockedBuffer
 	done     chan error
 }
@@ -84,6 +85,7 @@ func startHalt(t *testing.T, args ...string) *haltProcess {
 	t.Helper()
 	p := &haltProcess{grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: &lockedBuffer{}, done: make(chan error, 1)}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	p.httpAddr = httpAddr
 	p.cmd = exec.Command(haltBinary(t), append([]string{"--grpc-addr", p.grpcAddr, "--http-addr", httpAddr}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.Env = append(os.Environ(), "HALT_STORE=")
