@@ -18,6 +18,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -394,6 +395,9 @@ func probe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	url := fs.String("url", "http://127.0.0.1:8080/healthz", "URL that must answer 200")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for the answer")
+	caFile := fs.String("ca", "", "PEM CA to verify an https:// URL with (default: system roots)")
+	certFile := fs.String("cert", "", "PEM client certificate, for a server run with --tls-client-ca")
+	keyFile := fs.String("key", "", "PEM key of --cert")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -404,7 +408,32 @@ func probe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "probe:", err)
 		return 2
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if *caFile != "" || *certFile != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if *caFile != "" {
+			pem, err := os.ReadFile(*caFile)
+			if err != nil {
+				fmt.Fprintln(stderr, "probe:", err)
+				return 2
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				fmt.Fprintf(stderr, "probe: %s holds no PEM certificate\n", *caFile)
+				return 2
+			}
+		}
+		if *certFile != "" {
+			c, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+			if err != nil {
+				fmt.Fprintln(stderr, "probe:", err)
+				return 2
+			}
+			tc.Certificates = []tls.Certificate{c}
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintln(stderr, "probe:", err)
 		return 1

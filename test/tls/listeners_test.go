@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +174,21 @@ func TestBinaryMutualTLS(t *testing.T) {
 	}
 	if code, _ := body(t, httpsClient(good), "https://"+p.httpAddr+"/healthz"); code != 200 {
 		t.Fatal("HTTP port refused a good client certificate")
+	}
+	// The container health check speaks mTLS too.
+	ccert, ckey, err := envoy.Write(pk.dir, "envoy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthz := "https://" + p.httpAddr + "/healthz"
+	if out, err := exec.Command(binary(t), "probe", "--url", healthz, "--ca", pk.caPEM, "--cert", ccert, "--key", ckey).CombinedOutput(); err != nil {
+		t.Fatalf("probe with a client certificate: %v %s", err, out)
+	}
+	if out, err := exec.Command(binary(t), "probe", "--url", healthz, "--ca", pk.caPEM).CombinedOutput(); err == nil {
+		t.Fatalf("probe without a client certificate passed: %s", out)
+	}
+	if out, err := exec.Command(binary(t), "probe", "--url", healthz).CombinedOutput(); err == nil {
+		t.Fatalf("probe without the CA passed: %s", out)
 	}
 	// --tls-min-version 1.3: a TLS 1.2 client is refused.
 	old := good.Clone()
