@@ -213,6 +213,30 @@ type State struct {
 	Log        []Entry
 }
 
+// IsZero reports whether s holds nothing, so a store may delete it instead of writing it.
+func (s *State) IsZero() bool {
+	return s.A == 0 && s.B == 0 && s.C == 0 && s.D == 0 && len(s.Log) == 0
+}
+
+// Mark is a cheap fingerprint of a State: compare-and-swap stores take one before a
+// decision and skip the write when it is unchanged after. The sliding log only ever drops
+// entries from its front, appends at its end or grows its last entry, so its length and
+// last entry are enough to notice a change.
+type Mark struct {
+	a, b, c, d int64
+	n          int
+	last       Entry
+}
+
+// Mark returns s's fingerprint.
+func (s *State) Mark() Mark {
+	m := Mark{a: s.A, b: s.B, c: s.C, d: s.D, n: len(s.Log)}
+	if m.n > 0 {
+		m.last = s.Log[m.n-1]
+	}
+	return m
+}
+
 // Reset clears s for reuse, keeping the log's storage.
 func (s *State) Reset() {
 	s.A, s.B, s.C, s.D = 0, 0, 0, 0

@@ -271,7 +271,7 @@ func (s *Store) apply(ctx context.Context, sc *scratch, now int64, op *backends.
 			sc.st.Reset()
 		}
 		r := algorithms.Decide(op.Algorithm, &sc.st, now, &op.Limit, op.Cost)
-		if it == nil && (r.TTL <= 0 || isEmpty(&sc.st)) {
+		if it == nil && (r.TTL <= 0 || sc.st.IsZero()) {
 			op.Result = r // nothing worth keeping
 			return nil
 		}
@@ -314,10 +314,6 @@ func backoff(ctx context.Context, attempt int) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-}
-
-func isEmpty(st *algorithms.State) bool {
-	return st.A == 0 && st.B == 0 && st.C == 0 && st.D == 0 && len(st.Log) == 0
 }
 
 // Delete removes keys; missing keys are fine.

@@ -111,7 +111,7 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 	if e == nil {
 		var fresh algorithms.State
 		r := algorithms.Decide(op.Algorithm, &fresh, now, &op.Limit, op.Cost)
-		if r.TTL <= 0 || isEmpty(&fresh) {
+		if r.TTL <= 0 || fresh.IsZero() {
 			return r // nothing worth keeping
 		}
 		if len(sh.m) >= s.maxPer {
@@ -277,8 +277,4 @@ func (s *Store) Restore(key string, st algorithms.State, expires, now int64) {
 		s.keys.Add(1)
 	}
 	sh.m[key] = &entry{state: st, expires: expires}
-}
-
-func isEmpty(st *algorithms.State) bool {
-	return st.A == 0 && st.B == 0 && st.C == 0 && st.D == 0 && len(st.Log) == 0
 }

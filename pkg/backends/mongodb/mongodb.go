@@ -335,9 +335,9 @@ func (s *Store) apply(ctx context.Context, now int64, op *backends.Op, st *algor
 				return algorithms.Result{}, buf, fmt.Errorf("mongodb apply: key %q: %w", key, err)
 			}
 		}
-		before := snapshot(st)
+		before := st.Mark()
 		r := algorithms.Decide(op.Algorithm, st, now, &op.Limit, op.Cost)
-		if before.same(st) && (exists || isEmpty(st)) {
+		if before == st.Mark() && (exists || st.IsZero()) {
 			// Nothing changed: the read was a consistent snapshot, so the decision stands
 			// without a write (check-only requests and denials cost one read).
 			return r, buf, nil
@@ -423,32 +423,6 @@ func decodeDoc(raw bson.Raw, st *algorithms.State) (int64, error) {
 		return 0, err
 	}
 	return version, nil
-}
-
-// fixed is the scalar part of a state, to tell whether a decision changed anything.
-type fixed struct {
-	a, b, c, d int64
-	n          int
-	last       algorithms.Entry
-}
-
-func snapshot(st *algorithms.State) fixed {
-	f := fixed{a: st.A, b: st.B, c: st.C, d: st.D, n: len(st.Log)}
-	if f.n > 0 {
-		f.last = st.Log[f.n-1]
-	}
-	return f
-}
-
-// same reports whether st still equals the snapshot. The sliding log only ever drops
-// entries from its front, appends at its end or grows its last entry, so its length and
-// last entry are enough to notice a change.
-func (f fixed) same(st *algorithms.State) bool {
-	return f == snapshot(st)
-}
-
-func isEmpty(st *algorithms.State) bool {
-	return st.A == 0 && st.B == 0 && st.C == 0 && st.D == 0 && len(st.Log) == 0
 }
 
 // Delete removes keys; missing keys are fine.
