@@ -50,7 +50,7 @@ const testTable = "halt_test"
 
 func openTest(t testing.TB, extra string) *Store {
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
-	s, err := Open(context.Background(), localURL(testEndpoint(t), testTable, extra), backends.Options{Timeout: 5 * time.Second})
+	s, err := Open(context.Background(), localURL(testEndpoint(t), testTable, extra), backends.Options{Timeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +202,7 @@ func TestCreateTable(t *testing.T) {
 		t.Fatalf("create_table=false on a missing table: %v", err)
 	}
 	for i := 0; i < 2; i++ {
-		s, err := Open(ctx, localURL(ep, table, ""), backends.Options{Timeout: 5 * time.Second})
+		s, err := Open(ctx, localURL(ep, table, ""), backends.Options{Timeout: 30 * time.Second})
 		if err != nil {
 			t.Fatalf("open %d: %v", i, err)
 		}
