@@ -105,16 +105,8 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintln(stderr, "halt-envoy check: --domain and at least one --descriptor are required")
 		return 2
 	}
-	set, err := plans.Load(*path)
-	if err != nil {
-		var le *plans.LoadError
-		if errors.As(err, &le) {
-			for _, p := range le.Problems {
-				fmt.Fprintln(stderr, p.Error())
-			}
-		} else {
-			fmt.Fprintln(stderr, err)
-		}
+	set, ok := loadSet(*path, stderr)
+	if !ok {
 		return 1
 	}
 	if !set.HasDomain(*domain) {
@@ -227,4 +219,23 @@ func printReport(w io.Writer, r *checkReport) {
 	if r.Failure != "" {
 		fmt.Fprintf(w, "  failure  %s when the store fails\n", r.Failure)
 	}
+}
+
+// loadSet loads a config for a command, printing every problem (file:line:col: field:
+// message) and their count when it fails.
+func loadSet(path string, stderr io.Writer) (*plans.Set, bool) {
+	set, err := plans.Load(path)
+	if err == nil {
+		return set, true
+	}
+	var le *plans.LoadError
+	if errors.As(err, &le) {
+		for _, p := range le.Problems {
+			fmt.Fprintln(stderr, p.Error())
+		}
+		fmt.Fprintf(stderr, "%s: %d problem(s)\n", path, len(le.Problems))
+	} else {
+		fmt.Fprintln(stderr, err)
+	}
+	return nil, false
 }

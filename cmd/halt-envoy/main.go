@@ -372,17 +372,8 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
-	set, err := plans.Load(*path)
-	if err != nil {
-		var le *plans.LoadError
-		if errors.As(err, &le) {
-			for _, p := range le.Problems {
-				fmt.Fprintln(stderr, p.Error())
-			}
-			fmt.Fprintf(stderr, "%s: %d problem(s)\n", *path, len(le.Problems))
-		} else {
-			fmt.Fprintln(stderr, err)
-		}
+	set, ok := loadSet(*path, stderr)
+	if !ok {
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d domain(s): %s)\n", *path, len(set.Domains()), strings.Join(set.Domains(), ", "))
