@@ -15,7 +15,7 @@ const PresetFile = "<preset>"
 // presets returns the built-in policies, fresh each call (they are plain data).
 func presets() []*policyCfg {
 	mk := func(name string, alg algorithms.Algorithm, rpu int64, unit string, burst int64) *policyCfg {
-		secs := unitSeconds[unit]
+		secs, _ := UnitSeconds(unit)
 		p := algorithms.Limit{Requests: rpu, Period: secs * int64(time.Second/time.Microsecond)}
 		if alg == algorithms.TokenBucket || alg == algorithms.LeakyBucket {
 			p.Burst = burst

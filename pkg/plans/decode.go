@@ -26,15 +26,27 @@ const (
 	MaxKeyLen = 1024
 )
 
-// unitSeconds is the reference's UnitToDivider: month is 30 days, year 365 days.
-var unitSeconds = map[string]int64{
-	"second": 1,
-	"minute": 60,
-	"hour":   60 * 60,
-	"day":    60 * 60 * 24,
-	"week":   60 * 60 * 24 * 7,
-	"month":  60 * 60 * 24 * 30,
-	"year":   60 * 60 * 24 * 365,
+// UnitSeconds returns the length of a rate-limit unit as the reference service's
+// UnitToDivider defines it (a month is 30 days, a year 365), and whether unit is known.
+// Limit overrides sent by Envoy use the same table as configuration files.
+func UnitSeconds(unit string) (int64, bool) {
+	switch unit {
+	case "second":
+		return 1, true
+	case "minute":
+		return 60, true
+	case "hour":
+		return 60 * 60, true
+	case "day":
+		return 60 * 60 * 24, true
+	case "week":
+		return 60 * 60 * 24 * 7, true
+	case "month":
+		return 60 * 60 * 24 * 30, true
+	case "year":
+		return 60 * 60 * 24 * 365, true
+	}
+	return 0, false
 }
 
 // ---- decoded, not yet resolved, configuration ----
@@ -737,7 +749,7 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 		return lc
 	}
 	unit = strings.ToLower(unit)
-	secs, okUnit := unitSeconds[unit]
+	secs, okUnit := UnitSeconds(unit)
 	if !okUnit {
 		un := unitNode
 		if un == nil {

@@ -336,23 +336,12 @@ func int64Cost(hits uint64, ruleCost int64) int64 {
 	return int64(hits) * ruleCost
 }
 
-// unitPeriods are the reference service's unit lengths (UnitToDivider): a month is 30
-// days and a year 365, windows aligned to multiples of them since the epoch.
-var unitPeriods = map[string]time.Duration{
-	"second": time.Second,
-	"minute": time.Minute,
-	"hour":   time.Hour,
-	"day":    24 * time.Hour,
-	"week":   7 * 24 * time.Hour,
-	"month":  30 * 24 * time.Hour,
-	"year":   365 * 24 * time.Hour,
-}
-
 func overrideLimit(o *Override) (*plans.Limit, error) {
-	p, ok := unitPeriods[o.Unit]
+	secs, ok := plans.UnitSeconds(o.Unit)
 	if !ok {
 		return nil, fmt.Errorf("limit override has unknown unit %q", o.Unit)
 	}
+	p := time.Duration(secs) * time.Second
 	mult := int64(o.UnitMultiplier)
 	if mult == 0 {
 		mult = 1
