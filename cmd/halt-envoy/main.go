@@ -117,10 +117,10 @@ type serveFlags struct {
 	storeTimeout, drainTimeout, debounce                   time.Duration
 	maxInFlight                                            int
 	disablePprof                                           bool
+	authzConfig                                            string
 	storeFile, adminAddr                                   string
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
 	tlsReload                                              time.Duration
-	authzConfig                                            string
 	saas                                                   saasFlags
 }
 
@@ -142,7 +142,6 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
-	f.saas.register(fs)
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain: serve gRPC and HTTP over TLS (reloaded when the file changes)")
@@ -150,6 +149,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
 	fs.StringVar(&f.tlsMinVersion, "tls-min-version", "1.2", "minimum TLS version: 1.2 or 1.3")
 	fs.DurationVar(&f.tlsReload, "tls-reload-interval", tlsutil.DefaultInterval, "how often the TLS files are checked for changes")
+	f.saas.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -278,6 +278,10 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		return err
 	}
 	defer stopTracing(context.WithoutCancel(ctx))
+	adminRoutes, err := f.saas.adminRoutes(store, watcher.Current, log)
+	if err != nil {
+		return err
+	}
 	engine, err := ratelimit.New(ratelimit.Config{
 		Observers:    observers,
 		Store:        store,
@@ -326,6 +330,7 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		DisablePprof: f.disablePprof,
 		TLS:          tlsCfg,
 		AdminAddr:    f.adminAddr,
+		Admin:        adminRoutes,
 	})
 	if err != nil {
 		return err
