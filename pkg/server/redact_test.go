@@ -1,6 +1,9 @@
 package server
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestRedactURLs(t *testing.T) {
 	for in, want := range map[string]string{
@@ -16,5 +19,18 @@ func TestRedactURLs(t *testing.T) {
 		if got := RedactURLs(in); got != want {
 			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestRedactArgs(t *testing.T) {
+	in := []string{"halt-envoy", "--admin-token", "s3cret", "-admin-token=s3cret2", "--store", "redis://u:pw@h:1/0", "--config", "x"}
+	got := strings.Join(RedactArgs(in), " ")
+	for _, secret := range []string{"s3cret", "pw@"} {
+		if strings.Contains(got, secret) {
+			t.Fatalf("%q leaks %q", got, secret)
+		}
+	}
+	if !strings.Contains(got, "--config x") || !strings.Contains(got, "-admin-token=xxxxx") {
+		t.Fatalf("over-redacted: %q", got)
 	}
 }

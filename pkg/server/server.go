@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -280,11 +281,34 @@ func (s *Server) adminRoutes(m *http.ServeMux) {
 func redactedCmdline(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	args := make([]string, len(os.Args))
-	for i, a := range os.Args {
-		args[i] = RedactURLs(a)
+	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
+}
+
+// secretFlags take a secret as their value: it never leaves the process.
+var secretFlags = []string{"admin-token"}
+
+// RedactArgs returns a command line with URL passwords and the values of secret flags
+// (--admin-token X, --admin-token=X) replaced by "xxxxx".
+func RedactArgs(in []string) []string {
+	out := make([]string, len(in))
+	hideNext := false
+	for i, a := range in {
+		if hideNext {
+			out[i], hideNext = "xxxxx", false
+			continue
+		}
+		out[i] = RedactURLs(a)
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || !slices.Contains(secretFlags, name) {
+			continue
+		}
+		if hasValue {
+			out[i] = a[:strings.Index(a, "=")+1] + "xxxxx"
+		} else {
+			hideNext = true
+		}
 	}
-	fmt.Fprint(w, strings.Join(args, "\x00"))
+	return out
 }
 
 // RedactURLs replaces the password of every URL-looking word in s with "xxxxx".
