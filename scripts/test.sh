@@ -199,6 +199,16 @@ if (($# == 0)); then
   fuzz_summary="${#fuzz_targets[@]} targets x ${HALT_FUZZTIME:-10s}"
 fi
 
+STAGE=soak
+soak_summary="skipped (go test args given)"
+if (($# == 0)); then
+  # A one-minute soak against halt on the test Redis (memory:// without peers), run alone
+  # after the tests so its latency figures are not those of a machine busy with them.
+  say "soak ${HALT_SOAK:-60s} (cmd/halt-soak)"
+  peers_run_tracked soak env HALT_SOAK="${HALT_SOAK:-60s}" go test -count=1 -run '^TestSoakLong$' -v -timeout 10m ./cmd/halt-soak
+  soak_summary="${HALT_SOAK:-60s} ok"
+fi
+
 STAGE=promtool
 prom_summary="no deploy/prometheus/alerts.yaml"
 if [ -f deploy/prometheus/alerts.yaml ]; then
@@ -216,4 +226,4 @@ STAGE=summary
 peers_summary="peers skipped"
 [ -z "$PEERS_SECS" ] || peers_summary="peers up in $PEERS_SECS"
 echo "test.sh: OK — gofmt, go vet, go test (packages ok: $pkgs_ok, without tests: $pkgs_none)," \
-  "fuzz: $fuzz_summary, promtool: $prom_summary; $peers_summary; total $(peers_since "$T0")"
+  "fuzz: $fuzz_summary, soak: $soak_summary, promtool: $prom_summary; $peers_summary; total $(peers_since "$T0")"
