@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -26,14 +26,8 @@ import (
 
 // testEndpoint returns DynamoDB Local's URL: skip when unset, fail under HALT_TEST_PEERS=1.
 func testEndpoint(t testing.TB) string {
-	ep := os.Getenv("DYNAMODB_ENDPOINT")
-	if ep == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("DYNAMODB_ENDPOINT is not set but HALT_TEST_PEERS=1 demands every peer")
-		}
-		t.Skip("DYNAMODB_ENDPOINT not set: no DynamoDB Local to test against")
-	}
-	return ep
+	t.Helper()
+	return testutil.Peer(t, "DYNAMODB_ENDPOINT")
 }
 
 // localURL names a table on endpoint with static emulator credentials, so the SDK never

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/bradfitz/gomemcache/memcache"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -20,14 +20,7 @@ import (
 
 func testAddr(t testing.TB) string {
 	t.Helper()
-	v := os.Getenv("MEMCACHED_ADDR")
-	if v == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("MEMCACHED_ADDR is not set and HALT_TEST_PEERS=1")
-		}
-		t.Skip("MEMCACHED_ADDR not set: no memcached to test against")
-	}
-	return v
+	return testutil.Peer(t, "MEMCACHED_ADDR")
 }
 
 func openTest(t testing.TB, cfg Config) *Store {

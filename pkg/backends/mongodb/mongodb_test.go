@@ -16,6 +16,7 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -28,14 +29,8 @@ const ferretReason = "MONGO_URI is FerretDB v1, which does not apply concurrent 
 
 // testURI returns the server to test against: skip when unset, fail under HALT_TEST_PEERS=1.
 func testURI(t testing.TB) string {
-	uri := os.Getenv("MONGO_URI")
-	if uri == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("MONGO_URI is not set but HALT_TEST_PEERS=1 demands every peer")
-		}
-		t.Skip("MONGO_URI not set: no MongoDB-protocol server to test against")
-	}
-	return uri
+	t.Helper()
+	return testutil.Peer(t, "MONGO_URI")
 }
 
 // withDB points uri at database db with extra halt options, keeping the caller's

@@ -6,13 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -27,14 +21,7 @@ import (
 
 func testDSN(t testing.TB) string {
 	t.Helper()
-	v := os.Getenv("PG_DSN")
-	if v == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("PG_DSN is not set and HALT_TEST_PEERS=1")
-		}
-		t.Skip("PG_DSN not set: no PostgreSQL to test against")
-	}
-	return v
+	return testutil.Peer(t, "PG_DSN")
 }
 
 // tempTable returns a table name nobody else uses and drops it (with its function and
@@ -365,99 +352,13 @@ func benchApply(b *testing.B, keys int) {
 func BenchmarkApplyTokenBucket5Keys(b *testing.B)     { benchApply(b, 5) }
 func BenchmarkApplyTokenBucket10000Keys(b *testing.B) { benchApply(b, 10_000) }
 
-// privatePG runs a PostgreSQL of the test's own (initdb on a free port) so stopping it
-// disturbs no other test. It needs PG_BIN (or the Debian layout) and, as root, the
-// postgres user, because initdb and postgres refuse to run as root.
-type privatePG struct {
-	t        *testing.T
-	bin, dir string
-	port     int
-	asUser   []string
-}
-
-func startPrivatePG(t *testing.T) *privatePG {
-	t.Helper()
-	bin := os.Getenv("PG_BIN")
-	if bin == "" {
-		if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin"); len(m) > 0 {
-			sort.Strings(m)
-			bin = m[len(m)-1]
-		}
-	}
-	if _, err := os.Stat(filepath.Join(bin, "initdb")); bin == "" || err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("no PostgreSQL binaries (set PG_BIN) and HALT_TEST_PEERS=1")
-		}
-		t.Skip("no PostgreSQL binaries: set PG_BIN")
-	}
-	p := &privatePG{t: t, bin: bin}
-	dir, err := os.MkdirTemp("", "halt-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	p.dir = dir
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Skip("running as root without a postgres user")
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		p.asUser = []string{"runuser", "-u", "postgres", "--"}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	p.run(filepath.Join(bin, "initdb"), "-D", filepath.Join(dir, "data"), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C")
-	p.start()
-	t.Cleanup(func() { p.stop(true) })
-	return p
-}
-
-func (p *privatePG) run(args ...string) {
-	p.t.Helper()
-	args = append(append([]string(nil), p.asUser...), args...)
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		p.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-func (p *privatePG) start() {
-	p.t.Helper()
-	p.run(filepath.Join(p.bin, "pg_ctl"), "-D", filepath.Join(p.dir, "data"), "-l", filepath.Join(p.dir, "server.log"), "-w", "-t", "60",
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off", p.port, p.dir), "start")
-}
-
-func (p *privatePG) stop(quiet bool) {
-	args := append(append([]string(nil), p.asUser...), filepath.Join(p.bin, "pg_ctl"), "-D", filepath.Join(p.dir, "data"), "-w", "stop", "-m", "fast")
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil && !quiet {
-		p.t.Fatalf("pg_ctl stop: %v\n%s", err, out)
-	}
-}
-
-func (p *privatePG) dsn() string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.port)
-}
-
 func TestServerDownAndBack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a private PostgreSQL")
 	}
-	pg := startPrivatePG(t)
+	pg := testutil.StartPrivatePostgres(t)
 	ctx := context.Background()
-	s, err := Open(ctx, pg.dsn(), Config{CleanupInterval: -1}, backends.Options{Timeout: 500 * time.Millisecond})
+	s, err := Open(ctx, pg.DSN(), Config{CleanupInterval: -1}, backends.Options{Timeout: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +372,7 @@ func TestServerDownAndBack(t *testing.T) {
 	if _, err := apply(); err != nil {
 		t.Fatal(err)
 	}
-	pg.stop(false)
+	pg.Stop()
 	for i := 0; i < 3; i++ {
 		start := time.Now()
 		op, err := apply()
@@ -486,7 +387,7 @@ func TestServerDownAndBack(t *testing.T) {
 	if err := s.Ping(ctx); !errors.Is(err, backends.ErrUnavailable) {
 		t.Fatalf("ping with server down: %v", err)
 	}
-	pg.start()
+	pg.Start()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		op, err := apply()
