@@ -7,13 +7,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,104 +23,34 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
-// buildBinary compiles halt-envoy once per test binary run.
-var buildOnce sync.Once
-var builtPath string
-var buildErr error
+// TestMain removes the binary built for the run.
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 func binary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "halt-envoy-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtPath = filepath.Join(dir, "halt-envoy")
-		out, err := exec.Command("go", "build", "-ldflags", "-X main.version=v0.0.0-test", "-o", builtPath, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtPath
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return testutil.BinaryVersion(t, "v0.0.0-test")
 }
 
 // process is a running halt-envoy with its captured log.
-type process struct {
-	cmd      *exec.Cmd
-	grpcAddr string
-	httpAddr string
-	log      *syncBuffer
-	done     chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+type process struct{ *testutil.Process }
 
 func start(t *testing.T, args ...string) *process {
 	t.Helper()
-	p := &process{grpcAddr: freeAddr(t), httpAddr: freeAddr(t), log: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(binary(t), append([]string{"--grpc-addr", p.grpcAddr, "--http-addr", p.httpAddr, "--log-level", "debug"}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = append(os.Environ(), "HALT_STORE=") // the flag default, not the caller's env
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("halt-envoy log:\n%s", p.log.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not ready after 20s:\n%s", p.log.String())
-		}
-		select {
-		case err := <-p.done:
-			t.Fatalf("exited early (%v):\n%s", err, p.log.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return &process{testutil.StartHalt(t, testutil.HaltOptions{
+		Binary:   binary(t),
+		LogLevel: "debug",
+		Args:     args,
+		Env:      append(os.Environ(), "HALT_STORE="), // the flag default, not the caller's env
+	})}
 }
 
 func (p *process) client(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,13 +134,13 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 		"/config":       `"e2e"`,
 		"/debug/pprof/": "goroutine",
 	} {
-		body := get(t, "http://"+p.httpAddr+path)
+		body := get(t, "http://"+p.HTTPAddr+path)
 		if !strings.Contains(body, want) {
 			t.Errorf("%s: %q not in %.200q", path, want, body)
 		}
 	}
 	// The reference's POST /json answers 429 when over limit.
-	resp, err := http.Post("http://"+p.httpAddr+"/json", "application/json", strings.NewReader(`{"domain":"e2e","descriptors":[{"entries":[{"key":"user","value":"alice"}]}]}`))
+	resp, err := http.Post("http://"+p.HTTPAddr+"/json", "application/json", strings.NewReader(`{"domain":"e2e","descriptors":[{"entries":[{"key":"user","value":"alice"}]}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,13 +153,13 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 	// A broken file keeps the last good config and says so.
 	writeConfig(t, dir, "limits.yaml", "domain: e2e\ndescriptors:\n  - key: user\n    rate_limit: {unit: fortnight, requests_per_unit: 2}\n")
 	waitFor(t, func() bool {
-		return strings.Contains(get(t, "http://"+p.httpAddr+"/metrics"), `halt_config_reloads_total{result="failure"}`)
+		return strings.Contains(get(t, "http://"+p.HTTPAddr+"/metrics"), `halt_config_reloads_total{result="failure"}`)
 	})
 	if got := fmt.Sprint(codes("bob", 3)); got != "[OK OK OVER_LIMIT]" {
 		t.Fatalf("after a bad reload the old limits must hold: %s", got)
 	}
-	if !strings.Contains(p.log.String(), "limits.yaml:4") {
-		t.Errorf("reload error does not name file and line:\n%s", p.log.String())
+	if !strings.Contains(p.Log.String(), "limits.yaml:4") {
+		t.Errorf("reload error does not name file and line:\n%s", p.Log.String())
 	}
 
 	// A good file is picked up by the watcher.
@@ -243,21 +171,21 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 
 	// SIGHUP reloads too (debounced): a config with a new domain.
 	writeConfig(t, dir, "more.yml", "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n")
-	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.Cmd.Process.Signal(syscall.SIGHUP)
 	waitFor(t, func() bool {
 		r, err := rls.ShouldRateLimit(ctx, rlReq("other", "k", "v"))
 		return err == nil && r.Statuses[0].GetCurrentLimit() != nil
 	})
 
 	// SIGTERM drains and exits 0.
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Cmd.Process.Signal(syscall.SIGTERM)
 	start := time.Now()
 	select {
-	case err := <-p.done:
-		p.done <- err // for the cleanup
+	case err := <-p.Done:
+		p.Done <- err // for the cleanup
 		t.Logf("drained and exited %v after SIGTERM", time.Since(start))
 		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.log.String())
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.Log.String())
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("no exit 15s after SIGTERM")
@@ -267,10 +195,10 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 func TestBinaryEnvFlags(t *testing.T) {
 	dir := t.TempDir()
 	writeConfig(t, dir, "limits.yaml", limitsV1)
-	grpcAddr, httpAddr := freeAddr(t), freeAddr(t)
+	grpcAddr, httpAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	cmd := exec.Command(binary(t))
 	cmd.Env = append(os.Environ(), "HALT_CONFIG="+dir, "HALT_GRPC_ADDR="+grpcAddr, "HALT_HTTP_ADDR="+httpAddr, "HALT_STORE=memory://?max_keys=1000", "HALT_LOG_FORMAT=json")
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -355,13 +283,7 @@ func get(t *testing.T, url string) string {
 
 func waitFor(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 15s")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 15*time.Second, cond)
 }
 
 func TestProbe(t *testing.T) {
@@ -369,10 +291,10 @@ func TestProbe(t *testing.T) {
 	writeConfig(t, dir, "limits.yaml", limitsV1)
 	p := start(t, "--config", dir)
 	var out bytes.Buffer
-	if code := run(context.Background(), []string{"probe", "--url", "http://" + p.httpAddr + "/healthz"}, &out, &out, os.Getenv); code != 0 {
+	if code := run(context.Background(), []string{"probe", "--url", "http://" + p.HTTPAddr + "/healthz"}, &out, &out, os.Getenv); code != 0 {
 		t.Fatalf("probe of a live server: exit %d %s", code, out.String())
 	}
-	if code := run(context.Background(), []string{"probe", "--url", "http://" + freeAddr(t) + "/healthz", "--timeout", "500ms"}, &out, &out, os.Getenv); code == 0 {
+	if code := run(context.Background(), []string{"probe", "--url", "http://" + testutil.FreeAddr(t) + "/healthz", "--timeout", "500ms"}, &out, &out, os.Getenv); code == 0 {
 		t.Fatal("probe of nothing: exit 0")
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 func TestMigrateCommand(t *testing.T) {
@@ -16,13 +18,7 @@ func TestMigrateCommand(t *testing.T) {
 	if code := run(t.Context(), []string{"migrate", "--store", "postgres://u:hunter2@127.0.0.1:1/x?sslmode=disable", "--timeout", "2s"}, &out, &out, os.Getenv); code != 1 || strings.Contains(out.String(), "hunter2") {
 		t.Fatalf("unreachable: exit %d, output %q", code, out.String())
 	}
-	dsn := os.Getenv("PG_DSN")
-	if dsn == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("PG_DSN unset with HALT_TEST_PEERS=1")
-		}
-		t.Skip("PG_DSN not set")
-	}
+	dsn := testutil.Peer(t, "PG_DSN")
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"

@@ -65,7 +65,7 @@ func TestBinaryAdminAPIAndObservers(t *testing.T) {
 	if codes[1] != rlsv3.RateLimitResponse_OK || codes[2] != rlsv3.RateLimitResponse_OVER_LIMIT {
 		t.Fatalf("codes %v: the monthly quota of 2 must refuse the third", codes)
 	}
-	base := "http://" + p.httpAddr + "/admin/v1/"
+	base := "http://" + p.HTTPAddr + "/admin/v1/"
 	q := "?domain=e2e&descriptor=user=u-1"
 	if code, _ := adminCall(t, "DELETE", base+"quotas"+q, "wrong"); code != 401 {
 		t.Fatalf("wrong token: %d", code)
@@ -92,11 +92,11 @@ func TestBinaryAdminAPIAndObservers(t *testing.T) {
 	if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK {
 		t.Fatalf("after reset and lift: %v %v", resp.GetOverallCode(), err)
 	}
-	if m := get(t, "http://"+p.httpAddr+"/metrics"); !strings.Contains(m, "halt_penalty_active 1") {
+	if m := get(t, "http://"+p.HTTPAddr+"/metrics"); !strings.Contains(m, "halt_penalty_active 1") {
 		t.Fatalf("halt_penalty_active missing or not 1 (the lift is not seen by the gauge):\n%s", grepLines(m, "halt_penalty"))
 	}
-	waitFor(t, func() bool { return strings.Contains(p.log.String(), "span=halt.decision") })
-	logs := p.log.String()
+	waitFor(t, func() bool { return strings.Contains(p.Log.String(), "span=halt.decision") })
+	logs := p.Log.String()
 	for _, want := range []string{"admin API enabled", "rate-limit decision", "penalty lockout started", "admin call"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q", want)
@@ -121,10 +121,10 @@ func TestBinaryAdminAPIDisabledWithoutToken(t *testing.T) {
 	dir := t.TempDir()
 	writeConfig(t, dir, "limits.yaml", saasLimits)
 	p := start(t, "--config", dir)
-	if code, _ := adminCall(t, "GET", "http://"+p.httpAddr+"/admin/v1/quotas?domain=e2e&descriptor=user=u", "anything"); code != 404 {
+	if code, _ := adminCall(t, "GET", "http://"+p.HTTPAddr+"/admin/v1/quotas?domain=e2e&descriptor=user=u", "anything"); code != 404 {
 		t.Fatalf("admin API without a token answered %d", code)
 	}
-	if !strings.Contains(p.log.String(), "admin API disabled") {
+	if !strings.Contains(p.Log.String(), "admin API disabled") {
 		t.Fatal("no start-up line about the disabled admin API")
 	}
 }
