@@ -17,6 +17,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
@@ -40,10 +41,7 @@ func portFree(p int) bool {
 func startPrivateCluster(t *testing.T) *privateCluster {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("redis-server not installed and HALT_TEST_PEERS=1")
-		}
-		t.Skip("redis-server not installed")
+		testutil.Missing(t, "redis-server not installed")
 	}
 	var base int
 	for try := 0; ; try++ {

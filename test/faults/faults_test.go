@@ -10,6 +10,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
@@ -149,8 +150,8 @@ func TestPostgresFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a private PostgreSQL")
 	}
-	pg := startPrivatePG(t)
-	runProxyFaults(t, pg.addr(), func(a string) string {
+	pg := testutil.StartPrivatePostgres(t)
+	runProxyFaults(t, pg.Addr(), func(a string) string {
 		return fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", a)
 	})
 }
@@ -161,19 +162,19 @@ func TestPostgresRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a private PostgreSQL")
 	}
-	pg := startPrivatePG(t)
+	pg := testutil.StartPrivatePostgres(t)
 	done := leakCheck(t)
-	h := newHarness(t, pg.dsn())
+	h := newHarness(t, pg.DSN())
 	rep := &report{}
 	defer rep.log(t)
 	h.exactlyN(t)
 
 	stopped := time.Now()
-	pg.stop(false)
+	pg.Stop()
 	rep.add("pg_ctl stop -m fast took %v", time.Since(stopped).Round(time.Millisecond))
 	storeFailures(t, h, true, rep, "postgres stopped")
 	restarted := time.Now()
-	pg.start()
+	pg.Start()
 	rep.add("pg_ctl start took %v", time.Since(restarted).Round(time.Millisecond))
 	rec := h.waitRecovered(t, 30*time.Second)
 	rep.add("postgres: halt recovered %v after pg_ctl start returned", rec.Round(time.Millisecond))
@@ -204,8 +205,8 @@ func TestPostgresRestart(t *testing.T) {
 			}
 		}()
 	}
-	pg.stop(false)
-	pg.start()
+	pg.Stop()
+	pg.Start()
 	rec = h.waitRecovered(t, 30*time.Second)
 	close(stop)
 	wg.Wait()

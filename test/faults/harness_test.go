@@ -3,7 +3,6 @@ package faults
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
@@ -47,14 +47,7 @@ var modes = []plans.FailureMode{"allow", "deny", "error"}
 // env returns a peer's address or skips (fails under HALT_TEST_PEERS=1) when unset.
 func env(t testing.TB, name string) string {
 	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatalf("%s is not set and HALT_TEST_PEERS=1", name)
-		}
-		t.Skipf("%s not set: no peer to test against", name)
-	}
-	return v
+	return testutil.Peer(t, name)
 }
 
 // harness is one store shared by three engines, one per failure mode, the way three

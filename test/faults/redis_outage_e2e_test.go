@@ -22,16 +22,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 // startRedis runs a private redis-server on port (the shared one must not be stopped).
 func startRedis(t *testing.T, port int) func() {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("redis-server not installed")
-		}
-		t.Skip("redis-server not installed")
+		testutil.Missing(t, "redis-server not installed")
 	}
 	cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--save", "", "--appendonly", "no", "--dir", t.TempDir())
 	if err := cmd.Start(); err != nil {
@@ -86,12 +85,12 @@ func TestBinaryRedisOutage(t *testing.T) {
 	}
 	for _, mode := range []string{"allow", "deny", "error"} {
 		t.Run(mode, func(t *testing.T) {
-			port := freePort(t)
+			port := testutil.FreePort(t)
 			stopRedis := startRedis(t, port)
 			dir := t.TempDir()
 			os.WriteFile(filepath.Join(dir, "limits.yaml"), []byte("domain: outage\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 1000000, algorithm: token_bucket}\n"), 0o644)
 			p := startHalt(t, "--config", dir, "--store", fmt.Sprintf("redis://127.0.0.1:%d/0", port), "--failure-mode", mode, "--store-timeout", "50ms")
-			cc, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,27 +136,27 @@ func TestBinaryRedisOutage(t *testing.T) {
 			defer func() { cancel(); wg.Wait() }()
 
 			time.Sleep(500 * time.Millisecond)
-			errorsBefore := scrape(t, p.httpAddr, "halt_store_errors_total")
+			errorsBefore := scrape(t, p.HTTPAddr, "halt_store_errors_total")
 			phase.Store(1)
 			stopRedis()
 			deadline := time.Now().Add(10 * time.Second)
-			for readyz(p.httpAddr) == 200 {
+			for readyz(p.HTTPAddr) == 200 {
 				if time.Now().After(deadline) {
 					t.Fatal("/readyz still ready 10 s after Redis stopped")
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 			time.Sleep(time.Second)
-			if after := scrape(t, p.httpAddr, "halt_store_errors_total"); after <= errorsBefore {
+			if after := scrape(t, p.HTTPAddr, "halt_store_errors_total"); after <= errorsBefore {
 				t.Fatalf("halt_store_errors_total did not rise: %v -> %v", errorsBefore, after)
 			}
-			if mode == "allow" && scrape(t, p.httpAddr, "halt_decisions_total") <= 0 {
+			if mode == "allow" && scrape(t, p.HTTPAddr, "halt_decisions_total") <= 0 {
 				t.Fatal("no decisions counted")
 			}
 
 			startRedis(t, port) // same port: halt reconnects by itself
 			restarted := time.Now()
-			for readyz(p.httpAddr) != 200 {
+			for readyz(p.HTTPAddr) != 200 {
 				if time.Since(restarted) > 10*time.Second {
 					t.Fatal("/readyz not ready 10 s after Redis came back")
 				}
@@ -166,7 +165,7 @@ func TestBinaryRedisOutage(t *testing.T) {
 			// Normal answers again: a streak of OKs.
 			for streak := 0; streak < 20; {
 				resp, err := rls.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "outage", Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "probe"}}}}})
-				if err == nil && resp.OverallCode == rlsv3.RateLimitResponse_OK && !strings.Contains(p.log.String(), "panic") {
+				if err == nil && resp.OverallCode == rlsv3.RateLimitResponse_OK && !strings.Contains(p.Log.String(), "panic") {
 					streak++
 				} else {
 					streak = 0
@@ -205,7 +204,7 @@ func TestBinaryRedisOutage(t *testing.T) {
 			if counts[2][3].Load() > 0 || counts[2][2].Load() > 0 {
 				t.Fatalf("errors after recovery: %d unavailable, %d other", counts[2][2].Load(), counts[2][3].Load())
 			}
-			if p.cmd.ProcessState != nil {
+			if p.Cmd.ProcessState != nil {
 				t.Fatal("halt-envoy exited")
 			}
 		})
