@@ -4,78 +4,29 @@
 package tls
 
 import (
-	"bytes"
 	"crypto/tls"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
 )
 
-var (
-	buildOnce sync.Once
-	builtPath string
-	buildErr  error
-)
+// TestMain removes the binary built for the run.
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // binary builds cmd/halt-envoy once per test run.
 func binary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "halt-envoy-tls-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		builtPath = filepath.Join(dir, "halt-envoy")
-		out, err := exec.Command("go", "build", "-o", builtPath, "../../cmd/halt-envoy").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtPath
+	return testutil.Binary(t)
 }
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // process is a running halt-envoy.
-type process struct {
-	cmd                *exec.Cmd
-	grpcAddr, httpAddr string
-	log                *syncBuffer
-	done               chan error
-}
+type process struct{ *testutil.Process }
 
 const limits = `
 domain: tls
@@ -92,54 +43,19 @@ func start(t *testing.T, scheme string, httpc *http.Client, env []string, args .
 	if err := os.WriteFile(filepath.Join(dir, "limits.yaml"), []byte(limits), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{grpcAddr: freeAddr(t), httpAddr: freeAddr(t), log: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(binary(t), append([]string{"--config", dir, "--grpc-addr", p.grpcAddr, "--http-addr", p.httpAddr, "--log-level", "debug"}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = append(cleanEnv(), env...)
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("halt-envoy log:\n%s", p.log.String())
-		}
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := httpc.Get(scheme + "://" + p.httpAddr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not healthy after 20s (%v):\n%s", err, p.log.String())
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err // for the cleanup
-			t.Fatalf("exited early (%v):\n%s", err, p.log.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return &process{testutil.StartHalt(t, testutil.HaltOptions{
+		LogLevel:  "debug",
+		Args:      append([]string{"--config", dir}, args...),
+		Env:       append(cleanEnv(), env...),
+		ReadyPath: "/healthz",
+		Scheme:    scheme,
+		Client:    httpc,
+	})}
 }
 
 // cleanEnv is the environment without HALT_* variables, so the caller's settings cannot
 // leak into a test.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if len(kv) >= 5 && kv[:5] == "HALT_" {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return out
-}
+func cleanEnv() []string { return testutil.EnvWithoutHalt() }
 
 func body(t *testing.T, c *http.Client, url string) (int, string) {
 	t.Helper()

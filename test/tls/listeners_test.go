@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
 )
 
@@ -68,7 +69,7 @@ func TestBinaryTLS(t *testing.T) {
 	// gRPC over TLS, decisions as usual.
 	var got []string
 	for i := 0; i < 3; i++ {
-		code, err := call(p.grpcAddr, creds, "alice")
+		code, err := call(p.GRPCAddr, creds, "alice")
 		if err != nil {
 			t.Fatalf("TLS gRPC call: %v", err)
 		}
@@ -78,27 +79,27 @@ func TestBinaryTLS(t *testing.T) {
 		t.Fatalf("decisions over TLS: %v", got)
 	}
 	// A plaintext gRPC client gets nowhere.
-	if _, err := call(p.grpcAddr, insecure.NewCredentials(), "bob"); err == nil {
+	if _, err := call(p.GRPCAddr, insecure.NewCredentials(), "bob"); err == nil {
 		t.Fatal("plaintext gRPC call succeeded on a TLS port")
 	}
 	// A client that does not trust the CA is refused too.
-	if _, err := call(p.grpcAddr, credentials.NewTLS(&tls.Config{ServerName: "127.0.0.1"}), "bob"); err == nil {
+	if _, err := call(p.GRPCAddr, credentials.NewTLS(&tls.Config{ServerName: "127.0.0.1"}), "bob"); err == nil {
 		t.Fatal("gRPC call without the CA succeeded")
 	}
 
 	// HTTP: /healthz, /metrics over TLS; plain HTTP fails.
-	if code, b := body(t, https, "https://"+p.httpAddr+"/healthz"); code != 200 || !strings.Contains(b, "ok") {
+	if code, b := body(t, https, "https://"+p.HTTPAddr+"/healthz"); code != 200 || !strings.Contains(b, "ok") {
 		t.Fatalf("https /healthz: %d %q", code, b)
 	}
-	if code, b := body(t, https, "https://"+p.httpAddr+"/metrics"); code != 200 || !strings.Contains(b, "halt_decisions_total") {
+	if code, b := body(t, https, "https://"+p.HTTPAddr+"/metrics"); code != 200 || !strings.Contains(b, "halt_decisions_total") {
 		t.Fatalf("https /metrics: %d %.200q", code, b)
 	}
 	plain := &http.Client{Timeout: 3 * time.Second}
-	if code, _ := body(t, plain, "http://"+p.httpAddr+"/healthz"); code == 200 {
+	if code, _ := body(t, plain, "http://"+p.HTTPAddr+"/healthz"); code == 200 {
 		t.Fatal("plain HTTP answered 200 on the TLS port")
 	}
 	// HTTP/2 is negotiated on the HTTP port (ALPN), as on the gRPC port.
-	resp, err := https.Get("https://" + p.httpAddr + "/healthz")
+	resp, err := https.Get("https://" + p.HTTPAddr + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestBinaryTLS(t *testing.T) {
 	}
 
 	// Rotation: new files (new serial) are served to new connections, no restart.
-	old := serverSerial(t, p.grpcAddr, pk.clientTLS(nil))
+	old := serverSerial(t, p.GRPCAddr, pk.clientTLS(nil))
 	if old != pk.server.Cert.SerialNumber.String() {
 		t.Fatalf("serving serial %s, want %s", old, pk.server.Cert.SerialNumber)
 	}
@@ -120,26 +121,26 @@ func TestBinaryTLS(t *testing.T) {
 	// the reloader must reject (keeping the old one) rather than serve.
 	tlstest.WriteFile(pk.keyPath, next.KeyPEM)
 	time.Sleep(300 * time.Millisecond)
-	if s := serverSerial(t, p.grpcAddr, pk.clientTLS(nil)); s != old {
+	if s := serverSerial(t, p.GRPCAddr, pk.clientTLS(nil)); s != old {
 		t.Fatalf("a half-rotated pair changed the served certificate to %s", s)
 	}
 	tlstest.WriteFile(pk.certPath, next.CertPEM)
 	want := next.Cert.SerialNumber.String()
 	deadline := time.Now().Add(10 * time.Second)
-	for serverSerial(t, p.grpcAddr, pk.clientTLS(nil)) != want {
+	for serverSerial(t, p.GRPCAddr, pk.clientTLS(nil)) != want {
 		if time.Now().After(deadline) {
 			t.Fatal("rotated certificate not served within 10s")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if s := serverSerial(t, p.httpAddr, pk.clientTLS(nil)); s != want {
+	if s := serverSerial(t, p.HTTPAddr, pk.clientTLS(nil)); s != want {
 		t.Fatalf("HTTP port serves serial %s after rotation, want %s", s, want)
 	}
-	if _, err := call(p.grpcAddr, creds, "carol"); err != nil {
+	if _, err := call(p.GRPCAddr, creds, "carol"); err != nil {
 		t.Fatalf("gRPC after rotation: %v", err)
 	}
-	if !strings.Contains(p.log.String(), "new TLS files rejected") || !strings.Contains(p.log.String(), "TLS certificate reloaded") {
-		t.Errorf("rotation not logged:\n%s", p.log.String())
+	if !strings.Contains(p.Log.String(), "new TLS files rejected") || !strings.Contains(p.Log.String(), "TLS certificate reloaded") {
+		t.Errorf("rotation not logged:\n%s", p.Log.String())
 	}
 }
 
@@ -152,10 +153,10 @@ func TestBinaryMutualTLS(t *testing.T) {
 	p := start(t, "https", httpsClient(good), nil,
 		"--tls-cert", pk.certPath, "--tls-key", pk.keyPath, "--tls-client-ca", pk.caPEM, "--tls-min-version", "1.3")
 
-	if _, err := call(p.grpcAddr, credentials.NewTLS(good), "alice"); err != nil {
+	if _, err := call(p.GRPCAddr, credentials.NewTLS(good), "alice"); err != nil {
 		t.Fatalf("mTLS call with a client certificate: %v", err)
 	}
-	if _, err := call(p.grpcAddr, credentials.NewTLS(pk.clientTLS(nil)), "alice"); err == nil {
+	if _, err := call(p.GRPCAddr, credentials.NewTLS(pk.clientTLS(nil)), "alice"); err == nil {
 		t.Fatal("call without a client certificate succeeded")
 	}
 	other, err := tlstest.NewCA("other CA")
@@ -166,13 +167,13 @@ func TestBinaryMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := call(p.grpcAddr, credentials.NewTLS(pk.clientTLS(stranger)), "alice"); err == nil {
+	if _, err := call(p.GRPCAddr, credentials.NewTLS(pk.clientTLS(stranger)), "alice"); err == nil {
 		t.Fatal("call with another CA's client certificate succeeded")
 	}
-	if code, _ := body(t, httpsClient(pk.clientTLS(nil)), "https://"+p.httpAddr+"/healthz"); code == 200 {
+	if code, _ := body(t, httpsClient(pk.clientTLS(nil)), "https://"+p.HTTPAddr+"/healthz"); code == 200 {
 		t.Fatal("HTTP port answered without a client certificate")
 	}
-	if code, _ := body(t, httpsClient(good), "https://"+p.httpAddr+"/healthz"); code != 200 {
+	if code, _ := body(t, httpsClient(good), "https://"+p.HTTPAddr+"/healthz"); code != 200 {
 		t.Fatal("HTTP port refused a good client certificate")
 	}
 	// The container health check speaks mTLS too.
@@ -180,7 +181,7 @@ func TestBinaryMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	healthz := "https://" + p.httpAddr + "/healthz"
+	healthz := "https://" + p.HTTPAddr + "/healthz"
 	if out, err := exec.Command(binary(t), "probe", "--url", healthz, "--ca", pk.caPEM, "--cert", ccert, "--key", ckey).CombinedOutput(); err != nil {
 		t.Fatalf("probe with a client certificate: %v %s", err, out)
 	}
@@ -193,17 +194,17 @@ func TestBinaryMutualTLS(t *testing.T) {
 	// --tls-min-version 1.3: a TLS 1.2 client is refused.
 	old := good.Clone()
 	old.MaxVersion = tls.VersionTLS12
-	if _, err := call(p.grpcAddr, credentials.NewTLS(old), "alice"); err == nil {
+	if _, err := call(p.GRPCAddr, credentials.NewTLS(old), "alice"); err == nil {
 		t.Fatal("TLS 1.2 client accepted with --tls-min-version 1.3")
 	}
 }
 
 // TestBinaryAdminAddr: --admin-addr moves pprof off the HTTP port.
 func TestBinaryAdminAddr(t *testing.T) {
-	admin := freeAddr(t)
+	admin := testutil.FreeAddr(t)
 	c := &http.Client{Timeout: 5 * time.Second}
 	p := start(t, "http", c, nil, "--admin-addr", admin)
-	if code, _ := body(t, c, "http://"+p.httpAddr+"/debug/pprof/"); code != http.StatusNotFound {
+	if code, _ := body(t, c, "http://"+p.HTTPAddr+"/debug/pprof/"); code != http.StatusNotFound {
 		t.Fatalf("pprof on the HTTP port with --admin-addr: %d", code)
 	}
 	if code, b := body(t, c, "http://"+admin+"/debug/pprof/"); code != 200 || !strings.Contains(b, "goroutine") {
@@ -212,13 +213,13 @@ func TestBinaryAdminAddr(t *testing.T) {
 	if code, _ := body(t, c, "http://"+admin+"/metrics"); code != http.StatusNotFound {
 		t.Fatalf("the admin port serves /metrics: %d", code)
 	}
-	if code, _ := body(t, c, "http://"+p.httpAddr+"/metrics"); code != 200 {
+	if code, _ := body(t, c, "http://"+p.HTTPAddr+"/metrics"); code != 200 {
 		t.Fatalf("/metrics on the HTTP port: %d", code)
 	}
 
 	// --disable-pprof with --admin-addr: nothing on either.
 	p2 := start(t, "http", c, nil, "--admin-addr", "127.0.0.1:0", "--disable-pprof")
-	if code, _ := body(t, c, "http://"+p2.httpAddr+"/debug/pprof/"); code != http.StatusNotFound {
+	if code, _ := body(t, c, "http://"+p2.HTTPAddr+"/debug/pprof/"); code != http.StatusNotFound {
 		t.Fatalf("pprof served with --disable-pprof: %d", code)
 	}
 }

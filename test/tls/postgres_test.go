@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
 )
 
@@ -65,7 +66,7 @@ func TestPostgresTLS(t *testing.T) {
 	if out, err := asPG(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
 		t.Fatalf("initdb: %v\n%s", err, out)
 	}
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
 	opts := strings.Join([]string{
 		"-p " + port, "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=" + dir,

@@ -23,15 +23,15 @@ func leaks(t *testing.T, p *process) string {
 	c := &http.Client{Timeout: 5 * time.Second}
 	var all strings.Builder
 	// A decision: with an unreachable store it goes through the failure path and its logs.
-	call(p.grpcAddr, insecure.NewCredentials(), "alice")
+	call(p.GRPCAddr, insecure.NewCredentials(), "alice")
 	for _, path := range []string{"/config", "/metrics", "/readyz", "/debug/pprof/cmdline", "/healthz"} {
-		code, b := body(t, c, "http://"+p.httpAddr+path)
+		code, b := body(t, c, "http://"+p.HTTPAddr+path)
 		if code == 0 {
 			t.Fatalf("%s: %s", path, b)
 		}
 		all.WriteString(b)
 	}
-	resp, err := c.Post("http://"+p.httpAddr+"/json", "application/json", strings.NewReader(`{"domain":"tls","descriptors":[{"entries":[{"key":"user","value":"x"}]}]}`))
+	resp, err := c.Post("http://"+p.HTTPAddr+"/json", "application/json", strings.NewReader(`{"domain":"tls","descriptors":[{"entries":[{"key":"user","value":"x"}]}]}`))
 	if err == nil {
 		var b bytes.Buffer
 		b.ReadFrom(resp.Body)
@@ -39,7 +39,7 @@ func leaks(t *testing.T, p *process) string {
 		all.WriteString(b.String())
 	}
 	time.Sleep(200 * time.Millisecond) // let the store errors reach the log
-	all.WriteString(p.log.String())
+	all.WriteString(p.Log.String())
 	return all.String()
 }
 
@@ -53,11 +53,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 		if out := leaks(t, p); strings.Contains(out, secret) {
 			t.Fatalf("secret leaked:\n%s", out)
 		}
-		if !strings.Contains(p.log.String(), "redis") {
+		if !strings.Contains(p.Log.String(), "redis") {
 			t.Fatal("the log does not even mention the store: the test checks nothing")
 		}
 		// pprof's command line is served, with the password masked.
-		if _, b := body(t, c, "http://"+p.httpAddr+"/debug/pprof/cmdline"); !strings.Contains(b, "redis://user:xxxxx@127.0.0.1:1/0") {
+		if _, b := body(t, c, "http://"+p.HTTPAddr+"/debug/pprof/cmdline"); !strings.Contains(b, "redis://user:xxxxx@127.0.0.1:1/0") {
 			t.Fatalf("cmdline not redacted as expected: %q", b)
 		}
 	})
@@ -83,8 +83,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 		if strings.Contains(out, secret) {
 			t.Fatalf("secret leaked:\n%s", out)
 		}
-		if !strings.Contains(p.log.String(), "store=redis") {
-			t.Fatalf("--store-file did not select the redis store:\n%s", p.log.String())
+		if !strings.Contains(p.Log.String(), "store=redis") {
+			t.Fatalf("--store-file did not select the redis store:\n%s", p.Log.String())
 		}
 	})
 	t.Run("start-up errors", func(t *testing.T) {

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
@@ -24,10 +24,7 @@ func needRedis(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("redis-server")
 	if err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("redis-server not installed (HALT_TEST_PEERS=1)")
-		}
-		t.Skip("redis-server not installed")
+		testutil.Missing(t, "redis-server not installed")
 	}
 	return p
 }
@@ -36,13 +33,13 @@ func needRedis(t *testing.T) string {
 // authClients is "yes" (client certificates required) or "no".
 func startTLSRedis(t *testing.T, bin string, pk *pki, authClients string) string {
 	t.Helper()
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	port := addr[strings.LastIndexByte(addr, ':')+1:]
 	dir := t.TempDir()
 	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", "0", "--tls-port", port,
 		"--tls-cert-file", pk.certPath, "--tls-key-file", pk.keyPath, "--tls-ca-cert-file", pk.caPEM,
 		"--tls-auth-clients", authClients, "--save", "", "--appendonly", "no", "--dir", dir)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -141,7 +138,7 @@ func TestRedisTLS(t *testing.T) {
 		// halt-envoy itself, through the same URL: ready and deciding.
 		c := &http.Client{Timeout: 5 * time.Second}
 		p := start(t, "http", c, []string{"HALT_STORE=" + u})
-		if code, b := body(t, c, "http://"+p.httpAddr+"/readyz"); code != 200 {
+		if code, b := body(t, c, "http://"+p.HTTPAddr+"/readyz"); code != 200 {
 			t.Fatalf("/readyz with a rediss store: %d %s", code, b)
 		}
 	})
