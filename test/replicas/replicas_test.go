@@ -1,17 +1,13 @@
 package replicas
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"math"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,6 +19,8 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 const (
@@ -77,13 +75,7 @@ type call struct {
 // TestReplicasShareOneLimit starts three halt-envoy processes on one Redis Cluster and
 // checks, per algorithm, that the replicas together never admit more than the limit.
 func TestReplicasShareOneLimit(t *testing.T) {
-	addrs := os.Getenv("REDIS_CLUSTER_ADDRS")
-	if addrs == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("REDIS_CLUSTER_ADDRS is not set and HALT_TEST_PEERS=1")
-		}
-		t.Skip("REDIS_CLUSTER_ADDRS not set: no Redis Cluster to test against")
-	}
+	addrs := testutil.Peer(t, "REDIS_CLUSTER_ADDRS")
 	began := time.Now()
 	bin := build(t)
 
@@ -123,7 +115,7 @@ func TestReplicasShareOneLimit(t *testing.T) {
 	h := &hammer{t: t, domain: domain}
 	for i := 0; i < numClients; i++ {
 		p := i % numReplicas
-		cc, err := grpc.NewClient(procs[p].grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(procs[p].GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -400,101 +392,35 @@ func request(domain, key, value string) *rlsv3.RateLimitRequest {
 	}}}
 }
 
-// build compiles the real binary once for this test.
+// TestMain removes the binary built for the run.
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// build compiles the real binary once for this test run.
 func build(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "halt-envoy")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/halt-envoy/halt-envoy/cmd/halt-envoy").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return testutil.Binary(t)
 }
 
 // process is one running halt-envoy and its log.
 type process struct {
-	t                  *testing.T
-	cmd                *exec.Cmd
-	grpcAddr, httpAddr string
-	log                *syncBuffer
-	done               chan error
-	readyErr           error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	*testutil.Process
+	readyErr error
 }
 
 func newProcess(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
-	p := &process{t: t, grpcAddr: freeAddr(t), httpAddr: freeAddr(t), log: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(bin, append([]string{"--grpc-addr", p.grpcAddr, "--http-addr", p.httpAddr, "--log-level", "warn"}, args...)...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	// The flags alone configure the replica, whatever HALT_* the caller exported.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "HALT_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("halt-envoy %s log:\n%s", p.grpcAddr, p.log.String())
-		}
-	})
-	return p
+	return &process{Process: testutil.StartHalt(t, testutil.HaltOptions{
+		Binary:   bin,
+		LogLevel: "warn",
+		Args:     args,
+		// The flags alone configure the replica, whatever HALT_* the caller exported.
+		Env:    testutil.EnvWithoutHalt(),
+		NoWait: true,
+	})}
 }
 
 // waitReady polls /readyz (which pings the store); it records instead of failing so
 // that it can run on its own goroutine.
 func (p *process) waitReady() {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			p.readyErr = fmt.Errorf("replica %s not ready after 20s:\n%s", p.grpcAddr, p.log.String())
-			return
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			p.readyErr = fmt.Errorf("replica %s exited early (%v):\n%s", p.grpcAddr, err, p.log.String())
-			return
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	p.readyErr = p.Ready()
 }
