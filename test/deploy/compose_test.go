@@ -260,7 +260,7 @@ func mustRead(t *testing.T, path string) []byte {
 func TestComposeDemoLoop(t *testing.T) {
 	h := startHalt(t, repo("config"))
 	domain, ds := demoDescriptors(t)
-	client := rlsClient(t, h.grpcAddr)
+	client := rlsClient(t, h.GRPCAddr)
 	var codes []string
 	for i := 0; i < 20; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 // dockerfile returns the Dockerfile's instructions, continuation lines joined.
@@ -88,10 +90,10 @@ func TestDockerfile(t *testing.T) {
 	// /healthz, the version stamp, and the baked-in config validates.
 	bin := haltBinary(t)
 	h := startHalt(t, repo("config"))
-	if out, err := exec.Command(bin, "probe", "--url", "http://"+h.httpAddr+"/healthz").CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, "probe", "--url", "http://"+h.HTTPAddr+"/healthz").CombinedOutput(); err != nil {
 		t.Errorf("halt-envoy probe: %v\n%s", err, out)
 	}
-	if err := exec.Command(bin, "probe", "--url", "http://"+h.httpAddr+"/nope").Run(); err == nil {
+	if err := exec.Command(bin, "probe", "--url", "http://"+h.HTTPAddr+"/nope").Run(); err == nil {
 		t.Error("halt-envoy probe succeeds on a 404")
 	}
 	if out, _ := exec.Command(bin, "version").CombinedOutput(); !strings.Contains(string(out), "deploy-test") {
@@ -116,7 +118,7 @@ func TestDockerignore(t *testing.T) {
 			t.Errorf(".dockerignore excludes %s", need)
 		}
 	}
-	cmd := exec.Command(goTool(), "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./cmd/halt-envoy")
+	cmd := exec.Command(testutil.GoTool(), "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", "./cmd/halt-envoy")
 	cmd.Dir = root
 	out, err := cmd.Output()
 	if err != nil {

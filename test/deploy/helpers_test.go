@@ -11,14 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"gopkg.in/yaml.v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
@@ -35,15 +32,8 @@ const root = "../.."
 
 func repo(parts ...string) string { return filepath.Join(append([]string{root}, parts...)...) }
 
-var tmpRoot string
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if tmpRoot != "" {
-		os.RemoveAll(tmpRoot)
-	}
-	os.Exit(code)
-}
+// TestMain removes the binary built for the run.
+func TestMain(m *testing.M) { testutil.Main(m) }
 
 // yamlDocs reads every document of a (multi-document) YAML file as generic values.
 func yamlDocs(t *testing.T, path string) []map[string]any {
@@ -176,93 +166,33 @@ func contains(l []string, s string) bool {
 
 // ---- a real halt-envoy process ----
 
-var (
-	buildOnce sync.Once
-	buildPath string
-	buildErr  error
-)
-
-// haltBinary builds cmd/halt-envoy once per test run.
+// haltBinary builds cmd/halt-envoy (version deploy-test) once per test run.
 func haltBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		if tmpRoot == "" {
-			tmpRoot, buildErr = os.MkdirTemp("", "halt-deploy-test-")
-			if buildErr != nil {
-				return
-			}
-		}
-		buildPath = filepath.Join(tmpRoot, "halt-envoy")
-		cmd := exec.Command(goTool(), "build", "-o", buildPath, "-ldflags", "-X main.version=deploy-test", "./cmd/halt-envoy")
-		cmd.Dir = root
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/halt-envoy: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return buildPath
-}
-
-// goTool is the go command: on PATH, else the toolchain running this test.
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return testutil.BinaryVersion(t, "deploy-test")
 }
 
 // freePort returns a loopback port nobody listens on right now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return testutil.FreePort(t)
 }
 
-type halt struct {
-	grpcAddr, httpAddr string
-	log                *lockedBuffer
-}
+type halt struct{ *testutil.Process }
 
 // startHalt runs halt-envoy with the memory store on free loopback ports and waits until
-// /readyz answers 200. It is stopped (SIGTERM, then killed) when the test ends.
+// /readyz answers 200. It is stopped (SIGINT, then killed) when the test ends.
 func startHalt(t *testing.T, configPath string) *halt {
 	t.Helper()
-	bin := haltBinary(t)
-	h := &halt{
-		grpcAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		httpAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		log:      &lockedBuffer{},
-	}
-	cmd := exec.Command(bin, "serve", "--config", configPath, "--store", "memory://",
-		"--grpc-addr", h.grpcAddr, "--http-addr", h.httpAddr, "--log-level", "debug")
-	cmd.Env = os.Environ()
-	cmd.Stdout, cmd.Stderr = h.log, h.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("halt-envoy log:\n%s", h.log.String())
-		}
-	})
-	waitHTTP(t, "http://"+h.httpAddr+"/readyz", done, 15*time.Second)
-	return h
+	return &halt{testutil.StartHalt(t, testutil.HaltOptions{
+		Binary:       haltBinary(t),
+		Command:      "serve",
+		LogLevel:     "debug",
+		Args:         []string{"--config", configPath, "--store", "memory://"},
+		ReadyTimeout: 15 * time.Second,
+		StopSignal:   os.Interrupt,
+		StopTimeout:  10 * time.Second,
+	})}
 }
 
 // waitHTTP polls url until it answers 200; exited closes when the process died.
@@ -308,21 +238,3 @@ func httpGet(t *testing.T, url string) string {
 
 // httpClient bounds every request the tests make.
 var httpClient = &http.Client{Timeout: 10 * time.Second}
-
-// lockedBuffer collects a child process's output safely.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
@@ -557,10 +558,7 @@ func promGet(t *testing.T, base, path string, q url.Values) promResponse {
 func TestPrometheusScrapesHalt(t *testing.T) {
 	promBin, err := exec.LookPath("prometheus")
 	if err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("HALT_TEST_PEERS=1 but no prometheus binary on PATH (Debian package prometheus)")
-		}
-		t.Skip("no prometheus binary on PATH (Debian package prometheus): end-to-end scrape test skipped")
+		testutil.Missing(t, "no prometheus binary on PATH (Debian package prometheus): end-to-end scrape test skipped")
 	}
 	// halt-envoy with the demo config, in a directory of its own.
 	cfgDir := t.TempDir()
@@ -573,7 +571,7 @@ func TestPrometheusScrapesHalt(t *testing.T) {
 	}
 	h := startHalt(t, cfgDir)
 	domain, ds := demoDescriptors(t)
-	client := rlsClient(t, h.grpcAddr)
+	client := rlsClient(t, h.GRPCAddr)
 
 	// Traffic for the whole test: decisions keep changing while Prometheus scrapes.
 	ctx, stop := context.WithCancel(context.Background())
@@ -607,12 +605,12 @@ scrape_configs:
   - job_name: halt-envoy
     static_configs:
       - targets: [%q]
-`, alerts, h.httpAddr)
+`, alerts, h.HTTPAddr)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(promCfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	promAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	promLog := &lockedBuffer{}
+	promLog := &testutil.SyncBuffer{}
 	cmd := exec.Command(promBin,
 		"--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
@@ -719,7 +717,7 @@ scrape_configs:
 	}
 
 	// And the names the dashboard and alerts rely on are all in halt's real /metrics.
-	body := httpGet(t, "http://"+h.httpAddr+"/metrics")
+	body := httpGet(t, "http://"+h.HTTPAddr+"/metrics")
 	for _, name := range []string{"halt_decisions_total", "halt_request_duration_seconds_bucket",
 		"halt_store_duration_seconds_bucket", "halt_config_last_reload_successful", "halt_memory_keys"} {
 		if !strings.Contains(body, "\n"+name) {
