@@ -1,7 +1,6 @@
 package admin_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/admin"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
@@ -55,21 +55,8 @@ type fixture struct {
 	engine *ratelimit.Engine
 	api    http.Handler
 	clock  *clock
-	logs   *syncBuffer
+	logs   *testutil.SyncBuffer
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func newFixture(t *testing.T, tok string) *fixture {
 	t.Helper()
@@ -85,7 +72,7 @@ func newFixture(t *testing.T, tok string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	h := admin.New(admin.Config{Store: store, Rules: rules, Token: tok, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	mux := http.NewServeMux()
 	h.Register(mux)
