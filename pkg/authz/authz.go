@@ -171,6 +171,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	decisions := make([]ratelimit.Decision, len(descs))
 	if _, err := s.engine.Check(ctx, cfg.Domain, descs, decisions); err != nil {
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
 			return nil, err
 		}

@@ -270,6 +270,12 @@ func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, 
 		return 0, nil
 	}
 	applyErr := e.apply(ctx, nowUS, sc)
+	if applyErr != nil && ctx.Err() != nil {
+		// The caller gave up while the store worked: nobody is left to receive a
+		// failure-mode answer, and counting one as fail_open would mislead.
+		sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+		return 0, ctx.Err()
+	}
 	var failErr error
 	for k := range sc.ops {
 		op := &sc.ops[k]
