@@ -33,8 +33,10 @@ domain: soak
 descriptors:
   - key: user
     rate_limit: {unit: second, requests_per_unit: 50}
+  # 5 hot users x 2/s = 10/s: below a tenth of any --rate from 100/s up, so the deny
+  # path is always exercised, even in a 4-second run.
   - key: hot_user
-    rate_limit: {unit: second, requests_per_unit: 10}
+    rate_limit: {unit: second, requests_per_unit: 2}
   - key: api_key
     rate_limit: {unit: minute, requests_per_unit: 100, algorithm: token_bucket, burst: 20}
   - key: login
