@@ -28,8 +28,13 @@ type scratch struct {
 	algo    []algorithms.Algorithm // per descriptor: requested algorithm override (0 none)
 }
 
-func (sc *scratch) reset(n int) {
+// clearOps empties the op queue (keeping its storage) once a stage has been folded in.
+func (sc *scratch) clearOps() {
 	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+}
+
+func (sc *scratch) reset(n int) {
+	sc.clearOps()
 	clear(sc.replace)
 	if cap(sc.algo) < n {
 		sc.algo = make([]algorithms.Algorithm, n)
@@ -166,7 +171,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 					}
 				}
 			}
-			if _, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions); err != nil {
+			if err := e.runStage(ctx, domain, nowUS, sc, decisions); err != nil {
 				return false, err
 			}
 		}
@@ -273,7 +278,7 @@ func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, 
 	if applyErr != nil && ctx.Err() != nil {
 		// The caller gave up while the store worked: nobody is left to receive a
 		// failure-mode answer, and counting one as fail_open would mislead.
-		sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+		sc.clearOps()
 		return 0, ctx.Err()
 	}
 	var failErr error
@@ -313,7 +318,7 @@ func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, 
 			dec.Code = CodeOverLimit
 		}
 	}
-	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	sc.clearOps()
 	if failErr != nil {
 		e.cfg.Logger.Warn("store failed; answering UNAVAILABLE per failure_mode error", "domain", domain, "err", failErr)
 		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
@@ -406,7 +411,7 @@ func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int6
 			o.OnViolation(ctx, &ev)
 		}
 	}
-	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	sc.clearOps()
 }
 
 func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, rule *plans.Rule, l *plans.Limit, cost int64, kind Kind) {
@@ -608,7 +613,7 @@ func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64,
 			dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindQuota, sc.limits[k], r
 		}
 	}
-	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	sc.clearOps()
 	if failErr != nil {
 		return fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
 	}
