@@ -830,22 +830,33 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 
 // ---- policies ----
 
-func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
+// named returns the entries of a map of named definitions (policies:, plans:,
+// penalties:), reporting and leaving out empty and over-long names.
+func (d *decoder) named(n *yaml.Node, field, what string) []pair {
 	n = deref(n)
 	if isNull(n) {
 		return nil
 	}
-	var out []*policyCfg
+	var out []pair
 	for _, p := range d.fields(n, field) {
 		f := join(field, p.key)
 		if p.key == "" {
-			d.add(p.k, f, "policy name must not be empty")
+			d.add(p.k, f, "%s name must not be empty", what)
 			continue
 		}
 		if len(p.key) > MaxKeyLen {
-			d.add(p.k, f, "policy name is %d bytes long; the limit is %d", len(p.key), MaxKeyLen)
+			d.add(p.k, f, "%s name is %d bytes long; the limit is %d", what, len(p.key), MaxKeyLen)
 			continue
 		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
+	var out []*policyCfg
+	for _, p := range d.named(n, field, "policy") {
+		f := join(field, p.key)
 		pc := &policyCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
 		var rlNode, rlsNode *yaml.Node
 		const valid = "rate_limit, rate_limits, shadow_mode, failure_mode, allow_algorithm_override"

@@ -183,21 +183,9 @@ func (d *decoder) uniqueQuotas(qs []*quotaCfg, field string) {
 // ---- plans ----
 
 func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
-	n = deref(n)
-	if isNull(n) {
-		return nil
-	}
 	var out []*planCfg
-	for _, p := range d.fields(n, field) {
+	for _, p := range d.named(n, field, "plan") {
 		f := join(field, p.key)
-		if p.key == "" {
-			d.add(p.k, f, "plan name must not be empty")
-			continue
-		}
-		if len(p.key) > MaxKeyLen {
-			d.add(p.k, f, "plan name is %d bytes long; the limit is %d", len(p.key), MaxKeyLen)
-			continue
-		}
 		pc := &planCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
 		var rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
 		const valid = "rate_limit, rate_limits, policy, quota, quotas, penalty, shadow_mode, failure_mode, allow_algorithm_override"
@@ -264,21 +252,9 @@ func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
 // ---- penalties ----
 
 func (d *decoder) penalties(n *yaml.Node, field string) []*penaltyCfg {
-	n = deref(n)
-	if isNull(n) {
-		return nil
-	}
 	var out []*penaltyCfg
-	for _, p := range d.fields(n, field) {
+	for _, p := range d.named(n, field, "penalty") {
 		f := join(field, p.key)
-		if p.key == "" {
-			d.add(p.k, f, "penalty name must not be empty")
-			continue
-		}
-		if len(p.key) > MaxKeyLen {
-			d.add(p.k, f, "penalty name is %d bytes long; the limit is %d", len(p.key), MaxKeyLen)
-			continue
-		}
 		pc := &penaltyCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
 		pc.pol = d.penalty(p.k, p.v, f, p.key)
 		out = append(out, pc)
