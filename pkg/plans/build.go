@@ -23,7 +23,7 @@ func presets() []*policyCfg {
 				p.Burst = rpu
 			}
 		}
-		return &policyCfg{name: name, file: PresetFile, limits: []*limitCfg{{lim: Limit{
+		return &policyCfg{definition: definition{name: name, file: PresetFile}, limits: []*limitCfg{{lim: Limit{
 			Algorithm: alg, Unit: unit, RequestsPerUnit: uint32(rpu), UnitMultiplier: 1, Params: p,
 		}}}}
 	}
@@ -114,18 +114,27 @@ func (b *builder) add(file string, line, col int, field, msg string) {
 	b.problems = append(b.problems, Problem{File: file, Line: line, Column: col, Field: field, Msg: msg})
 }
 
-func (b *builder) policies(cfgs []*fileCfg) {
-	defined := map[string]*policyCfg{}
+// unique gathers one kind of named definition from every file, reporting a name
+// defined twice (naming both places) and keeping the first.
+func unique[T interface{ def() *definition }](b *builder, cfgs []*fileCfg, of func(*fileCfg) []T, section, what string) map[string]T {
+	defined := map[string]T{}
 	for _, fc := range cfgs {
-		for _, pc := range fc.policies {
-			if first, dup := defined[pc.name]; dup {
-				b.add(pc.file, pc.line, pc.col, "policies."+pc.name,
-					"policy "+quote(pc.name)+" is defined twice: in "+first.file+" (line "+itoa(first.line)+") and in "+pc.file)
+		for _, c := range of(fc) {
+			d := c.def()
+			if first, dup := defined[d.name]; dup {
+				f := first.def()
+				b.add(d.file, d.line, d.col, section+"."+d.name,
+					what+" "+quote(d.name)+" is defined twice: in "+f.file+" (line "+itoa(f.line)+") and in "+d.file)
 				continue
 			}
-			defined[pc.name] = pc
+			defined[d.name] = c
 		}
 	}
+	return defined
+}
+
+func (b *builder) policies(cfgs []*fileCfg) {
+	defined := unique(b, cfgs, func(fc *fileCfg) []*policyCfg { return fc.policies }, "policies", "policy")
 	for _, pc := range presets() {
 		if _, overridden := defined[pc.name]; !overridden {
 			defined[pc.name] = pc

@@ -105,9 +105,7 @@ type descCfg struct {
 }
 
 type policyCfg struct {
-	name          string
-	file          string
-	line, col     int
+	definition
 	limits        []*limitCfg
 	shadow        bool
 	failureMode   FailureMode
@@ -830,6 +828,19 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 
 // ---- policies ----
 
+// definition is where a named policy, plan or penalty was written.
+type definition struct {
+	name      string
+	file      string
+	line, col int
+}
+
+func (df *definition) def() *definition { return df }
+
+func (d *decoder) definition(p pair) definition {
+	return definition{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
+}
+
 // named returns the entries of a map of named definitions (policies:, plans:,
 // penalties:), reporting and leaving out empty and over-long names.
 func (d *decoder) named(n *yaml.Node, field, what string) []pair {
@@ -857,7 +868,7 @@ func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
 	var out []*policyCfg
 	for _, p := range d.named(n, field, "policy") {
 		f := join(field, p.key)
-		pc := &policyCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
+		pc := &policyCfg{definition: d.definition(p)}
 		var rlNode, rlsNode *yaml.Node
 		const valid = "rate_limit, rate_limits, shadow_mode, failure_mode, allow_algorithm_override"
 		for _, q := range d.fields(p.v, f) {

@@ -12,18 +12,10 @@ const MaxPlanRules = 100000
 
 // penalties collects penalties: across files; names are unique.
 func (b *builder) penalties(cfgs []*fileCfg) {
-	defined := map[string]*penaltyCfg{}
-	for _, fc := range cfgs {
-		for _, pc := range fc.penalties {
-			if first, dup := defined[pc.name]; dup {
-				b.add(pc.file, pc.line, pc.col, "penalties."+pc.name,
-					"penalty "+quote(pc.name)+" is defined twice: in "+first.file+" (line "+itoa(first.line)+") and in "+pc.file)
-				continue
-			}
-			defined[pc.name] = pc
-			if pc.pol != nil {
-				b.penaltyDefs[pc.name] = pc
-			}
+	defined := unique(b, cfgs, func(fc *fileCfg) []*penaltyCfg { return fc.penalties }, "penalties", "penalty")
+	for name, pc := range defined {
+		if pc.pol != nil {
+			b.penaltyDefs[name] = pc
 		}
 	}
 	b.penaltyNames = defined
@@ -47,17 +39,7 @@ func (b *builder) penaltyRef(file, name string, line, col int, field string) (*P
 // plans collects plans: across files (names unique; a plan of a built-in's name replaces
 // it), resolves their policies and penalties, and checks default_plan.
 func (b *builder) plans(cfgs []*fileCfg) {
-	defined := map[string]*planCfg{}
-	for _, fc := range cfgs {
-		for _, pc := range fc.plans {
-			if first, dup := defined[pc.name]; dup {
-				b.add(pc.file, pc.line, pc.col, "plans."+pc.name,
-					"plan "+quote(pc.name)+" is defined twice: in "+first.file+" (line "+itoa(first.line)+") and in "+pc.file)
-				continue
-			}
-			defined[pc.name] = pc
-		}
-	}
+	defined := unique(b, cfgs, func(fc *fileCfg) []*planCfg { return fc.plans }, "plans", "plan")
 	for _, p := range builtinPlans() {
 		if _, overridden := defined[p.name]; !overridden {
 			b.set.plans[p.name] = p

@@ -14,9 +14,7 @@ import (
 
 // planCfg is one decoded entry of plans:.
 type planCfg struct {
-	name          string
-	file          string
-	line, col     int
+	definition
 	limits        []*limitCfg
 	policy        string
 	policyNode    *yaml.Node
@@ -31,10 +29,8 @@ type planCfg struct {
 
 // penaltyCfg is one decoded entry of penalties:.
 type penaltyCfg struct {
-	name      string
-	file      string
-	line, col int
-	pol       *PenaltyPolicy // nil when invalid (already reported)
+	definition
+	pol *PenaltyPolicy // nil when invalid (already reported)
 }
 
 // timeZone decodes a time zone name. "" and "UTC" are UTC; "Local" is refused (it would
@@ -186,7 +182,7 @@ func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
 	var out []*planCfg
 	for _, p := range d.named(n, field, "plan") {
 		f := join(field, p.key)
-		pc := &planCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
+		pc := &planCfg{definition: d.definition(p)}
 		var rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
 		const valid = "rate_limit, rate_limits, policy, quota, quotas, penalty, shadow_mode, failure_mode, allow_algorithm_override"
 		for _, q := range d.fields(p.v, f) {
@@ -255,7 +251,7 @@ func (d *decoder) penalties(n *yaml.Node, field string) []*penaltyCfg {
 	var out []*penaltyCfg
 	for _, p := range d.named(n, field, "penalty") {
 		f := join(field, p.key)
-		pc := &penaltyCfg{name: p.key, file: d.file, line: p.k.Line, col: p.k.Column}
+		pc := &penaltyCfg{definition: d.definition(p)}
 		pc.pol = d.penalty(p.k, p.v, f, p.key)
 		out = append(out, pc)
 	}
