@@ -529,19 +529,7 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 			}
 		case "rate_limits":
 			rlsNode = p.k
-			v := deref(p.v)
-			if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-				d.add(p.v, f, "must be a non-empty list of rate_limit blocks, got %s", kindName(v))
-				continue
-			}
-			for j, c := range v.Content {
-				if l := d.rateLimit(c, fmt.Sprintf("%s[%d]", f, j)); l != nil {
-					if l.unlimited && len(v.Content) > 1 {
-						d.add(c, fmt.Sprintf("%s[%d]", f, j), "unlimited cannot be combined with other limits")
-					}
-					dc.limits = append(dc.limits, l)
-				}
-			}
+			dc.limits = append(dc.limits, d.limitList(p.v, f)...)
 		case "policy":
 			dc.policy = d.name(p.v, f, "policy")
 			dc.policyNode = p.v
@@ -881,19 +869,7 @@ func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
 				}
 			case "rate_limits":
 				rlsNode = q.k
-				v := deref(q.v)
-				if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-					d.add(q.v, g, "must be a non-empty list of rate_limit blocks, got %s", kindName(v))
-					continue
-				}
-				for j, c := range v.Content {
-					if l := d.rateLimit(c, fmt.Sprintf("%s[%d]", g, j)); l != nil {
-						if l.unlimited && len(v.Content) > 1 {
-							d.add(c, fmt.Sprintf("%s[%d]", g, j), "unlimited cannot be combined with other limits")
-						}
-						pc.limits = append(pc.limits, l)
-					}
-				}
+				pc.limits = append(pc.limits, d.limitList(q.v, g)...)
 			case "shadow_mode":
 				pc.shadow = d.boolean(q.v, g)
 			case "failure_mode":
