@@ -344,8 +344,7 @@ func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 	}
 	start := time.Now()
 	var err error
-	if e.inProcess {
-		// No I/O to bound: a timer per call would be half of this path's cost.
+	if e.selfBounded {
 		err = e.cfg.Store.Apply(ctx, nowUS, sc.opPtrs)
 	} else {
 		sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)

@@ -69,16 +69,18 @@ type Config struct {
 type Engine struct {
 	cfg  Config
 	pool sync.Pool // *scratch
-	// inProcess is set for stores that do no I/O (memory): no per-call timeout needed.
-	inProcess bool
+	// selfBounded is set for stores that need no per-call deadline from the engine.
+	selfBounded bool
 	// storeLatency is resolved once: a label lookup per call is measurable on this path.
 	storeLatency prometheus.Observer
 }
 
-// InProcess is implemented by stores that decide without I/O, so a call to them needs
-// no timeout of its own.
-type InProcess interface {
-	InProcess() bool
+// SelfBounded is implemented by stores whose calls need no deadline from the engine:
+// they do no I/O (memory), or they bound every call by their own timeout (Redis). The
+// engine then skips a derived context per call, whose timer and cancel registration
+// were a tenth of the allocations on the request path.
+type SelfBounded interface {
+	SelfBounded() bool
 }
 
 // New returns an engine for cfg.
@@ -118,8 +120,8 @@ func New(cfg Config) (*Engine, error) {
 		cfg.StoreName = "unknown"
 	}
 	e := &Engine{cfg: cfg}
-	if ip, ok := cfg.Store.(InProcess); ok {
-		e.inProcess = ip.InProcess()
+	if sb, ok := cfg.Store.(SelfBounded); ok {
+		e.selfBounded = sb.SelfBounded()
 	}
 	if cfg.Metrics != nil {
 		e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)

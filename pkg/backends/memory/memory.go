@@ -226,8 +226,9 @@ func (s *Store) sweepLoop() {
 	}
 }
 
-// InProcess reports that decisions need no I/O (the engine then skips a per-call timeout).
-func (s *Store) InProcess() bool { return true }
+// SelfBounded reports that calls need no deadline: decisions do no I/O, and a timer
+// per call would be half of this path's cost.
+func (s *Store) SelfBounded() bool { return true }
 
 // Ping always succeeds while the store is open.
 func (s *Store) Ping(ctx context.Context) error {

@@ -405,15 +405,13 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		pending = append(pending, op)
 	}
 	if len(pending) > 0 {
-		// The engine already bounds the call by the same store timeout: deriving a second
-		// timer (two allocations, a runtime timer and a cancel) for every request was 7% of
-		// the server's allocations under load, for nothing.
-		if d, ok := ctx.Deadline(); !ok || time.Until(d) > s.timeout {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, s.timeout)
-			defer cancel()
+		// The store's timeout bounds the call (see SelfBounded); a caller's earlier
+		// deadline (Envoy's grpc-timeout) wins.
+		deadline := time.Now().Add(s.timeout)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
 		}
-		s.decide(ctx, now, pending)
+		s.decide(ctx, deadline, now, pending)
 	}
 	for _, op := range ops {
 		if op.Err != nil {
@@ -423,12 +421,19 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	return nil
 }
 
+// SelfBounded tells the engine that every Apply is bounded by the store's own timeout,
+// so the engine derives no context with a timer for it.
+func (s *Store) SelfBounded() bool { return true }
+
 // call is one script invocation: the ops of one slot.
 type call struct {
 	keys []string
 	spec string
 	ops  []*backends.Op
-	ctx  context.Context
+	// ctx is the caller's: a call it cancelled before its pipeline went out is dropped.
+	ctx context.Context
+	// deadline bounds the call: its pipeline runs under the earliest deadline of its calls.
+	deadline time.Time
 	// slot is the cluster slot of every key (0 outside Cluster).
 	slot int
 	// parts are the calls a merged call stands for.
@@ -436,14 +441,13 @@ type call struct {
 
 	reply string
 	err   error
-	done  chan struct{}
-	// abandoned is set (by the Apply goroutine only) when its context ended before the
-	// collector finished; reply and err are then not read.
-	abandoned error
+	// done receives one value when reply or err is set (buffered, so the collector never
+	// blocks on a caller).
+	done chan struct{}
 }
 
-func (s *Store) newCall(ctx context.Context, now int64, ops []*backends.Op) *call {
-	c := &call{keys: make([]string, len(ops)), ops: ops, ctx: ctx}
+func (s *Store) newCall(ctx context.Context, deadline time.Time, now int64, ops []*backends.Op) *call {
+	c := &call{keys: make([]string, len(ops)), ops: ops, ctx: ctx, deadline: deadline, done: make(chan struct{}, 1)}
 	// A Builder hands over its buffer as the string: one allocation, no copy.
 	var sb strings.Builder
 	sb.Grow(72 * len(ops))
@@ -456,29 +460,27 @@ func (s *Store) newCall(ctx context.Context, now int64, ops []*backends.Op) *cal
 	return c
 }
 
-func (s *Store) decide(ctx context.Context, now int64, ops []*backends.Op) {
+func (s *Store) decide(ctx context.Context, deadline time.Time, now int64, ops []*backends.Op) {
 	var calls []*call
 	if s.slots == nil || len(ops) == 1 {
-		c := s.newCall(ctx, now, ops)
+		c := s.newCall(ctx, deadline, now, ops)
 		if s.slots != nil {
 			c.slot = s.slots.slot(c.keys[0])
 		}
 		calls = []*call{c}
 	} else {
-		calls = s.splitBySlot(ctx, now, ops)
+		calls = s.splitBySlot(ctx, deadline, now, ops)
 	}
 	if s.batch != nil {
 		s.batch.do(ctx, calls)
 	} else {
-		s.run(ctx, calls)
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		s.run(rctx, calls)
+		cancel()
 	}
 	for _, c := range calls {
-		cerr := c.abandoned
-		if cerr == nil {
-			cerr = c.err
-		}
-		if cerr != nil {
-			err := fmt.Errorf("redis apply: %w", s.wrap(cerr))
+		if c.err != nil {
+			err := fmt.Errorf("redis apply: %w", s.wrap(c.err))
 			for _, op := range c.ops {
 				op.Err = err
 			}
@@ -502,7 +504,7 @@ func (s *Store) decide(ctx context.Context, now int64, ops []*backends.Op) {
 
 // splitBySlot groups ops by cluster slot, keeping their order within each slot (the same
 // key twice stays in order).
-func (s *Store) splitBySlot(ctx context.Context, now int64, ops []*backends.Op) []*call {
+func (s *Store) splitBySlot(ctx context.Context, deadline time.Time, now int64, ops []*backends.Op) []*call {
 	type slotted struct {
 		slot int
 		op   *backends.Op
@@ -519,7 +521,7 @@ func (s *Store) splitBySlot(ctx context.Context, now int64, ops []*backends.Op) 
 		for ; j < len(ss) && ss[j].slot == ss[i].slot; j++ {
 			group = append(group, ss[j].op)
 		}
-		c := s.newCall(ctx, now, group)
+		c := s.newCall(ctx, deadline, now, group)
 		c.slot = ss[i].slot
 		calls = append(calls, c)
 		i = j
