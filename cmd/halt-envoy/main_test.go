@@ -334,3 +334,47 @@ descriptors:
 		t.Fatalf("ext_authz answers %v", got)
 	}
 }
+
+func TestGCPercent(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		getenv   func(string) string
+		inHeap   bool
+		want     int
+		parseErr string
+	}{
+		{name: "network store", getenv: env(), want: networkGCPercent},
+		{name: "memory keeps Go's default", getenv: env(), inHeap: true, want: 0},
+		{name: "GOGC wins", getenv: env("GOGC", "150"), want: 0},
+		{name: "flag wins over GOGC", args: []string{"--gc-percent", "200"}, getenv: env("GOGC", "150"), want: 200},
+		{name: "env flag", getenv: env("HALT_GC_PERCENT", "300"), inHeap: true, want: 300},
+		{name: "negative refused", args: []string{"--gc-percent", "-1"}, getenv: env(), parseErr: "gc-percent must be 0 (automatic) or positive, got -1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := parseServe(tc.args, io.Discard, tc.getenv)
+			if tc.parseErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.parseErr) {
+					t.Fatalf("parseServe error = %v, want %q", err, tc.parseErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := gcPercent(f, tc.inHeap); got != tc.want {
+				t.Fatalf("gcPercent = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
