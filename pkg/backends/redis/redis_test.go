@@ -626,3 +626,68 @@ func TestServerTime(t *testing.T) {
 		t.Fatalf("admitted %d, want 1", admitted)
 	}
 }
+
+// TestSilentServerUnderLoad sends more concurrent calls than the batcher's queue holds to a
+// server that accepts and never answers, then closes the store while calls are queued and
+// in flight: a caller waits on its call alone (no timer of its own), so every call must
+// still come back, unavailable, and none may be left waiting.
+func TestSilentServerUnderLoad(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	const timeout = 200 * time.Millisecond
+	s := mustOpen(t, "redis://"+silent.Addr().String(), backends.Options{Timeout: timeout})
+	callers := 6 * maxBatch // more than the queue (4*maxBatch) holds
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for i := 0; i < callers; i++ {
+		wg.Go(func() {
+			op := &backends.Op{Key: fmt.Sprintf("k%d", i), Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 10, Period: 1_000_000}, Cost: 1}
+			err := s.Apply(context.Background(), 1, []*backends.Op{op})
+			if !errors.Is(err, backends.ErrUnavailable) {
+				errs <- fmt.Errorf("call %d: %v, want ErrUnavailable", i, err)
+			}
+		})
+	}
+	time.Sleep(timeout / 2) // calls are queued and one pipeline hangs on the silent server
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("calls still waiting 30 s after Close on a silent server")
+	}
+	<-closed
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	op := &backends.Op{Key: "after", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: 1_000_000}, Cost: 1}
+	if err := s.Apply(context.Background(), 1, []*backends.Op{op}); !errors.Is(err, backends.ErrUnavailable) {
+		t.Errorf("Apply after Close: %v, want ErrUnavailable", err)
+	}
+}
