@@ -9,6 +9,7 @@ import (
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,9 @@ type Service struct {
 	engine  *Engine
 	headers HeaderFamilies
 	pool    sync.Pool // *callScratch
+	// duration and ok are resolved once: two label lookups per call showed in profiles.
+	duration prometheus.Observer
+	ok       prometheus.Counter
 }
 
 // HeaderFamilies selects which rate-limit response headers are added.
@@ -39,6 +43,10 @@ type HeaderFamilies struct {
 func NewService(e *Engine, headers HeaderFamilies) *Service {
 	s := &Service{engine: e, headers: headers}
 	s.pool.New = func() any { return new(callScratch) }
+	if m := e.cfg.Metrics; m != nil {
+		s.duration = m.RequestDuration.WithLabelValues("ShouldRateLimit")
+		s.ok = m.Requests.WithLabelValues("ShouldRateLimit", codes.OK.String())
+	}
 	return s
 }
 
@@ -53,8 +61,12 @@ func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReque
 	start := time.Now()
 	resp, err := s.shouldRateLimit(ctx, req)
 	if m := s.engine.cfg.Metrics; m != nil {
-		m.RequestDuration.WithLabelValues("ShouldRateLimit").Observe(time.Since(start).Seconds())
-		m.Requests.WithLabelValues("ShouldRateLimit", status.Code(err).String()).Inc()
+		s.duration.Observe(time.Since(start).Seconds())
+		if err == nil {
+			s.ok.Inc()
+		} else {
+			m.Requests.WithLabelValues("ShouldRateLimit", status.Code(err).String()).Inc()
+		}
 	}
 	return resp, err
 }
