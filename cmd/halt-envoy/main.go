@@ -35,6 +35,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
@@ -252,6 +253,9 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		return nil
 	})
 
+	// go-redis logs failed dials itself, as raw text on stderr, one line each: route them
+	// through slog, each kind at most every 10 s.
+	redis.RouteDriverLogs(log, 10*time.Second)
 	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
