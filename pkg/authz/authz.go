@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
@@ -33,6 +34,9 @@ type Server struct {
 	config  func() *Config
 	log     *slog.Logger
 	metrics *metrics.Metrics
+	// invalidKeyLog and penaltyLog keep lines that an attacker (invalid keys) or an outage
+	// (the penalty store) could make per call to one per lograte.DefaultInterval.
+	invalidKeyLog, penaltyLog *lograte.Limiter
 }
 
 // New returns the ext_authz server. config returns the current authz configuration
@@ -42,7 +46,8 @@ func New(engine *ratelimit.Engine, rules func() *plans.Set, config func() *Confi
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m}
+	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
+		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval)}
 }
 
 // Limits on what a Check reads from a request: a larger header is not a key we issued.
@@ -254,7 +259,9 @@ func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, set *plans.Set
 	detail := "a valid API key is required"
 	if !fail.missing {
 		detail = "the API key is not valid"
-		s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path)
+		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
+			s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path, "similar_suppressed", held)
+		}
 	}
 	if cfg.InvalidKeyPenalty != "" && r.source != "" {
 		if pol, ok := set.PenaltyPolicy(cfg.InvalidKeyPenalty); ok {
@@ -265,7 +272,9 @@ func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, set *plans.Set
 			}
 			locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, severity)
 			if err != nil {
-				s.log.Warn("invalid-key penalty unavailable", "err", err)
+				if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+					s.log.Warn("invalid-key penalty unavailable", "err", err, "similar_suppressed", held)
+				}
 			} else if locked {
 				return problem(403, "Forbidden", "too many invalid API keys from this address; locked out", "penalty:"+pol.Name, left, nil), nil
 			}

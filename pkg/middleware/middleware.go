@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 )
 
 // Headers selects the rate-limit response header families, as the server's --headers
@@ -58,7 +59,9 @@ type config struct {
 	cidrs    []netip.Prefix
 	headers  Headers
 	failure  FailureMode
-	log      *slog.Logger
+	// failLog keeps store-failure warnings to one per lograte.DefaultInterval.
+	failLog *lograte.Limiter
+	log     *slog.Logger
 }
 
 // WithKey replaces the default key (the client address, "ip:203.0.113.7"): an API key,
@@ -115,7 +118,7 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
 // New returns middleware that limits every request with lim.
 func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
-	c := &config{headers: Headers{IETF: true, XRateLimit: true}}
+	c := &config{headers: Headers{IETF: true, XRateLimit: true}, failLog: lograte.New(lograte.DefaultInterval)}
 	for _, o := range opts {
 		if o != nil {
 			o(c)
@@ -153,7 +156,9 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 			}
 			d, err := lim.AllowN(r.Context(), key, n)
 			if err != nil {
-				c.log.Warn("rate-limit store failed", "mode", c.failure.String(), "err", err)
+				if ok, held := c.failLog.Allow(time.Now()); ok {
+					c.log.Warn("rate-limit store failed", "mode", c.failure.String(), "err", err, "similar_suppressed", held)
+				}
 				if c.failure == FailClosed {
 					w.Header().Set("Retry-After", "1")
 					problem(w, http.StatusServiceUnavailable, "Rate limiter unavailable", "the rate limiter cannot decide right now; retry shortly")

@@ -320,11 +320,11 @@ func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, 
 	}
 	sc.clearOps()
 	if failErr != nil {
-		e.cfg.Logger.Warn("store failed; answering UNAVAILABLE per failure_mode error", "domain", domain, "err", failErr)
+		e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
 		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
 	}
 	if applyErr != nil {
-		e.cfg.Logger.Warn("store failed; applying failure mode", "domain", domain, "err", applyErr)
+		e.logFailure("store failed; applying failure mode", domain, applyErr)
 	}
 	return delay, nil
 }
@@ -384,7 +384,7 @@ func (e *Engine) fail(dec *Decision, l *plans.Limit, kind Kind, err error) error
 // descriptor is already over limit), it only starts or lengthens lockouts.
 func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
 	if err := e.apply(ctx, nowUS, sc); err != nil {
-		e.cfg.Logger.Warn("recording penalty violations failed", "domain", domain, "err", err)
+		e.logFailure("recording penalty violations failed", domain, err)
 	}
 	for k := range sc.ops {
 		op := &sc.ops[k]
@@ -617,4 +617,11 @@ func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64,
 		return fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
 	}
 	return nil
+}
+
+// logFailure logs a failed store call, at most once per lograte.DefaultInterval.
+func (e *Engine) logFailure(msg, domain string, err error) {
+	if ok, held := e.failLog.Allow(e.cfg.Clock.Now()); ok {
+		e.cfg.Logger.Warn(msg, "domain", domain, "err", err, "similar_suppressed", held)
+	}
 }

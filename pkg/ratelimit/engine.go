@@ -16,6 +16,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
@@ -73,6 +74,9 @@ type Engine struct {
 	selfBounded bool
 	// storeLatency is resolved once: a label lookup per call is measurable on this path.
 	storeLatency prometheus.Observer
+	// failLog keeps store-failure warnings to one line per lograte.DefaultInterval:
+	// during an outage every call fails (halt_store_errors_total counts each one).
+	failLog *lograte.Limiter
 }
 
 // SelfBounded is implemented by stores whose calls need no deadline from the engine:
@@ -119,7 +123,7 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.StoreName == "" {
 		cfg.StoreName = "unknown"
 	}
-	e := &Engine{cfg: cfg}
+	e := &Engine{cfg: cfg, failLog: lograte.New(lograte.DefaultInterval)}
 	if sb, ok := cfg.Store.(SelfBounded); ok {
 		e.selfBounded = sb.SelfBounded()
 	}

@@ -1,8 +1,11 @@
 package ratelimit_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -11,12 +14,14 @@ import (
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
@@ -456,4 +461,43 @@ func testutilCount(m *metrics.Metrics, domain, result string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestOutageLogsAFewLines: during a store outage every call fails; the log gets one
+// warning per interval saying how many were held back, while the metric counts each call.
+func TestOutageLogsAFewLines(t *testing.T) {
+	var buf bytes.Buffer
+	h := newHarness(t, referenceConfig, func(c *ratelimit.Config) {
+		c.Store = brokenStore{}
+		c.Logger = slog.New(slog.NewJSONHandler(&buf, nil))
+	})
+	req := &rlsv3.RateLimitRequest{Domain: "edge", Descriptors: []*rlcommon.RateLimitDescriptor{desc("remote_address", "1")}}
+	for i := 0; i < 500; i++ {
+		if _, err := h.svc.ShouldRateLimit(context.Background(), req); err != nil {
+			t.Fatal(err) // failure mode allow: answered OK
+		}
+	}
+	h.clock.Add(lograte.DefaultInterval)
+	if _, err := h.svc.ShouldRateLimit(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line %q: %v", l, err)
+		}
+		if m["msg"] == "store failed; applying failure mode" {
+			lines = append(lines, m)
+		}
+	}
+	if len(lines) != 2 {
+		t.Fatalf("%d store-failure lines for 501 failed calls over one interval, want 2:\n%s", len(lines), buf.String())
+	}
+	if lines[0]["similar_suppressed"] != float64(0) || lines[1]["similar_suppressed"] != float64(499) {
+		t.Errorf("similar_suppressed = %v then %v, want 0 then 499", lines[0]["similar_suppressed"], lines[1]["similar_suppressed"])
+	}
+	if got := promtest.ToFloat64(h.m.StoreErrors.WithLabelValues("memory")); got != 501 {
+		t.Errorf("store errors metric = %v, want 501 (every call)", got)
+	}
 }
