@@ -8,6 +8,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 )
 
 // DriverLog carries go-redis's own log lines (failed dials, pool trouble) into slog.
@@ -21,12 +23,7 @@ type DriverLog struct {
 	now   func() time.Time
 
 	mu   sync.Mutex
-	seen map[string]*driverLine
-}
-
-type driverLine struct {
-	last    time.Time
-	dropped int
+	seen map[string]*lograte.Limiter // by message format
 }
 
 // maxDriverFormats bounds the formats remembered; the driver has a few dozen.
@@ -35,32 +32,28 @@ const maxDriverFormats = 256
 // NewDriverLog returns a DriverLog writing to l at most once per every for each message
 // format.
 func NewDriverLog(l *slog.Logger, every time.Duration) *DriverLog {
-	return &DriverLog{log: l.With("store", "redis", "source", "go-redis"), every: every, now: time.Now, seen: map[string]*driverLine{}}
+	return &DriverLog{log: l.With("store", "redis", "source", "go-redis"), every: every, now: time.Now, seen: map[string]*lograte.Limiter{}}
 }
 
 // Printf implements go-redis's logging interface.
 func (d *DriverLog) Printf(ctx context.Context, format string, v ...any) {
 	d.mu.Lock()
-	now := d.now()
-	line := d.seen[format]
-	if line == nil {
+	lim := d.seen[format]
+	if lim == nil {
 		if len(d.seen) >= maxDriverFormats {
 			clear(d.seen)
 		}
-		line = &driverLine{}
-		d.seen[format] = line
-	} else if now.Sub(line.last) < d.every {
-		line.dropped++
-		d.mu.Unlock()
+		lim = lograte.New(d.every)
+		d.seen[format] = lim
+	}
+	d.mu.Unlock()
+	ok, held := lim.Allow(d.now())
+	if !ok {
 		return
 	}
-	dropped := line.dropped
-	line.last, line.dropped = now, 0
-	d.mu.Unlock()
-
 	var attrs []any
-	if dropped > 0 {
-		attrs = append(attrs, "similar_suppressed", dropped)
+	if held > 0 {
+		attrs = append(attrs, "similar_suppressed", held)
 	}
 	d.log.WarnContext(ctx, fmt.Sprintf(format, v...), attrs...)
 }
