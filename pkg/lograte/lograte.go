@@ -7,7 +7,7 @@
 package lograte
 
 import (
-	"sync/atomic"
+	"sync"
 	"time"
 )
 
@@ -16,32 +16,45 @@ import (
 // minute.
 const DefaultInterval = 10 * time.Second
 
-// Limiter allows one line per interval. The zero value allows every line. It is safe for
-// concurrent use and costs two atomic operations when it holds a line back.
+// Limiter allows a number of lines per interval (a fixed window that starts with the first
+// line after the previous window ended). The zero value allows every line. It is safe for
+// concurrent use.
 type Limiter struct {
-	every int64        // nanoseconds
-	last  atomic.Int64 // UnixNano of the last line allowed, 0 before the first
-	held  atomic.Int64 // lines held back since then
+	every time.Duration
+	n     int
+
+	mu    sync.Mutex
+	start time.Time // of the current window
+	used  int       // lines allowed in it
+	held  int64     // lines held back since the last one allowed
 }
 
 // New returns a Limiter allowing one line per every.
 func New(every time.Duration) *Limiter {
-	return &Limiter{every: int64(every)}
+	return NewN(1, every)
+}
+
+// NewN returns a Limiter allowing n lines per every.
+func NewN(n int, every time.Duration) *Limiter {
+	return &Limiter{every: every, n: n}
 }
 
 // Allow reports whether a line may be written at now and, if so, how many lines were held
 // back since the last one allowed (to be logged with it).
 func (l *Limiter) Allow(now time.Time) (ok bool, held int64) {
-	n := now.UnixNano()
-	last := l.last.Load()
-	if last != 0 && n-last < l.every {
-		l.held.Add(1)
+	if l.n <= 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.used == 0 || now.Sub(l.start) >= l.every || now.Before(l.start) {
+		l.start, l.used = now, 0
+	}
+	if l.used >= l.n {
+		l.held++
 		return false, 0
 	}
-	if !l.last.CompareAndSwap(last, n) {
-		// Another goroutine took this interval's line.
-		l.held.Add(1)
-		return false, 0
-	}
-	return true, l.held.Swap(0)
+	l.used++
+	held, l.held = l.held, 0
+	return true, held
 }

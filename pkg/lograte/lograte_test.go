@@ -60,3 +60,21 @@ func TestConcurrentCallersShareOneLine(t *testing.T) {
 		t.Fatalf("next interval: ok=%v held=%d, want true 63", ok, held)
 	}
 }
+
+func TestNPerInterval(t *testing.T) {
+	l := NewN(3, time.Second)
+	t0 := time.Unix(1000, 0)
+	for i := 0; i < 3; i++ {
+		if ok, _ := l.Allow(t0.Add(time.Duration(i) * time.Millisecond)); !ok {
+			t.Fatalf("line %d of 3 in the window held back", i+1)
+		}
+	}
+	for i := 0; i < 4; i++ {
+		if ok, _ := l.Allow(t0.Add(500 * time.Millisecond)); ok {
+			t.Fatal("a fourth line in the window was allowed")
+		}
+	}
+	if ok, held := l.Allow(t0.Add(time.Second)); !ok || held != 4 {
+		t.Fatalf("first line of the next window: ok=%v held=%d, want true 4", ok, held)
+	}
+}
