@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -64,7 +65,15 @@ type Store struct {
 	closeOnce sync.Once
 	stop      chan struct{}
 	done      chan struct{}
+
+	// healing is set while a re-creation of a dropped schema runs; lastHeal (UnixNano)
+	// spaces attempts, so an outage of DDL rights does not become a DDL storm.
+	healing  atomic.Bool
+	lastHeal atomic.Int64
 }
+
+// healInterval is the shortest time between two attempts to re-create a dropped schema.
+const healInterval = time.Second
 
 type urlConfig struct {
 	pool  *pgxpool.Config
@@ -218,12 +227,16 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	// Start-up may be slower than a decision (cold caches, a busy server): lift the
 	// per-call statement_timeout for this check; ctx still bounds it.
 	var v int
+	var present bool
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL statement_timeout = 0`); err != nil {
 			return err
 		}
 		var err error
-		v, err = schemaVersion(ctx, tx, s.names.raw)
+		if v, err = schemaVersion(ctx, tx, s.names.raw); err != nil {
+			return err
+		}
+		present, err = schemaPresent(ctx, tx, s.names)
 		return err
 	})
 	if err != nil {
@@ -232,8 +245,10 @@ func (s *Store) ensureSchema(ctx context.Context) error {
 	switch {
 	case v > SchemaVersion:
 		return newerError(s.names.raw, v)
-	case v == SchemaVersion:
+	case v == SchemaVersion && present:
 		return nil
+	case v == SchemaVersion && s.cfg.SkipMigrate:
+		return fmt.Errorf("postgres: table %q is recorded at schema version %d but it or its function %s is missing (dropped?); run `halt-envoy migrate` to re-create it", s.names.raw, v, s.names.fn)
 	case s.cfg.SkipMigrate:
 		return fmt.Errorf("postgres: table %q has schema version %d, want %d; run `halt-envoy migrate` first", s.names.raw, v, SchemaVersion)
 	}
@@ -351,6 +366,10 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		err = fmt.Errorf("%w: decision function returned %d values for %d ops", backends.ErrCorrupt, len(res), len(c.order))
 	}
 	if err != nil {
+		if schemaMissing(err) {
+			err = fmt.Errorf("state table %q or its function is missing (dropped?): %w: %w", s.names.raw, backends.ErrUnavailable, err)
+			s.heal()
+		}
 		err = fmt.Errorf("postgres apply: %w", classify(err))
 		for _, i := range c.order {
 			ops[i].Err = err
@@ -469,4 +488,40 @@ func (s *Store) cleanLoop() {
 			}
 		}
 	}
+}
+
+// schemaMissing reports an error meaning the state table or its function is gone:
+// undefined_table or undefined_function.
+func schemaMissing(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42883")
+}
+
+// heal re-creates a schema dropped under a running store, in the background, at most
+// once per healInterval, unless the store was told not to migrate (then the error says
+// to run `halt-envoy migrate`). Calls fail per the failure mode until it is back.
+func (s *Store) heal() {
+	if s.cfg.SkipMigrate {
+		return
+	}
+	now := time.Now().UnixNano()
+	if now-s.lastHeal.Load() < int64(healInterval) || !s.healing.CompareAndSwap(false, true) {
+		return
+	}
+	s.lastHeal.Store(now)
+	go func() {
+		defer s.healing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := migrate(ctx, s.pool, s.names.raw); err != nil {
+			select {
+			case <-s.stop: // closed meanwhile: nothing to report
+				return
+			default:
+			}
+			s.opt.Logger.Error("postgres: state table missing and re-creating it failed", "table", s.names.raw, "err", redactErr(err))
+			return
+		}
+		s.opt.Logger.Warn("postgres: state table was missing (dropped?); re-created it, counters start from zero", "table", s.names.raw)
+	}()
 }

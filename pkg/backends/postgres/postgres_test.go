@@ -451,3 +451,57 @@ func TestCrossedBatchesDoNotDeadlock(t *testing.T) {
 		t.Fatalf("x0 counted %d hits, want 64", used)
 	}
 }
+
+// TestDroppedTable: an operator drops the state table (to reset every counter) while its
+// version record stays. Open, `halt-envoy migrate` and a running store must all bring it
+// back instead of failing every call with "relation does not exist".
+func TestDroppedTable(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	s := openTest(t, dsn, table, Config{})
+	defer s.Close()
+	op := func() *backends.Op {
+		return &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 60_000_000}, Cost: 1}
+	}
+	drop := func() {
+		t.Helper()
+		if _, err := s.pool.Exec(ctx, `DROP TABLE `+s.names.table+` CASCADE`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.pool.Exec(ctx, `DROP FUNCTION `+s.names.fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// A running store re-creates it in the background; calls fail meanwhile, unavailable.
+	drop()
+	o := op()
+	if err := s.Apply(ctx, 1, []*backends.Op{o}); !errors.Is(err, backends.ErrUnavailable) || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("Apply on a dropped table: %v, want ErrUnavailable naming the missing table", err)
+	}
+	testutil.WaitFor(t, 30*time.Second, func() bool {
+		o := op()
+		return s.Apply(ctx, 1, []*backends.Op{o}) == nil && o.Result.Allowed
+	})
+
+	// Open re-creates it; with migrate=false it refuses, naming `halt-envoy migrate`.
+	drop()
+	if _, err := Open(ctx, dsn, Config{Table: table, SkipMigrate: true, CleanupInterval: -1}, backends.Options{Timeout: 5 * time.Second}); err == nil || !strings.Contains(err.Error(), "halt-envoy migrate") {
+		t.Fatalf("migrate=false opened a dropped table: %v", err)
+	}
+	s2 := openTest(t, dsn, table, Config{})
+	if o := op(); s2.Apply(ctx, 1, []*backends.Op{o}) != nil || !o.Result.Allowed {
+		t.Fatalf("after Open: %v", o.Err)
+	}
+	s2.Close()
+
+	// And so does Migrate.
+	drop()
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	if present, err := schemaPresent(ctx, s.pool, s.names); err != nil || !present {
+		t.Fatalf("after Migrate: present=%v err=%v", present, err)
+	}
+}

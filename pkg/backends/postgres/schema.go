@@ -101,6 +101,19 @@ func schemaVersion(ctx context.Context, q interface {
 	return v, err
 }
 
+// schemaPresent reports whether the state table and its decision function exist. The
+// version record alone is not proof: an operator who drops the table to reset every
+// counter leaves the record behind, and trusting it failed every call with
+// "relation does not exist" while `halt-envoy migrate` did nothing.
+func schemaPresent(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, n names) (bool, error) {
+	var ok bool
+	err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regprocedure($2) IS NOT NULL`,
+		n.table, n.fn+"(text[], bigint[], bigint)").Scan(&ok)
+	return ok, err
+}
+
 func newerError(table string, v int) error {
 	return fmt.Errorf("postgres: table %q has schema version %d, newer than the %d this halt-envoy understands; upgrade halt-envoy (or point it at another table=)", table, v, SchemaVersion)
 }
@@ -129,7 +142,14 @@ func migrate(ctx context.Context, q querier, table string) error {
 		return newerError(table, v)
 	}
 	if v == SchemaVersion {
-		return tx.Commit(ctx)
+		present, err := schemaPresent(ctx, tx, n)
+		if err != nil {
+			return fmt.Errorf("postgres migrate: checking %s: %w", n.raw, err)
+		}
+		if present {
+			return tx.Commit(ctx)
+		}
+		// Recorded but dropped: the statements below are idempotent and re-create it.
 	}
 	stmts := []struct{ what, sql string }{
 		{"create table " + versionTable, `CREATE TABLE IF NOT EXISTS ` + versionTable + ` (table_name text PRIMARY KEY, version integer NOT NULL)`},
