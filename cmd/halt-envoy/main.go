@@ -268,6 +268,9 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		memStore = s.Store
 	}
 	storeName := storeKind(f.store)
+	if ev, ok := store.(interface{ ServerEvictions() uint64 }); ok {
+		m.WatchStoreEvictions(storeName, ev.ServerEvictions)
+	}
 	if gc := gcPercent(f, memStore != nil); gc != 0 {
 		debug.SetGCPercent(gc)
 		log.Debug("garbage collector target set", "gc_percent", gc)

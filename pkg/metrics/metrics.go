@@ -160,3 +160,15 @@ func New(mem func() MemoryStore) *Metrics {
 	m.ConfigLastReloadSuccess.Set(1)
 	return m
 }
+
+// WatchStoreEvictions exports evicted, the keys the store's own server evicted under
+// memory pressure since halt started (Redis's evicted_keys), as
+// halt_store_server_evictions_total{backend}. Each may have been a counter that is now
+// silently forgotten, which no call can notice; only the server counts it.
+func (m *Metrics) WatchStoreEvictions(backend string, evicted func() uint64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name:        "halt_store_server_evictions_total",
+		Help:        "Keys the store's server evicted under memory pressure since halt started (Redis evicted_keys); each may be a forgotten rate-limit count.",
+		ConstLabels: prometheus.Labels{"backend": backend},
+	}, func() float64 { return float64(evicted()) }))
+}

@@ -44,3 +44,13 @@ func TestMemoryMetricsReadTheStore(t *testing.T) {
 		t.Fatalf("nil store: %v", got)
 	}
 }
+
+func TestStoreEvictions(t *testing.T) {
+	m := New(nil)
+	n := uint64(0)
+	m.WatchStoreEvictions("redis", func() uint64 { return n })
+	n = 42
+	if got := value(t, m, "halt_store_server_evictions_total"); got != 42 {
+		t.Fatalf("evictions %v, want 42", got)
+	}
+}

@@ -70,6 +70,9 @@ type Config struct {
 	Batch bool
 	// Pipelines is the number of collector goroutines, each with one pipeline in flight.
 	Pipelines int
+	// WatchInterval is how often each server's INFO is read to notice evictions:
+	// 0 means DefaultWatchInterval, negative turns the watch off.
+	WatchInterval time.Duration
 }
 
 // Parse reads a store URL:
@@ -80,7 +83,8 @@ type Config struct {
 //	redis+cluster://[user:pass@]host1:port,host2:port,...
 //
 // Common options: pool_size, min_idle, timeout (Go duration), time=redis|halt,
-// local_cache=true|false, batch=true|false, pipelines=N. Unknown options are an error.
+// local_cache=true|false, batch=true|false, pipelines=N, watch_interval (Go duration, 0 = off).
+// Unknown options are an error.
 func Parse(u *url.URL) (Config, error) {
 	cfg := Config{LocalCache: true, Batch: true}
 	switch u.Scheme {
@@ -155,6 +159,17 @@ func Parse(u *url.URL) (Config, error) {
 			default:
 				err = fmt.Errorf("redis URL: time must be redis or halt, got %q", v)
 			}
+		case "watch_interval":
+			var d time.Duration
+			d, err = time.ParseDuration(v)
+			switch {
+			case err != nil || d < 0:
+				err = fmt.Errorf("redis URL: watch_interval must be a Go duration such as 10s (0 turns it off), got %q", v)
+			case d == 0:
+				cfg.WatchInterval = -1
+			default:
+				cfg.WatchInterval = d
+			}
 		case "local_cache":
 			cfg.LocalCache, err = boolean(k, v)
 		case "batch":
@@ -177,7 +192,7 @@ func Parse(u *url.URL) (Config, error) {
 			}
 			tlsOpts[k] = v
 		default:
-			return cfg, fmt.Errorf("redis URL: unknown option %q (want pool_size, min_idle, timeout, time, local_cache, batch, pipelines%s)", k, modeOptions(u.Scheme))
+			return cfg, fmt.Errorf("redis URL: unknown option %q (want pool_size, min_idle, timeout, time, local_cache, batch, pipelines, watch_interval%s)", k, modeOptions(u.Scheme))
 		}
 		if err != nil {
 			return cfg, err
@@ -271,6 +286,7 @@ type Store struct {
 	flag    string // ARGV[2]: "1" when the script reads TIME
 	cache   *denyCache
 	batch   *batcher
+	watch   *watcher
 	closed  atomic.Bool
 	closeMu sync.Mutex
 }
@@ -363,6 +379,12 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 			return nil, fmt.Errorf("redis open: %w", s.wrap(err))
 		}
 		s.log.Warn("redis not ready at start; will keep trying on each call", "err", err)
+	}
+	if every := cfg.WatchInterval; every >= 0 {
+		if every == 0 {
+			every = DefaultWatchInterval
+		}
+		s.watch = newWatcher(s, every)
 	}
 	return s, nil
 }
@@ -590,6 +612,8 @@ func (s *Store) wrap(err error) error {
 	switch {
 	case isAuthErr(err):
 		return fmt.Errorf("authentication failed (check the user and password in the store URL): %w: %w", backends.ErrUnavailable, err)
+	case goredis.HasErrorPrefix(err, "OOM"):
+		return fmt.Errorf("redis is out of memory (used memory over maxmemory; nothing can be counted until it has room): %w: %w", backends.ErrUnavailable, err)
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		return fmt.Errorf("no answer within %s: %w: %w", s.timeout, backends.ErrUnavailable, err)
 	}
@@ -663,6 +687,9 @@ func (s *Store) Close() error {
 	}
 	if s.batch != nil {
 		s.batch.close()
+	}
+	if s.watch != nil {
+		s.watch.close()
 	}
 	if err := s.client.Close(); err != nil {
 		return fmt.Errorf("redis close: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -689,5 +690,81 @@ func TestSilentServerUnderLoad(t *testing.T) {
 	op := &backends.Op{Key: "after", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: 1_000_000}, Cost: 1}
 	if err := s.Apply(context.Background(), 1, []*backends.Op{op}); !errors.Is(err, backends.ErrUnavailable) {
 		t.Errorf("Apply after Close: %v, want ErrUnavailable", err)
+	}
+}
+
+// TestMaxmemory covers a Redis that runs out of room. With an evicting policy a counter
+// can vanish behind halt's back: the store says so (log line and ServerEvictions, read
+// from INFO) and warns about the policy. With noeviction calls fail, unavailable, with a
+// message that names the cause.
+func TestMaxmemory(t *testing.T) {
+	ctx := context.Background()
+	fill := func(t *testing.T, addr string) {
+		t.Helper()
+		c := goredis.NewClient(&goredis.Options{Addr: addr})
+		defer c.Close()
+		junk := strings.Repeat("x", 64<<10)
+		for i := 0; i < 200; i++ { // 12.5 MiB into a 4 MiB Redis
+			if err := c.Set(ctx, fmt.Sprintf("junk:%d", i), junk, time.Hour).Err(); err != nil {
+				return // noeviction: full
+			}
+		}
+	}
+	op := func() *backends.Op {
+		return &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 100, Period: 3_600_000_000}, Cost: 1}
+	}
+
+	t.Run("evicting policy", func(t *testing.T) {
+		r := startOwnRedis(t, 0, "--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru")
+		var logs SyncLog
+		s := mustOpen(t, "redis://"+r.addr()+"?watch_interval=50ms", backends.Options{Timeout: testTimeout, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		defer s.Close()
+		if o := op(); s.Apply(ctx, 1, []*backends.Op{o}) != nil || o.Result.Remaining != 99 {
+			t.Fatalf("first op: %+v %v", o.Result, o.Err)
+		}
+		waitFor(t, func() bool { return strings.Contains(logs.String(), "maxmemory_policy=volatile-lru") })
+		fill(t, r.addr())
+		waitFor(t, func() bool { return s.ServerEvictions() > 0 && strings.Contains(logs.String(), "redis evicted keys") })
+		t.Logf("evictions seen: %d", s.ServerEvictions())
+	})
+
+	t.Run("noeviction", func(t *testing.T) {
+		r := startOwnRedis(t, 0, "--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+		s := mustOpen(t, "redis://"+r.addr(), backends.Options{Timeout: testTimeout})
+		defer s.Close()
+		fill(t, r.addr())
+		// Filling stops at the first refusal, just under the limit; lower it so the
+		// server is plainly over.
+		admin := goredis.NewClient(&goredis.Options{Addr: r.addr()})
+		defer admin.Close()
+		if err := admin.ConfigSet(ctx, "maxmemory", "1mb").Err(); err != nil {
+			t.Fatal(err)
+		}
+		o := op()
+		err := s.Apply(ctx, 1, []*backends.Op{o})
+		if !errors.Is(err, backends.ErrUnavailable) || !strings.Contains(err.Error(), "out of memory") {
+			t.Fatalf("Apply on a full Redis: %v, want ErrUnavailable saying out of memory", err)
+		}
+	})
+}
+
+// SyncLog collects log output from the store's goroutines.
+type SyncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *SyncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+
+func (l *SyncLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
