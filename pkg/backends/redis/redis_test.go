@@ -17,6 +17,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -716,15 +717,15 @@ func TestMaxmemory(t *testing.T) {
 
 	t.Run("evicting policy", func(t *testing.T) {
 		r := startOwnRedis(t, 0, "--maxmemory", "4mb", "--maxmemory-policy", "volatile-lru")
-		var logs SyncLog
+		var logs testutil.SyncBuffer
 		s := mustOpen(t, "redis://"+r.addr()+"?watch_interval=50ms", backends.Options{Timeout: testTimeout, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		defer s.Close()
 		if o := op(); s.Apply(ctx, 1, []*backends.Op{o}) != nil || o.Result.Remaining != 99 {
 			t.Fatalf("first op: %+v %v", o.Result, o.Err)
 		}
-		waitFor(t, func() bool { return strings.Contains(logs.String(), "maxmemory_policy=volatile-lru") })
+		testutil.WaitFor(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "maxmemory_policy=volatile-lru") })
 		fill(t, r.addr())
-		waitFor(t, func() bool { return s.ServerEvictions() > 0 && strings.Contains(logs.String(), "redis evicted keys") })
+		testutil.WaitFor(t, 10*time.Second, func() bool { return s.ServerEvictions() > 0 && strings.Contains(logs.String(), "redis evicted keys") })
 		t.Logf("evictions seen: %d", s.ServerEvictions())
 	})
 
@@ -746,25 +747,4 @@ func TestMaxmemory(t *testing.T) {
 			t.Fatalf("Apply on a full Redis: %v, want ErrUnavailable saying out of memory", err)
 		}
 	})
-}
-
-// SyncLog collects log output from the store's goroutines.
-type SyncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *SyncLog) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-
-func (l *SyncLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
