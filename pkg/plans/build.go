@@ -23,9 +23,9 @@ func presets() []*policyCfg {
 				p.Burst = rpu
 			}
 		}
-		return &policyCfg{definition: definition{name: name, file: PresetFile}, limits: []*limitCfg{{lim: Limit{
+		return &policyCfg{definition: definition{name: name, file: PresetFile}, ruleFields: ruleFields{limits: []*limitCfg{{lim: Limit{
 			Algorithm: alg, Unit: unit, RequestsPerUnit: uint32(rpu), UnitMultiplier: 1, Params: p,
-		}}}}
+		}}}}}
 	}
 	return []*policyCfg{
 		mk("PUBLIC_API", algorithms.TokenBucket, 100, "minute", 100),

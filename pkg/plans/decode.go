@@ -78,38 +78,54 @@ type limitCfg struct {
 	line        int
 }
 
+// ruleFields are the keys a descriptor, a plan and a policy share, decoded by one switch
+// (ruleField) and checked by one function (checkRuleFields). A policy takes only the
+// limit keys; descriptors and plans also take policy, quota, quotas and penalty.
+type ruleFields struct {
+	limits        []*limitCfg
+	policy        string
+	policyNode    *yaml.Node
+	quotas        []*quotaCfg
+	penalty       string
+	penaltyNode   *yaml.Node
+	shadow        bool
+	failureMode   FailureMode
+	allowOverride bool
+
+	// The keys as written, for the checks of keys that exclude each other.
+	rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
+}
+
+// ruleKeys says which shared keys an entry takes.
+type ruleKeys struct {
+	// saas adds policy, quota, quotas and penalty to rate_limit, rate_limits,
+	// shadow_mode, failure_mode and allow_algorithm_override.
+	saas bool
+	// nullLimit lets "rate_limit:" stand empty, as reference descriptors may.
+	nullLimit bool
+}
+
 type descCfg struct {
+	ruleFields
 	key, value     string
 	line, col      int
 	field          string
-	limits         []*limitCfg
-	policy         string
-	policyNode     *yaml.Node
-	shadow         bool
 	detailed       bool
 	valueToMetric  bool
 	shareThreshold bool
 	replaces       []string
 	cost           int64
-	failureMode    FailureMode
-	allowOverride  bool
 	children       []*descCfg
 
 	// The SaaS keys (saas_decode.go).
 	plan          string
 	planNode      *yaml.Node
 	planFromValue bool
-	quotas        []*quotaCfg
-	penalty       string
-	penaltyNode   *yaml.Node
 }
 
 type policyCfg struct {
 	definition
-	limits        []*limitCfg
-	shadow        bool
-	failureMode   FailureMode
-	allowOverride bool
+	ruleFields
 }
 
 // ---- the decoder of one file ----
@@ -511,35 +527,20 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 	}
 	dc := &descCfg{line: n.Line, col: n.Column, field: field, cost: 1}
 	const valid = "key, value, rate_limit, rate_limits, policy, descriptors, shadow_mode, detailed_metric, value_to_metric, share_threshold, replaces, cost, failure_mode, allow_algorithm_override, plan, plan_from_value, quota, quotas, penalty"
-	var keyNode, rlNode, rlsNode, childNode, shareNode, pfvNode, quotaNode, quotasNode *yaml.Node
+	var keyNode, childNode, shareNode, pfvNode *yaml.Node
 	for _, p := range d.fields(n, field) {
 		f := join(field, p.key)
+		if d.ruleField(&dc.ruleFields, p, f, ruleKeys{saas: true, nullLimit: true}) {
+			continue
+		}
 		switch p.key {
 		case "key":
 			keyNode = p.v
 			dc.key = d.name(p.v, f, "key")
 		case "value":
 			dc.value = d.name(p.v, f, "value")
-		case "rate_limit":
-			if !isNull(deref(p.v)) {
-				rlNode = p.k
-				if l := d.rateLimit(p.v, f); l != nil {
-					dc.limits = append(dc.limits, l)
-				}
-			}
-		case "rate_limits":
-			rlsNode = p.k
-			dc.limits = append(dc.limits, d.limitList(p.v, f)...)
-		case "policy":
-			dc.policy = d.name(p.v, f, "policy")
-			dc.policyNode = p.v
-			if dc.policy == "" {
-				d.add(p.v, f, "must name a policy or preset")
-			}
 		case "descriptors":
 			childNode = p.v
-		case "shadow_mode":
-			dc.shadow = d.boolean(p.v, f)
 		case "detailed_metric":
 			dc.detailed = d.boolean(p.v, f)
 		case "value_to_metric":
@@ -557,10 +558,6 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 					dc.cost = v
 				}
 			}
-		case "failure_mode":
-			dc.failureMode = d.failureMode(p.v, f)
-		case "allow_algorithm_override":
-			dc.allowOverride = d.boolean(p.v, f)
 		case "plan":
 			dc.plan = d.ref(p.v, f, "plan name", "must name a plan")
 			dc.planNode = p.v
@@ -568,24 +565,9 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		case "plan_from_value":
 			dc.planFromValue = d.boolean(p.v, f)
 			pfvNode = p.k
-		case "quota":
-			quotaNode = p.k
-			if q := d.quota(p.v, f); q != nil {
-				dc.quotas = append(dc.quotas, q)
-			}
-		case "quotas":
-			quotasNode = p.k
-			dc.quotas = append(dc.quotas, d.quotaList(p.v, f)...)
-		case "penalty":
-			dc.penalty = d.ref(p.v, f, "penalty name", "must name a penalty")
-			dc.penaltyNode = p.v
-
 		default:
 			d.unknown(p, field, valid)
 		}
-	}
-	if quotaNode != nil && quotasNode != nil {
-		d.add(quotasNode, join(field, "quotas"), "quota and quotas are mutually exclusive")
 	}
 	if dc.planNode != nil && dc.planFromValue {
 		d.add(pfvNode, join(field, "plan_from_value"), "plan and plan_from_value are mutually exclusive")
@@ -595,12 +577,9 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		if at == nil {
 			at, f = pfvNode, join(field, "plan_from_value")
 		}
-		if rlNode != nil || rlsNode != nil || dc.policyNode != nil {
+		if dc.rlNode != nil || dc.rlsNode != nil || dc.policyNode != nil {
 			d.add(at, f, "a descriptor with a plan takes its limits from the plan: rate_limit, rate_limits and policy are not allowed here")
 		}
-	}
-	if len(dc.quotas) > 1 {
-		d.uniqueQuotas(dc.quotas, join(field, "quotas"))
 	}
 	if dc.key == "" {
 		kn := keyNode
@@ -609,12 +588,7 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		}
 		d.add(kn, join(field, "key"), "descriptor has empty key")
 	}
-	if rlNode != nil && rlsNode != nil {
-		d.add(rlsNode, join(field, "rate_limits"), "rate_limit and rate_limits are mutually exclusive")
-	}
-	if dc.policyNode != nil && (rlNode != nil || rlsNode != nil) {
-		d.add(dc.policyNode, join(field, "policy"), "policy and rate_limit/rate_limits are mutually exclusive")
-	}
+	d.checkRuleFields(&dc.ruleFields, field)
 	if dc.shareThreshold && !strings.Contains(dc.value, "*") && !(dc.value == "" && strings.Contains(dc.key, "*")) {
 		d.add(shareNode, join(field, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found %q", dc.value)
 	}
@@ -629,6 +603,79 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		dc.children = d.descriptors(childNode, join(field, "descriptors"), depth+1)
 	}
 	return dc
+}
+
+// ruleField decodes p, at field f, into r when it is one of the shared keys k allows,
+// and reports whether it was.
+func (d *decoder) ruleField(r *ruleFields, p pair, f string, k ruleKeys) bool {
+	switch p.key {
+	case "rate_limit":
+		if k.nullLimit && isNull(deref(p.v)) {
+			return true
+		}
+		r.rlNode = p.k
+		if l := d.rateLimit(p.v, f); l != nil {
+			r.limits = append(r.limits, l)
+		}
+	case "rate_limits":
+		r.rlsNode = p.k
+		r.limits = append(r.limits, d.limitList(p.v, f)...)
+	case "shadow_mode":
+		r.shadow = d.boolean(p.v, f)
+	case "failure_mode":
+		r.failureMode = d.failureMode(p.v, f)
+	case "allow_algorithm_override":
+		r.allowOverride = d.boolean(p.v, f)
+	case "policy":
+		if !k.saas {
+			return false
+		}
+		r.policy = d.name(p.v, f, "policy")
+		r.policyNode = p.v
+		if r.policy == "" {
+			d.add(p.v, f, "must name a policy or preset")
+		}
+	case "quota":
+		if !k.saas {
+			return false
+		}
+		r.quotaNode = p.k
+		if q := d.quota(p.v, f); q != nil {
+			r.quotas = append(r.quotas, q)
+		}
+	case "quotas":
+		if !k.saas {
+			return false
+		}
+		r.quotasNode = p.k
+		r.quotas = append(r.quotas, d.quotaList(p.v, f)...)
+	case "penalty":
+		if !k.saas {
+			return false
+		}
+		r.penalty = d.ref(p.v, f, "penalty name", "must name a penalty")
+		r.penaltyNode = p.v
+	default:
+		return false
+	}
+	return true
+}
+
+// checkRuleFields reports shared keys that exclude each other, and two quotas of one
+// entry with the same name.
+func (d *decoder) checkRuleFields(r *ruleFields, field string) {
+	if r.rlNode != nil && r.rlsNode != nil {
+		d.add(r.rlsNode, join(field, "rate_limits"), "rate_limit and rate_limits are mutually exclusive")
+	}
+	if r.policyNode != nil && (r.rlNode != nil || r.rlsNode != nil) {
+		d.add(r.policyNode, join(field, "policy"), "policy and rate_limit/rate_limits are mutually exclusive")
+	}
+	if r.quotaNode != nil && r.quotasNode != nil {
+		d.add(r.quotasNode, join(field, "quotas"), "quota and quotas are mutually exclusive")
+	}
+	if len(r.quotas) > 1 {
+		d.uniqueQuotas(r.quotas, join(field, "quotas"))
+	}
 }
 
 func (d *decoder) replaces(n *yaml.Node, field, own string) []string {
@@ -857,33 +904,14 @@ func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
 	for _, p := range d.named(n, field, "policy") {
 		f := join(field, p.key)
 		pc := &policyCfg{definition: d.definition(p)}
-		var rlNode, rlsNode *yaml.Node
 		const valid = "rate_limit, rate_limits, shadow_mode, failure_mode, allow_algorithm_override"
 		for _, q := range d.fields(p.v, f) {
-			g := join(f, q.key)
-			switch q.key {
-			case "rate_limit":
-				rlNode = q.k
-				if l := d.rateLimit(q.v, g); l != nil {
-					pc.limits = append(pc.limits, l)
-				}
-			case "rate_limits":
-				rlsNode = q.k
-				pc.limits = append(pc.limits, d.limitList(q.v, g)...)
-			case "shadow_mode":
-				pc.shadow = d.boolean(q.v, g)
-			case "failure_mode":
-				pc.failureMode = d.failureMode(q.v, g)
-			case "allow_algorithm_override":
-				pc.allowOverride = d.boolean(q.v, g)
-			default:
+			if !d.ruleField(&pc.ruleFields, q, join(f, q.key), ruleKeys{}) {
 				d.unknown(q, f, valid)
 			}
 		}
-		if rlNode != nil && rlsNode != nil {
-			d.add(rlsNode, join(f, "rate_limits"), "rate_limit and rate_limits are mutually exclusive")
-		}
-		if rlNode == nil && rlsNode == nil {
+		d.checkRuleFields(&pc.ruleFields, f)
+		if pc.rlNode == nil && pc.rlsNode == nil {
 			d.add(p.k, f, "a policy needs rate_limit or rate_limits")
 		}
 		out = append(out, pc)

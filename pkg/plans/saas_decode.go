@@ -15,16 +15,8 @@ import (
 // planCfg is one decoded entry of plans:.
 type planCfg struct {
 	definition
-	limits        []*limitCfg
-	policy        string
-	policyNode    *yaml.Node
-	quotas        []*quotaCfg
-	penalty       string
-	penaltyNode   *yaml.Node
-	shadow        bool
-	failureMode   FailureMode
-	allowOverride bool
-	empty         bool // no limits, policy or quotas: reported by the decoder
+	ruleFields
+	empty bool // no limits, policy or quotas: reported by the decoder
 }
 
 // penaltyCfg is one decoded entry of penalties:.
@@ -183,62 +175,16 @@ func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
 	for _, p := range d.named(n, field, "plan") {
 		f := join(field, p.key)
 		pc := &planCfg{definition: d.definition(p)}
-		var rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
 		const valid = "rate_limit, rate_limits, policy, quota, quotas, penalty, shadow_mode, failure_mode, allow_algorithm_override"
 		for _, q := range d.fields(p.v, f) {
-			g := join(f, q.key)
-			switch q.key {
-			case "rate_limit":
-				rlNode = q.k
-				if l := d.rateLimit(q.v, g); l != nil {
-					pc.limits = append(pc.limits, l)
-				}
-			case "rate_limits":
-				rlsNode = q.k
-				pc.limits = append(pc.limits, d.limitList(q.v, g)...)
-			case "policy":
-				pc.policy = d.name(q.v, g, "policy")
-				pc.policyNode = q.v
-				if pc.policy == "" {
-					d.add(q.v, g, "must name a policy or preset")
-				}
-			case "quota":
-				quotaNode = q.k
-				if qc := d.quota(q.v, g); qc != nil {
-					pc.quotas = append(pc.quotas, qc)
-				}
-			case "quotas":
-				quotasNode = q.k
-				pc.quotas = append(pc.quotas, d.quotaList(q.v, g)...)
-			case "penalty":
-				pc.penalty = d.ref(q.v, g, "penalty name", "must name a penalty")
-				pc.penaltyNode = q.v
-
-			case "shadow_mode":
-				pc.shadow = d.boolean(q.v, g)
-			case "failure_mode":
-				pc.failureMode = d.failureMode(q.v, g)
-			case "allow_algorithm_override":
-				pc.allowOverride = d.boolean(q.v, g)
-			default:
+			if !d.ruleField(&pc.ruleFields, q, join(f, q.key), ruleKeys{saas: true}) {
 				d.unknown(q, f, valid)
 			}
 		}
-		if rlNode != nil && rlsNode != nil {
-			d.add(rlsNode, join(f, "rate_limits"), "rate_limit and rate_limits are mutually exclusive")
-		}
-		if pc.policyNode != nil && (rlNode != nil || rlsNode != nil) {
-			d.add(pc.policyNode, join(f, "policy"), "policy and rate_limit/rate_limits are mutually exclusive")
-		}
-		if quotaNode != nil && quotasNode != nil {
-			d.add(quotasNode, join(f, "quotas"), "quota and quotas are mutually exclusive")
-		}
-		if rlNode == nil && rlsNode == nil && pc.policyNode == nil && quotaNode == nil && quotasNode == nil {
+		d.checkRuleFields(&pc.ruleFields, f)
+		if pc.rlNode == nil && pc.rlsNode == nil && pc.policyNode == nil && pc.quotaNode == nil && pc.quotasNode == nil {
 			d.add(p.k, f, "a plan needs rate_limit, rate_limits, policy or quotas")
 			pc.empty = true
-		}
-		if len(pc.quotas) > 1 {
-			d.uniqueQuotas(pc.quotas, join(f, "quotas"))
 		}
 		out = append(out, pc)
 	}
