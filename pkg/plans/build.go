@@ -163,6 +163,38 @@ func (b *builder) policies(cfgs []*fileCfg) {
 
 // limitsFailureMode folds the failure_mode of several limits: the strictest one wins
 // (error > deny > allow).
+// ruleLimits fills r's limits from rf: from its policy, which must exist, or from its
+// own rate limits. field, line and col place a message about an unknown policy (line
+// and col when the policy's own node is missing). It reports false when the policy is
+// unknown; that is reported.
+func (b *builder) ruleLimits(r *Rule, rf *ruleFields, file, field string, line, col int) bool {
+	if rf.policy == "" {
+		b.fillLimits(r, rf.limits)
+		if r.FailureMode == "" {
+			r.FailureMode = limitsFailureMode(rf.limits)
+		}
+		return true
+	}
+	p, ok := b.set.policies[rf.policy]
+	if !ok {
+		if rf.policyNode != nil {
+			line, col = rf.policyNode.Line, rf.policyNode.Column
+		}
+		b.add(file, line, col, field+".policy", "unknown policy "+quote(rf.policy)+" (define it under policies: or use a preset: "+strings.Join(presetNames(), ", ")+")")
+		return false
+	}
+	r.Policy = rf.policy
+	r.Limits = p.Limits
+	r.Unlimited = p.Unlimited
+	r.Replaces = append(r.Replaces, p.Replaces...)
+	r.ShadowMode = r.ShadowMode || p.ShadowMode
+	r.AllowAlgorithmOverride = r.AllowAlgorithmOverride || p.AllowAlgorithmOverride
+	if r.FailureMode == "" {
+		r.FailureMode = p.FailureMode
+	}
+	return true
+}
+
 func limitsFailureMode(ls []*limitCfg) FailureMode {
 	var fm FailureMode
 	for _, l := range ls {
@@ -323,33 +355,11 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 	if hasPlan {
 		return b.planNode(d, dc, n, r, names)
 	}
-	if dc.policy != "" {
-		p, ok := b.set.policies[dc.policy]
-		if !ok {
-			line, col := dc.line, dc.col
-			if dc.policyNode != nil {
-				line, col = dc.policyNode.Line, dc.policyNode.Column
-			}
-			b.add(d.file, line, col, dc.field+".policy", "unknown policy "+quote(dc.policy)+" (define it under policies: or use a preset: "+strings.Join(presetNames(), ", ")+")")
-			return nil
-		}
-		r.Policy = dc.policy
-		r.Limits = p.Limits
-		r.Unlimited = p.Unlimited
-		r.Replaces = append(r.Replaces, p.Replaces...)
-		r.ShadowMode = r.ShadowMode || p.ShadowMode
-		r.AllowAlgorithmOverride = r.AllowAlgorithmOverride || p.AllowAlgorithmOverride
-		if r.FailureMode == "" {
-			r.FailureMode = p.FailureMode
-		}
-	} else {
-		b.fillLimits(r, dc.limits)
-		if len(dc.limits) == 1 && dc.limits[0].lim.Name != "" {
-			r.Name = dc.limits[0].lim.Name
-		}
-		if r.FailureMode == "" {
-			r.FailureMode = limitsFailureMode(dc.limits)
-		}
+	if !b.ruleLimits(r, &dc.ruleFields, d.file, dc.field, dc.line, dc.col) {
+		return nil
+	}
+	if dc.policy == "" && len(dc.limits) == 1 && dc.limits[0].lim.Name != "" {
+		r.Name = dc.limits[0].lim.Name
 	}
 	r.Replaces = append(r.Replaces, dc.replaces...)
 	if r.FailureMode == "" {

@@ -54,27 +54,8 @@ func (b *builder) plans(cfgs []*fileCfg) {
 			ShadowMode: pc.shadow, FailureMode: pc.failureMode, AllowAlgorithmOverride: pc.allowOverride,
 			File: pc.file, Line: pc.line, IdentitySkip: -1,
 		}
-		if pc.policy != "" {
-			p, ok := b.set.policies[pc.policy]
-			if !ok {
-				line, col := pc.policyNode.Line, pc.policyNode.Column
-				b.add(pc.file, line, col, "plans."+name+".policy", "unknown policy "+quote(pc.policy)+" (define it under policies: or use a preset: "+strings.Join(presetNames(), ", ")+")")
-				continue
-			}
-			r.Policy = pc.policy
-			r.Limits = p.Limits
-			r.Unlimited = p.Unlimited
-			r.Replaces = append(r.Replaces, p.Replaces...)
-			r.ShadowMode = r.ShadowMode || p.ShadowMode
-			r.AllowAlgorithmOverride = r.AllowAlgorithmOverride || p.AllowAlgorithmOverride
-			if r.FailureMode == "" {
-				r.FailureMode = p.FailureMode
-			}
-		} else {
-			b.fillLimits(r, pc.limits)
-			if r.FailureMode == "" {
-				r.FailureMode = limitsFailureMode(pc.limits)
-			}
+		if !b.ruleLimits(r, &pc.ruleFields, pc.file, "plans."+name, pc.line, 1) {
+			continue
 		}
 		pd := &planDef{name: name, file: pc.file, line: pc.line, rule: r, quotas: pc.quotas}
 		if pc.penaltyNode != nil {
