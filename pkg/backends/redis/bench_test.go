@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
@@ -22,9 +23,9 @@ import (
 // "admit" ops always reach Redis (the limit is never hit); "deny" ops hit a key that is
 // over its limit, which the local cache answers unless local_cache=false.
 func BenchmarkApply(b *testing.B) {
-	base := "redis://" + peer(b, "REDIS_ADDR")
+	base := "redis://" + testutil.Peer(b, "REDIS_ADDR")
 	if addrs := envBench("REDIS_BENCH_CLUSTER"); addrs != "" {
-		base = "redis+cluster://" + peer(b, "REDIS_CLUSTER_ADDRS")
+		base = "redis+cluster://" + testutil.Peer(b, "REDIS_CLUSTER_ADDRS")
 	}
 	for _, mode := range []struct{ name, query string }{
 		{"batched", "?"},

@@ -23,19 +23,6 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends/conformance"
 )
 
-// peer returns the env var or skips (fails under HALT_TEST_PEERS=1, where CI promised it).
-func peer(t testing.TB, name string) string {
-	t.Helper()
-	v := os.Getenv(name)
-	if v == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatalf("%s is not set but HALT_TEST_PEERS=1", name)
-		}
-		t.Skipf("%s not set: no Redis to test against", name)
-	}
-	return v
-}
-
 func mustOpen(t testing.TB, raw string, opt backends.Options) *Store {
 	t.Helper()
 	u, err := url.Parse(raw)
@@ -59,7 +46,7 @@ func factory(raw string) conformance.Factory {
 }
 
 func TestConformanceStandalone(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	for _, q := range []string{"", "?local_cache=false&batch=false", "?batch=false", "?local_cache=false"} {
 		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
 			conformance.Run(t, factory("redis://"+addr+"/0"+q), conformance.Options{})
@@ -68,7 +55,7 @@ func TestConformanceStandalone(t *testing.T) {
 }
 
 func TestConformanceSentinel(t *testing.T) {
-	addr := peer(t, "REDIS_SENTINEL_ADDR")
+	addr := testutil.Peer(t, "REDIS_SENTINEL_ADDR")
 	master := os.Getenv("REDIS_SENTINEL_MASTER")
 	if master == "" {
 		master = "mymaster"
@@ -77,7 +64,7 @@ func TestConformanceSentinel(t *testing.T) {
 }
 
 func TestConformanceCluster(t *testing.T) {
-	addrs := peer(t, "REDIS_CLUSTER_ADDRS")
+	addrs := testutil.Peer(t, "REDIS_CLUSTER_ADDRS")
 	for _, q := range []string{"", "?local_cache=false&batch=false"} {
 		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
 			conformance.Run(t, factory("redis+cluster://"+addrs+q), conformance.Options{})
@@ -88,14 +75,14 @@ func TestConformanceCluster(t *testing.T) {
 // TestClusterBatchAcrossSlots sends one Apply whose keys span many slots and repeats a
 // key, checking every op against the pure algorithm.
 func TestClusterBatchAcrossSlots(t *testing.T) {
-	addrs := peer(t, "REDIS_CLUSTER_ADDRS")
+	addrs := testutil.Peer(t, "REDIS_CLUSTER_ADDRS")
 	s := mustOpen(t, "redis+cluster://"+addrs, backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	checkManyKeys(t, s)
 }
 
 func TestStandaloneBatchManyKeys(t *testing.T) {
-	s := mustOpen(t, "redis://"+peer(t, "REDIS_ADDR"), backends.Options{Timeout: testTimeout})
+	s := mustOpen(t, "redis://"+testutil.Peer(t, "REDIS_ADDR"), backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	checkManyKeys(t, s)
 }
@@ -211,7 +198,7 @@ func TestSlotMatchesRedis(t *testing.T) {
 
 // TestScriptFlush empties the script cache while ops run: every op must still be decided.
 func TestScriptFlush(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	for _, q := range []string{"", "?batch=false"} {
 		t.Run("opts="+strings.TrimPrefix(q, "?"), func(t *testing.T) {
 			s := mustOpen(t, "redis://"+addr+q, backends.Options{Timeout: testTimeout})
@@ -267,7 +254,7 @@ func TestScriptFlush(t *testing.T) {
 // TestKeysExpire checks every key gets an expiry no longer than its algorithm needs (plus
 // the 1 s margin), and that nothing is left once those expiries pass.
 func TestKeysExpire(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	prefix := conformance.UniqueKey(t) + ":"
 	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout, KeyPrefix: prefix})
 	defer s.Close()
@@ -346,7 +333,7 @@ func countKeys(t *testing.T, c *goredis.Client, prefix string) int {
 // TestCorruptValues leaves foreign values at keys: each op on them fails with ErrCorrupt,
 // the value is left alone, and the other ops of the same Apply are still decided.
 func TestCorruptValues(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	admin := goredis.NewClient(&goredis.Options{Addr: addr})
@@ -399,10 +386,7 @@ type ownRedis struct {
 func startOwnRedis(t *testing.T, port int, args ...string) *ownRedis {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("redis-server not installed")
-		}
-		t.Skip("redis-server not installed")
+		testutil.Missing(t, "redis-server not installed")
 	}
 	if port == 0 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -570,7 +554,7 @@ func TestRedisRestart(t *testing.T) {
 // (the key is overwritten behind the store's back and the cache still answers), and that
 // Delete in this process clears the cached denial.
 func TestLocalCacheAnswersDenials(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	s := mustOpen(t, "redis://"+addr, backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	admin := goredis.NewClient(&goredis.Options{Addr: addr})
@@ -606,7 +590,7 @@ func TestLocalCacheAnswersDenials(t *testing.T) {
 // TestServerTime checks time=redis decides with Redis TIME: a fixed window of one hit per
 // hour admits once however the passed-in clock jumps.
 func TestServerTime(t *testing.T) {
-	addr := peer(t, "REDIS_ADDR")
+	addr := testutil.Peer(t, "REDIS_ADDR")
 	s := mustOpen(t, "redis://"+addr+"?time=redis", backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	key := conformance.UniqueKey(t)
