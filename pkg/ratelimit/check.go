@@ -396,21 +396,31 @@ func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int6
 			continue
 		}
 		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Entries: descs[sc.owners[k]].Entries, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
-		if !op.Result.Allowed {
-			ev.LockedOut = true
-			ev.Lockout = time.Duration(op.Result.ResetAfter) * time.Microsecond
-		}
-		if m := e.cfg.Metrics; m != nil {
-			m.PenaltyViolations.WithLabelValues(domain, ev.Penalty).Inc()
-			if ev.LockedOut {
-				m.PenaltyLockouts.WithLabelValues(domain, ev.Penalty).Inc()
-			}
-		}
-		for _, o := range e.cfg.Observers {
-			o.OnViolation(ctx, &ev)
-		}
+		e.reportViolation(ctx, &ev, dec.Rule.Penalty, op.Result)
 	}
 	sc.clearOps()
+}
+
+// reportViolation counts a recorded violation, and a lockout when it started one, and
+// tells the observers. r is the penalty op's result: a lockout that started with this
+// violation has a whole ladder step left; one already running has less (violations
+// during a lockout do not extend it) and is not counted again.
+func (e *Engine) reportViolation(ctx context.Context, ev *ViolationEvent, p *plans.PenaltyPolicy, r algorithms.Result) {
+	for i := 0; i < p.Params.Steps && !r.Allowed; i++ {
+		if r.ResetAfter == p.Params.Ladder[i] {
+			ev.LockedOut = true
+			ev.Lockout = time.Duration(r.ResetAfter) * time.Microsecond
+		}
+	}
+	if m := e.cfg.Metrics; m != nil {
+		m.PenaltyViolations.WithLabelValues(ev.Domain, ev.Penalty).Inc()
+		if ev.LockedOut {
+			m.PenaltyLockouts.WithLabelValues(ev.Domain, ev.Penalty).Inc()
+		}
+	}
+	for _, o := range e.cfg.Observers {
+		o.OnViolation(ctx, ev)
+	}
 }
 
 func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, rule *plans.Rule, l *plans.Limit, cost int64, kind Kind) {
@@ -543,23 +553,7 @@ func (e *Engine) Penalize(ctx context.Context, domain string, entries []plans.En
 	}
 	if severity > 0 {
 		ev := ViolationEvent{Domain: domain, Entries: entries, Penalty: p.Name, Severity: severity}
-		// A lockout that started with this violation has a whole ladder step left; one
-		// already running has less (violations during a lockout do not extend it).
-		for i := 0; i < p.Params.Steps && !op.Result.Allowed; i++ {
-			if op.Result.ResetAfter == p.Params.Ladder[i] {
-				ev.LockedOut = true
-				ev.Lockout = time.Duration(op.Result.ResetAfter) * time.Microsecond
-			}
-		}
-		if m := e.cfg.Metrics; m != nil {
-			m.PenaltyViolations.WithLabelValues(domain, p.Name).Inc()
-			if ev.LockedOut {
-				m.PenaltyLockouts.WithLabelValues(domain, p.Name).Inc()
-			}
-		}
-		for _, o := range e.cfg.Observers {
-			o.OnViolation(ctx, &ev)
-		}
+		e.reportViolation(ctx, &ev, p, op.Result)
 	}
 	return !op.Result.Allowed, time.Duration(op.Result.ResetAfter) * time.Microsecond, nil
 }
