@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -29,5 +30,21 @@ func TestStateRoundTrip(t *testing.T) {
 		if err := DecodeState(bad, &out); err == nil {
 			t.Errorf("corrupt %x accepted", bad)
 		}
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	ctx := context.Background()
+	b := Backoff{Free: 2, Floor: time.Millisecond, Step: time.Millisecond, MaxSteps: 3}
+	if err := b.Wait(ctx, 1); err != nil {
+		t.Fatal(err) // below Free: at once
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := b.Wait(cancelled, 5); err != context.Canceled {
+		t.Fatalf("Wait on an ended context: %v, want context.Canceled", err)
+	}
+	if err := b.Wait(ctx, 5); err != nil {
+		t.Fatal(err)
 	}
 }

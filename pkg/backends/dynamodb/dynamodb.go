@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -544,15 +543,7 @@ func ceilSeconds(t time.Time) int64 {
 
 // backoff sleeps a short random time so that replicas racing on one key spread out.
 func backoff(ctx context.Context, attempt int) error {
-	limit := time.Duration(min(attempt, 8)) * 500 * time.Microsecond
-	t := time.NewTimer(rand.N(limit) + 100*time.Microsecond)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return backends.Backoff{Floor: 100 * time.Microsecond, Step: 500 * time.Microsecond, MaxSteps: 8}.Wait(ctx, attempt)
 }
 
 // decodeItem checks an item's shape and decodes its state; anything unexpected is

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"net/url"
 	"strconv"
 	"strings"
@@ -301,19 +300,11 @@ func (s *Store) apply(ctx context.Context, sc *scratch, now int64, op *backends.
 	}
 }
 
-// backoff spreads retries of racing writers so they stop colliding in lockstep.
+// backoff spreads retries of racing writers. The first two retries go at once (usually
+// enough on a round trip this short); the loop checks ctx itself, so its end is not
+// reported here.
 func backoff(ctx context.Context, attempt int) {
-	if attempt < 3 {
-		return // the first retries are usually enough without sleeping
-	}
-	limit := time.Duration(min(attempt, 20)) * 50 * time.Microsecond
-	d := time.Duration(rand.Int64N(int64(limit) + 1))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	_ = backends.Backoff{Free: 3, Step: 50 * time.Microsecond, MaxSteps: 20}.Wait(ctx, attempt)
 }
 
 // Delete removes keys; missing keys are fine.

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/url"
 	"strconv"
 	"strings"
@@ -380,16 +379,7 @@ func (s *Store) apply(ctx context.Context, now int64, op *backends.Op, st *algor
 
 // backoff sleeps a short random time so that replicas racing on one key spread out.
 func backoff(ctx context.Context, attempt int) error {
-	limit := time.Duration(min(attempt, 8)) * 200 * time.Microsecond
-	d := rand.N(limit) + 50*time.Microsecond
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return backends.Backoff{Floor: 50 * time.Microsecond, Step: 200 * time.Microsecond, MaxSteps: 8}.Wait(ctx, attempt)
 }
 
 // decodeDoc checks a document's shape and decodes its state; anything unexpected is
