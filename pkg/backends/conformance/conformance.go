@@ -336,3 +336,29 @@ func RunConcurrency(t *testing.T, open Factory, opt Options) {
 		})
 	}
 }
+
+// Bench measures one token-bucket op per Apply against st from GOMAXPROCS goroutines,
+// cycling over keys distinct keys under a limit never reached (every op is admitted, so
+// every op reaches the store). Backends call it from their own Benchmark functions.
+func Bench(b *testing.B, st backends.Store, keys int) {
+	p := UniqueKey(b)
+	names := make([]string, keys)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%d", p, i)
+	}
+	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000}
+	var seq atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		op := &backends.Op{Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		ops := []*backends.Op{op}
+		for pb.Next() {
+			op.Key = names[int(seq.Add(1))%keys]
+			if err := st.Apply(ctx, time.Now().UnixMicro(), ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -328,25 +328,7 @@ func benchApply(b *testing.B, keys int) {
 	table := tempTable(b, dsn)
 	s := openTest(b, dsn, table, Config{})
 	defer s.Close()
-	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000}
-	names := make([]string, keys)
-	for i := range names {
-		names[i] = fmt.Sprintf("bench-%d", i)
-	}
-	var seq atomic.Int64
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		ctx := context.Background()
-		op := &backends.Op{Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
-		ops := []*backends.Op{op}
-		for pb.Next() {
-			op.Key = names[int(seq.Add(1))%keys]
-			if err := s.Apply(ctx, time.Now().UnixMicro(), ops); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	conformance.Bench(b, s, keys)
 }
 
 func BenchmarkApplyTokenBucket5Keys(b *testing.B)     { benchApply(b, 5) }
