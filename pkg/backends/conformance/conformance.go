@@ -362,3 +362,22 @@ func Bench(b *testing.B, st backends.Store, keys int) {
 		}
 	})
 }
+
+// Unavailable checks a store whose server cannot answer (down, refusing, silent): an
+// Apply fails within within, with every op's error wrapping backends.ErrUnavailable,
+// and Ping fails the same way.
+func Unavailable(t *testing.T, st backends.Store, within time.Duration) {
+	t.Helper()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
+	start := time.Now()
+	err := st.Apply(context.Background(), 1, []*backends.Op{op})
+	if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
+		t.Fatalf("Apply: %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > within {
+		t.Fatalf("Apply took %s, want at most %s", d, within)
+	}
+	if err := st.Ping(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
+		t.Fatalf("Ping: %v, want ErrUnavailable", err)
+	}
+}

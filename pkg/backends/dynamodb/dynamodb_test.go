@@ -245,22 +245,12 @@ func TestUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
-	start = time.Now()
-	err = s.Apply(context.Background(), 1, []*backends.Op{op})
-	if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
-		t.Fatalf("Apply: %v, want ErrUnavailable", err)
-	}
-	if d := time.Since(start); d > 500*time.Millisecond {
-		t.Fatalf("Apply took %s with a 50ms timeout", d)
-	}
-	if err := s.Ping(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
-		t.Fatalf("Ping: %v", err)
-	}
+	conformance.Unavailable(t, s, 500*time.Millisecond) // with a 50 ms timeout
 	if err := s.Delete(context.Background(), "k"); !errors.Is(err, backends.ErrUnavailable) {
 		t.Fatalf("Delete: %v", err)
 	}
 	s.Close()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 1_000_000}, Cost: 1}
 	if err := s.Apply(context.Background(), 1, []*backends.Op{op}); !errors.Is(err, backends.ErrUnavailable) {
 		t.Fatalf("Apply after Close: %v", err)
 	}

@@ -480,19 +480,7 @@ func TestUnreachable(t *testing.T) {
 				t.Errorf("Open took %s", d)
 			}
 			for i := 0; i < 3; i++ {
-				op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: 1_000_000}, Cost: 1}
-				start = time.Now()
-				err := s.Apply(context.Background(), 1, []*backends.Op{op})
-				d := time.Since(start)
-				if !errors.Is(err, backends.ErrUnavailable) || !errors.Is(op.Err, backends.ErrUnavailable) {
-					t.Fatalf("Apply: %v, want ErrUnavailable", err)
-				}
-				if d > timeout+100*time.Millisecond {
-					t.Errorf("Apply took %s with a %s timeout", d, timeout)
-				}
-			}
-			if err := s.Ping(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
-				t.Errorf("Ping: %v", err)
+				conformance.Unavailable(t, s, timeout+100*time.Millisecond)
 			}
 		})
 	}
