@@ -36,6 +36,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
+	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/plans"
 	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
@@ -254,8 +255,8 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 	})
 
 	// go-redis logs failed dials itself, as raw text on stderr, one line each: route them
-	// through slog, each kind at most every 10 s.
-	redis.RouteDriverLogs(log, 10*time.Second)
+	// through slog, each kind at most once per lograte.DefaultInterval.
+	redis.RouteDriverLogs(log, lograte.DefaultInterval)
 	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
