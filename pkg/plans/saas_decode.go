@@ -64,18 +64,28 @@ func (d *decoder) durationUS(n *yaml.Node, field string) (int64, bool) {
 
 // limitList decodes rate_limits: a non-empty list of rate_limit blocks.
 func (d *decoder) limitList(n *yaml.Node, field string) []*limitCfg {
+	items := deref(n)
+	return nonEmptyList(d, n, field, "rate_limit blocks", func(c *yaml.Node, f string) *limitCfg {
+		l := d.rateLimit(c, f)
+		if l != nil && l.unlimited && len(items.Content) > 1 {
+			d.add(c, f, "unlimited cannot be combined with other limits")
+		}
+		return l
+	})
+}
+
+// nonEmptyList decodes n, a non-empty sequence of what, with one, which returns nil
+// for an item it reported as wrong.
+func nonEmptyList[T any](d *decoder, n *yaml.Node, field, what string, one func(*yaml.Node, string) *T) []*T {
 	v := deref(n)
 	if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-		d.add(n, field, "must be a non-empty list of rate_limit blocks, got %s", kindName(v))
+		d.add(n, field, "must be a non-empty list of %s, got %s", what, kindName(v))
 		return nil
 	}
-	var out []*limitCfg
-	for j, c := range v.Content {
-		if l := d.rateLimit(c, fmt.Sprintf("%s[%d]", field, j)); l != nil {
-			if l.unlimited && len(v.Content) > 1 {
-				d.add(c, fmt.Sprintf("%s[%d]", field, j), "unlimited cannot be combined with other limits")
-			}
-			out = append(out, l)
+	var out []*T
+	for i, c := range v.Content {
+		if x := one(c, fmt.Sprintf("%s[%d]", field, i)); x != nil {
+			out = append(out, x)
 		}
 	}
 	return out
@@ -141,18 +151,7 @@ func (d *decoder) quota(n *yaml.Node, field string) *quotaCfg {
 }
 
 func (d *decoder) quotaList(n *yaml.Node, field string) []*quotaCfg {
-	v := deref(n)
-	if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-		d.add(n, field, "must be a non-empty list of quotas, got %s", kindName(v))
-		return nil
-	}
-	var out []*quotaCfg
-	for i, c := range v.Content {
-		if q := d.quota(c, fmt.Sprintf("%s[%d]", field, i)); q != nil {
-			out = append(out, q)
-		}
-	}
-	return out
+	return nonEmptyList(d, n, field, "quotas", d.quota)
 }
 
 // uniqueQuotas reports two quotas of one list with the same name: they would share a
