@@ -6,7 +6,7 @@ import (
 	"net"
 	"time"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -15,12 +15,12 @@ import (
 // emptyService is the baseline RateLimitService: it answers OK at once and does no
 // work, so that what it costs per call is the cost of gRPC itself.
 type emptyService struct {
-	rlsv3.UnimplementedRateLimitServiceServer
+	rlspb.UnimplementedRateLimitServiceServer
 }
 
 // ShouldRateLimit answers OK without looking at the request.
-func (emptyService) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
-	return &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK}, nil
+func (emptyService) ShouldRateLimit(context.Context, *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
+	return &rlspb.RateLimitResponse{OverallCode: rlspb.RateLimitResponse_OK}, nil
 }
 
 // emptyServer is a listening baseline server.
@@ -38,10 +38,10 @@ func newEmptyServer(addr string) (*emptyServer, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	s := grpc.NewServer()
-	rlsv3.RegisterRateLimitServiceServer(s, emptyService{})
+	rlspb.RegisterRateLimitServiceServer(s, emptyService{})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	hs.SetServingStatus(rlsv3.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(rlspb.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
 	return &emptyServer{grpc: s, ln: ln}, nil
 }

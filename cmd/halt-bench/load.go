@@ -11,7 +11,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -90,11 +90,11 @@ func (c *loadConfig) validate() error {
 
 // requests builds the request for every key index up front, so the load loop only
 // sends. gRPC marshals a message without modifying it, so workers share them.
-func (c *loadConfig) requests() []*rlsv3.RateLimitRequest {
-	reqs := make([]*rlsv3.RateLimitRequest, c.Keys)
+func (c *loadConfig) requests() []*rlspb.RateLimitRequest {
+	reqs := make([]*rlspb.RateLimitRequest, c.Keys)
 	for k := range reqs {
 		idx := strconv.Itoa(k)
-		req := &rlsv3.RateLimitRequest{Domain: c.Domain, HitsAddend: c.Hits}
+		req := &rlspb.RateLimitRequest{Domain: c.Domain, HitsAddend: c.Hits}
 		for _, d := range c.Descriptors {
 			pd := &rlcommon.RateLimitDescriptor{}
 			for _, e := range d {
@@ -230,7 +230,7 @@ func (w *worker) noteErr(err error) {
 
 // newCaller returns the call one worker makes on cc. Each worker gets its own response
 // message, reused across calls.
-func newCaller(cfg *loadConfig, cc *grpc.ClientConn, reqs []*rlsv3.RateLimitRequest) caller {
+func newCaller(cfg *loadConfig, cc *grpc.ClientConn, reqs []*rlspb.RateLimitRequest) caller {
 	if cfg.Method == methodHealth {
 		req := &healthpb.HealthCheckRequest{}
 		resp := &healthpb.HealthCheckResponse{}
@@ -244,15 +244,15 @@ func newCaller(cfg *loadConfig, cc *grpc.ClientConn, reqs []*rlsv3.RateLimitRequ
 			return false, nil
 		}
 	}
-	resp := &rlsv3.RateLimitResponse{}
+	resp := &rlspb.RateLimitResponse{}
 	return func(ctx context.Context, k int) (bool, error) {
-		if err := cc.Invoke(ctx, rlsv3.RateLimitService_ShouldRateLimit_FullMethodName, reqs[k], resp); err != nil {
+		if err := cc.Invoke(ctx, rlspb.RateLimitService_ShouldRateLimit_FullMethodName, reqs[k], resp); err != nil {
 			return false, err
 		}
 		switch resp.OverallCode {
-		case rlsv3.RateLimitResponse_OK:
+		case rlspb.RateLimitResponse_OK:
 			return false, nil
-		case rlsv3.RateLimitResponse_OVER_LIMIT:
+		case rlspb.RateLimitResponse_OVER_LIMIT:
 			return true, nil
 		}
 		return false, fmt.Errorf("overall_code %s", resp.OverallCode)
@@ -283,7 +283,7 @@ func runLoad(ctx context.Context, cfg *loadConfig) (*report, error) {
 			cc.Close()
 		}
 	}()
-	var reqs []*rlsv3.RateLimitRequest
+	var reqs []*rlspb.RateLimitRequest
 	if cfg.Method == methodRateLimit {
 		reqs = cfg.requests()
 	}

@@ -12,32 +12,34 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+	"github.com/halt-envoy/halt-envoy/internal/server"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
-	"github.com/halt-envoy/halt-envoy/pkg/server"
 )
 
 // startHalt runs an in-process halt-envoy (memory store) with config yaml and returns
 // its gRPC address.
 func startHalt(t *testing.T, yaml string) string {
 	t.Helper()
-	set, err := plans.Parse(map[string][]byte{"bench.yaml": []byte(yaml)})
+	set, err := config.Parse(map[string][]byte{"bench.yaml": []byte(yaml)})
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
 	store := memory.New(memory.Config{SweepInterval: -1})
 	t.Cleanup(func() { store.Close() })
-	rules := func() *plans.Set { return set }
+	rules := func() *config.Set { return set }
 	m := metrics.New(nil)
-	e, err := ratelimit.New(ratelimit.Config{Store: store, StoreName: "memory", Rules: rules, Metrics: m})
+	e, err := engine.New(engine.Config{Store: store, StoreName: "memory", Rules: rules, Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.New(server.Options{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Engine: e, Service: ratelimit.NewService(e, ratelimit.HeaderFamilies{}),
+		Engine: e, Service: rlsv3.NewService(e, headers.Families{}),
 		Metrics: m, Config: rules, DrainTimeout: time.Second,
 	})
 	if err != nil {

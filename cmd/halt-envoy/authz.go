@@ -8,10 +8,10 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 
-	"github.com/halt-envoy/halt-envoy/pkg/authz"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
+	"github.com/halt-envoy/halt-envoy/internal/authz"
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
 )
 
 // extAuthz is the optional ext_authz server: present only with --authz-config.
@@ -22,7 +22,7 @@ type extAuthz struct {
 
 // startAuthz loads the authz config (and keeps reloading it). With no path it returns a
 // nil *extAuthz whose methods do nothing, so the caller needs no branches.
-func startAuthz(ctx context.Context, path string, debounce time.Duration, engine *ratelimit.Engine, rules func() *plans.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
+func startAuthz(ctx context.Context, path string, debounce time.Duration, engine *engine.Engine, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
 	if path == "" {
 		return nil, nil
 	}

@@ -9,11 +9,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
 // descriptorFlag collects repeated --descriptor k=v[,k=v] values.
-type descriptorFlag [][]plans.Entry
+type descriptorFlag [][]config.Entry
 
 func (d *descriptorFlag) String() string { return fmt.Sprint(len(*d)) }
 
@@ -27,14 +27,14 @@ func (d *descriptorFlag) Set(s string) error {
 }
 
 // parseDescriptor reads "k=v,k2=v2". A value may contain "=", not ",".
-func parseDescriptor(s string) ([]plans.Entry, error) {
-	var out []plans.Entry
+func parseDescriptor(s string) ([]config.Entry, error) {
+	var out []config.Entry
 	for _, part := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(part, "=")
 		if !ok || k == "" {
 			return nil, fmt.Errorf("descriptor entry %q: want key=value", part)
 		}
-		out = append(out, plans.Entry{Key: k, Value: v})
+		out = append(out, config.Entry{Key: k, Value: v})
 	}
 	return out, nil
 }
@@ -129,7 +129,7 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	return 0
 }
 
-func describe(set *plans.Set, domain string, entries []plans.Entry) checkReport {
+func describe(set *config.Set, domain string, entries []config.Entry) checkReport {
 	var parts []string
 	for _, e := range entries {
 		parts = append(parts, e.Key+"="+e.Value)
@@ -223,12 +223,12 @@ func printReport(w io.Writer, r *checkReport) {
 
 // loadSet loads a config for a command, printing every problem (file:line:col: field:
 // message) and their count when it fails.
-func loadSet(path string, stderr io.Writer) (*plans.Set, bool) {
-	set, err := plans.Load(path)
+func loadSet(path string, stderr io.Writer) (*config.Set, bool) {
+	set, err := config.Load(path)
 	if err == nil {
 		return set, true
 	}
-	var le *plans.LoadError
+	var le *config.LoadError
 	if errors.As(err, &le) {
 		for _, p := range le.Problems {
 			fmt.Fprintln(stderr, p.Error())

@@ -32,16 +32,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+	"github.com/halt-envoy/halt-envoy/internal/server"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
-	"github.com/halt-envoy/halt-envoy/pkg/lograte"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
-	"github.com/halt-envoy/halt-envoy/pkg/server"
-	"github.com/halt-envoy/halt-envoy/pkg/tlsutil"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -199,8 +201,8 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }
 
-func parseHeaders(s string) (ratelimit.HeaderFamilies, error) {
-	var h ratelimit.HeaderFamilies
+func parseHeaders(s string) (headers.Families, error) {
+	var h headers.Families
 	for _, p := range strings.Split(s, ",") {
 		switch strings.TrimSpace(p) {
 		case "none", "":
@@ -229,19 +231,19 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
-	headers, err := parseHeaders(f.headers)
+	fams, err := parseHeaders(f.headers)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
-	if err := runServer(ctx, f, headers, log); err != nil {
+	if err := runServer(ctx, f, fams, log); err != nil {
 		log.Error("halt-envoy stopped", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamilies, log *slog.Logger) error {
+func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
@@ -277,7 +279,7 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 		log.Debug("garbage collector target set", "gc_percent", gc)
 	}
 
-	watcher, err := plans.Watch(ctx, f.config, f.debounce, func(set *plans.Set, err error) {
+	watcher, err := config.Watch(ctx, f.config, f.debounce, func(set *config.Set, err error) {
 		if err != nil {
 			m.ConfigReloads.WithLabelValues("failure").Inc()
 			m.ConfigLastReloadSuccess.Set(0)
@@ -302,20 +304,20 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 	if err != nil {
 		return err
 	}
-	engine, err := ratelimit.New(ratelimit.Config{
+	eng, err := engine.New(engine.Config{
 		Observers:    observers,
 		Store:        store,
 		StoreName:    storeName,
 		Rules:        watcher.Current,
 		Metrics:      m,
 		Logger:       log,
-		FailureMode:  plans.FailureMode(f.failureMode),
+		FailureMode:  config.FailureMode(f.failureMode),
 		StoreTimeout: f.storeTimeout,
 	})
 	if err != nil {
 		return err
 	}
-	ext, err := startAuthz(ctx, f.authzConfig, f.debounce, engine, watcher.Current, log, m)
+	ext, err := startAuthz(ctx, f.authzConfig, f.debounce, eng, watcher.Current, log, m)
 	if err != nil {
 		return fmt.Errorf("load authz config: %w", err)
 	}
@@ -339,8 +341,8 @@ func runServer(ctx context.Context, f *serveFlags, headers ratelimit.HeaderFamil
 	srv, err := server.New(server.Options{
 		GRPCAddr:     f.grpcAddr,
 		HTTPAddr:     f.httpAddr,
-		Engine:       engine,
-		Service:      ratelimit.NewService(engine, headers),
+		Engine:       eng,
+		Service:      rlsv3.NewService(eng, fams),
 		Metrics:      m,
 		Config:       watcher.Current,
 		Register:     ext.registrations(),

@@ -18,7 +18,7 @@ import (
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -58,12 +58,12 @@ func (p *process) client(t *testing.T) *grpc.ClientConn {
 	return cc
 }
 
-func rlReq(domain string, kv ...string) *rlsv3.RateLimitRequest {
+func rlReq(domain string, kv ...string) *rlspb.RateLimitRequest {
 	d := &rlcommon.RateLimitDescriptor{}
 	for i := 0; i+1 < len(kv); i += 2 {
 		d.Entries = append(d.Entries, &rlcommon.RateLimitDescriptor_Entry{Key: kv[i], Value: kv[i+1]})
 	}
-	return &rlsv3.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{d}}
+	return &rlspb.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{d}}
 }
 
 func writeConfig(t *testing.T, dir, name, body string) {
@@ -89,11 +89,11 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 	writeConfig(t, dir, "limits.yaml", limitsV1)
 	p := start(t, "--config", dir, "--reload-debounce", "50ms")
 	cc := p.client(t)
-	rls := rlsv3.NewRateLimitServiceClient(cc)
+	rls := rlspb.NewRateLimitServiceClient(cc)
 	ctx := context.Background()
 
-	codes := func(user string, n int) []rlsv3.RateLimitResponse_Code {
-		var out []rlsv3.RateLimitResponse_Code
+	codes := func(user string, n int) []rlspb.RateLimitResponse_Code {
+		var out []rlspb.RateLimitResponse_Code
 		for i := 0; i < n; i++ {
 			r, err := rls.ShouldRateLimit(ctx, rlReq("e2e", "user", user))
 			if err != nil {

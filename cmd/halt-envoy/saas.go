@@ -12,12 +12,12 @@ import (
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
-	"github.com/halt-envoy/halt-envoy/pkg/admin"
+	"github.com/halt-envoy/halt-envoy/internal/admin"
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/observe"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/observe"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
 )
 
 // saasFlags are the flags of the SaaS operator features: the admin API and the decision
@@ -57,7 +57,7 @@ func (s *saasFlags) token() (string, error) {
 
 // observers builds the decision observers the flags ask for. The returned function
 // flushes and stops tracing.
-func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]ratelimit.Observer, func(context.Context) error, error) {
+func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]engine.Observer, func(context.Context) error, error) {
 	stop := func(context.Context) error { return nil }
 	rate := s.logDecisionsSample
 	l, err := observe.NewLog(log.With("component", "decisions"), rate, max(rate, observe.DefaultOverLimitSample))
@@ -68,7 +68,7 @@ func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]ratelimit
 	if err != nil {
 		return nil, stop, err
 	}
-	obs := []ratelimit.Observer{prom, l}
+	obs := []engine.Observer{prom, l}
 	if s.otel {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(observe.NewLogExporter(log.With("component", "otel"))))
 		obs = append(obs, observe.NewTrace(tp))
@@ -78,7 +78,7 @@ func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]ratelimit
 }
 
 // adminRoutes returns the admin API's registration for server.Options.Admin.
-func (s *saasFlags) adminRoutes(store backends.Store, rules func() *plans.Set, log *slog.Logger) ([]func(*http.ServeMux), error) {
+func (s *saasFlags) adminRoutes(store backends.Store, rules func() *config.Set, log *slog.Logger) ([]func(*http.ServeMux), error) {
 	tok, err := s.token()
 	if err != nil {
 		return nil, err

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 )
 
 const saasLimits = `
@@ -52,9 +52,9 @@ func TestBinaryAdminAPIAndObservers(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := start(t, "--config", dir, "--admin-token-file", tokFile, "--log-decisions-sample", "1", "--otel")
-	rl := rlsv3.NewRateLimitServiceClient(p.client(t))
+	rl := rlspb.NewRateLimitServiceClient(p.client(t))
 	ctx := context.Background()
-	codes := []rlsv3.RateLimitResponse_Code{}
+	codes := []rlspb.RateLimitResponse_Code{}
 	for range 3 {
 		resp, err := rl.ShouldRateLimit(ctx, rlReq("e2e", "user", "u-1"))
 		if err != nil {
@@ -62,7 +62,7 @@ func TestBinaryAdminAPIAndObservers(t *testing.T) {
 		}
 		codes = append(codes, resp.OverallCode)
 	}
-	if codes[1] != rlsv3.RateLimitResponse_OK || codes[2] != rlsv3.RateLimitResponse_OVER_LIMIT {
+	if codes[1] != rlspb.RateLimitResponse_OK || codes[2] != rlspb.RateLimitResponse_OVER_LIMIT {
 		t.Fatalf("codes %v: the monthly quota of 2 must refuse the third", codes)
 	}
 	base := "http://" + p.HTTPAddr + "/admin/v1/"
@@ -89,7 +89,7 @@ func TestBinaryAdminAPIAndObservers(t *testing.T) {
 		t.Fatalf("DELETE quotas: %d", code)
 	}
 	resp, err := rl.ShouldRateLimit(ctx, rlReq("e2e", "user", "u-1"))
-	if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK {
+	if err != nil || resp.OverallCode != rlspb.RateLimitResponse_OK {
 		t.Fatalf("after reset and lift: %v %v", resp.GetOverallCode(), err)
 	}
 	if m := get(t, "http://"+p.HTTPAddr+"/metrics"); !strings.Contains(m, "halt_penalty_active 1") {

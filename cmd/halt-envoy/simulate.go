@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
-	sim "github.com/halt-envoy/halt-envoy/pkg/simulate"
+	sim "github.com/halt-envoy/halt-envoy/internal/simulate"
 )
 
 // simulate runs `halt-envoy simulate`: the algorithms side by side on one traffic

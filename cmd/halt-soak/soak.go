@@ -19,7 +19,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -55,7 +55,7 @@ type kind struct {
 	name    string
 	weight  int
 	invalid bool // must be refused with InvalidArgument
-	make    func(r *rand.Rand) *rlsv3.RateLimitRequest
+	make    func(r *rand.Rand) *rlspb.RateLimitRequest
 }
 
 func desc(kv ...string) *rlcommon.RateLimitDescriptor {
@@ -66,39 +66,39 @@ func desc(kv ...string) *rlcommon.RateLimitDescriptor {
 	return d
 }
 
-func req(domain string, ds ...*rlcommon.RateLimitDescriptor) *rlsv3.RateLimitRequest {
-	return &rlsv3.RateLimitRequest{Domain: domain, Descriptors: ds}
+func req(domain string, ds ...*rlcommon.RateLimitDescriptor) *rlspb.RateLimitRequest {
+	return &rlspb.RateLimitRequest{Domain: domain, Descriptors: ds}
 }
 
 func n(r *rand.Rand, prefix string, k int) string { return prefix + strconv.Itoa(r.IntN(k)) }
 
 var mix = []kind{
-	{name: "fixed_window", weight: 30, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "fixed_window", weight: 30, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("user", n(r, "u", 1000)))
 	}},
-	{name: "over_limit", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "over_limit", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("hot_user", n(r, "h", 5)))
 	}},
-	{name: "token_bucket", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "token_bucket", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("api_key", n(r, "k", 500)))
 	}},
-	{name: "sliding_window", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "sliding_window", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("login", n(r, "10.0.0.", 200)))
 	}},
-	{name: "sliding_window_counter", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "sliding_window_counter", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("path", n(r, "/api/v1/items/", 100)))
 	}},
-	{name: "leaky_bucket_nested", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "leaky_bucket_nested", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		t := n(r, "t", 50)
 		return req("soak", desc("tenant", t), desc("tenant", t, "user", n(r, "u", 200)))
 	}},
-	{name: "multi", weight: 10, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "multi", weight: 10, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req("soak", desc("user", n(r, "u", 1000)), desc("api_key", n(r, "k", 500)), desc("path", n(r, "/p/", 100)))
 	}},
-	{name: "unknown_domain", weight: 5, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "unknown_domain", weight: 5, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		return req(n(r, "nosuch", 10), desc("user", "u"))
 	}},
-	{name: "invalid", weight: 5, invalid: true, make: func(r *rand.Rand) *rlsv3.RateLimitRequest {
+	{name: "invalid", weight: 5, invalid: true, make: func(r *rand.Rand) *rlspb.RateLimitRequest {
 		switch r.IntN(4) {
 		case 0: // more descriptors than allowed
 			ds := make([]*rlcommon.RateLimitDescriptor, 65)
@@ -231,7 +231,7 @@ func Soak(ctx context.Context, o *Options, logw io.Writer) (*Report, error) {
 		return nil, err
 	}
 	defer cc.Close()
-	client := rlsv3.NewRateLimitServiceClient(cc)
+	client := rlspb.NewRateLimitServiceClient(cc)
 
 	rep := &Report{Store: redactStore(o.Store), Codes: map[string]int{}, Unexpected: map[string]int{}}
 	start := time.Now()
@@ -310,7 +310,7 @@ func Soak(ctx context.Context, o *Options, logw io.Writer) (*Report, error) {
 				if k.invalid {
 					want = codes.InvalidArgument
 				}
-				stats.add(t0, lat, code, code != want, k.name, resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT)
+				stats.add(t0, lat, code, code != want, k.name, resp.GetOverallCode() == rlspb.RateLimitResponse_OVER_LIMIT)
 				if interval > 0 {
 					next = next.Add(interval)
 					if d := time.Until(next); d > 0 {

@@ -25,7 +25,6 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
 	"github.com/halt-envoy/halt-envoy/pkg/middleware"
-	"github.com/halt-envoy/halt-envoy/pkg/quota"
 )
 
 func main() {
@@ -63,7 +62,7 @@ func run(serve bool, addr string, out io.Writer) error {
 	}
 	a := &app{
 		quotas:  halt.NewQuotaManager(store),
-		monthly: halt.Quota{Period: quota.Monthly, Requests: 4},
+		monthly: halt.Quota{Period: halt.Monthly, Requests: 4},
 		pen:     pen,
 		keys:    map[string]string{"key-acme": "acme"},
 		log:     log,

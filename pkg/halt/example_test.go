@@ -8,7 +8,6 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
-	"github.com/halt-envoy/halt-envoy/pkg/quota"
 )
 
 // fixed is a clock that stands still, so the example's output is the same on every run.
@@ -34,7 +33,7 @@ func Example() {
 
 	// 10,000 requests per calendar month.
 	qm := halt.NewQuotaManager(store, clock)
-	monthly := halt.Quota{Period: quota.Monthly, Requests: 10000}
+	monthly := halt.Quota{Period: halt.Monthly, Requests: 10000}
 	qd, _ := qm.CheckN(ctx, "customer:c42", monthly, 250)
 	fmt.Printf("quota used=%d remaining=%d resets=%s\n", qd.Used, qd.Remaining, qd.PeriodEnd.Format(time.RFC3339))
 

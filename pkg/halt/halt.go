@@ -38,7 +38,7 @@ const (
 var ErrInvalid = errors.New("halt: invalid argument")
 
 // Clock tells the library what time it is. Tests inject a fake so that refills, windows
-// and lockouts are exact; it has the same shape as ratelimit.Clock, so one fake serves
+// and lockouts are exact; it has the same shape as engine.Clock, so one fake serves
 // both.
 type Clock interface {
 	Now() time.Time

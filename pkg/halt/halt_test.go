@@ -12,7 +12,6 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
-	"github.com/halt-envoy/halt-envoy/pkg/quota"
 )
 
 type fakeClock struct {
@@ -155,7 +154,7 @@ func TestQuotaManager(t *testing.T) {
 	ctx := context.Background()
 	clk := &fakeClock{t: time.Date(2025, 1, 31, 23, 0, 0, 0, time.UTC)}
 	qm := halt.NewQuotaManager(newStore(t), halt.WithClock(clk))
-	q := halt.Quota{Period: quota.Monthly, Requests: 10}
+	q := halt.Quota{Period: halt.Monthly, Requests: 10}
 	d, err := qm.CheckN(ctx, "c42", q, 7)
 	if err != nil || !d.Allowed || d.Used != 7 || d.Remaining != 3 {
 		t.Fatalf("CheckN 7: %+v %v", d, err)
@@ -185,7 +184,7 @@ func TestQuotaManager(t *testing.T) {
 	// A Berlin-time daily quota is separate and uses its own calendar: 23:00 UTC is
 	// already the next day in Berlin.
 	berlin, _ := time.LoadLocation("Europe/Berlin")
-	dq := halt.Quota{Name: "exports", Period: quota.Daily, Requests: 1, Location: berlin}
+	dq := halt.Quota{Name: "exports", Period: halt.Daily, Requests: 1, Location: berlin}
 	if d, _ := qm.Check(ctx, "c42", dq); !d.Allowed || !d.PeriodEnd.Equal(time.Date(2025, 2, 2, 0, 0, 0, 0, berlin)) {
 		t.Fatalf("daily Berlin quota: %+v", d)
 	}

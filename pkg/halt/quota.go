@@ -5,9 +5,21 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/quota"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
-	"github.com/halt-envoy/halt-envoy/pkg/quota"
+)
+
+// Period is a calendar period of a Quota.
+type Period = quota.Period
+
+// The calendar periods a Quota may use. A week is the ISO week (Monday to Sunday).
+const (
+	Hourly  = quota.Hourly
+	Daily   = quota.Daily
+	Weekly  = quota.Weekly
+	Monthly = quota.Monthly
+	Yearly  = quota.Yearly
 )
 
 // Quota is a calendar allowance: at most Requests per calendar Period (hour, day, ISO
@@ -16,8 +28,8 @@ import (
 type Quota struct {
 	// Name tells quotas of one identity apart; empty means the period's name ("monthly").
 	Name string
-	// Period is quota.Hourly, Daily, Weekly, Monthly or Yearly.
-	Period quota.Period
+	// Period is Hourly, Daily, Weekly, Monthly or Yearly.
+	Period Period
 	// Requests allowed per period; 0 allows nothing.
 	Requests int64
 	// Location is the calendar's time zone; nil means UTC.

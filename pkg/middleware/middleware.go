@@ -21,18 +21,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
-	"github.com/halt-envoy/halt-envoy/pkg/lograte"
 )
 
-// Headers selects the rate-limit response header families, as the server's --headers
-// flag does.
-type Headers struct {
-	// IETF adds the draft-ietf-httpapi-ratelimit-headers RateLimit and RateLimit-Policy fields.
-	IETF bool
-	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
-	XRateLimit bool
-}
+// Headers selects the rate-limit response header families (IETF: RateLimit and
+// RateLimit-Policy; XRateLimit: X-RateLimit-*), as the server's --headers flag does. It is
+// the server's own type, so both render the same fields.
+type Headers = headers.Families
 
 // FailureMode is what happens to a request when the store cannot answer.
 type FailureMode uint8
@@ -137,8 +134,7 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 		}
 	}
 	p := lim.Policy()
-	name := policyName(p.Name)
-	window := strconv.FormatInt(ceilSeconds(p.Per), 10)
+	name, window := p.Name, p.Per
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if c.exempt(r) {
@@ -241,23 +237,13 @@ func (c *config) exempt(r *http.Request) bool {
 	return false
 }
 
-func (c *config) setHeaders(h http.Header, name, window string, d *halt.Decision) {
+func (c *config) setHeaders(h http.Header, name string, window time.Duration, d *halt.Decision) {
 	reset := d.ResetAfter
 	if !d.Allowed && d.RetryAfter > reset {
 		reset = d.RetryAfter
 	}
-	resetS := strconv.FormatInt(ceilSeconds(reset), 10)
-	limit := strconv.FormatInt(d.Limit, 10)
-	rem := strconv.FormatInt(d.Remaining, 10)
-	if c.headers.XRateLimit {
-		h.Set("X-RateLimit-Limit", limit)
-		h.Set("X-RateLimit-Remaining", rem)
-		h.Set("X-RateLimit-Reset", resetS)
-	}
-	if c.headers.IETF {
-		h.Set("RateLimit-Policy", `"`+name+`";q=`+limit+";w="+window)
-		h.Set("RateLimit", `"`+name+`";r=`+rem+";t="+resetS)
-	}
+	v := headers.Values{Policy: name, Limit: d.Limit, Remaining: d.Remaining, ResetUS: reset.Microseconds(), WindowUS: window.Microseconds()}
+	c.headers.Render(&v, h.Set)
 }
 
 // problem writes an RFC 9457 problem body.
@@ -274,27 +260,7 @@ func problem(w http.ResponseWriter, status int, title, detail string) {
 }
 
 // ceilSeconds rounds a wait up to whole seconds, as HTTP's Retry-After needs.
-func ceilSeconds(d time.Duration) int64 {
-	if d <= 0 {
-		return 0
-	}
-	return int64((d + time.Second - 1) / time.Second)
-}
-
-// policyName is the policy identifier of the IETF headers, restricted (as in the
-// server) to characters that cannot break a structured-field string.
-func policyName(name string) string {
-	b := make([]byte, 0, len(name))
-	for i := 0; i < len(name); i++ {
-		if ch := name[i]; ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\' {
-			b = append(b, ch)
-		}
-	}
-	if len(b) == 0 {
-		return "default"
-	}
-	return string(b)
-}
+func ceilSeconds(d time.Duration) int64 { return headers.Seconds(d.Microseconds()) }
 
 // ClientAddr returns the client's address: the connection's peer, or, when the peer is
 // one of the trusted proxies, the first X-Forwarded-For hop from the right that is not

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
 type composeService struct {
@@ -134,7 +134,7 @@ func TestCompose(t *testing.T) {
 	if cfgTarget == "" || cfgTarget != halt.env("HALT_CONFIG") {
 		t.Errorf("./config is mounted at %q but HALT_CONFIG is %q", cfgTarget, halt.env("HALT_CONFIG"))
 	}
-	set, err := plans.Load(repo("config"))
+	set, err := config.Load(repo("config"))
 	if err != nil {
 		t.Fatalf("the config dir mounted into halt does not load: %v", err)
 	}
@@ -270,9 +270,9 @@ func TestComposeDemoLoop(t *testing.T) {
 			t.Fatalf("request %d: %v", i+1, err)
 		}
 		switch resp.GetOverallCode() {
-		case rlsv3.RateLimitResponse_OK:
+		case rlspb.RateLimitResponse_OK:
 			codes = append(codes, "200")
-		case rlsv3.RateLimitResponse_OVER_LIMIT:
+		case rlspb.RateLimitResponse_OVER_LIMIT:
 			codes = append(codes, "429")
 		default:
 			codes = append(codes, resp.GetOverallCode().String())

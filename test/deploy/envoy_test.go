@@ -21,7 +21,7 @@ import (
 	// protojson cannot resolve its Any. (The typed imports above register theirs.)
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
 // loadBootstrap reads an Envoy YAML bootstrap the way Envoy does (YAML -> JSON -> proto,
@@ -119,15 +119,15 @@ type request struct {
 // rate_limits entry of the filter's stage (virtual host and route), following Envoy's
 // action semantics for the actions the examples use. A missing header or a failed
 // header_value_match drops the whole descriptor, as in Envoy.
-func descriptors(t *testing.T, rls []*routev3.RateLimit, stage uint32, req request) [][]plans.Entry {
+func descriptors(t *testing.T, rls []*routev3.RateLimit, stage uint32, req request) [][]config.Entry {
 	t.Helper()
-	var out [][]plans.Entry
+	var out [][]config.Entry
 next:
 	for _, rl := range rls {
 		if rl.GetStage().GetValue() != stage {
 			continue
 		}
-		var d []plans.Entry
+		var d []config.Entry
 		for _, a := range rl.GetActions() {
 			switch {
 			case a.GetRequestHeaders() != nil:
@@ -139,15 +139,15 @@ next:
 					}
 					continue next
 				}
-				d = append(d, plans.Entry{Key: rh.GetDescriptorKey(), Value: v})
+				d = append(d, config.Entry{Key: rh.GetDescriptorKey(), Value: v})
 			case a.GetRemoteAddress() != nil:
-				d = append(d, plans.Entry{Key: "remote_address", Value: req.remote})
+				d = append(d, config.Entry{Key: "remote_address", Value: req.remote})
 			case a.GetGenericKey() != nil:
 				k := a.GetGenericKey().GetDescriptorKey()
 				if k == "" {
 					k = "generic_key"
 				}
-				d = append(d, plans.Entry{Key: k, Value: a.GetGenericKey().GetDescriptorValue()})
+				d = append(d, config.Entry{Key: k, Value: a.GetGenericKey().GetDescriptorValue()})
 			case a.GetHeaderValueMatch() != nil:
 				hv := a.GetHeaderValueMatch()
 				match := true
@@ -164,7 +164,7 @@ next:
 				if k == "" {
 					k = "header_match"
 				}
-				d = append(d, plans.Entry{Key: k, Value: hv.GetDescriptorValue()})
+				d = append(d, config.Entry{Key: k, Value: hv.GetDescriptorValue()})
 			default:
 				t.Fatalf("rate_limits action %v: not simulated by this test; extend descriptors()", a)
 			}

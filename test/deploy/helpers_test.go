@@ -23,8 +23,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"gopkg.in/yaml.v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
 // root is the repository, relative to this package's directory (go test's working dir).
@@ -146,9 +146,9 @@ func validateDeep(t *testing.T, where string, m proto.Message) {
 }
 
 // repoConfig loads the halt configuration directory the demo uses.
-func repoConfig(t *testing.T) *plans.Set {
+func repoConfig(t *testing.T) *config.Set {
 	t.Helper()
-	set, err := plans.Load(repo("config"))
+	set, err := config.Load(repo("config"))
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}

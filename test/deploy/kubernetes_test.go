@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
+	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
 type manifest struct {
@@ -346,7 +346,7 @@ func anyStrings(v any) []string {
 
 // configMapSet validates the halt configuration embedded in a ConfigMap, as halt would
 // load the mounted directory.
-func configMapSet(t *testing.T, cm manifest) *plans.Set {
+func configMapSet(t *testing.T, cm manifest) *config.Set {
 	t.Helper()
 	files := map[string][]byte{}
 	for k, v := range dig(cm.doc, "data").(map[string]any) {
@@ -357,7 +357,7 @@ func configMapSet(t *testing.T, cm manifest) *plans.Set {
 	if len(files) == 0 {
 		t.Fatalf("%s holds no *.yaml key", cm)
 	}
-	set, err := plans.Parse(files)
+	set, err := config.Parse(files)
 	if err != nil {
 		t.Fatalf("%s: the embedded config does not load: %v", cm, err)
 	}
@@ -376,7 +376,7 @@ func patchProto(t *testing.T, value any, m proto.Message) {
 	}
 }
 
-func istioRateLimit(t *testing.T, ef manifest, set *plans.Set, wantCluster string) {
+func istioRateLimit(t *testing.T, ef manifest, set *config.Set, wantCluster string) {
 	var rl *ratelimitv3.RateLimit
 	var vh *routev3.VirtualHost
 	for i, p := range list(ef.doc, "spec", "configPatches") {

@@ -15,14 +15,14 @@ import (
 	"time"
 
 	ratelimitcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
 // ---- what halt exports ----
@@ -492,24 +492,24 @@ func TestAlertRules(t *testing.T) {
 // ---- end to end: a real Prometheus scrapes a real halt-envoy ----
 
 // demoDescriptors are what examples/envoy/envoy.yaml sends for the compose demo's curl.
-func demoDescriptors(t *testing.T) (string, [][]plans.Entry) {
+func demoDescriptors(t *testing.T) (string, [][]config.Entry) {
 	e := edge(t, repo("examples", "envoy", "envoy.yaml"))
 	req := request{map[string]string{":path": "/", "x-user-id": "alice"}, "172.18.0.1"}
 	return e.rateLimit.GetDomain(), descriptors(t, e.routeRateLimits(), e.rateLimit.GetStage(), req)
 }
 
-func rlsClient(t *testing.T, addr string) rlsv3.RateLimitServiceClient {
+func rlsClient(t *testing.T, addr string) rlspb.RateLimitServiceClient {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return rlsv3.NewRateLimitServiceClient(cc)
+	return rlspb.NewRateLimitServiceClient(cc)
 }
 
-func rlsRequest(domain string, ds [][]plans.Entry) *rlsv3.RateLimitRequest {
-	req := &rlsv3.RateLimitRequest{Domain: domain}
+func rlsRequest(domain string, ds [][]config.Entry) *rlspb.RateLimitRequest {
+	req := &rlspb.RateLimitRequest{Domain: domain}
 	for _, d := range ds {
 		rd := &ratelimitcommonv3.RateLimitDescriptor{}
 		for _, e := range d {

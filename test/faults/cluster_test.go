@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
 // privateCluster is a Redis Cluster of the test's own (3 masters + 3 replicas on free
@@ -199,8 +199,8 @@ func TestRedisClusterMasterKilled(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	worst := map[plans.FailureMode]time.Duration{}
-	failed := map[plans.FailureMode]int{}
+	worst := map[config.FailureMode]time.Duration{}
+	failed := map[config.FailureMode]int{}
 	total := 0
 	for _, mode := range modes {
 		for w := 0; w < 2; w++ {
@@ -214,7 +214,7 @@ func TestRedisClusterMasterKilled(t *testing.T) {
 					default:
 					}
 					o := h.call(mode, h.freshUser())
-					ok := o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OK
+					ok := o.grpc == codes.OK && o.code == rlspb.RateLimitResponse_OK
 					if !ok {
 						expectFailureMode(t, mode, o)
 					}

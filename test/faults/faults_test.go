@@ -7,12 +7,12 @@ import (
 	"testing"
 	"time"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
 )
 
 // fault is one injected failure: inject starts it and returns the function that lifts it.
@@ -84,7 +84,7 @@ func storeFailures(t *testing.T, h *harness, certain bool, rep *report, label st
 			worst = max(worst, o.elapsed)
 			// A fresh user's first call is OK when the store answered; under an uncertain
 			// fault that is fine too, in every mode.
-			answered := o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OK
+			answered := o.grpc == codes.OK && o.code == rlspb.RateLimitResponse_OK
 			if certain || !answered {
 				if !expectFailureMode(t, mode, o) {
 					return
@@ -195,8 +195,8 @@ func TestPostgresRestart(t *testing.T) {
 					return
 				default:
 				}
-				o := h.call(plans.FailureMode("allow"), h.freshUser())
-				if o.grpc != codes.OK || o.code != rlsv3.RateLimitResponse_OK {
+				o := h.call(config.FailureMode("allow"), h.freshUser())
+				if o.grpc != codes.OK || o.code != rlspb.RateLimitResponse_OK {
 					t.Errorf("allow mode during restart: %s", o)
 				}
 				mu.Lock()

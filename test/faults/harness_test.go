@@ -12,16 +12,18 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
 )
 
 // storeTimeout is the bound every faulted call must respect (plus latencyBound's slack).
@@ -42,7 +44,7 @@ descriptors:
     rate_limit: {unit: hour, requests_per_unit: 5, algorithm: token_bucket}
 `
 
-var modes = []plans.FailureMode{"allow", "deny", "error"}
+var modes = []config.FailureMode{"allow", "deny", "error"}
 
 // env returns a peer's address or skips (fails under HALT_TEST_PEERS=1) when unset.
 func env(t testing.TB, name string) string {
@@ -55,15 +57,15 @@ func env(t testing.TB, name string) string {
 type harness struct {
 	t       *testing.T
 	store   backends.Store
-	svc     map[plans.FailureMode]*ratelimit.Service
-	metrics map[plans.FailureMode]*metrics.Metrics
+	svc     map[config.FailureMode]*rlsv3.Service
+	metrics map[config.FailureMode]*metrics.Metrics
 	seq     atomic.Int64
 	prefix  string
 }
 
 func newHarness(t *testing.T, storeURL string) *harness {
 	t.Helper()
-	set, err := plans.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
+	set, err := config.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,14 +75,14 @@ func newHarness(t *testing.T, storeURL string) *harness {
 	if err != nil {
 		t.Fatalf("open %s: %v", backends.Redact(fmt.Errorf("%s", storeURL)), err)
 	}
-	h := &harness{t: t, store: store, svc: map[plans.FailureMode]*ratelimit.Service{}, metrics: map[plans.FailureMode]*metrics.Metrics{},
+	h := &harness{t: t, store: store, svc: map[config.FailureMode]*rlsv3.Service{}, metrics: map[config.FailureMode]*metrics.Metrics{},
 		prefix: fmt.Sprintf("%s-%d-", strings.ReplaceAll(t.Name(), "/", "."), time.Now().UnixNano())}
 	for _, m := range modes {
 		h.metrics[m] = metrics.New(nil)
-		e, err := ratelimit.New(ratelimit.Config{
+		e, err := engine.New(engine.Config{
 			Store:        store,
 			StoreName:    "fault",
-			Rules:        func() *plans.Set { return set },
+			Rules:        func() *config.Set { return set },
 			Metrics:      h.metrics[m],
 			FailureMode:  m,
 			StoreTimeout: storeTimeout,
@@ -88,7 +90,7 @@ func newHarness(t *testing.T, storeURL string) *harness {
 		if err != nil {
 			t.Fatal(err)
 		}
-		h.svc[m] = ratelimit.NewService(e, ratelimit.HeaderFamilies{})
+		h.svc[m] = rlsv3.NewService(e, headers.Families{})
 	}
 	return h
 }
@@ -102,7 +104,7 @@ func (h *harness) freshUser() string {
 
 // outcome is what a caller (Envoy) saw.
 type outcome struct {
-	code    rlsv3.RateLimitResponse_Code // when err is nil
+	code    rlspb.RateLimitResponse_Code // when err is nil
 	grpc    codes.Code
 	elapsed time.Duration
 }
@@ -114,8 +116,8 @@ func (o outcome) String() string {
 	return o.code.String()
 }
 
-func (h *harness) call(mode plans.FailureMode, user string) outcome {
-	req := &rlsv3.RateLimitRequest{Domain: "faults", Descriptors: []*rlcommon.RateLimitDescriptor{{
+func (h *harness) call(mode config.FailureMode, user string) outcome {
+	req := &rlspb.RateLimitRequest{Domain: "faults", Descriptors: []*rlcommon.RateLimitDescriptor{{
 		Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: user}},
 	}}}
 	// Envoy's own deadline is far longer than the store timeout: the bound must come
@@ -154,14 +156,14 @@ func counter(m *metrics.Metrics, family, label, value string) float64 {
 }
 
 // expectFailureMode checks that a failed store was answered as mode says.
-func expectFailureMode(t *testing.T, mode plans.FailureMode, o outcome) bool {
+func expectFailureMode(t *testing.T, mode config.FailureMode, o outcome) bool {
 	t.Helper()
 	var ok bool
 	switch mode {
 	case "allow":
-		ok = o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OK
+		ok = o.grpc == codes.OK && o.code == rlspb.RateLimitResponse_OK
 	case "deny":
-		ok = o.grpc == codes.OK && o.code == rlsv3.RateLimitResponse_OVER_LIMIT
+		ok = o.grpc == codes.OK && o.code == rlspb.RateLimitResponse_OVER_LIMIT
 	case "error":
 		ok = o.grpc == codes.Unavailable
 	}

@@ -12,18 +12,20 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+	"github.com/halt-envoy/halt-envoy/internal/server"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
-	"github.com/halt-envoy/halt-envoy/pkg/metrics"
-	"github.com/halt-envoy/halt-envoy/pkg/plans"
-	"github.com/halt-envoy/halt-envoy/pkg/ratelimit"
-	"github.com/halt-envoy/halt-envoy/pkg/server"
 )
 
 // slowStore is a test device: a memory store whose every Apply takes `delay` (or until
@@ -61,20 +63,20 @@ type overloadServer struct {
 	store *slowStore
 	m     *metrics.Metrics
 	cc    *grpc.ClientConn
-	rls   rlsv3.RateLimitServiceClient
+	rls   rlspb.RateLimitServiceClient
 }
 
 func startOverloadServer(t *testing.T, maxInFlight, maxRecv int, delay time.Duration) *overloadServer {
 	t.Helper()
-	set, err := plans.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
+	set, err := config.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mem := memory.New(memory.Config{SweepInterval: -1})
 	st := &slowStore{Store: mem, delay: delay}
 	m := metrics.New(nil)
-	e, err := ratelimit.New(ratelimit.Config{
-		Store: st, StoreName: "slow", Rules: func() *plans.Set { return set }, Metrics: m,
+	e, err := engine.New(engine.Config{
+		Store: st, StoreName: "slow", Rules: func() *config.Set { return set }, Metrics: m,
 		StoreTimeout: 2 * time.Second, // the slow store answers: calls must be admitted or refused, not failed
 	})
 	if err != nil {
@@ -82,7 +84,7 @@ func startOverloadServer(t *testing.T, maxInFlight, maxRecv int, delay time.Dura
 	}
 	srv, err := server.New(server.Options{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		Engine: e, Service: ratelimit.NewService(e, ratelimit.HeaderFamilies{}), Metrics: m,
+		Engine: e, Service: rlsv3.NewService(e, headers.Families{}), Metrics: m,
 		MaxInFlight: maxInFlight, MaxRecvBytes: maxRecv, DrainTimeout: 5 * time.Second,
 	})
 	if err != nil {
@@ -103,11 +105,11 @@ func startOverloadServer(t *testing.T, maxInFlight, maxRecv int, delay time.Dura
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &overloadServer{srv: srv, store: st, m: m, cc: cc, rls: rlsv3.NewRateLimitServiceClient(cc)}
+	return &overloadServer{srv: srv, store: st, m: m, cc: cc, rls: rlspb.NewRateLimitServiceClient(cc)}
 }
 
-func rlRequest(user string) *rlsv3.RateLimitRequest {
-	return &rlsv3.RateLimitRequest{Domain: "faults", Descriptors: []*rlcommon.RateLimitDescriptor{{
+func rlRequest(user string) *rlspb.RateLimitRequest {
+	return &rlspb.RateLimitRequest{Domain: "faults", Descriptors: []*rlcommon.RateLimitDescriptor{{
 		Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: user}},
 	}}}
 }
@@ -286,7 +288,7 @@ func TestManyConnections(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			_, err := rlsv3.NewRateLimitServiceClient(cc).ShouldRateLimit(ctx, rlRequest("conn"+string(rune('a'+i%26))))
+			_, err := rlspb.NewRateLimitServiceClient(cc).ShouldRateLimit(ctx, rlRequest("conn"+string(rune('a'+i%26))))
 			switch status.Code(err) {
 			case codes.OK:
 				ok.Add(1)
@@ -307,7 +309,7 @@ func TestManyConnections(t *testing.T) {
 	}
 	// Every connection still works.
 	for _, cc := range ccs[:10] {
-		if _, err := rlsv3.NewRateLimitServiceClient(cc).ShouldRateLimit(context.Background(), rlRequest("again")); err != nil && !errors.Is(err, context.Canceled) {
+		if _, err := rlspb.NewRateLimitServiceClient(cc).ShouldRateLimit(context.Background(), rlRequest("again")); err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("connection unusable afterwards: %v", err)
 		}
 	}

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -95,7 +95,7 @@ func TestBinaryRedisOutage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer cc.Close()
-			rls := rlsv3.NewRateLimitServiceClient(cc)
+			rls := rlspb.NewRateLimitServiceClient(cc)
 
 			// Load: 8 clients in a loop, each answer classified.
 			var phase atomic.Int32        // 0 up, 1 down, 2 back
@@ -111,7 +111,7 @@ func TestBinaryRedisOutage(t *testing.T) {
 						ph := phase.Load()
 						start := time.Now()
 						cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
-						resp, err := rls.ShouldRateLimit(cctx, &rlsv3.RateLimitRequest{Domain: "outage", Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: fmt.Sprintf("u%d-%d", w, i%50)}}}}})
+						resp, err := rls.ShouldRateLimit(cctx, &rlspb.RateLimitRequest{Domain: "outage", Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: fmt.Sprintf("u%d-%d", w, i%50)}}}}})
 						ccancel()
 						if ctx.Err() != nil {
 							return
@@ -120,7 +120,7 @@ func TestBinaryRedisOutage(t *testing.T) {
 							maxLatency[ph].Store(d)
 						}
 						switch {
-						case err == nil && resp.OverallCode == rlsv3.RateLimitResponse_OK:
+						case err == nil && resp.OverallCode == rlspb.RateLimitResponse_OK:
 							counts[ph][0].Add(1)
 						case err == nil:
 							counts[ph][1].Add(1)
@@ -164,8 +164,8 @@ func TestBinaryRedisOutage(t *testing.T) {
 			}
 			// Normal answers again: a streak of OKs.
 			for streak := 0; streak < 20; {
-				resp, err := rls.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "outage", Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "probe"}}}}})
-				if err == nil && resp.OverallCode == rlsv3.RateLimitResponse_OK && !strings.Contains(p.Log.String(), "panic") {
+				resp, err := rls.ShouldRateLimit(context.Background(), &rlspb.RateLimitRequest{Domain: "outage", Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: "probe"}}}}})
+				if err == nil && resp.OverallCode == rlspb.RateLimitResponse_OK && !strings.Contains(p.Log.String(), "panic") {
 					streak++
 				} else {
 					streak = 0

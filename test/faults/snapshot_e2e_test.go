@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -39,7 +39,7 @@ func (p *haltProcess) calls(t *testing.T, user string, n int) []string {
 		t.Fatal(err)
 	}
 	defer cc.Close()
-	rls := rlsv3.NewRateLimitServiceClient(cc)
+	rls := rlspb.NewRateLimitServiceClient(cc)
 	var out []string
 	for i := 0; i < n; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

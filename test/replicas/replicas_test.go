@@ -16,7 +16,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -120,7 +120,7 @@ func TestReplicasShareOneLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { cc.Close() })
-		h.clients = append(h.clients, client{proc: p, rls: rlsv3.NewRateLimitServiceClient(cc)})
+		h.clients = append(h.clients, client{proc: p, rls: rlspb.NewRateLimitServiceClient(cc)})
 	}
 	h.warmUp()
 
@@ -321,7 +321,7 @@ func span(calls []call) (first, last int64) {
 
 type client struct {
 	proc int
-	rls  rlsv3.RateLimitServiceClient
+	rls  rlspb.RateLimitServiceClient
 }
 
 // hammer drives the clients.
@@ -371,7 +371,7 @@ func (h *hammer) run(t *testing.T, alg string, limit uint32, once bool, d time.D
 					if len(resp.Statuses) != 1 || resp.Statuses[0].GetCurrentLimit().GetRequestsPerUnit() != limit {
 						k.err = fmt.Errorf("replica %d: no %s rule in the answer: %v", c.proc, alg, resp)
 					} else {
-						k.admitted = resp.OverallCode == rlsv3.RateLimitResponse_OK
+						k.admitted = resp.OverallCode == rlspb.RateLimitResponse_OK
 						k.reset = resp.Statuses[0].GetDurationUntilReset().AsDuration().Microseconds()
 					}
 				}
@@ -386,8 +386,8 @@ func (h *hammer) run(t *testing.T, alg string, limit uint32, once bool, d time.D
 	return slices.Concat(results...)
 }
 
-func request(domain, key, value string) *rlsv3.RateLimitRequest {
-	return &rlsv3.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{{
+func request(domain, key, value string) *rlspb.RateLimitRequest {
+	return &rlspb.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{{
 		Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: key, Value: value}},
 	}}}
 }

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil/tlstest"
 )
 
 // TestMain removes the binary built for the run.

@@ -11,24 +11,24 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
-	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil/tlstest"
 )
 
-func rlReq(user string) *rlsv3.RateLimitRequest {
-	return &rlsv3.RateLimitRequest{Domain: "tls", Descriptors: []*rlcommon.RateLimitDescriptor{{
+func rlReq(user string) *rlspb.RateLimitRequest {
+	return &rlspb.RateLimitRequest{Domain: "tls", Descriptors: []*rlcommon.RateLimitDescriptor{{
 		Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "user", Value: user}},
 	}}}
 }
 
 // call makes one ShouldRateLimit on a fresh connection (so each call does its own
 // handshake) and returns the overall code.
-func call(addr string, creds credentials.TransportCredentials, user string) (rlsv3.RateLimitResponse_Code, error) {
+func call(addr string, creds credentials.TransportCredentials, user string) (rlspb.RateLimitResponse_Code, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return 0, err
@@ -36,7 +36,7 @@ func call(addr string, creds credentials.TransportCredentials, user string) (rls
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	r, err := rlsv3.NewRateLimitServiceClient(cc).ShouldRateLimit(ctx, rlReq(user))
+	r, err := rlspb.NewRateLimitServiceClient(cc).ShouldRateLimit(ctx, rlReq(user))
 	if err != nil {
 		return 0, err
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
-	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil/tlstest"
 )
 
 // pgBin finds PostgreSQL's server binaries: $PG_BIN, else the newest Debian install.

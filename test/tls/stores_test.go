@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil/tlstest"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
-	"github.com/halt-envoy/halt-envoy/pkg/tlsutil/tlstest"
 )
 
 // needRedis returns the redis-server path, skipping (or failing under HALT_TEST_PEERS=1,

@@ -9,7 +9,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/halt-envoy/halt-envoy/pkg/lograte"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
 )
 
 // DriverLog carries go-redis's own log lines (failed dials, pool trouble) into slog.

@@ -1,0 +1,492 @@
+// Package admin is halt-envoy's operator API: JSON over HTTP, under /admin/, to read and
+// reset a customer's calendar quotas and to read and lift a penalty lockout, without
+// touching the store by hand. It addresses counters the way Envoy does, by domain and
+// descriptor, and finds their keys through the same rule matching as the engine, so what
+// it reads is exactly what the next request will be decided against.
+//
+//	GET    /admin/v1/quotas?domain=D&descriptor=k=v,k=v          usage of every quota
+//	DELETE /admin/v1/quotas?domain=D&descriptor=...[&quota=NAME]  reset them (or one)
+//	GET    /admin/v1/penalty?domain=D&descriptor=...             lockout state
+//	DELETE /admin/v1/penalty?domain=D&descriptor=...             lift it
+//
+// Every call needs "Authorization: Bearer TOKEN". Without a configured token the API is
+// off: it answers 404, as if it did not exist.
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/observe"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/halt"
+)
+
+// Prefix is where the API is mounted.
+const Prefix = "/admin/"
+
+// Bounds on one call's descriptor: the engine's own, so the API accepts exactly the
+// descriptors a request could carry.
+const (
+	MaxEntries = engine.DefaultMaxEntries
+	MaxLen     = engine.DefaultMaxValueLen
+)
+
+// Config wires a Handler.
+type Config struct {
+	// Store is the engine's store.
+	Store backends.Store
+	// Rules returns the current configuration (the engine's Rules).
+	Rules func() *config.Set
+	// Token is the bearer token callers must present. Empty disables the API.
+	Token string
+	// Now defaults to time.Now; tests pass the engine's fake clock.
+	Now func() time.Time
+	// Logger receives one line per call; defaults to discarding.
+	Logger *slog.Logger
+	// StoreTimeout bounds a store round; zero means 2 s (an operator can wait longer
+	// than Envoy).
+	StoreTimeout time.Duration
+}
+
+// Handler serves the admin API. It is safe for concurrent use.
+type Handler struct {
+	cfg   Config
+	token [sha256.Size]byte // hashed so the comparison is constant-time whatever the lengths
+	mux   *http.ServeMux
+}
+
+// New returns the API. With no token it logs that the API is disabled and answers 404.
+func New(cfg Config) *Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.StoreTimeout <= 0 {
+		cfg.StoreTimeout = 2 * time.Second
+	}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.Token == "" {
+		cfg.Logger.Info("admin API disabled: no admin token configured (--admin-token, HALT_ADMIN_TOKEN or --admin-token-file)")
+	} else {
+		h.token = sha256.Sum256([]byte(cfg.Token))
+		cfg.Logger.Info("admin API enabled", "path", Prefix+"v1/", "token_sha256", ShortHash(cfg.Token))
+	}
+	h.mux.HandleFunc("GET /admin/v1/quotas", h.getQuotas)
+	h.mux.HandleFunc("DELETE /admin/v1/quotas", h.deleteQuotas)
+	h.mux.HandleFunc("GET /admin/v1/penalty", h.getPenalty)
+	h.mux.HandleFunc("DELETE /admin/v1/penalty", h.deletePenalty)
+	return h
+}
+
+// Enabled reports whether a token is configured.
+func (h *Handler) Enabled() bool { return h.cfg.Token != "" }
+
+// Register mounts the API on m under Prefix (server.Options.Admin takes this method).
+func (h *Handler) Register(m *http.ServeMux) { m.Handle(Prefix, h) }
+
+// ShortHash is the first 8 hex characters of s's SHA-256: enough to correlate log lines
+// about one identity or token, useless for recovering it.
+func ShortHash(s string) string { return observe.ShortHash(s) }
+
+// ServeHTTP authenticates, then routes.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.Enabled() {
+		writeError(w, http.StatusNotFound, "not found")
+		return
+	}
+	if !h.authorized(r) {
+		h.cfg.Logger.Warn("admin call refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", http.StatusUnauthorized)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="halt-admin"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	h.mux.ServeHTTP(&jsonErrors{ResponseWriter: w}, r)
+}
+
+// jsonErrors turns the mux's own plain-text 404 and 405 answers into JSON errors, so a
+// client always gets one body shape.
+type jsonErrors struct {
+	http.ResponseWriter
+	plain bool
+}
+
+func (j *jsonErrors) WriteHeader(code int) {
+	if (code == http.StatusNotFound || code == http.StatusMethodNotAllowed) && strings.HasPrefix(j.Header().Get("Content-Type"), "text/plain") {
+		j.plain = true
+		j.Header().Set("Content-Type", "application/json")
+		j.ResponseWriter.WriteHeader(code)
+		msg := "no such admin endpoint (want /admin/v1/quotas or /admin/v1/penalty)"
+		if code == http.StatusMethodNotAllowed {
+			msg = "method not allowed (want GET or DELETE)"
+		}
+		_ = json.NewEncoder(j.ResponseWriter).Encode(errorBody{Error: msg})
+		return
+	}
+	j.ResponseWriter.WriteHeader(code)
+}
+
+func (j *jsonErrors) Write(b []byte) (int, error) {
+	if j.plain {
+		return len(b), nil // the mux's text body; the JSON one is already written
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+func (h *Handler) authorized(r *http.Request) bool {
+	auth := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(got[:], h.token[:]) == 1
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, errorBody{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// target is a parsed, matched query.
+type target struct {
+	domain  string
+	entries []config.Entry
+	rule    *config.Rule
+	hash    string // ShortHash of the descriptor, for logs and answers
+}
+
+// badRequest is a problem with the caller's query: answered 400 with its message.
+type badRequest struct{ msg string }
+
+func (e *badRequest) Error() string { return e.msg }
+
+func bad(format string, args ...any) error { return &badRequest{fmt.Sprintf(format, args...)} }
+
+// ParseDescriptor parses "k=v,k=v" into entries. A value may hold '=' (the first one
+// splits); a ',' or '\' inside a key or value is written "\," or "\\".
+func ParseDescriptor(s string) ([]config.Entry, error) {
+	if s == "" {
+		return nil, bad("descriptor is missing: want descriptor=key=value,key=value")
+	}
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s) && (s[i+1] == ',' || s[i+1] == '\\'):
+			cur.WriteByte(s[i+1])
+			i++
+		case c == ',':
+			parts = append(parts, cur.String())
+			cur.Reset()
+			if len(parts) > MaxEntries {
+				return nil, bad("descriptor has more than %d entries", MaxEntries)
+			}
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	parts = append(parts, cur.String())
+	if len(parts) > MaxEntries {
+		return nil, bad("descriptor has %d entries, the limit is %d", len(parts), MaxEntries)
+	}
+	entries := make([]config.Entry, 0, len(parts))
+	for i, p := range parts {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok || k == "" {
+			return nil, bad("descriptor entry %d is not key=value", i+1)
+		}
+		if len(k) > MaxLen {
+			return nil, bad("descriptor entry %d: key is %d bytes, the limit is %d", i+1, len(k), MaxLen)
+		}
+		if len(v) > MaxLen {
+			return nil, bad("descriptor entry %d (%s): value is %d bytes, the limit is %d", i+1, truncate(k), len(v), MaxLen)
+		}
+		entries = append(entries, config.Entry{Key: k, Value: v})
+	}
+	return entries, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// resolve parses the query and matches it like the engine would.
+func (h *Handler) resolve(r *http.Request) (*target, error) {
+	q := r.URL.Query()
+	t := &target{domain: q.Get("domain")}
+	desc := q.Get("descriptor")
+	t.hash = ShortHash(desc)
+	if t.domain == "" {
+		return t, bad("domain is missing")
+	}
+	if len(t.domain) > MaxLen {
+		return t, bad("domain is %d bytes, the limit is %d", len(t.domain), MaxLen)
+	}
+	var err error
+	if t.entries, err = ParseDescriptor(desc); err != nil {
+		return t, err
+	}
+	// The canonical form's hash: the one the log and trace observers print.
+	t.hash = observe.IdentityHash(t.entries)
+	set := h.cfg.Rules()
+	if set == nil {
+		return t, errors.New("no configuration loaded")
+	}
+	if !set.HasDomain(t.domain) {
+		return t, bad("unknown domain %q (have: %s)", truncate(t.domain), strings.Join(set.Domains(), ", "))
+	}
+	if reason, ok := set.Exempt(t.domain, t.entries); ok {
+		return t, bad("descriptor is exempt (%s): it has no counters", reason)
+	}
+	rule, ok := set.Match(t.domain, t.entries)
+	if !ok {
+		return t, bad("no rule of domain %q matches the descriptor", t.domain)
+	}
+	t.rule = rule
+	return t, nil
+}
+
+func (h *Handler) apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.StoreTimeout)
+	defer cancel()
+	if err := h.cfg.Store.Apply(ctx, now, ops); err != nil {
+		return err
+	}
+	for _, op := range ops {
+		if op.Err != nil {
+			return op.Err
+		}
+	}
+	return nil
+}
+
+func (h *Handler) del(ctx context.Context, keys ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.StoreTimeout)
+	defer cancel()
+	return h.cfg.Store.Delete(ctx, keys...)
+}
+
+// finish answers a failed call and logs it; a nil err logs success.
+func (h *Handler) finish(w http.ResponseWriter, r *http.Request, t *target, code int, result string, err error) {
+	// The domain is bounded only when it is a configured one: cut what a caller made up.
+	attrs := []any{"method", r.Method, "path", r.URL.Path, "domain", truncate(t.domain), "identity", t.hash}
+	if t.rule != nil {
+		attrs = append(attrs, "rule", t.rule.Name)
+	}
+	var br *badRequest
+	switch {
+	case err == nil:
+		h.cfg.Logger.Info("admin call", append(attrs, "status", code, "result", result)...)
+		return
+	case errors.As(err, &br):
+		code = http.StatusBadRequest
+	default:
+		code = http.StatusServiceUnavailable
+	}
+	h.cfg.Logger.Warn("admin call failed", append(attrs, "status", code, "err", err)...)
+	msg := err.Error()
+	if code == http.StatusServiceUnavailable {
+		msg = "store: " + msg
+	}
+	writeError(w, code, msg)
+}
+
+// QuotaUsage is one quota's state in an answer.
+type QuotaUsage struct {
+	Name      string `json:"name"`
+	Period    string `json:"period"`
+	TimeZone  string `json:"time_zone"`
+	Used      int64  `json:"used"`
+	Limit     int64  `json:"limit"`
+	Remaining int64  `json:"remaining"`
+	// PeriodStart and PeriodEnd are RFC 3339 in the quota's time zone.
+	PeriodStart    string `json:"period_start"`
+	PeriodEnd      string `json:"period_end"`
+	ResetIn        string `json:"reset_in"`
+	ResetInSeconds int64  `json:"reset_in_seconds"`
+}
+
+// QuotasAnswer is the body of GET and DELETE /admin/v1/quotas.
+type QuotasAnswer struct {
+	Domain string `json:"domain"`
+	Rule   string `json:"rule"`
+	Plan   string `json:"plan,omitempty"`
+	// Identity is the descriptor's short hash (observe.IdentityHash), the same the log and
+	// trace observers print: the raw value is never echoed into logs.
+	Identity string       `json:"identity"`
+	Quotas   []QuotaUsage `json:"quotas,omitempty"`
+	Reset    []string     `json:"reset,omitempty"`
+}
+
+func (h *Handler) getQuotas(w http.ResponseWriter, r *http.Request) {
+	t, err := h.resolve(r)
+	if err == nil && len(t.rule.Quotas) == 0 {
+		err = bad("rule %q has no quotas", t.rule.Name)
+	}
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	now := h.cfg.Now().UnixMicro()
+	ops := make([]*backends.Op, len(t.rule.Quotas))
+	limits := make([]*config.Limit, len(t.rule.Quotas))
+	for i := range t.rule.Quotas {
+		q := &t.rule.Quotas[i]
+		limits[i] = engine.QuotaLimit(q, now)
+		// Cost 0: a read that never counts.
+		ops[i] = &backends.Op{Key: string(engine.QuotaKey(nil, t.domain, t.entries, t.rule, q)), Algorithm: algorithms.Calendar, Limit: limits[i].Params}
+	}
+	if err := h.apply(r.Context(), now, ops); err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	ans := QuotasAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash}
+	for i := range t.rule.Quotas {
+		q := &t.rule.Quotas[i]
+		d := halt.QuotaOf(ops[i].Result, limits[i].Params)
+		ans.Quotas = append(ans.Quotas, QuotaUsage{
+			Name:           q.Name,
+			Period:         q.Period.String(),
+			TimeZone:       q.Location.String(),
+			Used:           d.Used,
+			Limit:          d.Limit,
+			Remaining:      d.Remaining,
+			PeriodStart:    d.PeriodStart.In(q.Location).Format(time.RFC3339),
+			PeriodEnd:      d.PeriodEnd.In(q.Location).Format(time.RFC3339),
+			ResetIn:        d.ResetAfter.Round(time.Second).String(),
+			ResetInSeconds: int64((d.ResetAfter + time.Second - 1) / time.Second),
+		})
+	}
+	h.finish(w, r, t, http.StatusOK, "read", nil)
+	writeJSON(w, http.StatusOK, ans)
+}
+
+func (h *Handler) deleteQuotas(w http.ResponseWriter, r *http.Request) {
+	t, err := h.resolve(r)
+	if err == nil && len(t.rule.Quotas) == 0 {
+		err = bad("rule %q has no quotas", t.rule.Name)
+	}
+	var keys, names []string
+	if err == nil {
+		only := r.URL.Query().Get("quota")
+		for i := range t.rule.Quotas {
+			q := &t.rule.Quotas[i]
+			names = append(names, q.Name)
+			if only == "" || only == q.Name {
+				keys = append(keys, string(engine.QuotaKey(nil, t.domain, t.entries, t.rule, q)))
+			}
+		}
+		if len(keys) == 0 {
+			err = bad("rule %q has no quota %q (have: %s)", t.rule.Name, truncate(only), strings.Join(names, ", "))
+		} else if only != "" {
+			names = []string{only}
+		}
+	}
+	if err == nil {
+		err = h.del(r.Context(), keys...)
+	}
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	h.finish(w, r, t, http.StatusOK, "reset "+strings.Join(names, ","), nil)
+	writeJSON(w, http.StatusOK, QuotasAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash, Reset: names})
+}
+
+// PenaltyAnswer is the body of GET and DELETE /admin/v1/penalty. The penalty algorithm's
+// result does not carry the ladder level, so the answer has none.
+type PenaltyAnswer struct {
+	Domain   string `json:"domain"`
+	Rule     string `json:"rule"`
+	Identity string `json:"identity"`
+	Penalty  string `json:"penalty"`
+	Locked   bool   `json:"locked"`
+	// LockedUntil is RFC 3339 (UTC), empty when not locked.
+	LockedUntil             string `json:"locked_until,omitempty"`
+	RemainingLockout        string `json:"remaining_lockout,omitempty"`
+	RemainingLockoutSeconds int64  `json:"remaining_lockout_seconds"`
+	// PointsLeft is the violation points that would start the next lockout.
+	PointsLeft int64 `json:"points_left"`
+	Threshold  int64 `json:"threshold"`
+	Lifted     bool  `json:"lifted,omitempty"`
+}
+
+func (h *Handler) penaltyTarget(r *http.Request) (*target, error) {
+	t, err := h.resolve(r)
+	if err == nil && t.rule.Penalty == nil {
+		err = bad("rule %q has no penalty", t.rule.Name)
+	}
+	return t, err
+}
+
+func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
+	t, err := h.penaltyTarget(r)
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	now := h.cfg.Now().UnixMicro()
+	p := t.rule.Penalty
+	op := &backends.Op{Key: string(engine.PenaltyKey(nil, t.domain, t.entries, t.rule)), Algorithm: algorithms.Penalty, Limit: p.Params}
+	if err := h.apply(r.Context(), now, []*backends.Op{op}); err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	st := halt.PenaltyOf(op.Result, now)
+	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, Locked: st.Active, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
+	if st.Active {
+		ans.LockedUntil = st.Until.Format(time.RFC3339)
+		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
+		ans.RemainingLockoutSeconds = int64((st.Remaining + time.Second - 1) / time.Second)
+	}
+	result := "not locked"
+	if st.Active {
+		result = "locked"
+	}
+	h.finish(w, r, t, http.StatusOK, result, nil)
+	writeJSON(w, http.StatusOK, ans)
+}
+
+func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
+	t, err := h.penaltyTarget(r)
+	if err == nil {
+		err = h.del(r.Context(), string(engine.PenaltyKey(nil, t.domain, t.entries, t.rule)))
+	}
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	h.finish(w, r, t, http.StatusOK, "lifted", nil)
+	writeJSON(w, http.StatusOK, PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: t.rule.Penalty.Name, Lifted: true, Threshold: t.rule.Penalty.Params.Requests, PointsLeft: t.rule.Penalty.Params.Requests})
+}

@@ -1,0 +1,381 @@
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+)
+
+// Server implements envoy.service.auth.v3.Authorization on the rate-limit engine.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	engine  *engine.Engine
+	rules   func() *config.Set
+	config  func() *Config
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	// invalidKeyLog and penaltyLog keep lines that an attacker (invalid keys) or an outage
+	// (the penalty store) could make per call to one per lograte.DefaultInterval.
+	invalidKeyLog, penaltyLog *lograte.Limiter
+}
+
+// New returns the ext_authz server. config returns the current authz configuration
+// (nil: not configured, every call answers UNAVAILABLE so Envoy's failure_mode_allow
+// decides).
+func New(engine *engine.Engine, rules func() *config.Set, config func() *Config, log *slog.Logger, m *metrics.Metrics) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
+		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval)}
+}
+
+// Limits on what a Check reads from a request: a larger header is not a key we issued.
+const (
+	maxKeyLen      = 4096
+	maxIdentityLen = 1024
+)
+
+// request is what Check needs from a CheckRequest.
+type request struct {
+	method, path, source string
+	headers              map[string]string
+	headerMap            *corev3.HeaderMap
+}
+
+func (r *request) header(name string) string {
+	if v, ok := r.headers[name]; ok {
+		return v
+	}
+	if r.headerMap != nil {
+		for _, h := range r.headerMap.GetHeaders() {
+			if strings.EqualFold(h.GetKey(), name) {
+				if v := h.GetValue(); v != "" {
+					return v
+				}
+				return string(h.GetRawValue())
+			}
+		}
+	}
+	return ""
+}
+
+func parseRequest(req *authv3.CheckRequest) *request {
+	attrs := req.GetAttributes()
+	h := attrs.GetRequest().GetHttp()
+	r := &request{method: strings.ToUpper(h.GetMethod()), headers: h.GetHeaders(), headerMap: h.GetHeaderMap()}
+	p := h.GetPath()
+	if p == "" {
+		p = r.header(":path")
+	}
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		p = p[:i]
+	}
+	// Resolve dot segments so "/v1/../admin" is judged as "/admin". Percent-encoded
+	// slashes are not decoded: "%2F" never splits a template segment.
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	r.path = path.Clean(p)
+	if sa := attrs.GetSource().GetAddress().GetSocketAddress(); sa != nil {
+		if a, err := netip.ParseAddr(sa.GetAddress()); err == nil {
+			r.source = a.Unmap().String()
+		}
+	}
+	return r
+}
+
+// identity is who is calling.
+type identity struct {
+	customer, plan string
+	how            string // api_key, header, source_address, anonymous
+}
+
+// outcome of identification when no identity was found.
+type idFailure struct {
+	missing bool // no key at all (vs. an unknown key)
+	keyHash string
+}
+
+// Check authorizes one request: exemptions, penalty, quotas, rate limits, in that order.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	resp, err := s.check(ctx, req)
+	if m := s.metrics; m != nil {
+		m.RequestDuration.WithLabelValues("Check").Observe(time.Since(start).Seconds())
+		m.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
+	}
+	return resp, err
+}
+
+func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	cfg := s.config()
+	set := s.rules()
+	if cfg == nil || set == nil {
+		return nil, status.Error(codes.Unavailable, "ext_authz is not configured (start halt-envoy with --authz-config)")
+	}
+	r := parseRequest(req)
+	route := cfg.matchRoute(r.method, r.path)
+
+	// Exemptions first: health checks and internal ranges are never counted.
+	if route != nil && route.Exempt {
+		return s.allow(cfg, nil, nil, nil, "route"), nil
+	}
+	probe := [2]config.Entry{{Key: "remote_address", Value: r.source}, {Key: "path", Value: r.path}}
+	if reason, ok := set.Exempt(cfg.Domain, probe[:]); ok {
+		if s.metrics != nil {
+			s.metrics.Exemptions.WithLabelValues(cfg.Domain, reason).Inc()
+		}
+		return s.allow(cfg, nil, nil, nil, reason), nil
+	}
+
+	id, fail := s.identify(cfg, r)
+	if id == nil {
+		return s.refuseIdentity(ctx, cfg, set, r, fail)
+	}
+
+	cost := int64(1)
+	routeName := ""
+	if route != nil {
+		cost, routeName = route.Cost, route.Name
+	}
+	descs := []engine.Descriptor{{
+		Entries: []config.Entry{{Key: "customer", Value: id.customer}, {Key: "plan", Value: id.plan}},
+		Hits:    uint64(cost),
+	}}
+	if route != nil && route.Policy != "" {
+		if rule, ok := set.Policy(route.Policy); ok {
+			descs = append(descs, engine.Descriptor{
+				Entries: []config.Entry{{Key: "customer", Value: id.customer}, {Key: "route", Value: routeName}},
+				Hits:    uint64(cost),
+				Rule:    rule,
+			})
+		} else {
+			s.log.Warn("route names an unknown policy; only the plan's limits apply", "route", routeName, "policy", route.Policy)
+		}
+	}
+	decisions := make([]engine.Decision, len(descs))
+	if _, err := s.engine.Check(ctx, cfg.Domain, descs, decisions); err != nil {
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+			return nil, err
+		}
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
+	// The first stage that failed decides: penalty, then quota, then rate.
+	var denied, report *engine.Decision
+	for _, kind := range []engine.Kind{engine.KindPenalty, engine.KindQuota, engine.KindRate} {
+		for i := range decisions {
+			if d := &decisions[i]; d.Code == engine.CodeOverLimit && d.Kind == kind && denied == nil {
+				denied = d
+			}
+		}
+	}
+	if denied != nil {
+		return s.deny(cfg, id, denied), nil
+	}
+	for i := range decisions {
+		d := &decisions[i]
+		if d.Limit != nil && (report == nil || d.Result.Remaining < report.Result.Remaining) {
+			report = d
+		}
+	}
+	return s.allow(cfg, id, report, &routeName, ""), nil
+}
+
+// identify walks the configured identity sources in order.
+func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
+	fail := idFailure{missing: true}
+	for _, src := range cfg.Identity {
+		switch {
+		case src.APIKey != nil:
+			key := r.header(src.APIKey.Header)
+			if key == "" && src.APIKey.Bearer {
+				if auth := r.header("authorization"); len(auth) > 7 && strings.EqualFold(auth[:7], "bearer ") {
+					key = strings.TrimSpace(auth[7:])
+				}
+			}
+			if key == "" {
+				continue
+			}
+			sum := sha256.Sum256([]byte(key))
+			if k, ok := cfg.keys[sum]; ok && len(key) <= maxKeyLen {
+				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key"}, fail
+			}
+			fail = idFailure{keyHash: hex.EncodeToString(sum[:4])}
+			if cfg.Anonymous == nil {
+				return nil, fail
+			}
+		case src.Header != "":
+			if v := r.header(src.Header); v != "" && len(v) <= maxIdentityLen {
+				return &identity{customer: v, plan: s.anonPlan(cfg), how: "header"}, fail
+			}
+		case src.SourceAddress:
+			if r.source != "" {
+				return &identity{customer: "ip:" + r.source, plan: s.anonPlan(cfg), how: "source_address"}, fail
+			}
+		}
+	}
+	return nil, fail
+}
+
+// anonPlan is the plan of callers identified without a key: anonymous.plan, else the
+// rate-limit config's default plan.
+func (s *Server) anonPlan(cfg *Config) string {
+	if cfg.Anonymous != nil {
+		return cfg.Anonymous.Plan
+	}
+	if set := s.rules(); set != nil {
+		return set.DefaultPlan()
+	}
+	return ""
+}
+
+// refuseIdentity answers a caller without a valid key: 401, or 403 when its address is
+// locked out for guessing keys. Every invalid key counts against the address.
+func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, set *config.Set, r *request, fail idFailure) (*authv3.CheckResponse, error) {
+	detail := "a valid API key is required"
+	if !fail.missing {
+		detail = "the API key is not valid"
+		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
+			s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path, "similar_suppressed", held)
+		}
+	}
+	if cfg.InvalidKeyPenalty != "" && r.source != "" {
+		if pol, ok := set.PenaltyPolicy(cfg.InvalidKeyPenalty); ok {
+			who := []config.Entry{{Key: "remote_address", Value: r.source}}
+			severity := pol.Severity
+			if fail.missing {
+				severity = 0 // a missing key is checked against a lockout, not charged
+			}
+			locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, severity)
+			if err != nil {
+				if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+					s.log.Warn("invalid-key penalty unavailable", "err", err, "similar_suppressed", held)
+				}
+			} else if locked {
+				return problem(403, "Forbidden", "too many invalid API keys from this address; locked out", "penalty:"+pol.Name, left, nil), nil
+			}
+		}
+	}
+	return problem(401, "Unauthorized", detail, "", 0, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
+}
+
+func (s *Server) deny(cfg *Config, id *identity, d *engine.Decision) *authv3.CheckResponse {
+	wait := time.Duration(max(d.Result.RetryAfter, d.Result.ResetAfter)) * time.Microsecond
+	if d.Result.RetryAfter > 0 {
+		wait = time.Duration(d.Result.RetryAfter) * time.Microsecond
+	}
+	code, title, detail := 429, "Too Many Requests", "rate limit exceeded"
+	switch d.Kind {
+	case engine.KindPenalty:
+		code, title, detail = 403, "Forbidden", "locked out after repeated violations"
+	case engine.KindQuota:
+		detail = "quota exhausted for this period"
+	}
+	headers := s.rateHeaders(cfg, d)
+	return problem(code, title, detail, d.Limit.Name, wait, headers)
+}
+
+func (s *Server) allow(cfg *Config, id *identity, report *engine.Decision, route *string, exempt string) *authv3.CheckResponse {
+	ok := &authv3.OkHttpResponse{}
+	meta := map[string]any{}
+	if id != nil {
+		ok.Headers = append(ok.Headers, hv(cfg.UpstreamHeaders.Customer, id.customer))
+		if id.plan != "" {
+			ok.Headers = append(ok.Headers, hv(cfg.UpstreamHeaders.Plan, id.plan))
+		}
+		meta["customer"], meta["plan"], meta["identity"] = id.customer, id.plan, id.how
+	}
+	if route != nil && *route != "" {
+		meta["route"] = *route
+	}
+	if exempt != "" {
+		meta["exempt"] = exempt
+	}
+	if report != nil {
+		ok.ResponseHeadersToAdd = s.rateHeaders(cfg, report)
+	}
+	resp := &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
+	if len(meta) > 0 {
+		if st, err := structpb.NewStruct(meta); err == nil {
+			resp.DynamicMetadata = st
+		}
+	}
+	return resp
+}
+
+func (s *Server) rateHeaders(cfg *Config, d *engine.Decision) []*corev3.HeaderValueOption {
+	if d == nil || d.Limit == nil {
+		return nil
+	}
+	var fam headers.Families
+	for _, h := range cfg.Headers {
+		switch h {
+		case "ietf":
+			fam.IETF = true
+		case "x-ratelimit":
+			fam.XRateLimit = true
+		}
+	}
+	var out []*corev3.HeaderValueOption
+	v := headers.Of(d.Limit, &d.Result)
+	fam.Render(&v, func(k, val string) { out = append(out, hv(k, val)) })
+	return out
+}
+
+func hv(k, v string) *corev3.HeaderValueOption {
+	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
+}
+
+// problem builds a denied response with an RFC 9457 problem body and Retry-After.
+func problem(code int, title, detail, policy string, wait time.Duration, hdrs []*corev3.HeaderValueOption) *authv3.CheckResponse {
+	body := map[string]any{"type": "about:blank", "title": title, "status": code, "detail": detail}
+	if policy != "" {
+		body["violated_policy"] = policy
+	}
+	if wait > 0 {
+		secs := headers.Seconds(wait.Microseconds())
+		body["retry_after_seconds"] = secs
+		hdrs = append(hdrs, hv("Retry-After", strconv.FormatInt(secs, 10)))
+	}
+	b, _ := json.Marshal(body)
+	hdrs = append(hdrs, hv("Content-Type", "application/problem+json"))
+	grpcCode := codes.PermissionDenied
+	if code == 401 {
+		grpcCode = codes.Unauthenticated
+	} else if code == 429 {
+		grpcCode = codes.ResourceExhausted
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(grpcCode), Message: detail},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+			Headers: hdrs,
+			Body:    string(b),
+		}},
+	}
+}

@@ -1,0 +1,440 @@
+package authz_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/halt-envoy/halt-envoy/internal/authz"
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
+)
+
+const limitsYAML = `
+domain: edge
+default_plan: free
+plans:
+  free:
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  pro:
+    rate_limit: {unit: minute, requests_per_unit: 100}
+    quota: {period: daily, requests: 4}
+penalties:
+  guessing:
+    threshold: 3
+    ladder: [10m, 1h]
+    decay: 1h
+  abuse:
+    threshold: 2
+    ladder: [1m, 10m]
+    decay: 1h
+exemptions:
+  paths: [/healthz]
+  private_ranges: true
+descriptors:
+  - key: customer
+    descriptors:
+      - key: plan
+        plan_from_value: true
+        penalty: abuse
+`
+
+const (
+	proKey  = "sk_live_pro_0123456789"
+	freeKey = "sk_live_free_abcdef"
+)
+
+func sum(k string) string { s := sha256.Sum256([]byte(k)); return hex.EncodeToString(s[:]) }
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+type env struct {
+	client authv3.AuthorizationClient
+	clock  *clock
+	logs   *bytes.Buffer
+	mu     *sync.Mutex
+}
+
+func setup(t testing.TB, authzYAML string) *env {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("keys.yaml", "api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n  - {sha256: "+sum(freeKey)+", customer: bob, plan: free}\n")
+	write("authz.yaml", authzYAML)
+	cfg, err := authz.LoadConfig(filepath.Join(dir, "authz.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := config.Parse(map[string][]byte{"limits.yaml": []byte(limitsYAML)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New(memory.Config{SweepInterval: -1})
+	t.Cleanup(func() { store.Close() })
+	c := &clock{now: time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)}
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	m := metrics.New(nil)
+	eng, err := engine.New(engine.Config{Store: store, Rules: func() *config.Set { return set }, Clock: c, Metrics: m, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := authz.New(eng, func() *config.Set { return set }, func() *authz.Config { return cfg }, log, m)
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return &env{client: authv3.NewAuthorizationClient(cc), clock: c, logs: &logs, mu: &mu}
+}
+
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+const authzYAML = `
+domain: edge
+identity:
+  - api_key: {header: x-api-key, bearer: true}
+api_keys_file: keys.yaml
+invalid_key_penalty: guessing
+routes:
+  - {method: GET, path: "/v1/items/{id}", cost: 1}
+  - {method: POST, path: /v1/search, cost: 2, policy: EXPENSIVE_OPERATION}
+  - {path: /status, exempt: true}
+headers: [ietf, x-ratelimit]
+`
+
+func req(method, path, source string, headers map[string]string) *authv3.CheckRequest {
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
+			SocketAddress: &corev3.SocketAddress{Address: source, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 40000}}}}},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: method, Path: path, Headers: headers}},
+	}}
+}
+
+func (e *env) check(t *testing.T, r *authv3.CheckRequest) *authv3.CheckResponse {
+	t.Helper()
+	resp, err := e.client.Check(context.Background(), r)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return resp
+}
+
+func status(r *authv3.CheckResponse) int {
+	if d := r.GetDeniedResponse(); d != nil {
+		return int(d.GetStatus().GetCode())
+	}
+	if r.GetOkResponse() != nil {
+		return 200
+	}
+	return -1
+}
+
+func headers(opts []*corev3.HeaderValueOption) map[string]string {
+	m := map[string]string{}
+	for _, h := range opts {
+		m[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+	}
+	return m
+}
+
+const public = "198.51.100.20"
+
+func TestAllowedWithHeadersAndIdentity(t *testing.T) {
+	e := setup(t, authzYAML)
+	r := e.check(t, req("GET", "/v1/items/42?x=1", public, map[string]string{"x-api-key": proKey}))
+	if status(r) != 200 || r.GetStatus().GetCode() != int32(codes.OK) {
+		t.Fatalf("allowed: %v", r)
+	}
+	ok := r.GetOkResponse()
+	up := headers(ok.GetHeaders())
+	if up["x-halt-customer"] != "acme" || up["x-halt-plan"] != "pro" {
+		t.Fatalf("upstream headers %v", up)
+	}
+	down := headers(ok.GetResponseHeadersToAdd())
+	if down["X-RateLimit-Limit"] != "4" || down["X-RateLimit-Remaining"] != "3" || !strings.Contains(down["RateLimit"], "r=3") || down["RateLimit-Policy"] == "" {
+		t.Fatalf("rate-limit headers %v (the daily quota of 4 is the tightest)", down)
+	}
+	md := r.GetDynamicMetadata().AsMap()
+	if md["customer"] != "acme" || md["plan"] != "pro" || md["route"] != "GET /v1/items/{id}" {
+		t.Fatalf("dynamic metadata %v", md)
+	}
+	// Bearer works too.
+	if r := e.check(t, req("GET", "/v1/items/1", public, map[string]string{"authorization": "Bearer " + freeKey})); status(r) != 200 {
+		t.Fatalf("bearer: %v", r)
+	}
+}
+
+func problemBody(t *testing.T, r *authv3.CheckResponse) map[string]any {
+	t.Helper()
+	var body map[string]any
+	if err := json.Unmarshal([]byte(r.GetDeniedResponse().GetBody()), &body); err != nil {
+		t.Fatalf("body is not JSON: %q", r.GetDeniedResponse().GetBody())
+	}
+	return body
+}
+
+func TestUnauthorized(t *testing.T) {
+	e := setup(t, authzYAML)
+	for _, h := range []map[string]string{nil, {"x-api-key": "wrong"}, {"authorization": "Basic abc"}} {
+		r := e.check(t, req("GET", "/v1/items/1", public, h))
+		if status(r) != 401 {
+			t.Fatalf("%v: %v", h, r)
+		}
+		if body := problemBody(t, r); body["status"] != float64(401) || body["title"] != "Unauthorized" {
+			t.Fatalf("problem body %v", body)
+		}
+		if headers(r.GetDeniedResponse().GetHeaders())["Content-Type"] != "application/problem+json" {
+			t.Fatal("content type")
+		}
+	}
+}
+
+func TestBruteForceLockout(t *testing.T) {
+	e := setup(t, authzYAML)
+	attacker := "203.0.113.66"
+	for i := 0; i < 3; i++ {
+		r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": "guess-" + string(rune('a'+i))}))
+		want := 401
+		if i == 2 {
+			want = 403 // the third invalid key starts the lockout
+		}
+		if status(r) != want {
+			t.Fatalf("guess %d: %d", i, status(r))
+		}
+	}
+	// Locked out: even a missing key is refused with 403 and Retry-After.
+	r := e.check(t, req("GET", "/v1/items/1", attacker, nil))
+	if status(r) != 403 || headers(r.GetDeniedResponse().GetHeaders())["Retry-After"] != "600" {
+		t.Fatalf("locked: %v", r)
+	}
+	// Another address is unaffected, and the keys were never logged.
+	if r := e.check(t, req("GET", "/v1/items/1", public, map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("other address: %v", r)
+	}
+	e.mu.Lock()
+	logs := e.logs.String()
+	e.mu.Unlock()
+	for _, secret := range []string{"guess-a", "guess-b", proKey} {
+		if strings.Contains(logs, secret) {
+			t.Fatalf("secret %q in logs:\n%s", secret, logs)
+		}
+	}
+	if !strings.Contains(logs, "key_sha256_prefix") {
+		t.Fatalf("invalid keys should be logged by hash:\n%s", logs)
+	}
+}
+
+func TestRateQuotaAndPenalty(t *testing.T) {
+	e := setup(t, authzYAML)
+	free := map[string]string{"x-api-key": freeKey}
+	for i := 0; i < 3; i++ {
+		if r := e.check(t, req("GET", "/v1/items/1", public, free)); status(r) != 200 {
+			t.Fatalf("free call %d: %v", i, r)
+		}
+	}
+	r := e.check(t, req("GET", "/v1/items/1", public, free))
+	if status(r) != 429 {
+		t.Fatalf("rate limit: %v", r)
+	}
+	h := headers(r.GetDeniedResponse().GetHeaders())
+	if h["Retry-After"] == "" || h["X-RateLimit-Remaining"] != "0" {
+		t.Fatalf("429 headers %v", h)
+	}
+	if body := problemBody(t, r); body["detail"] != "rate limit exceeded" {
+		t.Fatalf("body %v", body)
+	}
+	// The second violation (abuse threshold 2) locks bob out: 403.
+	e.check(t, req("GET", "/v1/items/1", public, free))
+	if r := e.check(t, req("GET", "/v1/items/1", public, free)); status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+		t.Fatalf("penalty: %v", r)
+	}
+
+	// pro: 4 a day quota. The search route costs 2 and adds the EXPENSIVE_OPERATION preset
+	// (a bucket of 2): one search fits, the second is refused by the route's policy.
+	pro := map[string]string{"x-api-key": proKey}
+	if r := e.check(t, req("POST", "/v1/search", public, pro)); status(r) != 200 {
+		t.Fatalf("search: %v", r)
+	}
+	if r := e.check(t, req("POST", "/v1/search", public, pro)); status(r) != 429 {
+		t.Fatalf("second search must hit the route policy: %v", r)
+	}
+	for i := 0; i < 2; i++ {
+		if r := e.check(t, req("GET", "/v1/items/9", public, pro)); status(r) != 200 {
+			t.Fatalf("item %d: %v", i, r)
+		}
+	}
+	r = e.check(t, req("GET", "/v1/items/9", public, pro))
+	if status(r) != 429 || problemBody(t, r)["detail"] != "quota exhausted for this period" {
+		t.Fatalf("quota: %v", r)
+	}
+	if ra := headers(r.GetDeniedResponse().GetHeaders())["Retry-After"]; ra != "43200" {
+		t.Fatalf("quota Retry-After %q, want 43200 (midnight UTC)", ra)
+	}
+}
+
+func TestExemptAndOddInput(t *testing.T) {
+	e := setup(t, authzYAML)
+	for _, r := range []*authv3.CheckRequest{
+		req("GET", "/healthz", public, nil),               // exempt path, no key needed
+		req("GET", "/status", public, nil),                // exempt route
+		req("GET", "/v1/items/1", "10.0.0.8", nil),        // private source range
+		req("GET", "/v1/items/1", "::ffff:10.0.0.8", nil), // mapped IPv4
+	} {
+		if got := status(e.check(t, r)); got != 200 {
+			t.Fatalf("exempt %v: %d", r.GetAttributes().GetRequest().GetHttp().GetPath(), got)
+		}
+	}
+	// Defined answers for hostile input: never a panic.
+	huge := strings.Repeat("k", 64<<10)
+	odd := "\x00\x1b\n\u202e" // control characters and a bidi override: valid UTF-8, odd key
+	cases := []*authv3.CheckRequest{
+		{}, // no attributes at all
+		req("", "", "", nil),
+		req("GET", "/v1/items/1", "198.51.100.31", map[string]string{"x-api-key": huge}),
+		req("GET", "/v1/items/1", "198.51.100.32", map[string]string{"x-api-key": odd}),
+		req("GET", "/v1/../healthz", public, nil), // resolves to /healthz: exempt
+		req("GET", "/v1/items/a%2Fb", public, map[string]string{"x-api-key": proKey}),
+		req("GET", "/v1/items/1", "not-an-ip", nil),
+	}
+	raw := req("GET", "/v1/items/1", "198.51.100.33", nil)
+	raw.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "x-api-key", RawValue: []byte{0xff, 0xfe, 0x00}}}}
+	cases = append(cases, raw)
+	unix := req("GET", "/v1/items/1", "", nil)
+	unix.Attributes.Source.Address = &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: "/run/envoy.sock"}}}
+	cases = append(cases, unix)
+	want := []int{401, 401, 401, 401, 200, 200, 401, 401, 401}
+	for i, r := range cases {
+		if got := status(e.check(t, r)); got != want[i] {
+			t.Errorf("case %d: status %d, want %d", i, got, want[i])
+		}
+	}
+}
+
+func TestAnonymousAndHeaderIdentity(t *testing.T) {
+	e := setup(t, `
+domain: edge
+identity:
+  - api_key: {}
+  - header: x-user-id
+  - source_address: true
+anonymous: {plan: free}
+api_keys_file: keys.yaml
+`)
+	r := e.check(t, req("GET", "/x", public, map[string]string{"x-user-id": "jwt-sub-7"}))
+	if status(r) != 200 || headers(r.GetOkResponse().GetHeaders())["x-halt-customer"] != "jwt-sub-7" {
+		t.Fatalf("header identity: %v", r)
+	}
+	// An unknown key with anonymous configured: identified by the next source.
+	r = e.check(t, req("GET", "/x", public, map[string]string{"x-api-key": "nope"}))
+	if status(r) != 200 || headers(r.GetOkResponse().GetHeaders())["x-halt-customer"] != "ip:"+public {
+		t.Fatalf("anonymous by address: %v", r)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key":    "domain: edge\ncolour: blue\n",
+		"no domain":      "routes: []\n",
+		"plain key":      "domain: edge\napi_keys:\n  - {sha256: sk_live_plaintext, customer: a}\n",
+		"bad template":   "domain: edge\nroutes:\n  - {path: \"/v1/{id\"}\n",
+		"two identities": "domain: edge\nidentity:\n  - {header: a, source_address: true}\n",
+		"missing file":   "domain: edge\napi_keys_file: nope.yaml\n",
+		"empty":          "",
+	} {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+		os.WriteFile(p, []byte(body), 0o644)
+		if _, err := authz.LoadConfig(p); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else if !strings.Contains(err.Error(), filepath.Base(p)) && name != "missing file" {
+			t.Errorf("%s: error does not name the file: %v", name, err)
+		}
+	}
+}
+
+func TestWatcherReloadsKeys(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.yaml")
+	os.WriteFile(keys, []byte("api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "authz.yaml"), []byte("domain: edge\napi_keys_file: keys.yaml\n"), 0o644)
+	results := make(chan error, 10)
+	w, err := authz.Watch(context.Background(), filepath.Join(dir, "authz.yaml"), 20*time.Millisecond, func(_ *authz.Config, err error) { results <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	tmp := keys + ".tmp"
+	os.WriteFile(tmp, []byte("api_keys:\n  - {sha256: not-hex, customer: x}\n"), 0o644)
+	os.Rename(tmp, keys)
+	select {
+	case err := <-results:
+		if err == nil {
+			t.Fatal("a bad key file was accepted")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after a key file change")
+	}
+	if w.Current() == nil {
+		t.Fatal("lost the last good config")
+	}
+	os.WriteFile(tmp, []byte("api_keys:\n  - {sha256: "+sum(freeKey)+", customer: bob, plan: free}\n"), 0o644)
+	os.Rename(tmp, keys)
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-results:
+			if err == nil {
+				return
+			}
+		case <-deadline:
+			t.Fatal("good key file not picked up")
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Load reads a file, or every *.yaml and *.yml file under a directory (recursively), and
+// validates them as one Set. Hidden files and directories (names starting with ".") are
+// skipped: they are editors' temporary files and the internals of a Kubernetes ConfigMap
+// volume ("..data", "..2024_01_01_..."), whose visible files are symlinks into them and are
+// followed. An empty directory is a valid Set with no domains. On failure the error is a
+// *LoadError listing every problem.
+func Load(path string) (*Set, error) {
+	s, _, err := load(path)
+	return s, err
+}
+
+// load also returns the directories it read, for the watcher.
+func load(path string) (*Set, []string, error) {
+	files := map[string][]byte{}
+	var problems []Problem
+	fail := func(name string, err error) {
+		problems = append(problems, Problem{File: name, Line: 1, Column: 1, Msg: "cannot read: " + unwrapPathError(err)})
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		fail(path, err)
+		return nil, nil, &LoadError{Problems: problems}
+	}
+	var dirs []string
+	if !fi.IsDir() {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			fail(path, err)
+		} else {
+			files[path] = b
+		}
+	} else {
+		seen := map[string]bool{}
+		var walk func(dir string, depth int)
+		walk = func(dir string, depth int) {
+			real, err := filepath.EvalSymlinks(dir)
+			if err != nil {
+				fail(dir, err)
+				return
+			}
+			if seen[real] || depth > 64 {
+				return // a symlink loop, or a directory reached twice
+			}
+			seen[real] = true
+			dirs = append(dirs, dir)
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				fail(dir, err)
+				return
+			}
+			for _, e := range ents {
+				name := e.Name()
+				if strings.HasPrefix(name, ".") {
+					continue
+				}
+				full := filepath.Join(dir, name)
+				st, err := os.Stat(full) // follows symlinks
+				if err != nil {
+					if isYAML(name) {
+						fail(full, err)
+					}
+					continue
+				}
+				switch {
+				case st.IsDir():
+					walk(full, depth+1)
+				case st.Mode().IsRegular() && isYAML(name):
+					b, err := os.ReadFile(full)
+					if err != nil {
+						fail(full, err)
+						continue
+					}
+					files[full] = b
+				}
+			}
+		}
+		walk(path, 0)
+	}
+	s, err := Parse(files)
+	if err != nil {
+		le := err.(*LoadError)
+		le.Problems = append(problems, le.Problems...)
+		le.sort()
+		return nil, dirs, le
+	}
+	if len(problems) > 0 {
+		e := &LoadError{Problems: problems}
+		e.sort()
+		return nil, dirs, e
+	}
+	sort.Strings(dirs)
+	return s, dirs, nil
+}
+
+func isYAML(name string) bool {
+	ext := strings.ToLower(filepath.Ext(name))
+	return ext == ".yaml" || ext == ".yml"
+}
+
+func unwrapPathError(err error) string {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,621 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/quota"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// AlgorithmKey is the reserved descriptor key with which a request asks for another
+// algorithm (per-request override). It is removed before matching; the ask is honoured
+// only where the rule says allow_algorithm_override: true.
+const AlgorithmKey = "halt_algorithm"
+
+type scratch struct {
+	ops     []backends.Op
+	opPtrs  []*backends.Op
+	owners  []int           // descriptor index of each op
+	limits  []*config.Limit // what each op reports as
+	kinds   []Kind
+	keyBuf  []byte
+	replace map[string]struct{}
+	algo    []algorithms.Algorithm // per descriptor: requested algorithm override (0 none)
+}
+
+// clearOps empties the op queue (keeping its storage) once a stage has been folded in.
+func (sc *scratch) clearOps() {
+	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+}
+
+func (sc *scratch) reset(n int) {
+	sc.clearOps()
+	clear(sc.replace)
+	if cap(sc.algo) < n {
+		sc.algo = make([]algorithms.Algorithm, n)
+	}
+	sc.algo = sc.algo[:n]
+	clear(sc.algo)
+}
+
+// Check decides every descriptor of one call for domain. decisions must have the same
+// length as descs. It returns whether the call as a whole is over limit.
+//
+// Each descriptor is evaluated in order: exemptions (no counting at all), an active
+// penalty lockout (answered without touching any counter), rate limits, then quotas
+// (counted only for requests the rate limits admitted, so that refused requests never
+// burn a customer's monthly volume), and finally a violation is recorded against the
+// rule's penalty policy when the descriptor ended over limit. Every stage is one store
+// round carrying all descriptors; a call that uses no penalties or quotas makes one round.
+func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
+	if err := e.validate(domain, descs); err != nil {
+		if e.cfg.Metrics != nil {
+			e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
+		}
+		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err // the caller gave up: deciding would only spend the budget
+	}
+	set := e.cfg.Rules()
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+
+	sc := e.pool.Get().(*scratch)
+	defer e.pool.Put(sc)
+	sc.reset(len(descs))
+
+	hasPenalty, hasQuota := false, false
+	// Match every descriptor first: "replaces" is decided across the whole call.
+	for i := range descs {
+		decisions[i] = Decision{Code: CodeOK}
+		d := &descs[i]
+		d.Entries = e.takeAlgorithmAsk(d.Entries, &sc.algo[i])
+		if d.Override != nil || (set == nil && d.Rule == nil) {
+			continue
+		}
+		rule := d.Rule
+		if rule == nil {
+			if reason, ok := set.Exempt(domain, d.Entries); ok {
+				decisions[i].Kind = KindExempt
+				decisions[i].Exempt = reason
+				continue
+			}
+			var ok bool
+			if rule, ok = set.Match(domain, d.Entries); !ok {
+				continue
+			}
+		}
+		decisions[i].Rule = rule
+		if rule.PlanFallback && e.cfg.Metrics != nil {
+			e.cfg.Metrics.PlanFallbacks.WithLabelValues(domain).Inc()
+		}
+		hasPenalty = hasPenalty || rule.Penalty != nil
+		hasQuota = hasQuota || len(rule.Quotas) > 0
+		for _, name := range rule.Replaces {
+			if sc.replace == nil {
+				sc.replace = make(map[string]struct{})
+			}
+			sc.replace[name] = struct{}{}
+		}
+	}
+
+	// Stage 1: identities locked out by a penalty are refused without touching counters.
+	if hasPenalty {
+		for i := range descs {
+			if r := decisions[i].Rule; r != nil && r.Penalty != nil {
+				e.addPenaltyOp(sc, domain, &descs[i], i, r, 0)
+			}
+		}
+		if err := e.runStage(ctx, domain, nowUS, sc, decisions); err != nil {
+			return false, err
+		}
+	}
+
+	// Stage 2: rate limits.
+	for i := range descs {
+		d := &descs[i]
+		dec := &decisions[i]
+		if dec.Code == CodeOverLimit || dec.Kind == KindExempt {
+			continue
+		}
+		if d.Override != nil {
+			if set == nil || !set.HasDomain(domain) {
+				continue
+			}
+			l, err := overrideLimit(d.Override)
+			if err != nil {
+				return false, fmt.Errorf("%w: descriptor %d: %v", ErrInvalid, i, err)
+			}
+			e.addOp(sc, domain, d, i, nil, l, int64Cost(d.Hits, 1), KindRate)
+			continue
+		}
+		rule := dec.Rule
+		if rule == nil || rule.Unlimited {
+			continue
+		}
+		cost := int64Cost(d.Hits, rule.Cost)
+		for j := range rule.Limits {
+			l := &rule.Limits[j]
+			if l.Name != "" {
+				if _, replaced := sc.replace[l.Name]; replaced {
+					continue
+				}
+			}
+			l = e.overrideAlgorithm(domain, rule, l, sc.algo[i])
+			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
+		}
+	}
+	delay, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions)
+	if err != nil {
+		return false, err
+	}
+
+	// Stage 3: quotas, only when the rate limits let the whole call through: a refused
+	// call must not burn any descriptor's quota.
+	if hasQuota && !anyOverLimit(decisions) {
+		if err := e.precheckQuotas(ctx, domain, nowUS, sc, descs, decisions); err != nil {
+			return false, err
+		}
+		if !anyOverLimit(decisions) {
+			for i := range descs {
+				dec := &decisions[i]
+				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+					cost := int64Cost(descs[i].Hits, r.Cost)
+					for q := range r.Quotas {
+						e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], cost, nowUS)
+					}
+				}
+			}
+			if err := e.runStage(ctx, domain, nowUS, sc, decisions); err != nil {
+				return false, err
+			}
+		}
+	}
+
+	// Stage 4: a descriptor that ended over limit is a violation of its penalty policy.
+	if hasPenalty {
+		for i := range descs {
+			dec := &decisions[i]
+			if r := dec.Rule; r != nil && r.Penalty != nil && dec.Code == CodeOverLimit && dec.Kind != KindPenalty && !dec.FailedOpen {
+				e.addPenaltyOp(sc, domain, &descs[i], i, r, r.Penalty.Severity)
+			}
+		}
+		if len(sc.ops) > 0 {
+			e.recordViolations(ctx, domain, nowUS, sc, descs, decisions)
+		}
+	}
+
+	overLimit = anyOverLimit(decisions)
+	if delay > 0 && !overLimit {
+		e.shape(ctx, delay)
+	}
+	e.count(domain, decisions)
+	if len(e.cfg.Observers) > 0 {
+		for i := range decisions {
+			ev := DecisionEvent{Domain: domain, Entries: descs[i].Entries, Decision: &decisions[i]}
+			for _, o := range e.cfg.Observers {
+				o.OnDecision(ctx, &ev)
+			}
+		}
+	}
+	return overLimit, nil
+}
+
+// takeAlgorithmAsk removes the reserved algorithm entry from a descriptor and notes the
+// algorithm it asked for. Entries belong to the caller's scratch, so they are edited in
+// place.
+func (e *Engine) takeAlgorithmAsk(entries []config.Entry, ask *algorithms.Algorithm) []config.Entry {
+	for j := range entries {
+		if entries[j].Key != AlgorithmKey {
+			continue
+		}
+		a, err := algorithms.Parse(entries[j].Value)
+		if err == nil {
+			*ask = a
+		} else if e.cfg.Metrics != nil {
+			e.cfg.Metrics.AlgorithmOverrides.WithLabelValues("invalid").Inc()
+		}
+		copy(entries[j:], entries[j+1:])
+		return entries[:len(entries)-1]
+	}
+	return entries
+}
+
+// overrideAlgorithm returns l, or a copy of it using the requested algorithm when the
+// rule allows per-request overrides and the limit is valid under it.
+func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.Limit, ask algorithms.Algorithm) *config.Limit {
+	if ask == 0 || ask == l.Algorithm {
+		return l
+	}
+	m := e.cfg.Metrics
+	if !rule.AllowAlgorithmOverride {
+		if m != nil {
+			m.AlgorithmOverrides.WithLabelValues("ignored").Inc()
+		}
+		return l
+	}
+	c := *l
+	c.Algorithm = ask
+	switch ask {
+	case algorithms.TokenBucket, algorithms.LeakyBucket:
+		if c.Params.Burst == 0 {
+			c.Params.Burst = c.Params.Requests
+		}
+	default:
+		c.Params.Burst = 0
+	}
+	if ask != algorithms.LeakyBucket {
+		c.Params.MaxDelay = 0
+	}
+	if err := c.Params.Validate(ask); err != nil {
+		if m != nil {
+			m.AlgorithmOverrides.WithLabelValues("invalid").Inc()
+		}
+		return l
+	}
+	if m != nil {
+		m.AlgorithmOverrides.WithLabelValues("applied").Inc()
+	}
+	return &c
+}
+
+// runStage applies the queued ops (if any) and folds their results into decisions.
+func (e *Engine) runStage(ctx context.Context, domain string, nowUS int64, sc *scratch, decisions []Decision) error {
+	_, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions)
+	return err
+}
+
+func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, sc *scratch, decisions []Decision) (delay int64, err error) {
+	if len(sc.ops) == 0 {
+		return 0, nil
+	}
+	applyErr := e.apply(ctx, nowUS, sc)
+	if applyErr != nil && ctx.Err() != nil {
+		// The caller gave up while the store worked: nobody is left to receive a
+		// failure-mode answer, and counting one as fail_open would mislead.
+		sc.clearOps()
+		return 0, ctx.Err()
+	}
+	var failErr error
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		dec := &decisions[sc.owners[k]]
+		l, kind := sc.limits[k], sc.kinds[k]
+		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
+			if ferr := e.fail(dec, l, kind, firstErr(op.Err, applyErr)); ferr != nil {
+				failErr = ferr
+			}
+			continue
+		}
+		r := op.Result
+		if kind == KindPenalty {
+			// A check: only an active lockout matters, and it decides alone.
+			if !r.Allowed {
+				dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindPenalty, l, r
+			}
+			continue
+		}
+		if r.Allowed && r.Delay > delay {
+			delay = r.Delay
+		}
+		if !r.Allowed && dec.Rule != nil && dec.Rule.ShadowMode {
+			dec.Shadow = true
+			if dec.Limit == nil || Tighter(dec, l, r) {
+				dec.Limit, dec.Result, dec.Kind = l, r, kind
+			}
+			continue
+		}
+		// A quota reports only when it denies or is tighter than the rate limit.
+		if Tighter(dec, l, r) {
+			dec.Limit, dec.Result, dec.Kind = l, r, kind
+		}
+		if !r.Allowed {
+			dec.Code = CodeOverLimit
+		}
+	}
+	sc.clearOps()
+	if failErr != nil {
+		e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
+		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+	}
+	if applyErr != nil {
+		e.logFailure("store failed; applying failure mode", domain, applyErr)
+	}
+	return delay, nil
+}
+
+func firstErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// apply sends the queued ops to the store in one round.
+func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
+	sc.opPtrs = sc.opPtrs[:0]
+	for k := range sc.ops {
+		sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
+	}
+	start := time.Now()
+	var err error
+	if e.selfBounded {
+		err = e.cfg.Store.Apply(ctx, nowUS, sc.opPtrs)
+	} else {
+		sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
+		err = e.cfg.Store.Apply(sctx, nowUS, sc.opPtrs)
+		cancel()
+	}
+	if e.storeLatency != nil {
+		e.storeLatency.Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+// fail applies the failure mode to one op the store could not decide. It returns an
+// error only for failure_mode "error".
+func (e *Engine) fail(dec *Decision, l *config.Limit, kind Kind, err error) error {
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+	}
+	switch e.failureMode(dec.Rule) {
+	case "deny":
+		dec.Code = CodeOverLimit
+		dec.Limit, dec.Kind = l, kind
+		dec.Result = algorithms.Result{Limit: l.Params.Requests, RetryAfter: 1_000_000, ResetAfter: 1_000_000}
+		return nil
+	case "error":
+		return err
+	}
+	dec.FailedOpen = true
+	if dec.Limit == nil {
+		dec.Limit, dec.Kind = l, kind
+		dec.Result = algorithms.Result{Allowed: true, Limit: l.Params.Requests, Remaining: l.Params.Requests}
+	}
+	return nil
+}
+
+// recordViolations runs the last stage: it never changes the answer of this call (the
+// descriptor is already over limit), it only starts or lengthens lockouts.
+func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
+	if err := e.apply(ctx, nowUS, sc); err != nil {
+		e.logFailure("recording penalty violations failed", domain, err)
+	}
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		dec := &decisions[sc.owners[k]]
+		if op.Err != nil {
+			if e.cfg.Metrics != nil {
+				e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+			}
+			continue
+		}
+		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Entries: descs[sc.owners[k]].Entries, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
+		e.reportViolation(ctx, &ev, dec.Rule.Penalty, op.Result)
+	}
+	sc.clearOps()
+}
+
+// reportViolation counts a recorded violation, and a lockout when it started one, and
+// tells the observers. r is the penalty op's result: a lockout that started with this
+// violation has a whole ladder step left; one already running has less (violations
+// during a lockout do not extend it) and is not counted again.
+func (e *Engine) reportViolation(ctx context.Context, ev *ViolationEvent, p *config.PenaltyPolicy, r algorithms.Result) {
+	for i := 0; i < p.Params.Steps && !r.Allowed; i++ {
+		if r.ResetAfter == p.Params.Ladder[i] {
+			ev.LockedOut = true
+			ev.Lockout = time.Duration(r.ResetAfter) * time.Microsecond
+		}
+	}
+	if m := e.cfg.Metrics; m != nil {
+		m.PenaltyViolations.WithLabelValues(ev.Domain, ev.Penalty).Inc()
+		if ev.LockedOut {
+			m.PenaltyLockouts.WithLabelValues(ev.Domain, ev.Penalty).Inc()
+		}
+	}
+	for _, o := range e.cfg.Observers {
+		o.OnViolation(ctx, ev)
+	}
+}
+
+func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, l *config.Limit, cost int64, kind Kind) {
+	sc.keyBuf = AppendIdentity(sc.keyBuf[:0], domain, d.Entries, rule)
+	sc.keyBuf = append(sc.keyBuf, '|', '@')
+	sc.keyBuf = append(sc.keyBuf, l.Algorithm.String()...)
+	sc.keyBuf = append(sc.keyBuf, ':')
+	sc.keyBuf = strconv.AppendInt(sc.keyBuf, l.Params.Period, 10)
+	e.queue(sc, owner, l, kind, l.Algorithm, l.Params, cost)
+}
+
+func (e *Engine) queue(sc *scratch, owner int, l *config.Limit, kind Kind, a algorithms.Algorithm, p algorithms.Limit, cost int64) {
+	sc.ops = append(sc.ops, backends.Op{Key: string(sc.keyBuf), Algorithm: a, Limit: p, Cost: cost})
+	sc.owners = append(sc.owners, owner)
+	sc.limits = append(sc.limits, l)
+	sc.kinds = append(sc.kinds, kind)
+}
+
+func (e *Engine) addQuotaOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, q *config.Quota, cost int64, nowUS int64) {
+	l := QuotaLimit(q, nowUS)
+	sc.keyBuf = AppendIdentity(sc.keyBuf[:0], domain, d.Entries, rule)
+	sc.keyBuf = append(sc.keyBuf, "|@quota:"...)
+	sc.keyBuf = appendEscaped(sc.keyBuf, q.Name)
+	e.queue(sc, owner, l, KindQuota, algorithms.Calendar, l.Params, cost)
+}
+
+// QuotaLimit is the reportable limit of quota q for the calendar period holding nowUS.
+func QuotaLimit(q *config.Quota, nowUS int64) *config.Limit {
+	start, end := quota.WindowMicros(q.Period, nowUS, q.Location)
+	return &config.Limit{
+		Name:            "quota:" + q.Name,
+		Algorithm:       algorithms.Calendar,
+		Unit:            periodUnit(q.Period),
+		RequestsPerUnit: uint32(min(q.Requests, 1<<32-1)),
+		UnitMultiplier:  1,
+		Params:          algorithms.Limit{Requests: q.Requests, WindowStart: start, WindowEnd: end},
+	}
+}
+
+func periodUnit(p quota.Period) string {
+	switch p {
+	case quota.Hourly:
+		return "hour"
+	case quota.Daily:
+		return "day"
+	case quota.Weekly:
+		return "week"
+	case quota.Monthly:
+		return "month"
+	case quota.Yearly:
+		return "year"
+	}
+	return ""
+}
+
+func (e *Engine) addPenaltyOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, severity int64) {
+	p := rule.Penalty
+	sc.keyBuf = PenaltyKey(sc.keyBuf[:0], domain, d.Entries, rule)
+	l := &config.Limit{Name: "penalty:" + p.Name, Algorithm: algorithms.Penalty, Params: p.Params}
+	e.queue(sc, owner, l, KindPenalty, algorithms.Penalty, p.Params, severity)
+}
+
+// PenaltyKey appends the store key holding the penalty state of one identity.
+func PenaltyKey(dst []byte, domain string, entries []config.Entry, rule *config.Rule) []byte {
+	dst = AppendIdentity(dst, domain, entries, rule)
+	dst = append(dst, "|@penalty:"...)
+	return appendEscaped(dst, rule.Penalty.Name)
+}
+
+// QuotaKey appends the store key holding quota q of one identity.
+func QuotaKey(dst []byte, domain string, entries []config.Entry, rule *config.Rule, q *config.Quota) []byte {
+	dst = AppendIdentity(dst, domain, entries, rule)
+	dst = append(dst, "|@quota:"...)
+	return appendEscaped(dst, q.Name)
+}
+
+// AppendIdentity appends the identity part of a store key: the domain and every entry
+// (escaped so that values holding separators cannot collide). The entry that named a
+// plan is left out, so a customer keeps its counters when its plan changes; a level
+// with share_threshold contributes its pattern, so every matching value shares one
+// counter, as in the reference service.
+func AppendIdentity(dst []byte, domain string, entries []config.Entry, rule *config.Rule) []byte {
+	dst = appendEscaped(dst, domain)
+	for i, en := range entries {
+		value := en.Value
+		if rule != nil {
+			if i == rule.IdentitySkip && rule.Plan != "" {
+				continue
+			}
+			if i < len(rule.Levels) && rule.Levels[i].ShareThreshold {
+				value = rule.Levels[i].Value
+			}
+		}
+		dst = append(dst, '|')
+		dst = appendEscaped(dst, en.Key)
+		dst = append(dst, '=')
+		dst = appendEscaped(dst, value)
+	}
+	return dst
+}
+
+func appendEscaped(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '\\', '|', '=', '@':
+			dst = append(dst, '\\', c)
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// Penalize records a violation of the given severity against penalty policy p for the
+// identity named by entries, outside any descriptor evaluation: ext_authz uses it for
+// repeated invalid API keys from one address. A severity of 0 only reads the state.
+// It reports whether the identity is locked out and for how much longer.
+func (e *Engine) Penalize(ctx context.Context, domain string, entries []config.Entry, p *config.PenaltyPolicy, severity int64) (locked bool, remaining time.Duration, err error) {
+	key := AppendIdentity(nil, domain, entries, nil)
+	key = append(key, "|@penalty:"...)
+	key = appendEscaped(key, p.Name)
+	op := &backends.Op{Key: string(key), Algorithm: algorithms.Penalty, Limit: p.Params, Cost: severity}
+	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
+	defer cancel()
+	if err := e.cfg.Store.Apply(sctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
+		if e.cfg.Metrics != nil {
+			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+		}
+		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
+	}
+	if severity > 0 {
+		ev := ViolationEvent{Domain: domain, Entries: entries, Penalty: p.Name, Severity: severity}
+		e.reportViolation(ctx, &ev, p, op.Result)
+	}
+	return !op.Result.Allowed, time.Duration(op.Result.ResetAfter) * time.Microsecond, nil
+}
+
+func anyOverLimit(decisions []Decision) bool {
+	for i := range decisions {
+		if decisions[i].Code == CodeOverLimit {
+			return true
+		}
+	}
+	return false
+}
+
+// precheckQuotas reads (cost 0) every quota of calls that carry more than one, and
+// refuses the call when any of them lacks room, so that a request refused by its
+// monthly quota does not still use up its daily one. Calls with a single quota need no
+// extra round: the Calendar decision itself is all-or-nothing. Between this read and the
+// charge a concurrent call may take the last unit; then that quota denies, and the
+// quotas charged before it in the same call keep the charge (bounded by concurrency).
+func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) error {
+	for i := range descs {
+		dec := &decisions[i]
+		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+			for q := range r.Quotas {
+				e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], 0, nowUS)
+			}
+		}
+	}
+	if len(sc.ops) == 0 {
+		return nil
+	}
+	applyErr := e.apply(ctx, nowUS, sc)
+	var failErr error
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		dec := &decisions[sc.owners[k]]
+		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
+			if ferr := e.fail(dec, sc.limits[k], KindQuota, firstErr(op.Err, applyErr)); ferr != nil {
+				failErr = ferr
+			}
+			continue
+		}
+		need := int64Cost(descs[sc.owners[k]].Hits, dec.Rule.Cost)
+		if r := op.Result; r.Remaining < need && dec.Code == CodeOK {
+			r.Allowed = false
+			r.RetryAfter = r.ResetAfter
+			if need > r.Limit {
+				r.RetryAfter = -1
+			}
+			dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindQuota, sc.limits[k], r
+		}
+	}
+	sc.clearOps()
+	if failErr != nil {
+		return fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+	}
+	return nil
+}
+
+// logFailure logs a failed store call, at most once per lograte.DefaultInterval.
+func (e *Engine) logFailure(msg, domain string, err error) {
+	if ok, held := e.failLog.Allow(e.cfg.Clock.Now()); ok {
+		e.cfg.Logger.Warn(msg, "domain", domain, "err", err, "similar_suppressed", held)
+	}
+}

@@ -1,0 +1,385 @@
+// Package engine is halt-envoy's decision engine: it matches request descriptors against
+// the current configuration, turns every matched limit into store operations (exemptions,
+// penalty lockouts, rate limits, quotas, violations), applies the failure mode when the
+// store cannot answer, and returns one Decision per descriptor. The transports (the Envoy
+// RateLimitService in internal/rlsv3, ext_authz in internal/authz, the Go library and
+// middleware) turn requests into Descriptors and Decisions into their own answers.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// Clock tells the engine what time it is. Tests inject a fake so algorithm timelines are
+// exact; production uses SystemClock.
+type Clock interface {
+	Now() time.Time
+}
+
+// SystemClock reads the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Limits on a single call. Envoy never sends anything near them; a caller that does is
+// broken or hostile, and gets InvalidArgument instead of a store round per descriptor.
+const (
+	DefaultMaxDescriptors = 64
+	DefaultMaxEntries     = 32
+	DefaultMaxValueLen    = 1024
+)
+
+// Config wires an Engine.
+type Config struct {
+	// Store holds the counters.
+	Store backends.Store
+	// StoreName labels store metrics ("memory", "redis", ...).
+	StoreName string
+	// Rules returns the configuration to use for one call. It is called once per call, so
+	// a reload never shows a call half old and half new config.
+	Rules func() *config.Set
+	// Clock defaults to SystemClock.
+	Clock Clock
+	// Metrics may be nil in tests.
+	Metrics *metrics.Metrics
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// FailureMode applies when a rule does not set its own: allow (default), deny or error.
+	FailureMode config.FailureMode
+	// StoreTimeout bounds one store round; zero means backends.DefaultTimeout.
+	StoreTimeout time.Duration
+	// MaxDescriptors, MaxEntries and MaxValueLen bound one call; zero means the defaults.
+	MaxDescriptors, MaxEntries, MaxValueLen int
+	// Observers see every decision and violation.
+	Observers []Observer
+}
+
+// Engine decides. It is safe for concurrent use.
+type Engine struct {
+	cfg  Config
+	pool sync.Pool // *scratch
+	// selfBounded is set for stores that need no per-call deadline from the engine.
+	selfBounded bool
+	// storeLatency is resolved once: a label lookup per call is measurable on this path.
+	storeLatency prometheus.Observer
+	// failLog keeps store-failure warnings to one line per lograte.DefaultInterval:
+	// during an outage every call fails (halt_store_errors_total counts each one).
+	failLog *lograte.Limiter
+}
+
+// SelfBounded is implemented by stores whose calls need no deadline from the engine:
+// they do no I/O (memory), or they bound every call by their own timeout (Redis). The
+// engine then skips a derived context per call, whose timer and cancel registration
+// were a tenth of the allocations on the request path.
+type SelfBounded interface {
+	SelfBounded() bool
+}
+
+// New returns an engine for cfg.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ratelimit: no store")
+	}
+	if cfg.Rules == nil {
+		return nil, errors.New("ratelimit: no rules")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch cfg.FailureMode {
+	case "":
+		cfg.FailureMode = config.FailureMode("allow")
+	case "allow", "deny", "error":
+	default:
+		return nil, fmt.Errorf("ratelimit: unknown failure mode %q (want allow, deny or error)", cfg.FailureMode)
+	}
+	if cfg.StoreTimeout <= 0 {
+		cfg.StoreTimeout = backends.DefaultTimeout
+	}
+	if cfg.MaxDescriptors <= 0 {
+		cfg.MaxDescriptors = DefaultMaxDescriptors
+	}
+	if cfg.MaxEntries <= 0 {
+		cfg.MaxEntries = DefaultMaxEntries
+	}
+	if cfg.MaxValueLen <= 0 {
+		cfg.MaxValueLen = DefaultMaxValueLen
+	}
+	if cfg.StoreName == "" {
+		cfg.StoreName = "unknown"
+	}
+	e := &Engine{cfg: cfg, failLog: lograte.New(lograte.DefaultInterval)}
+	if sb, ok := cfg.Store.(SelfBounded); ok {
+		e.selfBounded = sb.SelfBounded()
+	}
+	if cfg.Metrics != nil {
+		e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
+	}
+	e.pool.New = func() any { return new(scratch) }
+	return e, nil
+}
+
+// Metrics returns the engine's metrics, nil when it has none.
+func (e *Engine) Metrics() *metrics.Metrics { return e.cfg.Metrics }
+
+// Bounds are the per-call limits the engine enforces on a request's shape.
+type Bounds struct {
+	MaxDescriptors, MaxEntries, MaxValueLen int
+}
+
+// Bounds returns the per-call limits in force, so that a transport can refuse an
+// oversized call before converting it.
+func (e *Engine) Bounds() Bounds {
+	return Bounds{MaxDescriptors: e.cfg.MaxDescriptors, MaxEntries: e.cfg.MaxEntries, MaxValueLen: e.cfg.MaxValueLen}
+}
+
+// Store returns the engine's store (for readiness checks).
+func (e *Engine) Store() backends.Store { return e.cfg.Store }
+
+// Descriptor is one request descriptor in engine terms.
+type Descriptor struct {
+	// Entries are the (key, value) pairs, in order.
+	Entries []config.Entry
+	// Hits is what this request adds (hits_addend resolved); 0 checks without counting.
+	Hits uint64
+	// Override replaces the configured limit (Envoy's descriptor limit override).
+	Override *Override
+	// Rule, when set, is used instead of matching Entries against the configuration:
+	// ext_authz resolves routes to policies itself. Entries still name the counters.
+	Rule *config.Rule
+}
+
+// Override is a limit sent by Envoy with the descriptor.
+type Override struct {
+	RequestsPerUnit uint32
+	Unit            string
+	UnitMultiplier  uint32
+}
+
+// Code is a descriptor's outcome.
+type Code uint8
+
+// Outcomes. They mirror Envoy's RateLimitResponse codes.
+const (
+	CodeOK Code = iota + 1
+	CodeOverLimit
+)
+
+// Decision is the outcome for one descriptor.
+type Decision struct {
+	// Code is CodeOK or CodeOverLimit (shadow-mode denials are CodeOK with Shadow set).
+	Code Code
+	// Shadow is set when a shadow-mode limit was exceeded but the request let through.
+	Shadow bool
+	// Rule is the matched rule, nil when nothing matched.
+	Rule *config.Rule
+	// Limit is the limit reported (the tightest, or the one that denied), nil for none.
+	Limit *config.Limit
+	// Result is that limit's algorithm result.
+	Result algorithms.Result
+	// FailedOpen is set when the store failed and the failure mode let the request pass.
+	FailedOpen bool
+	// Kind says what decided: an exemption, a penalty lockout, a quota or a rate limit.
+	Kind Kind
+	// Exempt is the exemption's reason when Kind is KindExempt.
+	Exempt string
+}
+
+// ErrInvalid wraps every rejection of a malformed call.
+var ErrInvalid = errors.New("invalid request")
+
+// ErrStoreUnavailable is returned when the store failed and the failure mode is "error".
+var ErrStoreUnavailable = errors.New("rate-limit store unavailable")
+
+// Tighter reports whether (l, r) should be reported instead of what dec holds: a denial
+// beats an admission, then the least remaining, then the longest wait.
+func Tighter(dec *Decision, l *config.Limit, r algorithms.Result) bool {
+	if dec.Limit == nil {
+		return true
+	}
+	cur := dec.Result
+	if cur.Allowed != r.Allowed {
+		return !r.Allowed
+	}
+	if r.Remaining != cur.Remaining {
+		return r.Remaining < cur.Remaining
+	}
+	return r.ResetAfter > cur.ResetAfter
+}
+
+// shape holds an admitted request until the water ahead of it drained (leaky bucket with
+// max_delay), but never past the caller's deadline.
+func (e *Engine) shape(ctx context.Context, delayUS int64) {
+	d := time.Duration(delayUS) * time.Microsecond
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl) - 2*time.Millisecond; left < d {
+			d = left
+		}
+	}
+	if d <= 0 {
+		return
+	}
+	if e.cfg.Metrics != nil {
+		e.cfg.Metrics.ShapingDelay.Observe(d.Seconds())
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (e *Engine) failureMode(r *config.Rule) config.FailureMode {
+	if r != nil && r.FailureMode != "" {
+		return r.FailureMode
+	}
+	return e.cfg.FailureMode
+}
+
+func (e *Engine) count(domain string, decisions []Decision) {
+	m := e.cfg.Metrics
+	if m == nil {
+		return
+	}
+	for i := range decisions {
+		d := &decisions[i]
+		if d.Kind == KindExempt {
+			m.Decisions.WithLabelValues(domain, "exempt", metrics.ResultExempt).Inc()
+			m.Exemptions.WithLabelValues(domain, d.Exempt).Inc()
+			continue
+		}
+		if d.Rule == nil && d.Limit == nil {
+			continue
+		}
+		result := metrics.ResultOK
+		switch {
+		case d.FailedOpen:
+			result = metrics.ResultFailOpen
+		case d.Code == CodeOverLimit:
+			result = metrics.ResultOverLimit
+		case d.Shadow:
+			result = metrics.ResultShadow
+		}
+		name := "override"
+		if d.Rule != nil {
+			name = d.Rule.Name
+			if d.Rule.Plan != "" {
+				m.PlanDecisions.WithLabelValues(domain, d.Rule.Plan, result).Inc()
+			}
+		}
+		m.Decisions.WithLabelValues(domain, name, result).Inc()
+		switch {
+		case d.Kind == KindQuota:
+			m.QuotaDecisions.WithLabelValues(domain, d.Limit.Name, result).Inc()
+		case d.Kind == KindPenalty:
+			m.PenaltyRefusals.WithLabelValues(domain, d.Limit.Name).Inc()
+		}
+	}
+}
+
+// CountDetailed records a per-descriptor metric for rules marked detailed_metric. It is
+// separate from Check because only the transport knows the descriptor's text form.
+func (e *Engine) CountDetailed(domain, descriptor string, d *Decision) {
+	if e.cfg.Metrics == nil || d.Rule == nil || !d.Rule.DetailedMetric {
+		return
+	}
+	result := metrics.ResultOK
+	if d.Code == CodeOverLimit {
+		result = metrics.ResultOverLimit
+	} else if d.Shadow {
+		result = metrics.ResultShadow
+	}
+	e.cfg.Metrics.DetailedDecisions.WithLabelValues(domain, descriptor, result).Inc()
+}
+
+func (e *Engine) validate(domain string, descs []Descriptor) error {
+	if domain == "" {
+		return fmt.Errorf("%w: domain must not be empty", ErrInvalid)
+	}
+	if len(domain) > e.cfg.MaxValueLen {
+		return fmt.Errorf("%w: domain is %d bytes, the limit is %d", ErrInvalid, len(domain), e.cfg.MaxValueLen)
+	}
+	if len(descs) == 0 {
+		return fmt.Errorf("%w: no descriptors: a request must carry at least one descriptor", ErrInvalid)
+	}
+	if len(descs) > e.cfg.MaxDescriptors {
+		return fmt.Errorf("%w: %d descriptors in one request, the limit is %d", ErrInvalid, len(descs), e.cfg.MaxDescriptors)
+	}
+	for i := range descs {
+		ents := descs[i].Entries
+		if len(ents) == 0 {
+			return fmt.Errorf("%w: descriptor %d has no entries", ErrInvalid, i)
+		}
+		if len(ents) > e.cfg.MaxEntries {
+			return fmt.Errorf("%w: descriptor %d has %d entries, the limit is %d", ErrInvalid, i, len(ents), e.cfg.MaxEntries)
+		}
+		for j, en := range ents {
+			if en.Key == "" {
+				return fmt.Errorf("%w: descriptor %d entry %d has an empty key", ErrInvalid, i, j)
+			}
+			if len(en.Key) > e.cfg.MaxValueLen || len(en.Value) > e.cfg.MaxValueLen {
+				return fmt.Errorf("%w: descriptor %d entry %d is longer than %d bytes", ErrInvalid, i, j, e.cfg.MaxValueLen)
+			}
+		}
+	}
+	return nil
+}
+
+// int64Cost multiplies hits by a rule's cost without overflowing: anything beyond
+// algorithms.MaxCount saturates, which every algorithm treats as "never fits".
+func int64Cost(hits uint64, ruleCost int64) int64 {
+	if ruleCost <= 0 {
+		ruleCost = 1
+	}
+	if hits == 0 {
+		return 0
+	}
+	if hits > uint64(algorithms.MaxCount)/uint64(ruleCost) {
+		return algorithms.MaxCount
+	}
+	return int64(hits) * ruleCost
+}
+
+func overrideLimit(o *Override) (*config.Limit, error) {
+	secs, ok := config.UnitSeconds(o.Unit)
+	if !ok {
+		return nil, fmt.Errorf("limit override has unknown unit %q", o.Unit)
+	}
+	p := time.Duration(secs) * time.Second
+	mult := int64(o.UnitMultiplier)
+	if mult == 0 {
+		mult = 1
+	}
+	l := &config.Limit{
+		Algorithm:       algorithms.FixedWindow,
+		Unit:            o.Unit,
+		RequestsPerUnit: o.RequestsPerUnit,
+		UnitMultiplier:  mult,
+		Params: algorithms.Limit{
+			Requests: int64(o.RequestsPerUnit),
+			Period:   int64(p/time.Microsecond) * mult,
+		},
+	}
+	if err := l.Params.Validate(l.Algorithm); err != nil {
+		return nil, fmt.Errorf("limit override: %w", err)
+	}
+	return l, nil
+}

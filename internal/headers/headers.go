@@ -1,0 +1,100 @@
+// Package headers renders the rate-limit response headers every transport sends (the
+// RLS service, ext_authz and the net/http middleware), so that a client sees the same
+// fields with the same meaning whichever way halt is deployed.
+package headers
+
+import (
+	"strconv"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+)
+
+// Families selects which rate-limit response header families are rendered.
+type Families struct {
+	// IETF adds the draft-ietf-httpapi-ratelimit-headers RateLimit and RateLimit-Policy fields.
+	IETF bool
+	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
+	XRateLimit bool
+}
+
+// Any reports whether at least one family is on.
+func (f Families) Any() bool { return f.IETF || f.XRateLimit }
+
+// Values is what the headers describe: one limit and where a request stands against it.
+type Values struct {
+	// Policy is the limit's name (PolicyName cleans it for the structured field).
+	Policy string
+	// Limit is the quota of the window; Remaining what is left of it.
+	Limit, Remaining int64
+	// ResetUS is the time (microseconds) until the client can next succeed.
+	ResetUS int64
+	// WindowUS is the policy's window length (microseconds).
+	WindowUS int64
+}
+
+// Render calls add once per header field of the selected families.
+func (f Families) Render(v *Values, add func(name, value string)) {
+	if !f.Any() {
+		return
+	}
+	limit := strconv.FormatInt(v.Limit, 10)
+	rem := strconv.FormatInt(v.Remaining, 10)
+	reset := strconv.FormatInt(Seconds(v.ResetUS), 10)
+	if f.XRateLimit {
+		add("X-RateLimit-Limit", limit)
+		add("X-RateLimit-Remaining", rem)
+		add("X-RateLimit-Reset", reset)
+	}
+	if f.IETF {
+		name := PolicyName(v.Policy)
+		add("RateLimit-Policy", `"`+name+`";q=`+limit+";w="+strconv.FormatInt(Seconds(v.WindowUS), 10))
+		add("RateLimit", `"`+name+`";r=`+rem+";t="+reset)
+	}
+}
+
+// Seconds rounds a wait in microseconds up to whole seconds, as HTTP's Retry-After and
+// the rate-limit headers need: rounding down would tell a client to come back too early.
+func Seconds(us int64) int64 {
+	if us <= 0 {
+		return 0
+	}
+	return (us + 999_999) / 1_000_000
+}
+
+// PolicyName returns name as a structured-field string body: the draft's policy
+// identifier. Characters outside printable ASCII, quotes and backslashes are dropped so
+// that a config name can never break the header's syntax; an empty result is "default".
+func PolicyName(name string) string {
+	clean := true
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			clean = false
+			break
+		}
+	}
+	if clean && name != "" {
+		return name
+	}
+	b := make([]byte, 0, len(name))
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c >= 0x20 && c < 0x7f && c != '"' && c != '\\' {
+			b = append(b, c)
+		}
+	}
+	if len(b) == 0 {
+		return "default"
+	}
+	return string(b)
+}
+
+// Of describes limit l and the decision r made against it: the reset is the time until
+// the limit is restored when admitted, and the wait until the request could pass when
+// refused.
+func Of(l *config.Limit, r *algorithms.Result) Values {
+	reset := r.ResetAfter
+	if !r.Allowed && r.RetryAfter > reset {
+		reset = r.RetryAfter
+	}
+	return Values{Policy: l.Name, Limit: r.Limit, Remaining: r.Remaining, ResetUS: reset, WindowUS: l.Params.Period}
+}

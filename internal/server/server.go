@@ -1,0 +1,411 @@
+// Package server assembles halt-envoy's listeners: the gRPC port (RateLimitService,
+// health, reflection) and the HTTP port (metrics, health, readiness, effective config,
+// pprof and the reference service's /healthcheck and /json endpoints), and optionally a
+// separate admin port for pprof, so profiling never shares a port with scrapers.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+)
+
+// Options configure a Server.
+type Options struct {
+	// GRPCAddr and HTTPAddr are listen addresses; ":0" picks a free port.
+	GRPCAddr, HTTPAddr string
+	// Engine decides; Service is its gRPC front.
+	Engine  *engine.Engine
+	Service *rlsv3.Service
+	// Register adds more gRPC services (ext_authz) to the same port.
+	Register []func(*grpc.Server)
+	// Metrics is served on /metrics.
+	Metrics *metrics.Metrics
+	// Config returns the current configuration for /config and readiness.
+	Config func() *config.Set
+	// Logger defaults to a discarding logger.
+	Logger *slog.Logger
+	// MaxInFlight bounds concurrent calls; past it calls fail fast with RESOURCE_EXHAUSTED
+	// instead of queueing without limit. Zero means 4096.
+	MaxInFlight int
+	// MaxRecvBytes bounds one request message. Zero means 1 MiB.
+	MaxRecvBytes int
+	// DrainTimeout bounds graceful shutdown. Zero means 10 s.
+	DrainTimeout time.Duration
+	// DisablePprof removes /debug/pprof from the HTTP port.
+	DisablePprof bool
+	// ReadyTimeout bounds the store ping of /readyz. Zero means 1 s.
+	ReadyTimeout time.Duration
+	// TLS, when set, serves every listener over TLS (its GetConfigForClient may swap
+	// certificates at run time; see tlsutil). Nil means plaintext.
+	TLS *tls.Config
+	// AdminAddr, when set, moves /debug/pprof (and any Admin handlers) off the HTTP port
+	// to this address, e.g. 127.0.0.1:9090. Empty keeps them on the HTTP port.
+	AdminAddr string
+	// Admin registers more handlers on the admin mux (the HTTP port's when AdminAddr is
+	// empty).
+	Admin []func(*http.ServeMux)
+}
+
+// Server runs both listeners.
+type Server struct {
+	opt      Options
+	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	admin    *http.Server // nil unless AdminAddr is set
+	grpcLn   net.Listener
+	httpLn   net.Listener
+	adminLn  net.Listener
+	inflight atomic.Int64
+	draining sync.Once
+}
+
+// New listens on both addresses (so the caller knows the ports before Serve).
+func New(opt Options) (*Server, error) {
+	if opt.Engine == nil || opt.Service == nil {
+		return nil, errors.New("server: engine and service are required")
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.MaxInFlight <= 0 {
+		opt.MaxInFlight = 4096
+	}
+	if opt.MaxRecvBytes <= 0 {
+		opt.MaxRecvBytes = 1 << 20
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = 10 * time.Second
+	}
+	if opt.ReadyTimeout <= 0 {
+		opt.ReadyTimeout = time.Second
+	}
+	s := &Server{opt: opt}
+	var err error
+	if s.grpcLn, err = net.Listen("tcp", opt.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("listen grpc %s: %w", opt.GRPCAddr, err)
+	}
+	if s.httpLn, err = net.Listen("tcp", opt.HTTPAddr); err != nil {
+		s.grpcLn.Close()
+		return nil, fmt.Errorf("listen http %s: %w", opt.HTTPAddr, err)
+	}
+	if opt.AdminAddr != "" {
+		if s.adminLn, err = net.Listen("tcp", opt.AdminAddr); err != nil {
+			s.grpcLn.Close()
+			s.httpLn.Close()
+			return nil, fmt.Errorf("listen admin %s: %w", opt.AdminAddr, err)
+		}
+	}
+	var creds []grpc.ServerOption
+	if opt.TLS != nil {
+		creds = append(creds, grpc.Creds(credentials.NewTLS(opt.TLS)))
+	}
+	s.grpc = grpc.NewServer(append(creds,
+		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
+		grpc.UnaryInterceptor(s.bound),
+		grpc.NumStreamWorkers(streamWorkers()),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     15 * time.Minute,
+			MaxConnectionAge:      30 * time.Minute, // rebalance long-lived Envoy connections
+			MaxConnectionAgeGrace: 30 * time.Second,
+			Time:                  2 * time.Minute,
+			Timeout:               20 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)...)
+	rlspb.RegisterRateLimitServiceServer(s.grpc, opt.Service)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	for _, reg := range opt.Register {
+		reg(s.grpc)
+	}
+	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+	if s.adminLn != nil {
+		am := http.NewServeMux()
+		s.adminRoutes(am)
+		s.admin = &http.Server{Handler: am, ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+	}
+	return s, nil
+}
+
+// AdminAddr is the bound admin address, nil when there is no separate admin port.
+func (s *Server) AdminAddr() net.Addr {
+	if s.adminLn == nil {
+		return nil
+	}
+	return s.adminLn.Addr()
+}
+
+// serveHTTP serves one HTTP listener, over TLS when configured.
+func (s *Server) serveHTTP(srv *http.Server, ln net.Listener) error {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "") // certificates come from TLSConfig
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// GRPCAddr is the bound gRPC address.
+func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
+
+// HTTPAddr is the bound HTTP address.
+func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
+
+// bound refuses calls beyond MaxInFlight at once: under overload a fast
+// RESOURCE_EXHAUSTED lets Envoy apply its failure mode instead of every call timing out.
+func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if ctx.Err() != nil {
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+	// A counter, not a semaphore channel: two channel operations (each taking the
+	// channel's lock) on every call cost more than the check is worth.
+	defer s.inflight.Add(-1)
+	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
+		if s.opt.Metrics != nil {
+			s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
+		}
+		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
+	}
+	return handler(ctx, req)
+}
+
+// Serve serves until ctx is done, then drains in-flight calls and returns.
+func (s *Server) Serve(ctx context.Context) error {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(rlspb.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	errc := make(chan error, 3)
+	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
+	go func() { errc <- s.serveHTTP(s.http, s.httpLn) }()
+	if s.admin != nil {
+		go func() { errc <- s.serveHTTP(s.admin, s.adminLn) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.Shutdown()
+	return err
+}
+
+// Shutdown stops accepting calls, lets in-flight ones finish (up to DrainTimeout) and
+// closes both listeners.
+func (s *Server) Shutdown() {
+	s.draining.Do(func() {
+		s.health.Shutdown() // health checks now say NOT_SERVING so balancers move away
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(s.opt.DrainTimeout):
+			s.opt.Logger.Warn("drain timeout; closing remaining calls", "timeout", s.opt.DrainTimeout)
+			s.grpc.Stop()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.opt.DrainTimeout)
+		defer cancel()
+		_ = s.http.Shutdown(ctx)
+		if s.admin != nil {
+			_ = s.admin.Shutdown(ctx)
+		}
+	})
+}
+
+func (s *Server) mux() *http.ServeMux {
+	m := http.NewServeMux()
+	if s.opt.Metrics != nil {
+		m.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	m.HandleFunc("GET /readyz", s.ready)
+	m.HandleFunc("GET /healthcheck", s.ready) // the reference service's path
+	m.HandleFunc("GET /config", s.config)
+	m.HandleFunc("POST /json", s.json)
+	if s.opt.AdminAddr == "" {
+		s.adminRoutes(m)
+	}
+	return m
+}
+
+// adminRoutes are the handlers that reveal internals: they move to AdminAddr when set.
+func (s *Server) adminRoutes(m *http.ServeMux) {
+	if !s.opt.DisablePprof {
+		m.HandleFunc("/debug/pprof/", pprof.Index)
+		m.HandleFunc("/debug/pprof/cmdline", redactedCmdline)
+		m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for _, reg := range s.opt.Admin {
+		reg(m)
+	}
+}
+
+// redactedCmdline is pprof's /debug/pprof/cmdline without URL passwords: a --store URL
+// on the command line must not be readable by whoever can reach the profiler.
+func redactedCmdline(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
+}
+
+// secretFlags take a secret as their value: it never leaves the process.
+var secretFlags = []string{"admin-token"}
+
+// RedactArgs returns a command line with URL passwords and the values of secret flags
+// (--admin-token X, --admin-token=X) replaced by "xxxxx".
+func RedactArgs(in []string) []string {
+	out := make([]string, len(in))
+	hideNext := false
+	for i, a := range in {
+		if hideNext {
+			out[i], hideNext = "xxxxx", false
+			continue
+		}
+		out[i] = RedactURLs(a)
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || !slices.Contains(secretFlags, name) {
+			continue
+		}
+		if hasValue {
+			out[i] = a[:strings.Index(a, "=")+1] + "xxxxx"
+		} else {
+			hideNext = true
+		}
+	}
+	return out
+}
+
+// RedactURLs replaces the password of every URL-looking word in s with "xxxxx".
+func RedactURLs(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return s
+	}
+	at := strings.IndexByte(s[i:], '@')
+	if at < 0 {
+		return s
+	}
+	userinfo := s[i+3 : i+at]
+	if strings.ContainsAny(userinfo, "/ ") {
+		return s[:i+at+1] + RedactURLs(s[i+at+1:])
+	}
+	if c := strings.IndexByte(userinfo, ':'); c >= 0 {
+		return s[:i+3] + userinfo[:c] + ":xxxxx@" + RedactURLs(s[i+at+1:])
+	}
+	return s[:i+at+1] + RedactURLs(s[i+at+1:])
+}
+
+// ready answers 200 only when a config is loaded and the store answers a ping.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	if s.opt.Config != nil && s.opt.Config() == nil {
+		http.Error(w, "not ready: no configuration loaded", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.opt.ReadyTimeout)
+	defer cancel()
+	if err := s.opt.Engine.Store().Ping(ctx); err != nil {
+		http.Error(w, "not ready: store: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("OK\n"))
+}
+
+func (s *Server) config(w http.ResponseWriter, r *http.Request) {
+	var set *config.Set
+	if s.opt.Config != nil {
+		set = s.opt.Config()
+	}
+	if set == nil {
+		http.Error(w, "no configuration loaded", http.StatusServiceUnavailable)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(set.Effective())
+}
+
+// json is the reference service's POST /json: a RateLimitRequest in protobuf JSON in, a
+// RateLimitResponse out, 429 when over limit.
+func (s *Server) json(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.opt.MaxRecvBytes)))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusRequestEntityTooLarge)
+		return
+	}
+	var req rlspb.RateLimitRequest
+	if err := protojson.Unmarshal(body, &req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	resp, err := s.opt.Service.ShouldRateLimit(r.Context(), &req)
+	if err != nil {
+		code := http.StatusInternalServerError
+		switch status.Code(err) {
+		case codes.InvalidArgument:
+			code = http.StatusBadRequest
+		case codes.Unavailable, codes.ResourceExhausted:
+			code = http.StatusServiceUnavailable
+		}
+		http.Error(w, status.Convert(err).Message(), code)
+		return
+	}
+	out, err := protojson.Marshal(resp)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if resp.OverallCode == rlspb.RateLimitResponse_OVER_LIMIT {
+		w.WriteHeader(http.StatusTooManyRequests)
+	}
+	w.Write(out)
+}
+
+// streamWorkers is how many goroutines grpc-go keeps to run calls. A call that finds a
+// worker idle reuses its already-grown stack: with a fresh goroutine per call, stack growth
+// (runtime.newstack/copystack) was 6% of the server's CPU on the Redis path, where a
+// handler waits for a shared pipeline. Calls beyond the pool still get a goroutine each.
+func streamWorkers() uint32 {
+	return uint32(max(64, 32*runtime.GOMAXPROCS(0)))
+}
