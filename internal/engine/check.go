@@ -364,12 +364,12 @@ func (e *Engine) fail(dec *Decision, l *config.Limit, kind Kind, err error) erro
 		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 	}
 	switch e.failureMode(dec.Rule) {
-	case "deny":
+	case config.FailDeny:
 		dec.Code = CodeOverLimit
 		dec.Limit, dec.Kind = l, kind
 		dec.Result = algorithms.Result{Limit: l.Params.Requests, RetryAfter: 1_000_000, ResetAfter: 1_000_000}
 		return nil
-	case "error":
+	case config.FailError:
 		return err
 	}
 	dec.FailedOpen = true

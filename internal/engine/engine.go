@@ -105,8 +105,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	switch cfg.FailureMode {
 	case "":
-		cfg.FailureMode = config.FailureMode("allow")
-	case "allow", "deny", "error":
+		cfg.FailureMode = config.FailAllow
+	case config.FailAllow, config.FailDeny, config.FailError:
 	default:
 		return nil, fmt.Errorf("ratelimit: unknown failure mode %q (want allow, deny or error)", cfg.FailureMode)
 	}

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
@@ -38,15 +39,9 @@ const (
 var ErrInvalid = errors.New("halt: invalid argument")
 
 // Clock tells the library what time it is. Tests inject a fake so that refills, windows
-// and lockouts are exact; it has the same shape as engine.Clock, so one fake serves
-// both.
-type Clock interface {
-	Now() time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
+// and lockouts are exact. It is the engine's clock, so one fake serves the server's
+// engine and the library alike.
+type Clock = engine.Clock
 
 // Option tunes a Limiter, QuotaManager or PenaltyManager.
 type Option func(*options)
@@ -58,14 +53,14 @@ type options struct {
 }
 
 func buildOptions(opts []Option) options {
-	o := options{clock: systemClock{}}
+	o := options{clock: engine.SystemClock{}}
 	for _, f := range opts {
 		if f != nil {
 			f(&o)
 		}
 	}
 	if o.clock == nil {
-		o.clock = systemClock{}
+		o.clock = engine.SystemClock{}
 	}
 	return o
 }
