@@ -42,10 +42,13 @@ type Server struct {
 
 // New returns the ext_authz server. config returns the current authz configuration
 // (nil: not configured, every call answers UNAVAILABLE so Envoy's failure_mode_allow
-// decides).
+// decides). A nil m counts into the engine's metrics.
 func New(engine *engine.Engine, rules func() *config.Set, config func() *Config, log *slog.Logger, m *metrics.Metrics) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = engine.Metrics()
 	}
 	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
 		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval)}
@@ -122,10 +125,8 @@ type idFailure struct {
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	resp, err := s.check(ctx, req)
-	if m := s.metrics; m != nil {
-		m.RequestDuration.WithLabelValues("Check").Observe(time.Since(start).Seconds())
-		m.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
-	}
+	s.metrics.RequestDuration.WithLabelValues("Check").Observe(time.Since(start).Seconds())
+	s.metrics.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
 	return resp, err
 }
 
@@ -144,9 +145,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	probe := [2]config.Entry{{Key: "remote_address", Value: r.source}, {Key: "path", Value: r.path}}
 	if reason, ok := set.Exempt(cfg.Domain, probe[:]); ok {
-		if s.metrics != nil {
-			s.metrics.Exemptions.WithLabelValues(cfg.Domain, reason).Inc()
-		}
+		s.metrics.Exemptions.WithLabelValues(cfg.Domain, reason).Inc()
 		return s.allow(cfg, nil, nil, nil, reason), nil
 	}
 

@@ -54,9 +54,7 @@ func (sc *scratch) reset(n int) {
 // round carrying all descriptors; a call that uses no penalties or quotas makes one round.
 func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
 	if err := e.validate(domain, descs); err != nil {
-		if e.cfg.Metrics != nil {
-			e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
-		}
+		e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
 		return false, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -91,7 +89,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 			}
 		}
 		decisions[i].Rule = rule
-		if rule.PlanFallback && e.cfg.Metrics != nil {
+		if rule.PlanFallback {
 			e.cfg.Metrics.PlanFallbacks.WithLabelValues(domain).Inc()
 		}
 		hasPenalty = hasPenalty || rule.Penalty != nil
@@ -217,7 +215,7 @@ func (e *Engine) takeAlgorithmAsk(entries []config.Entry, ask *algorithms.Algori
 		a, err := algorithms.Parse(entries[j].Value)
 		if err == nil {
 			*ask = a
-		} else if e.cfg.Metrics != nil {
+		} else {
 			e.cfg.Metrics.AlgorithmOverrides.WithLabelValues("invalid").Inc()
 		}
 		copy(entries[j:], entries[j+1:])
@@ -234,9 +232,7 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 	}
 	m := e.cfg.Metrics
 	if !rule.AllowAlgorithmOverride {
-		if m != nil {
-			m.AlgorithmOverrides.WithLabelValues("ignored").Inc()
-		}
+		m.AlgorithmOverrides.WithLabelValues("ignored").Inc()
 		return l
 	}
 	c := *l
@@ -253,14 +249,10 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 		c.Params.MaxDelay = 0
 	}
 	if err := c.Params.Validate(ask); err != nil {
-		if m != nil {
-			m.AlgorithmOverrides.WithLabelValues("invalid").Inc()
-		}
+		m.AlgorithmOverrides.WithLabelValues("invalid").Inc()
 		return l
 	}
-	if m != nil {
-		m.AlgorithmOverrides.WithLabelValues("applied").Inc()
-	}
+	m.AlgorithmOverrides.WithLabelValues("applied").Inc()
 	return &c
 }
 
@@ -351,18 +343,14 @@ func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 		err = e.cfg.Store.Apply(sctx, nowUS, sc.opPtrs)
 		cancel()
 	}
-	if e.storeLatency != nil {
-		e.storeLatency.Observe(time.Since(start).Seconds())
-	}
+	e.storeLatency.Observe(time.Since(start).Seconds())
 	return err
 }
 
 // fail applies the failure mode to one op the store could not decide. It returns an
 // error only for failure_mode "error".
 func (e *Engine) fail(dec *Decision, l *config.Limit, kind Kind, err error) error {
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-	}
+	e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 	switch e.failureMode(dec.Rule) {
 	case config.FailDeny:
 		dec.Code = CodeOverLimit
@@ -390,9 +378,7 @@ func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int6
 		op := &sc.ops[k]
 		dec := &decisions[sc.owners[k]]
 		if op.Err != nil {
-			if e.cfg.Metrics != nil {
-				e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-			}
+			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 			continue
 		}
 		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Entries: descs[sc.owners[k]].Entries, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
@@ -412,11 +398,10 @@ func (e *Engine) reportViolation(ctx context.Context, ev *ViolationEvent, p *con
 			ev.Lockout = time.Duration(r.ResetAfter) * time.Microsecond
 		}
 	}
-	if m := e.cfg.Metrics; m != nil {
-		m.PenaltyViolations.WithLabelValues(ev.Domain, ev.Penalty).Inc()
-		if ev.LockedOut {
-			m.PenaltyLockouts.WithLabelValues(ev.Domain, ev.Penalty).Inc()
-		}
+	m := e.cfg.Metrics
+	m.PenaltyViolations.WithLabelValues(ev.Domain, ev.Penalty).Inc()
+	if ev.LockedOut {
+		m.PenaltyLockouts.WithLabelValues(ev.Domain, ev.Penalty).Inc()
 	}
 	for _, o := range e.cfg.Observers {
 		o.OnViolation(ctx, ev)
@@ -546,9 +531,7 @@ func (e *Engine) Penalize(ctx context.Context, domain string, entries []config.E
 	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
 	defer cancel()
 	if err := e.cfg.Store.Apply(sctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
-		if e.cfg.Metrics != nil {
-			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-		}
+		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
 	}
 	if severity > 0 {

@@ -54,7 +54,7 @@ type Config struct {
 	Rules func() *config.Set
 	// Clock defaults to SystemClock.
 	Clock Clock
-	// Metrics may be nil in tests.
+	// Metrics defaults to metrics.Discard().
 	Metrics *metrics.Metrics
 	// Logger defaults to a discarding logger.
 	Logger *slog.Logger
@@ -103,6 +103,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Discard()
+	}
 	switch cfg.FailureMode {
 	case "":
 		cfg.FailureMode = config.FailAllow
@@ -129,14 +132,13 @@ func New(cfg Config) (*Engine, error) {
 	if sb, ok := cfg.Store.(SelfBounded); ok {
 		e.selfBounded = sb.SelfBounded()
 	}
-	if cfg.Metrics != nil {
-		e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
-	}
+	e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
 	e.pool.New = func() any { return new(scratch) }
 	return e, nil
 }
 
-// Metrics returns the engine's metrics, nil when it has none.
+// Metrics returns the engine's metrics (metrics.Discard() when it was given none), so
+// that a transport counts into the same registry without checking for nil.
 func (e *Engine) Metrics() *metrics.Metrics { return e.cfg.Metrics }
 
 // Bounds are the per-call limits the engine enforces on a request's shape.
@@ -236,9 +238,7 @@ func (e *Engine) shape(ctx context.Context, delayUS int64) {
 	if d <= 0 {
 		return
 	}
-	if e.cfg.Metrics != nil {
-		e.cfg.Metrics.ShapingDelay.Observe(d.Seconds())
-	}
+	e.cfg.Metrics.ShapingDelay.Observe(d.Seconds())
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -256,9 +256,6 @@ func (e *Engine) failureMode(r *config.Rule) config.FailureMode {
 
 func (e *Engine) count(domain string, decisions []Decision) {
 	m := e.cfg.Metrics
-	if m == nil {
-		return
-	}
 	for i := range decisions {
 		d := &decisions[i]
 		if d.Kind == KindExempt {
@@ -298,7 +295,7 @@ func (e *Engine) count(domain string, decisions []Decision) {
 // CountDetailed records a per-descriptor metric for rules marked detailed_metric. It is
 // separate from Check because only the transport knows the descriptor's text form.
 func (e *Engine) CountDetailed(domain, descriptor string, d *Decision) {
-	if e.cfg.Metrics == nil || d.Rule == nil || !d.Rule.DetailedMetric {
+	if d.Rule == nil || !d.Rule.DetailedMetric {
 		return
 	}
 	result := metrics.ResultOK

@@ -73,11 +73,23 @@ type MemoryStore interface {
 	Evicted() int64
 }
 
-// New creates and registers every metric. mem returns the in-memory store (nil, or a nil
-// func, when another backend is used); it is read at scrape time.
+// New creates and registers every metric, with the Go runtime and process collectors,
+// on a registry for /metrics. mem returns the in-memory store (nil, or a nil func, when
+// another backend is used); it is read at scrape time.
 func New(mem func() MemoryStore) *Metrics {
 	r := prometheus.NewRegistry()
 	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return build(r, mem)
+}
+
+// Discard returns metrics nobody reads: every collector exists and counts, on a registry
+// of its own that no server is told about. Whoever is built without metrics (an engine
+// in a test, the Go library's embedders) gets these, so that the code that counts never
+// asks whether there is anything to count into.
+func Discard() *Metrics { return build(prometheus.NewRegistry(), nil) }
+
+// build creates every halt collector and registers it on r.
+func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	latency := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}
 	m := &Metrics{
 		Registry: r,

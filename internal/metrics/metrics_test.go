@@ -54,3 +54,29 @@ func TestStoreEvictions(t *testing.T) {
 		t.Fatalf("evictions %v, want 42", got)
 	}
 }
+
+// TestDiscard checks that metrics built for nobody have every collector (code that
+// counts never checks for nil) and stay off the runtime collectors of a served registry.
+func TestDiscard(t *testing.T) {
+	m := Discard()
+	m.Decisions.WithLabelValues("d", "r", ResultOK).Inc()
+	m.ShapingDelay.Observe(0.1)
+	m.ConfigLastReloadSuccess.Set(0)
+	m.WatchStoreEvictions("redis", func() uint64 { return 1 })
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if name := mf.GetName(); len(name) < 5 || name[:5] != "halt_" {
+			t.Errorf("Discard registers %s", name)
+		}
+	}
+	if got := value(t, m, "halt_decisions_total"); got != 1 {
+		t.Fatalf("decisions %v", got)
+	}
+	// Two of them do not share collectors.
+	if got := value(t, Discard(), "halt_config_last_reload_successful"); got != 1 {
+		t.Fatalf("a second Discard shares state: %v", got)
+	}
+}

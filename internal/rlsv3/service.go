@@ -36,10 +36,9 @@ type Service struct {
 func NewService(e *engine.Engine, headers headers.Families) *Service {
 	s := &Service{engine: e, headers: headers}
 	s.pool.New = func() any { return new(callScratch) }
-	if m := e.Metrics(); m != nil {
-		s.duration = m.RequestDuration.WithLabelValues("ShouldRateLimit")
-		s.ok = m.Requests.WithLabelValues("ShouldRateLimit", codes.OK.String())
-	}
+	m := e.Metrics()
+	s.duration = m.RequestDuration.WithLabelValues("ShouldRateLimit")
+	s.ok = m.Requests.WithLabelValues("ShouldRateLimit", codes.OK.String())
 	return s
 }
 
@@ -53,13 +52,11 @@ type callScratch struct {
 func (s *Service) ShouldRateLimit(ctx context.Context, req *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
 	start := time.Now()
 	resp, err := s.shouldRateLimit(ctx, req)
-	if m := s.engine.Metrics(); m != nil {
-		s.duration.Observe(time.Since(start).Seconds())
-		if err == nil {
-			s.ok.Inc()
-		} else {
-			m.Requests.WithLabelValues("ShouldRateLimit", status.Code(err).String()).Inc()
-		}
+	s.duration.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.ok.Inc()
+	} else {
+		s.engine.Metrics().Requests.WithLabelValues("ShouldRateLimit", status.Code(err).String()).Inc()
 	}
 	return resp, err
 }
@@ -70,9 +67,7 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 	}
 	if n := len(req.Descriptors); n > s.engine.Bounds().MaxDescriptors {
 		// Refuse before converting anything: a hostile call must not cost its size.
-		if m := s.engine.Metrics(); m != nil {
-			m.Rejected.WithLabelValues("invalid_argument").Inc()
-		}
+		s.engine.Metrics().Rejected.WithLabelValues("invalid_argument").Inc()
 		return nil, status.Errorf(codes.InvalidArgument, "%d descriptors in one request, the limit is %d", n, s.engine.Bounds().MaxDescriptors)
 	}
 	sc := s.pool.Get().(*callScratch)

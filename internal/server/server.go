@@ -50,7 +50,7 @@ type Options struct {
 	Service *rlsv3.Service
 	// Register adds more gRPC services (ext_authz) to the same port.
 	Register []func(*grpc.Server)
-	// Metrics is served on /metrics.
+	// Metrics is served on /metrics; nil means the engine's.
 	Metrics *metrics.Metrics
 	// Config returns the current configuration for /config and readiness.
 	Config func() *config.Set
@@ -111,6 +111,9 @@ func New(opt Options) (*Server, error) {
 	}
 	if opt.ReadyTimeout <= 0 {
 		opt.ReadyTimeout = time.Second
+	}
+	if opt.Metrics == nil {
+		opt.Metrics = opt.Engine.Metrics()
 	}
 	s := &Server{opt: opt}
 	var err error
@@ -199,9 +202,7 @@ func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	// channel's lock) on every call cost more than the check is worth.
 	defer s.inflight.Add(-1)
 	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
-		if s.opt.Metrics != nil {
-			s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
-		}
+		s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
 	}
 	return handler(ctx, req)
@@ -250,9 +251,7 @@ func (s *Server) Shutdown() {
 
 func (s *Server) mux() *http.ServeMux {
 	m := http.NewServeMux()
-	if s.opt.Metrics != nil {
-		m.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Metrics.Registry, promhttp.HandlerOpts{}))
-	}
+	m.Handle("GET /metrics", promhttp.HandlerFor(s.opt.Metrics.Registry, promhttp.HandlerOpts{}))
 	m.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
