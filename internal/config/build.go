@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -37,19 +38,48 @@ func presets() []*policyCfg {
 	}
 }
 
+// Options change how Parse and Load treat a load. The zero Options is what the server uses.
+type Options struct {
+	// OnPanic, when set, is told of every panic that decoding or building the
+	// configuration recovered from, with the file being decoded ("" while building) and
+	// the stack. The panic is still turned into a problem at line 1, column 1, so that a
+	// configuration never crashes the server; tests and fuzz targets set OnPanic to fail,
+	// because such a problem hides a bug a green run would otherwise not show.
+	OnPanic func(file string, recovered any, stack []byte)
+
+	// testHook, when set, is called with the field path of every mapping key before the
+	// key is decoded, and with building true before the decoded files are built into a
+	// Set: tests inject a panic through it.
+	testHook func(field string, building bool)
+}
+
 // Parse validates and builds a Set from file contents (name -> content), exactly as Load
 // does for the files it reads. On failure the error is a *LoadError.
-func Parse(files map[string][]byte) (*Set, error) {
+func Parse(files map[string][]byte) (*Set, error) { return Options{}.Parse(files) }
+
+// Parse is the package's Parse with o's options.
+func (o Options) Parse(files map[string][]byte) (s *Set, err error) {
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	defer func() {
+		if r := recover(); r != nil {
+			o.panicked("", r)
+			file := "<configuration>"
+			if len(names) > 0 {
+				file = names[0]
+			}
+			s, err = nil, &LoadError{Problems: []Problem{{File: file, Line: 1, Column: 1,
+				Msg: fmt.Sprintf("cannot build the configuration: %v (a bug in halt-envoy: please report it with the files)", r)}}}
+		}
+	}()
 
 	var problems, dropped []Problem
 	var cfgs []*fileCfg
 	for _, name := range names {
-		d := &decoder{file: name}
+		d := &decoder{file: name, opts: &o}
 		fc := d.decodeFile(files[name])
 		problems = append(problems, d.problems...)
 		if d.dropped > 0 {
@@ -60,6 +90,9 @@ func Parse(files map[string][]byte) (*Set, error) {
 		if fc != nil {
 			cfgs = append(cfgs, fc)
 		}
+	}
+	if o.testHook != nil {
+		o.testHook("", true)
 	}
 	b := &builder{
 		penaltyDefs: map[string]*penaltyCfg{},
@@ -82,7 +115,7 @@ func Parse(files map[string][]byte) (*Set, error) {
 		e.Problems = append(e.Problems, dropped...)
 		return nil, e
 	}
-	s := b.set
+	s = b.set
 	for n := range s.domains {
 		s.names = append(s.names, n)
 	}
@@ -93,6 +126,13 @@ func Parse(files map[string][]byte) (*Set, error) {
 		s.penalties[name] = pc.pol
 	}
 	return s, nil
+}
+
+// panicked tells o.OnPanic, if set, of a recovered panic.
+func (o *Options) panicked(file string, r any) {
+	if o.OnPanic != nil {
+		o.OnPanic(file, r, debug.Stack())
+	}
 }
 
 type builder struct {

@@ -132,6 +132,7 @@ type policyCfg struct {
 
 type decoder struct {
 	file     string
+	opts     *Options
 	problems []Problem
 	ndesc    int
 	tooMany  bool
@@ -230,6 +231,9 @@ func (d *decoder) fieldsMerging(n *yaml.Node, field string, chain []*yaml.Node) 
 			continue
 		}
 		seen[k.Value] = k
+		if d.opts.testHook != nil {
+			d.opts.testHook(join(field, k.Value), false)
+		}
 		out = append(out, pair{k.Value, k, v})
 	}
 	for _, p := range merged {
@@ -379,7 +383,10 @@ func (d *decoder) unknown(p pair, field, valid string) {
 func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 	defer func() {
 		if r := recover(); r != nil {
-			d.add(nil, "", "cannot parse file: %v", r)
+			d.opts.panicked(d.file, r)
+			// Past maxProblems too: this problem must never be dropped.
+			d.problems = append(d.problems, Problem{File: d.file, Line: 1, Column: 1,
+				Msg: fmt.Sprintf("cannot parse file: %v (a bug in halt-envoy: please report it with the file)", r)})
 			fc = nil
 		}
 	}()

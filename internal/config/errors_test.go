@@ -148,7 +148,7 @@ func TestPolicyDefinedTwice(t *testing.T) {
 }
 
 func TestLoadErrors(t *testing.T) {
-	_, err := Load(filepath.Join(t.TempDir(), "missing.yaml"))
+	_, err := testOptions(t).Load(filepath.Join(t.TempDir(), "missing.yaml"))
 	var le *LoadError
 	if !errors.As(err, &le) || !strings.Contains(le.Error(), "cannot read") {
 		t.Errorf("missing file: %v", err)
@@ -157,7 +157,7 @@ func TestLoadErrors(t *testing.T) {
 	if err := os.Symlink(filepath.Join(dir, "nowhere.yaml"), filepath.Join(dir, "dangling.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Load(dir)
+	_, err = testOptions(t).Load(dir)
 	if !errors.As(err, &le) || !strings.Contains(le.Error(), "dangling.yaml") {
 		t.Errorf("dangling symlink: %v", err)
 	}

@@ -172,7 +172,7 @@ descriptors:
 `
 	start := time.Now()
 	m := map[string][]byte{"d.yaml": []byte(bomb)}
-	_, err := Parse(m)
+	_, err := testOptions(t).Parse(m)
 	var le *LoadError
 	if !errors.As(err, &le) || len(le.Problems) > maxProblems+1 || !strings.Contains(le.Problems[len(le.Problems)-1].Msg, "more problems in this file") {
 		t.Fatalf("alias bomb: %v", err)

@@ -13,13 +13,16 @@ import (
 // volume ("..data", "..2024_01_01_..."), whose visible files are symlinks into them and are
 // followed. An empty directory is a valid Set with no domains. On failure the error is a
 // *LoadError listing every problem.
-func Load(path string) (*Set, error) {
-	s, _, err := load(path)
+func Load(path string) (*Set, error) { return Options{}.Load(path) }
+
+// Load is the package's Load with o's options.
+func (o Options) Load(path string) (*Set, error) {
+	s, _, err := o.load(path)
 	return s, err
 }
 
 // load also returns the directories it read, for the watcher.
-func load(path string) (*Set, []string, error) {
+func (o Options) load(path string) (*Set, []string, error) {
 	files := map[string][]byte{}
 	var problems []Problem
 	fail := func(name string, err error) {
@@ -85,7 +88,7 @@ func load(path string) (*Set, []string, error) {
 		}
 		walk(path, 0)
 	}
-	s, err := Parse(files)
+	s, err := o.Parse(files)
 	if err != nil {
 		le := err.(*LoadError)
 		le.Problems = append(problems, le.Problems...)

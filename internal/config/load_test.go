@@ -15,7 +15,7 @@ func repoRoot(t testing.TB) string {
 
 // Every example under config/ must load, as one Set.
 func TestExampleConfigsLoad(t *testing.T) {
-	s, err := Load(filepath.Join(repoRoot(t), "config"))
+	s, err := testOptions(t).Load(filepath.Join(repoRoot(t), "config"))
 	if err != nil {
 		t.Fatalf("Load(config): %v", err)
 	}
@@ -47,7 +47,7 @@ func TestLoadDirectory(t *testing.T) {
 	if err := os.Symlink(dir, filepath.Join(dir, "nested", "loop")); err != nil {
 		t.Fatal(err)
 	}
-	s, err := Load(dir)
+	s, err := testOptions(t).Load(dir)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -59,12 +59,12 @@ func TestLoadDirectory(t *testing.T) {
 		t.Errorf("Files() = %v, want %v", got, want)
 	}
 	// A single file is loaded whatever its extension.
-	s, err = Load(filepath.Join(dir, "a.yaml"))
+	s, err = testOptions(t).Load(filepath.Join(dir, "a.yaml"))
 	if err != nil || strings.Join(s.Domains(), ",") != "d" {
 		t.Errorf("Load(file) = %v, %v", s, err)
 	}
 	// An empty directory is a valid, empty set.
-	s, err = Load(t.TempDir())
+	s, err = testOptions(t).Load(t.TempDir())
 	if err != nil || len(s.Domains()) != 0 {
 		t.Errorf("Load(empty dir) = %v, %v", s, err)
 	}

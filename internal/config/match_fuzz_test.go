@@ -54,7 +54,7 @@ func FuzzMatch(f *testing.F) {
 	f.Add("nosuch", "k", "v", "", "", "", "", uint8(1))
 	f.Add("edge", "", "", "", "", "", "", uint8(0))
 	f.Add("deep", "**a*", "x*y*z", "", "", "", "", uint8(1))
-	s, err := Parse(map[string][]byte{"m.yaml": []byte(matchConfig), "d.yaml": []byte(fuzzMatchConfig)})
+	s, err := testOptions(f).Parse(map[string][]byte{"m.yaml": []byte(matchConfig), "d.yaml": []byte(fuzzMatchConfig)})
 	if err != nil {
 		f.Fatal(err)
 	}

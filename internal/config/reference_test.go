@@ -86,7 +86,7 @@ func mustParse(t testing.TB, files map[string]string) *Set {
 	for k, v := range files {
 		m[k] = []byte(v)
 	}
-	s, err := Parse(m)
+	s, err := testOptions(t).Parse(m)
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
@@ -99,7 +99,7 @@ func parseErr(t testing.TB, files map[string]string) *LoadError {
 	for k, v := range files {
 		m[k] = []byte(v)
 	}
-	s, err := Parse(m)
+	s, err := testOptions(t).Parse(m)
 	if err == nil {
 		t.Fatalf("Parse succeeded (%v), want an error", s.Domains())
 	}

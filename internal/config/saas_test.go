@@ -499,7 +499,7 @@ func TestWatchSaaSReload(t *testing.T) {
 }
 
 func TestSaaSExampleConfig(t *testing.T) {
-	s, err := Load(filepath.Join(repoRoot(t), "config", "saas.yaml"))
+	s, err := testOptions(t).Load(filepath.Join(repoRoot(t), "config", "saas.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

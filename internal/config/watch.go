@@ -33,7 +33,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onResult fu
 	// only the loop goroutine runs later loads, so the flags need no lock.
 	first, fileMode := true, false
 	load := func() (*Set, []string, error) {
-		s, dirs, err := load(path)
+		s, dirs, err := Options{}.load(path)
 		if first {
 			first, fileMode = false, len(dirs) == 0
 		}
