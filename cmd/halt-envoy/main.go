@@ -305,14 +305,13 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		return err
 	}
 	eng, err := engine.New(engine.Config{
-		Observers:    observers,
-		Store:        store,
-		StoreName:    storeName,
-		Rules:        watcher.Current,
-		Metrics:      m,
-		Logger:       log,
-		FailureMode:  config.FailureMode(f.failureMode),
-		StoreTimeout: f.storeTimeout,
+		Observers:   observers,
+		Store:       store,
+		StoreName:   storeName,
+		Rules:       watcher.Current,
+		Metrics:     m,
+		Logger:      log,
+		FailureMode: config.FailureMode(f.failureMode),
 	})
 	if err != nil {
 		return err

@@ -335,14 +335,9 @@ func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 		sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
 	}
 	start := time.Now()
-	var err error
-	if e.selfBounded {
-		err = e.cfg.Store.Apply(ctx, nowUS, sc.opPtrs)
-	} else {
-		sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
-		err = e.cfg.Store.Apply(sctx, nowUS, sc.opPtrs)
-		cancel()
-	}
+	// The store bounds the call by its own timeout (backends.Options.Timeout): a derived
+	// context here would only add a timer and a cancel registration per call.
+	err := e.cfg.Store.Apply(ctx, nowUS, sc.opPtrs)
 	e.storeLatency.Observe(time.Since(start).Seconds())
 	return err
 }
@@ -528,9 +523,7 @@ func (e *Engine) Penalize(ctx context.Context, domain string, entries []config.E
 	key = append(key, "|@penalty:"...)
 	key = appendEscaped(key, p.Name)
 	op := &backends.Op{Key: string(key), Algorithm: algorithms.Penalty, Limit: p.Params, Cost: severity}
-	sctx, cancel := context.WithTimeout(ctx, e.cfg.StoreTimeout)
-	defer cancel()
-	if err := e.cfg.Store.Apply(sctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
+	if err := e.cfg.Store.Apply(ctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
 		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
 	}

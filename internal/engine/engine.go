@@ -60,8 +60,6 @@ type Config struct {
 	Logger *slog.Logger
 	// FailureMode applies when a rule does not set its own: allow (default), deny or error.
 	FailureMode config.FailureMode
-	// StoreTimeout bounds one store round; zero means backends.DefaultTimeout.
-	StoreTimeout time.Duration
 	// MaxDescriptors, MaxEntries and MaxValueLen bound one call; zero means the defaults.
 	MaxDescriptors, MaxEntries, MaxValueLen int
 	// Observers see every decision and violation.
@@ -72,21 +70,11 @@ type Config struct {
 type Engine struct {
 	cfg  Config
 	pool sync.Pool // *scratch
-	// selfBounded is set for stores that need no per-call deadline from the engine.
-	selfBounded bool
 	// storeLatency is resolved once: a label lookup per call is measurable on this path.
 	storeLatency prometheus.Observer
 	// failLog keeps store-failure warnings to one line per lograte.DefaultInterval:
 	// during an outage every call fails (halt_store_errors_total counts each one).
 	failLog *lograte.Limiter
-}
-
-// SelfBounded is implemented by stores whose calls need no deadline from the engine:
-// they do no I/O (memory), or they bound every call by their own timeout (Redis). The
-// engine then skips a derived context per call, whose timer and cancel registration
-// were a tenth of the allocations on the request path.
-type SelfBounded interface {
-	SelfBounded() bool
 }
 
 // New returns an engine for cfg.
@@ -113,9 +101,6 @@ func New(cfg Config) (*Engine, error) {
 	default:
 		return nil, fmt.Errorf("ratelimit: unknown failure mode %q (want allow, deny or error)", cfg.FailureMode)
 	}
-	if cfg.StoreTimeout <= 0 {
-		cfg.StoreTimeout = backends.DefaultTimeout
-	}
 	if cfg.MaxDescriptors <= 0 {
 		cfg.MaxDescriptors = DefaultMaxDescriptors
 	}
@@ -129,9 +114,6 @@ func New(cfg Config) (*Engine, error) {
 		cfg.StoreName = "unknown"
 	}
 	e := &Engine{cfg: cfg, failLog: lograte.New(lograte.DefaultInterval)}
-	if sb, ok := cfg.Store.(SelfBounded); ok {
-		e.selfBounded = sb.SelfBounded()
-	}
 	e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
 	e.pool.New = func() any { return new(scratch) }
 	return e, nil

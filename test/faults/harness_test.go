@@ -80,12 +80,11 @@ func newHarness(t *testing.T, storeURL string) *harness {
 	for _, m := range modes {
 		h.metrics[m] = metrics.New(nil)
 		e, err := engine.New(engine.Config{
-			Store:        store,
-			StoreName:    "fault",
-			Rules:        func() *config.Set { return set },
-			Metrics:      h.metrics[m],
-			FailureMode:  m,
-			StoreTimeout: storeTimeout,
+			Store:       store,
+			StoreName:   "fault",
+			Rules:       func() *config.Set { return set },
+			Metrics:     h.metrics[m],
+			FailureMode: m,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -77,7 +77,6 @@ func startOverloadServer(t *testing.T, maxInFlight, maxRecv int, delay time.Dura
 	m := metrics.New(nil)
 	e, err := engine.New(engine.Config{
 		Store: st, StoreName: "slow", Rules: func() *config.Set { return set }, Metrics: m,
-		StoreTimeout: 2 * time.Second, // the slow store answers: calls must be admitted or refused, not failed
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -226,10 +226,6 @@ func (s *Store) sweepLoop() {
 	}
 }
 
-// SelfBounded reports that calls need no deadline: decisions do no I/O, and a timer
-// per call would be half of this path's cost.
-func (s *Store) SelfBounded() bool { return true }
-
 // Ping always succeeds while the store is open.
 func (s *Store) Ping(ctx context.Context) error {
 	if s.closed.Load() {

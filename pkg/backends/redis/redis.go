@@ -431,8 +431,9 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		pending = append(pending, op)
 	}
 	if len(pending) > 0 {
-		// The store's timeout bounds the call (see SelfBounded); a caller's earlier
-		// deadline (Envoy's grpc-timeout) wins.
+		// The store owns its timeout: it bounds the call with a deadline carried by the
+		// call itself (no derived context, no timer); a caller's earlier deadline (Envoy's
+		// grpc-timeout) wins.
 		deadline := time.Now().Add(s.timeout)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 			deadline = d
@@ -446,10 +447,6 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	}
 	return nil
 }
-
-// SelfBounded tells the engine that every Apply is bounded by the store's own timeout,
-// so the engine derives no context with a timer for it.
-func (s *Store) SelfBounded() bool { return true }
 
 // call is one script invocation: the ops of one slot.
 type call struct {
