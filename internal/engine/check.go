@@ -109,7 +109,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 				e.addPenaltyOp(sc, domain, &descs[i], i, r, 0)
 			}
 		}
-		if err := e.runStage(ctx, domain, nowUS, sc, decisions); err != nil {
+		if _, err := e.runStage(ctx, stageDecide, domain, nowUS, sc, descs, decisions); err != nil {
 			return false, err
 		}
 	}
@@ -148,7 +148,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
 		}
 	}
-	delay, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions)
+	delay, err := e.runStage(ctx, stageDecide, domain, nowUS, sc, descs, decisions)
 	if err != nil {
 		return false, err
 	}
@@ -156,7 +156,8 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 	// Stage 3: quotas, only when the rate limits let the whole call through: a refused
 	// call must not burn any descriptor's quota.
 	if hasQuota && !anyOverLimit(decisions) {
-		if err := e.precheckQuotas(ctx, domain, nowUS, sc, descs, decisions); err != nil {
+		e.queueQuotaReads(sc, domain, nowUS, descs, decisions)
+		if _, err := e.runStage(ctx, stagePrecheck, domain, nowUS, sc, descs, decisions); err != nil {
 			return false, err
 		}
 		if !anyOverLimit(decisions) {
@@ -169,7 +170,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 					}
 				}
 			}
-			if err := e.runStage(ctx, domain, nowUS, sc, decisions); err != nil {
+			if _, err := e.runStage(ctx, stageDecide, domain, nowUS, sc, descs, decisions); err != nil {
 				return false, err
 			}
 		}
@@ -183,9 +184,9 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 				e.addPenaltyOp(sc, domain, &descs[i], i, r, r.Penalty.Severity)
 			}
 		}
-		if len(sc.ops) > 0 {
-			e.recordViolations(ctx, domain, nowUS, sc, descs, decisions)
-		}
+		// Recording never changes this call's answer (the descriptor is already over
+		// limit): it only starts or lengthens lockouts, and never fails the call.
+		_, _ = e.runStage(ctx, stageRecord, domain, nowUS, sc, descs, decisions)
 	}
 
 	overLimit = anyOverLimit(decisions)
@@ -256,78 +257,6 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 	return &c
 }
 
-// runStage applies the queued ops (if any) and folds their results into decisions.
-func (e *Engine) runStage(ctx context.Context, domain string, nowUS int64, sc *scratch, decisions []Decision) error {
-	_, err := e.runStageDelay(ctx, domain, nowUS, sc, decisions)
-	return err
-}
-
-func (e *Engine) runStageDelay(ctx context.Context, domain string, nowUS int64, sc *scratch, decisions []Decision) (delay int64, err error) {
-	if len(sc.ops) == 0 {
-		return 0, nil
-	}
-	applyErr := e.apply(ctx, nowUS, sc)
-	if applyErr != nil && ctx.Err() != nil {
-		// The caller gave up while the store worked: nobody is left to receive a
-		// failure-mode answer, and counting one as fail_open would mislead.
-		sc.clearOps()
-		return 0, ctx.Err()
-	}
-	var failErr error
-	for k := range sc.ops {
-		op := &sc.ops[k]
-		dec := &decisions[sc.owners[k]]
-		l, kind := sc.limits[k], sc.kinds[k]
-		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
-			if ferr := e.fail(dec, l, kind, firstErr(op.Err, applyErr)); ferr != nil {
-				failErr = ferr
-			}
-			continue
-		}
-		r := op.Result
-		if kind == KindPenalty {
-			// A check: only an active lockout matters, and it decides alone.
-			if !r.Allowed {
-				dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindPenalty, l, r
-			}
-			continue
-		}
-		if r.Allowed && r.Delay > delay {
-			delay = r.Delay
-		}
-		if !r.Allowed && dec.Rule != nil && dec.Rule.ShadowMode {
-			dec.Shadow = true
-			if dec.Limit == nil || Tighter(dec, l, r) {
-				dec.Limit, dec.Result, dec.Kind = l, r, kind
-			}
-			continue
-		}
-		// A quota reports only when it denies or is tighter than the rate limit.
-		if Tighter(dec, l, r) {
-			dec.Limit, dec.Result, dec.Kind = l, r, kind
-		}
-		if !r.Allowed {
-			dec.Code = CodeOverLimit
-		}
-	}
-	sc.clearOps()
-	if failErr != nil {
-		e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
-		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
-	}
-	if applyErr != nil {
-		e.logFailure("store failed; applying failure mode", domain, applyErr)
-	}
-	return delay, nil
-}
-
-func firstErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
-
 // apply sends the queued ops to the store in one round.
 func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 	sc.opPtrs = sc.opPtrs[:0]
@@ -340,46 +269,6 @@ func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 	err := e.cfg.Store.Apply(ctx, nowUS, sc.opPtrs)
 	e.storeLatency.Observe(time.Since(start).Seconds())
 	return err
-}
-
-// fail applies the failure mode to one op the store could not decide. It returns an
-// error only for failure_mode "error".
-func (e *Engine) fail(dec *Decision, l *config.Limit, kind Kind, err error) error {
-	e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-	switch e.failureMode(dec.Rule) {
-	case config.FailDeny:
-		dec.Code = CodeOverLimit
-		dec.Limit, dec.Kind = l, kind
-		dec.Result = algorithms.Result{Limit: l.Params.Requests, RetryAfter: 1_000_000, ResetAfter: 1_000_000}
-		return nil
-	case config.FailError:
-		return err
-	}
-	dec.FailedOpen = true
-	if dec.Limit == nil {
-		dec.Limit, dec.Kind = l, kind
-		dec.Result = algorithms.Result{Allowed: true, Limit: l.Params.Requests, Remaining: l.Params.Requests}
-	}
-	return nil
-}
-
-// recordViolations runs the last stage: it never changes the answer of this call (the
-// descriptor is already over limit), it only starts or lengthens lockouts.
-func (e *Engine) recordViolations(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
-	if err := e.apply(ctx, nowUS, sc); err != nil {
-		e.logFailure("recording penalty violations failed", domain, err)
-	}
-	for k := range sc.ops {
-		op := &sc.ops[k]
-		dec := &decisions[sc.owners[k]]
-		if op.Err != nil {
-			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-			continue
-		}
-		ev := ViolationEvent{Domain: domain, Rule: dec.Rule, Entries: descs[sc.owners[k]].Entries, Penalty: dec.Rule.Penalty.Name, Severity: op.Cost}
-		e.reportViolation(ctx, &ev, dec.Rule.Penalty, op.Result)
-	}
-	sc.clearOps()
 }
 
 // reportViolation counts a recorded violation, and a lockout when it started one, and
@@ -543,13 +432,14 @@ func anyOverLimit(decisions []Decision) bool {
 	return false
 }
 
-// precheckQuotas reads (cost 0) every quota of calls that carry more than one, and
-// refuses the call when any of them lacks room, so that a request refused by its
-// monthly quota does not still use up its daily one. Calls with a single quota need no
-// extra round: the Calendar decision itself is all-or-nothing. Between this read and the
-// charge a concurrent call may take the last unit; then that quota denies, and the
-// quotas charged before it in the same call keep the charge (bounded by concurrency).
-func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) error {
+// queueQuotaReads queues a read (cost 0) of every quota of descriptors that carry more
+// than one, so that the call is refused when any of them lacks room and a request
+// refused by its monthly quota does not still use up its daily one. Descriptors with a
+// single quota need no extra round: the Calendar decision itself is all-or-nothing.
+// Between this read and the charge a concurrent call may take the last unit; then that
+// quota denies, and the quotas charged before it in the same call keep the charge
+// (bounded by concurrency).
+func (e *Engine) queueQuotaReads(sc *scratch, domain string, nowUS int64, descs []Descriptor, decisions []Decision) {
 	for i := range descs {
 		dec := &decisions[i]
 		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
@@ -558,35 +448,6 @@ func (e *Engine) precheckQuotas(ctx context.Context, domain string, nowUS int64,
 			}
 		}
 	}
-	if len(sc.ops) == 0 {
-		return nil
-	}
-	applyErr := e.apply(ctx, nowUS, sc)
-	var failErr error
-	for k := range sc.ops {
-		op := &sc.ops[k]
-		dec := &decisions[sc.owners[k]]
-		if op.Err != nil || (applyErr != nil && op.Result == (algorithms.Result{})) {
-			if ferr := e.fail(dec, sc.limits[k], KindQuota, firstErr(op.Err, applyErr)); ferr != nil {
-				failErr = ferr
-			}
-			continue
-		}
-		need := int64Cost(descs[sc.owners[k]].Hits, dec.Rule.Cost)
-		if r := op.Result; r.Remaining < need && dec.Code == CodeOK {
-			r.Allowed = false
-			r.RetryAfter = r.ResetAfter
-			if need > r.Limit {
-				r.RetryAfter = -1
-			}
-			dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindQuota, sc.limits[k], r
-		}
-	}
-	sc.clearOps()
-	if failErr != nil {
-		return fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
-	}
-	return nil
 }
 
 // logFailure logs a failed store call, at most once per lograte.DefaultInterval.
