@@ -374,6 +374,15 @@ func (d *decoder) name(n *yaml.Node, field, what string) string {
 	return s
 }
 
+// limitError returns err, an error of algorithms.Limit.Validate, as the *LimitError it is.
+func limitError(err error) *algorithms.LimitError {
+	var le *algorithms.LimitError
+	if errors.As(err, &le) {
+		return le
+	}
+	return &algorithms.LimitError{Msg: err.Error()}
+}
+
 func (d *decoder) unknown(p pair, field, valid string) {
 	d.add(p.k, join(field, p.key), "unknown key (valid here: %s)", valid)
 }
@@ -840,23 +849,30 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 		p.MaxDelay = us
 	}
 	if err := p.Validate(alg); err != nil {
-		msg := err.Error()
+		// Point at the key that set the field Validate names.
 		at, f := n, field
-		switch {
-		case strings.HasPrefix(msg, "burst") && burstNode != nil:
-			at, f = burstNode, join(field, "burst")
-		case strings.HasPrefix(msg, "max_delay"):
-			at, f = delayNode, join(field, "max_delay")
-		case strings.HasPrefix(msg, "period"):
-			if multNode != nil {
-				at, f = multNode, join(field, "unit_multiplier")
-			} else {
-				at, f = unitNode, join(field, "unit")
+		le := limitError(err)
+		var key *yaml.Node
+		var name string
+		switch le.Param {
+		case algorithms.ParamBurst:
+			key, name = burstNode, "burst"
+		case algorithms.ParamMaxDelay:
+			key, name = delayNode, "max_delay"
+		case algorithms.ParamPeriod:
+			key, name = multNode, "unit_multiplier"
+			if key == nil {
+				key, name = unitNode, "unit"
 			}
-		case rpuNode != nil:
-			at, f = rpuNode, join(field, "requests_per_unit")
 		}
-		d.add(at, f, "%s", msg)
+		if key == nil {
+			// requests_per_unit, also for a burst that defaulted to it.
+			key, name = rpuNode, "requests_per_unit"
+		}
+		if key != nil {
+			at, f = key, join(field, name)
+		}
+		d.add(at, f, "%s", le.Msg)
 		return nil
 	}
 	lc.lim.Params = p

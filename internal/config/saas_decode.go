@@ -273,15 +273,21 @@ func (d *decoder) penalty(k, n *yaml.Node, field, name string) *PenaltyPolicy {
 		return nil
 	}
 	if err := pol.Params.Validate(algorithms.Penalty); err != nil {
-		msg := err.Error()
+		// Point at the key (the ladder step) that set the field Validate names.
 		at, f := k, field
-		switch {
-		case strings.HasPrefix(msg, "penalty"):
+		le := limitError(err)
+		switch le.Param {
+		case algorithms.ParamLadder:
 			at, f = ladderNode, join(field, "ladder")
-		case strings.HasPrefix(msg, "period"):
+			if v := deref(ladderNode); le.Step > 0 && le.Step <= len(v.Content) {
+				at, f = v.Content[le.Step-1], fmt.Sprintf("%s[%d]", f, le.Step-1)
+			}
+		case algorithms.ParamPeriod:
 			at, f = decayNode, join(field, "decay")
+		case algorithms.ParamRequests:
+			at, f = thrNode, join(field, "threshold")
 		}
-		d.add(deref(at), f, "%s", msg)
+		d.add(deref(at), f, "%s", le.Msg)
 		return nil
 	}
 	return pol

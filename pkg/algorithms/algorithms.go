@@ -138,61 +138,95 @@ func (l *Limit) Interval() int64 {
 	return ceilDiv(l.Period, l.Requests)
 }
 
+// Param names a field of Limit (or the algorithm itself), so that a caller can point at
+// the setting that made a Limit invalid instead of reading the message.
+type Param uint8
+
+// The fields a LimitError can name.
+const (
+	ParamAlgorithm Param = iota + 1 // the Algorithm given to Validate
+	ParamRequests                   // Requests (with Period, for a rate that is too fast)
+	ParamPeriod                     // Period
+	ParamBurst                      // Burst, or Requests when Burst is 0 (the capacity)
+	ParamMaxDelay                   // MaxDelay
+	ParamWindow                     // WindowStart and WindowEnd
+	ParamLadder                     // Ladder and Steps; LimitError.Step names the step
+)
+
+// LimitError is why Validate refused a Limit.
+type LimitError struct {
+	// Param is the field at fault.
+	Param Param
+	// Step is the 1-based Ladder step at fault for ParamLadder, 0 when the ladder as a
+	// whole is (its number of steps).
+	Step int
+	// Msg says what is wrong, in configuration terms.
+	Msg string
+}
+
+// Error returns Msg.
+func (e *LimitError) Error() string { return e.Msg }
+
+func limitErr(p Param, format string, args ...any) error {
+	return &LimitError{Param: p, Msg: fmt.Sprintf(format, args...)}
+}
+
 // Validate checks that a can decide with l without leaving exact integer arithmetic.
-// It is the single place where configuration limits are enforced.
+// It is the single place where configuration limits are enforced. A refusal is a
+// *LimitError naming the field at fault.
 func (l *Limit) Validate(a Algorithm) error {
 	if !a.Valid() {
-		return fmt.Errorf("unknown algorithm %d", a)
+		return limitErr(ParamAlgorithm, "unknown algorithm %d", a)
 	}
 	if l.Requests < 0 {
-		return fmt.Errorf("requests_per_unit must not be negative, got %d", l.Requests)
+		return limitErr(ParamRequests, "requests_per_unit must not be negative, got %d", l.Requests)
 	}
 	if l.Requests > MaxRequests {
-		return fmt.Errorf("requests_per_unit %d is above the maximum %d", l.Requests, MaxRequests)
+		return limitErr(ParamRequests, "requests_per_unit %d is above the maximum %d", l.Requests, MaxRequests)
 	}
 	if a != Calendar && (l.Period <= 0 || l.Period > MaxPeriod) {
-		return fmt.Errorf("period must be between 1us and 100 years, got %s", time.Duration(l.Period)*time.Microsecond)
+		return limitErr(ParamPeriod, "period must be between 1us and 100 years, got %s", time.Duration(l.Period)*time.Microsecond)
 	}
 	if l.Burst < 0 {
-		return fmt.Errorf("burst must not be negative, got %d", l.Burst)
+		return limitErr(ParamBurst, "burst must not be negative, got %d", l.Burst)
 	}
 	switch a {
 	case TokenBucket, LeakyBucket:
 		if l.Requests > 0 && l.Requests > l.Period {
-			return fmt.Errorf("%s refills one request per microsecond at most: %d per %s is too fast; use fixed_window or sliding_window_counter", a, l.Requests, time.Duration(l.Period)*time.Microsecond)
+			return limitErr(ParamRequests, "%s refills one request per microsecond at most: %d per %s is too fast; use fixed_window or sliding_window_counter", a, l.Requests, time.Duration(l.Period)*time.Microsecond)
 		}
 		if l.Requests > 0 && l.Capacity() > (int64(1)<<52)/l.Interval() {
-			return fmt.Errorf("burst %d is too large for %d per %s (burst x interval must stay below 2^52us)", l.Capacity(), l.Requests, time.Duration(l.Period)*time.Microsecond)
+			return limitErr(ParamBurst, "burst %d is too large for %d per %s (burst x interval must stay below 2^52us)", l.Capacity(), l.Requests, time.Duration(l.Period)*time.Microsecond)
 		}
 		if l.MaxDelay < 0 || l.MaxDelay > MaxPeriod {
-			return fmt.Errorf("max_delay must be between 0 and 100 years")
+			return limitErr(ParamMaxDelay, "max_delay must be between 0 and 100 years")
 		}
 		if l.MaxDelay > 0 && a != LeakyBucket {
-			return fmt.Errorf("max_delay applies to leaky_bucket only")
+			return limitErr(ParamMaxDelay, "max_delay applies to leaky_bucket only")
 		}
 	case SlidingWindow:
 		if l.Requests > MaxSlidingLog {
-			return fmt.Errorf("sliding_window keeps one log entry per request: %d requests per window is above the bound of %d; use sliding_window_counter (O(1) memory, weighted two-window estimate)", l.Requests, MaxSlidingLog)
+			return limitErr(ParamRequests, "sliding_window keeps one log entry per request: %d requests per window is above the bound of %d; use sliding_window_counter (O(1) memory, weighted two-window estimate)", l.Requests, MaxSlidingLog)
 		}
 	case Calendar:
 		if l.WindowEnd <= l.WindowStart {
-			return fmt.Errorf("calendar window end %d is not after its start %d", l.WindowEnd, l.WindowStart)
+			return limitErr(ParamWindow, "calendar window end %d is not after its start %d", l.WindowEnd, l.WindowStart)
 		}
 	case Penalty:
 		if l.Steps <= 0 || l.Steps > MaxLadder {
-			return fmt.Errorf("penalty ladder needs 1 to %d steps, got %d", MaxLadder, l.Steps)
+			return limitErr(ParamLadder, "penalty ladder needs 1 to %d steps, got %d", MaxLadder, l.Steps)
 		}
 		for i := 0; i < l.Steps; i++ {
 			if l.Ladder[i] <= 0 || l.Ladder[i] > MaxPeriod {
-				return fmt.Errorf("penalty step %d must be a positive duration up to 100 years", i+1)
+				return &LimitError{Param: ParamLadder, Step: i + 1, Msg: fmt.Sprintf("penalty step %d must be a positive duration up to 100 years", i+1)}
 			}
 			if i > 0 && l.Ladder[i] <= l.Ladder[i-1] {
-				return fmt.Errorf("penalty ladder must increase: step %d (%s) is not longer than step %d (%s)", i+1, time.Duration(l.Ladder[i])*time.Microsecond, i, time.Duration(l.Ladder[i-1])*time.Microsecond)
+				return &LimitError{Param: ParamLadder, Step: i + 1, Msg: fmt.Sprintf("penalty ladder must increase: step %d (%s) is not longer than step %d (%s)", i+1, time.Duration(l.Ladder[i])*time.Microsecond, i, time.Duration(l.Ladder[i-1])*time.Microsecond)}
 			}
 		}
 	}
 	if l.Burst > MaxRequests {
-		return fmt.Errorf("burst %d is above the maximum %d", l.Burst, MaxRequests)
+		return limitErr(ParamBurst, "burst %d is above the maximum %d", l.Burst, MaxRequests)
 	}
 	return nil
 }

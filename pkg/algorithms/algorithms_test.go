@@ -1,6 +1,7 @@
 package algorithms
 
 import (
+	"errors"
 	"testing"
 )
 
@@ -286,22 +287,36 @@ func TestTTLCoversState(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	bad := []struct {
-		a Algorithm
-		l Limit
+		a     Algorithm
+		l     Limit
+		param Param
+		step  int
 	}{
-		{FixedWindow, Limit{Requests: 1, Period: 0}},
-		{FixedWindow, Limit{Requests: -1, Period: sec}},
-		{FixedWindow, Limit{Requests: MaxRequests + 1, Period: sec}},
-		{TokenBucket, Limit{Requests: 2_000_000, Period: sec}},
-		{TokenBucket, Limit{Requests: 1, Period: sec, MaxDelay: sec}},
-		{SlidingWindow, Limit{Requests: MaxSlidingLog + 1, Period: sec}},
-		{Calendar, Limit{Requests: 1, WindowStart: 5, WindowEnd: 5}},
-		{Penalty, Limit{Requests: 1, Period: sec, Steps: 2, Ladder: [MaxLadder]int64{5, 5}}},
-		{Algorithm(0), Limit{Requests: 1, Period: sec}},
+		{FixedWindow, Limit{Requests: 1, Period: 0}, ParamPeriod, 0},
+		{FixedWindow, Limit{Requests: -1, Period: sec}, ParamRequests, 0},
+		{FixedWindow, Limit{Requests: MaxRequests + 1, Period: sec}, ParamRequests, 0},
+		{FixedWindow, Limit{Requests: 1, Period: sec, Burst: -1}, ParamBurst, 0},
+		{FixedWindow, Limit{Requests: 1, Period: sec, Burst: MaxRequests + 1}, ParamBurst, 0},
+		{TokenBucket, Limit{Requests: 2_000_000, Period: sec}, ParamRequests, 0},
+		{TokenBucket, Limit{Requests: 1, Period: 3600 * sec, Burst: 2_000_000}, ParamBurst, 0},
+		{TokenBucket, Limit{Requests: 1, Period: sec, MaxDelay: sec}, ParamMaxDelay, 0},
+		{LeakyBucket, Limit{Requests: 1, Period: sec, MaxDelay: -1}, ParamMaxDelay, 0},
+		{SlidingWindow, Limit{Requests: MaxSlidingLog + 1, Period: sec}, ParamRequests, 0},
+		{Calendar, Limit{Requests: 1, WindowStart: 5, WindowEnd: 5}, ParamWindow, 0},
+		{Penalty, Limit{Requests: 1, Period: sec, Steps: 0}, ParamLadder, 0},
+		{Penalty, Limit{Requests: 1, Period: sec, Steps: 2, Ladder: [MaxLadder]int64{5, 5}}, ParamLadder, 2},
+		{Penalty, Limit{Requests: 1, Period: sec, Steps: 2, Ladder: [MaxLadder]int64{5, MaxPeriod + 1}}, ParamLadder, 2},
+		{Algorithm(0), Limit{Requests: 1, Period: sec}, ParamAlgorithm, 0},
 	}
 	for i, c := range bad {
-		if err := c.l.Validate(c.a); err == nil {
-			t.Errorf("case %d: %s %+v accepted", i, c.a, c.l)
+		err := c.l.Validate(c.a)
+		var le *LimitError
+		if !errors.As(err, &le) {
+			t.Errorf("case %d: %s %+v: Validate = %v, want a *LimitError", i, c.a, c.l, err)
+			continue
+		}
+		if le.Param != c.param || le.Step != c.step || le.Error() != le.Msg || le.Msg == "" {
+			t.Errorf("case %d: %s %+v: %+v, want param %d step %d", i, c.a, c.l, *le, c.param, c.step)
 		}
 	}
 	if err := (&Limit{Requests: 100, Period: 60 * sec}).Validate(TokenBucket); err != nil {
