@@ -38,8 +38,17 @@ type Op struct {
 // decisions algorithms.Decide gives for the same sequence of ops.
 type Store interface {
 	// Apply decides every op at time now (microseconds since the Unix epoch, passed in so
-	// that tests can inject a clock and replicas agree on one time source). It sets each
-	// op's Result or Err and returns the first error, if any, for convenience.
+	// that tests can inject a clock and replicas agree on one time source).
+	//
+	// The contract, which the engine relies on: when Apply returns, every op has an
+	// answer, either Err == nil and Result its decision, or Err != nil (Result then means
+	// nothing), on every path: an op that cannot be decided fails alone, a batch that
+	// fails as a whole marks each of its ops (FailAll), and whatever an op held from an
+	// earlier use is overwritten. Apply returns an error exactly when some op has one
+	// (the first, for convenience). conformance.RunAnswered checks this.
+	//
+	// The store bounds the call by its own timeout (Options.Timeout); a caller's earlier
+	// deadline or cancellation in ctx wins.
 	Apply(ctx context.Context, now int64, ops []*Op) error
 	// Delete removes keys (admin resets). Missing keys are not an error.
 	Delete(ctx context.Context, keys ...string) error
@@ -73,6 +82,15 @@ func (o Options) Defaults() Options {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return o
+}
+
+// FailAll gives every op of a batch that could not be decided the error err and
+// returns err, so that no op of a failed batch is left without an answer.
+func FailAll(ops []*Op, err error) error {
+	for _, op := range ops {
+		op.Result, op.Err = algorithms.Result{}, err
+	}
+	return err
 }
 
 // ErrUnavailable marks errors that mean "the store cannot answer now" (down, timed out,

@@ -127,6 +127,7 @@ func Run(t *testing.T, open Factory, opt Options) {
 	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
 	t.Run("batch", func(t *testing.T) { RunBatch(t, open) })
 	t.Run("delete", func(t *testing.T) { RunDelete(t, open) })
+	t.Run("answered", func(t *testing.T) { RunAnswered(t, open) })
 	t.Run("concurrency", func(t *testing.T) {
 		if opt.SkipConcurrency {
 			t.Skip(opt.Reason)

@@ -426,10 +426,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		return nil
 	}
 	if s.closed.Load() {
-		for _, op := range ops {
-			op.Err = fmt.Errorf("dynamodb apply: %w: store closed", backends.ErrUnavailable)
-		}
-		return ops[0].Err
+		return backends.FailAll(ops, fmt.Errorf("dynamodb apply: %w: store closed", backends.ErrUnavailable))
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()

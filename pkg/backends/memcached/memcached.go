@@ -190,11 +190,7 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // (one round trip per server), then writes each op with its own compare-and-swap.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if s.closed.Load() {
-		err := fmt.Errorf("memcached apply: %w: store closed", backends.ErrUnavailable)
-		for _, op := range ops {
-			op.Err = err
-		}
-		return err
+		return backends.FailAll(ops, fmt.Errorf("memcached apply: %w: store closed", backends.ErrUnavailable))
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
@@ -209,11 +205,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		var err error
 		pre, err = s.mc.GetMulti(keys)
 		if err != nil {
-			err = unavailable("apply", err)
-			for _, op := range ops {
-				op.Err = err
-			}
-			return err
+			return backends.FailAll(ops, unavailable("apply", err))
 		}
 	}
 	sc := scratchPool.Get().(*scratch)

@@ -88,10 +88,7 @@ func (s *Store) shardFor(key string) *shard {
 // Apply decides each op under its shard's lock.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if s.closed.Load() {
-		for _, op := range ops {
-			op.Err = backends.ErrUnavailable
-		}
-		return backends.ErrUnavailable
+		return backends.FailAll(ops, backends.ErrUnavailable)
 	}
 	for _, op := range ops {
 		op.Err = nil

@@ -306,7 +306,8 @@ func check(op *backends.Op) error {
 type call struct {
 	keys   []string
 	params []int64
-	order  []int // order[i] = index in ops of the i-th op sent
+	order  []int          // order[i] = index in ops of the i-th op sent
+	sent   []*backends.Op // sent[i] = ops[order[i]]
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
@@ -319,15 +320,12 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		return nil
 	}
 	if !inTime(now) {
-		err := fmt.Errorf("postgres: clock value %d us is outside the supported range of +-%d us", now, MaxTime)
-		for _, op := range ops {
-			op.Err = err
-		}
-		return err
+		return backends.FailAll(ops, fmt.Errorf("postgres: clock value %d us is outside the supported range of +-%d us", now, MaxTime))
 	}
 	c := callPool.Get().(*call)
 	defer func() {
-		c.keys, c.params, c.order = c.keys[:0], c.params[:0], c.order[:0]
+		clear(c.sent) // no op outlives its call in the pool
+		c.keys, c.params, c.order, c.sent = c.keys[:0], c.params[:0], c.order[:0], c.sent[:0]
 		callPool.Put(c)
 	}()
 	var first error
@@ -351,6 +349,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	}
 	for _, i := range c.order {
 		op := ops[i]
+		c.sent = append(c.sent, op)
 		l := &op.Limit
 		cost := max(op.Cost, 0)
 		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
@@ -370,11 +369,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 			err = fmt.Errorf("state table %q or its function is missing (dropped?): %w: %w", s.names.raw, backends.ErrUnavailable, err)
 			s.heal()
 		}
-		err = fmt.Errorf("postgres apply: %w", classify(err))
-		for _, i := range c.order {
-			ops[i].Err = err
-		}
-		return err
+		return backends.FailAll(c.sent, fmt.Errorf("postgres apply: %w", classify(err)))
 	}
 	for j, i := range c.order {
 		r := res[j*resStride : (j+1)*resStride]

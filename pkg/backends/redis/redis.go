@@ -411,11 +411,7 @@ func (s *Store) loadScript(ctx context.Context) error {
 // Cluster) travel in one script call, applied in order.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if s.closed.Load() {
-		err := fmt.Errorf("redis apply: store closed: %w", backends.ErrUnavailable)
-		for _, op := range ops {
-			op.Err = err
-		}
-		return err
+		return backends.FailAll(ops, fmt.Errorf("redis apply: store closed: %w", backends.ErrUnavailable))
 	}
 	var buf [8]*backends.Op
 	pending := buf[:0]
@@ -503,16 +499,11 @@ func (s *Store) decide(ctx context.Context, deadline time.Time, now int64, ops [
 	}
 	for _, c := range calls {
 		if c.err != nil {
-			err := fmt.Errorf("redis apply: %w", s.wrap(c.err))
-			for _, op := range c.ops {
-				op.Err = err
-			}
+			backends.FailAll(c.ops, fmt.Errorf("redis apply: %w", s.wrap(c.err)))
 			continue
 		}
 		if err := parseReply(c.reply, c.keys, c.ops); err != nil {
-			for _, op := range c.ops {
-				op.Err = err
-			}
+			backends.FailAll(c.ops, err)
 			continue
 		}
 		if s.cache != nil {
