@@ -1,8 +1,10 @@
 // Package deploy_test checks the deployment material (examples/envoy, examples/istio,
-// deploy/, docker-compose.yaml, Dockerfile) against the code: Envoy configs load into
-// go-control-plane's protos and validate, every cross-reference between files agrees,
-// every PromQL expression names metrics halt exports, and a real Prometheus can scrape
-// halt and answer the dashboard's queries. Neither Envoy nor Docker runs here.
+// deploy/, docker-compose.yaml, Dockerfile) against the code with the field's own
+// libraries: Envoy configs load into go-control-plane's protos and validate, Kubernetes
+// and Istio manifests decode strictly into k8s.io/api and Istio's types, every
+// cross-reference between files agrees, every PromQL expression parses with Prometheus's
+// parser and names metrics and labels halt exports, and a real Prometheus can scrape halt
+// and answer the dashboard's queries. Neither Envoy nor Docker runs here.
 package deploy_test
 
 import (

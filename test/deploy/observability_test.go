@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -17,6 +18,9 @@ import (
 	ratelimitcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -74,23 +78,7 @@ func exportedMetrics(t *testing.T) map[string][]string {
 	return out
 }
 
-// ---- a small PromQL reader: enough to find metric names and label names ----
-
-type promRefs struct {
-	metrics []string
-	labels  map[string][]string // metric -> labels in its matchers ("" for grouping labels)
-}
-
-var promKeywords = map[string]bool{
-	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
-	"bool": true, "and": true, "or": true, "unless": true, "offset": true, "atan2": true, "inf": true, "nan": true,
-}
-
-var promAggregations = map[string]bool{
-	"sum": true, "min": true, "max": true, "avg": true, "group": true, "stddev": true, "stdvar": true,
-	"count": true, "count_values": true, "bottomk": true, "topk": true, "quantile": true,
-	"limitk": true, "limit_ratio": true,
-}
+// ---- PromQL, read with Prometheus's own parser ----
 
 // grafanaVars replaces Grafana's interval macros by durations Prometheus accepts.
 func grafanaVars(expr string) string {
@@ -98,182 +86,124 @@ func grafanaVars(expr string) string {
 		"${__rate_interval}", "1m").Replace(expr)
 }
 
-func parsePromQL(expr string) (promRefs, error) {
-	r := promRefs{labels: map[string][]string{}}
-	s := grafanaVars(expr)
-	isIdentStart := func(c byte) bool { return c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
-	isIdent := func(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' }
-	skipSpace := func(i int) int {
-		for i < len(s) && strings.ContainsRune(" \t\r\n", rune(s[i])) {
-			i++
-		}
-		return i
-	}
-	skipString := func(i int) (int, error) {
-		q := s[i]
-		for j := i + 1; j < len(s); j++ {
-			if s[j] == '\\' && q != '`' {
-				j++
-				continue
-			}
-			if s[j] == q {
-				return j + 1, nil
-			}
-		}
-		return 0, fmt.Errorf("unterminated string at %d", i)
-	}
-	// matchers reads {a="x", b=~"y"} starting at '{' and returns the label names.
-	matchers := func(i int) ([]string, int, error) {
-		var ls []string
-		i++
-		for {
-			i = skipSpace(i)
-			if i >= len(s) {
-				return nil, 0, fmt.Errorf("unterminated {")
-			}
-			if s[i] == '}' {
-				return ls, i + 1, nil
-			}
-			if s[i] == ',' {
-				i++
-				continue
-			}
-			j := i
-			for j < len(s) && isIdent(s[j]) {
-				j++
-			}
-			if j == i {
-				return nil, 0, fmt.Errorf("label name expected at %d: %q", i, s[i:])
-			}
-			ls = append(ls, s[i:j])
-			i = skipSpace(j)
-			for i < len(s) && strings.ContainsRune("=!~", rune(s[i])) {
-				i++
-			}
-			i = skipSpace(i)
-			if i >= len(s) || !strings.ContainsRune("\"'`", rune(s[i])) {
-				return nil, 0, fmt.Errorf("label value expected at %d", i)
-			}
-			var err error
-			if i, err = skipString(i); err != nil {
-				return nil, 0, err
-			}
-		}
-	}
-	for i := 0; i < len(s); {
-		c := s[i]
-		switch {
-		case strings.ContainsRune(" \t\r\n", rune(c)):
-			i++
-		case c == '"' || c == '\'' || c == '`':
-			j, err := skipString(i)
-			if err != nil {
-				return r, err
-			}
-			i = j
-		case c == '[':
-			j := strings.IndexByte(s[i:], ']')
-			if j < 0 {
-				return r, fmt.Errorf("unterminated [")
-			}
-			i += j + 1
-		case c >= '0' && c <= '9' || c == '.':
-			for i < len(s) && (isIdent(s[i]) || s[i] == '.') {
-				i++
-			}
-		case c == '{':
-			ls, j, err := matchers(i)
-			if err != nil {
-				return r, err
-			}
-			r.labels[""] = append(r.labels[""], ls...)
-			if !contains(ls, "__name__") {
-				return r, fmt.Errorf("selector without a metric name at %d", i)
-			}
-			i = j
-		case isIdentStart(c):
-			j := i
-			for j < len(s) && isIdent(s[j]) {
-				j++
-			}
-			word := s[i:j]
-			k := skipSpace(j)
-			switch {
-			case promKeywords[strings.ToLower(word)]:
-				if k < len(s) && s[k] == '(' { // by (a, b), on (c) ...
-					end := strings.IndexByte(s[k:], ')')
-					if end < 0 {
-						return r, fmt.Errorf("unterminated (")
-					}
-					for _, l := range strings.Split(s[k+1:k+end], ",") {
-						if l = strings.TrimSpace(l); l != "" {
-							r.labels[""] = append(r.labels[""], l)
-						}
-					}
-					j = k + end + 1
-				}
-			case k < len(s) && s[k] == '(', promAggregations[word]:
-				// a function, or an aggregation (whose by/without may come first)
-			default:
-				r.metrics = append(r.metrics, word)
-				if k < len(s) && s[k] == '{' {
-					ls, e, err := matchers(k)
-					if err != nil {
-						return r, err
-					}
-					r.labels[word] = append(r.labels[word], ls...)
-					j = e
-				}
-			}
-			i = j
-		default:
-			i++
-		}
-	}
-	return r, nil
-}
-
-// checkPromQL reports every metric or label in expr that halt does not export.
+// checkPromQL parses expr with Prometheus's parser and reports every metric halt does
+// not export, every label matcher on a label its metric lacks, and every label an
+// aggregation groups by or a binary operation matches on that none of the metrics
+// under it carries.
 func checkPromQL(t *testing.T, where, expr string, exported map[string][]string) {
 	t.Helper()
-	refs, err := parsePromQL(expr)
-	if err != nil {
-		t.Errorf("%s: %q: %v", where, expr, err)
-		return
-	}
-	if len(refs.metrics) == 0 {
-		t.Errorf("%s: %q names no metric", where, expr)
-	}
-	known := map[string]bool{"job": true, "instance": true, "le": true, "quantile": true}
-	for _, m := range refs.metrics {
-		ls, ok := exported[m]
-		if !ok {
-			t.Errorf("%s: %q uses %s, which halt does not export", where, expr, m)
-			continue
-		}
-		for _, l := range ls {
-			known[l] = true
-		}
-		for _, l := range refs.labels[m] {
-			if l != "job" && l != "instance" && !contains(ls, l) {
-				t.Errorf("%s: %q: %s has no label %q (it has %v)", where, expr, m, l, ls)
-			}
-		}
-	}
-	for _, l := range refs.labels[""] {
-		if !known[l] {
-			t.Errorf("%s: %q groups or matches on %q, a label none of its metrics has", where, expr, l)
-		}
+	for _, p := range promQLProblems(expr, exported) {
+		t.Errorf("%s: %q: %s", where, expr, p)
 	}
 }
 
-func TestPromQLParser(t *testing.T) {
-	r, err := parsePromQL(`sum without (x) (c) + histogram_quantile(0.99, sum by (le, job) (rate(a_b_bucket{x="y}", z=~'q'}[$__rate_interval]))) / on (job) group_left b > 1e-3 or vector(0)`)
+// promQLProblems is checkPromQL's findings.
+func promQLProblems(expr string, exported map[string][]string) []string {
+	var out []string
+	report := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	// The functions and syntax a default Prometheus server accepts (no experimental ones).
+	e, err := parser.NewParser(parser.Options{}).ParseExpr(grafanaVars(expr))
 	if err != nil {
-		t.Fatal(err)
+		return []string{err.Error()}
 	}
-	if fmt.Sprint(r.metrics) != "[c a_b_bucket b]" || fmt.Sprint(r.labels["a_b_bucket"]) != "[x z]" || fmt.Sprint(r.labels[""]) != "[x le job job]" {
-		t.Fatalf("got %v %v", r.metrics, r.labels)
+	// Prometheus adds these to every scraped series.
+	base := []string{"job", "instance"}
+	// labelsUnder is the set of labels the series selected below n may carry.
+	labelsUnder := func(n parser.Node) map[string]bool {
+		known := map[string]bool{}
+		for _, l := range base {
+			known[l] = true
+		}
+		parser.Inspect(n, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok {
+				for _, l := range exported[selectorName(vs)] {
+					known[l] = true
+				}
+			}
+			return nil
+		})
+		return known
+	}
+	var metrics int
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		switch n := n.(type) {
+		case *parser.VectorSelector:
+			metrics++
+			name := selectorName(n)
+			ls, ok := exported[name]
+			if !ok {
+				report("uses %s, which halt does not export", name)
+				return nil
+			}
+			for _, m := range n.LabelMatchers {
+				if m.Name != "__name__" && !contains(base, m.Name) && !contains(ls, m.Name) {
+					report("%s has no label %q (it has %v)", name, m.Name, ls)
+				}
+			}
+		case *parser.AggregateExpr:
+			known := labelsUnder(n.Expr)
+			for _, l := range n.Grouping {
+				if !known[l] {
+					report("%s groups by %q, a label none of its metrics has", n.Op, l)
+				}
+			}
+		case *parser.BinaryExpr:
+			if n.VectorMatching == nil {
+				return nil
+			}
+			known := labelsUnder(n)
+			for _, l := range append(append([]string(nil), n.VectorMatching.MatchingLabels...), n.VectorMatching.Include...) {
+				if !known[l] {
+					report("%s matches on %q, a label none of its metrics has", n.Op, l)
+				}
+			}
+		}
+		return nil
+	})
+	if metrics == 0 {
+		report("names no metric")
+	}
+	return out
+}
+
+// selectorName is the metric a vector selector reads (its name or __name__ matcher).
+func selectorName(vs *parser.VectorSelector) string {
+	if vs.Name != "" {
+		return vs.Name
+	}
+	for _, m := range vs.LabelMatchers {
+		if m.Name == "__name__" {
+			return m.Value
+		}
+	}
+	return ""
+}
+
+// TestCheckPromQL proves checkPromQL catches what it must: an unknown metric, a label
+// its metric lacks, grouping or matching on a missing label, and a syntax error.
+func TestCheckPromQL(t *testing.T) {
+	exported := map[string][]string{"a_total": {"x"}, "b": {"y"}, "h_bucket": {"x", "le"}}
+	for _, c := range []struct {
+		expr string
+		bad  bool
+	}{
+		{`sum by (x) (rate(a_total{x="1"}[$__rate_interval]))`, false},
+		{`histogram_quantile(0.99, sum by (le, job) (rate(h_bucket[5m]))) / on (job) group_left b`, false},
+		{`sum by (y) (rate(a_total[5m]))`, true},            // a_total has no y
+		{`rate(a_total{z="1"}[5m])`, true},                  // nor z
+		{`c_total`, true},                                   // not exported
+		{`a_total / on (y) b`, false},                       // y is b's
+		{`a_total / on (z) b`, true},                        // nobody's
+		{`sum(rate(a_total[5m])`, true},                     // syntax
+		{`rate(a_total[5m] offset 1m) or vector(0)`, false}, // modifiers
+		{`rate(a_total[5m]) offset 1m`, true},               // misplaced modifier
+		{`irate_typo(a_total[5m])`, true},                   // unknown function
+		{`vector(1)`, true},                                 // names no metric
+	} {
+		got := promQLProblems(c.expr, exported)
+		if (len(got) > 0) != c.bad {
+			t.Errorf("%q: problems %q, want some: %v", c.expr, got, c.bad)
+		}
 	}
 }
 
@@ -407,6 +337,15 @@ func TestDashboard(t *testing.T) {
 	}
 	for name, q := range variableQueries(t, d) {
 		checkPromQL(t, "variable "+name, q[0], exported)
+		// label_values(selector, label): the label must be one the selected metric has.
+		e, err := parser.NewParser(parser.Options{}).ParseExpr(q[0])
+		if vs, ok := e.(*parser.VectorSelector); err == nil && ok {
+			if l := q[1]; l != "job" && l != "instance" && !contains(exported[selectorName(vs)], l) {
+				t.Errorf("variable %s: %s has no label %q", name, selectorName(vs), l)
+			}
+		} else {
+			t.Errorf("variable %s: %q is not a metric selector", name, q[0])
+		}
 	}
 	for _, want := range []string{
 		"Decisions by result", "Decisions by rule", "Over-limit ratio", "Request latency (p50, p99)",
@@ -422,36 +361,26 @@ func TestDashboard(t *testing.T) {
 
 // ---- the alert rules ----
 
-type alertRule struct {
-	Alert       string            `yaml:"alert"`
-	Expr        string            `yaml:"expr"`
-	For         string            `yaml:"for"`
-	Labels      map[string]string `yaml:"labels"`
-	Annotations map[string]string `yaml:"annotations"`
-}
-
-func loadAlerts(t *testing.T) []alertRule {
+// loadAlerts reads deploy/prometheus/alerts.yaml with Prometheus's own rule-file reader
+// (unknown fields refused, every rule validated as Prometheus loads it).
+func loadAlerts(t *testing.T) []rulefmt.Rule {
 	t.Helper()
-	doc := yamlDoc(t, repo("deploy", "prometheus", "alerts.yaml"))
-	b, _ := json.Marshal(doc)
-	var f struct {
-		Groups []struct {
-			Name  string      `json:"name"`
-			Rules []alertRule `json:"rules"`
-		} `json:"groups"`
+	path := repo("deploy", "prometheus", "alerts.yaml")
+	groups, errs := rulefmt.ParseFile(path, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	for _, err := range errs {
+		t.Error(err) // names the file and line
 	}
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
+	if groups == nil {
+		t.FailNow()
 	}
-	var rules []alertRule
-	for _, g := range f.Groups {
+	var rules []rulefmt.Rule
+	for _, g := range groups.Groups {
 		rules = append(rules, g.Rules...)
 	}
 	return rules
 }
 
 func TestAlertRules(t *testing.T) {
-	// The yaml tags above are for readers; the JSON round trip uses the field names.
 	rules := loadAlerts(t)
 	exported := exportedMetrics(t)
 	names := map[string]bool{}
