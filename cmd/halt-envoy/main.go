@@ -202,17 +202,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 func parseHeaders(s string) (headers.Families, error) {
-	var h headers.Families
-	for _, p := range strings.Split(s, ",") {
-		switch strings.TrimSpace(p) {
-		case "none", "":
-		case "ietf":
-			h.IETF = true
-		case "x-ratelimit":
-			h.XRateLimit = true
-		default:
-			return h, fmt.Errorf("headers: unknown family %q (want none, ietf, x-ratelimit)", p)
-		}
+	h, err := headers.Parse(strings.Split(s, ",")...)
+	if err != nil {
+		return h, fmt.Errorf("headers: %w", err)
 	}
 	return h, nil
 }

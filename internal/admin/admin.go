@@ -27,6 +27,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -385,7 +386,7 @@ func (h *Handler) getQuotas(w http.ResponseWriter, r *http.Request) {
 			PeriodStart:    d.PeriodStart.In(q.Location).Format(time.RFC3339),
 			PeriodEnd:      d.PeriodEnd.In(q.Location).Format(time.RFC3339),
 			ResetIn:        d.ResetAfter.Round(time.Second).String(),
-			ResetInSeconds: int64((d.ResetAfter + time.Second - 1) / time.Second),
+			ResetInSeconds: headers.Seconds(d.ResetAfter.Microseconds()),
 		})
 	}
 	h.finish(w, r, t, http.StatusOK, "read", nil)
@@ -468,7 +469,7 @@ func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
 	if st.Active {
 		ans.LockedUntil = st.Until.Format(time.RFC3339)
 		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
-		ans.RemainingLockoutSeconds = int64((st.Remaining + time.Second - 1) / time.Second)
+		ans.RemainingLockoutSeconds = headers.Seconds(st.Remaining.Microseconds())
 	}
 	result := "not locked"
 	if st.Active {

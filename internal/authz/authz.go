@@ -331,18 +331,9 @@ func (s *Server) rateHeaders(cfg *Config, d *engine.Decision) []*corev3.HeaderVa
 	if d == nil || d.Limit == nil {
 		return nil
 	}
-	var fam headers.Families
-	for _, h := range cfg.Headers {
-		switch h {
-		case "ietf":
-			fam.IETF = true
-		case "x-ratelimit":
-			fam.XRateLimit = true
-		}
-	}
 	var out []*corev3.HeaderValueOption
 	v := headers.Of(d.Limit, &d.Result)
-	fam.Render(&v, func(k, val string) { out = append(out, hv(k, val)) })
+	cfg.families.Render(&v, func(k, val string) { out = append(out, hv(k, val)) })
 	return out
 }
 

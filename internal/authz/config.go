@@ -18,6 +18,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/halt-envoy/halt-envoy/internal/headers"
 )
 
 // Config is one load of the authz configuration file (and its API key file).
@@ -45,9 +47,10 @@ type Config struct {
 	// UpstreamHeaders names the request headers that carry the customer and plan upstream.
 	UpstreamHeaders UpstreamHeaders `yaml:"upstream_headers"`
 
-	file  string
-	keys  map[[32]byte]APIKey
-	route []compiledRoute
+	file     string
+	keys     map[[32]byte]APIKey
+	route    []compiledRoute
+	families headers.Families // Headers, parsed
 }
 
 // IdentitySource is one way to identify a caller. Exactly one field is set.
@@ -261,13 +264,14 @@ func (c *Config) compile() error {
 		c.route = append(c.route, cr)
 	}
 	for _, h := range c.Headers {
-		if h != "ietf" && h != "x-ratelimit" && h != "none" {
-			errs = append(errs, fmt.Errorf("headers: unknown family %q (want ietf, x-ratelimit or none)", h))
+		if _, err := headers.Parse(h); err != nil {
+			errs = append(errs, fmt.Errorf("headers: %w", err))
 		}
 	}
 	if c.Headers == nil {
 		c.Headers = []string{"ietf", "x-ratelimit"}
 	}
+	c.families, _ = headers.Parse(c.Headers...) // an unknown name is an error above
 	if c.UpstreamHeaders.Customer == "" {
 		c.UpstreamHeaders.Customer = "x-halt-customer"
 	}

@@ -4,7 +4,9 @@
 package headers
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -16,6 +18,24 @@ type Families struct {
 	IETF bool
 	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
 	XRateLimit bool
+}
+
+// Parse reads family names: ietf, x-ratelimit, and none (or empty) for no family. It is
+// the one reader of the names, for the --headers flag and ext_authz's headers: list.
+func Parse(names ...string) (Families, error) {
+	var f Families
+	for _, n := range names {
+		switch strings.TrimSpace(n) {
+		case "none", "":
+		case "ietf":
+			f.IETF = true
+		case "x-ratelimit":
+			f.XRateLimit = true
+		default:
+			return f, fmt.Errorf("unknown family %q (want ietf, x-ratelimit or none)", n)
+		}
+	}
+	return f, nil
 }
 
 // Any reports whether at least one family is on.

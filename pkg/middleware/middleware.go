@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	hconfig "github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
@@ -31,16 +32,18 @@ import (
 // the server's own type, so both render the same fields.
 type Headers = headers.Families
 
-// FailureMode is what happens to a request when the store cannot answer.
-type FailureMode uint8
+// FailureMode is what happens to a request when the store cannot answer. It is the
+// server's own type (failure_mode in the configuration), so both name the modes alike.
+type FailureMode = hconfig.FailureMode
 
 // The failure modes. FailOpen is the default, as in the server: a rate limiter that
 // takes the site down with its store protects nothing.
 const (
-	// FailOpen lets the request through (and logs the store failure).
-	FailOpen FailureMode = iota
-	// FailClosed answers 503 with a problem body.
-	FailClosed
+	// FailOpen lets the request through (and logs the store failure): the server's
+	// failure_mode allow.
+	FailOpen = hconfig.FailAllow
+	// FailClosed answers 503 with a problem body: the server's failure_mode deny.
+	FailClosed = hconfig.FailDeny
 )
 
 // Option configures the middleware.
@@ -107,7 +110,10 @@ func ExemptCIDRs(prefixes ...netip.Prefix) Option {
 // WithHeaders selects the header families; both are on by default.
 func WithHeaders(h Headers) Option { return func(c *config) { c.headers = h } }
 
-// WithFailureMode chooses between FailOpen (the default) and FailClosed.
+// WithFailureMode chooses between FailOpen (the default, also the zero FailureMode) and
+// FailClosed. Any other mode refuses like FailClosed: without an Envoy to hand the
+// decision to (the server's failure_mode error), refusing is the side that keeps the
+// door shut.
 func WithFailureMode(m FailureMode) Option { return func(c *config) { c.failure = m } }
 
 // WithLogger receives store failures; the default discards them.
@@ -123,6 +129,9 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.failure == "" {
+		c.failure = FailOpen
 	}
 	if c.key == nil {
 		c.key = func(r *http.Request) string {
@@ -153,9 +162,9 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 			d, err := lim.AllowN(r.Context(), key, n)
 			if err != nil {
 				if ok, held := c.failLog.Allow(time.Now()); ok {
-					c.log.Warn("rate-limit store failed", "mode", c.failure.String(), "err", err, "similar_suppressed", held)
+					c.log.Warn("rate-limit store failed", "mode", string(c.failure), "err", err, "similar_suppressed", held)
 				}
-				if c.failure == FailClosed {
+				if c.failure != FailOpen {
 					w.Header().Set("Retry-After", "1")
 					problem(w, http.StatusServiceUnavailable, "Rate limiter unavailable", "the rate limiter cannot decide right now; retry shortly")
 					return
@@ -169,10 +178,10 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 				var secs int64
 				if d.RetryAfter < 0 {
 					// It can never pass; Retry-After still tells a client when to look again.
-					secs = max(ceilSeconds(d.ResetAfter), 1)
+					secs = max(headers.Seconds(d.ResetAfter.Microseconds()), 1)
 					detail = "this request costs more than the limit allows at once"
 				} else {
-					secs = max(ceilSeconds(d.RetryAfter), 1)
+					secs = max(headers.Seconds(d.RetryAfter.Microseconds()), 1)
 					detail = "rate limit exceeded; retry in " + strconv.FormatInt(secs, 10) + " s"
 				}
 				w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
@@ -185,14 +194,6 @@ func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
-}
-
-// String names the mode for logs.
-func (m FailureMode) String() string {
-	if m == FailClosed {
-		return "closed"
-	}
-	return "open"
 }
 
 // hold waits d (leaky-bucket shaping) and reports whether the request is still wanted.
@@ -258,9 +259,6 @@ func problem(w http.ResponseWriter, status int, title, detail string) {
 		Status int    `json:"status"`
 	}{"about:blank", title, detail, status})
 }
-
-// ceilSeconds rounds a wait up to whole seconds, as HTTP's Retry-After needs.
-func ceilSeconds(d time.Duration) int64 { return headers.Seconds(d.Microseconds()) }
 
 // ClientAddr returns the client's address: the connection's peer, or, when the peer is
 // one of the trusted proxies, the first X-Forwarded-For hop from the right that is not

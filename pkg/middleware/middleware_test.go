@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
@@ -223,6 +224,16 @@ func TestStoreFailure(t *testing.T) {
 	w := do(middleware.New(lim, middleware.WithFailureMode(middleware.FailClosed))(ok), "203.0.113.7:1", "/", nil)
 	if w.Code != 503 || w.Header().Get("Content-Type") != "application/problem+json" || w.Header().Get("Retry-After") != "1" {
 		t.Fatalf("fail closed: %d %v", w.Code, w.Header())
+	}
+	// The modes are the server's: FailOpen is failure_mode allow, FailClosed deny, the
+	// zero mode is the default (open), and error (no Envoy to decide here) refuses.
+	if middleware.FailOpen != config.FailAllow || middleware.FailClosed != config.FailDeny {
+		t.Fatalf("modes %q and %q are not the server's allow and deny", middleware.FailOpen, middleware.FailClosed)
+	}
+	for mode, want := range map[config.FailureMode]int{"": 200, config.FailAllow: 200, config.FailDeny: 503, config.FailError: 503} {
+		if w := do(middleware.New(lim, middleware.WithFailureMode(mode))(ok), "203.0.113.7:1", "/", nil); w.Code != want {
+			t.Errorf("mode %q: %d, want %d", mode, w.Code, want)
+		}
 	}
 }
 
