@@ -215,7 +215,10 @@ if [ -f deploy/prometheus/alerts.yaml ]; then
   if command -v promtool >/dev/null; then
     say "promtool check rules deploy/prometheus/alerts.yaml"
     peers_run_tracked promtool promtool check rules deploy/prometheus/alerts.yaml
-    prom_summary=ok
+    # the alerts' unit tests: each alert fires on its case and stays quiet on the other
+    say "promtool test rules deploy/prometheus/alerts_test.yaml"
+    peers_run_tracked promtool-test promtool test rules deploy/prometheus/alerts_test.yaml
+    prom_summary="rules checked and unit-tested"
   else
     echo "test.sh: WARNING: promtool not installed, deploy/prometheus/alerts.yaml not checked" >&2
     prom_summary="skipped (no promtool)"

@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
@@ -404,10 +406,46 @@ func TestAlertRules(t *testing.T) {
 			t.Errorf("alerts.yaml lacks %s", want)
 		}
 	}
+	// alerts_test.yaml (promtool's unit tests) has, for every alert, a case where it
+	// fires and one where it stays quiet.
+	var unit struct {
+		Tests []struct {
+			AlertRuleTest []struct {
+				Alertname string `yaml:"alertname"`
+				ExpAlerts []any  `yaml:"exp_alerts"`
+			} `yaml:"alert_rule_test"`
+		} `yaml:"tests"`
+	}
+	if err := yaml.Unmarshal(mustRead(t, repo("deploy", "prometheus", "alerts_test.yaml")), &unit); err != nil {
+		t.Fatalf("alerts_test.yaml: %v", err)
+	}
+	fires, quiet := map[string]bool{}, map[string]bool{}
+	for _, tc := range unit.Tests {
+		for _, a := range tc.AlertRuleTest {
+			if !names[a.Alertname] {
+				t.Errorf("alerts_test.yaml tests %s, which alerts.yaml does not define", a.Alertname)
+			}
+			if len(a.ExpAlerts) > 0 {
+				fires[a.Alertname] = true
+			} else {
+				quiet[a.Alertname] = true
+			}
+		}
+	}
+	for name := range names {
+		if !fires[name] || !quiet[name] {
+			t.Errorf("alerts_test.yaml: %s needs a case where it fires (%v) and one where it stays quiet (%v)", name, fires[name], quiet[name])
+		}
+	}
+
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		out, err := exec.Command(promtool, "check", "rules", repo("deploy", "prometheus", "alerts.yaml")).CombinedOutput()
 		if err != nil {
 			t.Errorf("promtool check rules: %v\n%s", err, out)
+		}
+		out, err = exec.Command(promtool, "test", "rules", repo("deploy", "prometheus", "alerts_test.yaml")).CombinedOutput()
+		if err != nil {
+			t.Errorf("promtool test rules: %v\n%s", err, out)
 		}
 		out, err = exec.Command(promtool, "check", "config", repo("deploy", "prometheus", "prometheus.yml")).CombinedOutput()
 		if err != nil {
