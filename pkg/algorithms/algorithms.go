@@ -19,34 +19,41 @@ import (
 // Algorithm names one decision rule.
 type Algorithm uint8
 
-// The algorithms. The zero value is invalid so a forgotten field is caught by validation
-// instead of silently meaning "fixed window".
+// The algorithms, with their wire values. The numbers are a wire format, not an
+// enumeration: the Redis Lua script and the PostgreSQL function (which get them injected
+// from these constants when they load) read them in every op, state written by one
+// release is decided by the next, and replicas of different releases share one store
+// during a rolling upgrade. So a number is never changed or reused: a new algorithm takes
+// the next free number, and a removed one leaves a hole. TestWireNumbers pins them.
+// The zero value is invalid so a forgotten field is caught by validation instead of
+// silently meaning "fixed window".
 const (
 	// FixedWindow counts hits in windows aligned to multiples of the period since the
 	// Unix epoch, exactly as the reference Envoy rate-limit service does. Denied hits are
 	// counted too (as there), so a client that keeps hammering stays denied.
-	FixedWindow Algorithm = iota + 1
+	FixedWindow Algorithm = 1
 	// TokenBucket refills continuously at Requests per Period up to Burst tokens; a
 	// denied request takes nothing. It is implemented as GCRA, so its state is one number.
-	TokenBucket
+	TokenBucket Algorithm = 2
 	// SlidingWindow is the exact sliding log: a request passes when the cost admitted in
 	// (now-Period, now] plus its own cost is within Requests. Memory grows with Requests.
-	SlidingWindow
+	SlidingWindow Algorithm = 3
 	// SlidingWindowCounter is the O(1) estimate of a sliding window: the previous fixed
 	// window's count weighted by how much of it still overlaps, plus the current count.
-	SlidingWindowCounter
+	SlidingWindowCounter Algorithm = 4
 	// LeakyBucket drains at Requests per Period from a bucket of Burst capacity. As a
 	// meter it admits the same traffic as TokenBucket; with MaxDelay it shapes traffic
 	// by telling the caller how long to hold each admitted request.
-	LeakyBucket
+	LeakyBucket Algorithm = 5
 	// Calendar is a counter over caller-given bounds [WindowStart, WindowEnd): calendar
 	// quotas (a month has no fixed length). Denied hits are not counted, so a customer's
 	// quota is not burned by requests it never got served.
-	Calendar
+	Calendar Algorithm = 6
 	// Penalty is the progressive lockout state of one identity; see DecidePenalty.
-	Penalty
+	Penalty Algorithm = 7
 
-	numAlgorithms = iota
+	// numAlgorithms is the highest wire value in use.
+	numAlgorithms = 7
 )
 
 var algorithmNames = [numAlgorithms + 1]string{
@@ -376,13 +383,9 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 
 // DecideCalendar: A is the window start, B the cost admitted in it. Bounds come from l.
 func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
-	start := l.WindowStart
-	if s.A != start {
-		if s.A > start && s.A < l.WindowEnd {
-			start = s.A // clock went back: keep the newer window's count
-		} else {
-			s.A, s.B = start, 0
-		}
+	// A state from a later window than this one (the clock went back) keeps its count.
+	if s.A != l.WindowStart && (s.A <= l.WindowStart || s.A >= l.WindowEnd) {
+		s.A, s.B = l.WindowStart, 0
 	}
 	reset := l.WindowEnd - now
 	if reset < 0 {

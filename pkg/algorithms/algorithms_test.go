@@ -369,3 +369,26 @@ func BenchmarkSlidingWindowCounter(b *testing.B) {
 func BenchmarkLeakyBucket(b *testing.B) {
 	benchmark(b, LeakyBucket, Limit{Requests: 100, Period: sec, MaxDelay: 50 * ms})
 }
+
+// TestWireNumbers pins every algorithm's wire value: the Lua and SQL ports receive these
+// numbers, stored state and replicas of other releases depend on them, so a change here
+// is a breaking change of the store format, never a refactoring.
+func TestWireNumbers(t *testing.T) {
+	want := map[string]uint8{
+		"fixed_window": 1, "token_bucket": 2, "sliding_window": 3, "sliding_window_counter": 4,
+		"leaky_bucket": 5, "calendar": 6, "penalty": 7,
+	}
+	seen := 0
+	for a := Algorithm(1); a != 0; a++ {
+		if !a.Valid() {
+			continue
+		}
+		seen++
+		if n, ok := want[a.String()]; !ok || n != uint8(a) {
+			t.Errorf("%s has wire value %d, pinned at %d (0 = not pinned): a wire value never changes", a, uint8(a), n)
+		}
+	}
+	if seen != len(want) {
+		t.Errorf("%d algorithms are valid, %d are pinned: pin a new one here with the next free number", seen, len(want))
+	}
+}

@@ -2,6 +2,8 @@ package backends
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,5 +48,30 @@ func TestBackoff(t *testing.T) {
 	}
 	if err := b.Wait(ctx, 5); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestInject(t *testing.T) {
+	var src strings.Builder
+	for a := algorithms.Algorithm(1); a.Valid(); a++ {
+		fmt.Fprintf(&src, "local A%d = 0 -- halt:%s\n", a, a)
+	}
+	src.WriteString("  m CONSTANT bigint := -1; -- halt:max_count  \nx = 5 -- not a marker\n")
+	out, err := Inject(src.String(), WireValues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"local A1 = 1 -- halt:fixed_window\n", "local A7 = 7 -- halt:penalty\n",
+		"m CONSTANT bigint := 4503599627370496; -- halt:max_count", "x = 5 -- not a marker"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("injected script lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := Inject(src.String()+"y = 0 -- halt:no_such_value\n", WireValues()); err == nil || !strings.Contains(err.Error(), "no_such_value") {
+		t.Errorf("unknown marker: %v", err)
+	}
+	lost := strings.Replace(src.String(), "-- halt:calendar", "-- calendar", 1)
+	if _, err := Inject(lost, WireValues()); err == nil || !strings.Contains(err.Error(), "calendar") {
+		t.Errorf("a lost algorithm marker: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -485,5 +486,112 @@ func TestDroppedTable(t *testing.T) {
 	}
 	if present, err := schemaPresent(ctx, s.pool, s.names); err != nil || !present {
 		t.Fatalf("after Migrate: present=%v err=%v", present, err)
+	}
+}
+
+// TestMigrateFromVersion1 upgrades a deployment made by a release at schema version 1
+// (testdata/schema_v1.sql, that release's exact DDL): a store told not to migrate refuses
+// it naming `halt-envoy migrate`, migrating replaces the function (its text now carries
+// the injected wire numbers) and records version 2, and counters survive.
+func TestMigrateFromVersion1(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	n := namesFor(table)
+	v1, err := os.ReadFile("testdata/schema_v1.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := parseURL(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	sql := strings.NewReplacer("{{T}}", n.table, "{{F}}", n.fn).Replace(string(v1))
+	for _, stmt := range strings.Split(sql, "\n-- statement\n")[1:] {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatalf("v1 DDL: %v", err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+versionTable+` (table_name text PRIMARY KEY, version integer NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+versionTable+` VALUES ($1, 1)`, table); err != nil {
+		t.Fatal(err)
+	}
+	// One hit of a fixed window of 2 per minute, decided by the v1 function.
+	now := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
+	params := make([]int64, opStride)
+	copy(params, []int64{int64(algorithms.FixedWindow), 2, 60_000_000, 0, 0, 0, 0, 1, 0})
+	var res []int64
+	if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint)`, []string{"k"}, params, now).Scan(&res); err != nil {
+		t.Fatalf("v1 function: %v", err)
+	}
+	if len(res) != resStride || res[1] != 1 || res[3] != 1 {
+		t.Fatalf("v1 function answered %v, want one admitted hit with 1 remaining", res)
+	}
+
+	if _, err := Open(ctx, dsn, Config{Table: table, SkipMigrate: true, CleanupInterval: -1}, backends.Options{Timeout: 5 * time.Second}); err == nil || !strings.Contains(err.Error(), "halt-envoy migrate") {
+		t.Fatalf("migrate=false opened a version 1 table: %v", err)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	var version int
+	var src string
+	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != SchemaVersion {
+		t.Fatalf("recorded version %d (%v), want %d", version, err, SchemaVersion)
+	}
+	if err := conn.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)`, n.fn+"(text[], bigint[], bigint)").Scan(&src); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(src, "a_fixed_window CONSTANT bigint := 1; -- halt:fixed_window") {
+		t.Fatalf("the function was not replaced by schema.sql's:\n%.300s", src)
+	}
+	s := openTest(t, dsn, table, Config{SkipMigrate: true})
+	defer s.Close()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 2, Period: 60_000_000}, Cost: 1}
+	if err := s.Apply(ctx, now+1, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	if !op.Result.Allowed || op.Result.Remaining != 0 {
+		t.Fatalf("second hit after the migration: %+v, want admitted with 0 remaining (the v1 hit counted)", op.Result)
+	}
+}
+
+// TestSchemaFile checks what schema.sql becomes for a table: every statement present,
+// every name of the default table replaced, every wire number injected.
+func TestSchemaFile(t *testing.T) {
+	n := namesFor("rl_custom")
+	stmts, err := schemaStatements(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var whats []string
+	for _, s := range stmts {
+		whats = append(whats, s.what)
+		if strings.Contains(s.sql, "halt_state") {
+			t.Errorf("%s still names the default table:\n%s", s.what, s.sql)
+		}
+	}
+	want := []string{`create table halt_schema_version`, `create table "rl_custom"`, `create index "rl_custom_expires_idx"`, `create function "rl_custom_apply"`}
+	if strings.Join(whats, "|") != strings.Join(want, "|") {
+		t.Fatalf("statements %q, want %q", whats, want)
+	}
+	fn := stmts[3].sql
+	for _, line := range []string{
+		"a_penalty CONSTANT bigint := 7; -- halt:penalty",
+		"maxcount CONSTANT bigint := 4503599627370496; -- halt:max_count",
+		"op_stride CONSTANT int := 17; -- halt:op_stride",
+		"res_stride CONSTANT int := 8; -- halt:res_stride",
+		`FROM "rl_custom" s WHERE s.key = k FOR UPDATE`,
+	} {
+		if !strings.Contains(fn, line) {
+			t.Errorf("function lacks %q", line)
+		}
 	}
 }

@@ -282,6 +282,7 @@ type Store struct {
 	timeout time.Duration
 	client  goredis.UniversalClient
 	slots   *slotTable // Cluster only
+	script  string     // decide.lua, wire numbers injected
 	sha     string
 	flag    string // ARGV[2]: "1" when the script reads TIME
 	cache   *denyCache
@@ -313,12 +314,17 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 	if cfg.Timeout > 0 {
 		timeout = cfg.Timeout
 	}
+	script, err := decideScript()
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
 		cfg:     cfg,
 		log:     opt.Logger.With("store", "redis"),
 		prefix:  opt.KeyPrefix,
 		timeout: timeout,
-		sha:     goredis.NewScript(luaDecide).Hash(),
+		script:  script,
+		sha:     goredis.NewScript(script).Hash(),
 		flag:    "0",
 	}
 	if cfg.ServerTime {
@@ -401,10 +407,10 @@ const defaultPipelines = 1
 func (s *Store) loadScript(ctx context.Context) error {
 	if cc, ok := s.client.(*goredis.ClusterClient); ok {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
-			return c.ScriptLoad(ctx, luaDecide).Err()
+			return c.ScriptLoad(ctx, s.script).Err()
 		})
 	}
-	return s.client.ScriptLoad(ctx, luaDecide).Err()
+	return s.client.ScriptLoad(ctx, s.script).Err()
 }
 
 // Apply decides every op at now. Ops on keys in one cluster slot (all ops outside
@@ -550,7 +556,7 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 		c := calls[0]
 		cmd := s.client.EvalSha(ctx, s.sha, c.keys, c.spec, s.flag)
 		if isNoScript(cmd.Err()) {
-			cmd = s.client.Eval(ctx, luaDecide, c.keys, c.spec, s.flag)
+			cmd = s.client.Eval(ctx, s.script, c.keys, c.spec, s.flag)
 		}
 		c.reply, c.err = cmd.Text()
 		return
@@ -575,7 +581,7 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	pipe = s.client.Pipeline()
 	for _, i := range again {
 		c := calls[i]
-		cmds[i] = pipe.Eval(ctx, luaDecide, c.keys, c.spec, s.flag)
+		cmds[i] = pipe.Eval(ctx, s.script, c.keys, c.spec, s.flag)
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, i := range again {

@@ -1,6 +1,7 @@
 package redis
 
 import (
+	_ "embed"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -9,9 +10,11 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
-// luaDecide is the whole decision path on the server: one call decides every op of a
+// decideLua is the whole decision path on the server: one call decides every op of a
 // group (all keys in one slot), in order, each op reading and writing its own key, so the
-// same key twice in one call sees its own earlier update.
+// same key twice in one call sees its own earlier update. It lives in decide.lua so that
+// Lua tools can read it; its wire numbers (algorithms, bounds) are placeholders that
+// decideScript replaces with the Go constants.
 //
 // It is a line-by-line port of pkg/algorithms. Lua numbers are doubles; every quantity is
 // an integer below 2^53 (times are microseconds), so + - * and comparisons are exact and
@@ -29,359 +32,20 @@ import (
 //
 // The reply is seven float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
 // state), limit, remaining, reset_after, retry_after, delay, ttl.
-const luaDecide = `
-local MAXC = 4503599627370496
-local floor = math.floor
-local fmt = string.format
+//
+//go:embed decide.lua
+var decideLua string
 
-local function satadd(a, b)
-  if a > MAXC - b then return MAXC end
-  return a + b
-end
+// decideScript returns decide.lua with the wire numbers of pkg/algorithms injected.
+func decideScript() (string, error) {
+	src, err := backends.Inject(decideLua, backends.WireValues())
+	if err != nil {
+		return "", fmt.Errorf("redis: decide.lua: %w", err)
+	}
+	return src, nil
+}
 
-local function wstart(now, p)
-  return now - (now % p)
-end
-
-local function ceildiv(a, b)
-  if a <= 0 then return 0 end
-  return floor((a + b - 1) / b)
-end
-
-local function fixed(s, now, R, P, cost)
-  local start = wstart(now, P)
-  if s[1] == start then
-  elseif s[1] > start and s[1] < start + P * 2 then
-    start = s[1]
-  else
-    s[1] = start; s[2] = 0
-  end
-  s[2] = satadd(s[2], cost)
-  local reset = start + P - now
-  if s[2] <= R then return 1, R, R - s[2], reset, 0, 0, reset end
-  if cost > R then return 0, R, 0, reset, -1, 0, reset end
-  return 0, R, 0, reset, reset, 0, reset
-end
-
-local function calendar(s, now, R, WS, WE, cost)
-  if s[1] ~= WS then
-    if not (s[1] > WS and s[1] < WE) then
-      s[1] = WS; s[2] = 0
-    end
-  end
-  local reset = WE - now
-  if reset < 0 then reset = 0 end
-  local allowed, retry = 0, 0
-  if s[2] + cost <= R then
-    s[2] = s[2] + cost; allowed = 1
-  elseif cost > R then
-    retry = -1
-  else
-    retry = reset
-  end
-  local rem = R - s[2]
-  if rem < 0 then rem = 0 end
-  return allowed, R, rem, reset, retry, 0, reset
-end
-
-local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
-  local cap = R
-  if burst > 0 then cap = burst end
-  if R <= 0 or cap <= 0 then
-    if cost == 0 then return 1, cap, 0, 0, -1, 0, 0 end
-    return 0, cap, 0, 0, -1, 0, 0
-  end
-  local t = ceildiv(P, R)
-  local tau = cap * t
-  local tat = s[1]
-  if tat < now then tat = now end
-  local backlog = tat - now
-  if backlog > tau then backlog = tau end
-  if cost > cap then
-    return 0, cap, floor((tau - backlog) / t), backlog, -1, 0, backlog
-  end
-  local nxt = backlog + cost * t
-  local waitok = (not shape) or maxdelay <= 0 or backlog <= maxdelay
-  if nxt <= tau and waitok then
-    if cost > 0 then s[1] = now + nxt end
-    local delay = 0
-    if shape and maxdelay > 0 then delay = backlog end
-    return 1, cap, floor((tau - nxt) / t), nxt, 0, delay, nxt
-  end
-  local retry = nxt - tau
-  if (not waitok) and backlog - maxdelay > retry then retry = backlog - maxdelay end
-  return 0, cap, floor((tau - backlog) / t), backlog, retry, 0, backlog
-end
-
--- lg = {at = {...}, c = {...}, n = count, dirty = bool}
-local function sliding(lg, now, R, P, cost)
-  local cut = now - P
-  local at, c, n = lg.at, lg.c, lg.n
-  local drop = 0
-  while drop < n and at[drop + 1] <= cut do drop = drop + 1 end
-  if drop > 0 then
-    for i = 1, n - drop do
-      at[i] = at[i + drop]; c[i] = c[i + drop]
-    end
-    for i = n - drop + 1, n do
-      at[i] = nil; c[i] = nil
-    end
-    n = n - drop
-    lg.dirty = true
-  end
-  local used = 0
-  for i = 1, n do used = used + c[i] end
-  local allowed, retry = 0, 0
-  if used + cost <= R then
-    allowed = 1
-    if cost > 0 then
-      if n > 0 and at[n] >= now then
-        c[n] = c[n] + cost
-      else
-        n = n + 1; at[n] = now; c[n] = cost
-      end
-      used = used + cost
-      lg.dirty = true
-    end
-  elseif cost > R then
-    retry = -1
-  else
-    local need = used + cost - R
-    for i = 1, n do
-      need = need - c[i]
-      if need <= 0 then
-        retry = at[i] + P - now
-        break
-      end
-    end
-  end
-  lg.n = n
-  local rem = R - used
-  if rem < 0 then rem = 0 end
-  local reset = 0
-  if n > 0 then reset = at[n] + P - now end
-  return allowed, R, rem, reset, retry, 0, reset
-end
-
-local function swcretry(s, now, cur, p, limit, cost)
-  local room = limit - s[2] - cost
-  if room >= 0 and s[3] > 0 then
-    local e = p - floor((room + 1) * p / s[3])
-    if e < 0 then e = 0 end
-    local i = 0
-    while i < 8 and e < p and floor(s[3] * (p - e) / p) > room do
-      e = e + 1; i = i + 1
-    end
-    return cur + e - now
-  end
-  room = limit - cost
-  if s[2] == 0 then return cur + p - now end
-  local e = p - floor((room + 1) * p / s[2])
-  if e < 0 then e = 0 end
-  local i = 0
-  while i < 8 and e < p and floor(s[2] * (p - e) / p) > room do
-    e = e + 1; i = i + 1
-  end
-  return cur + p + e - now
-end
-
-local function swc(s, now, R, P, cost)
-  local cur = wstart(now, P)
-  if s[1] == cur then
-  elseif s[1] == cur - P then
-    s[3] = s[2]; s[1] = cur; s[2] = 0
-  elseif s[1] > cur and s[1] < cur + 2 * P then
-    cur = s[1]
-  else
-    s[1] = cur; s[2] = 0; s[3] = 0
-  end
-  local el = now - cur
-  if el < 0 then el = 0 end
-  local w = floor(s[3] * (P - el) / P)
-  local allowed, retry = 0, 0
-  if w + s[2] + cost <= R then
-    s[2] = satadd(s[2], cost); allowed = 1
-  elseif cost > R then
-    retry = -1
-  else
-    retry = swcretry(s, now, cur, P, R, cost)
-  end
-  local rem = R - w - s[2]
-  if rem < 0 then rem = 0 end
-  local reset = 0
-  if s[2] > 0 then
-    reset = cur + 2 * P - now
-  elseif s[3] > 0 then
-    reset = cur + P - now
-  end
-  return allowed, R, rem, reset, retry, 0, reset
-end
-
-local function penalty(s, now, R, P, steps, ladder, cost)
-  if now >= s[1] then
-    if not (s[4] == 0 or P <= 0 or now <= s[4]) then
-      local quiet = now - s[4]
-      if s[1] > s[4] then quiet = now - s[1] end
-      if quiet >= P then
-        s[3] = 0
-        local st = floor(quiet / P)
-        if st >= s[2] then s[2] = 0 else s[2] = s[2] - st end
-      end
-    end
-  end
-  if cost > 0 and now >= s[1] then
-    s[3] = satadd(s[3], cost)
-    s[4] = now
-    if s[3] >= R then
-      if s[2] < steps then s[2] = s[2] + 1 end
-      s[1] = now + ladder[s[2]]
-      s[3] = 0
-    end
-  end
-  local allowed, rem, reset, retry, ttl = 0, 0, 0, 0, 0
-  if now < s[1] then
-    reset = s[1] - now; retry = reset
-  else
-    allowed = 1
-    rem = R - s[3]
-    if rem < 0 then rem = 0 end
-  end
-  if s[4] ~= 0 or s[1] ~= 0 then
-    local e = s[1]
-    if s[4] > e then e = s[4] end
-    ttl = e + (s[2] + 1) * P - now
-    if ttl < 0 then ttl = 0 end
-  end
-  return allowed, R, rem, reset, retry, 0, ttl
-end
-
-local usetime = ARGV[2] == '1'
-local tnow = 0
-if usetime then
-  local t = redis.call('TIME')
-  tnow = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local unpack, pack = struct.unpack, struct.pack
-local spec = ARGV[1]
-local pos = 1
-local out = {}
-
-local function int(v)
-  return v == floor(v) and v > -9007199254740992 and v < 9007199254740992
-end
-
-for i = 1, #KEYS do
-  local key = KEYS[i]
-  local now, alg, cost, R
-  now, alg, cost, R, pos = unpack('<dddd', spec, pos)
-  if usetime then now = tnow end
-  local P, burst, maxdelay, ws, we, steps, ladder = 0, 0, 0, 0, 0, 0, nil
-  if alg == 2 or alg == 5 then
-    P, burst, maxdelay, pos = unpack('<ddd', spec, pos)
-  elseif alg == 6 then
-    ws, we, pos = unpack('<dd', spec, pos)
-  elseif alg == 7 then
-    P, steps, pos = unpack('<dd', spec, pos)
-    ladder = {}
-    for j = 1, steps do ladder[j], pos = unpack('<d', spec, pos) end
-  else
-    P, pos = unpack('<d', spec, pos)
-  end
-
-  local raw = redis.pcall('GET', key)
-  local code = 0
-  local s, rest = nil, ''
-  if type(raw) == 'table' then
-    code = 2
-  elseif raw then
-    local len = #raw
-    local b1, b2 = string.byte(raw, 1, 2)
-    if len >= 34 and b1 == 104 and b2 == 50 then
-      local a, b, c, d = unpack('<dddd', raw, 3)
-      if int(a) and int(b) and int(c) and int(d) then
-        s = {a, b, c, d}
-        if len > 34 then
-          local n = len >= 42 and unpack('<d', raw, 35)
-          if n and int(n) and n >= 0 and n <= 10000 and len == 42 + 16 * n then
-            rest = string.sub(raw, 35)
-          else
-            s = nil
-          end
-        end
-      end
-    end
-    if not s then code = 3 end
-  else
-    s = {0, 0, 0, 0}
-  end
-
-  local lg = nil
-  if s and alg == 3 then
-    lg = {at = {}, c = {}, n = 0, dirty = false}
-    if rest ~= '' then
-      local n, p = unpack('<d', rest, 1)
-      local at, cc = lg.at, lg.c
-      for j = 1, n do
-        at[j], cc[j], p = unpack('<dd', rest, p)
-        if not (int(at[j]) and int(cc[j])) then s = nil; code = 3; break end
-      end
-      lg.n = n
-    end
-  end
-
-  if s == nil then
-    out[i] = pack('<ddddddd', code, 0, 0, 0, 0, 0, 0)
-  else
-    local o1, o2, o3, o4 = s[1], s[2], s[3], s[4]
-    local al, lim, rem, reset, retry, delay, ttl
-    if alg == 1 then
-      al, lim, rem, reset, retry, delay, ttl = fixed(s, now, R, P, cost)
-    elseif alg == 2 then
-      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, false)
-    elseif alg == 3 then
-      al, lim, rem, reset, retry, delay, ttl = sliding(lg, now, R, P, cost)
-    elseif alg == 4 then
-      al, lim, rem, reset, retry, delay, ttl = swc(s, now, R, P, cost)
-    elseif alg == 5 then
-      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, true)
-    elseif alg == 6 then
-      al, lim, rem, reset, retry, delay, ttl = calendar(s, now, R, ws, we, cost)
-    elseif alg == 7 then
-      al, lim, rem, reset, retry, delay, ttl = penalty(s, now, R, P, steps, ladder, cost)
-    else
-      al, lim, rem, reset, retry, delay, ttl = 0, 0, 0, 0, -1, 0, 0
-    end
-    out[i] = pack('<ddddddd', al, lim, rem, reset, retry, delay, ttl)
-
-    local dirty = s[1] ~= o1 or s[2] ~= o2 or s[3] ~= o3 or s[4] ~= o4
-    if lg and lg.dirty then
-      dirty = true
-      if lg.n == 0 then
-        rest = ''
-      else
-        local parts = {pack('<d', lg.n)}
-        for j = 1, lg.n do
-          parts[j + 1] = pack('<dd', lg.at[j], lg.c[j])
-        end
-        rest = table.concat(parts)
-      end
-    end
-    if dirty then
-      if s[1] == 0 and s[2] == 0 and s[3] == 0 and s[4] == 0 and rest == '' then
-        if raw then redis.call('DEL', key) end
-      else
-        local us = ttl
-        if us < 1000000 then us = 1000000 end
-        local ms = floor(us / 1000) + 1000
-        redis.call('SET', key, 'h2' .. pack('<dddd', s[1], s[2], s[3], s[4]) .. rest, 'PX', fmt('%d', ms))
-      end
-    end
-  end
-end
-return table.concat(out)
-`
-
-// appendOp appends op's inputs to the ARGV[1] spec, in the order luaDecide reads them,
+// appendOp appends op's inputs to the ARGV[1] spec, in the order decide.lua reads them,
 // each as a little-endian float64 (exact: every value is an integer below 2^53).
 func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	l := &op.Limit
