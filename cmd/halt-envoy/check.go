@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 )
@@ -39,51 +38,21 @@ func parseDescriptor(s string) ([]config.Entry, error) {
 	return out, nil
 }
 
-// checkReport is what `halt-envoy check` prints for one descriptor.
+// checkReport is what `halt-envoy check` prints for one descriptor: the matched rule in
+// its one JSON form (config.RuleView, inlined), as /config shows it.
 type checkReport struct {
-	Descriptor string        `json:"descriptor"`
-	Exempt     string        `json:"exempt,omitempty"`
-	Matched    bool          `json:"matched"`
-	Rule       string        `json:"rule,omitempty"`
-	Path       string        `json:"path,omitempty"`
-	Source     string        `json:"source,omitempty"`
-	Policy     string        `json:"policy,omitempty"`
-	Plan       string        `json:"plan,omitempty"`
-	Fallback   bool          `json:"plan_fallback,omitempty"`
-	Unlimited  bool          `json:"unlimited,omitempty"`
-	Shadow     bool          `json:"shadow_mode,omitempty"`
-	Cost       int64         `json:"cost,omitempty"`
-	Failure    string        `json:"failure_mode,omitempty"`
-	Limits     []checkLimit  `json:"limits,omitempty"`
-	Quotas     []checkQuota  `json:"quotas,omitempty"`
-	Penalty    *checkPenalty `json:"penalty,omitempty"`
+	Descriptor string `json:"descriptor"`
+	Exempt     string `json:"exempt,omitempty"`
+	Matched    bool   `json:"matched"`
+	// Rule is the rule's name again, and Source its file:line, as check printed them
+	// before the view was inlined.
+	Rule   string `json:"rule,omitempty"`
+	Source string `json:"source,omitempty"`
+	*config.RuleView
+	// Penalty is the whole penalty policy where the view names it: check has no list of
+	// penalties to point into. Being shallower, it replaces the view's "penalty".
+	Penalty *config.PenaltyView `json:"penalty,omitempty"`
 }
-
-type checkLimit struct {
-	Name      string `json:"name,omitempty"`
-	Algorithm string `json:"algorithm"`
-	Requests  int64  `json:"requests"`
-	Period    string `json:"period"`
-	Burst     int64  `json:"burst,omitempty"`
-	MaxDelay  string `json:"max_delay,omitempty"`
-}
-
-type checkQuota struct {
-	Name     string `json:"name"`
-	Period   string `json:"period"`
-	Requests int64  `json:"requests"`
-	TimeZone string `json:"time_zone"`
-}
-
-type checkPenalty struct {
-	Name      string   `json:"name"`
-	Threshold int64    `json:"threshold"`
-	Severity  int64    `json:"severity"`
-	Ladder    []string `json:"ladder"`
-	Decay     string   `json:"decay"`
-}
-
-func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
 // check answers "which rule would this descriptor hit, and how" without a server.
 func check(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -144,25 +113,11 @@ func describe(set *config.Set, domain string, entries []config.Entry) checkRepor
 		return r
 	}
 	r.Matched = true
-	r.Rule, r.Path, r.Policy, r.Plan, r.Fallback = rule.Name, rule.Path, rule.Policy, rule.Plan, rule.PlanFallback
-	r.Source = fmt.Sprintf("%s:%d", rule.File, rule.Line)
-	r.Unlimited, r.Shadow, r.Cost, r.Failure = rule.Unlimited, rule.ShadowMode, rule.Cost, string(rule.FailureMode)
-	for _, l := range rule.Limits {
-		cl := checkLimit{Name: l.Name, Algorithm: l.Algorithm.String(), Requests: l.Params.Requests, Period: l.Period().String(), Burst: l.Params.Burst}
-		if l.Params.MaxDelay > 0 {
-			cl.MaxDelay = us(l.Params.MaxDelay).String()
-		}
-		r.Limits = append(r.Limits, cl)
-	}
-	for _, q := range rule.Quotas {
-		r.Quotas = append(r.Quotas, checkQuota{Name: q.Name, Period: q.Period.String(), Requests: q.Requests, TimeZone: q.Location.String()})
-	}
+	v := rule.View()
+	r.Rule, r.Source, r.RuleView = rule.Name, fmt.Sprintf("%s:%d", rule.File, rule.Line), &v
 	if p := rule.Penalty; p != nil {
-		cp := &checkPenalty{Name: p.Name, Threshold: p.Params.Requests, Severity: p.Severity, Decay: us(p.Params.Period).String()}
-		for i := 0; i < p.Params.Steps; i++ {
-			cp.Ladder = append(cp.Ladder, us(p.Params.Ladder[i]).String())
-		}
-		r.Penalty = cp
+		pv := p.View()
+		r.Penalty = &pv
 	}
 	return r
 }
@@ -183,7 +138,7 @@ func printReport(w io.Writer, r *checkReport) {
 	}
 	if r.Plan != "" {
 		note := ""
-		if r.Fallback {
+		if r.PlanFallback {
 			note = " (unknown plan named: the default plan applies)"
 		}
 		fmt.Fprintf(w, "  plan     %s%s\n", r.Plan, note)
@@ -213,11 +168,11 @@ func printReport(w io.Writer, r *checkReport) {
 	if r.Cost > 1 {
 		fmt.Fprintf(w, "  cost     %d hits per request\n", r.Cost)
 	}
-	if r.Shadow {
+	if r.ShadowMode {
 		fmt.Fprintln(w, "  shadow mode: over-limit answers OK (counted as shadow)")
 	}
-	if r.Failure != "" {
-		fmt.Fprintf(w, "  failure  %s when the store fails\n", r.Failure)
+	if r.FailureMode != "" {
+		fmt.Fprintf(w, "  failure  %s when the store fails\n", r.FailureMode)
 	}
 }
 

@@ -38,6 +38,19 @@ func TestCheckCommand(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &reports); err != nil || len(reports) != 1 || !reports[0].Matched || reports[0].Limits[0].Requests != 600 {
 		t.Fatalf("json report: %v %s", err, out.String())
 	}
+
+	// The report inlines the rule's view (config.RuleView, as /config shows it), with the
+	// whole penalty policy where the view names it.
+	out.Reset()
+	if code := run(t.Context(), []string{"check", "--config", "../../config", "--domain", "saas", "--json", "--descriptor", "user=u-7"}, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("saas json: exit %d: %s", code, errb.String())
+	}
+	for _, w := range []string{`"rule": "user"`, `"name": "user"`, `"source": "../../config/saas.yaml:`, `"file": "../../config/saas.yaml"`,
+		`"requests_per_unit": 60`, `"requests": 60`, `"time_zone": "Europe/Berlin"`, `"penalty": {`, `"ladder": [`, `"threshold": 3`} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("%s missing from:\n%s", w, out.String())
+		}
+	}
 }
 
 func TestCheckCommandBadInput(t *testing.T) {

@@ -323,14 +323,13 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, t *target, code
 	writeError(w, code, msg)
 }
 
-// QuotaUsage is one quota's state in an answer.
+// QuotaUsage is one quota's state in an answer: the quota as /config and `halt-envoy
+// check` show it (name, period, requests, time zone), and its usage now.
 type QuotaUsage struct {
-	Name      string `json:"name"`
-	Period    string `json:"period"`
-	TimeZone  string `json:"time_zone"`
-	Used      int64  `json:"used"`
-	Limit     int64  `json:"limit"`
-	Remaining int64  `json:"remaining"`
+	config.QuotaView
+	Used      int64 `json:"used"`
+	Limit     int64 `json:"limit"`
+	Remaining int64 `json:"remaining"`
 	// PeriodStart and PeriodEnd are RFC 3339 in the quota's time zone.
 	PeriodStart    string `json:"period_start"`
 	PeriodEnd      string `json:"period_end"`
@@ -377,9 +376,7 @@ func (h *Handler) getQuotas(w http.ResponseWriter, r *http.Request) {
 		q := &t.rule.Quotas[i]
 		d := halt.QuotaOf(ops[i].Result, limits[i].Params)
 		ans.Quotas = append(ans.Quotas, QuotaUsage{
-			Name:           q.Name,
-			Period:         q.Period.String(),
-			TimeZone:       q.Location.String(),
+			QuotaView:      q.View(),
 			Used:           d.Used,
 			Limit:          d.Limit,
 			Remaining:      d.Remaining,
@@ -426,13 +423,16 @@ func (h *Handler) deleteQuotas(w http.ResponseWriter, r *http.Request) {
 }
 
 // PenaltyAnswer is the body of GET and DELETE /admin/v1/penalty. The penalty algorithm's
-// result does not carry the ladder level, so the answer has none.
+// result does not carry the ladder level, so the answer has none; PenaltyPolicy shows the
+// ladder the next lockouts will climb.
 type PenaltyAnswer struct {
 	Domain   string `json:"domain"`
 	Rule     string `json:"rule"`
 	Identity string `json:"identity"`
 	Penalty  string `json:"penalty"`
-	Locked   bool   `json:"locked"`
+	// PenaltyPolicy is the policy as /config and `halt-envoy check` show it.
+	PenaltyPolicy *config.PenaltyView `json:"penalty_policy,omitempty"`
+	Locked        bool                `json:"locked"`
 	// LockedUntil is RFC 3339 (UTC), empty when not locked.
 	LockedUntil             string `json:"locked_until,omitempty"`
 	RemainingLockout        string `json:"remaining_lockout,omitempty"`
@@ -465,7 +465,8 @@ func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := halt.PenaltyOf(op.Result, now)
-	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, Locked: st.Active, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
+	pv := p.View()
+	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, PenaltyPolicy: &pv, Locked: st.Active, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
 	if st.Active {
 		ans.LockedUntil = st.Until.Format(time.RFC3339)
 		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
@@ -489,5 +490,6 @@ func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.finish(w, r, t, http.StatusOK, "lifted", nil)
-	writeJSON(w, http.StatusOK, PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: t.rule.Penalty.Name, Lifted: true, Threshold: t.rule.Penalty.Params.Requests, PointsLeft: t.rule.Penalty.Params.Requests})
+	pv := t.rule.Penalty.View()
+	writeJSON(w, http.StatusOK, PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: t.rule.Penalty.Name, PenaltyPolicy: &pv, Lifted: true, Threshold: t.rule.Penalty.Params.Requests, PointsLeft: t.rule.Penalty.Params.Requests})
 }

@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -145,6 +146,10 @@ func TestQuotaReadAndReset(t *testing.T) {
 	if m.Name != "monthly" || m.Used != 3 || m.Limit != 3 || m.Remaining != 0 || m.TimeZone != "Europe/Berlin" {
 		t.Fatalf("monthly: %+v", m)
 	}
+	// The quota itself is the rule view's (config.QuotaView), as /config shows it.
+	if m.Period != "monthly" || m.Requests != 3 {
+		t.Fatalf("monthly's definition: %+v", m.QuotaView)
+	}
 	if m.PeriodStart != "2025-03-01T00:00:00+01:00" || m.PeriodEnd != "2025-04-01T00:00:00+02:00" {
 		t.Fatalf("monthly period: %s .. %s", m.PeriodStart, m.PeriodEnd)
 	}
@@ -216,6 +221,9 @@ func TestPenaltyReadAndLift(t *testing.T) {
 	until := f.clock.Now().Add(time.Minute).UTC().Format(time.RFC3339)
 	if !ans.Locked || ans.LockedUntil != until || ans.RemainingLockoutSeconds != 60 || ans.Penalty != "abuse" || ans.Threshold != 2 {
 		t.Fatalf("penalty: %+v", ans)
+	}
+	if p := ans.PenaltyPolicy; p == nil || p.Name != "abuse" || p.Threshold != 2 || p.Severity != 1 || fmt.Sprint(p.Ladder) != "[1m0s 5m0s]" || p.Decay != "1h0m0s" {
+		t.Fatalf("penalty policy: %+v", ans.PenaltyPolicy)
 	}
 	// The lockout outlives the rate limit's window: a minute later the window has reset
 	// but the identity is still refused... until the lockout is lifted.

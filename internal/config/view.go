@@ -1,0 +1,115 @@
+package config
+
+import "time"
+
+// RuleView is the one JSON form of a resolved Rule: halt shows a rule this way wherever
+// it shows one, in the effective configuration (/config: policies, plans and the rule
+// of every descriptor), in `halt-envoy check` and in the admin API (its quotas and
+// penalty). A field is added here, once, when any of them needs it.
+type RuleView struct {
+	Name string `json:"name"`
+	// Path is the descriptor path of the rule ("key=value/key2"; "plan NAME" for a plan).
+	Path                   string      `json:"path,omitempty"`
+	Policy                 string      `json:"policy,omitempty"`
+	Unlimited              bool        `json:"unlimited,omitempty"`
+	ShadowMode             bool        `json:"shadow_mode,omitempty"`
+	DetailedMetric         bool        `json:"detailed_metric,omitempty"`
+	Replaces               []string    `json:"replaces,omitempty"`
+	Cost                   int64       `json:"cost"`
+	FailureMode            FailureMode `json:"failure_mode,omitempty"`
+	AllowAlgorithmOverride bool        `json:"allow_algorithm_override,omitempty"`
+	Limits                 []LimitView `json:"limits,omitempty"`
+	Plan                   string      `json:"plan,omitempty"`
+	PlanFallback           bool        `json:"plan_fallback,omitempty"`
+	Quotas                 []QuotaView `json:"quotas,omitempty"`
+	// Penalty names the rule's penalty policy (the policy itself is a PenaltyView).
+	Penalty string `json:"penalty,omitempty"`
+	File    string `json:"file"`
+	Line    int    `json:"line,omitempty"`
+}
+
+// LimitView is the JSON form of a Limit.
+type LimitView struct {
+	Name           string `json:"name,omitempty"`
+	Algorithm      string `json:"algorithm"`
+	Unit           string `json:"unit"`
+	UnitMultiplier int64  `json:"unit_multiplier"`
+	// RequestsPerUnit and Requests are both the exact count per Period (Params.Requests,
+	// which the uint32 Limit.RequestsPerUnit saturates): the first name is the
+	// configuration's, the second the one `halt-envoy check` printed first.
+	RequestsPerUnit int64  `json:"requests_per_unit"`
+	Requests        int64  `json:"requests"`
+	Period          string `json:"period"`
+	Burst           int64  `json:"burst,omitempty"`
+	MaxDelay        string `json:"max_delay,omitempty"`
+}
+
+// QuotaView is the JSON form of a Quota.
+type QuotaView struct {
+	Name     string `json:"name"`
+	Period   string `json:"period"`
+	Requests int64  `json:"requests"`
+	// TimeZone is empty only in a plan's quota that takes the zone of the domain using it.
+	TimeZone string `json:"time_zone,omitempty"`
+}
+
+// PenaltyView is the JSON form of a PenaltyPolicy.
+type PenaltyView struct {
+	Name      string   `json:"name"`
+	Threshold int64    `json:"threshold"`
+	Severity  int64    `json:"severity"`
+	Ladder    []string `json:"ladder"`
+	Decay     string   `json:"decay"`
+	// File and Line locate the definition; only the effective configuration has them.
+	File string `json:"file,omitempty"`
+	Line int    `json:"line,omitempty"`
+}
+
+// View returns the rule's JSON form.
+func (r *Rule) View() RuleView {
+	v := RuleView{
+		Name: r.Name, Path: r.Path, Policy: r.Policy, Unlimited: r.Unlimited, ShadowMode: r.ShadowMode,
+		DetailedMetric: r.DetailedMetric, Replaces: r.Replaces, Cost: r.Cost,
+		FailureMode: r.FailureMode, AllowAlgorithmOverride: r.AllowAlgorithmOverride,
+		Plan: r.Plan, PlanFallback: r.PlanFallback, File: r.File, Line: r.Line,
+	}
+	for i := range r.Limits {
+		v.Limits = append(v.Limits, r.Limits[i].View())
+	}
+	for i := range r.Quotas {
+		v.Quotas = append(v.Quotas, r.Quotas[i].View())
+	}
+	if r.Penalty != nil {
+		v.Penalty = r.Penalty.Name
+	}
+	return v
+}
+
+// View returns the limit's JSON form.
+func (l *Limit) View() LimitView {
+	v := LimitView{
+		Name: l.Name, Algorithm: l.Algorithm.String(), Unit: l.Unit, UnitMultiplier: l.UnitMultiplier,
+		RequestsPerUnit: l.Params.Requests, Requests: l.Params.Requests, Period: l.Period().String(), Burst: l.Params.Burst,
+	}
+	if l.Params.MaxDelay > 0 {
+		v.MaxDelay = us(l.Params.MaxDelay)
+	}
+	return v
+}
+
+// View returns the quota's JSON form.
+func (q *Quota) View() QuotaView {
+	return QuotaView{Name: q.Name, Period: q.Period.String(), Requests: q.Requests, TimeZone: q.Location.String()}
+}
+
+// View returns the penalty policy's JSON form (without File and Line: the model does
+// not keep them).
+func (p *PenaltyPolicy) View() PenaltyView {
+	v := PenaltyView{Name: p.Name, Threshold: p.Params.Requests, Severity: p.Severity, Decay: us(p.Params.Period)}
+	for i := 0; i < p.Params.Steps; i++ {
+		v.Ladder = append(v.Ladder, us(p.Params.Ladder[i]))
+	}
+	return v
+}
+
+func us(v int64) string { return (time.Duration(v) * time.Microsecond).String() }
