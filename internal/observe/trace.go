@@ -156,7 +156,7 @@ func (e *LogExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnly
 			attrs = append(attrs, slog.String("parent_id", p.SpanID().String()))
 		}
 		for _, kv := range s.Attributes() {
-			attrs = append(attrs, slog.String(string(kv.Key), kv.Value.Emit()))
+			attrs = append(attrs, slog.String(string(kv.Key), kv.Value.String()))
 		}
 		e.log.LogAttrs(ctx, slog.LevelInfo, "trace span", attrs...)
 	}
