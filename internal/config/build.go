@@ -78,8 +78,9 @@ func (o Options) Parse(files map[string][]byte) (s *Set, err error) {
 
 	var problems, dropped []Problem
 	var cfgs []*fileCfg
+	t := newTables()
 	for _, name := range names {
-		d := &decoder{file: name, opts: &o}
+		d := &decoder{file: name, opts: &o, tables: t}
 		fc := d.decodeFile(files[name])
 		problems = append(problems, d.problems...)
 		if d.dropped > 0 {

@@ -55,6 +55,8 @@ type fileCfg struct {
 	name        string
 	domain      string
 	domainNode  *yaml.Node
+	descNode    *yaml.Node // descriptors:, decoded once the domain is known
+	exemptNode  *yaml.Node
 	failureMode FailureMode
 	descriptors []*descCfg
 	policies    []*policyCfg
@@ -78,8 +80,8 @@ type limitCfg struct {
 	line        int
 }
 
-// ruleFields are the keys a descriptor, a plan and a policy share, decoded by one switch
-// (ruleField) and checked by one function (checkRuleFields). A policy takes only the
+// ruleFields are the keys a descriptor, a plan and a policy share, decoded by the same
+// rows (keys.go) and checked by one function (checkRuleFields). A policy takes only the
 // limit keys; descriptors and plans also take policy, quota, quotas and penalty.
 type ruleFields struct {
 	limits        []*limitCfg
@@ -96,15 +98,6 @@ type ruleFields struct {
 	rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
 }
 
-// ruleKeys says which shared keys an entry takes.
-type ruleKeys struct {
-	// saas adds policy, quota, quotas and penalty to rate_limit, rate_limits,
-	// shadow_mode, failure_mode and allow_algorithm_override.
-	saas bool
-	// nullLimit lets "rate_limit:" stand empty, as reference descriptors may.
-	nullLimit bool
-}
-
 type descCfg struct {
 	ruleFields
 	key, value     string
@@ -116,6 +109,9 @@ type descCfg struct {
 	replaces       []string
 	cost           int64
 	children       []*descCfg
+
+	// The keys as written, for the checks after decoding.
+	keyNode, childNode, shareNode, pfvNode *yaml.Node
 
 	// The SaaS keys (saas_decode.go).
 	plan          string
@@ -133,6 +129,7 @@ type policyCfg struct {
 type decoder struct {
 	file     string
 	opts     *Options
+	tables   *tables
 	problems []Problem
 	ndesc    int
 	tooMany  bool
@@ -383,10 +380,6 @@ func limitError(err error) *algorithms.LimitError {
 	return &algorithms.LimitError{Msg: err.Error()}
 }
 
-func (d *decoder) unknown(p pair, field, valid string) {
-	d.add(p.k, join(field, p.key), "unknown key (valid here: %s)", valid)
-}
-
 // ---- file ----
 
 func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
@@ -434,45 +427,48 @@ func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 		return nil
 	}
 	fc = &fileCfg{name: d.file}
-	const valid = "domain, descriptors, policies, failure_mode, time_zone, default_plan, plans, penalties, exemptions"
-	var descNode, exemptNode *yaml.Node
-	for _, p := range d.fields(root, "") {
-		switch p.key {
-		case "domain":
-			fc.domain = d.name(p.v, "domain", "domain")
-			fc.domainNode = p.v
-		case "descriptors":
-			descNode = p.v
-		case "policies":
-			fc.policies = d.policies(p.v, "policies")
-		case "failure_mode":
-			fc.failureMode = d.failureMode(p.v, "failure_mode")
-		case "time_zone":
-			fc.timeZoneName, fc.timeZone = d.timeZone(p.v, "time_zone")
-		case "default_plan":
-			fc.defaultPlan = d.ref(p.v, "default_plan", "plan name", "must name a plan")
-			fc.defaultPlanNode = p.v
-
-		case "plans":
-			fc.plans = d.plans(p.v, "plans")
-		case "penalties":
-			fc.penalties = d.penalties(p.v, "penalties")
-		case "exemptions":
-			exemptNode = p.k
-			fc.exempt, fc.exemptEff = d.exemptions(p.v, "exemptions")
-		default:
-			d.unknown(p, "", valid)
-		}
-	}
+	d.tables.file.decode(d, root, "", fc)
 	for _, q := range d.quotas {
 		q.fileLoc = fc.timeZone
 	}
+	if fc.descNode != nil {
+		fc.descriptors = d.descriptors(fc.descNode, "descriptors", 1)
+	}
+	return fc
+}
+
+func fileKeys() *keys[*fileCfg] {
+	type row = key[*fileCfg]
+	return newKeys("## File keys", (*decoder).checkFile,
+		row{"domain", func(d *decoder, fc *fileCfg, p pair, f string) {
+			fc.domain = d.name(p.v, f, "domain")
+			fc.domainNode = p.v
+		}},
+		row{"descriptors", func(d *decoder, fc *fileCfg, p pair, f string) { fc.descNode = p.v }},
+		row{"policies", func(d *decoder, fc *fileCfg, p pair, f string) { fc.policies = d.policies(p.v, f) }},
+		row{"failure_mode", func(d *decoder, fc *fileCfg, p pair, f string) { fc.failureMode = d.failureMode(p.v, f) }},
+		row{"time_zone", func(d *decoder, fc *fileCfg, p pair, f string) { fc.timeZoneName, fc.timeZone = d.timeZone(p.v, f) }},
+		row{"default_plan", func(d *decoder, fc *fileCfg, p pair, f string) {
+			fc.defaultPlan = d.ref(p.v, f, "plan name", "must name a plan")
+			fc.defaultPlanNode = p.v
+		}},
+		row{"plans", func(d *decoder, fc *fileCfg, p pair, f string) { fc.plans = d.plans(p.v, f) }},
+		row{"penalties", func(d *decoder, fc *fileCfg, p pair, f string) { fc.penalties = d.penalties(p.v, f) }},
+		row{"exemptions", func(d *decoder, fc *fileCfg, p pair, f string) {
+			fc.exemptNode = p.k
+			fc.exempt, fc.exemptEff = d.exemptions(p.v, f)
+		}},
+	)
+}
+
+// checkFile requires a domain, unless the file holds only shared definitions.
+func (d *decoder) checkFile(fc *fileCfg, root *yaml.Node, _ string) {
 	shared := len(fc.policies) > 0 || len(fc.plans) > 0 || len(fc.penalties) > 0 || fc.defaultPlanNode != nil
-	if fc.domainNode == nil && exemptNode != nil {
-		d.add(exemptNode, "exemptions", "exemptions belong to a domain: this file has none")
+	if fc.domainNode == nil && fc.exemptNode != nil {
+		d.add(fc.exemptNode, "exemptions", "exemptions belong to a domain: this file has none")
 	}
 	if fc.domainNode == nil || fc.domain == "" {
-		if fc.domainNode == nil && descNode == nil && shared {
+		if fc.domainNode == nil && fc.descNode == nil && shared {
 			// A file of shared policies, plans and penalties only: no domain needed.
 		} else {
 			n := fc.domainNode
@@ -482,10 +478,6 @@ func (d *decoder) decodeFile(data []byte) (fc *fileCfg) {
 			d.add(n, "domain", "config file cannot have empty domain")
 		}
 	}
-	if descNode != nil {
-		fc.descriptors = d.descriptors(descNode, "descriptors", 1)
-	}
-	return fc
 }
 
 // ---- descriptors ----
@@ -542,31 +534,36 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 		return nil
 	}
 	dc := &descCfg{line: n.Line, col: n.Column, field: field, cost: 1}
-	const valid = "key, value, rate_limit, rate_limits, policy, descriptors, shadow_mode, detailed_metric, value_to_metric, share_threshold, replaces, cost, failure_mode, allow_algorithm_override, plan, plan_from_value, quota, quotas, penalty"
-	var keyNode, childNode, shareNode, pfvNode *yaml.Node
-	for _, p := range d.fields(n, field) {
-		f := join(field, p.key)
-		if d.ruleField(&dc.ruleFields, p, f, ruleKeys{saas: true, nullLimit: true}) {
-			continue
-		}
-		switch p.key {
-		case "key":
-			keyNode = p.v
+	d.tables.descriptor.decode(d, n, field, dc)
+	if dc.childNode != nil {
+		dc.children = d.descriptors(dc.childNode, join(field, "descriptors"), depth+1)
+	}
+	return dc
+}
+
+func descriptorKeys() *keys[*descCfg] {
+	type row = key[*descCfg]
+	return newKeys("## Descriptor keys", (*decoder).checkDescriptor,
+		row{"key", func(d *decoder, dc *descCfg, p pair, f string) {
+			dc.keyNode = p.v
 			dc.key = d.name(p.v, f, "key")
-		case "value":
-			dc.value = d.name(p.v, f, "value")
-		case "descriptors":
-			childNode = p.v
-		case "detailed_metric":
-			dc.detailed = d.boolean(p.v, f)
-		case "value_to_metric":
-			dc.valueToMetric = d.boolean(p.v, f)
-		case "share_threshold":
+		}},
+		row{"value", func(d *decoder, dc *descCfg, p pair, f string) { dc.value = d.name(p.v, f, "value") }},
+		rateLimitKey[*descCfg](true),
+		rateLimitsKey[*descCfg](),
+		policyKey[*descCfg](),
+		row{"descriptors", func(d *decoder, dc *descCfg, p pair, f string) { dc.childNode = p.v }},
+		shadowModeKey[*descCfg](),
+		flag("detailed_metric", func(dc *descCfg) *bool { return &dc.detailed }),
+		flag("value_to_metric", func(dc *descCfg) *bool { return &dc.valueToMetric }),
+		row{"share_threshold", func(d *decoder, dc *descCfg, p pair, f string) {
 			dc.shareThreshold = d.boolean(p.v, f)
-			shareNode = p.k
-		case "replaces":
-			dc.replaces = append(dc.replaces, d.replaces(p.v, f, "")...)
-		case "cost":
+			dc.shareNode = p.k
+		}},
+		row{"replaces", func(d *decoder, dc *descCfg, p pair, f string) {
+			dc.replaces = append(dc.replaces, d.replaces(p.v, f)...)
+		}},
+		row{"cost", func(d *decoder, dc *descCfg, p pair, f string) {
 			if v, ok := d.integer(p.v, f); ok {
 				if v < 1 || v > algorithms.MaxRequests {
 					d.add(p.v, f, "must be between 1 and %d, got %d", algorithms.MaxRequests, v)
@@ -574,31 +571,39 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 					dc.cost = v
 				}
 			}
-		case "plan":
+		}},
+		failureModeKey[*descCfg](),
+		allowOverrideKey[*descCfg](),
+		row{"plan", func(d *decoder, dc *descCfg, p pair, f string) {
 			dc.plan = d.ref(p.v, f, "plan name", "must name a plan")
 			dc.planNode = p.v
-
-		case "plan_from_value":
+		}},
+		row{"plan_from_value", func(d *decoder, dc *descCfg, p pair, f string) {
 			dc.planFromValue = d.boolean(p.v, f)
-			pfvNode = p.k
-		default:
-			d.unknown(p, field, valid)
-		}
-	}
+			dc.pfvNode = p.k
+		}},
+		quotaKey[*descCfg](),
+		quotasKey[*descCfg](),
+		penaltyKey[*descCfg](),
+	)
+}
+
+// checkDescriptor reports keys of descriptor n that exclude or need each other.
+func (d *decoder) checkDescriptor(dc *descCfg, n *yaml.Node, field string) {
 	if dc.planNode != nil && dc.planFromValue {
-		d.add(pfvNode, join(field, "plan_from_value"), "plan and plan_from_value are mutually exclusive")
+		d.add(dc.pfvNode, join(field, "plan_from_value"), "plan and plan_from_value are mutually exclusive")
 	}
 	if dc.planNode != nil || dc.planFromValue {
 		at, f := dc.planNode, join(field, "plan")
 		if at == nil {
-			at, f = pfvNode, join(field, "plan_from_value")
+			at, f = dc.pfvNode, join(field, "plan_from_value")
 		}
 		if dc.rlNode != nil || dc.rlsNode != nil || dc.policyNode != nil {
 			d.add(at, f, "a descriptor with a plan takes its limits from the plan: rate_limit, rate_limits and policy are not allowed here")
 		}
 	}
 	if dc.key == "" {
-		kn := keyNode
+		kn := dc.keyNode
 		if kn == nil {
 			kn = n
 		}
@@ -606,7 +611,7 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 	}
 	d.checkRuleFields(&dc.ruleFields, field)
 	if dc.shareThreshold && !strings.Contains(dc.value, "*") && !(dc.value == "" && strings.Contains(dc.key, "*")) {
-		d.add(shareNode, join(field, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found %q", dc.value)
+		d.add(dc.shareNode, join(field, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found %q", dc.value)
 	}
 	for _, l := range dc.limits {
 		for _, r := range l.replaces {
@@ -615,66 +620,6 @@ func (d *decoder) descriptor(n *yaml.Node, field string, depth int) *descCfg {
 			}
 		}
 	}
-	if childNode != nil {
-		dc.children = d.descriptors(childNode, join(field, "descriptors"), depth+1)
-	}
-	return dc
-}
-
-// ruleField decodes p, at field f, into r when it is one of the shared keys k allows,
-// and reports whether it was.
-func (d *decoder) ruleField(r *ruleFields, p pair, f string, k ruleKeys) bool {
-	switch p.key {
-	case "rate_limit":
-		if k.nullLimit && isNull(deref(p.v)) {
-			return true
-		}
-		r.rlNode = p.k
-		if l := d.rateLimit(p.v, f); l != nil {
-			r.limits = append(r.limits, l)
-		}
-	case "rate_limits":
-		r.rlsNode = p.k
-		r.limits = append(r.limits, d.limitList(p.v, f)...)
-	case "shadow_mode":
-		r.shadow = d.boolean(p.v, f)
-	case "failure_mode":
-		r.failureMode = d.failureMode(p.v, f)
-	case "allow_algorithm_override":
-		r.allowOverride = d.boolean(p.v, f)
-	case "policy":
-		if !k.saas {
-			return false
-		}
-		r.policy = d.name(p.v, f, "policy")
-		r.policyNode = p.v
-		if r.policy == "" {
-			d.add(p.v, f, "must name a policy or preset")
-		}
-	case "quota":
-		if !k.saas {
-			return false
-		}
-		r.quotaNode = p.k
-		if q := d.quota(p.v, f); q != nil {
-			r.quotas = append(r.quotas, q)
-		}
-	case "quotas":
-		if !k.saas {
-			return false
-		}
-		r.quotasNode = p.k
-		r.quotas = append(r.quotas, d.quotaList(p.v, f)...)
-	case "penalty":
-		if !k.saas {
-			return false
-		}
-		r.penalty = d.ref(p.v, f, "penalty name", "must name a penalty")
-		r.penaltyNode = p.v
-	default:
-		return false
-	}
-	return true
 }
 
 // checkRuleFields reports shared keys that exclude each other, and two quotas of one
@@ -694,7 +639,7 @@ func (d *decoder) checkRuleFields(r *ruleFields, field string) {
 	}
 }
 
-func (d *decoder) replaces(n *yaml.Node, field, own string) []string {
+func (d *decoder) replaces(n *yaml.Node, field string) []string {
 	n = deref(n)
 	if isNull(n) {
 		return nil
@@ -707,13 +652,7 @@ func (d *decoder) replaces(n *yaml.Node, field, own string) []string {
 	for i, c := range n.Content {
 		f := fmt.Sprintf("%s[%d]", field, i)
 		name := ""
-		for _, p := range d.fields(c, f) {
-			if p.key == "name" {
-				name = d.name(p.v, join(f, "name"), "name")
-			} else {
-				d.unknown(p, f, "name")
-			}
-		}
+		d.tables.replace.decode(d, c, f, &name)
 		if name == "" {
 			d.add(deref(c), f, "should not have an empty replaces entry")
 			continue
@@ -723,7 +662,68 @@ func (d *decoder) replaces(n *yaml.Node, field, own string) []string {
 	return out
 }
 
+// replaceKeys is the table of one entry of replaces: {name: ...}.
+func replaceKeys() *keys[*string] {
+	return newKeys("", nil, key[*string]{"name", func(d *decoder, name *string, p pair, f string) {
+		*name = d.name(p.v, f, "name")
+	}})
+}
+
 // ---- rate_limit ----
+
+// limitDraft is a rate_limit as its keys are decoded, before the limit is checked whole.
+// The limit is built in place (one allocation per limit).
+type limitDraft struct {
+	limitCfg
+	unitNode, rpuNode, algNode, burstNode, multNode, delayNode *yaml.Node
+	unit                                                       string
+	rpu, burst, mult                                           int64
+	delay                                                      time.Duration
+	okAll                                                      bool // every number and the algorithm decoded
+	alg                                                        algorithms.Algorithm
+}
+
+func rateLimitKeys() *keys[*limitDraft] {
+	type row = key[*limitDraft]
+	// number is the row of an integer key stored at ptr(l), whose node is kept at node(l).
+	number := func(name string, ptr func(*limitDraft) *int64, node func(*limitDraft) **yaml.Node) row {
+		return row{name, func(d *decoder, l *limitDraft, p pair, f string) {
+			*node(l) = p.v
+			v, ok := d.integer(p.v, f)
+			l.okAll = l.okAll && ok
+			*ptr(l) = v
+		}}
+	}
+	return newKeys("## rate_limit keys", nil,
+		row{"unit", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.unitNode = p.v
+			l.unit = d.str(p.v, f)
+		}},
+		number("requests_per_unit", func(l *limitDraft) *int64 { return &l.rpu }, func(l *limitDraft) **yaml.Node { return &l.rpuNode }),
+		flag("unlimited", func(l *limitDraft) *bool { return &l.unlimited }),
+		row{"name", func(d *decoder, l *limitDraft, p pair, f string) { l.lim.Name = d.name(p.v, f, "name") }},
+		row{"replaces", func(d *decoder, l *limitDraft, p pair, f string) { l.replaces = d.replaces(p.v, f) }},
+		row{"algorithm", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.algNode = p.v
+			a, err := algorithms.Parse(d.str(p.v, f))
+			if err != nil {
+				d.add(p.v, f, "%v", err)
+				l.okAll = false
+			} else {
+				l.alg = a
+			}
+		}},
+		number("burst", func(l *limitDraft) *int64 { return &l.burst }, func(l *limitDraft) **yaml.Node { return &l.burstNode }),
+		number("unit_multiplier", func(l *limitDraft) *int64 { return &l.mult }, func(l *limitDraft) **yaml.Node { return &l.multNode }),
+		row{"max_delay", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.delayNode = p.v
+			v, ok := d.duration(p.v, f)
+			l.okAll = l.okAll && ok
+			l.delay = v
+		}},
+		row{"failure_mode", func(d *decoder, l *limitDraft, p pair, f string) { l.failureMode = d.failureMode(p.v, f) }},
+	)
+}
 
 func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 	n = deref(n)
@@ -731,90 +731,45 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 		d.add(n, field, "must be a mapping, got %s", kindName(n))
 		return nil
 	}
-	const valid = "unit, requests_per_unit, unlimited, name, replaces, algorithm, burst, unit_multiplier, max_delay, failure_mode"
-	lc := &limitCfg{line: n.Line}
-	var unitNode, rpuNode, algNode, burstNode, multNode, delayNode *yaml.Node
-	var unit string
-	var rpu, burst, mult int64 = 0, 0, 1
-	var delay time.Duration
-	okAll := true
-	alg := algorithms.FixedWindow
-	for _, p := range d.fields(n, field) {
-		f := join(field, p.key)
-		switch p.key {
-		case "unit":
-			unitNode = p.v
-			unit = d.str(p.v, f)
-		case "requests_per_unit":
-			rpuNode = p.v
-			v, ok := d.integer(p.v, f)
-			okAll = okAll && ok
-			rpu = v
-		case "unlimited":
-			lc.unlimited = d.boolean(p.v, f)
-		case "name":
-			lc.lim.Name = d.name(p.v, f, "name")
-		case "replaces":
-			lc.replaces = d.replaces(p.v, f, "")
-		case "algorithm":
-			algNode = p.v
-			a, err := algorithms.Parse(d.str(p.v, f))
-			if err != nil {
-				d.add(p.v, f, "%v", err)
-				okAll = false
-			} else {
-				alg = a
-			}
-		case "burst":
-			burstNode = p.v
-			v, ok := d.integer(p.v, f)
-			okAll = okAll && ok
-			burst = v
-		case "unit_multiplier":
-			multNode = p.v
-			v, ok := d.integer(p.v, f)
-			okAll = okAll && ok
-			mult = v
-		case "max_delay":
-			delayNode = p.v
-			v, ok := d.duration(p.v, f)
-			okAll = okAll && ok
-			delay = v
-		case "failure_mode":
-			lc.failureMode = d.failureMode(p.v, f)
-		default:
-			d.unknown(p, field, valid)
-		}
-	}
+	l := &limitDraft{limitCfg: limitCfg{line: n.Line}, mult: 1, okAll: true, alg: algorithms.FixedWindow}
+	d.tables.rateLimit.decode(d, n, field, l)
+	return d.limit(l, n, field)
+}
+
+// limit checks the rate_limit l, decoded from n, as a whole and returns it, or nil when
+// it is invalid (reported).
+func (d *decoder) limit(l *limitDraft, n *yaml.Node, field string) *limitCfg {
+	lc := &l.limitCfg
 	if lc.unlimited {
 		for _, x := range []struct {
 			n    *yaml.Node
 			name string
-		}{{unitNode, "unit"}, {rpuNode, "requests_per_unit"}, {algNode, "algorithm"}, {burstNode, "burst"}, {multNode, "unit_multiplier"}, {delayNode, "max_delay"}} {
+		}{{l.unitNode, "unit"}, {l.rpuNode, "requests_per_unit"}, {l.algNode, "algorithm"}, {l.burstNode, "burst"}, {l.multNode, "unit_multiplier"}, {l.delayNode, "max_delay"}} {
 			if x.n != nil {
 				d.add(x.n, join(field, x.name), "should not specify %s when unlimited", x.name)
 			}
 		}
 		return lc
 	}
-	unit = strings.ToLower(unit)
+	unit := strings.ToLower(l.unit)
 	secs, okUnit := UnitSeconds(unit)
 	if !okUnit {
-		un := unitNode
+		un := l.unitNode
 		if un == nil {
 			un = n
 		}
 		d.add(un, join(field, "unit"), "invalid rate limit unit %q (want second, minute, hour, day, week, month or year)", unit)
 		return nil
 	}
-	if !okAll {
+	if !l.okAll {
 		return nil
 	}
+	alg, mult := l.alg, l.mult
 	lc.lim.Algorithm = alg
 	lc.lim.Unit = unit
 	lc.lim.UnitMultiplier = mult
 	if mult < 1 {
-		d.add(multNode, join(field, "unit_multiplier"), "must be at least 1, got %d", mult)
+		d.add(l.multNode, join(field, "unit_multiplier"), "must be at least 1, got %d", mult)
 		return nil
 	}
 	unitUS := secs * int64(time.Second/time.Microsecond)
@@ -822,66 +777,64 @@ func (d *decoder) rateLimit(n *yaml.Node, field string) *limitCfg {
 	if mult <= algorithms.MaxPeriod/unitUS {
 		period = unitUS * mult
 	}
-	p := algorithms.Limit{Requests: rpu, Period: period}
+	p := algorithms.Limit{Requests: l.rpu, Period: period}
 	bucket := alg == algorithms.TokenBucket || alg == algorithms.LeakyBucket
-	if burstNode != nil {
+	if l.burstNode != nil {
 		if !bucket {
-			d.add(burstNode, join(field, "burst"), "burst applies to token_bucket and leaky_bucket only (algorithm is %s)", alg)
+			d.add(l.burstNode, join(field, "burst"), "burst applies to token_bucket and leaky_bucket only (algorithm is %s)", alg)
 			return nil
 		}
-		if burst < 1 {
-			d.add(burstNode, join(field, "burst"), "must be at least 1, got %d", burst)
+		if l.burst < 1 {
+			d.add(l.burstNode, join(field, "burst"), "must be at least 1, got %d", l.burst)
 			return nil
 		}
-		p.Burst = burst
+		p.Burst = l.burst
 	} else if bucket {
-		p.Burst = rpu
+		p.Burst = l.rpu
 	}
-	if delayNode != nil {
+	if l.delayNode != nil {
 		if alg != algorithms.LeakyBucket {
-			d.add(delayNode, join(field, "max_delay"), "max_delay applies to leaky_bucket only (algorithm is %s)", alg)
+			d.add(l.delayNode, join(field, "max_delay"), "max_delay applies to leaky_bucket only (algorithm is %s)", alg)
 			return nil
 		}
-		us := int64(delay / time.Microsecond)
-		if delay > 0 && delay%time.Microsecond != 0 {
+		us := int64(l.delay / time.Microsecond)
+		if l.delay > 0 && l.delay%time.Microsecond != 0 {
 			us++ // never round a positive delay down to "no shaping"
 		}
 		p.MaxDelay = us
 	}
 	if err := p.Validate(alg); err != nil {
-		// Point at the key that set the field Validate names.
 		at, f := n, field
-		le := limitError(err)
-		var key *yaml.Node
-		var name string
-		switch le.Param {
-		case algorithms.ParamBurst:
-			key, name = burstNode, "burst"
-		case algorithms.ParamMaxDelay:
-			key, name = delayNode, "max_delay"
-		case algorithms.ParamPeriod:
-			key, name = multNode, "unit_multiplier"
-			if key == nil {
-				key, name = unitNode, "unit"
-			}
+		if k, name := l.keyOf(limitError(err).Param); k != nil {
+			at, f = k, join(field, name)
 		}
-		if key == nil {
-			// requests_per_unit, also for a burst that defaulted to it.
-			key, name = rpuNode, "requests_per_unit"
-		}
-		if key != nil {
-			at, f = key, join(field, name)
-		}
-		d.add(at, f, "%s", le.Msg)
+		d.add(at, f, "%s", err)
 		return nil
 	}
 	lc.lim.Params = p
-	if rpu > math.MaxUint32 {
+	if l.rpu > math.MaxUint32 {
 		lc.lim.RequestsPerUnit = math.MaxUint32
 	} else {
-		lc.lim.RequestsPerUnit = uint32(rpu)
+		lc.lim.RequestsPerUnit = uint32(l.rpu)
 	}
 	return lc
+}
+
+// keyOf returns the key (its value's node and its name) that set the field of
+// algorithms.Limit that param names; the node is nil when that key is not written.
+func (l *limitDraft) keyOf(param algorithms.Param) (*yaml.Node, string) {
+	switch {
+	case param == algorithms.ParamBurst && l.burstNode != nil:
+		return l.burstNode, "burst"
+	case param == algorithms.ParamMaxDelay && l.delayNode != nil:
+		return l.delayNode, "max_delay"
+	case param == algorithms.ParamPeriod && l.multNode != nil:
+		return l.multNode, "unit_multiplier"
+	case param == algorithms.ParamPeriod && l.unitNode != nil:
+		return l.unitNode, "unit"
+	}
+	// requests_per_unit, also for a burst that defaulted to it.
+	return l.rpuNode, "requests_per_unit"
 }
 
 // ---- policies ----
@@ -927,17 +880,26 @@ func (d *decoder) policies(n *yaml.Node, field string) []*policyCfg {
 	for _, p := range d.named(n, field, "policy") {
 		f := join(field, p.key)
 		pc := &policyCfg{definition: d.definition(p)}
-		const valid = "rate_limit, rate_limits, shadow_mode, failure_mode, allow_algorithm_override"
-		for _, q := range d.fields(p.v, f) {
-			if !d.ruleField(&pc.ruleFields, q, join(f, q.key), ruleKeys{}) {
-				d.unknown(q, f, valid)
-			}
-		}
-		d.checkRuleFields(&pc.ruleFields, f)
+		d.tables.policy.decode(d, p.v, f, pc)
 		if pc.rlNode == nil && pc.rlsNode == nil {
 			d.add(p.k, f, "a policy needs rate_limit or rate_limits")
 		}
 		out = append(out, pc)
 	}
 	return out
+}
+
+func policyKeys() *keys[*policyCfg] {
+	return newKeys("| policy key |", checkRules[*policyCfg],
+		rateLimitKey[*policyCfg](false),
+		rateLimitsKey[*policyCfg](),
+		shadowModeKey[*policyCfg](),
+		failureModeKey[*policyCfg](),
+		allowOverrideKey[*policyCfg](),
+	)
+}
+
+// checkRules is the check of a policy or plan: the rules between its shared keys.
+func checkRules[T ruled](d *decoder, t T, _ *yaml.Node, field string) {
+	d.checkRuleFields(t.rules(), field)
 }

@@ -99,55 +99,67 @@ func (d *decoder) quota(n *yaml.Node, field string) *quotaCfg {
 		d.add(n, field, "a quota must be a mapping, got %s", kindName(n))
 		return nil
 	}
-	q := &quotaCfg{file: d.file, node: n, field: field}
-	var periodNode, reqNode *yaml.Node
-	ok := true
-	for _, p := range d.fields(n, field) {
-		f := join(field, p.key)
-		switch p.key {
-		case "name":
-			q.name = d.name(p.v, f, "name")
-		case "period":
-			periodNode = p.v
-			s := d.str(p.v, f)
-			per, err := quota.ParsePeriod(s)
-			if err != nil {
-				d.add(deref(p.v), f, "%v", err)
-				ok = false
-			}
-			q.period = per
-		case "requests":
-			reqNode = p.v
-			v, good := d.integer(p.v, f)
-			if good && (v < 0 || v > algorithms.MaxRequests) {
-				d.add(deref(p.v), f, "must be between 0 and %d, got %d", algorithms.MaxRequests, v)
-				good = false
-			}
-			ok = ok && good
-			q.requests = v
-		case "time_zone":
-			q.locName, q.loc = d.timeZone(p.v, f)
-			ok = ok && q.loc != nil
-		default:
-			d.unknown(p, field, "name, period, requests, time_zone")
-		}
-	}
-	if periodNode == nil {
-		d.add(n, join(field, "period"), "a quota needs a period (hourly, daily, weekly, monthly or yearly)")
-		ok = false
-	}
-	if reqNode == nil {
-		d.add(n, join(field, "requests"), "a quota needs requests (0 allows nothing)")
-		ok = false
-	}
-	if !ok {
+	qd := &quotaDraft{quotaCfg: quotaCfg{file: d.file, node: n, field: field}, ok: true}
+	d.tables.quota.decode(d, n, field, qd)
+	if !qd.ok {
 		return nil
 	}
+	q := &qd.quotaCfg
 	if q.name == "" {
 		q.name = q.period.String()
 	}
 	d.quotas = append(d.quotas, q)
 	return q
+}
+
+// quotaDraft is a quota as its keys are decoded, built in place.
+type quotaDraft struct {
+	quotaCfg
+	periodNode, reqNode *yaml.Node
+	ok                  bool // every key decoded and the required ones given
+}
+
+func quotaKeys() *keys[*quotaDraft] {
+	type row = key[*quotaDraft]
+	return newKeys("| quota key |", (*decoder).checkQuota,
+		row{"name", func(d *decoder, qd *quotaDraft, p pair, f string) { qd.name = d.name(p.v, f, "name") }},
+		row{"period", func(d *decoder, qd *quotaDraft, p pair, f string) {
+			qd.periodNode = p.v
+			s := d.str(p.v, f)
+			per, err := quota.ParsePeriod(s)
+			if err != nil {
+				d.add(deref(p.v), f, "%v", err)
+				qd.ok = false
+			}
+			qd.period = per
+		}},
+		row{"requests", func(d *decoder, qd *quotaDraft, p pair, f string) {
+			qd.reqNode = p.v
+			v, good := d.integer(p.v, f)
+			if good && (v < 0 || v > algorithms.MaxRequests) {
+				d.add(deref(p.v), f, "must be between 0 and %d, got %d", algorithms.MaxRequests, v)
+				good = false
+			}
+			qd.ok = qd.ok && good
+			qd.requests = v
+		}},
+		row{"time_zone", func(d *decoder, qd *quotaDraft, p pair, f string) {
+			qd.locName, qd.loc = d.timeZone(p.v, f)
+			qd.ok = qd.ok && qd.loc != nil
+		}},
+	)
+}
+
+// checkQuota requires period and requests.
+func (d *decoder) checkQuota(qd *quotaDraft, n *yaml.Node, field string) {
+	if qd.periodNode == nil {
+		d.add(n, join(field, "period"), "a quota needs a period (hourly, daily, weekly, monthly or yearly)")
+		qd.ok = false
+	}
+	if qd.reqNode == nil {
+		d.add(n, join(field, "requests"), "a quota needs requests (0 allows nothing)")
+		qd.ok = false
+	}
 }
 
 func (d *decoder) quotaList(n *yaml.Node, field string) []*quotaCfg {
@@ -174,13 +186,7 @@ func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
 	for _, p := range d.named(n, field, "plan") {
 		f := join(field, p.key)
 		pc := &planCfg{definition: d.definition(p)}
-		const valid = "rate_limit, rate_limits, policy, quota, quotas, penalty, shadow_mode, failure_mode, allow_algorithm_override"
-		for _, q := range d.fields(p.v, f) {
-			if !d.ruleField(&pc.ruleFields, q, join(f, q.key), ruleKeys{saas: true}) {
-				d.unknown(q, f, valid)
-			}
-		}
-		d.checkRuleFields(&pc.ruleFields, f)
+		d.tables.plan.decode(d, p.v, f, pc)
 		if pc.rlNode == nil && pc.rlsNode == nil && pc.policyNode == nil && pc.quotaNode == nil && pc.quotasNode == nil {
 			d.add(p.k, f, "a plan needs rate_limit, rate_limits, policy or quotas")
 			pc.empty = true
@@ -188,6 +194,20 @@ func (d *decoder) plans(n *yaml.Node, field string) []*planCfg {
 		out = append(out, pc)
 	}
 	return out
+}
+
+func planKeys() *keys[*planCfg] {
+	return newKeys("| plan key |", checkRules[*planCfg],
+		rateLimitKey[*planCfg](false),
+		rateLimitsKey[*planCfg](),
+		policyKey[*planCfg](),
+		quotaKey[*planCfg](),
+		quotasKey[*planCfg](),
+		penaltyKey[*planCfg](),
+		shadowModeKey[*planCfg](),
+		failureModeKey[*planCfg](),
+		allowOverrideKey[*planCfg](),
+	)
 }
 
 // ---- penalties ----
@@ -204,93 +224,112 @@ func (d *decoder) penalties(n *yaml.Node, field string) []*penaltyCfg {
 }
 
 func (d *decoder) penalty(k, n *yaml.Node, field, name string) *PenaltyPolicy {
-	pol := &PenaltyPolicy{Name: name, Severity: 1}
-	ok := true
-	var thrNode, ladderNode, decayNode *yaml.Node
-	for _, p := range d.fields(n, field) {
-		f := join(field, p.key)
-		switch p.key {
-		case "threshold", "severity":
-			v, good := d.integer(p.v, f)
-			if good && (v < 1 || v > algorithms.MaxRequests) {
-				d.add(deref(p.v), f, "must be between 1 and %d, got %d", algorithms.MaxRequests, v)
-				good = false
-			}
-			ok = ok && good
-			if p.key == "threshold" {
-				thrNode = p.v
-				pol.Params.Requests = v
-			} else {
-				pol.Severity = v
-			}
-		case "ladder":
-			ladderNode = p.v
-			v := deref(p.v)
-			if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
-				d.add(p.v, f, "must be a non-empty list of lockout durations (1 to %d), got %s", algorithms.MaxLadder, kindName(v))
-				ok = false
-				continue
-			}
-			if len(v.Content) > algorithms.MaxLadder {
-				d.add(v, f, "has %d steps; a ladder has 1 to %d", len(v.Content), algorithms.MaxLadder)
-				ok = false
-				continue
-			}
-			for i, c := range v.Content {
-				g := fmt.Sprintf("%s[%d]", f, i)
-				us, good := d.durationUS(c, g)
-				if !good {
-					ok = false
-					continue
-				}
-				if i > 0 && pol.Params.Ladder[i-1] > 0 && us <= pol.Params.Ladder[i-1] {
-					d.add(deref(c), g, "the ladder must increase: step %d (%s) is not longer than step %d (%s)", i+1,
-						time.Duration(us)*time.Microsecond, i, time.Duration(pol.Params.Ladder[i-1])*time.Microsecond)
-					ok = false
-				}
-				pol.Params.Ladder[i] = us
-			}
-			pol.Params.Steps = len(v.Content)
-		case "decay":
-			decayNode = p.v
-			us, good := d.durationUS(p.v, f)
-			ok = ok && good
-			pol.Params.Period = us
-		default:
-			d.unknown(p, field, "threshold, severity, ladder, decay")
-		}
-	}
-	for _, x := range []struct {
-		n    *yaml.Node
-		name string
-	}{{thrNode, "threshold"}, {ladderNode, "ladder"}, {decayNode, "decay"}} {
-		if x.n == nil {
-			d.add(deref(n), join(field, x.name), "a penalty needs %s", x.name)
-			ok = false
-		}
-	}
-	if !ok {
+	pd := &penaltyDraft{pol: &PenaltyPolicy{Name: name, Severity: 1}, ok: true}
+	d.tables.penalty.decode(d, n, field, pd)
+	if !pd.ok {
 		return nil
 	}
-	if err := pol.Params.Validate(algorithms.Penalty); err != nil {
+	if err := pd.pol.Params.Validate(algorithms.Penalty); err != nil {
 		// Point at the key (the ladder step) that set the field Validate names.
 		at, f := k, field
 		le := limitError(err)
 		switch le.Param {
 		case algorithms.ParamLadder:
-			at, f = ladderNode, join(field, "ladder")
-			if v := deref(ladderNode); le.Step > 0 && le.Step <= len(v.Content) {
+			at, f = pd.ladderNode, join(field, "ladder")
+			if v := deref(pd.ladderNode); le.Step > 0 && le.Step <= len(v.Content) {
 				at, f = v.Content[le.Step-1], fmt.Sprintf("%s[%d]", f, le.Step-1)
 			}
 		case algorithms.ParamPeriod:
-			at, f = decayNode, join(field, "decay")
+			at, f = pd.decayNode, join(field, "decay")
 		case algorithms.ParamRequests:
-			at, f = thrNode, join(field, "threshold")
+			at, f = pd.thrNode, join(field, "threshold")
 		}
 		d.add(deref(at), f, "%s", le.Msg)
 		return nil
 	}
-	return pol
+	return pd.pol
+}
+
+// penaltyDraft is a penalty as its keys are decoded, before it is validated whole.
+type penaltyDraft struct {
+	pol                            *PenaltyPolicy
+	thrNode, ladderNode, decayNode *yaml.Node
+	ok                             bool // every key decoded and the required ones given
+}
+
+func penaltyKeys() *keys[*penaltyDraft] {
+	type row = key[*penaltyDraft]
+	// points is threshold or severity: a number of violation points.
+	points := func(name string, set func(pd *penaltyDraft, p pair, v int64)) row {
+		return row{name, func(d *decoder, pd *penaltyDraft, p pair, f string) {
+			v, good := d.integer(p.v, f)
+			if good && (v < 1 || v > algorithms.MaxRequests) {
+				d.add(deref(p.v), f, "must be between 1 and %d, got %d", algorithms.MaxRequests, v)
+				good = false
+			}
+			pd.ok = pd.ok && good
+			set(pd, p, v)
+		}}
+	}
+	return newKeys("| penalty key |", (*decoder).checkPenalty,
+		points("threshold", func(pd *penaltyDraft, p pair, v int64) {
+			pd.thrNode = p.v
+			pd.pol.Params.Requests = v
+		}),
+		points("severity", func(pd *penaltyDraft, _ pair, v int64) { pd.pol.Severity = v }),
+		row{"ladder", (*decoder).ladder},
+		row{"decay", func(d *decoder, pd *penaltyDraft, p pair, f string) {
+			pd.decayNode = p.v
+			us, good := d.durationUS(p.v, f)
+			pd.ok = pd.ok && good
+			pd.pol.Params.Period = us
+		}},
+	)
+}
+
+// ladder decodes a penalty's ladder: 1 to MaxLadder increasing lockout durations.
+func (d *decoder) ladder(pd *penaltyDraft, p pair, f string) {
+	pol := pd.pol
+	pd.ladderNode = p.v
+	v := deref(p.v)
+	if v == nil || v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+		d.add(p.v, f, "must be a non-empty list of lockout durations (1 to %d), got %s", algorithms.MaxLadder, kindName(v))
+		pd.ok = false
+		return
+	}
+	if len(v.Content) > algorithms.MaxLadder {
+		d.add(v, f, "has %d steps; a ladder has 1 to %d", len(v.Content), algorithms.MaxLadder)
+		pd.ok = false
+		return
+	}
+	for i, c := range v.Content {
+		g := fmt.Sprintf("%s[%d]", f, i)
+		us, good := d.durationUS(c, g)
+		if !good {
+			pd.ok = false
+			continue
+		}
+		if i > 0 && pol.Params.Ladder[i-1] > 0 && us <= pol.Params.Ladder[i-1] {
+			d.add(deref(c), g, "the ladder must increase: step %d (%s) is not longer than step %d (%s)", i+1,
+				time.Duration(us)*time.Microsecond, i, time.Duration(pol.Params.Ladder[i-1])*time.Microsecond)
+			pd.ok = false
+		}
+		pol.Params.Ladder[i] = us
+	}
+	pol.Params.Steps = len(v.Content)
+}
+
+// checkPenalty requires threshold, ladder and decay.
+func (d *decoder) checkPenalty(pd *penaltyDraft, n *yaml.Node, field string) {
+	for _, x := range []struct {
+		n    *yaml.Node
+		name string
+	}{{pd.thrNode, "threshold"}, {pd.ladderNode, "ladder"}, {pd.decayNode, "decay"}} {
+		if x.n == nil {
+			d.add(deref(n), join(field, x.name), "a penalty needs %s", x.name)
+			pd.ok = false
+		}
+	}
 }
 
 // ---- exemptions ----
@@ -339,97 +378,22 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 	if isNull(n) {
 		return nil, nil
 	}
-	x := &exemptions{
-		paths:    map[string]struct{}{},
-		pathKeys: map[string]struct{}{},
-		addrKeys: map[string]struct{}{},
-		values:   map[Entry]struct{}{},
+	xd := &exemptDraft{
+		x: &exemptions{
+			paths:    map[string]struct{}{},
+			pathKeys: map[string]struct{}{},
+			addrKeys: map[string]struct{}{},
+			values:   map[Entry]struct{}{},
+		},
+		eff: &EffectiveExemptions{},
 	}
-	eff := &EffectiveExemptions{}
-	var pathKeys, addrKeys []string
-	var pathKeysSet, addrKeysSet bool
-	for _, p := range d.fields(n, field) {
-		f := join(field, p.key)
-		switch p.key {
-		case "paths":
-			for _, it := range d.strList(p.v, f, "paths") {
-				s := it.s
-				star := strings.IndexByte(s, '*')
-				switch {
-				case star < 0:
-					x.paths[s] = struct{}{}
-				case star == len(s)-1:
-					x.prefixes = append(x.prefixes, s[:star])
-				default:
-					d.add(it.n, it.field, "a * is only allowed at the end of a path (a prefix), got %q", s)
-					continue
-				}
-				eff.Paths = append(eff.Paths, s)
-			}
-		case "path_keys":
-			pathKeysSet = true
-			pathKeys = strs(d.strList(p.v, f, "descriptor keys"))
-		case "private_ranges":
-			x.private = d.boolean(p.v, f)
-			eff.PrivateRanges = x.private
-		case "cidrs":
-			for _, it := range d.strList(p.v, f, "CIDRs") {
-				s := it.s
-				pre, err := netip.ParsePrefix(s)
-				if err != nil {
-					d.add(it.n, it.field, "invalid CIDR %q (want an address range such as 203.0.113.0/24 or 2001:db8::/32)", s)
-					continue
-				}
-				pre = pre.Masked()
-				x.cidrs = append(x.cidrs, pre)
-				eff.CIDRs = append(eff.CIDRs, pre.String())
-			}
-		case "address_keys":
-			addrKeysSet = true
-			addrKeys = strs(d.strList(p.v, f, "descriptor keys"))
-		case "values":
-			v := deref(p.v)
-			if isNull(v) {
-				continue
-			}
-			if v.Kind != yaml.SequenceNode {
-				d.add(v, f, "must be a list of {key: ..., value: ...}, got %s", kindName(v))
-				continue
-			}
-			for i, c := range v.Content {
-				g := fmt.Sprintf("%s[%d]", f, i)
-				var e Entry
-				var keyNode *yaml.Node
-				for _, q := range d.fields(c, g) {
-					switch q.key {
-					case "key":
-						keyNode = q.v
-						e.Key = d.name(q.v, join(g, "key"), "key")
-					case "value":
-						e.Value = d.name(q.v, join(g, "value"), "value")
-					default:
-						d.unknown(q, g, "key, value")
-					}
-				}
-				if e.Key == "" {
-					at := keyNode
-					if at == nil {
-						at = deref(c)
-					}
-					d.add(deref(at), join(g, "key"), "an exempt value needs a key")
-					continue
-				}
-				x.values[e] = struct{}{}
-				eff.Values = append(eff.Values, EffectiveEntry{Key: e.Key, Value: e.Value})
-			}
-		default:
-			d.unknown(p, field, "paths, path_keys, private_ranges, cidrs, address_keys, values")
-		}
-	}
-	if !pathKeysSet {
+	d.tables.exemptions.decode(d, n, field, xd)
+	x, eff := xd.x, xd.eff
+	pathKeys, addrKeys := xd.pathKeys, xd.addrKeys
+	if !xd.pathKeysSet {
 		pathKeys = []string{"path", ":path"}
 	}
-	if !addrKeysSet {
+	if !xd.addrKeysSet {
 		addrKeys = []string{"remote_address"}
 	}
 	for _, k := range pathKeys {
@@ -440,6 +404,107 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 	}
 	eff.PathKeys, eff.AddressKeys = pathKeys, addrKeys
 	return x, eff
+}
+
+// exemptDraft is an exemptions block as its keys are decoded.
+type exemptDraft struct {
+	x                        *exemptions
+	eff                      *EffectiveExemptions
+	pathKeys, addrKeys       []string
+	pathKeysSet, addrKeysSet bool
+}
+
+func exemptionKeys() *keys[*exemptDraft] {
+	type row = key[*exemptDraft]
+	return newKeys("| exemptions key |", nil,
+		row{"paths", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			for _, it := range d.strList(p.v, f, "paths") {
+				s := it.s
+				star := strings.IndexByte(s, '*')
+				switch {
+				case star < 0:
+					xd.x.paths[s] = struct{}{}
+				case star == len(s)-1:
+					xd.x.prefixes = append(xd.x.prefixes, s[:star])
+				default:
+					d.add(it.n, it.field, "a * is only allowed at the end of a path (a prefix), got %q", s)
+					continue
+				}
+				xd.eff.Paths = append(xd.eff.Paths, s)
+			}
+		}},
+		row{"path_keys", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			xd.pathKeysSet = true
+			xd.pathKeys = strs(d.strList(p.v, f, "descriptor keys"))
+		}},
+		row{"private_ranges", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			xd.x.private = d.boolean(p.v, f)
+			xd.eff.PrivateRanges = xd.x.private
+		}},
+		row{"cidrs", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			for _, it := range d.strList(p.v, f, "CIDRs") {
+				s := it.s
+				pre, err := netip.ParsePrefix(s)
+				if err != nil {
+					d.add(it.n, it.field, "invalid CIDR %q (want an address range such as 203.0.113.0/24 or 2001:db8::/32)", s)
+					continue
+				}
+				pre = pre.Masked()
+				xd.x.cidrs = append(xd.x.cidrs, pre)
+				xd.eff.CIDRs = append(xd.eff.CIDRs, pre.String())
+			}
+		}},
+		row{"address_keys", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			xd.addrKeysSet = true
+			xd.addrKeys = strs(d.strList(p.v, f, "descriptor keys"))
+		}},
+		row{"values", (*decoder).exemptValues},
+	)
+}
+
+// exemptValues decodes exemptions.values: a list of {key, value}.
+func (d *decoder) exemptValues(xd *exemptDraft, p pair, f string) {
+	v := deref(p.v)
+	if isNull(v) {
+		return
+	}
+	if v.Kind != yaml.SequenceNode {
+		d.add(v, f, "must be a list of {key: ..., value: ...}, got %s", kindName(v))
+		return
+	}
+	for i, c := range v.Content {
+		g := fmt.Sprintf("%s[%d]", f, i)
+		var vd valueDraft
+		d.tables.exemptValue.decode(d, c, g, &vd)
+		e := vd.e
+		if e.Key == "" {
+			at := vd.keyNode
+			if at == nil {
+				at = deref(c)
+			}
+			d.add(deref(at), join(g, "key"), "an exempt value needs a key")
+			continue
+		}
+		xd.x.values[e] = struct{}{}
+		xd.eff.Values = append(xd.eff.Values, EffectiveEntry{Key: e.Key, Value: e.Value})
+	}
+}
+
+// valueDraft is one entry of exemptions.values as its keys are decoded.
+type valueDraft struct {
+	e       Entry
+	keyNode *yaml.Node
+}
+
+func exemptValueKeys() *keys[*valueDraft] {
+	type row = key[*valueDraft]
+	return newKeys("", nil,
+		row{"key", func(d *decoder, vd *valueDraft, p pair, f string) {
+			vd.keyNode = p.v
+			vd.e.Key = d.name(p.v, f, "key")
+		}},
+		row{"value", func(d *decoder, vd *valueDraft, p pair, f string) { vd.e.Value = d.name(p.v, f, "value") }},
+	)
 }
 
 // ref decodes the name of a plan or penalty a descriptor refers to; empty is reported.
