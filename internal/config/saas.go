@@ -69,16 +69,10 @@ type exemptions struct {
 	values   map[Entry]struct{}
 }
 
-// privateRanges are the ranges private_ranges: true exempts.
-func privateRanges() []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10"} {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
-
-// isPrivate reports whether a (unmapped) is in one of privateRanges, without allocating.
+// isPrivate reports whether a (unmapped) is in one of the ranges private_ranges: true
+// exempts (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 127.0.0.0/8, 169.254.0.0/16,
+// ::1/128, fc00::/7, fe80::/10; docs/config.md lists them and TestIsPrivate checks
+// against that list), without allocating.
 func isPrivate(a netip.Addr) bool {
 	if a.Is4() {
 		b := a.As4()

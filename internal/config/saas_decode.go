@@ -486,7 +486,7 @@ func (d *decoder) exemptValues(xd *exemptDraft, p pair, f string) {
 			continue
 		}
 		xd.x.values[e] = struct{}{}
-		xd.eff.Values = append(xd.eff.Values, EffectiveEntry{Key: e.Key, Value: e.Value})
+		xd.eff.Values = append(xd.eff.Values, EffectiveEntry(e))
 	}
 }
 

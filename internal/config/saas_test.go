@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -528,14 +529,75 @@ func TestParseAddr(t *testing.T) {
 	}
 }
 
+// privateRanges returns the ranges docs/config.md says private_ranges: true exempts.
+func privateRanges(t testing.TB) []netip.Prefix {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "docs", "config.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "| `private_ranges` |") {
+			continue
+		}
+		for _, m := range backticked.FindAllStringSubmatch(line, -1) {
+			if p, err := netip.ParsePrefix(m[1]); err == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("docs/config.md lists no private ranges")
+	}
+	return out
+}
+
+func inRanges(ranges []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ranges {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// isPrivate exempts exactly the ranges docs/config.md lists: every range's first and
+// last address and their neighbours outside it.
+func TestIsPrivate(t *testing.T) {
+	ranges := privateRanges(t)
+	if len(ranges) != 8 {
+		t.Errorf("docs/config.md lists %d private ranges: %v", len(ranges), ranges)
+	}
+	for _, p := range ranges {
+		first := p.Masked().Addr()
+		b := first.AsSlice() // the last address: every host bit set
+		for i := p.Bits(); i < first.BitLen(); i++ {
+			b[i/8] |= 0x80 >> (i % 8)
+		}
+		last, _ := netip.AddrFromSlice(b)
+		for _, a := range []netip.Addr{first, last, first.Prev(), last.Next()} {
+			if !a.IsValid() {
+				continue
+			}
+			if got, want := isPrivate(a), inRanges(ranges, a); got != want {
+				t.Errorf("isPrivate(%v) = %v, want %v", a, got, want)
+			}
+		}
+	}
+}
+
 func FuzzParseAddr(f *testing.F) {
 	f.Add("10.0.0.1")
 	f.Add("::ffff:10.0.0.1")
+	ranges := privateRanges(f)
 	f.Fuzz(func(t *testing.T, s string) {
 		want, err := netip.ParseAddr(s)
 		got, ok := parseAddr(s)
 		if len(s) <= 64 && ok != (err == nil) || ok && got != want.WithZone("").Unmap() {
 			t.Fatalf("parseAddr(%q) = %v, %v; netip: %v, %v", s, got, ok, want, err)
+		}
+		if ok && isPrivate(got) != inRanges(ranges, got) {
+			t.Fatalf("isPrivate(%v) = %v", got, isPrivate(got))
 		}
 	})
 }
