@@ -5,8 +5,8 @@ package all
 import (
 	"context"
 	"fmt"
+	"math"
 	"net/url"
-	"strconv"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/dynamodb"
@@ -65,27 +65,19 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 // openMemory reads memory://?max_keys=N&snapshot=PATH. With snapshot the store is
 // restored from PATH at open and writes PATH on Close (clean shutdown).
 func openMemory(u *url.URL, opt backends.Options) (backends.Store, error) {
-	var cfg memory.Config
-	q := u.Query()
-	for k := range q {
-		switch k {
-		case "max_keys", "snapshot":
-		default:
-			return nil, fmt.Errorf("store URL: memory:// has no option %q (want max_keys, snapshot)", k)
-		}
+	q, err := backends.NewQuery("memory", u)
+	if err != nil {
+		return nil, err
 	}
-	if v := q.Get("max_keys"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("store URL: memory max_keys must be a positive integer, got %q", v)
-		}
-		cfg.MaxKeys = n
+	cfg := memory.Config{MaxKeys: q.Int("max_keys", 0, 1, math.MaxInt)}
+	path, snapshot := q.String("snapshot", ""), q.Has("snapshot")
+	if snapshot && path == "" {
+		q.Invalid("snapshot", "a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
 	}
-	if q.Has("snapshot") {
-		path := q.Get("snapshot")
-		if path == "" {
-			return nil, fmt.Errorf("store URL: memory snapshot needs a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
-		}
+	if err := q.Err(); err != nil {
+		return nil, err
+	}
+	if snapshot {
 		return memory.OpenPersistent(cfg, path, opt.Logger), nil
 	}
 	return memory.New(cfg), nil

@@ -117,56 +117,28 @@ func ParseURL(raw string) (Config, error) {
 	if cfg.Table == "" {
 		return Config{}, fmt.Errorf("dynamodb URL: no table name (want dynamodb://TABLE?region=...)")
 	}
-	q := u.Query()
-	for k := range q {
-		switch k {
-		case "region", "endpoint", "create_table", "consistent_read", "max_attempts", "sdk_attempts",
-			"setup_timeout", "access_key_id", "secret_access_key":
-		default:
-			return Config{}, fmt.Errorf("dynamodb URL: unknown option %q (want region, endpoint, create_table, consistent_read, max_attempts, sdk_attempts, setup_timeout, access_key_id, secret_access_key)", k)
-		}
+	q, err := backends.NewQuery("dynamodb", u)
+	if err != nil {
+		return Config{}, err
 	}
-	cfg.Region = q.Get("region")
-	cfg.Endpoint = q.Get("endpoint")
+	cfg.Region = q.String("region", "")
+	cfg.Endpoint = q.String("endpoint", "")
 	if cfg.Endpoint != "" {
 		if e, err := url.Parse(cfg.Endpoint); err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
-			return Config{}, fmt.Errorf("dynamodb URL: endpoint must be an http(s) URL, got %q", cfg.Endpoint)
+			q.Invalid("endpoint", "an http(s) URL such as http://127.0.0.1:8000")
 		}
 	}
-	cfg.AccessKeyID, cfg.SecretAccessKey = q.Get("access_key_id"), q.Get("secret_access_key")
+	cfg.CreateTable = q.Bool("create_table", cfg.CreateTable)
+	cfg.ConsistentRead = q.Bool("consistent_read", cfg.ConsistentRead)
+	cfg.MaxAttempts = q.Int("max_attempts", cfg.MaxAttempts, 1, 1000)
+	cfg.SDKAttempts = q.Int("sdk_attempts", cfg.SDKAttempts, 1, 1000)
+	cfg.SetupTimeout = q.Duration("setup_timeout", cfg.SetupTimeout, time.Millisecond)
+	cfg.AccessKeyID, cfg.SecretAccessKey = q.String("access_key_id", ""), q.String("secret_access_key", "")
+	if err := q.Err(); err != nil {
+		return Config{}, err
+	}
 	if (cfg.AccessKeyID == "") != (cfg.SecretAccessKey == "") {
 		return Config{}, fmt.Errorf("dynamodb URL: access_key_id and secret_access_key go together")
-	}
-	for _, b := range []struct {
-		key string
-		dst *bool
-	}{{"create_table", &cfg.CreateTable}, {"consistent_read", &cfg.ConsistentRead}} {
-		if v := q.Get(b.key); v != "" {
-			x, err := strconv.ParseBool(v)
-			if err != nil {
-				return Config{}, fmt.Errorf("dynamodb URL: %s must be true or false, got %q", b.key, v)
-			}
-			*b.dst = x
-		}
-	}
-	for _, n := range []struct {
-		key string
-		dst *int
-	}{{"max_attempts", &cfg.MaxAttempts}, {"sdk_attempts", &cfg.SDKAttempts}} {
-		if v := q.Get(n.key); v != "" {
-			x, err := strconv.Atoi(v)
-			if err != nil || x <= 0 || x > 1000 {
-				return Config{}, fmt.Errorf("dynamodb URL: %s must be an integer in 1..1000, got %q", n.key, v)
-			}
-			*n.dst = x
-		}
-	}
-	if v := q.Get("setup_timeout"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return Config{}, fmt.Errorf("dynamodb URL: setup_timeout must be a positive duration, got %q", v)
-		}
-		cfg.SetupTimeout = d
 	}
 	return cfg, nil
 }

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"math"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,22 +85,14 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 			cfg.Servers = append(cfg.Servers, h)
 		}
 	}
-	q, err := url.ParseQuery(u.RawQuery)
+	q, err := backends.NewQuery("memcached", u)
 	if err != nil {
-		return nil, fmt.Errorf("memcached URL: query: %w", err)
+		return nil, err
 	}
-	for k, v := range q {
-		n, err := strconv.Atoi(v[0])
-		switch {
-		case k != "max_retries" && k != "max_idle_conns":
-			return nil, fmt.Errorf("memcached URL: no option %q (want max_retries, max_idle_conns)", k)
-		case err != nil || n <= 0:
-			return nil, fmt.Errorf("memcached URL: %s must be a positive integer, got %q", k, v[0])
-		case k == "max_retries":
-			cfg.MaxRetries = n
-		default:
-			cfg.MaxIdleConns = n
-		}
+	cfg.MaxRetries = q.Int("max_retries", 0, 1, math.MaxInt)
+	cfg.MaxIdleConns = q.Int("max_idle_conns", 0, 1, math.MaxInt)
+	if err := q.Err(); err != nil {
+		return nil, err
 	}
 	return New(cfg, opt)
 }

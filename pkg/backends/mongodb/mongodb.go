@@ -12,8 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +22,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -111,51 +112,55 @@ func ParseURL(raw string) (Config, error) {
 	if strings.Contains(cfg.Database, "/") {
 		return Config{}, fmt.Errorf("mongodb URL: database name %q must not contain '/'", cfg.Database)
 	}
-	q := u.Query()
-	take := func(k string) string {
-		v := q.Get(k)
-		q.Del(k)
-		return v
+	q, err := backends.NewQuery("mongodb", u)
+	if err != nil {
+		return Config{}, err
 	}
-	if v := take("collection"); v != "" {
-		cfg.Collection = v
+	cfg.Collection = q.String("collection", cfg.Collection)
+	if cfg.Collection == "" {
+		q.Invalid("collection", "a collection name")
 	}
-	if v := take("max_attempts"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 || n > 1000 {
-			return Config{}, fmt.Errorf("mongodb URL: max_attempts must be an integer in 1..1000, got %q", v)
-		}
-		cfg.MaxAttempts = n
+	cfg.MaxAttempts = q.Int("max_attempts", cfg.MaxAttempts, 1, 1000)
+	cfg.TTLIndex = q.Bool("ttl_index", cfg.TTLIndex)
+	cfg.SweepInterval = q.Duration("sweep_interval", cfg.SweepInterval, time.Millisecond)
+	cfg.SetupTimeout = q.Duration("setup_timeout", cfg.SetupTimeout, time.Millisecond)
+	cfg.SweepBatch = q.Int("sweep_batch", cfg.SweepBatch, 1, math.MaxInt)
+	rest, err := q.Rest()
+	if err != nil {
+		return Config{}, err
 	}
-	if v := take("ttl_index"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return Config{}, fmt.Errorf("mongodb URL: ttl_index must be true or false, got %q", v)
-		}
-		cfg.TTLIndex = b
+	if err := driverKnows(rest, q.Known()); err != nil {
+		return Config{}, err
 	}
-	for _, d := range []struct {
-		key string
-		dst *time.Duration
-	}{{"sweep_interval", &cfg.SweepInterval}, {"setup_timeout", &cfg.SetupTimeout}} {
-		if v := take(d.key); v != "" {
-			dur, err := time.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return Config{}, fmt.Errorf("mongodb URL: %s must be a positive duration, got %q", d.key, v)
-			}
-			*d.dst = dur
-		}
-	}
-	if v := take("sweep_batch"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return Config{}, fmt.Errorf("mongodb URL: sweep_batch must be a positive integer, got %q", v)
-		}
-		cfg.SweepBatch = n
-	}
-	u.RawQuery = q.Encode()
+	u.RawQuery = rest.Encode()
 	cfg.URI = u.String()
 	return cfg, nil
+}
+
+// driverKnows checks that every option halt does not take is one the MongoDB driver
+// takes (it would ignore an unknown one, so a misspelt option would silently do nothing).
+// The check parses a plain mongodb:// URI, so it never resolves a mongodb+srv:// host;
+// the SRV-only options are left to the driver.
+func driverKnows(rest url.Values, ours []string) error {
+	check := url.Values{}
+	for k, v := range rest {
+		if l := strings.ToLower(k); l != "srvservicename" && l != "srvmaxhosts" {
+			check[k] = v
+		}
+	}
+	if len(check) == 0 {
+		return nil
+	}
+	cs, err := connstring.Parse("mongodb://localhost/?" + check.Encode())
+	if err != nil {
+		return fmt.Errorf("mongodb URL: %w", err)
+	}
+	for k := range check {
+		if _, unknown := cs.UnknownOptions[strings.ToLower(k)]; unknown {
+			return fmt.Errorf("mongodb URL: unknown option %q: neither halt (%s) nor the MongoDB driver takes it", k, strings.Join(ours, ", "))
+		}
+	}
+	return nil
 }
 
 // Open connects to the server named by rawURL, checks that it answers and makes sure

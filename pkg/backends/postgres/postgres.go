@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"slices"
 	"strconv"
@@ -92,46 +93,29 @@ func parseURL(raw string) (*urlConfig, error) {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return nil, fmt.Errorf("postgres URL: scheme %q is not postgres or postgresql", u.Scheme)
 	}
-	out := &urlConfig{table: DefaultTable}
-	q, err := url.ParseQuery(u.RawQuery)
+	q, err := backends.NewQuery("postgres", u)
 	if err != nil {
-		return nil, fmt.Errorf("postgres URL: query: %w", err)
+		return nil, err
 	}
-	if v, ok := q["table"]; ok {
-		out.table = v[0]
-		if err := validTable(out.table); err != nil {
-			return nil, err
+	out := &urlConfig{table: q.String("table", DefaultTable)}
+	if interval := q.Duration("cleanup_interval", 0, 0); q.Has("cleanup_interval") {
+		if interval == 0 {
+			interval = -1 // 0 in the URL turns the cleaner off
 		}
-		q.Del("table")
+		out.cfg.CleanupInterval = interval
 	}
-	if v := q.Get("cleanup_interval"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return nil, fmt.Errorf("postgres URL: cleanup_interval %q is not a duration (like 30s; 0 disables)", v)
-		}
-		if d == 0 {
-			d = -1
-		}
-		out.cfg.CleanupInterval = d
+	out.cfg.CleanupBatch = q.Int("cleanup_batch", 0, 1, math.MaxInt)
+	out.cfg.SkipMigrate = !q.Bool("migrate", true)
+	// The rest are pgx's options, and PostgreSQL run-time parameters the server checks
+	// when a connection starts.
+	rest, err := q.Rest()
+	if err != nil {
+		return nil, err
 	}
-	q.Del("cleanup_interval")
-	if v := q.Get("cleanup_batch"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("postgres URL: cleanup_batch must be a positive integer, got %q", v)
-		}
-		out.cfg.CleanupBatch = n
+	if err := validTable(out.table); err != nil {
+		return nil, err
 	}
-	q.Del("cleanup_batch")
-	if v := q.Get("migrate"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("postgres URL: migrate must be true or false, got %q", v)
-		}
-		out.cfg.SkipMigrate = !b
-	}
-	q.Del("migrate")
-	u.RawQuery = q.Encode()
+	u.RawQuery = rest.Encode()
 	out.cfg.Table = out.table
 	out.pool, err = pgxpool.ParseConfig(u.String())
 	if err != nil {

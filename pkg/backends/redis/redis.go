@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -130,73 +131,42 @@ func Parse(u *url.URL) (Config, error) {
 		cfg.DB = db
 	}
 
-	q := u.Query()
+	q, err := backends.NewQuery("redis", u)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.PoolSize = q.Int("pool_size", 0, 1, math.MaxInt)
+	cfg.MinIdle = q.Int("min_idle", 0, 0, math.MaxInt)
+	cfg.Timeout = q.Duration("timeout", 0, time.Microsecond)
+	cfg.ServerTime = q.Choice("time", "halt", "redis", "halt", "local", "") == "redis"
+	cfg.LocalCache = q.Bool("local_cache", cfg.LocalCache)
+	cfg.Batch = q.Bool("batch", cfg.Batch)
+	cfg.Pipelines = q.Int("pipelines", 0, 1, math.MaxInt)
+	switch watch := q.Duration("watch_interval", 0, 0); {
+	case watch > 0:
+		cfg.WatchInterval = watch
+	case q.Has("watch_interval"):
+		cfg.WatchInterval = -1 // 0 turns the watch off
+	}
+	if cfg.Mode == Sentinel {
+		cfg.MasterName = q.String("master", "")
+		cfg.SentinelUsername = q.String("sentinel_username", "")
+		cfg.SentinelPassword = q.String("sentinel_password", "")
+	} else {
+		for _, k := range []string{"master", "sentinel_username", "sentinel_password"} {
+			q.Refuse(k, "applies to redis+sentinel:// only")
+		}
+	}
 	tlsOpts := map[string]string{}
-	for k, vs := range q {
-		v := vs[len(vs)-1]
-		var err error
-		switch k {
-		case "pool_size":
-			cfg.PoolSize, err = positive(k, v)
-		case "min_idle":
-			cfg.MinIdle, err = strconv.Atoi(v)
-			if err != nil || cfg.MinIdle < 0 {
-				err = fmt.Errorf("redis URL: min_idle must be a non-negative integer, got %q", v)
-			}
-		case "pipelines":
-			cfg.Pipelines, err = positive(k, v)
-		case "timeout":
-			cfg.Timeout, err = time.ParseDuration(v)
-			if err != nil || cfg.Timeout <= 0 {
-				err = fmt.Errorf("redis URL: timeout must be a positive Go duration such as 15ms, got %q", v)
-			}
-		case "time":
-			switch v {
-			case "redis":
-				cfg.ServerTime = true
-			case "halt", "local", "":
-				cfg.ServerTime = false
-			default:
-				err = fmt.Errorf("redis URL: time must be redis or halt, got %q", v)
-			}
-		case "watch_interval":
-			var d time.Duration
-			d, err = time.ParseDuration(v)
-			switch {
-			case err != nil || d < 0:
-				err = fmt.Errorf("redis URL: watch_interval must be a Go duration such as 10s (0 turns it off), got %q", v)
-			case d == 0:
-				cfg.WatchInterval = -1
-			default:
-				cfg.WatchInterval = d
-			}
-		case "local_cache":
-			cfg.LocalCache, err = boolean(k, v)
-		case "batch":
-			cfg.Batch, err = boolean(k, v)
-		case "master", "sentinel_username", "sentinel_password":
-			if cfg.Mode != Sentinel {
-				return cfg, fmt.Errorf("redis URL: option %q applies to redis+sentinel:// only", k)
-			}
-			switch k {
-			case "master":
-				cfg.MasterName = v
-			case "sentinel_username":
-				cfg.SentinelUsername = v
-			default:
-				cfg.SentinelPassword = v
-			}
-		case "tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure_skip_verify":
-			if u.Scheme != "rediss" {
-				return cfg, fmt.Errorf("redis URL: option %q needs a rediss:// URL", k)
-			}
+	for _, k := range []string{"tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure_skip_verify"} {
+		if u.Scheme != "rediss" {
+			q.Refuse(k, "needs a rediss:// URL")
+		} else if v := q.String(k, ""); q.Has(k) {
 			tlsOpts[k] = v
-		default:
-			return cfg, fmt.Errorf("redis URL: unknown option %q (want pool_size, min_idle, timeout, time, local_cache, batch, pipelines, watch_interval%s)", k, modeOptions(u.Scheme))
 		}
-		if err != nil {
-			return cfg, err
-		}
+	}
+	if err := q.Err(); err != nil {
+		return cfg, err
 	}
 	if cfg.Mode == Sentinel && cfg.MasterName == "" {
 		return cfg, fmt.Errorf("redis URL: redis+sentinel:// needs ?master=NAME")
@@ -209,24 +179,6 @@ func Parse(u *url.URL) (Config, error) {
 		cfg.TLS = t
 	}
 	return cfg, nil
-}
-
-func modeOptions(scheme string) string {
-	switch scheme {
-	case "rediss":
-		return ", tls_ca, tls_cert, tls_key, tls_server_name, tls_insecure_skip_verify"
-	case "redis+sentinel":
-		return ", master, sentinel_username, sentinel_password"
-	}
-	return ""
-}
-
-func positive(k, v string) (int, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("redis URL: %s must be a positive integer, got %q", k, v)
-	}
-	return n, nil
 }
 
 func boolean(k, v string) (bool, error) {
