@@ -1,0 +1,500 @@
+package refenv
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Generic names are the reference's variables whose names other software sets too (a
+// platform's PORT, a shell's HOST): alone they do not switch the reference's environment
+// on, and Settings.Ignored names them when they were set but nothing else was.
+var genericNames = []string{"HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT"}
+
+// Settings is what the reference's variables ask of halt. Empty fields mean "the
+// reference's variables say nothing here": halt keeps its own setting.
+type Settings struct {
+	// Active is true when at least one of the reference's variables (other than the
+	// generic HOST, PORT, LOG_LEVEL, LOG_FORMAT) is set: only then do the others, and
+	// the reference's defaults, apply.
+	Active bool
+	// Set lists the reference variables present in the environment, sorted.
+	Set []string
+	// Ignored lists generic variables that were set while Active is false.
+	Ignored []string
+	// Warnings are things the operator should know (logged at startup).
+	Warnings []string
+
+	GRPCAddr, HTTPAddr, AdminAddr string
+	LogLevel, LogFormat           string // slog's names: debug, info, warn, error; text, json
+
+	// Store is halt's store URL (it may hold a password: never log it); StoreFrom names
+	// the variables it came from.
+	Store     string
+	StoreFrom []string
+	// StoreTimeout is REDIS_TIMEOUT when set (0 otherwise).
+	StoreTimeout time.Duration
+	// KeyPrefix is CACHE_KEY_PREFIX.
+	KeyPrefix string
+
+	// ConfigDir is the runtime directory when CONFIG_TYPE=FILE.
+	ConfigDir string
+	// XDS is set when CONFIG_TYPE=GRPC_XDS_SOTW.
+	XDS *XDS
+	// WaitForConfig: with xDS, do not listen before the first config (not
+	// FORCE_START_WITHOUT_INITIAL_CONFIG).
+	WaitForConfig bool
+
+	// TLS is set when GRPC_SERVER_USE_TLS: it applies to the gRPC port only.
+	TLS *TLS
+
+	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
+	MaxConcurrentStreams                    uint32
+
+	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
+	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
+	HealthNeedsConfig, HealthPingsStore bool
+}
+
+// TLS is the gRPC listener's TLS.
+type TLS struct{ Cert, Key, ClientCA string }
+
+// XDS is the xDS client's settings.
+type XDS struct {
+	Server         string
+	NodeID         string
+	NodeMetadata   map[string]string
+	Headers        map[string]string
+	UseTLS         bool
+	Cert, Key, CA  string
+	ServerName     string
+	ConnectRetry   time.Duration
+	BackoffInitial time.Duration
+	BackoffMax     time.Duration
+	BackoffRandom  float64
+	BackoffJitter  bool
+	MaxRecvMsgSize int
+}
+
+// reader holds one environment and the problems found in it.
+type reader struct {
+	env      map[string]string
+	vars     map[string]Var
+	errs     []error
+	readFile func(string) ([]byte, error)
+}
+
+// present reports whether name is set (even to "").
+func (r *reader) present(name string) bool { _, ok := r.env[name]; return ok }
+
+// str returns the variable's value, or its default when it is not set.
+func (r *reader) str(name string) string {
+	if v, ok := r.env[name]; ok {
+		return v
+	}
+	return r.vars[name].Default
+}
+
+func (r *reader) boolean(name string) bool {
+	b, _ := strconv.ParseBool(r.str(name)) // checked in Read
+	return b
+}
+
+func (r *reader) integer(name string) int64 {
+	n, _ := strconv.ParseInt(r.str(name), 0, 64)
+	return n
+}
+
+func (r *reader) float(name string) float64 {
+	f, _ := strconv.ParseFloat(r.str(name), 64)
+	return f
+}
+
+func (r *reader) duration(name string) time.Duration {
+	d, _ := time.ParseDuration(r.str(name))
+	return d
+}
+
+func (r *reader) fail(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf(format, args...))
+}
+
+// Read maps an environment (name -> value) to Settings the way the reference reads its
+// settings. Every problem is returned at once, each naming its variable: a value the
+// reference would not parse, a value halt cannot honour yet, and variables that
+// contradict each other. readFile reads REDIS_AUTH_FILE (os.ReadFile in the binary).
+func Read(env map[string]string, readFile func(string) ([]byte, error)) (*Settings, error) {
+	r := &reader{env: env, vars: map[string]Var{}, readFile: readFile}
+	for _, v := range Vars() {
+		r.vars[v.Name] = v
+	}
+	s := &Settings{}
+	for name := range env {
+		if _, ok := r.vars[name]; !ok {
+			continue
+		}
+		s.Set = append(s.Set, name)
+		generic := false
+		for _, g := range genericNames {
+			generic = generic || g == name
+		}
+		s.Active = s.Active || !generic
+	}
+	sort.Strings(s.Set)
+	if !s.Active {
+		s.Ignored = s.Set
+		s.Set = nil
+		return s, nil
+	}
+
+	// Every given value must parse as the reference parses it (it would panic).
+	for _, name := range s.Set {
+		v := r.vars[name]
+		val := env[name]
+		if val == "" && (v.Kind == String || v.Kind == List || v.Kind == Map) {
+			continue
+		}
+		if err := parse(v.Kind, val); err != nil {
+			r.fail("%s=%q: %s", name, val, kindWant(v.Kind))
+			continue
+		}
+		if v.Status == NotYet && (v.Unsupported == nil || v.Unsupported(val)) {
+			r.fail("%s=%q: not supported by halt yet (%s)", name, val, strings.TrimSuffix(v.Note, "."))
+		}
+	}
+	if len(r.errs) > 0 {
+		return nil, errors.Join(r.errs...)
+	}
+	r.listeners(s)
+	r.logging(s)
+	r.config(s)
+	r.store(s)
+	r.tls(s)
+	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
+	s.HealthPingsStore = r.boolean("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION")
+	if !r.present("USE_STATSD") && !r.boolean("DISABLE_STATS") {
+		s.Warnings = append(s.Warnings, "USE_STATSD is unset: the reference would send statsd to "+
+			net.JoinHostPort(r.str("STATSD_HOST"), r.str("STATSD_PORT"))+"; halt sends none (its metrics are on /metrics). Set USE_STATSD=false to say so")
+	}
+	for _, name := range []string{"REDIS_PIPELINE_WINDOW", "REDIS_PIPELINE_LIMIT", "REDIS_USE_EXPLICIT_PIPELINE", "REDIS_CLUSTER_PIPELINE_PARALLELISM"} {
+		if r.present(name) {
+			s.Warnings = append(s.Warnings, name+" is not used: halt's Redis store pipelines concurrent calls by itself")
+		}
+	}
+	if len(r.errs) > 0 {
+		return nil, errors.Join(r.errs...)
+	}
+	return s, nil
+}
+
+func kindWant(k Kind) string {
+	switch k {
+	case Bool:
+		return "want true or false"
+	case Int:
+		return "want an integer"
+	case Float:
+		return "want a number"
+	case Duration:
+		return "want a Go duration such as 10s"
+	case Map:
+		return errMap.Error()
+	}
+	return "invalid value"
+}
+
+func (r *reader) port(name string) string {
+	n := r.integer(name)
+	if n < 0 || n > 65535 {
+		r.fail("%s=%d: want a port number (0..65535)", name, n)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (r *reader) listeners(s *Settings) {
+	s.HTTPAddr = net.JoinHostPort(r.str("HOST"), r.port("PORT"))
+	s.GRPCAddr = net.JoinHostPort(r.str("GRPC_HOST"), r.port("GRPC_PORT"))
+	s.AdminAddr = net.JoinHostPort(r.str("DEBUG_HOST"), r.port("DEBUG_PORT"))
+	s.MaxConnectionAge = r.duration("GRPC_MAX_CONNECTION_AGE")
+	s.MaxConnectionAgeGrace = r.duration("GRPC_MAX_CONNECTION_AGE_GRACE")
+	for _, n := range []string{"GRPC_MAX_CONNECTION_AGE", "GRPC_MAX_CONNECTION_AGE_GRACE"} {
+		if r.duration(n) <= 0 {
+			r.fail("%s=%q: want a positive duration", n, r.str(n))
+		}
+	}
+	streams := r.integer("GRPC_MAX_CONCURRENT_STREAMS")
+	if streams < 0 || streams > 1<<32-1 {
+		r.fail("GRPC_MAX_CONCURRENT_STREAMS=%d: want 0..4294967295", streams)
+	}
+	s.MaxConcurrentStreams = uint32(max(0, min(streams, 1<<32-1)))
+}
+
+func (r *reader) logging(s *Settings) {
+	switch lv := strings.ToLower(r.str("LOG_LEVEL")); lv {
+	case "trace", "debug":
+		s.LogLevel = "debug"
+	case "info":
+		s.LogLevel = "info"
+	case "warn", "warning":
+		s.LogLevel = "warn"
+	case "error", "fatal", "panic":
+		s.LogLevel = "error"
+	default:
+		r.fail("LOG_LEVEL=%q: want trace, debug, info, warn, error, fatal or panic", r.str("LOG_LEVEL"))
+	}
+	switch f := r.str("LOG_FORMAT"); f {
+	case "text", "json":
+		s.LogFormat = f
+	default:
+		r.fail("LOG_FORMAT=%q: want text or json", f)
+	}
+}
+
+func (r *reader) config(s *Settings) {
+	switch ct := r.str("CONFIG_TYPE"); ct {
+	case "FILE":
+		// The reference's goruntime reads RUNTIME_ROOT/RUNTIME_SUBDIRECTORY and keeps the
+		// keys under RUNTIME_APPDIRECTORY (watching the root), or reads
+		// RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY (not watching it): the
+		// same files either way.
+		s.ConfigDir = filepath.Join(r.str("RUNTIME_ROOT"), r.str("RUNTIME_SUBDIRECTORY"), r.str("RUNTIME_APPDIRECTORY"))
+	case "GRPC_XDS_SOTW":
+		x := &XDS{
+			Server:         r.str("CONFIG_GRPC_XDS_SERVER_URL"),
+			NodeID:         r.str("CONFIG_GRPC_XDS_NODE_ID"),
+			NodeMetadata:   map[string]string{},
+			Headers:        map[string]string{},
+			UseTLS:         r.boolean("CONFIG_GRPC_XDS_SERVER_USE_TLS"),
+			Cert:           r.str("CONFIG_GRPC_XDS_CLIENT_TLS_CERT"),
+			Key:            r.str("CONFIG_GRPC_XDS_CLIENT_TLS_KEY"),
+			CA:             r.str("CONFIG_GRPC_XDS_SERVER_TLS_CACERT"),
+			ServerName:     r.str("CONFIG_GRPC_XDS_SERVER_TLS_SAN"),
+			ConnectRetry:   r.duration("CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL"),
+			BackoffInitial: r.duration("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL"),
+			BackoffMax:     r.duration("XDS_CLIENT_BACKOFF_MAX_INTERVAL"),
+			BackoffRandom:  r.float("XDS_CLIENT_BACKOFF_RANDOM_FACTOR"),
+			BackoffJitter:  r.boolean("XDS_CLIENT_BACKOFF_JITTER"),
+			MaxRecvMsgSize: int(r.integer("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")),
+		}
+		for _, e := range strings.Split(r.str("CONFIG_GRPC_XDS_NODE_METADATA"), ",") {
+			if k, v, ok := strings.Cut(e, "="); ok {
+				x.NodeMetadata[k] = v
+			}
+		}
+		if h := r.str("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS"); h != "" {
+			for _, e := range strings.Split(h, ",") {
+				k, v, _ := strings.Cut(e, ":")
+				x.Headers[strings.ToLower(k)] = v
+			}
+		}
+		if x.Server == "" {
+			r.fail("CONFIG_GRPC_XDS_SERVER_URL is empty: want the management server's HOST:PORT")
+		}
+		if (x.Cert == "") != (x.Key == "") {
+			r.fail("CONFIG_GRPC_XDS_CLIENT_TLS_CERT and CONFIG_GRPC_XDS_CLIENT_TLS_KEY go together: one is set, the other is not")
+		}
+		if !x.UseTLS && (x.Cert != "" || x.CA != "") {
+			r.fail("CONFIG_GRPC_XDS_CLIENT_TLS_CERT/CONFIG_GRPC_XDS_SERVER_TLS_CACERT are set but CONFIG_GRPC_XDS_SERVER_USE_TLS is false: the connection would be plaintext")
+		}
+		if x.BackoffInitial <= 0 || x.BackoffMax < x.BackoffInitial {
+			r.fail("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL=%v and XDS_CLIENT_BACKOFF_MAX_INTERVAL=%v: want 0 < initial <= max", x.BackoffInitial, x.BackoffMax)
+		}
+		if x.ConnectRetry <= 0 {
+			r.fail("CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL=%v: want a positive duration", x.ConnectRetry)
+		}
+		if x.BackoffRandom < 0 || x.BackoffRandom > 1 {
+			r.fail("XDS_CLIENT_BACKOFF_RANDOM_FACTOR=%v: want 0..1", x.BackoffRandom)
+		}
+		if x.MaxRecvMsgSize < 0 {
+			r.fail("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES=%d: want 0 or a positive size", x.MaxRecvMsgSize)
+		}
+		s.XDS = x
+		s.WaitForConfig = !r.boolean("FORCE_START_WITHOUT_INITIAL_CONFIG")
+	default:
+		r.fail("CONFIG_TYPE=%q: want FILE or GRPC_XDS_SOTW", ct)
+	}
+	if f := r.float("TRACING_SAMPLING_RATE"); f < 0 || f > 1 {
+		r.fail("TRACING_SAMPLING_RATE=%v: want 0..1", f)
+	}
+	if p := r.str("TRACING_EXPORTER_PROTOCOL"); p != "http" && p != "grpc" {
+		r.fail("TRACING_EXPORTER_PROTOCOL=%q: want http or grpc", p)
+	}
+	if f := r.float("NEAR_LIMIT_RATIO"); f < 0 || f > 1 {
+		r.fail("NEAR_LIMIT_RATIO=%v: want 0..1", f)
+	}
+}
+
+func (r *reader) tls(s *Settings) {
+	if !r.boolean("GRPC_SERVER_USE_TLS") {
+		for _, n := range []string{"GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT"} {
+			if r.str(n) != "" {
+				r.fail("%s is set but GRPC_SERVER_USE_TLS is false: the gRPC port would be plaintext", n)
+			}
+		}
+		return
+	}
+	t := &TLS{Cert: r.str("GRPC_SERVER_TLS_CERT"), Key: r.str("GRPC_SERVER_TLS_KEY"), ClientCA: r.str("GRPC_CLIENT_TLS_CACERT")}
+	if t.Cert == "" || t.Key == "" {
+		r.fail("GRPC_SERVER_USE_TLS=true needs GRPC_SERVER_TLS_CERT and GRPC_SERVER_TLS_KEY")
+	}
+	s.TLS = t
+}
+
+func (r *reader) store(s *Settings) {
+	if r.present("CACHE_KEY_PREFIX") {
+		s.KeyPrefix = r.str("CACHE_KEY_PREFIX")
+	}
+	switch bt := r.str("BACKEND_TYPE"); bt {
+	case "redis":
+		r.redis(s)
+	case "memcache":
+		r.memcache(s)
+	default:
+		r.fail("BACKEND_TYPE=%q: want redis or memcache", bt)
+	}
+}
+
+// auth returns the password of inline or file, failing when both are set.
+func (r *reader) auth(inline, file string) string {
+	if r.str(inline) != "" && r.str(file) != "" {
+		r.fail("%s and %s are both set: they exclude each other", inline, file)
+		return ""
+	}
+	if p := r.str(file); p != "" {
+		b, err := r.readFile(p)
+		if err != nil {
+			r.fail("%s: %v", file, err)
+			return ""
+		}
+		return strings.TrimSpace(string(b))
+	}
+	return r.str(inline)
+}
+
+func (r *reader) redis(s *Settings) {
+	s.StoreFrom = []string{"BACKEND_TYPE", "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL"}
+	// REDIS_SOCKET_TYPE other than tcp was refused above (NotYet), default included.
+	if r.str("REDIS_SOCKET_TYPE") != "tcp" {
+		r.fail("REDIS_SOCKET_TYPE=%q (the reference's default): not supported by halt yet; set REDIS_SOCKET_TYPE=tcp and REDIS_URL=HOST:PORT", r.str("REDIS_SOCKET_TYPE"))
+		return
+	}
+	pass := r.auth("REDIS_AUTH", "REDIS_AUTH_FILE")
+	u := &url.URL{}
+	if pass != "" {
+		if user, pw, ok := strings.Cut(pass, ":"); ok {
+			u.User = url.UserPassword(user, pw)
+		} else {
+			u.User = url.UserPassword("", pass)
+		}
+	}
+	q := url.Values{}
+	q.Set("pool_size", strconv.FormatInt(r.integer("REDIS_POOL_SIZE"), 10))
+	if r.integer("REDIS_POOL_SIZE") <= 0 {
+		r.fail("REDIS_POOL_SIZE=%q: want a positive integer", r.str("REDIS_POOL_SIZE"))
+	}
+	if r.present("REDIS_TIMEOUT") {
+		d := r.duration("REDIS_TIMEOUT")
+		if d <= 0 {
+			r.fail("REDIS_TIMEOUT=%q: want a positive duration", r.str("REDIS_TIMEOUT"))
+		}
+		q.Set("timeout", d.String())
+		s.StoreTimeout = d
+	}
+	addrs := splitList(r.str("REDIS_URL"))
+	tlsOn := r.boolean("REDIS_TLS")
+	switch typ := strings.ToLower(r.str("REDIS_TYPE")); typ {
+	case "single":
+		u.Scheme = "redis"
+		if len(addrs) != 1 {
+			r.fail("REDIS_URL=%q: REDIS_TYPE=single wants one HOST:PORT", r.str("REDIS_URL"))
+			return
+		}
+		if tlsOn {
+			u.Scheme = "rediss"
+			for env, opt := range map[string]string{"REDIS_TLS_CLIENT_CERT": "tls_cert", "REDIS_TLS_CLIENT_KEY": "tls_key", "REDIS_TLS_CACERT": "tls_ca"} {
+				if v := r.str(env); v != "" {
+					q.Set(opt, v)
+				}
+			}
+		}
+		u.Host = addrs[0]
+	case "sentinel":
+		u.Scheme = "redis+sentinel"
+		if len(addrs) < 2 {
+			r.fail("REDIS_URL=%q: REDIS_TYPE=sentinel wants MASTER_NAME,SENTINEL:PORT[,SENTINEL:PORT...]", r.str("REDIS_URL"))
+			return
+		}
+		q.Set("master", addrs[0])
+		u.Host = strings.Join(addrs[1:], ",")
+		if p := r.str("REDIS_SENTINEL_AUTH"); p != "" {
+			q.Set("sentinel_password", p)
+		}
+	case "cluster":
+		u.Scheme = "redis+cluster"
+		if len(addrs) == 0 {
+			r.fail("REDIS_URL is empty: REDIS_TYPE=cluster wants NODE:PORT[,NODE:PORT...]")
+			return
+		}
+		u.Host = strings.Join(addrs, ",")
+	default:
+		r.fail("REDIS_TYPE=%q: want single, sentinel or cluster", r.str("REDIS_TYPE"))
+		return
+	}
+	if tlsOn && u.Scheme != "rediss" {
+		r.fail("REDIS_TLS=true with REDIS_TYPE=%s: not supported by halt yet (TLS to Sentinel or Cluster)", r.str("REDIS_TYPE"))
+		return
+	}
+	if !tlsOn {
+		for _, n := range []string{"REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT"} {
+			if r.str(n) != "" {
+				r.fail("%s is set but REDIS_TLS is false: the connection would be plaintext", n)
+			}
+		}
+	}
+	for _, h := range strings.Split(u.Host, ",") {
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			r.fail("REDIS_URL=%q: %q is not HOST:PORT", r.str("REDIS_URL"), h)
+			return
+		}
+	}
+	u.RawQuery = q.Encode()
+	s.Store = u.String()
+}
+
+func (r *reader) memcache(s *Settings) {
+	s.StoreFrom = []string{"BACKEND_TYPE", "MEMCACHE_HOST_PORT"}
+	hosts := splitList(r.str("MEMCACHE_HOST_PORT"))
+	if len(hosts) == 0 {
+		r.fail("BACKEND_TYPE=memcache needs MEMCACHE_HOST_PORT (HOST:PORT[,HOST:PORT...])")
+		return
+	}
+	for _, h := range hosts {
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			r.fail("MEMCACHE_HOST_PORT=%q: %q is not HOST:PORT", r.str("MEMCACHE_HOST_PORT"), h)
+			return
+		}
+	}
+	n := r.integer("MEMCACHE_MAX_IDLE_CONNS")
+	if n <= 0 {
+		r.fail("MEMCACHE_MAX_IDLE_CONNS=%q: want a positive integer", r.str("MEMCACHE_MAX_IDLE_CONNS"))
+		return
+	}
+	u := url.URL{Scheme: "memcached", Host: strings.Join(hosts, ","), RawQuery: "max_idle_conns=" + strconv.FormatInt(n, 10)}
+	s.Store = u.String()
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,337 @@
+package refenv
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func noFiles(string) ([]byte, error) { return nil, errors.New("no file in this test") }
+
+// base is the smallest environment a Redis deployment of the reference has.
+func base(extra ...string) map[string]string {
+	env := map[string]string{"REDIS_SOCKET_TYPE": "tcp", "REDIS_URL": "127.0.0.1:6379", "USE_STATSD": "false"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	return env
+}
+
+func mustRead(t *testing.T, env map[string]string) *Settings {
+	t.Helper()
+	s, err := Read(env, noFiles)
+	if err != nil {
+		t.Fatalf("Read(%v): %v", env, err)
+	}
+	return s
+}
+
+func mustFail(t *testing.T, env map[string]string, want ...string) {
+	t.Helper()
+	_, err := Read(env, noFiles)
+	if err == nil {
+		t.Fatalf("Read(%v): no error, want one naming %q", env, want)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("Read(%v): error %q does not say %q", env, err, w)
+		}
+	}
+}
+
+// defaultUnsupported are the rows whose reference default halt cannot honour: unset,
+// halt does its own thing (USE_STATSD: a warning; EXPIRATION_JITTER_MAX_SECONDS: halt's
+// expiries) or stops (REDIS_SOCKET_TYPE with a Redis store), as their notes say.
+var defaultUnsupported = map[string]bool{"USE_STATSD": true, "EXPIRATION_JITTER_MAX_SECONDS": true, "REDIS_SOCKET_TYPE": true}
+
+// TestTable checks the table itself: unique names, every default parses as its kind
+// (as envconfig would), every NotYet row says what it means, and no row of another status
+// carries an Unsupported test.
+func TestTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, v := range Vars() {
+		if seen[v.Name] {
+			t.Errorf("%s listed twice", v.Name)
+		}
+		seen[v.Name] = true
+		if v.Default != "" {
+			if err := parse(v.Kind, v.Default); err != nil {
+				t.Errorf("%s: default %q does not parse: %v", v.Name, v.Default, err)
+			}
+		}
+		if v.Note == "" {
+			t.Errorf("%s: no note", v.Name)
+		}
+		if v.Status != NotYet && v.Unsupported != nil {
+			t.Errorf("%s: Unsupported set on a %s row", v.Name, v.Status)
+		}
+		if v.Status == NotYet && v.Unsupported != nil && v.Unsupported(v.Default) && !defaultUnsupported[v.Name] {
+			t.Errorf("%s: its default %q counts as unsupported: leaving it unset would be no different from setting it", v.Name, v.Default)
+		}
+	}
+}
+
+func TestInactive(t *testing.T) {
+	for _, env := range []map[string]string{
+		{},
+		{"PATH": "/bin", "HALT_STORE": "memory://"},
+		{"PORT": "8080", "LOG_LEVEL": "debug", "HOST": "h", "LOG_FORMAT": "json", "REDIS_ADDR": "x"},
+	} {
+		s := mustRead(t, env)
+		if s.Active || s.Store != "" || s.GRPCAddr != "" || s.ConfigDir != "" || s.XDS != nil {
+			t.Errorf("Read(%v) = %+v, want inactive and empty", env, s)
+		}
+	}
+	s := mustRead(t, map[string]string{"PORT": "1", "LOG_LEVEL": "x"})
+	if !reflect.DeepEqual(s.Ignored, []string{"LOG_LEVEL", "PORT"}) {
+		t.Errorf("Ignored = %v", s.Ignored)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	s := mustRead(t, base())
+	want := &Settings{
+		Active:                true,
+		Set:                   []string{"REDIS_SOCKET_TYPE", "REDIS_URL", "USE_STATSD"},
+		GRPCAddr:              "0.0.0.0:8081",
+		HTTPAddr:              "0.0.0.0:8080",
+		AdminAddr:             "0.0.0.0:6070",
+		LogLevel:              "warn",
+		LogFormat:             "text",
+		Store:                 "redis://127.0.0.1:6379?pool_size=10",
+		StoreFrom:             []string{"BACKEND_TYPE", "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL"},
+		ConfigDir:             "/srv/runtime_data/current/config",
+		MaxConnectionAge:      24 * time.Hour,
+		MaxConnectionAgeGrace: time.Hour,
+	}
+	if !reflect.DeepEqual(s, want) {
+		t.Errorf("Read(base) =\n%+v\nwant\n%+v", s, want)
+	}
+}
+
+func TestListenersAndLogs(t *testing.T) {
+	s := mustRead(t, base("HOST", "127.0.0.1", "PORT", "9000", "GRPC_HOST", "::1", "GRPC_PORT", "0x2329",
+		"DEBUG_HOST", "127.0.0.2", "DEBUG_PORT", "7000", "GRPC_MAX_CONNECTION_AGE", "5m", "GRPC_MAX_CONNECTION_AGE_GRACE", "7s",
+		"GRPC_MAX_CONCURRENT_STREAMS", "100", "LOG_FORMAT", "json", "LOG_LEVEL", "Debug"))
+	if s.HTTPAddr != "127.0.0.1:9000" || s.GRPCAddr != "[::1]:9001" || s.AdminAddr != "127.0.0.2:7000" {
+		t.Errorf("addresses %q %q %q", s.HTTPAddr, s.GRPCAddr, s.AdminAddr)
+	}
+	if s.MaxConnectionAge != 5*time.Minute || s.MaxConnectionAgeGrace != 7*time.Second || s.MaxConcurrentStreams != 100 {
+		t.Errorf("keepalive %v %v %d", s.MaxConnectionAge, s.MaxConnectionAgeGrace, s.MaxConcurrentStreams)
+	}
+	if s.LogFormat != "json" || s.LogLevel != "debug" {
+		t.Errorf("log %q %q", s.LogLevel, s.LogFormat)
+	}
+	for in, want := range map[string]string{"trace": "debug", "DEBUG": "debug", "info": "info", "WARN": "warn", "warning": "warn", "error": "error", "fatal": "error", "panic": "error"} {
+		if got := mustRead(t, base("LOG_LEVEL", in)).LogLevel; got != want {
+			t.Errorf("LOG_LEVEL=%s -> %s, want %s", in, got, want)
+		}
+	}
+	mustFail(t, base("LOG_LEVEL", "loud"), "LOG_LEVEL")
+	mustFail(t, base("LOG_FORMAT", "logfmt"), "LOG_FORMAT")
+	mustFail(t, base("PORT", "70000"), "PORT")
+	mustFail(t, base("GRPC_PORT", "-1"), "GRPC_PORT")
+	mustFail(t, base("GRPC_MAX_CONNECTION_AGE", "0s"), "GRPC_MAX_CONNECTION_AGE")
+	mustFail(t, base("GRPC_MAX_CONCURRENT_STREAMS", "-3"), "GRPC_MAX_CONCURRENT_STREAMS")
+}
+
+// TestParseErrors: every typed variable given a value the reference's envconfig would
+// not parse (it would panic at startup) is an error naming it; so is an empty value.
+func TestParseErrors(t *testing.T) {
+	for _, v := range Vars() {
+		if v.Kind == String || v.Kind == List {
+			continue
+		}
+		mustFail(t, base(v.Name, "not-a-value"), v.Name)
+		if v.Kind != Map {
+			mustFail(t, base(v.Name, ""), v.Name)
+		}
+	}
+}
+
+// TestNotYet: every variable halt cannot honour yet stops startup, naming itself and
+// saying so, as soon as it holds a value that would change the reference's behaviour,
+// and does not when it holds the harmless value.
+func TestNotYet(t *testing.T) {
+	candidates := map[Kind][]string{
+		Bool: {"true"}, Int: {"5"}, Float: {"0.5"}, Duration: {"5s"},
+		String: {"x", "unix", "ERROR"}, List: {"a,b"}, Map: {"a:b"},
+	}
+	n := 0
+	for _, v := range Vars() {
+		if v.Status != NotYet {
+			continue
+		}
+		n++
+		failed := false
+		for _, c := range candidates[v.Kind] {
+			if v.Unsupported != nil && !v.Unsupported(c) {
+				continue
+			}
+			mustFail(t, base(v.Name, c), v.Name+"=", "not supported by halt yet")
+			failed = true
+		}
+		if !failed {
+			t.Errorf("%s: no candidate value is refused", v.Name)
+		}
+		if v.Default != "" || v.Kind == String {
+			env := base(v.Name, v.Default)
+			if defaultUnsupported[v.Name] {
+				continue // covered by TestRedis and TestStatsdWarning
+			}
+			if _, err := Read(env, noFiles); err != nil {
+				t.Errorf("%s=%q (the default) refused: %v", v.Name, v.Default, err)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no NotYet rows")
+	}
+	// Several at once: all reported together.
+	mustFail(t, base("SHADOW_MODE", "true", "TRACING_ENABLED", "true", "USE_STATSD", "true"), "SHADOW_MODE", "TRACING_ENABLED", "USE_STATSD")
+}
+
+func TestRedis(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{base("REDIS_POOL_SIZE", "32", "REDIS_AUTH", "s3cret"), "redis://:s3cret@127.0.0.1:6379?pool_size=32"},
+		{base("REDIS_AUTH", "user:p@ss"), "redis://user:p%40ss@127.0.0.1:6379?pool_size=10"},
+		{base("REDIS_TYPE", "CLUSTER", "REDIS_URL", "a:1, b:2,c:3"), "redis+cluster://a:1,b:2,c:3?pool_size=10"},
+		{base("REDIS_TYPE", "sentinel", "REDIS_URL", "mymaster,s1:26379,s2:26379", "REDIS_SENTINEL_AUTH", "sp"),
+			"redis+sentinel://s1:26379,s2:26379?master=mymaster&pool_size=10&sentinel_password=sp"},
+		{base("REDIS_TLS", "true", "REDIS_TLS_CACERT", "/ca.pem", "REDIS_TLS_CLIENT_CERT", "/c.pem", "REDIS_TLS_CLIENT_KEY", "/k.pem"),
+			"rediss://127.0.0.1:6379?pool_size=10&tls_ca=%2Fca.pem&tls_cert=%2Fc.pem&tls_key=%2Fk.pem"},
+		{base("REDIS_TIMEOUT", "250ms"), "redis://127.0.0.1:6379?pool_size=10&timeout=250ms"},
+		{base("REDIS_PERSECOND_URL", "x:1", "REDIS_PERSECOND_POOL_SIZE", "3"), "redis://127.0.0.1:6379?pool_size=10"},
+	} {
+		s := mustRead(t, c.env)
+		if s.Store != c.want {
+			t.Errorf("Read(%v).Store = %s, want %s", c.env, s.Store, c.want)
+		}
+	}
+	if s := mustRead(t, base("REDIS_TIMEOUT", "2s")); s.StoreTimeout != 2*time.Second {
+		t.Errorf("StoreTimeout %v", s.StoreTimeout)
+	}
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("filepass\n"), 0o600)
+	s, err := Read(base("REDIS_AUTH_FILE", pw), os.ReadFile)
+	if err != nil || s.Store != "redis://:filepass@127.0.0.1:6379?pool_size=10" {
+		t.Errorf("REDIS_AUTH_FILE: %v %v", s, err)
+	}
+	if _, err := Read(base("REDIS_AUTH_FILE", filepath.Join(dir, "missing")), os.ReadFile); err == nil || !strings.Contains(err.Error(), "REDIS_AUTH_FILE") {
+		t.Errorf("missing REDIS_AUTH_FILE: %v", err)
+	}
+	mustFail(t, base("REDIS_AUTH", "a", "REDIS_AUTH_FILE", pw), "REDIS_AUTH and REDIS_AUTH_FILE")
+	mustFail(t, map[string]string{"USE_STATSD": "false"}, "REDIS_SOCKET_TYPE", "unix")
+	mustFail(t, base("REDIS_SOCKET_TYPE", "unix"), "REDIS_SOCKET_TYPE")
+	mustFail(t, base("REDIS_TYPE", "ring"), "REDIS_TYPE")
+	mustFail(t, base("REDIS_URL", "a:1,b:2"), "REDIS_URL")
+	mustFail(t, base("REDIS_URL", "nohostport"), "REDIS_URL")
+	mustFail(t, base("REDIS_TYPE", "sentinel", "REDIS_URL", "onlymaster"), "REDIS_URL")
+	mustFail(t, base("REDIS_TYPE", "cluster", "REDIS_TLS", "true", "REDIS_URL", "a:1"), "REDIS_TLS", "not supported")
+	mustFail(t, base("REDIS_TYPE", "sentinel", "REDIS_TLS", "true", "REDIS_URL", "m,a:1"), "REDIS_TLS", "not supported")
+	mustFail(t, base("REDIS_TLS_CACERT", "/ca"), "REDIS_TLS_CACERT", "REDIS_TLS is false")
+	mustFail(t, base("REDIS_POOL_SIZE", "0"), "REDIS_POOL_SIZE")
+	mustFail(t, base("REDIS_TIMEOUT", "0s"), "REDIS_TIMEOUT")
+	mustFail(t, base("BACKEND_TYPE", "dynamo"), "BACKEND_TYPE")
+	// Pipelining settings are accepted, and said to be unused.
+	s = mustRead(t, base("REDIS_PIPELINE_WINDOW", "150us", "REDIS_PIPELINE_LIMIT", "8"))
+	if len(s.Warnings) != 2 || !strings.Contains(s.Warnings[0], "REDIS_PIPELINE_WINDOW") {
+		t.Errorf("warnings %q", s.Warnings)
+	}
+}
+
+func TestMemcache(t *testing.T) {
+	env := map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m1:11211,m2:11211", "CACHE_KEY_PREFIX": "p:"}
+	s := mustRead(t, env)
+	if s.Store != "memcached://m1:11211,m2:11211?max_idle_conns=2" || s.KeyPrefix != "p:" {
+		t.Errorf("memcache: %q %q", s.Store, s.KeyPrefix)
+	}
+	env["MEMCACHE_MAX_IDLE_CONNS"] = "9"
+	if s := mustRead(t, env); !strings.HasSuffix(s.Store, "max_idle_conns=9") {
+		t.Errorf("max idle: %s", s.Store)
+	}
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache"}, "MEMCACHE_HOST_PORT")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m1"}, "MEMCACHE_HOST_PORT")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1", "MEMCACHE_MAX_IDLE_CONNS": "0"}, "MEMCACHE_MAX_IDLE_CONNS")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x"}, "MEMCACHE_SRV")
+	// A unix-socket Redis default does not matter with memcache.
+	if s := mustRead(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1"}); s.Store == "" {
+		t.Error("no store")
+	}
+}
+
+func TestConfigSource(t *testing.T) {
+	s := mustRead(t, base("RUNTIME_ROOT", "/data", "RUNTIME_SUBDIRECTORY", "ratelimit"))
+	if s.ConfigDir != "/data/ratelimit/config" || s.XDS != nil {
+		t.Errorf("file: %q %v", s.ConfigDir, s.XDS)
+	}
+	if s := mustRead(t, base("RUNTIME_ROOT", "rt", "RUNTIME_APPDIRECTORY", "app")); s.ConfigDir != "rt/app" {
+		t.Errorf("no subdirectory: %q", s.ConfigDir)
+	}
+	s = mustRead(t, base("CONFIG_TYPE", "GRPC_XDS_SOTW", "RUNTIME_ROOT", "/data"))
+	want := &XDS{
+		Server: "localhost:18000", NodeID: "default", NodeMetadata: map[string]string{}, Headers: map[string]string{},
+		ConnectRetry: 3 * time.Second, BackoffInitial: 10 * time.Second, BackoffMax: time.Minute, BackoffRandom: 0.5, BackoffJitter: true,
+	}
+	if s.ConfigDir != "" || !reflect.DeepEqual(s.XDS, want) || !s.WaitForConfig {
+		t.Errorf("xds defaults: dir %q wait %v\n%+v\nwant\n%+v", s.ConfigDir, s.WaitForConfig, s.XDS, want)
+	}
+	s = mustRead(t, base("CONFIG_TYPE", "GRPC_XDS_SOTW", "CONFIG_GRPC_XDS_SERVER_URL", "cp:18001", "CONFIG_GRPC_XDS_NODE_ID", "rl",
+		"CONFIG_GRPC_XDS_NODE_METADATA", "a=1,b=x=y,junk", "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "X-Token:t,k:v",
+		"CONFIG_GRPC_XDS_SERVER_USE_TLS", "true", "CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "/c", "CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "/k",
+		"CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "/ca", "CONFIG_GRPC_XDS_SERVER_TLS_SAN", "cp.example", "FORCE_START_WITHOUT_INITIAL_CONFIG", "true",
+		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms", "XDS_CLIENT_BACKOFF_MAX_INTERVAL", "1s", "XDS_CLIENT_BACKOFF_JITTER", "false",
+		"XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "0.1", "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "1048576", "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL", "50ms"))
+	want = &XDS{
+		Server: "cp:18001", NodeID: "rl", NodeMetadata: map[string]string{"a": "1", "b": "x=y"}, Headers: map[string]string{"x-token": "t", "k": "v"},
+		UseTLS: true, Cert: "/c", Key: "/k", CA: "/ca", ServerName: "cp.example",
+		ConnectRetry: 50 * time.Millisecond, BackoffInitial: 100 * time.Millisecond, BackoffMax: time.Second, BackoffRandom: 0.1, MaxRecvMsgSize: 1 << 20,
+	}
+	if !reflect.DeepEqual(s.XDS, want) || s.WaitForConfig {
+		t.Errorf("xds: wait %v\n%+v\nwant\n%+v", s.WaitForConfig, s.XDS, want)
+	}
+	x := func(kv ...string) map[string]string { return base(append([]string{"CONFIG_TYPE", "GRPC_XDS_SOTW"}, kv...)...) }
+	mustFail(t, base("CONFIG_TYPE", "REST"), "CONFIG_TYPE")
+	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_URL", ""), "CONFIG_GRPC_XDS_SERVER_URL")
+	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true", "CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "/c"), "CONFIG_GRPC_XDS_CLIENT_TLS_KEY")
+	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "/ca"), "CONFIG_GRPC_XDS_SERVER_USE_TLS is false")
+	mustFail(t, x("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "2m"), "XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "XDS_CLIENT_BACKOFF_MAX_INTERVAL")
+	mustFail(t, x("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "2"), "XDS_CLIENT_BACKOFF_RANDOM_FACTOR")
+	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL", "0s"), "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL")
+	mustFail(t, x("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "nocolon"), "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS")
+	mustFail(t, x("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "-1"), "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")
+	mustFail(t, base("TRACING_EXPORTER_PROTOCOL", "zipkin"), "TRACING_EXPORTER_PROTOCOL")
+	mustFail(t, base("TRACING_SAMPLING_RATE", "1.5"), "TRACING_SAMPLING_RATE")
+	mustFail(t, base("NEAR_LIMIT_RATIO", "2"), "NEAR_LIMIT_RATIO")
+}
+
+func TestTLSAndHealth(t *testing.T) {
+	s := mustRead(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k", "GRPC_CLIENT_TLS_CACERT", "/ca",
+		"HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true", "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "1"))
+	if !reflect.DeepEqual(s.TLS, &TLS{Cert: "/c", Key: "/k", ClientCA: "/ca"}) || !s.HealthNeedsConfig || !s.HealthPingsStore {
+		t.Errorf("%+v %v %v", s.TLS, s.HealthNeedsConfig, s.HealthPingsStore)
+	}
+	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c"), "GRPC_SERVER_TLS_KEY")
+	mustFail(t, base("GRPC_SERVER_TLS_CERT", "/c"), "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_USE_TLS is false")
+	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k", "GRPC_CLIENT_TLS_SAN", "x"), "GRPC_CLIENT_TLS_SAN")
+}
+
+func TestStatsdWarning(t *testing.T) {
+	env := base()
+	delete(env, "USE_STATSD")
+	s := mustRead(t, env)
+	if len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "USE_STATSD") || !strings.Contains(s.Warnings[0], "localhost:8125") {
+		t.Errorf("warnings %q", s.Warnings)
+	}
+	if s := mustRead(t, base()); len(s.Warnings) != 0 {
+		t.Errorf("USE_STATSD=false: warnings %q", s.Warnings)
+	}
+}

@@ -1,0 +1,244 @@
+// Package refenv reads the environment variables of the reference Envoy rate-limit
+// service (envoyproxy/ratelimit, src/settings/settings.go) the way the reference reads
+// them, and turns them into halt's settings. It is pure: an environment map in,
+// Settings or an error out. cmd/halt-envoy applies the result to every setting that
+// halt's own flags and HALT_* variables leave unset.
+//
+// Every variable the reference reads is in [Vars], with its default and what halt does
+// with it. A variable halt cannot honour yet is a startup error naming it as soon as it
+// holds a value that would change the reference's behaviour; to wire one later, change its
+// row's Status to Honoured, drop its Unsupported test, and read it in Read.
+package refenv
+
+import (
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Status says what halt does with a reference variable.
+type Status int
+
+const (
+	// Honoured: halt does what the reference does.
+	Honoured Status = iota
+	// Differently: halt honours the variable its own way (the row's Note says how).
+	Differently
+	// NotYet: a value that would change the reference's behaviour stops startup.
+	NotYet
+)
+
+// String is the status as the migration table words it.
+func (s Status) String() string {
+	switch s {
+	case Honoured:
+		return "honoured"
+	case Differently:
+		return "honoured differently"
+	}
+	return "not supported yet (startup error)"
+}
+
+// Kind is how the reference (kelseyhightower/envconfig) parses a variable.
+type Kind int
+
+// The kinds of envconfig fields the reference's settings use.
+const (
+	String Kind = iota
+	Bool
+	Int
+	Float
+	Duration
+	List // comma-separated
+	Map  // key:value,key:value
+)
+
+// Var is one variable of the reference's settings.
+type Var struct {
+	Name    string
+	Kind    Kind
+	Default string
+	Status  Status
+	// Note says what halt does with it (the migration table's text).
+	Note string
+	// Unsupported, for NotYet rows, reports whether the (parsed, valid) value is one halt
+	// cannot honour yet. Nil means any value given is.
+	Unsupported func(v string) bool
+}
+
+func isTrue(v string) bool   { b, _ := strconv.ParseBool(v); return b }
+func nonEmpty(v string) bool { return v != "" }
+func nonZero(v string) bool  { f, _ := strconv.ParseFloat(v, 64); return f != 0 }
+func differs(d string) func(string) bool {
+	return func(v string) bool {
+		a, _ := strconv.ParseFloat(v, 64)
+		b, _ := strconv.ParseFloat(d, 64)
+		return a != b
+	}
+}
+
+// Vars is the reference's settings table, in its order, with halt's answer for each.
+// It is data: the migration table in docs/migration.md is checked against it.
+func Vars() []Var {
+	return []Var{
+		// Listeners.
+		{Name: "HOST", Default: "0.0.0.0", Note: "HTTP listener host (`/healthcheck`, `/json`, `/metrics`, `/readyz`, `/config`)."},
+		{Name: "PORT", Kind: Int, Default: "8080", Note: "HTTP listener port."},
+		{Name: "DEBUG_HOST", Default: "0.0.0.0", Status: Differently, Note: "Host of the admin listener (`--admin-addr`): `/debug/pprof` and the admin API; the reference's `/rlconfig` is `/config` and `/stats` is `/metrics` on the HTTP port."},
+		{Name: "DEBUG_PORT", Kind: Int, Default: "6070", Status: Differently, Note: "Port of the admin listener (see DEBUG_HOST)."},
+		{Name: "GRPC_UDS", Status: NotYet, Unsupported: nonEmpty, Note: "gRPC on a unix socket."},
+		{Name: "GRPC_HOST", Default: "0.0.0.0", Note: "gRPC listener host."},
+		{Name: "GRPC_PORT", Kind: Int, Default: "8081", Note: "gRPC listener port."},
+		{Name: "GRPC_MAX_CONNECTION_AGE", Kind: Duration, Default: "24h", Note: "gRPC keepalive MaxConnectionAge (grpc-go adds ±10% jitter, as the reference says)."},
+		{Name: "GRPC_MAX_CONNECTION_AGE_GRACE", Kind: Duration, Default: "1h", Note: "gRPC keepalive MaxConnectionAgeGrace."},
+		{Name: "GRPC_MAX_CONCURRENT_STREAMS", Kind: Int, Default: "0", Note: "grpc-go MaxConcurrentStreams per connection (0: grpc-go's default)."},
+		{Name: "GRPC_SERVER_USE_TLS", Kind: Bool, Default: "false", Note: "TLS on the gRPC port only (the HTTP port stays plaintext, as the reference's); certificates are reloaded when the files change."},
+		{Name: "GRPC_SERVER_TLS_CERT", Note: "Server certificate chain (PEM) when GRPC_SERVER_USE_TLS."},
+		{Name: "GRPC_SERVER_TLS_KEY", Note: "Server key (PEM) when GRPC_SERVER_USE_TLS."},
+		{Name: "GRPC_CLIENT_TLS_CACERT", Note: "Client CA: with it, client certificates are required and verified (mTLS)."},
+		{Name: "GRPC_CLIENT_TLS_SAN", Status: NotYet, Unsupported: nonEmpty, Note: "Pinning the client certificate's SAN."},
+		// Logging.
+		{Name: "LOG_LEVEL", Default: "WARN", Note: "logrus levels: trace and debug are debug, info, warn/warning, error/fatal/panic are error; case-insensitive."},
+		{Name: "LOG_FORMAT", Default: "text", Note: "`text` or `json` (slog's text and JSON handlers: the field names are slog's). Another value is an error (the reference falls back to text)."},
+		// Configuration source.
+		{Name: "CONFIG_TYPE", Default: "FILE", Note: "`FILE` (the runtime directory below) or `GRPC_XDS_SOTW` (xDS, State of the World over ADS). Another value is an error."},
+		{Name: "FORCE_START_WITHOUT_INITIAL_CONFIG", Kind: Bool, Default: "false", Status: Differently, Note: "With xDS: false waits for the first pushed config before listening; true listens at once (calls match no rule, so they pass, where the reference answers an error) and `/readyz` says 503 until a config arrives. With files the config loads before listening either way."},
+		{Name: "CONFIG_GRPC_XDS_NODE_ID", Default: "default", Note: "xDS node id."},
+		{Name: "CONFIG_GRPC_XDS_NODE_METADATA", Note: "xDS node metadata, `k1=v1,k2=v2` (entries without `=` are skipped, as there)."},
+		{Name: "CONFIG_GRPC_XDS_SERVER_URL", Default: "localhost:18000", Note: "Management server address."},
+		{Name: "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL", Kind: Duration, Default: "3s", Note: "Base delay of the gRPC connection's dial backoff."},
+		{Name: "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", Kind: Map, Note: "Metadata sent on the ADS stream, `k1:v1,k2:v2`."},
+		{Name: "CONFIG_GRPC_XDS_SERVER_USE_TLS", Kind: Bool, Default: "false", Note: "TLS to the management server (system roots unless CONFIG_GRPC_XDS_SERVER_TLS_CACERT)."},
+		{Name: "CONFIG_GRPC_XDS_CLIENT_TLS_CERT", Note: "Client certificate for mTLS to the management server."},
+		{Name: "CONFIG_GRPC_XDS_CLIENT_TLS_KEY", Note: "Its key."},
+		{Name: "CONFIG_GRPC_XDS_SERVER_TLS_CACERT", Note: "CA that verifies the management server."},
+		{Name: "CONFIG_GRPC_XDS_SERVER_TLS_SAN", Note: "Name verified in the management server's certificate (and sent as SNI)."},
+		{Name: "XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", Kind: Duration, Default: "10s", Note: "First wait before re-opening a failed ADS stream; doubles up to the max."},
+		{Name: "XDS_CLIENT_BACKOFF_MAX_INTERVAL", Kind: Duration, Default: "60s", Note: "Longest wait between ADS attempts."},
+		{Name: "XDS_CLIENT_BACKOFF_RANDOM_FACTOR", Kind: Float, Default: "0.5", Note: "Each wait is randomized by ± this share when XDS_CLIENT_BACKOFF_JITTER."},
+		{Name: "XDS_CLIENT_BACKOFF_JITTER", Kind: Bool, Default: "true", Note: "Randomize the waits."},
+		{Name: "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", Kind: Int, Note: "Largest DiscoveryResponse accepted (0: gRPC's 4 MiB)."},
+		// Stats.
+		{Name: "USE_DOG_STATSD", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "DogStatsD output."},
+		{Name: "USE_DOG_STATSD_MOGRIFIERS", Kind: List, Status: NotYet, Unsupported: nonEmpty, Note: "DogStatsD tag mogrifiers."},
+		{Name: "USE_STATSD", Kind: Bool, Default: "true", Status: NotYet, Unsupported: isTrue, Note: "statsd output. Unset, the reference sends statsd to STATSD_HOST:STATSD_PORT; halt does not and says so in a warning. Prometheus is always on `/metrics`."},
+		{Name: "STATSD_HOST", Default: "localhost", Note: "Read and checked; used only with USE_STATSD."},
+		{Name: "STATSD_PORT", Kind: Int, Default: "8125", Note: "Read and checked; used only with USE_STATSD."},
+		{Name: "EXTRA_TAGS", Kind: Map, Status: NotYet, Unsupported: nonEmpty, Note: "Tags added to every stat."},
+		{Name: "STATS_FLUSH_INTERVAL", Kind: Duration, Default: "10s", Note: "Read and checked; used only with USE_STATSD."},
+		{Name: "DISABLE_STATS", Kind: Bool, Default: "false", Status: Differently, Note: "halt pushes no stats anywhere; Prometheus stays on `/metrics` (pull)."},
+		{Name: "USE_PROMETHEUS", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "The reference's statsd-mapped Prometheus endpoint on PROMETHEUS_ADDR (halt's own metrics are always on `/metrics` of the HTTP port, under halt's names)."},
+		{Name: "PROMETHEUS_ADDR", Default: ":9090", Note: "Read; used only with USE_PROMETHEUS."},
+		{Name: "PROMETHEUS_PATH", Default: "/metrics", Note: "Read; used only with USE_PROMETHEUS."},
+		{Name: "PROMETHEUS_MAPPER_YAML", Note: "Read; used only with USE_PROMETHEUS."},
+		{Name: "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", Kind: Bool, Default: "false", Note: "Read and checked; used only with USE_PROMETHEUS."},
+		// Files.
+		{Name: "RUNTIME_ROOT", Default: "/srv/runtime_data/current", Note: "With CONFIG_TYPE=FILE, configs load from RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY, recursively."},
+		{Name: "RUNTIME_SUBDIRECTORY", Note: "See RUNTIME_ROOT."},
+		{Name: "RUNTIME_APPDIRECTORY", Default: "config", Note: "See RUNTIME_ROOT."},
+		{Name: "RUNTIME_IGNOREDOTFILES", Kind: Bool, Default: "false", Status: Differently, Note: "halt always skips dot files and dot directories (so a Kubernetes ConfigMap's `..data` is not read twice), and reads only `*.yaml`/`*.yml` files; the reference with false reads every file."},
+		{Name: "RUNTIME_WATCH_ROOT", Kind: Bool, Default: "true", Status: Differently, Note: "halt watches the config directory itself (symlink swaps inside it included) and reloads on SIGHUP, either way; a swap of the RUNTIME_ROOT symlink itself is seen on SIGHUP."},
+		{Name: "MERGE_DOMAIN_CONFIG", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Merging files of one domain (halt: a domain defined twice is an error naming both places)."},
+		// Every store.
+		{Name: "EXPIRATION_JITTER_MAX_SECONDS", Kind: Int, Default: "300", Status: NotYet, Unsupported: nonZero, Note: "Random extra expiry on keys. Unset, halt's own expiries apply (no jitter)."},
+		{Name: "LOCAL_CACHE_SIZE_IN_BYTES", Kind: Int, Default: "0", Status: NotYet, Unsupported: nonZero, Note: "Size of the local over-limit cache (halt's Redis store keeps its own exact one)."},
+		{Name: "NEAR_LIMIT_RATIO", Kind: Float, Default: "0.8", Status: NotYet, Unsupported: differs("0.8"), Note: "near_limit stats threshold."},
+		{Name: "CACHE_KEY_PREFIX", Note: "Prefix of every store key (halt's keys differ from the reference's: counters start fresh)."},
+		{Name: "BACKEND_TYPE", Default: "redis", Note: "`redis` or `memcache`: builds halt's store URL from the REDIS_* or MEMCACHE_* variables. Another value is an error."},
+		{Name: "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Not counting denied hits."},
+		// Response headers.
+		{Name: "LIMIT_RESPONSE_HEADERS_ENABLED", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "The reference's RateLimit-Limit/Remaining/Reset headers (halt's own families: `--headers`)."},
+		{Name: "LIMIT_LIMIT_HEADER", Default: "RateLimit-Limit", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
+		{Name: "LIMIT_REMAINING_HEADER", Default: "RateLimit-Remaining", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
+		{Name: "LIMIT_RESET_HEADER", Default: "RateLimit-Reset", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
+		// Health.
+		{Name: "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", Kind: Bool, Default: "false", Note: "`/healthcheck` answers 500 until a config with at least one domain is loaded, and again whenever the config has none."},
+		// Redis.
+		{Name: "REDIS_SOCKET_TYPE", Default: "unix", Status: NotYet, Unsupported: func(v string) bool { return v != "tcp" }, Note: "`tcp` is honoured; `unix` (the reference's default) is not supported yet."},
+		{Name: "REDIS_TYPE", Default: "SINGLE", Note: "`single`, `sentinel` or `cluster` (any case): `redis://`, `redis+sentinel://`, `redis+cluster://`."},
+		{Name: "REDIS_URL", Default: "/var/run/nutcracker/ratelimit.sock", Note: "single: HOST:PORT; sentinel: MASTER,S1:PORT,...; cluster: N1:PORT,N2:PORT,..."},
+		{Name: "REDIS_POOL_SIZE", Kind: Int, Default: "10", Note: "`pool_size` of the store URL (connections per server)."},
+		{Name: "REDIS_AUTH", Note: "`password` or `user:password`: the store URL's user info (never logged)."},
+		{Name: "REDIS_AUTH_FILE", Note: "Read REDIS_AUTH from this file; with REDIS_AUTH too, startup stops naming both."},
+		{Name: "REDIS_TLS", Kind: Bool, Default: "false", Note: "`rediss://` for a single Redis; with sentinel or cluster it is not supported yet (startup error)."},
+		{Name: "REDIS_TLS_CLIENT_CERT", Note: "`tls_cert` of the store URL."},
+		{Name: "REDIS_TLS_CLIENT_KEY", Note: "`tls_key` of the store URL."},
+		{Name: "REDIS_TLS_CACERT", Note: "`tls_ca` of the store URL."},
+		{Name: "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Verifying the chain but not the name."},
+		{Name: "REDIS_PIPELINE_WINDOW", Kind: Duration, Default: "0", Status: Differently, Note: "halt's Redis store pipelines concurrent calls by itself: the window needs no setting and is not used."},
+		{Name: "REDIS_PIPELINE_LIMIT", Kind: Int, Default: "0", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW (unused in the reference too)."},
+		{Name: "REDIS_USE_EXPLICIT_PIPELINE", Kind: Bool, Default: "false", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW."},
+		{Name: "REDIS_CLUSTER_PIPELINE_PARALLELISM", Kind: Int, Default: "1", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW."},
+		{Name: "REDIS_PERSECOND", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "A second Redis for per-second limits; the REDIS_PERSECOND_* variables are read and checked, and used only with it."},
+		{Name: "REDIS_PERSECOND_SOCKET_TYPE", Default: "unix", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_TYPE", Default: "SINGLE", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_URL", Default: "/var/run/nutcracker/ratelimitpersecond.sock", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_POOL_SIZE", Kind: Int, Default: "10", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_AUTH", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_AUTH_FILE", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_TLS", Kind: Bool, Default: "false", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_SENTINEL_AUTH", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_PIPELINE_WINDOW", Kind: Duration, Default: "0", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_PIPELINE_LIMIT", Kind: Int, Default: "0", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_USE_EXPLICIT_PIPELINE", Kind: Bool, Default: "false", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM", Kind: Int, Default: "1", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_TIMEOUT", Kind: Duration, Default: "10s", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", Default: "WAIT", Note: "Used only with REDIS_PERSECOND."},
+		{Name: "REDIS_SENTINEL_AUTH", Note: "`sentinel_password` of a `redis+sentinel://` URL."},
+		{Name: "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", Kind: Bool, Default: "false", Note: "`/healthcheck` also pings the store and answers 500 when it does not answer."},
+		{Name: "REDIS_TIMEOUT", Kind: Duration, Default: "10s", Status: Differently, Note: "Set, it bounds every Redis call (`timeout` of the store URL); unset, halt keeps its store timeout (`--store-timeout`, 15 ms) rather than wait 10 s after Envoy has given up."},
+		{Name: "REDIS_POOL_ON_EMPTY_BEHAVIOR", Default: "WAIT", Status: NotYet, Unsupported: func(v string) bool { return !strings.EqualFold(v, "WAIT") }, Note: "`WAIT` is what halt does; CREATE and ERROR are refused (the reference refuses them too)."},
+		// Memcached.
+		{Name: "MEMCACHE_HOST_PORT", Kind: List, Note: "`memcached://` servers."},
+		{Name: "MEMCACHE_MAX_IDLE_CONNS", Kind: Int, Default: "2", Note: "`max_idle_conns` of the store URL."},
+		{Name: "MEMCACHE_SRV", Status: NotYet, Unsupported: nonEmpty, Note: "Servers from an SRV record."},
+		{Name: "MEMCACHE_SRV_REFRESH", Kind: Duration, Default: "0", Note: "Used only with MEMCACHE_SRV."},
+		{Name: "MEMCACHE_TLS", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "TLS to memcached; the MEMCACHE_TLS_* files are used only with it."},
+		{Name: "MEMCACHE_TLS_CLIENT_CERT", Note: "Used only with MEMCACHE_TLS."},
+		{Name: "MEMCACHE_TLS_CLIENT_KEY", Note: "Used only with MEMCACHE_TLS."},
+		{Name: "MEMCACHE_TLS_CACERT", Note: "Used only with MEMCACHE_TLS."},
+		{Name: "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION", Kind: Bool, Default: "false", Note: "Used only with MEMCACHE_TLS."},
+		// Behaviour.
+		{Name: "SHADOW_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Global shadow mode."},
+		{Name: "QUOTA_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Global quota mode."},
+		{Name: "RESPONSE_DYNAMIC_METADATA", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Descriptors and `metadata` in the response's dynamic metadata."},
+		// Tracing.
+		{Name: "TRACING_ENABLED", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "OTLP tracing; the TRACING_* settings are read and checked, and used only with it."},
+		{Name: "TRACING_SERVICE_NAME", Default: "RateLimit", Note: "Used only with TRACING_ENABLED."},
+		{Name: "TRACING_SERVICE_NAMESPACE", Note: "Used only with TRACING_ENABLED."},
+		{Name: "TRACING_SERVICE_INSTANCE_ID", Note: "Used only with TRACING_ENABLED."},
+		{Name: "TRACING_EXPORTER_PROTOCOL", Default: "http", Note: "`http` or `grpc`; used only with TRACING_ENABLED."},
+		{Name: "TRACING_SAMPLING_RATE", Kind: Float, Default: "1", Note: "0..1; used only with TRACING_ENABLED."},
+	}
+}
+
+// parse checks v as the reference's envconfig would parse a field of kind k.
+func parse(k Kind, v string) error {
+	var err error
+	if v == "" && (k == String || k == List || k == Map) {
+		return nil
+	}
+	switch k {
+	case Bool:
+		_, err = strconv.ParseBool(v)
+	case Int:
+		_, err = strconv.ParseInt(v, 0, 64)
+	case Float:
+		_, err = strconv.ParseFloat(v, 64)
+	case Duration:
+		_, err = time.ParseDuration(v)
+	case Map:
+		for _, kv := range strings.Split(v, ",") {
+			if _, _, ok := strings.Cut(kv, ":"); !ok {
+				return errMap
+			}
+		}
+	}
+	return err
+}
+
+type constErr string
+
+func (e constErr) Error() string { return string(e) }
+
+const errMap constErr = "want key:value pairs separated by commas"
