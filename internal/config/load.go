@@ -23,6 +23,38 @@ func (o Options) Load(path string) (*Set, error) {
 
 // load also returns the directories it read, for the watcher.
 func (o Options) load(path string) (*Set, []string, error) {
+	files, dirs, problems := readFiles(path)
+	if files == nil {
+		return nil, nil, &LoadError{Problems: problems}
+	}
+	s, err := o.parseWith(files, problems)
+	if err != nil {
+		return nil, dirs, err
+	}
+	return s, dirs, nil
+}
+
+// parseWith parses files as Parse does and adds problems (of reading them) to its error.
+func (o Options) parseWith(files map[string][]byte, problems []Problem) (*Set, error) {
+	s, err := o.Parse(files)
+	if err != nil {
+		le := err.(*LoadError)
+		le.Problems = append(problems, le.Problems...)
+		le.sort()
+		return nil, le
+	}
+	if len(problems) > 0 {
+		e := &LoadError{Problems: problems}
+		e.sort()
+		return nil, e
+	}
+	return s, nil
+}
+
+// readFiles reads path as Load does, without parsing: the contents by file name, the
+// directories read (sorted; none for a file) and the problems of reading. files is nil
+// when path itself cannot be read.
+func readFiles(path string) (map[string][]byte, []string, []Problem) {
 	files := map[string][]byte{}
 	var problems []Problem
 	fail := func(name string, err error) {
@@ -31,9 +63,8 @@ func (o Options) load(path string) (*Set, []string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		fail(path, err)
-		return nil, nil, &LoadError{Problems: problems}
+		return nil, nil, problems
 	}
-	var dirs []string
 	if !fi.IsDir() {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -41,67 +72,56 @@ func (o Options) load(path string) (*Set, []string, error) {
 		} else {
 			files[path] = b
 		}
-	} else {
-		seen := map[string]bool{}
-		var walk func(dir string, depth int)
-		walk = func(dir string, depth int) {
-			real, err := filepath.EvalSymlinks(dir)
+		return files, nil, problems
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	var walk func(dir string, depth int)
+	walk = func(dir string, depth int) {
+		real, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			fail(dir, err)
+			return
+		}
+		if seen[real] || depth > 64 {
+			return // a symlink loop, or a directory reached twice
+		}
+		seen[real] = true
+		dirs = append(dirs, dir)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			fail(dir, err)
+			return
+		}
+		for _, e := range ents {
+			name := e.Name()
+			if strings.HasPrefix(name, ".") {
+				continue
+			}
+			full := filepath.Join(dir, name)
+			st, err := os.Stat(full) // follows symlinks
 			if err != nil {
-				fail(dir, err)
-				return
-			}
-			if seen[real] || depth > 64 {
-				return // a symlink loop, or a directory reached twice
-			}
-			seen[real] = true
-			dirs = append(dirs, dir)
-			ents, err := os.ReadDir(dir)
-			if err != nil {
-				fail(dir, err)
-				return
-			}
-			for _, e := range ents {
-				name := e.Name()
-				if strings.HasPrefix(name, ".") {
-					continue
+				if isYAML(name) {
+					fail(full, err)
 				}
-				full := filepath.Join(dir, name)
-				st, err := os.Stat(full) // follows symlinks
+				continue
+			}
+			switch {
+			case st.IsDir():
+				walk(full, depth+1)
+			case st.Mode().IsRegular() && isYAML(name):
+				b, err := os.ReadFile(full)
 				if err != nil {
-					if isYAML(name) {
-						fail(full, err)
-					}
+					fail(full, err)
 					continue
 				}
-				switch {
-				case st.IsDir():
-					walk(full, depth+1)
-				case st.Mode().IsRegular() && isYAML(name):
-					b, err := os.ReadFile(full)
-					if err != nil {
-						fail(full, err)
-						continue
-					}
-					files[full] = b
-				}
+				files[full] = b
 			}
 		}
-		walk(path, 0)
 	}
-	s, err := o.Parse(files)
-	if err != nil {
-		le := err.(*LoadError)
-		le.Problems = append(problems, le.Problems...)
-		le.sort()
-		return nil, dirs, le
-	}
-	if len(problems) > 0 {
-		e := &LoadError{Problems: problems}
-		e.sort()
-		return nil, dirs, e
-	}
+	walk(path, 0)
 	sort.Strings(dirs)
-	return s, dirs, nil
+	return files, dirs, problems
 }
 
 func isYAML(name string) bool {

@@ -26,6 +26,16 @@ type Watcher struct {
 // reload, from one goroutine, with the new Set or the error; the initial load's result is
 // Watch's own. The watcher stops when ctx is done or Close is called.
 func Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Set, error)) (*Watcher, error) {
+	w, err := watchFiles(ctx, path, debounce, Options{}.parseWith, onResult)
+	if err != nil {
+		return nil, err
+	}
+	return &Watcher{w}, nil
+}
+
+// watchFiles is Watch with the step from the files read to a Set given: build gets the
+// files and the problems of reading them.
+func watchFiles(ctx context.Context, path string, debounce time.Duration, build func(map[string][]byte, []Problem) (*Set, error), onResult func(*Set, error)) (*reload.Watcher[Set], error) {
 	if debounce <= 0 {
 		debounce = DefaultDebounce
 	}
@@ -33,7 +43,14 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onResult fu
 	// only the loop goroutine runs later loads, so the flags need no lock.
 	first, fileMode := true, false
 	load := func() (*Set, []string, error) {
-		s, dirs, err := Options{}.load(path)
+		files, dirs, problems := readFiles(path)
+		var s *Set
+		var err error
+		if files == nil {
+			err = &LoadError{Problems: problems}
+		} else {
+			s, err = build(files, problems)
+		}
 		if first {
 			first, fileMode = false, len(dirs) == 0
 		}
@@ -53,9 +70,5 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onResult fu
 		base := filepath.Base(ev.Name)
 		return base == filepath.Base(path) || base == "..data"
 	}
-	w, err := reload.Watch(ctx, load, debounce, relevant, onResult)
-	if err != nil {
-		return nil, err
-	}
-	return &Watcher{w}, nil
+	return reload.Watch(ctx, load, debounce, relevant, onResult)
 }

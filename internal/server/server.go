@@ -76,6 +76,31 @@ type Options struct {
 	// Admin registers more handlers on the admin mux (the HTTP port's when AdminAddr is
 	// empty).
 	Admin []func(*http.ServeMux)
+	// TLSGRPCOnly serves TLS on the gRPC port only, the HTTP port staying plaintext (the
+	// reference's GRPC_SERVER_USE_TLS: probes of /healthcheck stay plain HTTP).
+	TLSGRPCOnly bool
+	// MaxConnectionAge and MaxConnectionAgeGrace bound a gRPC connection's life (grpc-go
+	// adds ±10% jitter). Zero means 30 min and 30 s.
+	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
+	// MaxConcurrentStreams bounds the calls of one gRPC connection; zero keeps grpc-go's.
+	MaxConcurrentStreams uint32
+	// Ready, when set, is one more condition of /readyz: a non-nil error makes it answer
+	// 503 with that error (the xDS source: no config received yet).
+	Ready func() error
+	// Health configures /healthcheck, the reference service's health check.
+	Health Health
+}
+
+// Health is what /healthcheck checks besides the drain, as the reference's settings say.
+// The zero value answers 200 until SIGTERM: a store outage does not fail it (the
+// reference's default), so a liveness probe does not restart pods during one.
+type Health struct {
+	// NeedConfig: 500 until a config with at least one domain is loaded, and again while
+	// the config has none (HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED).
+	NeedConfig bool
+	// PingStore: 500 while the store does not answer a ping
+	// (REDIS_HEALTH_CHECK_ACTIVE_CONNECTION).
+	PingStore bool
 }
 
 // Server runs both listeners.
@@ -90,6 +115,7 @@ type Server struct {
 	adminLn  net.Listener
 	inflight atomic.Int64
 	draining sync.Once
+	drained  atomic.Bool // set when Shutdown starts: /healthcheck fails from then on
 }
 
 // New listens on both addresses (so the caller knows the ports before Serve).
@@ -131,9 +157,19 @@ func New(opt Options) (*Server, error) {
 			return nil, fmt.Errorf("listen admin %s: %w", opt.AdminAddr, err)
 		}
 	}
+	if opt.MaxConnectionAge <= 0 {
+		opt.MaxConnectionAge = 30 * time.Minute // rebalance long-lived Envoy connections
+	}
+	if opt.MaxConnectionAgeGrace <= 0 {
+		opt.MaxConnectionAgeGrace = 30 * time.Second
+	}
+	s.opt = opt
 	var creds []grpc.ServerOption
 	if opt.TLS != nil {
 		creds = append(creds, grpc.Creds(credentials.NewTLS(opt.TLS)))
+	}
+	if opt.MaxConcurrentStreams > 0 {
+		creds = append(creds, grpc.MaxConcurrentStreams(opt.MaxConcurrentStreams))
 	}
 	s.grpc = grpc.NewServer(append(creds,
 		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
@@ -141,8 +177,8 @@ func New(opt Options) (*Server, error) {
 		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle:     15 * time.Minute,
-			MaxConnectionAge:      30 * time.Minute, // rebalance long-lived Envoy connections
-			MaxConnectionAgeGrace: 30 * time.Second,
+			MaxConnectionAge:      opt.MaxConnectionAge,
+			MaxConnectionAgeGrace: opt.MaxConnectionAgeGrace,
 			Time:                  2 * time.Minute,
 			Timeout:               20 * time.Second,
 		}),
@@ -155,11 +191,15 @@ func New(opt Options) (*Server, error) {
 	for _, reg := range opt.Register {
 		reg(s.grpc)
 	}
-	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+	httpTLS := opt.TLS
+	if opt.TLSGRPCOnly {
+		httpTLS = nil
+	}
+	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: httpTLS}
 	if s.adminLn != nil {
 		am := http.NewServeMux()
 		s.adminRoutes(am)
-		s.admin = &http.Server{Handler: am, ReadHeaderTimeout: 5 * time.Second, TLSConfig: opt.TLS}
+		s.admin = &http.Server{Handler: am, ReadHeaderTimeout: 5 * time.Second, TLSConfig: httpTLS}
 	}
 	return s, nil
 }
@@ -231,6 +271,7 @@ func (s *Server) Serve(ctx context.Context) error {
 // closes both listeners.
 func (s *Server) Shutdown() {
 	s.draining.Do(func() {
+		s.drained.Store(true)
 		s.health.Shutdown() // health checks now say NOT_SERVING so balancers move away
 		done := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(done) }()
@@ -256,7 +297,7 @@ func (s *Server) mux() *http.ServeMux {
 		w.Write([]byte("ok\n"))
 	})
 	m.HandleFunc("GET /readyz", s.ready)
-	m.HandleFunc("GET /healthcheck", s.ready) // the reference service's path
+	m.HandleFunc("GET /healthcheck", s.healthcheck) // the reference service's path and meaning
 	m.HandleFunc("GET /config", s.config)
 	m.HandleFunc("POST /json", s.json)
 	if s.opt.AdminAddr == "" {
@@ -334,11 +375,18 @@ func RedactURLs(s string) string {
 	return s[:i+at+1] + RedactURLs(s[i+at+1:])
 }
 
-// ready answers 200 only when a config is loaded and the store answers a ping.
+// ready answers 200 only when a config is loaded (and Options.Ready agrees) and the store
+// answers a ping.
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	if s.opt.Config != nil && s.opt.Config() == nil {
 		http.Error(w, "not ready: no configuration loaded", http.StatusServiceUnavailable)
 		return
+	}
+	if s.opt.Ready != nil {
+		if err := s.opt.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.opt.ReadyTimeout)
 	defer cancel()
@@ -347,6 +395,31 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Write([]byte("OK\n"))
+}
+
+// healthcheck is the reference service's /healthcheck: 200 "OK" while every component it
+// checks is healthy, else 500 with no body, as there. The components are the drain
+// (SIGTERM), and, when Options.Health asks, a config with at least one domain and the
+// store's ping. Readiness (config and store together) is /readyz.
+func (s *Server) healthcheck(w http.ResponseWriter, r *http.Request) {
+	ok := !s.drained.Load()
+	if ok && s.opt.Health.NeedConfig {
+		var set *config.Set
+		if s.opt.Config != nil {
+			set = s.opt.Config()
+		}
+		ok = set != nil && len(set.Domains()) > 0
+	}
+	if ok && s.opt.Health.PingStore {
+		ctx, cancel := context.WithTimeout(r.Context(), s.opt.ReadyTimeout)
+		ok = s.opt.Engine.Store().Ping(ctx) == nil
+		cancel()
+	}
+	if !ok {
+		w.WriteHeader(http.StatusInternalServerError)
+		return
+	}
+	w.Write([]byte("OK"))
 }
 
 func (s *Server) config(w http.ResponseWriter, r *http.Request) {
