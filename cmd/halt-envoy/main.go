@@ -37,6 +37,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/refenv"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/server"
 	"github.com/halt-envoy/halt-envoy/internal/tlsutil"
@@ -128,7 +129,13 @@ type serveFlags struct {
 	storeFile, adminAddr                                   string
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
 	tlsReload                                              time.Duration
+	tlsGRPCOnly                                            bool // TLS from GRPC_SERVER_USE_TLS: the gRPC port only
 	saas                                                   saasFlags
+
+	// Set from the reference service's variables only (see refenv.go).
+	ref *refenv.Settings
+	// notes are what the reference's variables did, logged once the logger exists.
+	notes []string
 }
 
 func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*serveFlags, error) {
@@ -165,9 +172,12 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	f.gogcSet = getenv("GOGC") != ""
-	storeSet := getenv("HALT_STORE") != ""
-	fs.Visit(func(fl *flag.Flag) { storeSet = storeSet || fl.Name == "store" })
+	given := givenFlags(fs, getenv)
+	storeSet := given["store"]
 	if err := envFlags(fs, getenv); err != nil {
+		return nil, err
+	}
+	if err := f.applyReference(given, getenv); err != nil {
 		return nil, err
 	}
 	if f.gcPercent < 0 {
@@ -223,6 +233,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
+	for _, n := range f.notes {
+		log.Warn("reference settings: " + n)
+	}
 	fams, err := parseHeaders(f.headers)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
@@ -251,7 +264,11 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	// go-redis logs failed dials itself, as raw text on stderr, one line each: route them
 	// through slog, each kind at most once per lograte.DefaultInterval.
 	redis.RouteDriverLogs(log, lograte.DefaultInterval)
-	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log})
+	var keyPrefix string
+	if f.ref != nil {
+		keyPrefix = f.ref.KeyPrefix
+	}
+	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: keyPrefix})
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -271,19 +288,9 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		log.Debug("garbage collector target set", "gc_percent", gc)
 	}
 
-	watcher, err := config.Watch(ctx, f.config, f.debounce, func(set *config.Set, err error) {
-		if err != nil {
-			m.ConfigReloads.WithLabelValues("failure").Inc()
-			m.ConfigLastReloadSuccess.Set(0)
-			log.Error("config reload failed; keeping the last good config", "path", f.config, "err", err)
-			return
-		}
-		m.ConfigReloads.WithLabelValues("success").Inc()
-		m.ConfigLastReloadSuccess.Set(1)
-		log.Info("config loaded", "path", f.config, "domains", set.Domains())
-	})
+	watcher, ready, err := startConfig(ctx, f, m, log)
 	if err != nil {
-		return fmt.Errorf("load config: %w", err)
+		return err
 	}
 	defer watcher.Close()
 
@@ -329,21 +336,34 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		go reloader.Run(ctx)
 		tlsCfg = reloader.ServerConfig("h2", "http/1.1")
 	}
+	var health server.Health
+	var maxAge, maxAgeGrace time.Duration
+	var maxStreams uint32
+	if r := f.ref; r != nil {
+		health = server.Health{NeedConfig: r.HealthNeedsConfig, PingStore: r.HealthPingsStore}
+		maxAge, maxAgeGrace, maxStreams = r.MaxConnectionAge, r.MaxConnectionAgeGrace, r.MaxConcurrentStreams
+	}
 	srv, err := server.New(server.Options{
-		GRPCAddr:     f.grpcAddr,
-		HTTPAddr:     f.httpAddr,
-		Engine:       eng,
-		Service:      rlsv3.NewService(eng, fams),
-		Metrics:      m,
-		Config:       watcher.Current,
-		Register:     ext.registrations(),
-		Logger:       log,
-		MaxInFlight:  f.maxInFlight,
-		DrainTimeout: f.drainTimeout,
-		DisablePprof: f.disablePprof,
-		TLS:          tlsCfg,
-		AdminAddr:    f.adminAddr,
-		Admin:        adminRoutes,
+		TLSGRPCOnly:           f.tlsGRPCOnly,
+		Health:                health,
+		Ready:                 ready,
+		MaxConnectionAge:      maxAge,
+		MaxConnectionAgeGrace: maxAgeGrace,
+		MaxConcurrentStreams:  maxStreams,
+		GRPCAddr:              f.grpcAddr,
+		HTTPAddr:              f.httpAddr,
+		Engine:                eng,
+		Service:               rlsv3.NewService(eng, fams),
+		Metrics:               m,
+		Config:                watcher.Current,
+		Register:              ext.registrations(),
+		Logger:                log,
+		MaxInFlight:           f.maxInFlight,
+		DrainTimeout:          f.drainTimeout,
+		DisablePprof:          f.disablePprof,
+		TLS:                   tlsCfg,
+		AdminAddr:             f.adminAddr,
+		Admin:                 adminRoutes,
 	})
 	if err != nil {
 		return err
@@ -365,7 +385,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		}
 	}()
 
-	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "admin", srv.AdminAddr(), "tls", tlsCfg != nil, "store", storeName, "config", f.config)
+	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "admin", srv.AdminAddr(), "tls", tlsCfg != nil, "store", storeName, "config", f.config, "xds", f.ref != nil && f.ref.XDS != nil)
 	err = srv.Serve(ctx)
 	log.Info("halt-envoy drained; exiting")
 	return err

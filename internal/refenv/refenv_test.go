@@ -298,7 +298,9 @@ func TestConfigSource(t *testing.T) {
 	if !reflect.DeepEqual(s.XDS, want) || s.WaitForConfig {
 		t.Errorf("xds: wait %v\n%+v\nwant\n%+v", s.WaitForConfig, s.XDS, want)
 	}
-	x := func(kv ...string) map[string]string { return base(append([]string{"CONFIG_TYPE", "GRPC_XDS_SOTW"}, kv...)...) }
+	x := func(kv ...string) map[string]string {
+		return base(append([]string{"CONFIG_TYPE", "GRPC_XDS_SOTW"}, kv...)...)
+	}
 	mustFail(t, base("CONFIG_TYPE", "REST"), "CONFIG_TYPE")
 	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_URL", ""), "CONFIG_GRPC_XDS_SERVER_URL")
 	mustFail(t, x("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true", "CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "/c"), "CONFIG_GRPC_XDS_CLIENT_TLS_KEY")

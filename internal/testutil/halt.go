@@ -121,6 +121,10 @@ type HaltOptions struct {
 	Args []string
 	// Env is the whole environment of the process; nil means os.Environ().
 	Env []string
+	// NoAddrFlags leaves out --grpc-addr and --http-addr: Env sets the listeners (the
+	// reference service's GRPC_PORT and PORT, say) at GRPCAddr and HTTPAddr.
+	NoAddrFlags        bool
+	GRPCAddr, HTTPAddr string
 
 	// NoWait returns at once, without waiting for readiness (see [Process.Ready]).
 	NoWait bool
@@ -165,12 +169,15 @@ func StartHalt(t testing.TB, opts HaltOptions) *Process {
 	if bin == "" {
 		bin = Binary(t)
 	}
-	p := &Process{GRPCAddr: FreeAddr(t), HTTPAddr: FreeAddr(t), Log: &SyncBuffer{}, Done: make(chan error, 1), opts: opts}
+	p := &Process{GRPCAddr: opts.GRPCAddr, HTTPAddr: opts.HTTPAddr, Log: &SyncBuffer{}, Done: make(chan error, 1), opts: opts}
 	var args []string
 	if opts.Command != "" {
 		args = append(args, opts.Command)
 	}
-	args = append(args, "--grpc-addr", p.GRPCAddr, "--http-addr", p.HTTPAddr)
+	if !opts.NoAddrFlags {
+		p.GRPCAddr, p.HTTPAddr = FreeAddr(t), FreeAddr(t)
+		args = append(args, "--grpc-addr", p.GRPCAddr, "--http-addr", p.HTTPAddr)
+	}
 	if opts.LogLevel != "" {
 		args = append(args, "--log-level", opts.LogLevel)
 	}

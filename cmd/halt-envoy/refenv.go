@@ -1,0 +1,102 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/halt-envoy/halt-envoy/internal/refenv"
+)
+
+// givenFlags names the flags set on the command line or by their HALT_<NAME> variable:
+// these win over the reference service's variables.
+func givenFlags(fs *flag.FlagSet, getenv func(string) string) map[string]bool {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	fs.VisitAll(func(f *flag.Flag) {
+		if getenv("HALT_"+strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))) != "" {
+			given[f.Name] = true
+		}
+	})
+	return given
+}
+
+// applyReference reads the reference service's variables (internal/refenv) and applies
+// them to every setting that halt's own flags and HALT_* variables leave unset. Each
+// reference variable a given halt setting overrides is named in a note. A variable is
+// "set" when it is not empty (getenv cannot tell empty from unset).
+func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) string) error {
+	env := map[string]string{}
+	for _, v := range refenv.Vars() {
+		if val := getenv(v.Name); val != "" {
+			env[v.Name] = val
+		}
+	}
+	ref, err := refenv.Read(env, os.ReadFile)
+	if err != nil {
+		return fmt.Errorf("the reference service's variables (envoyproxy/ratelimit):\n%w", err)
+	}
+	if len(ref.Ignored) > 0 {
+		f.notes = append(f.notes, "ignored "+strings.Join(ref.Ignored, ", ")+": no other variable of the reference service is set, so halt's own settings apply")
+	}
+	if !ref.Active {
+		return nil
+	}
+	f.ref = ref
+	f.notes = append(f.notes, ref.Warnings...)
+	isSet := map[string]bool{}
+	for _, n := range ref.Set {
+		isSet[n] = true
+	}
+	// apply sets *dst from the reference unless one of halt's flags is given; a given
+	// flag overriding set reference variables is noted.
+	apply := func(flags []string, dst *string, val string, from ...string) {
+		var over []string
+		for _, n := range from {
+			if isSet[n] {
+				over = append(over, n)
+			}
+		}
+		for _, fl := range flags {
+			if given[fl] {
+				if len(over) > 0 {
+					f.notes = append(f.notes, fmt.Sprintf("--%s (or HALT_%s) overrides %s", fl, strings.ToUpper(strings.ReplaceAll(fl, "-", "_")), strings.Join(over, ", ")))
+				}
+				return
+			}
+		}
+		if val != "" {
+			*dst = val
+		}
+	}
+	apply([]string{"grpc-addr"}, &f.grpcAddr, ref.GRPCAddr, "GRPC_HOST", "GRPC_PORT")
+	apply([]string{"http-addr"}, &f.httpAddr, ref.HTTPAddr, "HOST", "PORT")
+	apply([]string{"admin-addr"}, &f.adminAddr, ref.AdminAddr, "DEBUG_HOST", "DEBUG_PORT")
+	apply([]string{"log-level"}, &f.logLevel, ref.LogLevel, "LOG_LEVEL")
+	apply([]string{"log-format"}, &f.logFormat, ref.LogFormat, "LOG_FORMAT")
+	storeVars := append([]string{"REDIS_AUTH", "REDIS_AUTH_FILE", "REDIS_POOL_SIZE", "REDIS_TLS", "REDIS_TIMEOUT", "MEMCACHE_MAX_IDLE_CONNS"}, ref.StoreFrom...)
+	apply([]string{"store", "store-file"}, &f.store, ref.Store, storeVars...)
+	if ref.StoreTimeout > 0 && !given["store-timeout"] && !given["store"] && !given["store-file"] {
+		f.storeTimeout = ref.StoreTimeout
+	}
+	runtime := []string{"CONFIG_TYPE", "RUNTIME_ROOT", "RUNTIME_SUBDIRECTORY", "RUNTIME_APPDIRECTORY"}
+	if ref.XDS != nil {
+		// The reference reads no file with xDS; halt adds the files of --config when given.
+		apply([]string{"config"}, &f.config, "-", runtime[1:]...)
+		if !given["config"] {
+			f.config = ""
+		}
+	} else {
+		apply([]string{"config"}, &f.config, ref.ConfigDir, runtime...)
+	}
+	if ref.TLS != nil {
+		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"]
+		apply([]string{"tls-cert", "tls-key", "tls-client-ca"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT")
+		if !tlsGiven {
+			f.tlsCert, f.tlsKey, f.tlsClientCA = ref.TLS.Cert, ref.TLS.Key, ref.TLS.ClientCA
+			f.tlsGRPCOnly = true
+		}
+	}
+	return nil
+}

@@ -1,0 +1,407 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	rlsconf "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/halt-envoy/halt-envoy/internal/refenv"
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/internal/xds/xdstest"
+)
+
+// The reference's integration configs (test/integration/runtime/current/ratelimit), the
+// data its assertions are about.
+var refConfigs = map[string]string{
+	"basic.yaml": `domain: basic
+descriptors:
+  - key: key1
+    rate_limit: {unit: second, requests_per_unit: 50}
+  - key: one_per_minute
+    rate_limit: {unit: minute, requests_per_unit: 1}
+`,
+	"another.yaml": `domain: another
+descriptors:
+  - key: key2
+    rate_limit: {unit: minute, requests_per_unit: 20}
+  - key: key3
+    rate_limit: {unit: hour, requests_per_unit: 10}
+  - key: key4
+    rate_limit: {unit: day, requests_per_unit: 20}
+`,
+	"share_threshold.yaml": `domain: share-threshold-test
+descriptors:
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+  - key: files_no_share
+    value: files_no_share/*
+    rate_limit: {unit: hour, requests_per_unit: 10}
+`,
+}
+
+const reloadConfig = `domain: reload
+descriptors:
+  - key: key1
+    rate_limit: {unit: second, requests_per_unit: 50}
+  - key: block
+    rate_limit: {unit: second, requests_per_unit: 0}
+`
+
+// refProcessEnv is the environment of a halt-envoy started from the reference's
+// variables only: the test's environment without HALT_* and without any reference
+// variable, plus listeners on free loopback ports and kv.
+func refProcessEnv(t *testing.T, kv ...string) (env []string, grpcAddr, httpAddr string) {
+	t.Helper()
+	known := map[string]bool{}
+	for _, v := range refenv.Vars() {
+		known[v.Name] = true
+	}
+	for _, e := range testutil.EnvWithoutHalt() {
+		name, _, _ := strings.Cut(e, "=")
+		if !known[name] {
+			env = append(env, e)
+		}
+	}
+	gp, hp, dp := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	env = append(env, "GRPC_HOST=127.0.0.1", fmt.Sprintf("GRPC_PORT=%d", gp), "HOST=127.0.0.1", fmt.Sprintf("PORT=%d", hp),
+		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", dp), "USE_STATSD=false", "LOG_LEVEL=info")
+	for i := 0; i+1 < len(kv); i += 2 {
+		env = append(env, kv[i]+"="+kv[i+1])
+	}
+	return env, fmt.Sprintf("127.0.0.1:%d", gp), fmt.Sprintf("127.0.0.1:%d", hp)
+}
+
+func startRef(t *testing.T, kv ...string) (*testutil.Process, rlspb.RateLimitServiceClient) {
+	t.Helper()
+	env, g, h := refProcessEnv(t, kv...)
+	p := testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
+	cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return p, rlspb.NewRateLimitServiceClient(cc)
+}
+
+func call(t *testing.T, c rlspb.RateLimitServiceClient, domain string, descs ...[2]string) *rlspb.RateLimitResponse {
+	t.Helper()
+	req := &rlspb.RateLimitRequest{Domain: domain, HitsAddend: 1}
+	for _, d := range descs {
+		req.Descriptors = append(req.Descriptors, &rlcommon.RateLimitDescriptor{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: d[0], Value: d[1]}}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.ShouldRateLimit(ctx, req)
+	if err != nil {
+		t.Fatalf("%s %v: %v", domain, descs, err)
+	}
+	return resp
+}
+
+// status checks one descriptor status as the reference's assertions do: code, limit and
+// remaining exactly; the duration until reset present and within the unit (the
+// reference compares the whole seconds of the response's own duration: halt's has
+// sub-second precision, a documented difference).
+func status(t *testing.T, what string, s *rlspb.RateLimitResponse_DescriptorStatus, code rlspb.RateLimitResponse_Code, rpu uint32, unit rlspb.RateLimitResponse_RateLimit_Unit, remaining uint32) {
+	t.Helper()
+	secs := map[rlspb.RateLimitResponse_RateLimit_Unit]int64{rlspb.RateLimitResponse_RateLimit_SECOND: 1, rlspb.RateLimitResponse_RateLimit_MINUTE: 60, rlspb.RateLimitResponse_RateLimit_HOUR: 3600, rlspb.RateLimitResponse_RateLimit_DAY: 86400}[unit]
+	d := s.GetDurationUntilReset().AsDuration()
+	if s.GetCode() != code || s.GetCurrentLimit().GetRequestsPerUnit() != rpu || s.GetCurrentLimit().GetUnit() != unit ||
+		s.GetLimitRemaining() != remaining || d <= 0 || d > time.Duration(secs)*time.Second {
+		t.Fatalf("%s: got %v, want %v %d/%v remaining %d and a reset within the unit", what, s, code, rpu, unit, remaining)
+	}
+}
+
+// avoidWindowEdge waits out the last 2 s of a minute, so that a loop of calls against a
+// minute window does not straddle two windows (the reference's own tests take the risk).
+func avoidWindowEdge() {
+	if s := time.Now().Second(); s >= 58 {
+		time.Sleep(time.Duration(61-s) * time.Second)
+	}
+}
+
+// referenceAssertions re-implements, black-box, the response checks of the reference's
+// test/integration: basic, several descriptors, duration countdown, share_threshold.
+func referenceAssertions(t *testing.T, c rlspb.RateLimitServiceClient) {
+	const (
+		OK   = rlspb.RateLimitResponse_OK
+		OVER = rlspb.RateLimitResponse_OVER_LIMIT
+		SEC  = rlspb.RateLimitResponse_RateLimit_SECOND
+		MIN  = rlspb.RateLimitResponse_RateLimit_MINUTE
+		HOUR = rlspb.RateLimitResponse_RateLimit_HOUR
+		DAY  = rlspb.RateLimitResponse_RateLimit_DAY
+	)
+	// Unknown domain: OK, no limit.
+	r := call(t, c, "foo", [2]string{"hello", "world"})
+	if r.OverallCode != OK || len(r.Statuses) != 1 || r.Statuses[0].Code != OK || r.Statuses[0].CurrentLimit != nil || r.Statuses[0].LimitRemaining != 0 {
+		t.Fatalf("unknown domain: %v", r)
+	}
+	// basic: 50 a second.
+	r = call(t, c, "basic", [2]string{"key1", "foo"})
+	if r.OverallCode != OK || len(r.Statuses) != 1 {
+		t.Fatalf("basic: %v", r)
+	}
+	status(t, "basic", r.Statuses[0], OK, 50, SEC, 49)
+
+	// 25 calls against 20 a minute: 20 OK counting down, then over limit.
+	avoidWindowEdge()
+	v := fmt.Sprint(rand.Int64())
+	for i := range 25 {
+		r := call(t, c, "another", [2]string{"key2", v})
+		want, rem := OK, uint32(20-(i+1))
+		if i >= 20 {
+			want, rem = OVER, 0
+		}
+		if r.OverallCode != want {
+			t.Fatalf("key2 call %d: overall %v, want %v", i, r.OverallCode, want)
+		}
+		status(t, fmt.Sprintf("key2 call %d", i), r.Statuses[0], want, 20, MIN, rem)
+	}
+	// Several descriptors in one call: key2 (20/min) and key3 (10/hour).
+	avoidWindowEdge()
+	v = fmt.Sprint(rand.Int64())
+	for i := range 15 {
+		r := call(t, c, "another", [2]string{"key2", v}, [2]string{"key3", v})
+		want, rem2 := OK, uint32(10-(i+1))
+		if i >= 10 {
+			want, rem2 = OVER, 0
+		}
+		if r.OverallCode != want || len(r.Statuses) != 2 {
+			t.Fatalf("two keys call %d: %v", i, r)
+		}
+		status(t, fmt.Sprintf("two keys call %d, key2", i), r.Statuses[0], OK, 20, MIN, uint32(20-(i+1)))
+		status(t, fmt.Sprintf("two keys call %d, key3", i), r.Statuses[1], want, 10, HOUR, rem2)
+	}
+	// The duration until reset counts down.
+	v = "durTest" + fmt.Sprint(rand.Int64())
+	r1 := call(t, c, "another", [2]string{"key4", v})
+	time.Sleep(2 * time.Second)
+	r2 := call(t, c, "another", [2]string{"key4", v})
+	status(t, "key4", r2.Statuses[0], OK, 20, DAY, 18)
+	if r2.Statuses[0].DurationUntilReset.GetSeconds() >= r1.Statuses[0].DurationUntilReset.GetSeconds() {
+		t.Fatalf("duration did not count down: %v then %v", r1.Statuses[0].DurationUntilReset, r2.Statuses[0].DurationUntilReset)
+	}
+	// share_threshold: every value under files/* shares one counter...
+	for i := range 10 {
+		r := call(t, c, "share-threshold-test", [2]string{"files", "files/a.pdf"})
+		if r.OverallCode != OK && r.OverallCode != OVER {
+			t.Fatalf("files call %d: %v", i, r)
+		}
+	}
+	r = call(t, c, "share-threshold-test", [2]string{"files", "files/b.csv"})
+	if r.OverallCode != OVER {
+		t.Fatalf("files/b.csv shares the threshold: %v", r)
+	}
+	status(t, "files/b.csv", r.Statuses[0], OVER, 10, HOUR, 0)
+	// ... and without it every value has its own.
+	for i := range 10 {
+		r := call(t, c, "share-threshold-test", [2]string{"files_no_share", fmt.Sprintf("files_no_share/%d-%d", i, rand.Int64())})
+		status(t, fmt.Sprintf("files_no_share %d", i), r.Statuses[0], OK, 10, HOUR, 9)
+	}
+}
+
+func writeRuntime(t *testing.T) (root, configDir string) {
+	t.Helper()
+	root = t.TempDir()
+	configDir = filepath.Join(root, "current", "ratelimit", "config")
+	if err := os.MkdirAll(configDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range refConfigs {
+		writeConfig(t, configDir, name, body)
+	}
+	return filepath.Join(root, "current"), configDir
+}
+
+func reloads(t *testing.T, p *testutil.Process) string {
+	t.Helper()
+	for _, l := range strings.Split(get(t, "http://"+p.HTTPAddr+"/metrics"), "\n") {
+		if strings.HasPrefix(l, `halt_config_reloads_total{result="success"}`) {
+			return l
+		}
+	}
+	return ""
+}
+
+// TestReferenceIntegration runs the reference's integration assertions against halt
+// started from the reference's variables only, on Redis and on memcached, then its
+// reload check.
+func TestReferenceIntegration(t *testing.T) {
+	for _, backend := range []string{"redis", "memcache"} {
+		t.Run(backend, func(t *testing.T) {
+			root, configDir := writeRuntime(t)
+			kv := []string{"RUNTIME_ROOT", root, "RUNTIME_SUBDIRECTORY", "ratelimit", "RUNTIME_WATCH_ROOT", "false", "RUNTIME_IGNOREDOTFILES", "true",
+				"CACHE_KEY_PREFIX", fmt.Sprintf("reftest-%d:", rand.Int64())}
+			if backend == "redis" {
+				// REDIS_TIMEOUT: halt keeps its 15 ms store timeout otherwise, too short under -race on two shared cores.
+				kv = append(kv, "BACKEND_TYPE", "redis", "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", testutil.Peer(t, "REDIS_ADDR"), "REDIS_TIMEOUT", "2s")
+			} else {
+				kv = append(kv, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", testutil.Peer(t, "MEMCACHED_ADDR"))
+			}
+			p, c := startRef(t, kv...)
+			referenceAssertions(t, c)
+
+			// reload: a file added to the config directory is loaded, and removing it reloads.
+			r := call(t, c, "reload", [2]string{"block", "foo"})
+			if r.OverallCode != rlspb.RateLimitResponse_OK || r.Statuses[0].CurrentLimit != nil {
+				t.Fatalf("reload domain before the file: %v", r)
+			}
+			before := reloads(t, p)
+			writeConfig(t, configDir, "reload.yaml", reloadConfig)
+			testutil.WaitFor(t, 20*time.Second, func() bool { return reloads(t, p) != before })
+			r = call(t, c, "reload", [2]string{"key1", "foo"})
+			status(t, "reload key1", r.Statuses[0], rlspb.RateLimitResponse_OK, 50, rlspb.RateLimitResponse_RateLimit_SECOND, 49)
+			before = reloads(t, p)
+			if err := os.Remove(filepath.Join(configDir, "reload.yaml")); err != nil {
+				t.Fatal(err)
+			}
+			testutil.WaitFor(t, 20*time.Second, func() bool { return reloads(t, p) != before })
+			if r := call(t, c, "reload", [2]string{"key1", "foo"}); r.Statuses[0].CurrentLimit != nil {
+				t.Fatalf("the removed file's domain must go: %v", r)
+			}
+			// The reference's /healthcheck and the debug port.
+			if body := get(t, "http://"+p.HTTPAddr+"/healthcheck"); body != "OK" {
+				t.Fatalf("/healthcheck: %q", body)
+			}
+		})
+	}
+}
+
+// TestReferenceXDS: halt started with only the reference's variables and
+// CONFIG_TYPE=GRPC_XDS_SOTW takes its config from a go-control-plane management server,
+// applies an update within 2 s, NACKs and logs a broken descriptor with its resource
+// and field, and keeps the last config while the server is away.
+func TestReferenceXDS(t *testing.T) {
+	redisAddr := testutil.Peer(t, "REDIS_ADDR")
+	srv := xdstest.Start(t, "127.0.0.1:0", "envoy-ratelimit", nil)
+	lim := func(rpu uint32, unit rlsconf.RateLimitUnit) *rlsconf.RateLimitConfig {
+		return &rlsconf.RateLimitConfig{Name: "basic", Domain: "basic", Descriptors: []*rlsconf.RateLimitDescriptor{
+			{Key: "key1", RateLimit: &rlsconf.RateLimitPolicy{Unit: unit, RequestsPerUnit: rpu}}}}
+	}
+	srv.Set(t, "1", lim(50, rlsconf.RateLimitUnit_SECOND))
+	p, c := startRef(t, "CONFIG_TYPE", "GRPC_XDS_SOTW", "CONFIG_GRPC_XDS_SERVER_URL", srv.Addr, "CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit",
+		"XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms", "XDS_CLIENT_BACKOFF_MAX_INTERVAL", "500ms", "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL", "100ms",
+		"RUNTIME_ROOT", "/nonexistent", "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", redisAddr, "REDIS_TIMEOUT", "2s", "CACHE_KEY_PREFIX", fmt.Sprintf("xdstest-%d:", rand.Int64()))
+	v := fmt.Sprint(rand.Int64())
+	r := call(t, c, "basic", [2]string{"key1", v})
+	status(t, "xds v1", r.Statuses[0], rlspb.RateLimitResponse_OK, 50, rlspb.RateLimitResponse_RateLimit_SECOND, 49)
+
+	// An update is applied within 2 s.
+	srv.Set(t, "2", lim(7, rlsconf.RateLimitUnit_MINUTE))
+	start := time.Now()
+	for call(t, c, "basic", [2]string{"key1", fmt.Sprint(rand.Int64())}).Statuses[0].GetCurrentLimit().GetRequestsPerUnit() != 7 {
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("update not applied within 2 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// A broken descriptor: NACKed to the server and logged, with the resource and field.
+	broken := &rlsconf.RateLimitConfig{Name: "broken", Domain: "broken", Descriptors: []*rlsconf.RateLimitDescriptor{
+		{Key: "k", RateLimit: &rlsconf.RateLimitPolicy{RequestsPerUnit: 5}}}}
+	srv.Set(t, "3", lim(8, rlsconf.RateLimitUnit_MINUTE), broken)
+	testutil.WaitFor(t, 10*time.Second, func() bool { return len(srv.NACKs()) > 0 })
+	if msg := srv.NACKs()[0].GetErrorDetail().GetMessage(); !strings.Contains(msg, "xds:broken") || !strings.Contains(msg, "descriptors[0].rate_limit.unit") {
+		t.Fatalf("NACK detail %q", msg)
+	}
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		l := p.Log.String()
+		return strings.Contains(l, "NACK") && strings.Contains(l, "xds:broken") && strings.Contains(l, "descriptors[0].rate_limit.unit")
+	})
+	if got := call(t, c, "basic", [2]string{"key1", v + "x"}).Statuses[0].GetCurrentLimit().GetRequestsPerUnit(); got != 7 {
+		t.Fatalf("after the NACK: %d, want the last good 7", got)
+	}
+
+	// The management server goes away: the last config serves, and readiness holds.
+	srv.Stop()
+	time.Sleep(time.Second)
+	if got := call(t, c, "basic", [2]string{"key1", v + "y"}).Statuses[0].GetCurrentLimit().GetRequestsPerUnit(); got != 7 {
+		t.Fatalf("server away: %d, want 7", got)
+	}
+	if resp, err := http.Get("http://" + p.HTTPAddr + "/readyz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/readyz with the server away: %v %v", resp, err)
+	}
+	srv.Restart(t)
+	srv.Set(t, "4", lim(9, rlsconf.RateLimitUnit_MINUTE))
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		return call(t, c, "basic", [2]string{"key1", fmt.Sprint(rand.Int64())}).Statuses[0].GetCurrentLimit().GetRequestsPerUnit() == 9
+	})
+	if strings.Contains(p.Log.String(), "panic") {
+		t.Fatalf("panic in the log:\n%s", p.Log.String())
+	}
+}
+
+// TestReferenceStartupErrors: a variable halt cannot honour, a value the reference
+// refuses, and contradictory variables stop startup with a message naming them, without
+// a panic.
+func TestReferenceStartupErrors(t *testing.T) {
+	bin := testutil.Binary(t)
+	pw := filepath.Join(t.TempDir(), "pw")
+	writeConfig(t, filepath.Dir(pw), "pw", "secret")
+	for _, c := range []struct {
+		kv   []string
+		want []string
+	}{
+		{[]string{"SHADOW_MODE", "true"}, []string{"SHADOW_MODE", "not supported by halt yet"}},
+		{[]string{"USE_STATSD", "true"}, []string{"USE_STATSD"}},
+		{[]string{"BACKEND_TYPE", "dynamo"}, []string{"BACKEND_TYPE"}},
+		{[]string{"REDIS_SOCKET_TYPE", "unix"}, []string{"REDIS_SOCKET_TYPE"}},
+		{[]string{"REDIS_AUTH", "a", "REDIS_AUTH_FILE", pw}, []string{"REDIS_AUTH and REDIS_AUTH_FILE"}},
+		{[]string{"MEMCACHE_SRV", "_m._tcp.example"}, []string{"MEMCACHE_SRV"}},
+		{[]string{"GRPC_PORT", "http"}, []string{"GRPC_PORT"}},
+		{[]string{"CONFIG_TYPE", "GRPC_XDS_DELTA"}, []string{"CONFIG_TYPE"}},
+	} {
+		env, _, _ := refProcessEnv(t, append([]string{"REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", "127.0.0.1:1", "CONFIG_TYPE", "GRPC_XDS_SOTW"}, c.kv...)...)
+		cmd := exec.Command(bin)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("%v: started", c.kv)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("%v: output does not say %q:\n%s", c.kv, w, out)
+			}
+		}
+		if strings.Contains(string(out), "panic") {
+			t.Errorf("%v: panic:\n%s", c.kv, out)
+		}
+	}
+}
+
+// TestHaltFlagsWin: halt's own flags and HALT_* win over the reference's variables, and
+// the log names what they override.
+func TestHaltFlagsWin(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "a.yaml", "domain: own\n")
+	env, _, _ := refProcessEnv(t, "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", "127.0.0.1:1", "SHADOW_MODE", "false", "RUNTIME_ROOT", "/nonexistent")
+	env = append(env, "HALT_STORE=memory://", "HALT_CONFIG="+dir)
+	p := testutil.StartHalt(t, testutil.HaltOptions{Env: env})
+	for _, w := range []string{"--grpc-addr (or HALT_GRPC_ADDR) overrides GRPC_HOST, GRPC_PORT", "--store (or HALT_STORE) overrides", "REDIS_URL", "--config (or HALT_CONFIG) overrides"} {
+		if !strings.Contains(p.Log.String(), w) {
+			t.Errorf("log does not say %q:\n%s", w, p.Log.String())
+		}
+	}
+	if !strings.Contains(get(t, "http://"+p.HTTPAddr+"/config"), `"own"`) {
+		t.Fatal("HALT_CONFIG's domain not served")
+	}
+	if _, err := net.DialTimeout("tcp", p.GRPCAddr, time.Second); err != nil {
+		t.Fatalf("gRPC not on --grpc-addr: %v", err)
+	}
+}
