@@ -406,6 +406,15 @@ func checkHalt(t *testing.T, ix index, name string) haltDeployment {
 	if p := smon.Spec.Endpoints[0].Port; svcPorts[p] != h.httpPort {
 		t.Errorf("ServiceMonitor scrapes port %q, want the Service's http port", p)
 	}
+	// The alert rules and the dashboard select job="halt-envoy": the job is the value of
+	// the Service's jobLabel label, or else the Service's name.
+	job := svc.Name
+	if smon.Spec.JobLabel != "" {
+		job = svc.Labels[smon.Spec.JobLabel]
+	}
+	if job != "halt-envoy" {
+		t.Errorf("ServiceMonitor gives the job label %q; alerts.yaml and the dashboard select job=\"halt-envoy\"", job)
+	}
 	if smon.Spec.Endpoints[0].Path != "/metrics" {
 		t.Error("ServiceMonitor path must be /metrics")
 	}
