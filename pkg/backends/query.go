@@ -2,6 +2,7 @@ package backends
 
 import (
 	"fmt"
+	"log/slog"
 	"math"
 	"net/url"
 	"slices"
@@ -231,4 +232,12 @@ func orList(xs []string) string {
 		return xs[0]
 	}
 	return strings.Join(xs[:len(xs)-1], ", ") + " or " + xs[len(xs)-1]
+}
+
+// WarnRenamed logs, once per store open, each deprecated option name the query used, so
+// that operators move to the new name before the old one goes.
+func (q *Query) WarnRenamed(log *slog.Logger) {
+	for _, r := range q.renamed {
+		log.Warn("store URL option renamed; the old name still works but will go", "store", q.store, "option", r)
+	}
 }

@@ -42,10 +42,6 @@ const (
 
 // Defaults for the settings the store URL may override.
 const (
-	// DefaultMaxAttempts bounds the conditional-write loop of one op. Each lost race means
-	// another replica made progress on the key; past the budget the op fails with
-	// backends.ErrContention instead of burning write capacity until the deadline.
-	DefaultMaxAttempts = 12
 	// DefaultSDKAttempts is how many times the SDK itself tries one request (throttling,
 	// 5xx, connection resets). Kept low: the op's deadline is tight and the engine's
 	// failure mode is the better answer to a struggling table than a long retry storm.
@@ -75,9 +71,9 @@ type Config struct {
 	// consistent read costs half as much but, when stale, costs a failed conditional
 	// write (billed as a write) and a retry instead.
 	ConsistentRead bool
-	// MaxAttempts bounds the conditional writes of one op; SDKAttempts the SDK's own
-	// attempts per request.
-	MaxAttempts, SDKAttempts int
+	// CASAttempts bounds the compare-and-swap rounds (conditional writes) of one op (zero
+	// means backends.DefaultCASAttempts); SDKAttempts the SDK's own attempts per request.
+	CASAttempts, SDKAttempts int
 	// SetupTimeout bounds Open.
 	SetupTimeout time.Duration
 }
@@ -87,6 +83,7 @@ type Store struct {
 	client *ddb.Client
 	cfg    Config
 	opt    backends.Options
+	cas    backends.CAS
 	log    *slog.Logger
 	table  *string
 	tr     *http.Transport
@@ -94,32 +91,39 @@ type Store struct {
 }
 
 // ParseURL reads dynamodb://TABLE?region=...&endpoint=...&create_table=...&consistent_read=...
-// &max_attempts=...&sdk_attempts=...&setup_timeout=...&access_key_id=...&secret_access_key=...
+// &cas_attempts=...&sdk_attempts=...&setup_timeout=...&access_key_id=...&secret_access_key=...
+// (max_attempts is the old name of cas_attempts).
 func ParseURL(raw string) (Config, error) {
+	cfg, _, err := parseURL(raw)
+	return cfg, err
+}
+
+// parseURL is ParseURL that also returns the query, whose renamed options Open warns of.
+func parseURL(raw string) (Config, *backends.Query, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("dynamodb URL: %w", backends.Redact(err))
+		return Config{}, nil, fmt.Errorf("dynamodb URL: %w", backends.Redact(err))
 	}
 	if u.Scheme != "dynamodb" {
-		return Config{}, fmt.Errorf("dynamodb URL: scheme %q is not dynamodb", u.Scheme)
+		return Config{}, nil, fmt.Errorf("dynamodb URL: scheme %q is not dynamodb", u.Scheme)
 	}
 	cfg := Config{
 		Table:          u.Host,
 		CreateTable:    true,
 		ConsistentRead: true,
-		MaxAttempts:    DefaultMaxAttempts,
+		CASAttempts:    backends.DefaultCASAttempts,
 		SDKAttempts:    DefaultSDKAttempts,
 		SetupTimeout:   DefaultSetupTimeout,
 	}
 	if p := strings.Trim(u.Path, "/"); p != "" {
-		return Config{}, fmt.Errorf("dynamodb URL: want dynamodb://TABLE?options, got a path %q", u.Path)
+		return Config{}, nil, fmt.Errorf("dynamodb URL: want dynamodb://TABLE?options, got a path %q", u.Path)
 	}
 	if cfg.Table == "" {
-		return Config{}, fmt.Errorf("dynamodb URL: no table name (want dynamodb://TABLE?region=...)")
+		return Config{}, nil, fmt.Errorf("dynamodb URL: no table name (want dynamodb://TABLE?region=...)")
 	}
 	q, err := backends.NewQuery("dynamodb", u)
 	if err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	cfg.Region = q.String("region", "")
 	cfg.Endpoint = q.String("endpoint", "")
@@ -130,27 +134,29 @@ func ParseURL(raw string) (Config, error) {
 	}
 	cfg.CreateTable = q.Bool("create_table", cfg.CreateTable)
 	cfg.ConsistentRead = q.Bool("consistent_read", cfg.ConsistentRead)
-	cfg.MaxAttempts = q.Int("max_attempts", cfg.MaxAttempts, 1, 1000)
+	q.Alias("max_attempts", "cas_attempts")
+	cfg.CASAttempts = q.Int("cas_attempts", cfg.CASAttempts, 1, backends.MaxCASAttempts)
 	cfg.SDKAttempts = q.Int("sdk_attempts", cfg.SDKAttempts, 1, 1000)
 	cfg.SetupTimeout = q.Duration("setup_timeout", cfg.SetupTimeout, time.Millisecond)
 	cfg.AccessKeyID, cfg.SecretAccessKey = q.String("access_key_id", ""), q.String("secret_access_key", "")
 	if err := q.Err(); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	if (cfg.AccessKeyID == "") != (cfg.SecretAccessKey == "") {
-		return Config{}, fmt.Errorf("dynamodb URL: access_key_id and secret_access_key go together")
+		return Config{}, nil, fmt.Errorf("dynamodb URL: access_key_id and secret_access_key go together")
 	}
-	return cfg, nil
+	return cfg, q, nil
 }
 
 // Open loads AWS configuration, makes sure the table exists with TTL on exp (unless
 // create_table=false) and returns the store. An unreachable endpoint fails with an error
 // wrapping backends.ErrUnavailable within the setup timeout.
 func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, error) {
-	cfg, err := ParseURL(rawURL)
+	cfg, q, err := parseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
+	q.WarnRenamed(opt.Defaults().Logger)
 	ctx, cancel := context.WithTimeout(ctx, setupTimeout(cfg))
 	defer cancel()
 	s, err := New(ctx, cfg, opt)
@@ -173,8 +179,8 @@ func setupTimeout(cfg Config) time.Duration {
 // New builds a client for cfg without touching the table (Open also prepares it).
 func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) {
 	opt = opt.Defaults()
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = DefaultMaxAttempts
+	if cfg.CASAttempts <= 0 {
+		cfg.CASAttempts = backends.DefaultCASAttempts
 	}
 	if cfg.SDKAttempts <= 0 {
 		cfg.SDKAttempts = DefaultSDKAttempts
@@ -229,9 +235,14 @@ func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) 
 		client: client,
 		cfg:    cfg,
 		opt:    opt,
-		log:    opt.Logger.With("store", "dynamodb", "table", cfg.Table, "region", awsCfg.Region),
-		table:  aws.String(cfg.Table),
-		tr:     tr,
+		cas: backends.CAS{
+			Store:    "dynamodb",
+			Attempts: cfg.CASAttempts,
+			Backoff:  backends.Backoff{Floor: 100 * time.Microsecond, Step: 500 * time.Microsecond, MaxSteps: 8},
+		},
+		log:   opt.Logger.With("store", "dynamodb", "table", cfg.Table, "region", awsCfg.Region),
+		table: aws.String(cfg.Table),
+		tr:    tr,
 	}, nil
 }
 
@@ -392,7 +403,8 @@ func isUnavailable(err error) bool {
 func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
 
 // Apply decides the ops one after another, so that the same key twice in one batch is
-// applied in order; each op is its own conditional write.
+// applied in order; each op is its own compare-and-swap (backends.CAS) by conditional
+// write.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -403,103 +415,96 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
 	var first error
-	var st algorithms.State
+	c := &call{s: s}
 	for _, op := range ops {
-		op.Result, op.Err = algorithms.Result{}, nil
-		r, err := s.apply(ctx, now, op, &st)
-		if err != nil {
-			op.Err = err
-			if first == nil {
-				first = err
-			}
-			continue
+		c.next, c.reread = nil, false
+		op.Result, op.Err = s.cas.Decide(ctx, c, s.key(op.Key), op, now, &c.st)
+		if op.Err != nil && first == nil {
+			first = op.Err
 		}
-		op.Result = r
 	}
 	return first
 }
 
-// apply is one op's loop: read (strongly consistent), decide in Go, write back on the
-// condition that the version is still the one read. A failed condition returns the
-// current item (ALL_OLD), so a retry decides again without another read.
-func (s *Store) apply(ctx context.Context, now int64, op *backends.Op, st *algorithms.State) (algorithms.Result, error) {
-	key := s.key(op.Key)
-	keyAttr := map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: key}}
-	item, err := s.get(ctx, keyAttr, s.cfg.ConsistentRead)
-	if err != nil {
-		return algorithms.Result{}, err
-	}
-	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
-		if attempt > 0 {
-			if err := backoff(ctx, attempt); err != nil {
-				return algorithms.Result{}, classify("dynamodb apply", err)
-			}
-		}
-		exists := item != nil
-		var version int64
-		if exists {
-			if version, err = decodeItem(item, st); err != nil {
-				return algorithms.Result{}, fmt.Errorf("dynamodb apply: key %q: %w", key, err)
-			}
-		} else {
-			st.Reset()
-		}
-		before := st.Mark()
-		r := algorithms.Decide(op.Algorithm, st, now, &op.Limit, op.Cost)
-		if before == st.Mark() && (exists || st.IsZero()) {
-			// Nothing changed: the read was a consistent snapshot, so the decision stands
-			// without a write (check-only requests and denials cost one read).
-			return r, nil
-		}
-		exp := time.UnixMicro(now).Add(backends.TTL(r.TTL))
-		in := &ddb.PutItemInput{
-			TableName: s.table,
-			Item: map[string]types.AttributeValue{
-				attrKey:     keyAttr[attrKey],
-				attrVersion: &types.AttributeValueMemberN{Value: strconv.FormatInt(version+1, 10)},
-				attrState:   &types.AttributeValueMemberB{Value: backends.EncodeState(nil, st)},
-				attrExpiry:  &types.AttributeValueMemberN{Value: strconv.FormatInt(ceilSeconds(exp), 10)},
-			},
-			ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
-		}
-		if exists {
-			in.ConditionExpression = aws.String("#v = :v")
-			in.ExpressionAttributeNames = map[string]string{"#v": attrVersion}
-			in.ExpressionAttributeValues = map[string]types.AttributeValue{
-				":v": &types.AttributeValueMemberN{Value: strconv.FormatInt(version, 10)},
-			}
-		} else {
-			in.ConditionExpression = aws.String("attribute_not_exists(#k)")
-			in.ExpressionAttributeNames = map[string]string{"#k": attrKey}
-		}
-		_, err := s.client.PutItem(ctx, in)
-		if err == nil {
-			return r, nil
-		}
-		var ccf *types.ConditionalCheckFailedException
-		if !errors.As(err, &ccf) {
-			return algorithms.Result{}, classify("dynamodb apply: write", err)
-		}
-		// Lost the race. The failed check carries the item as it is now; without it
-		// (deleted meanwhile, or an emulator that does not return it) read again.
-		if len(ccf.Item) > 0 {
-			item = ccf.Item
-		} else if item, err = s.get(ctx, keyAttr, true); err != nil {
-			return algorithms.Result{}, err
-		}
-	}
-	return algorithms.Result{}, fmt.Errorf("dynamodb apply: key %q after %d conditional writes: %w", key, s.cfg.MaxAttempts, backends.ErrContention)
+// call is one Apply's I/O for backends.CAS: the version the last read found, for the
+// conditional write after it, and the item a failed write returned, for the next read.
+type call struct {
+	s       *Store
+	st      algorithms.State
+	found   bool
+	version int64
+	// next is the item as a failed condition returned it (ALL_OLD), so the next round
+	// decides again without another read; reread makes that read strongly consistent
+	// when the failure returned nothing (deleted meanwhile, or an emulator that does not
+	// return it).
+	next   map[string]types.AttributeValue
+	reread bool
 }
 
-func (s *Store) get(ctx context.Context, keyAttr map[string]types.AttributeValue, consistent bool) (map[string]types.AttributeValue, error) {
-	out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: s.table, Key: keyAttr, ConsistentRead: aws.Bool(consistent)})
-	if err != nil {
-		return nil, classify("dynamodb apply: read", err)
+// Read gets the item at key (strongly consistent unless consistent_read=false), or takes
+// the one the last failed write returned, and decodes it.
+func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
+	item := c.next
+	c.next, c.found = nil, false
+	if item == nil {
+		out, err := c.s.client.GetItem(ctx, &ddb.GetItemInput{
+			TableName:      c.s.table,
+			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: key}},
+			ConsistentRead: aws.Bool(c.s.cfg.ConsistentRead || c.reread),
+		})
+		if err != nil {
+			return false, classify("dynamodb apply: read", err)
+		}
+		item = out.Item
 	}
-	if len(out.Item) == 0 {
-		return nil, nil
+	if len(item) == 0 {
+		return false, nil
 	}
-	return out.Item, nil
+	var err error
+	if c.version, err = decodeItem(item, st); err != nil {
+		return false, fmt.Errorf("dynamodb apply: key %q: %w", key, err)
+	}
+	c.found = true
+	return true, nil
+}
+
+// Write puts the item on the condition that its version is still the one read (or that
+// it still does not exist). A failed condition reports false and keeps the item it
+// returns for the next Read.
+func (c *call) Write(ctx context.Context, key string, st *algorithms.State, now, ttl int64) (bool, error) {
+	exp := time.UnixMicro(now).Add(backends.TTL(ttl))
+	in := &ddb.PutItemInput{
+		TableName: c.s.table,
+		Item: map[string]types.AttributeValue{
+			attrKey:     &types.AttributeValueMemberS{Value: key},
+			attrVersion: &types.AttributeValueMemberN{Value: strconv.FormatInt(c.version+1, 10)},
+			attrState:   &types.AttributeValueMemberB{Value: backends.EncodeState(nil, st)},
+			attrExpiry:  &types.AttributeValueMemberN{Value: strconv.FormatInt(ceilSeconds(exp), 10)},
+		},
+		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
+	}
+	if c.found {
+		in.ConditionExpression = aws.String("#v = :v")
+		in.ExpressionAttributeNames = map[string]string{"#v": attrVersion}
+		in.ExpressionAttributeValues = map[string]types.AttributeValue{
+			":v": &types.AttributeValueMemberN{Value: strconv.FormatInt(c.version, 10)},
+		}
+	} else {
+		c.version = 0 // a new item starts at version 1
+		in.ConditionExpression = aws.String("attribute_not_exists(#k)")
+		in.ExpressionAttributeNames = map[string]string{"#k": attrKey}
+	}
+	_, err := c.s.client.PutItem(ctx, in)
+	if err == nil {
+		return true, nil
+	}
+	var ccf *types.ConditionalCheckFailedException
+	if !errors.As(err, &ccf) {
+		return false, classify("dynamodb apply: write", err)
+	}
+	// Lost the race. The failed check carries the item as it is now.
+	c.next, c.reread = ccf.Item, len(ccf.Item) == 0
+	return false, nil
 }
 
 func ceilSeconds(t time.Time) int64 {
@@ -508,11 +513,6 @@ func ceilSeconds(t time.Time) int64 {
 		sec++
 	}
 	return sec
-}
-
-// backoff sleeps a short random time so that replicas racing on one key spread out.
-func backoff(ctx context.Context, attempt int) error {
-	return backends.Backoff{Floor: 100 * time.Microsecond, Step: 500 * time.Microsecond, MaxSteps: 8}.Wait(ctx, attempt)
 }
 
 // decodeItem checks an item's shape and decodes its state; anything unexpected is
@@ -569,7 +569,7 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 		}
 		reqs = append(reqs[n:], out.UnprocessedItems[s.cfg.Table]...)
 		if len(out.UnprocessedItems[s.cfg.Table]) > 0 {
-			if err := backoff(ctx, attempt+1); err != nil {
+			if err := s.cas.Backoff.Wait(ctx, attempt+1); err != nil {
 				return classify("dynamodb delete", err)
 			}
 		}

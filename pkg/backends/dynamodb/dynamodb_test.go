@@ -57,21 +57,26 @@ func TestConformance(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
-	cfg, err := ParseURL("dynamodb://limits?region=eu-west-1&endpoint=http://127.0.0.1:8000&create_table=false&consistent_read=false&max_attempts=3&sdk_attempts=1&setup_timeout=10s")
+	cfg, err := ParseURL("dynamodb://limits?region=eu-west-1&endpoint=http://127.0.0.1:8000&create_table=false&consistent_read=false&cas_attempts=3&sdk_attempts=1&setup_timeout=10s")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Table: "limits", Region: "eu-west-1", Endpoint: "http://127.0.0.1:8000", MaxAttempts: 3, SDKAttempts: 1, SetupTimeout: 10 * time.Second}
+	want := Config{Table: "limits", Region: "eu-west-1", Endpoint: "http://127.0.0.1:8000", CASAttempts: 3, SDKAttempts: 1, SetupTimeout: 10 * time.Second}
 	if cfg != want {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
 	cfg, err = ParseURL("dynamodb://t")
-	if err != nil || !cfg.CreateTable || !cfg.ConsistentRead || cfg.MaxAttempts != DefaultMaxAttempts {
+	if err != nil || !cfg.CreateTable || !cfg.ConsistentRead || cfg.CASAttempts != backends.DefaultCASAttempts {
 		t.Fatalf("defaults: %+v %v", cfg, err)
+	}
+	// max_attempts is the old name of cas_attempts.
+	if cfg, err := ParseURL("dynamodb://t?max_attempts=4"); err != nil || cfg.CASAttempts != 4 {
+		t.Fatalf("max_attempts=4: %+v %v", cfg, err)
 	}
 	for _, bad := range []string{
 		"dynamodb://", "dynamodb://t/x", "dynamodb://t?nope=1", "dynamodb://t?endpoint=127.0.0.1:8000",
 		"dynamodb://t?access_key_id=a", "dynamodb://t?create_table=perhaps", "dynamodb://t?max_attempts=0",
+		"dynamodb://t?cas_attempts=0", "dynamodb://t?cas_attempts=1001", "dynamodb://t?cas_attempts=2&max_attempts=2",
 		"redis://t",
 	} {
 		if _, err := ParseURL(bad); err == nil {
@@ -303,4 +308,16 @@ func BenchmarkApply(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkHotKey sizes cas_attempts: the share of ops that give up under contention on
+// one key, for a few bounds (docs/backends.md has the figures and the command).
+func BenchmarkHotKey(b *testing.B) {
+	for _, n := range []int{12, 32, backends.DefaultCASAttempts} {
+		b.Run(fmt.Sprintf("cas_attempts=%d", n), func(b *testing.B) {
+			s := openTest(b, fmt.Sprintf("cas_attempts=%d", n))
+			defer s.Close()
+			conformance.BenchHotKey(b, s)
+		})
+	}
 }

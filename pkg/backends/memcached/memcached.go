@@ -5,7 +5,6 @@
 package memcached
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -26,9 +25,6 @@ import (
 
 // Defaults for Config.
 const (
-	// DefaultMaxRetries bounds the compare-and-swap attempts of one op before it fails
-	// with backends.ErrContention: enough for dozens of replicas hitting one key at once.
-	DefaultMaxRetries = 100
 	// DefaultMaxIdleConns is the idle connections kept per server; below the peak number
 	// of concurrent calls, connections would be opened and closed on every burst.
 	DefaultMaxIdleConns = 64
@@ -49,8 +45,9 @@ const maxRelative = 30 * 24 * 3600
 type Config struct {
 	// Servers are host:port addresses (or unix socket paths).
 	Servers []string
-	// MaxRetries bounds compare-and-swap attempts per op; zero means DefaultMaxRetries.
-	MaxRetries int
+	// CASAttempts bounds the compare-and-swap rounds of one op; zero means
+	// backends.DefaultCASAttempts.
+	CASAttempts int
 	// MaxIdleConns per server; zero means DefaultMaxIdleConns.
 	MaxIdleConns int
 	// Now is the wall clock used to turn expirations beyond 30 days into the absolute
@@ -64,10 +61,12 @@ type Store struct {
 	ring   *Ring
 	cfg    Config
 	opt    backends.Options
+	cas    backends.CAS
 	closed atomic.Bool
 }
 
-// OpenURL opens memcached://host:port[,host:port...][?max_retries=N&max_idle_conns=N].
+// OpenURL opens memcached://host:port[,host:port...][?cas_attempts=N&max_idle_conns=N]
+// (max_retries is the old name of cas_attempts).
 func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -89,11 +88,13 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.MaxRetries = q.Int("max_retries", 0, 1, math.MaxInt)
+	q.Alias("max_retries", "cas_attempts")
+	cfg.CASAttempts = q.Int("cas_attempts", 0, 1, backends.MaxCASAttempts)
 	cfg.MaxIdleConns = q.Int("max_idle_conns", 0, 1, math.MaxInt)
 	if err := q.Err(); err != nil {
 		return nil, err
 	}
+	q.WarnRenamed(opt.Logger)
 	return New(cfg, opt)
 }
 
@@ -104,8 +105,8 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	if len(cfg.Servers) == 0 {
 		return nil, fmt.Errorf("memcached: no servers (want memcached://host:port[,host:port...])")
 	}
-	if cfg.MaxRetries <= 0 {
-		cfg.MaxRetries = DefaultMaxRetries
+	if cfg.CASAttempts <= 0 {
+		cfg.CASAttempts = backends.DefaultCASAttempts
 	}
 	if cfg.MaxIdleConns <= 0 {
 		cfg.MaxIdleConns = DefaultMaxIdleConns
@@ -120,7 +121,12 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	mc := memcache.NewFromSelector(ring)
 	mc.Timeout = opt.Timeout
 	mc.MaxIdleConns = cfg.MaxIdleConns
-	return &Store{mc: mc, ring: ring, cfg: cfg, opt: opt}, nil
+	return &Store{mc: mc, ring: ring, cfg: cfg, opt: opt, cas: backends.CAS{
+		Store:    "memcached",
+		Attempts: cfg.CASAttempts,
+		// The first two retries go at once (usually enough on a round trip this short).
+		Backoff: backends.Backoff{Free: 3, Step: 50 * time.Microsecond, MaxSteps: 20},
+	}}, nil
 }
 
 // itemKey maps a rate-limit key to a memcached key. Keys that memcached accepts as they
@@ -169,16 +175,74 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("memcached %s: %w: %w", what, backends.ErrUnavailable, err)
 }
 
-// scratch is per-call working memory, pooled to keep Apply's allocations flat.
-type scratch struct {
+// call is one Apply's working memory and its I/O for backends.CAS, pooled to keep
+// Apply's allocations flat.
+type call struct {
+	s   *Store
 	st  algorithms.State
 	buf []byte
+	// pre is what a batch's GetMulti read; an op takes its key's item for its first read
+	// only if no earlier op of the batch used that key (which may have changed it).
+	pre     map[string]*memcache.Item
+	used    map[string]bool
+	prefill bool
+	// item is what the last Read found (nil: nothing), for the Write after it.
+	item *memcache.Item
 }
 
-var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+var callPool = sync.Pool{New: func() any { return new(call) }}
 
-// Apply decides each op in order. A batch reads all its keys first with one GetMulti
-// (one round trip per server), then writes each op with its own compare-and-swap.
+// Read gets the item at key (or takes the batch's prefetched one) and decodes it.
+func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
+	if c.prefill {
+		c.prefill = false
+		c.item = c.pre[key]
+	} else {
+		it, err := c.s.mc.Get(key)
+		switch {
+		case errors.Is(err, memcache.ErrCacheMiss):
+			it = nil
+		case err != nil:
+			return false, unavailable("apply", err)
+		}
+		c.item = it
+	}
+	if c.item == nil {
+		return false, nil
+	}
+	if c.item.Flags != itemFlags {
+		return false, fmt.Errorf("memcached apply: key %q: %w: item has flags %#x, not halt-envoy's %#x (written by something else)", key, backends.ErrCorrupt, c.item.Flags, itemFlags)
+	}
+	if err := backends.DecodeState(c.item.Value, st); err != nil {
+		return false, fmt.Errorf("memcached apply: key %q: %w", key, err)
+	}
+	return true, nil
+}
+
+// Write adds the item (nothing was read) or compares-and-swaps it against the CAS id
+// read. Losing the race, or finding the item expired under us, reports false.
+func (c *call) Write(ctx context.Context, key string, st *algorithms.State, now, ttl int64) (bool, error) {
+	c.buf = backends.EncodeState(c.buf[:0], st)
+	nv := &memcache.Item{Key: key, Value: c.buf, Flags: itemFlags, Expiration: c.s.expiration(ttl)}
+	var err error
+	if c.item == nil {
+		err = c.s.mc.Add(nv)
+	} else {
+		nv.CasID = c.item.CasID
+		err = c.s.mc.CompareAndSwap(nv)
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrCacheMiss):
+		return false, nil
+	}
+	return false, unavailable("apply", err)
+}
+
+// Apply decides each op in order with backends.CAS. A batch reads all its keys first
+// with one GetMulti (one round trip per server), then writes each op with its own
+// compare-and-swap.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if s.closed.Load() {
 		return backends.FailAll(ops, fmt.Errorf("memcached apply: %w: store closed", backends.ErrUnavailable))
@@ -189,105 +253,31 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	for i, op := range ops {
 		keys[i] = s.itemKey(op.Key)
 	}
-	var pre map[string]*memcache.Item
-	var used map[string]bool
+	c := callPool.Get().(*call)
+	defer func() {
+		c.pre, c.used, c.item, c.prefill = nil, nil, nil, false
+		callPool.Put(c)
+	}()
+	c.s = s
 	if len(ops) > 1 {
-		used = make(map[string]bool, len(ops))
-		var err error
-		pre, err = s.mc.GetMulti(keys)
+		pre, err := s.mc.GetMulti(keys)
 		if err != nil {
 			return backends.FailAll(ops, unavailable("apply", err))
 		}
+		c.pre, c.used = pre, make(map[string]bool, len(ops))
 	}
-	sc := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(sc)
 	var first error
 	for i, op := range ops {
-		var it *memcache.Item
-		known := false
-		if pre != nil {
-			if !used[keys[i]] {
-				it, known = pre[keys[i]], true
-			}
-			used[keys[i]] = true // a later op on this key must read it again
+		if c.pre != nil {
+			c.prefill = !c.used[keys[i]]
+			c.used[keys[i]] = true
 		}
-		op.Err = s.apply(ctx, sc, now, op, keys[i], it, known)
+		op.Result, op.Err = s.cas.Decide(ctx, c, keys[i], op, now, &c.st)
 		if op.Err != nil && first == nil {
 			first = op.Err
 		}
 	}
 	return first
-}
-
-func (s *Store) apply(ctx context.Context, sc *scratch, now int64, op *backends.Op, key string, it *memcache.Item, known bool) error {
-	op.Result = algorithms.Result{}
-	for attempt := 0; ; attempt++ {
-		if err := ctx.Err(); err != nil {
-			return unavailable("apply", err)
-		}
-		if attempt >= s.cfg.MaxRetries {
-			return fmt.Errorf("memcached apply: key %q: %w (%d attempts)", op.Key, backends.ErrContention, attempt)
-		}
-		if attempt > 0 {
-			backoff(ctx, attempt)
-		}
-		if !known {
-			var err error
-			it, err = s.mc.Get(key)
-			switch {
-			case errors.Is(err, memcache.ErrCacheMiss):
-				it = nil
-			case err != nil:
-				return unavailable("apply", err)
-			}
-		}
-		known = false
-		if it != nil {
-			if it.Flags != itemFlags {
-				return fmt.Errorf("memcached apply: key %q: %w: item has flags %#x, not halt-envoy's %#x (written by something else)", op.Key, backends.ErrCorrupt, it.Flags, itemFlags)
-			}
-			if err := backends.DecodeState(it.Value, &sc.st); err != nil {
-				return fmt.Errorf("memcached apply: key %q: %w", op.Key, err)
-			}
-		} else {
-			sc.st.Reset()
-		}
-		r := algorithms.Decide(op.Algorithm, &sc.st, now, &op.Limit, op.Cost)
-		if it == nil && (r.TTL <= 0 || sc.st.IsZero()) {
-			op.Result = r // nothing worth keeping
-			return nil
-		}
-		sc.buf = backends.EncodeState(sc.buf[:0], &sc.st)
-		if it != nil && bytes.Equal(sc.buf, it.Value) {
-			// Unchanged state: its expiry, set when it was written, still covers it.
-			op.Result = r
-			return nil
-		}
-		nv := &memcache.Item{Key: key, Value: sc.buf, Flags: itemFlags, Expiration: s.expiration(r.TTL)}
-		var err error
-		if it == nil {
-			err = s.mc.Add(nv)
-		} else {
-			nv.CasID = it.CasID
-			err = s.mc.CompareAndSwap(nv)
-		}
-		switch {
-		case err == nil:
-			op.Result = r
-			return nil
-		case errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrCacheMiss):
-			// Lost the race (or the item expired under us): read again.
-		default:
-			return unavailable("apply", err)
-		}
-	}
-}
-
-// backoff spreads retries of racing writers. The first two retries go at once (usually
-// enough on a round trip this short); the loop checks ctx itself, so its end is not
-// reported here.
-func backoff(ctx context.Context, attempt int) {
-	_ = backends.Backoff{Free: 3, Step: 50 * time.Microsecond, MaxSteps: 20}.Wait(ctx, attempt)
 }
 
 // Delete removes keys; missing keys are fine.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -275,15 +276,26 @@ func TestServerDown(t *testing.T) {
 }
 
 func TestOpenURL(t *testing.T) {
-	s, err := OpenURL("memcached://127.0.0.1:1,127.0.0.1:2?max_retries=5&max_idle_conns=3", backends.Options{})
+	s, err := OpenURL("memcached://127.0.0.1:1,127.0.0.1:2?cas_attempts=5&max_idle_conns=3", backends.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.ring.addrs) != 2 || s.cfg.MaxRetries != 5 || s.cfg.MaxIdleConns != 3 {
+	if len(s.ring.addrs) != 2 || s.cfg.CASAttempts != 5 || s.cas.Attempts != 5 || s.cfg.MaxIdleConns != 3 {
 		t.Fatalf("%+v", s.cfg)
 	}
 	s.Close()
-	for _, bad := range []string{"memcached://", "memcached://h:1?nope=1", "memcached://h:1?max_retries=x", "memcached://u:pw@h:1", "memcached://h:1;x"} {
+	// max_retries is the old name of cas_attempts: still read, with a warning.
+	var logged testutil.SyncBuffer
+	s, err = OpenURL("memcached://127.0.0.1:1?max_retries=7", backends.Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s.cfg.CASAttempts != 7 || !strings.Contains(logged.String(), "max_retries (now cas_attempts)") {
+		t.Fatalf("max_retries=7: cas_attempts %d, log %q", s.cfg.CASAttempts, logged.String())
+	}
+	for _, bad := range []string{"memcached://", "memcached://h:1?nope=1", "memcached://h:1?cas_attempts=x", "memcached://h:1?cas_attempts=1001",
+		"memcached://h:1?max_retries=x", "memcached://h:1?max_retries=3&cas_attempts=3", "memcached://u:pw@h:1", "memcached://h:1;x"} {
 		if _, err := OpenURL(bad, backends.Options{}); err == nil {
 			t.Fatalf("%s accepted", bad)
 		}
@@ -298,3 +310,15 @@ func benchApply(b *testing.B, keys int) {
 
 func BenchmarkApplyTokenBucket5Keys(b *testing.B)     { benchApply(b, 5) }
 func BenchmarkApplyTokenBucket10000Keys(b *testing.B) { benchApply(b, 10_000) }
+
+// BenchmarkHotKey sizes cas_attempts: the share of ops that give up under contention on
+// one key, for a few bounds (docs/backends.md has the figures and the command).
+func BenchmarkHotKey(b *testing.B) {
+	for _, n := range []int{12, 32, backends.DefaultCASAttempts} {
+		b.Run(fmt.Sprintf("cas_attempts=%d", n), func(b *testing.B) {
+			s := openTest(b, Config{CASAttempts: n})
+			defer s.Close()
+			conformance.BenchHotKey(b, s)
+		})
+	}
+}

@@ -34,10 +34,6 @@ const (
 	DefaultDatabase = "halt"
 	// DefaultCollection is used when the URL has no collection option.
 	DefaultCollection = "ratelimits"
-	// DefaultMaxAttempts bounds the compare-and-swap loop of one op. Each lost race means
-	// another replica made progress on the key, so a small budget suffices; past it the op
-	// fails with backends.ErrContention rather than spinning through the caller's deadline.
-	DefaultMaxAttempts = 12
 	// DefaultSweepInterval is how often the fallback sweeper runs when the server has no
 	// TTL indexes.
 	DefaultSweepInterval = time.Minute
@@ -56,8 +52,9 @@ type Config struct {
 	URI string
 	// Database and Collection name where documents live.
 	Database, Collection string
-	// MaxAttempts bounds the compare-and-swap retries of one op.
-	MaxAttempts int
+	// CASAttempts bounds the compare-and-swap rounds of one op; zero means
+	// backends.DefaultCASAttempts.
+	CASAttempts int
 	// TTLIndex, when false, skips the TTL index and always runs the sweeper (for servers
 	// where the index is unwanted or not permitted).
 	TTLIndex bool
@@ -74,6 +71,7 @@ type Store struct {
 	coll   *mongo.Collection
 	cfg    Config
 	opt    backends.Options
+	cas    backends.CAS
 	log    *slog.Logger
 
 	mu        sync.Mutex // guards sweeping and closed
@@ -86,21 +84,26 @@ type Store struct {
 }
 
 // ParseURL reads a mongodb:// or mongodb+srv:// store URL. The database comes from the
-// path (default "halt"); halt's own query options are collection, max_attempts,
-// ttl_index, sweep_interval, sweep_batch and setup_timeout. Every other query option is
-// passed to the driver untouched (authSource, replicaSet, tls, ...).
+// path (default "halt"); halt's own query options are collection, cas_attempts (old name
+// max_attempts), ttl_index, sweep_interval, sweep_batch and setup_timeout. Every other
+// query option goes to the driver (authSource, replicaSet, tls, ...), which must know it.
 func ParseURL(raw string) (Config, error) {
+	cfg, _, err := parseURL(raw)
+	return cfg, err
+}
+
+// parseURL is ParseURL that also returns the query, whose renamed options Open warns of.
+func parseURL(raw string) (Config, *backends.Query, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("mongodb URL: %w", backends.Redact(err))
+		return Config{}, nil, fmt.Errorf("mongodb URL: %w", backends.Redact(err))
 	}
 	if u.Scheme != "mongodb" && u.Scheme != "mongodb+srv" {
-		return Config{}, fmt.Errorf("mongodb URL: scheme %q is not mongodb or mongodb+srv", u.Scheme)
+		return Config{}, nil, fmt.Errorf("mongodb URL: scheme %q is not mongodb or mongodb+srv", u.Scheme)
 	}
 	cfg := Config{
 		Database:      strings.Trim(u.Path, "/"),
 		Collection:    DefaultCollection,
-		MaxAttempts:   DefaultMaxAttempts,
 		TTLIndex:      true,
 		SweepInterval: DefaultSweepInterval,
 		SweepBatch:    DefaultSweepBatch,
@@ -110,31 +113,32 @@ func ParseURL(raw string) (Config, error) {
 		cfg.Database = DefaultDatabase
 	}
 	if strings.Contains(cfg.Database, "/") {
-		return Config{}, fmt.Errorf("mongodb URL: database name %q must not contain '/'", cfg.Database)
+		return Config{}, nil, fmt.Errorf("mongodb URL: database name %q must not contain '/'", cfg.Database)
 	}
 	q, err := backends.NewQuery("mongodb", u)
 	if err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	cfg.Collection = q.String("collection", cfg.Collection)
 	if cfg.Collection == "" {
 		q.Invalid("collection", "a collection name")
 	}
-	cfg.MaxAttempts = q.Int("max_attempts", cfg.MaxAttempts, 1, 1000)
+	q.Alias("max_attempts", "cas_attempts")
+	cfg.CASAttempts = q.Int("cas_attempts", backends.DefaultCASAttempts, 1, backends.MaxCASAttempts)
 	cfg.TTLIndex = q.Bool("ttl_index", cfg.TTLIndex)
 	cfg.SweepInterval = q.Duration("sweep_interval", cfg.SweepInterval, time.Millisecond)
 	cfg.SetupTimeout = q.Duration("setup_timeout", cfg.SetupTimeout, time.Millisecond)
 	cfg.SweepBatch = q.Int("sweep_batch", cfg.SweepBatch, 1, math.MaxInt)
 	rest, err := q.Rest()
 	if err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	if err := driverKnows(rest, q.Known()); err != nil {
-		return Config{}, err
+		return Config{}, nil, err
 	}
 	u.RawQuery = rest.Encode()
 	cfg.URI = u.String()
-	return cfg, nil
+	return cfg, q, nil
 }
 
 // driverKnows checks that every option halt does not take is one the MongoDB driver
@@ -168,10 +172,11 @@ func driverKnows(rest url.Values, ours []string) error {
 // It fails with an error wrapping backends.ErrUnavailable, within the setup timeout, when
 // the server cannot be reached.
 func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, error) {
-	cfg, err := ParseURL(rawURL)
+	cfg, q, err := parseURL(rawURL)
 	if err != nil {
 		return nil, err
 	}
+	q.WarnRenamed(opt.Defaults().Logger)
 	s, err := New(cfg, opt)
 	if err != nil {
 		return nil, err
@@ -193,8 +198,8 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	if cfg.Collection == "" {
 		cfg.Collection = DefaultCollection
 	}
-	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = DefaultMaxAttempts
+	if cfg.CASAttempts <= 0 {
+		cfg.CASAttempts = backends.DefaultCASAttempts
 	}
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
@@ -228,8 +233,13 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		// never pass the version check, so it could only cost lost races and retries.
 		coll: client.Database(cfg.Database).Collection(cfg.Collection,
 			options.Collection().SetReadPreference(readpref.Primary())),
-		cfg:  cfg,
-		opt:  opt,
+		cfg: cfg,
+		opt: opt,
+		cas: backends.CAS{
+			Store:    "mongodb",
+			Attempts: cfg.CASAttempts,
+			Backoff:  backends.Backoff{Floor: 50 * time.Microsecond, Step: 200 * time.Microsecond, MaxSteps: 8},
+		},
 		log:  opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
@@ -291,100 +301,82 @@ func unavailable(what string, err error) error {
 func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
 
 // Apply decides the ops one after another, so that the same key twice in one batch is
-// applied in order; each op is its own compare-and-swap on its document.
+// applied in order; each op is its own compare-and-swap (backends.CAS) on its document.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
 	var first error
-	var st algorithms.State
-	var buf []byte
+	c := &call{s: s}
 	for _, op := range ops {
-		op.Result, op.Err = algorithms.Result{}, nil
-		var r algorithms.Result
-		r, buf, op.Err = s.apply(ctx, now, op, &st, buf)
-		if op.Err != nil {
-			if first == nil {
-				first = op.Err
-			}
-			continue
+		op.Result, op.Err = s.cas.Decide(ctx, c, s.key(op.Key), op, now, &c.st)
+		if op.Err != nil && first == nil {
+			first = op.Err
 		}
-		op.Result = r
 	}
 	return first
 }
 
-// apply runs the optimistic loop for one op: read the document, decide in Go, write it
-// back only if its version is still the one read. st and buf are scratch space reused
-// across the ops of one Apply.
-func (s *Store) apply(ctx context.Context, now int64, op *backends.Op, st *algorithms.State, buf []byte) (algorithms.Result, []byte, error) {
-	key := s.key(op.Key)
-	idFilter := bson.D{{Key: "_id", Value: key}}
-	for attempt := 0; attempt < s.cfg.MaxAttempts; attempt++ {
-		if attempt > 0 {
-			if err := backoff(ctx, attempt); err != nil {
-				return algorithms.Result{}, buf, unavailable("mongodb apply", err)
-			}
-		}
-		raw, err := s.coll.FindOne(ctx, idFilter).Raw()
-		exists := true
-		var version int64
-		switch {
-		case errors.Is(err, mongo.ErrNoDocuments):
-			exists = false
-			st.Reset()
-		case err != nil:
-			return algorithms.Result{}, buf, unavailable("mongodb apply: read", err)
-		default:
-			if version, err = decodeDoc(raw, st); err != nil {
-				return algorithms.Result{}, buf, fmt.Errorf("mongodb apply: key %q: %w", key, err)
-			}
-		}
-		before := st.Mark()
-		r := algorithms.Decide(op.Algorithm, st, now, &op.Limit, op.Cost)
-		if before == st.Mark() && (exists || st.IsZero()) {
-			// Nothing changed: the read was a consistent snapshot, so the decision stands
-			// without a write (check-only requests and denials cost one read).
-			return r, buf, nil
-		}
-		buf = backends.EncodeState(buf[:0], st)
-		exp := bson.NewDateTimeFromTime(time.UnixMicro(now).Add(backends.TTL(r.TTL)))
-		if !exists {
-			_, err := s.coll.InsertOne(ctx, bson.D{
-				{Key: "_id", Value: key},
-				{Key: "v", Value: int64(1)},
-				{Key: "s", Value: bson.Binary{Data: buf}},
-				{Key: "exp", Value: exp},
-			})
-			switch {
-			case err == nil:
-				return r, buf, nil
-			case mongo.IsDuplicateKeyError(err):
-				continue // another replica created it first: decide again on its state
-			default:
-				return algorithms.Result{}, buf, unavailable("mongodb apply: insert", err)
-			}
-		}
-		res, err := s.coll.UpdateOne(ctx,
-			bson.D{{Key: "_id", Value: key}, {Key: "v", Value: version}},
-			bson.D{{Key: "$set", Value: bson.D{
-				{Key: "v", Value: version + 1},
-				{Key: "s", Value: bson.Binary{Data: buf}},
-				{Key: "exp", Value: exp},
-			}}})
-		if err != nil {
-			return algorithms.Result{}, buf, unavailable("mongodb apply: update", err)
-		}
-		if res.MatchedCount == 1 {
-			return r, buf, nil
-		}
-		// Someone else wrote (or deleted) the document since we read it: retry.
-	}
-	return algorithms.Result{}, buf, fmt.Errorf("mongodb apply: key %q after %d attempts: %w", key, s.cfg.MaxAttempts, backends.ErrContention)
+// call is one Apply's I/O for backends.CAS: what the last read found (whether there was
+// a document, and its version) for the write after it, and scratch space reused across
+// the ops.
+type call struct {
+	s       *Store
+	st      algorithms.State
+	buf     []byte
+	found   bool
+	version int64
 }
 
-// backoff sleeps a short random time so that replicas racing on one key spread out.
-func backoff(ctx context.Context, attempt int) error {
-	return backends.Backoff{Floor: 50 * time.Microsecond, Step: 200 * time.Microsecond, MaxSteps: 8}.Wait(ctx, attempt)
+// Read reads the document at key (from the primary) and decodes its state and version.
+func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
+	c.found = false
+	raw, err := c.s.coll.FindOne(ctx, bson.D{{Key: "_id", Value: key}}).Raw()
+	switch {
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return false, nil
+	case err != nil:
+		return false, unavailable("mongodb apply: read", err)
+	}
+	if c.version, err = decodeDoc(raw, st); err != nil {
+		return false, fmt.Errorf("mongodb apply: key %q: %w", key, err)
+	}
+	c.found = true
+	return true, nil
+}
+
+// Write inserts the document (none was read: a duplicate key means another replica
+// created it first) or updates it on the condition that its version is still the one
+// read. Either way the write fails, and reports false, when it lost the race.
+func (c *call) Write(ctx context.Context, key string, st *algorithms.State, now, ttl int64) (bool, error) {
+	c.buf = backends.EncodeState(c.buf[:0], st)
+	exp := bson.NewDateTimeFromTime(time.UnixMicro(now).Add(backends.TTL(ttl)))
+	if !c.found {
+		_, err := c.s.coll.InsertOne(ctx, bson.D{
+			{Key: "_id", Value: key},
+			{Key: "v", Value: int64(1)},
+			{Key: "s", Value: bson.Binary{Data: c.buf}},
+			{Key: "exp", Value: exp},
+		})
+		switch {
+		case err == nil:
+			return true, nil
+		case mongo.IsDuplicateKeyError(err):
+			return false, nil
+		}
+		return false, unavailable("mongodb apply: insert", err)
+	}
+	res, err := c.s.coll.UpdateOne(ctx,
+		bson.D{{Key: "_id", Value: key}, {Key: "v", Value: c.version}},
+		bson.D{{Key: "$set", Value: bson.D{
+			{Key: "v", Value: c.version + 1},
+			{Key: "s", Value: bson.Binary{Data: c.buf}},
+			{Key: "exp", Value: exp},
+		}}})
+	if err != nil {
+		return false, unavailable("mongodb apply: update", err)
+	}
+	// No match: someone else wrote (or deleted) the document since we read it.
+	return res.MatchedCount == 1, nil
 }
 
 // decodeDoc checks a document's shape and decodes its state; anything unexpected is

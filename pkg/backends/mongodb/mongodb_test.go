@@ -93,11 +93,11 @@ func TestConformance(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
-	cfg, err := ParseURL("mongodb://u:secret@h1:1,h2:2/rl?collection=lim&replicaSet=rs0&max_attempts=5&ttl_index=false&sweep_interval=5s&sweep_batch=10")
+	cfg, err := ParseURL("mongodb://u:secret@h1:1,h2:2/rl?collection=lim&replicaSet=rs0&cas_attempts=5&ttl_index=false&sweep_interval=5s&sweep_batch=10")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Database != "rl" || cfg.Collection != "lim" || cfg.MaxAttempts != 5 || cfg.TTLIndex ||
+	if cfg.Database != "rl" || cfg.Collection != "lim" || cfg.CASAttempts != 5 || cfg.TTLIndex ||
 		cfg.SweepInterval != 5*time.Second || cfg.SweepBatch != 10 {
 		t.Fatalf("parsed %+v", cfg)
 	}
@@ -108,7 +108,15 @@ func TestParseURL(t *testing.T) {
 	if err != nil || cfg.Database != DefaultDatabase || cfg.Collection != DefaultCollection || !cfg.TTLIndex {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
-	for _, bad := range []string{"redis://x", "mongodb://h/?max_attempts=0", "mongodb://h/?ttl_index=maybe", "mongodb://h/?sweep_interval=-1s"} {
+	// max_attempts is the old name of cas_attempts.
+	if cfg, err := ParseURL("mongodb://h/?max_attempts=9"); err != nil || cfg.CASAttempts != 9 {
+		t.Fatalf("max_attempts=9: %+v %v", cfg, err)
+	}
+	if cfg, err := ParseURL("mongodb://h/"); err != nil || cfg.CASAttempts != backends.DefaultCASAttempts {
+		t.Fatalf("default cas_attempts: %+v %v", cfg, err)
+	}
+	for _, bad := range []string{"redis://x", "mongodb://h/?cas_attempts=0", "mongodb://h/?max_attempts=0", "mongodb://h/?max_attempts=2&cas_attempts=2",
+		"mongodb://h/?ttl_index=maybe", "mongodb://h/?sweep_interval=-1s"} {
 		if _, err := ParseURL(bad); err == nil {
 			t.Errorf("%s: accepted", bad)
 		}
@@ -280,7 +288,7 @@ func TestSweeperRuns(t *testing.T) {
 // ErrUnavailable), not a spin. It races a writer bumping the version between our read
 // and write by using a one-attempt budget against a concurrently updated key.
 func TestContentionBudget(t *testing.T) {
-	s := openTest(t, "max_attempts=1&collection="+scratchCollection(t, "contention"), backends.Options{})
+	s := openTest(t, "cas_attempts=1&collection="+scratchCollection(t, "contention"), backends.Options{})
 	defer s.Close()
 	ctx := context.Background()
 	key := conformance.UniqueKey(t)
@@ -333,4 +341,18 @@ func BenchmarkApply(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkHotKey sizes cas_attempts: the share of ops that give up under contention on
+// one key, for a few bounds (docs/backends.md has the figures and the command). On
+// FerretDB v1 (not atomic) it measures lost races, not correctness.
+func BenchmarkHotKey(b *testing.B) {
+	coll := scratchCollection(b, "hotkey")
+	for _, n := range []int{12, 32, backends.DefaultCASAttempts} {
+		b.Run(fmt.Sprintf("cas_attempts=%d", n), func(b *testing.B) {
+			s := openTest(b, fmt.Sprintf("cas_attempts=%d&collection=%s", n, coll), backends.Options{})
+			defer s.Close()
+			conformance.BenchHotKey(b, s)
+		})
+	}
 }
