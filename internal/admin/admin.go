@@ -22,12 +22,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -66,6 +68,10 @@ type Handler struct {
 	cfg   Config
 	token [sha256.Size]byte // hashed so the comparison is constant-time whatever the lengths
 	mux   *http.ServeMux
+	guard *guard
+	// refusedLog and lockoutLog keep the lines a token guesser makes per call to one per
+	// lograte.DefaultInterval each, with the count held back.
+	refusedLog, lockoutLog *lograte.Limiter
 }
 
 // New returns the API. With no token it logs that the API is disabled and answers 404.
@@ -79,12 +85,15 @@ func New(cfg Config) *Handler {
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = 2 * time.Second
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux()}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), guard: newGuard(),
+		refusedLog: lograte.New(lograte.DefaultInterval), lockoutLog: lograte.New(lograte.DefaultInterval)}
 	if cfg.Token == "" {
 		cfg.Logger.Info("admin API disabled: no admin token configured (--admin-token, HALT_ADMIN_TOKEN or --admin-token-file)")
 	} else {
 		h.token = sha256.Sum256([]byte(cfg.Token))
-		cfg.Logger.Info("admin API enabled", "path", Prefix+"v1/", "token_sha256", ShortHash(cfg.Token))
+		// Nothing derived from the token is logged: even a hash prefix narrows a guess
+		// of a weak token, and tells a reader of the log which token is in force.
+		cfg.Logger.Info("admin API enabled", "path", Prefix+"v1/")
 	}
 	h.mux.HandleFunc("GET /admin/v1/quotas", h.getQuotas)
 	h.mux.HandleFunc("DELETE /admin/v1/quotas", h.deleteQuotas)
@@ -109,14 +118,58 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found")
 		return
 	}
-	if !h.authorized(r) {
-		h.cfg.Logger.Warn("admin call refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", http.StatusUnauthorized)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="halt-admin"`)
-		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+	if !h.authenticate(w, r) {
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	h.mux.ServeHTTP(&jsonErrors{ResponseWriter: w}, r)
+}
+
+// Protect returns next behind the admin token and its brute-force back-off: the
+// profiler on the HTTP port, when there is no separate admin port, takes this. Without a
+// token next is never reached (404).
+func (h *Handler) Protect(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !h.Enabled() {
+			writeError(w, http.StatusNotFound, "not found")
+			return
+		}
+		if h.authenticate(w, r) {
+			w.Header().Set("Cache-Control", "no-store")
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// authenticate checks r's bearer token under the brute-force back-off, answering r
+// itself (401 or 429) when it fails.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) bool {
+	now := h.cfg.Now()
+	addr := addrKey(r.RemoteAddr)
+	// A locked-out address is refused before its token is compared: the answer is the
+	// same whether the guess was right or wrong.
+	if d := h.guard.locked(addr, now); d > 0 {
+		secs := headers.Seconds(d.Microseconds())
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		writeError(w, http.StatusTooManyRequests, fmt.Sprintf("too many refused calls from this address: retry in %d s", secs))
+		return false
+	}
+	if !h.authorized(r) {
+		lockout := h.guard.fail(addr, now)
+		if ok, held := h.refusedLog.Allow(now); ok {
+			h.cfg.Logger.Warn("admin call refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", http.StatusUnauthorized, "similar_suppressed", held)
+		}
+		if lockout > 0 {
+			if ok, held := h.lockoutLog.Allow(now); ok {
+				h.cfg.Logger.Warn("admin API: address locked out after refused calls", "address", addr, "for", lockout, "similar_suppressed", held)
+			}
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="halt-admin"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+		return false
+	}
+	h.guard.success(addr)
+	return true
 }
 
 // jsonErrors turns the mux's own plain-text 404 and 405 answers into JSON errors, so a

@@ -344,3 +344,82 @@ func TestParseDescriptor(t *testing.T) {
 		}
 	}
 }
+
+// callFrom is call from a given source address, returning the code and Retry-After.
+func (f *fixture) callFrom(t *testing.T, remote, tok string) (int, string) {
+	t.Helper()
+	r := httptest.NewRequest("GET", "/admin/v1/quotas?"+query("domain", "saas", "descriptor", "user=u-1").Encode(), nil)
+	r.RemoteAddr = remote
+	if tok != "" {
+		r.Header.Set("Authorization", "Bearer "+tok)
+	}
+	w := httptest.NewRecorder()
+	f.api.ServeHTTP(w, r)
+	return w.Code, w.Header().Get("Retry-After")
+}
+
+// TestBruteForceBackoff: after MaxFailures refused calls an address is locked out, and
+// while it is, even the right token gets 429 (the lockout is no oracle); each refused
+// call after a lockout doubles it; other addresses are not affected; the refused-call
+// warning is written once per interval whatever the number of calls.
+func TestBruteForceBackoff(t *testing.T) {
+	f := newFixture(t, token)
+	const attacker, operator = "192.0.2.7:4000", "192.0.2.8:4000"
+	for i := 0; i < admin.MaxFailures; i++ {
+		if code, _ := f.callFrom(t, attacker, fmt.Sprintf("guess-%d", i)); code != 401 {
+			t.Fatalf("guess %d: %d, want 401", i, code)
+		}
+	}
+	for _, tok := range []string{"guess-x", token} {
+		if code, ra := f.callFrom(t, attacker, tok); code != 429 || ra != "1" {
+			t.Fatalf("locked address with token %q: %d Retry-After %q, want 429 and 1", tok, code, ra)
+		}
+	}
+	// Another port of the same host is the same address; another host is not.
+	if code, _ := f.callFrom(t, "192.0.2.7:4001", token); code != 429 {
+		t.Fatalf("same host, other port: %d", code)
+	}
+	if code, _ := f.callFrom(t, operator, token); code != 200 {
+		t.Fatalf("other address: %d", code)
+	}
+	f.clock.Add(admin.FirstLockout)
+	// The lockout is over; one more refused call locks for twice as long.
+	if code, _ := f.callFrom(t, attacker, "guess-y"); code != 401 {
+		t.Fatalf("after the lockout: %d", code)
+	}
+	if code, ra := f.callFrom(t, attacker, token); code != 429 || ra != "2" {
+		t.Fatalf("second lockout: %d Retry-After %q, want 429 and 2", code, ra)
+	}
+	f.clock.Add(2 * admin.FirstLockout)
+	if code, _ := f.callFrom(t, attacker, token); code != 200 {
+		t.Fatalf("right token after the lockout: %d", code)
+	}
+	// The success forgot the strikes: MaxFailures-1 more refusals lock nothing.
+	for i := 0; i < admin.MaxFailures-1; i++ {
+		f.callFrom(t, attacker, "again")
+	}
+	if code, _ := f.callFrom(t, attacker, token); code != 200 {
+		t.Fatalf("strikes not forgotten after a success: %d", code)
+	}
+	// IPv6: one /64 is one address.
+	for i := 0; i < admin.MaxFailures; i++ {
+		f.callFrom(t, fmt.Sprintf("[2001:db8:1:2::%x]:443", i+1), "guess")
+	}
+	if code, _ := f.callFrom(t, "[2001:db8:1:2::ffff]:443", token); code != 429 {
+		t.Fatalf("another address of the /64: %d", code)
+	}
+	if code, _ := f.callFrom(t, "[2001:db8:1:3::1]:443", token); code != 200 {
+		t.Fatalf("another /64: %d", code)
+	}
+	// A flood of refusals in one interval writes one warning of each kind.
+	for i := 0; i < 200; i++ {
+		f.callFrom(t, fmt.Sprintf("198.51.100.%d:1", i%250), "guess")
+	}
+	logs := f.logs.String()
+	if n := strings.Count(logs, "admin call refused"); n != 1 {
+		t.Fatalf("%d refused-call lines in one interval, want 1:\n%s", n, logs)
+	}
+	if strings.Contains(logs, "token_sha256") || strings.Contains(logs, admin.ShortHash(token)) {
+		t.Fatalf("the log holds something derived from the token:\n%s", logs)
+	}
+}
