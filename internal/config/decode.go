@@ -49,6 +49,20 @@ func UnitSeconds(unit string) (int64, bool) {
 	return 0, false
 }
 
+// PeriodUS returns a window of multiplier units of unitSeconds each, in microseconds:
+// the period of a rate_limit (unit x unit_multiplier) and of Envoy's limit overrides.
+// It is false when the window is longer than algorithms.MaxPeriod or the multiplier is
+// below 1. The bound is checked before the product is formed, so a multiplier that
+// would overflow int64 is refused as too long instead of wrapping to a short window
+// (a day x 213,503,983 would otherwise be about 16 hours).
+func PeriodUS(unitSeconds, multiplier int64) (int64, bool) {
+	unitUS := unitSeconds * int64(time.Second/time.Microsecond)
+	if unitUS <= 0 || multiplier < 1 || multiplier > algorithms.MaxPeriod/unitUS {
+		return 0, false
+	}
+	return unitUS * multiplier, true
+}
+
 // ---- decoded, not yet resolved, configuration ----
 
 type fileCfg struct {
@@ -772,10 +786,9 @@ func (d *decoder) limit(l *limitDraft, n *yaml.Node, field string) *limitCfg {
 		d.add(l.multNode, join(field, "unit_multiplier"), "must be at least 1, got %d", mult)
 		return nil
 	}
-	unitUS := secs * int64(time.Second/time.Microsecond)
-	period := algorithms.MaxPeriod + 1 // too long: Validate reports it
-	if mult <= algorithms.MaxPeriod/unitUS {
-		period = unitUS * mult
+	period, ok := PeriodUS(secs, mult)
+	if !ok {
+		period = algorithms.MaxPeriod + 1 // too long: Validate reports it at unit_multiplier
 	}
 	p := algorithms.Limit{Requests: l.rpu, Period: period}
 	bucket := alg == algorithms.TokenBucket || alg == algorithms.LeakyBucket

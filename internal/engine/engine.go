@@ -342,10 +342,13 @@ func overrideLimit(o *Override) (*config.Limit, error) {
 	if !ok {
 		return nil, fmt.Errorf("limit override has unknown unit %q", o.Unit)
 	}
-	p := time.Duration(secs) * time.Second
 	mult := int64(o.UnitMultiplier)
 	if mult == 0 {
 		mult = 1
+	}
+	period, ok := config.PeriodUS(secs, mult)
+	if !ok {
+		return nil, fmt.Errorf("limit override: unit_multiplier %d x %s is longer than the longest window, 100 years", mult, o.Unit)
 	}
 	l := &config.Limit{
 		Algorithm:       algorithms.FixedWindow,
@@ -354,7 +357,7 @@ func overrideLimit(o *Override) (*config.Limit, error) {
 		UnitMultiplier:  mult,
 		Params: algorithms.Limit{
 			Requests: int64(o.RequestsPerUnit),
-			Period:   int64(p/time.Microsecond) * mult,
+			Period:   period,
 		},
 	}
 	if err := l.Params.Validate(l.Algorithm); err != nil {
