@@ -25,8 +25,8 @@ const (
 )
 
 // runStage sends the queued ops (if any) to the store in one round, folds every op into
-// its descriptor's decision, and empties the queue. It is the one place that reads store
-// results.
+// its descriptor's decision, and empties the queue. It is the one place Check reads store
+// results (Penalize, outside any descriptor, reads its one op itself).
 //
 // The store contract gives every op a Result or an Err. An Apply error that no op
 // carries means the store failed as a whole without saying so per op: every op of the
