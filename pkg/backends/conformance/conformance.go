@@ -23,18 +23,29 @@ import (
 type Factory func(t *testing.T) backends.Store
 
 // Options adjust the suite for a backend's documented limits. Every field that skips
-// something must come with a Reason the test log will show.
+// or allows something must come with a Reason the test log will show.
 type Options struct {
-	// SkipConcurrency skips the concurrent-hammering part (FerretDB v1 does not make
-	// updates atomic; a real mongod does). Reason is then required.
+	// SkipConcurrency skips the concurrent-hammering part, for a server that cannot apply
+	// concurrent updates atomically (FerretDB v1). Reason is then required.
 	SkipConcurrency bool
 	// SkipSlidingLog skips the exact sliding log (a backend whose items are too small).
 	SkipSlidingLog bool
-	// Reason explains every skip.
+	// MaxContention is the share of the concurrency part's operations (0 up to
+	// MaxContentionLimit) that may fail with backends.ErrContention: a compare-and-swap
+	// store gives up on a key after a bounded number of lost races instead of spinning
+	// through its deadline. Zero (the default) means every operation must be decided.
+	// Whatever the share, the ops that were decided must admit exactly what the pure
+	// algorithm admits for as many ops, which is the limit itself. Reason is then required.
+	MaxContention float64
+	// Reason explains every skip and every allowance.
 	Reason string
 	// Workers and OpsPerWorker size the concurrency part (defaults 16 and 40).
 	Workers, OpsPerWorker int
 }
+
+// MaxContentionLimit is the largest Options.MaxContention the suite accepts: with more
+// than half the ops allowed to fail, a store that decides almost nothing could pass.
+const MaxContentionLimit = 0.5
 
 // Case is one algorithm configuration the suite exercises.
 type Case struct {
@@ -121,8 +132,8 @@ func UniqueKey(t testing.TB) string {
 
 // Run runs the whole suite.
 func Run(t *testing.T, open Factory, opt Options) {
-	if (opt.SkipConcurrency || opt.SkipSlidingLog) && opt.Reason == "" {
-		t.Fatal("conformance: a skip needs a Reason")
+	if (opt.SkipConcurrency || opt.SkipSlidingLog || opt.MaxContention != 0) && opt.Reason == "" {
+		t.Fatal("conformance: a skip or a contention allowance needs a Reason")
 	}
 	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
 	t.Run("batch", func(t *testing.T) { RunBatch(t, open) })
@@ -266,8 +277,16 @@ func RunDelete(t *testing.T, open Factory) {
 }
 
 // RunConcurrency hammers one key per algorithm from many goroutines at one instant (so
-// nothing refills) and demands that exactly the limit is admitted: never more (lost
-// updates) and, barring reported errors, never fewer.
+// nothing refills) and demands exactly what the pure algorithm decides for the same ops
+// played one after another: the limit is reached exactly, never passed (lost updates)
+// and never missed (an op that failed, or was refused, without cause). Every op must be
+// decided, except that up to opt.MaxContention of them may fail with
+// backends.ErrContention; any other error fails the check. A last cost-1 op must then see
+// the state the serial model has after the decided ops, field by field.
+//
+// Penalty is included: every op at one instant is one violation point, the lockout starts
+// when the points reach the threshold (so one fewer than Requests is admitted), and a
+// lost update shows as more admissions or as a different lockout in the last op.
 func RunConcurrency(t *testing.T, open Factory, opt Options) {
 	workers, per := opt.Workers, opt.OpsPerWorker
 	if workers <= 0 {
@@ -276,9 +295,14 @@ func RunConcurrency(t *testing.T, open Factory, opt Options) {
 	if per <= 0 {
 		per = 40
 	}
+	if opt.MaxContention < 0 || opt.MaxContention > MaxContentionLimit {
+		t.Fatalf("conformance: MaxContention %v is outside 0..%v", opt.MaxContention, MaxContentionLimit)
+	}
+	total := int64(workers * per)
+	maxFailed := int64(opt.MaxContention * float64(total))
 	for _, c := range Cases() {
 		c := c
-		if c.Algorithm == algorithms.Penalty || (opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow) {
+		if opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow {
 			continue
 		}
 		t.Run(c.Name, func(t *testing.T) {
@@ -286,56 +310,109 @@ func RunConcurrency(t *testing.T, open Factory, opt Options) {
 			defer st.Close()
 			key := UniqueKey(t)
 			now := base + 77*sec + 500_000
-			lim := c.Limit
-			lim.Requests = 50
-			lim.Burst = 0
-			if c.Algorithm == algorithms.Calendar {
-				lim = calendarLimit(lim, now)
+			lim := concurrencyLimit(c, now)
+			full := serialAdmitted(c.Algorithm, lim, now, total)
+			if serialAdmitted(c.Algorithm, lim, now, total-maxFailed) != full {
+				t.Fatalf("conformance: %d ops with up to %d failing cannot reach the limit; raise Workers or OpsPerWorker", total, maxFailed)
 			}
-			if c.Algorithm == algorithms.LeakyBucket {
-				lim.MaxDelay = 0
+			if full == 0 || full >= total {
+				t.Fatalf("conformance: the workload admits %d of %d ops: it cannot tell a full store from a broken one", full, total)
 			}
-			if c.Algorithm == algorithms.FixedWindow || c.Algorithm == algorithms.SlidingWindowCounter {
-				lim.Period = minute // one window for the whole run
-			}
-			var admitted, failed atomic.Int64
-			var firstErr atomic.Value
+			var admitted, denied, contention atomic.Int64
+			var mu sync.Mutex
+			var otherErrs []error
+			start := make(chan struct{})
 			var wg sync.WaitGroup
 			for w := 0; w < workers; w++ {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					<-start // all at once: the point is to make them race
 					for i := 0; i < per; i++ {
 						op := &backends.Op{Key: key, Algorithm: c.Algorithm, Limit: lim, Cost: 1}
 						err := applyOne(st, now, op)
 						switch {
+						case errors.Is(err, backends.ErrContention):
+							contention.Add(1)
 						case err != nil:
-							failed.Add(1)
-							firstErr.CompareAndSwap(nil, err)
+							mu.Lock()
+							otherErrs = append(otherErrs, err)
+							mu.Unlock()
 						case op.Result.Allowed:
 							admitted.Add(1)
+						default:
+							denied.Add(1)
 						}
 					}
 				}()
 			}
+			close(start)
 			wg.Wait()
-			got := admitted.Load()
-			if got > lim.Requests {
-				t.Fatalf("admitted %d > limit %d: lost updates", got, lim.Requests)
+			got, no, failed := admitted.Load(), denied.Load(), contention.Load()
+			t.Logf("%d ops: admitted %d, refused %d, failed under contention %d (allowed %d), other errors %d",
+				total, got, no, failed, maxFailed, len(otherErrs))
+			if len(otherErrs) > 0 {
+				t.Fatalf("%d ops failed with an error other than backends.ErrContention, first: %v", len(otherErrs), otherErrs[0])
 			}
-			if f := failed.Load(); f > 0 {
-				err, _ := firstErr.Load().(error)
-				if !errors.Is(err, backends.ErrUnavailable) {
-					t.Fatalf("%d ops failed with a non-availability error: %v", f, err)
-				}
-				t.Logf("%d of %d ops failed under contention (%v); admitted %d", f, workers*per, err, got)
-				return
+			if got+no+failed != total {
+				t.Fatalf("admitted %d + refused %d + contention %d != %d ops", got, no, failed, total)
 			}
-			if got != lim.Requests {
-				t.Fatalf("admitted %d, want exactly %d", got, lim.Requests)
+			if got > full {
+				t.Fatalf("admitted %d > %d (the limit): lost updates", got, full)
+			}
+			if failed > maxFailed {
+				t.Fatalf("%d of %d ops failed under contention, more than the %d (%.0f%%) this store may give up on",
+					failed, total, maxFailed, opt.MaxContention*100)
+			}
+			want := serialAdmitted(c.Algorithm, lim, now, total-failed)
+			if got != want {
+				t.Fatalf("admitted %d, want exactly %d: %d ops were refused although the limit was not reached", got, want, no)
+			}
+			// The state left behind is the serial model's after the decided ops.
+			ms := &algorithms.State{}
+			for i := int64(0); i < total-failed; i++ {
+				algorithms.Decide(c.Algorithm, ms, now, &lim, 1)
+			}
+			wantLast := algorithms.Decide(c.Algorithm, ms, now, &lim, 1)
+			last := &backends.Op{Key: key, Algorithm: c.Algorithm, Limit: lim, Cost: 1}
+			if err := applyOne(st, now, last); err != nil {
+				t.Fatalf("the op after the hammering: %v", err)
+			}
+			if !sameResult(last.Result, wantLast) {
+				t.Fatalf("the op after the hammering sees a state the serial model does not:\n got  %+v\n want %+v", last.Result, wantLast)
 			}
 		})
 	}
+}
+
+// concurrencyLimit is c's limit raised to 50 requests in one window that outlasts the
+// run, so that the count admitted at one instant is the limit and nothing refills.
+func concurrencyLimit(c Case, now int64) algorithms.Limit {
+	lim := c.Limit
+	lim.Requests = 50
+	lim.Burst = 0
+	switch c.Algorithm {
+	case algorithms.Calendar:
+		lim = calendarLimit(lim, now)
+	case algorithms.LeakyBucket:
+		lim.MaxDelay = 0
+	case algorithms.FixedWindow, algorithms.SlidingWindowCounter:
+		lim.Period = minute // one window for the whole run
+	}
+	return lim
+}
+
+// serialAdmitted is how many of n cost-1 ops at now the pure algorithm admits, one after
+// another on a fresh state: what a store must admit for n decided ops, in any order.
+func serialAdmitted(a algorithms.Algorithm, lim algorithms.Limit, now, n int64) int64 {
+	s := &algorithms.State{}
+	var admitted int64
+	for i := int64(0); i < n; i++ {
+		if algorithms.Decide(a, s, now, &lim, 1).Allowed {
+			admitted++
+		}
+	}
+	return admitted
 }
 
 // Bench measures one token-bucket op per Apply against st from GOMAXPROCS goroutines,

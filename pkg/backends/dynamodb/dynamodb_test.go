@@ -53,7 +53,15 @@ func openTest(t testing.TB, extra string) *Store {
 
 func TestConformance(t *testing.T) {
 	testEndpoint(t)
-	conformance.Run(t, func(t *testing.T) backends.Store { return openTest(t, "") }, conformance.Options{})
+	conformance.Run(t, func(t *testing.T) backends.Store { return openTest(t, "") }, conformance.Options{
+		// A fixed window writes every hit, denied ones too, so all 640 ops of the
+		// concurrency part race on one item the whole time: with the default 12
+		// conditional writes, DynamoDB Local 1.25 gave up on 184-216 of 640 (29-34 %) in
+		// six runs; the other cases, which stop writing once the limit is reached, on
+		// 14-23 (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/dynamodb).
+		MaxContention: 0.45,
+		Reason:        "a conditional-write store gives up after DefaultMaxAttempts lost races",
+	})
 }
 
 func TestParseURL(t *testing.T) {
