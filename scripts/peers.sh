@@ -23,7 +23,14 @@
 # * DynamoDB Local does NOT exit when its port is taken (logs a BindException and hangs)
 #                                                -> check the port first, probe with a real ListTables
 # * DynamoDB Local's jar ships inside npm amplify-dynamodb-simulator; it needs openjdk-17-jre-headless.
+# * No real mongod can be had here (not in Debian; the npm/PyPI/Maven wrappers download it at
+#   run time from hosts we cannot reach). FerretDB v1 (SQLite and PostgreSQL handlers alike)
+#   loses concurrent updates. mongo-java-server (Maven Central) applies them atomically, but
+#   announces a wire version the Go driver v2 refuses -> scripts/mongo-java-server/MongoPeer.java
+#   runs it announcing MongoDB 4.4; Maven (apt: maven) resolves its classpath, the JDK's
+#   source launcher (apt: openjdk-17-jdk-headless) runs it.
 
+PEERS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) # scripts/, for the peers' own files
 PEERS_DIR_OWNED= # teardown removes PEERS_DIR only when it made it
 [ -n "${PEERS_DIR:-}" ] || { PEERS_DIR=$(mktemp -d "${TMPDIR:-/tmp}/halt-envoy-peers.XXXXXX"); PEERS_DIR_OWNED=1; }
 PEERS_CACHE=${PEERS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/halt-envoy-peers}
@@ -393,4 +400,33 @@ peers_start_ddblocal() { # PORT -> http://127.0.0.1:PORT (listens on all interfa
     -jar DynamoDBLocal.jar -inMemory -sharedDb -disableTelemetry -port "$port") </dev/null >"$log" 2>&1 &
   record_pid $! TERM "ddblocal-$port"
   wait_ready $! 90 ddb_ready "$port" || peers_fail "DynamoDB Local on $port did not start" "$log"
+}
+
+# ---------- mongo-java-server (MongoDB wire protocol, in memory; Maven Central, run by the JDK) ----------
+peers_fetch_mongojava() { # -> prints the classpath (resolved by Maven once per pom; concurrent runs wait on a lock)
+  local pom=$PEERS_SRC/mongo-java-server/pom.xml sum cp
+  sum=$(sha256sum "$pom" | cut -c1-16)
+  cp=$PEERS_CACHE/mongo-java-server-$sum.classpath
+  [ -s "$cp" ] && { cat "$cp"; return 0; }
+  command -v mvn >/dev/null || { peers_log "mvn not found (apt maven)"; return 1; }
+  (
+    flock 9
+    [ -s "$cp" ] && exit 0
+    peers_log "resolving mongo-java-server from Maven Central (once; cached in $cp)"
+    peers_run_tracked mongojava-fetch timeout 600 mvn -q -B -Dstyle.color=never -f "$pom" dependency:build-classpath \
+      -Dmdep.outputFile="$cp.tmp.$$" >"$PEERS_DIR/mongojava-mvn.log" 2>&1 &&
+      [ -s "$cp.tmp.$$" ] && mv "$cp.tmp.$$" "$cp" ||
+      { rm -f "$cp.tmp.$$"; peers_fail "mvn dependency:build-classpath failed" "$PEERS_DIR/mongojava-mvn.log"; }
+  ) 9>"$PEERS_CACHE/mongojava.lock" || return 1
+  cat "$cp"
+}
+peers_start_mongojava() { # PORT -> mongodb://127.0.0.1:PORT/
+  local port=$1 cp log=$PEERS_DIR/mongojava-$1.log
+  cp=$(peers_fetch_mongojava) || return 1
+  command -v javac >/dev/null || { peers_log "javac not found (apt openjdk-17-jdk-headless: the source launcher needs it)"; return 1; }
+  port_free "$port" || { peers_log "port $port busy"; return 1; }
+  java -Xmx256m -XX:+UseSerialGC -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$cp" \
+    "$PEERS_SRC/mongo-java-server/MongoPeer.java" "$port" </dev/null >"$log" 2>&1 &
+  record_pid $! TERM "mongojava-$port"
+  wait_ready $! 60 tcp_open "$port" || peers_fail "mongo-java-server on $port did not start" "$log"
 }

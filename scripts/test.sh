@@ -19,7 +19,8 @@
 #   HALT_TEST_PEERS=1 (tests must fail, not skip, when an endpoint below is missing)
 #   REDIS_ADDR, REDIS_CLUSTER_ADDRS (6 nodes, comma list), REDIS_CLUSTER_BASE_PORT,
 #   REDIS_SENTINEL_ADDR, REDIS_SENTINEL_MASTER (mymaster), REDIS_SENTINEL_MASTER_ADDR,
-#   REDIS_SENTINEL_REPLICA_ADDR, MEMCACHED_ADDR, PG_DSN, PG_DATA_DIR, PG_BIN, MONGO_URI (FerretDB,
+#   REDIS_SENTINEL_REPLICA_ADDR, MEMCACHED_ADDR, PG_DSN, PG_DATA_DIR, PG_BIN, MONGO_URI
+#   (mongo-java-server: MongoDB wire protocol, atomic per document), FERRETDB_URI (FerretDB v1,
 #   SQLite handler), DYNAMODB_ENDPOINT (DynamoDB Local)
 #   PostgreSQL can be stopped/restarted by fault tests on the same port with
 #     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA_DIR" -l "$PG_DATA_DIR/../server.log" -w stop|start|restart
@@ -63,8 +64,9 @@ if [ -n "${HALT_SKIP_PEERS:-}" ]; then
   unset HALT_TEST_PEERS
 else
   STAGE=peers
-  # Slow ones first, in the background: FerretDB (cold build ~3 min) and DynamoDB Local (JVM start
-  # ~6 s; its jar comes from npm). Meanwhile apt runs and the fast peers start in the foreground.
+  # Slow ones first, in the background: FerretDB (cold build ~3 min), DynamoDB Local (JVM start
+  # ~6 s; its jar comes from npm) and mongo-java-server (JVM; its jars come from Maven Central).
+  # Meanwhile apt runs and the fast peers start in the foreground.
   # Every port is reserved by free_port before any start, so the parallel starts can't collide.
   JOBS=() # "PID NAME LOG"
   bg_job() { # NAME CMD... : run CMD in the background; its output goes to a log shown at the end
@@ -87,15 +89,21 @@ else
   if command -v java >/dev/null && command -v npm >/dev/null; then
     bg_job ddblocal timed dynamodb-local peers_start_ddblocal "$DDB_PORT"; ddb_job_started=1
   fi
+  MONGOJAVA_PORT=$(free_port)
+  mongojava_job_started=
+  if command -v javac >/dev/null && command -v mvn >/dev/null; then
+    bg_job mongojava timed mongo-java-server peers_start_mongojava "$MONGOJAVA_PORT"; mongojava_job_started=1
+  fi
   # warm the Go module cache for the project meanwhile (read-only: never touches go.mod/go.sum)
   [ -f go.mod ] && bg_job gomod go list -mod=readonly -e -deps -test ./...
 
   t=$(peers_now)
-  apt_pkgs=(redis-server redis-tools memcached postgresql openjdk-17-jre-headless curl ca-certificates 'prometheus?')
+  apt_pkgs=(redis-server redis-tools memcached postgresql openjdk-17-jre-headless openjdk-17-jdk-headless maven curl ca-certificates 'prometheus?')
   command -v npm >/dev/null || apt_pkgs+=(npm)
   peers_apt "${apt_pkgs[@]}"
   echo "apt: done in $(peers_since "$t")"
   [ -n "$ddb_job_started" ] || bg_job ddblocal timed dynamodb-local peers_start_ddblocal "$DDB_PORT"
+  [ -n "$mongojava_job_started" ] || bg_job mongojava timed mongo-java-server peers_start_mongojava "$MONGOJAVA_PORT"
 
   p=$(free_port)
   timed redis peers_start_redis "$p"
@@ -133,13 +141,13 @@ else
     fi
   done
   [ -z "$failed" ] || exit 1
-  export MONGO_URI="mongodb://127.0.0.1:$FERRET_PORT/"
+  export MONGO_URI="mongodb://127.0.0.1:$MONGOJAVA_PORT/" FERRETDB_URI="mongodb://127.0.0.1:$FERRET_PORT/"
   export DYNAMODB_ENDPOINT="http://127.0.0.1:$DDB_PORT"
   export HALT_TEST_PEERS=1
 
   PEERS_SECS=$(peers_since "$T0")
   say "all peers up in $PEERS_SECS"
-  env | grep -E '^(HALT_TEST_PEERS|REDIS_[A-Z_]+|MEMCACHED_ADDR|PG_DSN|PG_DATA_DIR|PG_BIN|MONGO_URI|DYNAMODB_ENDPOINT)=' | sort |
+  env | grep -E '^(HALT_TEST_PEERS|REDIS_[A-Z_]+|MEMCACHED_ADDR|PG_DSN|PG_DATA_DIR|PG_BIN|MONGO_URI|FERRETDB_URI|DYNAMODB_ENDPOINT)=' | sort |
     tee "$PEERS_DIR/env" | sed 's/^/    /'
 
   if [ -n "${HALT_PEERS_ONLY:-}" ]; then
