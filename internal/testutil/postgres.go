@@ -27,8 +27,8 @@ type PrivatePostgres struct {
 }
 
 // StartPrivatePostgres initdb's and starts a private PostgreSQL, stopped and removed
-// when the test ends. Without server binaries the test is skipped (failed under
-// HALT_TEST_PEERS=1); as root without a postgres user it is skipped.
+// when the test ends. Without server binaries, or as root without a postgres user, the
+// test is skipped (failed under HALT_TEST_PEERS=1).
 func StartPrivatePostgres(t testing.TB) *PrivatePostgres {
 	t.Helper()
 	bin := os.Getenv("PG_BIN")
@@ -39,10 +39,7 @@ func StartPrivatePostgres(t testing.TB) *PrivatePostgres {
 		}
 	}
 	if _, err := os.Stat(filepath.Join(bin, "initdb")); bin == "" || err != nil {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatal("no PostgreSQL binaries (set PG_BIN) and HALT_TEST_PEERS=1")
-		}
-		t.Skip("no PostgreSQL binaries: set PG_BIN")
+		Missing(t, "no PostgreSQL binaries (set PG_BIN)")
 	}
 	p := &PrivatePostgres{t: t, Bin: bin}
 	dir, err := os.MkdirTemp("", "halt-pg-")
@@ -57,7 +54,7 @@ func StartPrivatePostgres(t testing.TB) *PrivatePostgres {
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			t.Skip("running as root without a postgres user")
+			Missing(t, "running as root without a postgres user (apt postgresql creates it)")
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)

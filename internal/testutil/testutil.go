@@ -53,6 +53,18 @@ func FreePort(t testing.TB) int {
 	return n
 }
 
+// The skips that scripts/test.sh (internal/testsummary) lets pass, told apart by the
+// start of their message. Every other skip fails the run unless scripts/allowed-skips.txt
+// names the test with a reason.
+const (
+	// SkipNoPeer starts the message of a skip for a missing peer ([Peer], [Missing],
+	// [StartPrivatePostgres]): allowed only in a run without peers, which then says PARTIAL.
+	SkipNoPeer = "no peer: "
+	// SkipShort starts the message of a skip in -short mode ([SkipIfShort]): allowed only
+	// in a run with -short, which then says PARTIAL.
+	SkipShort = "short mode: "
+)
+
 // Peer returns the value of the environment variable name (a test peer's address, URL
 // or DSN). When it is unset the test is skipped, or fails when HALT_TEST_PEERS=1 (the
 // run promised every peer: scripts/test.sh).
@@ -60,22 +72,27 @@ func Peer(t testing.TB, name string) string {
 	t.Helper()
 	v := os.Getenv(name)
 	if v == "" {
-		if os.Getenv("HALT_TEST_PEERS") == "1" {
-			t.Fatalf("%s is not set and HALT_TEST_PEERS=1", name)
-		}
-		t.Skipf("%s not set: no peer to test against", name)
+		Missing(t, name+" not set")
 	}
 	return v
 }
 
-// Missing skips the test because what it needs is missing (what says so, e.g.
-// "redis-server not installed"), or fails it when HALT_TEST_PEERS=1.
+// Missing skips the test because a peer or a tool it needs is missing (what says so,
+// e.g. "redis-server not installed"), or fails it when HALT_TEST_PEERS=1.
 func Missing(t testing.TB, what string) {
 	t.Helper()
 	if os.Getenv("HALT_TEST_PEERS") == "1" {
 		t.Fatalf("%s and HALT_TEST_PEERS=1", what)
 	}
-	t.Skip(what)
+	t.Skip(SkipNoPeer + what)
+}
+
+// SkipIfShort skips a long test (why says what makes it long) under go test -short.
+func SkipIfShort(t testing.TB, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(SkipShort + why)
+	}
 }
 
 // WaitFor polls cond every 25 ms until it is true, and fails the test when it is still

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	_ "time/tzdata" // Europe/Berlin whatever the machine has in /usr/share/zoneinfo
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -183,7 +184,10 @@ func TestQuotaManager(t *testing.T) {
 	}
 	// A Berlin-time daily quota is separate and uses its own calendar: 23:00 UTC is
 	// already the next day in Berlin.
-	berlin, _ := time.LoadLocation("Europe/Berlin")
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dq := halt.Quota{Name: "exports", Period: halt.Daily, Requests: 1, Location: berlin}
 	if d, _ := qm.Check(ctx, "c42", dq); !d.Allowed || !d.PeriodEnd.Equal(time.Date(2025, 2, 2, 0, 0, 0, 0, berlin)) {
 		t.Fatalf("daily Berlin quota: %+v", d)

@@ -183,9 +183,7 @@ func (c *privateCluster) url() string {
 // calls run, and checks that halt answers per failure mode during the failover, within
 // the store timeout, and counts exactly again once a replica took over.
 func TestRedisClusterMasterKilled(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a private Redis Cluster")
-	}
+	testutil.SkipIfShort(t, "starts a private Redis Cluster")
 	c := startPrivateCluster(t)
 	done := leakCheck(t)
 	h := newHarness(t, c.url())

@@ -147,9 +147,7 @@ func TestMemcachedFaults(t *testing.T) {
 }
 
 func TestPostgresFaults(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a private PostgreSQL")
-	}
+	testutil.SkipIfShort(t, "starts a private PostgreSQL")
 	pg := testutil.StartPrivatePostgres(t)
 	runProxyFaults(t, pg.Addr(), func(a string) string {
 		return fmt.Sprintf("postgres://postgres@%s/postgres?sslmode=disable", a)
@@ -159,9 +157,7 @@ func TestPostgresFaults(t *testing.T) {
 // TestPostgresRestart stops the (private) server for real with pg_ctl -m fast and starts
 // it again: halt answers per failure mode meanwhile, reconnects, and counts correctly.
 func TestPostgresRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a private PostgreSQL")
-	}
+	testutil.SkipIfShort(t, "starts a private PostgreSQL")
 	pg := testutil.StartPrivatePostgres(t)
 	done := leakCheck(t)
 	h := newHarness(t, pg.DSN())

@@ -24,6 +24,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/server"
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 )
@@ -257,9 +258,7 @@ func TestOversizedAndExpiredRequests(t *testing.T) {
 // 2 cores and a default file limit must survive the test) and makes one call on each at
 // once. Each call must be served or refused cleanly, never a transport error or a hang.
 func TestManyConnections(t *testing.T) {
-	if testing.Short() {
-		t.Skip("opens 1,000 connections")
-	}
+	testutil.SkipIfShort(t, "opens 1,000 connections")
 	const conns = 1000
 	o := startOverloadServer(t, 64, 0, 20*time.Millisecond)
 	g0 := runtime.NumGoroutine()

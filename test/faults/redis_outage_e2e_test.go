@@ -80,9 +80,7 @@ func readyz(addr string) int {
 // mode, /readyz says not ready, the store-error metric rises, nothing crashes, and once
 // Redis is back normal answers return within a second without restarting halt.
 func TestBinaryRedisOutage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts processes")
-	}
+	testutil.SkipIfShort(t, "starts processes")
 	for _, mode := range []string{"allow", "deny", "error"} {
 		t.Run(mode, func(t *testing.T) {
 			port := testutil.FreePort(t)

@@ -56,9 +56,7 @@ func (p *haltProcess) calls(t *testing.T, user string, n int) []string {
 // TestSnapshotAcrossRestart runs the binary with memory://?snapshot=PATH, uses 3 of a
 // 5-per-hour limit, SIGTERMs it, starts it again: only 2 more calls are admitted.
 func TestSnapshotAcrossRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
+	testutil.SkipIfShort(t, "builds and runs the binary")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "config")
 	if err := os.Mkdir(conf, 0o755); err != nil {

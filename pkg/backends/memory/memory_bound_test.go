@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
@@ -39,9 +40,7 @@ func vmRSS() uint64 {
 // Under -race the sizes are divided by 10 (the detector's shadow memory would make the
 // figure meaningless and the run slow); the bound is checked, memory is only logged.
 func TestMemoryBound(t *testing.T) {
-	if testing.Short() {
-		t.Skip("pushes 5 million keys")
-	}
+	testutil.SkipIfShort(t, "pushes 5 million keys")
 	total, maxKeys := 5_000_000, 1_000_000
 	if raceEnabled {
 		total, maxKeys = total/10, maxKeys/10

@@ -140,7 +140,7 @@ func TestMissingCreatePermission(t *testing.T) {
 		`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + role,
 	} {
 		if _, err := admin.pool.Exec(ctx, q); err != nil {
-			t.Skipf("cannot set up a role without CREATE (%v)", err)
+			t.Fatalf("cannot set up a role without CREATE (%v): PG_DSN must be a superuser, as scripts/test.sh's is", err)
 		}
 	}
 	defer func() {
@@ -336,9 +336,7 @@ func BenchmarkApplyTokenBucket5Keys(b *testing.B)     { benchApply(b, 5) }
 func BenchmarkApplyTokenBucket10000Keys(b *testing.B) { benchApply(b, 10_000) }
 
 func TestServerDownAndBack(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a private PostgreSQL")
-	}
+	testutil.SkipIfShort(t, "starts a private PostgreSQL")
 	pg := testutil.StartPrivatePostgres(t)
 	ctx := context.Background()
 	s, err := Open(ctx, pg.DSN(), Config{CleanupInterval: -1}, backends.Options{Timeout: 500 * time.Millisecond})
