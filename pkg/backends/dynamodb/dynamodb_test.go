@@ -55,12 +55,13 @@ func TestConformance(t *testing.T) {
 	testEndpoint(t)
 	conformance.Run(t, func(t *testing.T) backends.Store { return openTest(t, "") }, conformance.Options{
 		// A fixed window writes every hit, denied ones too, so all 640 ops of the
-		// concurrency part race on one item the whole time: with the default 12
-		// conditional writes, DynamoDB Local 1.25 gave up on 184-216 of 640 (29-34 %) in
-		// six runs; the other cases, which stop writing once the limit is reached, on
-		// 14-23 (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/dynamodb).
-		MaxContention: 0.45,
-		Reason:        "a conditional-write store gives up after DefaultMaxAttempts lost races",
+		// concurrency part race on one item the whole time: with the default 100 CAS
+		// attempts DynamoDB Local gave up on 0-1 of 640 in three runs, every other case on
+		// none (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/dynamodb;
+		// with the old 12 attempts it was 184-216 for fixed windows). The allowance only
+		// keeps a loaded machine from failing the run.
+		MaxContention: 0.05,
+		Reason:        "a conditional-write store gives up after cas_attempts lost races",
 	})
 }
 

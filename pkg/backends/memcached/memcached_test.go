@@ -38,11 +38,11 @@ func openTest(t testing.TB, cfg Config) *Store {
 func TestConformance(t *testing.T) {
 	testAddr(t)
 	conformance.Run(t, func(t *testing.T) backends.Store { return openTest(t, Config{}) }, conformance.Options{
-		// 0 of 640 ops gave up in each case of three runs with the default 100 CAS retries
-		// (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/memcached);
-		// the allowance only keeps a slow machine from failing the run.
+		// 0 of 640 ops gave up in every case of three runs with the default 100 CAS
+		// attempts (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/memcached);
+		// the allowance only keeps a loaded machine from failing the run.
 		MaxContention: 0.05,
-		Reason:        "a compare-and-swap store gives up after DefaultMaxRetries lost races",
+		Reason:        "a compare-and-swap store gives up after cas_attempts lost races",
 	})
 }
 

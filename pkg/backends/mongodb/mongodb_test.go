@@ -96,11 +96,12 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, func(t *testing.T) backends.Store {
 		return openTest(t, "collection="+coll, backends.Options{})
 	}, conformance.Options{
-		// Against mongo-java-server with the default 12 attempts, 6-30 of 640 ops gave up
-		// for fixed windows (every hit writes, denied ones too) and 0-2 for the other cases
-		// in three runs (go test -race -run 'TestConformance$/concurrency' -v ./pkg/backends/mongodb).
-		MaxContention: 0.15,
-		Reason:        "a compare-and-swap store gives up after DefaultMaxAttempts lost races",
+		// Against mongo-java-server with the default 100 CAS attempts, 0 of 640 ops gave
+		// up in every case of three runs (go test -race -run 'TestConformance$/concurrency'
+		// -v ./pkg/backends/mongodb; with the old 12 attempts, 6-30 for fixed windows). The
+		// allowance only keeps a loaded machine from failing the run.
+		MaxContention: 0.05,
+		Reason:        "a compare-and-swap store gives up after cas_attempts lost races",
 	})
 }
 
