@@ -37,6 +37,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/redact"
 	"github.com/halt-envoy/halt-envoy/internal/refenv"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/server"
@@ -144,7 +145,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.config, "config", "config", "config file or directory (*.yaml, *.yml, recursively)")
 	fs.StringVar(&f.grpcAddr, "grpc-addr", ":8081", "gRPC listen address (RateLimitService, health, reflection)")
-	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "HTTP listen address (/metrics, /healthz, /readyz, /config, /json, /debug/pprof)")
+	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "HTTP listen address (/metrics, /healthz, /readyz, /healthcheck, /config, /json; /debug/pprof and /admin behind the admin token when there is no --admin-addr)")
 	fs.StringVar(&f.store, "store", "memory://", "store URL: memory://, redis://, rediss://, redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
@@ -155,10 +156,10 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.DurationVar(&f.debounce, "reload-debounce", 300*time.Millisecond, "quiet time after a config change before reloading")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
 	fs.IntVar(&f.gcPercent, "gc-percent", 0, "garbage collector target (as GOGC); 0 = GOGC when set, else 400 with a network store and Go's 100 with memory://")
-	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof")
+	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof (served on --admin-addr, or on the HTTP port behind the admin token)")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
-	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port")
+	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port (where pprof needs the admin token)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain: serve gRPC and HTTP over TLS (reloaded when the file changes)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
@@ -196,19 +197,24 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	return f, nil
 }
 
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+// newLogger returns the process's logger. Every line goes through redact.Handler: store
+// URLs' secrets and the given secret values are masked whatever code logs them.
+func newLogger(w io.Writer, level, format string, secrets ...string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		h = slog.NewTextHandler(w, opts)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		h = slog.NewJSONHandler(w, opts)
+	default:
+		return nil, fmt.Errorf("log format %q: want text or json", format)
 	}
-	return nil, fmt.Errorf("log format %q: want text or json", format)
+	return slog.New(redact.NewHandler(h, secrets...)), nil
 }
 
 func parseHeaders(s string) (headers.Families, error) {
@@ -228,7 +234,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
-	log, err := newLogger(stderr, f.logLevel, f.logFormat)
+	// The store URL's secrets and the admin token are masked in every log line, even
+	// where a driver quotes one without its URL. A token file that cannot be read is
+	// reported when the admin API starts.
+	tok, _ := f.saas.token()
+	log, err := newLogger(stderr, f.logLevel, f.logFormat, append(backends.URLSecrets(f.store), tok)...)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
@@ -270,7 +280,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	}
 	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: keyPrefix})
 	if err != nil {
-		return fmt.Errorf("open store: %w", err)
+		return fmt.Errorf("open store: %w", backends.Redact(err))
 	}
 	defer store.Close()
 	switch s := store.(type) {
@@ -299,7 +309,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		return err
 	}
 	defer stopTracing(context.WithoutCancel(ctx))
-	adminRoutes, err := f.saas.adminRoutes(store, watcher.Current, log)
+	adminRoutes, pprofGuard, err := f.saas.adminRoutes(store, watcher.Current, log)
 	if err != nil {
 		return err
 	}
@@ -361,6 +371,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		MaxInFlight:           f.maxInFlight,
 		DrainTimeout:          f.drainTimeout,
 		DisablePprof:          f.disablePprof,
+		PprofGuard:            pprofGuard,
 		TLS:                   tlsCfg,
 		AdminAddr:             f.adminAddr,
 		Admin:                 adminRoutes,
@@ -385,7 +396,17 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		}
 	}()
 
-	log.Info("halt-envoy serving", "version", version, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "admin", srv.AdminAddr(), "tls", tlsCfg != nil, "store", storeName, "config", f.config, "xds", f.ref != nil && f.ref.XDS != nil)
+	pprofAt := "off (--disable-pprof)"
+	switch {
+	case f.disablePprof:
+	case f.adminAddr != "":
+		pprofAt = "admin port"
+	case pprofGuard != nil:
+		pprofAt = "http port, behind the admin token"
+	default:
+		pprofAt = "off: set --admin-addr, or an admin token to serve it on the http port"
+	}
+	log.Info("halt-envoy serving", "version", version, "pprof", pprofAt, "grpc", srv.GRPCAddr().String(), "http", srv.HTTPAddr().String(), "admin", srv.AdminAddr(), "tls", tlsCfg != nil, "store", storeName, "config", f.config, "xds", f.ref != nil && f.ref.XDS != nil)
 	err = srv.Serve(ctx)
 	log.Info("halt-envoy drained; exiting")
 	return err

@@ -127,17 +127,22 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 
 	// HTTP endpoints.
 	for path, want := range map[string]string{
-		"/healthz":      "ok",
-		"/readyz":       "OK",
-		"/healthcheck":  "OK",
-		"/metrics":      "halt_decisions_total",
-		"/config":       `"e2e"`,
-		"/debug/pprof/": "goroutine",
+		"/healthz":     "ok",
+		"/readyz":      "OK",
+		"/healthcheck": "OK",
+		"/metrics":     "halt_decisions_total",
+		"/config":      `"e2e"`,
 	} {
 		body := get(t, "http://"+p.HTTPAddr+path)
 		if !strings.Contains(body, want) {
 			t.Errorf("%s: %q not in %.200q", path, want, body)
 		}
+	}
+	// pprof is not on the HTTP port without --admin-addr or an admin token.
+	if resp, err := http.Get("http://" + p.HTTPAddr + "/debug/pprof/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ on the HTTP port without an admin token: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	// The reference's POST /json answers 429 when over limit.
 	resp, err := http.Post("http://"+p.HTTPAddr+"/json", "application/json", strings.NewReader(`{"domain":"e2e","descriptors":[{"entries":[{"key":"user","value":"alice"}]}]}`))

@@ -77,12 +77,18 @@ func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]engine.Ob
 	return obs, stop, nil
 }
 
-// adminRoutes returns the admin API's registration for server.Options.Admin.
-func (s *saasFlags) adminRoutes(store backends.Store, rules func() *config.Set, log *slog.Logger) ([]func(*http.ServeMux), error) {
+// adminRoutes returns the admin API's registration for server.Options.Admin, and the
+// guard for server.Options.PprofGuard: the admin token (nil without one, so that pprof is
+// served on --admin-addr only).
+func (s *saasFlags) adminRoutes(store backends.Store, rules func() *config.Set, log *slog.Logger) ([]func(*http.ServeMux), func(http.Handler) http.Handler, error) {
 	tok, err := s.token()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h := admin.New(admin.Config{Store: store, Rules: rules, Token: tok, Logger: log.With("component", "admin")})
-	return []func(*http.ServeMux){h.Register}, nil
+	var guard func(http.Handler) http.Handler
+	if h.Enabled() {
+		guard = h.Protect
+	}
+	return []func(*http.ServeMux){h.Register}, guard, nil
 }

@@ -1,7 +1,8 @@
 // Package server assembles halt-envoy's listeners: the gRPC port (RateLimitService,
 // health, reflection) and the HTTP port (metrics, health, readiness, effective config,
-// pprof and the reference service's /healthcheck and /json endpoints), and optionally a
-// separate admin port for pprof, so profiling never shares a port with scrapers.
+// the reference service's /healthcheck and /json endpoints), and optionally a separate
+// admin port for pprof and the admin API, so profiling never shares a port with scrapers
+// (without one, pprof is served on the HTTP port only behind the admin token).
 package server
 
 import (
@@ -17,7 +18,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +38,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/redact"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 )
 
@@ -63,15 +64,20 @@ type Options struct {
 	MaxRecvBytes int
 	// DrainTimeout bounds graceful shutdown. Zero means 10 s.
 	DrainTimeout time.Duration
-	// DisablePprof removes /debug/pprof from the HTTP port.
+	// DisablePprof removes /debug/pprof everywhere.
 	DisablePprof bool
+	// PprofGuard, when there is no AdminAddr, puts /debug/pprof on the HTTP port behind
+	// it (the admin token: admin.Handler.Protect). Nil serves pprof on AdminAddr only: a
+	// profiler on the port scrapers reach would let anyone who can scrape run profiles
+	// and read the command line.
+	PprofGuard func(http.Handler) http.Handler
 	// ReadyTimeout bounds the store ping of /readyz. Zero means 1 s.
 	ReadyTimeout time.Duration
 	// TLS, when set, serves every listener over TLS (its GetConfigForClient may swap
 	// certificates at run time; see tlsutil). Nil means plaintext.
 	TLS *tls.Config
-	// AdminAddr, when set, moves /debug/pprof (and any Admin handlers) off the HTTP port
-	// to this address, e.g. 127.0.0.1:9090. Empty keeps them on the HTTP port.
+	// AdminAddr, when set, serves /debug/pprof and the Admin handlers on this address,
+	// e.g. 127.0.0.1:9090, instead of the HTTP port.
 	AdminAddr string
 	// Admin registers more handlers on the admin mux (the HTTP port's when AdminAddr is
 	// empty).
@@ -306,73 +312,31 @@ func (s *Server) mux() *http.ServeMux {
 	return m
 }
 
-// adminRoutes are the handlers that reveal internals: they move to AdminAddr when set.
+// adminRoutes are the handlers that reveal internals: on AdminAddr when set, else on the
+// HTTP port, where pprof is served only behind Options.PprofGuard.
 func (s *Server) adminRoutes(m *http.ServeMux) {
-	if !s.opt.DisablePprof {
-		m.HandleFunc("/debug/pprof/", pprof.Index)
-		m.HandleFunc("/debug/pprof/cmdline", redactedCmdline)
-		m.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	guard := func(h http.Handler) http.Handler { return h }
+	if s.opt.AdminAddr == "" {
+		guard = s.opt.PprofGuard
+	}
+	if !s.opt.DisablePprof && guard != nil {
+		m.Handle("/debug/pprof/", guard(http.HandlerFunc(pprof.Index)))
+		m.Handle("/debug/pprof/cmdline", guard(http.HandlerFunc(redactedCmdline)))
+		m.Handle("/debug/pprof/profile", guard(http.HandlerFunc(pprof.Profile)))
+		m.Handle("/debug/pprof/symbol", guard(http.HandlerFunc(pprof.Symbol)))
+		m.Handle("/debug/pprof/trace", guard(http.HandlerFunc(pprof.Trace)))
 	}
 	for _, reg := range s.opt.Admin {
 		reg(m)
 	}
 }
 
-// redactedCmdline is pprof's /debug/pprof/cmdline without URL passwords: a --store URL
-// on the command line must not be readable by whoever can reach the profiler.
+// redactedCmdline is pprof's /debug/pprof/cmdline without secrets (redact.Args): a
+// --store URL on the command line must not be readable by whoever can reach the profiler.
 func redactedCmdline(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprint(w, strings.Join(RedactArgs(os.Args), "\x00"))
-}
-
-// secretFlags take a secret as their value: it never leaves the process.
-var secretFlags = []string{"admin-token"}
-
-// RedactArgs returns a command line with URL passwords and the values of secret flags
-// (--admin-token X, --admin-token=X) replaced by "xxxxx".
-func RedactArgs(in []string) []string {
-	out := make([]string, len(in))
-	hideNext := false
-	for i, a := range in {
-		if hideNext {
-			out[i], hideNext = "xxxxx", false
-			continue
-		}
-		out[i] = RedactURLs(a)
-		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") || !slices.Contains(secretFlags, name) {
-			continue
-		}
-		if hasValue {
-			out[i] = a[:strings.Index(a, "=")+1] + "xxxxx"
-		} else {
-			hideNext = true
-		}
-	}
-	return out
-}
-
-// RedactURLs replaces the password of every URL-looking word in s with "xxxxx".
-func RedactURLs(s string) string {
-	i := strings.Index(s, "://")
-	if i < 0 {
-		return s
-	}
-	at := strings.IndexByte(s[i:], '@')
-	if at < 0 {
-		return s
-	}
-	userinfo := s[i+3 : i+at]
-	if strings.ContainsAny(userinfo, "/ ") {
-		return s[:i+at+1] + RedactURLs(s[i+at+1:])
-	}
-	if c := strings.IndexByte(userinfo, ':'); c >= 0 {
-		return s[:i+3] + userinfo[:c] + ":xxxxx@" + RedactURLs(s[i+at+1:])
-	}
-	return s[:i+at+1] + RedactURLs(s[i+at+1:])
+	fmt.Fprint(w, strings.Join(redact.Args(os.Args), "\x00"))
 }
 
 // ready answers 200 only when a config is loaded (and Options.Ready agrees) and the store

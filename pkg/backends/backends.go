@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"net/url"
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -189,16 +188,3 @@ func TTL(us int64) time.Duration {
 
 // Micros converts t to the microseconds the algorithms use.
 func Micros(t time.Time) int64 { return t.UnixMicro() }
-
-// Redact strips passwords from URL errors (url.Error quotes the whole URL) so that a
-// mistyped store URL never prints its secret into logs.
-func Redact(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		if u, perr := url.Parse(ue.URL); perr == nil {
-			return fmt.Errorf("%s %q: %w", ue.Op, u.Redacted(), ue.Err)
-		}
-		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
-	}
-	return err
-}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 const secret = "SECRETPW"
@@ -49,15 +51,16 @@ func leaks(t *testing.T, p *process) string {
 func TestSecretsNeverLeak(t *testing.T) {
 	c := &http.Client{Timeout: 5 * time.Second}
 	t.Run("unreachable redis on the command line", func(t *testing.T) {
-		p := start(t, "http", c, nil, "--store", "redis://user:"+secret+"@127.0.0.1:1/0", "--store-timeout", "50ms")
+		admin := testutil.FreeAddr(t)
+		p := start(t, "http", c, nil, "--store", "redis://user:"+secret+"@127.0.0.1:1/0", "--store-timeout", "50ms", "--admin-addr", admin)
 		if out := leaks(t, p); strings.Contains(out, secret) {
 			t.Fatalf("secret leaked:\n%s", out)
 		}
 		if !strings.Contains(p.Log.String(), "redis") {
 			t.Fatal("the log does not even mention the store: the test checks nothing")
 		}
-		// pprof's command line is served, with the password masked.
-		if _, b := body(t, c, "http://"+p.HTTPAddr+"/debug/pprof/cmdline"); !strings.Contains(b, "redis://user:xxxxx@127.0.0.1:1/0") {
+		// pprof's command line is served (on the admin port), with the password masked.
+		if _, b := body(t, c, "http://"+admin+"/debug/pprof/cmdline"); !strings.Contains(b, "redis://user:xxxxx@127.0.0.1:1/0") {
 			t.Fatalf("cmdline not redacted as expected: %q", b)
 		}
 	})
