@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -62,9 +61,12 @@ const (
 
 // request is what Check needs from a CheckRequest.
 type request struct {
-	method, path, source string
-	headers              map[string]string
-	headerMap            *corev3.HeaderMap
+	// path is the request's path with dot segments resolved (config.CleanPath): routes
+	// match on it. rawPath is the path as received (query dropped, rooted): exemptions
+	// judge it, by the domain's exemptions.path_match.
+	method, path, rawPath, source string
+	headers                       map[string]string
+	headerMap                     *corev3.HeaderMap
 }
 
 func (r *request) header(name string) string {
@@ -95,12 +97,12 @@ func parseRequest(req *authv3.CheckRequest) *request {
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		p = p[:i]
 	}
-	// Resolve dot segments so "/v1/../admin" is judged as "/admin". Percent-encoded
-	// slashes are not decoded: "%2F" never splits a template segment.
+	// Routes see dot segments resolved, so "/v1/../admin" is judged as "/admin".
+	// Percent-encoded slashes are not decoded: "%2F" never splits a template segment.
 	if p == "" || p[0] != '/' {
 		p = "/" + p
 	}
-	r.path = path.Clean(p)
+	r.rawPath, r.path = p, config.CleanPath(p)
 	if sa := attrs.GetSource().GetAddress().GetSocketAddress(); sa != nil {
 		if a, err := netip.ParseAddr(sa.GetAddress()); err == nil {
 			r.source = a.Unmap().String()
@@ -139,19 +141,30 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	r := parseRequest(req)
 	route := cfg.matchRoute(r.method, r.path)
 
-	// Exemptions first: health checks and internal ranges are never counted.
-	if route != nil && route.Exempt {
+	// Exemptions first: health checks and internal ranges are never counted. An exempt
+	// route (matched on the resolved path) exempts only the path as received, in normal
+	// form, unless the domain's exemptions say path_match: normalized.
+	if route != nil && route.Exempt && ((r.rawPath == r.path && config.NormalPath(r.rawPath)) || set.NormalizesPaths(cfg.Domain)) {
 		return s.allow(cfg, nil, nil, nil, "route"), nil
 	}
-	probe := [2]config.Entry{{Key: "remote_address", Value: r.source}, {Key: "path", Value: r.path}}
+	probe := [2]config.Entry{{Key: "remote_address", Value: r.source}, {Key: "path", Value: r.rawPath}}
 	if reason, ok := set.Exempt(cfg.Domain, probe[:]); ok {
 		s.metrics.Exemptions.WithLabelValues(cfg.Domain, reason).Inc()
 		return s.allow(cfg, nil, nil, nil, reason), nil
 	}
 
+	// An address locked out for guessing keys is refused before its key is even looked
+	// at: answering a right key differently from a wrong one would tell a brute-forcer
+	// which guess was right.
+	pol := s.invalidKeyPenalty(cfg, set)
+	if pol != nil && r.source != "" {
+		if locked := s.addressLocked(ctx, cfg, pol, r.source, 0); locked != nil {
+			return locked, nil
+		}
+	}
 	id, fail := s.identify(cfg, r)
 	if id == nil {
-		return s.refuseIdentity(ctx, cfg, set, r, fail)
+		return s.refuseIdentity(ctx, cfg, pol, r, fail)
 	}
 
 	cost := int64(1)
@@ -194,13 +207,21 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		}
 	}
 	if denied != nil {
-		return s.deny(cfg, id, denied), nil
+		return s.deny(cfg, denied), nil
 	}
 	for i := range decisions {
 		d := &decisions[i]
-		if d.Limit != nil && (report == nil || d.Result.Remaining < report.Result.Remaining) {
+		if d.Limit != nil && (report == nil || engine.Tighter(report, d.Limit, d.Result)) {
 			report = d
 		}
+	}
+	// Upstream learns the plan the call was limited as: an unknown plan was served as
+	// the default plan, and a service gating features by this header must never see a
+	// plan the customer does not have.
+	if rule := decisions[0].Rule; rule != nil && rule.Plan != "" {
+		id.plan = rule.Plan
+	} else if !set.HasPlan(id.plan) {
+		id.plan = set.DefaultPlan()
 	}
 	return s.allow(cfg, id, report, &routeName, ""), nil
 }
@@ -253,50 +274,72 @@ func (s *Server) anonPlan(cfg *Config) string {
 	return ""
 }
 
-// refuseIdentity answers a caller without a valid key: 401, or 403 when its address is
-// locked out for guessing keys. Every invalid key counts against the address.
-func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, set *config.Set, r *request, fail idFailure) (*authv3.CheckResponse, error) {
+// invalidKeyPenalty is the penalty policy charged for invalid keys, nil when none is
+// configured (or it names no penalty of the rate-limit config).
+func (s *Server) invalidKeyPenalty(cfg *Config, set *config.Set) *config.PenaltyPolicy {
+	if cfg.InvalidKeyPenalty == "" {
+		return nil
+	}
+	pol, ok := set.PenaltyPolicy(cfg.InvalidKeyPenalty)
+	if !ok {
+		return nil
+	}
+	return pol
+}
+
+// addressLocked charges severity points (0: only reads) of pol to the source address
+// and returns the 403 to answer when the address is locked out, nil otherwise. A store
+// failure is logged and lets the call go on: the address lockout fails open, as the
+// rest of a call follows its rule's failure mode.
+func (s *Server) addressLocked(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, source string, severity int64) *authv3.CheckResponse {
+	who := []config.Entry{{Key: "remote_address", Value: source}}
+	locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, severity)
+	if err != nil {
+		if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+			s.log.Warn("invalid-key penalty unavailable", "err", err, "similar_suppressed", held)
+		}
+		return nil
+	}
+	if !locked {
+		return nil
+	}
+	return problem(403, "Forbidden", "too many invalid API keys from this address; locked out", "penalty:"+pol.Name, left, nil)
+}
+
+// refuseIdentity answers a caller without a valid key: 401, or 403 when this invalid
+// key locked its address out. Every invalid key counts against the address (pol, nil
+// when invalid_key_penalty is not set); the lockout itself was checked before.
+func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, fail idFailure) (*authv3.CheckResponse, error) {
 	detail := "a valid API key is required"
 	if !fail.missing {
 		detail = "the API key is not valid"
 		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
 			s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path, "similar_suppressed", held)
 		}
-	}
-	if cfg.InvalidKeyPenalty != "" && r.source != "" {
-		if pol, ok := set.PenaltyPolicy(cfg.InvalidKeyPenalty); ok {
-			who := []config.Entry{{Key: "remote_address", Value: r.source}}
-			severity := pol.Severity
-			if fail.missing {
-				severity = 0 // a missing key is checked against a lockout, not charged
-			}
-			locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, severity)
-			if err != nil {
-				if ok, held := s.penaltyLog.Allow(time.Now()); ok {
-					s.log.Warn("invalid-key penalty unavailable", "err", err, "similar_suppressed", held)
-				}
-			} else if locked {
-				return problem(403, "Forbidden", "too many invalid API keys from this address; locked out", "penalty:"+pol.Name, left, nil), nil
+		if pol != nil && r.source != "" {
+			if locked := s.addressLocked(ctx, cfg, pol, r.source, pol.Severity); locked != nil {
+				return locked, nil
 			}
 		}
 	}
 	return problem(401, "Unauthorized", detail, "", 0, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
 }
 
-func (s *Server) deny(cfg *Config, id *identity, d *engine.Decision) *authv3.CheckResponse {
-	wait := time.Duration(max(d.Result.RetryAfter, d.Result.ResetAfter)) * time.Microsecond
-	if d.Result.RetryAfter > 0 {
-		wait = time.Duration(d.Result.RetryAfter) * time.Microsecond
+// deny answers a call a stage refused. A penalty lockout is 403 with Retry-After (until
+// the lockout ends) and no rate-limit headers: a lockout is not a quota. A rate limit
+// or quota is 429 with the rate-limit headers of the refusing limit and Retry-After,
+// which is the headers' reset (algorithms.Result.Wait).
+func (s *Server) deny(cfg *Config, d *engine.Decision) *authv3.CheckResponse {
+	wait := time.Duration(d.Result.Wait()) * time.Microsecond
+	policy := headers.PolicyFor(d.Rule, d.Limit)
+	if d.Kind == engine.KindPenalty {
+		return problem(403, "Forbidden", "locked out after repeated violations", policy, wait, nil)
 	}
-	code, title, detail := 429, "Too Many Requests", "rate limit exceeded"
-	switch d.Kind {
-	case engine.KindPenalty:
-		code, title, detail = 403, "Forbidden", "locked out after repeated violations"
-	case engine.KindQuota:
+	detail := "rate limit exceeded"
+	if d.Kind == engine.KindQuota {
 		detail = "quota exhausted for this period"
 	}
-	headers := s.rateHeaders(cfg, d)
-	return problem(code, title, detail, d.Limit.Name, wait, headers)
+	return problem(429, "Too Many Requests", detail, policy, wait, s.rateHeaders(cfg, d))
 }
 
 func (s *Server) allow(cfg *Config, id *identity, report *engine.Decision, route *string, exempt string) *authv3.CheckResponse {
@@ -331,8 +374,11 @@ func (s *Server) rateHeaders(cfg *Config, d *engine.Decision) []*corev3.HeaderVa
 	if d == nil || d.Limit == nil {
 		return nil
 	}
+	v, ok := headers.Of(d.Rule, d.Limit, &d.Result)
+	if !ok {
+		return nil
+	}
 	var out []*corev3.HeaderValueOption
-	v := headers.Of(d.Limit, &d.Result)
 	cfg.families.Render(&v, func(k, val string) { out = append(out, hv(k, val)) })
 	return out
 }

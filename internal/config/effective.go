@@ -21,6 +21,7 @@ type EffectiveConfig struct {
 type EffectiveExemptions struct {
 	Paths         []string         `json:"paths,omitempty"`
 	PathKeys      []string         `json:"path_keys"`
+	PathMatch     string           `json:"path_match"`
 	PrivateRanges bool             `json:"private_ranges"`
 	CIDRs         []string         `json:"cidrs,omitempty"`
 	AddressKeys   []string         `json:"address_keys"`

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net/netip"
+	"path"
 	"sort"
 	"strings"
 	"time"
@@ -67,6 +68,60 @@ type exemptions struct {
 	private  bool
 	cidrs    []netip.Prefix
 	values   map[Entry]struct{}
+	// normalize is path_match: normalized (dot segments resolved before comparing);
+	// false is strict, the default: only a path already in normal form can be exempt.
+	normalize bool
+}
+
+// The values of exemptions.path_match.
+const (
+	// PathMatchStrict exempts a path only as received, and only when it is already in
+	// normal form (NormalPath): an upstream that resolves "..", "%2e" or "//" otherwise
+	// than halt would serve a resource other than the one exempted.
+	PathMatchStrict = "strict"
+	// PathMatchNormalized resolves dot segments (CleanPath) first, so that
+	// "/v1/items/../../status" is judged as "/status": right only when every upstream
+	// resolves paths exactly so (Envoy's normalize_path and merge_slashes on).
+	PathMatchNormalized = "normalized"
+)
+
+// CleanPath is the path as path_match: normalized judges it: rooted, and dot segments
+// and repeated slashes resolved (path.Clean), so "/v1/../admin" is "/admin".
+// Percent-encodings are not decoded: "%2F" never splits a segment. ext_authz matches
+// its routes on it too.
+func CleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	return path.Clean(p)
+}
+
+// NormalPath reports whether p is already in normal form, so that every upstream reads
+// the same resource from it whatever it normalises: rooted, no "." or ".." segment, no
+// empty segment but a trailing one, no backslash, and no percent-encoded dot, slash or
+// backslash (an upstream decoding "%2e%2e" would see ".."). Strict exemptions need it.
+func NormalPath(p string) bool {
+	if p == "" || p[0] != '/' || strings.IndexByte(p, '\\') >= 0 {
+		return false
+	}
+	for i := 0; i+2 < len(p); i++ {
+		if p[i] != '%' {
+			continue
+		}
+		hi, lo := p[i+1], p[i+2]|0x20 // lower-case hex digit
+		if (hi == '2' && (lo == 'e' || lo == 'f')) || (hi == '5' && lo == 'c') {
+			return false
+		}
+	}
+	rest := p[1:]
+	for rest != "" {
+		seg, after, more := strings.Cut(rest, "/")
+		if seg == "." || seg == ".." || (seg == "" && more) {
+			return false
+		}
+		rest = after
+	}
+	return true
 }
 
 // isPrivate reports whether a (unmapped) is in one of the ranges private_ranges: true
@@ -115,6 +170,11 @@ func (s *Set) Exempt(dom string, entries []Entry) (reason string, ok bool) {
 			p := e.Value
 			if q := strings.IndexByte(p, '?'); q >= 0 {
 				p = p[:q]
+			}
+			if x.normalize {
+				p = CleanPath(p)
+			} else if !NormalPath(p) {
+				continue
 			}
 			if _, hit := x.paths[p]; hit {
 				return ExemptPath, true
@@ -212,6 +272,24 @@ func (s *Set) PlanNames() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// NormalizesPaths reports whether dom's exemptions judge paths normalized (path_match:
+// normalized), for ext_authz's exempt routes: with strict matching, the default, a path
+// that is not in normal form (NormalPath) is never exempt.
+func (s *Set) NormalizesPaths(dom string) bool {
+	if s == nil {
+		return false
+	}
+	d := s.domains[dom]
+	return d != nil && d.exempt != nil && d.exempt.normalize
+}
+
+// HasPlan reports whether name is a plan of this configuration (built-in or defined):
+// a request naming any other plan is served as DefaultPlan.
+func (s *Set) HasPlan(name string) bool {
+	_, ok := s.plans[name]
+	return ok
 }
 
 // DefaultPlan returns the plan used when a request names an unknown plan: default_plan,

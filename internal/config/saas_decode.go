@@ -403,6 +403,10 @@ func (d *decoder) exemptions(n *yaml.Node, field string) (*exemptions, *Effectiv
 		x.addrKeys[k] = struct{}{}
 	}
 	eff.PathKeys, eff.AddressKeys = pathKeys, addrKeys
+	eff.PathMatch = PathMatchStrict
+	if x.normalize {
+		eff.PathMatch = PathMatchNormalized
+	}
 	return x, eff
 }
 
@@ -431,6 +435,15 @@ func exemptionKeys() *keys[*exemptDraft] {
 					continue
 				}
 				xd.eff.Paths = append(xd.eff.Paths, s)
+			}
+		}},
+		row{"path_match", func(d *decoder, xd *exemptDraft, p pair, f string) {
+			switch m := d.str(p.v, f); m {
+			case PathMatchStrict:
+			case PathMatchNormalized:
+				xd.x.normalize = true
+			default:
+				d.add(p.v, f, "unknown path_match %q (want strict: a path is exempt only as received and in normal form, or normalized: dot segments resolved first)", m)
 			}
 		}},
 		row{"path_keys", func(d *decoder, xd *exemptDraft, p pair, f string) {

@@ -395,6 +395,63 @@ func TestExempt(t *testing.T) {
 	}
 }
 
+// TestExemptPathMatch: by default (strict) a path is exempt only as received and in
+// normal form, so dot segments, "//", backslashes and percent-encoded dots or slashes
+// never reach an exemption (nor escape a prefix); normalized resolves dot segments
+// first, as ext_authz used to for every path.
+func TestExemptPathMatch(t *testing.T) {
+	cfg := func(mode string) *Set {
+		body := "domain: d\nexemptions:\n  paths: [/status, \"/static/*\"]\n"
+		if mode != "" {
+			body += "  path_match: " + mode + "\n"
+		}
+		return mustParse(t, map[string]string{"d.yaml": body})
+	}
+	strict, explicit, normalized := cfg(""), cfg("strict"), cfg("normalized")
+	cases := []struct {
+		path               string
+		strict, normalized bool
+	}{
+		{"/status", true, true},
+		{"/status?x=1", true, true},
+		{"/static/app.js", true, true},
+		{"/static/", true, false}, // normalized: /static, not under the prefix
+		{"/v1/items/../../status", false, true},
+		{"/v1/./../status", false, true},
+		{"//status", false, true},
+		{"/static/../admin", false, false}, // normalized: /admin
+		{"/static/./x", false, true},
+		{"/static/%2e%2e/admin", false, true}, // normalized does not decode: still under /static/
+		{"/static/%2E%2e/admin", false, true},
+		{"/static/..%2fadmin", false, true},
+		{"/static/..%5Cadmin", false, true},
+		{"/static\\..\\admin", false, false},
+		{"/status/", false, true},
+		{"/admin", false, false},
+	}
+	for _, c := range cases {
+		for _, x := range []struct {
+			name string
+			s    *Set
+			want bool
+		}{{"default", strict, c.strict}, {"strict", explicit, c.strict}, {"normalized", normalized, c.normalized}} {
+			if _, ok := x.s.Exempt("d", ents("path", c.path)); ok != x.want {
+				t.Errorf("%s: Exempt(%q) = %v, want %v", x.name, c.path, ok, x.want)
+			}
+		}
+	}
+	if strict.NormalizesPaths("d") || !normalized.NormalizesPaths("d") || normalized.NormalizesPaths("other") {
+		t.Error("NormalizesPaths")
+	}
+	if got := strict.Effective().(*EffectiveConfig).Domains[0].Exemptions.PathMatch; got != PathMatchStrict {
+		t.Errorf("/config path_match = %q, want strict", got)
+	}
+	_, err := Parse(map[string][]byte{"d.yaml": []byte("domain: d\nexemptions:\n  path_match: loose\n")})
+	if err == nil || !strings.Contains(err.Error(), "d.yaml:3") || !strings.Contains(err.Error(), "exemptions.path_match") || !strings.Contains(err.Error(), `unknown path_match "loose"`) {
+		t.Errorf("bad path_match: %v", err)
+	}
+}
+
 func TestExemptDoesNotAllocate(t *testing.T) {
 	s := mustParse(t, map[string]string{"saas.yaml": saasConfig})
 	for _, e := range [][]Entry{
@@ -404,6 +461,8 @@ func TestExemptDoesNotAllocate(t *testing.T) {
 		ents("remote_address", "10.0.0.1"),
 		ents("path", "/api/v1/users?page=2"),
 		ents("path", "/internal/x"),
+		ents("path", "/internal/%2E%2e/x"),
+		ents("path", "/internal/../x"),
 		ents("user", "health-checker"),
 		ents("remote_address", "garbage"),
 	} {

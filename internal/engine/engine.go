@@ -193,7 +193,9 @@ var ErrInvalid = errors.New("invalid request")
 var ErrStoreUnavailable = errors.New("rate-limit store unavailable")
 
 // Tighter reports whether (l, r) should be reported instead of what dec holds: a denial
-// beats an admission, then the least remaining, then the longest wait.
+// beats an admission; between denials the longest wait (the call passes only once every
+// limit would), then the least remaining; between admissions the least remaining, then
+// the longest wait. The wait is algorithms.Result.Wait, what the headers report.
 func Tighter(dec *Decision, l *config.Limit, r algorithms.Result) bool {
 	if dec.Limit == nil {
 		return true
@@ -202,10 +204,14 @@ func Tighter(dec *Decision, l *config.Limit, r algorithms.Result) bool {
 	if cur.Allowed != r.Allowed {
 		return !r.Allowed
 	}
+	rw, cw := r.Wait(), cur.Wait()
+	if !r.Allowed && rw != cw {
+		return rw > cw
+	}
 	if r.Remaining != cur.Remaining {
 		return r.Remaining < cur.Remaining
 	}
-	return r.ResetAfter > cur.ResetAfter
+	return rw > cw
 }
 
 // shape holds an admitted request until the water ahead of it drained (leaky bucket with

@@ -45,11 +45,13 @@ func (f Families) Any() bool { return f.IETF || f.XRateLimit }
 type Values struct {
 	// Policy is the limit's name (PolicyName cleans it for the structured field).
 	Policy string
-	// Limit is the quota of the window; Remaining what is left of it.
+	// Limit is the quota of the window; Remaining what is left of it now.
 	Limit, Remaining int64
-	// ResetUS is the time (microseconds) until the client can next succeed.
+	// ResetUS (microseconds) is algorithms.Result.Wait: until the same request can pass
+	// when it cannot now, else until the limit is whole again.
 	ResetUS int64
-	// WindowUS is the policy's window length (microseconds).
+	// WindowUS is the policy's window length (microseconds): the period, or for a
+	// calendar quota the length of the current calendar period.
 	WindowUS int64
 }
 
@@ -108,13 +110,33 @@ func PolicyName(name string) string {
 	return string(b)
 }
 
-// Of describes limit l and the decision r made against it: the reset is the time until
-// the limit is restored when admitted, and the wait until the request could pass when
-// refused.
-func Of(l *config.Limit, r *algorithms.Result) Values {
-	reset := r.ResetAfter
-	if !r.Allowed && r.RetryAfter > reset {
-		reset = r.RetryAfter
+// Of describes limit l of rule (nil for Envoy's limit overrides) and the decision r
+// made against it. ok is false for a penalty lockout: a lockout is not a quota, and
+// describing it with a limit and a remaining count would mislead; its answer carries
+// Retry-After (ext_authz) instead.
+func Of(rule *config.Rule, l *config.Limit, r *algorithms.Result) (v Values, ok bool) {
+	if l == nil || l.Algorithm == algorithms.Penalty {
+		return Values{}, false
 	}
-	return Values{Policy: l.Name, Limit: r.Limit, Remaining: r.Remaining, ResetUS: reset, WindowUS: l.Params.Period}
+	window := l.Params.Period
+	if l.Algorithm == algorithms.Calendar {
+		window = l.Params.WindowEnd - l.Params.WindowStart
+	}
+	return Values{Policy: PolicyFor(rule, l), Limit: r.Limit, Remaining: r.Remaining, ResetUS: r.Wait(), WindowUS: window}, true
+}
+
+// PolicyFor names limit l of rule wherever a client reads it (RateLimit-Policy,
+// RateLimit, ext_authz's violated_policy): the limit's own name, else the plan whose
+// limits it is, else the named policy or preset it came from. "" when it has none (the
+// headers then say "default").
+func PolicyFor(rule *config.Rule, l *config.Limit) string {
+	switch {
+	case l.Name != "":
+		return l.Name
+	case rule == nil:
+		return ""
+	case rule.Plan != "":
+		return rule.Plan
+	}
+	return rule.Policy
 }

@@ -8,12 +8,12 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
-// appendHeaders adds the header families f describing limit l and result r.
-func appendHeaders(dst []*corev3.HeaderValue, f headers.Families, l *config.Limit, r *algorithms.Result) []*corev3.HeaderValue {
-	if l == nil {
+// appendHeaders adds the header families f describing limit l of rule and result r.
+func appendHeaders(dst []*corev3.HeaderValue, f headers.Families, rule *config.Rule, l *config.Limit, r *algorithms.Result) []*corev3.HeaderValue {
+	v, ok := headers.Of(rule, l, r)
+	if !ok {
 		return dst
 	}
-	v := headers.Of(l, r)
 	f.Render(&v, func(k, val string) { dst = append(dst, &corev3.HeaderValue{Key: k, Value: val}) })
 	return dst
 }

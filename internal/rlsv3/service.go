@@ -126,7 +126,7 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 		sc.decisions[i] = engine.Decision{} // drop references before pooling
 	}
 	if report.Limit != nil && s.headers.Any() {
-		resp.ResponseHeadersToAdd = appendHeaders(nil, s.headers, report.Limit, &report.Result)
+		resp.ResponseHeadersToAdd = appendHeaders(nil, s.headers, report.Rule, report.Limit, &report.Result)
 	}
 	return resp, nil
 }
@@ -204,12 +204,10 @@ func descriptorStatus(dec *engine.Decision, b *statusBlock) *rlspb.RateLimitResp
 		st.CurrentLimit.UnitMultiplier = wrapperspb.UInt32(uint32(min(l.UnitMultiplier, 1<<32-1)))
 	}
 	st.LimitRemaining = uint32(min(dec.Result.Remaining, 1<<32-1))
-	reset := dec.Result.ResetAfter
-	if dec.Code == engine.CodeOverLimit && dec.Result.RetryAfter > reset {
-		reset = dec.Result.RetryAfter
-	}
+	// The same wait as the rate-limit headers' reset: Envoy's X-RateLimit-Reset
+	// (enable_x_ratelimit_headers) is made from it.
 	// What durationpb.New computes, without its allocation.
-	d := time.Duration(reset) * time.Microsecond
+	d := time.Duration(dec.Result.Wait()) * time.Microsecond
 	b.dur.Seconds = int64(d / time.Second)
 	b.dur.Nanos = int32(d % time.Second)
 	st.DurationUntilReset = &b.dur

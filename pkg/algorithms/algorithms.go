@@ -305,6 +305,19 @@ type Result struct {
 	TTL int64
 }
 
+// Wait is what a client is told to wait for, in microseconds: when the same request
+// cannot pass now (refused, or admitted with the last units it could take), the time
+// until it can (RetryAfter); otherwise, and for a request that can never pass, the time
+// until the limit is whole again (ResetAfter). The rate-limit headers' reset (RateLimit
+// t, X-RateLimit-Reset), Retry-After and Envoy's duration_until_reset all report it, so
+// they agree.
+func (r *Result) Wait() int64 {
+	if r.RetryAfter > 0 {
+		return r.RetryAfter
+	}
+	return r.ResetAfter
+}
+
 // Decide applies algorithm a to s at time now for a request of the given cost, updating
 // s in place. A cost of 0 only checks. cost must not be negative.
 func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {

@@ -239,8 +239,10 @@ func (c *config) exempt(r *http.Request) bool {
 }
 
 func (c *config) setHeaders(h http.Header, name string, window time.Duration, d *halt.Decision) {
+	// algorithms.Result.Wait's rule, the server's: until the same request can pass when
+	// it cannot now, else until the limit is whole again.
 	reset := d.ResetAfter
-	if !d.Allowed && d.RetryAfter > reset {
+	if d.RetryAfter > 0 {
 		reset = d.RetryAfter
 	}
 	v := headers.Values{Policy: name, Limit: d.Limit, Remaining: d.Remaining, ResetUS: reset.Microseconds(), WindowUS: window.Microseconds()}
