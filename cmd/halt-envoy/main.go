@@ -4,7 +4,9 @@
 // Usage:
 //
 //	halt-envoy [serve] [flags]          run the server
-//	halt-envoy validate --config PATH   check a config file or directory, print every error
+//	halt-envoy validate --config PATH [--store URL]
+//	                                    check a config file or directory, print every error;
+//	                                    with --store, check that the store answers in time
 //	halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
 //	                                    show which rule applies, without a server
 //	halt-envoy simulate [--pattern P]   compare the algorithms on simulated traffic (SVG charts)
@@ -41,6 +43,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/refenv"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/server"
+	"github.com/halt-envoy/halt-envoy/internal/storefit"
 	"github.com/halt-envoy/halt-envoy/internal/tlsutil"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
@@ -88,7 +91,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   halt-envoy [serve] [flags]          run the server (flags: halt-envoy serve -h)
-  halt-envoy validate --config PATH   check a config file or directory, print every error
+  halt-envoy validate --config PATH [--store URL [--store-timeout D] [--envoy-timeout D]]
+                                      check a config file or directory, print every error;
+                                      with --store, say whether the store answers in time
   halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
                                       which rule, algorithm, limits, plan, quota and penalty apply
   halt-envoy migrate --store URL      create or upgrade the PostgreSQL schema
@@ -121,7 +126,7 @@ func envFlags(fs *flag.FlagSet, getenv func(string) string) error {
 type serveFlags struct {
 	config, grpcAddr, httpAddr, store, logLevel, logFormat string
 	failureMode, headers                                   string
-	storeTimeout, drainTimeout, debounce                   time.Duration
+	storeTimeout, envoyTimeout, drainTimeout, debounce     time.Duration
 	maxInFlight                                            int
 	gcPercent                                              int
 	gogcSet                                                bool // GOGC is in the environment
@@ -151,7 +156,8 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.failureMode, "failure-mode", "allow", "when the store fails and a rule sets none: allow (fail open), deny (OVER_LIMIT) or error (UNAVAILABLE)")
 	fs.StringVar(&f.headers, "headers", "none", "rate-limit response headers: none, ietf, x-ratelimit or ietf,x-ratelimit")
-	fs.DurationVar(&f.storeTimeout, "store-timeout", backends.DefaultTimeout, "bound on one store round trip")
+	fs.DurationVar(&f.storeTimeout, "store-timeout", 0, storeTimeoutHelp)
+	fs.DurationVar(&f.envoyTimeout, "envoy-timeout", storefit.DefaultEnvoyTimeout, envoyTimeoutHelp)
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for in-flight calls")
 	fs.DurationVar(&f.debounce, "reload-debounce", 300*time.Millisecond, "quiet time after a config change before reloading")
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
@@ -278,11 +284,13 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if f.ref != nil {
 		keyPrefix = f.ref.KeyPrefix
 	}
-	store, err := all.Open(ctx, f.store, backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: keyPrefix})
+	storeOpt := backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: keyPrefix}
+	store, err := all.Open(ctx, f.store, storeOpt)
 	if err != nil {
 		return fmt.Errorf("open store: %w", backends.Redact(err))
 	}
 	defer store.Close()
+	checkStoreFit(ctx, f.store, storeOpt, f.envoyTimeout, store, log)
 	switch s := store.(type) {
 	case *memory.Store:
 		memStore = s
@@ -424,6 +432,10 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "config", "config file or directory")
+	var stores storeList
+	fs.Var(&stores, "store", "a store URL to check too (repeatable): does its timeout fit Envoy's, does its round trip fit its timeout")
+	storeTimeout := fs.Duration("store-timeout", 0, storeTimeoutHelp)
+	envoyTimeout := fs.Duration("envoy-timeout", storefit.DefaultEnvoyTimeout, envoyTimeoutHelp)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -436,6 +448,9 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d domain(s): %s)\n", *path, len(set.Domains()), strings.Join(set.Domains(), ", "))
+	if !validateStores(context.Background(), stores, *storeTimeout, *envoyTimeout, stdout, stderr) {
+		return 1
+	}
 	return 0
 }
 

@@ -60,22 +60,32 @@ type Store interface {
 // Options are the settings every backend understands. Backend-specific settings travel
 // in the store URL's query.
 type Options struct {
-	// Timeout bounds every call to the store. Zero means DefaultTimeout.
+	// Timeout bounds every call to the store: the store owns it, and bounds each of its
+	// calls by it (the engine derives no deadline of its own). Zero means the store kind's
+	// default, its package's DefaultTimeout, sized from its measured round trip.
 	Timeout time.Duration
 	// Logger receives connection trouble; never nil after Defaults.
 	Logger *slog.Logger
 	// KeyPrefix namespaces keys so several deployments can share one store.
 	KeyPrefix string
+	// Inspect opens the store without creating or changing anything in it (`halt-envoy
+	// validate --store`): PostgreSQL does not migrate, MongoDB creates no index, DynamoDB
+	// neither creates its table nor turns on its TTL. A store that would need such a
+	// change then fails to open, saying what is missing.
+	Inspect bool
 }
 
-// DefaultTimeout is well under Envoy's default 20 ms rate-limit filter timeout, so halt
-// answers (per the failure mode) before Envoy gives up on it.
+// DefaultTimeout is the store timeout of the stores that answer in well under a
+// millisecond on a LAN (memory, Redis, memcached): well under Envoy's default 20 ms
+// rate-limit filter timeout, so halt answers (per the failure mode) before Envoy gives up
+// on it. Slower stores have their own (postgres.DefaultTimeout, ...): docs/backends.md.
 const DefaultTimeout = 15 * time.Millisecond
 
-// Defaults returns o with zero fields filled in.
-func (o Options) Defaults() Options {
+// Defaults returns o with zero fields filled in; timeout is the store kind's default
+// timeout (its package's DefaultTimeout).
+func (o Options) Defaults(timeout time.Duration) Options {
 	if o.Timeout <= 0 {
-		o.Timeout = DefaultTimeout
+		o.Timeout = timeout
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

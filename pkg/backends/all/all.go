@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/dynamodb"
@@ -20,14 +21,13 @@ import (
 // Open returns the store named by rawURL: memory://, redis://, rediss://,
 // redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://.
 func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.Store, error) {
-	opt = opt.Defaults()
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("store URL: %w", backends.Redact(err))
 	}
 	switch u.Scheme {
 	case "memory", "":
-		return openMemory(u, opt)
+		return openMemory(u, opt.Defaults(backends.DefaultTimeout))
 	case "redis", "rediss", "redis+sentinel", "redis+cluster":
 		s, err := redis.Open(ctx, u, opt)
 		if err != nil {
@@ -62,23 +62,120 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
 
-// openMemory reads memory://?max_keys=N&snapshot=PATH. With snapshot the store is
+// memoryURL reads memory://?max_keys=N&snapshot=PATH; snapshot is "" without one.
+func memoryURL(u *url.URL) (cfg memory.Config, snapshot string, err error) {
+	q, err := backends.NewQuery("memory", u)
+	if err != nil {
+		return cfg, "", err
+	}
+	cfg.MaxKeys = q.Int("max_keys", 0, 1, math.MaxInt)
+	snapshot = q.String("snapshot", "")
+	if q.Has("snapshot") && snapshot == "" {
+		q.Invalid("snapshot", "a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
+	}
+	return cfg, snapshot, q.Err()
+}
+
+// openMemory opens memory://?max_keys=N&snapshot=PATH. With snapshot the store is
 // restored from PATH at open and writes PATH on Close (clean shutdown).
 func openMemory(u *url.URL, opt backends.Options) (backends.Store, error) {
-	q, err := backends.NewQuery("memory", u)
+	cfg, snapshot, err := memoryURL(u)
 	if err != nil {
 		return nil, err
 	}
-	cfg := memory.Config{MaxKeys: q.Int("max_keys", 0, 1, math.MaxInt)}
-	path, snapshot := q.String("snapshot", ""), q.Has("snapshot")
-	if snapshot && path == "" {
-		q.Invalid("snapshot", "a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
-	}
-	if err := q.Err(); err != nil {
-		return nil, err
-	}
-	if snapshot {
-		return memory.OpenPersistent(cfg, path, opt.Logger), nil
+	if snapshot != "" {
+		return memory.OpenPersistent(cfg, snapshot, opt.Logger), nil
 	}
 	return memory.New(cfg), nil
+}
+
+// Parse checks a store URL as Open would, without connecting: the scheme, the form and
+// every option (a rediss:// URL's certificate files are read).
+func Parse(rawURL string) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("store URL: %w", backends.Redact(err))
+	}
+	switch u.Scheme {
+	case "memory", "":
+		_, _, err = memoryURL(u)
+	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+		_, err = redis.Parse(u)
+	case "memcached":
+		var s *memcached.Store
+		if s, err = memcached.OpenURL(rawURL, backends.Options{}); err == nil {
+			s.Close() // it does not connect before the first call
+		}
+	case "postgres", "postgresql":
+		_, err = postgres.ParseURL(rawURL)
+	case "mongodb", "mongodb+srv":
+		_, err = mongodb.ParseURL(rawURL)
+	case "dynamodb":
+		_, err = dynamodb.ParseURL(rawURL)
+	default:
+		_, err = Kind(rawURL)
+	}
+	return err
+}
+
+// Kind names the store a URL opens: memory, redis, postgres, memcached, mongodb or
+// dynamodb (the metric label and the key of DefaultTimeout; never holds a password).
+func Kind(rawURL string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", fmt.Errorf("store URL: %w", backends.Redact(err))
+	}
+	switch u.Scheme {
+	case "memory", "":
+		return "memory", nil
+	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+		return "redis", nil
+	case "postgres", "postgresql":
+		return "postgres", nil
+	case "memcached", "mongodb", "dynamodb":
+		return u.Scheme, nil
+	case "mongodb+srv":
+		return "mongodb", nil
+	}
+	return "", fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
+}
+
+// DefaultTimeout returns the store timeout a store of kind uses when nothing sets one.
+func DefaultTimeout(kind string) time.Duration {
+	switch kind {
+	case "redis":
+		return redis.DefaultTimeout
+	case "postgres":
+		return postgres.DefaultTimeout
+	case "memcached":
+		return memcached.DefaultTimeout
+	case "mongodb":
+		return mongodb.DefaultTimeout
+	case "dynamodb":
+		return dynamodb.DefaultTimeout
+	}
+	return backends.DefaultTimeout
+}
+
+// Timeout returns the timeout that bounds each call of the store rawURL opens with opt:
+// a Redis URL's own timeout= first, then opt.Timeout, then the kind's DefaultTimeout.
+func Timeout(rawURL string, opt backends.Options) (time.Duration, error) {
+	kind, err := Kind(rawURL)
+	if err != nil {
+		return 0, err
+	}
+	if kind == "redis" {
+		u, _ := url.Parse(rawURL) // Kind parsed it
+		cfg, err := redis.Parse(u)
+		if err != nil {
+			return 0, err
+		}
+		if cfg.Timeout > 0 {
+			return cfg.Timeout, nil
+		}
+	}
+	if opt.Timeout > 0 {
+		return opt.Timeout, nil
+	}
+	return DefaultTimeout(kind), nil
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -140,36 +138,4 @@ func checkAnswered(err error, ops []*backends.Op, want []algorithms.Result) []st
 		problems = append(problems, fmt.Sprintf("Apply returned %v while %d of %d ops failed: it must return an error exactly when an op has one", err, failed, len(ops)))
 	}
 	return problems
-}
-
-// BenchHotKey measures a compare-and-swap store under contention: every op of b.N is a
-// hit on one key (under a limit never reached), from 8 goroutines per GOMAXPROCS, and the
-// share of ops that gave up with backends.ErrContention is reported as contention/op.
-// Stores size their cas_attempts default with it (docs/backends.md); any other error
-// fails the benchmark.
-func BenchHotKey(b *testing.B, st backends.Store) {
-	key := UniqueKey(b)
-	lim := algorithms.Limit{Requests: 1 << 40, Period: 3600 * sec}
-	var contention, other atomic.Int64
-	var firstErr atomic.Value
-	b.SetParallelism(8)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
-		ops := []*backends.Op{op}
-		for pb.Next() {
-			switch err := st.Apply(context.Background(), time.Now().UnixMicro(), ops); {
-			case errors.Is(err, backends.ErrContention):
-				contention.Add(1)
-			case err != nil:
-				other.Add(1)
-				firstErr.CompareAndSwap(nil, err)
-			}
-		}
-	})
-	b.StopTimer()
-	if n := other.Load(); n > 0 {
-		b.Fatalf("%d ops failed with another error than contention: %v", n, firstErr.Load())
-	}
-	b.ReportMetric(float64(contention.Load())/float64(b.N), "contention/op")
 }

@@ -330,3 +330,10 @@ func BenchmarkHotKey(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	s := openTest(b, "")
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

@@ -328,3 +328,13 @@ func BenchmarkHotKey(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	s, err := New(Config{Servers: strings.Split(testAddr(b), ",")}, backends.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

@@ -62,3 +62,10 @@ func TestClosedStoreIsUnavailable(t *testing.T) {
 		t.Fatal("closed store answered")
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	s := New(Config{SweepInterval: -1})
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

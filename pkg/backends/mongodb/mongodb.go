@@ -28,6 +28,13 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
+// DefaultTimeout bounds each call unless Options.Timeout says otherwise. A decision is
+// two round trips (read, then conditional write) to the primary, and a lost race costs
+// two more, so the 15 ms of the in-memory stores would fail open under ordinary load
+// (docs/backends.md has the measurement). It is above Envoy's default 20 ms filter
+// timeout: raise that one (docs/envoy.md); halt warns at start when it does not fit.
+const DefaultTimeout = 100 * time.Millisecond
+
 // Defaults for the settings the store URL may override.
 const (
 	// DefaultDatabase is used when the URL has no path.
@@ -176,7 +183,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, err
 	if err != nil {
 		return nil, err
 	}
-	q.WarnRenamed(opt.Defaults().Logger)
+	q.WarnRenamed(opt.Defaults(DefaultTimeout).Logger)
 	s, err := New(cfg, opt)
 	if err != nil {
 		return nil, err
@@ -191,7 +198,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, err
 // New builds a store from cfg without any I/O; the driver connects lazily. Open is the
 // usual entry point: New alone does not create the TTL index.
 func New(cfg Config, opt backends.Options) (*Store, error) {
-	opt = opt.Defaults()
+	opt = opt.Defaults(DefaultTimeout)
 	if cfg.Database == "" {
 		cfg.Database = DefaultDatabase
 	}
@@ -253,6 +260,9 @@ func (s *Store) setup(ctx context.Context) error {
 	defer cancel()
 	if err := s.client.Ping(ctx, readpref.Primary()); err != nil {
 		return unavailable("mongodb open: ping", err)
+	}
+	if s.opt.Inspect {
+		return nil // no index, no sweeper: the server sets them up when it starts
 	}
 	if !s.cfg.TTLIndex {
 		s.startSweeper()

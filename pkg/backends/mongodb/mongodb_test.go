@@ -415,3 +415,10 @@ func BenchmarkHotKey(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	s := openTest(b, "collection="+scratchCollection(b, "roundtrip"), backends.Options{Timeout: 10 * time.Second})
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

@@ -593,3 +593,14 @@ func TestSchemaFile(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	dsn := testDSN(b)
+	s, err := Open(context.Background(), dsn, Config{Table: tempTable(b, dsn), CleanupInterval: -1}, backends.Options{Timeout: 10 * time.Second})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

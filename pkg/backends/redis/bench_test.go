@@ -98,3 +98,10 @@ func benchApply(b *testing.B, raw string, nkeys int, lim algorithms.Limit) {
 		b.Fatalf("%d ops failed", f)
 	}
 }
+
+// BenchmarkRoundTrip measures what the store's default timeout covers (docs/backends.md).
+func BenchmarkRoundTrip(b *testing.B) {
+	s := mustOpen(b, "redis://"+testutil.Peer(b, "REDIS_ADDR"), backends.Options{Timeout: 10 * time.Second})
+	defer s.Close()
+	conformance.BenchRoundTrip(b, s, 1000)
+}

@@ -46,6 +46,11 @@ const (
 // DefaultPort is used for hosts given without a port.
 const DefaultPort = "6379"
 
+// DefaultTimeout bounds each call when neither Options.Timeout nor the URL's timeout=
+// says otherwise: one round trip of well under a millisecond on a LAN (docs/backends.md
+// has the measurement), inside Envoy's default 20 ms rate-limit filter timeout.
+const DefaultTimeout = backends.DefaultTimeout
+
 // Config is everything a store URL says.
 type Config struct {
 	Mode Mode
@@ -251,7 +256,7 @@ const cacheKeys = 1 << 16
 // unreachable (a Cluster node may be down at start, Redis may start after halt): it logs
 // and lets Ping report readiness. A wrong password does fail, as no retry can fix it.
 func Open(ctx context.Context, u *url.URL, opt backends.Options) (*Store, error) {
-	opt = opt.Defaults()
+	opt = opt.Defaults(DefaultTimeout)
 	cfg, err := Parse(u)
 	if err != nil {
 		return nil, err
@@ -261,7 +266,7 @@ func Open(ctx context.Context, u *url.URL, opt backends.Options) (*Store, error)
 
 // OpenConfig is Open for a parsed Config.
 func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) {
-	opt = opt.Defaults()
+	opt = opt.Defaults(DefaultTimeout)
 	timeout := opt.Timeout
 	if cfg.Timeout > 0 {
 		timeout = cfg.Timeout
