@@ -59,7 +59,8 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 		owner := sc.owners[k]
 		dec := &decisions[owner]
 		l, kind := sc.limits[k], sc.kinds[k]
-		if opErr := firstErr(op.Err, wholeErr); opErr != nil {
+		if op.Err != nil || wholeErr != nil {
+			opErr := firstErr(op.Err, wholeErr)
 			if failed == nil {
 				failed = opErr
 			}
@@ -71,10 +72,33 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 			}
 			continue
 		}
-		switch st {
+		switch r := &op.Result; st {
 		case stageDecide:
-			if d := decide(dec, l, kind, &op.Result); d > delay {
-				delay = d
+			// Inline, not a function: this is the one fold on every call's path.
+			if kind == KindPenalty {
+				// A check: only an active lockout matters, and it decides alone.
+				if !r.Allowed {
+					dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindPenalty, l, *r
+				}
+				continue
+			}
+			if r.Allowed && r.Delay > delay {
+				delay = r.Delay
+			}
+			if !r.Allowed && dec.Rule != nil && dec.Rule.ShadowMode {
+				// Shadow mode: report the denial, answer OK.
+				dec.Shadow = true
+				if dec.Limit == nil || Tighter(dec, l, *r) {
+					dec.Limit, dec.Result, dec.Kind = l, *r, kind
+				}
+				continue
+			}
+			// A quota reports only when it denies or is tighter than the rate limit.
+			if Tighter(dec, l, *r) {
+				dec.Limit, dec.Result, dec.Kind = l, *r, kind
+			}
+			if !r.Allowed {
+				dec.Code = CodeOverLimit
 			}
 		case stagePrecheck:
 			precheck(dec, l, op.Result, int64Cost(descs[owner].Hits, dec.Rule.Cost))
@@ -84,46 +108,18 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 		}
 	}
 	sc.clearOps()
-	switch {
-	case failErr != nil:
-		e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
-		return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
-	case failed != nil && st == stageRecord:
-		e.logFailure("recording penalty violations failed", domain, failed)
-	case failed != nil:
-		e.logFailure("store failed; applying failure mode", domain, failed)
+	if failed != nil {
+		switch {
+		case failErr != nil:
+			e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
+			return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+		case st == stageRecord:
+			e.logFailure("recording penalty violations failed", domain, failed)
+		default:
+			e.logFailure("store failed; applying failure mode", domain, failed)
+		}
 	}
 	return delay, nil
-}
-
-// decide folds one result of a deciding round into dec and returns the shaping delay
-// it asks for (0 unless admitted by a leaky bucket with max_delay).
-func decide(dec *Decision, l *config.Limit, kind Kind, r *algorithms.Result) (delay int64) {
-	if kind == KindPenalty {
-		// A check: only an active lockout matters, and it decides alone.
-		if !r.Allowed {
-			dec.Code, dec.Kind, dec.Limit, dec.Result = CodeOverLimit, KindPenalty, l, *r
-		}
-		return 0
-	}
-	if r.Allowed {
-		delay = r.Delay
-	}
-	if !r.Allowed && dec.Rule != nil && dec.Rule.ShadowMode {
-		dec.Shadow = true
-		if dec.Limit == nil || Tighter(dec, l, *r) {
-			dec.Limit, dec.Result, dec.Kind = l, *r, kind
-		}
-		return delay
-	}
-	// A quota reports only when it denies or is tighter than the rate limit.
-	if Tighter(dec, l, *r) {
-		dec.Limit, dec.Result, dec.Kind = l, *r, kind
-	}
-	if !r.Allowed {
-		dec.Code = CodeOverLimit
-	}
-	return delay
 }
 
 // precheck folds one quota read into dec: a quota with less room than the request needs
