@@ -295,8 +295,10 @@ type Result struct {
 	// ResetAfter is the time (us) until the limit is fully restored: the window's end,
 	// the bucket being full, or the lockout's end.
 	ResetAfter int64
-	// RetryAfter is the time (us) after which the same request could pass; 0 when
-	// allowed, -1 when it can never pass (cost above the limit).
+	// RetryAfter is the time (us) after which the same request could pass: 0 when it
+	// could pass now, -1 when it can never pass (cost above the limit). An admitted
+	// request that took the last units it could has the wait until one like it can pass
+	// again, so a client told "none left" also learns when (Wait).
 	RetryAfter int64
 	// Delay is how long (us) the caller should hold an admitted request (leaky-bucket shaping).
 	Delay int64
@@ -386,6 +388,9 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 	if s.B <= l.Requests {
 		r.Allowed = true
 		r.Remaining = l.Requests - s.B
+		if r.Remaining < cost {
+			r.RetryAfter = reset // the next one like it waits for the next window
+		}
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
 	} else {
@@ -416,6 +421,9 @@ func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
 	r.Remaining = l.Requests - s.B
 	if r.Remaining < 0 {
 		r.Remaining = 0
+	}
+	if r.Allowed && r.Remaining < cost {
+		r.RetryAfter = reset // the next one like it waits for the next period
 	}
 	return r
 }
@@ -474,6 +482,13 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 		if shape && l.MaxDelay > 0 {
 			r.Delay = backlog
 		}
+		// The next request like this one finds the backlog this one left.
+		if again := next + cost*t; again > tau {
+			r.RetryAfter = again - tau
+		}
+		if shape && l.MaxDelay > 0 && next-l.MaxDelay > r.RetryAfter {
+			r.RetryAfter = next - l.MaxDelay
+		}
 		return r
 	}
 	r.Remaining = (tau - backlog) / t
@@ -523,8 +538,10 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 		}
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
-	} else {
-		// Wait until enough of the oldest entries have left the window.
+	}
+	if r.RetryAfter == 0 && used+cost > l.Requests {
+		// Refused, or admitted with the last room: wait until enough of the oldest
+		// entries have left the window for one like it.
 		need := used + cost - l.Requests
 		for _, e := range s.Log {
 			need -= e.Cost
@@ -574,7 +591,9 @@ func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Resul
 		r.Allowed = true
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
-	} else {
+	}
+	if r.RetryAfter == 0 && w+s.B+cost > l.Requests {
+		// Refused, or admitted with the last room: when one like it fits again.
 		r.RetryAfter = slidingCounterRetry(s, now, cur, p, l.Requests, cost)
 	}
 	r.Remaining = l.Requests - w - s.B

@@ -35,7 +35,8 @@ func TestFixedWindow(t *testing.T) {
 	run(t, FixedWindow, l, []step{
 		{0, 1, Result{Allowed: true, Limit: 3, Remaining: 2, ResetAfter: sec}},
 		{100 * ms, 1, Result{Allowed: true, Limit: 3, Remaining: 1, ResetAfter: 900 * ms}},
-		{200 * ms, 1, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: 800 * ms}},
+		// The last one: admitted, and the next one like it waits for the next window.
+		{200 * ms, 1, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: 800 * ms, RetryAfter: 800 * ms}},
 		// Denied hits still count, as in the reference service.
 		{300 * ms, 1, Result{Limit: 3, ResetAfter: 700 * ms, RetryAfter: 700 * ms}},
 		{999_999, 0, Result{Limit: 3, ResetAfter: 1, RetryAfter: 1}},
@@ -71,13 +72,15 @@ func TestTokenBucket(t *testing.T) {
 	l := Limit{Requests: 5, Period: sec}
 	run(t, TokenBucket, l, []step{
 		{0, 1, Result{Allowed: true, Limit: 5, Remaining: 4, ResetAfter: 200 * ms}},
-		{0, 3, Result{Allowed: true, Limit: 5, Remaining: 1, ResetAfter: 800 * ms}},
-		{0, 1, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: sec}},
+		// One token left: another request of cost 3 needs two more, back in 400ms.
+		{0, 3, Result{Allowed: true, Limit: 5, Remaining: 1, ResetAfter: 800 * ms, RetryAfter: 400 * ms}},
+		// The last token: full in 1s, but the next one like it passes in 200ms.
+		{0, 1, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 200 * ms}},
 		// Empty: a denied request takes nothing and learns when one token is back.
 		{0, 1, Result{Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 200 * ms}},
 		{0, 2, Result{Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 400 * ms}},
 		{199 * ms, 1, Result{Limit: 5, Remaining: 0, ResetAfter: 801 * ms, RetryAfter: 1 * ms}},
-		{200 * ms, 1, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: sec}},
+		{200 * ms, 1, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 200 * ms}},
 		// Cost larger than the bucket: never.
 		{200 * ms, 6, Result{Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: -1}},
 		// Check only.
@@ -93,8 +96,8 @@ func TestTokenBucketBurst(t *testing.T) {
 	// 2 per second (500ms a token), burst 4.
 	l := Limit{Requests: 2, Period: sec, Burst: 4}
 	run(t, TokenBucket, l, []step{
-		{0, 4, Result{Allowed: true, Limit: 4, Remaining: 0, ResetAfter: 2 * sec}},
-		{500 * ms, 1, Result{Allowed: true, Limit: 4, Remaining: 0, ResetAfter: 2 * sec}},
+		{0, 4, Result{Allowed: true, Limit: 4, Remaining: 0, ResetAfter: 2 * sec, RetryAfter: 2 * sec}},
+		{500 * ms, 1, Result{Allowed: true, Limit: 4, Remaining: 0, ResetAfter: 2 * sec, RetryAfter: 500 * ms}},
 		{500 * ms, 1, Result{Limit: 4, Remaining: 0, ResetAfter: 2 * sec, RetryAfter: 500 * ms}},
 	})
 }
@@ -128,10 +131,12 @@ func TestLeakyBucketShaping(t *testing.T) {
 	run(t, LeakyBucket, l, []step{
 		{0, 1, Result{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: 100 * ms, Delay: 0}},
 		{0, 1, Result{Allowed: true, Limit: 10, Remaining: 8, ResetAfter: 200 * ms, Delay: 100 * ms}},
-		{0, 1, Result{Allowed: true, Limit: 10, Remaining: 7, ResetAfter: 300 * ms, Delay: 200 * ms}},
+		// Room in the bucket, but the next one would wait 300ms > max_delay: it passes
+		// in 50ms.
+		{0, 1, Result{Allowed: true, Limit: 10, Remaining: 7, ResetAfter: 300 * ms, RetryAfter: 50 * ms, Delay: 200 * ms}},
 		// Would wait 300ms > max_delay: denied at once though the bucket has room.
 		{0, 1, Result{Limit: 10, Remaining: 7, ResetAfter: 300 * ms, RetryAfter: 50 * ms}},
-		{50 * ms, 1, Result{Allowed: true, Limit: 10, Remaining: 6, ResetAfter: 350 * ms, Delay: 250 * ms}},
+		{50 * ms, 1, Result{Allowed: true, Limit: 10, Remaining: 6, ResetAfter: 350 * ms, RetryAfter: 100 * ms, Delay: 250 * ms}},
 	})
 }
 
@@ -152,10 +157,11 @@ func TestSlidingWindow(t *testing.T) {
 	l := Limit{Requests: 3, Period: sec}
 	run(t, SlidingWindow, l, []step{
 		{0, 1, Result{Allowed: true, Limit: 3, Remaining: 2, ResetAfter: sec}},
-		{400 * ms, 2, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: sec}},
+		// Full: another cost 2 waits for this entry to leave, at +1.4s.
+		{400 * ms, 2, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: sec, RetryAfter: sec}},
 		// Full until the first entry leaves at exactly +1s.
 		{999_999, 1, Result{Limit: 3, Remaining: 0, ResetAfter: 400*ms + 1, RetryAfter: 1}},
-		{sec, 1, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: sec}},
+		{sec, 1, Result{Allowed: true, Limit: 3, Remaining: 0, ResetAfter: sec, RetryAfter: 400 * ms}},
 		// Cost 2 must wait for the entry of cost 2 at +400ms to leave.
 		{sec, 2, Result{Limit: 3, Remaining: 0, ResetAfter: sec, RetryAfter: 400 * ms}},
 		// Cost above the limit: never.
@@ -178,13 +184,14 @@ func TestSlidingWindowMergesSameInstant(t *testing.T) {
 func TestSlidingWindowCounter(t *testing.T) {
 	l := Limit{Requests: 10, Period: sec}
 	run(t, SlidingWindowCounter, l, []step{
-		{0, 6, Result{Allowed: true, Limit: 10, Remaining: 4, ResetAfter: 2 * sec}},
-		{900 * ms, 4, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1100 * ms}},
+		// 4 left: another 6 fits once the 6 weigh 4 at most, 166.667ms into the next window.
+		{0, 6, Result{Allowed: true, Limit: 10, Remaining: 4, ResetAfter: 2 * sec, RetryAfter: 1166667}},
+		{900 * ms, 4, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1100 * ms, RetryAfter: 400*ms + 1}},
 		// Next window, 25% in: previous 10 weighted 0.75 -> 7.5, floor 7; room for 3.
-		{1250 * ms, 3, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1750 * ms}},
+		{1250 * ms, 3, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1750 * ms, RetryAfter: 250*ms + 1}},
 		// floor(10*(1s-e)/1s) <= 6 first holds 300.001ms into the window.
 		{1250 * ms, 1, Result{Limit: 10, Remaining: 0, ResetAfter: 1750 * ms, RetryAfter: 50*ms + 1}},
-		{1350 * ms, 1, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1650 * ms}},
+		{1350 * ms, 1, Result{Allowed: true, Limit: 10, Remaining: 0, ResetAfter: 1650 * ms, RetryAfter: 50*ms + 1}},
 		// Two idle windows: everything forgotten.
 		{5 * sec, 0, Result{Allowed: true, Limit: 10, Remaining: 10}},
 	})
@@ -194,10 +201,10 @@ func TestCalendar(t *testing.T) {
 	l := Limit{Requests: 5, WindowStart: t0, WindowEnd: t0 + 30*24*3600*sec}
 	end := l.WindowEnd - t0
 	run(t, Calendar, l, []step{
-		{0, 3, Result{Allowed: true, Limit: 5, Remaining: 2, ResetAfter: end}},
+		{0, 3, Result{Allowed: true, Limit: 5, Remaining: 2, ResetAfter: end, RetryAfter: end}},
 		// Denied hits are not counted: the quota is not burned by refused requests.
 		{sec, 3, Result{Limit: 5, Remaining: 2, ResetAfter: end - sec, RetryAfter: end - sec}},
-		{2 * sec, 2, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: end - 2*sec}},
+		{2 * sec, 2, Result{Allowed: true, Limit: 5, Remaining: 0, ResetAfter: end - 2*sec, RetryAfter: end - 2*sec}},
 		{2 * sec, 6, Result{Limit: 5, Remaining: 0, ResetAfter: end - 2*sec, RetryAfter: -1}},
 	})
 	// The next month: a fresh count.

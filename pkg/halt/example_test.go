@@ -21,7 +21,8 @@ func Example() {
 	defer store.Close()
 	clock := halt.WithClock(fixed(time.Date(2025, 6, 30, 22, 0, 0, 0, time.UTC)))
 
-	// 100 requests a minute with bursts of 2.
+	// 100 requests a minute with bursts of 2. The second call takes the last token: it
+	// is admitted, and says when the next one is back.
 	lim, err := halt.NewLimiter(store, halt.Policy{Algorithm: algorithms.TokenBucket, Requests: 100, Per: time.Minute, Burst: 2}, clock)
 	if err != nil {
 		panic(err)
@@ -52,7 +53,7 @@ func Example() {
 
 	// Output:
 	// allowed=true remaining=1 retry_after=0s
-	// allowed=true remaining=0 retry_after=0s
+	// allowed=true remaining=0 retry_after=600ms
 	// allowed=false remaining=0 retry_after=600ms
 	// quota used=250 remaining=9750 resets=2025-07-01T00:00:00Z
 	// penalty active=false points_left=2 lockout=0s

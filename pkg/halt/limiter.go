@@ -69,8 +69,9 @@ type Decision struct {
 	Limit int64
 	// Remaining is what is left after this decision.
 	Remaining int64
-	// RetryAfter is how long until the same request could pass: 0 when allowed, negative
-	// when it never can (its cost is above the limit).
+	// RetryAfter is how long until the same request could pass: 0 when it could pass
+	// now, negative when it never can (its cost is above the limit). An admitted request
+	// that took the last units has the wait until one like it can pass again.
 	RetryAfter time.Duration
 	// ResetAfter is how long until the limit is fully restored.
 	ResetAfter time.Duration

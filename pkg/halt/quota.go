@@ -72,7 +72,8 @@ type QuotaDecision struct {
 	PeriodStart, PeriodEnd time.Time
 	// ResetAfter is how long until PeriodEnd.
 	ResetAfter time.Duration
-	// RetryAfter is how long until a refused request could pass (the next period);
+	// RetryAfter is how long until a request like this one could pass when it cannot
+	// now, refused or having taken the last of the quota (the next period);
 	// negative when it never can (its cost is above the quota).
 	RetryAfter time.Duration
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,6 +95,43 @@ func TestDenyWithProblemAndHeaders(t *testing.T) {
 	// Another client is unaffected.
 	if w := do(h, "198.51.100.1:1", "/v1/things", nil); w.Code != 200 {
 		t.Fatalf("another client: %d", w.Code)
+	}
+}
+
+// TestLibraryDocExample: docs/library.md's headers and 429 are what the middleware
+// answers for its example limiter (a token bucket of 20 a minute, empty): the reset
+// fields and Retry-After are one number, the 3 s until a token is back, on the call
+// that took the last token as on the refused one.
+func TestLibraryDocExample(t *testing.T) {
+	lim, _ := newLimiter(t, halt.Policy{Name: "api", Requests: 20, Per: time.Minute}, nil)
+	h := middleware.New(lim)(ok)
+	var w *httptest.ResponseRecorder
+	for i := 0; i < 20; i++ {
+		w = do(h, "203.0.113.7:5555", "/v1/things", nil)
+	}
+	want := map[string]string{
+		"RateLimit-Policy":      `"api";q=20;w=60`,
+		"RateLimit":             `"api";r=0;t=3`,
+		"X-RateLimit-Limit":     "20",
+		"X-RateLimit-Remaining": "0",
+		"X-RateLimit-Reset":     "3",
+	}
+	for _, last := range []bool{true, false} {
+		if !last {
+			w = do(h, "203.0.113.7:5555", "/v1/things", nil)
+			want["Retry-After"] = "3"
+		}
+		if code := map[bool]int{true: 200, false: 429}[last]; w.Code != code {
+			t.Fatalf("last=%v: status %d, want %d", last, w.Code, code)
+		}
+		for k, v := range want {
+			if got := w.Header().Get(k); got != v {
+				t.Errorf("last=%v: %s = %q, want %q", last, k, got, v)
+			}
+		}
+	}
+	if !strings.Contains(w.Body.String(), "rate limit exceeded; retry in 3 s") {
+		t.Errorf("body %s", w.Body.String())
 	}
 }
 

@@ -561,6 +561,70 @@ func TestMigrateFromVersion1(t *testing.T) {
 	}
 }
 
+// TestMigrateFromVersion2 upgrades a table made by the release at schema version 2
+// (testdata/schema_v2.sql, that release's schema.sql): its function answered an
+// admitted op that took the last unit with retry_after 0; migrating replaces the
+// function, records version 3, keeps the counters, and the same op now says when one
+// like it passes again.
+func TestMigrateFromVersion2(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	n := namesFor(table)
+	v2, err := os.ReadFile("testdata/schema_v2.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := statementsOf(string(v2), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := parseURL(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, st := range stmts {
+		if _, err := conn.Exec(ctx, st.sql); err != nil {
+			t.Fatalf("v2 DDL %s: %v", st.what, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+versionTable+` VALUES ($1, 2)`, table); err != nil {
+		t.Fatal(err)
+	}
+	// A fixed window of 2 a minute, 30 s into the window: the first hit by the v2
+	// function, the second (the last unit) by the v2 function too.
+	now := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
+	params := make([]int64, opStride)
+	copy(params, []int64{int64(algorithms.FixedWindow), 2, 60_000_000, 0, 0, 0, 0, 1, 0})
+	call := func(at int64) []int64 {
+		t.Helper()
+		var res []int64
+		if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint)`, []string{"k"}, params, at).Scan(&res); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := call(now); res[1] != 1 || res[3] != 1 || res[5] != 0 {
+		t.Fatalf("v2 first hit %v", res)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != 3 || SchemaVersion != 3 {
+		t.Fatalf("recorded version %d (%v), SchemaVersion %d; want 3", version, err, SchemaVersion)
+	}
+	// The v2 hit counted; the last unit now carries the wait for the next window.
+	if res := call(now + 1); res[1] != 1 || res[3] != 0 || res[5] != 30_000_000-1 {
+		t.Fatalf("after the migration the last unit answered %v, want admitted, 0 left, retry_after %d", res, 30_000_000-1)
+	}
+}
+
 // TestSchemaFile checks what schema.sql becomes for a table: every statement present,
 // every name of the default table replaced, every wire number injected.
 func TestSchemaFile(t *testing.T) {

@@ -25,7 +25,10 @@ import (
 //	2: the function compares algorithm numbers and strides with named constants
 //	   injected from pkg/algorithms (schema.sql); decisions are unchanged. Migrating
 //	   from 1 replaces the function.
-const SchemaVersion = 2
+//	3: an admitted op that took the last units it could has retry_after: the wait
+//	   until one like it can pass again (algorithms.Result.RetryAfter); decisions and
+//	   the table are unchanged. Migrating from 1 or 2 replaces the function.
+const SchemaVersion = 3
 
 // The layout of the function's parameter array p: per op, opLadder fixed parameters
 // (algorithm, requests, period, burst, max_delay, window start, window end, cost, steps),
@@ -54,10 +57,14 @@ const statementMark = "-- statement: "
 
 // schemaStatements returns the statements of schema.sql for table n, with the wire
 // numbers of pkg/algorithms injected.
-func schemaStatements(n names) ([]statement, error) {
+func schemaStatements(n names) ([]statement, error) { return statementsOf(schemaSQL, n) }
+
+// statementsOf is schemaStatements for the schema text file: this release's schema.sql,
+// or an earlier release's (tests migrate from them).
+func statementsOf(file string, n names) ([]statement, error) {
 	values := backends.WireValues()
 	values["op_ladder"], values["op_stride"], values["res_stride"] = opLadder, opStride, resStride
-	src, err := backends.Inject(schemaSQL, values)
+	src, err := backends.Inject(file, values)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: schema.sql: %w", err)
 	}

@@ -1,5 +1,5 @@
 -- schema.sql: the PostgreSQL schema of halt-envoy's state (pkg/backends/postgres),
--- schema version 2 (postgres.SchemaVersion).
+-- schema version 3 (postgres.SchemaVersion).
 --
 -- Read by migrate (Open, `halt-envoy migrate`), which runs the statements below in order
 -- in one transaction, each starting at its "-- statement:" line. The names are those of
@@ -60,7 +60,7 @@ DECLARE
 	existed boolean; stale boolean; newexp bigint;
 	allowed boolean; rlim bigint; rem bigint; rreset bigint; rretry bigint; rdelay bigint; rttl bigint;
 	r bigint; start_ bigint; reset_ bigint; cap bigint; t bigint; tau bigint; tat bigint; backlog bigint;
-	nxt bigint; waitok boolean; shape boolean; cut bigint; used bigint; need bigint; cur bigint;
+	nxt bigint; waitok boolean; shape boolean; cut bigint; used bigint; need bigint; cur bigint; again bigint;
 	elapsed bigint; w bigint; room bigint; e bigint; quiet bigint; nsteps bigint; endt bigint;
 BEGIN
 	res := array_fill(0::bigint, ARRAY[n * res_stride]);
@@ -96,6 +96,7 @@ BEGIN
 				rlim := req; rreset := reset_; rttl := reset_;
 				IF sb <= req THEN
 					allowed := true; rem := req - sb;
+					IF rem < cost THEN rretry := reset_; END IF;
 				ELSIF cost > req THEN
 					rretry := -1;
 				ELSE
@@ -125,6 +126,9 @@ BEGIN
 							allowed := true;
 							rem := (tau - nxt) / t; rreset := nxt; rttl := nxt;
 							IF shape AND maxd > 0 THEN rdelay := backlog; END IF;
+							again := nxt + cost * t;
+							IF again > tau THEN rretry := again - tau; END IF;
+							IF shape AND maxd > 0 AND nxt - maxd > rretry THEN rretry := nxt - maxd; END IF;
 						ELSE
 							rem := (tau - backlog) / t; rreset := backlog; rttl := backlog;
 							rretry := nxt - tau;
@@ -162,7 +166,8 @@ BEGIN
 					END IF;
 				ELSIF cost > req THEN
 					rretry := -1;
-				ELSE
+				END IF;
+				IF rretry = 0 AND used + cost > req THEN
 					need := used + cost - req;
 					FOR j IN 1..m LOOP
 						need := need - lg[2*j];
@@ -193,7 +198,8 @@ BEGIN
 					allowed := true;
 				ELSIF cost > req THEN
 					rretry := -1;
-				ELSE
+				END IF;
+				IF rretry = 0 AND w + sb + cost > req THEN
 					room := req - sb - cost;
 					IF room >= 0 AND sc > 0 THEN
 						e := per - floor((room + 1)::float8 * per::float8 / sc::float8)::bigint;
@@ -245,6 +251,7 @@ BEGIN
 					rretry := reset_;
 				END IF;
 				rem := greatest(req - sb, 0);
+				IF allowed AND rem < cost THEN rretry := reset_; END IF;
 
 			ELSIF alg = a_penalty THEN -- penalty
 				rlim := req;

@@ -44,7 +44,11 @@ local function fixed(s, now, R, P, cost)
   end
   s[2] = satadd(s[2], cost)
   local reset = start + P - now
-  if s[2] <= R then return 1, R, R - s[2], reset, 0, 0, reset end
+  if s[2] <= R then
+    local retry = 0
+    if R - s[2] < cost then retry = reset end
+    return 1, R, R - s[2], reset, retry, 0, reset
+  end
   if cost > R then return 0, R, 0, reset, -1, 0, reset end
   return 0, R, 0, reset, reset, 0, reset
 end
@@ -67,6 +71,7 @@ local function calendar(s, now, R, WS, WE, cost)
   end
   local rem = R - s[2]
   if rem < 0 then rem = 0 end
+  if allowed == 1 and rem < cost then retry = reset end
   return allowed, R, rem, reset, retry, 0, reset
 end
 
@@ -92,7 +97,11 @@ local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
     if cost > 0 then s[1] = now + nxt end
     local delay = 0
     if shape and maxdelay > 0 then delay = backlog end
-    return 1, cap, floor((tau - nxt) / t), nxt, 0, delay, nxt
+    local retry = 0
+    local again = nxt + cost * t
+    if again > tau then retry = again - tau end
+    if shape and maxdelay > 0 and nxt - maxdelay > retry then retry = nxt - maxdelay end
+    return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, nxt
   end
   local retry = nxt - tau
   if (not waitok) and backlog - maxdelay > retry then retry = backlog - maxdelay end
@@ -131,7 +140,8 @@ local function sliding(lg, now, R, P, cost)
     end
   elseif cost > R then
     retry = -1
-  else
+  end
+  if retry == 0 and used + cost > R then
     local need = used + cost - R
     for i = 1, n do
       need = need - c[i]
@@ -189,7 +199,8 @@ local function swc(s, now, R, P, cost)
     s[2] = satadd(s[2], cost); allowed = 1
   elseif cost > R then
     retry = -1
-  else
+  end
+  if retry == 0 and w + s[2] + cost > R then
     retry = swcretry(s, now, cur, P, R, cost)
   end
   local rem = R - w - s[2]
