@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -137,6 +138,7 @@ type serveFlags struct {
 	tlsReload                                              time.Duration
 	tlsGRPCOnly                                            bool // TLS from GRPC_SERVER_USE_TLS: the gRPC port only
 	saas                                                   saasFlags
+	stats                                                  statsFlags
 
 	// Set from the reference service's variables only (see refenv.go).
 	ref *refenv.Settings
@@ -172,6 +174,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.StringVar(&f.tlsMinVersion, "tls-min-version", "1.2", "minimum TLS version: 1.2 or 1.3")
 	fs.DurationVar(&f.tlsReload, "tls-reload-interval", tlsutil.DefaultInterval, "how often the TLS files are checked for changes")
 	f.saas.register(fs)
+	f.stats.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -317,6 +320,21 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		return err
 	}
 	defer stopTracing(context.WithoutCancel(ctx))
+	st, err := f.stats.build(m, log)
+	if err != nil {
+		return err
+	}
+	observers = append(observers, st.observer)
+	// The stats outputs outlive the drain, so that the last calls' counts are sent.
+	statsCtx, stopStats := context.WithCancel(context.WithoutCancel(ctx))
+	var statsDone sync.WaitGroup
+	for _, run := range st.run {
+		statsDone.Go(func() { run(statsCtx) })
+	}
+	defer func() {
+		stopStats()
+		waitBounded(&statsDone, 5*time.Second)
+	}()
 	adminRoutes, pprofGuard, err := f.saas.adminRoutes(store, watcher.Current, log)
 	if err != nil {
 		return err
@@ -364,6 +382,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	srv, err := server.New(server.Options{
 		TLSGRPCOnly:           f.tlsGRPCOnly,
 		Health:                health,
+		Interceptors:          st.interceptors,
 		Ready:                 ready,
 		MaxConnectionAge:      maxAge,
 		MaxConnectionAgeGrace: maxAgeGrace,
@@ -418,6 +437,17 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	err = srv.Serve(ctx)
 	log.Info("halt-envoy drained; exiting")
 	return err
+}
+
+// waitBounded waits for wg, at most d: a stats output that cannot reach its server
+// must not hold the process after the drain.
+func waitBounded(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }
 
 // storeKind is the scheme of a store URL: a metric label that never holds a password.

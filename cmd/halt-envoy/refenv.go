@@ -33,6 +33,11 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 			env[v.Name] = val
 		}
 	}
+	for _, name := range refenv.MogrifierVars(getenv("USE_DOG_STATSD_MOGRIFIERS")) {
+		if val := getenv(name); val != "" {
+			env[name] = val
+		}
+	}
 	ref, err := refenv.Read(env, os.ReadFile)
 	if err != nil {
 		return fmt.Errorf("the reference service's variables (envoyproxy/ratelimit):\n%w", err)
@@ -90,6 +95,7 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 	} else {
 		apply([]string{"config"}, &f.config, ref.ConfigDir, runtime...)
 	}
+	f.stats.applyReference(ref.Stats, given)
 	if ref.TLS != nil {
 		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"]
 		apply([]string{"tls-cert", "tls-key", "tls-client-ca"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT")

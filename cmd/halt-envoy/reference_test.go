@@ -359,7 +359,7 @@ func TestReferenceStartupErrors(t *testing.T) {
 		want []string
 	}{
 		{[]string{"SHADOW_MODE", "true"}, []string{"SHADOW_MODE", "not supported by halt yet"}},
-		{[]string{"USE_STATSD", "true"}, []string{"USE_STATSD"}},
+		{[]string{"USE_STATSD", "true", "USE_PROMETHEUS", "true"}, []string{"USE_STATSD and USE_PROMETHEUS"}},
 		{[]string{"BACKEND_TYPE", "dynamo"}, []string{"BACKEND_TYPE"}},
 		{[]string{"REDIS_SOCKET_TYPE", "unix"}, []string{"REDIS_SOCKET_TYPE"}},
 		{[]string{"REDIS_AUTH", "a", "REDIS_AUTH_FILE", pw}, []string{"REDIS_AUTH and REDIS_AUTH_FILE"}},

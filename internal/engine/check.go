@@ -196,7 +196,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 	e.count(domain, decisions)
 	if len(e.cfg.Observers) > 0 {
 		for i := range decisions {
-			ev := DecisionEvent{Domain: domain, Entries: descs[i].Entries, Decision: &decisions[i]}
+			ev := DecisionEvent{Domain: domain, Entries: descs[i].Entries, Hits: descs[i].Hits, Decision: &decisions[i]}
 			for _, o := range e.cfg.Observers {
 				o.OnDecision(ctx, &ev)
 			}

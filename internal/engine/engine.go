@@ -292,6 +292,10 @@ func (e *Engine) CountDetailed(domain, descriptor string, d *Decision) {
 	} else if d.Shadow {
 		result = metrics.ResultShadow
 	}
+	// The descriptor holds request values: past the cap they share one series.
+	if !e.cfg.Metrics.DetailedKeys().Admit(domain+"\x00"+d.Rule.Name, descriptor) {
+		descriptor = metrics.OverflowKey
+	}
 	e.cfg.Metrics.DetailedDecisions.WithLabelValues(domain, descriptor, result).Inc()
 }
 

@@ -39,7 +39,9 @@ func (k Kind) String() string {
 type DecisionEvent struct {
 	Domain string
 	// Entries are the request descriptor's entries; valid only during the callback.
-	Entries  []config.Entry
+	Entries []config.Entry
+	// Hits is what the request added (hits_addend resolved; 0 checks without counting).
+	Hits     uint64
 	Decision *Decision
 }
 

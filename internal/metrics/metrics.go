@@ -2,10 +2,14 @@
 // global registry, so tests and embedders can run several servers in one process).
 //
 // Label cardinality is bounded by configuration: domain and rule names come from config
-// files, never from request values (except for rules marked detailed_metric).
+// files, never from request values, except for the keys that rules ask for by name
+// (detailed_metric, value_to_metric) and Envoy's limit overrides: those are bounded by a
+// KeyCap, past which they are counted under OverflowKey.
 package metrics
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -65,6 +69,30 @@ type Metrics struct {
 	PenaltyRefusals *prometheus.CounterVec
 	// AlgorithmOverrides counts per-request algorithm asks by outcome (applied, ignored, invalid).
 	AlgorithmOverrides *prometheus.CounterVec
+
+	// RuleHits, RuleOverLimit, RuleNearLimit, RuleWithinLimit and RuleShadowMode are the
+	// reference service's per-rule stats (total_hits, over_limit, near_limit,
+	// within_limit, shadow_mode), in hits, by domain and the reference's key of the rule
+	// (internal/stats counts them).
+	RuleHits, RuleOverLimit, RuleNearLimit, RuleWithinLimit, RuleShadowMode *prometheus.CounterVec
+
+	// ruleKeys and detailedKeys bound the request-valued keys of the per-rule stats and
+	// of DetailedDecisions; SetKeyCaps replaces them before serving.
+	ruleKeys, detailedKeys atomic.Pointer[KeyCap]
+}
+
+// RuleKeys is the cap on the request-valued keys of the per-rule stats.
+func (m *Metrics) RuleKeys() *KeyCap { return m.ruleKeys.Load() }
+
+// DetailedKeys is the cap on the descriptors of halt_detailed_decisions_total.
+func (m *Metrics) DetailedKeys() *KeyCap { return m.detailedKeys.Load() }
+
+// SetKeyCaps sets the caps on request-valued keys (per rule, total; zero for the
+// defaults) of the per-rule stats and of halt_detailed_decisions_total. Call it before
+// any traffic: keys admitted under the old caps are forgotten.
+func (m *Metrics) SetKeyCaps(perRule, total int) {
+	m.ruleKeys.Store(NewKeyCap(perRule, total))
+	m.detailedKeys.Store(NewKeyCap(perRule, total))
 }
 
 // MemoryStore is what the metrics read from the in-memory store.
@@ -148,6 +176,24 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	m.AlgorithmOverrides = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_algorithm_overrides_total", Help: "Per-request algorithm asks by outcome (applied, ignored: not allowed by the rule, invalid).",
 	}, []string{"outcome"})
+	rule := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"domain", "key"})
+	}
+	m.RuleHits = rule("halt_rule_hits_total", "Hits (hits_addend summed, not calls) of each rule, by domain and the reference's rule key (ratelimit.service.rate_limit.DOMAIN.KEY.total_hits).")
+	m.RuleOverLimit = rule("halt_rule_over_limit_hits_total", "Hits over the limit (the reference's over_limit), shadow-mode rules included.")
+	m.RuleNearLimit = rule("halt_rule_near_limit_hits_total", "Hits between NEAR_LIMIT_RATIO of the limit and the limit (the reference's near_limit).")
+	m.RuleWithinLimit = rule("halt_rule_within_limit_hits_total", "Hits of admitted calls (the reference's within_limit).")
+	m.RuleShadowMode = rule("halt_rule_shadow_mode_hits_total", "Hits over the limit of shadow-mode rules, answered OK (the reference's shadow_mode).")
+	m.SetKeyCaps(0, 0)
+	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "halt_request_keys",
+			Help:        "Distinct request-valued keys (detailed_metric, value_to_metric, limit overrides) with series of their own; past the cap they count under the key " + OverflowKey + ".",
+			ConstLabels: prometheus.Labels{"metric": which},
+		}, func() float64 { return float64(c().Len()) })
+	}
+	r.MustRegister(m.RuleHits, m.RuleOverLimit, m.RuleNearLimit, m.RuleWithinLimit, m.RuleShadowMode,
+		keys("halt_rule_hits_total", m.RuleKeys), keys("halt_detailed_decisions_total", m.DetailedKeys))
 	r.MustRegister(m.Exemptions, m.PlanDecisions, m.PlanFallbacks, m.QuotaDecisions, m.PenaltyViolations,
 		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides)
 	memStat := func(f func(MemoryStore) float64) func() float64 {

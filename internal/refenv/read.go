@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,9 +58,59 @@ type Settings struct {
 	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	MaxConcurrentStreams                    uint32
 
+	// Stats is where the reference's stats go (USE_STATSD, USE_DOG_STATSD,
+	// USE_PROMETHEUS, DISABLE_STATS and their settings) and NEAR_LIMIT_RATIO.
+	Stats Stats
+
 	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
 	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
 	HealthNeedsConfig, HealthPingsStore bool
+}
+
+// Stats outputs, as the reference chooses one (src/service_cmd/runner).
+const (
+	StatsNone       = ""           // DISABLE_STATS, or every output false
+	StatsStatsd     = "statsd"     // USE_STATSD
+	StatsDogStatsd  = "dogstatsd"  // USE_DOG_STATSD
+	StatsPrometheus = "prometheus" // USE_PROMETHEUS
+)
+
+// Stats is the reference's stats output.
+type Stats struct {
+	// Output is one of the Stats* constants.
+	Output string
+	// Addr is STATSD_HOST:STATSD_PORT (statsd and DogStatsD); Protocol is
+	// STATSD_PROTOCOL (statsd).
+	Addr, Protocol string
+	ExtraTags      map[string]string
+	FlushInterval  time.Duration
+	// Mogrifiers are USE_DOG_STATSD_MOGRIFIERS, in order.
+	Mogrifiers []Mogrifier
+	// PrometheusAddr, PrometheusPath, PrometheusMapper (a file; "" for the built-in
+	// mapping) and PrometheusMillis are the USE_PROMETHEUS endpoint's settings.
+	PrometheusAddr, PrometheusPath, PrometheusMapper string
+	PrometheusMillis                                 bool
+	// NearLimitRatio is NEAR_LIMIT_RATIO.
+	NearLimitRatio float64
+}
+
+// Mogrifier is one DOG_STATSD_MOGRIFIER_<Label>_* set: Pattern is a valid regular
+// expression.
+type Mogrifier struct {
+	Label, Pattern, Name string
+	Tags                 map[string]string
+}
+
+// MogrifierVars are the variables of the mogrifiers named in list (the value of
+// USE_DOG_STATSD_MOGRIFIERS): the binary passes them to Read with the others.
+func MogrifierVars(list string) []string {
+	var out []string
+	for _, m := range splitList(list) {
+		for _, suffix := range []string{"_PATTERN", "_NAME", "_TAGS"} {
+			out = append(out, "DOG_STATSD_MOGRIFIER_"+m+suffix)
+		}
+	}
+	return out
 }
 
 // TLS is the gRPC listener's TLS.
@@ -176,12 +227,9 @@ func Read(env map[string]string, readFile func(string) ([]byte, error)) (*Settin
 	r.config(s)
 	r.store(s)
 	r.tls(s)
+	r.stats(s)
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
 	s.HealthPingsStore = r.boolean("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION")
-	if !r.present("USE_STATSD") && !r.boolean("DISABLE_STATS") {
-		s.Warnings = append(s.Warnings, "USE_STATSD is unset: the reference would send statsd to "+
-			net.JoinHostPort(r.str("STATSD_HOST"), r.str("STATSD_PORT"))+"; halt sends none (its metrics are on /metrics). Set USE_STATSD=false to say so")
-	}
 	for _, name := range []string{"REDIS_PIPELINE_WINDOW", "REDIS_PIPELINE_LIMIT", "REDIS_USE_EXPLICIT_PIPELINE", "REDIS_CLUSTER_PIPELINE_PARALLELISM"} {
 		if r.present(name) {
 			s.Warnings = append(s.Warnings, name+" is not used: halt's Redis store pipelines concurrent calls by itself")
@@ -324,9 +372,6 @@ func (r *reader) config(s *Settings) {
 	}
 	if p := r.str("TRACING_EXPORTER_PROTOCOL"); p != "http" && p != "grpc" {
 		r.fail("TRACING_EXPORTER_PROTOCOL=%q: want http or grpc", p)
-	}
-	if f := r.float("NEAR_LIMIT_RATIO"); f < 0 || f > 1 {
-		r.fail("NEAR_LIMIT_RATIO=%v: want 0..1", f)
 	}
 }
 
@@ -497,4 +542,107 @@ func splitList(v string) []string {
 		}
 	}
 	return out
+}
+
+// stats chooses the stats output as the reference's runner does: DISABLE_STATS wins;
+// otherwise at most one of USE_DOG_STATSD, USE_STATSD (true by default) and
+// USE_PROMETHEUS may be true.
+func (r *reader) stats(s *Settings) {
+	st := Stats{
+		Addr:             net.JoinHostPort(r.str("STATSD_HOST"), r.port("STATSD_PORT")),
+		Protocol:         r.str("STATSD_PROTOCOL"),
+		FlushInterval:    r.duration("STATS_FLUSH_INTERVAL"),
+		PrometheusAddr:   r.str("PROMETHEUS_ADDR"),
+		PrometheusPath:   r.str("PROMETHEUS_PATH"),
+		PrometheusMapper: r.str("PROMETHEUS_MAPPER_YAML"),
+		PrometheusMillis: r.boolean("PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS"),
+		NearLimitRatio:   r.float("NEAR_LIMIT_RATIO"),
+	}
+	if f := st.NearLimitRatio; f < 0 || f > 1 {
+		r.fail("NEAR_LIMIT_RATIO=%v: want a share of the limit, 0..1", f)
+	}
+	if st.FlushInterval <= 0 {
+		r.fail("STATS_FLUSH_INTERVAL=%q: want a positive duration", r.str("STATS_FLUSH_INTERVAL"))
+	}
+	if p := st.Protocol; p != "tcp" && p != "udp" {
+		r.fail("STATSD_PROTOCOL=%q: want tcp or udp", p)
+	}
+	if t := r.str("EXTRA_TAGS"); t != "" {
+		st.ExtraTags = parseMap(t)
+	}
+	if !strings.HasPrefix(st.PrometheusPath, "/") {
+		r.fail("PROMETHEUS_PATH=%q: want a path starting with /", st.PrometheusPath)
+	}
+	if _, _, err := net.SplitHostPort(st.PrometheusAddr); err != nil {
+		r.fail("PROMETHEUS_ADDR=%q: want HOST:PORT or :PORT", st.PrometheusAddr)
+	}
+	var on []string
+	for _, v := range []struct{ name, output string }{
+		{"USE_DOG_STATSD", StatsDogStatsd}, {"USE_STATSD", StatsStatsd}, {"USE_PROMETHEUS", StatsPrometheus},
+	} {
+		if r.boolean(v.name) {
+			on = append(on, v.name)
+			st.Output = v.output
+		}
+	}
+	switch {
+	case r.boolean("DISABLE_STATS"):
+		st.Output = StatsNone
+	case len(on) > 1:
+		why := ""
+		if !r.present("USE_STATSD") {
+			why = " (USE_STATSD is true when unset)"
+		}
+		r.fail("%s are all true%s: only one stats output at a time, as in the reference; set the others to false", strings.Join(on, " and "), why)
+	}
+	if st.Output == StatsDogStatsd {
+		st.Mogrifiers = r.mogrifiers()
+	}
+	s.Stats = st
+}
+
+// mogrifiers reads USE_DOG_STATSD_MOGRIFIERS' variables as the reference does
+// (envconfig with the prefix DOG_STATSD_MOGRIFIER_<NAME>).
+func (r *reader) mogrifiers() []Mogrifier {
+	var out []Mogrifier
+	for _, label := range splitList(r.str("USE_DOG_STATSD_MOGRIFIERS")) {
+		pre := "DOG_STATSD_MOGRIFIER_" + label
+		m := Mogrifier{Label: label, Pattern: r.env[pre+"_PATTERN"], Name: r.env[pre+"_NAME"]}
+		if m.Pattern == "" {
+			r.fail("%s_PATTERN is not set: mogrifier %s needs a pattern", pre, label)
+			continue
+		}
+		if _, err := regexp.Compile(m.Pattern); err != nil {
+			r.fail("%s_PATTERN=%q: %v", pre, m.Pattern, err)
+			continue
+		}
+		if m.Name == "" {
+			r.fail("%s_NAME is not set: mogrifier %s needs a name", pre, label)
+			continue
+		}
+		if t := r.env[pre+"_TAGS"]; t != "" {
+			if err := parse(Map, t); err != nil {
+				r.fail("%s_TAGS=%q: %v", pre, t, err)
+				continue
+			}
+			m.Tags = parseMap(t)
+			for k, v := range m.Tags {
+				if k == "" || v == "" {
+					r.fail("%s_TAGS=%q: a tag with an empty key or value", pre, t)
+				}
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// parseMap reads an envconfig map (k:v,k2:v2; checked by parse).
+func parseMap(v string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range strings.Split(v, ",") {
+		k, val, _ := strings.Cut(kv, ":")
+		m[k] = val
+	}
+	return m
 }

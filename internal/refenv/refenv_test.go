@@ -44,9 +44,9 @@ func mustFail(t *testing.T, env map[string]string, want ...string) {
 }
 
 // defaultUnsupported are the rows whose reference default halt cannot honour: unset,
-// halt does its own thing (USE_STATSD: a warning; EXPIRATION_JITTER_MAX_SECONDS: halt's
-// expiries) or stops (REDIS_SOCKET_TYPE with a Redis store), as their notes say.
-var defaultUnsupported = map[string]bool{"USE_STATSD": true, "EXPIRATION_JITTER_MAX_SECONDS": true, "REDIS_SOCKET_TYPE": true}
+// halt does its own thing (EXPIRATION_JITTER_MAX_SECONDS: halt's expiries) or stops
+// (REDIS_SOCKET_TYPE with a Redis store), as their notes say.
+var defaultUnsupported = map[string]bool{"EXPIRATION_JITTER_MAX_SECONDS": true, "REDIS_SOCKET_TYPE": true}
 
 // TestTable checks the table itself: unique names, every default parses as its kind
 // (as envconfig would), every NotYet row says what it means, and no row of another status
@@ -107,6 +107,8 @@ func TestDefaults(t *testing.T) {
 		ConfigDir:             "/srv/runtime_data/current/config",
 		MaxConnectionAge:      24 * time.Hour,
 		MaxConnectionAgeGrace: time.Hour,
+		Stats: Stats{Addr: "localhost:8125", Protocol: "tcp", FlushInterval: 10 * time.Second,
+			PrometheusAddr: ":9090", PrometheusPath: "/metrics", NearLimitRatio: 0.8},
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("Read(base) =\n%+v\nwant\n%+v", s, want)
@@ -192,7 +194,7 @@ func TestNotYet(t *testing.T) {
 		t.Fatal("no NotYet rows")
 	}
 	// Several at once: all reported together.
-	mustFail(t, base("SHADOW_MODE", "true", "TRACING_ENABLED", "true", "USE_STATSD", "true"), "SHADOW_MODE", "TRACING_ENABLED", "USE_STATSD")
+	mustFail(t, base("SHADOW_MODE", "true", "TRACING_ENABLED", "true", "MERGE_DOMAIN_CONFIG", "true"), "SHADOW_MODE", "TRACING_ENABLED", "MERGE_DOMAIN_CONFIG")
 }
 
 func TestRedis(t *testing.T) {
@@ -312,7 +314,6 @@ func TestConfigSource(t *testing.T) {
 	mustFail(t, x("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "-1"), "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")
 	mustFail(t, base("TRACING_EXPORTER_PROTOCOL", "zipkin"), "TRACING_EXPORTER_PROTOCOL")
 	mustFail(t, base("TRACING_SAMPLING_RATE", "1.5"), "TRACING_SAMPLING_RATE")
-	mustFail(t, base("NEAR_LIMIT_RATIO", "2"), "NEAR_LIMIT_RATIO")
 }
 
 func TestTLSAndHealth(t *testing.T) {
@@ -326,14 +327,66 @@ func TestTLSAndHealth(t *testing.T) {
 	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k", "GRPC_CLIENT_TLS_SAN", "x"), "GRPC_CLIENT_TLS_SAN")
 }
 
-func TestStatsdWarning(t *testing.T) {
-	env := base()
+// TestStats: the stats output the reference's runner would choose, and its settings.
+func TestStats(t *testing.T) {
+	s := mustRead(t, base())
+	want := Stats{Addr: "localhost:8125", Protocol: "tcp", FlushInterval: 10 * time.Second,
+		PrometheusAddr: ":9090", PrometheusPath: "/metrics", NearLimitRatio: 0.8}
+	if !reflect.DeepEqual(s.Stats, want) {
+		t.Errorf("USE_STATSD=false: %+v, want %+v", s.Stats, want)
+	}
+	// USE_STATSD is true unless set: statsd, as the reference sends it.
+	env := base("STATSD_HOST", "statsd.local", "STATSD_PORT", "9125", "STATSD_PROTOCOL", "udp", "EXTRA_TAGS", "a:1,b:2",
+		"STATS_FLUSH_INTERVAL", "2s", "NEAR_LIMIT_RATIO", "0.5")
 	delete(env, "USE_STATSD")
-	s := mustRead(t, env)
-	if len(s.Warnings) != 1 || !strings.Contains(s.Warnings[0], "USE_STATSD") || !strings.Contains(s.Warnings[0], "localhost:8125") {
+	s = mustRead(t, env)
+	if st := s.Stats; st.Output != StatsStatsd || st.Addr != "statsd.local:9125" || st.Protocol != "udp" ||
+		!reflect.DeepEqual(st.ExtraTags, map[string]string{"a": "1", "b": "2"}) || st.FlushInterval != 2*time.Second || st.NearLimitRatio != 0.5 {
+		t.Errorf("statsd: %+v", st)
+	}
+	if len(s.Warnings) != 0 {
 		t.Errorf("warnings %q", s.Warnings)
 	}
-	if s := mustRead(t, base()); len(s.Warnings) != 0 {
-		t.Errorf("USE_STATSD=false: warnings %q", s.Warnings)
+	// USE_PROMETHEUS as Envoy Gateway sets it.
+	s = mustRead(t, base("USE_PROMETHEUS", "true", "PROMETHEUS_ADDR", ":19001", "PROMETHEUS_MAPPER_YAML", "/etc/statsd-exporter/conf.yaml",
+		"PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", "true", "PROMETHEUS_PATH", "/m"))
+	if st := s.Stats; st.Output != StatsPrometheus || st.PrometheusAddr != ":19001" || st.PrometheusMapper != "/etc/statsd-exporter/conf.yaml" ||
+		!st.PrometheusMillis || st.PrometheusPath != "/m" {
+		t.Errorf("prometheus: %+v", st)
 	}
+	// DogStatsD with mogrifiers.
+	s = mustRead(t, base("USE_DOG_STATSD", "true", "USE_DOG_STATSD_MOGRIFIERS", "A,B",
+		"DOG_STATSD_MOGRIFIER_A_PATTERN", `^ratelimit\.(.*)$`, "DOG_STATSD_MOGRIFIER_A_NAME", "rl.$1", "DOG_STATSD_MOGRIFIER_A_TAGS", "k:$1",
+		"DOG_STATSD_MOGRIFIER_B_PATTERN", "x", "DOG_STATSD_MOGRIFIER_B_NAME", "y"))
+	wantMog := []Mogrifier{{Label: "A", Pattern: `^ratelimit\.(.*)$`, Name: "rl.$1", Tags: map[string]string{"k": "$1"}}, {Label: "B", Pattern: "x", Name: "y"}}
+	if st := s.Stats; st.Output != StatsDogStatsd || !reflect.DeepEqual(st.Mogrifiers, wantMog) {
+		t.Errorf("dogstatsd: %+v", st)
+	}
+	if got := MogrifierVars(" A, B"); !reflect.DeepEqual(got, []string{"DOG_STATSD_MOGRIFIER_A_PATTERN", "DOG_STATSD_MOGRIFIER_A_NAME", "DOG_STATSD_MOGRIFIER_A_TAGS",
+		"DOG_STATSD_MOGRIFIER_B_PATTERN", "DOG_STATSD_MOGRIFIER_B_NAME", "DOG_STATSD_MOGRIFIER_B_TAGS"}) {
+		t.Errorf("MogrifierVars: %q", got)
+	}
+	// DISABLE_STATS wins over every output.
+	if s := mustRead(t, base("DISABLE_STATS", "true", "USE_STATSD", "true", "USE_PROMETHEUS", "true")); s.Stats.Output != StatsNone {
+		t.Errorf("DISABLE_STATS: %+v", s.Stats)
+	}
+	noStatsd := func(kv ...string) map[string]string {
+		e := base(kv...)
+		delete(e, "USE_STATSD")
+		return e
+	}
+	mustFail(t, noStatsd("USE_PROMETHEUS", "true"), "USE_STATSD and USE_PROMETHEUS", "USE_STATSD is true when unset")
+	mustFail(t, base("USE_DOG_STATSD", "true", "USE_STATSD", "true"), "USE_DOG_STATSD and USE_STATSD")
+	mustFail(t, base("USE_DOG_STATSD", "true", "USE_DOG_STATSD_MOGRIFIERS", "M"), "DOG_STATSD_MOGRIFIER_M_PATTERN")
+	mustFail(t, base("USE_DOG_STATSD", "true", "USE_DOG_STATSD_MOGRIFIERS", "M", "DOG_STATSD_MOGRIFIER_M_PATTERN", "a(", "DOG_STATSD_MOGRIFIER_M_NAME", "n"), "DOG_STATSD_MOGRIFIER_M_PATTERN")
+	mustFail(t, base("USE_DOG_STATSD", "true", "USE_DOG_STATSD_MOGRIFIERS", "M", "DOG_STATSD_MOGRIFIER_M_PATTERN", "a"), "DOG_STATSD_MOGRIFIER_M_NAME")
+	mustFail(t, base("USE_DOG_STATSD", "true", "USE_DOG_STATSD_MOGRIFIERS", "M", "DOG_STATSD_MOGRIFIER_M_PATTERN", "a", "DOG_STATSD_MOGRIFIER_M_NAME", "n", "DOG_STATSD_MOGRIFIER_M_TAGS", "nocolon"), "DOG_STATSD_MOGRIFIER_M_TAGS")
+	mustFail(t, base("NEAR_LIMIT_RATIO", "2"), "NEAR_LIMIT_RATIO")
+	mustFail(t, base("NEAR_LIMIT_RATIO", "-0.1"), "NEAR_LIMIT_RATIO")
+	mustFail(t, base("STATSD_PORT", "70000"), "STATSD_PORT")
+	mustFail(t, base("STATSD_PROTOCOL", "sctp"), "STATSD_PROTOCOL")
+	mustFail(t, base("STATS_FLUSH_INTERVAL", "0s"), "STATS_FLUSH_INTERVAL")
+	mustFail(t, base("EXTRA_TAGS", "novalue"), "EXTRA_TAGS")
+	mustFail(t, base("PROMETHEUS_PATH", "metrics"), "PROMETHEUS_PATH")
+	mustFail(t, base("PROMETHEUS_ADDR", "9090"), "PROMETHEUS_ADDR")
 }

@@ -69,13 +69,6 @@ type Var struct {
 func isTrue(v string) bool   { b, _ := strconv.ParseBool(v); return b }
 func nonEmpty(v string) bool { return v != "" }
 func nonZero(v string) bool  { f, _ := strconv.ParseFloat(v, 64); return f != 0 }
-func differs(d string) func(string) bool {
-	return func(v string) bool {
-		a, _ := strconv.ParseFloat(v, 64)
-		b, _ := strconv.ParseFloat(d, 64)
-		return a != b
-	}
-}
 
 // Vars is the reference's settings table, in its order, with halt's answer for each.
 // It is data: the migration table in docs/migration.md is checked against it.
@@ -119,19 +112,20 @@ func Vars() []Var {
 		{Name: "XDS_CLIENT_BACKOFF_JITTER", Kind: Bool, Default: "true", Note: "Randomize the waits."},
 		{Name: "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", Kind: Int, Note: "Largest DiscoveryResponse accepted (0: gRPC's 4 MiB)."},
 		// Stats.
-		{Name: "USE_DOG_STATSD", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "DogStatsD output."},
-		{Name: "USE_DOG_STATSD_MOGRIFIERS", Kind: List, Status: NotYet, Unsupported: nonEmpty, Note: "DogStatsD tag mogrifiers."},
-		{Name: "USE_STATSD", Kind: Bool, Default: "true", Status: NotYet, Unsupported: isTrue, Note: "statsd output. Unset, the reference sends statsd to STATSD_HOST:STATSD_PORT; halt does not and says so in a warning. Prometheus is always on `/metrics`."},
-		{Name: "STATSD_HOST", Default: "localhost", Note: "Read and checked; used only with USE_STATSD."},
-		{Name: "STATSD_PORT", Kind: Int, Default: "8125", Note: "Read and checked; used only with USE_STATSD."},
-		{Name: "EXTRA_TAGS", Kind: Map, Status: NotYet, Unsupported: nonEmpty, Note: "Tags added to every stat."},
-		{Name: "STATS_FLUSH_INTERVAL", Kind: Duration, Default: "10s", Note: "Read and checked; used only with USE_STATSD."},
-		{Name: "DISABLE_STATS", Kind: Bool, Default: "false", Status: Differently, Note: "halt pushes no stats anywhere; Prometheus stays on `/metrics` (pull)."},
-		{Name: "USE_PROMETHEUS", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "The reference's statsd-mapped Prometheus endpoint on PROMETHEUS_ADDR (halt's own metrics are always on `/metrics` of the HTTP port, under halt's names)."},
-		{Name: "PROMETHEUS_ADDR", Default: ":9090", Note: "Read; used only with USE_PROMETHEUS."},
-		{Name: "PROMETHEUS_PATH", Default: "/metrics", Note: "Read; used only with USE_PROMETHEUS."},
-		{Name: "PROMETHEUS_MAPPER_YAML", Note: "Read; used only with USE_PROMETHEUS."},
-		{Name: "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", Kind: Bool, Default: "false", Note: "Read and checked; used only with USE_PROMETHEUS."},
+		{Name: "USE_DOG_STATSD", Kind: Bool, Default: "false", Note: "The reference's stats to a DogStatsD agent at STATSD_HOST:STATSD_PORT (UDP, datadog-go), EXTRA_TAGS as DogStatsD tags. Only one of USE_DOG_STATSD, USE_STATSD, USE_PROMETHEUS may be true (USE_STATSD is true unless set false), as in the reference."},
+		{Name: "USE_DOG_STATSD_MOGRIFIERS", Kind: List, Note: "Names of DogStatsD mogrifiers, each set by DOG_STATSD_MOGRIFIER_<NAME>_PATTERN (a regular expression on the stat name), _NAME (the new name, $1.. the pattern's groups) and _TAGS (key:$1,key2:value); the first matching mogrifier rewrites a stat. A missing or invalid one stops startup naming it."},
+		{Name: "USE_STATSD", Kind: Bool, Default: "true", Note: "The reference's stats (ratelimit.service.rate_limit.DOMAIN.KEY.total_hits, ...) to statsd at STATSD_HOST:STATSD_PORT over TCP (STATSD_PROTOCOL), flushed every STATS_FLUSH_INTERVAL, as the reference sends them (gostats). halt's own metrics stay on `/metrics`."},
+		{Name: "STATSD_HOST", Default: "localhost", Note: "statsd or DogStatsD host."},
+		{Name: "STATSD_PORT", Kind: Int, Default: "8125", Note: "statsd or DogStatsD port."},
+		{Name: "STATSD_PROTOCOL", Default: "tcp", Note: "Read by the reference's stats library (gostats), not its settings: `tcp` or `udp` for USE_STATSD."},
+		{Name: "EXTRA_TAGS", Kind: Map, Note: "Tags added to every stat: in statsd names as gostats writes them (NAME.__key=value), DogStatsD tags with USE_DOG_STATSD."},
+		{Name: "STATS_FLUSH_INTERVAL", Kind: Duration, Default: "10s", Note: "How often the stats are sent (statsd, DogStatsD) or published (USE_PROMETHEUS)."},
+		{Name: "DISABLE_STATS", Kind: Bool, Default: "false", Note: "No stats output (statsd, DogStatsD, the USE_PROMETHEUS endpoint); halt's own metrics stay on `/metrics`."},
+		{Name: "USE_PROMETHEUS", Kind: Bool, Default: "false", Note: "The reference's Prometheus endpoint on PROMETHEUS_ADDR at PROMETHEUS_PATH: its stats mapped by statsd_exporter's mapper (ratelimit_service_rate_limit_total_hits{domain,key1,key2}, ...), as Envoy Gateway scrapes it. Needs USE_STATSD=false."},
+		{Name: "PROMETHEUS_ADDR", Default: ":9090", Note: "Listen address of the USE_PROMETHEUS endpoint."},
+		{Name: "PROMETHEUS_PATH", Default: "/metrics", Note: "Path of the USE_PROMETHEUS endpoint."},
+		{Name: "PROMETHEUS_MAPPER_YAML", Note: "A statsd_exporter mapping file replacing the built-in mapping; unreadable or invalid, startup stops naming it (the reference then exports nothing)."},
+		{Name: "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS", Kind: Bool, Default: "false", Note: "With the built-in mapping, ratelimit_service_response_time_seconds is observed in milliseconds instead of seconds."},
 		// Files.
 		{Name: "RUNTIME_ROOT", Default: "/srv/runtime_data/current", Note: "With CONFIG_TYPE=FILE, configs load from RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY, recursively."},
 		{Name: "RUNTIME_SUBDIRECTORY", Note: "See RUNTIME_ROOT."},
@@ -142,7 +136,7 @@ func Vars() []Var {
 		// Every store.
 		{Name: "EXPIRATION_JITTER_MAX_SECONDS", Kind: Int, Default: "300", Status: NotYet, Unsupported: nonZero, Note: "Random extra expiry on keys. Unset, halt's own expiries apply (no jitter)."},
 		{Name: "LOCAL_CACHE_SIZE_IN_BYTES", Kind: Int, Default: "0", Status: NotYet, Unsupported: nonZero, Note: "Size of the local over-limit cache (halt's Redis store keeps its own exact one)."},
-		{Name: "NEAR_LIMIT_RATIO", Kind: Float, Default: "0.8", Status: NotYet, Unsupported: differs("0.8"), Note: "near_limit stats threshold."},
+		{Name: "NEAR_LIMIT_RATIO", Kind: Float, Default: "0.8", Note: "Share of a limit past which admitted hits count as near_limit (halt_rule_near_limit_hits_total and the reference's stat), floor(limit x ratio) as the reference computes it; `--near-limit-ratio`."},
 		{Name: "CACHE_KEY_PREFIX", Note: "Prefix of every store key (halt's keys differ from the reference's: counters start fresh)."},
 		{Name: "BACKEND_TYPE", Default: "redis", Note: "`redis` or `memcache`: builds halt's store URL from the REDIS_* or MEMCACHE_* variables. Another value is an error."},
 		{Name: "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Not counting denied hits."},

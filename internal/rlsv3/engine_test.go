@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -501,5 +502,39 @@ func TestOutageLogsAFewLines(t *testing.T) {
 	}
 	if got := promtest.ToFloat64(h.m.StoreErrors.WithLabelValues("memory")); got != 501 {
 		t.Errorf("store errors metric = %v, want 501 (every call)", got)
+	}
+}
+
+// TestDetailedMetricCapped floods a detailed_metric rule with distinct values (issue 15
+// found 6,378 series in a second, without bound): halt_detailed_decisions_total keeps at
+// most the per-rule cap of descriptors, and counts the rest under __overflow__.
+func TestDetailedMetricCapped(t *testing.T) {
+	h := newHarness(t, "domain: d\ndescriptors:\n  - key: ip\n    detailed_metric: true\n    rate_limit: {unit: hour, requests_per_unit: 100000}\n")
+	h.m.SetKeyCaps(25, 40)
+	const flood = 1000
+	for i := range flood {
+		h.call(t, "d", 1, desc("ip", fmt.Sprint("10.0.", i/256, ".", i%256)))
+	}
+	mfs, err := h.m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series, total, overflow := 0, 0.0, 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != "halt_detailed_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			series++
+			total += m.GetCounter().GetValue()
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "descriptor" && l.GetValue() == metrics.OverflowKey {
+					overflow += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if series != 26 || total != flood || overflow != flood-25 {
+		t.Fatalf("%d series (want 25 + overflow), %v decisions (want %d), %v on overflow (want %d)", series, total, flood, overflow, flood-25)
 	}
 }
