@@ -12,6 +12,7 @@ import (
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	gostats "github.com/lyft/gostats"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
@@ -19,6 +20,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+	"github.com/halt-envoy/halt-envoy/internal/stats"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 )
 
@@ -45,9 +47,16 @@ descriptors:
       algorithm: token_bucket
 `
 
+// benchOpts adds what the binary adds when asked: the reference's per-rule stats
+// (internal/stats, always on in the binary), with a gostats store as a statsd output
+// has (its sink discards: the flush is not on the call's path).
+type benchOpts struct {
+	stats, statsd bool
+}
+
 // newBenchService builds the production shape: the system clock, metrics on, memory
 // store with its sweeper, no response headers.
-func newBenchService(b *testing.B, yaml string) *rlsv3.Service {
+func newBenchService(b *testing.B, yaml string, opts ...benchOpts) *rlsv3.Service {
 	b.Helper()
 	set, err := config.Parse(map[string][]byte{"bench.yaml": []byte(yaml)})
 	if err != nil {
@@ -55,10 +64,27 @@ func newBenchService(b *testing.B, yaml string) *rlsv3.Service {
 	}
 	store := memory.New(memory.Config{})
 	b.Cleanup(func() { store.Close() })
+	m := metrics.New(func() metrics.MemoryStore { return store })
+	var observers []engine.Observer
+	for _, o := range opts {
+		if !o.stats {
+			continue
+		}
+		var st gostats.Store
+		if o.statsd {
+			st = gostats.NewStore(gostats.NewNullSink(), false)
+		}
+		obs, err := stats.New(stats.Options{Metrics: m, NearLimitRatio: stats.DefaultNearLimitRatio, Store: st})
+		if err != nil {
+			b.Fatal(err)
+		}
+		observers = append(observers, obs)
+	}
 	e, err := engine.New(engine.Config{
 		Store: store, StoreName: "memory",
-		Rules:   func() *config.Set { return set },
-		Metrics: metrics.New(func() metrics.MemoryStore { return store }),
+		Rules:     func() *config.Set { return set },
+		Metrics:   m,
+		Observers: observers,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -80,8 +106,8 @@ func benchRequests(keys int) []*rlspb.RateLimitRequest {
 	return reqs
 }
 
-func benchShouldRateLimit(b *testing.B, yaml string, keys int, want rlspb.RateLimitResponse_Code) {
-	svc := newBenchService(b, yaml)
+func benchShouldRateLimit(b *testing.B, yaml string, keys int, want rlspb.RateLimitResponse_Code, opts ...benchOpts) {
+	svc := newBenchService(b, yaml, opts...)
 	reqs := benchRequests(keys)
 	ctx := context.Background()
 	// Touch every key once so the timed loop measures steady state, not map growth (and,
@@ -145,6 +171,16 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 	})
 	b.Run("TokenBucketOverLimit/10000Keys", func(b *testing.B) {
 		benchShouldRateLimit(b, benchConfigLow, 10_000, rlspb.RateLimitResponse_OVER_LIMIT)
+	})
+	// The reference's per-rule stats: on /metrics only, then also into a statsd store.
+	b.Run("TokenBucket/10000Keys/Stats", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfig, 10_000, rlspb.RateLimitResponse_OK, benchOpts{stats: true})
+	})
+	b.Run("TokenBucket/10000Keys/StatsStatsd", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfig, 10_000, rlspb.RateLimitResponse_OK, benchOpts{stats: true, statsd: true})
+	})
+	b.Run("TokenBucketOverLimit/10000Keys/StatsStatsd", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfigLow, 10_000, rlspb.RateLimitResponse_OVER_LIMIT, benchOpts{stats: true, statsd: true})
 	})
 }
 
