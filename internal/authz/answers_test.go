@@ -1,10 +1,15 @@
 package authz_test
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/authz"
 )
 
 // TestLockoutIsNoOracle: once an address is locked out for guessing keys, every call
@@ -204,5 +209,76 @@ func TestExemptPathsStrict(t *testing.T) {
 		if got := status(normalized.check(t, req("GET", c.path, public, nil))); got != c.normalized {
 			t.Errorf("normalized %s: %d, want %d", c.path, got, c.normalized)
 		}
+	}
+}
+
+// TestKeyFileErrors: a refused key is reported in its own file (the key file or
+// authz.yaml) with its line, column and field, its index counted in that file.
+func TestKeyFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("keys.yaml", "api_keys:\n"+
+		"  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"+ // line 2
+		"  - sha256: sk_live_plaintext\n"+ // line 3: a plain key
+		"    customer: bob\n"+
+		"  - sha256: "+sum(freeKey)+"\n"+ // line 5: no customer
+		"    plan: free\n"+
+		"  - {sha256: "+sum(platinumKey)+", customer: carol, plan: "+strings.Repeat("p", 300)+"}\n") // line 7
+	authzPath := write("authz.yaml", "domain: edge\napi_keys_file: keys.yaml\napi_keys:\n  - {sha256: "+sum(proKey)+", customer: dup}\n")
+	_, err := authz.LoadConfig(authzPath)
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	keys := filepath.Join(dir, "keys.yaml")
+	for _, want := range []string{
+		keys + ":3:13: api_keys[1].sha256: want 64 hex digits",
+		keys + ":5:5: api_keys[2].customer: required",
+		keys + ":7:103: api_keys[3].plan: 300 bytes, the limit is 256",
+		keys + ":2:14: api_keys[0].sha256: duplicate key hash " + sum(proKey)[:8] + "… (first at " + authzPath + ":4)",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), authzPath+": api_keys[") {
+		t.Errorf("a key file's key reported against authz.yaml:\n%v", err)
+	}
+	// An unknown field in a key file entry names the key file and the line.
+	write("keys.yaml", "api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme}\n  - {sha256: "+sum(freeKey)+", customer: bob, colour: red}\n")
+	write("authz.yaml", "domain: edge\napi_keys_file: keys.yaml\n")
+	if _, err := authz.LoadConfig(authzPath); err == nil || !strings.Contains(err.Error(), keys+": ") || !strings.Contains(err.Error(), "line 3: field colour not found") {
+		t.Errorf("unknown field: %v", err)
+	}
+}
+
+// TestWatcherReloadsOnChmod: a chmod of the key file alone reloads the authz config,
+// so a key file that could not be read is picked up once it is made readable.
+func TestWatcherReloadsOnChmod(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.yaml")
+	os.WriteFile(keys, []byte("api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "authz.yaml"), []byte("domain: edge\napi_keys_file: keys.yaml\n"), 0o644)
+	results := make(chan error, 10)
+	w, err := authz.Watch(context.Background(), filepath.Join(dir, "authz.yaml"), 20*time.Millisecond, func(_ *authz.Config, err error) { results <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := os.Chmod(keys, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-results:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after a chmod of the key file")
 	}
 }

@@ -76,6 +76,67 @@ type APIKey struct {
 	SHA256   string `yaml:"sha256"`
 	Customer string `yaml:"customer"`
 	Plan     string `yaml:"plan"`
+
+	// at is where the key was written, so that a refused key is reported in its own
+	// file (authz.yaml or the key file) with its line and field.
+	at keyPos
+}
+
+// keyPos locates one api_keys entry: its file, its index in that file's list, and the
+// line and column of the entry and of each of its fields.
+type keyPos struct {
+	file                       string
+	index                      int
+	entry, sha, customer, plan [2]int // line, column
+}
+
+// UnmarshalYAML decodes one api_keys entry, refusing unknown fields as the rest of the
+// file does (a custom decoder does not inherit the decoder's KnownFields), and keeps
+// where each field was written.
+func (k *APIKey) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			kn := n.Content[i]
+			at := [2]int{n.Content[i+1].Line, n.Content[i+1].Column}
+			switch kn.Value {
+			case "sha256":
+				k.at.sha = at
+			case "customer":
+				k.at.customer = at
+			case "plan":
+				k.at.plan = at
+			default:
+				return fmt.Errorf("line %d: field %s not found in an api_keys entry (valid: sha256, customer, plan)", kn.Line, kn.Value)
+			}
+		}
+	}
+	type plain APIKey // without this method
+	if err := n.Decode((*plain)(k)); err != nil {
+		return err
+	}
+	k.at.entry = [2]int{n.Line, n.Column}
+	return nil
+}
+
+// problem reports a refused key in its own file: FILE:LINE:COL: api_keys[I].FIELD: msg.
+func (k *APIKey) problem(field string, format string, args ...any) error {
+	at := k.at.entry
+	switch field {
+	case "sha256":
+		at = k.at.sha
+	case "customer":
+		at = k.at.customer
+	case "plan":
+		at = k.at.plan
+	}
+	if at[0] == 0 {
+		at = k.at.entry // a missing field: the entry
+	}
+	name := fmt.Sprintf("api_keys[%d]", k.at.index)
+	if field != "" {
+		name += "." + field
+	}
+	return fmt.Errorf("%s:%d:%d: %s: %s", k.at.file, at[0], at[1], name, fmt.Sprintf(format, args...))
 }
 
 // Anonymous configures callers without a valid key.
@@ -125,6 +186,9 @@ func LoadConfig(path string) (*Config, error) {
 	if err := decodeStrict(path, data, c); err != nil {
 		return nil, err
 	}
+	for i := range c.APIKeys {
+		c.APIKeys[i].at.file, c.APIKeys[i].at.index = path, i
+	}
 	if c.APIKeysFile != "" {
 		kp := c.APIKeysFile
 		if !filepath.IsAbs(kp) {
@@ -140,10 +204,13 @@ func LoadConfig(path string) (*Config, error) {
 		if err := decodeStrict(kp, kdata, &kf); err != nil {
 			return nil, err
 		}
+		for i := range kf.APIKeys {
+			kf.APIKeys[i].at.file, kf.APIKeys[i].at.index = kp, i
+		}
 		c.APIKeys = append(c.APIKeys, kf.APIKeys...)
 	}
 	if err := c.compile(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -174,8 +241,10 @@ func decodeStrict(name string, data []byte, out any) error {
 	return nil
 }
 
+// compile checks and indexes a decoded config. Problems of the authz file itself name
+// it; a refused key names its own file, line and field.
 func (c *Config) compile() error {
-	var errs []error
+	var errs, keyErrs []error
 	if c.Domain == "" {
 		errs = append(errs, errors.New("domain: required (the rate-limit domain whose rules apply)"))
 	}
@@ -204,27 +273,31 @@ func (c *Config) compile() error {
 		}
 	}
 	if len(c.APIKeys) > maxAPIKeys {
-		errs = append(errs, fmt.Errorf("api_keys: %d keys, the limit is %d", len(c.APIKeys), maxAPIKeys))
+		errs = append(errs, fmt.Errorf("api_keys: %d keys (api_keys and api_keys_file together), the limit is %d", len(c.APIKeys), maxAPIKeys))
 	}
 	c.keys = make(map[[32]byte]APIKey, len(c.APIKeys))
-	for i, k := range c.APIKeys {
+	for i := range c.APIKeys {
+		k := &c.APIKeys[i]
 		h := strings.ToLower(k.SHA256)
 		if !hexRE.MatchString(h) {
-			errs = append(errs, fmt.Errorf("api_keys[%d].sha256: want 64 hex digits (sha256 of the key, e.g. `printf %%s KEY | sha256sum`), never the key itself", i))
+			keyErrs = append(keyErrs, k.problem("sha256", "want 64 hex digits (sha256 of the key, e.g. `printf %%s KEY | sha256sum`), never the key itself"))
 			continue
 		}
 		if k.Customer == "" {
-			errs = append(errs, fmt.Errorf("api_keys[%d].customer: required", i))
+			keyErrs = append(keyErrs, k.problem("customer", "required"))
 		}
-		if len(k.Customer) > 256 || len(k.Plan) > 256 {
-			errs = append(errs, fmt.Errorf("api_keys[%d]: customer and plan are limited to 256 bytes", i))
+		if len(k.Customer) > 256 {
+			keyErrs = append(keyErrs, k.problem("customer", "%d bytes, the limit is 256", len(k.Customer)))
+		}
+		if len(k.Plan) > 256 {
+			keyErrs = append(keyErrs, k.problem("plan", "%d bytes, the limit is 256", len(k.Plan)))
 		}
 		var sum [32]byte
 		hex.Decode(sum[:], []byte(h))
-		if _, dup := c.keys[sum]; dup {
-			errs = append(errs, fmt.Errorf("api_keys[%d].sha256: duplicate key hash %s…", i, h[:8]))
+		if first, dup := c.keys[sum]; dup {
+			keyErrs = append(keyErrs, k.problem("sha256", "duplicate key hash %s… (first at %s:%d)", h[:8], first.at.file, first.at.sha[0]))
 		}
-		c.keys[sum] = k
+		c.keys[sum] = *k
 	}
 	if c.Anonymous != nil && c.Anonymous.Plan == "" {
 		errs = append(errs, errors.New("anonymous.plan: required when anonymous is set"))
@@ -278,7 +351,10 @@ func (c *Config) compile() error {
 	if c.UpstreamHeaders.Plan == "" {
 		c.UpstreamHeaders.Plan = "x-halt-plan"
 	}
-	return errors.Join(errs...)
+	for i, err := range errs {
+		errs[i] = fmt.Errorf("%s: %w", c.file, err)
+	}
+	return errors.Join(append(errs, keyErrs...)...)
 }
 
 // templateRegexp turns /v1/items/{id} into ^/v1/items/[^/]+$.

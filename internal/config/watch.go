@@ -59,10 +59,9 @@ func watchFiles(ctx context.Context, path string, debounce time.Duration, build 
 		}
 		return s, dirs, err
 	}
+	// Every kind of event counts, chmod included: a chmod can make a file that could not
+	// be read readable again, and the reload is debounced and keeps the last good set.
 	relevant := func(ev fsnotify.Event) bool {
-		if ev.Op == fsnotify.Chmod {
-			return false
-		}
 		if !fileMode {
 			return true
 		}

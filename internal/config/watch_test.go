@@ -209,3 +209,17 @@ func TestWatchStopsWithContext(t *testing.T) {
 	}
 	w.Close()
 }
+
+// TestChmodReloads: a chmod of the watched file alone reloads it, so a file that could
+// not be read is picked up once it is made readable (internal/reload's
+// TestChmodReloads shows the refused-then-readable sequence).
+func TestChmodReloads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "limits.yaml")
+	writeFile(t, path, cfg("5"))
+	_, ch := startWatch(t, path)
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	next(t, ch, "a reload after a chmod", func(r result) bool { return r.err == nil })
+}

@@ -35,7 +35,8 @@ type Watcher[T any] struct {
 }
 
 // Watch loads once (returning that error, if any) and then reloads after changes in the
-// watched directories that relevant accepts (nil: every change but chmod), debounced, and
+// watched directories that relevant accepts (nil: every change, chmod included: a chmod
+// can make a file that failed to load readable again), debounced, and
 // on Reload. onResult (may be nil) sees every reload's outcome, from one goroutine; a
 // failed reload keeps the last good value. Directories returned by later loads are
 // watched too. The watcher stops when ctx is done or Close is called.
@@ -44,7 +45,7 @@ func Watch[T any](ctx context.Context, load Load[T], debounce time.Duration, rel
 		onResult = func(*T, error) {}
 	}
 	if relevant == nil {
-		relevant = func(ev fsnotify.Event) bool { return ev.Op != fsnotify.Chmod }
+		relevant = func(fsnotify.Event) bool { return true }
 	}
 	v, dirs, err := load()
 	if err != nil {
