@@ -218,6 +218,30 @@ if (($# == 0)); then
   memory_summary="ok ($(grep -o 'peak [0-9]* MiB' "$PEERS_DIR/memory.log" | head -1) for 1M keys)"
 fi
 
+STAGE="test modules"
+# Go modules of their own under test/ (test/envoygateway: dependencies the product must
+# not take). ./... stops at their go.mod, so vet and test each here, with the same peers.
+mods_summary="skipped (go test args given)"
+if (($# == 0)); then
+  mods=()
+  for m in test/*/go.mod; do [ -f "$m" ] && mods+=("$(dirname "$m")"); done
+  mods_summary=
+  mod_args=(-allow "$PWD/scripts/allowed-skips.txt")
+  [ "${HALT_TEST_PEERS:-}" != 1 ] || mod_args+=(-peers)
+  for d in "${mods[@]}"; do
+    n=$(basename "$d")
+    say "go vet ./... && go test -json -race -count=1 ./... in $d (a module of its own) | testsummary"
+    mod_test() { # DIR: vet and test one module, its go test -json through testsummary as above
+      (cd "$1" && go vet ./... &&
+        go test -json -race -count=1 -timeout 20m ./... 2>&1 | tee "$PEERS_DIR/gotest-$n.json" |
+        "$PEERS_DIR/testsummary" "${mod_args[@]}" -module "$(go list -m)" -verdict "$PEERS_DIR/verdict-$n")
+    }
+    peers_run_tracked "gomod-$n" mod_test "$d"
+    mods_summary+="$d $(cat "$PEERS_DIR/verdict-$n") "
+  done
+  mods_summary=${mods_summary% }
+fi
+
 STAGE=fuzz
 fuzz_summary="skipped (go test args given)"
 if (($# == 0)); then
@@ -270,9 +294,10 @@ if [ -z "$PEERS_SECS" ]; then
   peers_summary="no peers"; partial+=("no peers (HALT_SKIP_PEERS): tests that need one skipped")
 fi
 [ "$tests_verdict" = OK ] || partial+=("go test skipped tests (listed above)")
+case $mods_summary in *PARTIAL*) partial+=("test modules: $mods_summary") ;; esac
 (($# == 0)) || partial+=("go test args given: fuzz, memory and soak stages not run")
 case $prom_summary in skipped*) partial+=("promtool: $prom_summary") ;; esac
 ((${#partial[@]} == 0)) || result=PARTIAL
-echo "test.sh: $result — gofmt, go vet, go test ($tests_verdict), memory: $memory_summary," \
+echo "test.sh: $result — gofmt, go vet, go test ($tests_verdict), test modules: $mods_summary, memory: $memory_summary," \
   "fuzz: $fuzz_summary, soak: $soak_summary, promtool: $prom_summary; $peers_summary; total $(peers_since "$T0")"
 for p in "${partial[@]}"; do echo "test.sh: PARTIAL because $p"; done

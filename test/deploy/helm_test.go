@@ -18,6 +18,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil/strictyaml"
 )
 
 // chartDir is the Helm chart, relative to the repository.
@@ -190,12 +192,12 @@ preStopSleepSeconds: 0
 				if filepath.Ext(n) != ".yaml" {
 					continue
 				}
-				docs, err := splitYAML([]byte(out[n]))
+				docs, err := strictyaml.Split([]byte(out[n]))
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, doc := range docs {
-					misspell(t, "helm:"+n, doc, func(b []byte) error { _, err := decodeManifest(b); return err })
+					strictyaml.Misspell(t, "helm:"+n, doc, func(b []byte) error { _, err := decodeManifest(b); return err })
 				}
 			}
 		})

@@ -29,6 +29,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil/strictyaml"
 )
 
 // index finds decoded manifests by kind and name.
@@ -184,12 +186,12 @@ func TestKubernetesManifests(t *testing.T) {
 // time, and wants the strict decoding to refuse each with the field's name.
 func TestManifestsRefuseMisspeltFields(t *testing.T) {
 	for _, f := range manifestFiles(t, "deploy/kubernetes", "examples/istio") {
-		docs, err := splitYAML(mustRead(t, repo(f)))
+		docs, err := strictyaml.Split(mustRead(t, repo(f)))
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, doc := range docs {
-			misspell(t, f, doc, func(b []byte) error { _, err := decodeManifest(b); return err })
+			strictyaml.Misspell(t, f, doc, func(b []byte) error { _, err := decodeManifest(b); return err })
 		}
 	}
 }

@@ -1,11 +1,9 @@
 package deploy_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path/filepath"
 	"sort"
@@ -17,7 +15,6 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	yamlv3 "gopkg.in/yaml.v3"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	istionetworking "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	istiosecurity "istio.io/client-go/pkg/apis/security/v1"
@@ -28,9 +25,9 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	sigsjson "sigs.k8s.io/json"
 	kustomize "sigs.k8s.io/kustomize/api/types"
-	"sigs.k8s.io/yaml"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil/strictyaml"
 )
 
 // kinds are the resource types the deployment material may hold, each decoded into the
@@ -91,7 +88,7 @@ func (m manifest) String() string {
 // that spec again with protojson, which refuses unknown fields too. Every error names
 // the kind and the object's name; callers prefix the file.
 func decodeManifest(doc []byte) (manifest, error) {
-	j, err := yaml.YAMLToJSONStrict(doc)
+	j, err := strictyaml.ToJSON(doc)
 	if err != nil {
 		return manifest{}, err
 	}
@@ -115,12 +112,8 @@ func decodeManifest(doc []byte) (manifest, error) {
 		return manifest{}, fmt.Errorf("%s %s: a kind the tests do not know; add its Go type to kinds", tm.APIVersion, tm.Kind)
 	}
 	m := manifest{gvk: gvk, obj: newObj(), raw: j}
-	strict, err := sigsjson.UnmarshalStrict(j, m.obj)
-	if err != nil {
-		return m, fmt.Errorf("%s: %v", gvk.Kind, err)
-	}
-	if len(strict) > 0 {
-		return m, fmt.Errorf("%s %s: %v", gvk.Kind, m.name(), errors.Join(strict...))
+	if err := strictyaml.DecodeJSON(j, m.obj); err != nil {
+		return m, fmt.Errorf("%s %s: %v", gvk.Kind, m.name(), err)
 	}
 	if err := decodeProtoParts(m); err != nil {
 		return m, fmt.Errorf("%s %s: %v", gvk.Kind, m.name(), err)
@@ -216,34 +209,10 @@ func envoyPatch(applyTo string, value proto.Message) (proto.Message, error) {
 	return m, nil
 }
 
-// splitYAML returns the non-empty documents of a multi-document YAML stream.
-func splitYAML(b []byte) ([][]byte, error) {
-	dec := yamlv3.NewDecoder(bytes.NewReader(b))
-	var out [][]byte
-	for {
-		var n yamlv3.Node
-		err := dec.Decode(&n)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(n.Content) == 0 || (n.Content[0].Kind == yamlv3.ScalarNode && n.Content[0].Tag == "!!null") {
-			continue
-		}
-		doc, err := yamlv3.Marshal(&n)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, doc)
-	}
-}
-
 // decodeFile decodes every document of a YAML file strictly.
 func decodeFile(t *testing.T, name string, b []byte) []manifest {
 	t.Helper()
-	docs, err := splitYAML(b)
+	docs, err := strictyaml.Split(b)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
@@ -290,76 +259,4 @@ func loadManifests(t *testing.T, dirs ...string) []manifest {
 		out = append(out, decodeFile(t, f, mustRead(t, repo(f)))...)
 	}
 	return out
-}
-
-// freeForm are the fields whose keys are data, not schema (labels, ConfigMap keys, ...):
-// a renamed key there is a different datum, which no decoder can call misspelt.
-var freeForm = []string{
-	"metadata.labels", "metadata.annotations", "matchLabels", "data", "stringData",
-	"spec.selector", "workloadSelector.labels", "nodeSelector",
-}
-
-// misspell renames the mapping keys of a YAML document one at a time and reports, for
-// each, whether decode refused the result with an error naming the renamed key. It is
-// how the tests prove that a misspelt field in any manifest fails with its name.
-func misspell(t *testing.T, file string, doc []byte, decode func([]byte) error) {
-	t.Helper()
-	var root yamlv3.Node
-	if err := yamlv3.Unmarshal(doc, &root); err != nil {
-		t.Fatalf("%s: %v", file, err)
-	}
-	type key struct {
-		node         *yamlv3.Node
-		parent, path string
-	}
-	var keys []key
-	var walk func(n *yamlv3.Node, path string)
-	walk = func(n *yamlv3.Node, path string) {
-		switch n.Kind {
-		case yamlv3.DocumentNode:
-			for _, c := range n.Content {
-				walk(c, path)
-			}
-		case yamlv3.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				p := strings.TrimPrefix(path+"."+n.Content[i].Value, ".")
-				keys = append(keys, key{n.Content[i], path, p})
-				walk(n.Content[i+1], p)
-			}
-		case yamlv3.SequenceNode:
-			for i, c := range n.Content {
-				walk(c, fmt.Sprintf("%s[%d]", path, i))
-			}
-		}
-	}
-	walk(&root, "")
-	for _, k := range keys {
-		if k.node.Value == "@type" {
-			continue // an Any's type URL: protojson reports a missing @type, not its name
-		}
-		orig := k.node.Value
-		k.node.Value = orig + "Typo"
-		b, err := yamlv3.Marshal(&root)
-		k.node.Value = orig
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = decode(b)
-		switch {
-		case err == nil && !isFreeForm(k.parent):
-			t.Errorf("%s: a misspelt %s (%sTypo) decodes without an error", file, k.path, orig)
-		case err != nil && !strings.Contains(err.Error(), orig+"Typo"):
-			t.Errorf("%s: a misspelt %s fails without naming it: %v", file, k.path, err)
-		}
-	}
-}
-
-// isFreeForm reports whether the keys of the map at parent are data.
-func isFreeForm(parent string) bool {
-	for _, f := range freeForm {
-		if parent == f || strings.HasSuffix(parent, "."+f) {
-			return true
-		}
-	}
-	return false
 }
