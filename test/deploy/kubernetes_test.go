@@ -329,7 +329,7 @@ func checkHalt(t *testing.T, ix index, name string) haltDeployment {
 	secretKey("HALT_ADMIN_TOKEN", false)
 
 	// The config: a ConfigMap volume mounted as a directory where HALT_CONFIG points.
-	if cfg, ok := env["HALT_CONFIG"]; ok {
+	if cfg, ok := env["HALT_CONFIG"]; ok && cfg.Value != "" {
 		var cmName string
 		for _, m := range c.VolumeMounts {
 			if m.MountPath != cfg.Value {
