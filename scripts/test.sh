@@ -231,12 +231,12 @@ if (($# == 0)); then
   for d in "${mods[@]}"; do
     n=$(basename "$d")
     say "go vet ./... && go test -json -race -count=1 ./... in $d (a module of its own) | testsummary"
-    mod_test() { # DIR: vet and test one module, its go test -json through testsummary as above
+    mod_test() { # DIR NAME: vet and test one module, its go test -json through testsummary as above
       (cd "$1" && go vet ./... &&
-        go test -json -race -count=1 -timeout 20m ./... 2>&1 | tee "$PEERS_DIR/gotest-$n.json" |
-        "$PEERS_DIR/testsummary" "${mod_args[@]}" -module "$(go list -m)" -verdict "$PEERS_DIR/verdict-$n")
+        go test -json -race -count=1 -timeout 20m ./... 2>&1 | tee "$PEERS_DIR/gotest-$2.json" |
+        "$PEERS_DIR/testsummary" "${mod_args[@]}" -module "$(go list -m)" -verdict "$PEERS_DIR/verdict-$2")
     }
-    peers_run_tracked "gomod-$n" mod_test "$d"
+    peers_run_tracked "gomod-$n" mod_test "$d" "$n"
     mods_summary+="$d $(cat "$PEERS_DIR/verdict-$n") "
   done
   mods_summary=${mods_summary% }
