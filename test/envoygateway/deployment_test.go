@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -38,21 +39,41 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/xds/xdstest"
 )
 
-// egDeployment is the envoy-ratelimit Deployment Envoy Gateway generates for a
-// configuration whose rate-limit Prometheus exporter is off: Envoy Gateway's own golden
-// file, from the module this test builds with.
-func egDeployment(t *testing.T) *appsv1.Deployment {
+// egTestdata is Envoy Gateway's rate-limit test data, in the module this test builds with.
+func egTestdata(t *testing.T, parts ...string) string {
 	t.Helper()
 	out, err := exec.Command(testutil.GoTool(), "list", "-m", "-f", "{{.Dir}}", "github.com/envoyproxy/gateway").Output()
 	if err != nil {
 		t.Fatalf("go list -m github.com/envoyproxy/gateway: %v", err)
 	}
-	path := filepath.Join(strings.TrimSpace(string(out)), "internal", "infrastructure", "kubernetes", "ratelimit", "testdata", "deployments", "disable-prometheus.yaml")
+	return filepath.Join(append([]string{strings.TrimSpace(string(out)), "internal", "infrastructure", "kubernetes", "ratelimit", "testdata"}, parts...)...)
+}
+
+// egDeployment is the envoy-ratelimit Deployment Envoy Gateway generates with its
+// defaults (the Prometheus exporter on): Envoy Gateway's own golden file.
+func egDeployment(t *testing.T) *appsv1.Deployment {
+	t.Helper()
+	path := egTestdata(t, "deployments", "default.yaml")
 	dep := &appsv1.Deployment{}
 	if err := strictyaml.Decode(mustRead(t, path), dep); err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
 	return dep
+}
+
+// egStatsdMapping is the statsd_exporter mapping Envoy Gateway mounts at
+// /etc/statsd-exporter/conf.yaml (its ConfigMap statsd-exporter-config).
+func egStatsdMapping(t *testing.T) string {
+	t.Helper()
+	path := egTestdata(t, "envoy-ratelimit-configmap.yaml")
+	cm := &corev1.ConfigMap{}
+	if err := strictyaml.Decode(mustRead(t, path), cm); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if cm.Data["conf.yaml"] == "" {
+		t.Fatalf("%s: no conf.yaml", path)
+	}
+	return cm.Data["conf.yaml"]
 }
 
 // applyRateLimitDeployment applies the EnvoyGateway's rateLimitDeployment settings the
@@ -133,10 +154,11 @@ func dockerfile(t *testing.T) (entrypoint, cmd []string, env map[string]string) 
 // TestHaltRunsAsEnvoyGatewaysRateLimit builds the Deployment Envoy Gateway runs for
 // examples/envoy-gateway/envoy-gateway-values.yaml and starts halt as that container
 // would start: the image's environment, then the container's (the reference's
-// variables Envoy Gateway sets: xDS over mTLS, gRPC over mTLS, Redis), its command and
-// args. halt must answer Envoy Gateway's probe path, take its configuration from a real
-// xDS management server (go-control-plane, mTLS), ignore the image's bundled config, and
-// decide over mTLS with the pushed limits on Redis.
+// variables Envoy Gateway sets: xDS over mTLS, gRPC over mTLS, Redis, the statsd-mapped
+// Prometheus endpoint), its command and args. halt must answer Envoy Gateway's probe
+// path, take its configuration from a real xDS management server (go-control-plane,
+// mTLS), ignore the image's bundled config, decide over mTLS with the pushed limits on
+// Redis, and serve the reference's stats where Envoy Gateway's annotations point.
 func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 	redisAddr := testutil.Peer(t, "REDIS_ADDR")
 	spec := loadValues(t)
@@ -215,6 +237,11 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 		}
 		env = append(env, k+"="+v)
 	}
+	mapping := filepath.Join(t.TempDir(), "conf.yaml")
+	if err := os.WriteFile(mapping, []byte(egStatsdMapping(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	promAddr := testutil.FreeAddr(t)
 	for _, e := range c.Env {
 		if e.ValueFrom != nil {
 			t.Fatalf("env %s comes from %v: the test has no cluster to read it from", e.Name, e.ValueFrom)
@@ -227,6 +254,14 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 			v = redisAddr
 		case e.Name == "CONFIG_GRPC_XDS_SERVER_URL":
 			v = srv.Addr
+		case e.Name == "PROMETHEUS_MAPPER_YAML" && v == "/etc/statsd-exporter/conf.yaml":
+			v = mapping
+		case e.Name == "PROMETHEUS_ADDR":
+			// Envoy Gateway's pod annotations send Prometheus to this port.
+			if _, port, _ := net.SplitHostPort(v); port != dep.Spec.Template.Annotations["prometheus.io/port"] {
+				t.Errorf("PROMETHEUS_ADDR %s, but the pod annotation prometheus.io/port is %q", v, dep.Spec.Template.Annotations["prometheus.io/port"])
+			}
+			v = promAddr
 		}
 		env = append(env, e.Name+"="+v)
 	}
@@ -273,6 +308,17 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 	if _, err := rlspb.NewRateLimitServiceClient(plain).ShouldRateLimit(ctx, &rlspb.RateLimitRequest{Domain: "x"}); err == nil {
 		t.Error("a client without a certificate was answered: GRPC_SERVER_TLS_CA_CERT must require one")
 	}
+	// The reference's stats where Envoy Gateway's annotations send Prometheus.
+	metricsPath := dep.Spec.Template.Annotations["prometheus.io/path"]
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		r, err := http.Get("http://" + promAddr + metricsPath)
+		if err != nil {
+			return false
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return strings.Contains(string(b), "ratelimit_service_rate_limit_total_hits") && strings.Contains(string(b), "ratelimit_service_rate_limit_over_limit")
+	})
 	resp, err := http.Get("http://" + p.HTTPAddr + probePath)
 	if err != nil {
 		t.Fatal(err)

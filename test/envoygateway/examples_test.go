@@ -112,8 +112,8 @@ func loadValues(t *testing.T) *egv1a1.EnvoyGatewaySpec {
 	return spec
 }
 
-// TestEnvoyGatewayValues checks the EnvoyGateway configuration: Redis as the backend, the
-// reference's Prometheus exporter off, halt's image, and a command that exists in it.
+// TestEnvoyGatewayValues checks the EnvoyGateway configuration: Redis as the backend, no
+// tracing (halt has none yet), halt's image.
 func TestEnvoyGatewayValues(t *testing.T) {
 	spec := loadValues(t)
 	rl := spec.RateLimit
@@ -121,8 +121,8 @@ func TestEnvoyGatewayValues(t *testing.T) {
 		(rl.Backend.Redis.URL == nil && rl.Backend.Redis.URLRef == nil) {
 		t.Fatalf("rateLimit.backend: want a Redis URL, got %+v", rl)
 	}
-	if rl.Telemetry == nil || rl.Telemetry.Metrics == nil || rl.Telemetry.Metrics.Prometheus == nil || !rl.Telemetry.Metrics.Prometheus.Disable {
-		t.Error("rateLimit.telemetry.metrics.prometheus.disable must be true: halt refuses USE_PROMETHEUS=true")
+	if rl.Telemetry != nil && rl.Telemetry.Tracing != nil {
+		t.Error("rateLimit.telemetry.tracing: halt refuses TRACING_ENABLED=true (no OTLP tracing yet)")
 	}
 	dep := rateLimitDeployment(t, spec)
 	if dep.Container == nil || dep.Container.Image == nil || !strings.HasPrefix(*dep.Container.Image, haltImage(t)+":") {
