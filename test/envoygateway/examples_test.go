@@ -182,7 +182,7 @@ func TestBackendTrafficPolicy(t *testing.T) {
 			}
 		}
 		rl := p.Spec.RateLimit
-		if rl == nil || rl.Type == nil || *rl.Type != egv1a1.GlobalRateLimitType || rl.Global == nil || len(rl.Global.Rules) == 0 {
+		if rl == nil || rl.Global == nil || len(rl.Global.Rules) == 0 {
 			t.Fatalf("BackendTrafficPolicy %s: want global rate-limit rules (served by halt)", p.Name)
 		}
 		for i, r := range rl.Global.Rules {
