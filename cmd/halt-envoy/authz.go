@@ -22,11 +22,11 @@ type extAuthz struct {
 
 // startAuthz loads the authz config (and keeps reloading it). With no path it returns a
 // nil *extAuthz whose methods do nothing, so the caller needs no branches.
-func startAuthz(ctx context.Context, path string, debounce time.Duration, engine *engine.Engine, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
+func startAuthz(ctx context.Context, path string, caps authz.Caps, debounce time.Duration, engine *engine.Engine, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
 	if path == "" {
 		return nil, nil
 	}
-	w, err := authz.Watch(ctx, path, debounce, func(_ *authz.Config, err error) {
+	w, err := caps.Watch(ctx, path, debounce, func(_ *authz.Config, err error) {
 		if err != nil {
 			m.ConfigReloads.WithLabelValues("failure").Inc()
 			log.Error("authz config reload failed; keeping the last good one", "path", path, "err", err)

@@ -63,6 +63,8 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	asJSON := fs.Bool("json", false, "print JSON")
 	var descs descriptorFlag
 	fs.Var(&descs, "descriptor", "descriptor entries k=v[,k=v] (repeatable)")
+	var caps configCaps
+	caps.register(fs, false)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -74,7 +76,7 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintln(stderr, "halt-envoy check: --domain and at least one --descriptor are required")
 		return 2
 	}
-	set, ok := loadSet(*path, stderr)
+	set, ok := loadSet(*path, caps.options(), stderr)
 	if !ok {
 		return 1
 	}
@@ -178,8 +180,8 @@ func printReport(w io.Writer, r *checkReport) {
 
 // loadSet loads a config for a command, printing every problem (file:line:col: field:
 // message) and their count when it fails.
-func loadSet(path string, stderr io.Writer) (*config.Set, bool) {
-	set, err := config.Load(path)
+func loadSet(path string, opt config.Options, stderr io.Writer) (*config.Set, bool) {
+	set, err := opt.Load(path)
 	if err == nil {
 		return set, true
 	}

@@ -42,6 +42,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/redact"
 	"github.com/halt-envoy/halt-envoy/internal/refenv"
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
 	"github.com/halt-envoy/halt-envoy/internal/server"
 	"github.com/halt-envoy/halt-envoy/internal/storefit"
@@ -51,6 +52,11 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/redis"
 )
+
+// maxSecretFileBytes bounds the files that hold one secret (--store-file,
+// --admin-token-file, the reference's REDIS_AUTH_FILE): a mistaken path such as a device
+// must not be read without end.
+const maxSecretFileBytes = 64 << 10
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
 var version = "dev"
@@ -139,6 +145,7 @@ type serveFlags struct {
 	tlsGRPCOnly                                            bool // TLS from GRPC_SERVER_USE_TLS: the gRPC port only
 	saas                                                   saasFlags
 	stats                                                  statsFlags
+	caps                                                   configCaps
 
 	// Set from the reference service's variables only (see refenv.go).
 	ref *refenv.Settings
@@ -175,6 +182,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.DurationVar(&f.tlsReload, "tls-reload-interval", tlsutil.DefaultInterval, "how often the TLS files are checked for changes")
 	f.saas.register(fs)
 	f.stats.register(fs)
+	f.caps.register(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -197,7 +205,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		if storeSet {
 			return nil, errors.New("--store and --store-file exclude each other")
 		}
-		b, err := os.ReadFile(f.storeFile)
+		b, err := reload.ReadFile(f.storeFile, maxSecretFileBytes, "")
 		if err != nil {
 			return nil, fmt.Errorf("store-file: %w", err)
 		}
@@ -351,7 +359,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if err != nil {
 		return err
 	}
-	ext, err := startAuthz(ctx, f.authzConfig, f.debounce, eng, watcher.Current, log, m)
+	ext, err := startAuthz(ctx, f.authzConfig, f.caps.authz(), f.debounce, eng, watcher.Current, log, m)
 	if err != nil {
 		return fmt.Errorf("load authz config: %w", err)
 	}
@@ -466,6 +474,8 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	fs.Var(&stores, "store", "a store URL to check too (repeatable): does its timeout fit Envoy's, does its round trip fit its timeout")
 	storeTimeout := fs.Duration("store-timeout", 0, storeTimeoutHelp)
 	envoyTimeout := fs.Duration("envoy-timeout", storefit.DefaultEnvoyTimeout, envoyTimeoutHelp)
+	var caps configCaps
+	caps.register(fs, false)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -473,7 +483,7 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
-	set, ok := loadSet(*path, stderr)
+	set, ok := loadSet(*path, caps.options(), stderr)
 	if !ok {
 		return 1
 	}

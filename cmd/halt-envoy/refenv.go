@@ -3,10 +3,10 @@ package main
 import (
 	"flag"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/halt-envoy/halt-envoy/internal/refenv"
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 )
 
 // givenFlags names the flags set on the command line or by their HALT_<NAME> variable:
@@ -38,7 +38,9 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 			env[name] = val
 		}
 	}
-	ref, err := refenv.Read(env, os.ReadFile)
+	ref, err := refenv.Read(env, func(p string) ([]byte, error) {
+		return reload.ReadFile(p, maxSecretFileBytes, "")
+	})
 	if err != nil {
 		return fmt.Errorf("the reference service's variables (envoyproxy/ratelimit):\n%w", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -17,6 +16,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
@@ -44,7 +44,7 @@ func (s *saasFlags) token() (string, error) {
 	if s.adminToken != "" {
 		return "", errors.New("--admin-token (HALT_ADMIN_TOKEN) and --admin-token-file exclude each other")
 	}
-	b, err := os.ReadFile(s.adminTokenFile)
+	b, err := reload.ReadFile(s.adminTokenFile, maxSecretFileBytes, "")
 	if err != nil {
 		return "", fmt.Errorf("admin-token-file: %w", err)
 	}

@@ -42,7 +42,7 @@ func startConfig(ctx context.Context, f *serveFlags, m *metrics.Metrics, log *sl
 		log.Info("config loaded", "source", "xds", "domains", set.Domains())
 		first.Do(func() { close(firstPush) })
 	}
-	src, err := config.NewSources(ctx, f.config, f.debounce, onFiles, onPush)
+	src, err := f.caps.options().NewSources(ctx, f.config, f.debounce, onFiles, onPush)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load config: %w", err)
 	}
@@ -58,9 +58,13 @@ func startConfig(ctx context.Context, f *serveFlags, m *metrics.Metrics, log *sl
 		ConnectRetry:   x.ConnectRetry,
 		Backoff:        xds.Backoff{Initial: x.BackoffInitial, Max: x.BackoffMax, Random: x.BackoffRandom, Jitter: x.BackoffJitter},
 		MaxRecvMsgSize: x.MaxRecvMsgSize,
-		Apply:          src.Push,
-		Version:        version,
-		Logger:         log.With("component", "xds"),
+		// A resource is a config document: the caps of config files bound it, unread.
+		MaxResourceBytes: int64(f.caps.file),
+		MaxTotalBytes:    int64(f.caps.total),
+		CapFlags:         [2]string{config.FlagMaxFileBytes, config.FlagMaxTotalBytes},
+		Apply:            src.Push,
+		Version:          version,
+		Logger:           log.With("component", "xds"),
 	}
 	if x.UseTLS {
 		if cfg.TLS, err = xds.TLSConfig(x.CA, x.Cert, x.Key, x.ServerName); err != nil {

@@ -12,14 +12,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 )
 
 // Config is one load of the authz configuration file (and its API key file).
@@ -176,9 +177,46 @@ const (
 
 var hexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// LoadConfig reads and validates the authz file at path (and its API key file).
-func LoadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+// Caps bound the authz files before they are parsed: a hostile or mistaken file is
+// refused after a stat (or at most the cap read), naming the file and the cap, instead
+// of costing memory and CPU in proportion to its size (yaml.v3 takes about 22 times a
+// key file's size while decoding it).
+type Caps struct {
+	// ConfigBytes bounds the authz file; zero means config.DefaultMaxFileBytes (the cap
+	// of every configuration file, --max-config-bytes).
+	ConfigBytes int64
+	// KeysBytes bounds the API key file; zero means DefaultMaxKeysBytes.
+	KeysBytes int64
+}
+
+// DefaultMaxKeysBytes is the default cap of an API key file: about 150,000 keys of ~110
+// bytes each. FlagMaxKeysBytes raises it.
+const (
+	DefaultMaxKeysBytes = 16 << 20
+	FlagMaxKeysBytes    = "--max-authz-keys-bytes"
+)
+
+func (cp Caps) config() int64 {
+	if cp.ConfigBytes > 0 {
+		return cp.ConfigBytes
+	}
+	return config.DefaultMaxFileBytes
+}
+
+func (cp Caps) keys() int64 {
+	if cp.KeysBytes > 0 {
+		return cp.KeysBytes
+	}
+	return DefaultMaxKeysBytes
+}
+
+// LoadConfig reads and validates the authz file at path (and its API key file) under the
+// default Caps.
+func LoadConfig(path string) (*Config, error) { return Caps{}.LoadConfig(path) }
+
+// LoadConfig is the package's LoadConfig under cp.
+func (cp Caps) LoadConfig(path string) (*Config, error) {
+	data, err := reload.ReadFile(path, cp.config(), config.FlagMaxFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("authz config: %w", err)
 	}
@@ -194,7 +232,7 @@ func LoadConfig(path string) (*Config, error) {
 		if !filepath.IsAbs(kp) {
 			kp = filepath.Join(filepath.Dir(path), kp)
 		}
-		kdata, err := os.ReadFile(kp)
+		kdata, err := reload.ReadFile(kp, cp.keys(), FlagMaxKeysBytes)
 		if err != nil {
 			return nil, fmt.Errorf("authz api_keys_file: %w", err)
 		}

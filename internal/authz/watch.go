@@ -19,11 +19,16 @@ type Watcher struct {
 // Watch loads path and keeps reloading it until ctx is done or Close is called.
 // onResult is called after every reload (not the first load, whose error Watch returns).
 func Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Config, error)) (*Watcher, error) {
+	return Caps{}.Watch(ctx, path, debounce, onResult)
+}
+
+// Watch is the package's Watch under cp.
+func (cp Caps) Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Config, error)) (*Watcher, error) {
 	if debounce <= 0 {
 		debounce = 300 * time.Millisecond
 	}
 	load := func() (*Config, []string, error) {
-		cfg, err := LoadConfig(path)
+		cfg, err := cp.LoadConfig(path)
 		dirs := []string{filepath.Dir(path)}
 		if cfg != nil && cfg.KeysFile() != "" {
 			dirs = append(dirs, filepath.Dir(cfg.KeysFile()))

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
@@ -47,10 +48,60 @@ type Options struct {
 	// because such a problem hides a bug a green run would otherwise not show.
 	OnPanic func(file string, recovered any, stack []byte)
 
+	// MaxFileBytes bounds one file, or one pushed document, before it is parsed (parsing
+	// takes about 35 times its size in memory); zero means DefaultMaxFileBytes.
+	MaxFileBytes int64
+	// MaxTotalBytes bounds the files of a directory and the pushed documents together;
+	// zero means DefaultMaxTotalBytes.
+	MaxTotalBytes int64
+
 	// testHook, when set, is called with the field path of every mapping key before the
 	// key is decoded, and with building true before the decoded files are built into a
 	// Set: tests inject a panic through it.
 	testHook func(field string, building bool)
+}
+
+// Caps on what is parsed, and the binary's flags that raise them (named in the error).
+const (
+	DefaultMaxFileBytes  = 4 << 20
+	DefaultMaxTotalBytes = 16 << 20
+	FlagMaxFileBytes     = "--max-config-bytes"
+	FlagMaxTotalBytes    = "--max-config-total-bytes"
+)
+
+func (o Options) maxFile() int64 {
+	if o.MaxFileBytes > 0 {
+		return o.MaxFileBytes
+	}
+	return DefaultMaxFileBytes
+}
+
+func (o Options) maxTotal() int64 {
+	if o.MaxTotalBytes > 0 {
+		return o.MaxTotalBytes
+	}
+	return DefaultMaxTotalBytes
+}
+
+// oversized returns a problem for each document above the per-file cap and one for the
+// documents together above the total cap: no document is parsed while there is one.
+func (o Options) oversized(files map[string][]byte, names []string) []Problem {
+	var problems []Problem
+	var total int64
+	for _, n := range names {
+		size := int64(len(files[n]))
+		total += size
+		if size > o.maxFile() {
+			tl := &reload.TooLargeError{Path: n, Size: size, Max: o.maxFile(), Flag: FlagMaxFileBytes}
+			problems = append(problems, Problem{File: n, Line: 1, Column: 1, Msg: tl.Reason()})
+		}
+	}
+	if problems == nil && total > o.maxTotal() && len(names) > 0 {
+		tl := &reload.TooLargeError{Size: total, Max: o.maxTotal(), Flag: FlagMaxTotalBytes}
+		problems = append(problems, Problem{File: names[0], Line: 1, Column: 1,
+			Msg: fmt.Sprintf("the %d configuration documents together are %s", len(names), tl.Reason())})
+	}
+	return problems
 }
 
 // Parse validates and builds a Set from file contents (name -> content), exactly as Load
@@ -76,6 +127,9 @@ func (o Options) Parse(files map[string][]byte) (s *Set, err error) {
 		}
 	}()
 
+	if p := o.oversized(files, names); p != nil {
+		return nil, &LoadError{Problems: p}
+	}
 	var problems, dropped []Problem
 	var cfgs []*fileCfg
 	t := newTables()

@@ -13,6 +13,10 @@ type Problem struct {
 	// Field is the path of the offending key, e.g. "descriptors[0].rate_limit.unit".
 	Field string
 	Msg   string
+
+	// overCap marks a file refused by a size cap: then nothing is parsed, so that a
+	// refused load costs no more than the caps.
+	overCap bool
 }
 
 // Error returns "file:line:col: field: msg" (the field part is left out when empty).

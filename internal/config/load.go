@@ -1,10 +1,13 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/halt-envoy/halt-envoy/internal/reload"
 )
 
 // Load reads a file, or every *.yaml and *.yml file under a directory (recursively), and
@@ -23,7 +26,7 @@ func (o Options) Load(path string) (*Set, error) {
 
 // load also returns the directories it read, for the watcher.
 func (o Options) load(path string) (*Set, []string, error) {
-	files, dirs, problems := readFiles(path)
+	files, dirs, problems := o.readFiles(path)
 	if files == nil {
 		return nil, nil, &LoadError{Problems: problems}
 	}
@@ -36,6 +39,13 @@ func (o Options) load(path string) (*Set, []string, error) {
 
 // parseWith parses files as Parse does and adds problems (of reading them) to its error.
 func (o Options) parseWith(files map[string][]byte, problems []Problem) (*Set, error) {
+	for _, p := range problems {
+		if p.overCap { // parsing what was read would cost up to the caps for nothing
+			e := &LoadError{Problems: problems}
+			e.sort()
+			return nil, e
+		}
+	}
 	s, err := o.Parse(files)
 	if err != nil {
 		le := err.(*LoadError)
@@ -53,11 +63,19 @@ func (o Options) parseWith(files map[string][]byte, problems []Problem) (*Set, e
 
 // readFiles reads path as Load does, without parsing: the contents by file name, the
 // directories read (sorted; none for a file) and the problems of reading. files is nil
-// when path itself cannot be read.
-func readFiles(path string) (map[string][]byte, []string, []Problem) {
+// when path itself cannot be read. A file above MaxFileBytes is refused unread; once the
+// files read reach MaxTotalBytes no more are read, so a refused load costs at most the
+// caps in memory.
+func (o Options) readFiles(path string) (map[string][]byte, []string, []Problem) {
 	files := map[string][]byte{}
 	var problems []Problem
+	var total int64
 	fail := func(name string, err error) {
+		var tl *reload.TooLargeError
+		if errors.As(err, &tl) {
+			problems = append(problems, Problem{File: name, Line: 1, Column: 1, Msg: tl.Reason(), overCap: true})
+			return
+		}
 		problems = append(problems, Problem{File: name, Line: 1, Column: 1, Msg: "cannot read: " + unwrapPathError(err)})
 	}
 	fi, err := os.Stat(path)
@@ -66,7 +84,7 @@ func readFiles(path string) (map[string][]byte, []string, []Problem) {
 		return nil, nil, problems
 	}
 	if !fi.IsDir() {
-		b, err := os.ReadFile(path)
+		b, err := reload.ReadFile(path, o.maxFile(), FlagMaxFileBytes)
 		if err != nil {
 			fail(path, err)
 		} else {
@@ -76,8 +94,12 @@ func readFiles(path string) (map[string][]byte, []string, []Problem) {
 	}
 	var dirs []string
 	seen := map[string]bool{}
+	overTotal := false
 	var walk func(dir string, depth int)
 	walk = func(dir string, depth int) {
+		if overTotal {
+			return
+		}
 		real, err := filepath.EvalSymlinks(dir)
 		if err != nil {
 			fail(dir, err)
@@ -110,11 +132,22 @@ func readFiles(path string) (map[string][]byte, []string, []Problem) {
 			case st.IsDir():
 				walk(full, depth+1)
 			case st.Mode().IsRegular() && isYAML(name):
-				b, err := os.ReadFile(full)
+				if overTotal {
+					continue
+				}
+				if total+min(st.Size(), o.maxFile()+1) > o.maxTotal() {
+					overTotal = true
+					tl := &reload.TooLargeError{Size: total + st.Size(), Max: o.maxTotal(), Flag: FlagMaxTotalBytes}
+					problems = append(problems, Problem{File: path, Line: 1, Column: 1, overCap: true,
+						Msg: "the YAML files under this directory are " + tl.Reason() + "; stopped reading at " + full})
+					continue
+				}
+				b, err := reload.ReadFile(full, o.maxFile(), FlagMaxFileBytes)
 				if err != nil {
 					fail(full, err)
 					continue
 				}
+				total += int64(len(b))
 				files[full] = b
 			}
 		}

@@ -25,20 +25,27 @@ type Sources struct {
 	cur       atomic.Pointer[Set]
 	watcher   *reload.Watcher[Set]
 	onPush    func(*Set, error)
+	opt       Options
 }
 
 // NewSources loads path (when not "") and watches it as Watch does: onFiles sees every
 // reload of the files, as Watch's onResult. onPush (may be nil) sees every push's
 // outcome. Before the first push the Set holds the files only (nil without files).
 func NewSources(ctx context.Context, path string, debounce time.Duration, onFiles, onPush func(*Set, error)) (*Sources, error) {
-	s := &Sources{goodFiles: map[string][]byte{}, onPush: onPush}
+	return Options{}.NewSources(ctx, path, debounce, onFiles, onPush)
+}
+
+// NewSources is the package's NewSources with o's options: its caps bound the files and
+// the pushed documents together.
+func (o Options) NewSources(ctx context.Context, path string, debounce time.Duration, onFiles, onPush func(*Set, error)) (*Sources, error) {
+	s := &Sources{goodFiles: map[string][]byte{}, onPush: onPush, opt: o}
 	if s.onPush == nil {
 		s.onPush = func(*Set, error) {}
 	}
 	if path == "" {
 		return s, nil
 	}
-	w, err := watchFiles(ctx, path, debounce, s.buildFiles, onFiles)
+	w, err := o.watchFiles(ctx, path, debounce, s.buildFiles, onFiles)
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +57,7 @@ func NewSources(ctx context.Context, path string, debounce time.Duration, onFile
 func (s *Sources) buildFiles(files map[string][]byte, problems []Problem) (*Set, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	set, err := Options{}.parseWith(union(files, s.pushed), problems)
+	set, err := s.opt.parseWith(union(files, s.pushed), problems)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +71,7 @@ func (s *Sources) buildFiles(files map[string][]byte, problems []Problem) (*Set,
 // each document and field) nothing changes.
 func (s *Sources) Push(docs map[string][]byte) error {
 	s.mu.Lock()
-	set, err := Parse(union(s.goodFiles, docs))
+	set, err := s.opt.Parse(union(s.goodFiles, docs))
 	if err == nil {
 		s.pushed = maps.Clone(docs)
 		s.cur.Store(set)

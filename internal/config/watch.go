@@ -26,7 +26,12 @@ type Watcher struct {
 // reload, from one goroutine, with the new Set or the error; the initial load's result is
 // Watch's own. The watcher stops when ctx is done or Close is called.
 func Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Set, error)) (*Watcher, error) {
-	w, err := watchFiles(ctx, path, debounce, Options{}.parseWith, onResult)
+	return Options{}.Watch(ctx, path, debounce, onResult)
+}
+
+// Watch is the package's Watch with o's options.
+func (o Options) Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Set, error)) (*Watcher, error) {
+	w, err := o.watchFiles(ctx, path, debounce, o.parseWith, onResult)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +40,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration, onResult fu
 
 // watchFiles is Watch with the step from the files read to a Set given: build gets the
 // files and the problems of reading them.
-func watchFiles(ctx context.Context, path string, debounce time.Duration, build func(map[string][]byte, []Problem) (*Set, error), onResult func(*Set, error)) (*reload.Watcher[Set], error) {
+func (o Options) watchFiles(ctx context.Context, path string, debounce time.Duration, build func(map[string][]byte, []Problem) (*Set, error), onResult func(*Set, error)) (*reload.Watcher[Set], error) {
 	if debounce <= 0 {
 		debounce = DefaultDebounce
 	}
@@ -43,7 +48,7 @@ func watchFiles(ctx context.Context, path string, debounce time.Duration, build 
 	// only the loop goroutine runs later loads, so the flags need no lock.
 	first, fileMode := true, false
 	load := func() (*Set, []string, error) {
-		files, dirs, problems := readFiles(path)
+		files, dirs, problems := o.readFiles(path)
 		var s *Set
 		var err error
 		if files == nil {

@@ -47,6 +47,13 @@ type Config struct {
 	Backoff Backoff
 	// MaxRecvMsgSize bounds one DiscoveryResponse (0: gRPC's 4 MiB).
 	MaxRecvMsgSize int
+	// MaxResourceBytes and MaxTotalBytes bound one pushed resource and all of a push
+	// together (their encoded size), checked before anything is decoded: a push above
+	// either is NACKed naming the cap (zero: no cap besides MaxRecvMsgSize). The binary
+	// sets them to the caps of configuration files, named by CapFlags ("--max-config-bytes"
+	// and "--max-config-total-bytes") in the NACK.
+	MaxResourceBytes, MaxTotalBytes int64
+	CapFlags                        [2]string
 	// Apply takes the documents of one push (the whole state) and returns nil when they
 	// are now the configuration (ACK), or why not (NACK, the error in error_detail).
 	Apply func(docs map[string][]byte) error
@@ -227,6 +234,7 @@ func (c *Client) stream(ctx context.Context) (got bool, err error) {
 		var docs map[string][]byte
 		if resp.GetTypeUrl() != TypeURL {
 			err = fmt.Errorf("type %q: want %s", resp.GetTypeUrl(), TypeURL)
+		} else if err = c.checkSizes(resp.GetResources()); err != nil {
 		} else if docs, err = Render(resp.GetResources()); err == nil {
 			err = c.cfg.Apply(docs)
 		}

@@ -175,3 +175,52 @@ func unknownFields(m protoreflect.Message, path string) []string {
 	})
 	return out
 }
+
+// checkSizes refuses a push whose resources are above MaxResourceBytes one by one or
+// MaxTotalBytes together, naming each resource (its name read from the encoded bytes,
+// nothing decoded) and the cap.
+func (c *Client) checkSizes(resources []*anypb.Any) error {
+	var errs []error
+	var total int64
+	for i, res := range resources {
+		n := int64(len(res.GetValue()))
+		total += n
+		if max := c.cfg.MaxResourceBytes; max > 0 && n > max {
+			errs = append(errs, fmt.Errorf("%s%s: resource is %d bytes, more than the cap of %d bytes on one configuration document (raise it with %s)",
+				DocPrefix, resourceName(res.GetValue(), i), n, max, c.cfg.CapFlags[0]))
+		}
+	}
+	if max := c.cfg.MaxTotalBytes; max > 0 && total > max && len(errs) == 0 {
+		errs = append(errs, fmt.Errorf("the %d resources of the push are %d bytes together, more than the cap of %d bytes on the configuration (raise it with %s)",
+			len(resources), total, max, c.cfg.CapFlags[1]))
+	}
+	return errors.Join(errs...)
+}
+
+// resourceName reads a RateLimitConfig's name (field 1) from its encoding without
+// decoding the rest, for naming a resource refused unread; "#i" when it has none.
+func resourceName(b []byte, i int) string {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			break
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				break
+			}
+			if len(v) > 256 {
+				v = v[:256]
+			}
+			return string(v)
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			break
+		}
+		b = b[m:]
+	}
+	return fmt.Sprintf("#%d", i)
+}

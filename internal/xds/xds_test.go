@@ -259,3 +259,63 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestSizeCaps: a resource above MaxResourceBytes, and a push above MaxTotalBytes, are
+// NACKed naming the resource and the cap before anything is decoded; the last good
+// config keeps serving; a push within the caps is applied.
+func TestSizeCaps(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := xdstest.Start(t, "127.0.0.1:0", "halt-test", nil)
+	src, err := config.NewSources(ctx, "", 0, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := xds.New(xds.Config{
+		Server: srv.Addr, NodeID: srv.NodeID, Apply: src.Push, ConnectRetry: 20 * time.Millisecond,
+		Backoff:          xds.Backoff{Initial: 50 * time.Millisecond, Max: 200 * time.Millisecond},
+		MaxResourceBytes: 2048, MaxTotalBytes: 3000, CapFlags: [2]string{"--max-config-bytes", "--max-config-total-bytes"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	srv.Set(t, "1", limit("basic", "key1", rlsconf.RateLimitUnit_SECOND, 50))
+	testutil.WaitFor(t, wait, func() bool { return rpu(src, "basic", "key1") == 50 })
+
+	huge := limit("huge", "k", rlsconf.RateLimitUnit_SECOND, 1)
+	for i := 0; i < 200; i++ {
+		huge.Descriptors = append(huge.Descriptors, &rlsconf.RateLimitDescriptor{Key: "k", Value: strings.Repeat("v", 20) + string(rune('a'+i%26))})
+	}
+	srv.Set(t, "2", limit("basic", "key1", rlsconf.RateLimitUnit_SECOND, 60), huge)
+	testutil.WaitFor(t, wait, func() bool { return len(srv.NACKs()) > 0 })
+	msg := srv.NACKs()[0].GetErrorDetail().GetMessage()
+	if !strings.Contains(msg, "xds:huge: resource is") || !strings.Contains(msg, "more than the cap of 2048 bytes on one configuration document (raise it with --max-config-bytes)") {
+		t.Fatalf("NACK detail %q", msg)
+	}
+	// Two resources within the per-resource cap, together above the total one.
+	medium := func(name string) *rlsconf.RateLimitConfig {
+		m := limit(name, "k", rlsconf.RateLimitUnit_SECOND, 1)
+		for i := 0; i < 60; i++ {
+			m.Descriptors = append(m.Descriptors, &rlsconf.RateLimitDescriptor{Key: "k", Value: strings.Repeat("w", 20) + string(rune('a'+i%26))})
+		}
+		return m
+	}
+	srv.Set(t, "3", medium("m1"), medium("m2"))
+	testutil.WaitFor(t, wait, func() bool {
+		for _, n := range srv.NACKs() {
+			if strings.Contains(n.GetErrorDetail().GetMessage(), "more than the cap of 3000 bytes on the configuration (raise it with --max-config-total-bytes)") {
+				return true
+			}
+		}
+		return false
+	})
+	if rpu(src, "basic", "key1") != 50 || c.Version() != "1" {
+		t.Fatalf("after the NACKs the last good config must serve: key1 %d version %q", rpu(src, "basic", "key1"), c.Version())
+	}
+	srv.Set(t, "4", limit("basic", "key1", rlsconf.RateLimitUnit_SECOND, 70))
+	testutil.WaitFor(t, wait, func() bool { return rpu(src, "basic", "key1") == 70 })
+}
