@@ -305,7 +305,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	switch s := store.(type) {
 	case *memory.Store:
 		memStore = s
-	case *memory.Persistent: // memory://?snapshot=PATH: store.Close below writes the snapshot
+	case *memory.Persistent: // memory://?snapshot=PATH: written every interval, and by store.Close below
 		memStore = s.Store
 	}
 	storeName := storeKind(f.store)

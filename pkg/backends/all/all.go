@@ -62,29 +62,44 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
 
-// memoryURL reads memory://?max_keys=N&snapshot=PATH; snapshot is "" without one.
-func memoryURL(u *url.URL) (cfg memory.Config, snapshot string, err error) {
+// memoryURL reads memory://?max_keys=N&snapshot=PATH&snapshot_interval=D; snapshot is ""
+// without one, interval negative for "only on Close".
+func memoryURL(u *url.URL) (cfg memory.Config, snapshot string, interval time.Duration, err error) {
 	q, err := backends.NewQuery("memory", u)
 	if err != nil {
-		return cfg, "", err
+		return cfg, "", 0, err
 	}
 	cfg.MaxKeys = q.Int("max_keys", 0, 1, math.MaxInt)
 	snapshot = q.String("snapshot", "")
 	if q.Has("snapshot") && snapshot == "" {
 		q.Invalid("snapshot", "a file path, e.g. memory://?snapshot=/var/lib/halt/memory.snap")
 	}
-	return cfg, snapshot, q.Err()
+	interval = q.Duration("snapshot_interval", memory.DefaultSnapshotInterval, 0)
+	switch {
+	case q.Has("snapshot_interval") && !q.Has("snapshot"):
+		q.Refuse("snapshot_interval", "applies with snapshot= only")
+	case interval == 0:
+		interval = -1 // 0 in the URL: only on a clean shutdown
+	case interval < memory.MinSnapshotInterval:
+		q.Invalid("snapshot_interval", "0 (only at shutdown) or at least "+memory.MinSnapshotInterval.String())
+	}
+	return cfg, snapshot, interval, q.Err()
 }
 
-// openMemory opens memory://?max_keys=N&snapshot=PATH. With snapshot the store is
-// restored from PATH at open and writes PATH on Close (clean shutdown).
+// openMemory opens memory://?max_keys=N&snapshot=PATH&snapshot_interval=D. With snapshot
+// the store is restored from PATH at open, writes PATH every snapshot_interval (default
+// 30s; 0: only on Close) and on Close (clean shutdown).
 func openMemory(u *url.URL, opt backends.Options) (backends.Store, error) {
-	cfg, snapshot, err := memoryURL(u)
+	cfg, snapshot, interval, err := memoryURL(u)
 	if err != nil {
 		return nil, err
 	}
 	if snapshot != "" {
-		return memory.OpenPersistent(cfg, snapshot, opt.Logger), nil
+		p, err := memory.OpenPersistent(cfg, snapshot, interval, opt.Logger)
+		if err != nil {
+			return nil, err // not a typed nil inside the interface
+		}
+		return p, nil
 	}
 	return memory.New(cfg), nil
 }
@@ -98,7 +113,7 @@ func Parse(rawURL string) error {
 	}
 	switch u.Scheme {
 	case "memory", "":
-		_, _, err = memoryURL(u)
+		_, _, _, err = memoryURL(u)
 	case "redis", "rediss", "redis+sentinel", "redis+cluster":
 		_, err = redis.Parse(u)
 	case "memcached":

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -56,8 +57,9 @@ type SnapshotStats struct {
 // goes to path+".tmp" (mode 0600, created fresh so a planted symlink is not followed), is
 // synced, then renamed over path. It returns the number of keys written.
 //
-// Stop traffic first (Close the store): keys changed while the snapshot runs may be
-// written in either their old or new state.
+// It may run while the store serves: each shard is copied under its lock (no file I/O
+// under a lock), so every key is written in one consistent state, the one it had when
+// its shard was copied. Keys changed after that are in the next snapshot.
 func WriteSnapshot(s *Store, path string, now int64) (int, error) {
 	tmp := path + ".tmp"
 	_ = os.Remove(tmp) // a leftover of an interrupted write
@@ -93,31 +95,31 @@ func writeSnapshot(f *os.File, s *Store, now int64) (int, error) {
 	}
 	crc := crc32.New(castagnoli)
 	cw := &countWriter{w: io.MultiWriter(f, crc)}
-	bw := bufio.NewWriterSize(cw, 64<<10)
 	var (
 		count  uint64
-		rec    []byte
-		werr   error
+		buf    []byte
 		encBuf []byte
 	)
-	s.Range(now, func(key string, st *algorithms.State, expires int64) bool {
-		encBuf = backends.EncodeState(encBuf[:0], st)
-		rec = binary.AppendUvarint(rec[:0], uint64(len(key)))
-		rec = append(rec, key...)
-		rec = binary.AppendVarint(rec, expires)
-		rec = binary.AppendUvarint(rec, uint64(len(encBuf)))
-		rec = append(rec, encBuf...)
-		if _, werr = bw.Write(rec); werr != nil {
-			return false
+	for i := range s.shards {
+		sh := &s.shards[i]
+		buf = buf[:0]
+		sh.mu.Lock()
+		for key, e := range sh.m {
+			if e.expires <= now {
+				continue
+			}
+			encBuf = backends.EncodeState(encBuf[:0], &e.state)
+			buf = binary.AppendUvarint(buf, uint64(len(key)))
+			buf = append(buf, key...)
+			buf = binary.AppendVarint(buf, e.expires)
+			buf = binary.AppendUvarint(buf, uint64(len(encBuf)))
+			buf = append(buf, encBuf...)
+			count++
 		}
-		count++
-		return true
-	})
-	if werr != nil {
-		return 0, werr
-	}
-	if err := bw.Flush(); err != nil {
-		return 0, err
+		sh.mu.Unlock()
+		if _, err := cw.Write(buf); err != nil {
+			return 0, err
+		}
 	}
 	var h [snapshotHeader]byte
 	copy(h[:8], snapshotMagic)
@@ -270,29 +272,55 @@ func errOr(err error, msg string) string {
 	return msg
 }
 
-// Persistent is a memory Store that comes back from a snapshot at open and writes one on
-// Close (a clean shutdown), so a restart does not hand every client a fresh quota.
+// DefaultSnapshotInterval is how often a Persistent store writes its snapshot while it
+// runs, unless told otherwise: a crash (SIGKILL, OOM) loses at most this much counting.
+const DefaultSnapshotInterval = 30 * time.Second
+
+// MinSnapshotInterval is the shortest interval between two periodic snapshots: each one
+// writes and fsyncs every key.
+const MinSnapshotInterval = 100 * time.Millisecond
+
+// Persistent is a memory Store that comes back from a snapshot at open, writes one every
+// interval while it runs, and a last one on Close (a clean shutdown), so a restart does
+// not hand every client a fresh quota and a crash loses at most one interval.
 type Persistent struct {
 	*Store
-	path string
-	log  *slog.Logger
-	now  func() int64
-	once sync.Once
-	err  error
+	path     string
+	interval time.Duration
+	log      *slog.Logger
+	now      func() int64
+	writeMu  sync.Mutex // one snapshot write at a time
+	stop     chan struct{}
+	done     chan struct{}
+	once     sync.Once
+	err      error
 }
 
-// OpenPersistent returns a store restored from the snapshot at path. Any problem with
-// the file (missing, truncated, corrupt, owned by someone else, unreadable) is logged and
-// ignored: the store then starts empty, as it would without a snapshot.
-func OpenPersistent(cfg Config, path string, log *slog.Logger) *Persistent {
+// OpenPersistent returns a store restored from the snapshot at path, writing it every
+// interval (zero: DefaultSnapshotInterval; negative: only on Close). It fails when the
+// snapshot cannot be written there (a directory that does not exist or is not writable),
+// so that the problem shows at start, not at the first snapshot or the shutdown. Any
+// problem with an existing file (truncated, corrupt, owned by someone else, unreadable) is
+// logged and ignored: the store then starts empty, as it would without a snapshot.
+func OpenPersistent(cfg Config, path string, interval time.Duration, log *slog.Logger) (*Persistent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if interval == 0 {
+		interval = DefaultSnapshotInterval
+	}
+	if interval > 0 && interval < MinSnapshotInterval {
+		return nil, fmt.Errorf("memory snapshot: interval %v is shorter than %v", interval, MinSnapshotInterval)
+	}
+	if err := checkWritable(path); err != nil {
+		return nil, err
 	}
 	now := cfg.Clock
 	if now == nil {
 		now = func() int64 { return time.Now().UnixMicro() }
 	}
-	p := &Persistent{Store: New(cfg), path: path, log: log, now: now}
+	p := &Persistent{Store: New(cfg), path: path, interval: interval, log: log, now: now,
+		stop: make(chan struct{}), done: make(chan struct{})}
 	start := time.Now()
 	st, err := LoadSnapshot(p.Store, path, now())
 	switch {
@@ -303,22 +331,80 @@ func OpenPersistent(cfg Config, path string, log *slog.Logger) *Persistent {
 	default:
 		log.Info("memory snapshot restored", "path", path, "keys", st.Restored, "expired_skipped", st.Expired, "took", time.Since(start))
 	}
-	return p
+	if interval > 0 {
+		go p.loop()
+	} else {
+		close(p.done)
+	}
+	return p, nil
 }
 
-// Close stops the store (later Applies fail) and then writes the snapshot, so no update
-// can slip in between the snapshot and the exit. A failed write is logged and returned.
+// checkWritable makes sure a snapshot can be written at path: its temporary file can be
+// created (and is removed again) in path's directory, and path, when it exists, is a
+// regular file.
+func checkWritable(path string) error {
+	if fi, err := os.Lstat(path); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("memory snapshot: %s is not a regular file", path)
+	}
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("memory snapshot: cannot write in %s: %w", filepath.Dir(path), err)
+	}
+	f.Close()
+	return os.Remove(tmp)
+}
+
+// loop writes the snapshot every interval until Close.
+func (p *Persistent) loop() {
+	defer close(p.done)
+	t := time.NewTicker(p.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+			p.write("periodic")
+		}
+	}
+}
+
+// write writes one snapshot, logging the outcome (a periodic success at debug level:
+// one line per interval is noise).
+func (p *Persistent) write(why string) error {
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	start := time.Now()
+	n, err := WriteSnapshot(p.Store, p.path, p.now())
+	if err != nil {
+		p.log.Warn("memory snapshot not written", "path", p.path, "when", why, "err", err)
+		return err
+	}
+	level := slog.LevelInfo
+	if why == "periodic" {
+		level = slog.LevelDebug
+	}
+	p.log.Log(context.Background(), level, "memory snapshot written", "path", p.path, "when", why, "keys", n, "took", time.Since(start))
+	return nil
+}
+
+// Interval is how often the snapshot is written while the store runs (negative: only on
+// Close).
+func (p *Persistent) Interval() time.Duration { return p.interval }
+
+// Close stops the periodic snapshots and the store (later Applies fail), then writes the
+// last snapshot, so no update can slip in between the snapshot and the exit. A failed
+// write is logged and returned.
 func (p *Persistent) Close() error {
 	p.once.Do(func() {
-		p.Store.Close()
-		start := time.Now()
-		n, err := WriteSnapshot(p.Store, p.path, p.now())
-		if err != nil {
-			p.log.Warn("memory snapshot not written", "path", p.path, "err", err)
-			p.err = err
-			return
+		if p.interval > 0 {
+			close(p.stop)
 		}
-		p.log.Info("memory snapshot written", "path", p.path, "keys", n, "took", time.Since(start))
+		<-p.done
+		p.Store.Close()
+		p.err = p.write("shutdown")
 	})
 	return p.err
 }

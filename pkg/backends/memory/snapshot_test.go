@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -291,7 +293,10 @@ func TestPersistentStore(t *testing.T) {
 		return op.Result
 	}
 
-	p := OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, log)
+	p, err := OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, -1, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(logs.String(), "none to restore") {
 		t.Errorf("missing snapshot not reported:\n%s", logs.String())
 	}
@@ -305,7 +310,10 @@ func TestPersistentStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	now += 60_000_000
-	p = OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, log)
+	p, err = OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, -1, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if r := hit(p); r.Remaining != 1 {
 		t.Fatalf("after restart: %+v", r)
 	}
@@ -320,7 +328,10 @@ func TestPersistentStore(t *testing.T) {
 	b, _ := os.ReadFile(path)
 	b[len(b)-1] ^= 0xff
 	os.WriteFile(path, b, 0o600)
-	p = OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, log)
+	p, err = OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, -1, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer p.Close()
 	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "checksum") {
 		t.Errorf("corrupt snapshot not reported:\n%s", logs.String())
@@ -344,4 +355,106 @@ func BenchmarkWriteSnapshot100k(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestPersistentPeriodic: the snapshot is written every interval while the store serves
+// (Applies running meanwhile, under -race), each write a valid file a restart reads; a
+// path that cannot be written fails the open, not the shutdown.
+func TestPersistentPeriodic(t *testing.T) {
+	var logs testutilBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	path := filepath.Join(t.TempDir(), "snap")
+	clock := func() int64 { return t0 }
+	p, err := OpenPersistent(Config{SweepInterval: -1, Clock: clock}, path, MinSnapshotInterval, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := algorithms.Limit{Requests: 1 << 40, Period: 3_600_000_000}
+	stop := make(chan struct{})
+	served := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				served <- n
+				return
+			default:
+			}
+			op := &backends.Op{Key: fmt.Sprintf("k%d", n%50), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+			if err := p.Apply(context.Background(), t0, []*backends.Op{op}); err != nil {
+				t.Error(err)
+			}
+			n++
+		}
+	}()
+	// Wait for three periodic writes: the first may have begun before any Apply.
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(logs.String(), "when=periodic") < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no periodic snapshots:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n := <-served
+	r := New(Config{SweepInterval: -1})
+	defer r.Close()
+	st, err := LoadSnapshot(r, path, t0)
+	if err != nil || st.Restored == 0 {
+		t.Fatalf("a periodic snapshot does not load: %+v %v", st, err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The last snapshot, on Close, holds every hit.
+	r2 := New(Config{SweepInterval: -1})
+	defer r2.Close()
+	if _, err := LoadSnapshot(r2, path, t0); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for k := 0; k < 50; k++ {
+		op := &backends.Op{Key: fmt.Sprintf("k%d", k), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 0}
+		if err := r2.Apply(context.Background(), t0, []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+		total += lim.Requests - op.Result.Remaining
+	}
+	if total != int64(n) {
+		t.Fatalf("the shutdown snapshot holds %d hits, %d were made", total, n)
+	}
+
+	for _, bad := range []string{filepath.Join(t.TempDir(), "no", "such", "dir", "snap"), t.TempDir()} {
+		if _, err := OpenPersistent(Config{SweepInterval: -1}, bad, 0, log); err == nil || !strings.Contains(err.Error(), "memory snapshot") {
+			t.Fatalf("%s: open succeeded or unclear error: %v", bad, err)
+		}
+	}
+	if os.Geteuid() != 0 { // root writes anywhere
+		ro := t.TempDir()
+		os.Chmod(ro, 0o500)
+		defer os.Chmod(ro, 0o700)
+		if _, err := OpenPersistent(Config{SweepInterval: -1}, filepath.Join(ro, "snap"), 0, log); err == nil || !strings.Contains(err.Error(), "cannot write in "+ro) {
+			t.Fatalf("read-only directory: %v", err)
+		}
+	}
+}
+
+// testutilBuffer is a goroutine-safe buffer (the periodic writer logs from its own
+// goroutine).
+type testutilBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *testutilBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *testutilBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
