@@ -147,6 +147,10 @@ type serveFlags struct {
 	stats                                                  statsFlags
 	caps                                                   configCaps
 
+	// clockStart, from HALT_TEST_CLOCK_START only (no flag), starts the decision clock at
+	// a fixed instant for the binary's own tests (see testClock).
+	clockStart time.Time
+
 	// Set from the reference service's variables only (see refenv.go).
 	ref *refenv.Settings
 	// notes are what the reference's variables did, logged once the logger exists.
@@ -190,6 +194,13 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	f.gogcSet = getenv("GOGC") != ""
+	if v := getenv(testClockEnv); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: want an RFC 3339 time (2030-01-15T10:05:00Z), got %q", testClockEnv, v)
+		}
+		f.clockStart = t
+	}
 	given := givenFlags(fs, getenv)
 	storeSet := given["store"]
 	if err := envFlags(fs, getenv); err != nil {
@@ -343,11 +354,17 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		stopStats()
 		waitBounded(&statsDone, 5*time.Second)
 	}()
-	adminRoutes, pprofGuard, err := f.saas.adminRoutes(store, watcher.Current, log)
+	var clock engine.Clock = engine.SystemClock{}
+	if !f.clockStart.IsZero() {
+		clock = testClock{start: f.clockStart, since: time.Now()}
+		log.Warn(testClockEnv+" is set: decisions run on a clock started at that instant (a test setting; never set it in production)", "start", f.clockStart)
+	}
+	adminRoutes, pprofGuard, err := f.saas.adminRoutes(store, watcher.Current, log, clock.Now)
 	if err != nil {
 		return err
 	}
 	eng, err := engine.New(engine.Config{
+		Clock:       clock,
 		Observers:   observers,
 		Store:       store,
 		StoreName:   storeName,
@@ -570,3 +587,15 @@ func gcPercent(f *serveFlags, inHeapStore bool) int {
 	}
 	return networkGCPercent
 }
+
+// testClockEnv names the variable that starts the decision clock at a fixed instant. It
+// exists for the binary's own tests: a call sequence against a calendar window (an hour,
+// a month) must not straddle the window's edge, which the wall clock cannot promise.
+const testClockEnv = "HALT_TEST_CLOCK_START"
+
+// testClock runs from start at the pace of the wall clock (monotonic), so timeouts and
+// refills behave as in production while the calendar position is the test's choice.
+type testClock struct{ start, since time.Time }
+
+// Now is start plus the time elapsed since the clock was made.
+func (c testClock) Now() time.Time { return c.start.Add(time.Since(c.since)) }

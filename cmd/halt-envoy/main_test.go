@@ -38,13 +38,20 @@ func binary(t *testing.T) string {
 // process is a running halt-envoy with its captured log.
 type process struct{ *testutil.Process }
 
+// clockStart is where the binary's decision clock starts in these tests: five minutes
+// into an hour, mid-month, so that a test's calls never straddle an hourly window or a
+// monthly quota, whatever the wall clock says (the window a test counts in would
+// otherwise roll over under it once an hour).
+const clockStart = "2030-01-15T10:05:00Z"
+
 func start(t *testing.T, args ...string) *process {
 	t.Helper()
 	return &process{testutil.StartHalt(t, testutil.HaltOptions{
 		Binary:   binary(t),
 		LogLevel: "debug",
 		Args:     args,
-		Env:      append(os.Environ(), "HALT_STORE="), // the flag default, not the caller's env
+		// HALT_STORE empty: the flag default, not the caller's env.
+		Env: append(os.Environ(), "HALT_STORE=", testClockEnv+"="+clockStart),
 	})}
 }
 
@@ -105,6 +112,15 @@ func TestBinaryServesReloadsAndDrains(t *testing.T) {
 	}
 	if got := fmt.Sprint(codes("alice", 3)); got != "[OK OK OVER_LIMIT]" {
 		t.Fatalf("v1 decisions %s", got)
+	}
+	// The decision clock started at clockStart (10:05): the hour's window ends 55 minutes
+	// later, less the seconds the test has run.
+	r, err := rls.ShouldRateLimit(ctx, rlReq("e2e", "user", "clock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reset := r.Statuses[0].GetDurationUntilReset().AsDuration(); reset > 55*time.Minute || reset < 50*time.Minute {
+		t.Fatalf("duration_until_reset %v: the clock did not start at %s", reset, clockStart)
 	}
 
 	// Health and reflection on the same port.
@@ -216,6 +232,22 @@ func TestBinaryEnvFlags(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGTERM)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit: %v", err)
+	}
+}
+
+func TestTestClockEnv(t *testing.T) {
+	var out bytes.Buffer
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", limitsV1)
+	getenv := func(k string) string {
+		if k == testClockEnv {
+			return "yesterday"
+		}
+		return ""
+	}
+	code := run(context.Background(), []string{"serve", "--config", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, &out, &out, getenv)
+	if code != 2 || !strings.Contains(out.String(), testClockEnv) || !strings.Contains(out.String(), "yesterday") {
+		t.Fatalf("a bad %s: exit %d, %q", testClockEnv, code, out.String())
 	}
 }
 
