@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -250,7 +251,9 @@ func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
 				return nil, fail
 			}
 		case src.Header != "":
-			if v := r.header(src.Header); v != "" && len(v) <= maxIdentityLen {
+			// Not UTF-8: no identity (it would be sent upstream, and an answer holding
+			// it could not be encoded).
+			if v := r.header(src.Header); v != "" && len(v) <= maxIdentityLen && utf8.ValidString(v) {
 				return &identity{customer: v, plan: s.anonPlan(cfg), how: "header"}, fail
 			}
 		case src.SourceAddress:

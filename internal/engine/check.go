@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/quota"
@@ -391,17 +392,32 @@ func AppendIdentity(dst []byte, domain string, entries []config.Entry, rule *con
 	return dst
 }
 
+// appendEscaped appends s with the key's separators escaped, and every byte that is not
+// part of valid UTF-8 written as \xHH: a request may carry such bytes (internal/wire
+// decodes them), and PostgreSQL, MongoDB and DynamoDB refuse a key that is not UTF-8,
+// which would send the call to its failure mode. "\" itself is escaped, so no valid
+// value can spell an escaped byte.
 func appendEscaped(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
-		switch c := s[i]; c {
-		case '\\', '|', '=', '@':
+		switch c := s[i]; {
+		case c == '\\' || c == '|' || c == '=' || c == '@':
 			dst = append(dst, '\\', c)
-		default:
+		case c < utf8.RuneSelf:
 			dst = append(dst, c)
+		default:
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				dst = append(dst, '\\', 'x', hexDigits[c>>4], hexDigits[c&15])
+				continue
+			}
+			dst = append(dst, s[i:i+n]...)
+			i += n - 1
 		}
 	}
 	return dst
 }
+
+const hexDigits = "0123456789abcdef"
 
 // Penalize records a violation of the given severity against penalty policy p for the
 // identity named by entries, outside any descriptor evaluation: ext_authz uses it for

@@ -51,6 +51,9 @@ type Metrics struct {
 	MemoryEvictions prometheus.CounterFunc
 	// Rejected counts calls refused before evaluation (overload, bad input) by reason.
 	Rejected *prometheus.CounterVec
+	// InvalidUTF8 counts requests whose strings held invalid UTF-8, decoded as bytes and
+	// decided as any other, by message type.
+	InvalidUTF8 *prometheus.CounterVec
 	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
 	ShapingDelay prometheus.Histogram
 	// Exemptions counts descriptors let through uncounted, by reason, for audits.
@@ -145,6 +148,9 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		ConfigLastReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "halt_config_last_reload_successful", Help: "1 if the last configuration reload succeeded, 0 if the last good config is being kept.",
 		}),
+		InvalidUTF8: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_invalid_utf8_total", Help: "Requests whose string fields held bytes that are not UTF-8, decided on those bytes, by message type.",
+		}, []string{"message"}),
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "halt_rejected_total", Help: "Calls refused before evaluation, by reason (invalid_argument, overload).",
 		}, []string{"reason"}),
@@ -214,7 +220,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		Name: "halt_memory_evictions_total", Help: "Live keys evicted from the in-memory store to stay within max_keys.",
 	}, memStat(func(st MemoryStore) float64 { return float64(st.Evicted()) }))
 	r.MustRegister(m.Decisions, m.DetailedDecisions, m.Requests, m.RequestDuration, m.StoreDuration, m.StoreErrors,
-		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.ShapingDelay)
+		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.InvalidUTF8, m.ShapingDelay)
 	m.ConfigLastReloadSuccess.Set(1)
 	return m
 }

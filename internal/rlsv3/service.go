@@ -237,6 +237,8 @@ func unitProto(u string) rlspb.RateLimitResponse_RateLimit_Unit {
 // UnitFromProto maps Envoy's RateLimitUnit to the config's unit names.
 func UnitFromProto(u typev3.RateLimitUnit) string { return strings.ToLower(u.String()) }
 
+// descriptorText is the descriptor as a metric label: key_value pairs joined by dots,
+// with bytes that are not UTF-8 (a Prometheus label must be) replaced by U+FFFD.
 func descriptorText(entries []config.Entry) string {
 	var b strings.Builder
 	for i, e := range entries {
@@ -247,5 +249,5 @@ func descriptorText(entries []config.Entry) string {
 		b.WriteByte('_')
 		b.WriteString(e.Value)
 	}
-	return b.String()
+	return strings.ToValidUTF8(b.String(), "\uFFFD")
 }

@@ -34,12 +34,14 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/redact"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
+	"github.com/halt-envoy/halt-envoy/internal/wire"
 )
 
 // Options configure a Server.
@@ -181,7 +183,11 @@ func New(opt Options) (*Server, error) {
 	if opt.MaxConcurrentStreams > 0 {
 		creds = append(creds, grpc.MaxConcurrentStreams(opt.MaxConcurrentStreams))
 	}
+	// Requests whose strings are not UTF-8 are decoded as bytes and decided (internal/wire):
+	// refused by protobuf-go, they were answered INTERNAL, which Envoy lets through.
+	codec := wire.New(func(m protoreflect.FullName) { opt.Metrics.InvalidUTF8.WithLabelValues(string(m)).Inc() })
 	s.grpc = grpc.NewServer(append(creds,
+		grpc.ForceServerCodecV2(codec),
 		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{s.bound}, opt.Interceptors...)...),
 		grpc.NumStreamWorkers(streamWorkers()),
@@ -253,9 +259,23 @@ func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	defer s.inflight.Add(-1)
 	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
 		s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
+		s.opt.Metrics.Requests.WithLabelValues(methodLabel(info.FullMethod), codes.ResourceExhausted.String()).Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
 	}
 	return handler(ctx, req)
+}
+
+// methodLabel is halt_requests_total's method label of a gRPC method: the method's
+// name for the RateLimitService and ext_authz (as their handlers count it), the full
+// name for any other service.
+func methodLabel(full string) string {
+	switch full {
+	case "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit":
+		return "ShouldRateLimit"
+	case "/envoy.service.auth.v3.Authorization/Check":
+		return "Check"
+	}
+	return full
 }
 
 // Serve serves until ctx is done, then drains in-flight calls and returns.

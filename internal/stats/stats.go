@@ -235,7 +235,9 @@ func (s *Stats) key(domain, full string) *counters {
 	if c, ok := s.keys[full]; ok {
 		return c
 	}
-	label := strings.TrimPrefix(full, domain+".")
+	// Request values (value_to_metric, detailed_metric) may hold bytes that are not
+	// UTF-8 (internal/wire lets them through); a Prometheus label must be UTF-8.
+	label := strings.ToValidUTF8(strings.TrimPrefix(full, domain+"."), "\uFFFD")
 	c = &counters{}
 	for i, vec := range [nStats]*prometheus.CounterVec{s.m.RuleHits, s.m.RuleOverLimit, s.m.RuleNearLimit, s.m.RuleWithinLimit, s.m.RuleShadowMode} {
 		c.prom[i] = vec.WithLabelValues(domain, label)
