@@ -57,20 +57,24 @@ func TestInject(t *testing.T) {
 		fmt.Fprintf(&src, "local A%d = 0 -- halt:%s\n", a, a)
 	}
 	src.WriteString("  m CONSTANT bigint := -1; -- halt:max_count  \nx = 5 -- not a marker\n")
+	src.WriteString("IF alg = 0 /*halt:calendar*/ OR alg = 0/* halt:penalty */ THEN o := i * 0 /*halt:max_ladder*/;\n")
 	out, err := Inject(src.String(), WireValues())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"local A1 = 1 -- halt:fixed_window\n", "local A7 = 7 -- halt:penalty\n",
-		"m CONSTANT bigint := 4503599627370496; -- halt:max_count", "x = 5 -- not a marker"} {
+		"m CONSTANT bigint := 4503599627370496; -- halt:max_count", "x = 5 -- not a marker",
+		"IF alg = 6 /*halt:calendar*/ OR alg = 7/* halt:penalty */ THEN o := i * 8 /*halt:max_ladder*/;"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("injected script lacks %q:\n%s", want, out)
 		}
 	}
-	if _, err := Inject(src.String()+"y = 0 -- halt:no_such_value\n", WireValues()); err == nil || !strings.Contains(err.Error(), "no_such_value") {
-		t.Errorf("unknown marker: %v", err)
+	for _, bad := range []string{"y = 0 -- halt:no_such_value\n", "y = 0 /*halt:no_such_value*/ + 1\n"} {
+		if _, err := Inject(src.String()+bad, WireValues()); err == nil || !strings.Contains(err.Error(), "no_such_value") {
+			t.Errorf("unknown marker %q: %v", bad, err)
+		}
 	}
-	lost := strings.Replace(src.String(), "-- halt:calendar", "-- calendar", 1)
+	lost := strings.ReplaceAll(src.String(), "halt:calendar", "calendar")
 	if _, err := Inject(lost, WireValues()); err == nil || !strings.Contains(err.Error(), "calendar") {
 		t.Errorf("a lost algorithm marker: %v", err)
 	}

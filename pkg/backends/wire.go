@@ -8,10 +8,11 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
-// wireMarker finds a placeholder number followed by a "-- halt:NAME" comment at the end
-// of its line (the comment syntax of both Lua and SQL). The number is there so the file
+// wireMarker finds a placeholder number followed by a marker naming its value: a
+// "-- halt:NAME" comment ending the line (Lua and SQL), or a "/*halt:NAME*/" comment
+// right after the number (SQL, inside an expression). The number is there so the file
 // stays valid Lua or SQL for its own tools; Inject replaces it.
-var wireMarker = regexp.MustCompile(`(?m)(-?[0-9]+)(\s*;?[ \t]*--[ \t]*halt:([a-z0-9_]+))[ \t]*$`)
+var wireMarker = regexp.MustCompile(`(?m)(-?[0-9]+)(\s*;?[ \t]*--[ \t]*halt:([a-z0-9_]+)[ \t]*$|[ \t]*/\*[ \t]*halt:([a-z0-9_]+)[ \t]*\*/)`)
 
 // WireValues returns the numbers a port of pkg/algorithms to another language (the Redis
 // Lua script, the PostgreSQL function) must share with Go, by the names Inject's markers
@@ -32,11 +33,11 @@ func WireValues() map[string]int64 {
 }
 
 // Inject returns src (a script embedded from a .lua or .sql file) with the placeholder
-// number before each "-- halt:NAME" comment replaced by values[NAME], so that the numbers
+// number of each marker ("-- halt:NAME", "/*halt:NAME*/") replaced by values[NAME], so that the numbers
 // that are a wire format (algorithm numbers, bounds) have one source, the Go constants:
 //
 //	local FIXED_WINDOW = 0 -- halt:fixed_window
-//	a_fixed_window CONSTANT bigint := 0; -- halt:fixed_window
+//	IF alg = 0 /*halt:fixed_window*/ THEN
 //
 // It fails when a marker names no value, or when an algorithm of values has no marker (a
 // script that lost its marker would otherwise decide with a stale number); the bounds
@@ -46,14 +47,15 @@ func Inject(src string, values map[string]int64) (string, error) {
 	var bad error
 	out := wireMarker.ReplaceAllStringFunc(src, func(m string) string {
 		sub := wireMarker.FindStringSubmatch(m)
-		v, ok := values[sub[3]]
+		name := sub[3] + sub[4] // one of the two forms matched
+		v, ok := values[name]
 		if !ok {
 			if bad == nil {
-				bad = fmt.Errorf("script marker halt:%s names no known value", sub[3])
+				bad = fmt.Errorf("script marker halt:%s names no known value", name)
 			}
 			return m
 		}
-		used[sub[3]] = true
+		used[name] = true
 		return strconv.FormatInt(v, 10) + sub[2]
 	})
 	if bad != nil {

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -428,10 +429,17 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
 	var first error
-	c := &call{s: s}
+	c := callPool.Get().(*call)
+	defer func() {
+		*c = call{st: c.st} // keep only the scratch state's storage
+		callPool.Put(c)
+	}()
+	c.s = s
 	for _, op := range ops {
+		key := s.key(op.Key)
 		c.next, c.reread = nil, false
-		op.Result, op.Err = s.cas.Decide(ctx, c, s.key(op.Key), op, now, &c.st)
+		c.keyAttr = &types.AttributeValueMemberS{Value: key} // one per op, for its read and write
+		op.Result, op.Err = s.cas.Decide(ctx, c, key, op, now, &c.st)
 		if op.Err != nil && first == nil {
 			first = op.Err
 		}
@@ -444,6 +452,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 type call struct {
 	s       *Store
 	st      algorithms.State
+	keyAttr *types.AttributeValueMemberS
 	found   bool
 	version int64
 	// next is the item as a failed condition returned it (ALL_OLD), so the next round
@@ -454,6 +463,8 @@ type call struct {
 	reread bool
 }
 
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
 // Read gets the item at key (strongly consistent unless consistent_read=false), or takes
 // the one the last failed write returned, and decodes it.
 func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
@@ -462,7 +473,7 @@ func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool
 	if item == nil {
 		out, err := c.s.client.GetItem(ctx, &ddb.GetItemInput{
 			TableName:      c.s.table,
-			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: key}},
+			Key:            map[string]types.AttributeValue{attrKey: c.keyAttr},
 			ConsistentRead: aws.Bool(c.s.cfg.ConsistentRead || c.reread),
 		})
 		if err != nil {
@@ -489,7 +500,7 @@ func (c *call) Write(ctx context.Context, key string, st *algorithms.State, now,
 	in := &ddb.PutItemInput{
 		TableName: c.s.table,
 		Item: map[string]types.AttributeValue{
-			attrKey:     &types.AttributeValueMemberS{Value: key},
+			attrKey:     c.keyAttr,
 			attrVersion: &types.AttributeValueMemberN{Value: strconv.FormatInt(c.version+1, 10)},
 			attrState:   &types.AttributeValueMemberB{Value: backends.EncodeState(nil, st)},
 			attrExpiry:  &types.AttributeValueMemberN{Value: strconv.FormatInt(ceilSeconds(exp), 10)},

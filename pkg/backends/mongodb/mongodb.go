@@ -316,7 +316,12 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
 	var first error
-	c := &call{s: s}
+	c := callPool.Get().(*call)
+	defer func() {
+		c.s = nil
+		callPool.Put(c)
+	}()
+	c.s = s
 	for _, op := range ops {
 		op.Result, op.Err = s.cas.Decide(ctx, c, s.key(op.Key), op, now, &c.st)
 		if op.Err != nil && first == nil {
@@ -336,6 +341,8 @@ type call struct {
 	found   bool
 	version int64
 }
+
+var callPool = sync.Pool{New: func() any { return new(call) }}
 
 // Read reads the document at key (from the primary) and decodes its state and version.
 func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {

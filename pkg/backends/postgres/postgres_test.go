@@ -509,7 +509,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	sql := strings.NewReplacer("{{T}}", n.table, "{{F}}", n.fn).Replace(string(v1))
+	sql := strings.NewReplacer("{{T}}", n.table, "{{I}}", n.index, "{{F}}", n.fn).Replace(string(v1))
 	for _, stmt := range strings.Split(sql, "\n-- statement\n")[1:] {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			t.Fatalf("v1 DDL: %v", err)
@@ -547,7 +547,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)`, n.fn+"(text[], bigint[], bigint)").Scan(&src); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(src, "a_fixed_window CONSTANT bigint := 1; -- halt:fixed_window") {
+	if !strings.Contains(src, "IF alg = 1 /*halt:fixed_window*/ THEN") {
 		t.Fatalf("the function was not replaced by schema.sql's:\n%.300s", src)
 	}
 	s := openTest(t, dsn, table, Config{SkipMigrate: true})
@@ -646,10 +646,11 @@ func TestSchemaFile(t *testing.T) {
 	}
 	fn := stmts[3].sql
 	for _, line := range []string{
-		"a_penalty CONSTANT bigint := 7; -- halt:penalty",
+		"ELSIF alg = 7 /*halt:penalty*/ THEN",
 		"maxcount CONSTANT bigint := 4503599627370496; -- halt:max_count",
-		"op_stride CONSTANT int := 17; -- halt:op_stride",
-		"res_stride CONSTANT int := 8; -- halt:res_stride",
+		"o := (i - 1) * 17 /*halt:op_stride*/;",
+		"o := (i - 1) * 8 /*halt:res_stride*/;",
+		"sa := now_us + p[o + 9 /*halt:op_ladder*/ + sb];",
 		`FROM "rl_custom" s WHERE s.key = k FOR UPDATE`,
 	} {
 		if !strings.Contains(fn, line) {

@@ -5,9 +5,11 @@
 -- in one transaction, each starting at its "-- statement:" line. The names are those of
 -- the default table: migrate replaces "halt_state", "halt_state_apply" and
 -- "halt_state_expires_idx" with the names of the configured table=, and each number
--- marked "-- halt:NAME" with the Go constant of that name (backends.Inject), so the
--- algorithm numbers and bounds have one source: pkg/algorithms. Changing the function's
--- text means bumping SchemaVersion, so that existing deployments migrate.
+-- marked "/*halt:NAME*/" or "-- halt:NAME" with the Go constant of that name
+-- (backends.Inject), so the algorithm numbers and bounds have one source, pkg/algorithms.
+-- In the function they are literals, as in version 1 (a CONSTANT would be initialised at
+-- every call). Changing the function's text means bumping SchemaVersion, so that existing
+-- deployments migrate.
 
 -- statement: create table halt_schema_version
 CREATE TABLE IF NOT EXISTS halt_schema_version (table_name text PRIMARY KEY, version integer NOT NULL);
@@ -38,18 +40,7 @@ CREATE INDEX IF NOT EXISTS "halt_state_expires_idx" ON "halt_state" (expires_at)
 CREATE OR REPLACE FUNCTION "halt_state_apply"(keys text[], p bigint[], now_us bigint) RETURNS bigint[]
 LANGUAGE plpgsql AS $halt$
 DECLARE
-	-- Wire numbers shared with Go, injected when the store loads this file.
-	a_fixed_window CONSTANT bigint := 0; -- halt:fixed_window
-	a_token_bucket CONSTANT bigint := 0; -- halt:token_bucket
-	a_sliding_window CONSTANT bigint := 0; -- halt:sliding_window
-	a_sliding_window_counter CONSTANT bigint := 0; -- halt:sliding_window_counter
-	a_leaky_bucket CONSTANT bigint := 0; -- halt:leaky_bucket
-	a_calendar CONSTANT bigint := 0; -- halt:calendar
-	a_penalty CONSTANT bigint := 0; -- halt:penalty
 	maxcount CONSTANT bigint := 0; -- halt:max_count
-	op_ladder CONSTANT int := 0; -- halt:op_ladder
-	op_stride CONSTANT int := 0; -- halt:op_stride
-	res_stride CONSTANT int := 0; -- halt:res_stride
 	n int := coalesce(array_length(keys, 1), 0);
 	res bigint[];
 	i int; o int; j int; m int;
@@ -63,10 +54,10 @@ DECLARE
 	nxt bigint; waitok boolean; shape boolean; cut bigint; used bigint; need bigint; cur bigint; again bigint;
 	elapsed bigint; w bigint; room bigint; e bigint; quiet bigint; nsteps bigint; endt bigint;
 BEGIN
-	res := array_fill(0::bigint, ARRAY[n * res_stride]);
+	res := array_fill(0::bigint, ARRAY[n * 0 /*halt:res_stride*/]);
 	FOR i IN 1..n LOOP
 		k := keys[i];
-		o := (i - 1) * op_stride;
+		o := (i - 1) * 0 /*halt:op_stride*/;
 		alg := p[o+1]; req := p[o+2]; per := p[o+3]; burst := p[o+4]; maxd := p[o+5];
 		ws := p[o+6]; we := p[o+7]; cost := p[o+8]; steps := p[o+9];
 		LOOP
@@ -81,7 +72,7 @@ BEGIN
 			allowed := false; rlim := 0; rem := 0; rreset := 0; rretry := 0; rdelay := 0; rttl := 0;
 			m := 0;
 
-			IF alg = a_fixed_window THEN -- fixed_window
+			IF alg = 0 /*halt:fixed_window*/ THEN
 				r := now_us % per; IF r < 0 THEN r := r + per; END IF;
 				start_ := now_us - r;
 				IF sa = start_ THEN
@@ -103,8 +94,8 @@ BEGIN
 					rretry := reset_;
 				END IF;
 
-			ELSIF alg = a_token_bucket OR alg = a_leaky_bucket THEN -- token_bucket, leaky_bucket (GCRA)
-				shape := alg = a_leaky_bucket;
+			ELSIF alg = 0 /*halt:token_bucket*/ OR alg = 0 /*halt:leaky_bucket*/ THEN -- GCRA
+				shape := alg = 0 /*halt:leaky_bucket*/;
 				IF burst > 0 THEN cap := burst; ELSE cap := req; END IF;
 				rlim := cap;
 				IF req <= 0 OR cap <= 0 THEN
@@ -137,7 +128,7 @@ BEGIN
 					END IF;
 				END IF;
 
-			ELSIF alg = a_sliding_window THEN -- sliding_window (exact log, flattened at,cost pairs; B = their cost sum)
+			ELSIF alg = 0 /*halt:sliding_window*/ THEN -- exact log, flattened at,cost pairs; B = their cost sum
 				IF lg IS NULL THEN lg := '{}'; END IF;
 				m := coalesce(array_length(lg, 1), 0) / 2;
 				cut := now_us - per;
@@ -178,7 +169,7 @@ BEGIN
 				rem := greatest(req - used, 0);
 				IF m > 0 THEN rreset := lg[2*m-1] + per - now_us; rttl := rreset; END IF;
 
-			ELSIF alg = a_sliding_window_counter THEN -- sliding_window_counter
+			ELSIF alg = 0 /*halt:sliding_window_counter*/ THEN
 				r := now_us % per; IF r < 0 THEN r := r + per; END IF;
 				cur := now_us - r;
 				IF sa = cur THEN
@@ -232,7 +223,7 @@ BEGIN
 				END IF;
 				rttl := rreset;
 
-			ELSIF alg = a_calendar THEN -- calendar
+			ELSIF alg = 0 /*halt:calendar*/ THEN
 				start_ := ws;
 				IF sa <> start_ THEN
 					IF sa > start_ AND sa < we THEN
@@ -253,7 +244,7 @@ BEGIN
 				rem := greatest(req - sb, 0);
 				IF allowed AND rem < cost THEN rretry := reset_; END IF;
 
-			ELSIF alg = a_penalty THEN -- penalty
+			ELSIF alg = 0 /*halt:penalty*/ THEN
 				rlim := req;
 				IF now_us >= sa AND sd <> 0 AND per > 0 AND now_us > sd THEN
 					quiet := now_us - sd;
@@ -269,7 +260,7 @@ BEGIN
 					sd := now_us;
 					IF sc >= req THEN
 						IF sb < steps THEN sb := sb + 1; END IF;
-						sa := now_us + p[o + op_ladder + sb];
+						sa := now_us + p[o + 0 /*halt:op_ladder*/ + sb];
 						sc := 0;
 					END IF;
 				END IF;
@@ -308,7 +299,7 @@ BEGIN
 			EXIT WHEN FOUND;
 			-- Another transaction created the row meanwhile: decide again under its lock.
 		END LOOP;
-		o := (i - 1) * res_stride;
+		o := (i - 1) * 0 /*halt:res_stride*/;
 		res[o+1] := i - 1;
 		res[o+2] := CASE WHEN allowed THEN 1 ELSE 0 END;
 		res[o+3] := rlim; res[o+4] := rem; res[o+5] := rreset; res[o+6] := rretry; res[o+7] := rdelay; res[o+8] := rttl;

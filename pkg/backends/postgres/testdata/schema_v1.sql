@@ -1,6 +1,6 @@
 -- The schema of version 1 (halt-envoy before the wire numbers were injected), exactly as
--- that release created it, for TestMigrateFromVersion1. {{T}} and {{F}} stand for the
--- table and function names. Statements are separated by a "-- statement" line.
+-- that release created it, for TestMigrateFromVersion1. {{T}}, {{I}} and {{F}} stand for
+-- the table, index and function names. Statements are separated by a "-- statement" line.
 -- statement
 CREATE TABLE IF NOT EXISTS {{T}} (
 			key        text PRIMARY KEY,
@@ -11,6 +11,8 @@ CREATE TABLE IF NOT EXISTS {{T}} (
 			log        bigint[],
 			expires_at bigint NOT NULL
 		)
+-- statement
+CREATE INDEX IF NOT EXISTS {{I}} ON {{T}} (expires_at)
 -- statement
 CREATE OR REPLACE FUNCTION {{F}}(keys text[], p bigint[], now_us bigint) RETURNS bigint[]
 LANGUAGE plpgsql AS $halt$
