@@ -38,8 +38,14 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 			env[name] = val
 		}
 	}
-	ref, err := refenv.Read(env, func(p string) ([]byte, error) {
-		return reload.ReadFile(p, maxSecretFileBytes, "")
+	ref, err := refenv.ReadWith(env, refenv.Options{
+		ReadFile: func(p string) ([]byte, error) {
+			return reload.ReadFile(p, maxSecretFileBytes, "")
+		},
+		// halt's store setting replaces the reference's store variables: their defaults
+		// (REDIS_SOCKET_TYPE=unix and its socket) must not stop a deployment that gives
+		// HALT_STORE, such as the Helm chart's with config.source xds.
+		StoreGiven: given["store"] || given["store-file"],
 	})
 	if err != nil {
 		return fmt.Errorf("the reference service's variables (envoyproxy/ratelimit):\n%w", err)

@@ -181,6 +181,39 @@ func (r *reader) fail(format string, args ...any) {
 // reference would not parse, a value halt cannot honour yet, and variables that
 // contradict each other. readFile reads REDIS_AUTH_FILE (os.ReadFile in the binary).
 func Read(env map[string]string, readFile func(string) ([]byte, error)) (*Settings, error) {
+	return ReadWith(env, Options{ReadFile: readFile})
+}
+
+// Options changes how ReadWith reads an environment.
+type Options struct {
+	// ReadFile reads REDIS_AUTH_FILE (os.ReadFile in the binary).
+	ReadFile func(string) ([]byte, error)
+	// StoreGiven says halt's own store setting (--store, HALT_STORE, --store-file) is
+	// given: it replaces every store variable of the reference, so those are only checked
+	// to parse, never built into a store URL nor refused for a value halt cannot honour
+	// (the reference's defaults, REDIS_SOCKET_TYPE=unix and its socket path, included).
+	// Settings.StoreFrom then names the store variables that were set, for the note that
+	// the store setting overrides them.
+	StoreGiven bool
+}
+
+// IsStoreVar reports whether name is one of the reference's variables that only choose
+// or configure its store (BACKEND_TYPE, REDIS_*, MEMCACHE_*): halt's own store setting
+// replaces them all. REDIS_HEALTH_CHECK_ACTIVE_CONNECTION is a health setting, not one of
+// them.
+func IsStoreVar(name string) bool {
+	if name == "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION" {
+		return false
+	}
+	return name == "BACKEND_TYPE" || strings.HasPrefix(name, "REDIS_") || strings.HasPrefix(name, "MEMCACHE_")
+}
+
+// ReadWith is Read with Options.
+func ReadWith(env map[string]string, opt Options) (*Settings, error) {
+	readFile := opt.ReadFile
+	if readFile == nil {
+		readFile = func(p string) ([]byte, error) { return nil, fmt.Errorf("%s: no file reader given", p) }
+	}
 	r := &reader{env: env, vars: map[string]Var{}, readFile: readFile}
 	for _, v := range Vars() {
 		r.vars[v.Name] = v
@@ -215,6 +248,9 @@ func Read(env map[string]string, readFile func(string) ([]byte, error)) (*Settin
 			r.fail("%s=%q: %s", name, val, kindWant(v.Kind))
 			continue
 		}
+		if opt.StoreGiven && IsStoreVar(name) {
+			continue // replaced by halt's store setting: parsed, nothing more
+		}
 		if v.Status == NotYet && (v.Unsupported == nil || v.Unsupported(val)) {
 			r.fail("%s=%q: not supported by halt yet (%s)", name, val, strings.TrimSuffix(v.Note, "."))
 		}
@@ -225,7 +261,18 @@ func Read(env map[string]string, readFile func(string) ([]byte, error)) (*Settin
 	r.listeners(s)
 	r.logging(s)
 	r.config(s)
-	r.store(s)
+	if opt.StoreGiven {
+		if r.present("CACHE_KEY_PREFIX") {
+			s.KeyPrefix = r.str("CACHE_KEY_PREFIX")
+		}
+		for _, name := range s.Set {
+			if IsStoreVar(name) {
+				s.StoreFrom = append(s.StoreFrom, name)
+			}
+		}
+	} else {
+		r.store(s)
+	}
 	r.tls(s)
 	r.stats(s)
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")

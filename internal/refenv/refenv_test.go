@@ -390,3 +390,55 @@ func TestStats(t *testing.T) {
 	mustFail(t, base("PROMETHEUS_PATH", "metrics"), "PROMETHEUS_PATH")
 	mustFail(t, base("PROMETHEUS_ADDR", "9090"), "PROMETHEUS_ADDR")
 }
+
+// TestStoreGiven: with halt's own store setting given, the reference's store variables
+// (defaults included: REDIS_SOCKET_TYPE=unix and its socket path) are replaced, not
+// refused; they must still parse, and StoreFrom names those that were set so the binary
+// can say the store setting overrides them.
+func TestStoreGiven(t *testing.T) {
+	given := func(env map[string]string) (*Settings, error) {
+		return ReadWith(env, Options{ReadFile: noFiles, StoreGiven: true})
+	}
+	// The Helm chart's xDS mode: CONFIG_TYPE and the xDS server, no store variable.
+	s, err := given(map[string]string{"CONFIG_TYPE": "GRPC_XDS_SOTW", "CONFIG_GRPC_XDS_SERVER_URL": "xds:18000"})
+	if err != nil {
+		t.Fatalf("xDS variables with the store given: %v", err)
+	}
+	if s.Store != "" || len(s.StoreFrom) != 0 || s.XDS == nil {
+		t.Errorf("Store %q StoreFrom %v XDS %v: want no store, no store variable named, xDS on", s.Store, s.StoreFrom, s.XDS)
+	}
+	// Without the store given, the same environment builds the reference's default store.
+	if _, err := Read(map[string]string{"CONFIG_TYPE": "GRPC_XDS_SOTW", "BACKEND_TYPE": "memcache"}, noFiles); err == nil {
+		t.Error("BACKEND_TYPE=memcache without MEMCACHE_HOST_PORT accepted with no store given")
+	}
+	// Store variables halt cannot honour, or that would not build a store, are replaced.
+	s, err = given(map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_TLS": "true", "REDIS_PERSECOND": "true",
+		"REDIS_POOL_ON_EMPTY_BEHAVIOR": "ERROR", "CACHE_KEY_PREFIX": "p_", "USE_STATSD": "false"})
+	if err != nil {
+		t.Fatalf("store variables with the store given: %v", err)
+	}
+	if want := []string{"BACKEND_TYPE", "MEMCACHE_TLS", "REDIS_PERSECOND", "REDIS_POOL_ON_EMPTY_BEHAVIOR"}; !reflect.DeepEqual(s.StoreFrom, want) {
+		t.Errorf("StoreFrom %v, want %v", s.StoreFrom, want)
+	}
+	if s.KeyPrefix != "p_" {
+		t.Errorf("KeyPrefix %q: CACHE_KEY_PREFIX applies to halt's store too", s.KeyPrefix)
+	}
+	// They must still parse as the reference parses them (it would panic).
+	if _, err := given(map[string]string{"REDIS_POOL_SIZE": "many"}); err == nil || !strings.Contains(err.Error(), "REDIS_POOL_SIZE") {
+		t.Errorf("REDIS_POOL_SIZE=many with the store given: %v, want an error naming it", err)
+	}
+	// Variables that are not the store's are still refused when halt cannot honour them.
+	if _, err := given(map[string]string{"MERGE_DOMAIN_CONFIG": "true"}); err == nil || !strings.Contains(err.Error(), "MERGE_DOMAIN_CONFIG") {
+		t.Errorf("MERGE_DOMAIN_CONFIG=true with the store given: %v", err)
+	}
+	for _, n := range []string{"BACKEND_TYPE", "REDIS_URL", "REDIS_PERSECOND_URL", "MEMCACHE_SRV"} {
+		if !IsStoreVar(n) {
+			t.Errorf("%s is a store variable", n)
+		}
+	}
+	for _, n := range []string{"REDIS_HEALTH_CHECK_ACTIVE_CONNECTION", "CACHE_KEY_PREFIX", "SHADOW_MODE"} {
+		if IsStoreVar(n) {
+			t.Errorf("%s is not a store variable", n)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -75,9 +76,27 @@ func TestDockerfile(t *testing.T) {
 	}
 	check("USER", "USER nonroot:nonroot")
 	check("COPY", "COPY config /etc/halt-envoy/config")
-	check("ENV", "ENV HALT_CONFIG=/etc/halt-envoy/config")
 	check("EXPOSE", "EXPOSE 8080 8081")
 	check("ENTRYPOINT", `ENTRYPOINT ["/usr/local/bin/halt-envoy"]`)
+	// The bundled config is on the default command line, not in ENV: a deployment that
+	// sets its own command or arguments must not serve it next to its own configuration.
+	check("CMD", `CMD ["serve", "--config", "/etc/halt-envoy/config"]`)
+	for _, l := range final["ENV"] {
+		if strings.Contains(l, "HALT_CONFIG") {
+			t.Errorf("runtime stage sets %q: a pushed xDS config would be served next to the bundled one", l)
+		}
+	}
+	// /bin/ratelimit, the reference image's command (Envoy Gateway starts it), is halt:
+	// a symlink made in the build stage (distroless has no shell) and copied with its
+	// directory (COPY keeps symlinks inside a copied directory).
+	if !strings.Contains(joined, "ln -s /usr/local/bin/halt-envoy /out/bin/ratelimit") {
+		t.Errorf("build stage does not link /out/bin/ratelimit to /usr/local/bin/halt-envoy")
+	}
+	check("COPY", "COPY --from=build /out/bin/ /bin/")
+	check("COPY", "COPY --from=build /out/halt-envoy /usr/local/bin/halt-envoy")
+	if got := imagePaths(t); !contains(got, "/bin/ratelimit") || !contains(got, "/usr/local/bin/halt-envoy") {
+		t.Errorf("image executables %v: want /usr/local/bin/halt-envoy and /bin/ratelimit", got)
+	}
 	if len(final["HEALTHCHECK"]) != 1 || !strings.HasSuffix(final["HEALTHCHECK"][0],
 		`CMD ["/usr/local/bin/halt-envoy", "probe", "--url", "http://127.0.0.1:8080/healthz"]`) {
 		t.Errorf("HEALTHCHECK = %q: want the exec form of halt-envoy probe (distroless has no shell)", final["HEALTHCHECK"])
@@ -101,6 +120,69 @@ func TestDockerfile(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "validate", "--config", repo("config")).CombinedOutput(); err != nil {
 		t.Errorf("the config baked into the image does not validate: %v\n%s", err, out)
+	}
+}
+
+// imagePaths are the executables the image holds: halt's binary and every symlink the
+// build stage makes in /out/bin (copied to /bin).
+func imagePaths(t *testing.T) []string {
+	t.Helper()
+	paths := []string{}
+	for _, l := range dockerfile(t) {
+		if strings.HasPrefix(l, "COPY --from=build /out/halt-envoy ") {
+			paths = append(paths, strings.Fields(l)[3])
+		}
+		for _, m := range regexp.MustCompile(`ln -s /usr/local/bin/halt-envoy /out/bin/(\S+)`).FindAllStringSubmatch(l, -1) {
+			paths = append(paths, "/bin/"+m[1])
+		}
+	}
+	return paths
+}
+
+// imageArgv is what a container of the image runs, as Kubernetes decides it: a command
+// replaces ENTRYPOINT and drops CMD; arguments alone replace CMD.
+func imageArgv(t *testing.T, command, args []string) []string {
+	t.Helper()
+	var entrypoint, cmd []string
+	for _, l := range dockerfile(t) {
+		inst, rest, _ := strings.Cut(l, " ")
+		var v []string
+		switch inst {
+		case "ENTRYPOINT":
+			entrypoint = mustJSON(t, rest, v)
+		case "CMD":
+			cmd = mustJSON(t, rest, v)
+		}
+	}
+	switch {
+	case len(command) > 0:
+		return append(append([]string{}, command...), args...)
+	case len(args) > 0:
+		return append(append([]string{}, entrypoint...), args...)
+	}
+	return append(append([]string{}, entrypoint...), cmd...)
+}
+
+func mustJSON(t *testing.T, s string, v []string) []string {
+	t.Helper()
+	if err := json.Unmarshal([]byte(s), &v); err != nil {
+		t.Fatalf("Dockerfile %s: want the exec (JSON) form: %v", s, err)
+	}
+	return v
+}
+
+// TestImageArgv: the image's default command serves the bundled configuration; Envoy
+// Gateway's command (/bin/ratelimit, no arguments) and the Helm chart's arguments (serve)
+// do not.
+func TestImageArgv(t *testing.T) {
+	if got := imageArgv(t, nil, nil); strings.Join(got, " ") != "/usr/local/bin/halt-envoy serve --config /etc/halt-envoy/config" {
+		t.Errorf("default argv %q", got)
+	}
+	if got := imageArgv(t, []string{"/bin/ratelimit"}, nil); strings.Join(got, " ") != "/bin/ratelimit" {
+		t.Errorf("Envoy Gateway's argv %q", got)
+	}
+	if got := imageArgv(t, nil, []string{"serve"}); strings.Join(got, " ") != "/usr/local/bin/halt-envoy serve" {
+		t.Errorf("the chart's argv %q", got)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -123,10 +124,20 @@ func applyRateLimitDeployment(t *testing.T, dep *appsv1.Deployment, spec *egv1a1
 	return out
 }
 
-// dockerfile reads the image's ENTRYPOINT, CMD and ENV from the Dockerfile.
-func dockerfile(t *testing.T) (entrypoint, cmd []string, env map[string]string) {
+// image is what the Dockerfile says of the image: ENTRYPOINT, CMD, ENV, and the paths of
+// halt's binary (its COPY destination and the symlinks the build stage makes in /out/bin,
+// copied to /bin).
+type image struct {
+	entrypoint, cmd []string
+	env             map[string]string
+	executables     []string
+}
+
+// dockerfile reads the image's ENTRYPOINT, CMD, ENV and executables from the Dockerfile.
+func dockerfile(t *testing.T) image {
 	t.Helper()
-	env = map[string]string{}
+	img := image{env: map[string]string{}}
+	link := regexp.MustCompile(`ln -s /usr/local/bin/halt-envoy /out/bin/(\S+)`)
 	for _, l := range strings.Split(string(mustRead(t, repo("Dockerfile"))), "\n") {
 		inst, rest, _ := strings.Cut(strings.TrimSpace(l), " ")
 		switch inst {
@@ -136,19 +147,38 @@ func dockerfile(t *testing.T) (entrypoint, cmd []string, env map[string]string) 
 				t.Fatalf("Dockerfile %s %s: want the exec (JSON) form: %v", inst, rest, err)
 			}
 			if inst == "ENTRYPOINT" {
-				entrypoint = v
+				img.entrypoint = v
 			} else {
-				cmd = v
+				img.cmd = v
 			}
 		case "ENV":
 			k, v, ok := strings.Cut(rest, "=")
 			if !ok {
 				t.Fatalf("Dockerfile ENV %s: want KEY=VALUE", rest)
 			}
-			env[k] = v
+			img.env[k] = v
+		case "COPY":
+			if f := strings.Fields(rest); len(f) == 3 && f[0] == "--from=build" && f[1] == "/out/halt-envoy" {
+				img.executables = append(img.executables, f[2])
+			}
+		}
+		for _, m := range link.FindAllStringSubmatch(l, -1) {
+			img.executables = append(img.executables, "/bin/"+m[1])
 		}
 	}
-	return entrypoint, cmd, env
+	return img
+}
+
+// argv is what a container of the image runs, as Kubernetes decides it: a command
+// replaces ENTRYPOINT and drops CMD; arguments alone replace CMD.
+func (img image) argv(command, args []string) []string {
+	switch {
+	case len(command) > 0:
+		return append(slices.Clone(command), args...)
+	case len(args) > 0:
+		return append(slices.Clone(img.entrypoint), args...)
+	}
+	return append(slices.Clone(img.entrypoint), img.cmd...)
 }
 
 // TestHaltRunsAsEnvoyGatewaysRateLimit builds the Deployment Envoy Gateway runs for
@@ -165,9 +195,11 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 	dep := applyRateLimitDeployment(t, egDeployment(t), rateLimitDeployment(t, spec))
 	c := dep.Spec.Template.Spec.Containers[0]
 
-	entrypoint, cmd, imageEnv := dockerfile(t)
-	if !slices.Equal(c.Command, entrypoint) || !slices.Equal(c.Args, cmd) {
-		t.Fatalf("the container runs %q %q; halt's image has ENTRYPOINT %q CMD %q", c.Command, c.Args, entrypoint, cmd)
+	img := dockerfile(t)
+	// Envoy Gateway starts the reference's /bin/ratelimit: halt's image must hold it.
+	argv := img.argv(c.Command, c.Args)
+	if !slices.Contains(img.executables, argv[0]) {
+		t.Fatalf("the container runs %q; halt's image holds halt at %q only", argv, img.executables)
 	}
 	if !strings.HasPrefix(c.Image, haltImage(t)+":") {
 		t.Fatalf("image %s, want halt's", c.Image)
@@ -231,11 +263,17 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 			env = append(env, kv)
 		}
 	}
-	for k, v := range imageEnv {
-		if k == "HALT_CONFIG" {
-			v = bundled
-		}
+	for k, v := range img.env {
 		env = append(env, k+"="+v)
+	}
+	// The image's bundled configuration, where its default command names it, is the
+	// test's bundled directory: if Envoy Gateway's container ran that command, halt would
+	// serve it.
+	args := argv[1:]
+	for i, a := range args {
+		if a == "/etc/halt-envoy/config" {
+			args[i] = bundled
+		}
 	}
 	mapping := filepath.Join(t.TempDir(), "conf.yaml")
 	if err := os.WriteFile(mapping, []byte(egStatsdMapping(t)), 0o644); err != nil {
@@ -270,7 +308,7 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", testutil.FreePort(t)))
 
 	p := testutil.StartHalt(t, testutil.HaltOptions{
-		Binary: haltBinary(t), Args: c.Args, Env: env, NoAddrFlags: true,
+		Binary: haltBinary(t), Args: args, Env: env, NoAddrFlags: true,
 		GRPCAddr: fmt.Sprintf("127.0.0.1:%d", gp), HTTPAddr: fmt.Sprintf("127.0.0.1:%d", hp),
 		ReadyPath: probePath, ReadyTimeout: 30 * time.Second, StopSignal: os.Interrupt,
 	})
@@ -295,7 +333,7 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 		}
 	}
 	if got := check(t, rls, "bundled", "k", "v"); got.OverallCode != rlspb.RateLimitResponse_OK || got.Statuses[0].CurrentLimit != nil {
-		t.Errorf("the image's bundled config is in force (%v): HALT_CONFIG must be emptied", got)
+		t.Errorf("the image's bundled config is in force (%v): it must be named only on the image's default command line", got)
 	}
 	// Without a client certificate, halt's gRPC port refuses the call.
 	plain, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})))
