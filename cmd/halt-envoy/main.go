@@ -359,10 +359,6 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		clock = testClock{start: f.clockStart, since: time.Now()}
 		log.Warn(testClockEnv+" is set: decisions run on a clock started at that instant (a test setting; never set it in production)", "start", f.clockStart)
 	}
-	adminRoutes, pprofGuard, err := f.saas.adminRoutes(store, watcher.Current, log, clock.Now)
-	if err != nil {
-		return err
-	}
 	eng, err := engine.New(engine.Config{
 		Clock:       clock,
 		Observers:   observers,
@@ -373,6 +369,10 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		Logger:      log,
 		FailureMode: config.FailureMode(f.failureMode),
 	})
+	if err != nil {
+		return err
+	}
+	adminRoutes, pprofGuard, err := f.saas.adminRoutes(eng, log)
 	if err != nil {
 		return err
 	}

@@ -8,17 +8,14 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/halt-envoy/halt-envoy/internal/admin"
-	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
 	"github.com/halt-envoy/halt-envoy/internal/reload"
-	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
 // saasFlags are the flags of the SaaS operator features: the admin API and the decision
@@ -80,14 +77,14 @@ func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]engine.Ob
 
 // adminRoutes returns the admin API's registration for server.Options.Admin, and the
 // guard for server.Options.PprofGuard: the admin token (nil without one, so that pprof is
-// served on --admin-addr only). now is the decision clock's Now, so that the admin API's
-// windows are the engine's.
-func (s *saasFlags) adminRoutes(store backends.Store, rules func() *config.Set, log *slog.Logger, now func() time.Time) ([]func(*http.ServeMux), func(http.Handler) http.Handler, error) {
+// served on --admin-addr only). The API reads and resets state through eng, so that its
+// keys, configuration and clock are the decisions'.
+func (s *saasFlags) adminRoutes(eng *engine.Engine, log *slog.Logger) ([]func(*http.ServeMux), func(http.Handler) http.Handler, error) {
 	tok, err := s.token()
 	if err != nil {
 		return nil, nil, err
 	}
-	h := admin.New(admin.Config{Store: store, Rules: rules, Token: tok, Logger: log.With("component", "admin"), Now: now})
+	h := admin.New(admin.Config{Engine: eng, Token: tok, Logger: log.With("component", "admin")})
 	var guard func(http.Handler) http.Handler
 	if h.Enabled() {
 		guard = h.Protect

@@ -1,8 +1,9 @@
 // Package admin is halt-envoy's operator API: JSON over HTTP, under /admin/, to read and
 // reset a customer's calendar quotas and to read and lift a penalty lockout, without
 // touching the store by hand. It addresses counters the way Envoy does, by domain and
-// descriptor, and finds their keys through the same rule matching as the engine, so what
-// it reads is exactly what the next request will be decided against.
+// descriptor, matches them with the engine's configuration and reads and resets them
+// through the engine (its keys, its reading of results), so what it reads is exactly
+// what the next request will be decided against.
 //
 //	GET    /admin/v1/quotas?domain=D&descriptor=k=v,k=v          usage of every quota
 //	DELETE /admin/v1/quotas?domain=D&descriptor=...[&quota=NAME]  reset them (or one)
@@ -31,9 +32,6 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
-	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
-	"github.com/halt-envoy/halt-envoy/pkg/backends"
-	"github.com/halt-envoy/halt-envoy/pkg/halt"
 )
 
 // Prefix is where the API is mounted.
@@ -48,13 +46,12 @@ const (
 
 // Config wires a Handler.
 type Config struct {
-	// Store is the engine's store.
-	Store backends.Store
-	// Rules returns the current configuration (the engine's Rules).
-	Rules func() *config.Set
+	// Engine holds the state the API reads and resets, and the configuration it is
+	// matched against; its clock places quota periods and lockouts.
+	Engine *engine.Engine
 	// Token is the bearer token callers must present. Empty disables the API.
 	Token string
-	// Now defaults to time.Now; tests pass the engine's fake clock.
+	// Now is the clock of the brute-force back-off; it defaults to time.Now.
 	Now func() time.Time
 	// Logger receives one line per call; defaults to discarding.
 	Logger *slog.Logger
@@ -313,7 +310,7 @@ func (h *Handler) resolve(r *http.Request) (*target, error) {
 	}
 	// The canonical form's hash: the one the log and trace observers print.
 	t.hash = observe.IdentityHash(t.entries)
-	set := h.cfg.Rules()
+	set := h.cfg.Engine.Rules()
 	if set == nil {
 		return t, errors.New("no configuration loaded")
 	}
@@ -331,24 +328,9 @@ func (h *Handler) resolve(r *http.Request) (*target, error) {
 	return t, nil
 }
 
-func (h *Handler) apply(ctx context.Context, now int64, ops []*backends.Op) error {
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.StoreTimeout)
-	defer cancel()
-	if err := h.cfg.Store.Apply(ctx, now, ops); err != nil {
-		return err
-	}
-	for _, op := range ops {
-		if op.Err != nil {
-			return op.Err
-		}
-	}
-	return nil
-}
-
-func (h *Handler) del(ctx context.Context, keys ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.StoreTimeout)
-	defer cancel()
-	return h.cfg.Store.Delete(ctx, keys...)
+// bound bounds one call's store round by StoreTimeout.
+func (h *Handler) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, h.cfg.StoreTimeout)
 }
 
 // finish answers a failed call and logs it; a nil err logs success.
@@ -411,32 +393,24 @@ func (h *Handler) getQuotas(w http.ResponseWriter, r *http.Request) {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
-	now := h.cfg.Now().UnixMicro()
-	ops := make([]*backends.Op, len(t.rule.Quotas))
-	limits := make([]*config.Limit, len(t.rule.Quotas))
-	for i := range t.rule.Quotas {
-		q := &t.rule.Quotas[i]
-		limits[i] = engine.QuotaLimit(q, now)
-		// Cost 0: a read that never counts.
-		ops[i] = &backends.Op{Key: string(engine.QuotaKey(nil, t.domain, t.entries, t.rule, q)), Algorithm: algorithms.Calendar, Limit: limits[i].Params}
-	}
-	if err := h.apply(r.Context(), now, ops); err != nil {
+	ctx, cancel := h.bound(r.Context())
+	defer cancel()
+	usage, err := h.cfg.Engine.Quotas(ctx, t.domain, t.entries, t.rule)
+	if err != nil {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
 	ans := QuotasAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash}
-	for i := range t.rule.Quotas {
-		q := &t.rule.Quotas[i]
-		d := halt.QuotaOf(ops[i].Result, limits[i].Params)
+	for _, u := range usage {
 		ans.Quotas = append(ans.Quotas, QuotaUsage{
-			QuotaView:      q.View(),
-			Used:           d.Used,
-			Limit:          d.Limit,
-			Remaining:      d.Remaining,
-			PeriodStart:    d.PeriodStart.In(q.Location).Format(time.RFC3339),
-			PeriodEnd:      d.PeriodEnd.In(q.Location).Format(time.RFC3339),
-			ResetIn:        d.ResetAfter.Round(time.Second).String(),
-			ResetInSeconds: headers.Seconds(d.ResetAfter.Microseconds()),
+			QuotaView:      u.Quota.View(),
+			Used:           u.Used,
+			Limit:          u.Limit.Params.Requests,
+			Remaining:      u.Remaining,
+			PeriodStart:    u.Start.In(u.Quota.Location).Format(time.RFC3339),
+			PeriodEnd:      u.End.In(u.Quota.Location).Format(time.RFC3339),
+			ResetIn:        u.ResetAfter.Round(time.Second).String(),
+			ResetInSeconds: headers.Seconds(u.ResetAfter.Microseconds()),
 		})
 	}
 	h.finish(w, r, t, http.StatusOK, "read", nil)
@@ -448,24 +422,27 @@ func (h *Handler) deleteQuotas(w http.ResponseWriter, r *http.Request) {
 	if err == nil && len(t.rule.Quotas) == 0 {
 		err = bad("rule %q has no quotas", t.rule.Name)
 	}
-	var keys, names []string
+	var qs []*config.Quota
+	var names []string
 	if err == nil {
 		only := r.URL.Query().Get("quota")
 		for i := range t.rule.Quotas {
 			q := &t.rule.Quotas[i]
 			names = append(names, q.Name)
 			if only == "" || only == q.Name {
-				keys = append(keys, string(engine.QuotaKey(nil, t.domain, t.entries, t.rule, q)))
+				qs = append(qs, q)
 			}
 		}
-		if len(keys) == 0 {
+		if len(qs) == 0 {
 			err = bad("rule %q has no quota %q (have: %s)", t.rule.Name, truncate(only), strings.Join(names, ", "))
 		} else if only != "" {
 			names = []string{only}
 		}
 	}
 	if err == nil {
-		err = h.del(r.Context(), keys...)
+		ctx, cancel := h.bound(r.Context())
+		err = h.cfg.Engine.ResetQuotas(ctx, t.domain, t.entries, t.rule, qs...)
+		cancel()
 	}
 	if err != nil {
 		h.finish(w, r, t, 0, "", err)
@@ -510,23 +487,24 @@ func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
-	now := h.cfg.Now().UnixMicro()
 	p := t.rule.Penalty
-	op := &backends.Op{Key: string(engine.PenaltyKey(nil, t.domain, t.entries, t.rule)), Algorithm: algorithms.Penalty, Limit: p.Params}
-	if err := h.apply(r.Context(), now, []*backends.Op{op}); err != nil {
+	ctx, cancel := h.bound(r.Context())
+	defer cancel()
+	// Severity 0: a read that records nothing.
+	st, err := h.cfg.Engine.Penalty(ctx, t.domain, t.entries, t.rule, p, 0)
+	if err != nil {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
-	st := halt.PenaltyOf(op.Result, now)
 	pv := p.View()
-	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, PenaltyPolicy: &pv, Locked: st.Active, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
-	if st.Active {
+	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, PenaltyPolicy: &pv, Locked: st.Locked, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
+	if st.Locked {
 		ans.LockedUntil = st.Until.Format(time.RFC3339)
 		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
 		ans.RemainingLockoutSeconds = headers.Seconds(st.Remaining.Microseconds())
 	}
 	result := "not locked"
-	if st.Active {
+	if st.Locked {
 		result = "locked"
 	}
 	h.finish(w, r, t, http.StatusOK, result, nil)
@@ -536,7 +514,9 @@ func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
 	t, err := h.penaltyTarget(r)
 	if err == nil {
-		err = h.del(r.Context(), string(engine.PenaltyKey(nil, t.domain, t.entries, t.rule)))
+		ctx, cancel := h.bound(r.Context())
+		err = h.cfg.Engine.LiftPenalty(ctx, t.domain, t.entries, t.rule, t.rule.Penalty)
+		cancel()
 	}
 	if err != nil {
 		h.finish(w, r, t, 0, "", err)

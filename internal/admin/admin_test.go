@@ -74,7 +74,7 @@ func newFixture(t *testing.T, tok string) *fixture {
 		t.Fatal(err)
 	}
 	logs := &testutil.SyncBuffer{}
-	h := admin.New(admin.Config{Store: store, Rules: rules, Token: tok, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	h := admin.New(admin.Config{Engine: e, Token: tok, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	mux := http.NewServeMux()
 	h.Register(mux)
 	return &fixture{engine: e, api: mux, clock: clk, logs: logs}

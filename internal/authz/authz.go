@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"log/slog"
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -148,9 +146,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	if route != nil && route.Exempt && ((r.rawPath == r.path && config.NormalPath(r.rawPath)) || set.NormalizesPaths(cfg.Domain)) {
 		return s.allow(cfg, nil, nil, nil, "route"), nil
 	}
-	probe := [2]config.Entry{{Key: "remote_address", Value: r.source}, {Key: "path", Value: r.rawPath}}
-	if reason, ok := set.Exempt(cfg.Domain, probe[:]); ok {
-		s.metrics.Exemptions.WithLabelValues(cfg.Domain, reason).Inc()
+	if reason, ok := s.engine.ExemptRequest(cfg.Domain, r.source, r.rawPath); ok {
 		return s.allow(cfg, nil, nil, nil, reason), nil
 	}
 
@@ -198,23 +194,11 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		}
 		return nil, status.Error(codes.Unavailable, err.Error())
 	}
-	// The first stage that failed decides: penalty, then quota, then rate.
-	var denied, report *engine.Decision
-	for _, kind := range []engine.Kind{engine.KindPenalty, engine.KindQuota, engine.KindRate} {
-		for i := range decisions {
-			if d := &decisions[i]; d.Code == engine.CodeOverLimit && d.Kind == kind && denied == nil {
-				denied = d
-			}
-		}
-	}
-	if denied != nil {
-		return s.deny(cfg, denied), nil
-	}
-	for i := range decisions {
-		d := &decisions[i]
-		if d.Limit != nil && (report == nil || engine.Tighter(report, d.Limit, d.Result)) {
-			report = d
-		}
+	// The first stage that failed decides (penalty, then quota, then rate); else the
+	// tightest limit is reported.
+	report := engine.Report(decisions)
+	if report != nil && report.Code == engine.CodeOverLimit {
+		return s.deny(cfg, report), nil
 	}
 	// Upstream learns the plan the call was limited as: an unknown plan was served as
 	// the default plan, and a service gating features by this header must never see a
@@ -306,7 +290,7 @@ func (s *Server) addressLocked(ctx context.Context, cfg *Config, pol *config.Pen
 	if !locked {
 		return nil
 	}
-	return problem(403, "Forbidden", "too many invalid API keys from this address; locked out", "penalty:"+pol.Name, left, nil)
+	return problem(headers.Problem{Status: 403, Title: "Forbidden", Detail: "too many invalid API keys from this address; locked out", Policy: "penalty:" + pol.Name, WaitUS: left.Microseconds()}, nil)
 }
 
 // refuseIdentity answers a caller without a valid key: 401, or 403 when this invalid
@@ -325,24 +309,15 @@ func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol *config.Pe
 			}
 		}
 	}
-	return problem(401, "Unauthorized", detail, "", 0, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
+	return problem(headers.Problem{Status: 401, Title: "Unauthorized", Detail: detail}, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
 }
 
-// deny answers a call a stage refused. A penalty lockout is 403 with Retry-After (until
-// the lockout ends) and no rate-limit headers: a lockout is not a quota. A rate limit
-// or quota is 429 with the rate-limit headers of the refusing limit and Retry-After,
-// which is the headers' reset (algorithms.Result.Wait).
+// deny answers a call a stage refused (headers.Refusal): a penalty lockout is 403 with
+// Retry-After and no rate-limit headers (headers.Of has none for it: a lockout is not a
+// quota); a rate limit or quota is 429 with the rate-limit headers of the refusing limit
+// and Retry-After.
 func (s *Server) deny(cfg *Config, d *engine.Decision) *authv3.CheckResponse {
-	wait := time.Duration(d.Result.Wait()) * time.Microsecond
-	policy := headers.PolicyFor(d.Rule, d.Limit)
-	if d.Kind == engine.KindPenalty {
-		return problem(403, "Forbidden", "locked out after repeated violations", policy, wait, nil)
-	}
-	detail := "rate limit exceeded"
-	if d.Kind == engine.KindQuota {
-		detail = "quota exhausted for this period"
-	}
-	return problem(429, "Too Many Requests", detail, policy, wait, s.rateHeaders(cfg, d))
+	return problem(headers.Refusal(d), s.rateHeaders(cfg, d))
 }
 
 func (s *Server) allow(cfg *Config, id *identity, report *engine.Decision, route *string, exempt string) *authv3.CheckResponse {
@@ -390,31 +365,25 @@ func hv(k, v string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 }
 
-// problem builds a denied response with an RFC 9457 problem body and Retry-After.
-func problem(code int, title, detail, policy string, wait time.Duration, hdrs []*corev3.HeaderValueOption) *authv3.CheckResponse {
-	body := map[string]any{"type": "about:blank", "title": title, "status": code, "detail": detail}
-	if policy != "" {
-		body["violated_policy"] = policy
+// problem builds a denied response: p's status, problem body and Retry-After, after the
+// headers hdrs.
+func problem(p headers.Problem, hdrs []*corev3.HeaderValueOption) *authv3.CheckResponse {
+	if ra, ok := p.RetryAfter(); ok {
+		hdrs = append(hdrs, hv("Retry-After", ra))
 	}
-	if wait > 0 {
-		secs := headers.Seconds(wait.Microseconds())
-		body["retry_after_seconds"] = secs
-		hdrs = append(hdrs, hv("Retry-After", strconv.FormatInt(secs, 10)))
-	}
-	b, _ := json.Marshal(body)
-	hdrs = append(hdrs, hv("Content-Type", "application/problem+json"))
+	hdrs = append(hdrs, hv("Content-Type", headers.ContentType))
 	grpcCode := codes.PermissionDenied
-	if code == 401 {
+	if p.Status == 401 {
 		grpcCode = codes.Unauthenticated
-	} else if code == 429 {
+	} else if p.Status == 429 {
 		grpcCode = codes.ResourceExhausted
 	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(grpcCode), Message: detail},
+		Status: &rpcstatus.Status{Code: int32(grpcCode), Message: p.Detail},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
-			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(code)},
+			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(p.Status)},
 			Headers: hdrs,
-			Body:    string(b),
+			Body:    string(p.Body()),
 		}},
 	}
 }

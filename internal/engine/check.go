@@ -53,7 +53,24 @@ func (sc *scratch) reset(n int) {
 // burn a customer's monthly volume), and finally a violation is recorded against the
 // rule's penalty policy when the descriptor ended over limit. Every stage is one store
 // round carrying all descriptors; a call that uses no penalties or quotas makes one round.
+//
+// An admitted request that a leaky bucket with max_delay shapes is held here until its
+// turn (never past ctx's deadline) before Check returns.
 func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
+	return e.check(ctx, e.cfg.Clock, time.Time{}, domain, descs, decisions, true)
+}
+
+// CheckAt is Check at the instant now instead of the engine's clock, for callers that
+// keep time themselves (the Go library's explicit-time calls, as x/time/rate's AllowN):
+// it never holds a shaped request, and reports the hold in the decisions
+// (Result.Delay) for the caller to apply.
+func (e *Engine) CheckAt(ctx context.Context, now time.Time, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
+	return e.check(ctx, nil, now, domain, descs, decisions, false)
+}
+
+// check is Check at clock's time, or at now when clock is nil; hold says whether shaped
+// requests are held here.
+func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain string, descs []Descriptor, decisions []Decision, hold bool) (overLimit bool, err error) {
 	if err := e.validate(domain, descs); err != nil {
 		e.cfg.Metrics.Rejected.WithLabelValues("invalid_argument").Inc()
 		return false, err
@@ -62,7 +79,10 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 		return false, err // the caller gave up: deciding would only spend the budget
 	}
 	set := e.cfg.Rules()
-	nowUS := e.cfg.Clock.Now().UnixMicro()
+	if clock != nil {
+		now = clock.Now()
+	}
+	nowUS := now.UnixMicro()
 
 	sc := e.pool.Get().(*scratch)
 	defer e.pool.Put(sc)
@@ -191,7 +211,7 @@ func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, d
 	}
 
 	overLimit = anyOverLimit(decisions)
-	if delay > 0 && !overLimit {
+	if hold && delay > 0 && !overLimit {
 		e.shape(ctx, delay)
 	}
 	e.count(domain, decisions)
@@ -294,12 +314,20 @@ func (e *Engine) reportViolation(ctx context.Context, ev *ViolationEvent, p *con
 }
 
 func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, l *config.Limit, cost int64, kind Kind) {
-	sc.keyBuf = AppendIdentity(sc.keyBuf[:0], domain, d.Entries, rule)
-	sc.keyBuf = append(sc.keyBuf, '|', '@')
-	sc.keyBuf = append(sc.keyBuf, l.Algorithm.String()...)
-	sc.keyBuf = append(sc.keyBuf, ':')
-	sc.keyBuf = strconv.AppendInt(sc.keyBuf, l.Params.Period, 10)
+	sc.keyBuf = LimitKey(sc.keyBuf[:0], domain, d.Entries, rule, l.Algorithm, l.Params.Period)
 	e.queue(sc, owner, l, kind, l.Algorithm, l.Params, cost)
+}
+
+// LimitKey appends the store key holding a rate limit of algorithm a and period
+// periodUS (microseconds) of one identity. The algorithm and period are part of it, so
+// that changing either never reinterprets a state written under the other, and a
+// per-request algorithm override keeps a counter of its own.
+func LimitKey(dst []byte, domain string, entries []config.Entry, rule *config.Rule, a algorithms.Algorithm, periodUS int64) []byte {
+	dst = AppendIdentity(dst, domain, entries, rule)
+	dst = append(dst, '|', '@')
+	dst = append(dst, a.String()...)
+	dst = append(dst, ':')
+	return strconv.AppendInt(dst, periodUS, 10)
 }
 
 func (e *Engine) queue(sc *scratch, owner int, l *config.Limit, kind Kind, a algorithms.Algorithm, p algorithms.Limit, cost int64) {
@@ -348,16 +376,19 @@ func periodUnit(p quota.Period) string {
 
 func (e *Engine) addPenaltyOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, severity int64) {
 	p := rule.Penalty
-	sc.keyBuf = PenaltyKey(sc.keyBuf[:0], domain, d.Entries, rule)
+	sc.keyBuf = PenaltyKey(sc.keyBuf[:0], domain, d.Entries, rule, p)
 	l := &config.Limit{Name: "penalty:" + p.Name, Algorithm: algorithms.Penalty, Params: p.Params}
 	e.queue(sc, owner, l, KindPenalty, algorithms.Penalty, p.Params, severity)
 }
 
-// PenaltyKey appends the store key holding the penalty state of one identity.
-func PenaltyKey(dst []byte, domain string, entries []config.Entry, rule *config.Rule) []byte {
+// PenaltyKey appends the store key holding the state of penalty p of one identity. rule
+// is the rule the identity matched (its plan entry is left out of the key), nil for an
+// identity charged outside any rule (ext_authz's invalid keys, the library's
+// PenaltyManager).
+func PenaltyKey(dst []byte, domain string, entries []config.Entry, rule *config.Rule, p *config.PenaltyPolicy) []byte {
 	dst = AppendIdentity(dst, domain, entries, rule)
 	dst = append(dst, "|@penalty:"...)
-	return appendEscaped(dst, rule.Penalty.Name)
+	return appendEscaped(dst, p.Name)
 }
 
 // QuotaKey appends the store key holding quota q of one identity.
@@ -418,26 +449,6 @@ func appendEscaped(dst []byte, s string) []byte {
 }
 
 const hexDigits = "0123456789abcdef"
-
-// Penalize records a violation of the given severity against penalty policy p for the
-// identity named by entries, outside any descriptor evaluation: ext_authz uses it for
-// repeated invalid API keys from one address. A severity of 0 only reads the state.
-// It reports whether the identity is locked out and for how much longer.
-func (e *Engine) Penalize(ctx context.Context, domain string, entries []config.Entry, p *config.PenaltyPolicy, severity int64) (locked bool, remaining time.Duration, err error) {
-	key := AppendIdentity(nil, domain, entries, nil)
-	key = append(key, "|@penalty:"...)
-	key = appendEscaped(key, p.Name)
-	op := &backends.Op{Key: string(key), Algorithm: algorithms.Penalty, Limit: p.Params, Cost: severity}
-	if err := e.cfg.Store.Apply(ctx, e.cfg.Clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || op.Err != nil {
-		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
-		return false, 0, fmt.Errorf("penalty %s: %w", p.Name, firstErr(op.Err, err))
-	}
-	if severity > 0 {
-		ev := ViolationEvent{Domain: domain, Entries: entries, Penalty: p.Name, Severity: severity}
-		e.reportViolation(ctx, &ev, p, op.Result)
-	}
-	return !op.Result.Allowed, time.Duration(op.Result.ResetAfter) * time.Microsecond, nil
-}
 
 func anyOverLimit(decisions []Decision) bool {
 	for i := range decisions {

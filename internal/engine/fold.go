@@ -112,7 +112,7 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 		switch {
 		case failErr != nil:
 			e.logFailure("store failed; answering UNAVAILABLE per failure_mode error", domain, failErr)
-			return 0, fmt.Errorf("%w: %v", ErrStoreUnavailable, failErr)
+			return 0, fmt.Errorf("%w: %w", ErrStoreUnavailable, failErr)
 		case st == stageRecord:
 			e.logFailure("recording penalty violations failed", domain, failed)
 		default:

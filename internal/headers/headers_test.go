@@ -3,6 +3,10 @@ package headers
 import (
 	"strings"
 	"testing"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
 func TestParse(t *testing.T) {
@@ -32,5 +36,29 @@ func TestSeconds(t *testing.T) {
 		if got := Seconds(us); got != want {
 			t.Errorf("Seconds(%d) = %d, want %d", us, got, want)
 		}
+	}
+}
+
+// TestRefusal: the answers ext_authz and the middleware send for each stage that refuses,
+// and their one body.
+func TestRefusal(t *testing.T) {
+	l := &config.Limit{Name: "per_min", Algorithm: algorithms.FixedWindow}
+	for kind, want := range map[engine.Kind]string{
+		engine.KindRate:    `{"detail":"rate limit exceeded","retry_after_seconds":3,"status":429,"title":"Too Many Requests","type":"about:blank","violated_policy":"per_min"}`,
+		engine.KindQuota:   `{"detail":"quota exhausted for this period","retry_after_seconds":3,"status":429,"title":"Too Many Requests","type":"about:blank","violated_policy":"per_min"}`,
+		engine.KindPenalty: `{"detail":"locked out after repeated violations","retry_after_seconds":3,"status":403,"title":"Forbidden","type":"about:blank","violated_policy":"per_min"}`,
+	} {
+		d := engine.Decision{Code: engine.CodeOverLimit, Kind: kind, Limit: l, Result: algorithms.Result{RetryAfter: 2_500_000, ResetAfter: 60_000_000}}
+		p := Refusal(&d)
+		if got := string(p.Body()); got != want {
+			t.Errorf("%s: %s\nwant %s", kind, got, want)
+		}
+		if ra, ok := p.RetryAfter(); !ok || ra != "3" {
+			t.Errorf("%s: Retry-After %q %v", kind, ra, ok)
+		}
+	}
+	p := Problem{Status: 401, Title: "Unauthorized", Detail: "a valid API key is required"}
+	if _, ok := p.RetryAfter(); ok || strings.Contains(string(p.Body()), "retry_after") || strings.Contains(string(p.Body()), "violated_policy") {
+		t.Errorf("no wait, no policy: %s", p.Body())
 	}
 }

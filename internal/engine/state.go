@@ -1,0 +1,182 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// The state of one identity, read and reset outside any decision: the admin API and the
+// Go library's managers address it here, so that the keys and the reading of results
+// are the engine's, the same the next decision uses.
+
+// Rules returns the configuration the next call will be decided against (nil before any
+// was loaded).
+func (e *Engine) Rules() *config.Set { return e.cfg.Rules() }
+
+// Now reads the engine's clock: the instant state is read at.
+func (e *Engine) Now() time.Time { return e.cfg.Clock.Now() }
+
+// QuotaUsage is one quota of a rule as it stands now for one identity.
+type QuotaUsage struct {
+	// Quota is the rule's quota.
+	Quota *config.Quota
+	// Limit is the quota's limit for the current calendar period (QuotaLimit).
+	Limit *config.Limit
+	// Used and Remaining are in requests; Used is the quota minus Remaining, so it is
+	// never above the quota even if the quota was lowered mid-period.
+	Used, Remaining int64
+	// Start and End bound the current period, [Start, End), in UTC.
+	Start, End time.Time
+	// ResetAfter is the time until End.
+	ResetAfter time.Duration
+}
+
+// Quotas reads every quota of rule for the identity entries of domain, charging nothing.
+func (e *Engine) Quotas(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule) ([]QuotaUsage, error) {
+	if len(rule.Quotas) == 0 {
+		return nil, nil
+	}
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+	ops := make([]backends.Op, len(rule.Quotas))
+	ptrs := make([]*backends.Op, len(ops))
+	out := make([]QuotaUsage, len(ops))
+	for i := range rule.Quotas {
+		q := &rule.Quotas[i]
+		l := QuotaLimit(q, nowUS)
+		out[i] = QuotaUsage{Quota: q, Limit: l}
+		// Cost 0: a read that never counts.
+		ops[i] = backends.Op{Key: string(QuotaKey(nil, domain, entries, rule, q)), Algorithm: algorithms.Calendar, Limit: l.Params}
+		ptrs[i] = &ops[i]
+	}
+	if err := e.applyOps(ctx, nowUS, ptrs); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		u, r := &out[i], &ops[i].Result
+		u.Remaining = r.Remaining
+		u.Used = u.Limit.Params.Requests - r.Remaining
+		u.Start = time.UnixMicro(u.Limit.Params.WindowStart).UTC()
+		u.End = time.UnixMicro(u.Limit.Params.WindowEnd).UTC()
+		u.ResetAfter = time.Duration(r.ResetAfter) * time.Microsecond
+	}
+	return out, nil
+}
+
+// ResetQuotas clears the usage of quotas qs (quotas of rule) for the identity entries of
+// domain: support's answer to a customer billed for a bug's requests. The periods do not
+// move.
+func (e *Engine) ResetQuotas(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule, qs ...*config.Quota) error {
+	keys := make([]string, len(qs))
+	for i, q := range qs {
+		keys[i] = string(QuotaKey(nil, domain, entries, rule, q))
+	}
+	return e.deleteKeys(ctx, keys)
+}
+
+// ResetLimits forgets the rate-limit state of rule for the identity entries of domain:
+// its next request starts from full limits. With allow_algorithm_override the counters
+// of every other algorithm a request may have asked for go too.
+func (e *Engine) ResetLimits(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule) error {
+	var keys []string
+	for i := range rule.Limits {
+		l := &rule.Limits[i]
+		keys = append(keys, string(LimitKey(nil, domain, entries, rule, l.Algorithm, l.Params.Period)))
+		if rule.AllowAlgorithmOverride {
+			for a := algorithms.Algorithm(1); a.Valid(); a++ {
+				if a.Selectable() && a != l.Algorithm {
+					keys = append(keys, string(LimitKey(nil, domain, entries, rule, a, l.Params.Period)))
+				}
+			}
+		}
+	}
+	return e.deleteKeys(ctx, keys)
+}
+
+// PenaltyState is an identity's standing under a penalty policy.
+type PenaltyState struct {
+	// Locked reports a lockout in force now.
+	Locked bool
+	// Until is when the lockout ends (zero when not Locked); Remaining is the time left.
+	Until     time.Time
+	Remaining time.Duration
+	// PointsLeft is the violation points that would start the next lockout (0 while
+	// Locked); Threshold is the policy's threshold. The penalty algorithm's result does
+	// not carry the ladder level, so neither does the state.
+	PointsLeft, Threshold int64
+}
+
+// Penalty records severity points (0: only reads) of penalty p against the identity
+// entries of domain and returns its standing. rule is the rule the identity matched (nil
+// for one charged outside any rule): it decides the key, as in PenaltyKey. Points
+// recorded during a lockout are ignored by the algorithm: the lockout is the answer.
+func (e *Engine) Penalty(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule, p *config.PenaltyPolicy, severity int64) (PenaltyState, error) {
+	now := e.cfg.Clock.Now()
+	nowUS := now.UnixMicro()
+	op := &backends.Op{Key: string(PenaltyKey(nil, domain, entries, rule, p)), Algorithm: algorithms.Penalty, Limit: p.Params, Cost: min(max(severity, 0), algorithms.MaxCount)}
+	if err := e.applyOps(ctx, nowUS, []*backends.Op{op}); err != nil {
+		return PenaltyState{}, fmt.Errorf("penalty %s: %w", p.Name, err)
+	}
+	r := op.Result
+	if severity > 0 {
+		ev := ViolationEvent{Domain: domain, Rule: rule, Entries: entries, Penalty: p.Name, Severity: op.Cost}
+		e.reportViolation(ctx, &ev, p, r)
+	}
+	st := PenaltyState{Threshold: r.Limit}
+	if r.Allowed {
+		st.PointsLeft = r.Remaining
+		return st, nil
+	}
+	st.Locked = true
+	st.Remaining = time.Duration(r.ResetAfter) * time.Microsecond
+	st.Until = time.UnixMicro(nowUS + r.ResetAfter).UTC()
+	return st, nil
+}
+
+// Penalize records a violation of the given severity against penalty policy p for the
+// identity named by entries, outside any descriptor evaluation: ext_authz uses it for
+// repeated invalid API keys from one address. A severity of 0 only reads the state.
+// It reports whether the identity is locked out and for how much longer.
+func (e *Engine) Penalize(ctx context.Context, domain string, entries []config.Entry, p *config.PenaltyPolicy, severity int64) (locked bool, remaining time.Duration, err error) {
+	st, err := e.Penalty(ctx, domain, entries, nil, p, severity)
+	return st.Locked, st.Remaining, err
+}
+
+// LiftPenalty ends the lockout of the identity entries of domain under penalty p and
+// forgets its history (level and points): an operator's pardon. rule is as for Penalty.
+func (e *Engine) LiftPenalty(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule, p *config.PenaltyPolicy) error {
+	return e.deleteKeys(ctx, []string{string(PenaltyKey(nil, domain, entries, rule, p))})
+}
+
+// applyOps runs ops outside a decision and returns the first failure: an Apply error,
+// or an op's own. Failures count in halt_store_errors_total, as a decision's do.
+func (e *Engine) applyOps(ctx context.Context, nowUS int64, ops []*backends.Op) error {
+	err := e.cfg.Store.Apply(ctx, nowUS, ops)
+	if err == nil {
+		for _, op := range ops {
+			if op.Err != nil {
+				err = op.Err
+				break
+			}
+		}
+	}
+	if err != nil {
+		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+	}
+	return err
+}
+
+func (e *Engine) deleteKeys(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if err := e.cfg.Store.Delete(ctx, keys...); err != nil {
+		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+		return err
+	}
+	return nil
+}
