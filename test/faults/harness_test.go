@@ -66,13 +66,20 @@ type harness struct {
 
 func newHarness(t *testing.T, storeURL string) *harness {
 	t.Helper()
-	set, err := config.Parse(map[string][]byte{"faults.yaml": []byte(rulesYAML)})
+	return newHarnessWith(t, storeURL, storeTimeout, rulesYAML)
+}
+
+// newHarnessWith is newHarness with its store timeout (0: the store kind's default) and
+// rules.
+func newHarnessWith(t *testing.T, storeURL string, timeout time.Duration, rules string) *harness {
+	t.Helper()
+	set, err := config.Parse(map[string][]byte{"faults.yaml": []byte(rules)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	store, err := all.Open(ctx, storeURL, backends.Options{Timeout: storeTimeout})
+	store, err := all.Open(ctx, storeURL, backends.Options{Timeout: timeout})
 	if err != nil {
 		t.Fatalf("open %s: %v", backends.Redact(fmt.Errorf("%s", storeURL)), err)
 	}

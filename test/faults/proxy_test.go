@@ -29,6 +29,7 @@ type Proxy struct {
 	closed   bool
 	wg       sync.WaitGroup
 	running  atomic.Int64 // relay goroutines alive, so tests can tell them from halt's
+	accepted atomic.Int64 // connections accepted: how many times the client dialled
 }
 
 type link struct {
@@ -53,6 +54,10 @@ func NewProxy(t testing.TB, target string) *Proxy {
 // Goroutines is how many relay goroutines run now (they live in the test process).
 func (p *Proxy) Goroutines() int { return int(p.running.Load()) }
 
+// Accepted is how many connections halt opened through the proxy so far: connection
+// churn, seen from the network.
+func (p *Proxy) Accepted() int { return int(p.accepted.Load()) }
+
 // Addr is the address halt should dial.
 func (p *Proxy) Addr() string { return p.addr }
 
@@ -65,6 +70,7 @@ func (p *Proxy) accept(ln net.Listener) {
 		if err != nil {
 			return
 		}
+		p.accepted.Add(1)
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()

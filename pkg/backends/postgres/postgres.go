@@ -84,6 +84,20 @@ type Store struct {
 // healInterval is the shortest time between two attempts to re-create a dropped schema.
 const healInterval = time.Second
 
+// The warm pool's defaults: connections kept open, and kept idle, when the URL does not
+// say (pool_min_conns, pool_min_idle_conns); both at most pool_max_conns.
+const (
+	warmConns     = 4
+	warmIdleConns = 2
+)
+
+// drainFor is how long a decision whose caller has stopped waiting (the store timeout
+// passed) may still run to keep its connection: the server's statement_timeout (the
+// store timeout) ends a slow statement, and a late answer is read and the connection
+// returned to the pool. Only past it does pgx close the connection. It is the longer of
+// the store timeout and a second.
+func drainFor(timeout time.Duration) time.Duration { return max(timeout, time.Second) }
+
 type urlConfig struct {
 	pool  *pgxpool.Config
 	table string
@@ -129,6 +143,16 @@ func parseURL(raw string) (*urlConfig, error) {
 	if err != nil {
 		// pgx redacts the password in its parse errors; Redact covers url.Error too.
 		return nil, fmt.Errorf("postgres URL: %w", backends.Redact(err))
+	}
+	// A warm pool: a decision must never wait for a connection to be made (TCP, startup,
+	// authentication: more than a tight store timeout), so connections are made ahead, in
+	// the background, and replaced there when one is lost. The URL's pool_min_conns and
+	// pool_min_idle_conns win.
+	if !rest.Has("pool_min_conns") {
+		out.pool.MinConns = min(out.pool.MaxConns, warmConns)
+	}
+	if !rest.Has("pool_min_idle_conns") {
+		out.pool.MinIdleConns = min(out.pool.MaxConns, warmIdleConns)
 	}
 	return out, nil
 }
@@ -313,9 +337,34 @@ type call struct {
 	params []int64
 	order  []int          // order[i] = index in ops of the i-th op sent
 	sent   []*backends.Op // sent[i] = ops[order[i]]
+
+	// The round trip runs on a goroutine of its own (Store.roundTrip), so that a caller
+	// whose timeout passes gets its answer on time while the query keeps its connection.
+	res   []int64
+	err   error
+	done  chan struct{} // one send when the round trip finished and the caller waits
+	state atomic.Int32  // callRunning, then callFinished or callAbandoned, set once
 }
 
-var callPool = sync.Pool{New: func() any { return new(call) }}
+// The states of a call's round trip: whoever moves it from callRunning owns the call's
+// end (the caller reads the answer and pools the call; an abandoned call is pooled by
+// the round trip when it ends).
+const (
+	callRunning int32 = iota
+	callFinished
+	callAbandoned
+)
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+// putCall empties c and pools it.
+func putCall(c *call) {
+	clear(c.sent) // no op outlives its call in the pool
+	c.keys, c.params, c.order, c.sent = c.keys[:0], c.params[:0], c.order[:0], c.sent[:0]
+	c.res, c.err = nil, nil
+	c.state.Store(callRunning)
+	callPool.Put(c)
+}
 
 // Apply decides every op in one round trip. Ops are sent sorted by key (stable, so one
 // key's ops keep their order): every transaction then locks rows in the same order, which
@@ -328,11 +377,6 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		return backends.FailAll(ops, fmt.Errorf("postgres: clock value %d us is outside the supported range of +-%d us", now, MaxTime))
 	}
 	c := callPool.Get().(*call)
-	defer func() {
-		clear(c.sent) // no op outlives its call in the pool
-		c.keys, c.params, c.order, c.sent = c.keys[:0], c.params[:0], c.order[:0], c.sent[:0]
-		callPool.Put(c)
-	}()
 	var first error
 	for i, op := range ops {
 		op.Err = nil
@@ -347,6 +391,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		c.order = append(c.order, i)
 	}
 	if len(c.order) == 0 {
+		putCall(c)
 		return first
 	}
 	if len(c.order) > 1 {
@@ -364,8 +409,31 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	var res []int64
-	err := s.pool.QueryRow(ctx, s.callSQL, c.keys, c.params, now).Scan(&res)
+	// The connection is taken within the caller's budget: a warm pool has one ready.
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		err = backends.FailAll(c.sent, fmt.Errorf("postgres apply: %w", classify(err)))
+		putCall(c)
+		return err
+	}
+	go s.roundTrip(ctx, conn, c, now)
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		if c.state.CompareAndSwap(callRunning, callAbandoned) {
+			// The round trip goes on without us and pools c when it ends; ops are ours.
+			err := fmt.Errorf("postgres apply: %w: %w", backends.ErrUnavailable, ctx.Err())
+			for _, op := range ops {
+				if op.Err == nil {
+					op.Result, op.Err = algorithms.Result{}, err
+				}
+			}
+			return err
+		}
+		<-c.done // it finished meanwhile
+	}
+	defer putCall(c)
+	res, err := c.res, c.err
 	if err == nil && len(res) != resStride*len(c.order) {
 		err = fmt.Errorf("%w: decision function returned %d values for %d ops", backends.ErrCorrupt, len(res), len(c.order))
 	}
@@ -389,6 +457,25 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		}
 	}
 	return first
+}
+
+// roundTrip runs c's decision on conn and hands the answer to the caller, or, when the
+// caller stopped waiting, finishes on its own. A query whose context ends mid-flight
+// costs its connection (pgx closes it, as the only way to stop reading an answer), and
+// a new one takes longer than a tight store timeout: so the query's context is not the
+// caller's but lasts drainFor longer, the server's statement_timeout ends a slow
+// statement at the store timeout, and the connection goes back to the pool with the
+// late answer read.
+func (s *Store) roundTrip(ctx context.Context, conn *pgxpool.Conn, c *call, now int64) {
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.Timeout+drainFor(s.opt.Timeout))
+	c.err = conn.QueryRow(qctx, s.callSQL, c.keys, c.params, now).Scan(&c.res)
+	cancel()
+	conn.Release()
+	if c.state.CompareAndSwap(callRunning, callFinished) {
+		c.done <- struct{}{}
+		return
+	}
+	putCall(c) // abandoned: nobody reads the answer
 }
 
 // Delete removes keys in one statement.
