@@ -150,9 +150,14 @@ func TestPenaltyLadder(t *testing.T) {
 	}
 	// Locked: refused with the lockout remaining, without touching the rate counters.
 	h.clock.Add(58 * time.Second)
-	st := call().Statuses[0]
+	resp := call()
+	st := resp.Statuses[0]
 	if st.Code != rlspb.RateLimitResponse_OVER_LIMIT || st.CurrentLimit.GetName() != "penalty:abuse" {
 		t.Fatalf("locked out: %v", st)
+	}
+	// A lockout is not a quota: no rate-limit headers describe it (docs/envoy.md).
+	if len(resp.ResponseHeadersToAdd) != 0 {
+		t.Fatalf("a lockout carries rate-limit headers: %v", resp.ResponseHeadersToAdd)
 	}
 	if d := st.DurationUntilReset.AsDuration(); d != 2*time.Second {
 		t.Fatalf("remaining lockout %v, want 2s", d)

@@ -129,8 +129,7 @@ func bytesCopy(md protoreflect.MessageDescriptor) (protoreflect.MessageDescripto
 	seenFile := map[string]bool{}
 	seenMsg := map[protoreflect.FullName]bool{}
 	var walk func(protoreflect.MessageDescriptor)
-	var addFile func(protoreflect.FileDescriptor)
-	addFile = func(f protoreflect.FileDescriptor) {
+	addFile := func(f protoreflect.FileDescriptor) {
 		if seenFile[f.Path()] {
 			return
 		}
