@@ -107,7 +107,53 @@ const (
 	MaxSlidingLog = int64(10000)
 	// MaxLadder is the number of lockout steps a penalty may have.
 	MaxLadder = 8
+	// MaxSkew is how far ahead of an op's now the time of the state it reads may be and
+	// still be trusted (1 s). Every state remembers when it last changed; an op whose now
+	// is older than that (it took its clock reading before a concurrent op that got to
+	// the store first, or its replica's clock is behind another's) is decided as if it
+	// arrived at the state's time, so that arrival order and clock skew between replicas
+	// never refuse what the same ops in order would admit. A state time further ahead
+	// than MaxSkew is a broken clock, not skew: the op is then decided at its own now
+	// (each algorithm's handling of a clock that went back), so that one replica with a
+	// wrong clock cannot hold a key at its time for longer than MaxSkew.
+	MaxSkew = int64(time.Second / time.Microsecond)
 )
+
+// At returns the time an op whose clock reads now is decided at, against a state last
+// changed at t (0: never): t when it is ahead of now by at most MaxSkew, else now.
+func At(now, t int64) int64 {
+	if t > now && t-now <= MaxSkew {
+		return t
+	}
+	return now
+}
+
+// StateTime returns when s, a state of algorithm a, last changed (0 when it does not
+// say): the time an op older than it is decided at (At). Each algorithm keeps it in a
+// field of State it does not otherwise use; see the Decide functions.
+func StateTime(a Algorithm, s *State) int64 {
+	switch a {
+	case FixedWindow, Calendar:
+		return s.C
+	case TokenBucket, LeakyBucket:
+		return s.B
+	case SlidingWindow:
+		return s.A
+	case SlidingWindowCounter, Penalty:
+		return s.D
+	}
+	return 0
+}
+
+// skewTTL moves a TTL computed at the decision time at onto the clock of the op's now,
+// which is what stores expire by: a state decided ahead of the op's clock must be kept
+// that much longer. A TTL of 0 (nothing worth keeping) stays 0.
+func skewTTL(ttl, at, now int64) int64 {
+	if ttl <= 0 {
+		return ttl
+	}
+	return ttl + at - now
+}
 
 // Limit parameterises one decision. The zero Burst means Requests.
 type Limit struct {
@@ -248,7 +294,8 @@ type Entry struct {
 
 // State is the whole persistent state of one key. Its fields mean different things per
 // algorithm (documented on each Decide function) so that every backend stores the same
-// four integers, plus the log for SlidingWindow only.
+// four integers, plus the log for SlidingWindow only. One of them is the state's time
+// (StateTime): when a decision last changed it.
 type State struct {
 	A, B, C, D int64
 	Log        []Entry
@@ -284,7 +331,9 @@ func (s *State) Reset() {
 	s.Log = s.Log[:0]
 }
 
-// Result is the outcome of one decision.
+// Result is the outcome of one decision. Its durations (ResetAfter, RetryAfter, Delay)
+// count from the time the op was decided at (At: its now, or the state's time when that
+// is ahead); TTL counts from the op's now, the clock stores expire by.
 type Result struct {
 	// Allowed reports whether the request passes.
 	Allowed bool
@@ -321,7 +370,8 @@ func (r *Result) Wait() int64 {
 }
 
 // Decide applies algorithm a to s at time now for a request of the given cost, updating
-// s in place. A cost of 0 only checks. cost must not be negative.
+// s in place. A cost of 0 only checks. cost must not be negative. An op whose now is
+// older than the state's time (by up to MaxSkew) is decided at the state's time (At).
 func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {
 	if cost < 0 {
 		cost = 0
@@ -369,22 +419,31 @@ func satAdd(a, b int64) int64 {
 	return a + b
 }
 
-// DecideFixedWindow: A is the window start, B the hits counted in it.
-// As in the reference service the hit is counted even when denied.
+// DecideFixedWindow: A is the window start, B the hits counted in it, C the state's time.
+// As in the reference service the hit is counted even when denied. A denied hit in the
+// key's window does not move the state's time: the count above the limit changes no
+// decision in that window (so the Redis deny cache may answer such hits without the
+// server seeing them, and every store still agrees on the key's time).
 func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
-	start := WindowStart(now, l.Period)
+	at := At(now, s.C)
+	start := WindowStart(at, l.Period)
+	changed := false
 	switch {
 	case s.A == start:
 	case s.A > start && s.A < start+l.Period*2:
-		// The clock went back into an earlier window: keep counting in the newer one
-		// rather than forgetting what it admitted.
+		// The clock went back further than MaxSkew into an earlier window: keep counting
+		// in the newer one rather than forgetting what it admitted.
 		start = s.A
 	default:
 		s.A, s.B = start, 0
+		changed = true
 	}
 	s.B = satAdd(s.B, cost)
-	reset := start + l.Period - now
-	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: reset}
+	if changed || cost > 0 && s.B <= l.Requests {
+		s.C = at
+	}
+	reset := start + l.Period - at
+	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: skewTTL(reset, at, now)}
 	if s.B <= l.Requests {
 		r.Allowed = true
 		r.Remaining = l.Requests - s.B
@@ -399,24 +458,39 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 	return r
 }
 
-// DecideCalendar: A is the window start, B the cost admitted in it. Bounds come from l.
+// DecideCalendar: A is the window start, B the cost admitted in it, C the state's time,
+// D the window's end. Bounds come from l, computed by the caller from its own now; when
+// the state is already in a later window and its time is ahead of now by at most MaxSkew
+// (an op from just before a period boundary arriving after one from just after it), the
+// op is decided in the state's window, at the state's time.
 func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
-	// A state from a later window than this one (the clock went back) keeps its count.
-	if s.A != l.WindowStart && (s.A <= l.WindowStart || s.A >= l.WindowEnd) {
-		s.A, s.B = l.WindowStart, 0
+	ws, we := l.WindowStart, l.WindowEnd
+	at := At(now, s.C)
+	if at != now && s.A >= we && s.D > s.A {
+		ws, we = s.A, s.D
 	}
-	reset := l.WindowEnd - now
+	changed := false
+	// A state from a later window than this one (the clock went back) keeps its count.
+	if s.A != ws && (s.A <= ws || s.A >= we) {
+		s.A, s.B = ws, 0
+		changed = true
+	}
+	reset := we - at
 	if reset < 0 {
 		reset = 0
 	}
-	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: reset}
+	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: skewTTL(reset, at, now)}
 	if s.B+cost <= l.Requests {
 		s.B += cost
 		r.Allowed = true
+		changed = changed || cost > 0
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
 	} else {
 		r.RetryAfter = reset
+	}
+	if changed {
+		s.C, s.D = at, we
 	}
 	r.Remaining = l.Requests - s.B
 	if r.Remaining < 0 {
@@ -429,12 +503,13 @@ func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
 }
 
 // DecideTokenBucket: A is the theoretical arrival time (GCRA's TAT): the instant at
-// which the bucket will be full again. A zero A is a full bucket.
+// which the bucket will be full again, B the state's time. A zero A is a full bucket.
 func DecideTokenBucket(s *State, now int64, l *Limit, cost int64) Result {
 	return gcra(s, now, l, cost, false)
 }
 
-// DecideLeakyBucket: A is the instant the bucket will have drained empty. Water drains
+// DecideLeakyBucket: A is the instant the bucket will have drained empty, B the state's
+// time. Water drains
 // at Requests per Period; a request fits when its cost plus the water fits in capacity.
 // With MaxDelay, Delay tells the caller how long the water ahead of it takes to drain.
 func DecideLeakyBucket(s *State, now int64, l *Limit, cost int64) Result {
@@ -451,34 +526,36 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 		}
 		return r
 	}
+	at := At(now, s.B)
 	t := l.Interval()
 	tau := capacity * t
 	tat := s.A
-	if tat < now {
-		tat = now
+	if tat < at {
+		tat = at
 	}
-	backlog := tat - now // water (in time) ahead of this request
+	backlog := tat - at // water (in time) ahead of this request
 	if backlog > tau {
-		// Only possible when the clock went backwards: treat the bucket as exactly full.
+		// Only possible when the clock went back further than MaxSkew: treat the bucket
+		// as exactly full.
 		backlog = tau
 	}
 	if cost > capacity {
 		r.RetryAfter = -1
 		r.Remaining = (tau - backlog) / t
 		r.ResetAfter = backlog
-		r.TTL = backlog
+		r.TTL = skewTTL(backlog, at, now)
 		return r
 	}
 	next := backlog + cost*t
 	waitOK := !shape || l.MaxDelay <= 0 || backlog <= l.MaxDelay
 	if next <= tau && waitOK {
 		if cost > 0 {
-			s.A = now + next
+			s.A, s.B = at+next, at
 		}
 		r.Allowed = true
 		r.Remaining = (tau - next) / t
 		r.ResetAfter = next
-		r.TTL = next
+		r.TTL = skewTTL(next, at, now)
 		if shape && l.MaxDelay > 0 {
 			r.Delay = backlog
 		}
@@ -493,7 +570,7 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 	}
 	r.Remaining = (tau - backlog) / t
 	r.ResetAfter = backlog
-	r.TTL = backlog
+	r.TTL = skewTTL(backlog, at, now)
 	r.RetryAfter = next - tau
 	if !waitOK && backlog-l.MaxDelay > r.RetryAfter {
 		r.RetryAfter = backlog - l.MaxDelay
@@ -501,17 +578,20 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 	return r
 }
 
-// DecideSlidingWindow keeps Log sorted by time; entries at or before now-Period have left
-// the window. B caches the sum of the log's costs. Entries admitted in the same microsecond are merged so the log stays at
+// DecideSlidingWindow keeps Log sorted by time; entries at or before the decision time
+// minus Period have left the window. A is the state's time, B caches the sum of the
+// log's costs. Entries admitted in the same microsecond are merged so the log stays at
 // most Requests long.
 func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
-	cut := now - l.Period
+	at := At(now, s.A)
+	cut := at - l.Period
 	drop := 0
 	used := s.B // running sum of the log's costs, so a decision is O(entries expired)
 	for drop < len(s.Log) && s.Log[drop].At <= cut {
 		used -= s.Log[drop].Cost
 		drop++
 	}
+	changed := drop > 0
 	if drop > 0 {
 		n := copy(s.Log, s.Log[drop:])
 		s.Log = s.Log[:n]
@@ -526,15 +606,16 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 	if used+cost <= l.Requests {
 		r.Allowed = true
 		if cost > 0 {
-			at := now
 			if n := len(s.Log); n > 0 && s.Log[n-1].At >= at {
-				// Same microsecond, or a clock that went back: merge into the newest entry
-				// so it expires no earlier than what it already held.
+				// Same microsecond, or a clock that went back further than MaxSkew:
+				// merge into the newest entry so it expires no earlier than what it
+				// already held.
 				s.Log[n-1].Cost += cost
 			} else {
 				s.Log = append(s.Log, Entry{At: at, Cost: cost})
 			}
 			used += cost
+			changed = true
 		}
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
@@ -546,40 +627,47 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 		for _, e := range s.Log {
 			need -= e.Cost
 			if need <= 0 {
-				r.RetryAfter = e.At + l.Period - now
+				r.RetryAfter = e.At + l.Period - at
 				break
 			}
 		}
 	}
 	s.B = used
+	if changed {
+		s.A = at
+	}
 	r.Remaining = l.Requests - used
 	if r.Remaining < 0 {
 		r.Remaining = 0
 	}
 	if n := len(s.Log); n > 0 {
-		r.ResetAfter = s.Log[n-1].At + l.Period - now
-		r.TTL = r.ResetAfter
+		r.ResetAfter = s.Log[n-1].At + l.Period - at
+		r.TTL = skewTTL(r.ResetAfter, at, now)
 	}
 	return r
 }
 
 // DecideSlidingWindowCounter: A is the current fixed window's start, B its count, C the
-// previous window's count. The estimate is C*(Period-elapsed)/Period + B. The product is
-// computed in float64 with the same operation order as the Lua and SQL versions
-// (multiply, then divide), so every backend rounds identically.
+// previous window's count, D the state's time. The estimate is C*(Period-elapsed)/Period
+// + B. The product is computed in float64 with the same operation order as the Lua and
+// SQL versions (multiply, then divide), so every backend rounds identically.
 func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Result {
 	p := l.Period
-	cur := WindowStart(now, p)
+	at := At(now, s.D)
+	cur := WindowStart(at, p)
+	changed := false
 	switch {
 	case s.A == cur:
 	case s.A == cur-p:
 		s.A, s.B, s.C = cur, 0, s.B
+		changed = true
 	case s.A > cur && s.A < cur+2*p:
-		cur = s.A // clock went back: stay in the newer window
+		cur = s.A // the clock went back further than MaxSkew: stay in the newer window
 	default:
 		s.A, s.B, s.C = cur, 0, 0
+		changed = true
 	}
-	elapsed := now - cur
+	elapsed := at - cur
 	if elapsed < 0 {
 		elapsed = 0
 	}
@@ -589,12 +677,16 @@ func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Resul
 	if w+s.B+cost <= l.Requests {
 		s.B = satAdd(s.B, cost)
 		r.Allowed = true
+		changed = changed || cost > 0
 	} else if cost > l.Requests {
 		r.RetryAfter = -1
 	}
+	if changed {
+		s.D = at
+	}
 	if r.RetryAfter == 0 && w+s.B+cost > l.Requests {
 		// Refused, or admitted with the last room: when one like it fits again.
-		r.RetryAfter = slidingCounterRetry(s, now, cur, p, l.Requests, cost)
+		r.RetryAfter = slidingCounterRetry(s, at, cur, p, l.Requests, cost)
 	}
 	r.Remaining = l.Requests - w - s.B
 	if r.Remaining < 0 {
@@ -602,11 +694,11 @@ func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Resul
 	}
 	switch {
 	case s.B > 0:
-		r.ResetAfter = cur + 2*p - now
+		r.ResetAfter = cur + 2*p - at
 	case s.C > 0:
-		r.ResetAfter = cur + p - now
+		r.ResetAfter = cur + p - at
 	}
-	r.TTL = r.ResetAfter
+	r.TTL = skewTTL(r.ResetAfter, at, now)
 	return r
 }
 
@@ -641,46 +733,45 @@ func slidingCounterRetry(s *State, now, cur, p, limit, cost int64) int64 {
 
 // DecidePenalty records a violation of the given severity (cost) or, with cost 0, only
 // checks. A is the lockout end, B the ladder level reached, C the violation points
-// gathered toward the next lockout, D the time of the last violation. Requests is the
-// points threshold, Period the quiet period after which one level (and all points) decay.
-// Allowed is false while locked out; ResetAfter is then the lockout remaining.
+// gathered toward the next lockout, D the state's time: the last violation, or the end
+// of the last quiet period that made a level decay. Requests is the points threshold,
+// Period the quiet period after which one level (and all points) decay: a level decays
+// after each whole Period without a violation, counted from the lockout's end (or the
+// last violation), and a check that sees a decay records it, so that a later check does
+// not count the same quiet time again. Allowed is false while locked out; ResetAfter is
+// then the lockout remaining.
 func DecidePenalty(s *State, now int64, l *Limit, cost int64) Result {
-	decay := func() {
-		if s.D == 0 || l.Period <= 0 || now <= s.D {
-			return
-		}
-		quiet := now - s.D
-		if s.A > s.D {
-			quiet = now - s.A // the quiet period starts when the lockout ends
-		}
-		if quiet < l.Period {
-			return
-		}
-		s.C = 0
-		steps := quiet / l.Period
-		if steps >= s.B {
-			s.B = 0
-		} else {
-			s.B -= steps
-		}
-	}
+	at := At(now, s.D)
 	r := Result{Limit: l.Requests}
-	if now >= s.A {
-		decay()
+	if at >= s.A && s.D != 0 && l.Period > 0 && at > s.D {
+		from := s.D
+		if s.A > s.D {
+			from = s.A // the quiet period starts when the lockout ends
+		}
+		if quiet := at - from; quiet >= l.Period {
+			s.C = 0
+			steps := quiet / l.Period
+			if steps >= s.B {
+				s.B = 0
+			} else {
+				s.B -= steps
+			}
+			s.D = from + steps*l.Period
+		}
 	}
-	if cost > 0 && now >= s.A {
+	if cost > 0 && at >= s.A {
 		s.C = satAdd(s.C, cost)
-		s.D = now
+		s.D = at
 		if s.C >= l.Requests {
 			if s.B < int64(l.Steps) {
 				s.B++
 			}
-			s.A = now + l.Ladder[s.B-1]
+			s.A = at + l.Ladder[s.B-1]
 			s.C = 0
 		}
 	}
-	if now < s.A {
-		r.ResetAfter = s.A - now
+	if at < s.A {
+		r.ResetAfter = s.A - at
 		r.RetryAfter = r.ResetAfter
 	} else {
 		r.Allowed = true
@@ -695,10 +786,11 @@ func DecidePenalty(s *State, now int64, l *Limit, cost int64) Result {
 		if s.D > end {
 			end = s.D
 		}
-		r.TTL = end + (s.B+1)*l.Period - now
+		r.TTL = end + (s.B+1)*l.Period - at
 		if r.TTL < 0 {
 			r.TTL = 0
 		}
+		r.TTL = skewTTL(r.TTL, at, now)
 	}
 	return r
 }

@@ -42,8 +42,9 @@ func TestFixedWindow(t *testing.T) {
 		{999_999, 0, Result{Limit: 3, ResetAfter: 1, RetryAfter: 1}},
 		// Window boundary: aligned to the epoch, a fresh count.
 		{sec, 1, Result{Allowed: true, Limit: 3, Remaining: 2, ResetAfter: sec}},
-		// Clock goes back into the previous window: keep counting in the newer one.
-		{sec - 10, 1, Result{Allowed: true, Limit: 3, Remaining: 1, ResetAfter: sec + 10}},
+		// An op 10us older than the state it reads (it arrived late, or its clock is
+		// behind): decided at the state's time, in the newer window.
+		{sec - 10, 1, Result{Allowed: true, Limit: 3, Remaining: 1, ResetAfter: sec}},
 		// Cost above the limit can never pass.
 		{sec + 1, 4, Result{Limit: 3, ResetAfter: sec - 1, RetryAfter: -1}},
 		// 2^32-1 hits saturate instead of wrapping.
@@ -87,8 +88,12 @@ func TestTokenBucket(t *testing.T) {
 		{600 * ms, 0, Result{Allowed: true, Limit: 5, Remaining: 2, ResetAfter: 600 * ms}},
 		// Long idle: full again, never more than the burst.
 		{100 * sec, 1, Result{Allowed: true, Limit: 5, Remaining: 4, ResetAfter: 200 * ms}},
-		// Clock goes back 1 s: treated as a full backlog, nothing extra admitted.
-		{99 * sec, 1, Result{Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 200 * ms}},
+		// An op 1 s (MaxSkew) older than the state: decided at the state's time, as if
+		// it came right after the last one.
+		{99 * sec, 1, Result{Allowed: true, Limit: 5, Remaining: 3, ResetAfter: 400 * ms}},
+		// A clock 2 s behind the state's time is broken, not skewed: treated as a full
+		// backlog at its own time, nothing extra admitted.
+		{98 * sec, 1, Result{Limit: 5, Remaining: 0, ResetAfter: sec, RetryAfter: 200 * ms}},
 	})
 }
 

@@ -17,12 +17,13 @@ var wireMarker = regexp.MustCompile(`(?m)(-?[0-9]+)(\s*;?[ \t]*--[ \t]*halt:([a-
 // WireValues returns the numbers a port of pkg/algorithms to another language (the Redis
 // Lua script, the PostgreSQL function) must share with Go, by the names Inject's markers
 // use: every algorithm under its configuration name (fixed_window, ...), and the bounds
-// max_count, max_sliding_log and max_ladder.
+// max_count, max_sliding_log, max_ladder and max_skew.
 func WireValues() map[string]int64 {
 	v := map[string]int64{
 		"max_count":       algorithms.MaxCount,
 		"max_sliding_log": algorithms.MaxSlidingLog,
 		"max_ladder":      algorithms.MaxLadder,
+		"max_skew":        algorithms.MaxSkew,
 	}
 	for a := algorithms.Algorithm(1); a != 0; a++ {
 		if a.Valid() {

@@ -25,8 +25,9 @@ type Factory func(t *testing.T) backends.Store
 // Options adjust the suite for a backend's documented limits. Every field that skips
 // or allows something must come with a Reason the test log will show.
 type Options struct {
-	// SkipConcurrency skips the concurrent-hammering part, for a server that cannot apply
-	// concurrent updates atomically (FerretDB v1). Reason is then required.
+	// SkipConcurrency skips the parts that send concurrent ops (the hammering, the
+	// out-of-order shaping calls), for a server that cannot apply concurrent updates
+	// atomically (FerretDB v1). Reason is then required.
 	SkipConcurrency bool
 	// SkipSlidingLog skips the exact sliding log (a backend whose items are too small).
 	SkipSlidingLog bool
@@ -123,6 +124,70 @@ func Timeline(seed uint64, n int) []Step {
 	return steps
 }
 
+// Replica is one halt replica of a skewed timeline: its clock's offset from real time.
+type Replica struct {
+	Name string
+	Skew int64 // microseconds; positive is ahead
+}
+
+// Replicas are the clocks of SkewedTimeline: NTP-grade skews either way, one clock behind
+// by most of algorithms.MaxSkew, and one broken clock far beyond it (whose state times
+// the others must not trust, and which must not trust theirs).
+func Replicas() []Replica {
+	return []Replica{
+		{"on time", 0},
+		{"behind 45ms", -45_000},
+		{"ahead 30ms", 30_000},
+		{"behind 700ms", -700_000},
+		{"ahead 2.5s", 2_500_000},
+	}
+}
+
+// SkewedTimeline returns a deterministic sequence of ops on three keys as several
+// replicas send them: real time moves forward (bursts, window edges, idle gaps), each
+// op comes from a random replica of Replicas and carries that replica's clock reading,
+// taken up to 6 ms before the op reaches the store (so that ops reach it out of the
+// order of their timestamps). Costs are mostly 1 and 2, with check-only ops and costs
+// above the limit.
+func SkewedTimeline(seed uint64, n int) []Step {
+	rng := mrand.New(mrand.NewPCG(seed, seed^0x51ed270b27b57d3))
+	reps := Replicas()
+	steps := make([]Step, 0, n)
+	var real int64 = 5 * sec
+	for i := 0; i < n; i++ {
+		switch r := rng.IntN(100); {
+		case r < 40: // together: the skew decides the order
+		case r < 75:
+			real += int64(rng.IntN(int(sec / 8)))
+		case r < 88:
+			real += sec - real%sec + int64(rng.IntN(40_000)) - 20_000 // around a window edge
+		case r < 97:
+			real += int64(rng.IntN(int(2 * sec)))
+		default:
+			real += 70 * sec
+		}
+		rep := reps[0]
+		if r := rng.IntN(100); r >= 30 {
+			rep = reps[1+rng.IntN(len(reps)-1)]
+			if rep.Skew > algorithms.MaxSkew && rng.IntN(3) != 0 {
+				rep = reps[1] // the broken clock sends less
+			}
+		}
+		cost := int64(1)
+		switch r := rng.IntN(100); {
+		case r < 8:
+			cost = 0
+		case r < 30:
+			cost = 2
+		case r < 33:
+			cost = 9
+		}
+		at := real + rep.Skew - int64(rng.IntN(6000))
+		steps = append(steps, Step{At: at, Key: rng.IntN(3), Cost: cost})
+	}
+	return steps
+}
+
 // UniqueKey returns a key prefix nobody else uses, so suites can share a real server.
 func UniqueKey(t testing.TB) string {
 	var b [6]byte
@@ -136,6 +201,13 @@ func Run(t *testing.T, open Factory, opt Options) {
 		t.Fatal("conformance: a skip or a contention allowance needs a Reason")
 	}
 	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
+	t.Run("skewed", func(t *testing.T) { RunSkewed(t, open, opt) })
+	t.Run("shaping_out_of_order", func(t *testing.T) {
+		if opt.SkipConcurrency {
+			t.Skip(opt.Reason)
+		}
+		RunShapingOutOfOrder(t, open, opt)
+	})
 	t.Run("batch", func(t *testing.T) { RunBatch(t, open) })
 	t.Run("delete", func(t *testing.T) { RunDelete(t, open) })
 	t.Run("answered", func(t *testing.T) { RunAnswered(t, open) })
@@ -160,6 +232,18 @@ func calendarLimit(l algorithms.Limit, now int64) algorithms.Limit {
 // RunTimelines plays the same timelines through the store and through the pure
 // algorithms and demands identical results, field by field.
 func RunTimelines(t *testing.T, open Factory, opt Options) {
+	runTimelines(t, open, opt, func(seed uint64, c Case) []Step { return Timeline(seed*7919+uint64(c.Algorithm), 150) })
+}
+
+// RunSkewed is RunTimelines for SkewedTimeline: ops from replicas whose clocks disagree,
+// reaching the store out of the order of their timestamps. Every store must decide each
+// op at the time algorithms.At gives (the key's time when the op's clock is behind it by
+// up to algorithms.MaxSkew), exactly as the pure algorithms do.
+func RunSkewed(t *testing.T, open Factory, opt Options) {
+	runTimelines(t, open, opt, func(seed uint64, c Case) []Step { return SkewedTimeline(seed*104729+uint64(c.Algorithm), 150) })
+}
+
+func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed uint64, c Case) []Step) {
 	for _, c := range Cases() {
 		c := c
 		if opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow {
@@ -172,7 +256,7 @@ func RunTimelines(t *testing.T, open Factory, opt Options) {
 			keys := []string{prefix + ":a", prefix + ":b", prefix + ":{c}"}
 			for seed := uint64(1); seed <= 3; seed++ {
 				model := map[string]*algorithms.State{}
-				for i, step := range Timeline(seed*7919+uint64(c.Algorithm), 150) {
+				for i, step := range timeline(seed, c) {
 					now := base + int64(seed)*1000*sec + step.At
 					key := fmt.Sprintf("%s:%d", keys[step.Key], seed)
 					lim := c.Limit
@@ -195,6 +279,66 @@ func RunTimelines(t *testing.T, open Factory, opt Options) {
 				}
 			}
 		})
+	}
+}
+
+// RunShapingOutOfOrder is the case of issue 15 item 9b, repeated: five leaky-bucket
+// shaping calls (burst 5, 10 per second, max_delay 800 ms) sent at once on one key,
+// whose clock readings were taken up to 4 ms apart, so that they reach the store in any
+// order. Each fits (the fifth waits 400 ms), so every one the store decides is admitted
+// and charged; a store that decides an op older than the state it reads at the op's own
+// time sees a larger backlog and refuses one. Ops failed under contention (up to
+// opt.MaxContention) are not charged.
+func RunShapingOutOfOrder(t *testing.T, open Factory, opt Options) {
+	st := open(t)
+	defer st.Close()
+	prefix := UniqueKey(t)
+	lim := algorithms.Limit{Requests: 10, Period: sec, Burst: 5, MaxDelay: 800_000}
+	const rounds, calls = 30, 5
+	var failedAll int
+	for round := 0; round < rounds; round++ {
+		key := fmt.Sprintf("%s:%d", prefix, round)
+		now := base + 300*sec + int64(round)*10*sec
+		offsets := mrand.Perm(calls)
+		results := make([]*backends.Op, calls)
+		errs := make([]error, calls)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := 0; i < calls; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				op := &backends.Op{Key: key, Algorithm: algorithms.LeakyBucket, Limit: lim, Cost: 1}
+				<-start
+				errs[i] = applyOne(st, now+int64(offsets[i])*1000, op)
+				results[i] = op
+			}(i)
+		}
+		close(start)
+		wg.Wait()
+		failed := 0
+		for i, op := range results {
+			switch {
+			case errors.Is(errs[i], backends.ErrContention):
+				failed++
+			case errs[i] != nil:
+				t.Fatalf("round %d call %d: %v", round, i, errs[i])
+			case !op.Result.Allowed:
+				t.Fatalf("round %d: call %d (clock +%dms) refused although all five fit: %+v", round, i, offsets[i], op.Result)
+			}
+		}
+		failedAll += failed
+		// Every decided call was charged: as many units are left as calls failed.
+		check := &backends.Op{Key: key, Algorithm: algorithms.LeakyBucket, Limit: lim}
+		if err := applyOne(st, now+int64(calls)*1000, check); err != nil {
+			t.Fatal(err)
+		}
+		if check.Result.Remaining != int64(failed) {
+			t.Fatalf("round %d: %d left after %d admitted calls, want %d", round, check.Result.Remaining, calls-failed, failed)
+		}
+	}
+	if max := int(opt.MaxContention * rounds * calls); failedAll > max {
+		t.Fatalf("%d of %d calls failed under contention, more than the %d this store may give up on", failedAll, rounds*calls, max)
 	}
 }
 

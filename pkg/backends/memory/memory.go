@@ -102,9 +102,6 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e := sh.m[op.Key]
-	if e != nil && e.expires <= now {
-		e.state.Reset()
-	}
 	if e == nil {
 		var fresh algorithms.State
 		r := algorithms.Decide(op.Algorithm, &fresh, now, &op.Limit, op.Cost)
@@ -118,6 +115,10 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 		s.keys.Add(1)
 		return r
 	}
+	// An entry past its expiry on this op's clock is decided on as it is: past its TTL a
+	// state decides exactly as a fresh one for this op (algorithms.Result.TTL), and an op
+	// from a replica whose clock is behind must still read it at its own time, as it
+	// would on every other store. Expiry only frees memory (Sweep, eviction).
 	r := algorithms.Decide(op.Algorithm, &e.state, now, &op.Limit, op.Cost)
 	if r.TTL > 0 {
 		if exp := now + r.TTL; exp > e.expires || e.expires <= now {

@@ -564,8 +564,8 @@ func TestMigrateFromVersion1(t *testing.T) {
 // TestMigrateFromVersion2 upgrades a table made by the release at schema version 2
 // (testdata/schema_v2.sql, that release's schema.sql): its function answered an
 // admitted op that took the last unit with retry_after 0; migrating replaces the
-// function, records version 3, keeps the counters, and the same op now says when one
-// like it passes again.
+// function, records the current version, keeps the counters, and the same op now says
+// when one like it passes again.
 func TestMigrateFromVersion2(t *testing.T) {
 	dsn := testDSN(t)
 	table := tempTable(t, dsn)
@@ -616,8 +616,8 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatal(err)
 	}
 	var version int
-	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != 3 || SchemaVersion != 3 {
-		t.Fatalf("recorded version %d (%v), SchemaVersion %d; want 3", version, err, SchemaVersion)
+	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != SchemaVersion {
+		t.Fatalf("recorded version %d (%v), want %d", version, err, SchemaVersion)
 	}
 	// The v2 hit counted; the last unit now carries the wait for the next window.
 	if res := call(now + 1); res[1] != 1 || res[3] != 0 || res[5] != 30_000_000-1 {
@@ -650,7 +650,8 @@ func TestSchemaFile(t *testing.T) {
 		"maxcount CONSTANT bigint := 4503599627370496; -- halt:max_count",
 		"o := (i - 1) * 17 /*halt:op_stride*/;",
 		"o := (i - 1) * 8 /*halt:res_stride*/;",
-		"sa := now_us + p[o + 9 /*halt:op_ladder*/ + sb];",
+		"sa := at_ + p[o + 9 /*halt:op_ladder*/ + sb];",
+		"IF sc > now_us AND sc - now_us <= 1000000 /*halt:max_skew*/ THEN at_ := sc; END IF;",
 		`FROM "rl_custom" s WHERE s.key = k FOR UPDATE`,
 	} {
 		if !strings.Contains(fn, line) {
@@ -668,4 +669,77 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}
 	defer s.Close()
 	conformance.BenchRoundTrip(b, s, 1000)
+}
+
+// TestMigrateFromVersion3 upgrades a table made by the release at schema version 3
+// (testdata/schema_v3.sql): its function refused one of five simultaneous leaky-bucket
+// shaping calls whose clock readings reached it out of order (issue 15 item 9b);
+// migrating replaces the function, keeps the rows (the v3 bucket stays as full as it
+// was), and the same five calls on a fresh key are all admitted.
+func TestMigrateFromVersion3(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	n := namesFor(table)
+	v3, err := os.ReadFile("testdata/schema_v3.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := statementsOf(string(v3), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := parseURL(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, st := range stmts {
+		if _, err := conn.Exec(ctx, st.sql); err != nil {
+			t.Fatalf("v3 DDL %s: %v", st.what, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+versionTable+` VALUES ($1, 3)`, table); err != nil {
+		t.Fatal(err)
+	}
+	// Burst 5, 10 per second, max_delay 800 ms; five calls read the clock 4, 3, 2, 1
+	// and 0 ms after t and reach the function in that order.
+	lim := algorithms.Limit{Requests: 10, Period: 1_000_000, Burst: 5, MaxDelay: 800_000}
+	params := make([]int64, opStride)
+	copy(params, []int64{int64(algorithms.LeakyBucket), lim.Requests, lim.Period, lim.Burst, lim.MaxDelay, 0, 0, 1, 0})
+	at := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
+	five := func(key string) (admitted int) {
+		t.Helper()
+		for i := int64(4); i >= 0; i-- {
+			var res []int64
+			if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint)`, []string{key}, params, at+i*1000).Scan(&res); err != nil {
+				t.Fatal(err)
+			}
+			admitted += int(res[1])
+		}
+		return admitted
+	}
+	if got := five("old"); got != 4 {
+		t.Fatalf("the v3 function admitted %d of the five out-of-order calls; this test expects its known refusal of one", got)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	if got := five("new"); got != 5 {
+		t.Fatalf("after the migration %d of the five out-of-order calls were admitted, want 5", got)
+	}
+	// The v3 row is kept: 10 ms later its four calls leave room for one more, the last.
+	s := openTest(t, dsn, table, Config{SkipMigrate: true})
+	defer s.Close()
+	op := &backends.Op{Key: "old", Algorithm: algorithms.LeakyBucket, Limit: lim, Cost: 1}
+	if err := s.Apply(ctx, at+10_000, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	if !op.Result.Allowed || op.Result.Remaining != 0 {
+		t.Fatalf("the v3 key after the migration: %+v, want admitted with 0 remaining (its four calls kept)", op.Result)
+	}
 }

@@ -28,7 +28,13 @@ import (
 //	3: an admitted op that took the last units it could has retry_after: the wait
 //	   until one like it can pass again (algorithms.Result.RetryAfter); decisions and
 //	   the table are unchanged. Migrating from 1 or 2 replaces the function.
-const SchemaVersion = 3
+//	4: per-key monotonic time (algorithms.At): an op whose now is older than the state
+//	   it reads, by up to algorithms.MaxSkew, is decided at the state's time, which
+//	   each algorithm keeps in a column it did not use (algorithms.StateTime); a
+//	   penalty level decays once per quiet period however often it is checked. The
+//	   table, the signature and the strides are unchanged. Migrating from 1, 2 or 3
+//	   replaces the function.
+const SchemaVersion = 4
 
 // The layout of the function's parameter array p: per op, opLadder fixed parameters
 // (algorithm, requests, period, burst, max_delay, window start, window end, cost, steps),

@@ -28,8 +28,12 @@ import (
 //
 // Entries are tied to the exact Limit (a configuration change misses) and are replaced
 // or dropped by every answer the server gives for the key in this process, so a clock
-// that went forward and back again is handled exactly. What a cache cannot see is another
-// replica's Delete (admin reset) or another replica whose clock is ahead; see the docs.
+// that went forward and back again is handled exactly. An entry keeps the key's time the
+// server reported (algorithms.StateTime) and answers at the time the server would decide
+// at (algorithms.At): none of the answers it gives changes that time (a denied hit in a
+// fixed window does not move it), so it stays the server's. What a cache cannot see is
+// another replica's Delete (admin reset) or another replica whose clock is ahead; see
+// the docs.
 type denyCache struct {
 	seed   maphash.Seed
 	maxPer int
@@ -52,6 +56,9 @@ type cacheEntry struct {
 	from, until int64
 	// ttlEnd is when the server-side state expires in op time (for Result.TTL).
 	ttlEnd int64
+	// keyTime is the key's time the server reported with the answer the entry was
+	// learned from: ops are answered at algorithms.At(now, keyTime), as the server would.
+	keyTime int64
 }
 
 func newDenyCache(maxKeys int) *denyCache {
@@ -88,27 +95,32 @@ func (c *denyCache) answer(now int64, op *backends.Op) bool {
 		ok = false
 	}
 	sh.mu.Unlock()
-	if !ok || now < e.from || e.alg != op.Algorithm || e.limit != op.Limit {
+	if !ok || e.alg != op.Algorithm || e.limit != op.Limit {
+		return false
+	}
+	at := algorithms.At(now, e.keyTime)
+	if at < e.from || at >= e.until {
 		return false
 	}
 	l := &op.Limit
 	cost := op.Cost
 	var r algorithms.Result
+	// The waits count from at, the TTL from now (algorithms.Result).
 	switch op.Algorithm {
 	case algorithms.FixedWindow:
-		if cost <= 0 || algorithms.WindowStart(now, l.Period) != e.from {
+		if cost <= 0 || algorithms.WindowStart(at, l.Period) != e.from {
 			return false
 		}
-		reset := e.until - now
-		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: reset}
+		reset := e.until - at
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: e.until - now}
 	case algorithms.Calendar:
 		if cost <= 0 {
 			return false
 		}
-		reset := e.until - now
-		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: reset}
+		reset := e.until - at
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: e.until - now}
 	case algorithms.Penalty:
-		left := e.until - now
+		left := e.until - at
 		r = algorithms.Result{Limit: l.Requests, ResetAfter: left, RetryAfter: left, TTL: max(0, e.ttlEnd-now)}
 	}
 	if op.Algorithm != algorithms.Penalty && cost > l.Requests {
@@ -119,12 +131,16 @@ func (c *denyCache) answer(now int64, op *backends.Op) bool {
 	return true
 }
 
-// learn records (or forgets) what the server just answered for op at now.
-func (c *denyCache) learn(now int64, op *backends.Op) {
+// learn records (or forgets) what the server just answered for op at now, leaving the
+// key at keyTime.
+func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 	if !cacheable(op.Algorithm) {
 		return
 	}
 	r := &op.Result
+	// The time the server decided op at: the key's time after it is that time when op
+	// changed the key, and the time op found when it did not.
+	at := algorithms.At(now, keyTime)
 	var e cacheEntry
 	keep := false
 	switch op.Algorithm {
@@ -132,18 +148,20 @@ func (c *denyCache) learn(now int64, op *backends.Op) {
 		if !r.Allowed && r.ResetAfter > 0 {
 			// The window the server counted in (it may be a newer one than now's when
 			// the clock went back); the entry answers only inside exactly that window.
-			end := now + r.ResetAfter
+			end := at + r.ResetAfter
 			e.from, e.until = end-op.Limit.Period, end
 			keep = true
 		}
 	case algorithms.Calendar:
-		if r.Remaining == 0 && op.Limit.WindowEnd > now {
+		// Only when it was decided in the op's own window (not a later one it found
+		// the key in: algorithms.DecideCalendar).
+		if r.Remaining == 0 && op.Limit.WindowEnd > at && at+r.ResetAfter == op.Limit.WindowEnd {
 			e.from, e.until = minTime, op.Limit.WindowEnd
 			keep = true
 		}
 	case algorithms.Penalty:
 		if !r.Allowed && r.ResetAfter > 0 {
-			e.from, e.until = minTime, now+r.ResetAfter
+			e.from, e.until = minTime, at+r.ResetAfter
 			e.ttlEnd = now + r.TTL
 			keep = true
 		}
@@ -161,7 +179,7 @@ func (c *denyCache) learn(now int64, op *backends.Op) {
 		sh.mu.Unlock()
 		return
 	}
-	e.alg, e.limit = op.Algorithm, op.Limit
+	e.alg, e.limit, e.keyTime = op.Algorithm, op.Limit, keyTime
 	sh.mu.Lock()
 	if _, ok := sh.m[op.Key]; !ok {
 		if len(sh.m) >= c.maxPer {

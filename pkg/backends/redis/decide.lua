@@ -17,6 +17,8 @@ local PENALTY = 0 -- halt:penalty
 local MAXC = 0 -- halt:max_count
 -- algorithms.MaxSlidingLog: the longest sliding log a stored state may hold.
 local MAXLOG = 0 -- halt:max_sliding_log
+-- algorithms.MaxSkew: how far ahead of an op's now a state's time is trusted.
+local MAXSKEW = 0 -- halt:max_skew
 local floor = math.floor
 local fmt = string.format
 
@@ -34,45 +36,69 @@ local function ceildiv(a, b)
   return floor((a + b - 1) / b)
 end
 
+-- algorithms.At: the time an op at now is decided at against a state changed at t.
+local function at_(now, t)
+  if t > now and t - now <= MAXSKEW then return t end
+  return now
+end
+
+-- algorithms.skewTTL
+local function skewttl(ttl, at, now)
+  if ttl <= 0 then return ttl end
+  return ttl + at - now
+end
+
+-- Every decision returns allowed, limit, remaining, reset, retry, delay and ttl.
 local function fixed(s, now, R, P, cost)
-  local start = wstart(now, P)
+  local at = at_(now, s[3])
+  local start = wstart(at, P)
+  local changed = false
   if s[1] == start then
   elseif s[1] > start and s[1] < start + P * 2 then
     start = s[1]
   else
-    s[1] = start; s[2] = 0
+    s[1] = start; s[2] = 0; changed = true
   end
   s[2] = satadd(s[2], cost)
-  local reset = start + P - now
+  if changed or (cost > 0 and s[2] <= R) then s[3] = at end
+  local reset = start + P - at
+  local ttl = skewttl(reset, at, now)
   if s[2] <= R then
     local retry = 0
     if R - s[2] < cost then retry = reset end
-    return 1, R, R - s[2], reset, retry, 0, reset
+    return 1, R, R - s[2], reset, retry, 0, ttl
   end
-  if cost > R then return 0, R, 0, reset, -1, 0, reset end
-  return 0, R, 0, reset, reset, 0, reset
+  if cost > R then return 0, R, 0, reset, -1, 0, ttl end
+  return 0, R, 0, reset, reset, 0, ttl
 end
 
 local function calendar(s, now, R, WS, WE, cost)
+  local at = at_(now, s[3])
+  if at ~= now and s[1] >= WE and s[4] > s[1] then
+    WS = s[1]; WE = s[4]
+  end
+  local changed = false
   if s[1] ~= WS then
     if not (s[1] > WS and s[1] < WE) then
-      s[1] = WS; s[2] = 0
+      s[1] = WS; s[2] = 0; changed = true
     end
   end
-  local reset = WE - now
+  local reset = WE - at
   if reset < 0 then reset = 0 end
   local allowed, retry = 0, 0
   if s[2] + cost <= R then
     s[2] = s[2] + cost; allowed = 1
+    if cost > 0 then changed = true end
   elseif cost > R then
     retry = -1
   else
     retry = reset
   end
+  if changed then s[3] = at; s[4] = WE end
   local rem = R - s[2]
   if rem < 0 then rem = 0 end
   if allowed == 1 and rem < cost then retry = reset end
-  return allowed, R, rem, reset, retry, 0, reset
+  return allowed, R, rem, reset, retry, 0, skewttl(reset, at, now)
 end
 
 local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
@@ -82,38 +108,41 @@ local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
     if cost == 0 then return 1, cap, 0, 0, -1, 0, 0 end
     return 0, cap, 0, 0, -1, 0, 0
   end
+  local at = at_(now, s[2])
   local t = ceildiv(P, R)
   local tau = cap * t
   local tat = s[1]
-  if tat < now then tat = now end
-  local backlog = tat - now
+  if tat < at then tat = at end
+  local backlog = tat - at
   if backlog > tau then backlog = tau end
   if cost > cap then
-    return 0, cap, floor((tau - backlog) / t), backlog, -1, 0, backlog
+    return 0, cap, floor((tau - backlog) / t), backlog, -1, 0, skewttl(backlog, at, now)
   end
   local nxt = backlog + cost * t
   local waitok = (not shape) or maxdelay <= 0 or backlog <= maxdelay
   if nxt <= tau and waitok then
-    if cost > 0 then s[1] = now + nxt end
+    if cost > 0 then s[1] = at + nxt; s[2] = at end
     local delay = 0
     if shape and maxdelay > 0 then delay = backlog end
     local retry = 0
     local again = nxt + cost * t
     if again > tau then retry = again - tau end
     if shape and maxdelay > 0 and nxt - maxdelay > retry then retry = nxt - maxdelay end
-    return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, nxt
+    return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, skewttl(nxt, at, now)
   end
   local retry = nxt - tau
   if (not waitok) and backlog - maxdelay > retry then retry = backlog - maxdelay end
-  return 0, cap, floor((tau - backlog) / t), backlog, retry, 0, backlog
+  return 0, cap, floor((tau - backlog) / t), backlog, retry, 0, skewttl(backlog, at, now)
 end
 
--- lg = {at = {...}, c = {...}, n = count, dirty = bool}
-local function sliding(lg, now, R, P, cost)
-  local cut = now - P
+-- lg = {at = {...}, c = {...}, n = count, dirty = bool}; s[1] is the state's time.
+local function sliding(s, lg, now, R, P, cost)
+  local t = at_(now, s[1])
+  local cut = t - P
   local at, c, n = lg.at, lg.c, lg.n
   local drop = 0
   while drop < n and at[drop + 1] <= cut do drop = drop + 1 end
+  local changed = drop > 0
   if drop > 0 then
     for i = 1, n - drop do
       at[i] = at[i + drop]; c[i] = c[i + drop]
@@ -130,13 +159,14 @@ local function sliding(lg, now, R, P, cost)
   if used + cost <= R then
     allowed = 1
     if cost > 0 then
-      if n > 0 and at[n] >= now then
+      if n > 0 and at[n] >= t then
         c[n] = c[n] + cost
       else
-        n = n + 1; at[n] = now; c[n] = cost
+        n = n + 1; at[n] = t; c[n] = cost
       end
       used = used + cost
       lg.dirty = true
+      changed = true
     end
   elseif cost > R then
     retry = -1
@@ -146,17 +176,19 @@ local function sliding(lg, now, R, P, cost)
     for i = 1, n do
       need = need - c[i]
       if need <= 0 then
-        retry = at[i] + P - now
+        retry = at[i] + P - t
         break
       end
     end
   end
   lg.n = n
+  s[2] = used
+  if changed then s[1] = t end
   local rem = R - used
   if rem < 0 then rem = 0 end
   local reset = 0
-  if n > 0 then reset = at[n] + P - now end
-  return allowed, R, rem, reset, retry, 0, reset
+  if n > 0 then reset = at[n] + P - t end
+  return allowed, R, rem, reset, retry, 0, skewttl(reset, t, now)
 end
 
 local function swcretry(s, now, cur, p, limit, cost)
@@ -182,62 +214,67 @@ local function swcretry(s, now, cur, p, limit, cost)
 end
 
 local function swc(s, now, R, P, cost)
-  local cur = wstart(now, P)
+  local at = at_(now, s[4])
+  local cur = wstart(at, P)
+  local changed = false
   if s[1] == cur then
   elseif s[1] == cur - P then
-    s[3] = s[2]; s[1] = cur; s[2] = 0
+    s[3] = s[2]; s[1] = cur; s[2] = 0; changed = true
   elseif s[1] > cur and s[1] < cur + 2 * P then
     cur = s[1]
   else
-    s[1] = cur; s[2] = 0; s[3] = 0
+    s[1] = cur; s[2] = 0; s[3] = 0; changed = true
   end
-  local el = now - cur
+  local el = at - cur
   if el < 0 then el = 0 end
   local w = floor(s[3] * (P - el) / P)
   local allowed, retry = 0, 0
   if w + s[2] + cost <= R then
     s[2] = satadd(s[2], cost); allowed = 1
+    if cost > 0 then changed = true end
   elseif cost > R then
     retry = -1
   end
+  if changed then s[4] = at end
   if retry == 0 and w + s[2] + cost > R then
-    retry = swcretry(s, now, cur, P, R, cost)
+    retry = swcretry(s, at, cur, P, R, cost)
   end
   local rem = R - w - s[2]
   if rem < 0 then rem = 0 end
   local reset = 0
   if s[2] > 0 then
-    reset = cur + 2 * P - now
+    reset = cur + 2 * P - at
   elseif s[3] > 0 then
-    reset = cur + P - now
+    reset = cur + P - at
   end
-  return allowed, R, rem, reset, retry, 0, reset
+  return allowed, R, rem, reset, retry, 0, skewttl(reset, at, now)
 end
 
 local function penalty(s, now, R, P, steps, ladder, cost)
-  if now >= s[1] then
-    if not (s[4] == 0 or P <= 0 or now <= s[4]) then
-      local quiet = now - s[4]
-      if s[1] > s[4] then quiet = now - s[1] end
-      if quiet >= P then
-        s[3] = 0
-        local st = floor(quiet / P)
-        if st >= s[2] then s[2] = 0 else s[2] = s[2] - st end
-      end
+  local at = at_(now, s[4])
+  if at >= s[1] and s[4] ~= 0 and P > 0 and at > s[4] then
+    local from = s[4]
+    if s[1] > s[4] then from = s[1] end
+    local quiet = at - from
+    if quiet >= P then
+      s[3] = 0
+      local st = floor(quiet / P)
+      if st >= s[2] then s[2] = 0 else s[2] = s[2] - st end
+      s[4] = from + st * P
     end
   end
-  if cost > 0 and now >= s[1] then
+  if cost > 0 and at >= s[1] then
     s[3] = satadd(s[3], cost)
-    s[4] = now
+    s[4] = at
     if s[3] >= R then
       if s[2] < steps then s[2] = s[2] + 1 end
-      s[1] = now + ladder[s[2]]
+      s[1] = at + ladder[s[2]]
       s[3] = 0
     end
   end
   local allowed, rem, reset, retry, ttl = 0, 0, 0, 0, 0
-  if now < s[1] then
-    reset = s[1] - now; retry = reset
+  if at < s[1] then
+    reset = s[1] - at; retry = reset
   else
     allowed = 1
     rem = R - s[3]
@@ -246,8 +283,9 @@ local function penalty(s, now, R, P, steps, ladder, cost)
   if s[4] ~= 0 or s[1] ~= 0 then
     local e = s[1]
     if s[4] > e then e = s[4] end
-    ttl = e + (s[2] + 1) * P - now
+    ttl = e + (s[2] + 1) * P - at
     if ttl < 0 then ttl = 0 end
+    ttl = skewttl(ttl, at, now)
   end
   return allowed, R, rem, reset, retry, 0, ttl
 end
@@ -327,7 +365,7 @@ for i = 1, #KEYS do
   end
 
   if s == nil then
-    out[i] = pack('<ddddddd', code, 0, 0, 0, 0, 0, 0)
+    out[i] = pack('<dddddddd', code, 0, 0, 0, 0, 0, 0, 0)
   else
     local o1, o2, o3, o4 = s[1], s[2], s[3], s[4]
     local al, lim, rem, reset, retry, delay, ttl
@@ -336,7 +374,7 @@ for i = 1, #KEYS do
     elseif alg == TOKEN_BUCKET then
       al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, false)
     elseif alg == SLIDING_WINDOW then
-      al, lim, rem, reset, retry, delay, ttl = sliding(lg, now, R, P, cost)
+      al, lim, rem, reset, retry, delay, ttl = sliding(s, lg, now, R, P, cost)
     elseif alg == SLIDING_WINDOW_COUNTER then
       al, lim, rem, reset, retry, delay, ttl = swc(s, now, R, P, cost)
     elseif alg == LEAKY_BUCKET then
@@ -348,7 +386,14 @@ for i = 1, #KEYS do
     else
       al, lim, rem, reset, retry, delay, ttl = 0, 0, 0, 0, -1, 0, 0
     end
-    out[i] = pack('<ddddddd', al, lim, rem, reset, retry, delay, ttl)
+    -- The key's time after the op (algorithms.StateTime), for the local deny cache.
+    local kt = 0
+    if alg == FIXED_WINDOW or alg == CALENDAR then kt = s[3]
+    elseif alg == TOKEN_BUCKET or alg == LEAKY_BUCKET then kt = s[2]
+    elseif alg == SLIDING_WINDOW then kt = s[1]
+    elseif alg == SLIDING_WINDOW_COUNTER or alg == PENALTY then kt = s[4]
+    end
+    out[i] = pack('<dddddddd', al, lim, rem, reset, retry, delay, ttl, kt)
 
     local dirty = s[1] ~= o1 or s[2] ~= o2 or s[3] ~= o3 or s[4] ~= o4
     if lg and lg.dirty then

@@ -465,16 +465,13 @@ func (s *Store) decide(ctx context.Context, deadline time.Time, now int64, ops [
 			backends.FailAll(c.ops, fmt.Errorf("redis apply: %w", s.wrap(c.err)))
 			continue
 		}
-		if err := parseReply(c.reply, c.keys, c.ops); err != nil {
+		var learn func(*backends.Op, int64)
+		if s.cache != nil {
+			learn = func(op *backends.Op, keyTime int64) { s.cache.learn(now, keyTime, op) }
+		}
+		if err := parseReply(c.reply, c.keys, c.ops, learn); err != nil {
 			backends.FailAll(c.ops, err)
 			continue
-		}
-		if s.cache != nil {
-			for _, op := range c.ops {
-				if op.Err == nil {
-					s.cache.learn(now, op)
-				}
-			}
 		}
 	}
 }

@@ -30,8 +30,10 @@ import (
 // string of another shape, length or with non-integer numbers) is reported as corrupt
 // for that op and left alone.
 //
-// The reply is seven float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
-// state), limit, remaining, reset_after, retry_after, delay, ttl.
+// The reply is eight float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
+// state), limit, remaining, reset_after, retry_after, delay, ttl, and the key's time after
+// the op (algorithms.StateTime), which the local deny cache needs to decide as the server
+// would an op older than it (algorithms.At).
 //
 //go:embed decide.lua
 var decideLua string
@@ -82,13 +84,14 @@ func appendNum(b []byte, v int64) []byte {
 }
 
 // replyFields is the number of reply fields per op; each is a little-endian float64.
-const replyFields = 7
+const replyFields = 8
 
 // replyBytes is the size of one op's reply.
 const replyBytes = 8 * replyFields
 
-// parseReply reads the seven fields of each op from the script's reply into the ops.
-func parseReply(reply string, keys []string, ops []*backends.Op) error {
+// parseReply reads the fields of each op from the script's reply into the ops, and hands
+// each decided op with the key's time after it to learn (when not nil).
+func parseReply(reply string, keys []string, ops []*backends.Op, learn func(op *backends.Op, keyTime int64)) error {
 	if len(reply) != replyBytes*len(ops) {
 		return fmt.Errorf("redis apply: script reply of %d bytes for %d ops: %w", len(reply), len(ops), backends.ErrUnavailable)
 	}
@@ -108,6 +111,9 @@ func parseReply(reply string, keys []string, ops []*backends.Op) error {
 			op.Result = algorithms.Result{
 				Allowed: f[0] == 1, Limit: f[1], Remaining: f[2], ResetAfter: f[3],
 				RetryAfter: f[4], Delay: f[5], TTL: f[6],
+			}
+			if learn != nil {
+				learn(op, f[7])
 			}
 		case 2:
 			op.Err = fmt.Errorf("redis apply: key %q holds a value of another Redis type, not halt state: %w", keys[i], backends.ErrCorrupt)
