@@ -138,6 +138,7 @@ type serveFlags struct {
 	gcPercent                                              int
 	gogcSet                                                bool // GOGC is in the environment
 	disablePprof                                           bool
+	shadowMode, dynamicMetadata                            bool
 	authzConfig                                            string
 	storeFile, adminAddr                                   string
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
@@ -176,6 +177,8 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.IntVar(&f.maxInFlight, "max-in-flight", 4096, "calls served at once; beyond it RESOURCE_EXHAUSTED")
 	fs.IntVar(&f.gcPercent, "gc-percent", 0, "garbage collector target (as GOGC); 0 = GOGC when set, else 400 with a network store and Go's 100 with memory://")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof (served on --admin-addr, or on the HTTP port behind the admin token)")
+	fs.BoolVar(&f.shadowMode, "shadow-mode", false, "global shadow mode (the reference's SHADOW_MODE): every call is answered OK; descriptors are still decided, counted and reported over limit")
+	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port (where pprof needs the admin token)")
@@ -368,6 +371,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		Metrics:     m,
 		Logger:      log,
 		FailureMode: config.FailureMode(f.failureMode),
+		ShadowMode:  f.shadowMode,
 	})
 	if err != nil {
 		return err
@@ -397,6 +401,13 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		go reloader.Run(ctx)
 		tlsCfg = reloader.ServerConfig("h2", "http/1.1")
 	}
+	var rlsOptions []rlsv3.Option
+	if f.dynamicMetadata {
+		rlsOptions = append(rlsOptions, rlsv3.DynamicMetadata())
+	}
+	if f.shadowMode {
+		log.Warn("global shadow mode: every call is answered OK, whatever its limits say (--shadow-mode or SHADOW_MODE)")
+	}
 	var health server.Health
 	var maxAge, maxAgeGrace time.Duration
 	var maxStreams uint32
@@ -415,7 +426,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		GRPCAddr:              f.grpcAddr,
 		HTTPAddr:              f.httpAddr,
 		Engine:                eng,
-		Service:               rlsv3.NewService(eng, fams),
+		Service:               rlsv3.NewService(eng, fams, rlsOptions...),
 		Metrics:               m,
 		Config:                watcher.Current,
 		Register:              ext.registrations(),

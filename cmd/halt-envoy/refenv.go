@@ -104,6 +104,17 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 		apply([]string{"config"}, &f.config, ref.ConfigDir, runtime...)
 	}
 	f.stats.applyReference(ref.Stats, given)
+	applyBool := func(flag string, dst *bool, val bool, from string) {
+		if given[flag] {
+			if isSet[from] {
+				f.notes = append(f.notes, fmt.Sprintf("--%s (or HALT_%s) overrides %s", flag, strings.ToUpper(strings.ReplaceAll(flag, "-", "_")), from))
+			}
+			return
+		}
+		*dst = val
+	}
+	applyBool("shadow-mode", &f.shadowMode, ref.ShadowMode, "SHADOW_MODE")
+	applyBool("response-dynamic-metadata", &f.dynamicMetadata, ref.DynamicMetadata, "RESPONSE_DYNAMIC_METADATA")
 	if ref.TLS != nil {
 		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"]
 		apply([]string{"tls-cert", "tls-key", "tls-client-ca"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT")

@@ -358,7 +358,7 @@ func TestReferenceStartupErrors(t *testing.T) {
 		kv   []string
 		want []string
 	}{
-		{[]string{"SHADOW_MODE", "true"}, []string{"SHADOW_MODE", "not supported by halt yet"}},
+		{[]string{"QUOTA_MODE", "true"}, []string{"QUOTA_MODE", "Not a variable of the reference"}},
 		{[]string{"USE_STATSD", "true", "USE_PROMETHEUS", "true"}, []string{"USE_STATSD and USE_PROMETHEUS"}},
 		{[]string{"BACKEND_TYPE", "dynamo"}, []string{"BACKEND_TYPE"}},
 		{[]string{"REDIS_SOCKET_TYPE", "unix"}, []string{"REDIS_SOCKET_TYPE"}},
@@ -403,5 +403,56 @@ func TestHaltFlagsWin(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", p.GRPCAddr, time.Second); err != nil {
 		t.Fatalf("gRPC not on --grpc-addr: %v", err)
+	}
+}
+
+// TestReferenceModes starts halt from the reference's variables with SHADOW_MODE and
+// RESPONSE_DYNAMIC_METADATA (and HALT_STORE, which replaces the reference's store
+// variables, defaults included): the call over limit is answered OK with the
+// descriptor's own status OVER_LIMIT, quota_mode and metadata load from the runtime
+// directory and come back in the dynamic metadata, and an unlimited descriptor answers
+// with the reference's limit_remaining.
+func TestReferenceModes(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "config")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, dir, "modes.yaml", `
+domain: modes
+descriptors:
+  - key: q
+    quota_mode: true
+    metadata: {pool: primary}
+    rate_limit: {unit: hour, requests_per_unit: 1}
+  - key: free
+    rate_limit: {unlimited: true}
+`)
+	env, g, h := refProcessEnv(t, "RUNTIME_ROOT", root, "SHADOW_MODE", "true", "RESPONSE_DYNAMIC_METADATA", "true")
+	env = append(env, "HALT_STORE=memory://")
+	p := testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
+	cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := rlspb.NewRateLimitServiceClient(cc)
+	r := call(t, c, "modes", [2]string{"q", "a"})
+	if r.OverallCode != rlspb.RateLimitResponse_OK || r.GetDynamicMetadata().GetFields()["metadata"].GetStructValue().GetFields()["pool"].GetStringValue() != "primary" ||
+		!r.GetDynamicMetadata().GetFields()["quotaModeEnabled"].GetBoolValue() {
+		t.Fatalf("first call: %v", r)
+	}
+	r = call(t, c, "modes", [2]string{"q", "a"})
+	if r.OverallCode != rlspb.RateLimitResponse_OK || r.Statuses[0].Code != rlspb.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("over limit in global shadow mode: overall %v status %v, want OK and OVER_LIMIT", r.OverallCode, r.Statuses[0].Code)
+	}
+	if v := r.GetDynamicMetadata().GetFields()["quotaModeViolations"].GetListValue().AsSlice(); len(v) != 1 || v[0] != 0.0 {
+		t.Errorf("quotaModeViolations %v, want [0]", v)
+	}
+	if r := call(t, c, "modes", [2]string{"free", "x"}); r.Statuses[0].LimitRemaining != 1<<32-1 || r.Statuses[0].CurrentLimit != nil {
+		t.Errorf("unlimited: %v, want limit_remaining 4294967295 and no current limit", r.Statuses[0])
+	}
+	if !strings.Contains(p.Log.String(), "global shadow mode") {
+		t.Errorf("the log does not warn of global shadow mode:\n%s", p.Log.String())
 	}
 }

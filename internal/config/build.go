@@ -430,6 +430,8 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 		Name:                   strings.Join(names, "."),
 		Path:                   pathOf(levels),
 		ShadowMode:             dc.shadow,
+		QuotaMode:              dc.quotaMode,
+		Metadata:               dc.metadata,
 		DetailedMetric:         dc.detailed,
 		Cost:                   dc.cost,
 		FailureMode:            dc.failureMode,

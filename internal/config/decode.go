@@ -120,6 +120,8 @@ type descCfg struct {
 	detailed       bool
 	valueToMetric  bool
 	shareThreshold bool
+	quotaMode      bool
+	metadata       map[string]any
 	replaces       []string
 	cost           int64
 	children       []*descCfg
@@ -325,6 +327,99 @@ func (d *decoder) integer(n *yaml.Node, field string) (int64, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// maxMetadataDepth bounds the nesting of a descriptor's metadata: it is returned to Envoy
+// as a protobuf Struct, whose decoders limit nesting too.
+const maxMetadataDepth = 32
+
+// metadata reads a descriptor's metadata (the reference's RateLimitDescriptor.metadata,
+// a google.protobuf.Struct): a mapping with string keys whose values are strings,
+// numbers, booleans, null, lists and mappings of the same. Anything else is reported
+// at its position.
+func (d *decoder) metadata(n *yaml.Node, field string) map[string]any {
+	n = deref(n)
+	if isNull(n) {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		d.add(n, field, "must be a mapping (it is returned to Envoy as a google.protobuf.Struct)")
+		return nil
+	}
+	v, ok := d.structValue(n, field, 0)
+	if !ok {
+		return nil
+	}
+	m := v.(map[string]any)
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// structValue converts n into a value of a google.protobuf.Struct (string, float64,
+// bool, nil, []any, map[string]any), reporting what cannot be one.
+func (d *decoder) structValue(n *yaml.Node, field string, depth int) (any, bool) {
+	n = deref(n)
+	if depth > maxMetadataDepth {
+		d.add(n, field, "nested deeper than %d levels", maxMetadataDepth)
+		return nil, false
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		m := make(map[string]any, len(n.Content)/2)
+		ok := true
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := deref(n.Content[i])
+			if k.Kind != yaml.ScalarNode || k.ShortTag() == "!!null" || k.ShortTag() == "!!merge" {
+				d.add(k, field, "a metadata key must be a string")
+				ok = false
+				continue
+			}
+			f := join(field, k.Value)
+			if _, dup := m[k.Value]; dup {
+				d.add(k, f, "given twice")
+				ok = false
+				continue
+			}
+			v, vok := d.structValue(n.Content[i+1], f, depth+1)
+			ok = ok && vok
+			m[k.Value] = v
+		}
+		return m, ok
+	case yaml.SequenceNode:
+		l := make([]any, 0, len(n.Content))
+		ok := true
+		for i, c := range n.Content {
+			v, vok := d.structValue(c, fmt.Sprintf("%s[%d]", field, i), depth+1)
+			ok = ok && vok
+			l = append(l, v)
+		}
+		return l, ok
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!null":
+			return nil, true
+		case "!!bool":
+			var b bool
+			if n.Decode(&b) == nil {
+				return b, true
+			}
+		case "!!int", "!!float":
+			var f float64
+			if n.Decode(&f) == nil && !math.IsInf(f, 0) && !math.IsNaN(f) {
+				return f, true
+			}
+			d.add(n, field, "%q is not a finite number", n.Value)
+			return nil, false
+		case "!!str":
+			return n.Value, true
+		}
+		d.add(n, field, "a value of type %s cannot be metadata (want a string, number, boolean, null, list or mapping)", n.ShortTag())
+		return nil, false
+	}
+	d.add(n, field, "not a value metadata can hold")
+	return nil, false
 }
 
 func (d *decoder) boolean(n *yaml.Node, field string) bool {
@@ -570,6 +665,8 @@ func descriptorKeys() *keys[*descCfg] {
 		shadowModeKey[*descCfg](),
 		flag("detailed_metric", func(dc *descCfg) *bool { return &dc.detailed }),
 		flag("value_to_metric", func(dc *descCfg) *bool { return &dc.valueToMetric }),
+		flag("quota_mode", func(dc *descCfg) *bool { return &dc.quotaMode }),
+		row{"metadata", func(d *decoder, dc *descCfg, p pair, f string) { dc.metadata = d.metadata(p.v, f) }},
 		row{"share_threshold", func(d *decoder, dc *descCfg, p pair, f string) {
 			dc.shareThreshold = d.boolean(p.v, f)
 			dc.shareNode = p.k

@@ -86,6 +86,16 @@ type Rule struct {
 	Unlimited bool
 	// ShadowMode: over-limit is answered OK (and counted as shadow in metrics).
 	ShadowMode bool
+	// QuotaMode (reference quota_mode): this descriptor being over limit alone does not
+	// make the call over limit; the call is over when a descriptor that is not in quota
+	// mode is, or when every quota-mode descriptor of the call is (engine.Check). Not to
+	// be confused with halt's calendar Quotas.
+	QuotaMode bool
+	// Metadata (reference metadata) is returned in the response's dynamic metadata when
+	// the service is asked to (RESPONSE_DYNAMIC_METADATA): a JSON-like value, a
+	// google.protobuf.Struct's fields (string, float64, bool, nil, []any, map[string]any).
+	// Read only.
+	Metadata map[string]any
 	// DetailedMetric (reference detailed_metric): metrics carry the request's values.
 	DetailedMetric bool
 	// Replaces names the limits (Limit.Name) this rule replaces in the same request.

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -334,5 +336,45 @@ func TestDuplicateDomainNamesBothFiles(t *testing.T) {
 	msg := le.Problems[0].Error()
 	if !strings.Contains(msg, "basic_config.yaml") || !strings.Contains(msg, "duplicate_domain.yaml") || !strings.Contains(msg, `duplicate domain "test-domain"`) {
 		t.Errorf("message %q should name both files", msg)
+	}
+}
+
+// TestReferenceQuotaModeAndMetadata: the reference's quota_mode and metadata keys load
+// onto the rule (a plan's rule too), and show in the rule's view.
+func TestReferenceQuotaModeAndMetadata(t *testing.T) {
+	s := mustParse(t, map[string]string{"quota.yaml": `
+domain: ai
+descriptors:
+  - key: model
+    value: gpt
+    quota_mode: true
+    metadata:
+      backend: primary
+      weight: 3
+      tags: [a, true, null, 1.5]
+      nested: {deep: {x: "y"}}
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: model
+    value: other
+    rate_limit: {unit: minute, requests_per_unit: 10}
+`})
+	r, ok := s.Match("ai", ents("model", "gpt"))
+	if !ok || !r.QuotaMode {
+		t.Fatalf("model=gpt: %+v, want quota mode", r)
+	}
+	want := map[string]any{"backend": "primary", "weight": 3.0, "tags": []any{"a", true, nil, 1.5}, "nested": map[string]any{"deep": map[string]any{"x": "y"}}}
+	if !reflect.DeepEqual(r.Metadata, want) {
+		t.Errorf("metadata %#v, want %#v", r.Metadata, want)
+	}
+	if v := r.View(); !v.QuotaMode || !reflect.DeepEqual(v.Metadata, want) {
+		t.Errorf("view %+v", v)
+	}
+	r, _ = s.Match("ai", ents("model", "other"))
+	if r.QuotaMode || r.Metadata != nil {
+		t.Errorf("model=other: quota mode %v metadata %v, want neither", r.QuotaMode, r.Metadata)
+	}
+	b, _ := json.Marshal(r.View())
+	if strings.Contains(string(b), "metadata") || strings.Contains(string(b), "quota_mode") {
+		t.Errorf("view of a rule without them shows %s", b)
 	}
 }

@@ -9,19 +9,21 @@ import "time"
 type RuleView struct {
 	Name string `json:"name"`
 	// Path is the descriptor path of the rule ("key=value/key2"; "plan NAME" for a plan).
-	Path                   string      `json:"path,omitempty"`
-	Policy                 string      `json:"policy,omitempty"`
-	Unlimited              bool        `json:"unlimited,omitempty"`
-	ShadowMode             bool        `json:"shadow_mode,omitempty"`
-	DetailedMetric         bool        `json:"detailed_metric,omitempty"`
-	Replaces               []string    `json:"replaces,omitempty"`
-	Cost                   int64       `json:"cost"`
-	FailureMode            FailureMode `json:"failure_mode,omitempty"`
-	AllowAlgorithmOverride bool        `json:"allow_algorithm_override,omitempty"`
-	Limits                 []LimitView `json:"limits,omitempty"`
-	Plan                   string      `json:"plan,omitempty"`
-	PlanFallback           bool        `json:"plan_fallback,omitempty"`
-	Quotas                 []QuotaView `json:"quotas,omitempty"`
+	Path                   string         `json:"path,omitempty"`
+	Policy                 string         `json:"policy,omitempty"`
+	Unlimited              bool           `json:"unlimited,omitempty"`
+	ShadowMode             bool           `json:"shadow_mode,omitempty"`
+	QuotaMode              bool           `json:"quota_mode,omitempty"`
+	Metadata               map[string]any `json:"metadata,omitempty"`
+	DetailedMetric         bool           `json:"detailed_metric,omitempty"`
+	Replaces               []string       `json:"replaces,omitempty"`
+	Cost                   int64          `json:"cost"`
+	FailureMode            FailureMode    `json:"failure_mode,omitempty"`
+	AllowAlgorithmOverride bool           `json:"allow_algorithm_override,omitempty"`
+	Limits                 []LimitView    `json:"limits,omitempty"`
+	Plan                   string         `json:"plan,omitempty"`
+	PlanFallback           bool           `json:"plan_fallback,omitempty"`
+	Quotas                 []QuotaView    `json:"quotas,omitempty"`
 	// Penalty names the rule's penalty policy (the policy itself is a PenaltyView).
 	Penalty string `json:"penalty,omitempty"`
 	File    string `json:"file"`
@@ -68,7 +70,7 @@ type PenaltyView struct {
 // View returns the rule's JSON form.
 func (r *Rule) View() RuleView {
 	v := RuleView{
-		Name: r.Name, Path: r.Path, Policy: r.Policy, Unlimited: r.Unlimited, ShadowMode: r.ShadowMode,
+		Name: r.Name, Path: r.Path, Policy: r.Policy, Unlimited: r.Unlimited, ShadowMode: r.ShadowMode, QuotaMode: r.QuotaMode, Metadata: r.Metadata,
 		DetailedMetric: r.DetailedMetric, Replaces: r.Replaces, Cost: r.Cost,
 		FailureMode: r.FailureMode, AllowAlgorithmOverride: r.AllowAlgorithmOverride,
 		Plan: r.Plan, PlanFallback: r.PlanFallback, File: r.File, Line: r.Line,

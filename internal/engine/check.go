@@ -56,6 +56,10 @@ func (sc *scratch) reset(n int) {
 //
 // An admitted request that a leaky bucket with max_delay shapes is held here until its
 // turn (never past ctx's deadline) before Check returns.
+//
+// The call is over limit as the reference decides it (callOver): when a descriptor not in
+// quota mode is over, or when every quota-mode descriptor is; and never with the global
+// Config.ShadowMode.
 func (e *Engine) Check(ctx context.Context, domain string, descs []Descriptor, decisions []Decision) (overLimit bool, err error) {
 	return e.check(ctx, e.cfg.Clock, time.Time{}, domain, descs, decisions, true)
 }
@@ -176,12 +180,12 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 
 	// Stage 3: quotas, only when the rate limits let the whole call through: a refused
 	// call must not burn any descriptor's quota.
-	if hasQuota && !anyOverLimit(decisions) {
+	if hasQuota && !callOver(decisions) {
 		e.queueQuotaReads(sc, domain, nowUS, descs, decisions)
 		if _, err := e.runStage(ctx, stagePrecheck, domain, nowUS, sc, descs, decisions); err != nil {
 			return false, err
 		}
-		if !anyOverLimit(decisions) {
+		if !callOver(decisions) {
 			for i := range descs {
 				dec := &decisions[i]
 				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
@@ -210,9 +214,12 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		_, _ = e.runStage(ctx, stageRecord, domain, nowUS, sc, descs, decisions)
 	}
 
-	overLimit = anyOverLimit(decisions)
+	overLimit = callOver(decisions)
 	if hold && delay > 0 && !overLimit {
 		e.shape(ctx, delay)
+	}
+	if e.cfg.ShadowMode {
+		overLimit = false
 	}
 	e.count(domain, decisions)
 	if len(e.cfg.Observers) > 0 {
@@ -450,13 +457,26 @@ func appendEscaped(dst []byte, s string) []byte {
 
 const hexDigits = "0123456789abcdef"
 
-func anyOverLimit(decisions []Decision) bool {
+// callOver reports whether a call with these decisions is over limit, as the reference
+// decides it with quota_mode: a descriptor whose rule is not in quota mode and is over
+// limit makes the call over; descriptors in quota mode make it over only when there is at
+// least one and every one is over (each is a soft budget the caller may fall back from).
+func callOver(decisions []Decision) bool {
+	quota, quotaOver := 0, 0
 	for i := range decisions {
-		if decisions[i].Code == CodeOverLimit {
+		d := &decisions[i]
+		if d.Rule != nil && d.Rule.QuotaMode && !d.Rule.Unlimited {
+			quota++
+			if d.Code == CodeOverLimit {
+				quotaOver++
+			}
+			continue
+		}
+		if d.Code == CodeOverLimit {
 			return true
 		}
 	}
-	return false
+	return quota > 0 && quotaOver == quota
 }
 
 // queueQuotaReads queues a read (cost 0) of every quota of descriptors that carry more

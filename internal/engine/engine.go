@@ -64,6 +64,11 @@ type Config struct {
 	MaxDescriptors, MaxEntries, MaxValueLen int
 	// Observers see every decision and violation.
 	Observers []Observer
+	// ShadowMode is the reference's global shadow mode (SHADOW_MODE): a call that would be
+	// over limit is answered as not over. Every descriptor is decided, counted and
+	// reported as without it (its Decision still says CodeOverLimit); only Check's answer
+	// for the call changes.
+	ShadowMode bool
 }
 
 // Engine decides. It is safe for concurrent use.

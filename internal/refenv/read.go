@@ -62,6 +62,10 @@ type Settings struct {
 	// USE_PROMETHEUS, DISABLE_STATS and their settings) and NEAR_LIMIT_RATIO.
 	Stats Stats
 
+	// ShadowMode is SHADOW_MODE (the global shadow mode); DynamicMetadata is
+	// RESPONSE_DYNAMIC_METADATA.
+	ShadowMode, DynamicMetadata bool
+
 	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
 	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
 	HealthNeedsConfig, HealthPingsStore bool
@@ -275,6 +279,8 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	}
 	r.tls(s)
 	r.stats(s)
+	s.ShadowMode = r.boolean("SHADOW_MODE")
+	s.DynamicMetadata = r.boolean("RESPONSE_DYNAMIC_METADATA")
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
 	s.HealthPingsStore = r.boolean("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION")
 	for _, name := range []string{"REDIS_PIPELINE_WINDOW", "REDIS_PIPELINE_LIMIT", "REDIS_USE_EXPLICIT_PIPELINE", "REDIS_CLUSTER_PIPELINE_PARALLELISM"} {

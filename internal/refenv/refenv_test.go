@@ -194,7 +194,7 @@ func TestNotYet(t *testing.T) {
 		t.Fatal("no NotYet rows")
 	}
 	// Several at once: all reported together.
-	mustFail(t, base("SHADOW_MODE", "true", "TRACING_ENABLED", "true", "MERGE_DOMAIN_CONFIG", "true"), "SHADOW_MODE", "TRACING_ENABLED", "MERGE_DOMAIN_CONFIG")
+	mustFail(t, base("QUOTA_MODE", "true", "TRACING_ENABLED", "true", "MERGE_DOMAIN_CONFIG", "true"), "QUOTA_MODE", "TRACING_ENABLED", "MERGE_DOMAIN_CONFIG")
 }
 
 func TestRedis(t *testing.T) {
@@ -441,4 +441,19 @@ func TestStoreGiven(t *testing.T) {
 			t.Errorf("%s is not a store variable", n)
 		}
 	}
+}
+
+// TestModes: SHADOW_MODE and RESPONSE_DYNAMIC_METADATA are read as booleans; QUOTA_MODE,
+// which the reference does not have, is refused rather than ignored.
+func TestModes(t *testing.T) {
+	s := mustRead(t, base())
+	if s.ShadowMode || s.DynamicMetadata {
+		t.Errorf("defaults: shadow %v metadata %v, want both off", s.ShadowMode, s.DynamicMetadata)
+	}
+	s = mustRead(t, base("SHADOW_MODE", "true", "RESPONSE_DYNAMIC_METADATA", "1"))
+	if !s.ShadowMode || !s.DynamicMetadata {
+		t.Errorf("set: shadow %v metadata %v, want both on", s.ShadowMode, s.DynamicMetadata)
+	}
+	mustFail(t, base("QUOTA_MODE", "true"), "QUOTA_MODE", "Not a variable of the reference")
+	mustRead(t, base("QUOTA_MODE", "false"))
 }

@@ -193,9 +193,9 @@ func Vars() []Var {
 		{Name: "MEMCACHE_TLS_CACERT", Note: "Used only with MEMCACHE_TLS."},
 		{Name: "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION", Kind: Bool, Default: "false", Note: "Used only with MEMCACHE_TLS."},
 		// Behaviour.
-		{Name: "SHADOW_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Global shadow mode."},
-		{Name: "QUOTA_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Global quota mode."},
-		{Name: "RESPONSE_DYNAMIC_METADATA", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Descriptors and `metadata` in the response's dynamic metadata."},
+		{Name: "SHADOW_MODE", Kind: Bool, Default: "false", Note: "Global shadow mode (`--shadow-mode`): every call is answered OK; each descriptor is still decided, counted and reported (its status `OVER_LIMIT` when over), as the reference does."},
+		{Name: "QUOTA_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Not a variable of the reference: its settings (`src/settings/settings.go`) have no global quota mode, only the per-descriptor `quota_mode` key, which halt honours. Set to true, it stops startup rather than be ignored."},
+		{Name: "RESPONSE_DYNAMIC_METADATA", Kind: Bool, Default: "false", Note: "`--response-dynamic-metadata`: every response carries the reference's dynamic metadata (`domain`, `descriptors`, `hitsAddend`, `quotaModeEnabled`, `quotaModeViolations`, and the `metadata` of the matched rules that passed), which Envoy stores under `envoy.filters.http.ratelimit`."},
 		// Tracing.
 		{Name: "TRACING_ENABLED", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "OTLP tracing; the TRACING_* settings are read and checked, and used only with it."},
 		{Name: "TRACING_SERVICE_NAME", Default: "RateLimit", Note: "Used only with TRACING_ENABLED."},

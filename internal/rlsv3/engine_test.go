@@ -187,8 +187,10 @@ func TestShadowUnlimitedReplaces(t *testing.T) {
 		t.Fatalf("shadow mode must answer OK: %v", r)
 	}
 	for i := 0; i < 5; i++ {
-		if r := h.call(t, "edge", 0, desc("path", "/free")); r.OverallCode != rlspb.RateLimitResponse_OK || r.Statuses[0].CurrentLimit != nil {
-			t.Fatalf("unlimited: %v", r)
+		// The reference answers an unlimited descriptor with the largest limit_remaining.
+		if r := h.call(t, "edge", 0, desc("path", "/free")); r.OverallCode != rlspb.RateLimitResponse_OK || r.Statuses[0].CurrentLimit != nil ||
+			r.Statuses[0].LimitRemaining != 1<<32-1 {
+			t.Fatalf("unlimited: %v, want OK, no current limit, limit_remaining 4294967295", r)
 		}
 	}
 	// vip replaces per_client: sent together, only vip counts.

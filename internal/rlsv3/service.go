@@ -3,6 +3,7 @@ package rlsv3
 import (
 	"context"
 	"errors"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -30,11 +31,25 @@ type Service struct {
 	// duration and ok are resolved once: two label lookups per call showed in profiles.
 	duration prometheus.Observer
 	ok       prometheus.Counter
+	// dynamicMetadata: every response carries the reference's dynamic metadata.
+	dynamicMetadata bool
 }
 
+// Option changes a Service.
+type Option func(*Service)
+
+// DynamicMetadata makes every response carry the reference's dynamic metadata
+// (RESPONSE_DYNAMIC_METADATA): the call's domain, descriptors and hits, its quota-mode
+// violations, and the metadata of the rules the call's descriptors matched and passed.
+// Envoy stores it under the filter's namespace (envoy.filters.http.ratelimit).
+func DynamicMetadata() Option { return func(s *Service) { s.dynamicMetadata = true } }
+
 // NewService returns the gRPC service.
-func NewService(e *engine.Engine, headers headers.Families) *Service {
+func NewService(e *engine.Engine, headers headers.Families, opts ...Option) *Service {
 	s := &Service{engine: e, headers: headers}
+	for _, o := range opts {
+		o(s)
+	}
 	s.pool.New = func() any { return new(callScratch) }
 	m := e.Metrics()
 	s.duration = m.RequestDuration.WithLabelValues("ShouldRateLimit")
@@ -112,6 +127,9 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 	resp, blocks := newResponse(n)
 	if over {
 		resp.OverallCode = rlspb.RateLimitResponse_OVER_LIMIT
+	}
+	if s.dynamicMetadata {
+		resp.DynamicMetadata = dynamicMetadata(req, sc.decisions)
 	}
 	var report engine.Decision
 	for i := range sc.decisions {
@@ -193,6 +211,11 @@ func descriptorStatus(dec *engine.Decision, b *statusBlock) *rlspb.RateLimitResp
 		st.Code = rlspb.RateLimitResponse_OVER_LIMIT
 	}
 	if dec.Limit == nil {
+		if dec.Rule != nil && dec.Rule.Unlimited {
+			// The reference's answer for an unlimited descriptor: OK, and as much room as
+			// the field holds.
+			st.LimitRemaining = math.MaxUint32
+		}
 		return st
 	}
 	l := dec.Limit

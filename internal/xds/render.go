@@ -39,6 +39,8 @@ type yamlDescriptor struct {
 	RateLimit      *yamlRateLimit   `yaml:"rate_limit,omitempty"`
 	ShadowMode     bool             `yaml:"shadow_mode,omitempty"`
 	DetailedMetric bool             `yaml:"detailed_metric,omitempty"`
+	QuotaMode      bool             `yaml:"quota_mode,omitempty"`
+	Metadata       map[string]any   `yaml:"metadata,omitempty"`
 	Descriptors    []yamlDescriptor `yaml:"descriptors,omitempty"`
 }
 
@@ -103,7 +105,10 @@ func descriptors(ds []*rlsconf.RateLimitDescriptor) []yamlDescriptor {
 			RateLimit:      rateLimit(d.GetRateLimit()),
 			ShadowMode:     d.GetShadowMode(),
 			DetailedMetric: d.GetDetailedMetric(),
-			Descriptors:    descriptors(d.GetDescriptors()),
+			QuotaMode:      d.GetQuotaMode(),
+			// A Struct's fields are JSON values: config validates them as it does a file's.
+			Metadata:    d.GetMetadata().AsMap(),
+			Descriptors: descriptors(d.GetDescriptors()),
 		})
 	}
 	return out
@@ -163,12 +168,23 @@ func unknownFields(m protoreflect.Message, path string) []string {
 		if path != "" {
 			name = path + "." + name
 		}
-		if fd.IsList() {
+		switch {
+		case fd.IsMap():
+			// A map's values (a metadata Struct's fields): only message values can hold
+			// unknown fields.
+			if fd.MapValue().Kind() != protoreflect.MessageKind {
+				return true
+			}
+			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				out = append(out, unknownFields(mv.Message(), fmt.Sprintf("%s[%q]", name, k.String()))...)
+				return true
+			})
+		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len(); i++ {
 				out = append(out, unknownFields(l.Get(i).Message(), fmt.Sprintf("%s[%d]", name, i))...)
 			}
-		} else {
+		default:
 			out = append(out, unknownFields(v.Message(), name)...)
 		}
 		return true

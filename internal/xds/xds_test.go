@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
@@ -97,14 +98,14 @@ func TestAgainstManagementServer(t *testing.T) {
 		t.Fatalf("after the NACK the last good config must serve: key1 %d version %q", rpu(src, "basic", "key1"), c.Version())
 	}
 
-	// A field this build does not know (a newer proto's quota_mode, say).
+	// A field this build does not know (a newer proto's, numbered past the known ones).
 	unknown := limit("basic", "key1", rlsconf.RateLimitUnit_MINUTE, 9)
 	d := unknown.Descriptors[0].ProtoReflect()
-	d.SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 7, protowire.VarintType), 1))
+	d.SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
 	srv.Set(t, "4", unknown)
 	testutil.WaitFor(t, wait, func() bool {
 		for _, n := range srv.NACKs() {
-			if strings.Contains(n.GetErrorDetail().GetMessage(), "xds:basic: fields this halt does not know (a newer RateLimitConfig?): descriptors[0]: field 7") {
+			if strings.Contains(n.GetErrorDetail().GetMessage(), "xds:basic: fields this halt does not know (a newer RateLimitConfig?): descriptors[0]: field 99") {
 				return true
 			}
 		}
@@ -199,10 +200,15 @@ func TestMutualTLS(t *testing.T) {
 }
 
 func TestRender(t *testing.T) {
+	meta, err := structpb.NewStruct(map[string]any{"backend": "b1", "weight": 2, "tags": []any{"x", true}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	rc := &rlsconf.RateLimitConfig{Name: "n", Domain: "d", Descriptors: []*rlsconf.RateLimitDescriptor{
 		{Key: "a", Value: "x*", ShadowMode: true, DetailedMetric: true,
 			RateLimit: &rlsconf.RateLimitPolicy{Unit: rlsconf.RateLimitUnit_HOUR, RequestsPerUnit: 3, Name: "nm", Replaces: []*rlsconf.RateLimitReplace{{Name: "other"}}}},
 		{Key: "u", RateLimit: &rlsconf.RateLimitPolicy{Unlimited: true}},
+		{Key: "q", QuotaMode: true, Metadata: meta, RateLimit: &rlsconf.RateLimitPolicy{Unit: rlsconf.RateLimitUnit_DAY, RequestsPerUnit: 5}},
 		{Key: "p", Descriptors: []*rlsconf.RateLimitDescriptor{{Key: "c", RateLimit: &rlsconf.RateLimitPolicy{Unit: rlsconf.RateLimitUnit_SECOND}}}},
 	}}
 	a, _ := anypb.New(rc)
@@ -225,6 +231,17 @@ descriptors:
     - key: u
       rate_limit:
         unlimited: true
+    - key: q
+      rate_limit:
+        unit: day
+        requests_per_unit: 5
+      quota_mode: true
+      metadata:
+        backend: b1
+        tags:
+            - x
+            - true
+        weight: 2
     - key: p
       descriptors:
         - key: c
@@ -235,8 +252,12 @@ descriptors:
 	if got := string(docs["xds:n"]); got != want {
 		t.Fatalf("rendered:\n%s\nwant:\n%s", got, want)
 	}
-	if _, err := config.Parse(docs); err != nil {
+	set, err := config.Parse(docs)
+	if err != nil {
 		t.Fatalf("the rendered document must load: %v", err)
+	}
+	if r, ok := set.Match("d", []config.Entry{{Key: "q", Value: "v"}}); !ok || !r.QuotaMode || r.Metadata["backend"] != "b1" || r.Metadata["weight"] != 2.0 {
+		t.Errorf("pushed quota_mode and metadata: %+v", r)
 	}
 	// Two resources of one name; a resource of another type.
 	other, _ := anypb.New(&rlsconf.RateLimitReplace{Name: "x"})
@@ -318,4 +339,23 @@ func TestSizeCaps(t *testing.T) {
 	}
 	srv.Set(t, "4", limit("basic", "key1", rlsconf.RateLimitUnit_SECOND, 70))
 	testutil.WaitFor(t, wait, func() bool { return rpu(src, "basic", "key1") == 70 })
+}
+
+// TestRenderMetadataUnknown: a pushed descriptor's metadata (a Struct, whose fields are a
+// map of messages) is walked for unknown fields like every other message, without a
+// panic, and an unknown field inside it is reported by its path.
+func TestRenderMetadataUnknown(t *testing.T) {
+	meta, err := structpb.NewStruct(map[string]any{"k": "v"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta.Fields["k"].ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 42, protowire.VarintType), 1))
+	rc := &rlsconf.RateLimitConfig{Name: "n", Domain: "d", Descriptors: []*rlsconf.RateLimitDescriptor{
+		{Key: "q", Metadata: meta, RateLimit: &rlsconf.RateLimitPolicy{Unit: rlsconf.RateLimitUnit_DAY, RequestsPerUnit: 5}},
+	}}
+	a, _ := anypb.New(rc)
+	_, err = xds.Render([]*anypb.Any{a})
+	if err == nil || !strings.Contains(err.Error(), `descriptors[0].metadata.fields["k"]: field 42`) {
+		t.Fatalf("unknown field in metadata: %v", err)
+	}
 }

@@ -1,0 +1,115 @@
+package engine_test
+
+import (
+	"testing"
+
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+)
+
+const quotaModeConfig = `
+domain: d
+descriptors:
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: hard
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: cal
+    quota_mode: true
+    quota: {period: day, requests: 1}
+  - key: plain
+    rate_limit: {unit: minute, requests_per_unit: 100}
+`
+
+func codes(decs []engine.Decision) []engine.Code {
+	out := make([]engine.Code, len(decs))
+	for i := range decs {
+		out[i] = decs[i].Code
+	}
+	return out
+}
+
+// TestQuotaMode: the call is over limit as the reference decides it with quota_mode:
+// when a descriptor that is not in quota mode is over, or when every quota-mode
+// descriptor is; each descriptor's own decision still says whether it is over.
+func TestQuotaMode(t *testing.T) {
+	f := newFixture(t, quotaModeConfig)
+	over := engine.CodeOverLimit
+	ok := engine.CodeOK
+
+	// q1 (1/min) alone: its second call is over, and so is the call (every quota-mode
+	// descriptor of the call is over).
+	if _, o := f.mustCheck(t, d(1, "q1", "a")); o {
+		t.Fatal("q1 first call over")
+	}
+	decs, o := f.mustCheck(t, d(1, "q1", "a"))
+	if !o || decs[0].Code != over {
+		t.Fatalf("q1 alone, over its budget: call over %v, decision %v: want both over", o, decs[0].Code)
+	}
+	// q1 over, q2 not: the call passes (the caller falls back to q2); q1's own decision
+	// says over.
+	decs, o = f.mustCheck(t, d(1, "q1", "a"), d(1, "q2", "a"))
+	if o || decs[0].Code != over || decs[1].Code != ok {
+		t.Fatalf("q1 over, q2 within: call over %v, decisions %v: want the call OK, q1 over, q2 OK", o, codes(decs))
+	}
+	// Both quota-mode descriptors over (q2, 2 a minute, had one hit above; one more here,
+	// and the next call is its third): the call is over.
+	f.mustCheck(t, d(1, "q2", "a"))
+	decs, o = f.mustCheck(t, d(1, "q1", "a"), d(1, "q2", "a"))
+	if !o || decs[0].Code != over || decs[1].Code != over {
+		t.Fatalf("every quota-mode descriptor over: call over %v, decisions %v", o, codes(decs))
+	}
+	// A descriptor not in quota mode that is over makes the call over, whatever the
+	// quota-mode ones say.
+	for range 3 {
+		f.mustCheck(t, d(1, "hard", "a"))
+	}
+	decs, o = f.mustCheck(t, d(1, "hard", "a"), d(1, "q1", "b"))
+	if !o || decs[0].Code != over || decs[1].Code != ok {
+		t.Fatalf("hard over, q1 within: call over %v, decisions %v", o, codes(decs))
+	}
+	// Quota-mode descriptors over next to a plain one within: over only because every
+	// quota-mode one is, not because of the plain one.
+	decs, o = f.mustCheck(t, d(1, "plain", "a"), d(1, "q1", "a"))
+	if !o || decs[0].Code != ok || decs[1].Code != over {
+		t.Fatalf("plain within, q1 over: call over %v, decisions %v", o, codes(decs))
+	}
+	// Calendar quotas of a quota-mode descriptor are soft too, and a call that passes
+	// still charges the other descriptors' quotas.
+	if _, o := f.mustCheck(t, d(1, "cal", "a")); o {
+		t.Fatal("cal first call over")
+	}
+	decs, o = f.mustCheck(t, d(1, "cal", "a"), d(1, "q2", "b"))
+	if o || decs[0].Code != over || decs[0].Kind != engine.KindQuota {
+		t.Fatalf("cal over its day, q2 within: call over %v, decisions %v (kind %v)", o, codes(decs), decs[0].Kind)
+	}
+}
+
+// TestGlobalShadowMode: with the reference's SHADOW_MODE the call is never over limit,
+// while every descriptor is decided and counted as without it.
+func TestGlobalShadowMode(t *testing.T) {
+	f := newFixture(t, foldConfig, func(c *engine.Config) { c.ShadowMode = true })
+	for i := 1; i <= 5; i++ {
+		decs, o := f.mustCheck(t, d(1, "a", "x"))
+		if o {
+			t.Fatalf("call %d over limit in global shadow mode", i)
+		}
+		if want := engine.CodeOK; i > 3 {
+			if decs[0].Code != engine.CodeOverLimit || decs[0].Result.Remaining != 0 {
+				t.Fatalf("call %d: decision %v remaining %d: the descriptor is still decided over", i, decs[0].Code, decs[0].Result.Remaining)
+			}
+		} else if decs[0].Code != want {
+			t.Fatalf("call %d: decision %v", i, decs[0].Code)
+		}
+	}
+	g := newFixture(t, foldConfig)
+	for range 3 {
+		g.mustCheck(t, d(1, "a", "x"))
+	}
+	if _, o := g.mustCheck(t, d(1, "a", "x")); !o {
+		t.Fatal("without global shadow mode the fourth call is over")
+	}
+}
