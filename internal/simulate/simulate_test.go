@@ -318,11 +318,10 @@ func equalInts(a, b []int) bool {
 }
 
 func TestWriteSVG(t *testing.T) {
-	tr, err := ParseTrace(strings.NewReader("0.9\n0.95\n1.0 <&>\n"))
-	if err == nil {
+	if _, err := ParseTrace(strings.NewReader("0.9\n0.95\n1.0 <&>\n")); err == nil {
 		t.Fatal("a cost of <&> parsed")
 	}
-	tr, _ = ParseTrace(strings.NewReader("0.9\n0.95\n1.0 2\n"))
+	tr, _ := ParseTrace(strings.NewReader("0.9\n0.95\n1.0 2\n"))
 	for _, c := range []struct {
 		pattern Pattern
 		p       Params

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,12 +86,14 @@ func Cleanup() {
 	builds = map[string]*build{}
 }
 
-// GoTool is the go command: on PATH, else the toolchain running the test.
+// GoTool is the go command on PATH: go test puts the GOROOT/bin of the toolchain running
+// the test first there, so this is that toolchain's go; bare "go" (an error that names
+// it when run) if there is none.
 func GoTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "go"
 }
 
 // EnvWithoutHalt is the environment without HALT_* variables, so that the caller's

@@ -105,7 +105,7 @@ func TestReloadRotationAndBadFiles(t *testing.T) {
 	// last good certificate stays.
 	p3 := must(ca.Issue("server", false, "127.0.0.1"))
 	tlstest.WriteFile(certPath, p3.CertPEM)
-	if r.Check() || r.Check() {
+	if first, second := r.Check(), r.Check(); first || second {
 		t.Fatal("mismatched key accepted")
 	}
 	if n := strings.Count(log.String(), "rejected"); n != 1 {
