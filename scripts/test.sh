@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the whole halt-envoy test run (what CI runs through .ci/run).
 #
-#   bash scripts/test.sh                     everything: peers + gofmt + vet + go test ./... + memory ceiling
+#   bash scripts/test.sh                     everything: peers + gofmt + vet + staticcheck + go test ./... + memory ceiling
 #                                            + fuzz + soak + promtool; ends "test.sh: OK" only when all ran
 #   bash scripts/test.sh -run TestX ./pkg/...   go test args are passed through (instead of ./...);
 #                                            the fuzz stage is skipped then
@@ -184,6 +184,12 @@ STAGE="go vet"
 say "go vet ${PKGS[*]}"
 peers_run_tracked go-vet go vet "${PKGS[@]}"
 
+STAGE=staticcheck
+# Pinned: a newer staticcheck may bring new checks, and a finding fails the run.
+# A finding that is wrong for a line is silenced there with //lint:ignore CHECK reason.
+say "staticcheck ${PKGS[*]}"
+peers_run_tracked staticcheck go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 "${PKGS[@]}"
+
 STAGE="go test"
 # go test -json goes through internal/testsummary, which echoes build errors, failed tests and
 # one line per package, then lists every skipped test by name and gives a verdict: FAIL on a
@@ -298,6 +304,6 @@ case $mods_summary in *PARTIAL*) partial+=("test modules: $mods_summary") ;; esa
 (($# == 0)) || partial+=("go test args given: fuzz, memory and soak stages not run")
 case $prom_summary in skipped*) partial+=("promtool: $prom_summary") ;; esac
 ((${#partial[@]} == 0)) || result=PARTIAL
-echo "test.sh: $result — gofmt, go vet, go test ($tests_verdict), test modules: $mods_summary, memory: $memory_summary," \
+echo "test.sh: $result — gofmt, go vet, staticcheck, go test ($tests_verdict), test modules: $mods_summary, memory: $memory_summary," \
   "fuzz: $fuzz_summary, soak: $soak_summary, promtool: $prom_summary; $peers_summary; total $(peers_since "$T0")"
 for p in "${partial[@]}"; do echo "test.sh: PARTIAL because $p"; done
