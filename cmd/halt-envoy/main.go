@@ -147,6 +147,8 @@ type serveFlags struct {
 	saas                                                   saasFlags
 	stats                                                  statsFlags
 	caps                                                   configCaps
+	edge                                                   edgeFlags
+	edgeGiven                                              map[string]bool // flags given, which win over the reference's variables
 
 	// clockStart, from HALT_TEST_CLOCK_START only (no flag), starts the decision clock at
 	// a fixed instant for the binary's own tests (see testClock).
@@ -190,6 +192,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	f.saas.register(fs)
 	f.stats.register(fs)
 	f.caps.register(fs, true)
+	f.edge.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -205,6 +208,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 		f.clockStart = t
 	}
 	given := givenFlags(fs, getenv)
+	f.edgeGiven = given
 	storeSet := given["store"]
 	if err := envFlags(fs, getenv); err != nil {
 		return nil, err
@@ -410,11 +414,19 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	}
 	var health server.Health
 	var maxAge, maxAgeGrace time.Duration
-	var maxStreams uint32
+	maxStreams := uint32(min(f.edge.grpcMaxStreams, 1<<32-1))
 	if r := f.ref; r != nil {
 		health = server.Health{NeedConfig: r.HealthNeedsConfig, PingStore: r.HealthPingsStore}
-		maxAge, maxAgeGrace, maxStreams = r.MaxConnectionAge, r.MaxConnectionAgeGrace, r.MaxConcurrentStreams
+		maxAge, maxAgeGrace = r.MaxConnectionAge, r.MaxConnectionAgeGrace
+		if r.MaxConcurrentStreams > 0 && !f.edgeGiven["grpc-max-streams"] {
+			maxStreams = r.MaxConcurrentStreams
+		}
 	}
+	nofile := raiseFileLimit(log)
+	grpcConns, httpConns := f.edge.connCaps(nofile)
+	log.Info("connection bounds", "file_descriptors", nofile, "grpc_max_conns", grpcConns, "http_max_conns", httpConns,
+		"grpc_max_streams", maxStreams, "max_in_flight", f.maxInFlight, "http_read_timeout", f.edge.httpReadTimeout,
+		"http_write_timeout", f.edge.httpWriteTimeout, "http_idle_timeout", f.edge.httpIdleTime)
 	srv, err := server.New(server.Options{
 		TLSGRPCOnly:           f.tlsGRPCOnly,
 		Health:                health,
@@ -423,6 +435,11 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		MaxConnectionAge:      maxAge,
 		MaxConnectionAgeGrace: maxAgeGrace,
 		MaxConcurrentStreams:  maxStreams,
+		GRPCMaxConns:          grpcConns,
+		HTTPMaxConns:          httpConns,
+		HTTPReadTimeout:       f.edge.httpReadTimeout,
+		HTTPWriteTimeout:      f.edge.httpWriteTimeout,
+		HTTPIdleTimeout:       f.edge.httpIdleTime,
 		GRPCAddr:              f.grpcAddr,
 		HTTPAddr:              f.httpAddr,
 		Engine:                eng,

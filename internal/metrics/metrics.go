@@ -56,6 +56,12 @@ type Metrics struct {
 	InvalidUTF8 *prometheus.CounterVec
 	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
 	ShapingDelay prometheus.Histogram
+	// Connections is the connections open now, by listener (grpc, http, admin): how
+	// close each is to its cap.
+	Connections *prometheus.GaugeVec
+	// ConnectionsRefused counts connections closed for abuse or refused while their
+	// source is in cooldown, by listener and reason (rapid_reset, cooldown).
+	ConnectionsRefused *prometheus.CounterVec
 	// Exemptions counts descriptors let through uncounted, by reason, for audits.
 	Exemptions *prometheus.CounterVec
 	// PlanDecisions counts decisions per plan.
@@ -157,6 +163,12 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		ShapingDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "halt_shaping_delay_seconds", Help: "How long leaky-bucket shaping held admitted requests.", Buckets: latency,
 		}),
+		Connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "halt_connections", Help: "Connections open now, by listener (grpc, http, admin); each listener has a cap (--grpc-max-conns, --http-max-conns).",
+		}, []string{"listener"}),
+		ConnectionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "halt_connections_refused_total", Help: "Connections closed for abuse or refused while their source address is in cooldown, by listener and reason (rapid_reset, cooldown).",
+		}, []string{"listener", "reason"}),
 	}
 	m.Exemptions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_exemptions_total", Help: "Descriptors exempted from limits (not counted), by domain and reason (path, private_address, cidr, value).",
@@ -220,7 +232,8 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		Name: "halt_memory_evictions_total", Help: "Live keys evicted from the in-memory store to stay within max_keys.",
 	}, memStat(func(st MemoryStore) float64 { return float64(st.Evicted()) }))
 	r.MustRegister(m.Decisions, m.DetailedDecisions, m.Requests, m.RequestDuration, m.StoreDuration, m.StoreErrors,
-		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.InvalidUTF8, m.ShapingDelay)
+		m.ConfigReloads, m.ConfigLastReloadSuccess, m.MemoryKeys, m.MemoryEvictions, m.Rejected, m.InvalidUTF8, m.ShapingDelay,
+		m.Connections, m.ConnectionsRefused)
 	m.ConfigLastReloadSuccess.Set(1)
 	return m
 }

@@ -84,7 +84,7 @@ func Vars() []Var {
 		{Name: "GRPC_PORT", Kind: Int, Default: "8081", Note: "gRPC listener port."},
 		{Name: "GRPC_MAX_CONNECTION_AGE", Kind: Duration, Default: "24h", Note: "gRPC keepalive MaxConnectionAge (grpc-go adds ±10% jitter, as the reference says)."},
 		{Name: "GRPC_MAX_CONNECTION_AGE_GRACE", Kind: Duration, Default: "1h", Note: "gRPC keepalive MaxConnectionAgeGrace."},
-		{Name: "GRPC_MAX_CONCURRENT_STREAMS", Kind: Int, Default: "0", Note: "grpc-go MaxConcurrentStreams per connection (0: grpc-go's default)."},
+		{Name: "GRPC_MAX_CONCURRENT_STREAMS", Kind: Int, Default: "0", Status: Differently, Note: "Streams per gRPC connection (`--grpc-max-streams`); 0 or unset is halt's default of 256, not grpc-go's unbounded one: a bound is what keeps a rapid-reset client's handlers bounded."},
 		{Name: "GRPC_SERVER_USE_TLS", Kind: Bool, Default: "false", Note: "TLS on the gRPC port only (the HTTP port stays plaintext, as the reference's); certificates are reloaded when the files change."},
 		{Name: "GRPC_SERVER_TLS_CERT", Note: "Server certificate chain (PEM) when GRPC_SERVER_USE_TLS."},
 		{Name: "GRPC_SERVER_TLS_KEY", Note: "Server key (PEM) when GRPC_SERVER_USE_TLS."},

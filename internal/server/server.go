@@ -28,16 +28,19 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/redact"
 	"github.com/halt-envoy/halt-envoy/internal/rlsv3"
@@ -90,8 +93,21 @@ type Options struct {
 	// MaxConnectionAge and MaxConnectionAgeGrace bound a gRPC connection's life (grpc-go
 	// adds ±10% jitter). Zero means 30 min and 30 s.
 	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
-	// MaxConcurrentStreams bounds the calls of one gRPC connection; zero keeps grpc-go's.
+	// MaxConcurrentStreams bounds the calls of one gRPC connection, and with it the
+	// handlers grpc-go runs for one connection at once; zero means DefaultMaxStreams.
 	MaxConcurrentStreams uint32
+	// GRPCMaxConns and HTTPMaxConns bound the connections open at once on the gRPC port
+	// and on each HTTP port (the HTTP and the admin port); past them a new connection
+	// waits in the kernel's accept queue. Zero means DefaultGRPCMaxConns and
+	// DefaultHTTPMaxConns.
+	GRPCMaxConns, HTTPMaxConns int
+	// HTTPReadTimeout bounds reading one request, body included, HTTPWriteTimeout its
+	// handling and answer, and HTTPIdleTimeout how long a keep-alive connection may sit
+	// idle, on every HTTP port. Zero means DefaultHTTPReadTimeout,
+	// DefaultHTTPWriteTimeout and DefaultHTTPIdleTimeout.
+	HTTPReadTimeout, HTTPWriteTimeout, HTTPIdleTimeout time.Duration
+	// Now is the clock of the rapid-reset windows and cooldowns; nil means time.Now.
+	Now func() time.Time
 	// Ready, when set, is one more condition of /readyz: a non-nil error makes it answer
 	// 503 with that error (the xDS source: no config received yet).
 	Ready func() error
@@ -115,6 +131,26 @@ type Health struct {
 	PingStore bool
 }
 
+// Defaults of the connection bounds (Options), documented in docs/operations.md's
+// threat model.
+const (
+	DefaultMaxStreams       = 256
+	DefaultGRPCMaxConns     = 1024
+	DefaultHTTPMaxConns     = 256
+	DefaultHTTPReadTimeout  = 10 * time.Second
+	DefaultHTTPWriteTimeout = 60 * time.Second
+	DefaultHTTPIdleTimeout  = 120 * time.Second
+	// headerTimeout bounds reading a request's headers (at most HTTPReadTimeout).
+	headerTimeout = 5 * time.Second
+	// maxHeaderBytes bounds the headers of one HTTP request and of one gRPC call (grpc-go
+	// would take 16 MiB a stream, Go's HTTP server 1 MiB); Envoy sends a few hundred bytes.
+	maxHeaderBytes = 64 << 10
+	// handshakeTimeout bounds a new gRPC connection's TLS handshake and HTTP/2 preface
+	// (grpc-go's default is 2 minutes: a connection that says nothing would hold a place
+	// under the connection cap that long).
+	handshakeTimeout = 10 * time.Second
+)
+
 // Server runs both listeners.
 type Server struct {
 	opt      Options
@@ -126,6 +162,9 @@ type Server struct {
 	httpLn   net.Listener
 	adminLn  net.Listener
 	inflight atomic.Int64
+	places   placeList
+	cool     *cooldowns
+	abuseLog *lograte.Limiter
 	draining sync.Once
 	drained  atomic.Bool // set when Shutdown starts: /healthcheck fails from then on
 }
@@ -153,20 +192,49 @@ func New(opt Options) (*Server, error) {
 	if opt.Metrics == nil {
 		opt.Metrics = opt.Engine.Metrics()
 	}
-	s := &Server{opt: opt}
-	var err error
-	if s.grpcLn, err = net.Listen("tcp", opt.GRPCAddr); err != nil {
-		return nil, fmt.Errorf("listen grpc %s: %w", opt.GRPCAddr, err)
+	if opt.MaxConcurrentStreams == 0 {
+		opt.MaxConcurrentStreams = DefaultMaxStreams
 	}
-	if s.httpLn, err = net.Listen("tcp", opt.HTTPAddr); err != nil {
+	if opt.GRPCMaxConns <= 0 {
+		opt.GRPCMaxConns = DefaultGRPCMaxConns
+	}
+	if opt.HTTPMaxConns <= 0 {
+		opt.HTTPMaxConns = DefaultHTTPMaxConns
+	}
+	if opt.HTTPReadTimeout <= 0 {
+		opt.HTTPReadTimeout = DefaultHTTPReadTimeout
+	}
+	if opt.HTTPWriteTimeout <= 0 {
+		opt.HTTPWriteTimeout = DefaultHTTPWriteTimeout
+	}
+	if opt.HTTPIdleTimeout <= 0 {
+		opt.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	s := &Server{opt: opt, cool: newCooldowns(opt.Now), abuseLog: lograte.New(lograte.DefaultInterval)}
+	conns := opt.Metrics.Connections
+	listen := func(name, addr string, max int, refuse func(net.Conn) bool) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s %s: %w", name, addr, err)
+		}
+		return newCappedListener(l, max, refuse, conns.WithLabelValues(name)), nil
+	}
+	var err error
+	if s.grpcLn, err = listen("grpc", opt.GRPCAddr, opt.GRPCMaxConns, s.inCooldown); err != nil {
+		return nil, err
+	}
+	if s.httpLn, err = listen("http", opt.HTTPAddr, opt.HTTPMaxConns, nil); err != nil {
 		s.grpcLn.Close()
-		return nil, fmt.Errorf("listen http %s: %w", opt.HTTPAddr, err)
+		return nil, err
 	}
 	if opt.AdminAddr != "" {
-		if s.adminLn, err = net.Listen("tcp", opt.AdminAddr); err != nil {
+		if s.adminLn, err = listen("admin", opt.AdminAddr, opt.HTTPMaxConns, nil); err != nil {
 			s.grpcLn.Close()
 			s.httpLn.Close()
-			return nil, fmt.Errorf("listen admin %s: %w", opt.AdminAddr, err)
+			return nil, err
 		}
 	}
 	if opt.MaxConnectionAge <= 0 {
@@ -176,17 +244,21 @@ func New(opt Options) (*Server, error) {
 		opt.MaxConnectionAgeGrace = 30 * time.Second
 	}
 	s.opt = opt
-	var creds []grpc.ServerOption
+	creds := insecure.NewCredentials()
 	if opt.TLS != nil {
-		creds = append(creds, grpc.Creds(credentials.NewTLS(opt.TLS)))
-	}
-	if opt.MaxConcurrentStreams > 0 {
-		creds = append(creds, grpc.MaxConcurrentStreams(opt.MaxConcurrentStreams))
+		creds = credentials.NewTLS(opt.TLS)
 	}
 	// Requests whose strings are not UTF-8 are decoded as bytes and decided (internal/wire):
 	// refused by protobuf-go, they were answered INTERNAL, which Envoy lets through.
 	codec := wire.New(func(m protoreflect.FullName) { opt.Metrics.InvalidUTF8.WithLabelValues(string(m)).Inc() })
-	s.grpc = grpc.NewServer(append(creds,
+	s.grpc = grpc.NewServer(
+		// Every connection's client frames are followed for rapid resets (conns.go),
+		// after the TLS handshake.
+		grpc.Creds(watchedCreds{TransportCredentials: creds, s: s}),
+		grpc.MaxConcurrentStreams(opt.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.InTapHandle(s.tap),
 		grpc.ForceServerCodecV2(codec),
 		grpc.MaxRecvMsgSize(opt.MaxRecvBytes),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{s.bound}, opt.Interceptors...)...),
@@ -199,7 +271,7 @@ func New(opt Options) (*Server, error) {
 			Timeout:               20 * time.Second,
 		}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)...)
+	)
 	rlspb.RegisterRateLimitServiceServer(s.grpc, opt.Service)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -211,13 +283,28 @@ func New(opt Options) (*Server, error) {
 	if opt.TLSGRPCOnly {
 		httpTLS = nil
 	}
-	s.http = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second, TLSConfig: httpTLS}
+	s.http = s.httpServer(s.mux(), httpTLS)
 	if s.adminLn != nil {
 		am := http.NewServeMux()
 		s.adminRoutes(am)
-		s.admin = &http.Server{Handler: am, ReadHeaderTimeout: 5 * time.Second, TLSConfig: httpTLS}
+		s.admin = s.httpServer(am, httpTLS)
 	}
 	return s, nil
+}
+
+// httpServer is an HTTP server with every timeout set: a slow body, a slow reader of the
+// answer or an idle keep-alive connection is closed, never kept forever.
+func (s *Server) httpServer(h http.Handler, tlsCfg *tls.Config) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: min(headerTimeout, s.opt.HTTPReadTimeout),
+		ReadTimeout:       s.opt.HTTPReadTimeout,
+		WriteTimeout:      s.opt.HTTPWriteTimeout,
+		IdleTimeout:       s.opt.HTTPIdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.opt.Logger.Handler(), slog.LevelDebug),
+	}
 }
 
 // AdminAddr is the bound admin address, nil when there is no separate admin port.
@@ -248,19 +335,141 @@ func (s *Server) GRPCAddr() net.Addr { return s.grpcLn.Addr() }
 // HTTPAddr is the bound HTTP address.
 func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 
-// bound refuses calls beyond MaxInFlight at once: under overload a fast
-// RESOURCE_EXHAUSTED lets Envoy apply its failure mode instead of every call timing out.
+// admit takes one place under MaxInFlight, or reports that there is none: every entry
+// point (a gRPC call as soon as its headers arrive, POST /json) shares this one bound.
+// Under overload a fast refusal lets Envoy apply its failure mode instead of every call
+// timing out. A counter, not a semaphore channel: two channel operations (each taking
+// the channel's lock) on every call cost more than the check is worth.
+func (s *Server) admit() bool {
+	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
+		s.inflight.Add(-1)
+		s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
+		return false
+	}
+	return true
+}
+
+func (s *Server) release() { s.inflight.Add(-1) }
+
+// healthService is exempt from the in-flight bound: probes must be answered, overload
+// or not (they are cheap, and bounded per connection like every stream).
+const healthService = "/grpc.health.v1.Health/"
+
+// tap admits a gRPC call as soon as its headers arrive, before its message (which a
+// slow or hostile client may never send): a stream waiting for its message holds a place
+// like a call being decided. The place is given back when the call's handler returns
+// (bound), or, for a stream that never gets that far, by the sweep once the stream has
+// ended (grpc-go cancels every stream's context then).
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if strings.HasPrefix(info.FullMethodName, healthService) {
+		return ctx, nil
+	}
+	if !s.admit() {
+		s.opt.Metrics.Requests.WithLabelValues(methodLabel(info.FullMethodName), codes.ResourceExhausted.String()).Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
+	}
+	p := &placeCtx{Context: ctx, s: s}
+	s.places.add(p)
+	return p, nil
+}
+
+// placeCtx is a stream's context holding its place under MaxInFlight, released once.
+type placeCtx struct {
+	context.Context
+	s        *Server
+	released atomic.Bool
+}
+
+type placeKey struct{}
+
+// Value finds the place through the contexts grpc-go derives from the stream's.
+func (p *placeCtx) Value(key any) any {
+	if key == (placeKey{}) {
+		return p
+	}
+	return p.Context.Value(key)
+}
+
+func (p *placeCtx) release() {
+	if p.released.CompareAndSwap(false, true) {
+		p.s.release()
+	}
+}
+
+// sweepEvery is how often the places of streams that ended without reaching their
+// handler (reset before their message, or timed out) are given back.
+const sweepEvery = 100 * time.Millisecond
+
+// placeList holds the places taken, for the sweep: a place added on every call costs an
+// append under one of several locks, not a context watch (context.AfterFunc cost more
+// than a microsecond a call, measured by BenchmarkTap).
+type placeList struct {
+	next   atomic.Uint32
+	shards [16]struct {
+		mu    sync.Mutex
+		items []*placeCtx
+		_     [32]byte // keep shards on separate cache lines
+	}
+}
+
+func (l *placeList) add(p *placeCtx) {
+	sh := &l.shards[l.next.Add(1)%uint32(len(l.shards))]
+	sh.mu.Lock()
+	sh.items = append(sh.items, p)
+	sh.mu.Unlock()
+}
+
+// sweep gives back the places of streams that ended without being released, and drops
+// the released ones; the others stay.
+func (l *placeList) sweep() {
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		items := sh.items
+		sh.items = make([]*placeCtx, 0, len(items)/2)
+		sh.mu.Unlock()
+		var keep []*placeCtx
+		for _, p := range items {
+			if p.released.Load() {
+				continue
+			}
+			if p.Err() != nil {
+				p.release()
+				continue
+			}
+			keep = append(keep, p)
+		}
+		if len(keep) > 0 {
+			sh.mu.Lock()
+			sh.items = append(sh.items, keep...)
+			sh.mu.Unlock()
+		}
+	}
+}
+
+// sweepPlaces runs the sweep until done is closed.
+func (s *Server) sweepPlaces(done <-chan struct{}) {
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			s.places.sweep()
+		}
+	}
+}
+
+// bound runs a call in the place tap took for it, given back when the handler returns.
+// It refuses a call whose caller already gave up (its deadline passed while its message
+// arrived): deciding it would count a hit nobody waits for.
 func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if p, ok := ctx.Value(placeKey{}).(*placeCtx); ok {
+		defer p.release()
+	}
 	if ctx.Err() != nil {
 		return nil, status.FromContextError(ctx.Err()).Err()
-	}
-	// A counter, not a semaphore channel: two channel operations (each taking the
-	// channel's lock) on every call cost more than the check is worth.
-	defer s.inflight.Add(-1)
-	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
-		s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
-		s.opt.Metrics.Requests.WithLabelValues(methodLabel(info.FullMethod), codes.ResourceExhausted.String()).Inc()
-		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
 	}
 	return handler(ctx, req)
 }
@@ -278,11 +487,57 @@ func methodLabel(full string) string {
 	return full
 }
 
+// inCooldown refuses a new gRPC connection whose source address was caught resetting
+// streams (rapid reset) a moment ago.
+func (s *Server) inCooldown(c net.Conn) bool {
+	if !s.cool.blocked(sourceOf(c)) {
+		return false
+	}
+	s.opt.Metrics.ConnectionsRefused.WithLabelValues("grpc", "cooldown").Inc()
+	return true
+}
+
+// abusive is told of a gRPC connection caught resetting streams: its source goes into
+// cooldown, and the event is counted and logged (throttled: an attacker makes many).
+func (s *Server) abusive(c net.Conn) {
+	d := s.cool.offend(sourceOf(c))
+	s.opt.Metrics.ConnectionsRefused.WithLabelValues("grpc", "rapid_reset").Inc()
+	if ok, held := s.abuseLog.Allow(s.opt.Now()); ok {
+		s.opt.Logger.Warn("gRPC connection closed: rapid resets (streams reset before their request, CVE-2023-44487); its source is refused for a while",
+			"remote", c.RemoteAddr().String(), "resets_per_second_over", RapidResetsPerSecond, "cooldown", d, "similar_suppressed", held)
+	}
+}
+
+// watchedCreds is the gRPC port's transport credentials (TLS or none) with every
+// connection's client frames followed for rapid resets once the handshake is done.
+type watchedCreds struct {
+	credentials.TransportCredentials
+	s *Server
+}
+
+// ServerHandshake does the handshake of the wrapped credentials, then watches the
+// connection.
+func (c watchedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return conn, info, err
+	}
+	return &watchedConn{Conn: conn, w: newH2Watcher(c.s.opt.Now), onAbuse: c.s.abusive}, info, nil
+}
+
+// Clone keeps the watching.
+func (c watchedCreds) Clone() credentials.TransportCredentials {
+	return watchedCreds{TransportCredentials: c.TransportCredentials.Clone(), s: c.s}
+}
+
 // Serve serves until ctx is done, then drains in-flight calls and returns.
 func (s *Server) Serve(ctx context.Context) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(rlspb.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	errc := make(chan error, 3)
+	sweepDone := make(chan struct{})
+	defer close(sweepDone)
+	go s.sweepPlaces(sweepDone)
 	go func() { errc <- s.grpc.Serve(s.grpcLn) }()
 	go func() { errc <- s.serveHTTP(s.http, s.httpLn) }()
 	if s.admin != nil {
@@ -430,7 +685,15 @@ func (s *Server) config(w http.ResponseWriter, r *http.Request) {
 func (s *Server) json(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.opt.MaxRecvBytes)))
 	if err != nil {
-		http.Error(w, "read body: "+err.Error(), http.StatusRequestEntityTooLarge)
+		var tooLarge *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooLarge):
+			http.Error(w, "read body: "+err.Error(), http.StatusRequestEntityTooLarge)
+		case os.IsTimeout(err):
+			http.Error(w, "read body: timed out", http.StatusRequestTimeout)
+		default:
+			http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		}
 		return
 	}
 	var req rlspb.RateLimitRequest
@@ -438,6 +701,14 @@ func (s *Server) json(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	// The body is read (bounded by the read timeout) before a place is taken, so a slow
+	// sender holds an HTTP connection, never a place of the calls being decided.
+	if !s.admit() {
+		s.opt.Metrics.Requests.WithLabelValues("ShouldRateLimit", codes.ResourceExhausted.String()).Inc()
+		http.Error(w, fmt.Sprintf("more than %d calls in flight", s.opt.MaxInFlight), http.StatusServiceUnavailable)
+		return
+	}
+	defer s.release()
 	resp, err := s.opt.Service.ShouldRateLimit(r.Context(), &req)
 	if err != nil {
 		code := http.StatusInternalServerError

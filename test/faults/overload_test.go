@@ -3,6 +3,8 @@ package faults
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"runtime"
 	"slices"
 	"strings"
@@ -310,5 +312,74 @@ func TestManyConnections(t *testing.T) {
 		if _, err := rlspb.NewRateLimitServiceClient(cc).ShouldRateLimit(context.Background(), rlRequest("again")); err != nil && !errors.Is(err, context.Canceled) {
 			t.Errorf("connection unusable afterwards: %v", err)
 		}
+	}
+}
+
+// TestJSONSharesTheBound: POST /json (the reference's HTTP entry point) is admitted under
+// the same in-flight bound as gRPC. 2,000 concurrent /json calls against a store that
+// holds each call 1 s, with max_in_flight=8: at most 8 reach the store at once, the rest
+// are refused with 503 (what /json answers for RESOURCE_EXHAUSTED) instead of waiting for
+// a place (which, at 8 a second, would take minutes), and while /json calls hold every
+// place gRPC calls are refused too. (A refusal's latency here is mostly the wait for a
+// connection: 2,000 clients share the HTTP port's connection cap.)
+func TestJSONSharesTheBound(t *testing.T) {
+	const maxInFlight, delay, callers = 8, time.Second, 2000
+	o := startOverloadServer(t, maxInFlight, 0, delay)
+	url := "http://" + o.srv.HTTPAddr().String() + "/json"
+	body := `{"domain":"faults","descriptors":[{"entries":[{"key":"user","value":"flood"}]}]}`
+	client := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: -1, DisableKeepAlives: true}}
+
+	var mu sync.Mutex
+	answers := map[int]int{}
+	var refused []time.Duration
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			t0 := time.Now()
+			resp, err := client.Post(url, "application/json", strings.NewReader(body))
+			el := time.Since(t0)
+			code := 0
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				code = resp.StatusCode
+			}
+			mu.Lock()
+			answers[code]++
+			if code == http.StatusServiceUnavailable {
+				refused = append(refused, el)
+			}
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	// While the flood holds the places, gRPC calls are refused: one bound for both.
+	var grpcCode codes.Code
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := o.rls.ShouldRateLimit(ctx, rlRequest("grpc"))
+		grpcCode = status.Code(err)
+		return grpcCode == codes.ResourceExhausted
+	})
+	wg.Wait()
+
+	t.Logf("%d concurrent /json calls, max_in_flight=%d, store delay %v: answers %v; refusals p50 %v max %v; peak store concurrency %d; gRPC call meanwhile: %v",
+		callers, maxInFlight, delay, answers, percentile(refused, .5), percentile(refused, 1), o.store.peak.Load(), grpcCode)
+	if p := o.store.peak.Load(); p > maxInFlight {
+		t.Errorf("%d /json calls reached the store at once, bound %d", p, maxInFlight)
+	}
+	if answers[http.StatusServiceUnavailable] == 0 || answers[http.StatusOK]+answers[http.StatusTooManyRequests] == 0 {
+		t.Errorf("answers %v: want some admitted and the rest refused with 503", answers)
+	}
+	if n := answers[http.StatusOK] + answers[http.StatusTooManyRequests] + answers[http.StatusServiceUnavailable]; n != callers {
+		t.Errorf("answers %v: %d of %d calls got neither a decision nor a refusal", answers, callers-n, callers)
+	}
+	if got := counter(o.m, "halt_rejected_total", "reason", "overload"); int(got) < answers[http.StatusServiceUnavailable] {
+		t.Errorf("halt_rejected_total{reason=overload} = %v, /json refused %d", got, answers[http.StatusServiceUnavailable])
 	}
 }

@@ -11,8 +11,15 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
-// TestMain removes the binary built for the run.
-func TestMain(m *testing.M) { testutil.Main(m) }
+// TestMain removes the binary built for the run. Started with HALT_RAPID_RESET_ATTACK set
+// (by TestRapidReset), the test binary is instead the attacker process: a process of its
+// own, so that its busy loops do not starve the test's normal client of its scheduler.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("HALT_RAPID_RESET_ATTACK"); addr != "" {
+		os.Exit(attack(addr))
+	}
+	testutil.Main(m)
+}
 
 const limits = `
 domain: edge
@@ -62,4 +69,8 @@ func get(t *testing.T, url string, hdr ...string) (int, string, http.Header) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), resp.Header
+}
+
+func writeFileErr(dir, name, body string) error {
+	return os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644)
 }
