@@ -1,13 +1,17 @@
-// Command go-library shows halt-envoy's rate limiting used as a Go library, without
-// Envoy: a net/http server protected by the middleware, a monthly quota checked in a
-// handler, and a penalty that locks out a client sending bad API keys.
+// Command go-library shows halt-envoy's engine used as a Go library, without Envoy: a
+// net/http server whose public endpoint is limited by a preset in one line, and whose
+// API is limited by the same YAML an Envoy mesh would use (plans, monthly quotas, a
+// penalty that locks out abusers, an exempt health check), with descriptors the
+// middleware derives from each request.
 //
-//	go run ./examples/go-library           runs a short demo against the server and exits
-//	go run ./examples/go-library -serve    keeps serving on -addr (try curl -i localhost:8088/v1/hello)
+//	go run ./examples/go-library                     runs a short demo against the server and exits
+//	go run ./examples/go-library -serve              keeps serving on -addr (try curl -i localhost:8088/v1/hello)
+//	go run ./examples/go-library -config DIR -serve  uses the YAML files in DIR instead of halt.yaml
 package main
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,117 +22,109 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"time"
 
-	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
 	"github.com/halt-envoy/halt-envoy/pkg/middleware"
 )
 
+//go:embed halt.yaml
+var shopYAML string
+
 func main() {
 	serve := flag.Bool("serve", false, "keep serving instead of running the demo")
 	addr := flag.String("addr", "127.0.0.1:8088", "listen address with -serve")
+	dir := flag.String("config", "", "a directory of halt YAML files to use instead of the embedded halt.yaml")
 	flag.Parse()
-	if err := run(*serve, *addr, os.Stdout); err != nil {
+	cfg := halt.YAML(shopYAML)
+	if *dir != "" {
+		cfg = halt.Load(*dir)
+	}
+	if err := run(cfg, nil, *serve, *addr, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "go-library:", err)
 		os.Exit(1)
 	}
 }
 
-// app is the example service: its limiter, quota and penalty, and the handlers using them.
-type app struct {
-	quotas  *halt.QuotaManager
-	monthly halt.Quota
-	pen     *halt.PenaltyManager
-	keys    map[string]string // API key -> customer
-	log     *slog.Logger
+// customers is the example's API keys: who holds each, on which plan. A real service
+// has its own; halt only needs the customer and the plan.
+var customers = map[string]struct{ name, plan string }{
+	"key-acme":    {"acme", "free"},
+	"key-initech": {"initech", "pro"},
 }
 
-func run(serve bool, addr string, out io.Writer) error {
-	store := memory.New(memory.Config{}) // swap for redis etc. to share limits across replicas
+type planKey struct{}
+
+// authenticate puts the caller's customer (middleware.WithUser) and plan on the request,
+// and refuses unknown keys. It runs before the rate limiter, as an authentication
+// filter runs before Envoy's rate-limit filter.
+func authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, ok := customers[r.Header.Get("X-API-Key")]
+		if !ok {
+			http.Error(w, "unknown API key", http.StatusUnauthorized)
+			return
+		}
+		ctx := middleware.WithUser(r.Context(), c.name)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, planKey{}, c.plan)))
+	})
+}
+
+func planOf(r *http.Request) string {
+	p, _ := r.Context().Value(planKey{}).(string)
+	return p
+}
+
+// run serves the shop on addr; clock (nil: the wall clock) is the API engine's.
+func run(cfg halt.Config, clock halt.Clock, serve bool, addr string, out io.Writer) error {
+	store := memory.New(memory.Config{}) // or redis, postgres, ...: any backends.Store
 	defer store.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	// Per client address: 5 requests a second, bursts of 3.
-	lim, err := halt.NewLimiter(store, halt.Policy{Name: "per_ip", Algorithm: algorithms.TokenBucket, Requests: 5, Per: time.Second, Burst: 3})
+	// The quick start: one preset, one store, one line. Every client address gets
+	// PUBLIC_API (a token bucket of 100 a minute).
+	public := middleware.MustLimit(store, halt.Preset("PUBLIC_API"))
+
+	// The API: the shop's YAML. Each request is the descriptor (customer, C) (plan, P),
+	// as Envoy's rate-limit actions would send it.
+	h, err := halt.New(store, cfg, halt.WithClock(clock), halt.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	pen, err := halt.NewPenaltyManager(store, halt.Penalty{Name: "bad_keys", Threshold: 2, Ladder: []time.Duration{30 * time.Second, 5 * time.Minute}, Decay: time.Hour})
+	defer h.Close()
+	api, err := middleware.New(h, middleware.Domain("shop"),
+		middleware.Descriptor(middleware.User("customer"), middleware.FromRequest("plan", planOf)),
+		middleware.WithLogger(log))
 	if err != nil {
 		return err
 	}
-	a := &app{
-		quotas:  halt.NewQuotaManager(store),
-		monthly: halt.Quota{Period: halt.Monthly, Requests: 4},
-		pen:     pen,
-		keys:    map[string]string{"key-acme": "acme"},
-		log:     log,
-	}
+
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /v1/hello", a.hello)
-	// The demo's requests come from loopback, so private ranges are not exempted here.
-	h := middleware.New(lim, middleware.ExemptPaths("/healthz"), middleware.WithLogger(log))(mux)
+	mux.Handle("GET /healthz", api(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })))
+	mux.Handle("GET /v1/hello", public(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello\n") })))
+	mux.Handle("GET /v1/orders", authenticate(api(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, _ := middleware.UserFrom(r.Context())
+		fmt.Fprintf(w, "orders of %s\n", user)
+	}))))
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
 	base := "http://" + ln.Addr().String()
 
 	if serve {
-		fmt.Fprintf(out, "serving on %s (API key: key-acme); Ctrl-C stops\n", base)
+		fmt.Fprintf(out, "serving on %s (API keys: key-acme on free, key-initech on pro); Ctrl-C stops\n", base)
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
 		<-ctx.Done()
 		return nil
 	}
 	return demo(base, out)
-}
-
-// hello needs an API key (X-API-Key). Unknown keys are violations of the bad_keys
-// penalty, and a locked-out address is refused before its key is even looked at; known
-// keys are counted against the customer's monthly quota.
-func (a *app) hello(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
-	ip := "ip:" + middleware.ClientAddr(r, nil).String()
-	if active, until, err := a.pen.Active(ctx, ip); err == nil && active {
-		w.Header().Set("Retry-After", strconv.FormatInt(int64(time.Until(until)/time.Second)+1, 10))
-		problem(w, http.StatusForbidden, "locked out after repeated bad API keys")
-		return
-	}
-	customer, ok := a.keys[r.Header.Get("X-API-Key")]
-	if !ok {
-		if _, err := a.pen.RecordViolation(ctx, ip, 1); err != nil {
-			a.log.Warn("recording a violation failed", "err", err)
-		}
-		problem(w, http.StatusUnauthorized, "unknown API key")
-		return
-	}
-	qd, err := a.quotas.Check(ctx, customer, a.monthly)
-	if err != nil {
-		problem(w, http.StatusServiceUnavailable, "quota store unavailable")
-		return
-	}
-	w.Header().Set("X-Quota-Remaining", strconv.FormatInt(qd.Remaining, 10))
-	if !qd.Allowed {
-		w.Header().Set("Retry-After", strconv.FormatInt(int64(qd.RetryAfter/time.Second)+1, 10))
-		problem(w, http.StatusTooManyRequests, "monthly quota used up; it resets "+qd.PeriodEnd.Format(time.RFC3339))
-		return
-	}
-	fmt.Fprintf(w, "hello, %s\n", customer)
-}
-
-func problem(w http.ResponseWriter, status int, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"type": "about:blank", "title": http.StatusText(status), "status": status, "detail": detail})
 }
 
 func demo(base string, out io.Writer) error {
@@ -151,31 +147,28 @@ func demo(base string, out io.Writer) error {
 		if json.Unmarshal(body, &p) == nil && p.Detail != "" {
 			msg = p.Detail
 		}
-		fmt.Fprintf(out, "%-22s %d  %-62.62s RateLimit: %s\n", label, resp.StatusCode, trim(msg), resp.Header.Get("RateLimit"))
+		fmt.Fprintf(out, "%-24s %d  %-38.38s RateLimit: %s\n", label, resp.StatusCode, trim(msg), resp.Header.Get("RateLimit"))
 		return nil
 	}
-	pause := func() { time.Sleep(700 * time.Millisecond) } // let the bucket refill between acts
-	steps := []func() error{
-		func() error {
-			fmt.Fprintln(out, "-- burst: 3 at once pass, the 4th is refused by the middleware")
-			return nil
-		},
-		func() error { return get("burst 1", "/v1/hello", "key-acme") },
-		func() error { return get("burst 2", "/v1/hello", "key-acme") },
-		func() error { return get("burst 3", "/v1/hello", "key-acme") },
-		func() error { return get("burst 4", "/v1/hello", "key-acme") },
-		func() error { return get("health (exempt)", "/healthz", "") },
-		func() error { pause(); fmt.Fprintln(out, "-- quota: acme has 4 requests a month"); return nil },
-		func() error { return get("quota 4", "/v1/hello", "key-acme") },
-		func() error { return get("quota 5", "/v1/hello", "key-acme") },
-		func() error { pause(); fmt.Fprintln(out, "-- penalty: two bad keys lock the address out"); return nil },
-		func() error { return get("bad key 1", "/v1/hello", "nope") },
-		func() error { return get("bad key 2", "/v1/hello", "nope") },
-		func() error { pause(); return get("good key, locked out", "/v1/hello", "key-acme") },
+	type step struct{ label, path, key string }
+	acts := []struct {
+		title string
+		steps []step
+	}{
+		{"the quick start: PUBLIC_API per client address", []step{{"public", "/v1/hello", ""}}},
+		{"health checks are exempt: no counting, no headers", []step{{"health", "/healthz", ""}}},
+		{"initech (pro): a token bucket of 2 a minute", []step{
+			{"initech 1", "/v1/orders", "key-initech"}, {"initech 2", "/v1/orders", "key-initech"}, {"initech 3", "/v1/orders", "key-initech"}}},
+		{"acme (free): 3 requests a month; two refusals lock it out", []step{
+			{"acme 1", "/v1/orders", "key-acme"}, {"acme 2", "/v1/orders", "key-acme"}, {"acme 3", "/v1/orders", "key-acme"},
+			{"acme 4 (quota)", "/v1/orders", "key-acme"}, {"acme 5 (quota)", "/v1/orders", "key-acme"}, {"acme 6 (locked out)", "/v1/orders", "key-acme"}}},
 	}
-	for _, s := range steps {
-		if err := s(); err != nil {
-			return errors.Join(errors.New("demo request failed"), err)
+	for _, a := range acts {
+		fmt.Fprintln(out, "--", a.title)
+		for _, s := range a.steps {
+			if err := get(s.label, s.path, s.key); err != nil {
+				return errors.Join(errors.New("demo request failed"), err)
+			}
 		}
 	}
 	return nil

@@ -189,6 +189,10 @@ type Decision struct {
 	Kind Kind
 	// Exempt is the exemption's reason when Kind is KindExempt.
 	Exempt string
+	// Delay (microseconds) is the longest a shaping leaky bucket (max_delay) of the
+	// descriptor wants its admitted request held: Check holds the call for the longest
+	// of them, CheckAt leaves that to its caller.
+	Delay int64
 }
 
 // ErrInvalid wraps every rejection of a malformed call.

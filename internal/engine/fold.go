@@ -82,8 +82,9 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 				}
 				continue
 			}
-			if r.Allowed && r.Delay > delay {
-				delay = r.Delay
+			if r.Allowed && r.Delay > dec.Delay {
+				dec.Delay = r.Delay
+				delay = max(delay, r.Delay)
 			}
 			if !r.Allowed && dec.Rule != nil && dec.Rule.ShadowMode {
 				// Shadow mode: report the denial, answer OK.

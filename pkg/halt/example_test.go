@@ -15,6 +15,44 @@ type fixed time.Time
 
 func (f fixed) Now() time.Time { return time.Time(f) }
 
+// The Engine: the YAML an Envoy mesh uses, asked one question per request with the
+// descriptors Envoy would send. CheckN takes the time, as x/time/rate's AllowN does.
+func ExampleEngine_CheckN() {
+	store := memory.New(memory.Config{})
+	defer store.Close()
+	h, err := halt.New(store, halt.YAML(`
+domain: api
+descriptors:
+  - key: customer
+    descriptors:
+      - key: plan
+        plan_from_value: true     # the built-in plans: free 100/h, pro 2000/h, ...
+  - key: path
+    value: /v1/login
+    policy: AUTH_BRUTE_FORCE      # a preset: 5 a minute
+`))
+	if err != nil {
+		panic(err)
+	}
+	ctx := context.Background()
+	now := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	d, _ := h.CheckN(ctx, now, "api", 1, halt.D("customer", "acme", "plan", "pro"))
+	fmt.Println(d.Allowed, d.Policy, d.Limit, d.Remaining)
+	for range 5 {
+		h.CheckN(ctx, now, "api", 1, halt.D("path", "/v1/login"))
+	}
+	d, _ = h.CheckN(ctx, now, "api", 1, halt.D("path", "/v1/login"))
+	status, body := d.Problem()
+	fmt.Println(d.Allowed, d.Reason, d.RetryAfter, status)
+	fmt.Println(string(body))
+	// Output:
+	// true pro 2000 1999
+	// false rate 1m0s 429
+	// {"detail":"rate limit exceeded","retry_after_seconds":60,"status":429,"title":"Too Many Requests","type":"about:blank","violated_policy":"AUTH_BRUTE_FORCE"}
+}
+
+// Limiter, QuotaManager and PenaltyManager: one rule each, built in code and decided by
+// the same engine.
 func Example() {
 	ctx := context.Background()
 	store := memory.New(memory.Config{}) // or redis, postgres, ...: any backends.Store
@@ -60,4 +98,58 @@ func Example() {
 	// penalty active=false points_left=1 lockout=0s
 	// penalty active=true points_left=0 lockout=1m0s
 	// after lift: active = false
+}
+
+// A configuration built in code is the YAML it renders: New validates that, and the
+// mesh can use it unchanged.
+func ExampleBuild() {
+	cfg := halt.Build(halt.Domain{
+		Name:       "api",
+		Exemptions: &halt.Exemptions{Paths: []string{"/healthz"}},
+		Rules: []halt.Rule{
+			{Key: "path", Value: "/v1/login", Policy: "AUTH_BRUTE_FORCE",
+				Penalty: &halt.Penalty{Name: "stuffing", Threshold: 10, Ladder: []time.Duration{5 * time.Minute, time.Hour}, Decay: 6 * time.Hour}},
+			{Key: "path", Value: "/v1/export", Cost: 10,
+				Limits: []halt.Policy{{Name: "exports", Algorithm: algorithms.TokenBucket, Requests: 100, Per: time.Minute}},
+				Quotas: []halt.Quota{{Period: halt.Monthly, Requests: 10000}}},
+		},
+	})
+	docs, err := cfg.YAML()
+	if err != nil {
+		panic(err)
+	}
+	fmt.Print(docs["<domain api>"])
+	store := memory.New(memory.Config{})
+	defer store.Close()
+	if _, err := halt.New(store, cfg); err != nil {
+		panic(err)
+	}
+	// Output:
+	// domain: api
+	// penalties:
+	//   stuffing:
+	//     threshold: 10
+	//     ladder:
+	//       - 5m0s
+	//       - 1h0m0s
+	//     decay: 6h0m0s
+	// exemptions:
+	//   paths:
+	//     - /healthz
+	// descriptors:
+	//   - key: path
+	//     value: /v1/login
+	//     policy: AUTH_BRUTE_FORCE
+	//     penalty: stuffing
+	//   - key: path
+	//     value: /v1/export
+	//     rate_limits:
+	//       - name: exports
+	//         unit: minute
+	//         requests_per_unit: 100
+	//         algorithm: token_bucket
+	//     quotas:
+	//       - period: monthly
+	//         requests: 10000
+	//     cost: 10
 }

@@ -1,55 +1,84 @@
-// Package halt is halt-envoy's rate limiting as a Go library: the same algorithms,
-// calendar quotas and progressive penalties the server applies to Envoy's requests,
-// called in-process, with no Envoy and no gRPC in between.
+// Package halt is halt-envoy as a Go library: the server's decision engine, called
+// in-process, with no Envoy and no gRPC in between. A Go service loads the YAML its Envoy
+// mesh uses (or builds the same configuration in code) and asks one question per
+// request, with descriptors as Envoy sends them; presets, plans, quotas, penalties,
+// exemptions, cost and per-request algorithm override apply exactly as the server
+// applies them, because the server's engine applies them.
 //
-// Everything is built directly on a backends.Store, so state lives wherever the server's
-// lives: in memory for one process, or in Redis, PostgreSQL, ... for a fleet that shares
-// its limits. Keys are namespaced (halt:lim:, halt:quota:, halt:pen:) so that a program
-// using this package can share a store with halt-envoy servers without collisions.
+//	h, err := halt.New(store, halt.Preset("PUBLIC_API"))
+//	d, err := h.Check(ctx, "", halt.D(halt.AddressKey, "203.0.113.7"))
+//	if !d.Allowed { /* d.RetryAfter */ }
 //
-//	lim, err := halt.NewLimiter(store, halt.Policy{Algorithm: algorithms.TokenBucket, Requests: 100, Per: time.Minute, Burst: 20})
-//	d, err := lim.Allow(ctx, "user:42")
-//	if !d.Allowed { /* wait d.RetryAfter */ }
+// pkg/middleware wraps an http.Handler with it; Decision.WriteHeaders and
+// Decision.Problem answer like the server in any other HTTP framework.
 //
-// Nothing here is global: every Limiter, QuotaManager and PenaltyManager holds its own
-// settings, and all of them are safe for concurrent use.
+// State lives in any backends.Store: in memory for one process, or in Redis, PostgreSQL,
+// ... for a fleet that shares its limits with each other and with halt-envoy servers
+// (the keys are the server's, so a library and a server on one store and one
+// configuration share counters).
+//
+// Limiter, QuotaManager and PenaltyManager, the library's first API, remain: each is a
+// configuration of one rule built in code and decided by the same engine.
+//
+// Nothing here is global: every Engine holds its own configuration, and all types are
+// safe for concurrent use.
 package halt
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"log/slog"
+	"net/netip"
+	"sync"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
-// Key namespaces. They keep library state apart from the server's (whose keys start with
-// the escaped domain) and from each other.
-const (
-	LimiterPrefix = "halt:lim:"
-	QuotaPrefix   = "halt:quota:"
-	PenaltyPrefix = "halt:pen:"
-)
-
-// ErrInvalid wraps every rejection of a bad argument (policy, key, cost), so callers can
-// tell a programming error from a store failure with errors.Is.
+// ErrInvalid wraps every rejection of a bad argument (configuration, policy, key,
+// descriptor, cost), so callers can tell a programming error or a bad request from a
+// store failure with errors.Is.
 var ErrInvalid = errors.New("halt: invalid argument")
+
+// ErrStoreUnavailable wraps the store's own error when the store cannot decide and the
+// failure mode is FailError; with FailOpen (the default) or FailClosed there is a
+// Decision instead.
+var ErrStoreUnavailable = engine.ErrStoreUnavailable
 
 // Clock tells the library what time it is. Tests inject a fake so that refills, windows
 // and lockouts are exact. It is the engine's clock, so one fake serves the server's
 // engine and the library alike.
 type Clock = engine.Clock
 
-// Option tunes a Limiter, QuotaManager or PenaltyManager.
+// FailureMode is what a decision becomes when the store cannot answer: the server's
+// failure_mode.
+type FailureMode = config.FailureMode
+
+// The failure modes.
+const (
+	// FailOpen lets the request through and logs the failure (failure_mode allow): a
+	// rate limiter that takes the site down with its store protects nothing. The default.
+	FailOpen = config.FailAllow
+	// FailClosed refuses the request for a second (failure_mode deny).
+	FailClosed = config.FailDeny
+	// FailError makes Check return ErrStoreUnavailable (failure_mode error); the
+	// middleware answers 503.
+	FailError = config.FailError
+)
+
+// Option tunes an Engine, a Limiter, a QuotaManager or a PenaltyManager.
 type Option func(*options)
 
 type options struct {
 	clock   Clock
 	timeout time.Duration
 	prefix  string
+	log     *slog.Logger
+	failure FailureMode
+	reload  bool
 }
 
 func buildOptions(opts []Option) options {
@@ -62,66 +91,219 @@ func buildOptions(opts []Option) options {
 	if o.clock == nil {
 		o.clock = engine.SystemClock{}
 	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
 	return o
 }
 
 // WithClock replaces the wall clock, for tests and simulations.
 func WithClock(c Clock) Option { return func(o *options) { o.clock = c } }
 
-// WithTimeout bounds every store round, on top of the caller's context. Zero (the
-// default) leaves the bound to the context: a library caller, unlike the server, often
-// has no 20 ms budget imposed on it.
+// WithTimeout bounds every store round, on top of the caller's context and the store's
+// own timeout (backends.Options.Timeout). Zero, the default, adds none.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
-// WithKeyPrefix prepends p to every key, so that several applications (or tenants) can
-// share one store without sharing counters.
+// WithKeyPrefix prepends p to the domains of a Limiter, QuotaManager or PenaltyManager,
+// so that several applications (or tenants) can share one store without sharing
+// counters. An Engine's keys start with its configuration's domains, which separate
+// them instead: New refuses this option.
 func WithKeyPrefix(p string) Option { return func(o *options) { o.prefix = p } }
 
-// apply runs one op against the store and returns its own error, if any.
-func (o *options) apply(ctx context.Context, store backends.Store, now int64, op *backends.Op) error {
-	if o.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.timeout)
-		defer cancel()
-	}
-	ops := [1]*backends.Op{op}
-	if err := store.Apply(ctx, now, ops[:]); err != nil {
-		return err
-	}
-	return op.Err
+// WithLogger receives store failures (at most one line per 10 s) and, with WithReload,
+// configuration reloads. The default discards them.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithFailureMode sets the failure mode of the rules that set none (in YAML, a rule's or
+// its domain's failure_mode wins). The default is FailOpen.
+func WithFailureMode(m FailureMode) Option { return func(o *options) { o.failure = m } }
+
+// WithReload makes an Engine on a Load configuration watch its files and swap in each
+// change that validates; a change that does not is logged and the last good
+// configuration stays, as in the server. Close stops the watching.
+func WithReload() Option { return func(o *options) { o.reload = true } }
+
+// Engine decides requests against a configuration. It is the server's engine: the same
+// matching, stages, store keys, failure modes and answers.
+type Engine struct {
+	eng     *engine.Engine
+	rules   func() *config.Set
+	close   func() error
+	timeout time.Duration
+	pool    sync.Pool // *scratch
 }
 
-func (o *options) del(ctx context.Context, store backends.Store, key string) error {
-	if o.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.timeout)
-		defer cancel()
-	}
-	return store.Delete(ctx, key)
+type scratch struct {
+	descs   []engine.Descriptor
+	decs    []engine.Decision
+	entries []config.Entry
 }
 
-// escape makes a name safe to sit before a ':' separator in a key: the caller's id comes
-// last and is never escaped, so only the names in between must not hold a bare ':'.
-func escape(s string) string {
-	if !strings.ContainsAny(s, `\:`) {
-		return s
+// New returns an Engine deciding against cfg with its state in store. cfg is validated
+// here: a mistake is an error wrapping ErrInvalid that names the file (or built domain),
+// line and field of every problem.
+func New(store backends.Store, cfg Config, opts ...Option) (*Engine, error) {
+	o := buildOptions(opts)
+	if o.prefix != "" {
+		return nil, fmt.Errorf("%w: WithKeyPrefix applies to Limiter, QuotaManager and PenaltyManager; an Engine's keys start with its domains", ErrInvalid)
 	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c == '\\' || c == ':' {
-			b.WriteByte('\\')
+	if store == nil {
+		return nil, fmt.Errorf("%w: nil store", ErrInvalid)
+	}
+	h := &Engine{close: func() error { return nil }, timeout: o.timeout}
+	switch {
+	case o.reload && cfg.path == "":
+		return nil, fmt.Errorf("%w: WithReload needs a Load configuration (files to watch)", ErrInvalid)
+	case o.reload:
+		log := o.log
+		ctx, cancel := context.WithCancel(context.Background())
+		w, err := config.Watch(ctx, cfg.path, 0, func(_ *config.Set, err error) {
+			if err != nil {
+				log.Warn("halt: configuration change refused; the last good configuration stays", "path", cfg.path, "err", err)
+			} else {
+				log.Info("halt: configuration reloaded", "path", cfg.path)
+			}
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
-		b.WriteByte(s[i])
+		h.rules = w.Current
+		h.close = func() error { cancel(); return w.Close() }
+	default:
+		set, err := cfg.parse()
+		if err != nil {
+			return nil, err
+		}
+		h.rules = func() *config.Set { return set }
 	}
-	return b.String()
+	eng, err := newEngine(store, h.rules, &o)
+	if err != nil {
+		h.close()
+		return nil, err
+	}
+	h.eng = eng
+	h.pool.New = func() any { return new(scratch) }
+	return h, nil
 }
 
-// micros converts a duration from the algorithms' microseconds.
-func micros(us int64) time.Duration { return time.Duration(us) * time.Microsecond }
+func newEngine(store backends.Store, rules func() *config.Set, o *options) (*engine.Engine, error) {
+	eng, err := engine.New(engine.Config{Store: store, StoreName: "library", Rules: rules, Clock: o.clock, Logger: o.log, FailureMode: o.failure})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return eng, nil
+}
 
-// MaxKeyLen bounds the caller's identity. The stores accept longer keys, but an identity
-// this long is a bug or an attack, and would cost its size on every request.
-const MaxKeyLen = 1024
+// Now reads the Engine's clock (WithClock): the instant Check decides at, for callers
+// of CheckN that keep the Engine's time.
+func (h *Engine) Now() time.Time { return h.eng.Now() }
+
+// Close stops watching the configuration's files (WithReload); it leaves the store open.
+func (h *Engine) Close() error { return h.close() }
+
+// Domains returns the configuration's domains, sorted.
+func (h *Engine) Domains() []string { return h.rules().Domains() }
+
+// domain resolves "" to the configuration's only domain.
+func (h *Engine) domain(d string) (string, error) {
+	if d != "" {
+		return d, nil
+	}
+	ds := h.rules().Domains()
+	if len(ds) != 1 {
+		return "", fmt.Errorf("%w: the configuration has %d domains (%v): name one", ErrInvalid, len(ds), ds)
+	}
+	return ds[0], nil
+}
+
+// Check decides one request of domain ("" for the configuration's only domain), counting
+// one hit on each descriptor, now. A request that a shaping leaky bucket (max_delay)
+// admits is held here until its turn, or until ctx is done, as the server holds it.
+// An error wraps ErrInvalid (a malformed request: no descriptors, an empty key, a value
+// over 1024 bytes), ErrStoreUnavailable (FailError) or ctx's error.
+func (h *Engine) Check(ctx context.Context, domain string, descs ...Descriptor) (Decision, error) {
+	return h.check(ctx, time.Time{}, false, domain, 1, descs)
+}
+
+// CheckN decides one request at the instant now, counting n hits on each descriptor (n
+// = 0 only looks), in the manner of x/time/rate's AllowN: tests pass the time instead of
+// sleeping. It never holds a shaped request: Decision.Delay says how long to.
+func (h *Engine) CheckN(ctx context.Context, now time.Time, domain string, n uint64, descs ...Descriptor) (Decision, error) {
+	return h.check(ctx, now, true, domain, n, descs)
+}
+
+func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain string, n uint64, descs []Descriptor) (Decision, error) {
+	domain, err := h.domain(domain)
+	if err != nil {
+		return Decision{}, err
+	}
+	if h.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.timeout)
+		defer cancel()
+	}
+	sc := h.pool.Get().(*scratch)
+	defer h.pool.Put(sc)
+	total := 0
+	for _, d := range descs {
+		total += len(d)
+	}
+	// The engine edits entries in place (it takes out AlgorithmKey): they are copied.
+	sc.entries = grow(sc.entries, total)[:0]
+	sc.descs = grow(sc.descs, len(descs))
+	sc.decs = grow(sc.decs, len(descs))
+	for i, d := range descs {
+		first := len(sc.entries)
+		for _, e := range d {
+			sc.entries = append(sc.entries, config.Entry{Key: e.Key, Value: e.Value})
+		}
+		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: n}
+	}
+	if explicit {
+		_, err = h.eng.CheckAt(ctx, now, domain, sc.descs, sc.decs)
+	} else {
+		_, err = h.eng.Check(ctx, domain, sc.descs, sc.decs)
+	}
+	if err != nil {
+		if errors.Is(err, engine.ErrInvalid) {
+			err = fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		return Decision{}, err
+	}
+	dec := decisionOf(sc.decs)
+	clear(sc.decs) // drop the rules' references before pooling
+	clear(sc.descs)
+	return dec, nil
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+// Exempt reports whether a request from addr (the zero Addr when unknown) for path (as
+// received, without its query) is exempt under domain's exemptions, and why: the probe
+// the middleware and ext_authz make before anything else. Exempt requests are never
+// counted nor refused.
+func (h *Engine) Exempt(domain string, addr netip.Addr, path string) (reason string, exempt bool) {
+	domain, err := h.domain(domain)
+	if err != nil {
+		return "", false
+	}
+	a := ""
+	if addr.IsValid() {
+		a = addr.String()
+	}
+	return h.eng.ExemptRequest(domain, a, path)
+}
+
+// MaxKeyLen bounds a descriptor's keys and values, the caller's identity among them
+// (Envoy's requests are held to the same): longer is a bug or an attack, and would cost
+// its size on every request.
+const MaxKeyLen = engine.DefaultMaxValueLen
 
 func checkKey(key string) error {
 	if key == "" {
@@ -132,3 +314,6 @@ func checkKey(key string) error {
 	}
 	return nil
 }
+
+// micros converts a duration from the algorithms' microseconds.
+func micros(us int64) time.Duration { return time.Duration(us) * time.Microsecond }

@@ -2,31 +2,37 @@ package halt
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
 // Policy is one rate limit: Requests per Per, decided by Algorithm. It is the library's
-// spelling of a rate_limit block in the server's configuration.
+// spelling of a rate_limit block in the server's configuration (Rule.Limits), and a
+// Limiter's whole configuration.
 type Policy struct {
-	// Name identifies the policy in response headers (RateLimit-Policy) and in store keys,
-	// so that two limiters with the same algorithm and period keep separate counters.
-	// Empty is fine for a single limiter.
+	// Name identifies the limit in response headers (RateLimit-Policy) and is the
+	// rate_limit's name. A Limiter's counters are kept apart by it (its domain), so that
+	// two limiters with the same algorithm and period keep separate counters. Empty is
+	// fine for a single limiter.
 	Name string
 	// Algorithm defaults to algorithms.TokenBucket.
 	Algorithm algorithms.Algorithm
 	// Requests admitted per Per.
 	Requests int64
-	// Per is the period (window length, or the time a bucket takes to refill).
+	// Per is the period (window length, or the time a bucket takes to refill): a whole
+	// number of seconds, as the configuration's units (second to year) count.
 	Per time.Duration
 	// Burst is the bucket capacity of token and leaky buckets; 0 means Requests.
 	Burst int64
-	// MaxDelay turns a leaky bucket into a shaper: Decision.Delay says how long to hold an
-	// admitted request, and a request that would wait longer is denied.
+	// MaxDelay turns a leaky bucket into a shaper: an admitted request is held until the
+	// water ahead of it drained (Engine.Check and the middleware hold it; CheckN and a
+	// Limiter report it in Decision.Delay), and one that would wait longer is denied.
 	MaxDelay time.Duration
 }
 
@@ -40,8 +46,8 @@ func (p Policy) Limit() (algorithms.Algorithm, algorithms.Limit, error) {
 	if !a.Selectable() {
 		return 0, algorithms.Limit{}, fmt.Errorf("%w: algorithm %s cannot be used for a rate limit (use QuotaManager or PenaltyManager)", ErrInvalid, a)
 	}
-	if p.Per < time.Microsecond {
-		return 0, algorithms.Limit{}, fmt.Errorf("%w: Per must be at least 1us, got %s", ErrInvalid, p.Per)
+	if p.Per < time.Second || p.Per%time.Second != 0 {
+		return 0, algorithms.Limit{}, fmt.Errorf("%w: Per must be a whole number of seconds (the configuration's units are second to year), got %s", ErrInvalid, p.Per)
 	}
 	l := algorithms.Limit{
 		Requests: p.Requests,
@@ -61,70 +67,55 @@ func (p Policy) Limit() (algorithms.Algorithm, algorithms.Limit, error) {
 	return a, l, nil
 }
 
-// Decision is the outcome of one Allow.
-type Decision struct {
-	// Allowed reports whether the request passes.
-	Allowed bool
-	// Limit is what the decision was made against: Requests, or the bucket capacity.
-	Limit int64
-	// Remaining is what is left after this decision.
-	Remaining int64
-	// RetryAfter is how long until the same request could pass: 0 when it could pass
-	// now, negative when it never can (its cost is above the limit). An admitted request
-	// that took the last units has the wait until one like it can pass again.
-	RetryAfter time.Duration
-	// ResetAfter is how long until the limit is fully restored.
-	ResetAfter time.Duration
-	// Delay is how long to hold an admitted request (leaky bucket with MaxDelay).
-	Delay time.Duration
-}
-
-func decisionOf(r algorithms.Result) Decision {
-	d := Decision{
-		Allowed:    r.Allowed,
-		Limit:      r.Limit,
-		Remaining:  r.Remaining,
-		ResetAfter: micros(r.ResetAfter),
-		Delay:      micros(r.Delay),
-	}
-	if r.RetryAfter < 0 {
-		d.RetryAfter = -1
-	} else {
-		d.RetryAfter = micros(r.RetryAfter)
-	}
-	return d
-}
-
-// Limiter applies one Policy to any number of keys (users, API keys, addresses). It is
-// the in-process counterpart of a server rule: the same store, the same arithmetic.
+// Limiter applies one Policy to any number of keys (users, API keys, addresses). It is a
+// configuration of one rule, built in code (a domain named after the policy, a
+// descriptor "key" limited by the policy) and decided by the server's engine: the same
+// store, the same arithmetic, the same keys.
 type Limiter struct {
-	store  backends.Store
+	eng    *engine.Engine
+	rule   *config.Rule
+	domain string
 	policy Policy
-	algo   algorithms.Algorithm
-	limit  algorithms.Limit
-	prefix string // up to and including the ':' before the caller's key
 	opt    options
 }
 
-// NewLimiter validates p and returns a limiter keeping its state in store.
+// LimiterDomain is the domain of a Limiter's rule, after the key prefix and before the
+// policy's name.
+const LimiterDomain = "halt:lim:"
+
+// NewLimiter validates p and returns a limiter keeping its state in store. Per must be
+// a whole number of seconds, the configuration's smallest unit.
 func NewLimiter(store backends.Store, p Policy, opts ...Option) (*Limiter, error) {
 	if store == nil {
 		return nil, fmt.Errorf("%w: nil store", ErrInvalid)
 	}
-	a, l, err := p.Limit()
+	a, _, err := p.Limit()
 	if err != nil {
 		return nil, err
 	}
 	p.Algorithm = a
 	o := buildOptions(opts)
-	// The algorithm and period are part of the key: changing either must not reinterpret
-	// a state written under the other (as in the server's keys).
-	prefix := o.prefix + LimiterPrefix + escape(p.Name) + "@" + a.String() + ":" + strconv.FormatInt(l.Period, 10) + ":"
-	return &Limiter{store: store, policy: p, algo: a, limit: l, prefix: prefix, opt: o}, nil
+	l := &Limiter{policy: p, domain: o.prefix + LimiterDomain + p.Name, opt: o}
+	// FailError: a store failure is the caller's to handle, as it always was.
+	set, err := Build(Domain{Name: l.domain, FailureMode: FailError, Rules: []Rule{{Key: "key", Limits: []Policy{p}}}}).parse()
+	if err != nil {
+		return nil, err
+	}
+	l.rule, _ = set.Match(l.domain, []config.Entry{{Key: "key", Value: "k"}})
+	if l.eng, err = newEngine(store, func() *config.Set { return set }, &o); err != nil {
+		return nil, err
+	}
+	return l, nil
 }
 
 // Policy returns the limiter's policy (Algorithm filled in), for headers and logs.
 func (l *Limiter) Policy() Policy { return l.policy }
+
+// Key returns the store key holding key's state, for tools that inspect the store.
+func (l *Limiter) Key(key string) string {
+	lim := &l.rule.Limits[0]
+	return string(engine.LimitKey(nil, l.domain, []config.Entry{{Key: "key", Value: key}}, l.rule, lim.Algorithm, lim.Params.Period))
+}
 
 // Allow counts one request for key and reports whether it passes.
 func (l *Limiter) Allow(ctx context.Context, key string) (Decision, error) {
@@ -132,7 +123,8 @@ func (l *Limiter) Allow(ctx context.Context, key string) (Decision, error) {
 }
 
 // AllowN counts a request of cost n (weighted endpoints: an export may cost 10). n = 0
-// only looks: it reports what is left without counting anything.
+// only looks: it reports what is left without counting anything. A shaping leaky bucket
+// (MaxDelay) is not held here: Decision.Delay says how long to hold the request.
 func (l *Limiter) AllowN(ctx context.Context, key string, n int64) (Decision, error) {
 	if err := checkKey(key); err != nil {
 		return Decision{}, err
@@ -140,12 +132,12 @@ func (l *Limiter) AllowN(ctx context.Context, key string, n int64) (Decision, er
 	if n < 0 {
 		return Decision{}, fmt.Errorf("%w: negative cost %d", ErrInvalid, n)
 	}
-	n = min(n, algorithms.MaxCount)
-	op := backends.Op{Key: l.prefix + key, Algorithm: l.algo, Limit: l.limit, Cost: n}
-	if err := l.opt.apply(ctx, l.store, l.opt.clock.Now().UnixMicro(), &op); err != nil {
+	dec, err := decideOne(ctx, l.eng, &l.opt, l.domain, key, uint64(n))
+	if err != nil {
 		return Decision{}, err
 	}
-	return decisionOf(op.Result), nil
+	d := decisionOf([]engine.Decision{dec})
+	return d, nil
 }
 
 // Reset forgets key's state: its next request starts from a full limit.
@@ -153,5 +145,34 @@ func (l *Limiter) Reset(ctx context.Context, key string) error {
 	if err := checkKey(key); err != nil {
 		return err
 	}
-	return l.opt.del(ctx, l.store, l.prefix+key)
+	ctx, cancel := l.opt.bound(ctx)
+	defer cancel()
+	return l.eng.ResetLimits(ctx, l.domain, []config.Entry{{Key: "key", Value: key}}, l.rule)
+}
+
+// decideOne decides the one descriptor (key, key) of domain at the clock's time, without
+// holding a shaped request; rule, when set, is used instead of matching.
+func decideOne(ctx context.Context, eng *engine.Engine, o *options, domain, key string, hits uint64, rule ...*config.Rule) (engine.Decision, error) {
+	ctx, cancel := o.bound(ctx)
+	defer cancel()
+	descs := [1]engine.Descriptor{{Entries: []config.Entry{{Key: "key", Value: key}}, Hits: hits}}
+	if len(rule) > 0 {
+		descs[0].Rule = rule[0]
+	}
+	var decs [1]engine.Decision
+	if _, err := eng.CheckAt(ctx, o.clock.Now(), domain, descs[:], decs[:]); err != nil {
+		if errors.Is(err, engine.ErrInvalid) {
+			return engine.Decision{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		return engine.Decision{}, err
+	}
+	return decs[0], nil
+}
+
+// bound applies WithTimeout to ctx.
+func (o *options) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if o.timeout > 0 {
+		return context.WithTimeout(ctx, o.timeout)
+	}
+	return ctx, func() {}
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
@@ -23,6 +25,9 @@ type Penalty struct {
 	Ladder []time.Duration
 	// Decay is the quiet time after which one level (and all points) is forgiven.
 	Decay time.Duration
+	// Severity is the points one over-limit answer records against a Rule's Penalty; 0
+	// means 1. A PenaltyManager's caller names the points of each violation instead.
+	Severity int64
 }
 
 // Limit converts p to the algorithms' parameters and validates them with the rules the
@@ -65,45 +70,49 @@ type PenaltyStatus struct {
 	Threshold int64
 }
 
-// PenaltyOf decodes a Penalty result taken at nowUS. It is exported for code that reads
-// the server's penalty keys directly (the admin API). The algorithm's result does not
-// carry the ladder level, so neither does the status.
-func PenaltyOf(r algorithms.Result, nowUS int64) PenaltyStatus {
-	st := PenaltyStatus{Threshold: r.Limit}
-	if r.Allowed {
-		st.PointsLeft = r.Remaining
-		return st
-	}
-	st.Active = true
-	st.Remaining = micros(r.ResetAfter)
-	st.Until = time.UnixMicro(nowUS + r.ResetAfter).UTC()
-	return st
-}
-
-// PenaltyManager applies one Penalty policy to identities.
+// PenaltyManager applies one Penalty policy to identities, outside any rule: the
+// policy is built in code and the engine keeps and reads the identities' state, as it
+// does for ext_authz's invalid-key penalty.
 type PenaltyManager struct {
-	store  backends.Store
+	eng    *engine.Engine
+	pol    *config.PenaltyPolicy
 	policy Penalty
-	limit  algorithms.Limit
-	prefix string
+	domain string
 	opt    options
 }
+
+// PenaltyDomain is the domain of a PenaltyManager's identities, after the key prefix.
+const PenaltyDomain = "halt:pen"
 
 // NewPenaltyManager validates p and returns a manager keeping lockouts in store.
 func NewPenaltyManager(store backends.Store, p Penalty, opts ...Option) (*PenaltyManager, error) {
 	if store == nil {
 		return nil, fmt.Errorf("%w: nil store", ErrInvalid)
 	}
-	l, err := p.Limit()
-	if err != nil {
+	if _, err := p.Limit(); err != nil {
 		return nil, err
 	}
 	o := buildOptions(opts)
-	return &PenaltyManager{store: store, policy: p, limit: l, prefix: o.prefix + PenaltyPrefix + escape(p.name()) + ":", opt: o}, nil
+	m := &PenaltyManager{policy: p, domain: o.prefix + PenaltyDomain, opt: o}
+	set, err := Build(Domain{Name: m.domain, Penalties: []Penalty{p}}).parse()
+	if err != nil {
+		return nil, err
+	}
+	m.pol, _ = set.PenaltyPolicy(p.name())
+	if m.eng, err = newEngine(store, func() *config.Set { return set }, &o); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *PenaltyManager) who(id string) []config.Entry {
+	return []config.Entry{{Key: "key", Value: id}}
 }
 
 // Key returns the store key holding id's penalty state.
-func (m *PenaltyManager) Key(id string) string { return m.prefix + id }
+func (m *PenaltyManager) Key(id string) string {
+	return string(engine.PenaltyKey(nil, m.domain, m.who(id), nil, m.pol))
+}
 
 // RecordViolation adds severity points to id (an over-limit answer, a failed login, a
 // malformed request: whatever the caller wants to punish) and returns its standing.
@@ -133,17 +142,20 @@ func (m *PenaltyManager) Lift(ctx context.Context, id string) error {
 	if err := checkKey(id); err != nil {
 		return err
 	}
-	return m.opt.del(ctx, m.store, m.Key(id))
+	ctx, cancel := m.opt.bound(ctx)
+	defer cancel()
+	return m.eng.LiftPenalty(ctx, m.domain, m.who(id), nil, m.pol)
 }
 
-func (m *PenaltyManager) do(ctx context.Context, id string, cost int64) (PenaltyStatus, error) {
+func (m *PenaltyManager) do(ctx context.Context, id string, severity int64) (PenaltyStatus, error) {
 	if err := checkKey(id); err != nil {
 		return PenaltyStatus{}, err
 	}
-	now := m.opt.clock.Now().UnixMicro()
-	op := backends.Op{Key: m.Key(id), Algorithm: algorithms.Penalty, Limit: m.limit, Cost: min(cost, algorithms.MaxCount)}
-	if err := m.opt.apply(ctx, m.store, now, &op); err != nil {
+	ctx, cancel := m.opt.bound(ctx)
+	defer cancel()
+	st, err := m.eng.Penalty(ctx, m.domain, m.who(id), nil, m.pol, severity)
+	if err != nil {
 		return PenaltyStatus{}, err
 	}
-	return PenaltyOf(op.Result, now), nil
+	return PenaltyStatus{Active: st.Locked, Until: st.Until, Remaining: st.Remaining, PointsLeft: st.PointsLeft, Threshold: st.Threshold}, nil
 }

@@ -3,8 +3,11 @@ package halt
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/quota"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -80,19 +83,67 @@ type QuotaDecision struct {
 
 // QuotaManager counts calendar quotas per identity. Unlike a Limiter it holds no policy:
 // each call names the quota, because a customer's quota usually comes from its plan.
+// Each quota is a rule built in code (a descriptor "key" with that quota) and decided
+// by the server's engine.
 type QuotaManager struct {
-	store backends.Store
-	opt   options
+	eng    *engine.Engine // nil without a store
+	opt    options
+	domain string
+
+	mu    sync.Mutex
+	rules map[Quota]*config.Rule // built rules, at most maxQuotaRules
 }
+
+// QuotaDomain is the domain of a QuotaManager's rules, after the key prefix.
+const QuotaDomain = "halt:quota"
+
+// maxQuotaRules bounds the rules a QuotaManager keeps built: quotas come from plans,
+// which are few; past it a quota is built per call.
+const maxQuotaRules = 1024
 
 // NewQuotaManager returns a manager keeping quota usage in store.
 func NewQuotaManager(store backends.Store, opts ...Option) *QuotaManager {
-	return &QuotaManager{store: store, opt: buildOptions(opts)}
+	m := &QuotaManager{opt: buildOptions(opts), rules: map[Quota]*config.Rule{}}
+	m.domain = m.opt.prefix + QuotaDomain
+	if store != nil {
+		// The rule goes with each call: the engine matches nothing.
+		m.eng, _ = newEngine(store, func() *config.Set { return nil }, &m.opt)
+	}
+	return m
 }
 
-// Key returns the store key holding quota q of id, for tools that inspect the store.
+// rule returns the rule counting quota q, valid at nowUS.
+func (m *QuotaManager) rule(q Quota, nowUS int64) (*config.Rule, error) {
+	if _, err := q.limit(nowUS); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	r, ok := m.rules[q]
+	m.mu.Unlock()
+	if ok {
+		return r, nil
+	}
+	set, err := Build(Domain{Name: m.domain, FailureMode: FailError, Rules: []Rule{{Key: "key", Quotas: []Quota{q}}}}).parse()
+	if err != nil {
+		return nil, err
+	}
+	r, _ = set.Match(m.domain, []config.Entry{{Key: "key", Value: "k"}})
+	m.mu.Lock()
+	if len(m.rules) < maxQuotaRules {
+		m.rules[q] = r
+	}
+	m.mu.Unlock()
+	return r, nil
+}
+
+// Key returns the store key holding quota q of id, for tools that inspect the store
+// ("" for an invalid quota).
 func (m *QuotaManager) Key(id string, q Quota) string {
-	return m.opt.prefix + QuotaPrefix + escape(q.name()) + ":" + id
+	r, err := m.rule(q, m.opt.clock.Now().UnixMicro())
+	if err != nil {
+		return ""
+	}
+	return string(engine.QuotaKey(nil, m.domain, []config.Entry{{Key: "key", Value: id}}, r, &r.Quotas[0]))
 }
 
 // Check counts one request of id against q. A refused request is not counted, so a
@@ -103,7 +154,7 @@ func (m *QuotaManager) Check(ctx context.Context, id string, q Quota) (QuotaDeci
 
 // CheckN counts a request of cost n against q; n = 0 only reads (see Usage).
 func (m *QuotaManager) CheckN(ctx context.Context, id string, q Quota, n int64) (QuotaDecision, error) {
-	if m.store == nil {
+	if m.eng == nil {
 		return QuotaDecision{}, fmt.Errorf("%w: nil store", ErrInvalid)
 	}
 	if err := checkKey(id); err != nil {
@@ -112,16 +163,15 @@ func (m *QuotaManager) CheckN(ctx context.Context, id string, q Quota, n int64) 
 	if n < 0 {
 		return QuotaDecision{}, fmt.Errorf("%w: negative cost %d", ErrInvalid, n)
 	}
-	now := m.opt.clock.Now().UnixMicro()
-	l, err := q.limit(now)
+	r, err := m.rule(q, m.opt.clock.Now().UnixMicro())
 	if err != nil {
 		return QuotaDecision{}, err
 	}
-	op := backends.Op{Key: m.Key(id, q), Algorithm: algorithms.Calendar, Limit: l, Cost: min(n, algorithms.MaxCount)}
-	if err := m.opt.apply(ctx, m.store, now, &op); err != nil {
+	dec, err := decideOne(ctx, m.eng, &m.opt, m.domain, id, uint64(n), r)
+	if err != nil {
 		return QuotaDecision{}, err
 	}
-	d := QuotaOf(op.Result, l)
+	d := quotaOf(dec.Result, dec.Limit.Params)
 	if n == 0 {
 		d.Allowed = d.Remaining > 0
 	}
@@ -136,15 +186,23 @@ func (m *QuotaManager) Usage(ctx context.Context, id string, q Quota) (QuotaDeci
 // Reset clears id's usage of q: support's answer to a customer billed for a bug's
 // requests. The period itself does not move.
 func (m *QuotaManager) Reset(ctx context.Context, id string, q Quota) error {
+	if m.eng == nil {
+		return fmt.Errorf("%w: nil store", ErrInvalid)
+	}
 	if err := checkKey(id); err != nil {
 		return err
 	}
-	return m.opt.del(ctx, m.store, m.Key(id, q))
+	r, err := m.rule(q, m.opt.clock.Now().UnixMicro())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := m.opt.bound(ctx)
+	defer cancel()
+	return m.eng.ResetQuotas(ctx, m.domain, []config.Entry{{Key: "key", Value: id}}, r, &r.Quotas[0])
 }
 
-// QuotaOf decodes a Calendar result decided with l. It is exported for code that reads
-// the server's quota keys directly (the admin API) and must report them the same way.
-func QuotaOf(r algorithms.Result, l algorithms.Limit) QuotaDecision {
+// quotaOf reads a Calendar result decided with l.
+func quotaOf(r algorithms.Result, l algorithms.Limit) QuotaDecision {
 	d := QuotaDecision{
 		Allowed:     r.Allowed,
 		Limit:       l.Requests,

@@ -1,199 +1,366 @@
-// Package middleware rate-limits a net/http server with a halt.Limiter: the protection
-// halt-envoy gives services behind Envoy, for a Go service that has no Envoy in front.
+// Package middleware rate-limits a net/http server with halt-envoy's engine: the
+// protection halt-envoy gives services behind Envoy, for a Go service that has no Envoy
+// in front, decided by the same engine against the same configuration.
 //
-// It answers like the server does: the same RateLimit / RateLimit-Policy (IETF draft)
-// and X-RateLimit-* headers, 429 with Retry-After on denial, and the same exemption
-// semantics (health paths, private address ranges, CIDR lists) as a domain's exemptions:
-// block.
+// The simple case is one preset, one store, one line:
 //
-//	lim, _ := halt.NewLimiter(store, halt.Policy{Requests: 100, Per: time.Minute})
-//	http.ListenAndServe(":8080", middleware.New(lim, middleware.ExemptPaths("/healthz"))(mux))
+//	http.ListenAndServe(":8080", middleware.MustLimit(store, halt.Preset("PUBLIC_API"))(mux))
+//
+// The general case loads the YAML the Envoy mesh uses and derives descriptors from each
+// request as Envoy's rate-limit actions would (the client address, a header, the
+// authenticated user, the route):
+//
+//	h, err := halt.New(store, halt.Load("config"))
+//	limit, err := middleware.New(h, middleware.Domain("api"),
+//		middleware.Descriptor(middleware.Header("x-customer-id", "customer"), middleware.Header("x-plan", "plan")))
+//
+// Every request is first probed against the domain's exemptions with its client address
+// and path; then its descriptors are decided, and it is answered as ext_authz answers:
+// the rate-limit headers of the reported limit, and on a refusal 429 (a rate limit or
+// quota) or 403 (a penalty lockout) with Retry-After and a problem+json body. The
+// middleware decides nothing itself.
 package middleware
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
-	hconfig "github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/halt"
 )
 
 // Headers selects the rate-limit response header families (IETF: RateLimit and
-// RateLimit-Policy; XRateLimit: X-RateLimit-*), as the server's --headers flag does. It is
-// the server's own type, so both render the same fields.
-type Headers = headers.Families
-
-// FailureMode is what happens to a request when the store cannot answer. It is the
-// server's own type (failure_mode in the configuration), so both name the modes alike.
-type FailureMode = hconfig.FailureMode
-
-// The failure modes. FailOpen is the default, as in the server: a rate limiter that
-// takes the site down with its store protects nothing.
-const (
-	// FailOpen lets the request through (and logs the store failure): the server's
-	// failure_mode allow.
-	FailOpen = hconfig.FailAllow
-	// FailClosed answers 503 with a problem body: the server's failure_mode deny.
-	FailClosed = hconfig.FailDeny
-)
+// RateLimit-Policy; XRateLimit: X-RateLimit-*), as the server's --headers flag does.
+type Headers = halt.Headers
 
 // Option configures the middleware.
-type Option func(*config)
+type Option func(*settings)
 
-type config struct {
-	key      func(*http.Request) string
-	cost     func(*http.Request) int64
-	trusted  []netip.Prefix
-	paths    map[string]struct{}
-	prefixes []string
-	private  bool
-	cidrs    []netip.Prefix
-	headers  Headers
-	failure  FailureMode
-	// failLog keeps store-failure warnings to one per lograte.DefaultInterval.
-	failLog *lograte.Limiter
+type settings struct {
+	domain  string
+	descs   [][]Entry
+	trusted []netip.Prefix
+	cost    func(*http.Request) int64
+	headers Headers
 	log     *slog.Logger
 }
 
-// WithKey replaces the default key (the client address, "ip:203.0.113.7"): an API key,
-// a user id from the session, a tenant. An empty key lets the request through unlimited,
-// so a key function can also decide that some requests are not limited at all.
-func WithKey(f func(*http.Request) string) Option { return func(c *config) { c.key = f } }
+// Domain names the configuration's domain requests are decided in; by default the
+// configuration's only domain (New fails when it has several).
+func Domain(name string) Option { return func(s *settings) { s.domain = name } }
 
-// WithCost makes some requests cost more than one (weighted endpoints: a bulk export may
-// cost 10 ordinary calls). A cost of 0 checks without counting.
-func WithCost(f func(*http.Request) int64) Option { return func(c *config) { c.cost = f } }
+// Descriptor adds a descriptor the middleware derives from every request, made of
+// entries in order, as one of Envoy's rate_limits (a list of actions) makes one. A
+// request for which an entry has no value (a header it lacks) does not get this
+// descriptor, as Envoy sends none; a request with no descriptor at all passes
+// unlimited. Without this option there is one descriptor: RemoteAddress().
+func Descriptor(entries ...Entry) Option {
+	return func(s *settings) { s.descs = append(s.descs, slices.Clone(entries)) }
+}
 
 // TrustProxies makes the client address come from X-Forwarded-For when the request
 // arrives from one of these proxies: the header is read from the right, skipping trusted
 // hops, so a client cannot pick its own address by sending the header itself.
 func TrustProxies(proxies ...netip.Prefix) Option {
-	return func(c *config) { c.trusted = append(c.trusted, proxies...) }
+	return func(s *settings) { s.trusted = append(s.trusted, proxies...) }
 }
 
-// ExemptPaths lets requests for these paths through uncounted (health checks, metrics
-// scrapes). A path ending in "*" is a prefix; the query string is ignored. These are
-// the semantics of the server's exemptions: paths.
-func ExemptPaths(paths ...string) Option {
-	return func(c *config) {
-		if c.paths == nil {
-			c.paths = make(map[string]struct{})
-		}
-		for _, p := range paths {
-			if pre, ok := strings.CutSuffix(p, "*"); ok {
-				c.prefixes = append(c.prefixes, pre)
-			} else {
-				c.paths[p] = struct{}{}
-			}
-		}
-	}
-}
-
-// ExemptPrivate lets clients from private, loopback and link-local ranges through
-// uncounted (the server's private_ranges: true): internal callers are not customers.
-func ExemptPrivate() Option { return func(c *config) { c.private = true } }
-
-// ExemptCIDRs lets clients from these ranges through uncounted (partners, monitoring).
-func ExemptCIDRs(prefixes ...netip.Prefix) Option {
-	return func(c *config) { c.cidrs = append(c.cidrs, prefixes...) }
-}
+// WithCost makes some requests count more than one hit on each descriptor (Envoy's
+// hits_addend; a rule's cost multiplies it); 0 checks without counting. A negative cost
+// is a programming error, answered 500.
+func WithCost(f func(*http.Request) int64) Option { return func(s *settings) { s.cost = f } }
 
 // WithHeaders selects the header families; both are on by default.
-func WithHeaders(h Headers) Option { return func(c *config) { c.headers = h } }
+func WithHeaders(h Headers) Option { return func(s *settings) { s.headers = h } }
 
-// WithFailureMode chooses between FailOpen (the default, also the zero FailureMode) and
-// FailClosed. Any other mode refuses like FailClosed: without an Envoy to hand the
-// decision to (the server's failure_mode error), refusing is the side that keeps the
-// door shut.
-func WithFailureMode(m FailureMode) Option { return func(c *config) { c.failure = m } }
+// WithLogger receives the requests the middleware could not decide (503, 400, 500),
+// at most one line per 10 s; the default discards them. Store failures are the Engine's
+// to log (halt.WithLogger).
+func WithLogger(l *slog.Logger) Option { return func(s *settings) { s.log = l } }
 
-// WithLogger receives store failures; the default discards them.
-func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+// Entry is one entry of a descriptor derived from a request: its key and where its value
+// comes from.
+type Entry struct {
+	key   string
+	value func(*request) (string, bool)
+}
 
-// New returns middleware that limits every request with lim.
-func New(lim *halt.Limiter, opts ...Option) func(http.Handler) http.Handler {
-	c := &config{headers: Headers{IETF: true, XRateLimit: true}, failLog: lograte.New(lograte.DefaultInterval)}
+// request is one request and what the entries read from it once.
+type request struct {
+	r       *http.Request
+	trusted []netip.Prefix
+	addr    netip.Addr
+	hasAddr bool
+}
+
+func (q *request) clientAddr() netip.Addr {
+	if !q.hasAddr {
+		q.addr, q.hasAddr = ClientAddr(q.r, q.trusted), true
+	}
+	return q.addr
+}
+
+// RemoteAddress is the entry (remote_address, client address): Envoy's remote_address
+// action, with TrustProxies as Envoy's xff_num_trusted_hops. A request whose address
+// does not parse has none.
+func RemoteAddress() Entry {
+	return Entry{key: halt.AddressKey, value: func(q *request) (string, bool) {
+		a := q.clientAddr()
+		if !a.IsValid() {
+			return "", false
+		}
+		return a.String(), true
+	}}
+}
+
+// Header is the entry (key, the value of header name): Envoy's request_headers action.
+// A request without the header has none.
+func Header(name, key string) Entry {
+	name = http.CanonicalHeaderKey(name)
+	return Entry{key: key, value: func(q *request) (string, bool) {
+		v := q.r.Header[name]
+		if len(v) == 0 || v[0] == "" {
+			return "", false
+		}
+		return v[0], true
+	}}
+}
+
+// Path is the entry (path, the request's path as received, without its query): what
+// the configuration's exempt paths and path rules match.
+func Path() Entry {
+	return Entry{key: halt.PathKey, value: func(q *request) (string, bool) { return rawPath(q.r), true }}
+}
+
+// GenericKey is the constant entry (key, value): Envoy's generic_key action, to tell a
+// group of routes apart (wrap them with their own middleware).
+func GenericKey(key, value string) Entry {
+	return Entry{key: key, value: func(*request) (string, bool) { return value, true }}
+}
+
+// FromRequest is the entry (key, f(r)); an empty value is none. It reads anything the
+// application knows: a tenant from the host, a claim from a verified token.
+func FromRequest(key string, f func(*http.Request) string) Entry {
+	return Entry{key: key, value: func(q *request) (string, bool) {
+		v := f(q.r)
+		return v, v != ""
+	}}
+}
+
+type userKey struct{}
+
+// WithUser returns ctx carrying the authenticated user, for User entries: an
+// authentication middleware in front of this one sets it.
+func WithUser(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, userKey{}, user)
+}
+
+// UserFrom returns the user WithUser put in ctx.
+func UserFrom(ctx context.Context) (string, bool) {
+	u, ok := ctx.Value(userKey{}).(string)
+	return u, ok && u != ""
+}
+
+// User is the entry (key, the authenticated user of WithUser); an unauthenticated
+// request has none.
+func User(key string) Entry {
+	return Entry{key: key, value: func(q *request) (string, bool) { return UserFrom(q.r.Context()) }}
+}
+
+// Route is the entry (key, the pattern of mux that serves the request, "GET
+// /items/{id}"): one counter per route, whatever the path's values. A request mux has
+// no route for has none.
+func Route(key string, mux *http.ServeMux) Entry {
+	return Entry{key: key, value: func(q *request) (string, bool) {
+		_, p := mux.Handler(q.r)
+		return p, p != ""
+	}}
+}
+
+// Limit builds an Engine on store and cfg with its defaults (halt.New) and returns the
+// middleware over it (New).
+func Limit(store backends.Store, cfg halt.Config, opts ...Option) (func(http.Handler) http.Handler, error) {
+	h, err := halt.New(store, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return New(h, opts...)
+}
+
+// MustLimit is Limit for a configuration known to be good (a preset, a configuration
+// checked by the server's validate): it panics on an error, as regexp.MustCompile does,
+// so that a program with a bad configuration never starts.
+func MustLimit(store backends.Store, cfg halt.Config, opts ...Option) func(http.Handler) http.Handler {
+	mw, err := Limit(store, cfg, opts...)
+	if err != nil {
+		panic(fmt.Sprintf("middleware.MustLimit: %v", err))
+	}
+	return mw
+}
+
+// New returns middleware that decides every request with h.
+func New(h *halt.Engine, opts ...Option) (func(http.Handler) http.Handler, error) {
+	if h == nil {
+		return nil, fmt.Errorf("%w: nil engine", halt.ErrInvalid)
+	}
+	s := &settings{headers: Headers{IETF: true, XRateLimit: true}}
 	for _, o := range opts {
 		if o != nil {
-			o(c)
+			o(s)
 		}
 	}
-	if c.log == nil {
-		c.log = slog.New(slog.DiscardHandler)
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
 	}
-	if c.failure == "" {
-		c.failure = FailOpen
+	doms := h.Domains()
+	switch {
+	case s.domain == "" && len(doms) == 1:
+		s.domain = doms[0]
+	case s.domain == "":
+		return nil, fmt.Errorf("%w: the configuration has %d domains (%v): name one with Domain", halt.ErrInvalid, len(doms), doms)
+	case !slices.Contains(doms, s.domain):
+		return nil, fmt.Errorf("%w: domain %q is not in the configuration (have: %v)", halt.ErrInvalid, s.domain, doms)
 	}
-	if c.key == nil {
-		c.key = func(r *http.Request) string {
-			a := ClientAddr(r, c.trusted)
-			if !a.IsValid() {
-				return ""
+	if len(s.descs) == 0 {
+		s.descs = [][]Entry{{RemoteAddress()}}
+	}
+	for i, d := range s.descs {
+		if len(d) == 0 {
+			return nil, fmt.Errorf("%w: descriptor %d has no entries", halt.ErrInvalid, i)
+		}
+		for j, e := range d {
+			if e.key == "" || e.value == nil {
+				return nil, fmt.Errorf("%w: descriptor %d entry %d has no key (build entries with RemoteAddress, Header, ...)", halt.ErrInvalid, i, j)
 			}
-			return "ip:" + a.String()
 		}
 	}
-	p := lim.Policy()
-	name, window := p.Name, p.Per
+	m := &middleware{h: h, s: s, failLog: lograte.New(lograte.DefaultInterval)}
+	m.pool.New = func() any { return new(scratch) }
 	return func(next http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if c.exempt(r) {
-				next.ServeHTTP(w, r)
-				return
-			}
-			key := c.key(r)
-			if key == "" {
-				next.ServeHTTP(w, r)
-				return
-			}
-			var n int64 = 1
-			if c.cost != nil {
-				n = c.cost(r)
-			}
-			d, err := lim.AllowN(r.Context(), key, n)
-			if err != nil {
-				if ok, held := c.failLog.Allow(time.Now()); ok {
-					c.log.Warn("rate-limit store failed", "mode", string(c.failure), "err", err, "similar_suppressed", held)
-				}
-				if c.failure != FailOpen {
-					w.Header().Set("Retry-After", "1")
-					problem(w, http.StatusServiceUnavailable, "Rate limiter unavailable", "the rate limiter cannot decide right now; retry shortly")
-					return
-				}
-				next.ServeHTTP(w, r)
-				return
-			}
-			c.setHeaders(w.Header(), name, window, &d)
-			if !d.Allowed {
-				var detail string
-				var secs int64
-				if d.RetryAfter < 0 {
-					// It can never pass; Retry-After still tells a client when to look again.
-					secs = max(headers.Seconds(d.ResetAfter.Microseconds()), 1)
-					detail = "this request costs more than the limit allows at once"
-				} else {
-					secs = max(headers.Seconds(d.RetryAfter.Microseconds()), 1)
-					detail = "rate limit exceeded; retry in " + strconv.FormatInt(secs, 10) + " s"
-				}
-				w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
-				problem(w, http.StatusTooManyRequests, "Too Many Requests", detail)
-				return
-			}
-			if d.Delay > 0 && !hold(r.Context(), d.Delay) {
-				return // the client went away while its request was being shaped
-			}
-			next.ServeHTTP(w, r)
-		})
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { m.serve(w, r, next) })
+	}, nil
+}
+
+type middleware struct {
+	h       *halt.Engine
+	s       *settings
+	pool    sync.Pool // *scratch
+	failLog *lograte.Limiter
+}
+
+type scratch struct {
+	descs   []halt.Descriptor
+	entries []halt.Entry
+}
+
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	q := request{r: r, trusted: m.s.trusted}
+	if _, exempt := m.h.Exempt(m.s.domain, q.clientAddr(), rawPath(r)); exempt {
+		next.ServeHTTP(w, r)
+		return
 	}
+	sc := m.pool.Get().(*scratch)
+	defer m.pool.Put(sc)
+	sc.descs, sc.entries = sc.descs[:0], sc.entries[:0]
+	for _, tmpl := range m.s.descs {
+		first := len(sc.entries)
+		for _, e := range tmpl {
+			v, ok := e.value(&q)
+			if !ok {
+				sc.entries = sc.entries[:first]
+				break
+			}
+			sc.entries = append(sc.entries, halt.Entry{Key: e.key, Value: v})
+		}
+		if len(sc.entries) > first {
+			sc.descs = append(sc.descs, sc.entries[first:len(sc.entries):len(sc.entries)])
+		}
+	}
+	if len(sc.descs) == 0 {
+		next.ServeHTTP(w, r) // nothing to count: Envoy would send no call
+		return
+	}
+	var n int64 = 1
+	if m.s.cost != nil {
+		if n = m.s.cost(r); n < 0 {
+			m.fail(w, r, http.StatusInternalServerError, fmt.Errorf("%w: negative cost %d", halt.ErrInvalid, n))
+			return
+		}
+	}
+	ctx := r.Context()
+	d, err := m.h.CheckN(ctx, m.h.Now(), m.s.domain, uint64(n), sc.descs...)
+	clear(sc.entries) // the request's values: not kept past it
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return // the client went away
+	case errors.Is(err, halt.ErrStoreUnavailable):
+		m.fail(w, r, http.StatusServiceUnavailable, err)
+		return
+	case errors.Is(err, halt.ErrInvalid):
+		// A value the engine refuses (longer than halt.MaxKeyLen): letting it through
+		// would let anyone out of the limits with a long header.
+		m.fail(w, r, http.StatusBadRequest, err)
+		return
+	default:
+		m.fail(w, r, http.StatusServiceUnavailable, err)
+		return
+	}
+	d.WriteHeaders(w.Header(), m.s.headers)
+	if !d.Allowed {
+		status, body := d.Problem()
+		writeProblem(w, status, body)
+		return
+	}
+	if d.Delay > 0 && !hold(ctx, d.Delay) {
+		return // the client went away while its request was being shaped
+	}
+	next.ServeHTTP(w, r)
+}
+
+// fail answers a request the engine could not decide.
+func (m *middleware) fail(w http.ResponseWriter, r *http.Request, status int, err error) {
+	if ok, held := m.failLog.Allow(time.Now()); ok {
+		m.s.log.Warn("rate limiter could not decide a request", "status", status, "path", rawPath(r), "err", err, "similar_suppressed", held)
+	}
+	p := headers.Unavailable()
+	switch status {
+	case http.StatusBadRequest:
+		p = headers.Problem{Status: status, Title: "Bad Request", Detail: "the request cannot be rate-limited: " + trimErr(err)}
+	case http.StatusInternalServerError:
+		p = headers.Problem{Status: status, Title: "Internal Server Error", Detail: "the rate limiter is misconfigured"}
+	}
+	if ra, ok := p.RetryAfter(); ok {
+		w.Header().Set("Retry-After", ra)
+	}
+	writeProblem(w, p.Status, p.Body())
+}
+
+// trimErr is err's message without the package prefixes a client has no use for.
+func trimErr(err error) string {
+	s := err.Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 {
+		s = s[i+2:]
+	}
+	return s
+}
+
+func writeProblem(w http.ResponseWriter, status int, body []byte) {
+	w.Header().Set("Content-Type", halt.ProblemContentType)
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
 }
 
 // hold waits d (leaky-bucket shaping) and reports whether the request is still wanted.
@@ -208,58 +375,16 @@ func hold(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func (c *config) exempt(r *http.Request) bool {
-	if len(c.paths) > 0 || len(c.prefixes) > 0 {
-		p := r.URL.Path
-		if _, ok := c.paths[p]; ok {
-			return true
+// rawPath is the request's path as received, without its query: what ext_authz judges
+// exemptions on. A request made in-process (no request line) gives its escaped path.
+func rawPath(r *http.Request) string {
+	if u := r.RequestURI; u != "" && u[0] == '/' {
+		if i := strings.IndexAny(u, "?#"); i >= 0 {
+			u = u[:i]
 		}
-		for _, pre := range c.prefixes {
-			if strings.HasPrefix(p, pre) {
-				return true
-			}
-		}
+		return u
 	}
-	if !c.private && len(c.cidrs) == 0 {
-		return false
-	}
-	a := ClientAddr(r, c.trusted)
-	if !a.IsValid() {
-		return false
-	}
-	if c.private && IsPrivate(a) {
-		return true
-	}
-	for _, p := range c.cidrs {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *config) setHeaders(h http.Header, name string, window time.Duration, d *halt.Decision) {
-	// algorithms.Result.Wait's rule, the server's: until the same request can pass when
-	// it cannot now, else until the limit is whole again.
-	reset := d.ResetAfter
-	if d.RetryAfter > 0 {
-		reset = d.RetryAfter
-	}
-	v := headers.Values{Policy: name, Limit: d.Limit, Remaining: d.Remaining, ResetUS: reset.Microseconds(), WindowUS: window.Microseconds()}
-	c.headers.Render(&v, h.Set)
-}
-
-// problem writes an RFC 9457 problem body.
-func problem(w http.ResponseWriter, status int, title, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(struct {
-		Type   string `json:"type"`
-		Title  string `json:"title"`
-		Detail string `json:"detail"`
-		Status int    `json:"status"`
-	}{"about:blank", title, detail, status})
+	return r.URL.EscapedPath()
 }
 
 // ClientAddr returns the client's address: the connection's peer, or, when the peer is
@@ -312,27 +437,4 @@ func in(a netip.Addr, ps []netip.Prefix) bool {
 		}
 	}
 	return false
-}
-
-// IsPrivate reports whether a is in a private, loopback or link-local range: the ranges
-// of the server's private_ranges exemption (10/8, 172.16/12, 192.168/16, 127/8,
-// 169.254/16, ::1, fc00::/7, fe80::/10). pkg/plans keeps its check unexported, so this
-// is a deliberate duplicate.
-func IsPrivate(a netip.Addr) bool {
-	a = a.Unmap()
-	if a.Is4() {
-		b := a.As4()
-		return b[0] == 10 || b[0] == 127 ||
-			(b[0] == 172 && b[1]&0xf0 == 16) ||
-			(b[0] == 192 && b[1] == 168) ||
-			(b[0] == 169 && b[1] == 254)
-	}
-	if !a.Is6() {
-		return false
-	}
-	if a == netip.IPv6Loopback() {
-		return true
-	}
-	b := a.As16()
-	return b[0]&0xfe == 0xfc || (b[0] == 0xfe && b[1]&0xc0 == 0x80)
 }

@@ -3,6 +3,8 @@ package middleware_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -11,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
@@ -21,22 +22,43 @@ import (
 
 type clock struct{ t atomic.Int64 }
 
-func (c *clock) Now() time.Time { return time.UnixMicro(c.t.Load()) }
+func (c *clock) Now() time.Time      { return time.UnixMicro(c.t.Load()) }
+func (c *clock) Add(d time.Duration) { c.t.Add(d.Microseconds()) }
 
-func newLimiter(t *testing.T, p halt.Policy, store backends.Store) (*halt.Limiter, *clock) {
-	t.Helper()
-	if store == nil {
-		m := memory.New(memory.Config{SweepInterval: -1})
-		t.Cleanup(func() { m.Close() })
-		store = m
-	}
+func newClock() *clock {
 	c := &clock{}
 	c.t.Store(time.Date(2025, 5, 1, 10, 0, 0, 0, time.UTC).UnixMicro())
-	lim, err := halt.NewLimiter(store, p, halt.WithClock(c))
+	return c
+}
+
+func newStore(t *testing.T) backends.Store {
+	t.Helper()
+	m := memory.New(memory.Config{SweepInterval: -1})
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// newEngine is an Engine on cfg, a fresh memory store (or store) and a frozen clock.
+func newEngine(t *testing.T, cfg halt.Config, store backends.Store, opts ...halt.Option) (*halt.Engine, *clock) {
+	t.Helper()
+	if store == nil {
+		store = newStore(t)
+	}
+	c := newClock()
+	h, err := halt.New(store, cfg, append([]halt.Option{halt.WithClock(c)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return lim, c
+	return h, c
+}
+
+func mw(t *testing.T, h *halt.Engine, opts ...middleware.Option) http.Handler {
+	t.Helper()
+	m, err := middleware.New(h, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m(ok)
 }
 
 var ok = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
@@ -52,11 +74,27 @@ func do(h http.Handler, remote, path string, hdr map[string]string) *httptest.Re
 	return w
 }
 
+func wantHeaders(t *testing.T, w *httptest.ResponseRecorder, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if got := w.Header().Get(k); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+}
+
+const perAddress = `
+domain: web
+descriptors:
+  - key: remote_address
+    rate_limit: {name: api, unit: minute, requests_per_unit: 2}
+`
+
 func TestDenyWithProblemAndHeaders(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Name: "api", Algorithm: algorithms.FixedWindow, Requests: 2, Per: time.Minute}, nil)
-	h := middleware.New(lim)(ok)
+	h, _ := newEngine(t, halt.YAML(perAddress), nil)
+	s := mw(t, h)
 	for i := range 2 {
-		w := do(h, "203.0.113.7:5555", "/v1/things", nil)
+		w := do(s, "203.0.113.7:5555", "/v1/things", nil)
 		if w.Code != 200 {
 			t.Fatalf("request %d: %d", i, w.Code)
 		}
@@ -64,11 +102,11 @@ func TestDenyWithProblemAndHeaders(t *testing.T) {
 			t.Fatalf("request %d remaining %q", i, got)
 		}
 	}
-	w := do(h, "203.0.113.7:5555", "/v1/things", nil)
+	w := do(s, "203.0.113.7:5555", "/v1/things", nil)
 	if w.Code != http.StatusTooManyRequests {
 		t.Fatalf("third request: %d", w.Code)
 	}
-	want := map[string]string{
+	wantHeaders(t, w, map[string]string{
 		"Content-Type":          "application/problem+json",
 		"Retry-After":           "60",
 		"X-RateLimit-Limit":     "2",
@@ -76,87 +114,86 @@ func TestDenyWithProblemAndHeaders(t *testing.T) {
 		"X-RateLimit-Reset":     "60",
 		"RateLimit-Policy":      `"api";q=2;w=60`,
 		"RateLimit":             `"api";r=0;t=60`,
-	}
-	for k, v := range want {
-		if got := w.Header().Get(k); got != v {
-			t.Errorf("%s = %q, want %q", k, got, v)
-		}
-	}
-	var body struct {
-		Type, Title, Detail string
-		Status              int
-	}
-	if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
-		t.Fatal(err)
-	}
-	if body.Status != 429 || body.Title != "Too Many Requests" || body.Type == "" || body.Detail == "" {
-		t.Fatalf("problem body %+v", body)
+	})
+	// ext_authz's body, byte for byte.
+	if got := w.Body.String(); got != `{"detail":"rate limit exceeded","retry_after_seconds":60,"status":429,"title":"Too Many Requests","type":"about:blank","violated_policy":"api"}` {
+		t.Fatalf("problem body %s", got)
 	}
 	// Another client is unaffected.
-	if w := do(h, "198.51.100.1:1", "/v1/things", nil); w.Code != 200 {
+	if w := do(s, "198.51.100.1:1", "/v1/things", nil); w.Code != 200 {
 		t.Fatalf("another client: %d", w.Code)
 	}
 }
 
-// TestLibraryDocExample: docs/library.md's headers and 429 are what the middleware
-// answers for its example limiter (a token bucket of 20 a minute, empty): the reset
-// fields and Retry-After are one number, the 3 s until a token is back, on the call
-// that took the last token as on the refused one.
-func TestLibraryDocExample(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Name: "api", Requests: 20, Per: time.Minute}, nil)
-	h := middleware.New(lim)(ok)
+// TestQuickStart: docs/library.md's quick start, one line over a preset, answers as the
+// page shows: PUBLIC_API is a token bucket of 100 a minute, so the empty bucket's next
+// token is 600 ms away, one second once rounded up, on the call that took the last
+// token as on the refused one.
+func TestQuickStart(t *testing.T) {
+	store := newStore(t)
+	s := middleware.MustLimit(store, halt.Preset("PUBLIC_API"))(ok)
 	var w *httptest.ResponseRecorder
-	for i := 0; i < 20; i++ {
-		w = do(h, "203.0.113.7:5555", "/v1/things", nil)
+	for range 100 {
+		w = do(s, "203.0.113.7:5555", "/v1/things", nil)
 	}
 	want := map[string]string{
-		"RateLimit-Policy":      `"api";q=20;w=60`,
-		"RateLimit":             `"api";r=0;t=3`,
-		"X-RateLimit-Limit":     "20",
+		"RateLimit-Policy":      `"PUBLIC_API";q=100;w=60`,
+		"RateLimit":             `"PUBLIC_API";r=0;t=1`,
+		"X-RateLimit-Limit":     "100",
 		"X-RateLimit-Remaining": "0",
-		"X-RateLimit-Reset":     "3",
+		"X-RateLimit-Reset":     "1",
 	}
-	for _, last := range []bool{true, false} {
-		if !last {
-			w = do(h, "203.0.113.7:5555", "/v1/things", nil)
-			want["Retry-After"] = "3"
-		}
-		if code := map[bool]int{true: 200, false: 429}[last]; w.Code != code {
-			t.Fatalf("last=%v: status %d, want %d", last, w.Code, code)
-		}
-		for k, v := range want {
-			if got := w.Header().Get(k); got != v {
-				t.Errorf("last=%v: %s = %q, want %q", last, k, got, v)
-			}
-		}
+	if w.Code != 200 {
+		t.Fatalf("100th call: %d", w.Code)
 	}
-	if !strings.Contains(w.Body.String(), "rate limit exceeded; retry in 3 s") {
+	wantHeaders(t, w, want)
+	w = do(s, "203.0.113.7:5555", "/v1/things", nil)
+	if w.Code != 429 {
+		t.Fatalf("101st call: %d", w.Code)
+	}
+	want["Retry-After"] = "1"
+	wantHeaders(t, w, want)
+	if !strings.Contains(w.Body.String(), `"violated_policy":"PUBLIC_API"`) {
 		t.Errorf("body %s", w.Body.String())
 	}
 }
 
+func TestMustLimitPanicsOnABadConfiguration(t *testing.T) {
+	defer func() {
+		r := recover()
+		if r == nil || !strings.Contains(r.(string), "PUBLIC_APPI") || !strings.Contains(r.(string), "PUBLIC_API") {
+			t.Fatalf("recovered %v, want the unknown preset named with the valid ones", r)
+		}
+	}()
+	middleware.MustLimit(newStore(t), halt.Preset("PUBLIC_APPI"))
+}
+
 func TestHeaderFamiliesSwitch(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Requests: 10, Per: time.Second}, nil)
-	w := do(middleware.New(lim, middleware.WithHeaders(middleware.Headers{IETF: true}))(ok), "203.0.113.7:1", "/", nil)
+	h, _ := newEngine(t, halt.Preset("INTERNAL_SERVICE"), nil)
+	w := do(mw(t, h, middleware.WithHeaders(middleware.Headers{IETF: true})), "203.0.113.7:1", "/", nil)
 	if w.Header().Get("X-RateLimit-Limit") != "" || w.Header().Get("RateLimit") == "" {
 		t.Fatalf("IETF only: %v", w.Header())
 	}
-	w = do(middleware.New(lim, middleware.WithHeaders(middleware.Headers{}))(ok), "203.0.113.7:1", "/", nil)
-	if w.Header().Get("X-RateLimit-Limit") != "" || w.Header().Get("RateLimit") != "" {
+	w = do(mw(t, h, middleware.WithHeaders(middleware.Headers{})), "203.0.113.7:1", "/", nil)
+	if w.Header().Get("X-RateLimit-Limit") != "" || w.Header().Get("RateLimit") != "" || w.Header().Get("RateLimit-Policy") != "" {
 		t.Fatalf("no headers: %v", w.Header())
-	}
-	if got := w.Header().Get("RateLimit-Policy"); got != "" {
-		t.Fatalf("policy header %q", got)
 	}
 }
 
+// TestExemptions: the domain's exemptions, probed with the client address and the path
+// as received, exactly as ext_authz probes them.
 func TestExemptions(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Algorithm: algorithms.FixedWindow, Requests: 1, Per: time.Hour}, nil)
-	h := middleware.New(lim,
-		middleware.ExemptPaths("/healthz", "/static/*"),
-		middleware.ExemptPrivate(),
-		middleware.ExemptCIDRs(netip.MustParsePrefix("198.51.100.0/24")),
-	)(ok)
+	cfg := halt.Build(halt.Domain{
+		Name:  "web",
+		Rules: []halt.Rule{{Key: halt.AddressKey, Limits: []halt.Policy{{Requests: 1, Per: time.Hour}}}},
+		Exemptions: &halt.Exemptions{
+			Paths:         []string{"/healthz", "/static/*"},
+			PrivateRanges: true,
+			CIDRs:         []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")},
+		},
+	})
+	h, _ := newEngine(t, cfg, nil)
+	s := mw(t, h)
 	for _, c := range []struct{ remote, path string }{
 		{"203.0.113.7:1", "/healthz"},
 		{"203.0.113.7:1", "/healthz?verbose=1"},
@@ -167,13 +204,21 @@ func TestExemptions(t *testing.T) {
 		{"198.51.100.9:1", "/api"},
 	} {
 		for range 3 {
-			if w := do(h, c.remote, c.path, nil); w.Code != 200 || w.Header().Get("X-RateLimit-Limit") != "" {
+			if w := do(s, c.remote, c.path, nil); w.Code != 200 || w.Header().Get("X-RateLimit-Limit") != "" {
 				t.Fatalf("%s %s: %d %v (want exempt: 200, no headers)", c.remote, c.path, w.Code, w.Header())
 			}
 		}
 	}
-	do(h, "203.0.113.7:1", "/api", nil)
-	if w := do(h, "203.0.113.7:1", "/api", nil); w.Code != 429 {
+	// Paths are matched strictly, as received: a path that resolves to an exempt one is
+	// not exempt.
+	for _, p := range []string{"/v1/../healthz", "/static/%2e%2e/admin"} {
+		do(s, "203.0.113.8:1", p, nil)
+		if w := do(s, "203.0.113.8:1", p, nil); w.Code != 429 {
+			t.Fatalf("%s: %d, want counted", p, w.Code)
+		}
+	}
+	do(s, "203.0.113.7:1", "/api", nil)
+	if w := do(s, "203.0.113.7:1", "/api", nil); w.Code != 429 {
 		t.Fatalf("public client, second request: %d", w.Code)
 	}
 }
@@ -200,92 +245,278 @@ func TestTrustedProxies(t *testing.T) {
 		t.Fatalf("garbage hop: %s", got)
 	}
 
-	lim, _ := newLimiter(t, halt.Policy{Algorithm: algorithms.FixedWindow, Requests: 1, Per: time.Hour}, nil)
-	h := middleware.New(lim, middleware.TrustProxies(proxies...))(ok)
-	if w := do(h, "10.0.0.5:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.1"}); w.Code != 200 {
+	h, _ := newEngine(t, halt.YAML(`
+domain: web
+descriptors:
+  - key: remote_address
+    rate_limit: {unit: hour, requests_per_unit: 1}
+`), nil)
+	s := mw(t, h, middleware.TrustProxies(proxies...))
+	if w := do(s, "10.0.0.5:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.1"}); w.Code != 200 {
 		t.Fatal(w.Code)
 	}
-	if w := do(h, "10.0.0.5:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.2"}); w.Code != 200 {
+	if w := do(s, "10.0.0.5:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.2"}); w.Code != 200 {
 		t.Fatalf("a second client behind the same proxy was limited: %d", w.Code)
 	}
-	if w := do(h, "10.0.0.6:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.1"}); w.Code != 429 {
+	if w := do(s, "10.0.0.6:1", "/", map[string]string{"X-Forwarded-For": "203.0.113.1"}); w.Code != 429 {
 		t.Fatalf("the first client through another proxy: %d", w.Code)
 	}
 }
 
-func TestKeyAndCost(t *testing.T) {
+func TestHeaderDescriptorAndCost(t *testing.T) {
 	// A token bucket: a refused request takes nothing (a fixed window counts it too).
-	lim, _ := newLimiter(t, halt.Policy{Algorithm: algorithms.TokenBucket, Requests: 10, Per: time.Hour}, nil)
-	h := middleware.New(lim,
-		middleware.WithKey(func(r *http.Request) string { return r.Header.Get("X-API-Key") }),
-		middleware.WithCost(func(r *http.Request) int64 {
-			if r.URL.Path == "/export" {
-				return 6
-			}
-			return 1
-		}),
-	)(ok)
+	h, _ := newEngine(t, halt.YAML(`
+domain: web
+descriptors:
+  - key: api_key
+    rate_limit: {unit: hour, requests_per_unit: 10, algorithm: token_bucket}
+`), nil)
+	cost := middleware.WithCost(func(r *http.Request) int64 {
+		if r.URL.Path == "/export" {
+			return 6
+		}
+		return 1
+	})
+	s := mw(t, h, middleware.Descriptor(middleware.Header("X-API-Key", "api_key")), cost)
 	key := map[string]string{"X-API-Key": "k1"}
-	if w := do(h, "203.0.113.7:1", "/export", key); w.Code != 200 || w.Header().Get("X-RateLimit-Remaining") != "4" {
+	if w := do(s, "203.0.113.7:1", "/export", key); w.Code != 200 || w.Header().Get("X-RateLimit-Remaining") != "4" {
 		t.Fatalf("export: %d %v", w.Code, w.Header())
 	}
-	if w := do(h, "203.0.113.8:1", "/export", key); w.Code != 429 {
+	if w := do(s, "203.0.113.8:1", "/export", key); w.Code != 429 {
 		t.Fatalf("second export from another address, same key: %d", w.Code)
 	}
-	if w := do(h, "203.0.113.8:1", "/list", key); w.Code != 200 {
+	if w := do(s, "203.0.113.8:1", "/list", key); w.Code != 200 {
 		t.Fatalf("cheap call: %d", w.Code)
 	}
-	// No key: not limited.
+	// No key: no descriptor, not limited (Envoy sends no call).
 	for range 20 {
-		if w := do(h, "203.0.113.7:1", "/export", nil); w.Code != 200 {
+		if w := do(s, "203.0.113.7:1", "/export", nil); w.Code != 200 || w.Header().Get("X-RateLimit-Limit") != "" {
 			t.Fatalf("keyless: %d", w.Code)
 		}
 	}
 	// A cost above the limit can never pass, but still gets a Retry-After.
-	big := middleware.New(lim, middleware.WithCost(func(*http.Request) int64 { return 11 }))(ok)
-	if w := do(big, "203.0.113.7:1", "/", nil); w.Code != 429 || w.Header().Get("Retry-After") == "" {
+	big := mw(t, h, middleware.Descriptor(middleware.Header("X-API-Key", "api_key")), middleware.WithCost(func(*http.Request) int64 { return 11 }))
+	if w := do(big, "203.0.113.7:1", "/", key); w.Code != 429 || w.Header().Get("Retry-After") == "" {
 		t.Fatalf("cost above limit: %d %v", w.Code, w.Header())
+	}
+	neg := mw(t, h, middleware.Descriptor(middleware.Header("X-API-Key", "api_key")), middleware.WithCost(func(*http.Request) int64 { return -1 }))
+	if w := do(neg, "203.0.113.7:1", "/", key); w.Code != 500 {
+		t.Fatalf("negative cost: %d", w.Code)
+	}
+	// A value the engine refuses is a 400, never a way out of the limits.
+	long := map[string]string{"X-API-Key": strings.Repeat("k", halt.MaxKeyLen+1)}
+	if w := do(s, "203.0.113.7:1", "/", long); w.Code != 400 || !strings.Contains(w.Body.String(), "1024") {
+		t.Fatalf("over-long key: %d %s", w.Code, w.Body.String())
+	}
+}
+
+const saasYAML = `
+domain: api
+plans:
+  gold:
+    rate_limit: {unit: minute, requests_per_unit: 3}
+    quota: {period: daily, requests: 4}
+    penalty: abuse
+penalties:
+  abuse: {threshold: 2, ladder: [1m, 10m], decay: 1h}
+descriptors:
+  - key: user
+    descriptors:
+      - key: plan
+        plan_from_value: true
+  - key: route
+    value: "POST /export"
+    cost: 5
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: tenant
+    allow_algorithm_override: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+`
+
+// TestPlansQuotasPenalties: the user from the context and the plan from a header pick a
+// plan's limits, quota and penalty; the route is its own descriptor with a cost.
+func TestPlansQuotasPenalties(t *testing.T) {
+	h, clk := newEngine(t, halt.YAML(saasYAML), nil)
+	mux := http.NewServeMux()
+	mux.Handle("GET /items/{id}", ok)
+	mux.Handle("POST /export", ok)
+	limit, err := middleware.New(h,
+		middleware.Descriptor(middleware.User("user"), middleware.Header("X-Plan", "plan")),
+		middleware.Descriptor(middleware.Route("route", mux)),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := limit(mux)
+	call := func(user, method, path string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, path, nil)
+		r.RemoteAddr = "203.0.113.7:1"
+		r.Header.Set("X-Plan", "gold")
+		if user != "" {
+			r = r.WithContext(middleware.WithUser(r.Context(), user))
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		return w
+	}
+	for i := range 3 {
+		if w := call("ann", "GET", "/items/"+string(rune('1'+i))); w.Code != 200 || w.Header().Get("RateLimit-Policy") != `"gold";q=3;w=60` {
+			t.Fatalf("call %d: %d %v", i, w.Code, w.Header())
+		}
+	}
+	// Over the plan's rate limit: 429, a violation.
+	if w := call("ann", "GET", "/items/1"); w.Code != 429 {
+		t.Fatalf("4th call: %d", w.Code)
+	}
+	clk.Add(time.Minute)
+	// The daily quota (4) has one left: the 5th call takes it, the 6th is refused by it.
+	if w := call("ann", "GET", "/items/1"); w.Code != 200 {
+		t.Fatalf("5th call: %d", w.Code)
+	}
+	w := call("ann", "GET", "/items/1")
+	if w.Code != 429 || !strings.Contains(w.Body.String(), "quota exhausted") || !strings.Contains(w.Body.String(), `"violated_policy":"quota:daily"`) {
+		t.Fatalf("6th call: %d %s", w.Code, w.Body.String())
+	}
+	// Two violations lock ann out: 403, no rate-limit headers, Retry-After.
+	w = call("ann", "GET", "/items/1")
+	if w.Code != 403 || w.Header().Get("RateLimit") != "" || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "locked out") {
+		t.Fatalf("locked out: %d %v %s", w.Code, w.Header(), w.Body.String())
+	}
+	// Without a user there is no plan descriptor; the route's still counts 5 an export.
+	for i := range 2 {
+		if w := call("", "POST", "/export"); w.Code != 200 || w.Header().Get("X-RateLimit-Remaining") != []string{"5", "0"}[i] {
+			t.Fatalf("export %d: %d %v", i, w.Code, w.Header())
+		}
+	}
+	if w := call("", "POST", "/export"); w.Code != 429 {
+		t.Fatalf("third export: %d", w.Code)
+	}
+}
+
+// TestAlgorithmOverride: a request asks for another algorithm with the reserved entry,
+// where its rule allows it; it keeps a counter of its own.
+func TestAlgorithmOverride(t *testing.T) {
+	h, _ := newEngine(t, halt.YAML(saasYAML), nil)
+	s := mw(t, h, middleware.Descriptor(middleware.Header("X-Tenant", "tenant"), middleware.Header("X-Algorithm", halt.AlgorithmKey)))
+	hdr := map[string]string{"X-Tenant": "t1", "X-Algorithm": "token_bucket"}
+	for range 2 {
+		do(s, "203.0.113.7:1", "/", hdr)
+	}
+	w := do(s, "203.0.113.7:1", "/", hdr)
+	// A token bucket of 2 a minute: the next token is 30 s away (a fixed window's reset
+	// would be the window's end).
+	if w.Code != 429 || w.Header().Get("Retry-After") != "30" {
+		t.Fatalf("token bucket: %d %v", w.Code, w.Header())
+	}
+	hdr["X-Algorithm"] = "fixed_window"
+	if w := do(s, "203.0.113.7:1", "/", hdr); w.Code != 200 {
+		t.Fatalf("its own counter: %d", w.Code)
 	}
 }
 
 type downStore struct{ backends.Store }
 
 func (downStore) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	for _, op := range ops {
+		op.Err = backends.ErrUnavailable
+	}
 	return backends.ErrUnavailable
 }
 
+// TestStoreFailure: the Engine's failure mode decides, as the server's: open lets
+// through, closed refuses for a second (as ext_authz), error answers 503.
 func TestStoreFailure(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Requests: 1, Per: time.Second}, downStore{})
-	if w := do(middleware.New(lim)(ok), "203.0.113.7:1", "/", nil); w.Code != 200 {
-		t.Fatalf("fail open: %d", w.Code)
-	}
-	w := do(middleware.New(lim, middleware.WithFailureMode(middleware.FailClosed))(ok), "203.0.113.7:1", "/", nil)
-	if w.Code != 503 || w.Header().Get("Content-Type") != "application/problem+json" || w.Header().Get("Retry-After") != "1" {
-		t.Fatalf("fail closed: %d %v", w.Code, w.Header())
-	}
-	// The modes are the server's: FailOpen is failure_mode allow, FailClosed deny, the
-	// zero mode is the default (open), and error (no Envoy to decide here) refuses.
-	if middleware.FailOpen != config.FailAllow || middleware.FailClosed != config.FailDeny {
-		t.Fatalf("modes %q and %q are not the server's allow and deny", middleware.FailOpen, middleware.FailClosed)
-	}
-	for mode, want := range map[config.FailureMode]int{"": 200, config.FailAllow: 200, config.FailDeny: 503, config.FailError: 503} {
-		if w := do(middleware.New(lim, middleware.WithFailureMode(mode))(ok), "203.0.113.7:1", "/", nil); w.Code != want {
+	for mode, want := range map[halt.FailureMode]int{"": 200, halt.FailOpen: 200, halt.FailClosed: 429, halt.FailError: 503} {
+		h, _ := newEngine(t, halt.YAML(perAddress), downStore{newStore(t)}, halt.WithFailureMode(mode))
+		w := do(mw(t, h), "203.0.113.7:1", "/", nil)
+		if w.Code != want {
 			t.Errorf("mode %q: %d, want %d", mode, w.Code, want)
 		}
+		if want != 200 && (w.Header().Get("Content-Type") != "application/problem+json" || w.Header().Get("Retry-After") != "1") {
+			t.Errorf("mode %q: %v", mode, w.Header())
+		}
+	}
+	// A rule's failure_mode wins over the Engine's.
+	h, _ := newEngine(t, halt.YAML(perAddress+"    failure_mode: deny\n"), downStore{newStore(t)})
+	if w := do(mw(t, h), "203.0.113.7:1", "/", nil); w.Code != 429 {
+		t.Errorf("failure_mode deny in the rule: %d", w.Code)
 	}
 }
 
 func TestShapingDelay(t *testing.T) {
-	lim, _ := newLimiter(t, halt.Policy{Algorithm: algorithms.LeakyBucket, Requests: 10, Per: 100 * time.Millisecond, Burst: 5, MaxDelay: time.Second}, nil)
-	h := middleware.New(lim)(ok)
+	h, _ := newEngine(t, halt.Build(halt.Domain{Name: "web", Rules: []halt.Rule{{Key: halt.AddressKey,
+		Limits: []halt.Policy{{Algorithm: algorithms.LeakyBucket, Requests: 10, Per: time.Second, Burst: 5, MaxDelay: time.Second}}}}}), nil)
+	s := mw(t, h)
 	start := time.Now()
 	for range 3 {
-		if w := do(h, "203.0.113.7:1", "/", nil); w.Code != 200 {
+		if w := do(s, "203.0.113.7:1", "/", nil); w.Code != 200 {
 			t.Fatal(w.Code)
 		}
 	}
-	// The frozen clock makes the third request wait for two drained units: 20 ms.
-	if el := time.Since(start); el < 15*time.Millisecond {
+	// The frozen clock makes the third request wait for two drained units: 200 ms.
+	if el := time.Since(start); el < 150*time.Millisecond {
 		t.Fatalf("shaping held requests for %s only", el)
 	}
+	// A client that goes away is not served.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := httptest.NewRequestWithContext(ctx, "GET", "/", nil)
+	r.RemoteAddr = "203.0.113.7:1"
+	served := false
+	m, _ := middleware.New(h)
+	m(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { served = true })).ServeHTTP(httptest.NewRecorder(), r)
+	if served {
+		t.Fatal("a gone client was served")
+	}
+}
+
+func TestNewRefusesMistakes(t *testing.T) {
+	two := halt.YAML(perAddress + "bogus: 1\n")
+	one, _ := newEngine(t, halt.YAML(perAddress), nil)
+	for name, f := range map[string]func() error{
+		"nil engine":     func() error { _, err := middleware.New(nil); return err },
+		"unknown domain": func() error { _, err := middleware.New(one, middleware.Domain("nope")); return err },
+		"empty entry":    func() error { _, err := middleware.New(one, middleware.Descriptor(middleware.Entry{})); return err },
+		"no entries":     func() error { _, err := middleware.New(one, middleware.Descriptor()); return err },
+		"bad yaml":       func() error { _, err := middleware.Limit(newStore(t), two); return err },
+	} {
+		if err := f(); !errors.Is(err, halt.ErrInvalid) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	multi, _ := newEngine(t, halt.Build(halt.Domain{Name: "a", Rules: []halt.Rule{{Key: "k", Policy: "STRICT"}}}, halt.Domain{Name: "b", Rules: []halt.Rule{{Key: "k", Policy: "STRICT"}}}), nil)
+	if _, err := middleware.New(multi); err == nil || !strings.Contains(err.Error(), "name one") {
+		t.Errorf("two domains, none named: %v", err)
+	}
+	if _, err := middleware.New(multi, middleware.Domain("b")); err != nil {
+		t.Errorf("two domains, one named: %v", err)
+	}
+}
+
+// TestProblemBodyIsJSON: every answer the middleware makes itself is a problem body.
+func TestProblemBodyIsJSON(t *testing.T) {
+	h, _ := newEngine(t, halt.YAML(perAddress), downStore{newStore(t)}, halt.WithFailureMode(halt.FailError))
+	w := do(mw(t, h), "203.0.113.7:1", "/", nil)
+	var p struct {
+		Status int
+		Title  string
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil || p.Status != 503 || w.Header().Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatalf("503: %v %+v %v", err, p, w.Header())
+	}
+}
+
+// The quick start: one preset, one store, one line.
+func ExampleMustLimit() {
+	store := memory.New(memory.Config{}) // or redis, postgres, ...: any backends.Store
+	defer store.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/", ok)
+	h := middleware.MustLimit(store, halt.Preset("PUBLIC_API"))(mux)
+
+	r := httptest.NewRequest("GET", "/v1/items", nil)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	fmt.Println(w.Code, w.Header().Get("RateLimit-Policy"), w.Header().Get("RateLimit"))
+	// Output: 200 "PUBLIC_API";q=100;w=60 "PUBLIC_API";r=99;t=1
 }

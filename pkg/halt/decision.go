@@ -1,0 +1,168 @@
+package halt
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+)
+
+// Entry is one (key, value) pair of a descriptor.
+type Entry struct{ Key, Value string }
+
+// Descriptor is what a request is counted as: its entries, in order, matched against a
+// domain's rules as the server matches the descriptors Envoy sends.
+type Descriptor []Entry
+
+// D is the descriptor of key, value pairs: D("customer", "acme", "plan", "pro"). An odd
+// number of strings is a programming error: it panics, as strings.NewReplacer does.
+func D(kv ...string) Descriptor {
+	if len(kv)%2 != 0 {
+		panic("halt.D: odd number of strings (want key, value pairs)")
+	}
+	d := make(Descriptor, len(kv)/2)
+	for i := range d {
+		d[i] = Entry{Key: kv[2*i], Value: kv[2*i+1]}
+	}
+	return d
+}
+
+// Reason says what decided a request.
+type Reason string
+
+// The reasons, in the order a descriptor is decided.
+const (
+	// ReasonNone: no rule matched; the request passes unlimited.
+	ReasonNone Reason = ""
+	// ReasonExempt: an exemption let it through uncounted.
+	ReasonExempt Reason = "exempt"
+	// ReasonPenalty: its identity is locked out by a penalty.
+	ReasonPenalty Reason = "penalty"
+	// ReasonQuota: a calendar quota decided.
+	ReasonQuota Reason = "quota"
+	// ReasonRate: a rate limit decided.
+	ReasonRate Reason = "rate"
+)
+
+// Headers selects the rate-limit response header families (IETF: RateLimit and
+// RateLimit-Policy; XRateLimit: X-RateLimit-*), as the server's --headers flag does.
+type Headers = headers.Families
+
+// Decision answers one request, as ext_authz answers it: when it is refused, the first
+// stage that refused it (a penalty lockout, then a quota, then a rate limit) speaks;
+// when it passes, the tightest limit of all its descriptors.
+type Decision struct {
+	// Allowed reports whether the request passes (every descriptor).
+	Allowed bool
+	// Reason says what decided: an exemption, a penalty, a quota, a rate limit, or
+	// nothing (no rule matched).
+	Reason Reason
+	// Exemption is why an exempt request was (path, private_address, cidr, value).
+	Exemption string
+	// Policy names the reported limit as the headers do (RateLimit-Policy): the limit's
+	// name, else its plan's, else its policy's or preset's.
+	Policy string
+	// Limit and Remaining are the reported limit's size (requests, or a bucket's
+	// capacity) and what is left of it.
+	Limit, Remaining int64
+	// RetryAfter is how long until the same request could pass: 0 when it could pass
+	// now, negative when it never can (its cost is above the limit). An admitted
+	// request that took the last units has the wait until one like it can pass again.
+	RetryAfter time.Duration
+	// ResetAfter is how long until the limit is whole again (a penalty: until the
+	// lockout ends).
+	ResetAfter time.Duration
+	// Window is the reported limit's window: its period, or a quota's calendar period.
+	Window time.Duration
+	// Delay is how long a shaping leaky bucket held (Check) or wants the caller to hold
+	// (CheckN) the admitted request.
+	Delay time.Duration
+	// Shadow reports a refusal a shadow-mode rule let through.
+	Shadow bool
+	// FailedOpen reports that the store failed and FailOpen let the request through.
+	FailedOpen bool
+
+	// report is the engine's reported decision; the answer is rendered from it.
+	report engine.Decision
+	has    bool
+}
+
+// decisionOf is the answer to decisions (engine.Report).
+func decisionOf(decs []engine.Decision) Decision {
+	d := Decision{Allowed: true}
+	for i := range decs {
+		if decs[i].Code == engine.CodeOverLimit {
+			d.Allowed = false
+		}
+		d.Shadow = d.Shadow || decs[i].Shadow
+		d.FailedOpen = d.FailedOpen || decs[i].FailedOpen
+		d.Delay = max(d.Delay, micros(decs[i].Delay))
+	}
+	rep := engine.Report(decs)
+	if rep == nil {
+		// Nothing to report: exempt (every descriptor, or the first) or unmatched.
+		for i := range decs {
+			if decs[i].Kind == engine.KindExempt {
+				d.Reason, d.Exemption = ReasonExempt, decs[i].Exempt
+				break
+			}
+		}
+		return d
+	}
+	d.report, d.has = *rep, true
+	d.Reason = Reason(rep.Kind.String())
+	r := &rep.Result
+	d.Limit, d.Remaining = r.Limit, r.Remaining
+	d.ResetAfter = micros(r.ResetAfter)
+	if r.RetryAfter < 0 {
+		d.RetryAfter = -1
+	} else {
+		d.RetryAfter = micros(r.RetryAfter)
+	}
+	if v, ok := headers.Of(rep.Rule, rep.Limit, r); ok {
+		d.Policy, d.Window = v.Policy, micros(v.WindowUS)
+	} else {
+		d.Policy = headers.PolicyFor(rep.Rule, rep.Limit)
+	}
+	if !d.Allowed {
+		d.Delay = 0
+	}
+	return d
+}
+
+// WriteHeaders sets on h what the server's transports send with this answer: the
+// rate-limit headers of families f describing the reported limit (none for an exempt or
+// unlimited request, nor for a penalty lockout, which is not a quota), and on a refusal
+// Retry-After.
+func (d *Decision) WriteHeaders(h http.Header, f Headers) {
+	if !d.has {
+		return
+	}
+	if v, ok := headers.Of(d.report.Rule, d.report.Limit, &d.report.Result); ok {
+		f.Render(&v, h.Set)
+	}
+	if !d.Allowed {
+		p := headers.Refusal(&d.report)
+		if ra, ok := p.RetryAfter(); ok {
+			h.Set("Retry-After", ra)
+		}
+	}
+}
+
+// Problem is the refusal's HTTP status (429 for a rate limit or quota, 403 for a penalty
+// lockout) and RFC 9457 problem+json body, as ext_authz sends them; 0 and nil when the
+// request passes.
+func (d *Decision) Problem() (status int, body []byte) {
+	if d.Allowed {
+		return 0, nil
+	}
+	p := headers.Problem{Status: http.StatusTooManyRequests, Title: "Too Many Requests", Detail: "rate limit exceeded"}
+	if d.has {
+		p = headers.Refusal(&d.report)
+	}
+	return p.Status, p.Body()
+}
+
+// ProblemContentType is the media type of Problem's body.
+const ProblemContentType = headers.ContentType
