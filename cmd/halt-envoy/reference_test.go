@@ -243,15 +243,19 @@ func reloads(t *testing.T, p *testutil.Process) string {
 // started from the reference's variables only, on Redis and on memcached, then its
 // reload check.
 func TestReferenceIntegration(t *testing.T) {
-	for _, backend := range []string{"redis", "memcache"} {
+	for _, backend := range []string{"redis", "redis-unix", "memcache"} {
 		t.Run(backend, func(t *testing.T) {
 			root, configDir := writeRuntime(t)
 			kv := []string{"RUNTIME_ROOT", root, "RUNTIME_SUBDIRECTORY", "ratelimit", "RUNTIME_WATCH_ROOT", "false", "RUNTIME_IGNOREDOTFILES", "true",
 				"CACHE_KEY_PREFIX", fmt.Sprintf("reftest-%d:", rand.Int64())}
-			if backend == "redis" {
+			switch backend {
+			case "redis":
 				// REDIS_TIMEOUT: halt keeps its 15 ms store timeout otherwise, too short under -race on two shared cores.
 				kv = append(kv, "BACKEND_TYPE", "redis", "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", testutil.Peer(t, "REDIS_ADDR"), "REDIS_TIMEOUT", "2s")
-			} else {
+			case "redis-unix":
+				// The reference's default socket type: REDIS_URL is the socket's path.
+				kv = append(kv, "REDIS_SOCKET_TYPE", "unix", "REDIS_URL", startUnixRedis(t), "REDIS_TIMEOUT", "2s")
+			default:
 				kv = append(kv, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", testutil.Peer(t, "MEMCACHED_ADDR"))
 			}
 			p, c := startRef(t, kv...)
@@ -455,4 +459,28 @@ descriptors:
 	if !strings.Contains(p.Log.String(), "global shadow mode") {
 		t.Errorf("the log does not warn of global shadow mode:\n%s", p.Log.String())
 	}
+}
+
+// startUnixRedis starts a redis-server of the test's own listening only on a unix socket,
+// and returns the socket's path.
+func startUnixRedis(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		testutil.Missing(t, "redis-server not installed")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "redis.sock")
+	cmd := exec.Command("redis-server", "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return sock
 }

@@ -477,9 +477,13 @@ func (r *reader) auth(inline, file string) string {
 
 func (r *reader) redis(s *Settings) {
 	s.StoreFrom = []string{"BACKEND_TYPE", "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL"}
-	// REDIS_SOCKET_TYPE other than tcp was refused above (NotYet), default included.
-	if r.str("REDIS_SOCKET_TYPE") != "tcp" {
-		r.fail("REDIS_SOCKET_TYPE=%q (the reference's default): not supported by halt yet; set REDIS_SOCKET_TYPE=tcp and REDIS_URL=HOST:PORT", r.str("REDIS_SOCKET_TYPE"))
+	unix := false
+	switch st := r.str("REDIS_SOCKET_TYPE"); st {
+	case "tcp":
+	case "unix":
+		unix = true
+	default:
+		r.fail("REDIS_SOCKET_TYPE=%q: want tcp or unix", st)
 		return
 	}
 	pass := r.auth("REDIS_AUTH", "REDIS_AUTH_FILE")
@@ -506,6 +510,41 @@ func (r *reader) redis(s *Settings) {
 	}
 	addrs := splitList(r.str("REDIS_URL"))
 	tlsOn := r.boolean("REDIS_TLS")
+	if !tlsOn {
+		for _, n := range []string{"REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT", "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION"} {
+			if v := r.str(n); v != "" && v != "false" {
+				r.fail("%s is set but REDIS_TLS is false: the connection would be plaintext", n)
+			}
+		}
+	}
+	if unix {
+		// The reference dials REDIS_URL as a socket path (its default,
+		// /var/run/nutcracker/ratelimit.sock, is twemproxy's).
+		switch {
+		case !strings.EqualFold(r.str("REDIS_TYPE"), "single"):
+			r.fail("REDIS_SOCKET_TYPE=unix with REDIS_TYPE=%s: a unix socket reaches one server; use REDIS_TYPE=single or REDIS_SOCKET_TYPE=tcp", r.str("REDIS_TYPE"))
+		case tlsOn:
+			r.fail("REDIS_SOCKET_TYPE=unix with REDIS_TLS=true: a unix socket is not reached over TLS")
+		case len(addrs) != 1 || !strings.HasPrefix(addrs[0], "/"):
+			r.fail("REDIS_URL=%q: REDIS_SOCKET_TYPE=unix wants the socket's absolute path", r.str("REDIS_URL"))
+		default:
+			u.Scheme = "redis+unix"
+			u.Path = addrs[0]
+			u.RawQuery = q.Encode()
+			s.Store = u.String()
+		}
+		return
+	}
+	if tlsOn {
+		for env, opt := range map[string]string{"REDIS_TLS_CLIENT_CERT": "tls_cert", "REDIS_TLS_CLIENT_KEY": "tls_key", "REDIS_TLS_CACERT": "tls_ca"} {
+			if v := r.str(env); v != "" {
+				q.Set(opt, v)
+			}
+		}
+		if r.boolean("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION") {
+			q.Set("tls_skip_hostname_verification", "true")
+		}
+	}
 	switch typ := strings.ToLower(r.str("REDIS_TYPE")); typ {
 	case "single":
 		u.Scheme = "redis"
@@ -515,11 +554,6 @@ func (r *reader) redis(s *Settings) {
 		}
 		if tlsOn {
 			u.Scheme = "rediss"
-			for env, opt := range map[string]string{"REDIS_TLS_CLIENT_CERT": "tls_cert", "REDIS_TLS_CLIENT_KEY": "tls_key", "REDIS_TLS_CACERT": "tls_ca"} {
-				if v := r.str(env); v != "" {
-					q.Set(opt, v)
-				}
-			}
 		}
 		u.Host = addrs[0]
 	case "sentinel":
@@ -545,15 +579,8 @@ func (r *reader) redis(s *Settings) {
 		return
 	}
 	if tlsOn && u.Scheme != "rediss" {
-		r.fail("REDIS_TLS=true with REDIS_TYPE=%s: not supported by halt yet (TLS to Sentinel or Cluster)", r.str("REDIS_TYPE"))
-		return
-	}
-	if !tlsOn {
-		for _, n := range []string{"REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT"} {
-			if r.str(n) != "" {
-				r.fail("%s is set but REDIS_TLS is false: the connection would be plaintext", n)
-			}
-		}
+		// TLS to the Sentinels and the master, or to every Cluster node.
+		u.Scheme = strings.Replace(u.Scheme, "redis+", "rediss+", 1)
 	}
 	for _, h := range strings.Split(u.Host, ",") {
 		if _, _, err := net.SplitHostPort(h); err != nil {

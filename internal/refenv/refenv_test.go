@@ -44,9 +44,9 @@ func mustFail(t *testing.T, env map[string]string, want ...string) {
 }
 
 // defaultUnsupported are the rows whose reference default halt cannot honour: unset,
-// halt does its own thing (EXPIRATION_JITTER_MAX_SECONDS: halt's expiries) or stops
-// (REDIS_SOCKET_TYPE with a Redis store), as their notes say.
-var defaultUnsupported = map[string]bool{"EXPIRATION_JITTER_MAX_SECONDS": true, "REDIS_SOCKET_TYPE": true}
+// halt does its own thing (EXPIRATION_JITTER_MAX_SECONDS: halt's expiries), as their
+// notes say.
+var defaultUnsupported = map[string]bool{"EXPIRATION_JITTER_MAX_SECONDS": true}
 
 // TestTable checks the table itself: unique names, every default parses as its kind
 // (as envconfig would), every NotYet row says what it means, and no row of another status
@@ -231,14 +231,35 @@ func TestRedis(t *testing.T) {
 		t.Errorf("missing REDIS_AUTH_FILE: %v", err)
 	}
 	mustFail(t, base("REDIS_AUTH", "a", "REDIS_AUTH_FILE", pw), "REDIS_AUTH and REDIS_AUTH_FILE")
-	mustFail(t, map[string]string{"USE_STATSD": "false"}, "REDIS_SOCKET_TYPE", "unix")
-	mustFail(t, base("REDIS_SOCKET_TYPE", "unix"), "REDIS_SOCKET_TYPE")
+	// The reference's defaults: a unix socket (twemproxy's path).
+	if s := mustRead(t, map[string]string{"USE_STATSD": "false"}); s.Store != "redis+unix:///var/run/nutcracker/ratelimit.sock?pool_size=10" {
+		t.Errorf("the reference's default store: %s", s.Store)
+	}
+	if s := mustRead(t, base("REDIS_SOCKET_TYPE", "unix", "REDIS_URL", "/run/redis.sock", "REDIS_AUTH", "pw", "REDIS_TIMEOUT", "1s")); s.Store != "redis+unix://:pw@/run/redis.sock?pool_size=10&timeout=1s" {
+		t.Errorf("unix socket store: %s", s.Store)
+	}
+	mustFail(t, base("REDIS_SOCKET_TYPE", "unix"), "REDIS_URL", "socket's absolute path")
+	mustFail(t, base("REDIS_SOCKET_TYPE", "unix", "REDIS_URL", "/s.sock", "REDIS_TYPE", "cluster"), "REDIS_SOCKET_TYPE=unix with REDIS_TYPE=cluster")
+	mustFail(t, base("REDIS_SOCKET_TYPE", "unix", "REDIS_URL", "/s.sock", "REDIS_TLS", "true"), "not reached over TLS")
+	mustFail(t, base("REDIS_SOCKET_TYPE", "udp"), "REDIS_SOCKET_TYPE", "tcp or unix")
+	// TLS to Sentinel and Cluster; the name check skipped, the chain not.
+	for _, c := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{base("REDIS_TYPE", "cluster", "REDIS_TLS", "true", "REDIS_URL", "a:1,b:2", "REDIS_TLS_CACERT", "/ca.pem"), "rediss+cluster://a:1,b:2?pool_size=10&tls_ca=%2Fca.pem"},
+		{base("REDIS_TYPE", "sentinel", "REDIS_TLS", "true", "REDIS_URL", "m,s:1"), "rediss+sentinel://s:1?master=m&pool_size=10"},
+		{base("REDIS_TLS", "true", "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true"), "rediss://127.0.0.1:6379?pool_size=10&tls_skip_hostname_verification=true"},
+	} {
+		if s := mustRead(t, c.env); s.Store != c.want {
+			t.Errorf("Read(%v).Store = %s, want %s", c.env, s.Store, c.want)
+		}
+	}
+	mustFail(t, base("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true"), "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION is set but REDIS_TLS is false")
 	mustFail(t, base("REDIS_TYPE", "ring"), "REDIS_TYPE")
 	mustFail(t, base("REDIS_URL", "a:1,b:2"), "REDIS_URL")
 	mustFail(t, base("REDIS_URL", "nohostport"), "REDIS_URL")
 	mustFail(t, base("REDIS_TYPE", "sentinel", "REDIS_URL", "onlymaster"), "REDIS_URL")
-	mustFail(t, base("REDIS_TYPE", "cluster", "REDIS_TLS", "true", "REDIS_URL", "a:1"), "REDIS_TLS", "not supported")
-	mustFail(t, base("REDIS_TYPE", "sentinel", "REDIS_TLS", "true", "REDIS_URL", "m,a:1"), "REDIS_TLS", "not supported")
 	mustFail(t, base("REDIS_TLS_CACERT", "/ca"), "REDIS_TLS_CACERT", "REDIS_TLS is false")
 	mustFail(t, base("REDIS_POOL_SIZE", "0"), "REDIS_POOL_SIZE")
 	mustFail(t, base("REDIS_TIMEOUT", "0s"), "REDIS_TIMEOUT")

@@ -19,7 +19,8 @@ import (
 )
 
 // Open returns the store named by rawURL: memory://, redis://, rediss://,
-// redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://.
+// redis+unix://, redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://,
+// postgres://, memcached://, mongodb://, dynamodb://.
 func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.Store, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -28,7 +29,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 	switch u.Scheme {
 	case "memory", "":
 		return openMemory(u, opt.Defaults(backends.DefaultTimeout))
-	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+	case "redis", "rediss", "redis+unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster":
 		s, err := redis.Open(ctx, u, opt)
 		if err != nil {
 			return nil, err // not a typed nil inside the interface
@@ -59,7 +60,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (backends.St
 		}
 		return s, nil
 	}
-	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
+	return nil, fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+unix, redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
 
 // memoryURL reads memory://?max_keys=N&snapshot=PATH&snapshot_interval=D; snapshot is ""
@@ -114,7 +115,7 @@ func Parse(rawURL string) error {
 	switch u.Scheme {
 	case "memory", "":
 		_, _, _, err = memoryURL(u)
-	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+	case "redis", "rediss", "redis+unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster":
 		_, err = redis.Parse(u)
 	case "memcached":
 		var s *memcached.Store
@@ -143,7 +144,7 @@ func Kind(rawURL string) (string, error) {
 	switch u.Scheme {
 	case "memory", "":
 		return "memory", nil
-	case "redis", "rediss", "redis+sentinel", "redis+cluster":
+	case "redis", "rediss", "redis+unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster":
 		return "redis", nil
 	case "postgres", "postgresql":
 		return "postgres", nil
@@ -152,7 +153,7 @@ func Kind(rawURL string) (string, error) {
 	case "mongodb+srv":
 		return "mongodb", nil
 	}
-	return "", fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+sentinel, redis+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
+	return "", fmt.Errorf("store URL: unknown scheme %q (want memory, redis, rediss, redis+unix, redis+sentinel, rediss+sentinel, redis+cluster, rediss+cluster, postgres, memcached, mongodb or dynamodb)", u.Scheme)
 }
 
 // DefaultTimeout returns the store timeout a store of kind uses when nothing sets one.

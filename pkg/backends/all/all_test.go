@@ -22,7 +22,7 @@ func TestURLOptionErrors(t *testing.T) {
 		{"redis://127.0.0.1:1/0?pool_size=x", []string{"redis URL: pool_size must be a positive integer"}},
 		{"redis://127.0.0.1:1/0?timout=5ms", []string{`redis URL: unknown option "timout"`, "pool_size", "timeout", "watch_interval"}},
 		{"redis://127.0.0.1:1/0?master=m", []string{"redis URL: option master applies to redis+sentinel:// only"}},
-		{"redis://127.0.0.1:1/0?tls_ca=/x", []string{"redis URL: option tls_ca needs a rediss:// URL"}},
+		{"redis://127.0.0.1:1/0?tls_ca=/x", []string{"redis URL: option tls_ca needs a rediss://, rediss+sentinel:// or rediss+cluster:// URL"}},
 		{"redis://127.0.0.1:1/0?time=server", []string{`redis URL: time must be redis, halt or local, got "server"`}},
 		{"memcached://127.0.0.1:1?max_idle_conns=-2", []string{"memcached URL: max_idle_conns must be a positive integer"}},
 		{"memcached://127.0.0.1:1?idle=2", []string{`memcached URL: unknown option "idle"`, "max_idle_conns"}},

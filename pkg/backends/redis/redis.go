@@ -1,4 +1,5 @@
-// Package redis is halt-envoy's Redis backend: standalone, TLS, Sentinel and Cluster.
+// Package redis is halt-envoy's Redis backend: standalone (TCP or a unix socket),
+// Sentinel and Cluster, each with or without TLS.
 //
 // Every decision runs server-side in one Lua script that ports pkg/algorithms line by
 // line, so each op is atomic on its key across every halt replica sharing the Redis, and
@@ -54,13 +55,17 @@ const DefaultTimeout = backends.DefaultTimeout
 // Config is everything a store URL says.
 type Config struct {
 	Mode Mode
-	// Addrs are the server (Standalone), the Sentinels (Sentinel) or the seed nodes (Cluster).
+	// Addrs are the server (Standalone), the Sentinels (Sentinel) or the seed nodes
+	// (Cluster); the socket's path with Network "unix".
 	Addrs []string
+	// Network is "tcp" (default) or "unix" (redis+unix://, Standalone only).
+	Network string
 	// Username and Password authenticate to Redis itself (AUTH / ACL).
 	Username, Password string
 	// DB is the database number (Standalone and Sentinel; Cluster has only 0).
 	DB int
-	// TLS is set for rediss:// URLs.
+	// TLS is set for rediss://, rediss+sentinel:// and rediss+cluster:// URLs (with
+	// Sentinel, the Sentinels are reached over TLS too).
 	TLS *tls.Config
 	// MasterName, SentinelUsername and SentinelPassword are for Sentinel mode.
 	MasterName, SentinelUsername, SentinelPassword string
@@ -84,27 +89,36 @@ type Config struct {
 // Parse reads a store URL:
 //
 //	redis://[user:pass@]host:port/db?options
-//	rediss://[user:pass@]host:port/db?tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_server_name=NAME&tls_insecure_skip_verify=true
+//	rediss://[user:pass@]host:port/db?tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_server_name=NAME&tls_skip_hostname_verification=true&tls_insecure_skip_verify=true
+//	redis+unix://[user:pass@]/path/to/redis.sock?db=N
 //	redis+sentinel://[user:pass@]host1:port,host2:port/db?master=NAME&sentinel_username=U&sentinel_password=P
 //	redis+cluster://[user:pass@]host1:port,host2:port,...
+//	rediss+sentinel://..., rediss+cluster://...   (TLS, with the tls_* options of rediss://)
 //
 // Common options: pool_size, min_idle, timeout (Go duration), time=redis|halt,
 // local_cache=true|false, batch=true|false, pipelines=N, watch_interval (Go duration, 0 = off).
 // Unknown options are an error.
 func Parse(u *url.URL) (Config, error) {
-	cfg := Config{LocalCache: true, Batch: true}
+	cfg := Config{LocalCache: true, Batch: true, Network: "tcp"}
+	secure := false
 	switch u.Scheme {
 	case "redis", "rediss":
 		cfg.Mode = Standalone
-	case "redis+sentinel":
+	case "redis+unix":
+		cfg.Mode, cfg.Network = Standalone, "unix"
+	case "redis+sentinel", "rediss+sentinel":
 		cfg.Mode = Sentinel
-	case "redis+cluster":
+	case "redis+cluster", "rediss+cluster":
 		cfg.Mode = Cluster
 	default:
-		return cfg, fmt.Errorf("redis URL: unknown scheme %q (want redis, rediss, redis+sentinel or redis+cluster)", u.Scheme)
+		return cfg, fmt.Errorf("redis URL: unknown scheme %q (want redis, rediss, redis+unix, redis+sentinel, rediss+sentinel, redis+cluster or rediss+cluster)", u.Scheme)
 	}
+	secure = strings.HasPrefix(u.Scheme, "rediss")
 	if u.Opaque != "" {
 		return cfg, fmt.Errorf("redis URL: want %s://host:port, got no host", u.Scheme)
+	}
+	if cfg.Network == "unix" {
+		return parseUnix(u, cfg)
 	}
 	for _, h := range strings.Split(u.Host, ",") {
 		if h == "" {
@@ -140,6 +154,50 @@ func Parse(u *url.URL) (Config, error) {
 	if err != nil {
 		return cfg, err
 	}
+	commonOptions(q, &cfg)
+	if cfg.Mode == Sentinel {
+		cfg.MasterName = q.String("master", "")
+		cfg.SentinelUsername = q.String("sentinel_username", "")
+		cfg.SentinelPassword = q.String("sentinel_password", "")
+	} else {
+		for _, k := range []string{"master", "sentinel_username", "sentinel_password"} {
+			q.Refuse(k, "applies to redis+sentinel:// only")
+		}
+	}
+	q.Refuse("db", "applies to redis+unix:// only (the database is the URL's path)")
+	tlsOpts := map[string]string{}
+	for _, k := range tlsOptions {
+		if !secure {
+			q.Refuse(k, "needs a rediss://, rediss+sentinel:// or rediss+cluster:// URL")
+		} else if v := q.String(k, ""); q.Has(k) {
+			tlsOpts[k] = v
+		}
+	}
+	if err := q.Err(); err != nil {
+		return cfg, err
+	}
+	if cfg.Mode == Sentinel && cfg.MasterName == "" {
+		return cfg, fmt.Errorf("redis URL: redis+sentinel:// needs ?master=NAME")
+	}
+	if secure {
+		// One server: its name. Several (Sentinels, Cluster nodes, and the masters and
+		// nodes they point to): each connection verifies the name it dialled
+		// (tls.DialWithDialer takes it from the address when ServerName is empty).
+		host := ""
+		if cfg.Mode == Standalone {
+			host, _, _ = net.SplitHostPort(cfg.Addrs[0])
+		}
+		t, err := tlsConfig(tlsOpts, host)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = t
+	}
+	return cfg, nil
+}
+
+// commonOptions reads the options every kind of Redis URL takes.
+func commonOptions(q *backends.Query, cfg *Config) {
 	cfg.PoolSize = q.Int("pool_size", 0, 1, math.MaxInt)
 	cfg.MinIdle = q.Int("min_idle", 0, 0, math.MaxInt)
 	cfg.Timeout = q.Duration("timeout", 0, time.Microsecond)
@@ -153,38 +211,39 @@ func Parse(u *url.URL) (Config, error) {
 	case q.Has("watch_interval"):
 		cfg.WatchInterval = -1 // 0 turns the watch off
 	}
-	if cfg.Mode == Sentinel {
-		cfg.MasterName = q.String("master", "")
-		cfg.SentinelUsername = q.String("sentinel_username", "")
-		cfg.SentinelPassword = q.String("sentinel_password", "")
-	} else {
-		for _, k := range []string{"master", "sentinel_username", "sentinel_password"} {
-			q.Refuse(k, "applies to redis+sentinel:// only")
-		}
+}
+
+// parseUnix reads a redis+unix:// URL: the socket's path, user info, ?db= and the
+// common options.
+func parseUnix(u *url.URL, cfg Config) (Config, error) {
+	if u.Host != "" {
+		return cfg, fmt.Errorf("redis URL: redis+unix:// takes a socket path and no host (redis+unix:///var/run/redis.sock), got host %q", u.Host)
 	}
-	tlsOpts := map[string]string{}
-	for _, k := range []string{"tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_insecure_skip_verify"} {
-		if u.Scheme != "rediss" {
-			q.Refuse(k, "needs a rediss:// URL")
-		} else if v := q.String(k, ""); q.Has(k) {
-			tlsOpts[k] = v
-		}
+	if !strings.HasPrefix(u.Path, "/") || len(u.Path) < 2 {
+		return cfg, fmt.Errorf("redis URL: redis+unix:// needs the socket's absolute path (redis+unix:///var/run/redis.sock)")
 	}
-	if err := q.Err(); err != nil {
+	cfg.Addrs = []string{u.Path}
+	if u.User != nil {
+		cfg.Username = u.User.Username()
+		cfg.Password, _ = u.User.Password()
+	}
+	q, err := backends.NewQuery("redis", u)
+	if err != nil {
 		return cfg, err
 	}
-	if cfg.Mode == Sentinel && cfg.MasterName == "" {
-		return cfg, fmt.Errorf("redis URL: redis+sentinel:// needs ?master=NAME")
+	cfg.DB = q.Int("db", 0, 0, math.MaxInt32)
+	commonOptions(q, &cfg)
+	for _, k := range []string{"master", "sentinel_username", "sentinel_password"} {
+		q.Refuse(k, "applies to redis+sentinel:// only")
 	}
-	if u.Scheme == "rediss" {
-		t, err := tlsConfig(tlsOpts, strings.Split(cfg.Addrs[0], ":")[0])
-		if err != nil {
-			return cfg, err
-		}
-		cfg.TLS = t
+	for _, k := range tlsOptions {
+		q.Refuse(k, "a unix socket is not reached over TLS")
 	}
-	return cfg, nil
+	return cfg, q.Err()
 }
+
+// tlsOptions are the options of a TLS URL.
+var tlsOptions = []string{"tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_skip_hostname_verification", "tls_insecure_skip_verify"}
 
 func boolean(k, v string) (bool, error) {
 	b, err := strconv.ParseBool(v)
@@ -205,6 +264,21 @@ func tlsConfig(o map[string]string, host string) (*tls.Config, error) {
 			return nil, err
 		}
 		t.InsecureSkipVerify = b
+	}
+	if v, ok := o["tls_skip_hostname_verification"]; ok {
+		b, err := boolean("tls_skip_hostname_verification", v)
+		if err != nil {
+			return nil, err
+		}
+		if b && t.InsecureSkipVerify {
+			return nil, fmt.Errorf("redis URL: tls_skip_hostname_verification and tls_insecure_skip_verify exclude each other (the second skips every check)")
+		}
+		if b {
+			// The chain is still verified (against tls_ca, else the system's roots); only
+			// the name is not, as the reference's REDIS_TLS_SKIP_HOSTNAME_VERIFICATION.
+			t.InsecureSkipVerify = true
+			t.VerifyConnection = func(cs tls.ConnectionState) error { return verifyChain(cs, t.RootCAs) }
+		}
 	}
 	if p, ok := o["tls_ca"]; ok {
 		pem, err := os.ReadFile(p)
@@ -229,6 +303,20 @@ func tlsConfig(o map[string]string, host string) (*tls.Config, error) {
 		t.Certificates = []tls.Certificate{c}
 	}
 	return t, nil
+}
+
+// verifyChain verifies the server's certificate chain against roots (nil: the system's),
+// without its name.
+func verifyChain(cs tls.ConnectionState, roots *x509.CertPool) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("redis TLS: the server sent no certificate")
+	}
+	opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool()}
+	for _, c := range cs.PeerCertificates[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(opts)
+	return err
 }
 
 // Store is the Redis backend. Create it with Open.
@@ -319,7 +407,7 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 		})
 	default:
 		s.client = goredis.NewClient(&goredis.Options{
-			Addr: cfg.Addrs[0], Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
+			Network: cfg.Network, Addr: cfg.Addrs[0], Username: cfg.Username, Password: cfg.Password, DB: cfg.DB, TLSConfig: cfg.TLS,
 			PoolSize: cfg.PoolSize, MinIdleConns: cfg.MinIdle,
 			DialTimeout: dial, ReadTimeout: dial, WriteTimeout: dial, ContextTimeoutEnabled: true,
 			MaxRetries: -1, DialerRetries: 1,

@@ -129,7 +129,17 @@ func TestParse(t *testing.T) {
 		{"redis+sentinel://:pw@a:1,b:2/3?master=m&sentinel_password=sp&sentinel_username=su", func(c Config) bool {
 			return c.Mode == Sentinel && len(c.Addrs) == 2 && c.MasterName == "m" && c.SentinelPassword == "sp" && c.SentinelUsername == "su" && c.DB == 3 && c.Password == "pw"
 		}},
-		{"redis+cluster://a:1,b:2,c:3", func(c Config) bool { return c.Mode == Cluster && len(c.Addrs) == 3 }},
+		{"redis+cluster://a:1,b:2,c:3", func(c Config) bool { return c.Mode == Cluster && len(c.Addrs) == 3 && c.TLS == nil }},
+		{"rediss+cluster://a:1,b:2?tls_server_name=n", func(c Config) bool { return c.Mode == Cluster && c.TLS != nil && c.TLS.ServerName == "n" }},
+		{"rediss+sentinel://a:1/2?master=m", func(c Config) bool {
+			return c.Mode == Sentinel && c.TLS != nil && c.TLS.ServerName == "" && c.DB == 2
+		}},
+		{"redis+unix://:pw@/run/redis.sock?db=4&pool_size=3", func(c Config) bool {
+			return c.Mode == Standalone && c.Network == "unix" && c.Addrs[0] == "/run/redis.sock" && c.DB == 4 && c.Password == "pw" && c.PoolSize == 3
+		}},
+		{"rediss://h:1?tls_skip_hostname_verification=true", func(c Config) bool {
+			return c.TLS.InsecureSkipVerify && c.TLS.VerifyConnection != nil
+		}},
 		{"redis://h:1?pool_size=50&min_idle=5&timeout=30ms&time=redis&local_cache=false&batch=false&pipelines=3", func(c Config) bool {
 			return c.PoolSize == 50 && c.MinIdle == 5 && c.Timeout == 30*time.Millisecond && c.ServerTime && !c.LocalCache && !c.Batch && c.Pipelines == 3
 		}},
@@ -161,6 +171,12 @@ func TestParse(t *testing.T) {
 		"redis://h:1?local_cache=maybe":             "local_cache",
 		"redis://h:1?pool_size=0":                   "pool_size",
 		"redis+sentinel://a:1?master=m&tls_ca=/x.p": "rediss",
+		"redis+unix://h:1/x.sock":                   "no host",
+		"redis+unix:///x.sock?tls_ca=/x":            "unix socket",
+		"redis+unix:///x.sock?db=-1":                "db",
+		"redis+unix:///x.sock?master=m":             "sentinel",
+		"redis://h:1?db=2":                          "redis+unix",
+		"rediss://h:1?tls_skip_hostname_verification=true&tls_insecure_skip_verify=true": "exclude",
 	}
 	for raw, want := range bad {
 		u, _ := url.Parse(raw)
