@@ -250,6 +250,7 @@ func TestSaaSBadInput(t *testing.T) {
 		{"star inside path", d + "exemptions:\n  paths: [/a/*/b]\n", 3, "exemptions.paths[0]", "only allowed at the end"},
 		{"exempt value without key", d + "exemptions:\n  values: [{value: x}]\n", 3, "exemptions.values[0].key", "needs a key"},
 		{"exemptions unknown key", d + "exemptions:\n  ips: [10.0.0.1]\n", 3, "exemptions.ips", "unknown key"},
+		{"unknown path_match", d + "exemptions:\n  path_match: loose\n", 3, "exemptions.path_match", `unknown path_match "loose"`},
 		{"exemptions without domain", "plans:\n  p: {quota: {period: daily, requests: 1}}\nexemptions:\n  private_ranges: true\n", 3, "exemptions", "belong to a domain"},
 		{"plan and rate_limit", d + "descriptors:\n  - key: k\n    plan: pro\n    rate_limit: {unit: second, requests_per_unit: 1}\n", 4, "descriptors[0].plan", "takes its limits from the plan"},
 		{"plan_from_value and policy", d + "descriptors:\n  - key: k\n    plan_from_value: true\n    policy: STRICT\n", 4, "descriptors[0].plan_from_value", "takes its limits from the plan"},

@@ -221,6 +221,13 @@ func TestExemptions(t *testing.T) {
 	if w := do(s, "203.0.113.7:1", "/api", nil); w.Code != 429 {
 		t.Fatalf("public client, second request: %d", w.Code)
 	}
+	// Only a path in normal form is exempt (the server's path_match: strict): dot
+	// segments, "//" and encoded dots or slashes are counted like any path.
+	for _, p := range []string{"/static/../api", "/static/%2e%2e/api", "/static%2F..%2Fapi", "//healthz", "/static/./x"} {
+		if w := do(h, "198.18.0.1:1", p, nil); w.Header().Get("X-RateLimit-Limit") == "" {
+			t.Errorf("%s: exempt, want counted", p)
+		}
+	}
 }
 
 func TestTrustedProxies(t *testing.T) {
