@@ -63,7 +63,9 @@ func (h *harness) hammer(callers int, hot []string, d time.Duration) contention 
 // closes a connection whose query context ends mid-flight, and a new one did not fit in
 // 50 ms, so every call failed, before any fault and after it). The store decides calls
 // under contention, decides them again within a few calls of the fault ending, and
-// opens few connections.
+// opens few connections. The share of calls decided depends on the machine (under the
+// race detector at a load average of 40 on 2 cores, 70 % of them were); what is checked
+// is that most are, where the collapse decided none, and that connections are kept.
 func TestPostgresTightTimeout(t *testing.T) {
 	testutil.SkipIfShort(t, "starts a private PostgreSQL")
 	pg := testutil.StartPrivatePostgres(t)
@@ -78,7 +80,7 @@ func TestPostgresTightTimeout(t *testing.T) {
 	before := h.hammer(callers, hot, 3*time.Second)
 	rep.add("contention, no fault: %d of %d calls decided by the store (worst %v); connections opened %d",
 		before.decided, before.calls, before.worst.Round(time.Millisecond), p.Accepted())
-	if before.decided*10 < before.calls*9 {
+	if before.decided*2 < before.calls {
 		t.Errorf("contention without a fault: only %d of %d calls decided by the store", before.decided, before.calls)
 	}
 
@@ -99,7 +101,7 @@ func TestPostgresTightTimeout(t *testing.T) {
 			t.Errorf("caller %d: %d calls after the fault before the store decided one (-1: never)", c, n)
 		}
 	}
-	if after.decided*10 < after.calls*8 {
+	if after.decided*2 < after.calls {
 		t.Errorf("after the fault: only %d of %d calls decided by the store", after.decided, after.calls)
 	}
 	// The pool keeps its connections through timeouts: a handful of dials, not one per
