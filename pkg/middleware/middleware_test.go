@@ -224,7 +224,7 @@ func TestExemptions(t *testing.T) {
 	// Only a path in normal form is exempt (the server's path_match: strict): dot
 	// segments, "//" and encoded dots or slashes are counted like any path.
 	for _, p := range []string{"/static/../api", "/static/%2e%2e/api", "/static%2F..%2Fapi", "//healthz", "/static/./x"} {
-		if w := do(h, "198.18.0.1:1", p, nil); w.Header().Get("X-RateLimit-Limit") == "" {
+		if w := do(s, "198.18.0.1:1", p, nil); w.Header().Get("X-RateLimit-Limit") == "" {
 			t.Errorf("%s: exempt, want counted", p)
 		}
 	}
