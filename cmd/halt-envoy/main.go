@@ -142,6 +142,7 @@ type serveFlags struct {
 	authzConfig                                            string
 	storeFile, adminAddr                                   string
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
+	tlsClientSAN                                           string
 	tlsReload                                              time.Duration
 	tlsGRPCOnly                                            bool // TLS from GRPC_SERVER_USE_TLS: the gRPC port only
 	saas                                                   saasFlags
@@ -165,7 +166,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.config, "config", "config", "config file or directory (*.yaml, *.yml, recursively)")
-	fs.StringVar(&f.grpcAddr, "grpc-addr", ":8081", "gRPC listen address (RateLimitService, health, reflection)")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", ":8081", "gRPC listen address (RateLimitService, health, reflection); unix:PATH for a unix socket")
 	fs.StringVar(&f.httpAddr, "http-addr", ":8080", "HTTP listen address (/metrics, /healthz, /readyz, /healthcheck, /config, /json; /debug/pprof and /admin behind the admin token when there is no --admin-addr)")
 	fs.StringVar(&f.store, "store", "memory://", "store URL: memory://, redis://, rediss://, redis+sentinel://, redis+cluster://, postgres://, memcached://, mongodb://, dynamodb://")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -187,6 +188,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain: serve gRPC and HTTP over TLS (reloaded when the file changes)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+	fs.StringVar(&f.tlsClientSAN, "tls-client-san", "", "with --tls-client-ca: the client certificate must hold this DNS or IP name (the reference's GRPC_CLIENT_TLS_SAN)")
 	fs.StringVar(&f.tlsMinVersion, "tls-min-version", "1.2", "minimum TLS version: 1.2 or 1.3")
 	fs.DurationVar(&f.tlsReload, "tls-reload-interval", tlsutil.DefaultInterval, "how often the TLS files are checked for changes")
 	f.saas.register(fs)
@@ -396,7 +398,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 			return err
 		}
 		reloader, err := tlsutil.New(tlsutil.Config{
-			CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA,
+			CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA, ClientSAN: f.tlsClientSAN,
 			MinVersion: minVersion, Interval: f.tlsReload, Logger: log,
 		})
 		if err != nil {

@@ -83,7 +83,7 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 			*dst = val
 		}
 	}
-	apply([]string{"grpc-addr"}, &f.grpcAddr, ref.GRPCAddr, "GRPC_HOST", "GRPC_PORT")
+	apply([]string{"grpc-addr"}, &f.grpcAddr, ref.GRPCAddr, "GRPC_HOST", "GRPC_PORT", "GRPC_UDS")
 	apply([]string{"http-addr"}, &f.httpAddr, ref.HTTPAddr, "HOST", "PORT")
 	apply([]string{"admin-addr"}, &f.adminAddr, ref.AdminAddr, "DEBUG_HOST", "DEBUG_PORT")
 	apply([]string{"log-level"}, &f.logLevel, ref.LogLevel, "LOG_LEVEL")
@@ -116,10 +116,10 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 	applyBool("shadow-mode", &f.shadowMode, ref.ShadowMode, "SHADOW_MODE")
 	applyBool("response-dynamic-metadata", &f.dynamicMetadata, ref.DynamicMetadata, "RESPONSE_DYNAMIC_METADATA")
 	if ref.TLS != nil {
-		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"]
-		apply([]string{"tls-cert", "tls-key", "tls-client-ca"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT")
+		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"] || given["tls-client-san"]
+		apply([]string{"tls-cert", "tls-key", "tls-client-ca", "tls-client-san"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT", "GRPC_CLIENT_TLS_SAN")
 		if !tlsGiven {
-			f.tlsCert, f.tlsKey, f.tlsClientCA = ref.TLS.Cert, ref.TLS.Key, ref.TLS.ClientCA
+			f.tlsCert, f.tlsKey, f.tlsClientCA, f.tlsClientSAN = ref.TLS.Cert, ref.TLS.Key, ref.TLS.ClientCA, ref.TLS.ClientSAN
 			f.tlsGRPCOnly = true
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -17,10 +18,12 @@ import (
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlsconf "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/halt-envoy/halt-envoy/internal/refenv"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/internal/tlsutil/tlstest"
 	"github.com/halt-envoy/halt-envoy/internal/xds/xdstest"
 )
 
@@ -483,4 +486,92 @@ func startUnixRedis(t *testing.T) string {
 		return err == nil
 	})
 	return sock
+}
+
+// TestReferenceGRPCUDS: with GRPC_UDS halt serves gRPC on that unix socket (instead of
+// GRPC_HOST:GRPC_PORT), replacing a socket file a previous run left behind.
+func TestReferenceGRPCUDS(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ratelimit.sock")
+	// A stale socket: bound once, nobody accepting on it any more.
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "uds.yaml", "domain: uds\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 1}\n")
+	env, _, h := refProcessEnv(t, "RUNTIME_ROOT", root, "GRPC_UDS", sock)
+	env = append(env, "HALT_STORE=memory://")
+	testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: "unix:" + sock, HTTPAddr: h, StopSignal: os.Interrupt})
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := rlspb.NewRateLimitServiceClient(cc)
+	if r := call(t, c, "uds", [2]string{"k", "v"}); r.OverallCode != rlspb.RateLimitResponse_OK {
+		t.Fatalf("first call over the socket: %v", r)
+	}
+	if r := call(t, c, "uds", [2]string{"k", "v"}); r.OverallCode != rlspb.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("second call over the socket: %v", r)
+	}
+}
+
+// TestReferenceClientSAN: with GRPC_SERVER_USE_TLS, GRPC_CLIENT_TLS_CACERT and
+// GRPC_CLIENT_TLS_SAN, halt answers only clients whose certificate (of that CA) holds the
+// name.
+func TestReferenceClientSAN(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := tlstest.NewCA("rl test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.Issue("ratelimit", false, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := srv.Write(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPath := filepath.Join(dir, "ca.pem")
+	if err := tlstest.WriteFile(caPath, ca.PEM); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "san.yaml", "domain: san\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 5}\n")
+	env, g, h := refProcessEnv(t, "RUNTIME_ROOT", root, "GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", cert, "GRPC_SERVER_TLS_KEY", key,
+		"GRPC_CLIENT_TLS_CACERT", caPath, "GRPC_CLIENT_TLS_SAN", "envoy.mesh.local")
+	env = append(env, "HALT_STORE=memory://")
+	testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
+	try := func(hosts ...string) error {
+		c, err := ca.Issue("envoy", true, hosts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds := credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1", Certificates: []tls.Certificate{c.TLS()}, MinVersion: tls.VersionTLS12})
+		cc, err := grpc.NewClient(g, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = rlspb.NewRateLimitServiceClient(cc).ShouldRateLimit(ctx, &rlspb.RateLimitRequest{Domain: "san", Descriptors: []*rlcommon.RateLimitDescriptor{
+			{Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "k", Value: "v"}}}}})
+		return err
+	}
+	if err := try("envoy.mesh.local"); err != nil {
+		t.Errorf("the pinned name: %v", err)
+	}
+	if err := try("intruder.mesh.local"); err == nil {
+		t.Error("a certificate of the CA without the pinned name was answered")
+	}
 }

@@ -117,8 +117,9 @@ func MogrifierVars(list string) []string {
 	return out
 }
 
-// TLS is the gRPC listener's TLS.
-type TLS struct{ Cert, Key, ClientCA string }
+// TLS is the gRPC listener's TLS. ClientSAN (GRPC_CLIENT_TLS_SAN) pins the client
+// certificate's name.
+type TLS struct{ Cert, Key, ClientCA, ClientSAN string }
 
 // XDS is the xDS client's settings.
 type XDS struct {
@@ -321,6 +322,9 @@ func (r *reader) port(name string) string {
 func (r *reader) listeners(s *Settings) {
 	s.HTTPAddr = net.JoinHostPort(r.str("HOST"), r.port("PORT"))
 	s.GRPCAddr = net.JoinHostPort(r.str("GRPC_HOST"), r.port("GRPC_PORT"))
+	if uds := r.str("GRPC_UDS"); uds != "" {
+		s.GRPCAddr = "unix:" + uds // the reference listens there instead
+	}
 	s.AdminAddr = net.JoinHostPort(r.str("DEBUG_HOST"), r.port("DEBUG_PORT"))
 	s.MaxConnectionAge = r.duration("GRPC_MAX_CONNECTION_AGE")
 	s.MaxConnectionAgeGrace = r.duration("GRPC_MAX_CONNECTION_AGE_GRACE")
@@ -430,14 +434,17 @@ func (r *reader) config(s *Settings) {
 
 func (r *reader) tls(s *Settings) {
 	if !r.boolean("GRPC_SERVER_USE_TLS") {
-		for _, n := range []string{"GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT"} {
+		for _, n := range []string{"GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT", "GRPC_CLIENT_TLS_SAN"} {
 			if r.str(n) != "" {
 				r.fail("%s is set but GRPC_SERVER_USE_TLS is false: the gRPC port would be plaintext", n)
 			}
 		}
 		return
 	}
-	t := &TLS{Cert: r.str("GRPC_SERVER_TLS_CERT"), Key: r.str("GRPC_SERVER_TLS_KEY"), ClientCA: r.str("GRPC_CLIENT_TLS_CACERT")}
+	t := &TLS{Cert: r.str("GRPC_SERVER_TLS_CERT"), Key: r.str("GRPC_SERVER_TLS_KEY"), ClientCA: r.str("GRPC_CLIENT_TLS_CACERT"), ClientSAN: r.str("GRPC_CLIENT_TLS_SAN")}
+	if t.ClientSAN != "" && t.ClientCA == "" {
+		r.fail("GRPC_CLIENT_TLS_SAN is set without GRPC_CLIENT_TLS_CACERT: no client certificate is asked for, so there is no name to check")
+	}
 	if t.Cert == "" || t.Key == "" {
 		r.fail("GRPC_SERVER_USE_TLS=true needs GRPC_SERVER_TLS_CERT and GRPC_SERVER_TLS_KEY")
 	}

@@ -478,3 +478,19 @@ func TestModes(t *testing.T) {
 	mustFail(t, base("QUOTA_MODE", "true"), "QUOTA_MODE", "Not a variable of the reference")
 	mustRead(t, base("QUOTA_MODE", "false"))
 }
+
+// TestGRPCUDSAndSAN: GRPC_UDS moves the gRPC listener to a unix socket; GRPC_CLIENT_TLS_SAN
+// pins the client certificate's name, and needs the client CA.
+func TestGRPCUDSAndSAN(t *testing.T) {
+	if s := mustRead(t, base("GRPC_UDS", "/run/rl.sock")); s.GRPCAddr != "unix:/run/rl.sock" {
+		t.Errorf("GRPC_UDS: GRPCAddr %q", s.GRPCAddr)
+	}
+	s := mustRead(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k",
+		"GRPC_CLIENT_TLS_CACERT", "/ca", "GRPC_CLIENT_TLS_SAN", "envoy.mesh"))
+	if s.TLS == nil || s.TLS.ClientSAN != "envoy.mesh" || s.TLS.ClientCA != "/ca" {
+		t.Errorf("TLS %+v", s.TLS)
+	}
+	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k", "GRPC_CLIENT_TLS_SAN", "x"),
+		"GRPC_CLIENT_TLS_SAN is set without GRPC_CLIENT_TLS_CACERT")
+	mustFail(t, base("GRPC_CLIENT_TLS_SAN", "x"), "GRPC_CLIENT_TLS_SAN is set but GRPC_SERVER_USE_TLS is false")
+}

@@ -79,7 +79,7 @@ func Vars() []Var {
 		{Name: "PORT", Kind: Int, Default: "8080", Note: "HTTP listener port."},
 		{Name: "DEBUG_HOST", Default: "0.0.0.0", Status: Differently, Note: "Host of the admin listener (`--admin-addr`): `/debug/pprof` and the admin API; the reference's `/rlconfig` is `/config` and `/stats` is `/metrics` on the HTTP port."},
 		{Name: "DEBUG_PORT", Kind: Int, Default: "6070", Status: Differently, Note: "Port of the admin listener (see DEBUG_HOST)."},
-		{Name: "GRPC_UDS", Status: NotYet, Unsupported: nonEmpty, Note: "gRPC on a unix socket."},
+		{Name: "GRPC_UDS", Note: "gRPC on this unix socket instead of GRPC_HOST:GRPC_PORT (`--grpc-addr unix:PATH`); a socket left by an earlier run is replaced, any other file there is an error."},
 		{Name: "GRPC_HOST", Default: "0.0.0.0", Note: "gRPC listener host."},
 		{Name: "GRPC_PORT", Kind: Int, Default: "8081", Note: "gRPC listener port."},
 		{Name: "GRPC_MAX_CONNECTION_AGE", Kind: Duration, Default: "24h", Note: "gRPC keepalive MaxConnectionAge (grpc-go adds ±10% jitter, as the reference says)."},
@@ -89,7 +89,7 @@ func Vars() []Var {
 		{Name: "GRPC_SERVER_TLS_CERT", Note: "Server certificate chain (PEM) when GRPC_SERVER_USE_TLS."},
 		{Name: "GRPC_SERVER_TLS_KEY", Note: "Server key (PEM) when GRPC_SERVER_USE_TLS."},
 		{Name: "GRPC_CLIENT_TLS_CACERT", Note: "Client CA: with it, client certificates are required and verified (mTLS)."},
-		{Name: "GRPC_CLIENT_TLS_SAN", Status: NotYet, Unsupported: nonEmpty, Note: "Pinning the client certificate's SAN."},
+		{Name: "GRPC_CLIENT_TLS_SAN", Note: "With GRPC_CLIENT_TLS_CACERT: the client certificate must also hold this name among its DNS or IP SANs (`--tls-client-san`)."},
 		// Logging.
 		{Name: "LOG_LEVEL", Default: "WARN", Note: "logrus levels: trace and debug are debug, info, warn/warning, error/fatal/panic are error; case-insensitive."},
 		{Name: "LOG_FORMAT", Default: "text", Note: "`text` or `json` (slog's text and JSON handlers: the field names are slog's). Another value is an error (the reference falls back to text)."},

@@ -49,7 +49,8 @@ import (
 
 // Options configure a Server.
 type Options struct {
-	// GRPCAddr and HTTPAddr are listen addresses; ":0" picks a free port.
+	// GRPCAddr and HTTPAddr are listen addresses; ":0" picks a free port. GRPCAddr may
+	// also be "unix:/path/to.sock" (the reference's GRPC_UDS): gRPC on a unix socket.
 	GRPCAddr, HTTPAddr string
 	// Engine decides; Service is its gRPC front.
 	Engine  *engine.Engine
@@ -216,7 +217,7 @@ func New(opt Options) (*Server, error) {
 	s := &Server{opt: opt, cool: newCooldowns(opt.Now), abuseLog: lograte.New(lograte.DefaultInterval)}
 	conns := opt.Metrics.Connections
 	listen := func(name, addr string, max int, refuse func(net.Conn) bool) (net.Listener, error) {
-		l, err := net.Listen("tcp", addr)
+		l, err := listenAddr(addr)
 		if err != nil {
 			return nil, fmt.Errorf("listen %s %s: %w", name, addr, err)
 		}
@@ -489,6 +490,40 @@ func methodLabel(full string) string {
 
 // inCooldown refuses a new gRPC connection whose source address was caught resetting
 // streams (rapid reset) a moment ago.
+// UnixPrefix starts a listen address that is a unix socket's path ("unix:/run/halt.sock").
+const UnixPrefix = "unix:"
+
+// listenAddr listens on a TCP address, or on a unix socket for "unix:PATH". A socket
+// file left by a previous run (nothing accepts on it) is replaced; any other file at PATH
+// is an error, never removed.
+func listenAddr(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, UnixPrefix)
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if path == "" {
+		return nil, errors.New("unix: wants a socket path (unix:/run/halt.sock)")
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("%s: another process is listening on it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(true)
+	return l, nil
+}
+
 func (s *Server) inCooldown(c net.Conn) bool {
 	if !s.cool.blocked(sourceOf(c)) {
 		return false

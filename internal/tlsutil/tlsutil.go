@@ -29,6 +29,11 @@ type Config struct {
 	// ClientCAFile, when set, turns on mutual TLS: clients must present a certificate
 	// signed by one of these CAs.
 	ClientCAFile string
+	// ClientSAN, with ClientCAFile, pins the client certificate's name (the reference's
+	// GRPC_CLIENT_TLS_SAN): besides being signed by a client CA, the certificate must hold
+	// this name among its DNS or IP subject alternative names (x509's VerifyHostname:
+	// "*.example.com" certificates match one label).
+	ClientSAN string
 	// MinVersion is tls.VersionTLS12 when zero.
 	MinVersion uint16
 	// Interval between checks of the files; zero means DefaultInterval.
@@ -76,6 +81,9 @@ func ParseVersion(s string) (uint16, error) {
 func New(cfg Config) (*Reloader, error) {
 	if cfg.CertFile == "" || cfg.KeyFile == "" {
 		return nil, errors.New("tls: certificate and key files go together")
+	}
+	if cfg.ClientSAN != "" && cfg.ClientCAFile == "" {
+		return nil, errors.New("tls: a client certificate name to pin needs the client CA file (mutual TLS)")
 	}
 	if cfg.MinVersion == 0 {
 		cfg.MinVersion = tls.VersionTLS12
@@ -190,6 +198,18 @@ func (r *Reloader) configFor(protos []string) *tls.Config {
 	if st.clientCA != nil {
 		c.ClientCAs = st.clientCA
 		c.ClientAuth = tls.RequireAndVerifyClientCert
+		if san := r.cfg.ClientSAN; san != "" {
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				// The chain is verified already (RequireAndVerifyClientCert).
+				if len(cs.PeerCertificates) == 0 {
+					return errors.New("tls: no client certificate")
+				}
+				if err := cs.PeerCertificates[0].VerifyHostname(san); err != nil {
+					return fmt.Errorf("tls: client certificate is not for %q: %w", san, err)
+				}
+				return nil
+			}
+		}
 	}
 	return c
 }

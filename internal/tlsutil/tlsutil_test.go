@@ -199,6 +199,38 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
+// TestClientSAN: with ClientSAN, a client certificate of the client CA is accepted only
+// when it holds that name (DNS or IP SAN; a wildcard matches one label).
+func TestClientSAN(t *testing.T) {
+	dir := t.TempDir()
+	ca := must(tlstest.NewCA("test CA"))
+	srv := must(ca.Issue("server", false, "127.0.0.1"))
+	certPath, keyPath, _ := srv.Write(dir, "server")
+	caPath := filepath.Join(dir, "ca.pem")
+	tlstest.WriteFile(caPath, ca.PEM)
+	r := must(New(Config{CertFile: certPath, KeyFile: keyPath, ClientCAFile: caPath, ClientSAN: "envoy.mesh.local"}))
+	addr := serve(t, r.ServerConfig())
+	for _, c := range []struct {
+		hosts []string
+		ok    bool
+	}{
+		{[]string{"envoy.mesh.local"}, true},
+		{[]string{"other.example", "envoy.mesh.local"}, true},
+		{[]string{"*.mesh.local"}, true},
+		{[]string{"other.mesh.local"}, false},
+		{nil, false},
+		{[]string{"10.0.0.1"}, false},
+	} {
+		_, err := dialSerial(addr, ca, must(ca.Issue("envoy", true, c.hosts...)))
+		if (err == nil) != c.ok {
+			t.Errorf("client certificate for %v: %v, want accepted %v", c.hosts, err, c.ok)
+		}
+	}
+	if _, err := New(Config{CertFile: certPath, KeyFile: keyPath, ClientSAN: "x"}); err == nil {
+		t.Error("ClientSAN without a client CA: no error")
+	}
+}
+
 func TestNewErrors(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := New(Config{CertFile: filepath.Join(dir, "x.crt")}); err == nil {
