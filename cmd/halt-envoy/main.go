@@ -141,6 +141,7 @@ type serveFlags struct {
 	shadowMode, dynamicMetadata                            bool
 	authzConfig                                            string
 	storeFile, adminAddr                                   string
+	storePerSecond                                         string
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
 	tlsClientSAN                                           string
 	tlsReload                                              time.Duration
@@ -183,6 +184,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.shadowMode, "shadow-mode", false, "global shadow mode (the reference's SHADOW_MODE): every call is answered OK; descriptors are still decided, counted and reported over limit")
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
+	fs.StringVar(&f.storePerSecond, "store-per-second", "", "a second store for the limits of one second (the reference's REDIS_PERSECOND): every other op stays in --store")
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port (where pprof needs the admin token)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate chain: serve gRPC and HTTP over TLS (reloaded when the file changes)")
@@ -275,7 +277,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	// where a driver quotes one without its URL. A token file that cannot be read is
 	// reported when the admin API starts.
 	tok, _ := f.saas.token()
-	log, err := newLogger(stderr, f.logLevel, f.logFormat, append(backends.URLSecrets(f.store), tok)...)
+	log, err := newLogger(stderr, f.logLevel, f.logFormat, append(append(backends.URLSecrets(f.store), backends.URLSecrets(f.storePerSecond)...), tok)...)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
@@ -331,6 +333,16 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	storeName := storeKind(f.store)
 	if ev, ok := store.(interface{ ServerEvictions() uint64 }); ok {
 		m.WatchStoreEvictions(storeName, ev.ServerEvictions)
+	}
+	if f.storePerSecond != "" {
+		// One-second limits go to a store of their own; each op stays atomic in its store.
+		second, err := all.Open(ctx, f.storePerSecond, storeOpt)
+		if err != nil {
+			return fmt.Errorf("open per-second store: %w", backends.Redact(err))
+		}
+		defer second.Close()
+		checkStoreFit(ctx, f.storePerSecond, storeOpt, f.envoyTimeout, second, log)
+		store = &backends.PerSecond{Main: store, Second: second}
 	}
 	if gc := gcPercent(f, memStore != nil); gc != 0 {
 		debug.SetGCPercent(gc)

@@ -17,6 +17,7 @@ import (
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	rlsconf "github.com/envoyproxy/go-control-plane/ratelimit/config/ratelimit/v3"
+	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -573,5 +574,48 @@ func TestReferenceClientSAN(t *testing.T) {
 	}
 	if err := try("intruder.mesh.local"); err == nil {
 		t.Error("a certificate of the CA without the pinned name was answered")
+	}
+}
+
+// TestReferencePerSecond: with REDIS_PERSECOND the one-second limits are counted in the
+// per-second Redis (here on a unix socket, the reference's default socket type) and the
+// others in the main one.
+func TestReferencePerSecond(t *testing.T) {
+	mainAddr := testutil.Peer(t, "REDIS_ADDR")
+	sock := startUnixRedis(t)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "ps.yaml", `
+domain: ps
+descriptors:
+  - key: fast
+    rate_limit: {unit: second, requests_per_unit: 1000}
+  - key: slow
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+`)
+	prefix := fmt.Sprintf("pstest-%d:", rand.Int64())
+	_, c := startRef(t, "RUNTIME_ROOT", root, "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", mainAddr, "REDIS_TIMEOUT", "2s",
+		"REDIS_PERSECOND", "true", "REDIS_PERSECOND_URL", sock, "REDIS_PERSECOND_TIMEOUT", "2s", "CACHE_KEY_PREFIX", prefix)
+	if r := call(t, c, "ps", [2]string{"fast", "a"}, [2]string{"slow", "b"}); r.OverallCode != rlspb.RateLimitResponse_OK {
+		t.Fatalf("call: %v", r)
+	}
+	keys := func(network, addr string) []string {
+		t.Helper()
+		rc := goredis.NewClient(&goredis.Options{Network: network, Addr: addr})
+		defer rc.Close()
+		ks, err := rc.Keys(context.Background(), prefix+"*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ks
+	}
+	mainKeys, secondKeys := keys("tcp", mainAddr), keys("unix", sock)
+	if len(secondKeys) != 1 || !strings.Contains(secondKeys[0], "fast") {
+		t.Errorf("per-second Redis holds %q, want the one-second limit's key alone", secondKeys)
+	}
+	if len(mainKeys) != 1 || !strings.Contains(mainKeys[0], "slow") {
+		t.Errorf("main Redis holds %q, want the minute limit's key alone", mainKeys)
 	}
 }

@@ -39,6 +39,9 @@ type Settings struct {
 	// the variables it came from.
 	Store     string
 	StoreFrom []string
+	// PerSecondStore is the store URL of the per-second Redis (REDIS_PERSECOND and its
+	// REDIS_PERSECOND_* variables): one-second limits go there. It may hold a password.
+	PerSecondStore string
 	// StoreTimeout is REDIS_TIMEOUT when set (0 otherwise).
 	StoreTimeout time.Duration
 	// KeyPrefix is CACHE_KEY_PREFIX.
@@ -484,16 +487,42 @@ func (r *reader) auth(inline, file string) string {
 
 func (r *reader) redis(s *Settings) {
 	s.StoreFrom = []string{"BACKEND_TYPE", "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL"}
+	perSecond := r.boolean("REDIS_PERSECOND")
+	if !r.boolean("REDIS_TLS") && !(perSecond && r.boolean("REDIS_PERSECOND_TLS")) {
+		for _, n := range []string{"REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT", "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION"} {
+			if v := r.str(n); v != "" && v != "false" {
+				r.fail("%s is set but REDIS_TLS is false: the connection would be plaintext", n)
+			}
+		}
+	}
+	s.Store = r.redisURL("REDIS_")
+	if r.present("REDIS_TIMEOUT") {
+		s.StoreTimeout = r.duration("REDIS_TIMEOUT")
+	}
+	if perSecond {
+		if b := r.str("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR"); !strings.EqualFold(b, "WAIT") {
+			r.fail("REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR=%q: only WAIT is supported (the reference refuses the others too)", b)
+		}
+		s.PerSecondStore = r.redisURL("REDIS_PERSECOND_")
+		s.StoreFrom = append(s.StoreFrom, "REDIS_PERSECOND", "REDIS_PERSECOND_SOCKET_TYPE", "REDIS_PERSECOND_TYPE", "REDIS_PERSECOND_URL")
+	}
+}
+
+// redisURL builds the store URL of the Redis named by the variables starting with p
+// ("REDIS_", or "REDIS_PERSECOND_" for the per-second Redis), as the reference reads
+// them; the TLS files (REDIS_TLS_*) are shared, as in the reference. "" when a problem was
+// recorded.
+func (r *reader) redisURL(p string) string {
 	unix := false
-	switch st := r.str("REDIS_SOCKET_TYPE"); st {
+	switch st := r.str(p + "SOCKET_TYPE"); st {
 	case "tcp":
 	case "unix":
 		unix = true
 	default:
-		r.fail("REDIS_SOCKET_TYPE=%q: want tcp or unix", st)
-		return
+		r.fail("%sSOCKET_TYPE=%q: want tcp or unix", p, st)
+		return ""
 	}
-	pass := r.auth("REDIS_AUTH", "REDIS_AUTH_FILE")
+	pass := r.auth(p+"AUTH", p+"AUTH_FILE")
 	u := &url.URL{}
 	if pass != "" {
 		if user, pw, ok := strings.Cut(pass, ":"); ok {
@@ -503,44 +532,36 @@ func (r *reader) redis(s *Settings) {
 		}
 	}
 	q := url.Values{}
-	q.Set("pool_size", strconv.FormatInt(r.integer("REDIS_POOL_SIZE"), 10))
-	if r.integer("REDIS_POOL_SIZE") <= 0 {
-		r.fail("REDIS_POOL_SIZE=%q: want a positive integer", r.str("REDIS_POOL_SIZE"))
+	q.Set("pool_size", strconv.FormatInt(r.integer(p+"POOL_SIZE"), 10))
+	if r.integer(p+"POOL_SIZE") <= 0 {
+		r.fail("%sPOOL_SIZE=%q: want a positive integer", p, r.str(p+"POOL_SIZE"))
 	}
-	if r.present("REDIS_TIMEOUT") {
-		d := r.duration("REDIS_TIMEOUT")
+	if r.present(p + "TIMEOUT") {
+		d := r.duration(p + "TIMEOUT")
 		if d <= 0 {
-			r.fail("REDIS_TIMEOUT=%q: want a positive duration", r.str("REDIS_TIMEOUT"))
+			r.fail("%sTIMEOUT=%q: want a positive duration", p, r.str(p+"TIMEOUT"))
 		}
 		q.Set("timeout", d.String())
-		s.StoreTimeout = d
 	}
-	addrs := splitList(r.str("REDIS_URL"))
-	tlsOn := r.boolean("REDIS_TLS")
-	if !tlsOn {
-		for _, n := range []string{"REDIS_TLS_CLIENT_CERT", "REDIS_TLS_CLIENT_KEY", "REDIS_TLS_CACERT", "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION"} {
-			if v := r.str(n); v != "" && v != "false" {
-				r.fail("%s is set but REDIS_TLS is false: the connection would be plaintext", n)
-			}
-		}
-	}
+	addrs := splitList(r.str(p + "URL"))
+	tlsOn := r.boolean(p + "TLS")
 	if unix {
-		// The reference dials REDIS_URL as a socket path (its default,
+		// The reference dials the URL as a socket path (its default,
 		// /var/run/nutcracker/ratelimit.sock, is twemproxy's).
 		switch {
-		case !strings.EqualFold(r.str("REDIS_TYPE"), "single"):
-			r.fail("REDIS_SOCKET_TYPE=unix with REDIS_TYPE=%s: a unix socket reaches one server; use REDIS_TYPE=single or REDIS_SOCKET_TYPE=tcp", r.str("REDIS_TYPE"))
+		case !strings.EqualFold(r.str(p+"TYPE"), "single"):
+			r.fail("%[1]sSOCKET_TYPE=unix with %[1]sTYPE=%[2]s: a unix socket reaches one server; use %[1]sTYPE=single or %[1]sSOCKET_TYPE=tcp", p, r.str(p+"TYPE"))
 		case tlsOn:
-			r.fail("REDIS_SOCKET_TYPE=unix with REDIS_TLS=true: a unix socket is not reached over TLS")
+			r.fail("%[1]sSOCKET_TYPE=unix with %[1]sTLS=true: a unix socket is not reached over TLS", p)
 		case len(addrs) != 1 || !strings.HasPrefix(addrs[0], "/"):
-			r.fail("REDIS_URL=%q: REDIS_SOCKET_TYPE=unix wants the socket's absolute path", r.str("REDIS_URL"))
+			r.fail("%[1]sURL=%[2]q: %[1]sSOCKET_TYPE=unix wants the socket's absolute path", p, r.str(p+"URL"))
 		default:
 			u.Scheme = "redis+unix"
 			u.Path = addrs[0]
 			u.RawQuery = q.Encode()
-			s.Store = u.String()
+			return u.String()
 		}
-		return
+		return ""
 	}
 	if tlsOn {
 		for env, opt := range map[string]string{"REDIS_TLS_CLIENT_CERT": "tls_cert", "REDIS_TLS_CLIENT_KEY": "tls_key", "REDIS_TLS_CACERT": "tls_ca"} {
@@ -552,12 +573,12 @@ func (r *reader) redis(s *Settings) {
 			q.Set("tls_skip_hostname_verification", "true")
 		}
 	}
-	switch typ := strings.ToLower(r.str("REDIS_TYPE")); typ {
+	switch typ := strings.ToLower(r.str(p + "TYPE")); typ {
 	case "single":
 		u.Scheme = "redis"
 		if len(addrs) != 1 {
-			r.fail("REDIS_URL=%q: REDIS_TYPE=single wants one HOST:PORT", r.str("REDIS_URL"))
-			return
+			r.fail("%[1]sURL=%[2]q: %[1]sTYPE=single wants one HOST:PORT", p, r.str(p+"URL"))
+			return ""
 		}
 		if tlsOn {
 			u.Scheme = "rediss"
@@ -566,24 +587,24 @@ func (r *reader) redis(s *Settings) {
 	case "sentinel":
 		u.Scheme = "redis+sentinel"
 		if len(addrs) < 2 {
-			r.fail("REDIS_URL=%q: REDIS_TYPE=sentinel wants MASTER_NAME,SENTINEL:PORT[,SENTINEL:PORT...]", r.str("REDIS_URL"))
-			return
+			r.fail("%[1]sURL=%[2]q: %[1]sTYPE=sentinel wants MASTER_NAME,SENTINEL:PORT[,SENTINEL:PORT...]", p, r.str(p+"URL"))
+			return ""
 		}
 		q.Set("master", addrs[0])
 		u.Host = strings.Join(addrs[1:], ",")
-		if p := r.str("REDIS_SENTINEL_AUTH"); p != "" {
-			q.Set("sentinel_password", p)
+		if pw := r.str(p + "SENTINEL_AUTH"); pw != "" {
+			q.Set("sentinel_password", pw)
 		}
 	case "cluster":
 		u.Scheme = "redis+cluster"
 		if len(addrs) == 0 {
-			r.fail("REDIS_URL is empty: REDIS_TYPE=cluster wants NODE:PORT[,NODE:PORT...]")
-			return
+			r.fail("%[1]sURL is empty: %[1]sTYPE=cluster wants NODE:PORT[,NODE:PORT...]", p)
+			return ""
 		}
 		u.Host = strings.Join(addrs, ",")
 	default:
-		r.fail("REDIS_TYPE=%q: want single, sentinel or cluster", r.str("REDIS_TYPE"))
-		return
+		r.fail("%sTYPE=%q: want single, sentinel or cluster", p, r.str(p+"TYPE"))
+		return ""
 	}
 	if tlsOn && u.Scheme != "rediss" {
 		// TLS to the Sentinels and the master, or to every Cluster node.
@@ -591,12 +612,12 @@ func (r *reader) redis(s *Settings) {
 	}
 	for _, h := range strings.Split(u.Host, ",") {
 		if _, _, err := net.SplitHostPort(h); err != nil {
-			r.fail("REDIS_URL=%q: %q is not HOST:PORT", r.str("REDIS_URL"), h)
-			return
+			r.fail("%sURL=%q: %q is not HOST:PORT", p, r.str(p+"URL"), h)
+			return ""
 		}
 	}
 	u.RawQuery = q.Encode()
-	s.Store = u.String()
+	return u.String()
 }
 
 func (r *reader) memcache(s *Settings) {

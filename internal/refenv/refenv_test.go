@@ -494,3 +494,27 @@ func TestGRPCUDSAndSAN(t *testing.T) {
 		"GRPC_CLIENT_TLS_SAN is set without GRPC_CLIENT_TLS_CACERT")
 	mustFail(t, base("GRPC_CLIENT_TLS_SAN", "x"), "GRPC_CLIENT_TLS_SAN is set but GRPC_SERVER_USE_TLS is false")
 }
+
+// TestPerSecond: REDIS_PERSECOND builds a second store URL from the REDIS_PERSECOND_*
+// variables as the main one is built from REDIS_*; without it they are only checked.
+func TestPerSecond(t *testing.T) {
+	s := mustRead(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_SOCKET_TYPE", "tcp", "REDIS_PERSECOND_URL", "ps:6380",
+		"REDIS_PERSECOND_AUTH", "pw", "REDIS_PERSECOND_POOL_SIZE", "4", "REDIS_PERSECOND_TIMEOUT", "50ms"))
+	if s.PerSecondStore != "redis://:pw@ps:6380?pool_size=4&timeout=50ms" || s.Store != "redis://127.0.0.1:6379?pool_size=10" {
+		t.Errorf("stores %s and %s", s.Store, s.PerSecondStore)
+	}
+	// Its defaults are the reference's: a unix socket.
+	if s := mustRead(t, base("REDIS_PERSECOND", "true")); s.PerSecondStore != "redis+unix:///var/run/nutcracker/ratelimitpersecond.sock?pool_size=10" {
+		t.Errorf("default per-second store %s", s.PerSecondStore)
+	}
+	// TLS and Sentinel, the TLS files shared with the main Redis.
+	if s := mustRead(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_SOCKET_TYPE", "tcp", "REDIS_PERSECOND_TYPE", "sentinel",
+		"REDIS_PERSECOND_URL", "m,s:1", "REDIS_PERSECOND_TLS", "true", "REDIS_TLS_CACERT", "/ca", "REDIS_PERSECOND_SENTINEL_AUTH", "sp")); s.PerSecondStore != "rediss+sentinel://s:1?master=m&pool_size=10&sentinel_password=sp&tls_ca=%2Fca" || s.Store != "redis://127.0.0.1:6379?pool_size=10" {
+		t.Errorf("TLS sentinel per-second store %s (main %s)", s.PerSecondStore, s.Store)
+	}
+	if s := mustRead(t, base("REDIS_PERSECOND_URL", "x:1")); s.PerSecondStore != "" {
+		t.Errorf("without REDIS_PERSECOND: %s", s.PerSecondStore)
+	}
+	mustFail(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_SOCKET_TYPE", "tcp", "REDIS_PERSECOND_URL", "a:1,b:2"), "REDIS_PERSECOND_URL")
+	mustFail(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "ERROR"), "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR")
+}

@@ -163,7 +163,7 @@ func Vars() []Var {
 		{Name: "REDIS_PIPELINE_LIMIT", Kind: Int, Default: "0", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW (unused in the reference too)."},
 		{Name: "REDIS_USE_EXPLICIT_PIPELINE", Kind: Bool, Default: "false", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW."},
 		{Name: "REDIS_CLUSTER_PIPELINE_PARALLELISM", Kind: Int, Default: "1", Status: Differently, Note: "As REDIS_PIPELINE_WINDOW."},
-		{Name: "REDIS_PERSECOND", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "A second Redis for per-second limits; the REDIS_PERSECOND_* variables are read and checked, and used only with it."},
+		{Name: "REDIS_PERSECOND", Kind: Bool, Default: "false", Note: "A second Redis for the limits of one second (`--store-per-second`), built from the REDIS_PERSECOND_* variables as the main one from REDIS_* (the TLS files REDIS_TLS_* are shared, as there); every other op stays in the main store, each op atomic in its store."},
 		{Name: "REDIS_PERSECOND_SOCKET_TYPE", Default: "unix", Note: "Used only with REDIS_PERSECOND."},
 		{Name: "REDIS_PERSECOND_TYPE", Default: "SINGLE", Note: "Used only with REDIS_PERSECOND."},
 		{Name: "REDIS_PERSECOND_URL", Default: "/var/run/nutcracker/ratelimitpersecond.sock", Note: "Used only with REDIS_PERSECOND."},
