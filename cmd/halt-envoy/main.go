@@ -132,7 +132,7 @@ func envFlags(fs *flag.FlagSet, getenv func(string) string) error {
 
 type serveFlags struct {
 	config, grpcAddr, httpAddr, store, logLevel, logFormat string
-	failureMode, headers                                   string
+	failureMode, headers, xNames                           string
 	storeTimeout, envoyTimeout, drainTimeout, debounce     time.Duration
 	maxInFlight                                            int
 	gcPercent                                              int
@@ -174,6 +174,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.StringVar(&f.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&f.failureMode, "failure-mode", "allow", "when the store fails and a rule sets none: allow (fail open), deny (OVER_LIMIT) or error (UNAVAILABLE)")
 	fs.StringVar(&f.headers, "headers", "none", "rate-limit response headers: none, ietf, x-ratelimit or ietf,x-ratelimit")
+	fs.StringVar(&f.xNames, "x-ratelimit-names", "", "names of the x-ratelimit family's three headers, LIMIT,REMAINING,RESET (default X-RateLimit-Limit,X-RateLimit-Remaining,X-RateLimit-Reset)")
 	fs.DurationVar(&f.storeTimeout, "store-timeout", 0, storeTimeoutHelp)
 	fs.DurationVar(&f.envoyTimeout, "envoy-timeout", storefit.DefaultEnvoyTimeout, envoyTimeoutHelp)
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 10*time.Second, "how long SIGTERM waits for in-flight calls")
@@ -256,10 +257,15 @@ func newLogger(w io.Writer, level, format string, secrets ...string) (*slog.Logg
 	return slog.New(redact.NewHandler(h, secrets...)), nil
 }
 
-func parseHeaders(s string) (headers.Families, error) {
+func parseHeaders(s, xNames string) (headers.Families, error) {
 	h, err := headers.Parse(strings.Split(s, ",")...)
 	if err != nil {
 		return h, fmt.Errorf("headers: %w", err)
+	}
+	if xNames != "" {
+		if h.XNames, err = headers.ParseXNames(xNames); err != nil {
+			return h, fmt.Errorf("x-ratelimit-names: %w", err)
+		}
 	}
 	return h, nil
 }
@@ -285,7 +291,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	for _, n := range f.notes {
 		log.Warn("reference settings: " + n)
 	}
-	fams, err := parseHeaders(f.headers)
+	fams, err := parseHeaders(f.headers, f.xNames)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2

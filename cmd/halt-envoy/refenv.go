@@ -115,6 +115,15 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 		*dst = val
 	}
 	applyBool("shadow-mode", &f.shadowMode, ref.ShadowMode, "SHADOW_MODE")
+	if n := ref.HeaderNames; n != nil {
+		// The reference's headers are halt's X-RateLimit family under its names.
+		if given["headers"] {
+			f.notes = append(f.notes, "--headers (or HALT_HEADERS) overrides LIMIT_RESPONSE_HEADERS_ENABLED")
+		} else {
+			f.headers = "x-ratelimit"
+		}
+		apply([]string{"x-ratelimit-names"}, &f.xNames, strings.Join(n[:], ","), "LIMIT_LIMIT_HEADER", "LIMIT_REMAINING_HEADER", "LIMIT_RESET_HEADER")
+	}
 	applyBool("response-dynamic-metadata", &f.dynamicMetadata, ref.DynamicMetadata, "RESPONSE_DYNAMIC_METADATA")
 	if ref.TLS != nil {
 		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"] || given["tls-client-san"]

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -617,5 +618,33 @@ descriptors:
 	}
 	if len(mainKeys) != 1 || !strings.Contains(mainKeys[0], "slow") {
 		t.Errorf("main Redis holds %q, want the minute limit's key alone", mainKeys)
+	}
+}
+
+// TestReferenceResponseHeaders: with LIMIT_RESPONSE_HEADERS_ENABLED the response carries
+// the reference's three headers under LIMIT_*_HEADER's names: the limit, what remains
+// and the whole seconds until the window resets.
+func TestReferenceResponseHeaders(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "h.yaml", "domain: h\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n")
+	env, g, h := refProcessEnv(t, "RUNTIME_ROOT", root, "LIMIT_RESPONSE_HEADERS_ENABLED", "true", "LIMIT_REMAINING_HEADER", "X-Left")
+	env = append(env, "HALT_STORE=memory://")
+	testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
+	cc, err := grpc.NewClient(g, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	r := call(t, rlspb.NewRateLimitServiceClient(cc), "h", [2]string{"k", "v"})
+	got := map[string]string{}
+	for _, hv := range r.ResponseHeadersToAdd {
+		got[hv.Key] = hv.Value
+	}
+	reset, err := strconv.Atoi(got["RateLimit-Reset"])
+	if got["RateLimit-Limit"] != "5" || got["X-Left"] != "4" || err != nil || reset < 1 || reset > 60 || len(got) != 3 {
+		t.Errorf("headers %v: want RateLimit-Limit 5, X-Left 4, RateLimit-Reset 1..60 and nothing else", got)
 	}
 }

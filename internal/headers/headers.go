@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
@@ -16,8 +18,51 @@ import (
 type Families struct {
 	// IETF adds the draft-ietf-httpapi-ratelimit-headers RateLimit and RateLimit-Policy fields.
 	IETF bool
-	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset.
+	// XRateLimit adds X-RateLimit-Limit, X-RateLimit-Remaining and X-RateLimit-Reset, or
+	// the fields XNames names.
 	XRateLimit bool
+	// XNames renames the X-RateLimit fields (the reference's LIMIT_LIMIT_HEADER,
+	// LIMIT_REMAINING_HEADER, LIMIT_RESET_HEADER); a name left empty keeps its default.
+	XNames XNames
+}
+
+// XNames are the names of the X-RateLimit family's three fields.
+type XNames struct{ Limit, Remaining, Reset string }
+
+// The X-RateLimit family's default names.
+const (
+	XLimit     = "X-RateLimit-Limit"
+	XRemaining = "X-RateLimit-Remaining"
+	XReset     = "X-RateLimit-Reset"
+)
+
+// ParseXNames reads "LIMIT,REMAINING,RESET", three distinct valid header field names.
+func ParseXNames(s string) (XNames, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != 3 {
+		return XNames{}, fmt.Errorf("want three header names, LIMIT,REMAINING,RESET; got %q", s)
+	}
+	n := XNames{Limit: strings.TrimSpace(parts[0]), Remaining: strings.TrimSpace(parts[1]), Reset: strings.TrimSpace(parts[2])}
+	return n, n.Check()
+}
+
+// Check reports a name that is not a valid header field name, or two equal names.
+func (n XNames) Check() error {
+	seen := map[string]bool{}
+	for _, name := range []string{n.Limit, n.Remaining, n.Reset} {
+		if name == "" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(name) {
+			return fmt.Errorf("%q is not a valid header field name", name)
+		}
+		l := strings.ToLower(name)
+		if seen[l] {
+			return fmt.Errorf("header name %q given twice", name)
+		}
+		seen[l] = true
+	}
+	return nil
 }
 
 // Parse reads family names: ietf, x-ratelimit, and none (or empty) for no family. It is
@@ -64,15 +109,22 @@ func (f Families) Render(v *Values, add func(name, value string)) {
 	rem := strconv.FormatInt(v.Remaining, 10)
 	reset := strconv.FormatInt(Seconds(v.ResetUS), 10)
 	if f.XRateLimit {
-		add("X-RateLimit-Limit", limit)
-		add("X-RateLimit-Remaining", rem)
-		add("X-RateLimit-Reset", reset)
+		add(or(f.XNames.Limit, XLimit), limit)
+		add(or(f.XNames.Remaining, XRemaining), rem)
+		add(or(f.XNames.Reset, XReset), reset)
 	}
 	if f.IETF {
 		name := PolicyName(v.Policy)
 		add("RateLimit-Policy", `"`+name+`";q=`+limit+";w="+strconv.FormatInt(Seconds(v.WindowUS), 10))
 		add("RateLimit", `"`+name+`";r=`+rem+";t="+reset)
 	}
+}
+
+func or(name, def string) string {
+	if name == "" {
+		return def
+	}
+	return name
 }
 
 // Seconds rounds a wait in microseconds up to whole seconds, as HTTP's Retry-After and

@@ -1,6 +1,7 @@
 package headers
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -60,5 +61,30 @@ func TestRefusal(t *testing.T) {
 	p := Problem{Status: 401, Title: "Unauthorized", Detail: "a valid API key is required"}
 	if _, ok := p.RetryAfter(); ok || strings.Contains(string(p.Body()), "retry_after") || strings.Contains(string(p.Body()), "violated_policy") {
 		t.Errorf("no wait, no policy: %s", p.Body())
+	}
+}
+
+// TestXNames: the X-RateLimit family can carry other names (the reference's
+// LIMIT_*_HEADER variables), each checked as a header field name.
+func TestXNames(t *testing.T) {
+	n, err := ParseXNames("RateLimit-Limit, RateLimit-Remaining,RateLimit-Reset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	Families{XRateLimit: true, XNames: n}.Render(&Values{Limit: 10, Remaining: 3, ResetUS: 1_500_000}, func(k, v string) { got[k] = v })
+	want := map[string]string{"RateLimit-Limit": "10", "RateLimit-Remaining": "3", "RateLimit-Reset": "2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("rendered %v, want %v", got, want)
+	}
+	got = map[string]string{}
+	Families{XRateLimit: true, XNames: XNames{Remaining: "Left"}}.Render(&Values{Limit: 1}, func(k, v string) { got[k] = v })
+	if _, ok := got["Left"]; !ok || got[XLimit] != "1" {
+		t.Errorf("one name given: %v", got)
+	}
+	for _, bad := range []string{"a,b", "a,b,c,d", "a b,c,d", "a,A,c", "x,y,z:"} {
+		if _, err := ParseXNames(bad); err == nil {
+			t.Errorf("ParseXNames(%q): no error", bad)
+		}
 	}
 }

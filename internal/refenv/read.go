@@ -65,6 +65,10 @@ type Settings struct {
 	// USE_PROMETHEUS, DISABLE_STATS and their settings) and NEAR_LIMIT_RATIO.
 	Stats Stats
 
+	// HeaderNames, when set (LIMIT_RESPONSE_HEADERS_ENABLED), are the names of the
+	// reference's limit, remaining and reset headers: halt's X-RateLimit family.
+	HeaderNames *[3]string
+
 	// ShadowMode is SHADOW_MODE (the global shadow mode); DynamicMetadata is
 	// RESPONSE_DYNAMIC_METADATA.
 	ShadowMode, DynamicMetadata bool
@@ -283,6 +287,14 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	}
 	r.tls(s)
 	r.stats(s)
+	if r.boolean("LIMIT_RESPONSE_HEADERS_ENABLED") {
+		s.HeaderNames = &[3]string{r.str("LIMIT_LIMIT_HEADER"), r.str("LIMIT_REMAINING_HEADER"), r.str("LIMIT_RESET_HEADER")}
+		for i, n := range []string{"LIMIT_LIMIT_HEADER", "LIMIT_REMAINING_HEADER", "LIMIT_RESET_HEADER"} {
+			if !validHeaderName(s.HeaderNames[i]) {
+				r.fail("%s=%q: not a valid header field name", n, s.HeaderNames[i])
+			}
+		}
+	}
 	s.ShadowMode = r.boolean("SHADOW_MODE")
 	s.DynamicMetadata = r.boolean("RESPONSE_DYNAMIC_METADATA")
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
@@ -743,6 +755,20 @@ func (r *reader) mogrifiers() []Mogrifier {
 		out = append(out, m)
 	}
 	return out
+}
+
+// validHeaderName reports whether v is an HTTP header field name (a token: RFC 9110).
+func validHeaderName(v string) bool {
+	if v == "" {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // parseMap reads an envconfig map (k:v,k2:v2; checked by parse).

@@ -518,3 +518,18 @@ func TestPerSecond(t *testing.T) {
 	mustFail(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_SOCKET_TYPE", "tcp", "REDIS_PERSECOND_URL", "a:1,b:2"), "REDIS_PERSECOND_URL")
 	mustFail(t, base("REDIS_PERSECOND", "true", "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR", "ERROR"), "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR")
 }
+
+// TestResponseHeaders: LIMIT_RESPONSE_HEADERS_ENABLED turns the reference's headers on,
+// under its default names or LIMIT_*_HEADER's; an invalid name is an error naming it.
+func TestResponseHeaders(t *testing.T) {
+	if s := mustRead(t, base("LIMIT_LIMIT_HEADER", "L")); s.HeaderNames != nil {
+		t.Errorf("names without LIMIT_RESPONSE_HEADERS_ENABLED: %v", s.HeaderNames)
+	}
+	if s := mustRead(t, base("LIMIT_RESPONSE_HEADERS_ENABLED", "true")); s.HeaderNames == nil || *s.HeaderNames != [3]string{"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} {
+		t.Errorf("default names: %v", s.HeaderNames)
+	}
+	if s := mustRead(t, base("LIMIT_RESPONSE_HEADERS_ENABLED", "true", "LIMIT_RESET_HEADER", "X-Reset-In")); s.HeaderNames[2] != "X-Reset-In" {
+		t.Errorf("LIMIT_RESET_HEADER: %v", s.HeaderNames)
+	}
+	mustFail(t, base("LIMIT_RESPONSE_HEADERS_ENABLED", "true", "LIMIT_REMAINING_HEADER", "bad name"), "LIMIT_REMAINING_HEADER")
+}

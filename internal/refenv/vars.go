@@ -141,10 +141,10 @@ func Vars() []Var {
 		{Name: "BACKEND_TYPE", Default: "redis", Note: "`redis` or `memcache`: builds halt's store URL from the REDIS_* or MEMCACHE_* variables. Another value is an error."},
 		{Name: "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Not counting denied hits."},
 		// Response headers.
-		{Name: "LIMIT_RESPONSE_HEADERS_ENABLED", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "The reference's RateLimit-Limit/Remaining/Reset headers (halt's own families: `--headers`)."},
-		{Name: "LIMIT_LIMIT_HEADER", Default: "RateLimit-Limit", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
-		{Name: "LIMIT_REMAINING_HEADER", Default: "RateLimit-Remaining", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
-		{Name: "LIMIT_RESET_HEADER", Default: "RateLimit-Reset", Note: "Read; used only with LIMIT_RESPONSE_HEADERS_ENABLED."},
+		{Name: "LIMIT_RESPONSE_HEADERS_ENABLED", Kind: Bool, Default: "false", Note: "The reference's three response headers (limit, remaining, seconds to reset) of the descriptor closest to its limit: halt's X-RateLimit family (`--headers x-ratelimit`) under the names below (`--x-ratelimit-names`)."},
+		{Name: "LIMIT_LIMIT_HEADER", Default: "RateLimit-Limit", Note: "Name of the limit header, with LIMIT_RESPONSE_HEADERS_ENABLED; an invalid header name is an error."},
+		{Name: "LIMIT_REMAINING_HEADER", Default: "RateLimit-Remaining", Note: "Name of the remaining header, with LIMIT_RESPONSE_HEADERS_ENABLED."},
+		{Name: "LIMIT_RESET_HEADER", Default: "RateLimit-Reset", Note: "Name of the reset header (whole seconds), with LIMIT_RESPONSE_HEADERS_ENABLED."},
 		// Health.
 		{Name: "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", Kind: Bool, Default: "false", Note: "`/healthcheck` answers 500 until a config with at least one domain is loaded, and again whenever the config has none."},
 		// Redis.
