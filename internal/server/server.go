@@ -24,6 +24,7 @@ import (
 	"time"
 
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -148,8 +149,9 @@ const (
 	maxHeaderBytes = 64 << 10
 	// handshakeTimeout bounds a new gRPC connection's TLS handshake and HTTP/2 preface
 	// (grpc-go's default is 2 minutes: a connection that says nothing would hold a place
-	// under the connection cap that long).
-	handshakeTimeout = 10 * time.Second
+	// under the connection cap that long). Generous: under heavy load 1,000 connections
+	// at once took over 10 s to set up (TestManyConnections under -race).
+	handshakeTimeout = 30 * time.Second
 )
 
 // Server runs both listeners.
@@ -164,6 +166,13 @@ type Server struct {
 	adminLn  net.Listener
 	inflight atomic.Int64
 	places   placeList
+	// overload is what a refusal under MaxInFlight costs, prepared once: refusals come
+	// in floods, and the gRPC ones are made on the connection's reader goroutine.
+	overload struct {
+		err              error
+		rejected         prometheus.Counter
+		rls, authz, json prometheus.Counter
+	}
 	cool     *cooldowns
 	abuseLog *lograte.Limiter
 	draining sync.Once
@@ -215,6 +224,12 @@ func New(opt Options) (*Server, error) {
 		opt.Now = time.Now
 	}
 	s := &Server{opt: opt, cool: newCooldowns(opt.Now), abuseLog: lograte.New(lograte.DefaultInterval)}
+	exhausted := codes.ResourceExhausted.String()
+	s.overload.err = status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", opt.MaxInFlight)
+	s.overload.rejected = opt.Metrics.Rejected.WithLabelValues("overload")
+	s.overload.rls = opt.Metrics.Requests.WithLabelValues(methodLabel(rlsMethod), exhausted)
+	s.overload.authz = opt.Metrics.Requests.WithLabelValues(methodLabel(authzMethod), exhausted)
+	s.overload.json = s.overload.rls // /json is ShouldRateLimit over HTTP
 	conns := opt.Metrics.Connections
 	listen := func(name, addr string, max int, refuse func(net.Conn) bool) (net.Listener, error) {
 		l, err := listenAddr(addr)
@@ -344,7 +359,7 @@ func (s *Server) HTTPAddr() net.Addr { return s.httpLn.Addr() }
 func (s *Server) admit() bool {
 	if s.inflight.Add(1) > int64(s.opt.MaxInFlight) {
 		s.inflight.Add(-1)
-		s.opt.Metrics.Rejected.WithLabelValues("overload").Inc()
+		s.overload.rejected.Inc()
 		return false
 	}
 	return true
@@ -366,8 +381,15 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		return ctx, nil
 	}
 	if !s.admit() {
-		s.opt.Metrics.Requests.WithLabelValues(methodLabel(info.FullMethodName), codes.ResourceExhausted.String()).Inc()
-		return nil, status.Errorf(codes.ResourceExhausted, "more than %d calls in flight", s.opt.MaxInFlight)
+		switch info.FullMethodName {
+		case rlsMethod:
+			s.overload.rls.Inc()
+		case authzMethod:
+			s.overload.authz.Inc()
+		default:
+			s.opt.Metrics.Requests.WithLabelValues(methodLabel(info.FullMethodName), codes.ResourceExhausted.String()).Inc()
+		}
+		return nil, s.overload.err
 	}
 	p := &placeCtx{Context: ctx, s: s}
 	s.places.add(p)
@@ -480,13 +502,18 @@ func (s *Server) bound(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 // name for any other service.
 func methodLabel(full string) string {
 	switch full {
-	case "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit":
+	case rlsMethod:
 		return "ShouldRateLimit"
-	case "/envoy.service.auth.v3.Authorization/Check":
+	case authzMethod:
 		return "Check"
 	}
 	return full
 }
+
+const (
+	rlsMethod   = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+	authzMethod = "/envoy.service.auth.v3.Authorization/Check"
+)
 
 // inCooldown refuses a new gRPC connection whose source address was caught resetting
 // streams (rapid reset) a moment ago.
@@ -739,7 +766,7 @@ func (s *Server) json(w http.ResponseWriter, r *http.Request) {
 	// The body is read (bounded by the read timeout) before a place is taken, so a slow
 	// sender holds an HTTP connection, never a place of the calls being decided.
 	if !s.admit() {
-		s.opt.Metrics.Requests.WithLabelValues("ShouldRateLimit", codes.ResourceExhausted.String()).Inc()
+		s.overload.json.Inc()
 		http.Error(w, fmt.Sprintf("more than %d calls in flight", s.opt.MaxInFlight), http.StatusServiceUnavailable)
 		return
 	}

@@ -357,16 +357,28 @@ func TestJSONSharesTheBound(t *testing.T) {
 		}()
 	}
 	close(start)
-	// While the flood holds the places, gRPC calls are refused: one bound for both.
+	flood := make(chan struct{})
+	go func() { wg.Wait(); close(flood) }()
+	// While /json calls hold every place (all of them in the store), a gRPC call is
+	// refused: one bound for both. A place may come free between the look and the call,
+	// so try again until one is refused, for as long as the flood lasts.
 	var grpcCode codes.Code
-	testutil.WaitFor(t, 10*time.Second, func() bool {
+	for refusedGRPC := false; !refusedGRPC; {
+		select {
+		case <-flood:
+			t.Fatalf("no gRPC call was refused while /json calls held the places (last answer %v)", grpcCode)
+		case <-time.After(time.Millisecond):
+		}
+		if o.store.inFlight.Load() < maxInFlight {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
 		_, err := o.rls.ShouldRateLimit(ctx, rlRequest("grpc"))
+		cancel()
 		grpcCode = status.Code(err)
-		return grpcCode == codes.ResourceExhausted
-	})
-	wg.Wait()
+		refusedGRPC = grpcCode == codes.ResourceExhausted
+	}
+	<-flood
 
 	t.Logf("%d concurrent /json calls, max_in_flight=%d, store delay %v: answers %v; refusals p50 %v max %v; peak store concurrency %d; gRPC call meanwhile: %v",
 		callers, maxInFlight, delay, answers, percentile(refused, .5), percentile(refused, 1), o.store.peak.Load(), grpcCode)
