@@ -115,6 +115,13 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 		*dst = val
 	}
 	applyBool("shadow-mode", &f.shadowMode, ref.ShadowMode, "SHADOW_MODE")
+	if given["store-expiry-jitter"] {
+		if isSet["EXPIRATION_JITTER_MAX_SECONDS"] {
+			f.notes = append(f.notes, "--store-expiry-jitter (or HALT_STORE_EXPIRY_JITTER) overrides EXPIRATION_JITTER_MAX_SECONDS")
+		}
+	} else {
+		f.expiryJitter = ref.ExpiryJitter
+	}
 	if n := ref.HeaderNames; n != nil {
 		// The reference's headers are halt's X-RateLimit family under its names.
 		if given["headers"] {

@@ -648,3 +648,34 @@ func TestReferenceResponseHeaders(t *testing.T) {
 		t.Errorf("headers %v: want RateLimit-Limit 5, X-Left 4, RateLimit-Reset 1..60 and nothing else", got)
 	}
 }
+
+// TestReferenceExpiryJitter: from the reference's variables, EXPIRATION_JITTER_MAX_SECONDS
+// reaches the store: Redis keys of a one-second limit are kept well past their 2 s.
+func TestReferenceExpiryJitter(t *testing.T) {
+	sock := startUnixRedis(t)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "j.yaml", "domain: j\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 100}\n")
+	_, c := startRef(t, "RUNTIME_ROOT", root, "REDIS_SOCKET_TYPE", "unix", "REDIS_URL", sock, "REDIS_TIMEOUT", "2s", "EXPIRATION_JITTER_MAX_SECONDS", "3600")
+	for i := range 20 {
+		call(t, c, "j", [2]string{"k", fmt.Sprint(i)})
+	}
+	rc := goredis.NewClient(&goredis.Options{Network: "unix", Addr: sock})
+	defer rc.Close()
+	ctx := context.Background()
+	keys, err := rc.Keys(ctx, "*").Result()
+	if err != nil || len(keys) != 20 {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	long := 0
+	for _, k := range keys {
+		if d, _ := rc.PTTL(ctx, k).Result(); d > 10*time.Second {
+			long++
+		}
+	}
+	if long < 15 {
+		t.Errorf("%d of 20 keys kept past 10 s with an hour of jitter", long)
+	}
+}

@@ -44,6 +44,8 @@ type Settings struct {
 	PerSecondStore string
 	// StoreTimeout is REDIS_TIMEOUT when set (0 otherwise).
 	StoreTimeout time.Duration
+	// ExpiryJitter is EXPIRATION_JITTER_MAX_SECONDS.
+	ExpiryJitter time.Duration
 	// KeyPrefix is CACHE_KEY_PREFIX.
 	KeyPrefix string
 
@@ -294,6 +296,11 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 				r.fail("%s=%q: not a valid header field name", n, s.HeaderNames[i])
 			}
 		}
+	}
+	if j := r.integer("EXPIRATION_JITTER_MAX_SECONDS"); j < 0 || j > 86400*365 {
+		r.fail("EXPIRATION_JITTER_MAX_SECONDS=%d: want 0 (none) up to a year of seconds", j)
+	} else {
+		s.ExpiryJitter = time.Duration(j) * time.Second
 	}
 	s.ShadowMode = r.boolean("SHADOW_MODE")
 	s.DynamicMetadata = r.boolean("RESPONSE_DYNAMIC_METADATA")

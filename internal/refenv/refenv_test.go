@@ -44,9 +44,8 @@ func mustFail(t *testing.T, env map[string]string, want ...string) {
 }
 
 // defaultUnsupported are the rows whose reference default halt cannot honour: unset,
-// halt does its own thing (EXPIRATION_JITTER_MAX_SECONDS: halt's expiries), as their
-// notes say.
-var defaultUnsupported = map[string]bool{"EXPIRATION_JITTER_MAX_SECONDS": true}
+// halt does its own thing, as their notes say (none at present).
+var defaultUnsupported = map[string]bool{}
 
 // TestTable checks the table itself: unique names, every default parses as its kind
 // (as envconfig would), every NotYet row says what it means, and no row of another status
@@ -105,6 +104,7 @@ func TestDefaults(t *testing.T) {
 		Store:                 "redis://127.0.0.1:6379?pool_size=10",
 		StoreFrom:             []string{"BACKEND_TYPE", "REDIS_SOCKET_TYPE", "REDIS_TYPE", "REDIS_URL"},
 		ConfigDir:             "/srv/runtime_data/current/config",
+		ExpiryJitter:          5 * time.Minute, // EXPIRATION_JITTER_MAX_SECONDS's default
 		MaxConnectionAge:      24 * time.Hour,
 		MaxConnectionAgeGrace: time.Hour,
 		Stats: Stats{Addr: "localhost:8125", Protocol: "tcp", FlushInterval: 10 * time.Second,
@@ -532,4 +532,15 @@ func TestResponseHeaders(t *testing.T) {
 		t.Errorf("LIMIT_RESET_HEADER: %v", s.HeaderNames)
 	}
 	mustFail(t, base("LIMIT_RESPONSE_HEADERS_ENABLED", "true", "LIMIT_REMAINING_HEADER", "bad name"), "LIMIT_REMAINING_HEADER")
+}
+
+// TestExpiryJitter: EXPIRATION_JITTER_MAX_SECONDS, 300 by default as in the reference.
+func TestExpiryJitter(t *testing.T) {
+	if s := mustRead(t, base("EXPIRATION_JITTER_MAX_SECONDS", "0")); s.ExpiryJitter != 0 {
+		t.Errorf("0: %v", s.ExpiryJitter)
+	}
+	if s := mustRead(t, base("EXPIRATION_JITTER_MAX_SECONDS", "12")); s.ExpiryJitter != 12*time.Second {
+		t.Errorf("12: %v", s.ExpiryJitter)
+	}
+	mustFail(t, base("EXPIRATION_JITTER_MAX_SECONDS", "-1"), "EXPIRATION_JITTER_MAX_SECONDS")
 }

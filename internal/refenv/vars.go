@@ -134,7 +134,7 @@ func Vars() []Var {
 		{Name: "RUNTIME_WATCH_ROOT", Kind: Bool, Default: "true", Status: Differently, Note: "halt watches the config directory itself (symlink swaps inside it included) and reloads on SIGHUP, either way; a swap of the RUNTIME_ROOT symlink itself is seen on SIGHUP."},
 		{Name: "MERGE_DOMAIN_CONFIG", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Merging files of one domain (halt: a domain defined twice is an error naming both places)."},
 		// Every store.
-		{Name: "EXPIRATION_JITTER_MAX_SECONDS", Kind: Int, Default: "300", Status: NotYet, Unsupported: nonZero, Note: "Random extra expiry on keys. Unset, halt's own expiries apply (no jitter)."},
+		{Name: "EXPIRATION_JITTER_MAX_SECONDS", Kind: Int, Default: "300", Note: "Up to this many seconds of random extra expiry on every key the store expires (`--store-expiry-jitter`), the reference's default 300 included: Redis, memcached, MongoDB, DynamoDB (PostgreSQL and the memory store sweep expired keys themselves and need none)."},
 		{Name: "LOCAL_CACHE_SIZE_IN_BYTES", Kind: Int, Default: "0", Status: NotYet, Unsupported: nonZero, Note: "Size of the local over-limit cache (halt's Redis store keeps its own exact one)."},
 		{Name: "NEAR_LIMIT_RATIO", Kind: Float, Default: "0.8", Note: "Share of a limit past which admitted hits count as near_limit (halt_rule_near_limit_hits_total and the reference's stat), floor(limit x ratio) as the reference computes it; `--near-limit-ratio`."},
 		{Name: "CACHE_KEY_PREFIX", Note: "Prefix of every store key (halt's keys differ from the reference's: counters start fresh)."},

@@ -68,6 +68,12 @@ type Options struct {
 	Logger *slog.Logger
 	// KeyPrefix namespaces keys so several deployments can share one store.
 	KeyPrefix string
+	// ExpiryJitter adds a random extra expiry, up to this long, to every key a store
+	// expires (the reference's EXPIRATION_JITTER_MAX_SECONDS), so that keys written
+	// together do not all expire together. Stores whose keys the server expires (Redis,
+	// memcached, MongoDB's TTL index, DynamoDB's TTL) apply it; the memory store and
+	// PostgreSQL remove expired keys themselves, in batches, and ignore it.
+	ExpiryJitter time.Duration
 	// Inspect opens the store without creating or changing anything in it (`halt-envoy
 	// validate --store`): PostgreSQL does not migrate, MongoDB creates no index, DynamoDB
 	// neither creates its table nor turns on its TTL. A store that would need such a

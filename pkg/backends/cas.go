@@ -3,6 +3,8 @@ package backends
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
@@ -45,6 +47,8 @@ type CAS struct {
 	Attempts int
 	// Backoff spreads the retries of racing writers; its steps suit the store's round trip.
 	Backoff Backoff
+	// Jitter is Options.ExpiryJitter: a write keeps its key up to this much longer.
+	Jitter time.Duration
 }
 
 // Decide decides op at now through io, on key (op.Key as the store names it), using st as
@@ -82,7 +86,11 @@ func (c CAS) Decide(ctx context.Context, io Versioned, key string, op *Op, now i
 		if found && st.Mark() == before || !found && (r.TTL <= 0 || st.IsZero()) {
 			return r, nil
 		}
-		ok, err := io.Write(ctx, key, st, now, r.TTL)
+		ttl := r.TTL
+		if c.Jitter > 0 && ttl > 0 {
+			ttl += rand.Int64N(int64(c.Jitter/time.Microsecond) + 1)
+		}
+		ok, err := io.Write(ctx, key, st, now, ttl)
 		if err != nil {
 			return algorithms.Result{}, err
 		}

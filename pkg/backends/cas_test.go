@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
@@ -19,6 +20,7 @@ type fakeKey struct {
 	rivals         int
 	readErr        error
 	rivalIncrement int64
+	ttls           []int64 // the ttl of every write
 }
 
 func (f *fakeKey) Read(_ context.Context, _ string, st *algorithms.State) (bool, error) {
@@ -34,8 +36,9 @@ func (f *fakeKey) Read(_ context.Context, _ string, st *algorithms.State) (bool,
 	return true, nil
 }
 
-func (f *fakeKey) Write(_ context.Context, _ string, st *algorithms.State, _, _ int64) (bool, error) {
+func (f *fakeKey) Write(_ context.Context, _ string, st *algorithms.State, _, ttl int64) (bool, error) {
 	f.writes++
+	f.ttls = append(f.ttls, ttl)
 	if f.rivals > 0 {
 		f.rivals--
 		// Another writer adds its own hits to the same window and wins.
@@ -123,5 +126,41 @@ func TestCASBounds(t *testing.T) {
 	k = &fakeKey{}
 	if _, err := (CAS{Store: "test"}).Decide(ended, k, "hot", op, 1, &st); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.Canceled) || k.reads != 0 {
 		t.Fatalf("ended context: %v after %d reads", err, k.reads)
+	}
+}
+
+// TestCASJitter: with Jitter each write keeps its key up to that much longer than the
+// decision's TTL, at random; without it, exactly the TTL.
+func TestCASJitter(t *testing.T) {
+	ctx := context.Background()
+	const now = int64(1893456000) * 1_000_000
+	lim := algorithms.Limit{Requests: 1000, Period: 1_000_000}
+	run := func(c CAS) []int64 {
+		var out []int64
+		for i := range 50 {
+			k := &fakeKey{}
+			op := &Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+			r, err := c.Decide(ctx, k, "k", op, now+int64(i), &algorithms.State{})
+			if err != nil || len(k.ttls) != 1 {
+				t.Fatalf("decide: %v, %d writes", err, len(k.ttls))
+			}
+			out = append(out, k.ttls[0]-r.TTL)
+		}
+		return out
+	}
+	for _, extra := range run(CAS{Store: "fake"}) {
+		if extra != 0 {
+			t.Fatalf("without jitter a write is kept %dus past the TTL", extra)
+		}
+	}
+	distinct := map[int64]bool{}
+	for _, extra := range run(CAS{Store: "fake", Jitter: 10 * time.Second}) {
+		if extra < 0 || extra > 10_000_000 {
+			t.Fatalf("jitter %dus outside 0..10s", extra)
+		}
+		distinct[extra] = true
+	}
+	if len(distinct) < 10 {
+		t.Errorf("50 writes got %d distinct jitters: not random", len(distinct))
 	}
 }

@@ -248,6 +248,7 @@ func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) 
 			Store:    "dynamodb",
 			Attempts: cfg.CASAttempts,
 			Backoff:  backends.Backoff{Floor: 100 * time.Microsecond, Step: 500 * time.Microsecond, MaxSteps: 8},
+			Jitter:   opt.ExpiryJitter,
 		},
 		log:   opt.Logger.With("store", "dynamodb", "table", cfg.Table, "region", awsCfg.Region),
 		table: aws.String(cfg.Table),

@@ -131,6 +131,7 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		Attempts: cfg.CASAttempts,
 		// The first two retries go at once (usually enough on a round trip this short).
 		Backoff: backends.Backoff{Free: 3, Step: 50 * time.Microsecond, MaxSteps: 20},
+		Jitter:  opt.ExpiryJitter,
 	}}, nil
 }
 

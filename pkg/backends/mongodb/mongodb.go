@@ -246,6 +246,7 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 			Store:    "mongodb",
 			Attempts: cfg.CASAttempts,
 			Backoff:  backends.Backoff{Floor: 50 * time.Microsecond, Step: 200 * time.Microsecond, MaxSteps: 8},
+			Jitter:   opt.ExpiryJitter,
 		},
 		log:  opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
 		stop: make(chan struct{}),

@@ -291,6 +291,10 @@ local function penalty(s, now, R, P, steps, ladder, cost)
 end
 
 local usetime = ARGV[2] == '1'
+-- ARGV[3]: up to this many extra milliseconds of expiry, at random for each key written
+-- (EXPIRATION_JITTER_MAX_SECONDS), from the seed ARGV[4].
+local jitter = tonumber(ARGV[3]) or 0
+if jitter > 0 then math.randomseed(tonumber(ARGV[4]) or 0) end
 local tnow = 0
 if usetime then
   local t = redis.call('TIME')
@@ -415,6 +419,7 @@ for i = 1, #KEYS do
         local us = ttl
         if us < 1000000 then us = 1000000 end
         local ms = floor(us / 1000) + 1000
+        if jitter > 0 then ms = ms + math.random(0, jitter) end
         redis.call('SET', key, 'h2' .. pack('<dddd', s[1], s[2], s[3], s[4]) .. rest, 'PX', fmt('%d', ms))
       end
     end

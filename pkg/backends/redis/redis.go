@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -330,6 +331,7 @@ type Store struct {
 	script  string     // decide.lua, wire numbers injected
 	sha     string
 	flag    string // ARGV[2]: "1" when the script reads TIME
+	jitter  string // ARGV[3]: Options.ExpiryJitter in milliseconds
 	cache   *denyCache
 	batch   *batcher
 	watch   *watcher
@@ -375,6 +377,7 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 	if cfg.ServerTime {
 		s.flag = "1"
 	}
+	s.jitter = strconv.FormatInt(opt.ExpiryJitter.Milliseconds(), 10)
 	// Server time and the local cache do not mix: the cache needs the op's clock.
 	if cfg.LocalCache && !cfg.ServerTime {
 		s.cache = newDenyCache(cacheKeys)
@@ -596,9 +599,9 @@ func (s *Store) splitBySlot(ctx context.Context, deadline time.Time, now int64, 
 func (s *Store) run(ctx context.Context, calls []*call) {
 	if len(calls) == 1 {
 		c := calls[0]
-		cmd := s.client.EvalSha(ctx, s.sha, c.keys, c.spec, s.flag)
+		cmd := s.client.EvalSha(ctx, s.sha, c.keys, s.args(c)...)
 		if isNoScript(cmd.Err()) {
-			cmd = s.client.Eval(ctx, s.script, c.keys, c.spec, s.flag)
+			cmd = s.client.Eval(ctx, s.script, c.keys, s.args(c)...)
 		}
 		c.reply, c.err = cmd.Text()
 		return
@@ -606,7 +609,7 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*goredis.Cmd, len(calls))
 	for i, c := range calls {
-		cmds[i] = pipe.EvalSha(ctx, s.sha, c.keys, c.spec, s.flag)
+		cmds[i] = pipe.EvalSha(ctx, s.sha, c.keys, s.args(c)...)
 	}
 	_, _ = pipe.Exec(ctx)
 	var again []int
@@ -623,12 +626,22 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	pipe = s.client.Pipeline()
 	for _, i := range again {
 		c := calls[i]
-		cmds[i] = pipe.Eval(ctx, s.script, c.keys, c.spec, s.flag)
+		cmds[i] = pipe.Eval(ctx, s.script, c.keys, s.args(c)...)
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, i := range again {
 		calls[i].reply, calls[i].err = cmds[i].Text()
 	}
+}
+
+// args are a call's ARGV: its ops, whether to read TIME, the expiry jitter and a seed
+// for it (Redis seeds a script's math.random the same way on every run).
+func (s *Store) args(c *call) []any {
+	seed := "0"
+	if s.jitter != "0" {
+		seed = strconv.FormatInt(rand.Int64N(1<<31), 10)
+	}
+	return []any{c.spec, s.flag, s.jitter, seed}
 }
 
 func isNoScript(err error) bool {

@@ -274,3 +274,52 @@ func TestTLSCluster(t *testing.T) {
 		t.Errorf("keys landed on %d node(s): the test wants them spread", used)
 	}
 }
+
+// TestExpiryJitter: with Options.ExpiryJitter every key Redis expires gets up to that
+// much extra, at random per key; without it the expiry is the state's own (plus the
+// store's fixed second of slack).
+func TestExpiryJitter(t *testing.T) {
+	r := startOwnRedis(t, 0)
+	ctx := context.Background()
+	admin := goredis.NewClient(&goredis.Options{Addr: r.addr()})
+	defer admin.Close()
+	lim := algorithms.Limit{Requests: 1000, Period: 1_000_000} // one second: a key lives about 2 s
+	pttls := func(jitter time.Duration, prefix string) []time.Duration {
+		s := mustOpen(t, "redis://"+r.addr(), backends.Options{Timeout: testTimeout, ExpiryJitter: jitter, KeyPrefix: prefix})
+		defer s.Close()
+		var ops []*backends.Op
+		for i := range 40 {
+			ops = append(ops, &backends.Op{Key: fmt.Sprint("k", i), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1})
+		}
+		if err := s.Apply(ctx, time.Now().UnixMicro(), ops); err != nil {
+			t.Fatal(err)
+		}
+		var out []time.Duration
+		for i := range 40 {
+			d, err := admin.PTTL(ctx, fmt.Sprint(prefix, "k", i)).Result()
+			if err != nil || d <= 0 {
+				t.Fatalf("PTTL %s%d: %v %v", prefix, i, d, err)
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+	for _, d := range pttls(0, "plain:") {
+		if d > 2100*time.Millisecond {
+			t.Fatalf("without jitter a key expires in %v, want at most about 2 s", d)
+		}
+	}
+	over, distinct := 0, map[time.Duration]bool{}
+	for _, d := range pttls(60*time.Second, "jitter:") {
+		if d > 62100*time.Millisecond {
+			t.Fatalf("with 60 s of jitter a key expires in %v", d)
+		}
+		if d > 2100*time.Millisecond {
+			over++
+		}
+		distinct[d/time.Millisecond] = true
+	}
+	if over < 30 || len(distinct) < 20 {
+		t.Errorf("with 60 s of jitter %d of 40 keys got extra expiry, %d distinct: not random per key", over, len(distinct))
+	}
+}
