@@ -285,7 +285,9 @@ func checkSweep(t *testing.T, s *Store) {
 			t.Fatal(err)
 		}
 	}
-	long := &backends.Op{Key: "long", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 5, Period: 3600_000_000}, Cost: 1}
+	// A token bucket, not a fixed window: an hour-long fixed window ends on the hour,
+	// so a run in an hour's last minute saw it swept (CI at hh:59, "swept 8").
+	long := &backends.Op{Key: "long", Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 5, Period: 3600_000_000}, Cost: 1}
 	if err := s.Apply(ctx, backends.Micros(now), []*backends.Op{long}); err != nil {
 		t.Fatal(err)
 	}

@@ -182,7 +182,9 @@ func TestCleanupBoundsTable(t *testing.T) {
 			ops = ops[:0]
 		}
 	}
-	long := &backends.Op{Key: "long", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 10, Period: 3600_000_000}, Cost: 1}
+	// A token bucket: an hour-long fixed window ends on the hour, within reach of the
+	// two seconds below in an hour's last seconds.
+	long := &backends.Op{Key: "long", Algorithm: algorithms.TokenBucket, Limit: algorithms.Limit{Requests: 10, Period: 3600_000_000}, Cost: 1}
 	if err := s.Apply(ctx, now, []*backends.Op{long}); err != nil {
 		t.Fatal(err)
 	}
