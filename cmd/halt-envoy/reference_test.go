@@ -372,7 +372,7 @@ func TestReferenceStartupErrors(t *testing.T) {
 		{[]string{"BACKEND_TYPE", "dynamo"}, []string{"BACKEND_TYPE"}},
 		{[]string{"REDIS_SOCKET_TYPE", "unix"}, []string{"REDIS_SOCKET_TYPE"}},
 		{[]string{"REDIS_AUTH", "a", "REDIS_AUTH_FILE", pw}, []string{"REDIS_AUTH and REDIS_AUTH_FILE"}},
-		{[]string{"MEMCACHE_SRV", "_m._tcp.example"}, []string{"MEMCACHE_SRV"}},
+		{[]string{"BACKEND_TYPE", "memcache", "MEMCACHE_SRV", "_m._tcp.example", "MEMCACHE_HOST_PORT", "127.0.0.1:1"}, []string{"MEMCACHE_SRV and MEMCACHE_HOST_PORT"}},
 		{[]string{"GRPC_PORT", "http"}, []string{"GRPC_PORT"}},
 		{[]string{"CONFIG_TYPE", "GRPC_XDS_DELTA"}, []string{"CONFIG_TYPE"}},
 	} {

@@ -18,6 +18,9 @@ import (
 // on, and Settings.Ignored names them when they were set but nothing else was.
 var genericNames = []string{"HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT"}
 
+// memcacheSRVName is the form the reference's srv.ParseSrv accepts for MEMCACHE_SRV.
+var memcacheSRVName = regexp.MustCompile(`^_(.+?)\._(.+?)\.(.+)$`)
+
 // Settings is what the reference's variables ask of halt. Empty fields mean "the
 // reference's variables say nothing here": halt keeps its own setting.
 type Settings struct {
@@ -640,8 +643,29 @@ func (r *reader) redisURL(p string) string {
 }
 
 func (r *reader) memcache(s *Settings) {
-	s.StoreFrom = []string{"BACKEND_TYPE", "MEMCACHE_HOST_PORT"}
+	s.StoreFrom = []string{"BACKEND_TYPE", "MEMCACHE_HOST_PORT", "MEMCACHE_SRV"}
 	hosts := splitList(r.str("MEMCACHE_HOST_PORT"))
+	if srv := r.str("MEMCACHE_SRV"); srv != "" {
+		if len(hosts) > 0 {
+			r.fail("MEMCACHE_SRV and MEMCACHE_HOST_PORT are both set: the servers come from one of them")
+			return
+		}
+		if !memcacheSRVName.MatchString(srv) {
+			r.fail("MEMCACHE_SRV=%q: want _service._proto.name (the reference refuses other forms too)", srv)
+			return
+		}
+		refresh := r.duration("MEMCACHE_SRV_REFRESH")
+		if refresh < 0 {
+			r.fail("MEMCACHE_SRV_REFRESH=%q: want 0 (never) or a positive duration", r.str("MEMCACHE_SRV_REFRESH"))
+			return
+		}
+		q := url.Values{"srv": {srv}, "max_idle_conns": {strconv.FormatInt(r.integer("MEMCACHE_MAX_IDLE_CONNS"), 10)}}
+		if refresh > 0 {
+			q.Set("srv_refresh", refresh.String())
+		}
+		s.Store = (&url.URL{Scheme: "memcached", Path: "/", RawQuery: q.Encode()}).String()
+		return
+	}
 	if len(hosts) == 0 {
 		r.fail("BACKEND_TYPE=memcache needs MEMCACHE_HOST_PORT (HOST:PORT[,HOST:PORT...])")
 		return

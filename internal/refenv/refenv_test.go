@@ -284,7 +284,6 @@ func TestMemcache(t *testing.T) {
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache"}, "MEMCACHE_HOST_PORT")
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m1"}, "MEMCACHE_HOST_PORT")
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1", "MEMCACHE_MAX_IDLE_CONNS": "0"}, "MEMCACHE_MAX_IDLE_CONNS")
-	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x"}, "MEMCACHE_SRV")
 	// A unix-socket Redis default does not matter with memcache.
 	if s := mustRead(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1"}); s.Store == "" {
 		t.Error("no store")
@@ -543,4 +542,20 @@ func TestExpiryJitter(t *testing.T) {
 		t.Errorf("12: %v", s.ExpiryJitter)
 	}
 	mustFail(t, base("EXPIRATION_JITTER_MAX_SECONDS", "-1"), "EXPIRATION_JITTER_MAX_SECONDS")
+}
+
+// TestMemcacheSRV: MEMCACHE_SRV (and MEMCACHE_SRV_REFRESH) become the memcached URL's
+// srv= (and srv_refresh=); with MEMCACHE_HOST_PORT too, startup stops.
+func TestMemcacheSRV(t *testing.T) {
+	s := mustRead(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_memcache._tcp.cache.svc", "MEMCACHE_SRV_REFRESH": "30s", "USE_STATSD": "false"})
+	if s.Store != "memcached:///?max_idle_conns=2&srv=_memcache._tcp.cache.svc&srv_refresh=30s" {
+		t.Errorf("store %s", s.Store)
+	}
+	if s := mustRead(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "USE_STATSD": "false"}); s.Store != "memcached:///?max_idle_conns=2&srv=_m._tcp.x" {
+		t.Errorf("store without refresh %s", s.Store)
+	}
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_HOST_PORT": "h:1"}, "MEMCACHE_SRV and MEMCACHE_HOST_PORT")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "cache.example.org"}, "MEMCACHE_SRV")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_SRV_REFRESH": "-1s"}, "MEMCACHE_SRV_REFRESH")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_SRV_REFRESH": "soon"}, "MEMCACHE_SRV_REFRESH")
 }

@@ -66,9 +66,8 @@ type Var struct {
 	Unsupported func(v string) bool
 }
 
-func isTrue(v string) bool   { b, _ := strconv.ParseBool(v); return b }
-func nonEmpty(v string) bool { return v != "" }
-func nonZero(v string) bool  { f, _ := strconv.ParseFloat(v, 64); return f != 0 }
+func isTrue(v string) bool  { b, _ := strconv.ParseBool(v); return b }
+func nonZero(v string) bool { f, _ := strconv.ParseFloat(v, 64); return f != 0 }
 
 // Vars is the reference's settings table, in its order, with halt's answer for each.
 // It is data: the migration table in docs/migration.md is checked against it.
@@ -185,8 +184,8 @@ func Vars() []Var {
 		// Memcached.
 		{Name: "MEMCACHE_HOST_PORT", Kind: List, Note: "`memcached://` servers."},
 		{Name: "MEMCACHE_MAX_IDLE_CONNS", Kind: Int, Default: "2", Note: "`max_idle_conns` of the store URL."},
-		{Name: "MEMCACHE_SRV", Status: NotYet, Unsupported: nonEmpty, Note: "Servers from an SRV record."},
-		{Name: "MEMCACHE_SRV_REFRESH", Kind: Duration, Default: "0", Note: "Used only with MEMCACHE_SRV."},
+		{Name: "MEMCACHE_SRV", Note: "The servers are the targets of this DNS SRV record (`memcached:///?srv=NAME`), looked up at start; excludes MEMCACHE_HOST_PORT."},
+		{Name: "MEMCACHE_SRV_REFRESH", Kind: Duration, Default: "0", Note: "With MEMCACHE_SRV: look the record up again this often (`srv_refresh`; 0: never); a changed record swaps the servers, a failed lookup keeps them."},
 		{Name: "MEMCACHE_TLS", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "TLS to memcached; the MEMCACHE_TLS_* files are used only with it."},
 		{Name: "MEMCACHE_TLS_CLIENT_CERT", Note: "Used only with MEMCACHE_TLS."},
 		{Name: "MEMCACHE_TLS_CLIENT_KEY", Note: "Used only with MEMCACHE_TLS."},

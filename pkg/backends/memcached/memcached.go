@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -50,6 +51,13 @@ const maxRelative = 30 * 24 * 3600
 type Config struct {
 	// Servers are host:port addresses (or unix socket paths).
 	Servers []string
+	// SRV, instead of Servers, names a DNS SRV record whose targets are the servers (the
+	// reference's MEMCACHE_SRV), looked up at New and, with SRVRefresh above zero, again
+	// every SRVRefresh (MEMCACHE_SRV_REFRESH); a failed refresh keeps the servers.
+	SRV        string
+	SRVRefresh time.Duration
+	// Resolver looks SRV up; nil means net.DefaultResolver.
+	Resolver *net.Resolver
 	// CASAttempts bounds the compare-and-swap rounds of one op; zero means
 	// backends.DefaultCASAttempts.
 	CASAttempts int
@@ -63,15 +71,17 @@ type Config struct {
 // Store is the memcached backend. Create it with New or OpenURL.
 type Store struct {
 	mc     *memcache.Client
-	ring   *Ring
+	sel    memcache.ServerSelector // a *Ring, or a *srvRing with MEMCACHE_SRV
 	cfg    Config
+	stop   context.CancelFunc // the SRV refresher's
 	opt    backends.Options
 	cas    backends.CAS
 	closed atomic.Bool
 }
 
 // OpenURL opens memcached://host:port[,host:port...][?cas_attempts=N&max_idle_conns=N]
-// (max_retries is the old name of cas_attempts).
+// (max_retries is the old name of cas_attempts), or memcached:///?srv=NAME[&srv_refresh=D]
+// for the servers of a DNS SRV record.
 func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -96,6 +106,13 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	q.Alias("max_retries", "cas_attempts")
 	cfg.CASAttempts = q.Int("cas_attempts", 0, 1, backends.MaxCASAttempts)
 	cfg.MaxIdleConns = q.Int("max_idle_conns", 0, 1, math.MaxInt)
+	cfg.SRV = q.String("srv", "")
+	cfg.SRVRefresh = q.Duration("srv_refresh", 0, 0)
+	if cfg.SRV == "" {
+		q.Refuse("srv_refresh", "needs srv=")
+	} else if len(cfg.Servers) > 0 {
+		return nil, fmt.Errorf("memcached URL: srv= and servers in the URL exclude each other (memcached:///?srv=NAME)")
+	}
 	if err := q.Err(); err != nil {
 		return nil, err
 	}
@@ -103,12 +120,13 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	return New(cfg, opt)
 }
 
-// New returns a store over cfg.Servers. It does not connect: memcached servers come and
-// go, and each call reports its own server's availability.
+// New returns a store over cfg.Servers, or over the targets of cfg.SRV (looked up here:
+// a record that does not resolve is an error). It does not connect: memcached servers
+// come and go, and each call reports its own server's availability.
 func New(cfg Config, opt backends.Options) (*Store, error) {
 	opt = opt.Defaults(DefaultTimeout)
-	if len(cfg.Servers) == 0 {
-		return nil, fmt.Errorf("memcached: no servers (want memcached://host:port[,host:port...])")
+	if len(cfg.Servers) == 0 && cfg.SRV == "" {
+		return nil, fmt.Errorf("memcached: no servers (want memcached://host:port[,host:port...] or memcached:///?srv=NAME)")
 	}
 	if cfg.CASAttempts <= 0 {
 		cfg.CASAttempts = backends.DefaultCASAttempts
@@ -119,14 +137,40 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	ring, err := NewRing(cfg.Servers...)
-	if err != nil {
-		return nil, err
+	var sel memcache.ServerSelector
+	stop := func() {}
+	if cfg.SRV != "" {
+		if err := checkSRVName(cfg.SRV); err != nil {
+			return nil, err
+		}
+		if cfg.SRVRefresh < 0 {
+			return nil, fmt.Errorf("memcached: SRV refresh %v: want 0 (never) or a positive duration", cfg.SRVRefresh)
+		}
+		res := cfg.Resolver
+		if res == nil {
+			res = net.DefaultResolver
+		}
+		r := &srvRing{name: cfg.SRV, resolver: res, timeout: max(opt.Timeout, 2*time.Second), log: opt.Logger}
+		if err := r.refresh(context.Background()); err != nil {
+			return nil, err
+		}
+		if cfg.SRVRefresh > 0 {
+			ctx, cancel := context.WithCancel(context.Background())
+			go r.run(ctx, cfg.SRVRefresh)
+			stop = cancel
+		}
+		sel = r
+	} else {
+		ring, err := NewRing(cfg.Servers...)
+		if err != nil {
+			return nil, err
+		}
+		sel = ring
 	}
-	mc := memcache.NewFromSelector(ring)
+	mc := memcache.NewFromSelector(sel)
 	mc.Timeout = opt.Timeout
 	mc.MaxIdleConns = cfg.MaxIdleConns
-	return &Store{mc: mc, ring: ring, cfg: cfg, opt: opt, cas: backends.CAS{
+	return &Store{mc: mc, sel: sel, stop: stop, cfg: cfg, opt: opt, cas: backends.CAS{
 		Store:    "memcached",
 		Attempts: cfg.CASAttempts,
 		// The first two retries go at once (usually enough on a round trip this short).
@@ -313,6 +357,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // Close drops idle connections. Later calls are no-ops.
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
+		s.stop()
 		return s.mc.Close()
 	}
 	return nil

@@ -286,7 +286,7 @@ func TestOpenURL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.ring.addrs) != 2 || s.cfg.CASAttempts != 5 || s.cas.Attempts != 5 || s.cfg.MaxIdleConns != 3 {
+	if len(s.sel.(*Ring).addrs) != 2 || s.cfg.CASAttempts != 5 || s.cas.Attempts != 5 || s.cfg.MaxIdleConns != 3 {
 		t.Fatalf("%+v", s.cfg)
 	}
 	s.Close()
