@@ -149,6 +149,7 @@ type serveFlags struct {
 	tlsGRPCOnly                                            bool // TLS from GRPC_SERVER_USE_TLS: the gRPC port only
 	saas                                                   saasFlags
 	stats                                                  statsFlags
+	trace                                                  traceFlags
 	caps                                                   configCaps
 	edge                                                   edgeFlags
 	edgeGiven                                              map[string]bool // flags given, which win over the reference's variables
@@ -200,6 +201,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	f.stats.register(fs)
 	f.caps.register(fs, true)
 	f.edge.register(fs)
+	f.trace.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -363,11 +365,20 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	}
 	defer watcher.Close()
 
-	observers, stopTracing, err := f.saas.observers(m, log)
+	tr, err := f.trace.build(ctx, storeName, log)
 	if err != nil {
 		return err
 	}
-	defer stopTracing(context.WithoutCancel(ctx))
+	observers, stopTracing, err := f.saas.observers(m, tr.tp, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// The last spans leave, but a collector that is away does not hold the exit.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(sctx)
+	}()
 	st, err := f.stats.build(m, log)
 	if err != nil {
 		return err
@@ -391,7 +402,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	eng, err := engine.New(engine.Config{
 		Clock:       clock,
 		Observers:   observers,
-		Store:       store,
+		Store:       tr.store(store),
 		StoreName:   storeName,
 		Rules:       watcher.Current,
 		Metrics:     m,
@@ -452,7 +463,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	srv, err := server.New(server.Options{
 		TLSGRPCOnly:           f.tlsGRPCOnly,
 		Health:                health,
-		Interceptors:          st.interceptors,
+		Interceptors:          append(tr.interceptor, st.interceptors...),
 		Ready:                 ready,
 		MaxConnectionAge:      maxAge,
 		MaxConnectionAgeGrace: maxAgeGrace,

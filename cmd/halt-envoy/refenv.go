@@ -132,6 +132,7 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 		apply([]string{"x-ratelimit-names"}, &f.xNames, strings.Join(n[:], ","), "LIMIT_LIMIT_HEADER", "LIMIT_REMAINING_HEADER", "LIMIT_RESET_HEADER")
 	}
 	applyBool("response-dynamic-metadata", &f.dynamicMetadata, ref.DynamicMetadata, "RESPONSE_DYNAMIC_METADATA")
+	f.trace.applyReference(ref.Tracing, given)
 	if ref.TLS != nil {
 		tlsGiven := given["tls-cert"] || given["tls-key"] || given["tls-client-ca"] || given["tls-client-san"]
 		apply([]string{"tls-cert", "tls-key", "tls-client-ca", "tls-client-san"}, new(string), "", "GRPC_SERVER_USE_TLS", "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY", "GRPC_CLIENT_TLS_CACERT", "GRPC_CLIENT_TLS_SAN")

@@ -55,7 +55,9 @@ func (s *saasFlags) token() (string, error) {
 
 // observers builds the decision observers the flags ask for. The returned function
 // flushes and stops tracing.
-func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]engine.Observer, func(context.Context) error, error) {
+// With OTLP export on (otlp non-nil), decisions are events on its spans and --otel adds
+// the log exporter to the same provider instead of a provider of its own.
+func (s *saasFlags) observers(m *metrics.Metrics, otlp *sdktrace.TracerProvider, log *slog.Logger) ([]engine.Observer, func(context.Context) error, error) {
 	stop := func(context.Context) error { return nil }
 	rate := s.logDecisionsSample
 	l, err := observe.NewLog(log.With("component", "decisions"), rate, max(rate, observe.DefaultOverLimitSample))
@@ -67,7 +69,14 @@ func (s *saasFlags) observers(m *metrics.Metrics, log *slog.Logger) ([]engine.Ob
 		return nil, stop, err
 	}
 	obs := []engine.Observer{prom, l}
-	if s.otel {
+	switch {
+	case otlp != nil:
+		if s.otel {
+			otlp.RegisterSpanProcessor(sdktrace.NewBatchSpanProcessor(observe.NewLogExporter(log.With("component", "otel"))))
+		}
+		obs = append(obs, observe.NewTrace(otlp))
+		stop = otlp.Shutdown
+	case s.otel:
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(observe.NewLogExporter(log.With("component", "otel"))))
 		obs = append(obs, observe.NewTrace(tp))
 		stop = tp.Shutdown

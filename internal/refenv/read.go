@@ -66,6 +66,9 @@ type Settings struct {
 	MaxConnectionAge, MaxConnectionAgeGrace time.Duration
 	MaxConcurrentStreams                    uint32
 
+	// Tracing is set when TRACING_ENABLED.
+	Tracing *Tracing
+
 	// Stats is where the reference's stats go (USE_STATSD, USE_DOG_STATSD,
 	// USE_PROMETHEUS, DISABLE_STATS and their settings) and NEAR_LIMIT_RATIO.
 	Stats Stats
@@ -81,6 +84,14 @@ type Settings struct {
 	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
 	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
 	HealthNeedsConfig, HealthPingsStore bool
+}
+
+// Tracing is the reference's OTLP tracing; the collector's address and its other
+// settings are the exporter's OTEL_EXPORTER_OTLP_* variables.
+type Tracing struct {
+	Protocol                                         string // http or grpc
+	ServiceName, ServiceNamespace, ServiceInstanceID string
+	SamplingRate                                     float64
 }
 
 // Stats outputs, as the reference chooses one (src/service_cmd/runner).
@@ -237,7 +248,7 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	}
 	s := &Settings{}
 	for name := range env {
-		if _, ok := r.vars[name]; !ok {
+		if v, ok := r.vars[name]; !ok || v.Library {
 			continue
 		}
 		s.Set = append(s.Set, name)
@@ -254,8 +265,15 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 		return s, nil
 	}
 
-	// Every given value must parse as the reference parses it (it would panic).
-	for _, name := range s.Set {
+	// Every given value must parse as the reference parses it (it would panic), the
+	// exporter's own variables included (the reference's exporter would ignore a bad one).
+	given := append([]string(nil), s.Set...)
+	for _, v := range Vars() {
+		if _, ok := env[v.Name]; ok && v.Library {
+			given = append(given, v.Name)
+		}
+	}
+	for _, name := range given {
 		v := r.vars[name]
 		val := env[name]
 		if val == "" && (v.Kind == String || v.Kind == List || v.Kind == Map) {
@@ -454,6 +472,15 @@ func (r *reader) config(s *Settings) {
 	}
 	if p := r.str("TRACING_EXPORTER_PROTOCOL"); p != "http" && p != "grpc" {
 		r.fail("TRACING_EXPORTER_PROTOCOL=%q: want http or grpc", p)
+	}
+	if r.boolean("TRACING_ENABLED") {
+		s.Tracing = &Tracing{
+			Protocol:          r.str("TRACING_EXPORTER_PROTOCOL"),
+			ServiceName:       r.str("TRACING_SERVICE_NAME"),
+			ServiceNamespace:  r.str("TRACING_SERVICE_NAMESPACE"),
+			ServiceInstanceID: r.str("TRACING_SERVICE_INSTANCE_ID"),
+			SamplingRate:      r.float("TRACING_SAMPLING_RATE"),
+		}
 	}
 }
 

@@ -2,9 +2,11 @@ package refenv
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,7 +196,7 @@ func TestNotYet(t *testing.T) {
 		t.Fatal("no NotYet rows")
 	}
 	// Several at once: all reported together.
-	mustFail(t, base("QUOTA_MODE", "true", "TRACING_ENABLED", "true", "MERGE_DOMAIN_CONFIG", "true"), "QUOTA_MODE", "TRACING_ENABLED", "MERGE_DOMAIN_CONFIG")
+	mustFail(t, base("QUOTA_MODE", "true", "MERGE_DOMAIN_CONFIG", "true"), "QUOTA_MODE", "MERGE_DOMAIN_CONFIG")
 }
 
 func TestRedis(t *testing.T) {
@@ -345,6 +347,31 @@ func TestTLSAndHealth(t *testing.T) {
 	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c"), "GRPC_SERVER_TLS_KEY")
 	mustFail(t, base("GRPC_SERVER_TLS_CERT", "/c"), "GRPC_SERVER_TLS_CERT", "GRPC_SERVER_USE_TLS is false")
 	mustFail(t, base("GRPC_SERVER_USE_TLS", "true", "GRPC_SERVER_TLS_CERT", "/c", "GRPC_SERVER_TLS_KEY", "/k", "GRPC_CLIENT_TLS_SAN", "x"), "GRPC_CLIENT_TLS_SAN")
+}
+
+// TestTracing: TRACING_ENABLED and its settings; the exporter's OTEL_* variables do not
+// switch the reference's environment on, and are checked when it is.
+func TestTracing(t *testing.T) {
+	if s := mustRead(t, base()); s.Tracing != nil {
+		t.Errorf("tracing without TRACING_ENABLED: %+v", s.Tracing)
+	}
+	s := mustRead(t, base("TRACING_ENABLED", "true", "TRACING_SERVICE_NAME", "envoy-ratelimit", "TRACING_SERVICE_NAMESPACE", "envoy-gateway-system",
+		"TRACING_SERVICE_INSTANCE_ID", "pod-1", "TRACING_SAMPLING_RATE", "0.25", "TRACING_EXPORTER_PROTOCOL", "grpc",
+		"OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"))
+	want := &Tracing{Protocol: "grpc", ServiceName: "envoy-ratelimit", ServiceNamespace: "envoy-gateway-system", ServiceInstanceID: "pod-1", SamplingRate: 0.25}
+	if !reflect.DeepEqual(s.Tracing, want) {
+		t.Errorf("%+v, want %+v", s.Tracing, want)
+	}
+	if d := mustRead(t, base("TRACING_ENABLED", "true")); !reflect.DeepEqual(d.Tracing, &Tracing{Protocol: "http", ServiceName: "RateLimit", SamplingRate: 1}) {
+		t.Errorf("defaults %+v", d.Tracing)
+	}
+	for _, v := range slices.Collect(maps.Keys(map[string]bool{"OTEL_EXPORTER_OTLP_ENDPOINT": true, "OTEL_EXPORTER_OTLP_HEADERS": true})) {
+		if s := mustRead(t, map[string]string{v: "x=y"}); s.Active || len(s.Ignored) > 0 {
+			t.Errorf("%s alone: %+v", v, s)
+		}
+	}
+	mustFail(t, base("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"), "OTEL_EXPORTER_OTLP_TIMEOUT")
+	mustFail(t, base("TRACING_ENABLED", "yes please"), "TRACING_ENABLED")
 }
 
 // TestStats: the stats output the reference's runner would choose, and its settings.

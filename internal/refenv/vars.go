@@ -64,6 +64,10 @@ type Var struct {
 	// Unsupported, for NotYet rows, reports whether the (parsed, valid) value is one halt
 	// cannot honour yet. Nil means any value given is.
 	Unsupported func(v string) bool
+	// Library: a library reads the variable from the process environment (the
+	// OpenTelemetry exporter), in the reference as in halt. It never switches the
+	// reference's environment on and Read neither checks nor reports it.
+	Library bool
 }
 
 func isTrue(v string) bool  { b, _ := strconv.ParseBool(v); return b }
@@ -196,12 +200,28 @@ func Vars() []Var {
 		{Name: "QUOTA_MODE", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Not a variable of the reference: its settings (`src/settings/settings.go`) have no global quota mode, only the per-descriptor `quota_mode` key, which halt honours. Set to true, it stops startup rather than be ignored."},
 		{Name: "RESPONSE_DYNAMIC_METADATA", Kind: Bool, Default: "false", Note: "`--response-dynamic-metadata`: every response carries the reference's dynamic metadata (`domain`, `descriptors`, `hitsAddend`, `quotaModeEnabled`, `quotaModeViolations`, and the `metadata` of the matched rules that passed), which Envoy stores under `envoy.filters.http.ratelimit`."},
 		// Tracing.
-		{Name: "TRACING_ENABLED", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "OTLP tracing; the TRACING_* settings are read and checked, and used only with it."},
-		{Name: "TRACING_SERVICE_NAME", Default: "RateLimit", Note: "Used only with TRACING_ENABLED."},
-		{Name: "TRACING_SERVICE_NAMESPACE", Note: "Used only with TRACING_ENABLED."},
-		{Name: "TRACING_SERVICE_INSTANCE_ID", Note: "Used only with TRACING_ENABLED."},
-		{Name: "TRACING_EXPORTER_PROTOCOL", Default: "http", Note: "`http` or `grpc`; used only with TRACING_ENABLED."},
-		{Name: "TRACING_SAMPLING_RATE", Kind: Float, Default: "1", Note: "0..1; used only with TRACING_ENABLED."},
+		{Name: "TRACING_ENABLED", Kind: Bool, Default: "false", Note: "OTLP trace export (`--trace-otlp-endpoint`): a server span per gRPC call, child of the caller's W3C or B3 trace context, with the decisions as events and each store round as a child span."},
+		{Name: "TRACING_SERVICE_NAME", Default: "RateLimit", Note: "The resource's service.name."},
+		{Name: "TRACING_SERVICE_NAMESPACE", Note: "The resource's service.namespace."},
+		{Name: "TRACING_SERVICE_INSTANCE_ID", Note: "The resource's service.instance.id; a random one when empty, as the reference's."},
+		{Name: "TRACING_EXPORTER_PROTOCOL", Default: "http", Note: "`http` (OTLP/HTTP protobuf) or `grpc`; `--trace-protocol`."},
+		{Name: "TRACING_SAMPLING_RATE", Kind: Float, Default: "1", Note: "0..1: the share of traces started here that are sampled; a call with a parent follows its parent's choice (parent-based), as the reference's; `--trace-sample-ratio`."},
+		// The OpenTelemetry exporter's own variables, which the reference relies on for the
+		// collector's address: read by the exporter from the process environment.
+		{Name: "OTEL_EXPORTER_OTLP_ENDPOINT", Library: true, Note: "The collector (e.g. `http://collector:4318`); read by the OTLP exporter as in the reference. `--trace-otlp-endpoint` wins over it."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Library: true, Note: "The traces endpoint, full URL (wins over OTEL_EXPORTER_OTLP_ENDPOINT); read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_HEADERS", Library: true, Note: "Headers sent to the collector (`k=v,k2=v2`); read by the OTLP exporter, never logged."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_HEADERS", Library: true, Note: "As OTEL_EXPORTER_OTLP_HEADERS, for traces."},
+		{Name: "OTEL_EXPORTER_OTLP_CERTIFICATE", Library: true, Note: "CA (PEM) verifying the collector; read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", Library: true, Note: "As OTEL_EXPORTER_OTLP_CERTIFICATE, for traces."},
+		{Name: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", Library: true, Note: "Client certificate (PEM) for mTLS to the collector; read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_CLIENT_KEY", Library: true, Note: "Its key."},
+		{Name: "OTEL_EXPORTER_OTLP_TIMEOUT", Kind: Int, Library: true, Note: "Export timeout in milliseconds (10000); read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", Kind: Int, Library: true, Note: "As OTEL_EXPORTER_OTLP_TIMEOUT, for traces."},
+		{Name: "OTEL_EXPORTER_OTLP_COMPRESSION", Library: true, Note: "`gzip` or none; read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", Library: true, Note: "As OTEL_EXPORTER_OTLP_COMPRESSION, for traces."},
+		{Name: "OTEL_EXPORTER_OTLP_INSECURE", Kind: Bool, Library: true, Note: "Plaintext to an endpoint without a scheme; read by the OTLP exporter."},
+		{Name: "OTEL_EXPORTER_OTLP_TRACES_INSECURE", Kind: Bool, Library: true, Note: "As OTEL_EXPORTER_OTLP_INSECURE, for traces."},
 	}
 }
 
