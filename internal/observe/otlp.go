@@ -133,10 +133,14 @@ func ServerTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) 
 			ctx = prop.Extract(ctx, metadataCarrier(md))
 		}
 		full := strings.TrimPrefix(info.FullMethod, "/")
-		svc, method, _ := strings.Cut(full, "/")
-		ctx, span := tracer.Start(ctx, full, trace.WithSpanKind(trace.SpanKindServer),
-			trace.WithAttributes(semconv.RPCSystemGRPC, semconv.RPCService(svc), semconv.RPCMethod(method)))
+		ctx, span := tracer.Start(ctx, full, trace.WithSpanKind(trace.SpanKindServer))
 		defer span.End()
+		if !span.IsRecording() {
+			// Not sampled: nothing to describe.
+			return handler(ctx, req)
+		}
+		svc, method, _ := strings.Cut(full, "/")
+		span.SetAttributes(semconv.RPCSystemGRPC, semconv.RPCService(svc), semconv.RPCMethod(method))
 		switch r := req.(type) {
 		case *rlspb.RateLimitRequest:
 			span.SetAttributes(attribute.String("halt.domain", r.GetDomain()), attribute.Int("halt.descriptors", len(r.GetDescriptors())))

@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/statsd_exporter/pkg/exporter"
 	"github.com/prometheus/statsd_exporter/pkg/mapper"
 	"gopkg.in/yaml.v3"
+
+	"github.com/halt-envoy/halt-envoy/internal/lograte"
 )
 
 // Statsd returns gostats' statsd sink (the reference's), sending to addr over protocol
@@ -42,7 +44,7 @@ func Statsd(addr, protocol string, log *slog.Logger) (gostats.Sink, error) {
 		return nil, fmt.Errorf("statsd protocol %q: want tcp or udp", protocol)
 	}
 	return gostats.NewTCPStatsdSink(gostats.WithStatsdHost(host), gostats.WithStatsdPort(port),
-		gostats.WithStatsdProtocol(protocol), gostats.WithLogger(sinkLogger{log})), nil
+		gostats.WithStatsdProtocol(protocol), gostats.WithLogger(sinkLogger{log: log, rate: lograte.New(lograte.DefaultInterval)})), nil
 }
 
 // gostatsEnvOK reads gostats' own environment variables the way its sink does on
@@ -69,15 +71,21 @@ func splitHostPort(addr string) (string, int, error) {
 	return host, port, nil
 }
 
-// sinkLogger routes gostats' sink messages through slog.
-type sinkLogger struct{ log *slog.Logger }
+// sinkLogger routes gostats' sink messages through slog, one line per
+// lograte.DefaultInterval: while statsd is away the sink retries every few seconds.
+type sinkLogger struct {
+	log  *slog.Logger
+	rate *lograte.Limiter
+}
 
-func (l sinkLogger) Errorf(msg string, args ...any) {
-	l.log.Error("statsd: " + fmt.Sprintf(msg, args...))
+func (l sinkLogger) line(level slog.Level, msg string, args []any) {
+	if ok, held := l.rate.Allow(time.Now()); ok {
+		l.log.Log(context.Background(), level, "statsd: "+fmt.Sprintf(msg, args...), "similar_suppressed", held)
+	}
 }
-func (l sinkLogger) Warnf(msg string, args ...any) {
-	l.log.Warn("statsd: " + fmt.Sprintf(msg, args...))
-}
+
+func (l sinkLogger) Errorf(msg string, args ...any) { l.line(slog.LevelError, msg, args) }
+func (l sinkLogger) Warnf(msg string, args ...any)  { l.line(slog.LevelWarn, msg, args) }
 
 // Mogrifier rewrites a stat name into a DogStatsD name and tags, as the reference's
 // DOG_STATSD_MOGRIFIER_<NAME>_{PATTERN,NAME,TAGS} variables say: the first mogrifier
