@@ -79,11 +79,10 @@ type Metrics struct {
 	// AlgorithmOverrides counts per-request algorithm asks by outcome (applied, ignored, invalid).
 	AlgorithmOverrides *prometheus.CounterVec
 
-	// RuleHits, RuleOverLimit, RuleNearLimit, RuleWithinLimit and RuleShadowMode are the
-	// reference service's per-rule stats (total_hits, over_limit, near_limit,
-	// within_limit, shadow_mode), in hits, by domain and the reference's key of the rule
-	// (internal/stats counts them).
-	RuleHits, RuleOverLimit, RuleNearLimit, RuleWithinLimit, RuleShadowMode *prometheus.CounterVec
+	// rules exports the reference service's per-rule stats (total_hits, over_limit,
+	// near_limit, within_limit, shadow_mode), in hits, by domain and the reference's key
+	// of the rule: halt_rule_*_total (NewRuleCounters; internal/stats counts them).
+	rules *ruleCollector
 
 	// ruleKeys and detailedKeys bound the request-valued keys of the per-rule stats and
 	// of DetailedDecisions; SetKeyCaps replaces them before serving.
@@ -194,14 +193,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	m.AlgorithmOverrides = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_algorithm_overrides_total", Help: "Per-request algorithm asks by outcome (applied, ignored: not allowed by the rule, invalid).",
 	}, []string{"outcome"})
-	rule := func(name, help string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"domain", "key"})
-	}
-	m.RuleHits = rule("halt_rule_hits_total", "Hits (hits_addend summed, not calls) of each rule, by domain and the reference's rule key (ratelimit.service.rate_limit.DOMAIN.KEY.total_hits).")
-	m.RuleOverLimit = rule("halt_rule_over_limit_hits_total", "Hits over the limit (the reference's over_limit), shadow-mode rules included.")
-	m.RuleNearLimit = rule("halt_rule_near_limit_hits_total", "Hits between NEAR_LIMIT_RATIO of the limit and the limit (the reference's near_limit).")
-	m.RuleWithinLimit = rule("halt_rule_within_limit_hits_total", "Hits of admitted calls (the reference's within_limit).")
-	m.RuleShadowMode = rule("halt_rule_shadow_mode_hits_total", "Hits over the limit of shadow-mode rules, answered OK (the reference's shadow_mode).")
+	m.rules = newRuleCollector()
 	m.SetKeyCaps(0, 0)
 	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -210,8 +202,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 			ConstLabels: prometheus.Labels{"metric": which},
 		}, func() float64 { return float64(c().Len()) })
 	}
-	r.MustRegister(m.RuleHits, m.RuleOverLimit, m.RuleNearLimit, m.RuleWithinLimit, m.RuleShadowMode,
-		keys("halt_rule_hits_total", m.RuleKeys), keys("halt_detailed_decisions_total", m.DetailedKeys))
+	r.MustRegister(m.rules, keys("halt_rule_hits_total", m.RuleKeys), keys("halt_detailed_decisions_total", m.DetailedKeys))
 	r.MustRegister(m.Exemptions, m.PlanDecisions, m.PlanFallbacks, m.QuotaDecisions, m.PenaltyViolations,
 		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides)
 	memStat := func(f func(MemoryStore) float64) func() float64 {

@@ -52,7 +52,15 @@ descriptors:
 // has (its sink discards: the flush is not on the call's path).
 type benchOpts struct {
 	stats, statsd bool
+	// nop adds an observer that does nothing: the cost of having observers at all (the
+	// binary always has some), against which the stats' own cost shows.
+	nop bool
 }
+
+type nopObserver struct{}
+
+func (nopObserver) OnDecision(context.Context, *engine.DecisionEvent)   {}
+func (nopObserver) OnViolation(context.Context, *engine.ViolationEvent) {}
 
 // newBenchService builds the production shape: the system clock, metrics on, memory
 // store with its sweeper, no response headers.
@@ -67,6 +75,9 @@ func newBenchService(b *testing.B, yaml string, opts ...benchOpts) *rlsv3.Servic
 	m := metrics.New(func() metrics.MemoryStore { return store })
 	var observers []engine.Observer
 	for _, o := range opts {
+		if o.nop {
+			observers = append(observers, nopObserver{})
+		}
 		if !o.stats {
 			continue
 		}
@@ -172,7 +183,11 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 	b.Run("TokenBucketOverLimit/10000Keys", func(b *testing.B) {
 		benchShouldRateLimit(b, benchConfigLow, 10_000, rlspb.RateLimitResponse_OVER_LIMIT)
 	})
-	// The reference's per-rule stats: on /metrics only, then also into a statsd store.
+	// The reference's per-rule stats: on /metrics only, then also into a statsd store;
+	// against an observer that does nothing, the stats' own cost.
+	b.Run("TokenBucket/10000Keys/NopObserver", func(b *testing.B) {
+		benchShouldRateLimit(b, benchConfig, 10_000, rlspb.RateLimitResponse_OK, benchOpts{nop: true})
+	})
 	b.Run("TokenBucket/10000Keys/Stats", func(b *testing.B) {
 		benchShouldRateLimit(b, benchConfig, 10_000, rlspb.RateLimitResponse_OK, benchOpts{stats: true})
 	})

@@ -21,7 +21,6 @@ import (
 	"sync/atomic"
 
 	gostats "github.com/lyft/gostats"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
@@ -74,30 +73,27 @@ type ruleInfo struct {
 	c       *counters // the counters of static when !dynamic
 }
 
-// The reference's five stats of a key, in the order of the suffixes below.
+// The reference's five stats of a key, in metrics.RuleCounters' order.
 const (
-	totalHits = iota
-	overLimit
-	nearLimit
-	withinLimit
-	shadowMode
-	nStats
+	totalHits   = metrics.RuleHits
+	overLimit   = metrics.RuleOverLimit
+	nearLimit   = metrics.RuleNearLimit
+	withinLimit = metrics.RuleWithinLimit
+	shadowMode  = metrics.RuleShadowMode
+	nStats      = metrics.NumRuleStats
 )
 
 var suffixes = [nStats]string{".total_hits", ".over_limit", ".near_limit", ".within_limit", ".shadow_mode"}
 
-// counters are one key's counters, resolved once: counting is then atomic adds only.
+// counters are one key's counters: atomics that halt's /metrics reads at scrape time and
+// the reference's store at its flush (flush), so that a call only adds.
 type counters struct {
-	prom [nStats]prometheus.Counter
+	*metrics.RuleCounters
 	ref  [nStats]gostats.Counter // nil without a store
+	sent [nStats]uint64          // what ref has been given; under Stats.mu at flush
 }
 
-func (c *counters) add(stat int, n uint64) {
-	c.prom[stat].Add(float64(n))
-	if r := c.ref[stat]; r != nil {
-		r.Add(n)
-	}
-}
+func (c *counters) add(stat int, n uint64) { c.V[stat].Add(n) }
 
 // New returns the observer.
 func New(o Options) (*Stats, error) {
@@ -110,8 +106,24 @@ func New(o Options) (*Stats, error) {
 	s := &Stats{m: o.Metrics, ratio: float32(o.NearLimitRatio), keys: map[string]*counters{}}
 	if o.Store != nil {
 		s.rl = o.Store.ScopeWithTags("ratelimit", o.ExtraTags).Scope("service").Scope("rate_limit")
+		o.Store.AddStatGenerator(s)
 	}
 	return s, nil
+}
+
+// GenerateStats runs at every flush of the reference's store: each counter is given
+// what its key counted since the last flush.
+func (s *Stats) GenerateStats() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.keys {
+		for i, r := range c.ref {
+			if now := c.V[i].Load(); now > c.sent[i] {
+				r.Add(now - c.sent[i])
+				c.sent[i] = now
+			}
+		}
+	}
 }
 
 // OnViolation does nothing: violations are not among the reference's stats.
@@ -210,6 +222,10 @@ func (s *Stats) rule(domain string, r *config.Rule) *ruleInfo {
 // dynamic returns the counters of a request-valued key, or of its group's overflow key
 // once the cap is reached.
 func (s *Stats) dynamic(domain, group, key string) *counters {
+	// Request values may hold bytes that are not UTF-8 (internal/wire lets them
+	// through); a Prometheus label must be UTF-8, and two keys that differ only there
+	// must be one series.
+	key = strings.ToValidUTF8(key, "\uFFFD")
 	s.mu.RLock()
 	c, ok := s.keys[key]
 	s.mu.RUnlock()
@@ -235,13 +251,9 @@ func (s *Stats) key(domain, full string) *counters {
 	if c, ok := s.keys[full]; ok {
 		return c
 	}
-	// Request values (value_to_metric, detailed_metric) may hold bytes that are not
-	// UTF-8 (internal/wire lets them through); a Prometheus label must be UTF-8.
-	label := strings.ToValidUTF8(strings.TrimPrefix(full, domain+"."), "\uFFFD")
-	c = &counters{}
-	for i, vec := range [nStats]*prometheus.CounterVec{s.m.RuleHits, s.m.RuleOverLimit, s.m.RuleNearLimit, s.m.RuleWithinLimit, s.m.RuleShadowMode} {
-		c.prom[i] = vec.WithLabelValues(domain, label)
-		if s.rl != nil {
+	c = &counters{RuleCounters: s.m.NewRuleCounters(domain, strings.TrimPrefix(full, domain+"."))}
+	if s.rl != nil {
+		for i := range c.ref {
 			c.ref[i] = s.rl.NewCounter(full + suffixes[i])
 		}
 	}
