@@ -318,3 +318,16 @@ func TestRatioChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestNotUTF8Values: request values that are not UTF-8 (internal/wire decides such
+// calls on their bytes) become U+FFFD in the key; two that differ only there share one
+// series, and /metrics still gathers.
+func TestNotUTF8Values(t *testing.T) {
+	r := newRig(t, 0.8, 0, 0)
+	r.call(1, "ip", "10.0.0.\xff")
+	r.call(2, "ip", "10.0.0.\xfe")
+	if _, err := r.m.Registry.Gather(); err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	r.want("ip_10.0.0.\uFFFD", 3, 0, 0, 3, 0)
+}
