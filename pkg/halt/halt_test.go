@@ -104,6 +104,7 @@ func TestLimiterAlgorithmsAndValidation(t *testing.T) {
 		{Algorithm: algorithms.FixedWindow, Requests: 1, Per: time.Hour, Burst: 5},
 		{Requests: 10, Per: time.Second, MaxDelay: time.Second}, // max delay needs leaky bucket
 		{Requests: 2_000_000, Per: time.Second},                 // too fast for a bucket
+		{Requests: 10, Per: 1500 * time.Millisecond},            // the configuration counts whole seconds
 	}
 	for _, p := range bad {
 		if _, err := halt.NewLimiter(store, p); !errors.Is(err, halt.ErrInvalid) {
