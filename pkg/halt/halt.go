@@ -244,7 +244,13 @@ func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain
 		defer cancel()
 	}
 	sc := h.pool.Get().(*scratch)
-	defer h.pool.Put(sc)
+	defer func() {
+		// Drop the request's values and the rules' references before pooling.
+		clear(sc.entries)
+		clear(sc.descs)
+		clear(sc.decs)
+		h.pool.Put(sc)
+	}()
 	total := 0
 	for _, d := range descs {
 		total += len(d)
@@ -271,10 +277,7 @@ func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain
 		}
 		return Decision{}, err
 	}
-	dec := decisionOf(sc.decs)
-	clear(sc.decs) // drop the rules' references before pooling
-	clear(sc.descs)
-	return dec, nil
+	return decisionOf(sc.decs), nil
 }
 
 func grow[T any](s []T, n int) []T {
