@@ -133,14 +133,6 @@ func status(t *testing.T, what string, s *rlspb.RateLimitResponse_DescriptorStat
 	}
 }
 
-// avoidWindowEdge waits out the last 2 s of a minute, so that a loop of calls against a
-// minute window does not straddle two windows (the reference's own tests take the risk).
-func avoidWindowEdge() {
-	if s := time.Now().Second(); s >= 58 {
-		time.Sleep(time.Duration(61-s) * time.Second)
-	}
-}
-
 // referenceAssertions re-implements, black-box, the response checks of the reference's
 // test/integration: basic, several descriptors, duration countdown, share_threshold.
 func referenceAssertions(t *testing.T, c rlspb.RateLimitServiceClient) {
@@ -164,8 +156,8 @@ func referenceAssertions(t *testing.T, c rlspb.RateLimitServiceClient) {
 	}
 	status(t, "basic", r.Statuses[0], OK, 50, SEC, 49)
 
-	// 25 calls against 20 a minute: 20 OK counting down, then over limit.
-	avoidWindowEdge()
+	// 25 calls against 20 a minute: 20 OK counting down, then over limit. The server's
+	// clock started on a minute (minuteClock), so these loops do not straddle two windows.
 	v := fmt.Sprint(rand.Int64())
 	for i := range 25 {
 		r := call(t, c, "another", [2]string{"key2", v})
@@ -179,7 +171,6 @@ func referenceAssertions(t *testing.T, c rlspb.RateLimitServiceClient) {
 		status(t, fmt.Sprintf("key2 call %d", i), r.Statuses[0], want, 20, MIN, rem)
 	}
 	// Several descriptors in one call: key2 (20/min) and key3 (10/hour).
-	avoidWindowEdge()
 	v = fmt.Sprint(rand.Int64())
 	for i := range 15 {
 		r := call(t, c, "another", [2]string{"key2", v}, [2]string{"key3", v})
@@ -244,6 +235,13 @@ func reloads(t *testing.T, p *testutil.Process) string {
 	return ""
 }
 
+// minuteClock starts the server's decision clock on the current minute's first second
+// (HALT_TEST_CLOCK_START), so the assertions' loops against minute and hour windows have
+// a whole minute before a window ends, whatever the time of day, without sleeping.
+func minuteClock() []string {
+	return []string{"HALT_TEST_CLOCK_START", time.Now().UTC().Truncate(time.Minute).Format(time.RFC3339)}
+}
+
 // TestReferenceIntegration runs the reference's integration assertions against halt
 // started from the reference's variables only, on Redis and on memcached, then its
 // reload check.
@@ -261,9 +259,11 @@ func TestReferenceIntegration(t *testing.T) {
 				// The reference's default socket type: REDIS_URL is the socket's path.
 				kv = append(kv, "REDIS_SOCKET_TYPE", "unix", "REDIS_URL", startUnixRedis(t), "REDIS_TIMEOUT", "2s")
 			default:
-				kv = append(kv, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", testutil.Peer(t, "MEMCACHED_ADDR"))
+				// HALT_STORE_TIMEOUT: the reference has no memcached timeout, and halt's 15 ms
+				// default is too short under -race on two shared cores.
+				kv = append(kv, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", testutil.Peer(t, "MEMCACHED_ADDR"), "HALT_STORE_TIMEOUT", "2s")
 			}
-			p, c := startRef(t, kv...)
+			p, c := startRef(t, append(kv, minuteClock()...)...)
 			referenceAssertions(t, c)
 
 			// reload: a file added to the config directory is loaded, and removing it reloads.
