@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/graphql"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
@@ -64,8 +67,11 @@ type request struct {
 	// match on it. rawPath is the path as received (query dropped, rooted): exemptions
 	// judge it, by the domain's exemptions.path_match.
 	method, path, rawPath, source string
-	headers                       map[string]string
-	headerMap                     *corev3.HeaderMap
+	// rawQuery is the URL's query string (a GraphQL GET carries its query there).
+	rawQuery  string
+	headers   map[string]string
+	headerMap *corev3.HeaderMap
+	http      *authv3.AttributeContext_HttpRequest
 }
 
 func (r *request) header(name string) string {
@@ -88,12 +94,15 @@ func (r *request) header(name string) string {
 func parseRequest(req *authv3.CheckRequest) *request {
 	attrs := req.GetAttributes()
 	h := attrs.GetRequest().GetHttp()
-	r := &request{method: strings.ToUpper(h.GetMethod()), headers: h.GetHeaders(), headerMap: h.GetHeaderMap()}
+	r := &request{method: strings.ToUpper(h.GetMethod()), headers: h.GetHeaders(), headerMap: h.GetHeaderMap(), http: h}
 	p := h.GetPath()
 	if p == "" {
 		p = r.header(":path")
 	}
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		if p[i] == '?' {
+			r.rawQuery, _, _ = strings.Cut(p[i+1:], "#")
+		}
 		p = p[:i]
 	}
 	// Routes see dot segments resolved, so "/v1/../admin" is judged as "/admin".
@@ -166,8 +175,16 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 
 	cost := int64(1)
 	routeName := ""
+	var gq *graphql.Result
 	if route != nil {
 		cost, routeName = route.Cost, route.Name
+		if route.pricer != nil {
+			res, refused := s.priceGraphQL(route, r)
+			if refused != nil {
+				return refused, nil
+			}
+			cost, gq = res.Cost, res
+		}
 	}
 	descs := []engine.Descriptor{{
 		Entries: []config.Entry{{Key: "customer", Value: id.customer}, {Key: "plan", Value: id.plan}},
@@ -208,7 +225,86 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	} else if !set.HasPlan(id.plan) {
 		id.plan = set.DefaultPlan()
 	}
-	return s.allow(cfg, id, report, &routeName, ""), nil
+	resp := s.allow(cfg, id, report, &routeName, "")
+	if cfg.graphql {
+		graphqlAnswer(cfg, resp, gq)
+	}
+	return resp, nil
+}
+
+// priceGraphQL prices a GraphQL route's request: its result, or the 400 that refuses
+// it, naming the rule it broke (violated_policy graphql:RULE).
+func (s *Server) priceGraphQL(route *compiledRoute, r *request) (*graphql.Result, *authv3.CheckResponse) {
+	body := r.http.GetRawBody()
+	if len(body) == 0 && r.http.GetBody() != "" {
+		body = []byte(r.http.GetBody())
+	}
+	res, err := route.pricer.Price(graphql.Request{
+		Method:      r.method,
+		ContentType: r.header("content-type"),
+		RawQuery:    r.rawQuery,
+		Body:        body,
+		Partial:     strings.EqualFold(r.header("x-envoy-auth-partial-body"), "true"),
+	})
+	if err != nil {
+		rule, detail := "syntax", err.Error()
+		var rf *graphql.Refusal
+		if errors.As(err, &rf) {
+			rule, detail = rf.Rule, rf.Detail
+		}
+		s.metrics.GraphQLRefusals.WithLabelValues(route.Name, rule).Inc()
+		return nil, problem(headers.Problem{Status: 400, Title: "Bad Request", Detail: detail, Policy: "graphql:" + rule}, nil)
+	}
+	s.metrics.GraphQLCost.WithLabelValues(route.Name).Observe(float64(res.Cost))
+	return &res, nil
+}
+
+// graphqlAnswer adds a GraphQL route's operation name, cost and persisted-query hash to
+// an allowed answer (upstream headers and dynamic metadata), and removes the headers a
+// request has no value for: a client must never be able to send its own.
+func graphqlAnswer(cfg *Config, resp *authv3.CheckResponse, gq *graphql.Result) {
+	ok := resp.GetOkResponse()
+	if ok == nil {
+		return
+	}
+	var names, hashes, types []string
+	cost := ""
+	if gq != nil {
+		for _, op := range gq.Operations {
+			if op.Name != "" {
+				names = append(names, op.Name)
+			}
+			if op.Hash != "" {
+				hashes = append(hashes, op.Hash)
+			}
+			types = append(types, op.Type)
+		}
+		cost = strconv.FormatInt(gq.Cost, 10)
+	}
+	uh := cfg.UpstreamHeaders
+	meta := map[string]string{}
+	for _, h := range []struct{ name, value, key string }{
+		{uh.GraphQLOperation, strings.Join(names, ","), "graphql_operation"},
+		{uh.GraphQLCost, cost, "graphql_cost"},
+		{uh.GraphQLHash, strings.Join(hashes, ","), "graphql_hash"},
+	} {
+		if h.value == "" {
+			ok.HeadersToRemove = append(ok.HeadersToRemove, h.name)
+			continue
+		}
+		ok.Headers = append(ok.Headers, hv(h.name, h.value))
+		meta[h.key] = h.value
+	}
+	if gq == nil {
+		return
+	}
+	meta["graphql_operation_type"] = strings.Join(types, ",")
+	if resp.DynamicMetadata == nil {
+		resp.DynamicMetadata = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	}
+	for k, v := range meta {
+		resp.DynamicMetadata.Fields[k] = structpb.NewStringValue(v)
+	}
 }
 
 // identify walks the configured identity sources in order.
@@ -373,9 +469,12 @@ func problem(p headers.Problem, hdrs []*corev3.HeaderValueOption) *authv3.CheckR
 	}
 	hdrs = append(hdrs, hv("Content-Type", headers.ContentType))
 	grpcCode := codes.PermissionDenied
-	if p.Status == 401 {
+	switch p.Status {
+	case 400:
+		grpcCode = codes.InvalidArgument
+	case 401:
 		grpcCode = codes.Unauthenticated
-	} else if p.Status == 429 {
+	case 429:
 		grpcCode = codes.ResourceExhausted
 	}
 	return &authv3.CheckResponse{

@@ -78,6 +78,7 @@ type env struct {
 	clock  *clock
 	logs   *bytes.Buffer
 	mu     *sync.Mutex
+	m      *metrics.Metrics
 }
 
 func setup(t testing.TB, authzYAML string) *env {
@@ -90,6 +91,13 @@ func setup(t testing.TB, authzYAML string) *env {
 // plan no config defines), on a memory store and a fake clock.
 func setupWith(t testing.TB, limits, authzYAML string) *env {
 	t.Helper()
+	return setupFiles(t, limits, authzYAML, nil)
+}
+
+// setupFiles is setupWith with more files beside authz.yaml (a GraphQL schema) and
+// options for the gRPC server.
+func setupFiles(t testing.TB, limits, authzYAML string, files map[string]string, opts ...grpc.ServerOption) *env {
+	t.Helper()
 	dir := t.TempDir()
 	write := func(name, body string) {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
@@ -99,6 +107,9 @@ func setupWith(t testing.TB, limits, authzYAML string) *env {
 	write("keys.yaml", "api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n  - {sha256: "+sum(freeKey)+", customer: bob, plan: free}\n"+
 		"  - {sha256: "+sum(platinumKey)+", customer: carol, plan: platinum}\n")
 	write("authz.yaml", authzYAML)
+	for name, body := range files {
+		write(name, body)
+	}
 	cfg, err := authz.LoadConfig(filepath.Join(dir, "authz.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +130,7 @@ func setupWith(t testing.TB, limits, authzYAML string) *env {
 		t.Fatal(err)
 	}
 	srv := authz.New(eng, func() *config.Set { return set }, func() *authz.Config { return cfg }, log, m)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(gs, srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -132,7 +143,7 @@ func setupWith(t testing.TB, limits, authzYAML string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &env{client: authv3.NewAuthorizationClient(cc), clock: c, logs: &logs, mu: &mu}
+	return &env{client: authv3.NewAuthorizationClient(cc), clock: c, logs: &logs, mu: &mu, m: m}
 }
 
 type lockedWriter struct {

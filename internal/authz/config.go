@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/graphql"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/reload"
 )
@@ -52,6 +53,11 @@ type Config struct {
 	keys     map[[32]byte]APIKey
 	route    []compiledRoute
 	families headers.Families // Headers, parsed
+	// schemas are the GraphQL schema files the routes read (watched for reloads);
+	// graphql is set when a route prices GraphQL.
+	schemas []string
+	graphql bool
+	caps    Caps
 }
 
 // IdentitySource is one way to identify a caller. Exactly one field is set.
@@ -156,17 +162,29 @@ type Route struct {
 	Policy string `yaml:"policy"`
 	// Exempt routes are never counted (health checks).
 	Exempt bool `yaml:"exempt"`
+	// GraphQL prices each request by its GraphQL operation (docs/graphql.md): the cost
+	// replaces Cost, and a query that breaks a limit is refused with 400. Envoy must send
+	// the body (ext_authz with_request_body).
+	GraphQL *graphql.Config `yaml:"graphql"`
 }
 
 // UpstreamHeaders name the headers added to the request sent upstream.
 type UpstreamHeaders struct {
 	Customer string `yaml:"customer"`
 	Plan     string `yaml:"plan"`
+	// GraphQLOperation, GraphQLCost and GraphQLHash carry a GraphQL route's operation
+	// name, its cost and its persisted-query hash, for the rate-limit filter's
+	// descriptors (request_headers actions) and upstream. Each is removed from a request
+	// that has no value for it, so a client cannot send its own.
+	GraphQLOperation string `yaml:"graphql_operation"`
+	GraphQLCost      string `yaml:"graphql_cost"`
+	GraphQLHash      string `yaml:"graphql_hash"`
 }
 
 type compiledRoute struct {
 	Route
-	re *regexp.Regexp // nil for exact and prefix
+	re     *regexp.Regexp  // nil for exact and prefix
+	pricer *graphql.Pricer // nil unless GraphQL
 }
 
 // Limits on what a config may hold, so a hostile file cannot exhaust memory.
@@ -220,7 +238,7 @@ func (cp Caps) LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authz config: %w", err)
 	}
-	c := &Config{file: path}
+	c := &Config{file: path, caps: cp}
 	if err := decodeStrict(path, data, c); err != nil {
 		return nil, err
 	}
@@ -352,6 +370,9 @@ func (c *Config) compile() error {
 		if r.Cost < 0 {
 			errs = append(errs, fmt.Errorf("routes[%d].cost: must not be negative", i))
 		}
+		if r.GraphQL != nil && r.Cost != 0 {
+			errs = append(errs, fmt.Errorf("routes[%d].cost: a graphql route is charged its operation's cost; remove cost", i))
+		}
 		if r.Cost == 0 {
 			r.Cost = 1
 		}
@@ -364,6 +385,14 @@ func (c *Config) compile() error {
 		}
 		names[r.Name] = true
 		cr := compiledRoute{Route: r}
+		if r.GraphQL != nil {
+			p, gerrs := c.pricer(r.GraphQL)
+			for _, err := range gerrs {
+				errs = append(errs, fmt.Errorf("routes[%d].graphql.%w", i, err))
+			}
+			cr.pricer = p
+			c.graphql = true
+		}
 		if strings.Contains(r.Path, "{") {
 			re, err := templateRegexp(r.Path)
 			if err != nil {
@@ -389,11 +418,50 @@ func (c *Config) compile() error {
 	if c.UpstreamHeaders.Plan == "" {
 		c.UpstreamHeaders.Plan = "x-halt-plan"
 	}
+	for _, h := range []struct {
+		v   *string
+		def string
+	}{{&c.UpstreamHeaders.GraphQLOperation, "x-halt-graphql-operation"}, {&c.UpstreamHeaders.GraphQLCost, "x-halt-graphql-cost"}, {&c.UpstreamHeaders.GraphQLHash, "x-halt-graphql-hash"}} {
+		if *h.v == "" {
+			*h.v = h.def
+		}
+		*h.v = strings.ToLower(*h.v)
+	}
 	for i, err := range errs {
 		errs[i] = fmt.Errorf("%s: %w", c.file, err)
 	}
 	return errors.Join(append(errs, keyErrs...)...)
 }
+
+// pricer compiles a route's graphql block, reading its schema file (relative to the
+// authz file, under the config file cap). Each problem names its key.
+func (c *Config) pricer(g *graphql.Config) (*graphql.Pricer, []error) {
+	var sdl []byte
+	name := ""
+	if g.Schema != "" {
+		name = g.Schema
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(filepath.Dir(c.file), name)
+		}
+		data, err := reload.ReadFile(name, c.caps.config(), config.FlagMaxFileBytes)
+		if err != nil {
+			return nil, []error{fmt.Errorf("schema: %w", err)}
+		}
+		sdl = data
+		c.schemas = append(c.schemas, name)
+	}
+	p, err := graphql.Compile(*g, name, sdl)
+	if err == nil {
+		return p, nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return nil, j.Unwrap()
+	}
+	return nil, []error{err}
+}
+
+// SchemaFiles are the GraphQL schema files the config's routes read.
+func (c *Config) SchemaFiles() []string { return c.schemas }
 
 // templateRegexp turns /v1/items/{id} into ^/v1/items/[^/]+$.
 func templateRegexp(tpl string) (*regexp.Regexp, error) {

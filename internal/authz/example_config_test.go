@@ -10,7 +10,13 @@ import (
 // TestShippedExample keeps examples/authz loadable and consistent with config/: its
 // domain exists, its routes' policies and its invalid-key penalty are defined.
 func TestShippedExample(t *testing.T) {
-	cfg, err := authz.LoadConfig("../../examples/authz/authz.yaml")
+	for _, f := range []string{"authz.yaml", "graphql.yaml"} {
+		t.Run(f, func(t *testing.T) { shippedExample(t, "../../examples/authz/"+f) })
+	}
+}
+
+func shippedExample(t *testing.T, path string) {
+	cfg, err := authz.LoadConfig(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,11 @@ func (cp Caps) Watch(ctx context.Context, path string, debounce time.Duration, o
 		if cfg != nil && cfg.KeysFile() != "" {
 			dirs = append(dirs, filepath.Dir(cfg.KeysFile()))
 		}
+		if cfg != nil {
+			for _, f := range cfg.SchemaFiles() {
+				dirs = append(dirs, filepath.Dir(f))
+			}
+		}
 		return cfg, dirs, err
 	}
 	w, err := reload.Watch(ctx, load, debounce, nil, onResult)

@@ -78,6 +78,12 @@ type Metrics struct {
 	PenaltyRefusals *prometheus.CounterVec
 	// AlgorithmOverrides counts per-request algorithm asks by outcome (applied, ignored, invalid).
 	AlgorithmOverrides *prometheus.CounterVec
+	// GraphQLRefusals counts GraphQL requests ext_authz refused before charging them, by
+	// route and the rule they broke (max_depth, max_cost, syntax, ...).
+	GraphQLRefusals *prometheus.CounterVec
+	// GraphQLCost observes the cost of each priced GraphQL request, by route (charged
+	// unless a limit refused the request).
+	GraphQLCost *prometheus.HistogramVec
 
 	// rules exports the reference service's per-rule stats (total_hits, over_limit,
 	// near_limit, within_limit, shadow_mode), in hits, by domain and the reference's key
@@ -194,6 +200,14 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		Name: "halt_algorithm_overrides_total", Help: "Per-request algorithm asks by outcome (applied, ignored: not allowed by the rule, invalid).",
 	}, []string{"outcome"})
 	m.rules = newRuleCollector()
+	m.GraphQLRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_graphql_refusals_total", Help: "GraphQL requests refused by ext_authz before they were charged, by route and the rule they broke.",
+	}, []string{"route", "rule"})
+	m.GraphQLCost = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "halt_graphql_cost", Help: "Cost of each priced GraphQL request, by route (charged unless a limit or quota refused the request).",
+		Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000},
+	}, []string{"route"})
+	r.MustRegister(m.GraphQLRefusals, m.GraphQLCost)
 	m.SetKeyCaps(0, 0)
 	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -21,6 +21,7 @@ import (
 	// protojson cannot resolve its Any. (The typed imports above register theirs.)
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/authz"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
@@ -236,6 +237,73 @@ var demoRequests = []struct {
 		[]string{"api_key", "per_address", "remote_address.header_match_login", "any_path"}},
 	{"slow path", request{map[string]string{":path": "/slow/report", "x-user-id": "carol"}, "192.0.2.8"},
 		[]string{"per_user", "per_address", "slow_path"}},
+}
+
+// TestEnvoyGraphQLExample: examples/envoy/envoy-graphql.yaml is a valid bootstrap whose
+// ext_authz sends the body halt prices (as raw bytes, cut nowhere: Envoy answers 413
+// beyond max_request_bytes, which is the GraphQL route's max_body_bytes and below
+// halt's gRPC message cap), and whose rate-limit filter turns the operation header
+// ext_authz sets into a descriptor of config/, charged the operation's cost.
+func TestEnvoyGraphQLExample(t *testing.T) {
+	set := repoConfig(t)
+	e := edge(t, repo("examples", "envoy", "envoy-graphql.yaml"))
+	a := e.extAuthz
+	if a == nil {
+		t.Fatal("no ext_authz filter")
+	}
+	if want := []string{"envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit", "envoy.filters.http.router"}; strings.Join(e.filters, ",") != strings.Join(want, ",") {
+		t.Errorf("http_filters = %v, want %v", e.filters, want)
+	}
+	acfg, err := authz.LoadConfig(repo("examples", "authz", "graphql.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var route *authz.Route
+	for i := range acfg.Routes {
+		if acfg.Routes[i].GraphQL != nil {
+			route = &acfg.Routes[i]
+		}
+	}
+	if route == nil {
+		t.Fatal("examples/authz/graphql.yaml has no graphql route")
+	}
+	wb := a.GetWithRequestBody()
+	switch {
+	case wb == nil:
+		t.Fatal("ext_authz: with_request_body unset: halt cannot see the GraphQL document")
+	case int64(wb.GetMaxRequestBytes()) != route.GraphQL.MaxBodyBytes:
+		t.Errorf("max_request_bytes %d, the route's max_body_bytes is %d", wb.GetMaxRequestBytes(), route.GraphQL.MaxBodyBytes)
+	case wb.GetMaxRequestBytes() >= 1<<20:
+		t.Errorf("max_request_bytes %d: halt's gRPC port takes messages up to 1 MiB", wb.GetMaxRequestBytes())
+	case wb.GetAllowPartialMessage():
+		t.Error("allow_partial_message: a cut document cannot be priced (halt refuses it); let Envoy answer 413")
+	case !wb.GetPackAsBytes():
+		t.Error("pack_as_bytes: send the body as sent (raw_body)")
+	}
+	if !strings.HasPrefix(e.vhost.GetRoutes()[0].GetMatch().GetPrefix(), route.Path) {
+		t.Errorf("the Envoy route %v does not serve the authz route %s", e.vhost.GetRoutes()[0].GetMatch(), route.Path)
+	}
+	rls := e.routeRateLimits()
+	if len(rls) != 1 || rls[0].GetHitsAddend().GetFormat() != "%REQ("+acfg.UpstreamHeaders.GraphQLCost+")%" {
+		t.Fatalf("rate_limits %v: want one entry charged %%REQ(%s)%%", rls, acfg.UpstreamHeaders.GraphQLCost)
+	}
+	if h := rls[0].GetActions()[0].GetRequestHeaders().GetHeaderName(); h != acfg.UpstreamHeaders.GraphQLOperation {
+		t.Errorf("the descriptor reads %s, ext_authz sets %s", h, acfg.UpstreamHeaders.GraphQLOperation)
+	}
+	domain := e.rateLimit.GetDomain()
+	for op, rule := range map[string]string{"Dashboard": "per_operation", "CreateOrder": "create_order"} {
+		ds := descriptors(t, rls, 0, request{headers: map[string]string{":path": "/graphql", acfg.UpstreamHeaders.GraphQLOperation: op}})
+		if len(ds) != 1 {
+			t.Fatalf("%s: descriptors %v", op, ds)
+		}
+		if r, ok := set.Match(domain, ds[0]); !ok || r.Name != rule {
+			t.Errorf("%s: descriptor %v reaches %v, want rule %s", op, ds[0], r, rule)
+		}
+	}
+	// An anonymous operation: ext_authz removed the header, no descriptor is sent.
+	if ds := descriptors(t, rls, 0, request{headers: map[string]string{":path": "/graphql"}}); len(ds) != 0 {
+		t.Errorf("without the operation header: %v", ds)
+	}
 }
 
 func TestEnvoyExamples(t *testing.T) {

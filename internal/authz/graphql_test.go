@@ -1,0 +1,213 @@
+package authz_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/halt-envoy/halt-envoy/internal/authz"
+)
+
+const gqlLimits = `
+domain: edge
+default_plan: free
+plans:
+  free:
+    rate_limit: {unit: minute, requests_per_unit: 100}
+  pro:
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+    quota: {period: daily, requests: 150}
+descriptors:
+  - key: customer
+    descriptors:
+      - key: plan
+        plan_from_value: true
+`
+
+const gqlAuthz = `
+domain: edge
+api_keys_file: keys.yaml
+routes:
+  - path: /graphql
+    graphql:
+      schema: schema.graphql
+      max_depth: 4
+      max_cost: 120
+      costs: {Query.search: 10}
+  - {method: GET, path: /v1/items, cost: 1}
+`
+
+const gqlSchema = `
+type Query { me: User users(first: Int): [User!]! search(text: String!, limit: Int): [User!]! }
+type User { id: ID! name: String! friends(first: Int): [User!]! }
+`
+
+func gqlReq(body string, h map[string]string) *authv3.CheckRequest {
+	r := req("POST", "/graphql", public, h)
+	r.Attributes.Request.Http.RawBody = []byte(body)
+	return r
+}
+
+func gqlBody(query string, vars string) string {
+	m := map[string]any{"query": query}
+	if vars != "" {
+		m["variables"] = json.RawMessage(vars)
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+// TestGraphQLCostCharged: the operation's cost is charged as hits to the plan's limits
+// and quotas, the answer tells upstream and Envoy the operation, cost and hash, and a
+// client's own copies of those headers never pass.
+func TestGraphQLCostCharged(t *testing.T) {
+	e := setupFiles(t, gqlLimits, gqlAuthz, map[string]string{"schema.graphql": gqlSchema})
+	pro := map[string]string{"x-api-key": proKey, "x-halt-graphql-operation": "Forged", "x-halt-graphql-hash": "forged"}
+
+	// 5 users × (1 + 3 friends × 1) = 20.
+	q := `query Friends($n: Int) { users(first: $n) { name friends(first: 3) { id } } }`
+	r := e.check(t, gqlReq(gqlBody(q, `{"n": 5}`), pro))
+	if status(r) != 200 {
+		t.Fatalf("priced query: %v", r)
+	}
+	ok := r.GetOkResponse()
+	up := headers(ok.GetHeaders())
+	if up["x-halt-graphql-operation"] != "Friends" || up["x-halt-graphql-cost"] != "20" {
+		t.Fatalf("upstream headers %v", up)
+	}
+	if !contains(ok.GetHeadersToRemove(), "x-halt-graphql-hash") {
+		t.Fatalf("a forged hash header must be removed: %v", ok.GetHeadersToRemove())
+	}
+	// The daily quota of 150 is the tightest: 150 - 20 left.
+	if down := headers(ok.GetResponseHeadersToAdd()); down["X-RateLimit-Remaining"] != "130" {
+		t.Fatalf("remaining %v, want 130 (cost 20 charged)", down)
+	}
+	md := r.GetDynamicMetadata().AsMap()
+	if md["graphql_operation"] != "Friends" || md["graphql_cost"] != "20" || md["graphql_operation_type"] != "query" || md["customer"] != "acme" {
+		t.Fatalf("metadata %v", md)
+	}
+
+	// A persisted query, registered with its text, then sent by hash alone (GET).
+	pq := `{ search(text: "x", limit: 5) { id } }` // 5 × 10 = 50
+	sum := sha256.Sum256([]byte(pq))
+	h := hex.EncodeToString(sum[:])
+	ext := `{"persistedQuery":{"version":1,"sha256Hash":"` + h + `"}}`
+	b, _ := json.Marshal(map[string]any{"query": pq, "extensions": json.RawMessage(ext)})
+	r = e.check(t, gqlReq(string(b), map[string]string{"x-api-key": proKey}))
+	if status(r) != 200 || headers(r.GetOkResponse().GetHeaders())["x-halt-graphql-hash"] != h {
+		t.Fatalf("persisted query: %v", r)
+	}
+	get := req("GET", "/graphql?extensions="+strings.ReplaceAll(ext, `"`, "%22"), public, map[string]string{"x-api-key": proKey})
+	r = e.check(t, get)
+	if status(r) != 200 || headers(r.GetOkResponse().GetHeaders())["x-halt-graphql-cost"] != "50" {
+		t.Fatalf("persisted query by hash: %v", r)
+	}
+	if down := headers(r.GetOkResponse().GetResponseHeadersToAdd()); down["X-RateLimit-Remaining"] != "30" {
+		t.Fatalf("remaining %v, want 30 (20 + 50 + 50 charged)", down)
+	}
+	// The next query costs more than the quota has left: 429, not charged.
+	r = e.check(t, gqlReq(gqlBody(`{ search(text: "y", limit: 4) { id } }`, ""), map[string]string{"x-api-key": proKey}))
+	if status(r) != 429 || problemBody(t, r)["violated_policy"] != "quota:daily" {
+		t.Fatalf("over the quota: %d %s", status(r), r.GetDeniedResponse().GetBody())
+	}
+	// Another route of the same config: the GraphQL headers are removed there too.
+	r = e.check(t, req("GET", "/v1/items", public, map[string]string{"x-api-key": freeKey, "x-halt-graphql-cost": "1"}))
+	if status(r) != 200 || !contains(r.GetOkResponse().GetHeadersToRemove(), "x-halt-graphql-cost") {
+		t.Fatalf("non-GraphQL route: %v", r)
+	}
+	// Every priced request is observed, the one the quota refused too.
+	var m dto.Metric
+	if err := e.m.GraphQLCost.WithLabelValues("/graphql").(prometheus.Histogram).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if m.GetHistogram().GetSampleCount() != 4 || m.GetHistogram().GetSampleSum() != 20+50+50+40 {
+		t.Fatalf("halt_graphql_cost: %v", m.GetHistogram())
+	}
+}
+
+func contains(l []string, s string) bool {
+	for _, v := range l {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// TestGraphQLRefusals: each broken rule answers 400 with a problem+json body naming it,
+// InvalidArgument, and nothing is charged.
+func TestGraphQLRefusals(t *testing.T) {
+	// A gRPC server that takes 16 MB messages, so that halt's own cap is what refuses
+	// the 10 MB body.
+	e := setupFiles(t, gqlLimits, gqlAuthz, map[string]string{"schema.graphql": gqlSchema}, grpc.MaxRecvMsgSize(16<<20))
+	key := map[string]string{"x-api-key": freeKey}
+	for _, c := range []struct {
+		name, body, rule string
+		partial          bool
+	}{
+		{"depth", gqlBody(`{ me { friends { friends { friends { id } } } } }`, ""), "max_depth", false},
+		{"cost", gqlBody(`{ users(first: 50) { friends(first: 50) { id } } }`, ""), "max_cost", false},
+		{"aliases", gqlBody("{"+strings.Repeat("a: me { id } ", 51)+"}", ""), "max_aliases", false},
+		{"not GraphQL", "SELECT * FROM users", "syntax", false},
+		{"not JSON GraphQL", `{"query": "{ me { id }"}`, "syntax", false},
+		{"fragment cycle", gqlBody(`{ ...A } fragment A on Query { ...A }`, ""), "fragment", false},
+		{"10 MB", `{"query":"` + strings.Repeat("a", 10<<20) + `"}`, "max_body_bytes", false},
+		{"partial", gqlBody(`{ me { id } }`, ""), "max_body_bytes", true},
+	} {
+		h := map[string]string{"x-api-key": freeKey}
+		if c.partial {
+			h["x-envoy-auth-partial-body"] = "true"
+		}
+		r := e.check(t, gqlReq(c.body, h))
+		body := problemBody(t, r)
+		if status(r) != 400 || r.GetStatus().GetCode() != int32(codes.InvalidArgument) || body["violated_policy"] != "graphql:"+c.rule || body["detail"] == "" {
+			t.Errorf("%s: %d %v, want 400 graphql:%s", c.name, status(r), body, c.rule)
+		}
+		if headers(r.GetDeniedResponse().GetHeaders())["Content-Type"] != "application/problem+json" {
+			t.Errorf("%s: content type", c.name)
+		}
+		if got := testutil.ToFloat64(e.m.GraphQLRefusals.WithLabelValues("/graphql", c.rule)); got < 1 {
+			t.Errorf("%s: halt_graphql_refusals_total{rule=%s} = %v", c.name, c.rule, got)
+		}
+	}
+	// Nothing was charged: the free plan's 100 a minute are whole.
+	r := e.check(t, gqlReq(gqlBody(`{ me { id } }`, ""), key))
+	if down := headers(r.GetOkResponse().GetResponseHeadersToAdd()); status(r) != 200 || down["X-RateLimit-Remaining"] != "99" {
+		t.Fatalf("after the refusals: %d %v, want 99 remaining", status(r), down)
+	}
+	// Identity first: an unknown key is 401 before its body is read.
+	if r := e.check(t, gqlReq("garbage", map[string]string{"x-api-key": "nope"})); status(r) != 401 {
+		t.Fatalf("unknown key with a bad body: %d", status(r))
+	}
+}
+
+func TestGraphQLConfigProblems(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "schema.graphql"), []byte(gqlSchema), 0o644)
+	for _, c := range []struct{ name, yaml, want string }{
+		{"unknown key", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_dept: 3}\n", "field max_dept not found"},
+		{"unknown field in a cost table", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: schema.graphql, costs: {Query.serch: 3}}\n", `routes[0].graphql.costs: Query.serch: type Query has no field "serch"`},
+		{"cost and graphql", "domain: d\nroutes:\n  - path: /graphql\n    cost: 2\n    graphql: {}\n", "routes[0].cost: a graphql route is charged its operation's cost"},
+		{"negative bound", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_cost: -1}\n", "routes[0].graphql.max_cost: must not be negative"},
+		{"missing schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: nope.graphql}\n", "routes[0].graphql.schema:"},
+		{"bad schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: authz.yaml}\n", "routes[0].graphql.schema:"},
+	} {
+		p := filepath.Join(dir, "authz.yaml")
+		os.WriteFile(p, []byte(c.yaml), 0o644)
+		_, err := authz.LoadConfig(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+}
