@@ -388,6 +388,12 @@ func (c *Config) compile() error {
 		if r.GraphQL != nil {
 			p, gerrs := c.pricer(r.GraphQL)
 			for _, err := range gerrs {
+				// A problem at a known line is reported FILE:LINE:COL: as a key's is.
+				var fe *graphql.FieldError
+				if errors.As(err, &fe) && fe.Line > 0 {
+					keyErrs = append(keyErrs, fmt.Errorf("%s:%d:%d: routes[%d].graphql.%w", c.file, fe.Line, fe.Column, i, err))
+					continue
+				}
 				errs = append(errs, fmt.Errorf("routes[%d].graphql.%w", i, err))
 			}
 			cr.pricer = p
@@ -445,7 +451,8 @@ func (c *Config) pricer(g *graphql.Config) (*graphql.Pricer, []error) {
 		}
 		data, err := reload.ReadFile(name, c.caps.config(), config.FlagMaxFileBytes)
 		if err != nil {
-			return nil, []error{fmt.Errorf("schema: %w", err)}
+			at := g.Position("schema")
+			return nil, []error{&graphql.FieldError{Key: "schema", Msg: err.Error(), Line: at[0], Column: at[1]}}
 		}
 		sdl = data
 		c.schemas = append(c.schemas, name)

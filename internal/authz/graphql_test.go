@@ -197,10 +197,13 @@ func TestGraphQLConfigProblems(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "schema.graphql"), []byte(gqlSchema), 0o644)
 	for _, c := range []struct{ name, yaml, want string }{
 		{"unknown key", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_dept: 3}\n", "field max_dept not found"},
-		{"unknown field in a cost table", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: schema.graphql, costs: {Query.serch: 3}}\n", `routes[0].graphql.costs: Query.serch: type Query has no field "serch"`},
+		{"unknown field in a cost table", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: schema.graphql, costs: {Query.serch: 3}}\n", `authz.yaml:4:47: routes[0].graphql.costs: Query.serch: type Query has no field "serch"`},
 		{"cost and graphql", "domain: d\nroutes:\n  - path: /graphql\n    cost: 2\n    graphql: {}\n", "routes[0].cost: a graphql route is charged its operation's cost"},
-		{"negative bound", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_cost: -1}\n", "routes[0].graphql.max_cost: must not be negative"},
-		{"missing schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: nope.graphql}\n", "routes[0].graphql.schema:"},
+		{"negative bound", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_cost: -1}\n", "authz.yaml:4:15: routes[0].graphql.max_cost: must not be negative"},
+		{"at its line", "domain: d\nroutes:\n  - path: /graphql\n    graphql:\n      schema: schema.graphql\n      costs:\n        Query.users: 2\n        User.nmae: 1\n", `authz.yaml:8:9: routes[0].graphql.costs: User.nmae: type User has no field "nmae"`},
+		{"list argument at its line", "domain: d\nroutes:\n  - path: /a\n  - path: /graphql\n    graphql:\n      list_arguments:\n        - first\n        - 1st\n", `authz.yaml:8:11: routes[1].graphql.list_arguments[1]: "1st" is not a GraphQL name`},
+		{"unknown nested key", "domain: d\nroutes:\n  - path: /graphql\n    graphql:\n      persisted_queries: {cache_byte: 3}\n", "line 5: field cache_byte not found in graphql.persisted_queries (valid: cache_bytes, unknown_cost)"},
+		{"missing schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: nope.graphql}\n", "authz.yaml:4:15: routes[0].graphql.schema:"},
 		{"bad schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: authz.yaml}\n", "routes[0].graphql.schema:"},
 	} {
 		p := filepath.Join(dir, "authz.yaml")

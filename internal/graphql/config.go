@@ -13,12 +13,14 @@ package graphql
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
 
 	"github.com/vektah/gqlparser/v2"
 	"github.com/vektah/gqlparser/v2/ast"
+	"gopkg.in/yaml.v3"
 )
 
 // Config is a route's `graphql:` block in the authz file. Zero values mean the
@@ -68,6 +70,100 @@ type Config struct {
 	ListSizes map[string]int64 `yaml:"list_sizes"`
 	// PersistedQueries configures Automatic Persisted Queries.
 	PersistedQueries PersistedQueries `yaml:"persisted_queries"`
+
+	// pos is where each key was written (line, column), by its path in the block
+	// ("max_cost", "costs.Query.search", "list_arguments[1]"), so that a problem is
+	// reported at its line. Empty for a Config not decoded from YAML.
+	pos map[string][2]int
+}
+
+// FieldError is one problem of a graphql block: Key names it in the block
+// ("max_cost", "costs: Query.serch"), Line and Column say where it was written (0 when
+// the Config was not decoded from YAML).
+type FieldError struct {
+	Key, Msg     string
+	Line, Column int
+}
+
+func (e *FieldError) Error() string { return e.Key + ": " + e.Msg }
+
+// Position is where key (a path as FieldError.Key) was written: line and column, or
+// zeros when it was not decoded from YAML.
+func (c *Config) Position(key string) [2]int { return c.at(key) }
+
+// at is the position of key, or of its nearest enclosing key that has one.
+func (c *Config) at(key string) [2]int {
+	for key != "" {
+		if p, ok := c.pos[key]; ok {
+			return p
+		}
+		i := strings.LastIndexAny(key, ".[")
+		if i < 0 {
+			break
+		}
+		// A table key holds dots of its own ("costs.Query.search"): its table is the
+		// first segment.
+		key = key[:i]
+	}
+	return [2]int{}
+}
+
+// UnmarshalYAML decodes a graphql block, refusing unknown keys as the rest of the file
+// does (a custom decoder does not inherit the decoder's KnownFields), and keeps where
+// each key was written.
+func (c *Config) UnmarshalYAML(n *yaml.Node) error {
+	pos := map[string][2]int{}
+	if err := checkKeys(n, "graphql", reflect.TypeFor[Config](), "", pos); err != nil {
+		return err
+	}
+	type plain Config // without this method
+	if err := n.Decode((*plain)(c)); err != nil {
+		return err
+	}
+	c.pos = pos
+	return nil
+}
+
+// checkKeys refuses a key of mapping n that t (a struct with yaml tags) has no field
+// for, and records every key's position under prefix; a map's and a list's entries are
+// recorded too.
+func checkKeys(n *yaml.Node, what string, t reflect.Type, prefix string, pos map[string][2]int) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // n.Decode says what is wrong with it
+	}
+	fields := map[string]reflect.StructField{}
+	var names []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag != "" && tag != "-" {
+			fields[tag] = f
+			names = append(names, tag)
+		}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		f, ok := fields[k.Value]
+		if !ok {
+			return fmt.Errorf("line %d: field %s not found in %s (valid: %s)", k.Line, k.Value, what, strings.Join(names, ", "))
+		}
+		key := prefix + k.Value
+		pos[key] = [2]int{k.Line, k.Column}
+		switch {
+		case f.Type.Kind() == reflect.Struct:
+			if err := checkKeys(v, what+"."+k.Value, f.Type, key+".", pos); err != nil {
+				return err
+			}
+		case f.Type.Kind() == reflect.Map && v.Kind == yaml.MappingNode:
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				pos[key+"."+v.Content[j].Value] = [2]int{v.Content[j].Line, v.Content[j].Column}
+			}
+		case f.Type.Kind() == reflect.Slice && v.Kind == yaml.SequenceNode:
+			for j, e := range v.Content {
+				pos[fmt.Sprintf("%s[%d]", key, j)] = [2]int{e.Line, e.Column}
+			}
+		}
+	}
+	return nil
 }
 
 // PersistedQueries configures what a request that carries only a persisted query's
@@ -128,14 +224,20 @@ type Pricer struct {
 // naming its key (and for the schema, the file and line).
 func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	// badAt reports a problem of key (as written in errors), located at the key
+	// written at path.
+	badAt := func(path, key, format string, args ...any) {
+		at := c.at(path)
+		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...), Line: at[0], Column: at[1]})
+	}
+	bad := func(key, format string, args ...any) { badAt(key, key, format, args...) }
 	p := &Pricer{allowIntrospection: true}
 	setInt := func(dst *int, v int, def int, key string) {
 		switch {
 		case v < 0:
-			bad("%s: must not be negative, got %d", key, v)
+			bad(key, "must not be negative, got %d", v)
 		case int64(v) > maxSetting:
-			bad("%s: %d is above the largest accepted, %d", key, v, maxSetting)
+			bad(key, "%d is above the largest accepted, %d", v, maxSetting)
 		case v == 0:
 			*dst = def
 		default:
@@ -145,9 +247,9 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 	set64 := func(dst *int64, v int64, def int64, key string) {
 		switch {
 		case v < 0:
-			bad("%s: must not be negative, got %d", key, v)
+			bad(key, "must not be negative, got %d", v)
 		case v > maxSetting:
-			bad("%s: %d is above the largest accepted, %d", key, v, maxSetting)
+			bad(key, "%d is above the largest accepted, %d", v, maxSetting)
 		case v == 0:
 			*dst = def
 		default:
@@ -161,7 +263,7 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 			return
 		}
 		if *v < 0 || *v > maxSetting {
-			bad("%s: must be between 0 and %d, got %d", key, maxSetting, *v)
+			bad(key, "must be between 0 and %d, got %d", maxSetting, *v)
 			return
 		}
 		*dst = *v
@@ -183,7 +285,7 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 	set64(&cacheBytes, c.PersistedQueries.CacheBytes, DefaultCacheBytes, "persisted_queries.cache_bytes")
 	setOpt(&p.unknownCost, c.PersistedQueries.UnknownCost, p.maxCost, "persisted_queries.unknown_cost")
 	if p.unknownCost > p.maxCost {
-		bad("persisted_queries.unknown_cost: %d is above max_cost %d: every hash-only request would be refused", p.unknownCost, p.maxCost)
+		bad("persisted_queries.unknown_cost", "%d is above max_cost %d: every hash-only request would be refused", p.unknownCost, p.maxCost)
 	}
 	p.apq = newCache(cacheBytes)
 
@@ -192,7 +294,7 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 		p.listArgs = nil
 		for i, a := range c.ListArguments {
 			if !nameRE.MatchString(a) {
-				bad("list_arguments[%d]: %q is not a GraphQL name", i, a)
+				bad(fmt.Sprintf("list_arguments[%d]", i), "%q is not a GraphQL name", a)
 				continue
 			}
 			p.listArgs = append(p.listArgs, a)
@@ -203,7 +305,7 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 	if schemaSDL != nil {
 		s, err := gqlparser.LoadSchema(&ast.Source{Name: schemaName, Input: string(schemaSDL)})
 		if err != nil {
-			bad("schema: %v", err)
+			bad("schema", "%v", err)
 		} else {
 			p.schema = s
 			for i, d := range []*ast.Definition{s.Query, s.Mutation, s.Subscription} {
@@ -214,8 +316,8 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 			}
 		}
 	}
-	p.costs = p.table("costs", c.Costs, bad)
-	p.listSizes = p.table("list_sizes", c.ListSizes, bad)
+	p.costs = p.table("costs", c.Costs, badAt)
+	p.listSizes = p.table("list_sizes", c.ListSizes, badAt)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -225,9 +327,9 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 // table checks one cost table: keys "Type.field" or "*.field" (against the schema when
 // there is one), values within bounds. Problems are reported in key order, so the same
 // file always reads the same.
-func (p *Pricer) table(name string, t map[string]int64, bad func(string, ...any)) map[string]int64 {
+func (p *Pricer) table(name string, t map[string]int64, badAt func(string, string, string, ...any)) map[string]int64 {
 	if len(t) > maxTableEntries {
-		bad("%s: %d entries, the limit is %d", name, len(t), maxTableEntries)
+		badAt(name, name, "%d entries, the limit is %d", len(t), maxTableEntries)
 		return nil
 	}
 	keys := make([]string, 0, len(t))
@@ -240,16 +342,16 @@ func (p *Pricer) table(name string, t map[string]int64, bad func(string, ...any)
 		v := t[k]
 		typ, field, ok := strings.Cut(k, ".")
 		if !ok || (typ != "*" && !nameRE.MatchString(typ)) || !nameRE.MatchString(field) {
-			bad("%s: key %q: want Type.field or *.field", name, k)
+			badAt(name+"."+k, name, "key %q: want Type.field or *.field", k)
 			continue
 		}
 		if v < 0 || v > maxSetting {
-			bad("%s: %s: must be between 0 and %d, got %d", name, k, maxSetting, v)
+			badAt(name+"."+k, name+": "+k, "must be between 0 and %d, got %d", maxSetting, v)
 			continue
 		}
 		if p.schema != nil {
 			if err := p.checkField(typ, field); err != "" {
-				bad("%s: %s: %s", name, k, err)
+				badAt(name+"."+k, name+": "+k, "%s", err)
 				continue
 			}
 		}

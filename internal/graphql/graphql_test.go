@@ -419,3 +419,41 @@ func TestBadConfig(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestOneReading: a request that a server could read differently from halt is refused,
+// never priced by one text and run by another: members matched exactly (encoding/json
+// would take "QUERY" for query), written twice, or a POST's GraphQL parameters in its URL.
+func TestOneReading(t *testing.T) {
+	p := compile(t, Config{MaxBatch: 2}, "")
+	expensive := `{ a(first: 1000) { b(first: 1000) { id } } }`
+	for _, c := range []struct {
+		name string
+		r    Request
+		rule string
+	}{
+		// Only the exact member is the query: the expensive one is priced (and refused).
+		{"QUERY beside query", Request{Method: "POST", Body: []byte(`{"query":"` + expensive + `","QUERY":"{ a }"}`)}, RuleCost},
+		{"query twice", Request{Method: "POST", Body: []byte(`{"query":"` + expensive + `","query":"{ a }"}`)}, RuleSyntax},
+		{"operationName twice", Request{Method: "POST", Body: []byte(`{"query":"query A { a } query B { b }","operationName":"A","operationName":"B"}`)}, RuleSyntax},
+		{"variable twice", post(`query($n: Int) { a(first: $n) { id } }`, `{"n": 1000, "n": 1}`), RuleSyntax},
+		{"hash twice", Request{Method: "POST", Body: []byte(`{"extensions":{"persistedQuery":{"sha256Hash":"` + strings.Repeat("a", 64) + `","sha256Hash":"` + strings.Repeat("b", 64) + `"}}}`)}, RuleSyntax},
+		{"batch member twice", Request{Method: "POST", Body: []byte(`[{"query":"{ a }"},{"query":"{ a }","query":"{ b }"}]`)}, RuleSyntax},
+		{"data after the object", Request{Method: "POST", Body: []byte(`{"query":"{ a }"} {"query":"{ b }"}`)}, RuleSyntax},
+		{"POST with a query in the URL", Request{Method: "POST", RawQuery: "query=" + url.QueryEscape(expensive), Body: []byte(`{"query":"{ a }"}`)}, RuleSyntax},
+		{"POST with an operationName in the URL", Request{Method: "POST", RawQuery: "operationName=B", Body: []byte(`{"query":"query A { a } query B { b }","operationName":"A"}`)}, RuleSyntax},
+		{"GET with two queries", Request{Method: "GET", RawQuery: "query=" + url.QueryEscape("{ a }") + "&query=" + url.QueryEscape(expensive)}, RuleSyntax},
+		{"persistedQuery without a hash", Request{Method: "POST", Body: []byte(`{"query":"{ a }","extensions":{"persistedQuery":{"version":1}}}`)}, RulePersistedQuery},
+		{"two fragments of one name", post(`{ ...F } fragment F on Query { a } fragment F on Query { b(first: 1000) { id } }`, ""), RuleFragment},
+		{"two operations of one name", Request{Method: "POST", Body: []byte(`{"query":"query A { a } query A { b(first: 1000) { id } }","operationName":"A"}`)}, RuleOperation},
+	} {
+		res, err := p.Price(c.r)
+		var rf *Refusal
+		if !errors.As(err, &rf) || rf.Rule != c.rule {
+			t.Errorf("%s: %+v %v, want refused by %s", c.name, res, err, c.rule)
+		}
+	}
+	// A POST's URL may carry other parameters.
+	if res := mustPrice(t, p, Request{Method: "POST", RawQuery: "tenant=acme", Body: []byte(`{"query":"{ a(first: 3) { id } }"}`)}); res.Cost != 3 {
+		t.Errorf("POST with another URL parameter: %+v", res)
+	}
+}

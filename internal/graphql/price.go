@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/url"
 	"strconv"
@@ -104,16 +105,107 @@ func satMul(a, b int64) int64 {
 
 // wireRequest is one GraphQL-over-HTTP request (a JSON body, or a GET's parameters).
 type wireRequest struct {
-	Query         *string         `json:"query"`
-	OperationName *string         `json:"operationName"`
-	Variables     json.RawMessage `json:"variables"`
-	Extensions    json.RawMessage `json:"extensions"`
+	Query         *string
+	OperationName *string
+	Variables     json.RawMessage
+	Extensions    json.RawMessage
 }
 
-type extensions struct {
-	PersistedQuery *struct {
-		Sha256Hash string `json:"sha256Hash"`
-	} `json:"persistedQuery"`
+// The members of a GraphQL-over-HTTP request. They are matched exactly: encoding/json
+// would also take "QUERY" for query, and a request carrying both would be priced by
+// one text and run (by a JavaScript or Python server, which match exactly) by another.
+const (
+	memberQuery      = "query"
+	memberOperation  = "operationName"
+	memberVariables  = "variables"
+	memberExtensions = "extensions"
+)
+
+// object reads a JSON object's members, matched exactly. A member written twice is
+// refused: parsers differ on which copy wins, and halt must price the one the server
+// runs. what names the object in a refusal.
+func object(raw []byte, what string) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, refuse(RuleSyntax, "%s is not a JSON object", what)
+	}
+	m := map[string]json.RawMessage{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, refuse(RuleSyntax, "%s: %s", what, clip(err.Error()))
+		}
+		k, _ := t.(string)
+		if _, dup := m[k]; dup {
+			return nil, refuse(RuleSyntax, "%s has two members %q: which one a server reads differs", what, clip(k))
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, refuse(RuleSyntax, "%s: %s", what, clip(err.Error()))
+		}
+		m[k] = v
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, refuse(RuleSyntax, "%s: %s", what, clip(err.Error()))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, refuse(RuleSyntax, "%s: data after the object", what)
+	}
+	return m, nil
+}
+
+// decodeWire reads one request object of a JSON body.
+func decodeWire(raw []byte, what string) (wireRequest, error) {
+	var w wireRequest
+	m, err := object(raw, what)
+	if err != nil {
+		return w, err
+	}
+	str := func(member string) (*string, error) {
+		v := jsonValue(m[member])
+		if v == nil {
+			return nil, nil
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return nil, refuse(RuleSyntax, "%s: %s is not a string", what, member)
+		}
+		return &s, nil
+	}
+	if w.Query, err = str(memberQuery); err != nil {
+		return w, err
+	}
+	if w.OperationName, err = str(memberOperation); err != nil {
+		return w, err
+	}
+	w.Variables, w.Extensions = m[memberVariables], m[memberExtensions]
+	return w, nil
+}
+
+// persistedHash reads extensions.persistedQuery.sha256Hash, in lower case ("" when
+// there is no persistedQuery); a persistedQuery without a valid hash is refused.
+func persistedHash(raw json.RawMessage) (string, error) {
+	raw = jsonValue(raw)
+	if raw == nil {
+		return "", nil
+	}
+	ext, err := object(raw, "extensions")
+	if err != nil {
+		return "", err
+	}
+	pqRaw := jsonValue(ext["persistedQuery"])
+	if pqRaw == nil {
+		return "", nil
+	}
+	pq, err := object(pqRaw, "extensions.persistedQuery")
+	if err != nil {
+		return "", err
+	}
+	var h string
+	if err := json.Unmarshal(jsonValue(pq["sha256Hash"]), &h); err != nil || len(h) != 64 || !isHex(strings.ToLower(h)) {
+		return "", refuse(RulePersistedQuery, "extensions.persistedQuery.sha256Hash must be 64 hex digits")
+	}
+	return strings.ToLower(h), nil
 }
 
 // Price prices r, or refuses it with a *Refusal. It never panics on any input; its
@@ -171,23 +263,44 @@ func (p *Pricer) decode(r Request) ([]wireRequest, error) {
 			return nil, refuse(RuleSyntax, "the query string is not URL-encoded: %s", clip(err.Error()))
 		}
 		var w wireRequest
-		if q, ok := v["query"]; ok {
+		for _, m := range []string{memberQuery, memberOperation, memberVariables, memberExtensions} {
+			if len(v[m]) > 1 {
+				return nil, refuse(RuleSyntax, "the query string has %d parameters %q: which one a server reads differs", len(v[m]), m)
+			}
+		}
+		if q, ok := v[memberQuery]; ok {
 			w.Query = &q[0]
 		}
-		if n, ok := v["operationName"]; ok {
+		if n, ok := v[memberOperation]; ok {
 			w.OperationName = &n[0]
 		}
 		// Variables and extensions are JSON text in a GET (GraphQL over HTTP).
-		if s := v.Get("variables"); s != "" {
+		if s := v.Get(memberVariables); s != "" {
 			w.Variables = json.RawMessage(s)
 		}
-		if s := v.Get("extensions"); s != "" {
+		if s := v.Get(memberExtensions); s != "" {
 			w.Extensions = json.RawMessage(s)
 		}
 		return []wireRequest{w}, nil
 	}
 	if int64(len(r.Body)) > p.maxBody {
 		return nil, refuse(RuleBody, "the body is %d bytes; max_body_bytes is %d", len(r.Body), p.maxBody)
+	}
+	// A POST's parameters are its body's. Some servers (express-graphql) read a query
+	// in the URL first: one there would run while halt priced the body's.
+	if r.RawQuery != "" {
+		if int64(len(r.RawQuery)) > p.maxBody {
+			return nil, refuse(RuleBody, "the query string is %d bytes; max_body_bytes is %d", len(r.RawQuery), p.maxBody)
+		}
+		v, err := url.ParseQuery(r.RawQuery)
+		if err != nil {
+			return nil, refuse(RuleSyntax, "the query string is not URL-encoded: %s", clip(err.Error()))
+		}
+		for _, m := range []string{memberQuery, memberOperation, memberVariables, memberExtensions} {
+			if _, ok := v[m]; ok {
+				return nil, refuse(RuleSyntax, "a %s request carries %q in its URL: send the GraphQL parameters in the body (or use GET)", clip(r.Method), m)
+			}
+		}
 	}
 	ct := strings.ToLower(strings.TrimSpace(strings.SplitN(r.ContentType, ";", 2)[0]))
 	if ct == "application/graphql" {
@@ -197,9 +310,9 @@ func (p *Pricer) decode(r Request) ([]wireRequest, error) {
 	body := bytes.TrimLeft(r.Body, " \t\r\n")
 	switch {
 	case len(body) > 0 && body[0] == '{':
-		var w wireRequest
-		if err := json.Unmarshal(body, &w); err != nil {
-			return nil, refuse(RuleSyntax, "the body is not a GraphQL request (a JSON object with a query): %s", clip(err.Error()))
+		w, err := decodeWire(body, "the body")
+		if err != nil {
+			return nil, err
 		}
 		return []wireRequest{w}, nil
 	case len(body) > 0 && body[0] == '[':
@@ -217,9 +330,11 @@ func (p *Pricer) decode(r Request) ([]wireRequest, error) {
 		}
 		out := make([]wireRequest, len(raw))
 		for i, m := range raw {
-			if err := json.Unmarshal(m, &out[i]); err != nil {
-				return nil, refuse(RuleSyntax, "operation %d of the batch is not a GraphQL request: %s", i, clip(err.Error()))
+			w, err := decodeWire(m, fmt.Sprintf("operation %d of the batch", i))
+			if err != nil {
+				return nil, err
 			}
+			out[i] = w
 		}
 		return out, nil
 	}
@@ -230,19 +345,11 @@ func (p *Pricer) decode(r Request) ([]wireRequest, error) {
 // persisted-query cache).
 func (p *Pricer) operation(w *wireRequest) (Operation, string, error) {
 	var op Operation
-	var ext extensions
-	if raw := jsonValue(w.Extensions); raw != nil {
-		if err := json.Unmarshal(raw, &ext); err != nil {
-			return op, "", refuse(RuleSyntax, "extensions is not a JSON object: %s", clip(err.Error()))
-		}
+	h, err := persistedHash(w.Extensions)
+	if err != nil {
+		return op, "", err
 	}
-	if pq := ext.PersistedQuery; pq != nil {
-		h := strings.ToLower(pq.Sha256Hash)
-		if len(h) != 64 || !isHex(h) {
-			return op, "", refuse(RulePersistedQuery, "extensions.persistedQuery.sha256Hash must be 64 hex digits")
-		}
-		op.Hash = h
-	}
+	op.Hash = h
 	name := ""
 	if w.OperationName != nil {
 		name = *w.OperationName
@@ -284,10 +391,14 @@ func (p *Pricer) operation(w *wireRequest) (Operation, string, error) {
 	}
 	op.Name, op.Type = def.Name, string(def.Operation)
 	wk := walker{p: p, vars: vars, varDefs: def.VariableDefinitions, frags: make(map[string]*fragment, len(doc.Fragments))}
+	// Names are unique in a valid document (the server refuses one where they are not);
+	// halt refuses it too rather than price one definition while the server might run
+	// another.
 	for _, f := range doc.Fragments {
-		if _, dup := wk.frags[f.Name]; !dup {
-			wk.frags[f.Name] = &fragment{def: f}
+		if _, dup := wk.frags[f.Name]; dup {
+			return op, "", refuse(RuleFragment, "two fragments named %q", clip(f.Name))
 		}
+		wk.frags[f.Name] = &fragment{def: f}
 	}
 	root := ""
 	switch def.Operation {
@@ -349,6 +460,13 @@ func (p *Pricer) parse(query string) (*ast.QueryDocument, error) {
 // pick selects the operation to run, as a GraphQL server does: the one named, else
 // the only one.
 func pick(doc *ast.QueryDocument, name string, named bool) (*ast.OperationDefinition, error) {
+	seen := make(map[string]bool, len(doc.Operations))
+	for _, o := range doc.Operations {
+		if seen[o.Name] && o.Name != "" {
+			return nil, refuse(RuleOperation, "two operations named %q", clip(o.Name))
+		}
+		seen[o.Name] = true
+	}
 	if named {
 		for _, o := range doc.Operations {
 			if o.Name == name {
@@ -382,11 +500,7 @@ func variables(raw json.RawMessage) (map[string]json.RawMessage, error) {
 			return nil, nil
 		}
 	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, refuse(RuleSyntax, "variables is not a JSON object: %s", clip(err.Error()))
-	}
-	return m, nil
+	return object(raw, "variables")
 }
 
 // jsonValue is raw without surrounding space, nil for nothing or null.
