@@ -138,7 +138,7 @@ type serveFlags struct {
 	gcPercent                                              int
 	gogcSet                                                bool // GOGC is in the environment
 	disablePprof                                           bool
-	shadowMode, dynamicMetadata                            bool
+	shadowMode, dynamicMetadata, stopIncrement             bool
 	authzConfig                                            string
 	storeFile, adminAddr                                   string
 	storePerSecond                                         string
@@ -185,6 +185,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.IntVar(&f.gcPercent, "gc-percent", 0, "garbage collector target (as GOGC); 0 = GOGC when set, else 400 with a network store and Go's 100 with memory://")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof (served on --admin-addr, or on the HTTP port behind the admin token)")
 	fs.BoolVar(&f.shadowMode, "shadow-mode", false, "global shadow mode (the reference's SHADOW_MODE): every call is answered OK; descriptors are still decided, counted and reported over limit")
+	fs.BoolVar(&f.stopIncrement, "stop-increment-over-limit", false, "a call its rate limits refuse is not charged to the limits that would have let it through: they are read first, one more store round for calls with several (the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT)")
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.DurationVar(&f.expiryJitter, "store-expiry-jitter", 0, "up to this much random extra expiry on every key the store expires, so keys written together do not expire together (the reference's EXPIRATION_JITTER_MAX_SECONDS)")
@@ -409,6 +410,8 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		Logger:      log,
 		FailureMode: config.FailureMode(f.failureMode),
 		ShadowMode:  f.shadowMode,
+
+		StopIncrementOverLimit: f.stopIncrement,
 	})
 	if err != nil {
 		return err

@@ -679,3 +679,39 @@ func TestReferenceExpiryJitter(t *testing.T) {
 		t.Errorf("%d of 20 keys kept past 10 s with an hour of jitter", long)
 	}
 }
+
+// TestReferenceStopIncrement: with STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, on Redis, the
+// calls that one descriptor refuses are not charged to the other: what the other has left
+// shows it. CACHE_KEY_PREFIX keeps the run's keys apart (and is checked to be applied).
+func TestReferenceStopIncrement(t *testing.T) {
+	addr := testutil.Peer(t, "REDIS_ADDR")
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "s.yaml", `
+domain: stop
+descriptors:
+  - key: small
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: big
+    rate_limit: {unit: minute, requests_per_unit: 10}
+`)
+	prefix := fmt.Sprintf("stoptest-%d:", rand.Int64())
+	_, c := startRef(t, "RUNTIME_ROOT", root, "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", addr, "REDIS_TIMEOUT", "2s",
+		"CACHE_KEY_PREFIX", prefix, "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true", testClockEnv, clockStart)
+	for i := range 4 {
+		r := call(t, c, "stop", [2]string{"small", "a"}, [2]string{"big", "a"})
+		if (r.OverallCode == rlspb.RateLimitResponse_OVER_LIMIT) != (i >= 2) || r.Statuses[1].Code != rlspb.RateLimitResponse_OK {
+			t.Fatalf("call %d: %v", i+1, r)
+		}
+	}
+	// Two charged calls and this one: 7 left (without the setting, 5).
+	r := call(t, c, "stop", [2]string{"big", "a"})
+	status(t, "big after two refused calls", r.Statuses[0], rlspb.RateLimitResponse_OK, 10, rlspb.RateLimitResponse_RateLimit_MINUTE, 7)
+	rc := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer rc.Close()
+	if ks, err := rc.Keys(context.Background(), prefix+"*").Result(); err != nil || len(ks) != 2 {
+		t.Errorf("keys under CACHE_KEY_PREFIX %q: %q %v, want small's and big's", prefix, ks, err)
+	}
+}

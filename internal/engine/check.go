@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -27,6 +28,9 @@ type scratch struct {
 	keyBuf  []byte
 	replace map[string]struct{}
 	algo    []algorithms.Algorithm // per descriptor: requested algorithm override (0 none)
+	costs   []int64                // stopIncrement: the queued ops' costs
+	refuses []bool                 // stopIncrement: per op, whether its read refuses it
+	over    []bool                 // stopIncrement: per descriptor, whether a read refuses it
 }
 
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
@@ -171,6 +175,11 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			}
 			l = e.overrideAlgorithm(domain, rule, l, sc.algo[i])
 			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
+		}
+	}
+	if e.cfg.StopIncrementOverLimit && (len(sc.ops) > 1 || (len(sc.ops) == 1 && callOver(decisions))) {
+		if err := e.stopIncrement(ctx, nowUS, sc, decisions); err != nil {
+			return false, err
 		}
 	}
 	delay, err := e.runStage(ctx, stageDecide, domain, nowUS, sc, descs, decisions)
@@ -462,21 +471,70 @@ const hexDigits = "0123456789abcdef"
 // limit makes the call over; descriptors in quota mode make it over only when there is at
 // least one and every one is over (each is a soft budget the caller may fall back from).
 func callOver(decisions []Decision) bool {
+	return callOverIf(decisions, nil)
+}
+
+// callOverIf is callOver with the descriptors marked in also (when not nil) counted as
+// over limit.
+func callOverIf(decisions []Decision, also []bool) bool {
 	quota, quotaOver := 0, 0
 	for i := range decisions {
 		d := &decisions[i]
+		over := d.Code == CodeOverLimit || (also != nil && also[i])
 		if d.Rule != nil && d.Rule.QuotaMode && !d.Rule.Unlimited {
 			quota++
-			if d.Code == CodeOverLimit {
+			if over {
 				quotaOver++
 			}
 			continue
 		}
-		if d.Code == CodeOverLimit {
+		if over {
 			return true
 		}
 	}
 	return quota > 0 && quotaOver == quota
+}
+
+// stopIncrement implements Config.StopIncrementOverLimit on the queued rate-limit ops:
+// it reads them all (cost 0) in one round, and when those reads say the call will be
+// over limit (as callOver decides it, after the lockouts already found), it leaves the
+// cost only on the ops that refuse the call and makes the others checks. The refusing
+// ops keep their cost, as in the reference (a fixed window counts denied hits). A read
+// that fails refuses nothing: its op is charged and fails or passes in the decide round.
+// A rule in shadow mode refuses nothing either (its denial does not refuse the call).
+// Between the read and the charge other calls may move the counters: the prediction is
+// the reference's, as racy as its GET before INCRBY.
+func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, decisions []Decision) error {
+	sc.costs = sc.costs[:0]
+	for k := range sc.ops {
+		sc.costs = append(sc.costs, sc.ops[k].Cost)
+		sc.ops[k].Cost = 0
+	}
+	if err := e.apply(ctx, nowUS, sc); err != nil && ctx.Err() != nil {
+		sc.clearOps()
+		return ctx.Err()
+	}
+	sc.refuses = slices.Grow(sc.refuses[:0], len(sc.ops))[:len(sc.ops)]
+	sc.over = slices.Grow(sc.over[:0], len(decisions))[:len(decisions)]
+	clear(sc.refuses)
+	clear(sc.over)
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		rule := decisions[sc.owners[k]].Rule
+		if op.Err == nil && sc.costs[k] > 0 && op.Result.Remaining < sc.costs[k] && (rule == nil || !rule.ShadowMode) {
+			sc.refuses[k] = true
+			sc.over[sc.owners[k]] = true
+		}
+	}
+	refused := callOverIf(decisions, sc.over)
+	for k := range sc.ops {
+		op := &sc.ops[k]
+		op.Result, op.Err = algorithms.Result{}, nil
+		if !refused || sc.refuses[k] {
+			op.Cost = sc.costs[k]
+		}
+	}
+	return nil
 }
 
 // queueQuotaReads queues a read (cost 0) of every quota of descriptors that carry more

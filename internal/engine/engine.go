@@ -69,6 +69,12 @@ type Config struct {
 	// reported as without it (its Decision still says CodeOverLimit); only Check's answer
 	// for the call changes.
 	ShadowMode bool
+	// StopIncrementOverLimit is the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT:
+	// a call that its rate limits will refuse does not use up the budgets of the limits
+	// that would have let it through. The rate limits of a call with more than one are
+	// read first (cost 0, one more store round); when the call would be over limit, only
+	// the limits that refuse it are charged, the others are checked (cost 0).
+	StopIncrementOverLimit bool
 }
 
 // Engine decides. It is safe for concurrent use.

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 )
@@ -111,5 +112,84 @@ func TestGlobalShadowMode(t *testing.T) {
 	}
 	if _, o := g.mustCheck(t, d(1, "a", "x")); !o {
 		t.Fatal("without global shadow mode the fourth call is over")
+	}
+}
+
+const stopIncrementConfig = `
+domain: d
+descriptors:
+  - key: small
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: big
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: shadow
+    shadow_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q1
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: q2
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 10}
+  - key: two
+    rate_limits:
+      - {unit: second, requests_per_unit: 3}
+      - {unit: minute, requests_per_unit: 5}
+  - key: tb
+    rate_limit: {unit: minute, requests_per_unit: 10, algorithm: token_bucket}
+`
+
+// TestStopIncrementOverLimit: with the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT
+// a refused call does not use up the limits that would have let it through (another
+// descriptor's, or another limit of the same rule); a call that passes (quota mode, a
+// shadow rule's denial) is charged everywhere. Without it every limit is charged, as the
+// reference does by default. Each case reads what is left with a check (hits 0).
+func TestStopIncrementOverLimit(t *testing.T) {
+	left := func(t *testing.T, f *fixture, descs ...engine.Descriptor) int64 {
+		t.Helper()
+		decs, _ := f.mustCheck(t, descs...)
+		return decs[0].Result.Remaining
+	}
+	for _, stop := range []bool{false, true} {
+		t.Run(map[bool]string{false: "off", true: "on"}[stop], func(t *testing.T) {
+			f := newFixture(t, stopIncrementConfig, func(c *engine.Config) { c.StopIncrementOverLimit = stop })
+			want := func(what string, got, off, on int64) {
+				t.Helper()
+				if w := map[bool]int64{false: off, true: on}[stop]; got != w {
+					t.Errorf("%s: %d left, want %d", what, got, w)
+				}
+			}
+			// small (2/min) refuses the third and fourth calls; big is charged by them only
+			// without the setting.
+			for i := range 4 {
+				decs, over := f.mustCheck(t, d(1, "small", "a"), d(1, "big", "a"))
+				if over != (i >= 2) || decs[1].Code != engine.CodeOK {
+					t.Fatalf("call %d: over %v, big %v", i+1, over, decs[1].Code)
+				}
+			}
+			want("big after two refused calls", left(t, f, d(0, "big", "a")), 6, 8)
+			// A token bucket next to a refusing fixed window: the same.
+			f.mustCheck(t, d(1, "small", "a"), d(1, "tb", "a"))
+			want("token bucket after a refused call", left(t, f, d(0, "tb", "a")), 9, 10)
+			// Two limits of one rule: the second's refusal spares the minute's budget.
+			f.mustCheck(t, d(3, "two", "a"))
+			if _, over := f.mustCheck(t, d(1, "two", "a")); !over {
+				t.Fatal("two: a fourth hit in the second passed")
+			}
+			f.clock.Add(time.Second)
+			want("two's minute limit after a refused hit", left(t, f, d(0, "two", "a")), 1, 2)
+			// Quota mode: q1 over, q2 within, the call passes: q2 is charged either way.
+			f.mustCheck(t, d(1, "q1", "a"))
+			if _, over := f.mustCheck(t, d(1, "q1", "a"), d(1, "q2", "a")); over {
+				t.Fatal("quota mode: the call with q2 within was refused")
+			}
+			want("q2 after a passing call", left(t, f, d(0, "q2", "a")), 9, 9)
+			// A shadow rule's denial refuses nothing: big is charged either way.
+			f.mustCheck(t, d(1, "shadow", "a"))
+			if _, over := f.mustCheck(t, d(1, "shadow", "a"), d(1, "big", "b")); over {
+				t.Fatal("shadow: the call was refused")
+			}
+			want("big after a shadow denial", left(t, f, d(0, "big", "b")), 9, 9)
+		})
 	}
 }

@@ -80,6 +80,8 @@ type Settings struct {
 	// ShadowMode is SHADOW_MODE (the global shadow mode); DynamicMetadata is
 	// RESPONSE_DYNAMIC_METADATA.
 	ShadowMode, DynamicMetadata bool
+	// StopIncrement is STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT.
+	StopIncrement bool
 
 	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
 	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
@@ -324,6 +326,7 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 		s.ExpiryJitter = time.Duration(j) * time.Second
 	}
 	s.ShadowMode = r.boolean("SHADOW_MODE")
+	s.StopIncrement = r.boolean("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
 	s.DynamicMetadata = r.boolean("RESPONSE_DYNAMIC_METADATA")
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
 	s.HealthPingsStore = r.boolean("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION")

@@ -503,6 +503,13 @@ func TestModes(t *testing.T) {
 	}
 	mustFail(t, base("QUOTA_MODE", "true"), "QUOTA_MODE", "Not a variable of the reference")
 	mustRead(t, base("QUOTA_MODE", "false"))
+	if s := mustRead(t, base()); s.StopIncrement {
+		t.Error("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT on by default")
+	}
+	if s := mustRead(t, base("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true")); !s.StopIncrement {
+		t.Error("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT=true not read")
+	}
+	mustFail(t, base("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "sometimes"), "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
 }
 
 // TestGRPCUDSAndSAN: GRPC_UDS moves the gRPC listener to a unix socket; GRPC_CLIENT_TLS_SAN
