@@ -141,7 +141,7 @@ type serveFlags struct {
 	shadowMode, dynamicMetadata, stopIncrement             bool
 	authzConfig                                            string
 	storeFile, adminAddr                                   string
-	storePerSecond                                         string
+	storePerSecond, keyPrefix                              string
 	expiryJitter                                           time.Duration
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
 	tlsClientSAN                                           string
@@ -189,6 +189,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.DurationVar(&f.expiryJitter, "store-expiry-jitter", 0, "up to this much random extra expiry on every key the store expires, so keys written together do not expire together (the reference's EXPIRATION_JITTER_MAX_SECONDS)")
+	fs.StringVar(&f.keyPrefix, "store-key-prefix", "", "prefix of every store key, so that deployments sharing one store keep their counters apart (the reference's CACHE_KEY_PREFIX); the per-second store's too")
 	fs.StringVar(&f.storePerSecond, "store-per-second", "", "a second store for the limits of one second (the reference's REDIS_PERSECOND): every other op stays in --store")
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "serve /debug/pprof and /admin on this address (e.g. 127.0.0.1:9090) instead of the HTTP port (where pprof needs the admin token)")
@@ -324,11 +325,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	// go-redis logs failed dials itself, as raw text on stderr, one line each: route them
 	// through slog, each kind at most once per lograte.DefaultInterval.
 	redis.RouteDriverLogs(log, lograte.DefaultInterval)
-	var keyPrefix string
-	if f.ref != nil {
-		keyPrefix = f.ref.KeyPrefix
-	}
-	storeOpt := backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: keyPrefix, ExpiryJitter: f.expiryJitter}
+	storeOpt := backends.Options{Timeout: f.storeTimeout, Logger: log, KeyPrefix: f.keyPrefix, ExpiryJitter: f.expiryJitter}
 	store, err := all.Open(ctx, f.store, storeOpt)
 	if err != nil {
 		return fmt.Errorf("open store: %w", backends.Redact(err))

@@ -91,6 +91,7 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 	storeVars := append([]string{"REDIS_AUTH", "REDIS_AUTH_FILE", "REDIS_POOL_SIZE", "REDIS_TLS", "REDIS_TIMEOUT", "MEMCACHE_MAX_IDLE_CONNS"}, ref.StoreFrom...)
 	apply([]string{"store", "store-file"}, &f.store, ref.Store, storeVars...)
 	apply([]string{"store-per-second", "store", "store-file"}, &f.storePerSecond, ref.PerSecondStore, "REDIS_PERSECOND")
+	apply([]string{"store-key-prefix"}, &f.keyPrefix, ref.KeyPrefix, "CACHE_KEY_PREFIX")
 	if ref.StoreTimeout > 0 && !given["store-timeout"] && !given["store"] && !given["store-file"] {
 		f.storeTimeout = ref.StoreTimeout
 	}

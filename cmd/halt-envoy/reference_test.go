@@ -715,3 +715,27 @@ descriptors:
 		t.Errorf("keys under CACHE_KEY_PREFIX %q: %q %v, want small's and big's", prefix, ks, err)
 	}
 }
+
+// TestStoreKeyPrefixFlag: --store-key-prefix (HALT_STORE_KEY_PREFIX) reaches the store
+// and wins over CACHE_KEY_PREFIX.
+func TestStoreKeyPrefixFlag(t *testing.T) {
+	addr := testutil.Peer(t, "REDIS_ADDR")
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "p.yaml", "domain: p\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 5}\n")
+	prefix := fmt.Sprintf("flagprefix-%d:", rand.Int64())
+	_, c := startRef(t, "RUNTIME_ROOT", root, "REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", addr, "REDIS_TIMEOUT", "2s",
+		"CACHE_KEY_PREFIX", "ignored-"+prefix, "HALT_STORE_KEY_PREFIX", prefix)
+	call(t, c, "p", [2]string{"k", "v"})
+	rc := goredis.NewClient(&goredis.Options{Addr: addr})
+	defer rc.Close()
+	ctx := context.Background()
+	if ks, err := rc.Keys(ctx, prefix+"*").Result(); err != nil || len(ks) != 1 {
+		t.Errorf("keys under --store-key-prefix %q: %q %v", prefix, ks, err)
+	}
+	if ks, _ := rc.Keys(ctx, "ignored-"+prefix+"*").Result(); len(ks) != 0 {
+		t.Errorf("CACHE_KEY_PREFIX used although HALT_STORE_KEY_PREFIX was given: %q", ks)
+	}
+}

@@ -420,6 +420,42 @@ func RunDelete(t *testing.T, open Factory) {
 	}
 }
 
+// PrefixFactory opens a store of the kind under test with backends.Options.KeyPrefix set
+// to prefix (and the suite's other settings).
+type PrefixFactory func(t *testing.T, prefix string) backends.Store
+
+// RunKeyPrefix checks backends.Options.KeyPrefix (the reference's CACHE_KEY_PREFIX): two
+// stores on one server under different prefixes keep apart the state of one key, and a
+// Delete through one leaves the other's. Stores that share no server between instances
+// (the memory store) have nothing to check.
+func RunKeyPrefix(t *testing.T, open PrefixFactory) {
+	u := UniqueKey(t)
+	a, b := open(t, u+"-a:"), open(t, u+"-b:")
+	defer a.Close()
+	defer b.Close()
+	key := "shared"
+	now := base + 9*sec
+	lim := algorithms.Limit{Requests: 1, Period: minute}
+	hit := func(st backends.Store, what string, want bool) {
+		t.Helper()
+		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+		if err := applyOne(st, now, op); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if op.Result.Allowed != want {
+			t.Fatalf("%s: allowed=%v, want %v (the prefixes do not keep the key apart)", what, op.Result.Allowed, want)
+		}
+	}
+	hit(a, "first hit under prefix a", true)
+	hit(b, "first hit under prefix b", true)
+	hit(a, "second hit under prefix a", false)
+	if err := b.Delete(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	hit(a, "prefix a after a Delete under prefix b", false)
+	hit(b, "prefix b after its Delete", true)
+}
+
 // RunConcurrency hammers one key per algorithm from many goroutines at one instant (so
 // nothing refills) and demands exactly what the pure algorithm decides for the same ops
 // played one after another: the limit is reached exactly, never passed (lost updates)

@@ -337,3 +337,17 @@ func BenchmarkRoundTrip(b *testing.B) {
 	defer s.Close()
 	conformance.BenchRoundTrip(b, s, 1000)
 }
+
+// TestKeyPrefix: CACHE_KEY_PREFIX (backends.Options.KeyPrefix) keeps two deployments'
+// state apart in one table.
+func TestKeyPrefix(t *testing.T) {
+	endpoint := testEndpoint(t)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	conformance.RunKeyPrefix(t, func(t *testing.T, prefix string) backends.Store {
+		s, err := Open(context.Background(), localURL(endpoint, testTable, ""), backends.Options{Timeout: 30 * time.Second, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}

@@ -338,3 +338,16 @@ func BenchmarkRoundTrip(b *testing.B) {
 	defer s.Close()
 	conformance.BenchRoundTrip(b, s, 1000)
 }
+
+// TestKeyPrefix: CACHE_KEY_PREFIX (backends.Options.KeyPrefix) keeps two deployments'
+// state apart on one memcached.
+func TestKeyPrefix(t *testing.T) {
+	servers := strings.Split(testAddr(t), ",")
+	conformance.RunKeyPrefix(t, func(t *testing.T, prefix string) backends.Store {
+		s, err := New(Config{Servers: servers}, backends.Options{Timeout: 2 * time.Second, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}

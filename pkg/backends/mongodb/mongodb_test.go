@@ -424,3 +424,13 @@ func BenchmarkRoundTrip(b *testing.B) {
 	defer s.Close()
 	conformance.BenchRoundTrip(b, s, 1000)
 }
+
+// TestKeyPrefix: CACHE_KEY_PREFIX (backends.Options.KeyPrefix) keeps two deployments'
+// state apart in one collection.
+func TestKeyPrefix(t *testing.T) {
+	testURI(t)
+	coll := scratchCollection(t, "prefix")
+	conformance.RunKeyPrefix(t, func(t *testing.T, prefix string) backends.Store {
+		return openTest(t, "collection="+coll, backends.Options{KeyPrefix: prefix})
+	})
+}

@@ -745,3 +745,17 @@ func TestMigrateFromVersion3(t *testing.T) {
 		t.Fatalf("the v3 key after the migration: %+v, want admitted with 0 remaining (its four calls kept)", op.Result)
 	}
 }
+
+// TestKeyPrefix: CACHE_KEY_PREFIX (backends.Options.KeyPrefix) keeps two deployments'
+// state apart in one table.
+func TestKeyPrefix(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	conformance.RunKeyPrefix(t, func(t *testing.T, prefix string) backends.Store {
+		s, err := Open(context.Background(), dsn, Config{Table: table, CleanupInterval: -1}, backends.Options{Timeout: 5 * time.Second, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	})
+}

@@ -736,3 +736,14 @@ func TestMaxmemory(t *testing.T) {
 		}
 	})
 }
+
+// TestConformanceKeyPrefix: CACHE_KEY_PREFIX (backends.Options.KeyPrefix) keeps two
+// deployments' state apart on one Redis, with and without the local deny cache.
+func TestConformanceKeyPrefix(t *testing.T) {
+	addr := testutil.Peer(t, "REDIS_ADDR")
+	for _, q := range []string{"", "?local_cache=false"} {
+		conformance.RunKeyPrefix(t, func(t *testing.T, prefix string) backends.Store {
+			return mustOpen(t, "redis://"+addr+"/0"+q, backends.Options{Timeout: testTimeout, KeyPrefix: prefix})
+		})
+	}
+}
