@@ -43,6 +43,9 @@ func tracedServer(t *testing.T, tp *sdktrace.TracerProvider) rlspb.RateLimitServ
 	e, err := engine.New(engine.Config{
 		Store: observe.TraceStore(store, tp, "memory"), StoreName: "memory",
 		Rules: func() *config.Set { return set }, Observers: []engine.Observer{observe.NewTrace(tp)},
+		// A fixed clock: TestOTLPExport wants user b's second call over its limit of
+		// one an hour, which an hour's edge between the two calls would make OK.
+		Clock: &clock{t: time.Date(2030, 1, 1, 12, 30, 0, 0, time.UTC)},
 	})
 	if err != nil {
 		t.Fatal(err)

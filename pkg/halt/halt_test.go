@@ -264,7 +264,10 @@ func TestPenaltyManager(t *testing.T) {
 
 func TestConcurrentAllow(t *testing.T) {
 	store := newStore(t)
-	lim, _ := halt.NewLimiter(store, halt.Policy{Algorithm: algorithms.FixedWindow, Requests: 100, Per: time.Hour})
+	// A fixed clock: on the wall clock an hour's edge falling among the 400 calls would
+	// open a second window and admit more than 100.
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	lim, _ := halt.NewLimiter(store, halt.Policy{Algorithm: algorithms.FixedWindow, Requests: 100, Per: time.Hour}, halt.WithClock(clk))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	allowed := 0
