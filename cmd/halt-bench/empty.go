@@ -6,6 +6,7 @@ import (
 	"net"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -29,8 +30,8 @@ type emptyServer struct {
 	ln   net.Listener
 }
 
-// newEmptyServer listens on addr and registers the empty RateLimitService and the
-// standard health service (so --method health can be measured against it too). The
+// newEmptyServer listens on addr and registers the empty RateLimitService, the empty
+// ext_authz Authorization service (--method authz) and the standard health service (so --method health can be measured against it too). The
 // gRPC server has default options: the baseline is a plain grpc-go server.
 func newEmptyServer(addr string) (*emptyServer, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -39,6 +40,7 @@ func newEmptyServer(addr string) (*emptyServer, error) {
 	}
 	s := grpc.NewServer()
 	rlspb.RegisterRateLimitServiceServer(s, emptyService{})
+	authv3.RegisterAuthorizationServer(s, emptyAuthz{})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(rlspb.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

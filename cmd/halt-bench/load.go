@@ -11,6 +11,7 @@ import (
 	"time"
 
 	rlcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,6 +23,7 @@ import (
 const (
 	methodRateLimit = "ratelimit"
 	methodHealth    = "health"
+	methodAuthz     = "authz"
 )
 
 // keyPlaceholder in a descriptor value is replaced by the key index.
@@ -64,12 +66,13 @@ type loadConfig struct {
 	Warmup      time.Duration
 	Hits        uint32
 	PID         int
+	Authz       authzConfig
 }
 
 func (c *loadConfig) validate() error {
 	switch {
-	case c.Method != methodRateLimit && c.Method != methodHealth:
-		return fmt.Errorf("--method %q: want %s or %s", c.Method, methodRateLimit, methodHealth)
+	case c.Method != methodRateLimit && c.Method != methodHealth && c.Method != methodAuthz:
+		return fmt.Errorf("--method %q: want %s, %s or %s", c.Method, methodRateLimit, methodAuthz, methodHealth)
 	case c.Keys < 1:
 		return fmt.Errorf("--keys must be at least 1, got %d", c.Keys)
 	case c.Concurrency < 1:
@@ -84,6 +87,9 @@ func (c *loadConfig) validate() error {
 		return errors.New("--domain must not be empty")
 	case c.Method == methodRateLimit && len(c.Descriptors) == 0:
 		return errors.New("at least one --descriptor is needed")
+	}
+	if c.Method == methodAuthz {
+		return c.Authz.validate()
 	}
 	return nil
 }
@@ -143,6 +149,8 @@ type report struct {
 	Addr        string  `json:"addr"`
 	Domain      string  `json:"domain,omitempty"`
 	Descriptors int     `json:"descriptors_per_request,omitempty"`
+	HTTPMethod  string  `json:"http_method,omitempty"`
+	Path        string  `json:"path,omitempty"`
 	Keys        int     `json:"keys"`
 	Concurrency int     `json:"concurrency"`
 	Connections int     `json:"connections"`
@@ -230,7 +238,10 @@ func (w *worker) noteErr(err error) {
 
 // newCaller returns the call one worker makes on cc. Each worker gets its own response
 // message, reused across calls.
-func newCaller(cfg *loadConfig, cc *grpc.ClientConn, reqs []*rlspb.RateLimitRequest) caller {
+func newCaller(cfg *loadConfig, cc *grpc.ClientConn, reqs []*rlspb.RateLimitRequest, checks []*authv3.CheckRequest) caller {
+	if cfg.Method == methodAuthz {
+		return authzCaller(cc, checks)
+	}
 	if cfg.Method == methodHealth {
 		req := &healthpb.HealthCheckRequest{}
 		resp := &healthpb.HealthCheckResponse{}
@@ -284,8 +295,12 @@ func runLoad(ctx context.Context, cfg *loadConfig) (*report, error) {
 		}
 	}()
 	var reqs []*rlspb.RateLimitRequest
-	if cfg.Method == methodRateLimit {
+	var checks []*authv3.CheckRequest
+	switch cfg.Method {
+	case methodRateLimit:
 		reqs = cfg.requests()
+	case methodAuthz:
+		checks = cfg.Authz.checkRequests(cfg.Keys)
 	}
 
 	rep := &report{
@@ -293,8 +308,11 @@ func runLoad(ctx context.Context, cfg *loadConfig) (*report, error) {
 		Concurrency: cfg.Concurrency, Connections: cfg.Connections,
 		DurationS: cfg.Duration.Seconds(), WarmupS: cfg.Warmup.Seconds(), ServerPID: cfg.PID,
 	}
-	if cfg.Method == methodRateLimit {
+	switch cfg.Method {
+	case methodRateLimit:
 		rep.Domain, rep.Descriptors = cfg.Domain, len(cfg.Descriptors)
+	case methodAuthz:
+		rep.HTTPMethod, rep.Path = cfg.Authz.HTTPMethod, cfg.Authz.Path
 	}
 
 	var (
@@ -326,7 +344,7 @@ func runLoad(ctx context.Context, cfg *loadConfig) (*report, error) {
 	for i := range workers {
 		w := new(worker)
 		workers[i] = w
-		call := newCaller(cfg, conns[i%len(conns)], reqs)
+		call := newCaller(cfg, conns[i%len(conns)], reqs, checks)
 		first := i * cfg.Keys / cfg.Concurrency // spread the workers over the keys
 		wg.Go(func() { w.loop(runCtx, &phase, call, cfg.Keys, first) })
 	}

@@ -5,7 +5,10 @@
 // Usage:
 //
 //	halt-bench [flags]                    load --addr for --warmup, then measure --duration
-//	halt-bench --empty-server ADDR        serve a RateLimitService that answers OK at once
+//	halt-bench --empty-server ADDR        serve a RateLimitService and an ext_authz service
+//	                                      that answer OK at once
+//	halt-bench --method authz --keys N --write-api-keys FILE
+//	                                      write the API key file of the keys --method authz sends
 //
 // Each of --concurrency workers sends a request, waits for the answer and sends the
 // next; workers share --connections gRPC connections round-robin. A descriptor value may
@@ -14,11 +17,16 @@
 //
 //	halt-bench --domain bench --descriptor user=u{key} --keys 10000 --pid $(pidof halt-envoy)
 //
+// --method authz sends ext_authz CheckRequests instead, as Envoy's ext_authz filter fills
+// them: an API key header (--api-key, {key} substituted), a path (--path), a method and a
+// client address distinct per key index.
+//
 // With --pid, the server's CPU time (user+system from /proc/PID/stat) over the measured
 // period is reported per request.
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -75,10 +83,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var emptyAddr string
 	var asJSON bool
 	var hits uint
+	var keysFile, keysPlan string
+	cfg.Authz = defaultAuthz()
 	fs := flag.NewFlagSet("halt-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:8081", "gRPC address of the server under load")
-	fs.StringVar(&cfg.Method, "method", methodRateLimit, "ratelimit (ShouldRateLimit) or health (grpc.health.v1 Check)")
+	fs.StringVar(&cfg.Method, "method", methodRateLimit, "ratelimit (ShouldRateLimit), authz (ext_authz Check) or health (grpc.health.v1 Check)")
 	fs.StringVar(&cfg.Domain, "domain", "bench", "rate-limit domain")
 	fs.Var(descriptorFlags{&cfg.Descriptors}, "descriptor", "descriptor `k=v[,k=v]`, repeatable (one descriptor per flag); {key} in a value becomes the key index (default user=u{key})")
 	fs.IntVar(&cfg.Keys, "keys", 1, "distinct key indexes substituted for {key}, cycled by every worker")
@@ -89,6 +99,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.UintVar(&hits, "hits", 0, "hits_addend of every request (0: the server's default, 1)")
 	fs.IntVar(&cfg.PID, "pid", 0, "server process id: report its CPU time per request (Linux /proc)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	fs.StringVar(&cfg.Authz.KeyHeader, "api-key-header", cfg.Authz.KeyHeader, "authz: header carrying the API key")
+	fs.StringVar(&cfg.Authz.KeyValue, "api-key", cfg.Authz.KeyValue, "authz: API key; {key} becomes the key index")
+	fs.StringVar(&cfg.Authz.Path, "path", cfg.Authz.Path, "authz: request path; {key} becomes the key index")
+	fs.StringVar(&cfg.Authz.HTTPMethod, "http-method", cfg.Authz.HTTPMethod, "authz: request method")
+	fs.StringVar(&cfg.Authz.SourceBase, "source", cfg.Authz.SourceBase, "authz: client address of key index 0; key index k comes from the k-th next address")
+	fs.StringVar(&cfg.Authz.Host, "host", cfg.Authz.Host, "authz: request host (:authority)")
+	fs.StringVar(&keysFile, "write-api-keys", "", "authz: instead of loading, write the API key file (SHA-256 of each of the --keys keys, customer c{key}) to `FILE` and exit")
+	fs.StringVar(&keysPlan, "plan", "pro", "authz: the plan of the keys --write-api-keys writes")
 	fs.StringVar(&emptyAddr, "empty-server", "", "instead of loading, serve the baseline empty RateLimitService on this `ADDR` until interrupted")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -102,6 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if emptyAddr != "" {
 		return runEmpty(ctx, emptyAddr, stdout, stderr)
+	}
+	if keysFile != "" {
+		return writeKeys(cfg, keysFile, keysPlan, stderr)
 	}
 	if hits > 1<<32-1 {
 		fmt.Fprintln(stderr, "halt-bench: --hits must fit in 32 bits")
@@ -135,6 +156,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// writeKeys writes the API key file of the keys --method authz sends.
+func writeKeys(cfg *loadConfig, file, plan string, stderr io.Writer) int {
+	switch {
+	case cfg.Keys < 1:
+		fmt.Fprintf(stderr, "halt-bench: --keys must be at least 1, got %d\n", cfg.Keys)
+		return 2
+	case plan == "":
+		fmt.Fprintln(stderr, "halt-bench: --plan must not be empty")
+		return 2
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		fmt.Fprintln(stderr, "halt-bench:", err)
+		return 1
+	}
+	w := bufio.NewWriter(f)
+	err = cfg.Authz.writeAPIKeys(w, cfg.Keys, plan)
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "halt-bench:", err)
+		return 1
+	}
+	return 0
+}
+
 func runEmpty(ctx context.Context, addr string, stdout, stderr io.Writer) int {
 	s, err := newEmptyServer(addr)
 	if err != nil {
@@ -150,9 +201,12 @@ func runEmpty(ctx context.Context, addr string, stdout, stderr io.Writer) int {
 }
 
 func printReport(w io.Writer, r *report) {
-	target := r.Method
-	if r.Method == methodRateLimit {
+	target, refused := r.Method, "over_limit"
+	switch r.Method {
+	case methodRateLimit:
 		target = fmt.Sprintf("%s domain=%s descriptors=%d", r.Method, r.Domain, r.Descriptors)
+	case methodAuthz:
+		target, refused = fmt.Sprintf("%s %s %s", r.Method, r.HTTPMethod, r.Path), "denied_429"
 	}
 	fmt.Fprintf(w, "halt-bench: %s on %s, keys=%d concurrency=%d connections=%d warmup=%gs duration=%gs\n",
 		target, r.Addr, r.Keys, r.Concurrency, r.Connections, r.WarmupS, r.DurationS)
@@ -161,7 +215,7 @@ func printReport(w io.Writer, r *report) {
 	}
 	fmt.Fprintf(w, "requests      %d in %.2fs = %.0f req/s\n", r.Requests, r.ElapsedS, r.RPS)
 	fmt.Fprintf(w, "ok            %d\n", r.OK)
-	fmt.Fprintf(w, "over_limit    %d\n", r.OverLimit)
+	fmt.Fprintf(w, "%-13s %d\n", refused, r.OverLimit)
 	fmt.Fprintf(w, "errors        %d\n", r.Errors)
 	for _, e := range r.ErrorMsgs {
 		fmt.Fprintf(w, "  %6d x %s\n", e.Count, e.Message)
