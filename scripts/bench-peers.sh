@@ -43,12 +43,12 @@ usage: bench-peers.sh [flags]
   --no-limitador      do not try to build Limitador
   --dry-run           print the plan (cases, rounds, settings) and exit
   -h, --help          this text
-cases: empty halt-memory halt-redis ref-redis halt-redis-5 ref-redis-5
+cases: empty empty-5 halt-memory halt-redis ref-redis halt-redis-5 ref-redis-5
        limitador-memory limitador-redis empty-authz halt-authz-redis
 EOF
 }
 
-ALL_CASES="empty halt-memory halt-redis ref-redis halt-redis-5 ref-redis-5 limitador-memory limitador-redis empty-authz halt-authz-redis"
+ALL_CASES="empty empty-5 halt-memory halt-redis ref-redis halt-redis-5 ref-redis-5 limitador-memory limitador-redis empty-authz halt-authz-redis"
 ROUNDS=3 DURATION=10s WARMUP=1s KEYS=10000 CONC=50 CASES="" WORK="" OUT="" LIMITADOR=1 DRY=0
 # The reference's module version: its last commit served by the Go module proxy when this
 # script was written (the module has no tagged release newer than v1.4.0).
@@ -247,7 +247,7 @@ start_case() {
 	local g h d
 	g=$(free_port)
 	case $1 in
-	empty | empty-authz)
+	empty | empty-5 | empty-authz)
 		"$WORK/bin/halt-bench" --empty-server "127.0.0.1:$g" >>"$LOG" 2>&1 &
 		SERVER_PID=$!
 		wait_for tcp_open "$g" || return 1
@@ -342,7 +342,7 @@ done
 import json, os, statistics, sys
 runs, rounds, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3].split()
 names = {
-    "empty": "empty handler (RLS)", "halt-memory": "halt-envoy, memory", "halt-redis": "halt-envoy, Redis",
+    "empty": "empty handler (RLS)", "empty-5": "empty handler (RLS), 5 descriptors", "halt-memory": "halt-envoy, memory", "halt-redis": "halt-envoy, Redis",
     "ref-redis": "reference, Redis", "halt-redis-5": "halt-envoy, Redis, 5 descriptors",
     "ref-redis-5": "reference, Redis, 5 descriptors", "limitador-memory": "Limitador, memory",
     "limitador-redis": "Limitador, Redis", "empty-authz": "empty handler (ext_authz)",
