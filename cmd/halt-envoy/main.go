@@ -143,6 +143,7 @@ type serveFlags struct {
 	storeFile, adminAddr                                   string
 	storePerSecond, keyPrefix                              string
 	expiryJitter                                           time.Duration
+	localCache                                             int64
 	tlsCert, tlsKey, tlsClientCA, tlsMinVersion            string
 	tlsClientSAN                                           string
 	tlsReload                                              time.Duration
@@ -189,6 +190,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.DurationVar(&f.expiryJitter, "store-expiry-jitter", 0, "up to this much random extra expiry on every key the store expires, so keys written together do not expire together (the reference's EXPIRATION_JITTER_MAX_SECONDS)")
+	fs.Int64Var(&f.localCache, "store-local-cache", 0, "bytes of a local over-limit cache in front of memcached, PostgreSQL, MongoDB or DynamoDB: fixed-window and calendar keys with nothing left are answered here until their window ends (the reference's LOCAL_CACHE_SIZE_IN_BYTES); 0: none. Redis keeps its own (local_cache in its URL)")
 	fs.StringVar(&f.keyPrefix, "store-key-prefix", "", "prefix of every store key, so that deployments sharing one store keep their counters apart (the reference's CACHE_KEY_PREFIX); the per-second store's too")
 	fs.StringVar(&f.storePerSecond, "store-per-second", "", "a second store for the limits of one second (the reference's REDIS_PERSECOND): every other op stays in --store")
 	fs.StringVar(&f.storeFile, "store-file", "", "read the store URL from this file (a mounted secret); excludes --store")
@@ -342,6 +344,10 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if ev, ok := store.(interface{ ServerEvictions() uint64 }); ok {
 		m.WatchStoreEvictions(storeName, ev.ServerEvictions)
 	}
+	if f.localCache < 0 {
+		return fmt.Errorf("--store-local-cache %d: want 0 (none) or a number of bytes", f.localCache)
+	}
+	store = localCached(store, storeName, f.localCache, log)
 	if f.storePerSecond != "" {
 		// One-second limits go to a store of their own; each op stays atomic in its store.
 		second, err := all.Open(ctx, f.storePerSecond, storeOpt)
@@ -350,7 +356,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		}
 		defer second.Close()
 		checkStoreFit(ctx, f.storePerSecond, storeOpt, f.envoyTimeout, second, log)
-		store = &backends.PerSecond{Main: store, Second: second}
+		store = &backends.PerSecond{Main: store, Second: localCached(second, storeKind(f.storePerSecond), f.localCache, log)}
 	}
 	if gc := gcPercent(f, memStore != nil); gc != 0 {
 		debug.SetGCPercent(gc)
@@ -537,6 +543,21 @@ func waitBounded(wg *sync.WaitGroup, d time.Duration) {
 }
 
 // storeKind is the scheme of a store URL: a metric label that never holds a password.
+// localCached puts a local over-limit cache of size bytes in front of st, a store of
+// kind, when it is a network store without one of its own: Redis keeps its own (exact,
+// it knows each key's time), and the memory store is local already.
+func localCached(st backends.Store, kind string, size int64, log *slog.Logger) backends.Store {
+	if size <= 0 {
+		return st
+	}
+	if kind == "memory" || strings.HasPrefix(kind, "redis") {
+		log.Info("local over-limit cache not added: the store answers locally itself", "store", kind, "bytes", size)
+		return st
+	}
+	log.Info("local over-limit cache in front of the store", "store", kind, "bytes", size)
+	return backends.NewLocalCache(st, size)
+}
+
 func storeKind(raw string) string {
 	if i := strings.Index(raw, "://"); i > 0 {
 		return raw[:i]

@@ -92,6 +92,13 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 	apply([]string{"store", "store-file"}, &f.store, ref.Store, storeVars...)
 	apply([]string{"store-per-second", "store", "store-file"}, &f.storePerSecond, ref.PerSecondStore, "REDIS_PERSECOND")
 	apply([]string{"store-key-prefix"}, &f.keyPrefix, ref.KeyPrefix, "CACHE_KEY_PREFIX")
+	if given["store-local-cache"] {
+		if isSet["LOCAL_CACHE_SIZE_IN_BYTES"] {
+			f.notes = append(f.notes, "--store-local-cache (or HALT_STORE_LOCAL_CACHE) overrides LOCAL_CACHE_SIZE_IN_BYTES")
+		}
+	} else {
+		f.localCache = ref.LocalCacheBytes
+	}
 	if ref.StoreTimeout > 0 && !given["store-timeout"] && !given["store"] && !given["store-file"] {
 		f.storeTimeout = ref.StoreTimeout
 	}

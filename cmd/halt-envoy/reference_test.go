@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -737,5 +738,64 @@ func TestStoreKeyPrefixFlag(t *testing.T) {
 	}
 	if ks, _ := rc.Keys(ctx, "ignored-"+prefix+"*").Result(); len(ks) != 0 {
 		t.Errorf("CACHE_KEY_PREFIX used although HALT_STORE_KEY_PREFIX was given: %q", ks)
+	}
+}
+
+// startMemcached starts a memcached of the test's own on a free loopback port, and
+// returns its address and a function that stops it.
+func startMemcached(t *testing.T) (addr string, stop func()) {
+	t.Helper()
+	if _, err := exec.LookPath("memcached"); err != nil {
+		testutil.Missing(t, "memcached not installed")
+	}
+	addr = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	_, port, _ := net.SplitHostPort(addr)
+	args := []string{"-l", "127.0.0.1", "-p", port, "-U", "0"}
+	if os.Geteuid() == 0 {
+		args = append(args, "-u", "root")
+	}
+	cmd := exec.Command("memcached", args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) }
+	t.Cleanup(stop)
+	testutil.WaitFor(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr, stop
+}
+
+// TestReferenceLocalCache: with LOCAL_CACHE_SIZE_IN_BYTES on memcached, a key over its
+// limit is answered OVER_LIMIT without the store: after memcached is stopped, that key
+// is still refused (only the local cache can say so) while a fresh key fails open.
+func TestReferenceLocalCache(t *testing.T) {
+	addr, stop := startMemcached(t)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "lc.yaml", "domain: lc\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 2}\n")
+	p, c := startRef(t, "RUNTIME_ROOT", root, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", addr, "HALT_STORE_TIMEOUT", "2s",
+		"LOCAL_CACHE_SIZE_IN_BYTES", "1000000", testClockEnv, clockStart)
+	for i := range 3 {
+		r := call(t, c, "lc", [2]string{"k", "hot"})
+		if (r.OverallCode == rlspb.RateLimitResponse_OVER_LIMIT) != (i == 2) {
+			t.Fatalf("call %d: %v", i+1, r)
+		}
+	}
+	stop()
+	r := call(t, c, "lc", [2]string{"k", "hot"})
+	status(t, "the over-limit key with memcached stopped", r.Statuses[0], rlspb.RateLimitResponse_OVER_LIMIT, 2, rlspb.RateLimitResponse_RateLimit_MINUTE, 0)
+	if r := call(t, c, "lc", [2]string{"k", "cold"}); r.OverallCode != rlspb.RateLimitResponse_OK {
+		t.Errorf("a fresh key with memcached stopped: %v, want OK (failure mode allow): memcached was not down", r)
+	}
+	if !strings.Contains(p.Log.String(), "local over-limit cache in front of the store") {
+		t.Errorf("the log does not say the cache was added:\n%s", p.Log.String())
 	}
 }

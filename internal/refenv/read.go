@@ -82,6 +82,8 @@ type Settings struct {
 	ShadowMode, DynamicMetadata bool
 	// StopIncrement is STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT.
 	StopIncrement bool
+	// LocalCacheBytes is LOCAL_CACHE_SIZE_IN_BYTES (0: no local over-limit cache).
+	LocalCacheBytes int64
 
 	// HealthNeedsConfig is HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED;
 	// HealthPingsStore is REDIS_HEALTH_CHECK_ACTIVE_CONNECTION.
@@ -327,6 +329,11 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	}
 	s.ShadowMode = r.boolean("SHADOW_MODE")
 	s.StopIncrement = r.boolean("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
+	if n := r.integer("LOCAL_CACHE_SIZE_IN_BYTES"); n < 0 {
+		r.fail("LOCAL_CACHE_SIZE_IN_BYTES=%d: want 0 (none) or a number of bytes", n)
+	} else {
+		s.LocalCacheBytes = n
+	}
 	s.DynamicMetadata = r.boolean("RESPONSE_DYNAMIC_METADATA")
 	s.HealthNeedsConfig = r.boolean("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED")
 	s.HealthPingsStore = r.boolean("REDIS_HEALTH_CHECK_ACTIVE_CONNECTION")

@@ -510,6 +510,14 @@ func TestModes(t *testing.T) {
 		t.Error("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT=true not read")
 	}
 	mustFail(t, base("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "sometimes"), "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
+	if s := mustRead(t, base("LOCAL_CACHE_SIZE_IN_BYTES", "1000000")); s.LocalCacheBytes != 1000000 {
+		t.Errorf("LOCAL_CACHE_SIZE_IN_BYTES: %d", s.LocalCacheBytes)
+	}
+	if s := mustRead(t, base()); s.LocalCacheBytes != 0 {
+		t.Errorf("LOCAL_CACHE_SIZE_IN_BYTES by default: %d, want 0 (none)", s.LocalCacheBytes)
+	}
+	mustFail(t, base("LOCAL_CACHE_SIZE_IN_BYTES", "-1"), "LOCAL_CACHE_SIZE_IN_BYTES")
+	mustFail(t, base("LOCAL_CACHE_SIZE_IN_BYTES", "1MB"), "LOCAL_CACHE_SIZE_IN_BYTES")
 }
 
 // TestGRPCUDSAndSAN: GRPC_UDS moves the gRPC listener to a unix socket; GRPC_CLIENT_TLS_SAN

@@ -70,8 +70,7 @@ type Var struct {
 	Library bool
 }
 
-func isTrue(v string) bool  { b, _ := strconv.ParseBool(v); return b }
-func nonZero(v string) bool { f, _ := strconv.ParseFloat(v, 64); return f != 0 }
+func isTrue(v string) bool { b, _ := strconv.ParseBool(v); return b }
 
 // Vars is the reference's settings table, in its order, with halt's answer for each.
 // It is data: the migration table in docs/migration.md is checked against it.
@@ -138,7 +137,7 @@ func Vars() []Var {
 		{Name: "MERGE_DOMAIN_CONFIG", Kind: Bool, Default: "false", Status: NotYet, Unsupported: isTrue, Note: "Merging files of one domain (halt: a domain defined twice is an error naming both places)."},
 		// Every store.
 		{Name: "EXPIRATION_JITTER_MAX_SECONDS", Kind: Int, Default: "300", Note: "Up to this many seconds of random extra expiry on every key the store expires (`--store-expiry-jitter`), the reference's default 300 included: Redis, memcached, MongoDB, DynamoDB (PostgreSQL and the memory store sweep expired keys themselves and need none)."},
-		{Name: "LOCAL_CACHE_SIZE_IN_BYTES", Kind: Int, Default: "0", Status: NotYet, Unsupported: nonZero, Note: "Size of the local over-limit cache (halt's Redis store keeps its own exact one)."},
+		{Name: "LOCAL_CACHE_SIZE_IN_BYTES", Kind: Int, Default: "0", Status: Differently, Note: "`--store-local-cache`: a local over-limit cache of this many bytes in front of memcached, PostgreSQL, MongoDB and DynamoDB: fixed-window and calendar keys with nothing left are answered without the store until their window ends (the buckets, sliding windows and penalties always go to the store). halt's Redis store keeps its own, sized in keys and on even at 0 (`local_cache=false` in its URL turns it off). Decisions are the store's; what a local cache cannot see (another replica's reset) is in [backends.md](backends.md#local-over-limit-cache)."},
 		{Name: "NEAR_LIMIT_RATIO", Kind: Float, Default: "0.8", Note: "Share of a limit past which admitted hits count as near_limit (halt_rule_near_limit_hits_total and the reference's stat), floor(limit x ratio) as the reference computes it; `--near-limit-ratio`."},
 		{Name: "CACHE_KEY_PREFIX", Note: "`--store-key-prefix`: prefix of every key of every network store (Redis, the per-second Redis, memcached, PostgreSQL, MongoDB, DynamoDB; the memory store is the process's own). halt's keys differ from the reference's: counters start fresh."},
 		{Name: "BACKEND_TYPE", Default: "redis", Note: "`redis` or `memcache`: builds halt's store URL from the REDIS_* or MEMCACHE_* variables. Another value is an error."},

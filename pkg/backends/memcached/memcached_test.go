@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -353,4 +354,29 @@ func TestKeyPrefix(t *testing.T) {
 		}
 		return s
 	})
+}
+
+// TestLocalCacheConformance: memcached behind backends.LocalCache (LOCAL_CACHE_SIZE_IN_BYTES)
+// still decides exactly as the pure algorithms, and the cache answered some ops.
+func TestLocalCacheConformance(t *testing.T) {
+	testAddr(t)
+	var mu sync.Mutex
+	var caches []*backends.LocalCache
+	conformance.Run(t, func(t *testing.T) backends.Store {
+		c := backends.NewLocalCache(openTest(t, Config{}), 1<<20)
+		mu.Lock()
+		caches = append(caches, c)
+		mu.Unlock()
+		return c
+	}, conformance.Options{
+		MaxContention: 0.05,
+		Reason:        "a compare-and-swap store gives up after cas_attempts lost races",
+	})
+	var hits uint64
+	for _, c := range caches {
+		hits += c.Hits()
+	}
+	if hits == 0 {
+		t.Error("the cache answered none of the suite's ops")
+	}
 }
