@@ -439,7 +439,9 @@ descriptors:
     rate_limit: {unlimited: true}
 `)
 	env, g, h := refProcessEnv(t, "RUNTIME_ROOT", root, "SHADOW_MODE", "true", "RESPONSE_DYNAMIC_METADATA", "true")
-	env = append(env, "HALT_STORE=memory://")
+	// The decision clock at clockStart: the two calls against one an hour must not
+	// straddle the hour's edge.
+	env = append(env, "HALT_STORE=memory://", testClockEnv+"="+clockStart)
 	p := testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
 	cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -508,7 +510,9 @@ func TestReferenceGRPCUDS(t *testing.T) {
 	}
 	writeConfig(t, filepath.Join(root, "config"), "uds.yaml", "domain: uds\ndescriptors:\n  - key: k\n    rate_limit: {unit: hour, requests_per_unit: 1}\n")
 	env, _, h := refProcessEnv(t, "RUNTIME_ROOT", root, "GRPC_UDS", sock)
-	env = append(env, "HALT_STORE=memory://")
+	// The decision clock at clockStart: the two calls against one an hour must not
+	// straddle the hour's edge.
+	env = append(env, "HALT_STORE=memory://", testClockEnv+"="+clockStart)
 	testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: "unix:" + sock, HTTPAddr: h, StopSignal: os.Interrupt})
 	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -35,7 +35,8 @@ descriptors:
 `
 
 // startStatsRef starts halt from the reference's variables (a memory store through
-// HALT_STORE: no peer needed) with statsConfig.
+// HALT_STORE: no peer needed) with statsConfig, its decision clock at clockStart (the 12
+// calls against 10 an hour must not straddle the hour's edge).
 func startStatsRef(t *testing.T, kv ...string) rlspb.RateLimitServiceClient {
 	t.Helper()
 	root := t.TempDir()
@@ -45,7 +46,7 @@ func startStatsRef(t *testing.T, kv ...string) rlspb.RateLimitServiceClient {
 	}
 	writeConfig(t, dir, "st.yaml", statsConfig)
 	base := []string{"REDIS_SOCKET_TYPE", "tcp", "REDIS_URL", "127.0.0.1:1", "RUNTIME_ROOT", root, "RUNTIME_SUBDIRECTORY", "ratelimit",
-		"STATS_FLUSH_INTERVAL", "100ms", "HALT_STORE", "memory://"}
+		"STATS_FLUSH_INTERVAL", "100ms", "HALT_STORE", "memory://", testClockEnv, clockStart}
 	_, c := startRef(t, append(base, kv...)...)
 	return c
 }
@@ -114,7 +115,8 @@ func TestReferenceStatsd(t *testing.T) {
 func TestRuleCountersOnMetrics(t *testing.T) {
 	dir := t.TempDir()
 	writeConfig(t, dir, "st.yaml", statsConfig)
-	p := testutil.StartHalt(t, testutil.HaltOptions{Args: []string{"--config", dir, "--near-limit-ratio", "0.5"}})
+	p := testutil.StartHalt(t, testutil.HaltOptions{Args: []string{"--config", dir, "--near-limit-ratio", "0.5"},
+		Env: append(os.Environ(), testClockEnv+"="+clockStart)}) // as startStatsRef
 	cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -108,6 +108,26 @@ func EnvWithoutHalt() []string {
 	return out
 }
 
+// ClockStart is where [ClockEnv] starts a halt-envoy's decision clock: on a minute, five
+// minutes into an hour, mid-month, so that a test's short sequence of calls never
+// straddles the edge of a minute, an hour, a day or a month window, whatever the time of
+// day the test runs at. It lies ahead of the wall clock, so a store that expires keys on
+// the wall clock (the memory store's sweeper, the PostgreSQL cleaner) removes them late,
+// never while the decisions still count them.
+const ClockStart = "2030-01-15T10:05:00Z"
+
+// ClockEnv is the environment entry (HALT_TEST_CLOCK_START) that starts the decision clock
+// of the halt-envoy it is given to at [ClockStart] plus after; from there the clock runs at
+// the wall clock's pace. A test that restarts halt on state the first run left passes
+// the time since the first start, so that the clock runs on across the restart.
+func ClockEnv(after time.Duration) string {
+	start, err := time.Parse(time.RFC3339, ClockStart)
+	if err != nil {
+		panic(err) // a constant
+	}
+	return "HALT_TEST_CLOCK_START=" + start.Add(after).Format(time.RFC3339Nano)
+}
+
 // HaltOptions says how [StartHalt] runs halt-envoy. The zero value runs [Binary] with
 // the caller's environment, waits up to 20 s for GET http://HTTPAddr/readyz to answer
 // 200, and kills the process when the test ends.

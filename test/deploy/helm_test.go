@@ -413,6 +413,9 @@ func TestHelmXDSRuns(t *testing.T) {
 		}
 		env = append(env, e.Name+"="+v)
 	}
+	// The decision clock starts on testutil.ClockStart: the three calls against the pushed
+	// limit of two a minute must not straddle a minute's edge.
+	env = append(env, testutil.ClockEnv(0))
 	p := testutil.StartHalt(t, testutil.HaltOptions{
 		Binary: haltBinary(t), Args: args, Env: env, NoAddrFlags: true, GRPCAddr: grpcAddr, HTTPAddr: httpAddr,
 		ReadyPath: c.ReadinessProbe.HTTPGet.Path, ReadyTimeout: 30 * time.Second, StopSignal: os.Interrupt,

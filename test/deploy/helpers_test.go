@@ -183,7 +183,9 @@ func freePort(t *testing.T) int {
 type halt struct{ *testutil.Process }
 
 // startHalt runs halt-envoy with the memory store on free loopback ports and waits until
-// /readyz answers 200. It is stopped (SIGINT, then killed) when the test ends.
+// /readyz answers 200. It is stopped (SIGINT, then killed) when the test ends. Its
+// decision clock starts at testutil.ClockStart, so that a loop of calls against a minute's
+// limit (the demo's) does not straddle the minute's edge.
 func startHalt(t *testing.T, configPath string) *halt {
 	t.Helper()
 	return &halt{testutil.StartHalt(t, testutil.HaltOptions{
@@ -191,6 +193,7 @@ func startHalt(t *testing.T, configPath string) *halt {
 		Command:      "serve",
 		LogLevel:     "debug",
 		Args:         []string{"--config", configPath, "--store", "memory://"},
+		Env:          append(os.Environ(), testutil.ClockEnv(0)),
 		ReadyTimeout: 15 * time.Second,
 		StopSignal:   os.Interrupt,
 		StopTimeout:  10 * time.Second,

@@ -305,7 +305,10 @@ func TestHaltRunsAsEnvoyGatewaysRateLimit(t *testing.T) {
 	}
 	gp, hp := testutil.FreePort(t), testutil.FreePort(t)
 	env = append(env, "GRPC_HOST=127.0.0.1", fmt.Sprintf("GRPC_PORT=%d", gp), "HOST=127.0.0.1", fmt.Sprintf("PORT=%d", hp),
-		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", testutil.FreePort(t)))
+		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", testutil.FreePort(t)),
+		// The decision clock starts on testutil.ClockStart: the four calls against the
+		// pushed limit of three a minute must not straddle a minute's edge.
+		testutil.ClockEnv(0))
 
 	p := testutil.StartHalt(t, testutil.HaltOptions{
 		Binary: haltBinary(t), Args: args, Env: env, NoAddrFlags: true,

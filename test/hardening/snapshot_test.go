@@ -49,10 +49,14 @@ func TestSnapshotSurvivesSIGKILL(t *testing.T) {
 	snap := filepath.Join(t.TempDir(), "halt.snap")
 	store := "memory://?snapshot=" + snap + "&snapshot_interval=200ms"
 	cfg := configDir(t)
+	// The decision clock starts on testutil.ClockStart and runs on across the restart:
+	// on the wall clock an hour's edge between the runs (a test at hh:59) opened a new
+	// window, and the restart admitted all three.
+	began := time.Now()
 	run := func() *testutil.Process {
 		return testutil.StartHalt(t, testutil.HaltOptions{
 			LogLevel: "debug", Args: []string{"--config", cfg, "--store", store},
-			Env: testutil.EnvWithoutHalt(), ReadyPath: "/healthz",
+			Env: append(testutil.EnvWithoutHalt(), testutil.ClockEnv(time.Since(began))), ReadyPath: "/healthz",
 		})
 	}
 	p := run()

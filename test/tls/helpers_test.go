@@ -36,7 +36,9 @@ descriptors:
 `
 
 // start runs the binary with a small config and waits until httpc gets 200 from /healthz
-// (scheme is http or https). env is added to a cleaned environment.
+// (scheme is http or https). env is added to a cleaned environment. The decision clock
+// starts at testutil.ClockStart, so that calls counted against the hour's limit do not
+// straddle the hour's edge, whatever the time of day.
 func start(t *testing.T, scheme string, httpc *http.Client, env []string, args ...string) *process {
 	t.Helper()
 	dir := t.TempDir()
@@ -46,7 +48,7 @@ func start(t *testing.T, scheme string, httpc *http.Client, env []string, args .
 	return &process{testutil.StartHalt(t, testutil.HaltOptions{
 		LogLevel:  "debug",
 		Args:      append([]string{"--config", dir}, args...),
-		Env:       append(cleanEnv(), env...),
+		Env:       append(append(cleanEnv(), testutil.ClockEnv(0)), env...),
 		ReadyPath: "/healthz",
 		Scheme:    scheme,
 		Client:    httpc,
