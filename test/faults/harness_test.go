@@ -85,9 +85,11 @@ func newHarnessWith(t *testing.T, storeURL string, timeout time.Duration, rules 
 	}
 	h := &harness{t: t, store: store, svc: map[config.FailureMode]*rlsv3.Service{}, metrics: map[config.FailureMode]*metrics.Metrics{},
 		prefix: fmt.Sprintf("%s-%d-", strings.ReplaceAll(t.Name(), "/", "."), time.Now().UnixNano())}
+	clock := newRunningClock(t)
 	for _, m := range modes {
 		h.metrics[m] = metrics.New(nil)
 		e, err := engine.New(engine.Config{
+			Clock:       clock,
 			Store:       store,
 			StoreName:   "fault",
 			Rules:       func() *config.Set { return set },
@@ -103,6 +105,24 @@ func newHarnessWith(t *testing.T, storeURL string, timeout time.Duration, rules 
 }
 
 func (h *harness) Close() { h.store.Close() }
+
+// runningClock is the engines' decision clock: it starts at testutil.ClockStart (five
+// minutes into an hour) and runs at the wall clock's pace, so that a test's calls against
+// a window of an hour (TestMemcachedHotKeyFailOpen's fixed window) never straddle its
+// edge, whatever the time of day, while buckets refill and timeouts pass as in production.
+type runningClock struct{ start, since time.Time }
+
+func newRunningClock(t *testing.T) runningClock {
+	t.Helper()
+	start, err := time.Parse(time.RFC3339, testutil.ClockStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runningClock{start: start, since: time.Now()}
+}
+
+// Now is the start plus the time elapsed since the clock was made.
+func (c runningClock) Now() time.Time { return c.start.Add(time.Since(c.since)) }
 
 // freshUser is a key nobody used before (across runs too: the prefix has a timestamp).
 func (h *harness) freshUser() string {
