@@ -140,6 +140,7 @@ type serveFlags struct {
 	disablePprof                                           bool
 	shadowMode, dynamicMetadata, stopIncrement             bool
 	authzConfig                                            string
+	adaptivePrometheus                                     string
 	storeFile, adminAddr                                   string
 	storePerSecond, keyPrefix                              string
 	expiryJitter                                           time.Duration
@@ -189,6 +190,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.stopIncrement, "stop-increment-over-limit", false, "a call its rate limits refuse is not charged to the limits that would have let it through: they are read first, one more store round for calls with several (the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT)")
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
+	fs.StringVar(&f.adaptivePrometheus, "adaptive-prometheus", "", "Prometheus base URL (http://prometheus:9090) that adaptive rules' signals are queried from; without it an adaptive rule applies its configured limits")
 	fs.DurationVar(&f.expiryJitter, "store-expiry-jitter", 0, "up to this much random extra expiry on every key the store expires, so keys written together do not expire together (the reference's EXPIRATION_JITTER_MAX_SECONDS)")
 	fs.Int64Var(&f.localCache, "store-local-cache", 0, "bytes of a local over-limit cache in front of memcached, PostgreSQL, MongoDB or DynamoDB: fixed-window and calendar keys with nothing left are answered here until their window ends (the reference's LOCAL_CACHE_SIZE_IN_BYTES); 0: none. Redis keeps its own (local_cache in its URL)")
 	fs.StringVar(&f.keyPrefix, "store-key-prefix", "", "prefix of every store key, so that deployments sharing one store keep their counters apart (the reference's CACHE_KEY_PREFIX); the per-second store's too")
@@ -403,7 +405,12 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		clock = testClock{start: f.clockStart, since: time.Now()}
 		log.Warn(testClockEnv+" is set: decisions run on a clock started at that instant (a test setting; never set it in production)", "start", f.clockStart)
 	}
+	factors, err := startAdaptive(ctx, f.adaptivePrometheus, watcher.Current, log, m)
+	if err != nil {
+		return err
+	}
 	eng, err := engine.New(engine.Config{
+		Adaptive:    factors,
 		Clock:       clock,
 		Observers:   observers,
 		Store:       tr.store(store),

@@ -441,6 +441,7 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 		Line:                   dc.line,
 		IdentitySkip:           -1,
 		Quotas:                 resolveQuotas(dc.quotas, d.loc),
+		Adaptive:               dc.adaptive,
 	}
 	if dc.penaltyNode != nil {
 		pol, ok := b.penaltyRef(d.file, dc.penalty, dc.penaltyNode.Line, dc.penaltyNode.Column, dc.field+".penalty")
@@ -465,6 +466,13 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 	if r.Unlimited && (len(r.Quotas) > 0 || r.Penalty != nil) {
 		b.add(d.file, dc.line, dc.col, dc.field, "an unlimited descriptor cannot have quotas or a penalty")
 		return nil
+	}
+	if r.Adaptive != nil {
+		if r.Unlimited {
+			b.add(d.file, dc.adaptiveNode.Line, dc.adaptiveNode.Column, dc.field+".adaptive", "an unlimited descriptor has no limit to scale")
+			return nil
+		}
+		b.set.adaptive = append(b.set.adaptive, r)
 	}
 	return r
 }

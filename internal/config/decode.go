@@ -13,6 +13,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/adaptive"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
@@ -128,6 +129,11 @@ type descCfg struct {
 
 	// The keys as written, for the checks after decoding.
 	keyNode, childNode, shareNode, pfvNode *yaml.Node
+
+	// adaptive is the descriptor's adaptive block (nil without one); adaptiveNode where
+	// it was written.
+	adaptive     *adaptive.Spec
+	adaptiveNode *yaml.Node
 
 	// The SaaS keys (saas_decode.go).
 	plan          string
@@ -696,11 +702,89 @@ func descriptorKeys() *keys[*descCfg] {
 		quotaKey[*descCfg](),
 		quotasKey[*descCfg](),
 		penaltyKey[*descCfg](),
+		row{"adaptive", func(d *decoder, dc *descCfg, p pair, f string) {
+			dc.adaptiveNode = p.k
+			dc.adaptive = d.adaptive(p.v, f)
+		}},
 	)
+}
+
+// adaptive decodes an adaptive block: its keys, defaults, then the rules between them
+// (adaptive.Spec.Validate), reported at the key that breaks one.
+func (d *decoder) adaptive(n *yaml.Node, field string) *adaptive.Spec {
+	n = deref(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		d.add(n, field, "must be a mapping (query, interval, bad_above, good_below, min, max, decrease, increase), got %s", kindName(n))
+		return nil
+	}
+	s := &adaptive.Spec{Interval: 15 * time.Second, Min: 0.25, Max: 1, Decrease: 0.5, Increase: 0.1}
+	at := map[string]*yaml.Node{}
+	ok := true
+	num := func(dst *float64) func(*decoder, *adaptive.Spec, pair, string) {
+		return func(d *decoder, _ *adaptive.Spec, p pair, f string) {
+			v := deref(p.v)
+			if v == nil || v.Kind != yaml.ScalarNode || (v.ShortTag() != "!!int" && v.ShortTag() != "!!float") {
+				d.add(p.v, f, "must be a number, got %s", kindName(v))
+				ok = false
+				return
+			}
+			if err := v.Decode(dst); err != nil {
+				d.add(p.v, f, "must be a number, got %s", v.Value)
+				ok = false
+			}
+		}
+	}
+	hasBad, hasGood := false, false
+	type row = key[*adaptive.Spec]
+	rows := newKeys("", nil,
+		row{"query", func(d *decoder, s *adaptive.Spec, p pair, f string) { s.Query = d.str(p.v, f) }},
+		row{"interval", func(d *decoder, s *adaptive.Spec, p pair, f string) {
+			v, good := d.duration(p.v, f)
+			ok = ok && good
+			s.Interval = v
+		}},
+		row{"bad_above", func(d *decoder, s *adaptive.Spec, p pair, f string) { hasBad = true; num(&s.BadAbove)(d, s, p, f) }},
+		row{"good_below", func(d *decoder, s *adaptive.Spec, p pair, f string) { hasGood = true; num(&s.GoodBelow)(d, s, p, f) }},
+		row{"min", func(d *decoder, s *adaptive.Spec, p pair, f string) { num(&s.Min)(d, s, p, f) }},
+		row{"max", func(d *decoder, s *adaptive.Spec, p pair, f string) { num(&s.Max)(d, s, p, f) }},
+		row{"decrease", func(d *decoder, s *adaptive.Spec, p pair, f string) { num(&s.Decrease)(d, s, p, f) }},
+		row{"increase", func(d *decoder, s *adaptive.Spec, p pair, f string) { num(&s.Increase)(d, s, p, f) }},
+	)
+	for _, p := range d.fields(n, field) {
+		at[p.key] = p.v
+		rows.decodePair(d, p, field, s)
+	}
+	if !hasBad {
+		d.add(n, join(field, "bad_above"), "required: the signal's value above which the limit is lowered")
+		ok = false
+	}
+	if !hasGood {
+		s.GoodBelow = s.BadAbove // no band: a value is bad or good
+	}
+	if !ok {
+		return nil
+	}
+	if err := s.Validate(); err != nil {
+		var ke *adaptive.KeyError
+		if errors.As(err, &ke) {
+			where := at[ke.Key]
+			if where == nil {
+				where = n // a default broke the rule: the block is where
+			}
+			d.add(where, join(field, ke.Key), "%s", ke.Msg)
+		} else {
+			d.add(n, field, "%v", err)
+		}
+		return nil
+	}
+	return s
 }
 
 // checkDescriptor reports keys of descriptor n that exclude or need each other.
 func (d *decoder) checkDescriptor(dc *descCfg, n *yaml.Node, field string) {
+	if dc.adaptiveNode != nil && ((dc.rlNode == nil && dc.rlsNode == nil && dc.policyNode == nil) || dc.planNode != nil || dc.planFromValue) {
+		d.add(dc.adaptiveNode, join(field, "adaptive"), "adaptive scales this descriptor's own limits: rate_limit, rate_limits or policy on the same descriptor (not a plan)")
+	}
 	if dc.planNode != nil && dc.planFromValue {
 		d.add(dc.pfvNode, join(field, "plan_from_value"), "plan and plan_from_value are mutually exclusive")
 	}

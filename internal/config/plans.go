@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/adaptive"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
@@ -123,6 +124,9 @@ type Rule struct {
 	// PlanFallback reports the request named an unknown plan and the default plan was
 	// applied instead.
 	PlanFallback bool
+	// Adaptive, when set, scales the rule's limits by a factor that follows a health
+	// signal (internal/adaptive); nil for a fixed limit.
+	Adaptive *adaptive.Spec
 	// IdentitySkip is the index of the request entry that named the plan (plan_from_value),
 	// -1 otherwise. Counter keys leave that entry out, so that a customer keeps its usage
 	// when its plan changes.
@@ -168,7 +172,12 @@ type Set struct {
 	files       []string
 	effective   *EffectiveConfig
 	penalties   map[string]*PenaltyPolicy
+	// adaptive are the rules with an adaptive block, in file order.
+	adaptive []*Rule
 }
+
+// AdaptiveRules returns the rules whose limits follow a health signal (adaptive:).
+func (s *Set) AdaptiveRules() []*Rule { return append([]*Rule(nil), s.adaptive...) }
 
 // Domains returns the domain names, sorted.
 func (s *Set) Domains() []string { return append([]string(nil), s.names...) }

@@ -26,8 +26,24 @@ type RuleView struct {
 	Quotas                 []QuotaView    `json:"quotas,omitempty"`
 	// Penalty names the rule's penalty policy (the policy itself is a PenaltyView).
 	Penalty string `json:"penalty,omitempty"`
-	File    string `json:"file"`
-	Line    int    `json:"line,omitempty"`
+	// Adaptive is the rule's adaptive block; Factor, when the view is of a running
+	// server, the factor in force (the limits shown are the configured ones).
+	Adaptive *AdaptiveView `json:"adaptive,omitempty"`
+	File     string        `json:"file"`
+	Line     int           `json:"line,omitempty"`
+}
+
+// AdaptiveView is the JSON form of an adaptive block.
+type AdaptiveView struct {
+	Query     string   `json:"query"`
+	Interval  string   `json:"interval"`
+	BadAbove  float64  `json:"bad_above"`
+	GoodBelow float64  `json:"good_below"`
+	Min       float64  `json:"min"`
+	Max       float64  `json:"max"`
+	Decrease  float64  `json:"decrease"`
+	Increase  float64  `json:"increase"`
+	Factor    *float64 `json:"factor,omitempty"`
 }
 
 // LimitView is the JSON form of a Limit.
@@ -83,6 +99,10 @@ func (r *Rule) View() RuleView {
 	}
 	if r.Penalty != nil {
 		v.Penalty = r.Penalty.Name
+	}
+	if a := r.Adaptive; a != nil {
+		v.Adaptive = &AdaptiveView{Query: a.Query, Interval: a.Interval.String(), BadAbove: a.BadAbove, GoodBelow: a.GoodBelow,
+			Min: a.Min, Max: a.Max, Decrease: a.Decrease, Increase: a.Increase}
 	}
 	return v
 }

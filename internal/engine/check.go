@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/halt-envoy/halt-envoy/internal/adaptive"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/quota"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -166,12 +167,19 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			continue
 		}
 		cost := int64Cost(d.Hits, rule.Cost)
+		factor := 1.0
+		if rule.Adaptive != nil && e.cfg.Adaptive != nil {
+			factor = e.cfg.Adaptive.Factor(rule)
+		}
 		for j := range rule.Limits {
 			l := &rule.Limits[j]
 			if l.Name != "" {
 				if _, replaced := sc.replace[l.Name]; replaced {
 					continue
 				}
+			}
+			if factor < 1 {
+				l = scaleLimit(l, factor)
 			}
 			l = e.overrideAlgorithm(domain, rule, l, sc.algo[i])
 			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
@@ -260,6 +268,19 @@ func (e *Engine) takeAlgorithmAsk(entries []config.Entry, ask *algorithms.Algori
 		return entries[:len(entries)-1]
 	}
 	return entries
+}
+
+// scaleLimit is a copy of l whose requests (and burst) are factor of its own, at least
+// 1: an adaptive rule's limit in force. The counter is the same (the store key does not
+// depend on the count), so a change of factor does not reset what was counted.
+func scaleLimit(l *config.Limit, factor float64) *config.Limit {
+	c := *l
+	c.Params.Requests = adaptive.Scale(c.Params.Requests, factor)
+	if c.Params.Burst > 0 {
+		c.Params.Burst = adaptive.Scale(c.Params.Burst, factor)
+	}
+	c.RequestsPerUnit = uint32(min(c.Params.Requests, 1<<32-1))
+	return &c
 }
 
 // overrideAlgorithm returns l, or a copy of it using the requested algorithm when the

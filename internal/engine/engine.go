@@ -75,6 +75,15 @@ type Config struct {
 	// read first (cost 0, one more store round); when the call would be over limit, only
 	// the limits that refuse it are charged, the others are checked (cost 0).
 	StopIncrementOverLimit bool
+	// Adaptive gives the factor in force of a rule with an adaptive block
+	// (internal/adaptive/control); nil, or a factor of 1, applies the configured limits.
+	Adaptive Factors
+}
+
+// Factors is where the engine reads the factor that scales an adaptive rule's limits.
+type Factors interface {
+	// Factor is the fraction of r's configured limits in force now, in (0, 1].
+	Factor(r *config.Rule) float64
 }
 
 // Engine decides. It is safe for concurrent use.

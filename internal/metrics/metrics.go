@@ -84,6 +84,12 @@ type Metrics struct {
 	// GraphQLCost observes the cost of each priced GraphQL request, by route (charged
 	// unless a limit refused the request).
 	GraphQLCost *prometheus.HistogramVec
+	// AdaptiveFactor is the factor in force of each adaptive rule (the fraction of its
+	// configured limits applied), by domain and rule.
+	AdaptiveFactor *prometheus.GaugeVec
+	// AdaptiveSignalErrors counts evaluations of an adaptive rule's signal that said
+	// nothing (the factor held), by domain, rule and reason (query, empty, series, type).
+	AdaptiveSignalErrors *prometheus.CounterVec
 
 	// rules exports the reference service's per-rule stats (total_hits, over_limit,
 	// near_limit, within_limit, shadow_mode), in hits, by domain and the reference's key
@@ -208,6 +214,13 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000},
 	}, []string{"route"})
 	r.MustRegister(m.GraphQLRefusals, m.GraphQLCost)
+	m.AdaptiveFactor = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "halt_adaptive_factor", Help: "The factor in force of each adaptive rule: the fraction of its configured limits applied.",
+	}, []string{"domain", "rule"})
+	m.AdaptiveSignalErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_adaptive_signal_errors_total", Help: "Evaluations of an adaptive rule's signal that said nothing (the factor held), by reason: query (failed), empty (no series), series (several), type.",
+	}, []string{"domain", "rule", "reason"})
+	r.MustRegister(m.AdaptiveFactor, m.AdaptiveSignalErrors)
 	m.SetKeyCaps(0, 0)
 	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
