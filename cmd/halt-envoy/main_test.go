@@ -42,7 +42,7 @@ type process struct{ *testutil.Process }
 // into an hour, mid-month, so that a test's calls never straddle an hourly window or a
 // monthly quota, whatever the wall clock says (the window a test counts in would
 // otherwise roll over under it once an hour).
-const clockStart = "2030-01-15T10:05:00Z"
+const clockStart = testutil.ClockStart
 
 func start(t *testing.T, args ...string) *process {
 	t.Helper()

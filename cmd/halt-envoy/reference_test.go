@@ -238,7 +238,11 @@ func reloads(t *testing.T, p *testutil.Process) string {
 
 // minuteClock starts the server's decision clock on the current minute's first second
 // (HALT_TEST_CLOCK_START), so the assertions' loops against minute and hour windows have
-// a whole minute before a window ends, whatever the time of day, without sleeping.
+// a whole minute before a window ends, whatever the time of day, without sleeping. That
+// clock runs up to a minute behind the wall clock: fit only for stores whose keys expire
+// relative to their writing (Redis, memcached). The memory store's sweeper (and the
+// PostgreSQL cleaner) expire keys on the wall clock and would remove live ones: use
+// clockStart, ahead of the wall clock, with them.
 func minuteClock() []string {
 	return []string{"HALT_TEST_CLOCK_START", time.Now().UTC().Truncate(time.Minute).Format(time.RFC3339)}
 }
