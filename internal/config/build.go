@@ -252,6 +252,10 @@ func (b *builder) policies(cfgs []*fileCfg) {
 		if r.FailureMode == "" {
 			r.FailureMode = limitsFailureMode(pc.limits)
 		}
+		r.Charges = pc.charges.charges()
+		if !b.checkDebt(r, &pc.charges, pc.file, "policies."+name, pc.line, 1) {
+			continue
+		}
 		b.set.policies[name] = r
 	}
 }
@@ -281,6 +285,7 @@ func (b *builder) ruleLimits(r *Rule, rf *ruleFields, file, field string, line, 
 	r.Policy = rf.policy
 	r.Limits = p.Limits
 	r.Unlimited = p.Unlimited
+	r.Charges = rf.charges.resolve(r.Charges, p.Charges)
 	r.Replaces = append(r.Replaces, p.Replaces...)
 	r.ShadowMode = r.ShadowMode || p.ShadowMode
 	r.AllowAlgorithmOverride = r.AllowAlgorithmOverride || p.AllowAlgorithmOverride
@@ -442,6 +447,7 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 		IdentitySkip:           -1,
 		Quotas:                 resolveQuotas(dc.quotas, d.loc),
 		Adaptive:               dc.adaptive,
+		Charges:                dc.charges.charges(),
 	}
 	if dc.penaltyNode != nil {
 		pol, ok := b.penaltyRef(d.file, dc.penalty, dc.penaltyNode.Line, dc.penaltyNode.Column, dc.field+".penalty")
@@ -458,6 +464,9 @@ func (b *builder) rule(d *domain, dc *descCfg, n *node, levels []Level, names []
 	}
 	if dc.policy == "" && len(dc.limits) == 1 && dc.limits[0].lim.Name != "" {
 		r.Name = dc.limits[0].lim.Name
+	}
+	if !b.checkDebt(r, &dc.charges, d.file, dc.field, dc.line, dc.col) {
+		return nil
 	}
 	r.Replaces = append(r.Replaces, dc.replaces...)
 	if r.FailureMode == "" {

@@ -108,6 +108,7 @@ type ruleFields struct {
 	shadow        bool
 	failureMode   FailureMode
 	allowOverride bool
+	charges       chargesCfg
 
 	// The keys as written, for the checks of keys that exclude each other.
 	rlNode, rlsNode, quotaNode, quotasNode *yaml.Node
@@ -706,6 +707,10 @@ func descriptorKeys() *keys[*descCfg] {
 			dc.adaptiveNode = p.k
 			dc.adaptive = d.adaptive(p.v, f)
 		}},
+		overChargeKey[*descCfg](),
+		maxDebtKey[*descCfg](),
+		reportOnlyKey[*descCfg](),
+		idempotencyTTLKey[*descCfg](),
 	)
 }
 
@@ -832,6 +837,7 @@ func (d *decoder) checkRuleFields(r *ruleFields, field string) {
 	if len(r.quotas) > 1 {
 		d.uniqueQuotas(r.quotas, join(field, "quotas"))
 	}
+	d.checkCharges(&r.charges, field)
 }
 
 func (d *decoder) replaces(n *yaml.Node, field string) []string {
@@ -1090,6 +1096,10 @@ func policyKeys() *keys[*policyCfg] {
 		shadowModeKey[*policyCfg](),
 		failureModeKey[*policyCfg](),
 		allowOverrideKey[*policyCfg](),
+		overChargeKey[*policyCfg](),
+		maxDebtKey[*policyCfg](),
+		reportOnlyKey[*policyCfg](),
+		idempotencyTTLKey[*policyCfg](),
 	)
 }
 

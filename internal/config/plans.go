@@ -131,6 +131,9 @@ type Rule struct {
 	// -1 otherwise. Counter keys leave that entry out, so that a customer keeps its usage
 	// when its plan changes.
 	IdentitySkip int
+	// Charges is how the rule takes its costs (over_charge, max_debt, report_only,
+	// idempotency_ttl): the descriptor's own keys, then its plan's or policy's.
+	Charges Charges
 }
 
 // node is one descriptor level of the match tree.

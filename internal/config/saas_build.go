@@ -52,9 +52,12 @@ func (b *builder) plans(cfgs []*fileCfg) {
 		r := &Rule{
 			Name: name, Path: "plan " + name, Plan: name, Cost: 1,
 			ShadowMode: pc.shadow, FailureMode: pc.failureMode, AllowAlgorithmOverride: pc.allowOverride,
-			File: pc.file, Line: pc.line, IdentitySkip: -1,
+			File: pc.file, Line: pc.line, IdentitySkip: -1, Charges: pc.charges.charges(),
 		}
 		if !b.ruleLimits(r, &pc.ruleFields, pc.file, "plans."+name, pc.line, 1) {
+			continue
+		}
+		if !b.checkDebt(r, &pc.charges, pc.file, "plans."+name, pc.line, 1) {
 			continue
 		}
 		pd := &planDef{name: name, file: pc.file, line: pc.line, rule: r, quotas: pc.quotas}
@@ -161,6 +164,10 @@ func (b *builder) planRule(d *domain, dc *descCfg, base *Rule, names []string, p
 	r.Replaces = append(append([]string(nil), pr.Replaces...), dc.replaces...)
 	r.ShadowMode = dc.shadow || pr.ShadowMode
 	r.AllowAlgorithmOverride = dc.allowOverride || pr.AllowAlgorithmOverride
+	r.Charges = dc.charges.resolve(base.Charges, pr.Charges)
+	if !b.checkDebt(&r, &dc.charges, d.file, dc.field, dc.line, dc.col) {
+		return nil, false
+	}
 	r.FailureMode = dc.failureMode
 	if r.FailureMode == "" {
 		r.FailureMode = pr.FailureMode

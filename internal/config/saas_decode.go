@@ -207,6 +207,10 @@ func planKeys() *keys[*planCfg] {
 		shadowModeKey[*planCfg](),
 		failureModeKey[*planCfg](),
 		allowOverrideKey[*planCfg](),
+		overChargeKey[*planCfg](),
+		maxDebtKey[*planCfg](),
+		reportOnlyKey[*planCfg](),
+		idempotencyTTLKey[*planCfg](),
 	)
 }
 

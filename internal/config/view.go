@@ -29,8 +29,13 @@ type RuleView struct {
 	// Adaptive is the rule's adaptive block; Factor, when the view is of a running
 	// server, the factor in force (the limits shown are the configured ones).
 	Adaptive *AdaptiveView `json:"adaptive,omitempty"`
-	File     string        `json:"file"`
-	Line     int           `json:"line,omitempty"`
+	// OverCharge is what a charge larger than what is left takes (drain or refuse).
+	OverCharge     OverCharge `json:"over_charge"`
+	MaxDebt        int64      `json:"max_debt,omitempty"`
+	ReportOnly     bool       `json:"report_only,omitempty"`
+	IdempotencyTTL string     `json:"idempotency_ttl,omitempty"`
+	File           string     `json:"file"`
+	Line           int        `json:"line,omitempty"`
 }
 
 // AdaptiveView is the JSON form of an adaptive block.
@@ -103,6 +108,14 @@ func (r *Rule) View() RuleView {
 	if a := r.Adaptive; a != nil {
 		v.Adaptive = &AdaptiveView{Query: a.Query, Interval: a.Interval.String(), BadAbove: a.BadAbove, GoodBelow: a.GoodBelow,
 			Min: a.Min, Max: a.Max, Decrease: a.Decrease, Increase: a.Increase}
+	}
+	v.OverCharge = OverDrain
+	if !r.Charges.Drain() {
+		v.OverCharge = OverRefuse
+	}
+	v.MaxDebt, v.ReportOnly = r.Charges.MaxDebt, r.Charges.ReportOnly
+	if r.Charges.IdempotencyTTL > 0 {
+		v.IdempotencyTTL = r.Charges.IdempotencyTTL.String()
 	}
 	return v
 }

@@ -20,6 +20,14 @@ import (
 // only where the rule says allow_algorithm_override: true.
 const AlgorithmKey = "halt_algorithm"
 
+// ChargeKey is the reserved descriptor key of a call's charge mode: halt_charge: report
+// makes the call report-only (Descriptor.Report). It is removed before matching.
+const ChargeKey = "halt_charge"
+
+// IdempotencyEntry is the reserved descriptor key carrying a call's idempotency key
+// (Descriptor.IdempotencyKey). It is removed before matching.
+const IdempotencyEntry = "halt_idempotency_key"
+
 type scratch struct {
 	ops     []backends.Op
 	opPtrs  []*backends.Op
@@ -102,7 +110,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	for i := range descs {
 		decisions[i] = Decision{Code: CodeOK}
 		d := &descs[i]
-		d.Entries = e.takeAlgorithmAsk(d.Entries, &sc.algo[i])
+		e.takeReserved(d, &sc.algo[i])
 		if d.Override != nil || (set == nil && d.Rule == nil) {
 			continue
 		}
@@ -133,9 +141,10 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	}
 
 	// Stage 1: identities locked out by a penalty are refused without touching counters.
+	// A report or a refund is not checked: it records what was already served.
 	if hasPenalty {
 		for i := range descs {
-			if r := decisions[i].Rule; r != nil && r.Penalty != nil {
+			if r := decisions[i].Rule; r != nil && r.Penalty != nil && !descs[i].Refund && !descs[i].reported(r) {
 				e.addPenaltyOp(sc, domain, &descs[i], i, r, 0)
 			}
 		}
@@ -159,14 +168,14 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			if err != nil {
 				return false, fmt.Errorf("%w: descriptor %d: %v", ErrInvalid, i, err)
 			}
-			e.addOp(sc, domain, d, i, nil, l, int64Cost(d.Hits, 1), KindRate)
+			e.addOp(sc, domain, d, i, nil, l, d.cost(1), KindRate)
 			continue
 		}
 		rule := dec.Rule
 		if rule == nil || rule.Unlimited {
 			continue
 		}
-		cost := int64Cost(d.Hits, rule.Cost)
+		cost := d.cost(rule.Cost)
 		factor := 1.0
 		if rule.Adaptive != nil && e.cfg.Adaptive != nil {
 			factor = e.cfg.Adaptive.Factor(rule)
@@ -206,7 +215,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			for i := range descs {
 				dec := &decisions[i]
 				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
-					cost := int64Cost(descs[i].Hits, r.Cost)
+					cost := descs[i].cost(r.Cost)
 					for q := range r.Quotas {
 						e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], cost, nowUS)
 					}
@@ -250,24 +259,35 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	return overLimit, nil
 }
 
-// takeAlgorithmAsk removes the reserved algorithm entry from a descriptor and notes the
-// algorithm it asked for. Entries belong to the caller's scratch, so they are edited in
-// place.
-func (e *Engine) takeAlgorithmAsk(entries []config.Entry, ask *algorithms.Algorithm) []config.Entry {
-	for j := range entries {
-		if entries[j].Key != AlgorithmKey {
+// takeReserved removes the reserved entries from d (its entries belong to the caller's
+// scratch, so they are edited in place) and applies them: the algorithm ask, the charge
+// mode, the idempotency key. None of them names a counter.
+func (e *Engine) takeReserved(d *Descriptor, ask *algorithms.Algorithm) {
+	ents := d.Entries
+	for j := 0; j < len(ents); {
+		switch en := ents[j]; en.Key {
+		case AlgorithmKey:
+			if a, err := algorithms.Parse(en.Value); err == nil {
+				*ask = a
+			} else {
+				e.cfg.Metrics.AlgorithmOverrides.WithLabelValues("invalid").Inc()
+			}
+		case ChargeKey:
+			if en.Value == "report" {
+				d.Report = true
+			} else if ok, held := e.failLog.Allow(e.cfg.Clock.Now()); ok {
+				e.cfg.Logger.Warn("unknown halt_charge value; the call is charged as usual (want report)", "value", en.Value, "similar_suppressed", held)
+			}
+		case IdempotencyEntry:
+			d.IdempotencyKey = en.Value
+		default:
+			j++
 			continue
 		}
-		a, err := algorithms.Parse(entries[j].Value)
-		if err == nil {
-			*ask = a
-		} else {
-			e.cfg.Metrics.AlgorithmOverrides.WithLabelValues("invalid").Inc()
-		}
-		copy(entries[j:], entries[j+1:])
-		return entries[:len(entries)-1]
+		copy(ents[j:], ents[j+1:])
+		ents = ents[:len(ents)-1]
 	}
-	return entries
+	d.Entries = ents
 }
 
 // scaleLimit is a copy of l whose requests (and burst) are factor of its own, at least
@@ -307,7 +327,7 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 	if ask != algorithms.LeakyBucket {
 		c.Params.MaxDelay = 0
 	}
-	if err := c.Params.Validate(ask); err != nil {
+	if p := rule.Charges.Apply(c.Params); p.Validate(ask) != nil {
 		m.AlgorithmOverrides.WithLabelValues("invalid").Inc()
 		return l
 	}
@@ -352,7 +372,7 @@ func (e *Engine) reportViolation(ctx context.Context, ev *ViolationEvent, p *con
 
 func (e *Engine) addOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, l *config.Limit, cost int64, kind Kind) {
 	sc.keyBuf = LimitKey(sc.keyBuf[:0], domain, d.Entries, rule, l.Algorithm, l.Params.Period)
-	e.queue(sc, owner, l, kind, l.Algorithm, l.Params, cost)
+	e.queue(sc, owner, l, kind, l.Algorithm, chargeParams(l.Params, rule, d), cost)
 }
 
 // LimitKey appends the store key holding a rate limit of algorithm a and period
@@ -379,7 +399,7 @@ func (e *Engine) addQuotaOp(sc *scratch, domain string, d *Descriptor, owner int
 	sc.keyBuf = AppendIdentity(sc.keyBuf[:0], domain, d.Entries, rule)
 	sc.keyBuf = append(sc.keyBuf, "|@quota:"...)
 	sc.keyBuf = appendEscaped(sc.keyBuf, q.Name)
-	e.queue(sc, owner, l, KindQuota, algorithms.Calendar, l.Params, cost)
+	e.queue(sc, owner, l, KindQuota, algorithms.Calendar, chargeParams(l.Params, rule, d), cost)
 }
 
 // QuotaLimit is the reportable limit of quota q for the calendar period holding nowUS.
@@ -568,7 +588,8 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 func (e *Engine) queueQuotaReads(sc *scratch, domain string, nowUS int64, descs []Descriptor, decisions []Decision) {
 	for i := range descs {
 		dec := &decisions[i]
-		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+		// A report or a refund is never refused: it needs no room.
+		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt && !descs[i].Refund && !descs[i].reported(r) {
 			for q := range r.Quotas {
 				e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], 0, nowUS)
 			}

@@ -168,6 +168,44 @@ type Descriptor struct {
 	// Rule, when set, is used instead of matching Entries against the configuration:
 	// ext_authz resolves routes to policies itself. Entries still name the counters.
 	Rule *config.Rule
+	// Refund gives Hits back instead of charging them (Envoy's is_negative_hits): budget
+	// returns, never above the limit; penalties take none.
+	Refund bool
+	// Report makes the call's charges report-only: recorded whole (up to the rule's
+	// max_debt), never refused. The reserved entry halt_charge: report sets it; a rule's
+	// report_only does the same for every call with Hits above 0.
+	Report bool
+	// IdempotencyKey, with the rule's idempotency_ttl, makes the call decided once per
+	// key: a repeat gets the first decision and is not charged again. The reserved
+	// entry halt_idempotency_key sets it; ext_authz takes the Idempotency-Key header.
+	IdempotencyKey string
+}
+
+// cost is what d charges under rule cost ruleCost: its hits times the cost, saturated
+// (int64Cost), negative for a refund.
+func (d *Descriptor) cost(ruleCost int64) int64 {
+	c := int64Cost(d.Hits, ruleCost)
+	if d.Refund {
+		return -c
+	}
+	return c
+}
+
+// reported reports whether d's charges under rule are report-only.
+func (d *Descriptor) reported(rule *config.Rule) bool {
+	return d.Report || rule != nil && rule.Charges.ReportOnly && !d.Refund && d.Hits > 0
+}
+
+// chargeParams is p, a limit of rule, with the rule's charge settings and the call's
+// report flag: what the store decides with.
+func chargeParams(p algorithms.Limit, rule *config.Rule, d *Descriptor) algorithms.Limit {
+	if rule != nil {
+		p = rule.Charges.Apply(p)
+	} else {
+		p.Drain = true // Envoy's limit override: fixed_window, which counts whole anyway
+	}
+	p.Report = d.reported(rule)
+	return p
 }
 
 // Override is a limit sent by Envoy with the descriptor.

@@ -103,7 +103,7 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 		for _, en := range d.GetEntries() {
 			sc.entries = append(sc.entries, config.Entry{Key: en.GetKey(), Value: en.GetValue()})
 		}
-		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: hitsFor(req, d)}
+		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: hitsFor(req, d), Refund: d.GetIsNegativeHits()}
 		if o := d.GetLimit(); o != nil {
 			sc.descs[i].Override = &engine.Override{
 				RequestsPerUnit: o.GetRequestsPerUnit(),
@@ -157,12 +157,9 @@ func grow[T any](s []T, n int) []T {
 }
 
 // hitsFor resolves hits as Envoy defines them: the descriptor's own hits_addend when
-// set (0 included: check without counting), else the request's, where 0 means 1.
-// Negative hits (refunds) are not supported: such a descriptor is only checked.
+// set (0 included: check without counting), else the request's, where 0 means 1. With
+// is_negative_hits they are given back (engine.Descriptor.Refund).
 func hitsFor(req *rlspb.RateLimitRequest, d *rlcommon.RateLimitDescriptor) uint64 {
-	if d.GetIsNegativeHits() {
-		return 0
-	}
 	if h := d.GetHitsAddend(); h != nil {
 		return h.GetValue()
 	}

@@ -172,6 +172,18 @@ type Limit struct {
 	Ladder [MaxLadder]int64
 	// Steps is the number of Ladder entries in use.
 	Steps int
+	// Drain makes a charge that does not fit take what is left, and up to MaxDebt beyond,
+	// instead of nothing (a rule's over_charge: drain); it is still refused. fixed_window
+	// counts every charge whole whatever this says (as the reference service does).
+	Drain bool
+	// MaxDebt is how far below zero, in units of cost, a drained or reported charge may
+	// take the key: the requests after it wait until the debt is repaid (by refill,
+	// refunds, entries leaving the window). 0 drains to zero. fixed_window has no debt: its
+	// count above the limit is forgiven when the window ends.
+	MaxDebt int64
+	// Report marks a report-only call (set per call, not per rule): a cost known after
+	// the fact, charged whether it fits or not (as Drain charges it) and never refused.
+	Report bool
 }
 
 // Capacity returns the effective bucket size.
@@ -204,6 +216,7 @@ const (
 	ParamMaxDelay                   // MaxDelay
 	ParamWindow                     // WindowStart and WindowEnd
 	ParamLadder                     // Ladder and Steps; LimitError.Step names the step
+	ParamMaxDebt                    // MaxDebt
 )
 
 // LimitError is why Validate refused a Limit.
@@ -243,6 +256,9 @@ func (l *Limit) Validate(a Algorithm) error {
 	if l.Burst < 0 {
 		return limitErr(ParamBurst, "burst must not be negative, got %d", l.Burst)
 	}
+	if l.MaxDebt < 0 || l.MaxDebt > MaxRequests {
+		return limitErr(ParamMaxDebt, "max_debt must be between 0 and %d, got %d", MaxRequests, l.MaxDebt)
+	}
 	switch a {
 	case TokenBucket, LeakyBucket:
 		if l.Requests > 0 && l.Requests > l.Period {
@@ -250,6 +266,9 @@ func (l *Limit) Validate(a Algorithm) error {
 		}
 		if l.Requests > 0 && l.Capacity() > (int64(1)<<52)/l.Interval() {
 			return limitErr(ParamBurst, "burst %d is too large for %d per %s (burst x interval must stay below 2^52us)", l.Capacity(), l.Requests, time.Duration(l.Period)*time.Microsecond)
+		}
+		if l.Requests > 0 && l.Capacity()+l.MaxDebt > (int64(1)<<52)/l.Interval() {
+			return limitErr(ParamMaxDebt, "max_debt %d is too large for %d per %s with burst %d ((burst + max_debt) x interval must stay below 2^52us)", l.MaxDebt, l.Requests, time.Duration(l.Period)*time.Microsecond, l.Capacity())
 		}
 		if l.MaxDelay < 0 || l.MaxDelay > MaxPeriod {
 			return limitErr(ParamMaxDelay, "max_delay must be between 0 and 100 years")
@@ -260,6 +279,9 @@ func (l *Limit) Validate(a Algorithm) error {
 	case SlidingWindow:
 		if l.Requests > MaxSlidingLog {
 			return limitErr(ParamRequests, "sliding_window keeps one log entry per request: %d requests per window is above the bound of %d; use sliding_window_counter (O(1) memory, weighted two-window estimate)", l.Requests, MaxSlidingLog)
+		}
+		if l.Requests+l.MaxDebt > MaxSlidingLog {
+			return limitErr(ParamMaxDebt, "sliding_window keeps one log entry per unit it holds: requests_per_unit %d plus max_debt %d is above the bound of %d", l.Requests, l.MaxDebt, MaxSlidingLog)
 		}
 	case Calendar:
 		if l.WindowEnd <= l.WindowStart {
@@ -354,6 +376,10 @@ type Result struct {
 	// TTL is how long (us) the state must be kept; past it the state is equivalent to a
 	// fresh one and a backend may drop it. 0 means "nothing worth keeping".
 	TTL int64
+	// Debt is how far below zero (in units of cost) the key is after the decision: what
+	// drained or reported charges took beyond the limit and later requests must wait to
+	// see repaid. 0 for fixed_window, whose window forgives.
+	Debt int64
 }
 
 // Wait is what a client is told to wait for, in microseconds: when the same request
@@ -370,11 +396,18 @@ func (r *Result) Wait() int64 {
 }
 
 // Decide applies algorithm a to s at time now for a request of the given cost, updating
-// s in place. A cost of 0 only checks. cost must not be negative. An op whose now is
-// older than the state's time (by up to MaxSkew) is decided at the state's time (At).
+// s in place. An op whose now is older than the state's time (by up to MaxSkew) is
+// decided at the state's time (At).
+//
+// A positive cost charges; a charge that does not fit is refused and takes nothing,
+// except that fixed_window counts it anyway, l.Drain takes what is left (and up to
+// l.MaxDebt beyond), and l.Report charges as Drain does and is never refused. A cost of 0
+// checks: it takes nothing and is refused when a request of cost 1 would be (a budget at
+// zero refuses its check). A negative cost refunds -cost: it gives back budget (never
+// above the limit or burst) and is never refused; penalties take no refunds.
 func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {
-	if cost < 0 {
-		cost = 0
+	if cost < -MaxCount {
+		cost = -MaxCount
 	}
 	switch a {
 	case FixedWindow:
@@ -419,11 +452,35 @@ func satAdd(a, b int64) int64 {
 	return a + b
 }
 
+// need is what a decision asks to fit for a charge of cost: the cost, or one unit for a
+// check, so that a check is refused exactly when a request of cost 1 would be.
+func need(cost int64) int64 {
+	if cost > 0 {
+		return cost
+	}
+	return 1
+}
+
+// records reports whether a charge of cost that does not fit is recorded anyway.
+func (l *Limit) records(cost int64) bool { return cost > 0 && (l.Drain || l.Report) }
+
+// room is how much of a charge that does not fit a key with used units of limit may
+// still record: what is left and the debt allowed beyond it.
+func room(used, limit, maxDebt int64) int64 {
+	if r := limit + maxDebt - used; r > 0 {
+		return r
+	}
+	return 0
+}
+
 // DecideFixedWindow: A is the window start, B the hits counted in it, C the state's time.
-// As in the reference service the hit is counted even when denied. A denied hit in the
-// key's window does not move the state's time: the count above the limit changes no
-// decision in that window (so the Redis deny cache may answer such hits without the
-// server seeing them, and every store still agrees on the key's time).
+// As in the reference service a charge is counted whole even when denied (Drain and
+// MaxDebt change nothing: the window forgives at its end). A refund subtracts from the
+// count within the limit: the count above it (denied hits) changes no decision, and is
+// not refundable. A denied hit in the key's window does not move the state's time: the
+// count above the limit changes no decision in that window (so the Redis deny cache may
+// answer such hits without the server seeing them, and every store still agrees on the
+// key's time).
 func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 	at := At(now, s.C)
 	start := WindowStart(at, l.Period)
@@ -438,22 +495,34 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 		s.A, s.B = start, 0
 		changed = true
 	}
-	s.B = satAdd(s.B, cost)
-	if changed || cost > 0 && s.B <= l.Requests {
+	reset := start + l.Period - at
+	r := Result{Limit: l.Requests, ResetAfter: reset}
+	nd := need(cost)
+	switch {
+	case cost < 0:
+		if b := max(min(s.B, l.Requests)+cost, 0); b != s.B {
+			s.B, changed = b, true
+		}
+		r.Allowed = true
+	default:
+		s.B = satAdd(s.B, cost)
+		r.Allowed = s.B-cost+nd <= l.Requests
+		if r.Allowed && cost > 0 {
+			changed = true
+		}
+		r.Allowed = r.Allowed || l.Report
+	}
+	if changed {
 		s.C = at
 	}
-	reset := start + l.Period - at
-	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: skewTTL(reset, at, now)}
-	if s.B <= l.Requests {
-		r.Allowed = true
-		r.Remaining = l.Requests - s.B
-		if r.Remaining < cost {
-			r.RetryAfter = reset // the next one like it waits for the next window
-		}
-	} else if cost > l.Requests {
+	r.TTL = skewTTL(reset, at, now)
+	r.Remaining = max(l.Requests-s.B, 0)
+	switch {
+	case cost < 0:
+	case nd > l.Requests:
 		r.RetryAfter = -1
-	} else {
-		r.RetryAfter = reset
+	case !r.Allowed || r.Remaining < nd:
+		r.RetryAfter = reset // the next one like it waits for the next window
 	}
 	return r
 }
@@ -462,7 +531,10 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 // D the window's end. Bounds come from l, computed by the caller from its own now; when
 // the state is already in a later window and its time is ahead of now by at most MaxSkew
 // (an op from just before a period boundary arriving after one from just after it), the
-// op is decided in the state's window, at the state's time.
+// op is decided in the state's window, at the state's time. A denied charge is not
+// counted (unless drained or reported), so a customer's quota is not burned by requests
+// it never got served; a refund gives back within the period, never below zero; debt
+// lasts until the period ends.
 func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
 	ws, we := l.WindowStart, l.WindowEnd
 	at := At(now, s.C)
@@ -480,23 +552,36 @@ func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
 		reset = 0
 	}
 	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: skewTTL(reset, at, now)}
-	if s.B+cost <= l.Requests {
+	nd := need(cost)
+	switch {
+	case cost < 0:
+		if b := max(s.B+cost, 0); b != s.B {
+			s.B, changed = b, true
+		}
+		r.Allowed = true
+	case s.B+nd <= l.Requests:
 		s.B += cost
 		r.Allowed = true
 		changed = changed || cost > 0
-	} else if cost > l.Requests {
-		r.RetryAfter = -1
-	} else {
-		r.RetryAfter = reset
+	default:
+		if l.records(cost) {
+			if take := min(cost, room(s.B, l.Requests, l.MaxDebt)); take > 0 {
+				s.B += take
+				changed = true
+			}
+		}
+		r.Allowed = l.Report
 	}
 	if changed {
 		s.C, s.D = at, we
 	}
-	r.Remaining = l.Requests - s.B
-	if r.Remaining < 0 {
-		r.Remaining = 0
-	}
-	if r.Allowed && r.Remaining < cost {
+	r.Remaining = max(l.Requests-s.B, 0)
+	r.Debt = max(s.B-l.Requests, 0)
+	switch {
+	case cost < 0:
+	case nd > l.Requests:
+		r.RetryAfter = -1
+	case !r.Allowed || r.Remaining < nd:
 		r.RetryAfter = reset // the next one like it waits for the next period
 	}
 	return r
@@ -521,34 +606,46 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 	r := Result{Limit: capacity}
 	if l.Requests <= 0 || capacity <= 0 {
 		r.RetryAfter = -1
-		if cost == 0 {
-			r.Allowed = true
-		}
+		r.Allowed = cost < 0 || l.Report
 		return r
 	}
 	at := At(now, s.B)
 	t := l.Interval()
 	tau := capacity * t
+	most := tau + l.MaxDebt*t // the largest backlog a key holds: full, and its debt
 	tat := s.A
 	if tat < at {
 		tat = at
 	}
 	backlog := tat - at // water (in time) ahead of this request
-	if backlog > tau {
+	if backlog > most {
 		// Only possible when the clock went back further than MaxSkew: treat the bucket
-		// as exactly full.
-		backlog = tau
+		// as exactly full (and as deep in debt as it may be).
+		backlog = most
 	}
-	if cost > capacity {
-		r.RetryAfter = -1
-		r.Remaining = (tau - backlog) / t
-		r.ResetAfter = backlog
-		r.TTL = skewTTL(backlog, at, now)
+	if cost < 0 {
+		// A refund drains the water it paid for, down to an empty (full) bucket.
+		left := backlog
+		if q := -cost; q < ceilDiv(backlog, t) {
+			left = backlog - q*t
+		} else {
+			left = 0
+		}
+		if left != backlog {
+			s.A, s.B = at+left, at
+		}
+		r.Allowed = true
+		r.Remaining = max(tau-left, 0) / t
+		r.ResetAfter = left
+		r.TTL = skewTTL(left, at, now)
+		r.Debt = ceilDiv(left-tau, t)
 		return r
 	}
-	next := backlog + cost*t
-	waitOK := !shape || l.MaxDelay <= 0 || backlog <= l.MaxDelay
-	if next <= tau && waitOK {
+	nd := need(cost)
+	shaping := shape && l.MaxDelay > 0 && !l.Report
+	waitOK := !shaping || backlog <= l.MaxDelay
+	if nd <= capacity && backlog+nd*t <= tau && waitOK {
+		next := backlog + cost*t
 		if cost > 0 {
 			s.A, s.B = at+next, at
 		}
@@ -556,23 +653,37 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 		r.Remaining = (tau - next) / t
 		r.ResetAfter = next
 		r.TTL = skewTTL(next, at, now)
-		if shape && l.MaxDelay > 0 {
+		if shaping {
 			r.Delay = backlog
 		}
 		// The next request like this one finds the backlog this one left.
-		if again := next + cost*t; again > tau {
+		if again := next + nd*t; again > tau {
 			r.RetryAfter = again - tau
 		}
-		if shape && l.MaxDelay > 0 && next-l.MaxDelay > r.RetryAfter {
+		if shaping && next-l.MaxDelay > r.RetryAfter {
 			r.RetryAfter = next - l.MaxDelay
 		}
 		return r
 	}
-	r.Remaining = (tau - backlog) / t
+	if l.records(cost) {
+		// Record what does not fit: the water rises by the cost, up to the debt bound.
+		q := min(cost, capacity+l.MaxDebt+1) // no product beyond most
+		if next := min(backlog+q*t, most); next > backlog {
+			s.A, s.B = at+next, at
+			backlog = next
+		}
+	}
+	r.Allowed = l.Report
+	r.Remaining = max(tau-backlog, 0) / t
 	r.ResetAfter = backlog
 	r.TTL = skewTTL(backlog, at, now)
-	r.RetryAfter = next - tau
-	if !waitOK && backlog-l.MaxDelay > r.RetryAfter {
+	r.Debt = ceilDiv(backlog-tau, t)
+	if nd > capacity {
+		r.RetryAfter = -1
+		return r
+	}
+	r.RetryAfter = backlog + nd*t - tau
+	if shaping && backlog-l.MaxDelay > r.RetryAfter {
 		r.RetryAfter = backlog - l.MaxDelay
 	}
 	return r
@@ -581,7 +692,9 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 // DecideSlidingWindow keeps Log sorted by time; entries at or before the decision time
 // minus Period have left the window. A is the state's time, B caches the sum of the
 // log's costs. Entries admitted in the same microsecond are merged so the log stays at
-// most Requests long.
+// most Requests+MaxDebt long. A refund removes its cost from the newest entries; a
+// drained or reported charge that does not fit adds an entry of what it may take, which
+// leaves the window (repaying any debt) one Period later.
 func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 	at := At(now, s.A)
 	cut := at - l.Period
@@ -603,30 +716,53 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 		}
 	}
 	r := Result{Limit: l.Requests}
-	if used+cost <= l.Requests {
-		r.Allowed = true
-		if cost > 0 {
-			if n := len(s.Log); n > 0 && s.Log[n-1].At >= at {
-				// Same microsecond, or a clock that went back further than MaxSkew:
-				// merge into the newest entry so it expires no earlier than what it
-				// already held.
-				s.Log[n-1].Cost += cost
-			} else {
-				s.Log = append(s.Log, Entry{At: at, Cost: cost})
+	nd := need(cost)
+	add := int64(0) // the cost this op puts in the log
+	switch {
+	case cost < 0:
+		for q := -cost; q > 0 && len(s.Log) > 0; {
+			e := &s.Log[len(s.Log)-1]
+			take := min(e.Cost, q)
+			e.Cost -= take
+			used -= take
+			q -= take
+			if e.Cost == 0 {
+				s.Log = s.Log[:len(s.Log)-1]
 			}
-			used += cost
 			changed = true
 		}
-	} else if cost > l.Requests {
-		r.RetryAfter = -1
+		r.Allowed = true
+	case used+nd <= l.Requests:
+		r.Allowed = true
+		add = cost
+	default:
+		if l.records(cost) {
+			add = min(cost, room(used, l.Requests, l.MaxDebt))
+		}
+		r.Allowed = l.Report
 	}
-	if r.RetryAfter == 0 && used+cost > l.Requests {
+	if add > 0 {
+		if n := len(s.Log); n > 0 && s.Log[n-1].At >= at {
+			// Same microsecond, or a clock that went back further than MaxSkew: merge
+			// into the newest entry so it expires no earlier than what it already held.
+			s.Log[n-1].Cost += add
+		} else {
+			s.Log = append(s.Log, Entry{At: at, Cost: add})
+		}
+		used += add
+		changed = true
+	}
+	switch {
+	case cost < 0:
+	case nd > l.Requests:
+		r.RetryAfter = -1
+	case used+nd > l.Requests:
 		// Refused, or admitted with the last room: wait until enough of the oldest
 		// entries have left the window for one like it.
-		need := used + cost - l.Requests
+		want := used + nd - l.Requests
 		for _, e := range s.Log {
-			need -= e.Cost
-			if need <= 0 {
+			want -= e.Cost
+			if want <= 0 {
 				r.RetryAfter = e.At + l.Period - at
 				break
 			}
@@ -636,10 +772,8 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 	if changed {
 		s.A = at
 	}
-	r.Remaining = l.Requests - used
-	if r.Remaining < 0 {
-		r.Remaining = 0
-	}
+	r.Remaining = max(l.Requests-used, 0)
+	r.Debt = max(used-l.Requests, 0)
 	if n := len(s.Log); n > 0 {
 		r.ResetAfter = s.Log[n-1].At + l.Period - at
 		r.TTL = skewTTL(r.ResetAfter, at, now)
@@ -650,7 +784,9 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 // DecideSlidingWindowCounter: A is the current fixed window's start, B its count, C the
 // previous window's count, D the state's time. The estimate is C*(Period-elapsed)/Period
 // + B. The product is computed in float64 with the same operation order as the Lua and
-// SQL versions (multiply, then divide), so every backend rounds identically.
+// SQL versions (multiply, then divide), so every backend rounds identically. A refund
+// subtracts from the current window's count, never below zero; a drained or reported
+// charge adds what it may take, and its debt decays with the windows.
 func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Result {
 	p := l.Period
 	at := At(now, s.D)
@@ -674,24 +810,41 @@ func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Resul
 	weighted := math.Floor(float64(s.C) * float64(p-elapsed) / float64(p))
 	w := int64(weighted)
 	r := Result{Limit: l.Requests}
-	if w+s.B+cost <= l.Requests {
-		s.B = satAdd(s.B, cost)
+	nd := need(cost)
+	switch {
+	case cost < 0:
+		if b := max(s.B+cost, 0); b != s.B {
+			s.B, changed = b, true
+		}
 		r.Allowed = true
-		changed = changed || cost > 0
-	} else if cost > l.Requests {
-		r.RetryAfter = -1
+	case w+s.B+nd <= l.Requests:
+		if cost > 0 {
+			s.B = satAdd(s.B, cost)
+			changed = true
+		}
+		r.Allowed = true
+	default:
+		if l.records(cost) {
+			if take := min(cost, room(w+s.B, l.Requests, l.MaxDebt)); take > 0 {
+				s.B += take
+				changed = true
+			}
+		}
+		r.Allowed = l.Report
 	}
 	if changed {
 		s.D = at
 	}
-	if r.RetryAfter == 0 && w+s.B+cost > l.Requests {
+	switch {
+	case cost < 0:
+	case nd > l.Requests:
+		r.RetryAfter = -1
+	case w+s.B+nd > l.Requests:
 		// Refused, or admitted with the last room: when one like it fits again.
-		r.RetryAfter = slidingCounterRetry(s, at, cur, p, l.Requests, cost)
+		r.RetryAfter = slidingCounterRetry(s, at, cur, p, l.Requests, nd)
 	}
-	r.Remaining = l.Requests - w - s.B
-	if r.Remaining < 0 {
-		r.Remaining = 0
-	}
+	r.Remaining = max(l.Requests-w-s.B, 0)
+	r.Debt = max(w+s.B-l.Requests, 0)
 	switch {
 	case s.B > 0:
 		r.ResetAfter = cur + 2*p - at
@@ -741,6 +894,9 @@ func slidingCounterRetry(s *State, now, cur, p, limit, cost int64) int64 {
 // not count the same quiet time again. Allowed is false while locked out; ResetAfter is
 // then the lockout remaining.
 func DecidePenalty(s *State, now int64, l *Limit, cost int64) Result {
+	if cost < 0 {
+		cost = 0 // a penalty takes no refunds
+	}
 	at := At(now, s.D)
 	r := Result{Limit: l.Requests}
 	if at >= s.A && s.D != 0 && l.Period > 0 && at > s.D {

@@ -57,10 +57,16 @@ func TestOlderOpDecidedAtStateTime(t *testing.T) {
 		for round := 0; round < 400; round++ {
 			var s State
 			now := t0 + rng.Int64N(sec)
+			l := c.l
+			if round%2 == 1 && c.a != Penalty {
+				l.Drain, l.MaxDebt = true, rng.Int64N(4)
+			}
 			for step := 0; step < 1+rng.IntN(12); step++ {
 				now += rng.Int64N(300 * ms)
-				Decide(c.a, &s, now, &c.l, rng.Int64N(4))
+				Decide(c.a, &s, now, &l, rng.Int64N(8)-2) // refunds, checks, charges
 			}
+			c := c
+			c.l = l
 			st := StateTime(c.a, &s)
 			if st == 0 {
 				continue // nothing changed it yet
@@ -70,7 +76,7 @@ func TestOlderOpDecidedAtStateTime(t *testing.T) {
 			if rng.IntN(4) == 0 {
 				delta = MaxSkew
 			}
-			cost := rng.Int64N(4)
+			cost := rng.Int64N(8) - 2
 			older, atState := clone(&s), clone(&s)
 			got := Decide(c.a, &older, st-delta, &c.l, cost)
 			want := Decide(c.a, &atState, st, &c.l, cost)

@@ -26,6 +26,12 @@ func TestRetryAfterIsNextSuccess(t *testing.T) {
 		case Calendar:
 			l.WindowStart, l.WindowEnd = t0, t0+30*sec
 		}
+		// Half the rounds charge with drain and debt, as a token budget does; the
+		// state they leave (drained, in debt) must keep the promise too.
+		if round%2 == 1 {
+			l.Drain = true
+			l.MaxDebt = rng.Int64N(6)
+		}
 		var s State
 		now := t0
 		for step := 0; step < 40; step++ {
@@ -34,6 +40,11 @@ func TestRetryAfterIsNextSuccess(t *testing.T) {
 				break
 			}
 			cost := rng.Int64N(4)
+			if l.Drain && rng.IntN(4) == 0 {
+				// A late charge (drained into debt) or a refund, between the probes.
+				late := rng.Int64N(12) - 4
+				Decide(a, &s, now, &l, late)
+			}
 			r := Decide(a, &s, now, &l, cost)
 			try := func(at int64) bool {
 				c := State{A: s.A, B: s.B, C: s.C, D: s.D, Log: append([]Entry(nil), s.Log...)}

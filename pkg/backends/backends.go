@@ -20,10 +20,14 @@ import (
 type Op struct {
 	// Key identifies the counter. Stores may prefix it but must not otherwise change it.
 	Key string
-	// Algorithm and Limit say how to decide.
+	// Algorithm and Limit say how to decide. Limit.Drain and Limit.MaxDebt say what a
+	// charge that does not fit takes; Limit.Report makes the op report-only: charged
+	// whether it fits or not, never refused, its Result the state it left (what a cost
+	// known after the response, or a batch of charges counted elsewhere, needs: one op).
 	Algorithm algorithms.Algorithm
 	Limit     algorithms.Limit
-	// Cost is the hits this request adds; 0 checks without counting.
+	// Cost is the hits this request adds; 0 checks without counting (refused when a
+	// request of cost 1 would be); a negative cost refunds (algorithms.Decide).
 	Cost int64
 
 	// Result is the decision, valid when Err is nil.

@@ -401,3 +401,63 @@ func TestEnvoyExamples(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvoyTokenBudgetExample checks examples/envoy/envoy-tokens.yaml, the token budget of
+// docs/envoy.md: the route's per-route rate-limit config (where Envoy honours hits_addend
+// and apply_on_stream_done) has the request-time check (hits_addend number 0, on the
+// request path) and the after-response charge (hits_addend from the x-llm-tokens response
+// header, applied when the stream ends); both send the same descriptor, and it reaches the
+// rule of config/llm-tokens.yaml, whose charges are report-only.
+func TestEnvoyTokenBudgetExample(t *testing.T) {
+	set := repoConfig(t)
+	path := repo("examples", "envoy", "envoy-tokens.yaml")
+	e := edge(t, path)
+	rl := e.rateLimit
+	if rl.GetDomain() != "llm" || !contains(set.Domains(), "llm") {
+		t.Fatalf("ratelimit domain %q: want llm, a domain of config/ (%v)", rl.GetDomain(), set.Domains())
+	}
+	if rl.GetRateLimitService().GetTransportApiVersion() != corev3.ApiVersion_V3 {
+		t.Error("rate_limit_service.transport_api_version must be V3")
+	}
+	if len(e.vhost.GetRateLimits()) != 0 {
+		t.Error("the virtual host must not add rate_limits of its own: the per-route config replaces them")
+	}
+	routes := e.vhost.GetRoutes()
+	if len(routes) != 1 {
+		t.Fatalf("want one route, got %d", len(routes))
+	}
+	if c := routes[0].GetRoute().GetCluster(); e.clusters[c] == nil {
+		t.Errorf("route to undefined cluster %q", c)
+	}
+	cfg := routes[0].GetTypedPerFilterConfig()["envoy.filters.http.ratelimit"]
+	per := &ratelimitv3.RateLimitPerRoute{}
+	if cfg == nil || cfg.UnmarshalTo(per) != nil {
+		t.Fatalf("the route has no RateLimitPerRoute under envoy.filters.http.ratelimit: %v", cfg)
+	}
+	validateDeep(t, path, per)
+	rls := per.GetRateLimits()
+	if len(rls) != 2 {
+		t.Fatalf("want 2 rate_limits (the check and the charge), got %d", len(rls))
+	}
+	check, charge := rls[0], rls[1]
+	if check.GetApplyOnStreamDone() || check.GetHitsAddend().GetNumber() == nil || check.GetHitsAddend().GetNumber().GetValue() != 0 {
+		t.Errorf("rate_limits[0] must be the request-time check: hits_addend.number 0, not on stream done: %v", check)
+	}
+	if !charge.GetApplyOnStreamDone() || charge.GetHitsAddend().GetFormat() != "%RESP(x-llm-tokens)%" || charge.GetHitsAddend().GetIsNegativeHits() {
+		t.Errorf("rate_limits[1] must be the charge on stream done, hits_addend from the x-llm-tokens response header: %v", charge)
+	}
+	req := request{map[string]string{":path": "/v1/chat/completions", "x-api-key": "k-123"}, "192.0.2.9"}
+	for i, one := range rls {
+		ds := descriptors(t, []*routev3.RateLimit{one}, 0, req)
+		if len(ds) != 1 {
+			t.Fatalf("rate_limits[%d] sends %d descriptors, want 1", i, len(ds))
+		}
+		r, ok := set.Match("llm", ds[0])
+		if !ok || r.Name != "tokens" {
+			t.Fatalf("rate_limits[%d]: descriptor %v reaches %v, want the tokens rule", i, ds[0], r)
+		}
+		if !r.Charges.ReportOnly || r.Charges.MaxDebt != 20000 || !r.Charges.Drain() {
+			t.Errorf("the tokens rule's charges %+v: want report_only, max_debt 20000", r.Charges)
+		}
+	}
+}

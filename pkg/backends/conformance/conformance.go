@@ -82,7 +82,9 @@ func Cases() []Case {
 type Step struct {
 	At   int64 // microseconds since the timeline's base
 	Key  int   // index into the timeline's keys
-	Cost int64
+	Cost int64 // negative: a refund
+	// Report makes the op report-only (algorithms.Limit.Report).
+	Report bool
 }
 
 // Timeline returns a deterministic sequence exercising boundaries: bursts within one
@@ -188,6 +190,50 @@ func SkewedTimeline(seed uint64, n int) []Step {
 	return steps
 }
 
+// ChargeTimeline returns a deterministic sequence of the calls of a budget whose costs are
+// known late (issue 17): checks (cost 0) before each request, charges after it of any
+// size (most larger than what is left, some larger than the limit, some hostile),
+// report-only charges, and refunds (negative costs, some larger than anything charged,
+// some of -algorithms.MaxCount), across window edges and idle gaps.
+func ChargeTimeline(seed uint64, n int) []Step {
+	rng := mrand.New(mrand.NewPCG(seed, seed^0x2545f4914f6cdd1d))
+	steps := make([]Step, 0, n)
+	var t int64 = sec/2 + 3
+	for i := 0; i < n; i++ {
+		switch r := rng.IntN(100); {
+		case r < 30:
+		case r < 70:
+			t += int64(rng.IntN(int(sec / 4)))
+		case r < 85:
+			t += sec - t%sec + int64(rng.IntN(3)) - 1
+		case r < 96:
+			t += int64(rng.IntN(int(3 * sec)))
+		default:
+			t += 70 * sec
+		}
+		step := Step{At: t, Key: rng.IntN(3)}
+		switch r := rng.IntN(100); {
+		case r < 25: // the request-time check
+		case r < 55:
+			step.Cost = 1 + int64(rng.IntN(12)) // the after-response charge
+		case r < 70:
+			step.Cost = 1 + int64(rng.IntN(12))
+			step.Report = true
+		case r < 88:
+			step.Cost = -1 - int64(rng.IntN(6)) // a refund
+		case r < 92:
+			step.Cost = -algorithms.MaxCount // is_negative_hits with hits_addend 2^64-1
+		case r < 96:
+			step.Cost = 1<<32 - 1
+		default:
+			step.Cost = 1 << 32
+			step.Report = true
+		}
+		steps = append(steps, step)
+	}
+	return steps
+}
+
 // UniqueKey returns a key prefix nobody else uses, so suites can share a real server.
 func UniqueKey(t testing.TB) string {
 	var b [6]byte
@@ -202,6 +248,7 @@ func Run(t *testing.T, open Factory, opt Options) {
 	}
 	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
 	t.Run("skewed", func(t *testing.T) { RunSkewed(t, open, opt) })
+	t.Run("charges", func(t *testing.T) { RunCharges(t, open, opt) })
 	t.Run("shaping_out_of_order", func(t *testing.T) {
 		if opt.SkipConcurrency {
 			t.Skip(opt.Reason)
@@ -243,9 +290,29 @@ func RunSkewed(t *testing.T, open Factory, opt Options) {
 	runTimelines(t, open, opt, func(seed uint64, c Case) []Step { return SkewedTimeline(seed*104729+uint64(c.Algorithm), 150) })
 }
 
-func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed uint64, c Case) []Step) {
+// RunCharges plays ChargeTimeline through the store and the pure algorithms, for every
+// case with each way a rule can take a charge that does not fit (refuse, drain to zero,
+// drain into a debt of up to 4), and demands identical results, debt included.
+func RunCharges(t *testing.T, open Factory, opt Options) {
+	for _, mode := range []struct {
+		name    string
+		drain   bool
+		maxDebt int64
+	}{{"refuse", false, 0}, {"drain", true, 0}, {"debt", true, 4}} {
+		t.Run(mode.name, func(t *testing.T) {
+			runTimelines(t, open, opt, func(seed uint64, c Case) []Step {
+				return ChargeTimeline(seed*15485863+uint64(c.Algorithm), 150)
+			}, func(l *algorithms.Limit) { l.Drain, l.MaxDebt = mode.drain, mode.maxDebt })
+		})
+	}
+}
+
+func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed uint64, c Case) []Step, adjust ...func(*algorithms.Limit)) {
 	for _, c := range Cases() {
 		c := c
+		for _, f := range adjust {
+			f(&c.Limit)
+		}
 		if opt.SkipSlidingLog && c.Algorithm == algorithms.SlidingWindow {
 			continue
 		}
@@ -263,6 +330,7 @@ func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed ui
 					if c.Algorithm == algorithms.Calendar {
 						lim = calendarLimit(lim, now)
 					}
+					lim.Report = step.Report
 					ms := model[key]
 					if ms == nil {
 						ms = &algorithms.State{}
@@ -274,7 +342,7 @@ func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed ui
 						t.Fatalf("seed %d step %d (%+v): %v", seed, i, step, err)
 					}
 					if !sameResult(op.Result, want) {
-						t.Fatalf("seed %d step %d at +%dus key %s cost %d:\n got  %+v\n want %+v", seed, i, step.At, keys[step.Key], step.Cost, op.Result, want)
+						t.Fatalf("seed %d step %d at +%dus key %s cost %d report %v:\n got  %+v\n want %+v", seed, i, step.At, keys[step.Key], step.Cost, step.Report, op.Result, want)
 					}
 				}
 			}
@@ -353,7 +421,8 @@ func applyOne(st backends.Store, now int64, op *backends.Op) error {
 
 func sameResult(a, b algorithms.Result) bool {
 	return a.Allowed == b.Allowed && a.Limit == b.Limit && a.Remaining == b.Remaining &&
-		a.ResetAfter == b.ResetAfter && a.RetryAfter == b.RetryAfter && a.Delay == b.Delay
+		a.ResetAfter == b.ResetAfter && a.RetryAfter == b.RetryAfter && a.Delay == b.Delay &&
+		a.Debt == b.Debt
 }
 
 // RunBatch checks that one Apply with several ops (the same key twice included) decides

@@ -228,7 +228,7 @@ func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Opti
 	s := &Store{
 		pool:    pool,
 		names:   n,
-		callSQL: `SELECT ` + n.fn + `($1::text[], $2::bigint[], $3::bigint)`,
+		callSQL: `SELECT ` + n.fn + `($1::text[], $2::bigint[], $3::bigint, ` + strconv.Itoa(layout) + `)`,
 		opt:     opt,
 		cfg:     cfg,
 		stop:    make(chan struct{}),
@@ -401,10 +401,17 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		op := ops[i]
 		c.sent = append(c.sent, op)
 		l := &op.Limit
-		cost := max(op.Cost, 0)
+		cost := max(op.Cost, -algorithms.MaxCount)
+		var mode int64
+		if l.Drain {
+			mode |= 1
+		}
+		if l.Report {
+			mode |= 2
+		}
 		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
 		c.params = append(c.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
-			l.WindowStart, l.WindowEnd, cost, int64(l.Steps))
+			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), mode, l.MaxDebt)
 		c.params = append(c.params, l.Ladder[:]...)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
@@ -454,6 +461,7 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 			RetryAfter: r[5],
 			Delay:      r[6],
 			TTL:        r[7],
+			Debt:       r[8],
 		}
 	}
 	return first

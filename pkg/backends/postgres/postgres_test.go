@@ -50,6 +50,7 @@ func dropTable(dsn, name string) {
 	defer conn.Close(ctx)
 	n := namesFor(name)
 	_, _ = conn.Exec(ctx, `DROP FUNCTION IF EXISTS `+n.fn+`(text[], bigint[], bigint)`)
+	_, _ = conn.Exec(ctx, `DROP FUNCTION IF EXISTS `+n.fn+`(text[], bigint[], bigint, integer)`)
 	_, _ = conn.Exec(ctx, `DROP TABLE IF EXISTS `+n.table)
 	_, _ = conn.Exec(ctx, `DELETE FROM `+versionTable+` WHERE table_name = $1`, name)
 }
@@ -525,13 +526,13 @@ func TestMigrateFromVersion1(t *testing.T) {
 	}
 	// One hit of a fixed window of 2 per minute, decided by the v1 function.
 	now := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
-	params := make([]int64, opStride)
+	params := make([]int64, v4OpStride)
 	copy(params, []int64{int64(algorithms.FixedWindow), 2, 60_000_000, 0, 0, 0, 0, 1, 0})
 	var res []int64
 	if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint)`, []string{"k"}, params, now).Scan(&res); err != nil {
 		t.Fatalf("v1 function: %v", err)
 	}
-	if len(res) != resStride || res[1] != 1 || res[3] != 1 {
+	if len(res) != v4ResStride || res[1] != 1 || res[3] != 1 {
 		t.Fatalf("v1 function answered %v, want one admitted hit with 1 remaining", res)
 	}
 
@@ -546,7 +547,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != SchemaVersion {
 		t.Fatalf("recorded version %d (%v), want %d", version, err, SchemaVersion)
 	}
-	if err := conn.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)`, n.fn+"(text[], bigint[], bigint)").Scan(&src); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)`, n.fn+"(text[], bigint[], bigint, integer)").Scan(&src); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(src, "IF alg = 1 /*halt:fixed_window*/ THEN") {
@@ -577,7 +578,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := statementsOf(string(v2), n)
+	stmts, err := statementsOf(string(v2), n, wireValues(v4OpLadder, v4ResStride))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,7 +602,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 	// A fixed window of 2 a minute, 30 s into the window: the first hit by the v2
 	// function, the second (the last unit) by the v2 function too.
 	now := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
-	params := make([]int64, opStride)
+	params := make([]int64, v4OpStride)
 	copy(params, []int64{int64(algorithms.FixedWindow), 2, 60_000_000, 0, 0, 0, 0, 1, 0})
 	call := func(at int64) []int64 {
 		t.Helper()
@@ -622,8 +623,14 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatalf("recorded version %d (%v), want %d", version, err, SchemaVersion)
 	}
 	// The v2 hit counted; the last unit now carries the wait for the next window.
-	if res := call(now + 1); res[1] != 1 || res[3] != 0 || res[5] != 30_000_000-1 {
-		t.Fatalf("after the migration the last unit answered %v, want admitted, 0 left, retry_after %d", res, 30_000_000-1)
+	s := openTest(t, dsn, table, Config{SkipMigrate: true})
+	defer s.Close()
+	op := &backends.Op{Key: "k", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 2, Period: 60_000_000}, Cost: 1}
+	if err := s.Apply(ctx, now+1, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	if r := op.Result; !r.Allowed || r.Remaining != 0 || r.RetryAfter != 30_000_000-1 {
+		t.Fatalf("after the migration the last unit answered %+v, want admitted, 0 left, retry_after %d", r, 30_000_000-1)
 	}
 }
 
@@ -650,9 +657,11 @@ func TestSchemaFile(t *testing.T) {
 	for _, line := range []string{
 		"ELSIF alg = 7 /*halt:penalty*/ THEN",
 		"maxcount CONSTANT bigint := 4503599627370496; -- halt:max_count",
-		"o := (i - 1) * 17 /*halt:op_stride*/;",
-		"o := (i - 1) * 8 /*halt:res_stride*/;",
-		"sa := at_ + p[o + 9 /*halt:op_ladder*/ + sb];",
+		"o := (i - 1) * 19 /*halt:op_stride*/;",
+		"o := (i - 1) * 9 /*halt:res_stride*/;",
+		"sa := at_ + p[o + 11 /*halt:op_ladder*/ + sb];",
+		"IF layout <> 5 /*halt:layout*/ THEN",
+		`CREATE OR REPLACE FUNCTION "rl_custom_apply"(keys text[], p bigint[], now_us bigint, layout integer)`,
 		"IF sc > now_us AND sc - now_us <= 1000000 /*halt:max_skew*/ THEN at_ := sc; END IF;",
 		`FROM "rl_custom" s WHERE s.key = k FOR UPDATE`,
 	} {
@@ -687,7 +696,7 @@ func TestMigrateFromVersion3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := statementsOf(string(v3), n)
+	stmts, err := statementsOf(string(v3), n, wireValues(v4OpLadder, v4ResStride))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -711,7 +720,7 @@ func TestMigrateFromVersion3(t *testing.T) {
 	// Burst 5, 10 per second, max_delay 800 ms; five calls read the clock 4, 3, 2, 1
 	// and 0 ms after t and reach the function in that order.
 	lim := algorithms.Limit{Requests: 10, Period: 1_000_000, Burst: 5, MaxDelay: 800_000}
-	params := make([]int64, opStride)
+	params := make([]int64, v4OpStride)
 	copy(params, []int64{int64(algorithms.LeakyBucket), lim.Requests, lim.Period, lim.Burst, lim.MaxDelay, 0, 0, 1, 0})
 	at := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
 	five := func(key string) (admitted int) {
@@ -731,12 +740,22 @@ func TestMigrateFromVersion3(t *testing.T) {
 	if err := Migrate(ctx, dsn, table); err != nil {
 		t.Fatal(err)
 	}
-	if got := five("new"); got != 5 {
-		t.Fatalf("after the migration %d of the five out-of-order calls were admitted, want 5", got)
-	}
-	// The v3 row is kept: 10 ms later its four calls leave room for one more, the last.
 	s := openTest(t, dsn, table, Config{SkipMigrate: true})
 	defer s.Close()
+	admitted := 0
+	for i := int64(4); i >= 0; i-- {
+		op := &backends.Op{Key: "new", Algorithm: algorithms.LeakyBucket, Limit: lim, Cost: 1}
+		if err := s.Apply(ctx, at+i*1000, []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+		if op.Result.Allowed {
+			admitted++
+		}
+	}
+	if admitted != 5 {
+		t.Fatalf("after the migration %d of the five out-of-order calls were admitted, want 5", admitted)
+	}
+	// The v3 row is kept: 10 ms later its four calls leave room for one more, the last.
 	op := &backends.Op{Key: "old", Algorithm: algorithms.LeakyBucket, Limit: lim, Cost: 1}
 	if err := s.Apply(ctx, at+10_000, []*backends.Op{op}); err != nil {
 		t.Fatal(err)
@@ -758,4 +777,87 @@ func TestKeyPrefix(t *testing.T) {
 		}
 		return s
 	})
+}
+
+// The strides of layouts 1 to 4 (the three-argument function), for the tests that run
+// an earlier release's function.
+const (
+	v4OpLadder  = 9
+	v4OpStride  = v4OpLadder + algorithms.MaxLadder
+	v4ResStride = 8
+)
+
+// TestMigrateFromVersion4 upgrades a table of schema version 4 (testdata/schema_v4.sql)
+// during a rolling upgrade: a replica of version 4 goes on calling its three-argument
+// function after the migration and gets its answers, the new function reads the rows
+// either writes, and a refund (new in version 5) gives back what the version-4 replica
+// charged.
+func TestMigrateFromVersion4(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	n := namesFor(table)
+	v4, err := os.ReadFile("testdata/schema_v4.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts, err := statementsOf(string(v4), n, wireValues(v4OpLadder, v4ResStride))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := parseURL(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, st := range stmts {
+		if _, err := conn.Exec(ctx, st.sql); err != nil {
+			t.Fatalf("v4 DDL %s: %v", st.what, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+versionTable+` VALUES ($1, 4)`, table); err != nil {
+		t.Fatal(err)
+	}
+	// A token bucket of 10 a minute; the version-4 replica charges 3 per call.
+	lim := algorithms.Limit{Requests: 10, Period: 60_000_000}
+	params := make([]int64, v4OpStride)
+	copy(params, []int64{int64(algorithms.TokenBucket), lim.Requests, lim.Period, 0, 0, 0, 0, 3, 0})
+	at := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
+	v4call := func(now int64) []int64 {
+		t.Helper()
+		var res []int64
+		if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint)`, []string{"k"}, params, now).Scan(&res); err != nil {
+			t.Fatalf("the version-4 function: %v", err)
+		}
+		if len(res) != v4ResStride {
+			t.Fatalf("the version-4 function answered %d values, want %d", len(res), v4ResStride)
+		}
+		return res
+	}
+	if res := v4call(at); res[1] != 1 || res[3] != 7 {
+		t.Fatalf("v4 before the migration: %v", res)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	// The version-4 replica keeps working on the migrated table.
+	if res := v4call(at); res[1] != 1 || res[3] != 4 {
+		t.Fatalf("v4 after the migration: %v, want admitted with 4 left", res)
+	}
+	s := openTest(t, dsn, table, Config{SkipMigrate: true})
+	defer s.Close()
+	refund := &backends.Op{Key: "k", Algorithm: algorithms.TokenBucket, Limit: lim, Cost: -3}
+	if err := s.Apply(ctx, at, []*backends.Op{refund}); err != nil {
+		t.Fatal(err)
+	}
+	if r := refund.Result; !r.Allowed || r.Remaining != 7 {
+		t.Fatalf("a version-5 refund of 3: %+v, want 7 left", r)
+	}
+	if res := v4call(at); res[1] != 1 || res[3] != 4 {
+		t.Fatalf("v4 after the refund: %v, want admitted with 4 left", res)
+	}
 }

@@ -34,20 +34,32 @@ import (
 //	   penalty level decays once per quiet period however often it is checked. The
 //	   table, the signature and the strides are unchanged. Migrating from 1, 2 or 3
 //	   replaces the function.
-const SchemaVersion = 4
+//	5: costs known late (issue 17): refunds (a negative cost), drained and reported
+//	   charges and their debt (Limit.Drain, Limit.MaxDebt, Limit.Report,
+//	   Result.Debt), checks that need one unit. Two more parameters and one more result
+//	   per op, so a new function halt_state_apply(keys, p, now_us, layout) with the
+//	   strides of layout 5; the three-argument function of versions 1 to 4 stays, for
+//	   the replicas of those versions still running during a rolling upgrade. The table
+//	   is unchanged.
+const SchemaVersion = 5
+
+// layout is the schema version whose parameter and result strides the function reads
+// and this store sends (the function's last argument): a caller of another layout is
+// refused by the function instead of misread.
+const layout = 5
 
 // The layout of the function's parameter array p: per op, opLadder fixed parameters
-// (algorithm, requests, period, burst, max_delay, window start, window end, cost, steps),
-// then the algorithms.MaxLadder entries of the penalty ladder. schema.sql gets these
-// numbers injected.
+// (algorithm, requests, period, burst, max_delay, window start, window end, cost, steps,
+// mode, max_debt), then the algorithms.MaxLadder entries of the penalty ladder.
+// schema.sql gets these numbers injected.
 const (
-	opLadder = 9
+	opLadder = 11
 	opStride = opLadder + algorithms.MaxLadder
 )
 
 // resStride is the number of bigints each op's result takes in the returned array:
-// op index, allowed (0/1), limit, remaining, reset_after, retry_after, delay, ttl.
-const resStride = 8
+// op index, allowed (0/1), limit, remaining, reset_after, retry_after, delay, ttl, debt.
+const resStride = 9
 
 // schemaSQL holds the statements migrate runs, written for the default table; see the
 // file's header.
@@ -63,13 +75,20 @@ const statementMark = "-- statement: "
 
 // schemaStatements returns the statements of schema.sql for table n, with the wire
 // numbers of pkg/algorithms injected.
-func schemaStatements(n names) ([]statement, error) { return statementsOf(schemaSQL, n) }
+func schemaStatements(n names) ([]statement, error) {
+	return statementsOf(schemaSQL, n, wireValues(opLadder, resStride))
+}
 
-// statementsOf is schemaStatements for the schema text file: this release's schema.sql,
-// or an earlier release's (tests migrate from them).
-func statementsOf(file string, n names) ([]statement, error) {
+// wireValues are the numbers Inject puts into a schema file: pkg/algorithms' and the
+// strides of a layout (an earlier release's file gets its own: tests migrate from them).
+func wireValues(ladder, res int) map[string]int64 {
 	values := backends.WireValues()
-	values["op_ladder"], values["op_stride"], values["res_stride"] = opLadder, opStride, resStride
+	values["op_ladder"], values["op_stride"], values["res_stride"], values["layout"] = int64(ladder), int64(ladder+algorithms.MaxLadder), int64(res), layout
+	return values
+}
+
+// statementsOf is schemaStatements for a schema text file and its wire values.
+func statementsOf(file string, n names, values map[string]int64) ([]statement, error) {
 	src, err := backends.Inject(file, values)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: schema.sql: %w", err)
@@ -180,7 +199,7 @@ func schemaPresent(ctx context.Context, q interface {
 }, n names) (bool, error) {
 	var ok bool
 	err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regprocedure($2) IS NOT NULL`,
-		n.table, n.fn+"(text[], bigint[], bigint)").Scan(&ok)
+		n.table, n.fn+"(text[], bigint[], bigint, integer)").Scan(&ok)
 	return ok, err
 }
 

@@ -1,5 +1,5 @@
 -- schema.sql: the PostgreSQL schema of halt-envoy's state (pkg/backends/postgres),
--- schema version 4 (postgres.SchemaVersion).
+-- schema version 5 (postgres.SchemaVersion).
 --
 -- Read by migrate (Open, `halt-envoy migrate`), which runs the statements below in order
 -- in one transaction, each starting at its "-- statement:" line. The names are those of
@@ -32,12 +32,18 @@ CREATE INDEX IF NOT EXISTS "halt_state_expires_idx" ON "halt_state" (expires_at)
 -- The decision function: a line-by-line port of pkg/algorithms (same integer arithmetic,
 -- same float8 multiply-then-divide for the sliding counter), applied to every op of one
 -- Apply in one call. p holds op_stride parameters per op: algorithm, requests, period,
--- burst, max_delay, window start, window end, cost, steps, then the ladder; the result
--- holds res_stride values per op: op index, allowed (0/1), limit, remaining, reset_after,
--- retry_after, delay, ttl. The caller sorts ops by key, so every transaction takes its
--- row locks in the same order and concurrent batches cannot deadlock; ops on one key
--- keep their order.
-CREATE OR REPLACE FUNCTION "halt_state_apply"(keys text[], p bigint[], now_us bigint) RETURNS bigint[]
+-- burst, max_delay, window start, window end, cost (negative: a refund), steps, mode (1 =
+-- Limit.Drain, 2 = Limit.Report, added), max_debt, then the ladder; the result holds
+-- res_stride values per op: op index, allowed (0/1), limit, remaining, reset_after,
+-- retry_after, delay, ttl, debt. layout is the schema version whose strides the caller
+-- sends: a caller of another layout is refused rather than misread. The caller sorts ops
+-- by key, so every transaction takes its row locks in the same order and concurrent
+-- batches cannot deadlock; ops on one key keep their order.
+--
+-- Versions 1 to 4 had a three-argument function with shorter strides; it is left in
+-- place by the migration (replicas of those versions keep calling it during a rolling
+-- upgrade) and is not part of a new schema.
+CREATE OR REPLACE FUNCTION "halt_state_apply"(keys text[], p bigint[], now_us bigint, layout integer) RETURNS bigint[]
 LANGUAGE plpgsql AS $halt$
 DECLARE
 	maxcount CONSTANT bigint := 0; -- halt:max_count
@@ -46,21 +52,28 @@ DECLARE
 	i int; o int; j int; m int;
 	k text;
 	alg bigint; req bigint; per bigint; burst bigint; maxd bigint; ws bigint; we bigint; cost bigint; steps bigint;
+	mode bigint; maxdebt bigint; rec boolean; rep boolean; nd bigint; take bigint; addc bigint; q bigint; left_ bigint; most bigint;
 	sa bigint; sb bigint; sc bigint; sd bigint; lg bigint[]; sexp bigint;
 	oa bigint; ob bigint; oc bigint; od bigint; olg bigint[];
 	existed boolean; newexp bigint;
-	allowed boolean; rlim bigint; rem bigint; rreset bigint; rretry bigint; rdelay bigint; rttl bigint;
+	allowed boolean; rlim bigint; rem bigint; rreset bigint; rretry bigint; rdelay bigint; rttl bigint; rdebt bigint;
 	r bigint; start_ bigint; reset_ bigint; cap bigint; t bigint; tau bigint; tat bigint; backlog bigint;
-	nxt bigint; waitok boolean; shape boolean; cut bigint; used bigint; need bigint; cur bigint; again bigint;
+	nxt bigint; waitok boolean; shaping boolean; cut bigint; used bigint; want bigint; cur bigint; again bigint;
 	elapsed bigint; w bigint; room bigint; e bigint; quiet bigint; nsteps bigint; endt bigint;
 	at_ bigint; changed boolean; qfrom bigint;
 BEGIN
+	IF layout <> 0 /*halt:layout*/ THEN
+		RAISE EXCEPTION 'halt decision function: the caller sends layout %, this function reads layout %', layout, 0 /*halt:layout*/;
+	END IF;
 	res := array_fill(0::bigint, ARRAY[n * 0 /*halt:res_stride*/]);
 	FOR i IN 1..n LOOP
 		k := keys[i];
 		o := (i - 1) * 0 /*halt:op_stride*/;
 		alg := p[o+1]; req := p[o+2]; per := p[o+3]; burst := p[o+4]; maxd := p[o+5];
-		ws := p[o+6]; we := p[o+7]; cost := p[o+8]; steps := p[o+9];
+		ws := p[o+6]; we := p[o+7]; cost := p[o+8]; steps := p[o+9]; mode := p[o+10]; maxdebt := p[o+11];
+		rep := mode >= 2;
+		rec := cost > 0 AND mode > 0; -- a charge that does not fit is recorded (Limit.records)
+		IF cost > 0 THEN nd := cost; ELSE nd := 1; END IF; -- algorithms.need
 		LOOP
 			SELECT s.a, s.b, s.c, s.d, s.log, s.expires_at INTO sa, sb, sc, sd, lg, sexp
 				FROM "halt_state" s WHERE s.key = k FOR UPDATE;
@@ -69,7 +82,7 @@ BEGIN
 				sa := 0; sb := 0; sc := 0; sd := 0; lg := NULL;
 			END IF;
 			oa := sa; ob := sb; oc := sc; od := sd; olg := lg;
-			allowed := false; rlim := 0; rem := 0; rreset := 0; rretry := 0; rdelay := 0; rttl := 0;
+			allowed := false; rlim := 0; rem := 0; rreset := 0; rretry := 0; rdelay := 0; rttl := 0; rdebt := 0;
 			m := 0; changed := false;
 			-- at_ is the time the op is decided at (algorithms.At): its now, or the state's
 			-- time (algorithms.StateTime) when that is ahead of it by at most algorithms.MaxSkew.
@@ -86,55 +99,75 @@ BEGIN
 				ELSE
 					sa := start_; sb := 0; changed := true;
 				END IF;
-				IF sb > maxcount - cost THEN sb := maxcount; ELSE sb := sb + cost; END IF;
-				IF changed OR (cost > 0 AND sb <= req) THEN sc := at_; END IF;
 				reset_ := start_ + per - at_;
 				rlim := req; rreset := reset_; rttl := reset_;
-				IF sb <= req THEN
-					allowed := true; rem := req - sb;
-					IF rem < cost THEN rretry := reset_; END IF;
-				ELSIF cost > req THEN
-					rretry := -1;
+				IF cost < 0 THEN
+					r := greatest(least(sb, req) + cost, 0);
+					IF r <> sb THEN sb := r; changed := true; END IF;
+					allowed := true;
 				ELSE
-					rretry := reset_;
+					IF sb > maxcount - cost THEN sb := maxcount; ELSE sb := sb + cost; END IF;
+					allowed := sb - cost + nd <= req;
+					IF allowed AND cost > 0 THEN changed := true; END IF;
+					allowed := allowed OR rep;
+				END IF;
+				IF changed THEN sc := at_; END IF;
+				rem := greatest(req - sb, 0);
+				IF cost >= 0 THEN
+					IF nd > req THEN rretry := -1;
+					ELSIF NOT allowed OR rem < nd THEN rretry := reset_; END IF;
 				END IF;
 
-			ELSIF alg = 0 /*halt:token_bucket*/ OR alg = 0 /*halt:leaky_bucket*/ THEN -- token_bucket, leaky_bucket (GCRA; B: the state's time)
-				shape := alg = 0 /*halt:leaky_bucket*/;
+			ELSIF alg = 0 /*halt:token_bucket*/ OR alg = 0 /*halt:leaky_bucket*/ THEN -- GCRA (B: the state's time)
 				IF burst > 0 THEN cap := burst; ELSE cap := req; END IF;
 				rlim := cap;
 				IF req <= 0 OR cap <= 0 THEN
 					rretry := -1;
-					allowed := cost = 0;
+					allowed := cost < 0 OR rep;
 				ELSE
 					IF sb > now_us AND sb - now_us <= 0 /*halt:max_skew*/ THEN at_ := sb; END IF;
 					IF per <= 0 THEN t := 0; ELSE t := (per + req - 1) / req; END IF;
 					tau := cap * t;
+					most := tau + maxdebt * t;
 					tat := greatest(sa, at_);
-					backlog := least(tat - at_, tau);
-					IF cost > cap THEN
-						rretry := -1;
-						rem := (tau - backlog) / t; rreset := backlog; rttl := backlog;
-					ELSE
+					backlog := least(tat - at_, most);
+					shaping := alg = 0 /*halt:leaky_bucket*/ AND maxd > 0 AND NOT rep;
+					waitok := NOT shaping OR backlog <= maxd;
+					IF cost < 0 THEN
+						left_ := 0;
+						IF -cost < (backlog + t - 1) / t THEN left_ := backlog + cost * t; END IF;
+						IF left_ <> backlog THEN sa := at_ + left_; sb := at_; END IF;
+						allowed := true;
+						rem := greatest(tau - left_, 0) / t; rreset := left_; rttl := left_;
+						IF left_ > tau THEN rdebt := (left_ - tau + t - 1) / t; END IF;
+					ELSIF nd <= cap AND backlog + nd * t <= tau AND waitok THEN
 						nxt := backlog + cost * t;
-						waitok := NOT shape OR maxd <= 0 OR backlog <= maxd;
-						IF nxt <= tau AND waitok THEN
-							IF cost > 0 THEN sa := at_ + nxt; sb := at_; END IF;
-							allowed := true;
-							rem := (tau - nxt) / t; rreset := nxt; rttl := nxt;
-							IF shape AND maxd > 0 THEN rdelay := backlog; END IF;
-							again := nxt + cost * t;
-							IF again > tau THEN rretry := again - tau; END IF;
-							IF shape AND maxd > 0 AND nxt - maxd > rretry THEN rretry := nxt - maxd; END IF;
+						IF cost > 0 THEN sa := at_ + nxt; sb := at_; END IF;
+						allowed := true;
+						rem := (tau - nxt) / t; rreset := nxt; rttl := nxt;
+						IF shaping THEN rdelay := backlog; END IF;
+						again := nxt + nd * t;
+						IF again > tau THEN rretry := again - tau; END IF;
+						IF shaping AND nxt - maxd > rretry THEN rretry := nxt - maxd; END IF;
+					ELSE
+						IF rec THEN
+							q := least(cost, cap + maxdebt + 1);
+							nxt := least(backlog + q * t, most);
+							IF nxt > backlog THEN sa := at_ + nxt; sb := at_; backlog := nxt; END IF;
+						END IF;
+						allowed := rep;
+						rem := greatest(tau - backlog, 0) / t; rreset := backlog; rttl := backlog;
+						IF backlog > tau THEN rdebt := (backlog - tau + t - 1) / t; END IF;
+						IF nd > cap THEN
+							rretry := -1;
 						ELSE
-							rem := (tau - backlog) / t; rreset := backlog; rttl := backlog;
-							rretry := nxt - tau;
-							IF NOT waitok AND backlog - maxd > rretry THEN rretry := backlog - maxd; END IF;
+							rretry := backlog + nd * t - tau;
+							IF shaping AND backlog - maxd > rretry THEN rretry := backlog - maxd; END IF;
 						END IF;
 					END IF;
 				END IF;
 
-			ELSIF alg = 0 /*halt:sliding_window*/ THEN -- sliding_window (exact log, flattened at,cost pairs; A = the state's time, B = their cost sum)
+			ELSIF alg = 0 /*halt:sliding_window*/ THEN -- exact log, flattened at,cost pairs; A = the state's time, B = their cost sum
 				IF sa > now_us AND sa - now_us <= 0 /*halt:max_skew*/ THEN at_ := sa; END IF;
 				IF lg IS NULL THEN lg := '{}'; END IF;
 				m := coalesce(array_length(lg, 1), 0) / 2;
@@ -152,34 +185,54 @@ BEGIN
 					FOR j IN 1..m LOOP used := used + lg[2*j]; END LOOP;
 				END IF;
 				rlim := req;
-				IF used + cost <= req THEN
-					allowed := true;
-					IF cost > 0 THEN
-						IF m > 0 AND lg[2*m-1] >= at_ THEN
-							lg[2*m] := lg[2*m] + cost;
-						ELSE
-							lg := lg || ARRAY[at_, cost];
-							m := m + 1;
+				addc := 0;
+				IF cost < 0 THEN
+					q := -cost;
+					WHILE q > 0 AND m > 0 LOOP
+						take := least(lg[2*m], q);
+						lg[2*m] := lg[2*m] - take; used := used - take; q := q - take;
+						IF lg[2*m] = 0 THEN
+							IF m = 1 THEN lg := '{}'; ELSE lg := lg[1 : 2*m-2]; END IF;
+							m := m - 1;
 						END IF;
-						used := used + cost;
 						changed := true;
-					END IF;
-				ELSIF cost > req THEN
-					rretry := -1;
-				END IF;
-				IF rretry = 0 AND used + cost > req THEN
-					need := used + cost - req;
-					FOR j IN 1..m LOOP
-						need := need - lg[2*j];
-						IF need <= 0 THEN rretry := lg[2*j-1] + per - at_; EXIT; END IF;
 					END LOOP;
+					allowed := true;
+				ELSIF used + nd <= req THEN
+					allowed := true;
+					addc := cost;
+				ELSE
+					IF rec THEN addc := least(cost, greatest(req + maxdebt - used, 0)); END IF;
+					allowed := rep;
+				END IF;
+				IF addc > 0 THEN
+					IF m > 0 AND lg[2*m-1] >= at_ THEN
+						lg[2*m] := lg[2*m] + addc;
+					ELSE
+						lg := lg || ARRAY[at_, addc];
+						m := m + 1;
+					END IF;
+					used := used + addc;
+					changed := true;
+				END IF;
+				IF cost >= 0 THEN
+					IF nd > req THEN
+						rretry := -1;
+					ELSIF used + nd > req THEN
+						want := used + nd - req;
+						FOR j IN 1..m LOOP
+							want := want - lg[2*j];
+							IF want <= 0 THEN rretry := lg[2*j-1] + per - at_; EXIT; END IF;
+						END LOOP;
+					END IF;
 				END IF;
 				sb := used;
 				IF changed THEN sa := at_; END IF;
 				rem := greatest(req - used, 0);
+				rdebt := greatest(used - req, 0);
 				IF m > 0 THEN rreset := lg[2*m-1] + per - at_; rttl := rreset; END IF;
 
-			ELSIF alg = 0 /*halt:sliding_window_counter*/ THEN -- sliding_window_counter (D: the state's time)
+			ELSIF alg = 0 /*halt:sliding_window_counter*/ THEN -- D: the state's time
 				IF sd > now_us AND sd - now_us <= 0 /*halt:max_skew*/ THEN at_ := sd; END IF;
 				r := at_ % per; IF r < 0 THEN r := r + per; END IF;
 				cur := at_ - r;
@@ -195,16 +248,28 @@ BEGIN
 				elapsed := greatest(at_ - cur, 0);
 				w := floor(sc::float8 * (per - elapsed)::float8 / per::float8)::bigint;
 				rlim := req;
-				IF w + sb + cost <= req THEN
-					IF sb > maxcount - cost THEN sb := maxcount; ELSE sb := sb + cost; END IF;
+				IF cost < 0 THEN
+					r := greatest(sb + cost, 0);
+					IF r <> sb THEN sb := r; changed := true; END IF;
 					allowed := true;
-					IF cost > 0 THEN changed := true; END IF;
-				ELSIF cost > req THEN
-					rretry := -1;
+				ELSIF w + sb + nd <= req THEN
+					IF cost > 0 THEN
+						IF sb > maxcount - cost THEN sb := maxcount; ELSE sb := sb + cost; END IF;
+						changed := true;
+					END IF;
+					allowed := true;
+				ELSE
+					IF rec THEN
+						take := least(cost, greatest(req + maxdebt - w - sb, 0));
+						IF take > 0 THEN sb := sb + take; changed := true; END IF;
+					END IF;
+					allowed := rep;
 				END IF;
 				IF changed THEN sd := at_; END IF;
-				IF rretry = 0 AND w + sb + cost > req THEN
-					room := req - sb - cost;
+				IF cost >= 0 AND nd > req THEN
+					rretry := -1;
+				ELSIF cost >= 0 AND w + sb + nd > req THEN
+					room := req - sb - nd;
 					IF room >= 0 AND sc > 0 THEN
 						e := per - floor((room + 1)::float8 * per::float8 / sc::float8)::bigint;
 						IF e < 0 THEN e := 0; END IF;
@@ -214,7 +279,7 @@ BEGIN
 						END LOOP;
 						rretry := cur + e - at_;
 					ELSE
-						room := req - cost;
+						room := req - nd;
 						IF sb = 0 THEN
 							rretry := cur + per - at_;
 						ELSE
@@ -229,6 +294,7 @@ BEGIN
 					END IF;
 				END IF;
 				rem := greatest(req - w - sb, 0);
+				rdebt := greatest(w + sb - req, 0);
 				IF sb > 0 THEN
 					rreset := cur + 2 * per - at_;
 				ELSIF sc > 0 THEN
@@ -236,7 +302,7 @@ BEGIN
 				END IF;
 				rttl := rreset;
 
-			ELSIF alg = 0 /*halt:calendar*/ THEN -- calendar (C: the state's time, D: its window's end)
+			ELSIF alg = 0 /*halt:calendar*/ THEN -- C: the state's time, D: its window's end
 				IF sc > now_us AND sc - now_us <= 0 /*halt:max_skew*/ THEN at_ := sc; END IF;
 				IF at_ <> now_us AND sa >= we AND sd > sa THEN
 					ws := sa; we := sd; -- the state is in a later period: decide in it
@@ -251,19 +317,30 @@ BEGIN
 				END IF;
 				reset_ := greatest(we - at_, 0);
 				rlim := req; rreset := reset_; rttl := reset_;
-				IF sb + cost <= req THEN
+				IF cost < 0 THEN
+					r := greatest(sb + cost, 0);
+					IF r <> sb THEN sb := r; changed := true; END IF;
+					allowed := true;
+				ELSIF sb + nd <= req THEN
 					sb := sb + cost; allowed := true;
 					IF cost > 0 THEN changed := true; END IF;
-				ELSIF cost > req THEN
-					rretry := -1;
 				ELSE
-					rretry := reset_;
+					IF rec THEN
+						take := least(cost, greatest(req + maxdebt - sb, 0));
+						IF take > 0 THEN sb := sb + take; changed := true; END IF;
+					END IF;
+					allowed := rep;
 				END IF;
 				IF changed THEN sc := at_; sd := we; END IF;
 				rem := greatest(req - sb, 0);
-				IF allowed AND rem < cost THEN rretry := reset_; END IF;
+				rdebt := greatest(sb - req, 0);
+				IF cost >= 0 THEN
+					IF nd > req THEN rretry := -1;
+					ELSIF NOT allowed OR rem < nd THEN rretry := reset_; END IF;
+				END IF;
 
-			ELSIF alg = 0 /*halt:penalty*/ THEN -- penalty (D: the state's time, the last violation or decay)
+			ELSIF alg = 0 /*halt:penalty*/ THEN -- D: the state's time, the last violation or decay
+				IF cost < 0 THEN cost := 0; END IF; -- a penalty takes no refunds
 				IF sd > now_us AND sd - now_us <= 0 /*halt:max_skew*/ THEN at_ := sd; END IF;
 				rlim := req;
 				IF at_ >= sa AND sd <> 0 AND per > 0 AND at_ > sd THEN
@@ -329,6 +406,7 @@ BEGIN
 		res[o+1] := i - 1;
 		res[o+2] := CASE WHEN allowed THEN 1 ELSE 0 END;
 		res[o+3] := rlim; res[o+4] := rem; res[o+5] := rreset; res[o+6] := rretry; res[o+7] := rdelay; res[o+8] := rttl;
+		res[o+9] := rdebt;
 	END LOOP;
 	RETURN res;
 END

@@ -76,14 +76,25 @@ func (c *denyCache) shard(key string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, key)%cacheShards]
 }
 
-// cacheable reports whether alg can ever be answered from the cache.
-func cacheable(alg algorithms.Algorithm) bool {
-	return alg == algorithms.FixedWindow || alg == algorithms.Calendar || alg == algorithms.Penalty
+// cacheable reports whether op can ever be answered from the cache: never a report-only
+// op (it is never refused, and it is charged), and never a calendar op that may drain
+// into debt (a denial then still charges).
+func cacheable(op *backends.Op) bool {
+	if op.Limit.Report {
+		return false
+	}
+	switch op.Algorithm {
+	case algorithms.FixedWindow, algorithms.Penalty:
+		return true
+	case algorithms.Calendar:
+		return !op.Limit.Drain || op.Limit.MaxDebt == 0
+	}
+	return false
 }
 
 // answer fills op.Result from a live entry and reports whether it did.
 func (c *denyCache) answer(now int64, op *backends.Op) bool {
-	if c.n.Load() == 0 || !cacheable(op.Algorithm) {
+	if c.n.Load() == 0 || !cacheable(op) {
 		return false
 	}
 	sh := c.shard(op.Key)
@@ -134,8 +145,10 @@ func (c *denyCache) answer(now int64, op *backends.Op) bool {
 // learn records (or forgets) what the server just answered for op at now, leaving the
 // key at keyTime.
 func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
-	if !cacheable(op.Algorithm) {
-		return
+	switch op.Algorithm {
+	case algorithms.FixedWindow, algorithms.Calendar, algorithms.Penalty:
+	default:
+		return // never cached
 	}
 	r := &op.Result
 	// The time the server decided op at: the key's time after it is that time when op
@@ -143,8 +156,11 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 	at := algorithms.At(now, keyTime)
 	var e cacheEntry
 	keep := false
-	switch op.Algorithm {
-	case algorithms.FixedWindow:
+	// An op the cache never answers (a report, a drain into debt) teaches nothing and
+	// drops what the key held: it changed the key behind any entry.
+	switch alg := op.Algorithm; {
+	case !cacheable(op):
+	case alg == algorithms.FixedWindow:
 		if !r.Allowed && r.ResetAfter > 0 {
 			// The window the server counted in (it may be a newer one than now's when
 			// the clock went back); the entry answers only inside exactly that window.
@@ -152,14 +168,14 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 			e.from, e.until = end-op.Limit.Period, end
 			keep = true
 		}
-	case algorithms.Calendar:
+	case alg == algorithms.Calendar:
 		// Only when it was decided in the op's own window (not a later one it found
 		// the key in: algorithms.DecideCalendar).
 		if r.Remaining == 0 && op.Limit.WindowEnd > at && at+r.ResetAfter == op.Limit.WindowEnd {
 			e.from, e.until = minTime, op.Limit.WindowEnd
 			keep = true
 		}
-	case algorithms.Penalty:
+	case alg == algorithms.Penalty:
 		if !r.Allowed && r.ResetAfter > 0 {
 			e.from, e.until = minTime, at+r.ResetAfter
 			e.ttlEnd = now + r.TTL

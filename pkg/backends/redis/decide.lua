@@ -48,8 +48,25 @@ local function skewttl(ttl, at, now)
   return ttl + at - now
 end
 
--- Every decision returns allowed, limit, remaining, reset, retry, delay and ttl.
-local function fixed(s, now, R, P, cost)
+local mmin, mmax = math.min, math.max
+
+-- need: what a decision asks to fit (a check asks for one unit).
+local function need(cost)
+  if cost > 0 then return cost end
+  return 1
+end
+
+-- room: what a charge that does not fit may still record (algorithms.room).
+local function room(used, limit, md)
+  local r = limit + md - used
+  if r > 0 then return r end
+  return 0
+end
+
+-- Every decision returns allowed, limit, remaining, reset, retry, delay, ttl and debt.
+-- rec is true when a charge that does not fit is recorded (Limit.Drain or Report, cost
+-- > 0), rep when the op is report-only (never refused), md the debt allowed.
+local function fixed(s, now, R, P, cost, rep)
   local at = at_(now, s[3])
   local start = wstart(at, P)
   local changed = false
@@ -59,20 +76,32 @@ local function fixed(s, now, R, P, cost)
   else
     s[1] = start; s[2] = 0; changed = true
   end
-  s[2] = satadd(s[2], cost)
-  if changed or (cost > 0 and s[2] <= R) then s[3] = at end
   local reset = start + P - at
-  local ttl = skewttl(reset, at, now)
-  if s[2] <= R then
-    local retry = 0
-    if R - s[2] < cost then retry = reset end
-    return 1, R, R - s[2], reset, retry, 0, ttl
+  local nd = need(cost)
+  local allowed = false
+  if cost < 0 then
+    local b = mmax(mmin(s[2], R) + cost, 0)
+    if b ~= s[2] then s[2] = b; changed = true end
+    allowed = true
+  else
+    s[2] = satadd(s[2], cost)
+    allowed = s[2] - cost + nd <= R
+    if allowed and cost > 0 then changed = true end
+    allowed = allowed or rep
   end
-  if cost > R then return 0, R, 0, reset, -1, 0, ttl end
-  return 0, R, 0, reset, reset, 0, ttl
+  if changed then s[3] = at end
+  local rem = mmax(R - s[2], 0)
+  local retry = 0
+  if cost >= 0 then
+    if nd > R then retry = -1
+    elseif (not allowed) or rem < nd then retry = reset end
+  end
+  local al = 0
+  if allowed then al = 1 end
+  return al, R, rem, reset, retry, 0, skewttl(reset, at, now), 0
 end
 
-local function calendar(s, now, R, WS, WE, cost)
+local function calendar(s, now, R, WS, WE, cost, rec, rep, md)
   local at = at_(now, s[3])
   if at ~= now and s[1] >= WE and s[4] > s[1] then
     WS = s[1]; WE = s[4]
@@ -85,58 +114,90 @@ local function calendar(s, now, R, WS, WE, cost)
   end
   local reset = WE - at
   if reset < 0 then reset = 0 end
-  local allowed, retry = 0, 0
-  if s[2] + cost <= R then
-    s[2] = s[2] + cost; allowed = 1
+  local nd = need(cost)
+  local allowed = false
+  if cost < 0 then
+    local b = mmax(s[2] + cost, 0)
+    if b ~= s[2] then s[2] = b; changed = true end
+    allowed = true
+  elseif s[2] + nd <= R then
+    s[2] = s[2] + cost; allowed = true
     if cost > 0 then changed = true end
-  elseif cost > R then
-    retry = -1
   else
-    retry = reset
+    if rec then
+      local take = mmin(cost, room(s[2], R, md))
+      if take > 0 then s[2] = s[2] + take; changed = true end
+    end
+    allowed = rep
   end
   if changed then s[3] = at; s[4] = WE end
-  local rem = R - s[2]
-  if rem < 0 then rem = 0 end
-  if allowed == 1 and rem < cost then retry = reset end
-  return allowed, R, rem, reset, retry, 0, skewttl(reset, at, now)
+  local rem = mmax(R - s[2], 0)
+  local retry = 0
+  if cost >= 0 then
+    if nd > R then retry = -1
+    elseif (not allowed) or rem < nd then retry = reset end
+  end
+  local al = 0
+  if allowed then al = 1 end
+  return al, R, rem, reset, retry, 0, skewttl(reset, at, now), mmax(s[2] - R, 0)
 end
 
-local function gcra(s, now, R, P, burst, maxdelay, cost, shape)
+local function gcra(s, now, R, P, burst, maxdelay, cost, shape, rec, rep, md)
   local cap = R
   if burst > 0 then cap = burst end
   if R <= 0 or cap <= 0 then
-    if cost == 0 then return 1, cap, 0, 0, -1, 0, 0 end
-    return 0, cap, 0, 0, -1, 0, 0
+    if cost < 0 or rep then return 1, cap, 0, 0, -1, 0, 0, 0 end
+    return 0, cap, 0, 0, -1, 0, 0, 0
   end
   local at = at_(now, s[2])
   local t = ceildiv(P, R)
   local tau = cap * t
+  local most = tau + md * t
   local tat = s[1]
   if tat < at then tat = at end
   local backlog = tat - at
-  if backlog > tau then backlog = tau end
-  if cost > cap then
-    return 0, cap, floor((tau - backlog) / t), backlog, -1, 0, skewttl(backlog, at, now)
+  if backlog > most then backlog = most end
+  if cost < 0 then
+    local left = 0
+    if -cost < ceildiv(backlog, t) then left = backlog + cost * t end
+    if left ~= backlog then s[1] = at + left; s[2] = at end
+    return 1, cap, floor(mmax(tau - left, 0) / t), left, 0, 0, skewttl(left, at, now), ceildiv(left - tau, t)
   end
-  local nxt = backlog + cost * t
-  local waitok = (not shape) or maxdelay <= 0 or backlog <= maxdelay
-  if nxt <= tau and waitok then
+  local nd = need(cost)
+  local shaping = shape and maxdelay > 0 and not rep
+  local waitok = (not shaping) or backlog <= maxdelay
+  if nd <= cap and backlog + nd * t <= tau and waitok then
+    local nxt = backlog + cost * t
     if cost > 0 then s[1] = at + nxt; s[2] = at end
     local delay = 0
-    if shape and maxdelay > 0 then delay = backlog end
+    if shaping then delay = backlog end
     local retry = 0
-    local again = nxt + cost * t
+    local again = nxt + nd * t
     if again > tau then retry = again - tau end
-    if shape and maxdelay > 0 and nxt - maxdelay > retry then retry = nxt - maxdelay end
-    return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, skewttl(nxt, at, now)
+    if shaping and nxt - maxdelay > retry then retry = nxt - maxdelay end
+    return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, skewttl(nxt, at, now), 0
   end
-  local retry = nxt - tau
-  if (not waitok) and backlog - maxdelay > retry then retry = backlog - maxdelay end
-  return 0, cap, floor((tau - backlog) / t), backlog, retry, 0, skewttl(backlog, at, now)
+  if rec then
+    local q = mmin(cost, cap + md + 1)
+    local nxt = mmin(backlog + q * t, most)
+    if nxt > backlog then
+      s[1] = at + nxt; s[2] = at
+      backlog = nxt
+    end
+  end
+  local al = 0
+  if rep then al = 1 end
+  local rem = floor(mmax(tau - backlog, 0) / t)
+  local debt = ceildiv(backlog - tau, t)
+  local ttl = skewttl(backlog, at, now)
+  if nd > cap then return al, cap, rem, backlog, -1, 0, ttl, debt end
+  local retry = backlog + nd * t - tau
+  if shaping and backlog - maxdelay > retry then retry = backlog - maxdelay end
+  return al, cap, rem, backlog, retry, 0, ttl, debt
 end
 
 -- lg = {at = {...}, c = {...}, n = count, dirty = bool}; s[1] is the state's time.
-local function sliding(s, lg, now, R, P, cost)
+local function sliding(s, lg, now, R, P, cost, rec, rep, md)
   local t = at_(now, s[1])
   local cut = t - P
   local at, c, n = lg.at, lg.c, lg.n
@@ -151,44 +212,60 @@ local function sliding(s, lg, now, R, P, cost)
       at[i] = nil; c[i] = nil
     end
     n = n - drop
-    lg.dirty = true
   end
   local used = 0
   for i = 1, n do used = used + c[i] end
-  local allowed, retry = 0, 0
-  if used + cost <= R then
-    allowed = 1
-    if cost > 0 then
-      if n > 0 and at[n] >= t then
-        c[n] = c[n] + cost
-      else
-        n = n + 1; at[n] = t; c[n] = cost
-      end
-      used = used + cost
-      lg.dirty = true
+  local nd = need(cost)
+  local allowed = false
+  local add = 0
+  if cost < 0 then
+    local q = -cost
+    while q > 0 and n > 0 do
+      local take = mmin(c[n], q)
+      c[n] = c[n] - take; used = used - take; q = q - take
+      if c[n] == 0 then at[n] = nil; c[n] = nil; n = n - 1 end
       changed = true
     end
-  elseif cost > R then
-    retry = -1
+    allowed = true
+  elseif used + nd <= R then
+    allowed = true
+    add = cost
+  else
+    if rec then add = mmin(cost, room(used, R, md)) end
+    allowed = rep
   end
-  if retry == 0 and used + cost > R then
-    local need = used + cost - R
-    for i = 1, n do
-      need = need - c[i]
-      if need <= 0 then
-        retry = at[i] + P - t
-        break
+  if add > 0 then
+    if n > 0 and at[n] >= t then
+      c[n] = c[n] + add
+    else
+      n = n + 1; at[n] = t; c[n] = add
+    end
+    used = used + add
+    changed = true
+  end
+  local retry = 0
+  if cost >= 0 then
+    if nd > R then
+      retry = -1
+    elseif used + nd > R then
+      local want = used + nd - R
+      for i = 1, n do
+        want = want - c[i]
+        if want <= 0 then
+          retry = at[i] + P - t
+          break
+        end
       end
     end
   end
   lg.n = n
+  if changed then lg.dirty = true; s[1] = t end
   s[2] = used
-  if changed then s[1] = t end
-  local rem = R - used
-  if rem < 0 then rem = 0 end
   local reset = 0
   if n > 0 then reset = at[n] + P - t end
-  return allowed, R, rem, reset, retry, 0, skewttl(reset, t, now)
+  local al = 0
+  if allowed then al = 1 end
+  return al, R, mmax(R - used, 0), reset, retry, 0, skewttl(reset, t, now), mmax(used - R, 0)
 end
 
 local function swcretry(s, now, cur, p, limit, cost)
@@ -213,7 +290,7 @@ local function swcretry(s, now, cur, p, limit, cost)
   return cur + p + e - now
 end
 
-local function swc(s, now, R, P, cost)
+local function swc(s, now, R, P, cost, rec, rep, md)
   local at = at_(now, s[4])
   local cur = wstart(at, P)
   local changed = false
@@ -228,29 +305,44 @@ local function swc(s, now, R, P, cost)
   local el = at - cur
   if el < 0 then el = 0 end
   local w = floor(s[3] * (P - el) / P)
-  local allowed, retry = 0, 0
-  if w + s[2] + cost <= R then
-    s[2] = satadd(s[2], cost); allowed = 1
-    if cost > 0 then changed = true end
-  elseif cost > R then
-    retry = -1
+  local nd = need(cost)
+  local allowed = false
+  if cost < 0 then
+    local b = mmax(s[2] + cost, 0)
+    if b ~= s[2] then s[2] = b; changed = true end
+    allowed = true
+  elseif w + s[2] + nd <= R then
+    if cost > 0 then s[2] = satadd(s[2], cost); changed = true end
+    allowed = true
+  else
+    if rec then
+      local take = mmin(cost, room(w + s[2], R, md))
+      if take > 0 then s[2] = s[2] + take; changed = true end
+    end
+    allowed = rep
   end
   if changed then s[4] = at end
-  if retry == 0 and w + s[2] + cost > R then
-    retry = swcretry(s, at, cur, P, R, cost)
+  local retry = 0
+  if cost >= 0 then
+    if nd > R then
+      retry = -1
+    elseif w + s[2] + nd > R then
+      retry = swcretry(s, at, cur, P, R, nd)
+    end
   end
-  local rem = R - w - s[2]
-  if rem < 0 then rem = 0 end
   local reset = 0
   if s[2] > 0 then
     reset = cur + 2 * P - at
   elseif s[3] > 0 then
     reset = cur + P - at
   end
-  return allowed, R, rem, reset, retry, 0, skewttl(reset, at, now)
+  local al = 0
+  if allowed then al = 1 end
+  return al, R, mmax(R - w - s[2], 0), reset, retry, 0, skewttl(reset, at, now), mmax(w + s[2] - R, 0)
 end
 
 local function penalty(s, now, R, P, steps, ladder, cost)
+  if cost < 0 then cost = 0 end
   local at = at_(now, s[4])
   if at >= s[1] and s[4] ~= 0 and P > 0 and at > s[4] then
     local from = s[4]
@@ -287,7 +379,7 @@ local function penalty(s, now, R, P, steps, ladder, cost)
     if ttl < 0 then ttl = 0 end
     ttl = skewttl(ttl, at, now)
   end
-  return allowed, R, rem, reset, retry, 0, ttl
+  return allowed, R, rem, reset, retry, 0, ttl, 0
 end
 
 local usetime = ARGV[2] == '1'
@@ -311,9 +403,12 @@ end
 
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local now, alg, cost, R
-  now, alg, cost, R, pos = unpack('<dddd', spec, pos)
+  local now, alg, cost, R, mode, md
+  now, alg, cost, R, mode, md, pos = unpack('<dddddd', spec, pos)
   if usetime then now = tnow end
+  -- mode: 1 = Limit.Drain, 2 = Limit.Report (bits); md = Limit.MaxDebt.
+  local rep = mode >= 2
+  local rec = cost > 0 and mode > 0
   local P, burst, maxdelay, ws, we, steps, ladder = 0, 0, 0, 0, 0, 0, nil
   if alg == TOKEN_BUCKET or alg == LEAKY_BUCKET then
     P, burst, maxdelay, pos = unpack('<ddd', spec, pos)
@@ -369,26 +464,26 @@ for i = 1, #KEYS do
   end
 
   if s == nil then
-    out[i] = pack('<dddddddd', code, 0, 0, 0, 0, 0, 0, 0)
+    out[i] = pack('<ddddddddd', code, 0, 0, 0, 0, 0, 0, 0, 0)
   else
     local o1, o2, o3, o4 = s[1], s[2], s[3], s[4]
-    local al, lim, rem, reset, retry, delay, ttl
+    local al, lim, rem, reset, retry, delay, ttl, debt
     if alg == FIXED_WINDOW then
-      al, lim, rem, reset, retry, delay, ttl = fixed(s, now, R, P, cost)
+      al, lim, rem, reset, retry, delay, ttl, debt = fixed(s, now, R, P, cost, rep)
     elseif alg == TOKEN_BUCKET then
-      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, false)
+      al, lim, rem, reset, retry, delay, ttl, debt = gcra(s, now, R, P, burst, maxdelay, cost, false, rec, rep, md)
     elseif alg == SLIDING_WINDOW then
-      al, lim, rem, reset, retry, delay, ttl = sliding(s, lg, now, R, P, cost)
+      al, lim, rem, reset, retry, delay, ttl, debt = sliding(s, lg, now, R, P, cost, rec, rep, md)
     elseif alg == SLIDING_WINDOW_COUNTER then
-      al, lim, rem, reset, retry, delay, ttl = swc(s, now, R, P, cost)
+      al, lim, rem, reset, retry, delay, ttl, debt = swc(s, now, R, P, cost, rec, rep, md)
     elseif alg == LEAKY_BUCKET then
-      al, lim, rem, reset, retry, delay, ttl = gcra(s, now, R, P, burst, maxdelay, cost, true)
+      al, lim, rem, reset, retry, delay, ttl, debt = gcra(s, now, R, P, burst, maxdelay, cost, true, rec, rep, md)
     elseif alg == CALENDAR then
-      al, lim, rem, reset, retry, delay, ttl = calendar(s, now, R, ws, we, cost)
+      al, lim, rem, reset, retry, delay, ttl, debt = calendar(s, now, R, ws, we, cost, rec, rep, md)
     elseif alg == PENALTY then
-      al, lim, rem, reset, retry, delay, ttl = penalty(s, now, R, P, steps, ladder, cost)
+      al, lim, rem, reset, retry, delay, ttl, debt = penalty(s, now, R, P, steps, ladder, cost)
     else
-      al, lim, rem, reset, retry, delay, ttl = 0, 0, 0, 0, -1, 0, 0
+      al, lim, rem, reset, retry, delay, ttl, debt = 0, 0, 0, 0, -1, 0, 0, 0
     end
     -- The key's time after the op (algorithms.StateTime), for the local deny cache.
     local kt = 0
@@ -397,7 +492,7 @@ for i = 1, #KEYS do
     elseif alg == SLIDING_WINDOW then kt = s[1]
     elseif alg == SLIDING_WINDOW_COUNTER or alg == PENALTY then kt = s[4]
     end
-    out[i] = pack('<dddddddd', al, lim, rem, reset, retry, delay, ttl, kt)
+    out[i] = pack('<ddddddddd', al, lim, rem, reset, retry, delay, ttl, debt, kt)
 
     local dirty = s[1] ~= o1 or s[2] ~= o2 or s[3] ~= o3 or s[4] ~= o4
     if lg and lg.dirty then

@@ -523,7 +523,7 @@ func (s *Store) newCall(ctx context.Context, deadline time.Time, now int64, ops 
 	c := &call{keys: make([]string, len(ops)), ops: ops, ctx: ctx, deadline: deadline, done: make(chan struct{}, 1)}
 	// A Builder hands over its buffer as the string: one allocation, no copy.
 	var sb strings.Builder
-	sb.Grow(72 * len(ops))
+	sb.Grow(88 * len(ops))
 	var tmp [128]byte
 	for i, op := range ops {
 		c.keys[i] = s.prefix + op.Key

@@ -22,16 +22,17 @@ import (
 // and sit in Redis as little-endian float64 (Redis's struct library packs and unpacks
 // them without any decimal conversion, which is both exact and the cheapest to parse).
 //
-// ARGV[1] holds every op's inputs: now, algorithm, cost, requests, then the limit fields
-// the algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
+// ARGV[1] holds every op's inputs: now, algorithm, cost (negative: a refund), requests,
+// mode (1 = Limit.Drain, 2 = Limit.Report, added), max_debt, then the limit fields the
+// algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
 //
 // A key holds one string: "h2" then A, B, C, D (34 bytes), plus, for the sliding log,
 // the entry count n and n (at, cost) pairs. Anything else at the key (another type, or a
 // string of another shape, length or with non-integer numbers) is reported as corrupt
 // for that op and left alone.
 //
-// The reply is eight float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
-// state), limit, remaining, reset_after, retry_after, delay, ttl, and the key's time after
+// The reply is nine float64 per op: allowed (0/1, or 2 = wrong type, 3 = not halt
+// state), limit, remaining, reset_after, retry_after, delay, ttl, debt, and the key's time after
 // the op (algorithms.StateTime), which the local deny cache needs to decide as the server
 // would an op older than it (algorithms.At).
 //
@@ -51,14 +52,20 @@ func decideScript() (string, error) {
 // each as a little-endian float64 (exact: every value is an integer below 2^53).
 func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	l := &op.Limit
-	cost := op.Cost
-	if cost < 0 {
-		cost = 0
+	cost := max(op.Cost, -algorithms.MaxCount)
+	var mode int64
+	if l.Drain {
+		mode |= 1
+	}
+	if l.Report {
+		mode |= 2
 	}
 	b = appendNum(b, now)
 	b = appendNum(b, int64(op.Algorithm))
 	b = appendNum(b, cost)
 	b = appendNum(b, l.Requests)
+	b = appendNum(b, mode)
+	b = appendNum(b, l.MaxDebt)
 	switch op.Algorithm {
 	case algorithms.TokenBucket, algorithms.LeakyBucket:
 		b = appendNum(b, l.Period)
@@ -84,7 +91,7 @@ func appendNum(b []byte, v int64) []byte {
 }
 
 // replyFields is the number of reply fields per op; each is a little-endian float64.
-const replyFields = 8
+const replyFields = 9
 
 // replyBytes is the size of one op's reply.
 const replyBytes = 8 * replyFields
@@ -110,10 +117,10 @@ func parseReply(reply string, keys []string, ops []*backends.Op, learn func(op *
 			op.Err = nil
 			op.Result = algorithms.Result{
 				Allowed: f[0] == 1, Limit: f[1], Remaining: f[2], ResetAfter: f[3],
-				RetryAfter: f[4], Delay: f[5], TTL: f[6],
+				RetryAfter: f[4], Delay: f[5], TTL: f[6], Debt: f[7],
 			}
 			if learn != nil {
-				learn(op, f[7])
+				learn(op, f[8])
 			}
 		case 2:
 			op.Err = fmt.Errorf("redis apply: key %q holds a value of another Redis type, not halt state: %w", keys[i], backends.ErrCorrupt)
