@@ -36,6 +36,14 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 1000}
 `
 
+// chk is a budget's request-time check: 0 hits, refused when 1 would be (Envoy's check,
+// the RateLimitService sets NeedsUnit for 0 hits).
+func chk(kv ...string) engine.Descriptor {
+	x := d(0, kv...)
+	x.NeedsUnit = true
+	return x
+}
+
 func refund(hits uint64, kv ...string) engine.Descriptor {
 	x := d(hits, kv...)
 	x.Refund = true
@@ -53,7 +61,7 @@ func TestTokenBudgetThroughEngine(t *testing.T) {
 	f := newFixture(t, chargesConfig)
 	// The request-time check, then the response's 800 tokens, then a response of 500
 	// with 200 left: drained to zero and answered over limit.
-	if dec := f.one(t, d(0, "tokens", "u")); dec.Code != engine.CodeOK || dec.Result.Remaining != 1000 {
+	if dec := f.one(t, chk("tokens", "u")); dec.Code != engine.CodeOK || dec.Result.Remaining != 1000 {
 		t.Fatalf("first check: %+v", dec)
 	}
 	if dec := f.one(t, d(800, "tokens", "u")); dec.Code != engine.CodeOK || dec.Result.Remaining != 200 {
@@ -63,7 +71,7 @@ func TestTokenBudgetThroughEngine(t *testing.T) {
 		t.Fatalf("charge 500 with 200 left: %+v, want drained and over limit", dec)
 	}
 	// The next check is refused until a token is back (60 ms at 1000 a minute).
-	dec := f.one(t, d(0, "tokens", "u"))
+	dec := f.one(t, chk("tokens", "u"))
 	if dec.Code != engine.CodeOverLimit || dec.Result.Wait() != 60_000 {
 		t.Fatalf("check at zero: %+v, want refused for 60 ms", dec)
 	}
@@ -84,7 +92,7 @@ func TestDebtAndRefuse(t *testing.T) {
 		t.Fatalf("overrun of 800 with max_debt 500: %+v", dec)
 	}
 	// A check passes once the debt and one token have refilled: 501 tokens, 30.06 s.
-	owed := f.one(t, d(0, "owed", "u"))
+	owed := f.one(t, chk("owed", "u"))
 	if w := owed.Result.Wait(); w != int64(30*time.Second/time.Microsecond)+60_000 {
 		t.Fatalf("wait %d, want the debt and one token: 30.06 s", w)
 	}
@@ -102,7 +110,7 @@ func TestReportOnly(t *testing.T) {
 			t.Fatalf("report %d refused: %+v", i, dec)
 		}
 	}
-	if dec := f.one(t, d(0, "metered", "u")); dec.Code != engine.CodeOverLimit {
+	if dec := f.one(t, chk("metered", "u")); dec.Code != engine.CodeOverLimit {
 		t.Fatalf("check after 18 of 10 reported: %+v, want refused", dec)
 	}
 	// The reserved entry makes any call report-only, and names no counter: it charges
@@ -111,7 +119,7 @@ func TestReportOnly(t *testing.T) {
 	if dec := f.one(t, x); dec.Code != engine.CodeOK || dec.Result.Remaining != 0 {
 		t.Fatalf("halt_charge: report of 2000: %+v", dec)
 	}
-	if dec := f.one(t, d(0, "tokens", "v")); dec.Code != engine.CodeOverLimit {
+	if dec := f.one(t, chk("tokens", "v")); dec.Code != engine.CodeOverLimit {
 		t.Fatalf("check after the report: %+v, want refused (same counter)", dec)
 	}
 	// An unknown value is a plain charge, logged.

@@ -175,6 +175,11 @@ type Descriptor struct {
 	// max_debt), never refused. The reserved entry halt_charge: report sets it; a rule's
 	// report_only does the same for every call with Hits above 0.
 	Report bool
+	// NeedsUnit makes a call of 0 hits (a check) refused when one of 1 hit would be:
+	// Envoy's request-time check of a budget charged after the response
+	// (algorithms.Limit.NeedsUnit). Without it a check fits unless the key is in debt
+	// (the Go library's look, x/time/rate's AllowN with n = 0).
+	NeedsUnit bool
 	// IdempotencyKey, with the rule's idempotency_ttl, makes the call decided once per
 	// key: a repeat gets the first decision and is not charged again. The reserved
 	// entry halt_idempotency_key sets it; ext_authz takes the Idempotency-Key header.
@@ -205,6 +210,7 @@ func chargeParams(p algorithms.Limit, rule *config.Rule, d *Descriptor) algorith
 		p.Drain = true // Envoy's limit override: fixed_window, which counts whole anyway
 	}
 	p.Report = d.reported(rule)
+	p.NeedsUnit = d.NeedsUnit
 	return p
 }
 

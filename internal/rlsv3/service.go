@@ -103,7 +103,10 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 		for _, en := range d.GetEntries() {
 			sc.entries = append(sc.entries, config.Entry{Key: en.GetKey(), Value: en.GetValue()})
 		}
-		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: hitsFor(req, d), Refund: d.GetIsNegativeHits()}
+		hits := hitsFor(req, d)
+		// A call of 0 hits is Envoy's check before the request: refused when a request of
+		// 1 hit would be, so a budget at zero refuses the next request.
+		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: hits, Refund: d.GetIsNegativeHits(), NeedsUnit: hits == 0}
 		if o := d.GetLimit(); o != nil {
 			sc.descs[i].Override = &engine.Override{
 				RequestsPerUnit: o.GetRequestsPerUnit(),

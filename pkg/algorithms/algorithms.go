@@ -184,6 +184,11 @@ type Limit struct {
 	// Report marks a report-only call (set per call, not per rule): a cost known after
 	// the fact, charged whether it fits or not (as Drain charges it) and never refused.
 	Report bool
+	// NeedsUnit makes a check (cost 0, set per call) ask whether a request of cost 1
+	// would pass, instead of whether nothing fits (which it always does outside debt):
+	// the request-time check of a budget whose cost is charged after the response must
+	// refuse the next request once the budget is at zero.
+	NeedsUnit bool
 }
 
 // Capacity returns the effective bucket size.
@@ -402,9 +407,10 @@ func (r *Result) Wait() int64 {
 // A positive cost charges; a charge that does not fit is refused and takes nothing,
 // except that fixed_window counts it anyway, l.Drain takes what is left (and up to
 // l.MaxDebt beyond), and l.Report charges as Drain does and is never refused. A cost of 0
-// checks: it takes nothing and is refused when a request of cost 1 would be (a budget at
-// zero refuses its check). A negative cost refunds -cost: it gives back budget (never
-// above the limit or burst) and is never refused; penalties take no refunds.
+// checks: it takes nothing, and fits unless the key is in debt; with l.NeedsUnit it is
+// refused when a request of cost 1 would be (a budget at zero refuses its check). A
+// negative cost refunds -cost: it gives back budget (never above the limit or burst) and
+// is never refused; penalties take no refunds.
 func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {
 	if cost < -MaxCount {
 		cost = -MaxCount
@@ -452,13 +458,16 @@ func satAdd(a, b int64) int64 {
 	return a + b
 }
 
-// need is what a decision asks to fit for a charge of cost: the cost, or one unit for a
-// check, so that a check is refused exactly when a request of cost 1 would be.
-func need(cost int64) int64 {
-	if cost > 0 {
+// need is what a decision asks to fit for a charge of cost: the cost; for a check,
+// nothing, or one unit with NeedsUnit (refused exactly when a request of cost 1 would be).
+func (l *Limit) need(cost int64) int64 {
+	switch {
+	case cost > 0:
 		return cost
+	case l.NeedsUnit:
+		return 1
 	}
-	return 1
+	return 0
 }
 
 // records reports whether a charge of cost that does not fit is recorded anyway.
@@ -497,7 +506,7 @@ func DecideFixedWindow(s *State, now int64, l *Limit, cost int64) Result {
 	}
 	reset := start + l.Period - at
 	r := Result{Limit: l.Requests, ResetAfter: reset}
-	nd := need(cost)
+	nd := l.need(cost)
 	switch {
 	case cost < 0:
 		if b := max(min(s.B, l.Requests)+cost, 0); b != s.B {
@@ -552,7 +561,7 @@ func DecideCalendar(s *State, now int64, l *Limit, cost int64) Result {
 		reset = 0
 	}
 	r := Result{Limit: l.Requests, ResetAfter: reset, TTL: skewTTL(reset, at, now)}
-	nd := need(cost)
+	nd := l.need(cost)
 	switch {
 	case cost < 0:
 		if b := max(s.B+cost, 0); b != s.B {
@@ -641,7 +650,7 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 		r.Debt = ceilDiv(left-tau, t)
 		return r
 	}
-	nd := need(cost)
+	nd := l.need(cost)
 	shaping := shape && l.MaxDelay > 0 && !l.Report
 	waitOK := !shaping || backlog <= l.MaxDelay
 	if nd <= capacity && backlog+nd*t <= tau && waitOK {
@@ -666,11 +675,12 @@ func gcra(s *State, now int64, l *Limit, cost int64, shape bool) Result {
 		return r
 	}
 	if l.records(cost) {
-		// Record what does not fit: the water rises by the cost, up to the debt bound.
-		q := min(cost, capacity+l.MaxDebt+1) // no product beyond most
-		if next := min(backlog+q*t, most); next > backlog {
-			s.A, s.B = at+next, at
-			backlog = next
+		// Record what does not fit: the whole units that still fit under the debt bound
+		// (a part of a unit refilled is not taken, so a refused request of cost 1 at
+		// zero leaves the refill alone).
+		if take := min(cost, (most-backlog)/t); take > 0 {
+			backlog += take * t
+			s.A, s.B = at+backlog, at
 		}
 	}
 	r.Allowed = l.Report
@@ -716,7 +726,7 @@ func DecideSlidingWindow(s *State, now int64, l *Limit, cost int64) Result {
 		}
 	}
 	r := Result{Limit: l.Requests}
-	nd := need(cost)
+	nd := l.need(cost)
 	add := int64(0) // the cost this op puts in the log
 	switch {
 	case cost < 0:
@@ -810,7 +820,7 @@ func DecideSlidingWindowCounter(s *State, now int64, l *Limit, cost int64) Resul
 	weighted := math.Floor(float64(s.C) * float64(p-elapsed) / float64(p))
 	w := int64(weighted)
 	r := Result{Limit: l.Requests}
-	nd := need(cost)
+	nd := l.need(cost)
 	switch {
 	case cost < 0:
 		if b := max(s.B+cost, 0); b != s.B {

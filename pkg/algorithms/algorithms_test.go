@@ -63,8 +63,7 @@ func TestFixedWindowSaturates(t *testing.T) {
 
 func TestFixedWindowZeroLimit(t *testing.T) {
 	run(t, FixedWindow, Limit{Requests: 0, Period: sec}, []step{
-		// A check asks whether a request of cost 1 would pass: never, against 0.
-		{0, 0, Result{Limit: 0, ResetAfter: sec, RetryAfter: -1}},
+		{0, 0, Result{Allowed: true, Limit: 0, ResetAfter: sec}},
 		{0, 1, Result{Limit: 0, ResetAfter: sec, RetryAfter: -1}},
 	})
 }

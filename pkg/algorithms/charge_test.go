@@ -77,8 +77,8 @@ func TestRefunds(t *testing.T) {
 }
 
 // TestDrain: a charge reported after the fact that does not fit takes what is left (and
-// the debt the rule allows), is answered refused, and the next requests wait until the
-// key is back above zero.
+// the debt the rule allows), is answered refused, and the next requests' checks (cost 0,
+// NeedsUnit: the request-time check of a budget) wait until the key is back above zero.
 func TestDrain(t *testing.T) {
 	day := 24 * 3600 * sec
 	cases := []struct {
@@ -87,7 +87,7 @@ func TestDrain(t *testing.T) {
 		steps []step
 	}{
 		// 1000 tokens a minute: 800 are used, then a response of 500 is reported.
-		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec, Drain: true}, []step{
+		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec, Drain: true, NeedsUnit: true}, []step{
 			{0, 800, Result{Allowed: true, Limit: 1000, Remaining: 200, ResetAfter: 48 * sec, RetryAfter: 36 * sec}},
 			{0, 500, Result{Limit: 1000, ResetAfter: 60 * sec, RetryAfter: 30 * sec}},
 			// The check at request time (hits 0) is refused until a token is back.
@@ -95,24 +95,24 @@ func TestDrain(t *testing.T) {
 			{60 * ms, 0, Result{Allowed: true, Limit: 1000, Remaining: 1, ResetAfter: 60*sec - 60*ms}},
 		}},
 		// The same with a debt of up to 300 tokens: the overrun (300) is owed.
-		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec, Drain: true, MaxDebt: 300}, []step{
+		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec, Drain: true, MaxDebt: 300, NeedsUnit: true}, []step{
 			{0, 800, Result{Allowed: true, Limit: 1000, Remaining: 200, ResetAfter: 48 * sec, RetryAfter: 36 * sec}},
 			{0, 500, Result{Limit: 1000, ResetAfter: 78 * sec, RetryAfter: 48 * sec, Debt: 300}},
 			{0, 0, Result{Limit: 1000, ResetAfter: 78 * sec, RetryAfter: 18*sec + 60*ms, Debt: 300}},
 			{18*sec + 60*ms, 0, Result{Allowed: true, Limit: 1000, Remaining: 1, ResetAfter: 60*sec - 60*ms}},
 		}},
 		// A debt bound smaller than the overrun caps it.
-		{LeakyBucket, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 2}, []step{
+		{LeakyBucket, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 2, NeedsUnit: true}, []step{
 			{0, 9, Result{Allowed: true, Limit: 10, Remaining: 1, ResetAfter: 900 * ms, RetryAfter: 800 * ms}},
 			{0, 50, Result{Limit: 10, ResetAfter: 1200 * ms, RetryAfter: -1, Debt: 2}},
 		}},
 		// Refuse (the default of the algorithm): the charge takes nothing.
-		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec}, []step{
+		{TokenBucket, Limit{Requests: 1000, Period: 60 * sec, NeedsUnit: true}, []step{
 			{0, 800, Result{Allowed: true, Limit: 1000, Remaining: 200, ResetAfter: 48 * sec, RetryAfter: 36 * sec}},
 			{0, 500, Result{Limit: 1000, Remaining: 200, ResetAfter: 48 * sec, RetryAfter: 18 * sec}},
 		}},
 		// Sliding log: the drained entry leaves the window a period later.
-		{SlidingWindow, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 5}, []step{
+		{SlidingWindow, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 5, NeedsUnit: true}, []step{
 			{0, 8, Result{Allowed: true, Limit: 10, Remaining: 2, ResetAfter: sec, RetryAfter: sec}},
 			{100 * ms, 20, Result{Limit: 10, ResetAfter: sec, RetryAfter: -1, Debt: 5}},
 			// 15 held: one more fits once the 8 of +0 have left, at +1 s.
@@ -120,21 +120,21 @@ func TestDrain(t *testing.T) {
 			{1100 * ms, 1, Result{Allowed: true, Limit: 10, Remaining: 9, ResetAfter: sec}},
 		}},
 		// Sliding window counter: the debt decays with the windows.
-		{SlidingWindowCounter, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 10}, []step{
+		{SlidingWindowCounter, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 10, NeedsUnit: true}, []step{
 			{0, 30, Result{Limit: 10, ResetAfter: 2 * sec, RetryAfter: -1, Debt: 10}},
 			// Half a window later the 20 weigh 10: the limit, no debt left, and one more
 			// unit fits a microsecond after the weight drops to 9.
 			{1500 * ms, 0, Result{Limit: 10, ResetAfter: 500 * ms, RetryAfter: 1}},
 		}},
 		// Calendar: the debt lasts until the period ends.
-		{Calendar, Limit{Requests: 100, WindowStart: t0, WindowEnd: t0 + day, Drain: true, MaxDebt: 50}, []step{
+		{Calendar, Limit{Requests: 100, WindowStart: t0, WindowEnd: t0 + day, Drain: true, MaxDebt: 50, NeedsUnit: true}, []step{
 			{0, 90, Result{Allowed: true, Limit: 100, Remaining: 10, ResetAfter: day, RetryAfter: day}},
 			{0, 90, Result{Limit: 100, ResetAfter: day, RetryAfter: day, Debt: 50}},
 			{0, -30, Result{Allowed: true, Limit: 100, ResetAfter: day, Debt: 20}},
 			{0, 0, Result{Limit: 100, ResetAfter: day, RetryAfter: day, Debt: 20}},
 		}},
 		// Fixed window: counted whole whatever the rule says, forgiven at the window's end.
-		{FixedWindow, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 3}, []step{
+		{FixedWindow, Limit{Requests: 10, Period: sec, Drain: true, MaxDebt: 3, NeedsUnit: true}, []step{
 			{0, 8, Result{Allowed: true, Limit: 10, Remaining: 2, ResetAfter: sec, RetryAfter: sec}},
 			{0, 50, Result{Limit: 10, ResetAfter: sec, RetryAfter: -1}},
 			{0, 0, Result{Limit: 10, ResetAfter: sec, RetryAfter: sec}},
@@ -150,7 +150,7 @@ func TestDrain(t *testing.T) {
 // shaping bucket does not hold it.
 func TestReport(t *testing.T) {
 	report := func(l Limit) Limit { l.Report = true; return l }
-	run(t, TokenBucket, report(Limit{Requests: 10, Period: sec, MaxDebt: 4}), []step{
+	run(t, TokenBucket, report(Limit{Requests: 10, Period: sec, MaxDebt: 4, NeedsUnit: true}), []step{
 		{0, 7, Result{Allowed: true, Limit: 10, Remaining: 3, ResetAfter: 700 * ms, RetryAfter: 400 * ms}},
 		{0, 12, Result{Allowed: true, Limit: 10, ResetAfter: 1400 * ms, RetryAfter: -1, Debt: 4}},
 		{0, 0, Result{Allowed: true, Limit: 10, ResetAfter: 1400 * ms, RetryAfter: 500 * ms, Debt: 4}},
@@ -177,9 +177,9 @@ func TestChargeBounds(t *testing.T) {
 		if c.a == Penalty {
 			continue
 		}
-		for _, mode := range []Limit{{}, {Drain: true}, {Drain: true, MaxDebt: 7}, {Report: true, MaxDebt: 3}} {
+		for _, mode := range []Limit{{}, {Drain: true}, {Drain: true, MaxDebt: 7, NeedsUnit: true}, {Report: true, MaxDebt: 3}} {
 			l := c.l
-			l.Drain, l.MaxDebt, l.Report = mode.Drain, mode.MaxDebt, mode.Report
+			l.Drain, l.MaxDebt, l.Report, l.NeedsUnit = mode.Drain, mode.MaxDebt, mode.Report, mode.NeedsUnit
 			if err := l.Validate(c.a); err != nil {
 				t.Fatal(err)
 			}

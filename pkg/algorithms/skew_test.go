@@ -59,7 +59,7 @@ func TestOlderOpDecidedAtStateTime(t *testing.T) {
 			now := t0 + rng.Int64N(sec)
 			l := c.l
 			if round%2 == 1 && c.a != Penalty {
-				l.Drain, l.MaxDebt = true, rng.Int64N(4)
+				l.Drain, l.MaxDebt, l.NeedsUnit = true, rng.Int64N(4), rng.IntN(2) == 0
 			}
 			for step := 0; step < 1+rng.IntN(12); step++ {
 				now += rng.Int64N(300 * ms)

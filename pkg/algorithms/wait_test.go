@@ -31,6 +31,7 @@ func TestRetryAfterIsNextSuccess(t *testing.T) {
 		if round%2 == 1 {
 			l.Drain = true
 			l.MaxDebt = rng.Int64N(6)
+			l.NeedsUnit = rng.IntN(2) == 0
 		}
 		var s State
 		now := t0

@@ -102,6 +102,9 @@ func NewLimiter(store backends.Store, p Policy, opts ...Option) (*Limiter, error
 		return nil, err
 	}
 	l.rule, _ = set.Match(l.domain, []config.Entry{{Key: "key", Value: "k"}})
+	// A Limiter keeps x/time/rate's promise: a refused request takes nothing (a rule's
+	// default, over_charge: drain, is for costs known after the response).
+	l.rule.Charges.OverCharge = config.OverRefuse
 	if l.eng, err = newEngine(store, func() *config.Set { return set }, &o); err != nil {
 		return nil, err
 	}

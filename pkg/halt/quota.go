@@ -128,6 +128,8 @@ func (m *QuotaManager) rule(q Quota, nowUS int64) (*config.Rule, error) {
 		return nil, err
 	}
 	r, _ = set.Match(m.domain, []config.Entry{{Key: "key", Value: "k"}})
+	// A refused request is not counted (Check): not drained either.
+	r.Charges.OverCharge = config.OverRefuse
 	m.mu.Lock()
 	if len(m.rules) < maxQuotaRules {
 		m.rules[q] = r

@@ -271,11 +271,13 @@ descriptors:
 }
 
 func TestHeaderDescriptorAndCost(t *testing.T) {
-	// A token bucket: a refused request takes nothing (a fixed window counts it too).
+	// A token bucket with over_charge: refuse: a refused request takes nothing (a fixed
+	// window counts it too; the default, drain, would take the 4 left).
 	h, _ := newEngine(t, halt.YAML(`
 domain: web
 descriptors:
   - key: api_key
+    over_charge: refuse
     rate_limit: {unit: hour, requests_per_unit: 10, algorithm: token_bucket}
 `), nil)
 	cost := middleware.WithCost(func(r *http.Request) int64 {

@@ -85,6 +85,8 @@ type Step struct {
 	Cost int64 // negative: a refund
 	// Report makes the op report-only (algorithms.Limit.Report).
 	Report bool
+	// NeedsUnit makes a check ask for one unit (algorithms.Limit.NeedsUnit).
+	NeedsUnit bool
 }
 
 // Timeline returns a deterministic sequence exercising boundaries: bursts within one
@@ -213,7 +215,8 @@ func ChargeTimeline(seed uint64, n int) []Step {
 		}
 		step := Step{At: t, Key: rng.IntN(3)}
 		switch r := rng.IntN(100); {
-		case r < 25: // the request-time check
+		case r < 25: // the request-time check, most asking for a unit
+			step.NeedsUnit = rng.IntN(5) != 0
 		case r < 55:
 			step.Cost = 1 + int64(rng.IntN(12)) // the after-response charge
 		case r < 70:
@@ -330,7 +333,7 @@ func runTimelines(t *testing.T, open Factory, opt Options, timeline func(seed ui
 					if c.Algorithm == algorithms.Calendar {
 						lim = calendarLimit(lim, now)
 					}
-					lim.Report = step.Report
+					lim.Report, lim.NeedsUnit = step.Report, step.NeedsUnit
 					ms := model[key]
 					if ms == nil {
 						ms = &algorithms.State{}

@@ -409,6 +409,9 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		if l.Report {
 			mode |= 2
 		}
+		if l.NeedsUnit {
+			mode |= 4
+		}
 		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
 		c.params = append(c.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
 			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), mode, l.MaxDebt)

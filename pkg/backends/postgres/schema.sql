@@ -33,7 +33,8 @@ CREATE INDEX IF NOT EXISTS "halt_state_expires_idx" ON "halt_state" (expires_at)
 -- same float8 multiply-then-divide for the sliding counter), applied to every op of one
 -- Apply in one call. p holds op_stride parameters per op: algorithm, requests, period,
 -- burst, max_delay, window start, window end, cost (negative: a refund), steps, mode (1 =
--- Limit.Drain, 2 = Limit.Report, added), max_debt, then the ladder; the result holds
+-- Limit.Drain, 2 = Limit.Report, 4 = Limit.NeedsUnit, added), max_debt, then the ladder;
+-- the result holds
 -- res_stride values per op: op index, allowed (0/1), limit, remaining, reset_after,
 -- retry_after, delay, ttl, debt. layout is the schema version whose strides the caller
 -- sends: a caller of another layout is refused rather than misread. The caller sorts ops
@@ -71,9 +72,10 @@ BEGIN
 		o := (i - 1) * 0 /*halt:op_stride*/;
 		alg := p[o+1]; req := p[o+2]; per := p[o+3]; burst := p[o+4]; maxd := p[o+5];
 		ws := p[o+6]; we := p[o+7]; cost := p[o+8]; steps := p[o+9]; mode := p[o+10]; maxdebt := p[o+11];
-		rep := mode >= 2;
-		rec := cost > 0 AND mode > 0; -- a charge that does not fit is recorded (Limit.records)
-		IF cost > 0 THEN nd := cost; ELSE nd := 1; END IF; -- algorithms.need
+		rep := mode % 4 >= 2;
+		rec := cost > 0 AND mode % 4 > 0; -- a charge that does not fit is recorded (Limit.records)
+		-- algorithms.need: a check asks for nothing, or for one unit with Limit.NeedsUnit.
+		IF cost > 0 THEN nd := cost; ELSIF mode >= 4 THEN nd := 1; ELSE nd := 0; END IF;
 		LOOP
 			SELECT s.a, s.b, s.c, s.d, s.log, s.expires_at INTO sa, sb, sc, sd, lg, sexp
 				FROM "halt_state" s WHERE s.key = k FOR UPDATE;
@@ -151,9 +153,8 @@ BEGIN
 						IF shaping AND nxt - maxd > rretry THEN rretry := nxt - maxd; END IF;
 					ELSE
 						IF rec THEN
-							q := least(cost, cap + maxdebt + 1);
-							nxt := least(backlog + q * t, most);
-							IF nxt > backlog THEN sa := at_ + nxt; sb := at_; backlog := nxt; END IF;
+							take := least(cost, (most - backlog) / t);
+							IF take > 0 THEN backlog := backlog + take * t; sa := at_ + backlog; sb := at_; END IF;
 						END IF;
 						allowed := rep;
 						rem := greatest(tau - backlog, 0) / t; rreset := backlog; rttl := backlog;

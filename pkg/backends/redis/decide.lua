@@ -49,11 +49,14 @@ local function skewttl(ttl, at, now)
 end
 
 local mmin, mmax = math.min, math.max
+-- nd is what the op being decided asks to fit (need), set per op below.
+local nd = 0
 
--- need: what a decision asks to fit (a check asks for one unit).
-local function need(cost)
+-- need: what a decision asks to fit (a check asks for one unit with NeedsUnit).
+local function need(cost, unit)
   if cost > 0 then return cost end
-  return 1
+  if unit then return 1 end
+  return 0
 end
 
 -- room: what a charge that does not fit may still record (algorithms.room).
@@ -77,7 +80,6 @@ local function fixed(s, now, R, P, cost, rep)
     s[1] = start; s[2] = 0; changed = true
   end
   local reset = start + P - at
-  local nd = need(cost)
   local allowed = false
   if cost < 0 then
     local b = mmax(mmin(s[2], R) + cost, 0)
@@ -114,7 +116,6 @@ local function calendar(s, now, R, WS, WE, cost, rec, rep, md)
   end
   local reset = WE - at
   if reset < 0 then reset = 0 end
-  local nd = need(cost)
   local allowed = false
   if cost < 0 then
     local b = mmax(s[2] + cost, 0)
@@ -163,7 +164,6 @@ local function gcra(s, now, R, P, burst, maxdelay, cost, shape, rec, rep, md)
     if left ~= backlog then s[1] = at + left; s[2] = at end
     return 1, cap, floor(mmax(tau - left, 0) / t), left, 0, 0, skewttl(left, at, now), ceildiv(left - tau, t)
   end
-  local nd = need(cost)
   local shaping = shape and maxdelay > 0 and not rep
   local waitok = (not shaping) or backlog <= maxdelay
   if nd <= cap and backlog + nd * t <= tau and waitok then
@@ -178,11 +178,10 @@ local function gcra(s, now, R, P, burst, maxdelay, cost, shape, rec, rep, md)
     return 1, cap, floor((tau - nxt) / t), nxt, retry, delay, skewttl(nxt, at, now), 0
   end
   if rec then
-    local q = mmin(cost, cap + md + 1)
-    local nxt = mmin(backlog + q * t, most)
-    if nxt > backlog then
-      s[1] = at + nxt; s[2] = at
-      backlog = nxt
+    local take = mmin(cost, floor((most - backlog) / t))
+    if take > 0 then
+      backlog = backlog + take * t
+      s[1] = at + backlog; s[2] = at
     end
   end
   local al = 0
@@ -215,7 +214,6 @@ local function sliding(s, lg, now, R, P, cost, rec, rep, md)
   end
   local used = 0
   for i = 1, n do used = used + c[i] end
-  local nd = need(cost)
   local allowed = false
   local add = 0
   if cost < 0 then
@@ -305,7 +303,6 @@ local function swc(s, now, R, P, cost, rec, rep, md)
   local el = at - cur
   if el < 0 then el = 0 end
   local w = floor(s[3] * (P - el) / P)
-  local nd = need(cost)
   local allowed = false
   if cost < 0 then
     local b = mmax(s[2] + cost, 0)
@@ -406,9 +403,11 @@ for i = 1, #KEYS do
   local now, alg, cost, R, mode, md
   now, alg, cost, R, mode, md, pos = unpack('<dddddd', spec, pos)
   if usetime then now = tnow end
-  -- mode: 1 = Limit.Drain, 2 = Limit.Report (bits); md = Limit.MaxDebt.
-  local rep = mode >= 2
-  local rec = cost > 0 and mode > 0
+  -- mode: 1 = Limit.Drain, 2 = Limit.Report, 4 = Limit.NeedsUnit (bits); md =
+  -- Limit.MaxDebt.
+  local rep = mode % 4 >= 2
+  local rec = cost > 0 and mode % 4 > 0
+  nd = need(cost, mode >= 4)
   local P, burst, maxdelay, ws, we, steps, ladder = 0, 0, 0, 0, 0, 0, nil
   if alg == TOKEN_BUCKET or alg == LEAKY_BUCKET then
     P, burst, maxdelay, pos = unpack('<ddd', spec, pos)

@@ -23,7 +23,8 @@ import (
 // them without any decimal conversion, which is both exact and the cheapest to parse).
 //
 // ARGV[1] holds every op's inputs: now, algorithm, cost (negative: a refund), requests,
-// mode (1 = Limit.Drain, 2 = Limit.Report, added), max_debt, then the limit fields the
+// mode (1 = Limit.Drain, 2 = Limit.Report, 4 = Limit.NeedsUnit, added), max_debt, then
+// the limit fields the
 // algorithm uses. ARGV[2] = "1" replaces each op's now with the server's TIME.
 //
 // A key holds one string: "h2" then A, B, C, D (34 bytes), plus, for the sliding log,
@@ -59,6 +60,9 @@ func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	}
 	if l.Report {
 		mode |= 2
+	}
+	if l.NeedsUnit {
+		mode |= 4
 	}
 	b = appendNum(b, now)
 	b = appendNum(b, int64(op.Algorithm))
