@@ -427,7 +427,14 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 	// Load the script now so the first Apply is one EVALSHA; failing here is only logged.
 	cctx, cancel := context.WithTimeout(ctx, max(timeout, 2*time.Second))
 	defer cancel()
-	if err := s.loadScript(cctx); err != nil {
+	// A PING first: Redis answers a client that has not authenticated NOAUTH, except that
+	// it drops the connection of one sending a bulk string over 16 KB (CVE-2021-32675's
+	// bound), as the script is, so a missing password would read as "not ready".
+	err = s.client.Ping(cctx).Err()
+	if err == nil {
+		err = s.loadScript(cctx)
+	}
+	if err != nil {
 		if isAuthErr(err) {
 			s.Close()
 			return nil, fmt.Errorf("redis open: %w", s.wrap(err))
