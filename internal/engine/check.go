@@ -562,7 +562,8 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 	for k := range sc.ops {
 		op := &sc.ops[k]
 		rule := decisions[sc.owners[k]].Rule
-		if op.Err == nil && sc.costs[k] > 0 && op.Result.Remaining < sc.costs[k] && (rule == nil || !rule.ShadowMode) {
+		// A report-only op (issue 17) is never refused, so it refuses nothing either.
+		if op.Err == nil && sc.costs[k] > 0 && !op.Limit.Report && op.Result.Remaining < sc.costs[k] && (rule == nil || !rule.ShadowMode) {
 			sc.refuses[k] = true
 			sc.over[sc.owners[k]] = true
 		}
@@ -571,7 +572,9 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 	for k := range sc.ops {
 		op := &sc.ops[k]
 		op.Result, op.Err = algorithms.Result{}, nil
-		if !refused || sc.refuses[k] {
+		// A refund and a report-only charge are not increments a refusal may spare: a
+		// charge after the response is always recorded (issue 17).
+		if !refused || sc.refuses[k] || sc.costs[k] < 0 || op.Limit.Report {
 			op.Cost = sc.costs[k]
 		}
 	}

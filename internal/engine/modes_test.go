@@ -137,6 +137,9 @@ descriptors:
       - {unit: minute, requests_per_unit: 5}
   - key: tb
     rate_limit: {unit: minute, requests_per_unit: 10, algorithm: token_bucket}
+  - key: metered
+    report_only: true
+    rate_limit: {unit: minute, requests_per_unit: 2, algorithm: token_bucket}
 `
 
 // TestStopIncrementOverLimit: with the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT
@@ -190,6 +193,19 @@ func TestStopIncrementOverLimit(t *testing.T) {
 				t.Fatal("shadow: the call was refused")
 			}
 			want("big after a shadow denial", left(t, f, d(0, "big", "b")), 9, 9)
+			// A report-only charge beyond what is left is never refused (issue 17): it
+			// refuses nothing, and big is charged either way.
+			if decs, over := f.mustCheck(t, d(5, "metered", "c"), d(1, "big", "c")); over || decs[0].Code != engine.CodeOK {
+				t.Fatalf("report-only overrun: over %v, metered %v", over, decs[0].Code)
+			}
+			want("big after a report-only overrun", left(t, f, d(0, "big", "c")), 9, 9)
+			// A call that small refuses still records a report and a refund.
+			f.mustCheck(t, d(1, "big", "d"), d(2, "big", "e"))
+			if _, over := f.mustCheck(t, d(1, "small", "a"), d(1, "metered", "d"), refund(1, "big", "e")); !over {
+				t.Fatal("small's refusal did not refuse the call")
+			}
+			want("metered after a report in a refused call", left(t, f, d(0, "metered", "d")), 1, 1)
+			want("big after a refund in a refused call", left(t, f, d(0, "big", "e")), 9, 9)
 		})
 	}
 }
