@@ -27,7 +27,7 @@ type saasFlags struct {
 }
 
 func (s *saasFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.adminToken, "admin-token", "", "bearer token of the admin API (/admin/v1/quotas, /admin/v1/penalty); empty disables it. Prefer HALT_ADMIN_TOKEN or --admin-token-file: a command line is visible to other users")
+	fs.StringVar(&s.adminToken, "admin-token", "", "bearer token of the admin API (/admin/v1/limits, /admin/v1/quotas, /admin/v1/penalty); empty disables it. Prefer HALT_ADMIN_TOKEN or --admin-token-file: a command line is visible to other users")
 	fs.StringVar(&s.adminTokenFile, "admin-token-file", "", "read the admin API's bearer token from this file (a mounted secret); excludes --admin-token")
 	fs.Float64Var(&s.logDecisionsSample, "log-decisions-sample", observe.DefaultDecisionSample, "share of decisions logged (0..1); over-limit ones at least 10%")
 	fs.BoolVar(&s.otel, "otel", false, "record decisions as OpenTelemetry spans (written to the log; embedders pass their own TracerProvider)")

@@ -1,10 +1,12 @@
 // Package admin is halt-envoy's operator API: JSON over HTTP, under /admin/, to read and
-// reset a customer's calendar quotas and to read and lift a penalty lockout, without
-// touching the store by hand. It addresses counters the way Envoy does, by domain and
+// reset a customer's rate-limit counters and calendar quotas and to read and lift a
+// penalty lockout, without touching the store by hand. It addresses counters the way Envoy does, by domain and
 // descriptor, matches them with the engine's configuration and reads and resets them
 // through the engine (its keys, its reading of results), so what it reads is exactly
 // what the next request will be decided against.
 //
+//	GET    /admin/v1/limits?domain=D&descriptor=k=v,k=v          every rate limit's state
+//	DELETE /admin/v1/limits?domain=D&descriptor=...              reset them (full limits)
 //	GET    /admin/v1/quotas?domain=D&descriptor=k=v,k=v          usage of every quota
 //	DELETE /admin/v1/quotas?domain=D&descriptor=...[&quota=NAME]  reset them (or one)
 //	GET    /admin/v1/penalty?domain=D&descriptor=...             lockout state
@@ -94,6 +96,8 @@ func New(cfg Config) *Handler {
 	}
 	h.mux.HandleFunc("GET /admin/v1/quotas", h.getQuotas)
 	h.mux.HandleFunc("DELETE /admin/v1/quotas", h.deleteQuotas)
+	h.mux.HandleFunc("GET /admin/v1/limits", h.getLimits)
+	h.mux.HandleFunc("DELETE /admin/v1/limits", h.deleteLimits)
 	h.mux.HandleFunc("GET /admin/v1/penalty", h.getPenalty)
 	h.mux.HandleFunc("DELETE /admin/v1/penalty", h.deletePenalty)
 	return h
@@ -365,6 +369,8 @@ type QuotaUsage struct {
 	Used      int64 `json:"used"`
 	Limit     int64 `json:"limit"`
 	Remaining int64 `json:"remaining"`
+	// Debt is how far beyond the quota a drained or reported charge took the identity.
+	Debt int64 `json:"debt"`
 	// PeriodStart and PeriodEnd are RFC 3339 in the quota's time zone.
 	PeriodStart    string `json:"period_start"`
 	PeriodEnd      string `json:"period_end"`
@@ -407,6 +413,7 @@ func (h *Handler) getQuotas(w http.ResponseWriter, r *http.Request) {
 			Used:           u.Used,
 			Limit:          u.Limit.Params.Requests,
 			Remaining:      u.Remaining,
+			Debt:           u.Debt,
 			PeriodStart:    u.Start.In(u.Quota.Location).Format(time.RFC3339),
 			PeriodEnd:      u.End.In(u.Quota.Location).Format(time.RFC3339),
 			ResetIn:        u.ResetAfter.Round(time.Second).String(),
@@ -450,6 +457,98 @@ func (h *Handler) deleteQuotas(w http.ResponseWriter, r *http.Request) {
 	}
 	h.finish(w, r, t, http.StatusOK, "reset "+strings.Join(names, ","), nil)
 	writeJSON(w, http.StatusOK, QuotasAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash, Reset: names})
+}
+
+// LimitState is one rate limit's state in an answer: the limit as /config and `halt-envoy
+// check` show it, and where the identity stands against it now.
+type LimitState struct {
+	config.LimitView
+	// Allowed reports whether a request of one hit would pass now.
+	Allowed   bool  `json:"allowed"`
+	Remaining int64 `json:"remaining"`
+	// Debt is how far below zero the counter is (over_charge: drain with max_debt, or a
+	// report-only charge): requests wait until it is repaid.
+	Debt           int64  `json:"debt"`
+	ResetIn        string `json:"reset_in"`
+	ResetInSeconds int64  `json:"reset_in_seconds"`
+	// RetryIn is how long a request of one hit waits now: empty when Allowed, "never"
+	// when one hit can never pass (a limit of 0).
+	RetryIn        string `json:"retry_in,omitempty"`
+	RetryInSeconds int64  `json:"retry_in_seconds"`
+}
+
+// LimitsAnswer is the body of GET and DELETE /admin/v1/limits.
+type LimitsAnswer struct {
+	Domain string `json:"domain"`
+	Rule   string `json:"rule"`
+	Plan   string `json:"plan,omitempty"`
+	// Identity is the descriptor's short hash, as in QuotasAnswer.
+	Identity string       `json:"identity"`
+	Limits   []LimitState `json:"limits,omitempty"`
+	Reset    bool         `json:"reset,omitempty"`
+}
+
+func (h *Handler) limitsTarget(r *http.Request) (*target, error) {
+	t, err := h.resolve(r)
+	if err == nil && (t.rule.Unlimited || len(t.rule.Limits) == 0) {
+		err = bad("rule %q has no rate limits", t.rule.Name)
+	}
+	return t, err
+}
+
+func (h *Handler) getLimits(w http.ResponseWriter, r *http.Request) {
+	t, err := h.limitsTarget(r)
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	ctx, cancel := h.bound(r.Context())
+	defer cancel()
+	states, err := h.cfg.Engine.Limits(ctx, t.domain, t.entries, t.rule)
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	ans := LimitsAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash}
+	result := "within"
+	for _, s := range states {
+		ls := LimitState{
+			LimitView:      s.Limit.View(),
+			Allowed:        s.Allowed,
+			Remaining:      s.Remaining,
+			Debt:           s.Debt,
+			ResetIn:        s.ResetAfter.Round(time.Second).String(),
+			ResetInSeconds: headers.Seconds(s.ResetAfter.Microseconds()),
+		}
+		switch {
+		case s.RetryAfter < 0:
+			ls.RetryIn = "never"
+		case !s.Allowed:
+			ls.RetryIn = s.RetryAfter.String()
+			ls.RetryInSeconds = headers.Seconds(s.RetryAfter.Microseconds())
+		}
+		if !s.Allowed {
+			result = "over"
+		}
+		ans.Limits = append(ans.Limits, ls)
+	}
+	h.finish(w, r, t, http.StatusOK, result, nil)
+	writeJSON(w, http.StatusOK, ans)
+}
+
+func (h *Handler) deleteLimits(w http.ResponseWriter, r *http.Request) {
+	t, err := h.limitsTarget(r)
+	if err == nil {
+		ctx, cancel := h.bound(r.Context())
+		err = h.cfg.Engine.ResetLimits(ctx, t.domain, t.entries, t.rule)
+		cancel()
+	}
+	if err != nil {
+		h.finish(w, r, t, 0, "", err)
+		return
+	}
+	h.finish(w, r, t, http.StatusOK, "reset", nil)
+	writeJSON(w, http.StatusOK, LimitsAnswer{Domain: t.domain, Rule: t.rule.Name, Plan: t.rule.Plan, Identity: t.hash, Reset: true})
 }
 
 // PenaltyAnswer is the body of GET and DELETE /admin/v1/penalty. The penalty algorithm's

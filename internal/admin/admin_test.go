@@ -39,6 +39,11 @@ descriptors:
     penalty: abuse
   - key: plain
     rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: tokens
+    max_debt: 50
+    rate_limit: {unit: minute, requests_per_unit: 100, algorithm: token_bucket}
+  - key: free
+    rate_limit: {unlimited: true}
 `
 
 const token = "s3cret-token"
@@ -203,6 +208,83 @@ func TestQuotaReadAndReset(t *testing.T) {
 	}
 }
 
+// charge sends one request of hits through the engine and returns its decision.
+func (f *fixture) charge(t *testing.T, hits uint64, entries ...config.Entry) engine.Decision {
+	t.Helper()
+	descs := []engine.Descriptor{{Entries: append([]config.Entry(nil), entries...), Hits: hits}}
+	decs := make([]engine.Decision, 1)
+	if _, err := f.engine.Check(context.Background(), "saas", descs, decs); err != nil {
+		t.Fatal(err)
+	}
+	return decs[0]
+}
+
+// TestLimitReadAndReset: an operator reads where an identity stands against its rate
+// limits (remaining, reset, debt) without charging it, and resets them (issue 17 item 6).
+func TestLimitReadAndReset(t *testing.T) {
+	f := newFixture(t, token)
+	tok := config.Entry{Key: "tokens", Value: "t-1"}
+	// 100 tokens a minute (one per 600 ms): 130 reported late take the 100 left and 30
+	// beyond (over_charge: drain, the default; max_debt 50).
+	if dec := f.charge(t, 130, tok); dec.Code != engine.CodeOverLimit || dec.Result.Debt != 30 {
+		t.Fatalf("charge 130: %+v", dec)
+	}
+	q := query("domain", "saas", "descriptor", "tokens=t-1")
+	get := func() admin.LimitsAnswer {
+		t.Helper()
+		var ans admin.LimitsAnswer
+		if code := f.call(t, "GET", "/admin/v1/limits", q, token, &ans); code != 200 {
+			t.Fatalf("GET: %d", code)
+		}
+		if ans.Domain != "saas" || ans.Rule == "" || ans.Identity == "" || len(ans.Limits) != 1 {
+			t.Fatalf("GET: %+v", ans)
+		}
+		return ans
+	}
+	for range 2 { // a read charges nothing: the second reads the same
+		l := get().Limits[0]
+		// The debt and one token refill in 31 x 600 ms = 18.6 s; full in 130 x 600 ms.
+		if l.Algorithm != "token_bucket" || l.Requests != 100 || l.Allowed || l.Remaining != 0 || l.Debt != 30 ||
+			l.ResetInSeconds != 78 || l.RetryIn != "18.6s" || l.RetryInSeconds != 19 {
+			t.Fatalf("in debt: %+v", l)
+		}
+	}
+	f.clock.Add(6 * time.Second) // 10 tokens repaid
+	if l := get().Limits[0]; l.Debt != 20 || l.Remaining != 0 || l.RetryIn != "12.6s" {
+		t.Fatalf("6 s later: %+v", l)
+	}
+	var reset admin.LimitsAnswer
+	if code := f.call(t, "DELETE", "/admin/v1/limits", q, token, &reset); code != 200 || !reset.Reset || reset.Identity == "" {
+		t.Fatalf("DELETE: %d %+v", code, reset)
+	}
+	if l := get().Limits[0]; !l.Allowed || l.Remaining != 100 || l.Debt != 0 || l.RetryIn != "" || l.ResetInSeconds != 0 {
+		t.Fatalf("after the reset: %+v", l)
+	}
+	if dec := f.charge(t, 100, tok); dec.Code != engine.CodeOK || dec.Result.Remaining != 0 {
+		t.Fatalf("the whole budget after the reset: %+v", dec)
+	}
+	// A fixed window (6 s into its minute): the count is forgotten, not the window.
+	plain := config.Entry{Key: "plain", Value: "p"}
+	f.check(t, plain)
+	if !f.check(t, plain) {
+		t.Fatal("second hit of 1 a minute passed")
+	}
+	pq := query("domain", "saas", "descriptor", "plain=p")
+	var ans admin.LimitsAnswer
+	if code := f.call(t, "GET", "/admin/v1/limits", pq, token, &ans); code != 200 || ans.Limits[0].Allowed || ans.Limits[0].Remaining != 0 || ans.Limits[0].RetryInSeconds != 54 || ans.Limits[0].Debt != 0 {
+		t.Fatalf("plain over: %d %+v", code, ans)
+	}
+	if code := f.call(t, "DELETE", "/admin/v1/limits", pq, token, nil); code != 200 {
+		t.Fatalf("DELETE plain: %d", code)
+	}
+	if f.check(t, plain) {
+		t.Fatal("plain refused after its reset")
+	}
+	if !strings.Contains(f.logs.String(), "result=reset") {
+		t.Fatalf("the reset was not logged: %s", f.logs)
+	}
+}
+
 func TestPenaltyReadAndLift(t *testing.T) {
 	f := newFixture(t, token)
 	ip := config.Entry{Key: "ip", Value: "203.0.113.7"}
@@ -306,6 +388,10 @@ func TestBadQueries(t *testing.T) {
 		{"GET", "/admin/v1/quotas", query("domain", "saas", "descriptor", strings.Repeat("a=b,", 40)+"a=b"), 400, "more than 32 entries"},
 		{"GET", "/admin/v1/quotas", query("domain", "saas", "descriptor", "plain=x"), 400, "has no quotas"},
 		{"GET", "/admin/v1/penalty", query("domain", "saas", "descriptor", "user=u"), 400, "has no penalty"},
+		{"GET", "/admin/v1/limits", query("domain", "saas", "descriptor", "free=x"), 400, "has no rate limits"},
+		{"DELETE", "/admin/v1/limits", query("domain", "saas", "descriptor", "free=x"), 400, "has no rate limits"},
+		{"GET", "/admin/v1/limits", query("domain", "saas", "descriptor", "user="+huge), 400, "value is 1048576 bytes, the limit is 1024"},
+		{"DELETE", "/admin/v1/limits", query("domain", "saas", "descriptor", "path=/healthz"), 400, "exempt"},
 		{"DELETE", "/admin/v1/penalty", query("domain", "saas", "descriptor", "user=u"), 400, "has no penalty"},
 		{"GET", "/admin/v1/quotas", query("domain", "saas", "descriptor", "path=/healthz"), 400, "exempt"},
 		{"POST", "/admin/v1/quotas", query("domain", "saas", "descriptor", "user=u"), 405, "method not allowed"},

@@ -28,8 +28,9 @@ type QuotaUsage struct {
 	// Limit is the quota's limit for the current calendar period (QuotaLimit).
 	Limit *config.Limit
 	// Used and Remaining are in requests; Used is the quota minus Remaining, so it is
-	// never above the quota even if the quota was lowered mid-period.
-	Used, Remaining int64
+	// never above the quota even if the quota was lowered mid-period. Debt is how far
+	// beyond the quota a drained or reported charge took the identity (max_debt).
+	Used, Remaining, Debt int64
 	// Start and End bound the current period, [Start, End), in UTC.
 	Start, End time.Time
 	// ResetAfter is the time until End.
@@ -58,7 +59,7 @@ func (e *Engine) Quotas(ctx context.Context, domain string, entries []config.Ent
 	}
 	for i := range out {
 		u, r := &out[i], &ops[i].Result
-		u.Remaining = r.Remaining
+		u.Remaining, u.Debt = r.Remaining, r.Debt
 		u.Used = u.Limit.Params.Requests - r.Remaining
 		u.Start = time.UnixMicro(u.Limit.Params.WindowStart).UTC()
 		u.End = time.UnixMicro(u.Limit.Params.WindowEnd).UTC()
@@ -95,6 +96,59 @@ func (e *Engine) ResetLimits(ctx context.Context, domain string, entries []confi
 		}
 	}
 	return e.deleteKeys(ctx, keys)
+}
+
+// LimitState is one rate limit of a rule as it stands now for one identity.
+type LimitState struct {
+	// Limit is the rule's limit.
+	Limit *config.Limit
+	// Allowed reports whether a request of one hit would pass now.
+	Allowed bool
+	// Remaining is what requests may still take now (algorithms.Result.Remaining);
+	// Debt is how far below zero the key is (a drained or reported charge beyond what was
+	// left, up to the rule's max_debt): requests wait until it is repaid.
+	Remaining, Debt int64
+	// ResetAfter is the time until the limit is whole again; RetryAfter is how long a
+	// request of one hit waits now (0 when Allowed), -1 when it never fits.
+	ResetAfter, RetryAfter time.Duration
+}
+
+// Limits reads every rate limit of rule for the identity entries of domain, charging
+// nothing: each is asked what the request-time check of a budget asks (may one hit pass,
+// Descriptor.NeedsUnit), with the rule's charge settings, as the next decision is.
+// Limits selected per request by an algorithm override are not read: each has its own
+// counter, which ResetLimits clears.
+func (e *Engine) Limits(ctx context.Context, domain string, entries []config.Entry, rule *config.Rule) ([]LimitState, error) {
+	if len(rule.Limits) == 0 {
+		return nil, nil
+	}
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+	ops := make([]backends.Op, len(rule.Limits))
+	ptrs := make([]*backends.Op, len(ops))
+	out := make([]LimitState, len(ops))
+	check := &Descriptor{NeedsUnit: true}
+	for i := range rule.Limits {
+		l := &rule.Limits[i]
+		out[i].Limit = l
+		// Cost 0: a read that never counts.
+		ops[i] = backends.Op{Key: string(LimitKey(nil, domain, entries, rule, l.Algorithm, l.Params.Period)), Algorithm: l.Algorithm, Limit: chargeParams(l.Params, rule, check)}
+		ptrs[i] = &ops[i]
+	}
+	if err := e.applyOps(ctx, nowUS, ptrs); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		s, r := &out[i], &ops[i].Result
+		s.Allowed, s.Remaining, s.Debt = r.Allowed, r.Remaining, r.Debt
+		s.ResetAfter = time.Duration(r.ResetAfter) * time.Microsecond
+		switch {
+		case r.RetryAfter < 0:
+			s.RetryAfter = -1
+		case !r.Allowed:
+			s.RetryAfter = time.Duration(r.Wait()) * time.Microsecond
+		}
+	}
+	return out, nil
 }
 
 // PenaltyState is an identity's standing under a penalty policy.
