@@ -100,7 +100,7 @@ func (e *Engine) ResetLimits(ctx context.Context, domain string, entries []confi
 
 // LimitState is one rate limit of a rule as it stands now for one identity.
 type LimitState struct {
-	// Limit is the rule's limit.
+	// Limit is the rule's limit in force (scaled by an adaptive rule's factor).
 	Limit *config.Limit
 	// Allowed reports whether a request of one hit would pass now.
 	Allowed bool
@@ -127,8 +127,15 @@ func (e *Engine) Limits(ctx context.Context, domain string, entries []config.Ent
 	ptrs := make([]*backends.Op, len(ops))
 	out := make([]LimitState, len(ops))
 	check := &Descriptor{NeedsUnit: true}
+	factor := 1.0
+	if rule.Adaptive != nil && e.cfg.Adaptive != nil {
+		factor = e.cfg.Adaptive.Factor(rule)
+	}
 	for i := range rule.Limits {
 		l := &rule.Limits[i]
+		if factor < 1 {
+			l = scaleLimit(l, factor) // the limit in force, on the same counter
+		}
 		out[i].Limit = l
 		// Cost 0: a read that never counts.
 		ops[i] = backends.Op{Key: string(LimitKey(nil, domain, entries, rule, l.Algorithm, l.Params.Period)), Algorithm: l.Algorithm, Limit: chargeParams(l.Params, rule, check)}
