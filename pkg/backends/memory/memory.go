@@ -46,15 +46,80 @@ type Store struct {
 	closed  atomic.Bool
 }
 
+// shard holds its keys' states in fixed-size blocks of entries and maps each key to its
+// entry's slot: an entry is 40 bytes with no pointer, allocated with its block, so a key
+// costs its string, its map slot and 40 bytes (no object of its own for the collector to
+// track), and a freed slot is reused by the next new key.
 type shard struct {
-	mu sync.Mutex
-	m  map[string]*entry
-	_  [40]byte // keep shards on separate cache lines
+	mu     sync.Mutex
+	m      map[string]uint32
+	blocks []*[blockSize]entry
+	free   []uint32 // slots freed by deletions, reused first
+	used   uint32   // slots handed out so far (free ones included)
+	// logs holds the sliding log of the keys whose algorithm keeps one (sliding_window),
+	// by slot: the only state that does not fit in an entry.
+	logs map[uint32][]algorithms.Entry
+	_    [48]byte // keep shards on separate cache lines (128 bytes each)
 }
 
+// blockSize is the number of entries allocated at once (10 KiB blocks).
+const blockSize = 256
+
 type entry struct {
-	state   algorithms.State
-	expires int64 // microseconds, on the clock of the ops that touched it
+	a, b, c, d int64 // algorithms.State's A..D
+	expires    int64 // microseconds, on the clock of the ops that touched it
+}
+
+func (sh *shard) at(slot uint32) *entry { return &sh.blocks[slot/blockSize][slot%blockSize] }
+
+// insert stores a new key's state (the key must not be present) in a free slot.
+func (sh *shard) insert(key string, st *algorithms.State, expires int64) {
+	var slot uint32
+	if n := len(sh.free); n > 0 {
+		slot, sh.free = sh.free[n-1], sh.free[:n-1]
+	} else {
+		if sh.used%blockSize == 0 {
+			sh.blocks = append(sh.blocks, new([blockSize]entry))
+		}
+		slot = sh.used
+		sh.used++
+	}
+	sh.m[key] = slot
+	sh.store(slot, st, expires)
+}
+
+// store writes st and expires into slot.
+func (sh *shard) store(slot uint32, st *algorithms.State, expires int64) {
+	*sh.at(slot) = entry{a: st.A, b: st.B, c: st.C, d: st.D, expires: expires}
+	switch {
+	case len(st.Log) > 0:
+		if sh.logs == nil {
+			sh.logs = make(map[uint32][]algorithms.Entry)
+		}
+		sh.logs[slot] = st.Log
+	case sh.logs != nil:
+		delete(sh.logs, slot)
+	}
+}
+
+// load returns the state in slot. Its log, if any, is the stored one (not a copy).
+func (sh *shard) load(slot uint32) algorithms.State {
+	e := sh.at(slot)
+	st := algorithms.State{A: e.a, B: e.b, C: e.c, D: e.d}
+	if sh.logs != nil {
+		st.Log = sh.logs[slot]
+	}
+	return st
+}
+
+// remove deletes key (present in slot) and frees its slot.
+func (sh *shard) remove(key string, slot uint32) {
+	delete(sh.m, key)
+	if sh.logs != nil {
+		delete(sh.logs, slot)
+	}
+	*sh.at(slot) = entry{}
+	sh.free = append(sh.free, slot)
 }
 
 // New returns a store and starts its sweeper.
@@ -71,7 +136,7 @@ func New(cfg Config) *Store {
 	s := &Store{seed: maphash.MakeSeed(), cfg: cfg, stop: make(chan struct{}), done: make(chan struct{})}
 	s.maxPer = (cfg.MaxKeys + numShards - 1) / numShards
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]*entry)
+		s.shards[i].m = make(map[string]uint32)
 	}
 	if cfg.SweepInterval > 0 {
 		go s.sweepLoop()
@@ -101,8 +166,8 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 	sh := s.shardFor(op.Key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.m[op.Key]
-	if e == nil {
+	slot, ok := sh.m[op.Key]
+	if !ok {
 		var fresh algorithms.State
 		r := algorithms.Decide(op.Algorithm, &fresh, now, &op.Limit, op.Cost)
 		if r.TTL <= 0 || fresh.IsZero() {
@@ -111,7 +176,7 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 		if len(sh.m) >= s.maxPer {
 			s.evictOne(sh, now)
 		}
-		sh.m[op.Key] = &entry{state: fresh, expires: now + r.TTL}
+		sh.insert(op.Key, &fresh, now+r.TTL)
 		s.keys.Add(1)
 		return r
 	}
@@ -119,12 +184,15 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 	// state decides exactly as a fresh one for this op (algorithms.Result.TTL), and an op
 	// from a replica whose clock is behind must still read it at its own time, as it
 	// would on every other store. Expiry only frees memory (Sweep, eviction).
-	r := algorithms.Decide(op.Algorithm, &e.state, now, &op.Limit, op.Cost)
+	st := sh.load(slot)
+	r := algorithms.Decide(op.Algorithm, &st, now, &op.Limit, op.Cost)
+	expires := sh.at(slot).expires
 	if r.TTL > 0 {
-		if exp := now + r.TTL; exp > e.expires || e.expires <= now {
-			e.expires = exp
+		if exp := now + r.TTL; exp > expires || expires <= now {
+			expires = exp
 		}
 	}
+	sh.store(slot, &st, expires)
 	return r
 }
 
@@ -132,23 +200,25 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 // would expire soonest (the one whose loss forgets the least).
 func (s *Store) evictOne(sh *shard, now int64) {
 	var victim string
+	var victimSlot uint32
 	var best int64
 	n := 0
-	for k, e := range sh.m { // map iteration order is random: a free sample
-		if e.expires <= now {
-			delete(sh.m, k)
+	for k, slot := range sh.m { // map iteration order is random: a free sample
+		exp := sh.at(slot).expires
+		if exp <= now {
+			sh.remove(k, slot)
 			s.keys.Add(-1)
 			return
 		}
-		if n == 0 || e.expires < best {
-			victim, best = k, e.expires
+		if n == 0 || exp < best {
+			victim, victimSlot, best = k, slot, exp
 		}
 		if n++; n == 8 {
 			break
 		}
 	}
 	if n > 0 {
-		delete(sh.m, victim)
+		sh.remove(victim, victimSlot)
 		s.keys.Add(-1)
 		s.evicted.Add(1)
 		if s.cfg.OnEvict != nil {
@@ -162,8 +232,8 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
 		sh := s.shardFor(k)
 		sh.mu.Lock()
-		if _, ok := sh.m[k]; ok {
-			delete(sh.m, k)
+		if slot, ok := sh.m[k]; ok {
+			sh.remove(k, slot)
 			s.keys.Add(-1)
 		}
 		sh.mu.Unlock()
@@ -176,12 +246,12 @@ func (s *Store) Peek(key string, now int64) (algorithms.State, bool) {
 	sh := s.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.m[key]
-	if e == nil || e.expires <= now {
+	slot, ok := sh.m[key]
+	if !ok || sh.at(slot).expires <= now {
 		return algorithms.State{}, false
 	}
-	st := e.state
-	st.Log = append([]algorithms.Entry(nil), e.state.Log...)
+	st := sh.load(slot)
+	st.Log = append([]algorithms.Entry(nil), st.Log...)
 	return st, true
 }
 
@@ -198,9 +268,9 @@ func (s *Store) Sweep(now int64) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.m {
-			if e.expires <= now {
-				delete(sh.m, k)
+		for k, slot := range sh.m {
+			if sh.at(slot).expires <= now {
+				sh.remove(k, slot)
 				removed++
 			}
 		}
@@ -247,10 +317,13 @@ func (s *Store) Range(now int64, fn func(key string, st *algorithms.State, expir
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.m {
-			if e.expires > now && !fn(k, &e.state, e.expires) {
-				sh.mu.Unlock()
-				return
+		for k, slot := range sh.m {
+			if exp := sh.at(slot).expires; exp > now {
+				st := sh.load(slot)
+				if !fn(k, &st, exp) {
+					sh.mu.Unlock()
+					return
+				}
 			}
 		}
 		sh.mu.Unlock()
@@ -265,11 +338,13 @@ func (s *Store) Restore(key string, st algorithms.State, expires, now int64) {
 	sh := s.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if _, ok := sh.m[key]; !ok {
-		if len(sh.m) >= s.maxPer {
-			s.evictOne(sh, now)
-		}
-		s.keys.Add(1)
+	if slot, ok := sh.m[key]; ok {
+		sh.store(slot, &st, expires)
+		return
 	}
-	sh.m[key] = &entry{state: st, expires: expires}
+	if len(sh.m) >= s.maxPer {
+		s.evictOne(sh, now)
+	}
+	s.keys.Add(1)
+	sh.insert(key, &st, expires)
 }

@@ -2,6 +2,8 @@ package memory
 
 import (
 	"context"
+	"strconv"
+	"sync/atomic"
 	"testing"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -68,4 +70,50 @@ func BenchmarkRoundTrip(b *testing.B) {
 	s := New(Config{SweepInterval: -1})
 	defer s.Close()
 	conformance.BenchRoundTrip(b, s, 1000)
+}
+
+// BenchmarkApplyKeys decides one op per call over 100,000 keys from every core (the
+// store's hot path: a shard lock, a map lookup, the decision).
+func BenchmarkApplyKeys(b *testing.B) {
+	s := New(Config{SweepInterval: -1})
+	defer s.Close()
+	keys := make([]string, 100_000)
+	for i := range keys {
+		keys[i] = "bench|user=u" + strconv.Itoa(i) + "|@token_bucket:1000000"
+	}
+	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000, Burst: 1_000_000}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := int(next.Add(7919))
+		op := &backends.Op{Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+		ops := []*backends.Op{op}
+		now := int64(1_700_000_000_000_000)
+		for pb.Next() {
+			op.Key = keys[i%len(keys)]
+			i++
+			now++
+			if err := s.Apply(context.Background(), now, ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkInsertEvict inserts new keys into a full store: every call evicts one.
+func BenchmarkInsertEvict(b *testing.B) {
+	s := New(Config{MaxKeys: 64 * 1024, SweepInterval: -1})
+	defer s.Close()
+	lim := algorithms.Limit{Requests: 100, Period: 3_600_000_000, Burst: 100}
+	op := &backends.Op{Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+	ops := []*backends.Op{op}
+	key := []byte("ratelimit_api_user_id_")
+	now := int64(1_700_000_000_000_000)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		op.Key = string(strconv.AppendInt(key[:22], int64(i), 10))
+		if err := s.Apply(context.Background(), now, ops); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -104,11 +104,13 @@ func writeSnapshot(f *os.File, s *Store, now int64) (int, error) {
 		sh := &s.shards[i]
 		buf = buf[:0]
 		sh.mu.Lock()
-		for key, e := range sh.m {
+		for key, slot := range sh.m {
+			e := sh.at(slot)
 			if e.expires <= now {
 				continue
 			}
-			encBuf = backends.EncodeState(encBuf[:0], &e.state)
+			st := sh.load(slot)
+			encBuf = backends.EncodeState(encBuf[:0], &st)
 			buf = binary.AppendUvarint(buf, uint64(len(key)))
 			buf = append(buf, key...)
 			buf = binary.AppendVarint(buf, e.expires)
