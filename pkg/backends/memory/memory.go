@@ -1,11 +1,10 @@
-// Package memory is halt-envoy's embedded default store: a sharded, bounded map that
-// decides with the pure algorithms under a per-shard lock.
+// Package memory is halt-envoy's embedded default store: a sharded, bounded hash table
+// that decides with the pure algorithms under a per-shard lock.
 package memory
 
 import (
 	"context"
 	"hash/maphash"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,8 +12,8 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 )
 
-// DefaultMaxKeys bounds memory when the URL does not say otherwise. At the ~300 bytes a
-// key measured by the memory-bound test it keeps the store near 300 MiB.
+// DefaultMaxKeys bounds memory when the URL does not say otherwise. At the ~110 bytes a
+// key measured by the memory-bound test it keeps the store near 110 MiB.
 const DefaultMaxKeys = 1 << 20
 
 const numShards = 64
@@ -46,82 +45,6 @@ type Store struct {
 	closed  atomic.Bool
 }
 
-// shard holds its keys' states in fixed-size blocks of entries and maps each key to its
-// entry's slot: an entry is 40 bytes with no pointer, allocated with its block, so a key
-// costs its string, its map slot and 40 bytes (no object of its own for the collector to
-// track), and a freed slot is reused by the next new key.
-type shard struct {
-	mu     sync.Mutex
-	m      map[string]uint32
-	blocks []*[blockSize]entry
-	free   []uint32 // slots freed by deletions, reused first
-	used   uint32   // slots handed out so far (free ones included)
-	// logs holds the sliding log of the keys whose algorithm keeps one (sliding_window),
-	// by slot: the only state that does not fit in an entry.
-	logs map[uint32][]algorithms.Entry
-	_    [48]byte // keep shards on separate cache lines (128 bytes each)
-}
-
-// blockSize is the number of entries allocated at once (10 KiB blocks).
-const blockSize = 256
-
-type entry struct {
-	a, b, c, d int64 // algorithms.State's A..D
-	expires    int64 // microseconds, on the clock of the ops that touched it
-}
-
-func (sh *shard) at(slot uint32) *entry { return &sh.blocks[slot/blockSize][slot%blockSize] }
-
-// insert stores a new key's state (the key must not be present) in a free slot.
-func (sh *shard) insert(key string, st *algorithms.State, expires int64) {
-	var slot uint32
-	if n := len(sh.free); n > 0 {
-		slot, sh.free = sh.free[n-1], sh.free[:n-1]
-	} else {
-		if sh.used%blockSize == 0 {
-			sh.blocks = append(sh.blocks, new([blockSize]entry))
-		}
-		slot = sh.used
-		sh.used++
-	}
-	sh.m[key] = slot
-	sh.store(slot, st, expires)
-}
-
-// store writes st and expires into slot.
-func (sh *shard) store(slot uint32, st *algorithms.State, expires int64) {
-	*sh.at(slot) = entry{a: st.A, b: st.B, c: st.C, d: st.D, expires: expires}
-	switch {
-	case len(st.Log) > 0:
-		if sh.logs == nil {
-			sh.logs = make(map[uint32][]algorithms.Entry)
-		}
-		sh.logs[slot] = st.Log
-	case sh.logs != nil:
-		delete(sh.logs, slot)
-	}
-}
-
-// load returns the state in slot. Its log, if any, is the stored one (not a copy).
-func (sh *shard) load(slot uint32) algorithms.State {
-	e := sh.at(slot)
-	st := algorithms.State{A: e.a, B: e.b, C: e.c, D: e.d}
-	if sh.logs != nil {
-		st.Log = sh.logs[slot]
-	}
-	return st
-}
-
-// remove deletes key (present in slot) and frees its slot.
-func (sh *shard) remove(key string, slot uint32) {
-	delete(sh.m, key)
-	if sh.logs != nil {
-		delete(sh.logs, slot)
-	}
-	*sh.at(slot) = entry{}
-	sh.free = append(sh.free, slot)
-}
-
 // New returns a store and starts its sweeper.
 func New(cfg Config) *Store {
 	if cfg.MaxKeys <= 0 {
@@ -136,7 +59,9 @@ func New(cfg Config) *Store {
 	s := &Store{seed: maphash.MakeSeed(), cfg: cfg, stop: make(chan struct{}), done: make(chan struct{})}
 	s.maxPer = (cfg.MaxKeys + numShards - 1) / numShards
 	for i := range s.shards {
-		s.shards[i].m = make(map[string]uint32)
+		sh := &s.shards[i]
+		sh.seed = s.seed
+		sh.rng = maphash.Comparable(s.seed, i) | 1
 	}
 	if cfg.SweepInterval > 0 {
 		go s.sweepLoop()
@@ -146,8 +71,10 @@ func New(cfg Config) *Store {
 	return s
 }
 
-func (s *Store) shardFor(key string) *shard {
-	return &s.shards[maphash.String(s.seed, key)%numShards]
+// shardFor returns key's shard and key's hash (the shard's table places it by the rest).
+func (s *Store) shardFor(key string) (*shard, uint64) {
+	h := maphash.String(s.seed, key)
+	return &s.shards[h%numShards], h
 }
 
 // Apply decides each op under its shard's lock.
@@ -163,20 +90,20 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 }
 
 func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
-	sh := s.shardFor(op.Key)
+	sh, h := s.shardFor(op.Key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	slot, ok := sh.m[op.Key]
+	slot, _, ok := sh.find(op.Key, h)
 	if !ok {
 		var fresh algorithms.State
 		r := algorithms.Decide(op.Algorithm, &fresh, now, &op.Limit, op.Cost)
 		if r.TTL <= 0 || fresh.IsZero() {
 			return r // nothing worth keeping
 		}
-		if len(sh.m) >= s.maxPer {
+		if int(sh.live) >= s.maxPer {
 			s.evictOne(sh, now)
 		}
-		sh.insert(op.Key, &fresh, now+r.TTL)
+		sh.insert(op.Key, h, &fresh, now+r.TTL)
 		s.keys.Add(1)
 		return r
 	}
@@ -199,41 +126,42 @@ func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 // evictOne makes room in a full shard: expired keys first, else the sampled key that
 // would expire soonest (the one whose loss forgets the least).
 func (s *Store) evictOne(sh *shard, now int64) {
-	var victim string
-	var victimSlot uint32
+	victimPos, victimSlot, n := -1, uint32(0), 0
 	var best int64
-	n := 0
-	for k, slot := range sh.m { // map iteration order is random: a free sample
+	expired := false
+	sh.sample(8, func(pos int, slot uint32) bool {
 		exp := sh.at(slot).expires
 		if exp <= now {
-			sh.remove(k, slot)
-			s.keys.Add(-1)
-			return
+			victimPos, victimSlot, expired = pos, slot, true
+			return false
 		}
 		if n == 0 || exp < best {
-			victim, victimSlot, best = k, slot, exp
+			victimPos, victimSlot, best = pos, slot, exp
 		}
-		if n++; n == 8 {
-			break
-		}
+		n++
+		return true
+	})
+	if victimPos < 0 {
+		return
 	}
-	if n > 0 {
-		sh.remove(victim, victimSlot)
-		s.keys.Add(-1)
-		s.evicted.Add(1)
-		if s.cfg.OnEvict != nil {
-			s.cfg.OnEvict()
-		}
+	sh.removeAt(victimPos, victimSlot)
+	s.keys.Add(-1)
+	if expired {
+		return
+	}
+	s.evicted.Add(1)
+	if s.cfg.OnEvict != nil {
+		s.cfg.OnEvict()
 	}
 }
 
 // Delete removes keys.
 func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
-		sh := s.shardFor(k)
+		sh, h := s.shardFor(k)
 		sh.mu.Lock()
-		if slot, ok := sh.m[k]; ok {
-			sh.remove(k, slot)
+		if slot, pos, ok := sh.find(k, h); ok {
+			sh.removeAt(pos, slot)
 			s.keys.Add(-1)
 		}
 		sh.mu.Unlock()
@@ -243,10 +171,10 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 
 // Peek returns a copy of the state stored under key, for admin reads and snapshots.
 func (s *Store) Peek(key string, now int64) (algorithms.State, bool) {
-	sh := s.shardFor(key)
+	sh, h := s.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	slot, ok := sh.m[key]
+	slot, _, ok := sh.find(key, h)
 	if !ok || sh.at(slot).expires <= now {
 		return algorithms.State{}, false
 	}
@@ -268,12 +196,13 @@ func (s *Store) Sweep(now int64) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, slot := range sh.m {
+		sh.each(func(pos int, slot uint32) bool {
 			if sh.at(slot).expires <= now {
-				sh.remove(k, slot)
+				sh.removeAt(pos, slot)
 				removed++
 			}
-		}
+			return true
+		})
 		sh.mu.Unlock()
 	}
 	s.keys.Add(int64(-removed))
@@ -317,16 +246,19 @@ func (s *Store) Range(now int64, fn func(key string, st *algorithms.State, expir
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		for k, slot := range sh.m {
-			if exp := sh.at(slot).expires; exp > now {
+		stopped := false
+		sh.each(func(_ int, slot uint32) bool {
+			e := sh.at(slot)
+			if e.expires > now {
 				st := sh.load(slot)
-				if !fn(k, &st, exp) {
-					sh.mu.Unlock()
-					return
-				}
+				stopped = !fn(sh.keyOf(slot, e), &st, e.expires)
 			}
-		}
+			return !stopped
+		})
 		sh.mu.Unlock()
+		if stopped {
+			return
+		}
 	}
 }
 
@@ -335,16 +267,16 @@ func (s *Store) Restore(key string, st algorithms.State, expires, now int64) {
 	if expires <= now {
 		return
 	}
-	sh := s.shardFor(key)
+	sh, h := s.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if slot, ok := sh.m[key]; ok {
+	if slot, _, ok := sh.find(key, h); ok {
 		sh.store(slot, &st, expires)
 		return
 	}
-	if len(sh.m) >= s.maxPer {
+	if int(sh.live) >= s.maxPer {
 		s.evictOne(sh, now)
 	}
 	s.keys.Add(1)
-	sh.insert(key, &st, expires)
+	sh.insert(key, h, &st, expires)
 }

@@ -104,20 +104,27 @@ func writeSnapshot(f *os.File, s *Store, now int64) (int, error) {
 		sh := &s.shards[i]
 		buf = buf[:0]
 		sh.mu.Lock()
-		for key, slot := range sh.m {
+		sh.each(func(_ int, slot uint32) bool {
 			e := sh.at(slot)
 			if e.expires <= now {
-				continue
+				return true
 			}
 			st := sh.load(slot)
 			encBuf = backends.EncodeState(encBuf[:0], &st)
-			buf = binary.AppendUvarint(buf, uint64(len(key)))
-			buf = append(buf, key...)
+			if e.klen <= inlineKey {
+				buf = binary.AppendUvarint(buf, uint64(e.klen))
+				buf = append(buf, e.key[:e.klen]...)
+			} else {
+				key := sh.long[slot]
+				buf = binary.AppendUvarint(buf, uint64(len(key)))
+				buf = append(buf, key...)
+			}
 			buf = binary.AppendVarint(buf, e.expires)
 			buf = binary.AppendUvarint(buf, uint64(len(encBuf)))
 			buf = append(buf, encBuf...)
 			count++
-		}
+			return true
+		})
 		sh.mu.Unlock()
 		if _, err := cw.Write(buf); err != nil {
 			return 0, err
