@@ -150,6 +150,11 @@ func (c *LocalCache) answer(now int64, op *Op) bool {
 	if op.Cost <= 0 || (op.Algorithm != algorithms.FixedWindow && op.Algorithm != algorithms.Calendar) {
 		return false
 	}
+	// A report-only charge is never refused, and a calendar charge that may drain into
+	// debt still takes it: the store must see both (costs known late, issue 17).
+	if op.Limit.Report || op.Algorithm == algorithms.Calendar && op.Limit.Drain && op.Limit.MaxDebt > 0 {
+		return false
+	}
 	sh := c.shard(op.Key)
 	sh.mu.Lock()
 	e, ok := sh.m[op.Key]
