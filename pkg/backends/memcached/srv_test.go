@@ -112,7 +112,11 @@ func TestSRV(t *testing.T) {
 	testutil.WaitFor(t, 10*time.Second, func() bool { return s.Ping(context.Background()) == nil })
 	lim := algorithms.Limit{Requests: 2, Period: 60_000_000}
 	key := "srv-" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	now := time.Now().UnixMicro()
+	// Every call at the start of the current minute's window, so that the key lives its
+	// whole minute in memcached: at the wall clock's now, a minute's edge a second later
+	// left it about two seconds, and the waits for failed refreshes below outlived it
+	// ("the count was lost").
+	now := algorithms.WindowStart(time.Now().UnixMicro(), lim.Period)
 	for i := 1; i <= 3; i++ {
 		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
 		if err := s.Apply(context.Background(), now, []*backends.Op{op}); err != nil {
