@@ -159,6 +159,9 @@ func printReport(w io.Writer, r *checkReport) {
 		if l.MaxDelay != "" {
 			line += ", max_delay " + l.MaxDelay
 		}
+		if l.Consistency == string(config.ConsistencyLocalFirst) {
+			line += fmt.Sprintf(", local_first (max_overshoot %g, sync_interval %s)", l.MaxOvershoot, l.SyncInterval)
+		}
 		fmt.Fprintln(w, line)
 	}
 	for _, q := range r.Quotas {

@@ -66,3 +66,29 @@ func TestCheckCommandBadInput(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckShowsConsistency: check prints a local-first limit's bound and sync interval,
+// as resolved (the defaults included), in text and in JSON.
+func TestCheckShowsConsistency(t *testing.T) {
+	dir := t.TempDir()
+	cfg := "domain: d\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: minute, requests_per_unit: 10000, consistency: local_first}\n"
+	if err := os.WriteFile(dir+"/d.yaml", []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"check", "--config", dir, "--domain", "d", "--descriptor", "tenant=t1"}, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if w := "fixed_window: 10000 per 1m0s, local_first (max_overshoot 0.01, sync_interval 100ms)"; !strings.Contains(out.String(), w) {
+		t.Errorf("%q missing from:\n%s", w, out.String())
+	}
+	out.Reset()
+	if code := run(t.Context(), []string{"check", "--config", dir, "--domain", "d", "--json", "--descriptor", "tenant=t1"}, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("json: exit %d: %s", code, errb.String())
+	}
+	for _, w := range []string{`"consistency": "local_first"`, `"max_overshoot": 0.01`, `"sync_interval": "100ms"`} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("%s missing from:\n%s", w, out.String())
+		}
+	}
+}

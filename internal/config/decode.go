@@ -882,6 +882,12 @@ type limitDraft struct {
 	delay                                                      time.Duration
 	okAll                                                      bool // every number and the algorithm decoded
 	alg                                                        algorithms.Algorithm
+
+	// The local-first keys (consistency.go).
+	consistency                              Consistency
+	consistencyNode, overshootNode, syncNode *yaml.Node
+	overshoot                                float64
+	sync                                     time.Duration
 }
 
 func rateLimitKeys() *keys[*limitDraft] {
@@ -923,6 +929,22 @@ func rateLimitKeys() *keys[*limitDraft] {
 			l.delay = v
 		}},
 		row{"failure_mode", func(d *decoder, l *limitDraft, p pair, f string) { l.failureMode = d.failureMode(p.v, f) }},
+		row{"consistency", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.consistencyNode = p.v
+			l.consistency = d.consistency(p.v, f)
+		}},
+		row{"max_overshoot", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.overshootNode = p.v
+			v, ok := d.fraction(p.v, f)
+			l.okAll = l.okAll && ok
+			l.overshoot = v
+		}},
+		row{"sync_interval", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.syncNode = p.v
+			v, ok := d.duration(p.v, f)
+			l.okAll = l.okAll && ok
+			l.sync = v
+		}},
 	)
 }
 
@@ -945,7 +967,8 @@ func (d *decoder) limit(l *limitDraft, n *yaml.Node, field string) *limitCfg {
 		for _, x := range []struct {
 			n    *yaml.Node
 			name string
-		}{{l.unitNode, "unit"}, {l.rpuNode, "requests_per_unit"}, {l.algNode, "algorithm"}, {l.burstNode, "burst"}, {l.multNode, "unit_multiplier"}, {l.delayNode, "max_delay"}} {
+		}{{l.unitNode, "unit"}, {l.rpuNode, "requests_per_unit"}, {l.algNode, "algorithm"}, {l.burstNode, "burst"}, {l.multNode, "unit_multiplier"}, {l.delayNode, "max_delay"},
+			{l.consistencyNode, "consistency"}, {l.overshootNode, "max_overshoot"}, {l.syncNode, "sync_interval"}} {
 			if x.n != nil {
 				d.add(x.n, join(field, x.name), "should not specify %s when unlimited", x.name)
 			}
@@ -1012,6 +1035,9 @@ func (d *decoder) limit(l *limitDraft, n *yaml.Node, field string) *limitCfg {
 		return nil
 	}
 	lc.lim.Params = p
+	if !d.checkConsistency(l, n, field) {
+		return nil
+	}
 	if l.rpu > math.MaxUint32 {
 		lc.lim.RequestsPerUnit = math.MaxUint32
 	} else {

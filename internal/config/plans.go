@@ -50,6 +50,15 @@ type Limit struct {
 	// set (requests_per_unit by default) for token_bucket and leaky_bucket, 0 otherwise.
 	// It passed Params.Validate(Algorithm).
 	Params algorithms.Limit
+	// Consistency is rate_limit.consistency: "" or ConsistencyExact decides every hit in
+	// the store; ConsistencyLocalFirst decides from a local share (consistency.go).
+	Consistency Consistency
+	// MaxOvershoot is the fraction of Params.Requests that local-first decisions may admit
+	// beyond it across every replica, in (0, 1); 0 for an exact limit.
+	MaxOvershoot float64
+	// SyncInterval is how often a replica sends a local-first limit's hits to the store
+	// and reads back the global count; 0 for an exact limit.
+	SyncInterval time.Duration
 }
 
 // Period returns the window length (unit x multiplier).

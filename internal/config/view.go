@@ -65,6 +65,11 @@ type LimitView struct {
 	Period          string `json:"period"`
 	Burst           int64  `json:"burst,omitempty"`
 	MaxDelay        string `json:"max_delay,omitempty"`
+	// Consistency is exact or local_first; MaxOvershoot and SyncInterval are shown for
+	// local_first only (resolved: the defaults when the rate_limit left them out).
+	Consistency  string  `json:"consistency"`
+	MaxOvershoot float64 `json:"max_overshoot,omitempty"`
+	SyncInterval string  `json:"sync_interval,omitempty"`
 }
 
 // QuotaView is the JSON form of a Quota.
@@ -128,6 +133,11 @@ func (l *Limit) View() LimitView {
 	}
 	if l.Params.MaxDelay > 0 {
 		v.MaxDelay = us(l.Params.MaxDelay)
+	}
+	v.Consistency = string(ConsistencyExact)
+	if l.LocalFirst() {
+		v.Consistency = string(ConsistencyLocalFirst)
+		v.MaxOvershoot, v.SyncInterval = l.MaxOvershoot, l.SyncInterval.String()
 	}
 	return v
 }
