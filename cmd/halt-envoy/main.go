@@ -426,6 +426,15 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if err != nil {
 		return err
 	}
+	defer func() {
+		// After the drain (SIGTERM): local-first limits send the hits they admitted and
+		// have not sent yet, before the store closes (deferred earlier, so later).
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := eng.Close(fctx); err != nil {
+			log.Warn("local-first: sending the last unsynced hits failed", "err", err)
+		}
+	}()
 	adminRoutes, pprofGuard, err := f.saas.adminRoutes(eng, log)
 	if err != nil {
 		return err

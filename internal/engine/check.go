@@ -10,6 +10,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/internal/adaptive"
 	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/localfirst"
 	"github.com/halt-envoy/halt-envoy/internal/quota"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -34,6 +35,8 @@ type scratch struct {
 	owners  []int           // descriptor index of each op
 	limits  []*config.Limit // what each op reports as
 	kinds   []Kind
+	local   []bool              // the op was decided from local state (local-first): not sent
+	tickets []localfirst.Ticket // a local-first op sent to the store: what its answer settles
 	keyBuf  []byte
 	replace map[string]struct{}
 	algo    []algorithms.Algorithm // per descriptor: requested algorithm override (0 none)
@@ -45,6 +48,8 @@ type scratch struct {
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
 func (sc *scratch) clearOps() {
 	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	clear(sc.tickets) // drop the entries they point at
+	sc.local, sc.tickets = sc.local[:0], sc.tickets[:0]
 }
 
 func (sc *scratch) reset(n int) {
@@ -192,6 +197,9 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			}
 			l = e.overrideAlgorithm(domain, rule, l, sc.algo[i])
 			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
+			if l.LocalFirst() {
+				e.takeLocal(sc, domain, rule, l, nowUS)
+			}
 		}
 	}
 	if e.cfg.StopIncrementOverLimit && (len(sc.ops) > 1 || (len(sc.ops) == 1 && callOver(decisions))) {
@@ -335,11 +343,38 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 	return &c
 }
 
-// apply sends the queued ops to the store in one round.
+// takeLocal lets the local-first layer decide the op just queued for limit l from local
+// state, or hand it the key's pending hits to carry to the store. A per-request
+// algorithm override to an algorithm local-first cannot decide is decided exactly.
+func (e *Engine) takeLocal(sc *scratch, domain string, rule *config.Rule, l *config.Limit, nowUS int64) {
+	if config.LocalFirstUnsupported(l.Algorithm) != "" {
+		return
+	}
+	k := len(sc.ops) - 1
+	op := &sc.ops[k]
+	sp := localfirst.Spec{Algorithm: l.Algorithm, Limit: l.Params, MaxOvershoot: l.MaxOvershoot,
+		SyncInterval: l.SyncInterval.Microseconds(), Domain: domain, Rule: rule.Name}
+	r, local, t := e.lf.Take(op.Key, &sp, op.Cost, nowUS)
+	switch {
+	case local:
+		op.Result, sc.local[k] = r, true
+	case t.Local():
+		op.Cost = min(algorithms.MaxCount, op.Cost+t.Flush)
+		sc.tickets[k] = t
+	}
+}
+
+// apply sends the queued ops to the store in one round, but those decided locally; it
+// sends nothing when every op was.
 func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
 	sc.opPtrs = sc.opPtrs[:0]
 	for k := range sc.ops {
-		sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
+		if !sc.local[k] {
+			sc.opPtrs = append(sc.opPtrs, &sc.ops[k])
+		}
+	}
+	if len(sc.opPtrs) == 0 {
+		return nil
 	}
 	start := time.Now()
 	// The store bounds the call by its own timeout (backends.Options.Timeout): a derived
@@ -392,6 +427,8 @@ func (e *Engine) queue(sc *scratch, owner int, l *config.Limit, kind Kind, a alg
 	sc.owners = append(sc.owners, owner)
 	sc.limits = append(sc.limits, l)
 	sc.kinds = append(sc.kinds, kind)
+	sc.local = append(sc.local, false)
+	sc.tickets = append(sc.tickets, localfirst.Ticket{})
 }
 
 func (e *Engine) addQuotaOp(sc *scratch, domain string, d *Descriptor, owner int, rule *config.Rule, q *config.Quota, cost int64, nowUS int64) {

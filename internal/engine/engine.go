@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/localfirst"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -64,6 +65,15 @@ type Config struct {
 	MaxDescriptors, MaxEntries, MaxValueLen int
 	// Observers see every decision and violation.
 	Observers []Observer
+	// LocalFirstAnnounce is how often the replica announces itself to the others sharing
+	// the store (local-first limits); zero means localfirst.DefaultAnnounceEvery.
+	LocalFirstAnnounce time.Duration
+	// LocalFirstMaxKeys bounds the keys of local-first limits with local state; zero
+	// means localfirst.DefaultMaxKeys.
+	LocalFirstMaxKeys int
+	// LocalFirstManual leaves local-first syncing to SyncLocalFirst (tests on a fake
+	// clock): no goroutine syncs in the background.
+	LocalFirstManual bool
 	// ShadowMode is the reference's global shadow mode (SHADOW_MODE): a call that would be
 	// over limit is answered as not over. Every descriptor is decided, counted and
 	// reported as without it (its Decision still says CodeOverLimit); only Check's answer
@@ -95,6 +105,8 @@ type Engine struct {
 	// failLog keeps store-failure warnings to one line per lograte.DefaultInterval:
 	// during an outage every call fails (halt_store_errors_total counts each one).
 	failLog *lograte.Limiter
+	// lf decides local-first limits from local state and syncs them with the store.
+	lf *localfirst.Layer
 }
 
 // New returns an engine for cfg.
@@ -134,10 +146,27 @@ func New(cfg Config) (*Engine, error) {
 		cfg.StoreName = "unknown"
 	}
 	e := &Engine{cfg: cfg, failLog: lograte.New(lograte.DefaultInterval)}
+	e.lf = localfirst.New(localfirst.Config{Store: cfg.Store, Now: cfg.Clock.Now, Metrics: cfg.Metrics, Logger: cfg.Logger,
+		AnnounceEvery: cfg.LocalFirstAnnounce, MaxKeys: cfg.LocalFirstMaxKeys, Manual: cfg.LocalFirstManual})
 	e.storeLatency = cfg.Metrics.StoreDuration.WithLabelValues(cfg.StoreName)
 	e.pool.New = func() any { return new(scratch) }
 	return e, nil
 }
+
+// Close sends the hits that local-first limits admitted and have not yet sent to the
+// store (on SIGTERM, after the drain), bounded by ctx, and stops their syncing. The
+// engine keeps deciding after Close, local-first limits exactly. It leaves the store
+// open.
+func (e *Engine) Close(ctx context.Context) error { return e.lf.Close(ctx) }
+
+// SyncLocalFirst runs one sync pass of the local-first limits at the engine clock's
+// time (the background loop does it every few milliseconds unless LocalFirstManual).
+func (e *Engine) SyncLocalFirst(ctx context.Context) error {
+	return e.lf.Sync(ctx, e.cfg.Clock.Now().UnixMicro(), false)
+}
+
+// LocalFirstReplicas is the replica count in force for local-first limits.
+func (e *Engine) LocalFirstReplicas() int { return e.lf.Replicas() }
 
 // Metrics returns the engine's metrics (metrics.Discard() when it was given none), so
 // that a transport counts into the same registry without checking for nil.

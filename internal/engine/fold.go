@@ -38,12 +38,6 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 		return 0, nil
 	}
 	applyErr := e.apply(ctx, nowUS, sc)
-	if applyErr != nil && st != stageRecord && ctx.Err() != nil {
-		// The caller gave up while the store worked: nobody is left to receive a
-		// failure-mode answer, and counting one as fail_open would mislead.
-		sc.clearOps()
-		return 0, ctx.Err()
-	}
 	wholeErr := applyErr
 	if applyErr != nil {
 		for k := range sc.ops {
@@ -53,13 +47,27 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 			}
 		}
 	}
+	for k := range sc.tickets {
+		// Local-first ops that went to the store: their answers grant the keys new
+		// budgets; a failed one may still be decided from local state (then it carries
+		// a Result and is treated as decided locally).
+		if sc.tickets[k].Local() && e.lf.Settle(sc.tickets[k], &sc.ops[k], wholeErr, nowUS) {
+			sc.local[k] = true
+		}
+	}
+	if applyErr != nil && st != stageRecord && ctx.Err() != nil {
+		// The caller gave up while the store worked: nobody is left to receive a
+		// failure-mode answer, and counting one as fail_open would mislead.
+		sc.clearOps()
+		return 0, ctx.Err()
+	}
 	var failed, failErr error // the first op failure; the failure that fails the call
 	for k := range sc.ops {
 		op := &sc.ops[k]
 		owner := sc.owners[k]
 		dec := &decisions[owner]
 		l, kind := sc.limits[k], sc.kinds[k]
-		if op.Err != nil || wholeErr != nil {
+		if op.Err != nil || (wholeErr != nil && !sc.local[k]) {
 			opErr := firstErr(op.Err, wholeErr)
 			if failed == nil {
 				failed = opErr

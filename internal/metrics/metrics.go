@@ -56,6 +56,27 @@ type Metrics struct {
 	InvalidUTF8 *prometheus.CounterVec
 	// ShapingDelay observes how long leaky-bucket shaping held admitted requests.
 	ShapingDelay prometheus.Histogram
+	// LocalFirstDecisions counts the decisions of local-first limits by domain, rule and
+	// where they were made (local: from the replica's budget; store: one op, as exact).
+	LocalFirstDecisions *prometheus.CounterVec
+	// LocalFirstStoreOps counts the store ops local-first limits cost (syncs, decisions
+	// sent to the store, refits), by domain and rule: divided by LocalFirstDecisions,
+	// the store ops per decision.
+	LocalFirstStoreOps *prometheus.CounterVec
+	// LocalFirstOvershoot estimates the hits admitted locally beyond the limit (an upper
+	// bound: hits of a batch the store found over the limit), by domain and rule.
+	LocalFirstOvershoot *prometheus.CounterVec
+	// LocalFirstBudget is the local budget last granted to a key of the rule.
+	LocalFirstBudget *prometheus.GaugeVec
+	// LocalFirstSyncLag observes how long a locally admitted hit waited before the store
+	// counted it (the age of the oldest hit of each batch).
+	LocalFirstSyncLag prometheus.Histogram
+	// LocalFirstReplicas is the replica count discovered through the store.
+	LocalFirstReplicas prometheus.Gauge
+	// LocalFirstKeys is the keys with local state; LocalFirstKeysRefused counts the keys
+	// decided exactly because that state was full.
+	LocalFirstKeys        prometheus.Gauge
+	LocalFirstKeysRefused prometheus.Counter
 	// Connections is the connections open now, by listener (grpc, http, admin): how
 	// close each is to its cap.
 	Connections *prometheus.GaugeVec
@@ -221,6 +242,32 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 		Name: "halt_adaptive_signal_errors_total", Help: "Evaluations of an adaptive rule's signal that said nothing (the factor held), by reason: query (failed), empty (no series), series (several), type.",
 	}, []string{"domain", "rule", "reason"})
 	r.MustRegister(m.AdaptiveFactor, m.AdaptiveSignalErrors)
+	m.LocalFirstDecisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_local_first_decisions_total", Help: "Decisions of local-first limits by domain, rule and where they were made (local: from the replica's budget; store: one store op).",
+	}, []string{"domain", "rule", "where"})
+	m.LocalFirstStoreOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_local_first_store_ops_total", Help: "Store ops spent on local-first limits (batched syncs, decisions sent to the store), by domain and rule.",
+	}, []string{"domain", "rule"})
+	m.LocalFirstOvershoot = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_local_first_overshoot_hits_total", Help: "Estimate (an upper bound) of hits admitted locally beyond the limit, found when their batch reached the store, by domain and rule.",
+	}, []string{"domain", "rule"})
+	m.LocalFirstBudget = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "halt_local_first_budget", Help: "The local budget (hits) last granted to a key of the rule at a sync.",
+	}, []string{"domain", "rule"})
+	m.LocalFirstSyncLag = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "halt_local_first_sync_lag_seconds", Help: "How long a locally admitted hit waited before the store counted it (the oldest hit of each batch).", Buckets: latency,
+	})
+	m.LocalFirstReplicas = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "halt_local_first_replicas", Help: "The halt replicas sharing the store, as discovered through it (announcements with a TTL).",
+	})
+	m.LocalFirstKeys = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "halt_local_first_keys", Help: "Keys of local-first limits with local state on this replica.",
+	})
+	m.LocalFirstKeysRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "halt_local_first_keys_refused_total", Help: "New keys of local-first limits decided exactly because the local state held its maximum of keys.",
+	})
+	r.MustRegister(m.LocalFirstDecisions, m.LocalFirstStoreOps, m.LocalFirstOvershoot, m.LocalFirstBudget, m.LocalFirstSyncLag,
+		m.LocalFirstReplicas, m.LocalFirstKeys, m.LocalFirstKeysRefused)
 	m.SetKeyCaps(0, 0)
 	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -199,8 +199,12 @@ func newEngine(store backends.Store, rules func() *config.Set, o *options) (*eng
 // of CheckN that keep the Engine's time.
 func (h *Engine) Now() time.Time { return h.eng.Now() }
 
-// Close stops watching the configuration's files (WithReload); it leaves the store open.
-func (h *Engine) Close() error { return h.close() }
+// Close stops watching the configuration's files (WithReload) and sends the hits that
+// local-first limits admitted and have not sent yet (bounded by the store's timeout per
+// round); it leaves the store open.
+func (h *Engine) Close() error {
+	return errors.Join(h.eng.Close(context.Background()), h.close())
+}
 
 // Domains returns the configuration's domains, sorted.
 func (h *Engine) Domains() []string { return h.rules().Domains() }
