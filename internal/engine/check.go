@@ -586,7 +586,9 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 	sc.costs = sc.costs[:0]
 	for k := range sc.ops {
 		sc.costs = append(sc.costs, sc.ops[k].Cost)
-		sc.ops[k].Cost = 0
+		if !sc.local[k] {
+			sc.ops[k].Cost = 0
+		}
 	}
 	if err := e.apply(ctx, nowUS, sc); err != nil && ctx.Err() != nil {
 		sc.clearOps()
@@ -599,6 +601,15 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 	for k := range sc.ops {
 		op := &sc.ops[k]
 		rule := decisions[sc.owners[k]].Rule
+		if sc.local[k] {
+			// Decided from local state (local-first): already charged there, and its
+			// decision is the prediction.
+			if !op.Result.Allowed && (rule == nil || !rule.ShadowMode) {
+				sc.refuses[k] = true
+				sc.over[sc.owners[k]] = true
+			}
+			continue
+		}
 		// A report-only op (issue 17) is never refused, so it refuses nothing either.
 		if op.Err == nil && sc.costs[k] > 0 && !op.Limit.Report && op.Result.Remaining < sc.costs[k] && (rule == nil || !rule.ShadowMode) {
 			sc.refuses[k] = true
@@ -608,6 +619,9 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 	refused := callOverIf(decisions, sc.over)
 	for k := range sc.ops {
 		op := &sc.ops[k]
+		if sc.local[k] {
+			continue // keeps its local decision (and its local charge: a budget is not refunded)
+		}
 		op.Result, op.Err = algorithms.Result{}, nil
 		// A refund and a report-only charge are not increments a refusal may spare: a
 		// charge after the response is always recorded (issue 17).

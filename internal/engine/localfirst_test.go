@@ -304,3 +304,41 @@ descriptors:
 		t.Fatalf("%d store ops for 600 decisions", ops)
 	}
 }
+
+// TestLocalFirstWithStopIncrement: with STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, a
+// local-first limit decided locally keeps its decision when another limit of the call
+// refuses it (the read round does not reread or reset it).
+func TestLocalFirstWithStopIncrement(t *testing.T) {
+	f := newFixture(t, `domain: d
+descriptors:
+  - key: hot
+    rate_limit: {unit: minute, requests_per_unit: 10000, consistency: local_first}
+  - key: tight
+    rate_limit: {unit: minute, requests_per_unit: 1}
+`, func(c *engine.Config) {
+		c.StopIncrementOverLimit, c.LocalFirstManual, c.LocalFirstAnnounce = true, true, time.Second
+	})
+	for range 9 {
+		if err := f.e.SyncLocalFirst(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		f.clock.Add(250 * time.Millisecond)
+	}
+	f.mustCheck(t, d(1, "hot", "h")) // to the store: grants the budget
+	rounds, ops := f.store.rounds, f.store.ops
+	decs, over := f.mustCheck(t, d(1, "hot", "h"), d(1, "tight", "x"))
+	if over || decs[0].Code != engine.CodeOK || decs[1].Code != engine.CodeOK {
+		t.Fatalf("first call: over %v, %v", over, codes(decs))
+	}
+	decs, over = f.mustCheck(t, d(1, "hot", "h"), d(1, "tight", "x"))
+	if !over || decs[0].Code != engine.CodeOK || decs[1].Code != engine.CodeOverLimit {
+		t.Fatalf("tight refuses: over %v, %v; want the call over, hot OK (decided locally)", over, codes(decs))
+	}
+	if decs[0].Result.Limit != 10000 || decs[0].Result.Remaining < 9990 {
+		t.Fatalf("hot's local result lost: %+v", decs[0].Result)
+	}
+	// Each call: a read round and a decide round, both for tight only.
+	if f.store.rounds-rounds != 4 || f.store.ops-ops != 4 {
+		t.Fatalf("%d store rounds, %d ops for two calls: want 4, 4 (hot never sent)", f.store.rounds-rounds, f.store.ops-ops)
+	}
+}
