@@ -345,13 +345,16 @@ func (e *Engine) overrideAlgorithm(domain string, rule *config.Rule, l *config.L
 
 // takeLocal lets the local-first layer decide the op just queued for limit l from local
 // state, or hand it the key's pending hits to carry to the store. A per-request
-// algorithm override to an algorithm local-first cannot decide is decided exactly.
+// algorithm override to an algorithm local-first cannot decide, and a charge that is
+// not a plain one, are decided exactly.
 func (e *Engine) takeLocal(sc *scratch, domain string, rule *config.Rule, l *config.Limit, nowUS int64) {
-	if config.LocalFirstUnsupported(l.Algorithm) != "" {
-		return
-	}
 	k := len(sc.ops) - 1
 	op := &sc.ops[k]
+	if config.LocalFirstUnsupported(l.Algorithm) != "" || op.Cost < 0 || op.Limit.Report || (op.Cost == 0 && op.Limit.NeedsUnit) {
+		// Refunds, report-only charges and checks that need room for one hit are
+		// decided in the store, exactly: a local budget counts admitted hits only.
+		return
+	}
 	sp := localfirst.Spec{Algorithm: l.Algorithm, Limit: l.Params, MaxOvershoot: l.MaxOvershoot,
 		SyncInterval: l.SyncInterval.Microseconds(), Domain: domain, Rule: rule.Name}
 	r, local, t := e.lf.Take(op.Key, &sp, op.Cost, nowUS)

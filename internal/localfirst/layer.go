@@ -200,10 +200,11 @@ func (l *Layer) Settle(t Ticket, op *backends.Op, err error, now int64) bool {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err == nil && !op.Result.Allowed && t.Flush > 0 && e.spec.Algorithm != algorithms.FixedWindow {
-		// A bucket or a sliding counter takes nothing from an op it refuses: the batch
-		// was not recorded. It goes back to pending (before the grant, which counts it
-		// as not yet counted); the next sync records what fits.
+	if err == nil && !op.Result.Allowed && t.Flush > 0 && e.spec.Algorithm != algorithms.FixedWindow && !op.Limit.Drain {
+		// A bucket or a sliding counter takes nothing from an op it refuses unless the
+		// op drains (a rule's over_charge: drain, the default, takes what is left): the
+		// batch was not recorded. It goes back to pending (before the grant, which counts
+		// it as not yet counted); the next sync records what fits.
 		e.putBack(t.Flush, now)
 	}
 	e.settle(t.Flush, t.seq, &op.Result, err, now, l.replicas)
