@@ -749,16 +749,16 @@ func TestStoreKeyPrefixFlag(t *testing.T) {
 	}
 }
 
-// startMemcached starts a memcached of the test's own on a free loopback port, and
-// returns its address and a function that stops it.
-func startMemcached(t *testing.T) (addr string, stop func()) {
+// startMemcached starts a memcached of the test's own on a free loopback port (with
+// extra arguments), and returns its address and a function that stops it.
+func startMemcached(t *testing.T, extra ...string) (addr string, stop func()) {
 	t.Helper()
 	if _, err := exec.LookPath("memcached"); err != nil {
 		testutil.Missing(t, "memcached not installed")
 	}
 	addr = fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	_, port, _ := net.SplitHostPort(addr)
-	args := []string{"-l", "127.0.0.1", "-p", port, "-U", "0"}
+	args := append([]string{"-l", "127.0.0.1", "-p", port, "-U", "0"}, extra...)
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "root")
 	}
@@ -805,5 +805,55 @@ func TestReferenceLocalCache(t *testing.T) {
 	}
 	if !strings.Contains(p.Log.String(), "local over-limit cache in front of the store") {
 		t.Errorf("the log does not say the cache was added:\n%s", p.Log.String())
+	}
+}
+
+// TestReferenceMemcacheTLS: BACKEND_TYPE=memcache with MEMCACHE_TLS and its files decides
+// on a memcached that speaks only TLS and requires a client certificate; the server's
+// certificate names localhost only, so the name given in MEMCACHE_HOST_PORT is what is
+// verified (the client dials its address).
+func TestReferenceMemcacheTLS(t *testing.T) {
+	ca, err := tlstest.NewCA("memcached test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.Issue("memcached", false, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ca.Issue("halt", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key, err := srv.Write(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, clientKey, err := cli.Write(dir, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPath := filepath.Join(dir, "ca.pem")
+	if err := tlstest.WriteFile(caPath, ca.PEM); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := startMemcached(t, "-Z", "-o", fmt.Sprintf("ssl_chain_cert=%s,ssl_key=%s,ssl_ca_cert=%s,ssl_verify_mode=2", cert, key, caPath))
+	_, port, _ := net.SplitHostPort(addr)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "config"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, filepath.Join(root, "config"), "t.yaml", "domain: t\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 2}\n")
+	_, c := startRef(t, "RUNTIME_ROOT", root, "BACKEND_TYPE", "memcache", "MEMCACHE_HOST_PORT", "localhost:"+port, "HALT_STORE_TIMEOUT", "2s",
+		"MEMCACHE_TLS", "true", "MEMCACHE_TLS_CACERT", caPath, "MEMCACHE_TLS_CLIENT_CERT", clientCert, "MEMCACHE_TLS_CLIENT_KEY", clientKey,
+		testClockEnv, clockStart)
+	// The third call is over limit only if the store counted the first two (a store that
+	// cannot be reached fails open).
+	for i := range 3 {
+		r := call(t, c, "t", [2]string{"k", "v"})
+		if (r.OverallCode == rlspb.RateLimitResponse_OVER_LIMIT) != (i == 2) {
+			t.Fatalf("call %d: %v", i+1, r)
+		}
 	}
 }

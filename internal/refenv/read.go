@@ -700,6 +700,7 @@ func (r *reader) memcache(s *Settings) {
 		if refresh > 0 {
 			q.Set("srv_refresh", refresh.String())
 		}
+		r.memcacheTLS(q)
 		s.Store = (&url.URL{Scheme: "memcached", Path: "/", RawQuery: q.Encode()}).String()
 		return
 	}
@@ -718,8 +719,35 @@ func (r *reader) memcache(s *Settings) {
 		r.fail("MEMCACHE_MAX_IDLE_CONNS=%q: want a positive integer", r.str("MEMCACHE_MAX_IDLE_CONNS"))
 		return
 	}
-	u := url.URL{Scheme: "memcached", Host: strings.Join(hosts, ","), RawQuery: "max_idle_conns=" + strconv.FormatInt(n, 10)}
+	q := url.Values{"max_idle_conns": {strconv.FormatInt(n, 10)}}
+	r.memcacheTLS(q)
+	u := url.URL{Scheme: "memcached", Host: strings.Join(hosts, ","), RawQuery: q.Encode()}
 	s.Store = u.String()
+}
+
+// memcacheTLS adds MEMCACHE_TLS and its files to a memcached URL's query q; a TLS file
+// set while MEMCACHE_TLS is false stops startup (the connection would be plaintext).
+func (r *reader) memcacheTLS(q url.Values) {
+	if !r.boolean("MEMCACHE_TLS") {
+		for _, n := range []string{"MEMCACHE_TLS_CLIENT_CERT", "MEMCACHE_TLS_CLIENT_KEY", "MEMCACHE_TLS_CACERT", "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION"} {
+			if v := r.str(n); v != "" && v != "false" {
+				r.fail("%s is set but MEMCACHE_TLS is false: the connection would be plaintext", n)
+			}
+		}
+		return
+	}
+	q.Set("tls", "true")
+	for env, opt := range map[string]string{"MEMCACHE_TLS_CLIENT_CERT": "tls_cert", "MEMCACHE_TLS_CLIENT_KEY": "tls_key", "MEMCACHE_TLS_CACERT": "tls_ca"} {
+		if v := r.str(env); v != "" {
+			q.Set(opt, v)
+		}
+	}
+	if (r.str("MEMCACHE_TLS_CLIENT_CERT") == "") != (r.str("MEMCACHE_TLS_CLIENT_KEY") == "") {
+		r.fail("MEMCACHE_TLS_CLIENT_CERT and MEMCACHE_TLS_CLIENT_KEY go together")
+	}
+	if r.boolean("MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION") {
+		q.Set("tls_skip_hostname_verification", "true")
+	}
 }
 
 func splitList(v string) []string {

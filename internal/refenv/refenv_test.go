@@ -597,6 +597,24 @@ func TestMemcacheSRV(t *testing.T) {
 		t.Errorf("store without refresh %s", s.Store)
 	}
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_HOST_PORT": "h:1"}, "MEMCACHE_SRV and MEMCACHE_HOST_PORT")
+}
+
+// TestMemcacheTLS: MEMCACHE_TLS and its files become the memcached URL's tls=true and
+// tls_* options, with MEMCACHE_HOST_PORT and with MEMCACHE_SRV; a file without
+// MEMCACHE_TLS stops startup rather than connect in plaintext.
+func TestMemcacheTLS(t *testing.T) {
+	tlsVars := map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "mc.example:11211", "MEMCACHE_TLS": "true",
+		"MEMCACHE_TLS_CACERT": "/ca.pem", "MEMCACHE_TLS_CLIENT_CERT": "/c.pem", "MEMCACHE_TLS_CLIENT_KEY": "/k.pem", "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION": "true", "USE_STATSD": "false"}
+	s := mustRead(t, tlsVars)
+	if want := "memcached://mc.example:11211?max_idle_conns=2&tls=true&tls_ca=%2Fca.pem&tls_cert=%2Fc.pem&tls_key=%2Fk.pem&tls_skip_hostname_verification=true"; s.Store != want {
+		t.Errorf("store %s\nwant  %s", s.Store, want)
+	}
+	srv := map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_TLS": "true", "USE_STATSD": "false"}
+	if s := mustRead(t, srv); s.Store != "memcached:///?max_idle_conns=2&srv=_m._tcp.x&tls=true" {
+		t.Errorf("SRV with TLS: %s", s.Store)
+	}
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1", "MEMCACHE_TLS_CACERT": "/ca.pem"}, "MEMCACHE_TLS_CACERT is set but MEMCACHE_TLS is false")
+	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_HOST_PORT": "m:1", "MEMCACHE_TLS": "true", "MEMCACHE_TLS_CLIENT_CERT": "/c.pem"}, "MEMCACHE_TLS_CLIENT_CERT and MEMCACHE_TLS_CLIENT_KEY")
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "cache.example.org"}, "MEMCACHE_SRV")
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_SRV_REFRESH": "-1s"}, "MEMCACHE_SRV_REFRESH")
 	mustFail(t, map[string]string{"BACKEND_TYPE": "memcache", "MEMCACHE_SRV": "_m._tcp.x", "MEMCACHE_SRV_REFRESH": "soon"}, "MEMCACHE_SRV_REFRESH")

@@ -7,6 +7,7 @@ package memcached
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -58,6 +59,10 @@ type Config struct {
 	SRVRefresh time.Duration
 	// Resolver looks SRV up; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// TLS, when set, is used for every connection (the reference's MEMCACHE_TLS): each
+	// server's certificate is verified for its name as written, or as the SRV record
+	// gave it, unless TLS.ServerName names another.
+	TLS *tls.Config
 	// CASAttempts bounds the compare-and-swap rounds of one op; zero means
 	// backends.DefaultCASAttempts.
 	CASAttempts int
@@ -106,6 +111,21 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	q.Alias("max_retries", "cas_attempts")
 	cfg.CASAttempts = q.Int("cas_attempts", 0, 1, backends.MaxCASAttempts)
 	cfg.MaxIdleConns = q.Int("max_idle_conns", 0, 1, math.MaxInt)
+	if q.Bool("tls", false) {
+		opts := map[string]string{}
+		for _, k := range backends.TLSOptions {
+			if v := q.String(k, ""); q.Has(k) {
+				opts[k] = v
+			}
+		}
+		if cfg.TLS, err = backends.TLSConfig("memcached", opts, ""); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, k := range backends.TLSOptions {
+			q.Refuse(k, "needs tls=true")
+		}
+	}
 	cfg.SRV = q.String("srv", "")
 	cfg.SRVRefresh = q.Duration("srv_refresh", 0, 0)
 	if cfg.SRV == "" {
@@ -136,6 +156,13 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.TLS != nil {
+		for _, srv := range cfg.Servers {
+			if strings.Contains(srv, "/") {
+				return nil, fmt.Errorf("memcached: server %q is a unix socket, not reached over TLS", srv)
+			}
+		}
 	}
 	var sel memcache.ServerSelector
 	stop := func() {}
@@ -168,6 +195,20 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		sel = ring
 	}
 	mc := memcache.NewFromSelector(sel)
+	if cfg.TLS != nil {
+		named := sel.(interface{ serverName(string) string })
+		mc.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+			if network == "unix" {
+				return nil, fmt.Errorf("memcached: %s is a unix socket, not reached over TLS", address)
+			}
+			c := cfg.TLS.Clone()
+			if c.ServerName == "" {
+				c.ServerName = named.serverName(address)
+			}
+			d := tls.Dialer{Config: c}
+			return d.DialContext(ctx, network, address)
+		}
+	}
 	mc.Timeout = opt.Timeout
 	mc.MaxIdleConns = cfg.MaxIdleConns
 	return &Store{mc: mc, sel: sel, stop: stop, cfg: cfg, opt: opt, cas: backends.CAS{

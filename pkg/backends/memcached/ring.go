@@ -22,6 +22,9 @@ type Ring struct {
 	points []uint32
 	owner  []int // owner[i] indexes addrs for points[i]
 	addrs  []net.Addr
+	// names maps a resolved address to the server's name as written (or as an SRV record
+	// gave it): the name TLS verifies, where the client dials the address.
+	names map[string]string
 }
 
 // addr caches what a resolved address prints, as memcache.ServerList does, so the
@@ -34,10 +37,16 @@ func (a addr) String() string  { return a.str }
 // NewRing resolves servers (host:port, or a path for a unix socket) and builds the ring.
 // Points hash the server as written, so every client given the same list agrees on it.
 func NewRing(servers ...string) (*Ring, error) {
+	return newRing(servers, nil)
+}
+
+// newRing is NewRing with the names (server as given -> name) of servers given as
+// addresses, for TLS to verify.
+func newRing(servers []string, names map[string]string) (*Ring, error) {
 	if len(servers) == 0 {
 		return nil, fmt.Errorf("memcached: no servers")
 	}
-	r := &Ring{}
+	r := &Ring{names: map[string]string{}}
 	seen := map[string]bool{}
 	for i, s := range servers {
 		if seen[s] {
@@ -57,6 +66,11 @@ func NewRing(servers ...string) (*Ring, error) {
 				return nil, fmt.Errorf("memcached: server %q: %w", s, err)
 			}
 			a = addr{ta.Network(), ta.String()}
+			host, _, _ := net.SplitHostPort(s)
+			if n := names[s]; n != "" {
+				host = n
+			}
+			r.names[a.String()] = host
 		}
 		r.addrs = append(r.addrs, a)
 		for j := 0; j < pointsPerServer/4; j++ {
@@ -103,6 +117,9 @@ func (r *Ring) PickServer(key string) (net.Addr, error) {
 	}
 	return r.addrs[r.owner[i]], nil
 }
+
+// serverName is the name of the server at the resolved address addr ("" when unknown).
+func (r *Ring) serverName(addr string) string { return r.names[addr] }
 
 // Each calls f for every server (Ping and flushes use it).
 func (r *Ring) Each(f func(net.Addr) error) error {

@@ -39,6 +39,9 @@ type srvRing struct {
 	failed   atomic.Int64 // refreshes that failed and kept the servers
 }
 
+// serverName is the SRV target behind the resolved address addr.
+func (r *srvRing) serverName(addr string) string { return r.cur.Load().serverName(addr) }
+
 // PickServer returns the server of the current ring for key.
 func (r *srvRing) PickServer(key string) (net.Addr, error) { return r.cur.Load().PickServer(key) }
 
@@ -48,46 +51,49 @@ func (r *srvRing) Each(f func(net.Addr) error) error { return r.cur.Load().Each(
 // lookup resolves the SRV record into host:port addresses (the targets resolved with
 // the same resolver, each to its first address), sorted so that every client given the
 // same record builds the same ring.
-func (r *srvRing) lookup(ctx context.Context) ([]string, error) {
+func (r *srvRing) lookup(ctx context.Context) ([]string, map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	_, recs, err := r.resolver.LookupSRV(ctx, "", "", r.name)
 	if err != nil {
-		return nil, fmt.Errorf("memcached: SRV %s: %w", r.name, err)
+		return nil, nil, fmt.Errorf("memcached: SRV %s: %w", r.name, err)
 	}
 	var out []string
+	names := map[string]string{}
 	for _, rec := range recs {
 		host := strings.TrimSuffix(rec.Target, ".")
 		if ip := net.ParseIP(host); ip == nil {
 			ips, err := r.resolver.LookupHost(ctx, host)
 			if err != nil {
-				return nil, fmt.Errorf("memcached: SRV %s: target %s: %w", r.name, host, err)
+				return nil, nil, fmt.Errorf("memcached: SRV %s: target %s: %w", r.name, host, err)
 			}
 			if len(ips) == 0 {
-				return nil, fmt.Errorf("memcached: SRV %s: target %s has no address", r.name, host)
+				return nil, nil, fmt.Errorf("memcached: SRV %s: target %s has no address", r.name, host)
 			}
+			name := host
 			host = ips[0]
+			names[net.JoinHostPort(host, strconv.Itoa(int(rec.Port)))] = name
 		}
 		out = append(out, net.JoinHostPort(host, strconv.Itoa(int(rec.Port))))
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("memcached: SRV %s has no targets", r.name)
+		return nil, nil, fmt.Errorf("memcached: SRV %s has no targets", r.name)
 	}
 	slices.Sort(out)
-	return slices.Compact(out), nil
+	return slices.Compact(out), names, nil
 }
 
 // refresh looks the record up again and swaps the ring when its servers changed. A
 // failed lookup keeps the current servers (DNS trouble must not empty the ring).
 func (r *srvRing) refresh(ctx context.Context) error {
-	servers, err := r.lookup(ctx)
+	servers, names, err := r.lookup(ctx)
 	if err != nil {
 		return err
 	}
 	if old, _ := r.servers.Load().([]string); slices.Equal(old, servers) {
 		return nil
 	}
-	ring, err := NewRing(servers...)
+	ring, err := newRing(servers, names)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,6 @@ package redis
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,7 +18,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -167,7 +165,7 @@ func Parse(u *url.URL) (Config, error) {
 	}
 	q.Refuse("db", "applies to redis+unix:// only (the database is the URL's path)")
 	tlsOpts := map[string]string{}
-	for _, k := range tlsOptions {
+	for _, k := range backends.TLSOptions {
 		if !secure {
 			q.Refuse(k, "needs a rediss://, rediss+sentinel:// or rediss+cluster:// URL")
 		} else if v := q.String(k, ""); q.Has(k) {
@@ -188,7 +186,7 @@ func Parse(u *url.URL) (Config, error) {
 		if cfg.Mode == Standalone {
 			host, _, _ = net.SplitHostPort(cfg.Addrs[0])
 		}
-		t, err := tlsConfig(tlsOpts, host)
+		t, err := backends.TLSConfig("redis", tlsOpts, host)
 		if err != nil {
 			return cfg, err
 		}
@@ -237,87 +235,10 @@ func parseUnix(u *url.URL, cfg Config) (Config, error) {
 	for _, k := range []string{"master", "sentinel_username", "sentinel_password"} {
 		q.Refuse(k, "applies to redis+sentinel:// only")
 	}
-	for _, k := range tlsOptions {
+	for _, k := range backends.TLSOptions {
 		q.Refuse(k, "a unix socket is not reached over TLS")
 	}
 	return cfg, q.Err()
-}
-
-// tlsOptions are the options of a TLS URL.
-var tlsOptions = []string{"tls_ca", "tls_cert", "tls_key", "tls_server_name", "tls_skip_hostname_verification", "tls_insecure_skip_verify"}
-
-func boolean(k, v string) (bool, error) {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return false, fmt.Errorf("redis URL: %s must be true or false, got %q", k, v)
-	}
-	return b, nil
-}
-
-func tlsConfig(o map[string]string, host string) (*tls.Config, error) {
-	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
-	if v, ok := o["tls_server_name"]; ok {
-		t.ServerName = v
-	}
-	if v, ok := o["tls_insecure_skip_verify"]; ok {
-		b, err := boolean("tls_insecure_skip_verify", v)
-		if err != nil {
-			return nil, err
-		}
-		t.InsecureSkipVerify = b
-	}
-	if v, ok := o["tls_skip_hostname_verification"]; ok {
-		b, err := boolean("tls_skip_hostname_verification", v)
-		if err != nil {
-			return nil, err
-		}
-		if b && t.InsecureSkipVerify {
-			return nil, fmt.Errorf("redis URL: tls_skip_hostname_verification and tls_insecure_skip_verify exclude each other (the second skips every check)")
-		}
-		if b {
-			// The chain is still verified (against tls_ca, else the system's roots); only
-			// the name is not, as the reference's REDIS_TLS_SKIP_HOSTNAME_VERIFICATION.
-			t.InsecureSkipVerify = true
-			t.VerifyConnection = func(cs tls.ConnectionState) error { return verifyChain(cs, t.RootCAs) }
-		}
-	}
-	if p, ok := o["tls_ca"]; ok {
-		pem, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("redis URL: tls_ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis URL: tls_ca %s holds no PEM certificate", p)
-		}
-		t.RootCAs = pool
-	}
-	cert, key := o["tls_cert"], o["tls_key"]
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("redis URL: tls_cert and tls_key go together")
-	}
-	if cert != "" {
-		c, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("redis URL: client certificate: %w", err)
-		}
-		t.Certificates = []tls.Certificate{c}
-	}
-	return t, nil
-}
-
-// verifyChain verifies the server's certificate chain against roots (nil: the system's),
-// without its name.
-func verifyChain(cs tls.ConnectionState, roots *x509.CertPool) error {
-	if len(cs.PeerCertificates) == 0 {
-		return errors.New("redis TLS: the server sent no certificate")
-	}
-	opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool()}
-	for _, c := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	_, err := cs.PeerCertificates[0].Verify(opts)
-	return err
 }
 
 // Store is the Redis backend. Create it with Open.

@@ -166,7 +166,7 @@ func startTLSSentinel(t *testing.T, files tlsFiles, masterPort int) int {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	tlsCfg, err := tlsConfig(map[string]string{"tls_ca": files.ca}, "127.0.0.1")
+	tlsCfg, err := backends.TLSConfig("redis", map[string]string{"tls_ca": files.ca}, "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +204,7 @@ func TestTLSSentinel(t *testing.T) {
 // too), with keys across every node.
 func TestTLSCluster(t *testing.T) {
 	files := writeTLS(t)
-	tlsCfg, err := tlsConfig(map[string]string{"tls_ca": files.ca}, "")
+	tlsCfg, err := backends.TLSConfig("redis", map[string]string{"tls_ca": files.ca}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
