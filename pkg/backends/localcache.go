@@ -40,14 +40,15 @@ const localCacheShards = 32
 //
 // Token and leaky buckets and both sliding windows refill continuously from state other
 // replicas move, and a penalty's answer is not fixed by one denial: they always go to the
-// store, as do checks (cost 0). An entry is tied to the exact Limit (a configuration
-// change misses), is replaced or dropped by every answer the store gives for its key, and
-// is dropped by Delete through this cache. What it cannot see: a Delete (admin reset)
-// through another replica, or another replica whose clock is ahead and already in the
-// next window (this one keeps denying until the cached window ends); a key's time left
-// more than algorithms.MaxSkew ahead by a replica whose clock is that far off, which the
-// algorithms treat as broken (the cached wait is then longer than the store's by up to
-// that lead).
+// store, as do checks (cost 0), refunds (a negative cost), report-only ops (Limit.Report)
+// and calendar charges that may drain into debt. An entry is tied to the exact Limit (a
+// configuration change misses), is replaced or dropped by every answer the store gives
+// for its key (a refund's included), and is dropped by Delete through this cache. What it
+// cannot see: a Delete (admin reset) or a refund through another replica, or another
+// replica whose clock is ahead and already in the next window (this one keeps denying
+// until the cached window ends); a key's time left more than algorithms.MaxSkew ahead by
+// a replica whose clock is that far off, which the algorithms treat as broken (the cached
+// wait is then longer than the store's by up to that lead).
 //
 // Memory is bounded by NewLocalCache's maxBytes: each of 32 shards holds a 32nd of it, an
 // entry counting len(key) + LocalCacheEntryBytes; a full shard evicts (an expired entry
@@ -145,14 +146,25 @@ func (c *LocalCache) learnAll(now int64, ops []*Op) {
 	}
 }
 
-// answer fills op.Result from a live entry and reports whether it did.
-func (c *LocalCache) answer(now int64, op *Op) bool {
-	if op.Cost <= 0 || (op.Algorithm != algorithms.FixedWindow && op.Algorithm != algorithms.Calendar) {
+// localCacheable reports whether op can ever be answered from the cache: a fixed window
+// or a calendar quota, never a report-only op (it is charged and never refused) nor a
+// calendar op that may drain into debt (a denial then still charges).
+func localCacheable(op *Op) bool {
+	if op.Limit.Report {
 		return false
 	}
-	// A report-only charge is never refused, and a calendar charge that may drain into
-	// debt still takes it: the store must see both (costs known late, issue 17).
-	if op.Limit.Report || op.Algorithm == algorithms.Calendar && op.Limit.Drain && op.Limit.MaxDebt > 0 {
+	switch op.Algorithm {
+	case algorithms.FixedWindow:
+		return true
+	case algorithms.Calendar:
+		return !op.Limit.Drain || op.Limit.MaxDebt == 0
+	}
+	return false
+}
+
+// answer fills op.Result from a live entry and reports whether it did.
+func (c *LocalCache) answer(now int64, op *Op) bool {
+	if op.Cost <= 0 || !localCacheable(op) {
 		return false
 	}
 	sh := c.shard(op.Key)
@@ -177,6 +189,9 @@ func (c *LocalCache) answer(now int64, op *Op) bool {
 
 // learn records, replaces or drops the entry of op's key from the store's answer at now.
 func (c *LocalCache) learn(now int64, op *Op) {
+	if !localCacheable(op) {
+		return
+	}
 	r := &op.Result
 	var e localEntry
 	keep := false
@@ -194,12 +209,10 @@ func (c *LocalCache) learn(now int64, op *Op) {
 		}
 	case algorithms.Calendar:
 		// Decided in the op's own window (not a later one it found the key in).
-		if r.Remaining == 0 && r.ResetAfter > 0 && end == op.Limit.WindowEnd && at >= now {
+		if r.Remaining == 0 && r.Debt == 0 && r.ResetAfter > 0 && end == op.Limit.WindowEnd && at >= now {
 			e.from, e.until, e.at = op.Limit.WindowStart, end, at
 			keep = true
 		}
-	default:
-		return
 	}
 	sh := c.shard(op.Key)
 	if !keep {
