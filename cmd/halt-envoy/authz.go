@@ -8,6 +8,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 
+	"github.com/halt-envoy/halt-envoy/internal/admin"
 	"github.com/halt-envoy/halt-envoy/internal/authz"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
@@ -18,6 +19,7 @@ import (
 type extAuthz struct {
 	watcher  *authz.Watcher
 	register func(*grpc.Server)
+	srv      *authz.Server
 }
 
 // startAuthz loads the authz config (and keeps reloading it). With no path it returns a
@@ -38,10 +40,26 @@ func startAuthz(ctx context.Context, path string, caps authz.Caps, debounce time
 	if err != nil {
 		return nil, err
 	}
-	x := &extAuthz{watcher: w}
 	srv := authz.New(engine, rules, w.Current, log, m)
+	x := &extAuthz{watcher: w, srv: srv}
 	x.register = func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) }
 	return x, nil
+}
+
+// abuse is what the admin API reads of the abuse detectors (nil without ext_authz).
+func (x *extAuthz) abuse() *admin.Abuse {
+	if x == nil {
+		return nil
+	}
+	return &admin.Abuse{
+		Penalty: func() string {
+			if c := x.watcher.Current(); c != nil && c.Abuse != nil {
+				return c.Abuse.Penalty
+			}
+			return ""
+		},
+		Detections: x.srv.Detections(),
+	}
 }
 
 // registrations returns the gRPC registrations to add to the server.

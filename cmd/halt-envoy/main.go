@@ -435,15 +435,15 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 			log.Warn("local-first: sending the last unsynced hits failed", "err", err)
 		}
 	}()
-	adminRoutes, pprofGuard, err := f.saas.adminRoutes(eng, log)
-	if err != nil {
-		return err
-	}
 	ext, err := startAuthz(ctx, f.authzConfig, f.caps.authz(), f.debounce, eng, watcher.Current, log, m)
 	if err != nil {
 		return fmt.Errorf("load authz config: %w", err)
 	}
 	defer ext.close()
+	adminRoutes, pprofGuard, err := f.saas.adminRoutes(eng, ext.abuse(), log)
+	if err != nil {
+		return err
+	}
 	var tlsCfg *tls.Config
 	if f.tlsCert != "" || f.tlsKey != "" || f.tlsClientCA != "" {
 		minVersion, err := tlsutil.ParseVersion(f.tlsMinVersion)

@@ -88,12 +88,12 @@ func (s *saasFlags) observers(m *metrics.Metrics, otlp *sdktrace.TracerProvider,
 // guard for server.Options.PprofGuard: the admin token (nil without one, so that pprof is
 // served on --admin-addr only). The API reads and resets state through eng, so that its
 // keys, configuration and clock are the decisions'.
-func (s *saasFlags) adminRoutes(eng *engine.Engine, log *slog.Logger) ([]func(*http.ServeMux), func(http.Handler) http.Handler, error) {
+func (s *saasFlags) adminRoutes(eng *engine.Engine, ab *admin.Abuse, log *slog.Logger) ([]func(*http.ServeMux), func(http.Handler) http.Handler, error) {
 	tok, err := s.token()
 	if err != nil {
 		return nil, nil, err
 	}
-	h := admin.New(admin.Config{Engine: eng, Token: tok, Logger: log.With("component", "admin")})
+	h := admin.New(admin.Config{Engine: eng, Token: tok, Logger: log.With("component", "admin"), Abuse: ab})
 	var guard func(http.Handler) http.Handler
 	if h.Enabled() {
 		guard = h.Protect

@@ -11,6 +11,8 @@
 //	DELETE /admin/v1/quotas?domain=D&descriptor=...[&quota=NAME]  reset them (or one)
 //	GET    /admin/v1/penalty?domain=D&descriptor=...             lockout state
 //	DELETE /admin/v1/penalty?domain=D&descriptor=...             lift it
+//	GET    /admin/v1/abuse?domain=D&descriptor=remote_address=A  abuse lockout and why
+//	DELETE /admin/v1/abuse?domain=D&descriptor=...               lift it
 //
 // Every call needs "Authorization: Bearer TOKEN". Without a configured token the API is
 // off: it answers 404, as if it did not exist.
@@ -60,6 +62,8 @@ type Config struct {
 	// StoreTimeout bounds a store round; zero means 2 s (an operator can wait longer
 	// than Envoy).
 	StoreTimeout time.Duration
+	// Abuse, when set, serves /admin/v1/abuse: ext_authz's abuse lockouts and why.
+	Abuse *Abuse
 }
 
 // Handler serves the admin API. It is safe for concurrent use.
@@ -100,6 +104,8 @@ func New(cfg Config) *Handler {
 	h.mux.HandleFunc("DELETE /admin/v1/limits", h.deleteLimits)
 	h.mux.HandleFunc("GET /admin/v1/penalty", h.getPenalty)
 	h.mux.HandleFunc("DELETE /admin/v1/penalty", h.deletePenalty)
+	h.mux.HandleFunc("GET /admin/v1/abuse", h.getAbuse)
+	h.mux.HandleFunc("DELETE /admin/v1/abuse", h.deleteAbuse)
 	return h
 }
 

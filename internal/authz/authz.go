@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/halt-envoy/halt-envoy/internal/abuse"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/graphql"
@@ -37,9 +38,20 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	// invalidKeyLog and penaltyLog keep lines that an attacker (invalid keys) or an outage
-	// (the penalty store) could make per call to one per lograte.DefaultInterval.
+	// (the penalty store) could make per call to one per lograte.DefaultInterval;
+	// detectionLog the abuse detections' lines, per detector.
 	invalidKeyLog, penaltyLog *lograte.Limiter
+	detectionLog              map[string]*lograte.Limiter
+	// detections records why identities were penalised (the admin API reads it).
+	detections *abuse.Record
 }
+
+// SetDetections makes the server record its abuse detections in r (shared with the
+// admin API); New gives it a record of its own.
+func (s *Server) SetDetections(r *abuse.Record) { s.detections = r }
+
+// Detections is where the server records its abuse detections.
+func (s *Server) Detections() *abuse.Record { return s.detections }
 
 // New returns the ext_authz server. config returns the current authz configuration
 // (nil: not configured, every call answers UNAVAILABLE so Envoy's failure_mode_allow
@@ -51,8 +63,13 @@ func New(engine *engine.Engine, rules func() *config.Set, config func() *Config,
 	if m == nil {
 		m = engine.Metrics()
 	}
+	dl := map[string]*lograte.Limiter{}
+	for _, d := range []string{abuse.Fanout, abuse.AuthFailures, abuse.NetworkChange} {
+		dl[d] = lograte.New(lograte.DefaultInterval)
+	}
 	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
-		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval)}
+		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval),
+		detectionLog: dl, detections: abuse.NewRecord(DefaultDetectionIdentities, DefaultDetectionsPerIdentity)}
 }
 
 // Limits on what a Check reads from a request: a larger header is not a key we issued.
@@ -123,18 +140,26 @@ func parseRequest(req *authv3.CheckRequest) *request {
 type identity struct {
 	customer, plan string
 	how            string // api_key, header, source_address, anonymous
+	// keySum is the SHA-256 (hex) of the API key that identified the caller ("" for
+	// another source): the abuse detectors' key identity.
+	keySum string
 }
 
 // outcome of identification when no identity was found.
 type idFailure struct {
 	missing bool // no key at all (vs. an unknown key)
 	keyHash string
+	// keySum is the SHA-256 (hex) of the unknown key presented ("" for none).
+	keySum string
 }
 
 // Check authorizes one request: exemptions, penalty, quotas, rate limits, in that order.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	resp, err := s.check(ctx, req)
+	if code := resp.GetDeniedResponse().GetStatus().GetCode(); err == nil && (code == 401 || code == 403) {
+		s.authFailure(ctx, req, resp)
+	}
 	s.metrics.RequestDuration.WithLabelValues("Check").Observe(time.Since(start).Seconds())
 	s.metrics.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
 	return resp, err
@@ -168,7 +193,18 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			return locked, nil
 		}
 	}
+	ab := s.abusePenalty(cfg, set)
+	if ab != nil && ab != pol && r.source != "" && !cfg.Abuse.DryRun {
+		if locked := s.abuseLocked(ctx, cfg, ab, addressEntries(r.source)); locked != nil {
+			return locked, nil
+		}
+	}
 	id, fail := s.identify(cfg, r)
+	if ab != nil {
+		if refused := s.detect(ctx, cfg, ab, r, id, fail); refused != nil {
+			return refused, nil
+		}
+	}
 	if id == nil {
 		return s.refuseIdentity(ctx, cfg, pol, r, fail)
 	}
@@ -324,9 +360,9 @@ func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
 			}
 			sum := sha256.Sum256([]byte(key))
 			if k, ok := cfg.keys[sum]; ok && len(key) <= maxKeyLen {
-				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key"}, fail
+				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key", keySum: hex.EncodeToString(sum[:])}, fail
 			}
-			fail = idFailure{keyHash: hex.EncodeToString(sum[:4])}
+			fail = idFailure{keyHash: hex.EncodeToString(sum[:4]), keySum: hex.EncodeToString(sum[:])}
 			if cfg.Anonymous == nil {
 				return nil, fail
 			}

@@ -79,6 +79,8 @@ type env struct {
 	logs   *bytes.Buffer
 	mu     *sync.Mutex
 	m      *metrics.Metrics
+	eng    *engine.Engine
+	srv    *authz.Server
 }
 
 func setup(t testing.TB, authzYAML string) *env {
@@ -143,7 +145,7 @@ func setupFiles(t testing.TB, limits, authzYAML string, files map[string]string,
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return &env{client: authv3.NewAuthorizationClient(cc), clock: c, logs: &logs, mu: &mu, m: m}
+	return &env{client: authv3.NewAuthorizationClient(cc), clock: c, logs: &logs, mu: &mu, m: m, eng: eng, srv: srv}
 }
 
 type lockedWriter struct {

@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/abuse"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/graphql"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
@@ -42,6 +43,9 @@ type Config struct {
 	// InvalidKeyPenalty names a penalty policy (from the rate-limit config) charged to the
 	// source address for every invalid API key: brute-force guessing locks out.
 	InvalidKeyPenalty string `yaml:"invalid_key_penalty"`
+	// Abuse configures the abuse detectors (internal/abuse): what they watch and the
+	// penalty they feed; nil is off.
+	Abuse *abuse.Config `yaml:"abuse"`
 	// Routes give a request a name, a cost and optionally its own policy.
 	Routes []Route `yaml:"routes"`
 	// Headers lists the rate-limit header families sent: ietf, x-ratelimit (default both).
@@ -432,6 +436,9 @@ func (c *Config) compile() error {
 			*h.v = h.def
 		}
 		*h.v = strings.ToLower(*h.v)
+	}
+	if c.Abuse != nil {
+		errs = append(errs, c.Abuse.Check()...)
 	}
 	for i, err := range errs {
 		errs[i] = fmt.Errorf("%s: %w", c.file, err)

@@ -241,3 +241,68 @@ func (e *Engine) deleteKeys(ctx context.Context, keys []string) error {
 	}
 	return nil
 }
+
+// Seen is what a detector learns from Distinct: whether the value was new to the
+// identity in this window, and how many distinct values the identity has shown in it.
+type Seen struct {
+	// New reports the value was not seen from the identity before in this window.
+	New bool
+	// Count is the distinct values seen in the window so far, this one included (when
+	// New; a value seen before is not counted again), at most Max + 1 once past Max: the
+	// counter stops at its limit.
+	Count int64
+	// Over reports Count went past the detector's max with this value.
+	Over bool
+}
+
+// Distinct records that the identity entries of domain showed value (a key hash, a
+// network) to detector name, and reports whether the distinct values it showed in the
+// current window (fixed, aligned on multiples of window) went past max. The state is
+// in the store, beside the counters: two fixed-window counters, a marker of the value
+// (limit 1) and the identity's count of new values (limit max), so replicas share it.
+// A value seen before costs one store round; a new one two.
+func (e *Engine) Distinct(ctx context.Context, domain string, entries []config.Entry, name, value string, window time.Duration, max int64) (Seen, error) {
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+	base := AppendIdentity(nil, domain, entries, nil)
+	base = append(base, "|@detect:"...)
+	base = appendEscaped(base, name)
+	period := window.Microseconds()
+	marker := &backends.Op{Key: string(appendEscaped(append(append([]byte(nil), base...), "|@value="...), value)),
+		Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: period}, Cost: 1}
+	if err := e.applyOps(ctx, nowUS, []*backends.Op{marker}); err != nil {
+		return Seen{}, fmt.Errorf("detector %s: %w", name, err)
+	}
+	count := &backends.Op{Key: string(append(base, "|@count"...)),
+		Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: max, Period: period}}
+	if marker.Result.Allowed {
+		count.Cost = 1 // a new value: counted
+	}
+	if err := e.applyOps(ctx, nowUS, []*backends.Op{count}); err != nil {
+		return Seen{}, fmt.Errorf("detector %s: %w", name, err)
+	}
+	r := count.Result
+	s := Seen{New: marker.Result.Allowed, Count: max - r.Remaining}
+	if marker.Result.Allowed && !r.Allowed {
+		s.Over, s.Count = true, max+1
+	}
+	return s, nil
+}
+
+// Events counts one event (a 401, a 403) of the identity entries of domain for detector
+// name in a sliding window, and reports whether the events in the window went past
+// max with it, and how many there were (at most max + 1). Its state is a
+// sliding-window counter in the store.
+func (e *Engine) Events(ctx context.Context, domain string, entries []config.Entry, name string, window time.Duration, max int64) (count int64, over bool, err error) {
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+	key := AppendIdentity(nil, domain, entries, nil)
+	key = append(key, "|@detect:"...)
+	key = appendEscaped(key, name)
+	op := &backends.Op{Key: string(key), Algorithm: algorithms.SlidingWindow, Limit: algorithms.Limit{Requests: max, Period: window.Microseconds()}, Cost: 1}
+	if err := e.applyOps(ctx, nowUS, []*backends.Op{op}); err != nil {
+		return 0, false, fmt.Errorf("detector %s: %w", name, err)
+	}
+	if !op.Result.Allowed {
+		return max + 1, true, nil
+	}
+	return max - op.Result.Remaining, false, nil
+}

@@ -111,6 +111,9 @@ type Metrics struct {
 	// AdaptiveSignalErrors counts evaluations of an adaptive rule's signal that said
 	// nothing (the factor held), by domain, rule and reason (query, empty, series, type).
 	AdaptiveSignalErrors *prometheus.CounterVec
+	// AbuseDetections counts ext_authz's abuse detections, by detector (fanout,
+	// auth_failures, network_change) and mode (enforce, dry_run).
+	AbuseDetections *prometheus.CounterVec
 
 	// rules exports the reference service's per-rule stats (total_hits, over_limit,
 	// near_limit, within_limit, shadow_mode), in hits, by domain and the reference's key
@@ -268,6 +271,10 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	})
 	r.MustRegister(m.LocalFirstDecisions, m.LocalFirstStoreOps, m.LocalFirstOvershoot, m.LocalFirstBudget, m.LocalFirstSyncLag,
 		m.LocalFirstReplicas, m.LocalFirstKeys, m.LocalFirstKeysRefused)
+	m.AbuseDetections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_abuse_detections_total", Help: "ext_authz's abuse detections, by detector (fanout, auth_failures, network_change) and mode (enforce: the penalty was charged; dry_run: only logged).",
+	}, []string{"detector", "mode"})
+	r.MustRegister(m.AbuseDetections)
 	m.SetKeyCaps(0, 0)
 	keys := func(which string, c func() *KeyCap) prometheus.GaugeFunc {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -1,0 +1,207 @@
+// Package abuse holds what ext_authz's abuse detectors need beside the engine: their
+// configuration (the authz file's `abuse:` block) and the record of their detections,
+// which the admin API reads to say why an identity is penalised.
+//
+// The detectors' counts live in the store, beside the rate-limit counters
+// (engine.Distinct, engine.Events), so every replica sees the same counts; the record of
+// detections (which detector, when, the numbers) is kept by the replica that made them,
+// bounded, since it is an explanation and not a decision.
+package abuse
+
+import (
+	"container/list"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// The detectors.
+const (
+	// Fanout is one source address presenting many distinct API keys in a window, as
+	// credential stuffing does.
+	Fanout = "fanout"
+	// AuthFailures is a run of 401 and 403 answers to one source address in a window.
+	AuthFailures = "auth_failures"
+	// NetworkChange is one API key used from more networks than expected in a window: a
+	// key that changed hands, or leaked.
+	NetworkChange = "network_change"
+)
+
+// Config is the authz file's `abuse:` block.
+type Config struct {
+	// Penalty names the penalty policy (penalties: of the rate-limit config) that
+	// detections feed.
+	Penalty string `yaml:"penalty"`
+	// DryRun logs and records what would have been penalised, and charges nothing.
+	DryRun bool `yaml:"dry_run"`
+	// Fanout, AuthFailures and NetworkChange configure the detectors; nil is off.
+	Fanout        *Detector `yaml:"fanout"`
+	AuthFailures  *Detector `yaml:"auth_failures"`
+	NetworkChange *Network  `yaml:"network_change"`
+}
+
+// Detector is a detector's window, threshold and severity.
+type Detector struct {
+	// Window is the counting window.
+	Window time.Duration `yaml:"window"`
+	// Max is how many (distinct keys, failures) pass; one more is a detection.
+	Max int64 `yaml:"max"`
+	// Severity is the penalty points a detection charges; default 1.
+	Severity int64 `yaml:"severity"`
+}
+
+// Network is the network_change detector: a Detector over networks, each the source
+// address's prefix of these lengths.
+type Network struct {
+	Detector   `yaml:",inline"`
+	IPv4Prefix int `yaml:"ipv4_prefix"`
+	IPv6Prefix int `yaml:"ipv6_prefix"`
+}
+
+// maxWindow bounds a window: a counter kept longer than a day is a quota, not a detector.
+const maxWindow = 24 * time.Hour
+
+// Check validates c, filling defaults; each problem names its key under "abuse.".
+func (c *Config) Check() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("abuse."+format, args...)) }
+	if c.Penalty == "" {
+		bad("penalty: required (a penalty policy of the rate-limit config, which detections feed)")
+	}
+	det := func(name string, d *Detector) {
+		if d.Window <= 0 || d.Window > maxWindow || d.Window%time.Second != 0 {
+			bad("%s.window: must be whole seconds between 1s and 24h, got %s", name, d.Window)
+		}
+		if d.Max < 1 || d.Max > 1<<20 {
+			bad("%s.max: must be between 1 and %d, got %d", name, 1<<20, d.Max)
+		}
+		if d.Severity == 0 {
+			d.Severity = 1
+		}
+		if d.Severity < 1 || d.Severity > 1<<20 {
+			bad("%s.severity: must be between 1 and %d, got %d", name, 1<<20, d.Severity)
+		}
+	}
+	if c.Fanout != nil {
+		det(Fanout, c.Fanout)
+	}
+	if c.AuthFailures != nil {
+		det(AuthFailures, c.AuthFailures)
+	}
+	if n := c.NetworkChange; n != nil {
+		det(NetworkChange, &n.Detector)
+		if n.IPv4Prefix == 0 {
+			n.IPv4Prefix = 24
+		}
+		if n.IPv6Prefix == 0 {
+			n.IPv6Prefix = 48
+		}
+		if n.IPv4Prefix < 1 || n.IPv4Prefix > 32 {
+			bad("network_change.ipv4_prefix: must be between 1 and 32, got %d", n.IPv4Prefix)
+		}
+		if n.IPv6Prefix < 1 || n.IPv6Prefix > 128 {
+			bad("network_change.ipv6_prefix: must be between 1 and 128, got %d", n.IPv6Prefix)
+		}
+	}
+	if c.Fanout == nil && c.AuthFailures == nil && c.NetworkChange == nil {
+		bad("penalty: no detector is configured (fanout, auth_failures, network_change)")
+	}
+	return errs
+}
+
+// NetworkOf is the network of address a under n's prefix lengths ("" for an address
+// that does not parse).
+func (n *Network) NetworkOf(a string) string {
+	ip, err := netip.ParseAddr(a)
+	if err != nil {
+		return ""
+	}
+	ip = ip.Unmap()
+	bits := n.IPv6Prefix
+	if ip.Is4() {
+		bits = n.IPv4Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return ""
+	}
+	return p.String()
+}
+
+// Detection is one detector firing: the explanation the admin API gives.
+type Detection struct {
+	Detector string    `json:"detector"`
+	At       time.Time `json:"at"`
+	// Identity is the identity the penalty was charged to ("remote_address=…",
+	// "api_key_sha256=…", the key's hash prefix).
+	Identity string `json:"identity"`
+	// Count is what the detector counted in its window (distinct keys, failures,
+	// networks), past Max.
+	Count  int64  `json:"count"`
+	Max    int64  `json:"max"`
+	Window string `json:"window"`
+	// Severity is the points charged (none in dry run).
+	Severity int64 `json:"severity"`
+	DryRun   bool  `json:"dry_run"`
+	// Locked reports the charge locked the identity out.
+	Locked bool `json:"locked"`
+	// Detail says what the numbers are, in words.
+	Detail string `json:"detail"`
+}
+
+// Record keeps the last detections of each identity (PerIdentity of them) for the most
+// recently detected identities (at most Identities), so that a flood of identities
+// cannot grow it.
+type Record struct {
+	mu         sync.Mutex
+	perID, max int
+	order      *list.List // of *entry, most recent at the front
+	byID       map[string]*list.Element
+}
+
+type entry struct {
+	key string
+	ds  []Detection
+}
+
+// NewRecord returns a record of perIdentity detections for up to identities identities.
+func NewRecord(identities, perIdentity int) *Record {
+	return &Record{perID: perIdentity, max: identities, order: list.New(), byID: map[string]*list.Element{}}
+}
+
+func recordKey(domain, identity string) string { return domain + "\x00" + identity }
+
+// Add records d for domain.
+func (r *Record) Add(domain string, d Detection) {
+	k := recordKey(domain, d.Identity)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	el, ok := r.byID[k]
+	if !ok {
+		for r.order.Len() >= r.max {
+			last := r.order.Back()
+			r.order.Remove(last)
+			delete(r.byID, last.Value.(*entry).key)
+		}
+		el = r.order.PushFront(&entry{key: k})
+		r.byID[k] = el
+	}
+	r.order.MoveToFront(el)
+	e := el.Value.(*entry)
+	e.ds = append(e.ds, d)
+	if len(e.ds) > r.perID {
+		e.ds = append(e.ds[:0], e.ds[len(e.ds)-r.perID:]...)
+	}
+}
+
+// Get returns the recorded detections of identity in domain, oldest first.
+func (r *Record) Get(domain, identity string) []Detection {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	el, ok := r.byID[recordKey(domain, identity)]
+	if !ok {
+		return nil
+	}
+	return append([]Detection(nil), el.Value.(*entry).ds...)
+}

@@ -1,0 +1,81 @@
+package abuse
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCheck(t *testing.T) {
+	c := Config{Penalty: "p", Fanout: &Detector{Window: time.Minute, Max: 3}, NetworkChange: &Network{Detector: Detector{Window: time.Hour, Max: 2}}}
+	if errs := c.Check(); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if c.Fanout.Severity != 1 || c.NetworkChange.IPv4Prefix != 24 || c.NetworkChange.IPv6Prefix != 48 {
+		t.Fatalf("defaults: %+v %+v", c.Fanout, c.NetworkChange)
+	}
+	for _, tc := range []struct {
+		name string
+		c    Config
+		want string
+	}{
+		{"no penalty", Config{Fanout: &Detector{Window: time.Minute, Max: 3}}, "abuse.penalty: required"},
+		{"no detector", Config{Penalty: "p"}, "no detector is configured"},
+		{"zero window", Config{Penalty: "p", Fanout: &Detector{Max: 3}}, "abuse.fanout.window: must be whole seconds"},
+		{"fractional window", Config{Penalty: "p", Fanout: &Detector{Window: 1500 * time.Millisecond, Max: 3}}, "abuse.fanout.window"},
+		{"zero max", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute}}, "abuse.auth_failures.max: must be between 1"},
+		{"negative severity", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute, Max: 1, Severity: -1}}, "abuse.auth_failures.severity"},
+		{"prefix", Config{Penalty: "p", NetworkChange: &Network{Detector: Detector{Window: time.Minute, Max: 1}, IPv4Prefix: 33}}, "abuse.network_change.ipv4_prefix: must be between 1 and 32, got 33"},
+	} {
+		errs := tc.c.Check()
+		if len(errs) == 0 || !strings.Contains(fmt.Sprint(errs), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, errs, tc.want)
+		}
+	}
+}
+
+func TestNetworkOf(t *testing.T) {
+	n := Network{IPv4Prefix: 24, IPv6Prefix: 48}
+	for in, want := range map[string]string{
+		"198.51.100.7":        "198.51.100.0/24",
+		"::ffff:198.51.100.7": "198.51.100.0/24",
+		"2001:db8:1:2::5":     "2001:db8:1::/48",
+		"not an address":      "",
+		"":                    "",
+	} {
+		if got := n.NetworkOf(in); got != want {
+			t.Errorf("NetworkOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestRecordBounded: a flood of identities keeps the most recent ones, each with its
+// last detections.
+func TestRecordBounded(t *testing.T) {
+	r := NewRecord(3, 2)
+	for i := 0; i < 10; i++ {
+		r.Add("d", Detection{Identity: fmt.Sprintf("id%d", i%5), Count: int64(i)})
+	}
+	if got := r.Get("d", "id0"); got != nil {
+		t.Fatalf("an identity past the bound kept: %v", got)
+	}
+	// id4 was evicted by id0..id2 between its two detections: only the last is kept.
+	if got := r.Get("d", "id4"); len(got) != 1 || got[0].Count != 9 {
+		t.Fatalf("id4: %+v", got)
+	}
+	r.Add("d", Detection{Identity: "id4", Count: 10})
+	r.Add("d", Detection{Identity: "id4", Count: 11})
+	if got := r.Get("d", "id4"); len(got) != 2 || got[0].Count != 10 || got[1].Count != 11 {
+		t.Fatalf("id4, its last two: %+v", got)
+	}
+	if r.Get("other", "id4") != nil {
+		t.Fatal("domains mixed")
+	}
+	r.mu.Lock()
+	n := r.order.Len()
+	r.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d identities kept, bound 3", n)
+	}
+}

@@ -1,0 +1,202 @@
+package authz
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+
+	"github.com/halt-envoy/halt-envoy/internal/abuse"
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/observe"
+)
+
+// The bounds of the record of detections a server keeps (per replica): the identities
+// most recently detected, and the last detections of each.
+const (
+	DefaultDetectionIdentities   = 10000
+	DefaultDetectionsPerIdentity = 8
+)
+
+// The identities detectors charge: the source address (the entry invalid_key_penalty
+// charges too), or the API key by its SHA-256 (the hash of the key file, never the key).
+const (
+	addressKey = "remote_address"
+	apiKeyKey  = "api_key_sha256"
+)
+
+func addressEntries(source string) []config.Entry {
+	return []config.Entry{{Key: addressKey, Value: source}}
+}
+
+func keyEntries(sum string) []config.Entry {
+	return []config.Entry{{Key: apiKeyKey, Value: sum}}
+}
+
+// abusePenalty is the penalty policy the abuse detectors feed, nil without an abuse
+// block (or when it names no penalty of the rate-limit config: the file's validation
+// cannot see that config, so this is logged by the caller's absence of lockouts and the
+// warning below).
+func (s *Server) abusePenalty(cfg *Config, set *config.Set) *config.PenaltyPolicy {
+	if cfg.Abuse == nil {
+		return nil
+	}
+	pol, ok := set.PenaltyPolicy(cfg.Abuse.Penalty)
+	if !ok {
+		if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+			s.log.Warn("abuse.penalty names no penalty of the rate-limit config: the abuse detectors are off", "penalty", cfg.Abuse.Penalty, "similar_suppressed", held)
+		}
+		return nil
+	}
+	return pol
+}
+
+// abuseLocked reads (charging nothing) whether the identity entries are locked out
+// under the abuse penalty, and returns the 403 when they are. A store failure lets the
+// call go on (logged, throttled), as the invalid-key lockout does.
+func (s *Server) abuseLocked(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, entries []config.Entry) *authv3.CheckResponse {
+	locked, left, err := s.engine.Penalize(ctx, cfg.Domain, entries, pol, 0)
+	if err != nil {
+		if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+			s.log.Warn("abuse penalty unavailable", "err", err, "similar_suppressed", held)
+		}
+		return nil
+	}
+	if !locked {
+		return nil
+	}
+	return lockedOut(pol, left)
+}
+
+func lockedOut(pol *config.PenaltyPolicy, left time.Duration) *authv3.CheckResponse {
+	return problem(headers.Problem{Status: 403, Title: "Forbidden", Detail: "abuse detected; locked out", Policy: "penalty:" + pol.Name, WaitUS: left.Microseconds()}, nil)
+}
+
+// detect runs the detectors that judge the identification: fanout (the key presented,
+// valid or not, against the source address) and network_change (the source's network
+// against the key that identified the caller; its lockout is read first). It returns
+// the 403 to answer when a detection (or an earlier one) locks the caller out.
+func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, id *identity, fail idFailure) *authv3.CheckResponse {
+	ab := cfg.Abuse
+	presented := fail.keySum
+	if id != nil {
+		presented = id.keySum
+	}
+	if d := ab.Fanout; d != nil && presented != "" && r.source != "" {
+		seen, err := s.engine.Distinct(ctx, cfg.Domain, addressEntries(r.source), abuse.Fanout, presented, d.Window, d.Max)
+		if s.storeFailed(err) {
+			return nil
+		}
+		if seen.Over {
+			detail := fmt.Sprintf("%d distinct API keys from one address in %s (max %d)", seen.Count, d.Window, d.Max)
+			if resp := s.charge(ctx, cfg, pol, abuse.Fanout, d, addressEntries(r.source), addressKey+"="+r.source, seen.Count, detail); resp != nil {
+				return resp
+			}
+		}
+	}
+	if n := ab.NetworkChange; n != nil && id != nil && id.keySum != "" && r.source != "" {
+		who := keyEntries(id.keySum)
+		if !ab.DryRun {
+			if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+				return locked
+			}
+		}
+		network := n.NetworkOf(r.source)
+		if network == "" {
+			return nil
+		}
+		seen, err := s.engine.Distinct(ctx, cfg.Domain, who, abuse.NetworkChange, network, n.Window, n.Max)
+		if s.storeFailed(err) {
+			return nil
+		}
+		if seen.Over {
+			detail := fmt.Sprintf("one API key from %d networks in %s (max %d; the last %s)", seen.Count, n.Window, n.Max, network)
+			return s.charge(ctx, cfg, pol, abuse.NetworkChange, &n.Detector, who, apiKeyKey+"="+id.keySum, seen.Count, detail)
+		}
+	}
+	return nil
+}
+
+// authFailure counts a 401 or 403 answered to the request's source address, and
+// charges the abuse penalty when they go past auth_failures.max in its window. It runs
+// after the answer is decided: the answer it follows stands.
+func (s *Server) authFailure(ctx context.Context, req *authv3.CheckRequest, resp *authv3.CheckResponse) {
+	cfg, set := s.config(), s.rules()
+	if cfg == nil || set == nil || cfg.Abuse == nil || cfg.Abuse.AuthFailures == nil {
+		return
+	}
+	pol := s.abusePenalty(cfg, set)
+	if pol == nil {
+		return
+	}
+	// The address's own lockouts (this penalty's, invalid_key_penalty's) are not further
+	// failures: a locked-out client would otherwise be detected again at every call.
+	body := resp.GetDeniedResponse().GetBody()
+	for _, name := range []string{pol.Name, cfg.InvalidKeyPenalty} {
+		if name != "" && strings.Contains(body, `"violated_policy":"penalty:`+name+`"`) {
+			return
+		}
+	}
+	r := parseRequest(req)
+	if r.source == "" {
+		return
+	}
+	d := cfg.Abuse.AuthFailures
+	n, over, err := s.engine.Events(ctx, cfg.Domain, addressEntries(r.source), abuse.AuthFailures, d.Window, d.Max)
+	if s.storeFailed(err) || !over {
+		return
+	}
+	detail := fmt.Sprintf("more than %d answers 401 or 403 to one address in %s", d.Max, d.Window)
+	s.charge(ctx, cfg, pol, abuse.AuthFailures, d, addressEntries(r.source), addressKey+"="+r.source, n, detail)
+}
+
+// storeFailed logs (throttled) a detector's store failure: the call goes on
+// undetected, as an address lockout fails open.
+func (s *Server) storeFailed(err error) bool {
+	if err == nil {
+		return false
+	}
+	if ok, held := s.penaltyLog.Allow(time.Now()); ok {
+		s.log.Warn("abuse detector unavailable", "err", err, "similar_suppressed", held)
+	}
+	return true
+}
+
+// charge acts on one detection: in dry run it is only logged, counted and recorded;
+// otherwise the detector's severity is charged to the identity under the abuse penalty,
+// and the 403 is returned when that locks it out.
+func (s *Server) charge(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, detector string, d *abuse.Detector, who []config.Entry, identity string, count int64, detail string) *authv3.CheckResponse {
+	det := abuse.Detection{Detector: detector, At: s.engine.Now().UTC(), Identity: identity, Count: count, Max: d.Max,
+		Window: d.Window.String(), DryRun: cfg.Abuse.DryRun, Detail: detail}
+	mode := "enforce"
+	var resp *authv3.CheckResponse
+	if cfg.Abuse.DryRun {
+		mode = "dry_run"
+	} else {
+		det.Severity = d.Severity
+		locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, d.Severity)
+		if s.storeFailed(err) {
+			return nil
+		}
+		if locked {
+			det.Locked = true
+			resp = lockedOut(pol, left)
+		}
+	}
+	s.metrics.AbuseDetections.WithLabelValues(detector, mode).Inc()
+	s.detections.Add(cfg.Domain, det)
+	if ok, held := s.detectionLog[detector].Allow(time.Now()); ok {
+		msg := "abuse detected"
+		if det.DryRun {
+			msg = "abuse detected (dry run: not penalised)"
+		}
+		// The identity as a short hash, as every other log line has it: an address or a
+		// key hash in full is the admin API's to show.
+		s.log.Info(msg, "detector", detector, "identity", observe.IdentityHash(who), "count", count, "max", d.Max, "window", d.Window,
+			"severity", det.Severity, "penalty", pol.Name, "locked", det.Locked, "similar_suppressed", held)
+	}
+	return resp
+}

@@ -1,0 +1,220 @@
+package authz_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/halt-envoy/halt-envoy/internal/admin"
+	"github.com/halt-envoy/halt-envoy/internal/authz"
+)
+
+func abuseYAML(detectors string) string {
+	return `
+domain: edge
+api_keys_file: keys.yaml
+abuse:
+  penalty: abuse
+` + detectors
+}
+
+// abuseAdmin asks the admin API (on the same engine and the server's record) about
+// one identity.
+func (e *env) abuseAdmin(t *testing.T, descriptor string) admin.AbuseAnswer {
+	t.Helper()
+	h := admin.New(admin.Config{Engine: e.eng, Token: "tok", Abuse: &admin.Abuse{Penalty: func() string { return "abuse" }, Detections: e.srv.Detections()}})
+	r := httptest.NewRequest("GET", "/admin/v1/abuse?domain=edge&descriptor="+descriptor, nil)
+	r.Header.Set("Authorization", "Bearer tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusOK {
+		t.Fatalf("admin: %d %s", w.Code, w.Body)
+	}
+	var a admin.AbuseAnswer
+	if err := json.Unmarshal(w.Body.Bytes(), &a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func key(i int) map[string]string {
+	return map[string]string{"x-api-key": fmt.Sprintf("sk_guess_%d", i)}
+}
+
+// TestAbuseFanout: one address trying many API keys is penalised (the penalty abuse:
+// threshold 2, so the second detection locks it out, even with a valid key); the admin
+// API says which detector, when and the numbers; the same key over and over is not a
+// fan-out; another address is untouched.
+func TestAbuseFanout(t *testing.T) {
+	e := setup(t, abuseYAML("  fanout: {window: 1m, max: 3, severity: 1}\n"))
+	attacker := "203.0.113.9"
+	for i := 0; i < 20; i++ { // one key, many times: not a fan-out
+		if r := e.check(t, req("GET", "/v1/items/1", public, key(0))); status(r) != 401 {
+			t.Fatalf("a wrong key: %d", status(r))
+		}
+	}
+	for i := 1; i <= 4; i++ { // 3 keys pass; the 4th is a detection (1 point of 2)
+		if r := e.check(t, req("GET", "/v1/items/1", attacker, key(i))); status(r) != 401 {
+			t.Fatalf("key %d: %d, want 401", i, status(r))
+		}
+	}
+	r := e.check(t, req("GET", "/v1/items/1", attacker, key(5))) // second detection: locked
+	if status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+		t.Fatalf("5th key: %d %s, want 403 penalty:abuse", status(r), r.GetDeniedResponse().GetBody())
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": proKey})); status(r) != 403 {
+		t.Fatalf("a valid key from the locked address: %d, want 403", status(r))
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", public, map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("another address: %d", status(r))
+	}
+	a := e.abuseAdmin(t, "remote_address="+attacker)
+	if !a.Locked || a.Penalty != "abuse" || len(a.Detections) != 2 {
+		t.Fatalf("admin: %+v", a)
+	}
+	d := a.Detections[1]
+	if d.Detector != "fanout" || d.Count != 4 || d.Max != 3 || d.Window != "1m0s" || d.Severity != 1 || !d.Locked || d.DryRun ||
+		!d.At.Equal(e.clock.Now()) || !strings.Contains(d.Detail, "distinct API keys") {
+		t.Fatalf("detection %+v", d)
+	}
+	if a := e.abuseAdmin(t, "remote_address="+public); a.Locked || len(a.Detections) != 0 {
+		t.Fatalf("the innocent address: %+v", a)
+	}
+	if n := testutil.ToFloat64(e.m.AbuseDetections.WithLabelValues("fanout", "enforce")); n != 2 {
+		t.Fatalf("halt_abuse_detections_total = %v", n)
+	}
+	// The lockout ends (ladder 1m) and the window moves on: keys count afresh.
+	e.clock.Add(2 * time.Minute)
+	if r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("after the lockout: %d", status(r))
+	}
+}
+
+// TestAbuseDryRun: the same attack in dry run is logged, counted and explained, and
+// never penalised.
+func TestAbuseDryRun(t *testing.T) {
+	e := setup(t, abuseYAML("  dry_run: true\n  fanout: {window: 1m, max: 3, severity: 1}\n  auth_failures: {window: 1m, max: 3}\n"))
+	attacker := "203.0.113.9"
+	for i := 1; i <= 10; i++ {
+		if r := e.check(t, req("GET", "/v1/items/1", attacker, key(i))); status(r) != 401 {
+			t.Fatalf("dry run, key %d: %d, want 401 (never locked)", i, status(r))
+		}
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("dry run, a valid key: %d", status(r))
+	}
+	a := e.abuseAdmin(t, "remote_address="+attacker)
+	if a.Locked || a.PointsLeft != 2 || len(a.Detections) != 8 {
+		t.Fatalf("dry run admin: locked %v points_left %d, %d detections", a.Locked, a.PointsLeft, len(a.Detections))
+	}
+	for _, d := range a.Detections {
+		if !d.DryRun || d.Severity != 0 || d.Locked {
+			t.Fatalf("dry-run detection %+v", d)
+		}
+	}
+	// Keys 4 to 10 and the valid one are past max 3; failures 4 to 10 past max 3.
+	if testutil.ToFloat64(e.m.AbuseDetections.WithLabelValues("fanout", "dry_run")) != 8 ||
+		testutil.ToFloat64(e.m.AbuseDetections.WithLabelValues("auth_failures", "dry_run")) != 7 {
+		t.Fatal("dry-run detections not counted")
+	}
+	e.mu.Lock()
+	logs := e.logs.String()
+	e.mu.Unlock()
+	if !strings.Contains(logs, "abuse detected (dry run: not penalised)") {
+		t.Fatalf("dry-run log:\n%s", logs)
+	}
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "abuse detected") && strings.Contains(l, attacker) {
+			t.Fatalf("a detection logs the identity in clear, not as its hash: %s", l)
+		}
+	}
+}
+
+// TestAbuseAuthFailures: a run of 401s from one address past max in the window is
+// penalised; fewer, spread over windows, are not.
+func TestAbuseAuthFailures(t *testing.T) {
+	e := setup(t, abuseYAML("  auth_failures: {window: 1m, max: 4, severity: 1}\n"))
+	attacker := "203.0.113.10"
+	// Four a minute, for five minutes: within the detector's bound.
+	for m := 0; m < 5; m++ {
+		for i := 0; i < 4; i++ {
+			e.check(t, req("GET", "/v1/items/1", attacker, nil))
+		}
+		e.clock.Add(time.Minute + time.Second)
+	}
+	if a := e.abuseAdmin(t, "remote_address="+attacker); a.Locked || len(a.Detections) != 0 {
+		t.Fatalf("within the bound: %+v", a)
+	}
+	// Six in a row: the 5th and 6th are detections; the next call is refused, and that
+	// refusal (the address's own lockout) is not a further failure.
+	for i := 0; i < 6; i++ {
+		if r := e.check(t, req("GET", "/v1/items/1", attacker, nil)); status(r) != 401 {
+			t.Fatalf("failure %d: %d", i, status(r))
+		}
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": proKey})); status(r) != 403 {
+		t.Fatalf("after a run of 401s: %d, want 403", status(r))
+	}
+	a := e.abuseAdmin(t, "remote_address="+attacker)
+	if !a.Locked || len(a.Detections) != 2 || a.Detections[0].Detector != "auth_failures" || a.Detections[0].Count != 5 || a.Detections[0].Max != 4 {
+		t.Fatalf("admin: %+v", a)
+	}
+}
+
+// TestAbuseNetworkChange: a key used from more networks than max in the window is
+// locked out (the key, from every address); a key moving within its /24 is not.
+func TestAbuseNetworkChange(t *testing.T) {
+	e := setup(t, abuseYAML("  network_change: {window: 1h, max: 2, severity: 2}\n"))
+	pro := map[string]string{"x-api-key": proKey}
+	free := map[string]string{"x-api-key": freeKey}
+	// The free key from five addresses of one /24: one network.
+	for i := 1; i <= 3; i++ {
+		if r := e.check(t, req("GET", "/v1/items/1", fmt.Sprintf("198.51.100.%d", i), free)); status(r) != 200 {
+			t.Fatalf("free key, same network: %d", status(r))
+		}
+	}
+	for _, src := range []string{"198.51.100.20", "203.0.113.5"} {
+		if r := e.check(t, req("GET", "/v1/items/1", src, pro)); status(r) != 200 {
+			t.Fatalf("pro key from %s: %d", src, status(r))
+		}
+	}
+	r := e.check(t, req("GET", "/v1/items/1", "192.0.2.7", pro))
+	if status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+		t.Fatalf("a third network: %d, want 403", status(r))
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", "198.51.100.20", pro)); status(r) != 403 {
+		t.Fatalf("the locked key from its first network: %d, want 403", status(r))
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", "198.51.100.20", map[string]string{"x-api-key": platinumKey})); status(r) != 200 {
+		t.Fatalf("another key from the same address: %d", status(r))
+	}
+	a := e.abuseAdmin(t, "api_key_sha256="+sum(proKey))
+	if !a.Locked || len(a.Detections) != 1 || a.Detections[0].Detector != "network_change" || a.Detections[0].Count != 3 || !strings.Contains(a.Detections[0].Detail, "192.0.2.0/24") {
+		t.Fatalf("admin: %+v", a)
+	}
+}
+
+func TestAbuseConfigProblems(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ name, yaml, want string }{
+		{"unknown detector", "domain: d\nabuse: {penalty: p, fanuot: {window: 1m, max: 3}}\n", "field fanuot not found"},
+		{"zero max", "domain: d\nabuse: {penalty: p, fanout: {window: 1m, max: 0}}\n", "authz.yaml: abuse.fanout.max: must be between 1 and 1048576, got 0"},
+		{"no penalty", "domain: d\nabuse: {auth_failures: {window: 1m, max: 3}}\n", "abuse.penalty: required"},
+		{"bad window", "domain: d\nabuse: {penalty: p, auth_failures: {window: soon, max: 3}}\n", "cannot unmarshal"},
+	} {
+		p := filepath.Join(dir, "authz.yaml")
+		os.WriteFile(p, []byte(c.yaml), 0o644)
+		_, err := authz.LoadConfig(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+}
