@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -175,6 +177,54 @@ func localFirstStores(t *testing.T) map[string]func(t *testing.T) backends.Store
 			t.Cleanup(func() { s.Close() })
 			return s
 		},
+	}
+}
+
+// openPeer opens the store at the URL a peer's variable gives, under a key prefix of
+// the test's own.
+func openPeer(t *testing.T, env string, url func(v string) string) backends.Store {
+	t.Helper()
+	v := testutil.Peer(t, env)
+	s, err := all.Open(context.Background(), url(v), backends.Options{Timeout: 10 * time.Second,
+		KeyPrefix: fmt.Sprintf("lf-%d:", time.Now().UnixNano())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// TestLocalFirstEveryStore: the store contract is all local-first needs, so the bound
+// holds on every store: three replicas, one hot key, one fixed window of 10,000 at
+// max_overshoot 0.01 (the local-first variant of the conformance suite's timelines).
+func TestLocalFirstEveryStore(t *testing.T) {
+	stores := []struct {
+		name, env string
+		url       func(string) string
+	}{
+		{"redis-cluster", "REDIS_CLUSTER_ADDRS", func(v string) string { return "redis+cluster://" + v }},
+		{"memcached", "MEMCACHED_ADDR", func(v string) string { return "memcached://" + v }},
+		{"postgres", "PG_DSN", func(v string) string { return v }},
+		{"mongodb", "MONGO_URI", func(v string) string { return strings.TrimSuffix(v, "/") + "/halt_lf" }},
+		{"dynamodb", "DYNAMODB_ENDPOINT", func(v string) string {
+			return "dynamodb://halt_lf?region=us-east-1&access_key_id=test&secret_access_key=test&endpoint=" + url.QueryEscape(v)
+		}},
+	}
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			rs := newReplicaSet(t, openPeer(t, st.env, st.url), 3, fmt.Sprintf(localFirstYAML, "fixed_window"))
+			rep := rs.drive(3, 10000, time.Minute, 250*time.Microsecond, 100*time.Millisecond, 1)
+			perDec := float64(rep.underOps) / float64(rep.underDecs)
+			t.Logf("%s: admitted %v; store ops per decision below 80%%: %.4f", st.name, rep.admitted, perDec)
+			for _, n := range rep.admitted {
+				if n > 10100 || n < 9900 {
+					t.Errorf("admitted %d of 10,000 at max_overshoot 0.01", n)
+				}
+			}
+			if perDec > 0.05 {
+				t.Errorf("store ops per decision below 80%% of the limit: %.4f", perDec)
+			}
+		})
 	}
 }
 
