@@ -38,6 +38,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
+	"github.com/halt-envoy/halt-envoy/internal/localfirst"
 	"github.com/halt-envoy/halt-envoy/internal/lograte"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/redact"
@@ -139,6 +140,7 @@ type serveFlags struct {
 	gogcSet                                                bool // GOGC is in the environment
 	disablePprof                                           bool
 	shadowMode, dynamicMetadata, stopIncrement             bool
+	localFirstAnnounce                                     time.Duration
 	authzConfig                                            string
 	adaptivePrometheus                                     string
 	storeFile, adminAddr                                   string
@@ -187,6 +189,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.IntVar(&f.gcPercent, "gc-percent", 0, "garbage collector target (as GOGC); 0 = GOGC when set, else 400 with a network store and Go's 100 with memory://")
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof (served on --admin-addr, or on the HTTP port behind the admin token)")
 	fs.BoolVar(&f.shadowMode, "shadow-mode", false, "global shadow mode (the reference's SHADOW_MODE): every call is answered OK; descriptors are still decided, counted and reported over limit")
+	fs.DurationVar(&f.localFirstAnnounce, "local-first-announce", localfirst.DefaultAnnounceEvery, "how often this replica announces itself in the store to the others (local_first limits count the replicas so): a new replica decides exactly for two of these, a stopped one is counted for two")
 	fs.BoolVar(&f.stopIncrement, "stop-increment-over-limit", false, "a call its rate limits refuse is not charged to the limits that would have let it through: they are read first, one more store round for calls with several (the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT)")
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
@@ -306,6 +309,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
+	if f.localFirstAnnounce < 100*time.Millisecond {
+		fmt.Fprintf(stderr, "halt-envoy: --local-first-announce %s: must be at least 100ms (each replica writes to the store once per period)\n", f.localFirstAnnounce)
+		return 2
+	}
 	if err := runServer(ctx, f, fams, log); err != nil {
 		log.Error("halt-envoy stopped", "err", err)
 		return 1
@@ -422,6 +429,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		ShadowMode:  f.shadowMode,
 
 		StopIncrementOverLimit: f.stopIncrement,
+		LocalFirstAnnounce:     f.localFirstAnnounce,
 	})
 	if err != nil {
 		return err

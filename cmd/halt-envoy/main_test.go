@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +25,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
 )
 
 // TestMain removes the binary built for the run.
@@ -413,5 +419,70 @@ func TestGCPercent(t *testing.T) {
 				t.Fatalf("gcPercent = %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLocalFirstFlushedOnSIGTERM: the hits a local-first limit admitted and had not yet
+// sent (its sync_interval is the whole window) reach Redis when halt-envoy stops on
+// SIGTERM, and --local-first-announce is refused below its floor.
+func TestLocalFirstFlushedOnSIGTERM(t *testing.T) {
+	addr := testutil.Peer(t, "REDIS_ADDR")
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"--local-first-announce", "10ms"}, &out, &errb, os.Getenv); code != 2 || !strings.Contains(errb.String(), "--local-first-announce 10ms: must be at least 100ms") {
+		t.Fatalf("--local-first-announce 10ms: exit %d, %s", code, errb.String())
+	}
+	dir := t.TempDir()
+	writeConfig(t, dir, "lf.yaml", `domain: lf
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 100000, consistency: local_first, sync_interval: 1m}
+`)
+	prefix := fmt.Sprintf("lf-sigterm-%d:", time.Now().UnixNano())
+	p := start(t, "--config", dir, "--store", "redis://"+addr+"/0", "--store-key-prefix", prefix, "--local-first-announce", "100ms")
+	rls := rlspb.NewRateLimitServiceClient(p.client(t))
+	sent := 0
+	call := func() {
+		t.Helper()
+		r, err := rls.ShouldRateLimit(context.Background(), rlReq("lf", "tenant", "t1"))
+		if err != nil || r.OverallCode != rlspb.RateLimitResponse_OK {
+			t.Fatalf("call %d: %v %v", sent, r, err)
+		}
+		sent++
+	}
+	local := func() float64 {
+		resp, err := http.Get("http://" + p.HTTPAddr + "/metrics")
+		if err != nil {
+			return 0
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, `halt_local_first_decisions_total{domain="lf",rule="tenant",where="local"}`) {
+				v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+				return v
+			}
+		}
+		return 0
+	}
+	// Exact until the replica has counted itself in (two announcements), then local.
+	testutil.WaitFor(t, 20*time.Second, func() bool { call(); return local() > 0 })
+	for range 200 {
+		call()
+	}
+	p.Term(t, 20*time.Second)
+
+	store, err := all.Open(context.Background(), "redis://"+addr+"/0", backends.Options{Timeout: 5 * time.Second, KeyPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	start, _ := time.Parse(time.RFC3339, clockStart)
+	key := engine.LimitKey(nil, "lf", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, algorithms.FixedWindow, 60_000_000)
+	op := &backends.Op{Key: string(key), Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 100000, Period: 60_000_000}}
+	if err := store.Apply(context.Background(), start.Add(time.Second).UnixMicro(), []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	if counted := op.Result.Limit - op.Result.Remaining; counted != int64(sent) {
+		t.Fatalf("Redis counts %d of the %d admitted hits after SIGTERM", counted, sent)
 	}
 }
