@@ -2,6 +2,7 @@ package hardening
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -36,20 +37,72 @@ func writeBig(t *testing.T, path string, size int, header string, entry func(i i
 }
 
 // runBounded runs the binary with args until it exits (at most a minute) and returns its
-// output, peak resident memory and CPU time.
+// output, peak resident memory and CPU time. The binary is started by a fresh process
+// (this test binary in its measureChild mode), not by the test process: Go starts a
+// child with vfork, so a child's peak resident memory (ru_maxrss) counts its parent's
+// resident memory at the exec, and the test process's (over 100 MiB after other tests
+// under -race) would stand for the binary's.
 func runBounded(t *testing.T, args ...string) (string, int64, time.Duration, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*childLimit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testutil.Binary(t), args...)
+	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{testutil.Binary(t)}, args...)...)
+	cmd.Env = append(testutil.EnvWithoutHalt(), measureEnv+"=1")
+	var out, report bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &report
+	err := cmd.Run()
+	var rss, cpu int64
+	switch last := lastLine(report.String()); {
+	case last == "timeout":
+		t.Fatalf("%v: still running after %v:\n%.2000s", args, childLimit, out.String())
+	case ctx.Err() != nil:
+		t.Fatalf("%v: the measuring process still running after %v:\n%.2000s", args, 2*childLimit, out.String())
+	default:
+		if _, scanErr := fmt.Sscanf(last, "rusage %d %d", &rss, &cpu); scanErr != nil {
+			t.Fatalf("%v: no rusage from the measuring process (%v): %q\n%.2000s", args, err, report.String(), out.String())
+		}
+	}
+	return out.String(), rss, time.Duration(cpu), err
+}
+
+// measureEnv starts the test binary as measureChild.
+const measureEnv = "HALT_MEASURE_CHILD"
+
+// childLimit bounds how long measureChild lets its child run.
+const childLimit = time.Minute
+
+// measureChild runs args[0] with args[1:] (its output on stdout; the environment without
+// HALT_* variables), at most childLimit, and writes "rusage RSS CPU" to stderr: the
+// child's peak resident bytes and CPU nanoseconds, or "timeout". It returns the child's
+// exit code. The child's ru_maxrss counts this process's own resident memory at the
+// exec (that of a test binary just started, about 35 MiB under -race), no more.
+func measureChild(args []string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), childLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = testutil.EnvWithoutHalt()
-	out, err := cmd.CombinedOutput()
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives this process
+	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("%v: still running after a minute:\n%.2000s", args, out)
+		fmt.Fprintln(os.Stderr, "timeout")
+		return 1
+	}
+	if cmd.ProcessState == nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	return string(out), ru.Maxrss * 1024, cpu, err
+	fmt.Fprintf(os.Stderr, "rusage %d %d\n", ru.Maxrss*1024, ru.Utime.Nano()+ru.Stime.Nano())
+	if code := cmd.ProcessState.ExitCode(); code >= 0 {
+		return code
+	}
+	return 1 // killed by a signal
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }
 
 // TestHugeFilesRefused: a 100 MB config file, a 100 MB directory of files under the

@@ -14,9 +14,14 @@ import (
 // TestMain removes the binary built for the run. Started with HALT_RAPID_RESET_ATTACK set
 // (by TestRapidReset), the test binary is instead the attacker process: a process of its
 // own, so that its busy loops do not starve the test's normal client of its scheduler.
+// Started with HALT_MEASURE_CHILD set (by runBounded), it runs the command its arguments
+// name and reports that child's peak memory and CPU (see measureChild).
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("HALT_RAPID_RESET_ATTACK"); addr != "" {
 		os.Exit(attack(addr))
+	}
+	if os.Getenv(measureEnv) != "" {
+		os.Exit(measureChild(os.Args[1:]))
 	}
 	testutil.Main(m)
 }
