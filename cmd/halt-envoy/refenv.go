@@ -124,6 +124,7 @@ func (f *serveFlags) applyReference(given map[string]bool, getenv func(string) s
 	}
 	applyBool("shadow-mode", &f.shadowMode, ref.ShadowMode, "SHADOW_MODE")
 	applyBool("stop-increment-over-limit", &f.stopIncrement, ref.StopIncrement, "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
+	applyBool("merge-domains", &f.caps.merge, ref.MergeDomains, "MERGE_DOMAIN_CONFIG")
 	if given["store-expiry-jitter"] {
 		if isSet["EXPIRATION_JITTER_MAX_SECONDS"] {
 			f.notes = append(f.notes, "--store-expiry-jitter (or HALT_STORE_EXPIRY_JITTER) overrides EXPIRATION_JITTER_MAX_SECONDS")

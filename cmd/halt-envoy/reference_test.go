@@ -857,3 +857,45 @@ func TestReferenceMemcacheTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestReferenceMergeDomains: with MERGE_DOMAIN_CONFIG two files of one domain serve
+// together (each one's limit applies); without it the same files stop startup naming
+// both files and the variable.
+func TestReferenceMergeDomains(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "config")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeConfig(t, dir, "team-a.yaml", "domain: shared\ndescriptors:\n  - key: a\n    rate_limit: {unit: minute, requests_per_unit: 1}\n")
+	writeConfig(t, dir, "team-b.yaml", "domain: shared\ndescriptors:\n  - key: b\n    rate_limit: {unit: minute, requests_per_unit: 2}\n")
+	env, g, h := refProcessEnv(t, "RUNTIME_ROOT", root, "MERGE_DOMAIN_CONFIG", "true", testClockEnv, clockStart)
+	env = append(env, "HALT_STORE=memory://")
+	testutil.StartHalt(t, testutil.HaltOptions{Env: env, NoAddrFlags: true, GRPCAddr: g, HTTPAddr: h, StopSignal: os.Interrupt})
+	cc, err := grpc.NewClient(g, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := rlspb.NewRateLimitServiceClient(cc)
+	for _, k := range []struct {
+		key  string
+		over int // the call that is over limit
+	}{{"a", 2}, {"b", 3}} {
+		for i := 1; i <= k.over; i++ {
+			r := call(t, c, "shared", [2]string{k.key, "v"})
+			if (r.OverallCode == rlspb.RateLimitResponse_OVER_LIMIT) != (i == k.over) {
+				t.Fatalf("%s, call %d: %v", k.key, i, r)
+			}
+		}
+	}
+	// Without the variable: a startup error naming both files and the way to merge.
+	env, _, _ = refProcessEnv(t, "RUNTIME_ROOT", root)
+	env = append(env, "HALT_STORE=memory://")
+	cmd := exec.Command(testutil.Binary(t), "serve")
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "team-a.yaml") || !strings.Contains(string(out), "team-b.yaml") || !strings.Contains(string(out), "MERGE_DOMAIN_CONFIG") {
+		t.Errorf("without MERGE_DOMAIN_CONFIG: %v\n%s", err, out)
+	}
+}

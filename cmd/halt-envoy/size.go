@@ -42,12 +42,16 @@ func (b *byteSize) Set(s string) error {
 // parsed (a parse costs 20-35 times a file's size in memory).
 type configCaps struct {
 	file, total, keys byteSize
+	// merge is --merge-domains (the reference's MERGE_DOMAIN_CONFIG), which rides with
+	// the caps since every loader of a configuration takes both.
+	merge bool
 }
 
 func (c *configCaps) register(fs *flag.FlagSet, authz bool) {
 	c.file, c.total, c.keys = config.DefaultMaxFileBytes, config.DefaultMaxTotalBytes, authzpkg.DefaultMaxKeysBytes
 	fs.Var(&c.file, "max-config-bytes", "refuse a config file (or xDS resource, or authz file) larger than this, before parsing it")
 	fs.Var(&c.total, "max-config-total-bytes", "refuse a config directory (and xDS push) whose YAML files together are larger than this")
+	fs.BoolVar(&c.merge, "merge-domains", false, "merge the files (and xDS resources) of one domain instead of refusing a domain defined twice; a top-level descriptor in two of them is still an error (the reference's MERGE_DOMAIN_CONFIG)")
 	if authz {
 		fs.Var(&c.keys, "max-authz-keys-bytes", "refuse an authz API key file larger than this (about 110 bytes a key)")
 	}
@@ -55,7 +59,7 @@ func (c *configCaps) register(fs *flag.FlagSet, authz bool) {
 
 // options are the config loader's options under these caps.
 func (c *configCaps) options() config.Options {
-	return config.Options{MaxFileBytes: int64(c.file), MaxTotalBytes: int64(c.total)}
+	return config.Options{MaxFileBytes: int64(c.file), MaxTotalBytes: int64(c.total), MergeDomains: c.merge}
 }
 
 // authz are the authz loader's caps.

@@ -55,6 +55,13 @@ type Options struct {
 	// zero means DefaultMaxTotalBytes.
 	MaxTotalBytes int64
 
+	// MergeDomains is the reference's MERGE_DOMAIN_CONFIG: the files (and pushed
+	// documents) of one domain are merged, in name order, instead of a domain defined
+	// twice being an error. A top-level descriptor defined in two of them is an error
+	// naming both, as in the reference; so are domain-level keys (failure_mode,
+	// time_zone, exemptions) that two of them set differently.
+	MergeDomains bool
+
 	// testHook, when set, is called with the field path of every mapping key before the
 	// key is decoded, and with building true before the decoded files are built into a
 	// Set: tests inject a panic through it.
@@ -150,6 +157,7 @@ func (o Options) Parse(files map[string][]byte) (s *Set, err error) {
 		o.testHook("", true)
 	}
 	b := &builder{
+		merge:       o.MergeDomains,
 		penaltyDefs: map[string]*penaltyCfg{},
 		set: &Set{
 			domains:     map[string]*domain{},
@@ -191,6 +199,7 @@ func (o *Options) panicked(file string, r any) {
 }
 
 type builder struct {
+	merge      bool // Options.MergeDomains
 	set        *Set
 	problems   []Problem
 	effDomains map[string]*EffectiveDomain
@@ -342,8 +351,12 @@ func (b *builder) domains(cfgs []*fileCfg) {
 			if fc.domainNode != nil {
 				line, col = fc.domainNode.Line, fc.domainNode.Column
 			}
+			if b.merge {
+				b.mergeDomain(first, fc, line, col)
+				continue
+			}
 			b.add(fc.name, line, col, "domain",
-				"duplicate domain "+quote(fc.domain)+": defined in "+first.file+" and in "+fc.name)
+				"duplicate domain "+quote(fc.domain)+": defined in "+first.file+" and in "+fc.name+" (MERGE_DOMAIN_CONFIG or --merge-domains merges them)")
 			continue
 		}
 		line := 1
@@ -359,6 +372,75 @@ func (b *builder) domains(cfgs []*fileCfg) {
 		b.effDomains[fc.domain] = ed
 		ed.Descriptors = b.level(d, &d.root, fc.descriptors, nil, nil)
 	}
+}
+
+// mergeDomain adds the descriptors of fc, a later file of domain d, to d (Options.MergeDomains),
+// as the reference's MERGE_DOMAIN_CONFIG patches a domain: every top-level descriptor of
+// fc must be new to d, and fc's domain-level keys must agree with those already given.
+// The rules keep their own file.
+func (b *builder) mergeDomain(d *domain, fc *fileCfg, line, col int) {
+	ed := b.effDomains[d.name]
+	conflict := func(key, first, second string) {
+		b.add(fc.name, line, col, key, "domain "+quote(d.name)+" is merged from "+d.file+" and "+fc.name+", which set "+key+" differently ("+first+", "+second+")")
+	}
+	ok := true
+	// The domain's failure_mode and time_zone shape the rules of every file (a rule
+	// without its own failure mode takes the domain's, quotas take its zone), so every
+	// file must say the same; exemptions are looked up per call and may come from one.
+	if fc.failureMode != d.failureMode {
+		conflict("failure_mode", orNone(string(d.failureMode)), orNone(string(fc.failureMode)))
+		ok = false
+	}
+	if name := orUTC(fc.timeZoneName); name != ed.TimeZone {
+		conflict("time_zone", ed.TimeZone, name)
+		ok = false
+	}
+	if fc.exempt != nil && d.exempt != nil {
+		b.add(fc.name, line, col, "exemptions", "domain "+quote(d.name)+" is merged from "+d.file+" and "+fc.name+", which both have exemptions: give them in one file")
+		ok = false
+	}
+	for _, dc := range fc.descriptors {
+		for _, have := range ed.Descriptors {
+			if have.Key == dc.key && have.Value == dc.value {
+				what := dc.key
+				if dc.value != "" {
+					what += "=" + dc.value
+				}
+				file := have.File
+				if file == "" {
+					file = d.file
+				}
+				b.add(fc.name, dc.line, dc.col, dc.field, "duplicate descriptor "+quote(what)+" in merged domain "+quote(d.name)+" (first defined in "+file+", line "+itoa(have.Line)+")")
+				ok = false
+			}
+		}
+	}
+	if !ok {
+		return
+	}
+	if d.exempt == nil && fc.exempt != nil {
+		d.exempt, ed.Exemptions = fc.exempt, fc.exemptEff
+	}
+	part := &domain{name: d.name, file: fc.name, line: line, failureMode: d.failureMode, loc: d.loc, exempt: d.exempt}
+	added := b.level(part, &d.root, fc.descriptors, nil, nil)
+	for i := range added {
+		added[i].File = fc.name
+	}
+	ed.Descriptors = append(ed.Descriptors, added...)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func orUTC(s string) string {
+	if s == "" {
+		return "UTC"
+	}
+	return s
 }
 
 // level builds the children of parent from descs; levels and names are the path so far.

@@ -46,11 +46,14 @@ type EffectiveDomain struct {
 
 // EffectiveDescriptor is one descriptor node.
 type EffectiveDescriptor struct {
-	Key   string    `json:"key"`
-	Value string    `json:"value,omitempty"`
-	Path  string    `json:"path"`
-	Line  int       `json:"line"`
-	Rule  *RuleView `json:"rule,omitempty"`
+	Key   string `json:"key"`
+	Value string `json:"value,omitempty"`
+	Path  string `json:"path"`
+	Line  int    `json:"line"`
+	// File is set on the top-level descriptors a merged domain took from a later file
+	// (Options.MergeDomains); the others are in the domain's file.
+	File string    `json:"file,omitempty"`
+	Rule *RuleView `json:"rule,omitempty"`
 	// PlanFromValue: the request's value names the plan. Rule is then the fallback
 	// (default plan) and PlanRules the rule of every plan, by plan name.
 	PlanFromValue bool                  `json:"plan_from_value,omitempty"`

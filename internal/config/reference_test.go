@@ -378,3 +378,58 @@ descriptors:
 		t.Errorf("view of a rule without them shows %s", b)
 	}
 }
+
+// TestMergeDomains: with Options.MergeDomains (the reference's MERGE_DOMAIN_CONFIG) the
+// files of one domain are merged: each file's descriptors match, with their own file;
+// a top-level descriptor in two files, or domain-level keys that differ, are errors
+// naming both files.
+func TestMergeDomains(t *testing.T) {
+	files := map[string][]byte{
+		"a.yaml": []byte("domain: shared\ndescriptors:\n  - key: one\n    rate_limit: {unit: minute, requests_per_unit: 1}\n"),
+		"b.yaml": []byte("domain: shared\ndescriptors:\n  - key: two\n    value: v\n    rate_limit: {unit: hour, requests_per_unit: 2}\n  - key: three\n    descriptors:\n      - key: one\n        rate_limit: {unit: day, requests_per_unit: 3}\n"),
+	}
+	s, err := Options{MergeDomains: true}.Parse(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		entries []Entry
+		file    string
+		rpu     int64
+	}{
+		{[]Entry{{"one", "x"}}, "a.yaml", 1},
+		{[]Entry{{"two", "v"}}, "b.yaml", 2},
+		{[]Entry{{"three", "x"}, {"one", "y"}}, "b.yaml", 3},
+	} {
+		r, ok := s.Match("shared", c.entries)
+		if !ok || r.File != c.file || r.Limits[0].Params.Requests != c.rpu {
+			t.Errorf("%v: matched %v, rule %+v: want %d from %s", c.entries, ok, r, c.rpu, c.file)
+		}
+	}
+	// Without the option a domain defined twice is still an error, which says how to merge.
+	if _, err := Parse(files); err == nil || !strings.Contains(err.Error(), "MERGE_DOMAIN_CONFIG") {
+		t.Errorf("without merging: %v", err)
+	}
+	for name, c := range map[string]struct {
+		second string
+		want   []string
+	}{
+		"duplicate top-level descriptor": {"domain: shared\ndescriptors:\n  - key: one\n    rate_limit: {unit: second, requests_per_unit: 9}\n",
+			[]string{`duplicate descriptor "one"`, "a.yaml", "c.yaml"}},
+		"failure_mode differs": {"domain: shared\nfailure_mode: deny\ndescriptors:\n  - key: four\n    rate_limit: {unit: second, requests_per_unit: 9}\n",
+			[]string{"failure_mode", "none, deny", "a.yaml", "c.yaml"}},
+		"time_zone differs": {"domain: shared\ntime_zone: Europe/Paris\ndescriptors:\n  - key: four\n    rate_limit: {unit: second, requests_per_unit: 9}\n",
+			[]string{"time_zone", "UTC, Europe/Paris"}},
+	} {
+		_, err := Options{MergeDomains: true}.Parse(map[string][]byte{"a.yaml": files["a.yaml"], "c.yaml": []byte(c.second)})
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v, want it to say %q", name, err, w)
+			}
+		}
+	}
+}

@@ -80,8 +80,9 @@ type Settings struct {
 	// ShadowMode is SHADOW_MODE (the global shadow mode); DynamicMetadata is
 	// RESPONSE_DYNAMIC_METADATA.
 	ShadowMode, DynamicMetadata bool
-	// StopIncrement is STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT.
-	StopIncrement bool
+	// StopIncrement is STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT; MergeDomains is
+	// MERGE_DOMAIN_CONFIG.
+	StopIncrement, MergeDomains bool
 	// LocalCacheBytes is LOCAL_CACHE_SIZE_IN_BYTES (0: no local over-limit cache).
 	LocalCacheBytes int64
 
@@ -329,6 +330,7 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	}
 	s.ShadowMode = r.boolean("SHADOW_MODE")
 	s.StopIncrement = r.boolean("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
+	s.MergeDomains = r.boolean("MERGE_DOMAIN_CONFIG")
 	if n := r.integer("LOCAL_CACHE_SIZE_IN_BYTES"); n < 0 {
 		r.fail("LOCAL_CACHE_SIZE_IN_BYTES=%d: want 0 (none) or a number of bytes", n)
 	} else {

@@ -196,7 +196,7 @@ func TestNotYet(t *testing.T) {
 		t.Fatal("no NotYet rows")
 	}
 	// Several at once: all reported together.
-	mustFail(t, base("QUOTA_MODE", "true", "MERGE_DOMAIN_CONFIG", "true"), "QUOTA_MODE", "MERGE_DOMAIN_CONFIG")
+	mustFail(t, base("QUOTA_MODE", "true", "REDIS_POOL_ON_EMPTY_BEHAVIOR", "ERROR"), "QUOTA_MODE", "REDIS_POOL_ON_EMPTY_BEHAVIOR")
 }
 
 func TestRedis(t *testing.T) {
@@ -475,8 +475,8 @@ func TestStoreGiven(t *testing.T) {
 		t.Errorf("REDIS_POOL_SIZE=many with the store given: %v, want an error naming it", err)
 	}
 	// Variables that are not the store's are still refused when halt cannot honour them.
-	if _, err := given(map[string]string{"MERGE_DOMAIN_CONFIG": "true"}); err == nil || !strings.Contains(err.Error(), "MERGE_DOMAIN_CONFIG") {
-		t.Errorf("MERGE_DOMAIN_CONFIG=true with the store given: %v", err)
+	if _, err := given(map[string]string{"QUOTA_MODE": "true"}); err == nil || !strings.Contains(err.Error(), "QUOTA_MODE") {
+		t.Errorf("QUOTA_MODE=true with the store given: %v", err)
 	}
 	for _, n := range []string{"BACKEND_TYPE", "REDIS_URL", "REDIS_PERSECOND_URL", "MEMCACHE_SRV"} {
 		if !IsStoreVar(n) {
@@ -510,6 +510,9 @@ func TestModes(t *testing.T) {
 		t.Error("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT=true not read")
 	}
 	mustFail(t, base("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "sometimes"), "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")
+	if s := mustRead(t, base("MERGE_DOMAIN_CONFIG", "true")); !s.MergeDomains {
+		t.Error("MERGE_DOMAIN_CONFIG=true not read")
+	}
 	if s := mustRead(t, base("LOCAL_CACHE_SIZE_IN_BYTES", "1000000")); s.LocalCacheBytes != 1000000 {
 		t.Errorf("LOCAL_CACHE_SIZE_IN_BYTES: %d", s.LocalCacheBytes)
 	}
