@@ -112,7 +112,9 @@ func TestTLS(t *testing.T) {
 	s := open(base + client)
 	lim := algorithms.Limit{Requests: 2, Period: 60_000_000}
 	key := "tls-" + strconv.FormatInt(time.Now().UnixNano(), 10)
-	now := time.Now().UnixMicro()
+	// At the start of the current minute's window, so that the key lives its whole minute
+	// (at the wall clock's now, an edge just after would leave it the minimum TTL).
+	now := algorithms.WindowStart(time.Now().UnixMicro(), lim.Period)
 	for i := 1; i <= 3; i++ {
 		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
 		if err := s.Apply(context.Background(), now, []*backends.Op{op}); err != nil {
