@@ -64,6 +64,12 @@ type Layer struct {
 	mu      sync.RWMutex
 	entries map[string]*entry
 
+	// dirty holds the entries a sync pass must look at: every one with pending hits or
+	// a failing store, so that a pass costs what is due, not what is kept.
+	dirtyMu  sync.Mutex
+	dirty    []*entry
+	lastScan int64 // the last pass that looked at every entry for idle ones (us); under syncMu
+
 	syncMu  sync.Mutex // one sync pass at a time
 	stop    chan struct{}
 	done    chan struct{}
@@ -74,6 +80,7 @@ type Layer struct {
 // entry is the local state of one key.
 type entry struct {
 	key string
+	l   *Layer
 
 	mu   sync.Mutex
 	spec Spec
@@ -93,6 +100,7 @@ type entry struct {
 	lastSent, lastUse          int64
 	failingSince               int64 // first failure since the last answer (us), 0 when none
 	outageSpent                int64
+	queued                     bool // in Layer.dirty
 
 	local, remote, ops, overshoot prometheus.Counter
 	budget                        prometheus.Gauge
@@ -241,7 +249,7 @@ func (l *Layer) entry(key string, sp *Spec, now int64) *entry {
 		l.m.LocalFirstKeysRefused.Inc()
 		return nil
 	}
-	e = &entry{key: key, spec: *sp, lastUse: now,
+	e = &entry{key: key, l: l, spec: *sp, lastUse: now,
 		local:     l.m.LocalFirstDecisions.WithLabelValues(sp.Domain, sp.Rule, "local"),
 		remote:    l.m.LocalFirstDecisions.WithLabelValues(sp.Domain, sp.Rule, "store"),
 		ops:       l.m.LocalFirstStoreOps.WithLabelValues(sp.Domain, sp.Rule),
@@ -290,6 +298,7 @@ func (e *entry) admit(cost, now int64) {
 	}
 	e.pending += cost
 	e.spent += cost
+	e.mark()
 }
 
 func (e *entry) putBack(n, now int64) {
@@ -300,6 +309,18 @@ func (e *entry) putBack(n, now int64) {
 		e.firstPending = now
 	}
 	e.pending += n
+	e.mark()
+}
+
+// mark puts e in the sync pass's list (e.mu held).
+func (e *entry) mark() {
+	if e.queued {
+		return
+	}
+	e.queued = true
+	e.l.dirtyMu.Lock()
+	e.l.dirty = append(e.l.dirty, e)
+	e.l.dirtyMu.Unlock()
 }
 
 // settle takes the store's answer r (or err) to an op that carried flush pending hits.
@@ -314,6 +335,7 @@ func (e *entry) settle(flush int64, seq uint64, r *algorithms.Result, err error,
 		if e.failingSince == 0 {
 			e.failingSince = now
 		}
+		e.mark() // probed every sync_interval until the store answers
 		return
 	}
 	e.failingSince, e.outageSpent = 0, 0

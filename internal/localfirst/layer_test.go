@@ -385,3 +385,30 @@ func TestReplicasDiscovered(t *testing.T) {
 		t.Fatalf("count during an outage: %d, want the last (2)", a.l.Replicas())
 	}
 }
+
+// TestIdleKeysForgotten: a key with nothing pending is forgotten once idle for a minute
+// (or two windows), and one with hits pending is kept until they are sent.
+func TestIdleKeysForgotten(t *testing.T) {
+	r := newRig(t, nil)
+	sp := fw(100000, 60*sec, 0.01)
+	sp.SyncInterval = 60 * sec
+	r.warm()
+	r.decide("idle", sp, 1)
+	r.decide("busy", sp, 1)
+	r.decide("busy", sp, 1) // admitted locally: pending until its sync_interval
+	r.now += 119 * sec
+	r.decide("busy", sp, 1)
+	r.now += 2 * sec
+	if err := r.l.Sync(context.Background(), r.now, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.l.entries["idle"]; ok {
+		t.Fatal("an idle key kept")
+	}
+	if _, ok := r.l.entries["busy"]; !ok {
+		t.Fatal("a key in use forgotten")
+	}
+	if got := promtest.ToFloat64(r.m.LocalFirstKeys); got != 1 {
+		t.Fatalf("keys gauge %v, want 1", got)
+	}
+}

@@ -51,27 +51,39 @@ func (l *Layer) Sync(ctx context.Context, now int64, all bool) error {
 	l.syncMu.Lock()
 	defer l.syncMu.Unlock()
 	var passes []pass
-	var gone []string
-	l.mu.RLock()
-	for _, e := range l.entries {
+	l.dirtyMu.Lock()
+	dirty := l.dirty
+	l.dirty = nil
+	l.dirtyMu.Unlock()
+	var keep []*entry
+	for _, e := range dirty {
 		e.mu.Lock()
 		e.roll(now)
 		due := all || now-e.lastSent >= e.spec.SyncInterval
+		probe := e.failingSince != 0 && now-e.lastUse < e.spec.Limit.Period
 		switch {
-		case due && (e.pending > 0 || e.failingSince != 0 && now-e.lastUse < e.spec.Limit.Period):
+		case due && (e.pending > 0 || probe):
 			p := pass{e: e, flush: e.pending, seq: e.next(), age: now - e.firstPending}
 			p.op = backends.Op{Key: e.key, Algorithm: e.spec.Algorithm, Limit: e.spec.Limit, Cost: e.pending}
 			e.inflight += e.pending
 			e.pending, e.firstPending, e.lastSent = 0, 0, now
+			e.queued = false // a failed answer or a new hit marks it again
 			passes = append(passes, p)
-		case e.pending == 0 && e.inflight == 0 && now-e.lastUse > max(idleAfter.Microseconds(), 2*e.spec.Limit.Period):
-			gone = append(gone, e.key)
+		case e.pending > 0 || probe:
+			keep = append(keep, e) // not due yet
+		default:
+			e.queued = false
 		}
 		e.mu.Unlock()
 	}
-	l.mu.RUnlock()
-	if len(gone) > 0 {
-		l.forget(gone, now)
+	if len(keep) > 0 {
+		l.dirtyMu.Lock()
+		l.dirty = append(l.dirty, keep...)
+		l.dirtyMu.Unlock()
+	}
+	if now-l.lastScan >= idleAfter.Microseconds() || now < l.lastScan {
+		l.lastScan = now
+		l.sweep(now)
 	}
 	ann := l.replicas.op(now)
 	if len(passes) == 0 && ann == nil {
@@ -152,17 +164,14 @@ func anyErr(ops []*backends.Op) bool {
 	return false
 }
 
-// forget drops idle keys, unless they were used again since the pass looked.
-func (l *Layer) forget(keys []string, now int64) {
+// sweep forgets the keys idle for idleAfter (or two windows, if longer) with nothing
+// pending or in flight: it looks at every key, so it runs once per idleAfter.
+func (l *Layer) sweep(now int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, k := range keys {
-		e, ok := l.entries[k]
-		if !ok {
-			continue
-		}
+	for k, e := range l.entries {
 		e.mu.Lock()
-		idle := e.pending == 0 && e.inflight == 0 && now-e.lastUse > max(idleAfter.Microseconds(), 2*e.spec.Limit.Period)
+		idle := e.pending == 0 && e.inflight == 0 && !e.queued && now-e.lastUse > max(idleAfter.Microseconds(), 2*e.spec.Limit.Period)
 		e.mu.Unlock()
 		if idle {
 			delete(l.entries, k)
