@@ -247,13 +247,16 @@ type (
 		Penalty    string    `yaml:"penalty,omitempty"`
 	}
 	yLimit struct {
-		Name            string `yaml:"name,omitempty"`
-		Unit            string `yaml:"unit"`
-		UnitMultiplier  int64  `yaml:"unit_multiplier,omitempty"`
-		RequestsPerUnit int64  `yaml:"requests_per_unit"`
-		Algorithm       string `yaml:"algorithm"`
-		Burst           int64  `yaml:"burst,omitempty"`
-		MaxDelay        string `yaml:"max_delay,omitempty"`
+		Name            string  `yaml:"name,omitempty"`
+		Unit            string  `yaml:"unit"`
+		UnitMultiplier  int64   `yaml:"unit_multiplier,omitempty"`
+		RequestsPerUnit int64   `yaml:"requests_per_unit"`
+		Algorithm       string  `yaml:"algorithm"`
+		Burst           int64   `yaml:"burst,omitempty"`
+		MaxDelay        string  `yaml:"max_delay,omitempty"`
+		Consistency     string  `yaml:"consistency,omitempty"`
+		MaxOvershoot    float64 `yaml:"max_overshoot,omitempty"`
+		SyncInterval    string  `yaml:"sync_interval,omitempty"`
 	}
 	yQuota struct {
 		Name     string `yaml:"name,omitempty"`
@@ -394,6 +397,12 @@ func yLimits(ps []Policy) ([]*yLimit, error) {
 		}
 		if p.MaxDelay != 0 {
 			y.MaxDelay = p.MaxDelay.String()
+		}
+		if lf := p.LocalFirst; lf != nil {
+			y.Consistency, y.MaxOvershoot = string(config.ConsistencyLocalFirst), lf.MaxOvershoot
+			if lf.SyncInterval != 0 {
+				y.SyncInterval = lf.SyncInterval.String()
+			}
 		}
 		out = append(out, y)
 	}

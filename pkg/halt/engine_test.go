@@ -405,3 +405,48 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestLocalFirstPolicy: a Policy's LocalFirst renders as the rate_limit's consistency
+// keys (the server's defaults where it leaves them zero), an Engine decides with it, and
+// what the server refuses (local_first on a leaky bucket) and a Limiter refuse it.
+func TestLocalFirstPolicy(t *testing.T) {
+	cfg := halt.Build(halt.Domain{Name: "d", Rules: []halt.Rule{
+		{Key: "tenant", Limits: []halt.Policy{{Algorithm: algorithms.FixedWindow, Requests: 10000, Per: time.Minute, LocalFirst: &halt.LocalFirst{MaxOvershoot: 0.05, SyncInterval: 250 * time.Millisecond}}}},
+		{Key: "api", Limits: []halt.Policy{{Requests: 1000, Per: time.Second, LocalFirst: &halt.LocalFirst{}}}},
+	}})
+	files, err := cfg.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all string
+	for _, f := range files {
+		all += f
+	}
+	for _, w := range []string{"consistency: local_first", "max_overshoot: 0.05", "sync_interval: 250ms"} {
+		if !strings.Contains(all, w) {
+			t.Errorf("rendered YAML lacks %q:\n%s", w, all)
+		}
+	}
+	store := newStore(t)
+	h, err := halt.New(store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if dec, err := h.Check(context.Background(), "d", halt.D("tenant", "t1")); err != nil || !dec.Allowed {
+			t.Fatalf("local-first check: %+v %v", dec, err)
+		}
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = halt.New(store, halt.Build(halt.Domain{Name: "d", Rules: []halt.Rule{
+		{Key: "k", Limits: []halt.Policy{{Algorithm: algorithms.LeakyBucket, Requests: 10, Per: time.Second, LocalFirst: &halt.LocalFirst{}}}},
+	}}))
+	if !errors.Is(err, halt.ErrInvalid) || !strings.Contains(err.Error(), "local_first is not supported by leaky_bucket") {
+		t.Errorf("local-first leaky bucket: %v", err)
+	}
+	if _, err := halt.NewLimiter(store, halt.Policy{Requests: 10, Per: time.Second, LocalFirst: &halt.LocalFirst{}}); !errors.Is(err, halt.ErrInvalid) {
+		t.Errorf("a local-first Limiter: %v", err)
+	}
+}

@@ -34,6 +34,22 @@ type Policy struct {
 	// water ahead of it drained (Engine.Check and the middleware hold it; CheckN and a
 	// Limiter report it in Decision.Delay), and one that would wait longer is denied.
 	MaxDelay time.Duration
+	// LocalFirst, when set, decides the limit local-first (rate_limit consistency:
+	// local_first): from a local share of the remaining budget, the hits sent to the
+	// store in batches, all Engines on one store together admitting at most Requests x
+	// (1 + MaxOvershoot) (docs/consistency.md). Nil decides every hit in the store. An
+	// Engine's rules only (a Limiter refuses it: it has no Close to send its last hits).
+	LocalFirst *LocalFirst
+}
+
+// LocalFirst is how a Policy is decided local-first; a zero field takes the server's
+// default (MaxOvershoot 0.01, SyncInterval 100ms).
+type LocalFirst struct {
+	// MaxOvershoot is the fraction of the limit the Engines may admit beyond it, in (0, 1).
+	MaxOvershoot float64
+	// SyncInterval is how often an Engine sends a key's hits to the store, at most the
+	// limit's period.
+	SyncInterval time.Duration
 }
 
 // Limit converts p to the algorithms' parameters and validates them with the same rules
@@ -92,6 +108,10 @@ func NewLimiter(store backends.Store, p Policy, opts ...Option) (*Limiter, error
 	a, _, err := p.Limit()
 	if err != nil {
 		return nil, err
+	}
+	if p.LocalFirst != nil {
+		// A Limiter has no Close to send its last batch: local-first needs an Engine.
+		return nil, fmt.Errorf("%w: a Limiter decides every request in the store; LocalFirst needs an Engine (New), whose Close sends the hits not yet sent", ErrInvalid)
 	}
 	p.Algorithm = a
 	o := buildOptions(opts)
