@@ -111,21 +111,27 @@ cleanup() {
 trap cleanup EXIT
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+declare -A HANDED=()
+# free_port VAR: set VAR to a free loopback port not handed out before in this run (not
+# called in a subshell, so that the ports handed out are remembered).
 free_port() {
 	local p
 	for _ in $(seq 1 200); do
 		p=$((20000 + RANDOM % 30000))
-		if port_free "$p"; then
-			echo "$p"
+		if [[ -z ${HANDED[$p]:-} ]] && port_free "$p"; then
+			HANDED[$p]=1
+			printf -v "$1" %s "$p"
 			return 0
 		fi
 	done
 	die "no free loopback port"
 }
-# wait_for CMD...: retry CMD for up to 30 s.
+# wait_for CMD...: retry CMD for up to 30 s, while the server started last
+# ($SERVER_PID) runs.
 wait_for() {
 	for _ in $(seq 1 300); do
 		if "$@" >/dev/null 2>&1; then return 0; fi
+		if [[ -n ${SERVER_PID:-} ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then return 1; fi
 		sleep 0.1
 	done
 	return 1
@@ -231,7 +237,7 @@ EOF
 
 # ---------- Redis ----------
 command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
-REDIS_PORT=$(free_port)
+free_port REDIS_PORT
 mkdir -p "$WORK/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
 	--logfile "$WORK/redis/redis.log" &
@@ -245,7 +251,7 @@ SERVER_PID="" SERVER_ADDR=""
 # start_case CASE: start its server, set SERVER_PID and SERVER_ADDR.
 start_case() {
 	local g h d
-	g=$(free_port)
+	free_port g
 	case $1 in
 	empty | empty-5 | empty-authz)
 		"$WORK/bin/halt-bench" --empty-server "127.0.0.1:$g" >>"$LOG" 2>&1 &
@@ -253,7 +259,7 @@ start_case() {
 		wait_for tcp_open "$g" || return 1
 		;;
 	halt-*)
-		h=$(free_port)
+		free_port h
 		local args=(--grpc-addr "127.0.0.1:$g" --http-addr "127.0.0.1:$h" --log-level warn --failure-mode error)
 		case $1 in
 		halt-memory) args+=(--config "$CFG/one" --store memory://) ;;
@@ -266,8 +272,8 @@ start_case() {
 		wait_for curl -sf "http://127.0.0.1:$h/readyz" || return 1
 		;;
 	ref-*)
-		h=$(free_port)
-		d=$(free_port)
+		free_port h
+		free_port d
 		local root=$CFG/ref/one
 		[[ $1 == ref-redis-5 ]] && root=$CFG/ref/five
 		env RUNTIME_ROOT="$root" RUNTIME_SUBDIRECTORY=ratelimit RUNTIME_APPDIRECTORY=config \
@@ -278,7 +284,7 @@ start_case() {
 		wait_for curl -sf "http://127.0.0.1:$h/healthcheck" || return 1
 		;;
 	limitador-*)
-		h=$(free_port)
+		free_port h
 		local store=memory
 		[[ $1 == limitador-redis ]] && store="redis redis://$REDIS"
 		# shellcheck disable=SC2086 # store is a subcommand and its argument
@@ -316,9 +322,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	for c in $CASES; do
 		available "$c" || continue
 		redis-cli -p "$REDIS_PORT" flushall >/dev/null 2>&1 || true
-		if ! start_case "$c"; then
-			log "round $r $c: the server did not start (see $LOG)"
+		# A port found free may be taken before the server binds it (other work on the
+		# machine): try again on other ports.
+		started=0
+		for _ in 1 2 3; do
+			if start_case "$c"; then
+				started=1
+				break
+			fi
 			stop_pid "$SERVER_PID"
+		done
+		if ((!started)); then
+			log "round $r $c: the server did not start (see $LOG)"
 			continue
 		fi
 		load=$(cut -d' ' -f1 /proc/loadavg)
