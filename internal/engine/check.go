@@ -43,6 +43,7 @@ type scratch struct {
 	costs   []int64                // stopIncrement: the queued ops' costs
 	refuses []bool                 // stopIncrement: per op, whether its read refuses it
 	over    []bool                 // stopIncrement: per descriptor, whether a read refuses it
+	ev      DecisionEvent          // what observers are shown, one descriptor at a time
 }
 
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
@@ -258,11 +259,14 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	e.count(domain, decisions)
 	if len(e.cfg.Observers) > 0 {
 		for i := range decisions {
-			ev := DecisionEvent{Domain: domain, Entries: descs[i].Entries, Hits: descs[i].Hits, Decision: &decisions[i]}
+			// One event in the scratch, refilled per descriptor: observers see it only
+			// during the callback, and a fresh one escaped to the heap per descriptor.
+			sc.ev = DecisionEvent{Domain: domain, Entries: descs[i].Entries, Hits: descs[i].Hits, Decision: &decisions[i]}
 			for _, o := range e.cfg.Observers {
-				o.OnDecision(ctx, &ev)
+				o.OnDecision(ctx, &sc.ev)
 			}
 		}
+		sc.ev = DecisionEvent{} // drop the request's references before pooling
 	}
 	return overLimit, nil
 }

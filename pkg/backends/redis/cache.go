@@ -182,11 +182,11 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 			keep = true
 		}
 	}
-	sh := c.shard(op.Key)
 	if !keep {
 		if c.n.Load() == 0 {
-			return
+			return // nothing to forget: no hash of the key either
 		}
+		sh := c.shard(op.Key)
 		sh.mu.Lock()
 		if _, ok := sh.m[op.Key]; ok {
 			delete(sh.m, op.Key)
@@ -196,6 +196,7 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 		return
 	}
 	e.alg, e.limit, e.keyTime = op.Algorithm, op.Limit, keyTime
+	sh := c.shard(op.Key)
 	sh.mu.Lock()
 	if _, ok := sh.m[op.Key]; !ok {
 		if len(sh.m) >= c.maxPer {

@@ -253,11 +253,14 @@ type Store struct {
 	sha     string
 	flag    string // ARGV[2]: "1" when the script reads TIME
 	jitter  string // ARGV[3]: Options.ExpiryJitter in milliseconds
-	cache   *denyCache
-	batch   *batcher
-	watch   *watcher
-	closed  atomic.Bool
-	closeMu sync.Mutex
+	// flagArg and jitterArg are flag and jitter as interface values, boxed once instead
+	// of on every call.
+	flagArg, jitterArg any
+	cache              *denyCache
+	batch              *batcher
+	watch              *watcher
+	closed             atomic.Bool
+	closeMu            sync.Mutex
 }
 
 // cacheKeys bounds the local deny cache.
@@ -299,6 +302,7 @@ func OpenConfig(ctx context.Context, cfg Config, opt backends.Options) (*Store, 
 		s.flag = "1"
 	}
 	s.jitter = strconv.FormatInt(opt.ExpiryJitter.Milliseconds(), 10)
+	s.flagArg, s.jitterArg = s.flag, s.jitter
 	// Server time and the local cache do not mix: the cache needs the op's clock.
 	if cfg.LocalCache && !cfg.ServerTime {
 		s.cache = newDenyCache(cacheKeys)
@@ -440,6 +444,9 @@ type call struct {
 	// parts are the calls a merged call stands for.
 	parts []*call
 
+	// argv holds the ARGV of the call's script (args), inside the call: no slice of its own.
+	argv [4]any
+
 	reply string
 	err   error
 	// done receives one value when reply or err is set (buffered, so the collector never
@@ -569,7 +576,8 @@ func (s *Store) args(c *call) []any {
 	if s.jitter != "0" {
 		seed = strconv.FormatInt(rand.Int64N(1<<31), 10)
 	}
-	return []any{c.spec, s.flag, s.jitter, seed}
+	c.argv = [4]any{c.spec, s.flagArg, s.jitterArg, seed}
+	return c.argv[:]
 }
 
 func isNoScript(err error) bool {
