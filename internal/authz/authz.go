@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,6 +46,19 @@ type Server struct {
 	detectionLog              map[string]*lograte.Limiter
 	// detections records why identities were penalised (the admin API reads it).
 	detections *abuse.Record
+	// duration and ok are the request metrics' children of Check, resolved once.
+	duration prometheus.Observer
+	ok       prometheus.Counter
+	// pool holds the per-call descriptors and decisions handed to the engine.
+	pool sync.Pool
+}
+
+// callScratch is what one Check hands the engine: at most a plan's descriptor and a
+// route policy's.
+type callScratch struct {
+	descs     [2]engine.Descriptor
+	decisions [2]engine.Decision
+	entries   [4]config.Entry
 }
 
 // SetDetections makes the server record its abuse detections in r (shared with the
@@ -67,9 +82,12 @@ func New(engine *engine.Engine, rules func() *config.Set, config func() *Config,
 	for _, d := range []string{abuse.Fanout, abuse.AuthFailures, abuse.NetworkChange} {
 		dl[d] = lograte.New(lograte.DefaultInterval)
 	}
-	return &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
+	s := &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,
 		invalidKeyLog: lograte.New(lograte.DefaultInterval), penaltyLog: lograte.New(lograte.DefaultInterval),
-		detectionLog: dl, detections: abuse.NewRecord(DefaultDetectionIdentities, DefaultDetectionsPerIdentity)}
+		detectionLog: dl, detections: abuse.NewRecord(DefaultDetectionIdentities, DefaultDetectionsPerIdentity),
+		duration: m.RequestDuration.WithLabelValues("Check"), ok: m.Requests.WithLabelValues("Check", codes.OK.String())}
+	s.pool.New = func() any { return new(callScratch) }
+	return s
 }
 
 // Limits on what a Check reads from a request: a larger header is not a key we issued.
@@ -160,8 +178,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	if code := resp.GetDeniedResponse().GetStatus().GetCode(); err == nil && (code == 401 || code == 403) {
 		s.authFailure(ctx, req, resp)
 	}
-	s.metrics.RequestDuration.WithLabelValues("Check").Observe(time.Since(start).Seconds())
-	s.metrics.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
+	s.duration.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.ok.Inc()
+	} else {
+		s.metrics.Requests.WithLabelValues("Check", status.Code(err).String()).Inc()
+	}
 	return resp, err
 }
 
@@ -222,22 +244,24 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			cost, gq = res.Cost, res
 		}
 	}
-	descs := []engine.Descriptor{{
-		Entries: []config.Entry{{Key: "customer", Value: id.customer}, {Key: "plan", Value: id.plan}},
-		Hits:    uint64(cost),
-	}}
+	sc := s.pool.Get().(*callScratch)
+	defer func() {
+		*sc = callScratch{} // drop the request's values and the rules' references
+		s.pool.Put(sc)
+	}()
+	sc.entries = [4]config.Entry{{Key: "customer", Value: id.customer}, {Key: "plan", Value: id.plan},
+		{Key: "customer", Value: id.customer}, {Key: "route", Value: routeName}}
+	sc.descs[0] = engine.Descriptor{Entries: sc.entries[0:2:2], Hits: uint64(cost)}
+	descs := sc.descs[:1]
 	if route != nil && route.Policy != "" {
 		if rule, ok := set.Policy(route.Policy); ok {
-			descs = append(descs, engine.Descriptor{
-				Entries: []config.Entry{{Key: "customer", Value: id.customer}, {Key: "route", Value: routeName}},
-				Hits:    uint64(cost),
-				Rule:    rule,
-			})
+			sc.descs[1] = engine.Descriptor{Entries: sc.entries[2:4:4], Hits: uint64(cost), Rule: rule}
+			descs = sc.descs[:2]
 		} else {
 			s.log.Warn("route names an unknown policy; only the plan's limits apply", "route", routeName, "policy", route.Policy)
 		}
 	}
-	decisions := make([]engine.Decision, len(descs))
+	decisions := sc.decisions[:len(descs)]
 	if _, err := s.engine.Check(ctx, cfg.Domain, descs, decisions); err != nil {
 		if ctx.Err() != nil {
 			return nil, status.FromContextError(ctx.Err()).Err()
@@ -452,32 +476,81 @@ func (s *Server) deny(cfg *Config, d *engine.Decision) *authv3.CheckResponse {
 	return problem(headers.Refusal(d), s.rateHeaders(cfg, d))
 }
 
+// okAnswer is an allowed answer and the messages it points to, allocated together.
+type okAnswer struct {
+	resp   authv3.CheckResponse
+	status rpcstatus.Status
+	wrap   authv3.CheckResponse_OkResponse
+	ok     authv3.OkHttpResponse
+	up     [2]hvBlock
+	upPtrs [2]*corev3.HeaderValueOption
+	meta   structpb.Struct
+	vals   [5]structpb.Value
+	strs   [5]structpb.Value_StringValue
+}
+
 func (s *Server) allow(cfg *Config, id *identity, report *engine.Decision, route *string, exempt string) *authv3.CheckResponse {
-	ok := &authv3.OkHttpResponse{}
-	meta := map[string]any{}
+	a := new(okAnswer)
+	a.status.Code = int32(codes.OK)
+	a.wrap.OkResponse = &a.ok
+	a.resp.Status, a.resp.HttpResponse = &a.status, &a.wrap
+	var meta [5][2]string
+	n := 0
 	if id != nil {
-		ok.Headers = append(ok.Headers, hv(cfg.UpstreamHeaders.Customer, id.customer))
+		a.up[0].set(cfg.UpstreamHeaders.Customer, id.customer)
+		a.upPtrs[0] = &a.up[0].opt
+		a.ok.Headers = a.upPtrs[:1]
 		if id.plan != "" {
-			ok.Headers = append(ok.Headers, hv(cfg.UpstreamHeaders.Plan, id.plan))
+			a.up[1].set(cfg.UpstreamHeaders.Plan, id.plan)
+			a.upPtrs[1] = &a.up[1].opt
+			a.ok.Headers = a.upPtrs[:2]
 		}
-		meta["customer"], meta["plan"], meta["identity"] = id.customer, id.plan, id.how
+		meta[0], meta[1], meta[2] = [2]string{"customer", id.customer}, [2]string{"plan", id.plan}, [2]string{"identity", id.how}
+		n = 3
 	}
 	if route != nil && *route != "" {
-		meta["route"] = *route
+		meta[n] = [2]string{"route", *route}
+		n++
 	}
 	if exempt != "" {
-		meta["exempt"] = exempt
+		meta[n] = [2]string{"exempt", exempt}
+		n++
 	}
 	if report != nil {
-		ok.ResponseHeadersToAdd = s.rateHeaders(cfg, report)
+		a.ok.ResponseHeadersToAdd = s.rateHeaders(cfg, report)
 	}
-	resp := &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok}}
-	if len(meta) > 0 {
-		if st, err := structpb.NewStruct(meta); err == nil {
-			resp.DynamicMetadata = st
+	if n > 0 && validUTF8(meta[:n]) {
+		// What structpb.NewStruct builds (it refuses a string that is not UTF-8, and
+		// then there is no metadata at all), without its map of any in between.
+		a.meta.Fields = make(map[string]*structpb.Value, n)
+		for i, kv := range meta[:n] {
+			a.strs[i].StringValue = kv[1]
+			a.vals[i].Kind = &a.strs[i]
+			a.meta.Fields[kv[0]] = &a.vals[i]
+		}
+		a.resp.DynamicMetadata = &a.meta
+	}
+	return &a.resp
+}
+
+func validUTF8(kvs [][2]string) bool {
+	for _, kv := range kvs {
+		if !utf8.ValidString(kv[1]) {
+			return false
 		}
 	}
-	return resp
+	return true
+}
+
+// hvBlock is a header option and its header, allocated together.
+type hvBlock struct {
+	opt corev3.HeaderValueOption
+	hv  corev3.HeaderValue
+}
+
+func (b *hvBlock) set(k, v string) {
+	b.hv.Key, b.hv.Value = k, v
+	b.opt.Header, b.opt.AppendAction = &b.hv, corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 }
 
 func (s *Server) rateHeaders(cfg *Config, d *engine.Decision) []*corev3.HeaderValueOption {
@@ -488,10 +561,31 @@ func (s *Server) rateHeaders(cfg *Config, d *engine.Decision) []*corev3.HeaderVa
 	if !ok {
 		return nil
 	}
-	var out []*corev3.HeaderValueOption
-	cfg.families.Render(&v, func(k, val string) { out = append(out, hv(k, val)) })
+	// Every header of every family in two allocations: the options with their headers,
+	// and the slice of pointers to them (room for the two a denial adds).
+	var kv [maxRateHeaders][2]string
+	n := 0
+	cfg.families.Render(&v, func(k, val string) {
+		if n < len(kv) {
+			kv[n] = [2]string{k, val}
+			n++
+		}
+	})
+	if n == 0 {
+		return nil
+	}
+	blocks := make([]hvBlock, n)
+	out := make([]*corev3.HeaderValueOption, n, n+2)
+	for i := range blocks {
+		blocks[i].set(kv[i][0], kv[i][1])
+		out[i] = &blocks[i].opt
+	}
 	return out
 }
+
+// maxRateHeaders bounds the rate-limit headers of one answer: three X-RateLimit and two
+// IETF ones (headers.Families.Render).
+const maxRateHeaders = 8
 
 func hv(k, v string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
