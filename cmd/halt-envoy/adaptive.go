@@ -14,7 +14,7 @@ import (
 // startAdaptive starts evaluating the adaptive rules' signals against prometheus, and
 // returns what the engine reads their factors from (nil without --adaptive-prometheus:
 // every rule then applies its configured limits, which a warning says once at start).
-func startAdaptive(ctx context.Context, prometheus string, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (engine.Factors, error) {
+func startAdaptive(ctx context.Context, prometheus string, lag time.Duration, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (engine.Factors, error) {
 	adaptiveRules := func() []*config.Rule {
 		if s := rules(); s != nil {
 			return s.AdaptiveRules()
@@ -27,7 +27,7 @@ func startAdaptive(ctx context.Context, prometheus string, rules func() *config.
 		}
 		return nil, nil
 	}
-	c, err := control.New(control.Options{Prometheus: prometheus, Logger: log, Metrics: m})
+	c, err := control.New(control.Options{Prometheus: prometheus, Lag: lag, Logger: log, Metrics: m})
 	if err != nil {
 		return nil, err
 	}

@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/adaptive/control"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
@@ -143,6 +144,7 @@ type serveFlags struct {
 	localFirstAnnounce                                     time.Duration
 	authzConfig                                            string
 	adaptivePrometheus                                     string
+	adaptiveLag                                            time.Duration
 	storeFile, adminAddr                                   string
 	storePerSecond, keyPrefix                              string
 	expiryJitter                                           time.Duration
@@ -194,6 +196,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
 	fs.StringVar(&f.adaptivePrometheus, "adaptive-prometheus", "", "Prometheus base URL (http://prometheus:9090) that adaptive rules' signals are queried from; without it an adaptive rule applies its configured limits")
+	fs.DurationVar(&f.adaptiveLag, "adaptive-lag", control.DefaultLag, "how far behind now the last instant of an adaptive rule's signal is judged: long enough for Prometheus to have scraped it on every replica alike")
 	fs.DurationVar(&f.expiryJitter, "store-expiry-jitter", 0, "up to this much random extra expiry on every key the store expires, so keys written together do not expire together (the reference's EXPIRATION_JITTER_MAX_SECONDS)")
 	fs.Int64Var(&f.localCache, "store-local-cache", 0, "bytes of a local over-limit cache in front of memcached, PostgreSQL, MongoDB or DynamoDB: fixed-window and calendar keys with nothing left are answered here until their window ends (the reference's LOCAL_CACHE_SIZE_IN_BYTES); 0: none. Redis keeps its own (local_cache in its URL)")
 	fs.StringVar(&f.keyPrefix, "store-key-prefix", "", "prefix of every store key, so that deployments sharing one store keep their counters apart (the reference's CACHE_KEY_PREFIX); the per-second store's too")
@@ -412,7 +415,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		clock = testClock{start: f.clockStart, since: time.Now()}
 		log.Warn(testClockEnv+" is set: decisions run on a clock started at that instant (a test setting; never set it in production)", "start", f.clockStart)
 	}
-	factors, err := startAdaptive(ctx, f.adaptivePrometheus, watcher.Current, log, m)
+	factors, err := startAdaptive(ctx, f.adaptivePrometheus, f.adaptiveLag, watcher.Current, log, m)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,17 @@ type EffectiveConfig struct {
 	DefaultPlan string            `json:"default_plan"`
 	Plans       []RuleView        `json:"plans"`
 	Penalties   []PenaltyView     `json:"penalties,omitempty"`
+	// Adaptive is the factor in force of every adaptive rule: filled by the server when
+	// it answers /config (the rest is the configuration as loaded).
+	Adaptive []AdaptiveInForce `json:"adaptive,omitempty"`
+}
+
+// AdaptiveInForce is an adaptive rule's factor now.
+type AdaptiveInForce struct {
+	Domain string  `json:"domain"`
+	Rule   string  `json:"rule"`
+	Path   string  `json:"path"`
+	Factor float64 `json:"factor"`
 }
 
 // EffectiveExemptions is the exemptions block of a domain, defaults filled in.

@@ -18,6 +18,18 @@ import (
 // was loaded).
 func (e *Engine) Rules() *config.Set { return e.cfg.Rules() }
 
+// AdaptiveFactor is the factor in force of adaptive rule r: the fraction of its
+// configured limits applied now (its max when no source of factors is wired).
+func (e *Engine) AdaptiveFactor(r *config.Rule) float64 {
+	if r.Adaptive == nil {
+		return 1
+	}
+	if e.cfg.Adaptive == nil {
+		return r.Adaptive.Max
+	}
+	return e.cfg.Adaptive.Factor(r)
+}
+
 // Now reads the engine's clock: the instant state is read at.
 func (e *Engine) Now() time.Time { return e.cfg.Clock.Now() }
 

@@ -739,7 +739,18 @@ func (s *Server) config(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	_ = enc.Encode(set.Effective())
+	eff := set.Effective()
+	// The adaptive rules' factors are state, not configuration: added to a copy.
+	if e, ok := eff.(*config.EffectiveConfig); ok && s.opt.Engine != nil {
+		if rules := set.AdaptiveRules(); len(rules) > 0 {
+			c := *e
+			for _, r := range rules {
+				c.Adaptive = append(c.Adaptive, config.AdaptiveInForce{Domain: r.Domain, Rule: r.Name, Path: r.Path, Factor: s.opt.Engine.AdaptiveFactor(r)})
+			}
+			eff = &c
+		}
+	}
+	_ = enc.Encode(eff)
 }
 
 // json is the reference service's POST /json: a RateLimitRequest in protobuf JSON in, a

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,8 +17,10 @@ import (
 	"github.com/halt-envoy/halt-envoy/internal/adaptive"
 	"github.com/halt-envoy/halt-envoy/internal/adaptive/control"
 	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	htestutil "github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 )
 
 const interval = 15 * time.Second
@@ -38,15 +39,6 @@ var timeline = []float64{
 // upstream_error_ratio (written with promtool's backfill, so the test controls every
 // sample's time), and returns its URL and the timeline's first instant.
 func startPrometheus(t *testing.T) (string, time.Time) {
-	prom, err := exec.LookPath("prometheus")
-	if err != nil {
-		htestutil.Missing(t, "no prometheus binary on PATH (Debian package prometheus)")
-	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		htestutil.Missing(t, "no promtool on PATH (Debian package prometheus)")
-	}
-	dir := t.TempDir()
 	// An hour ago, aligned: well inside retention and away from the head block.
 	t0 := time.Now().Add(-time.Hour).Truncate(interval)
 	var om bytes.Buffer
@@ -55,54 +47,8 @@ func startPrometheus(t *testing.T) (string, time.Time) {
 		fmt.Fprintf(&om, "upstream_error_ratio %g %d\n", v, t0.Add(time.Duration(i)*interval).Unix())
 	}
 	om.WriteString("# EOF\n")
-	in := filepath.Join(dir, "series.om")
-	if err := os.WriteFile(in, om.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := filepath.Join(dir, "data")
-	if out, err := exec.Command(promtool, "tsdb", "create-blocks-from", "openmetrics", in, data).CombinedOutput(); err != nil {
-		t.Fatalf("promtool: %v\n%s", err, out)
-	}
-	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte("global: {scrape_interval: 15s}\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := htestutil.FreeAddr(t)
-	log := &htestutil.SyncBuffer{}
-	cmd := exec.Command(prom, "--config.file="+cfg, "--storage.tsdb.path="+data, "--web.listen-address="+addr, "--log.level=warn")
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("prometheus log:\n%s", log.String())
-		}
-	})
-	base := "http://" + addr
-	htestutil.WaitFor(t, 60*time.Second, func() bool {
-		select {
-		case <-exited:
-			t.Fatalf("prometheus exited:\n%s", log.String())
-		default:
-		}
-		r, err := http.Get(base + "/-/ready")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
-	})
-	return base, t0
+	data := htestutil.Backfill(t, om.String())
+	return htestutil.StartPrometheus(t, "global: {scrape_interval: 15s}\n", data), t0
 }
 
 func rule(query string) *config.Rule {
@@ -197,4 +143,106 @@ func TestFactorFollowsPrometheus(t *testing.T) {
 	if !strings.Contains(logs[0].String(), "the factor holds") || !strings.Contains(logs[1].String(), "reason=series") {
 		t.Errorf("a silent signal is not logged:\n%s\n%s", logs[0], logs[1])
 	}
+}
+
+// TestLiveScrape: a real Prometheus scrapes a test upstream every second while the
+// test turns its error ratio up and down. The factor falls to the floor and the limit in
+// force with it (an engine deciding with the controller), three replicas agree at every
+// instant they judge alike, and both recover once the ratio is good again. Wall time
+// passes here (Prometheus scrapes in real time): every wait is bounded by a generous
+// multiple of the intervals, never asserted as a speed.
+func TestLiveScrape(t *testing.T) {
+	ratio := &atomicFloat{}
+	ratio.set(0.01)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "# TYPE upstream_error_ratio gauge\nupstream_error_ratio %g\n", ratio.get())
+	}))
+	t.Cleanup(upstream.Close)
+	base := startScraping(t, strings.TrimPrefix(upstream.URL, "http://"))
+
+	set, err := config.Parse(map[string][]byte{"a.yaml": []byte(`
+domain: api
+descriptors:
+  - key: route
+    rate_limit: {unit: second, requests_per_unit: 8}
+    adaptive: {query: max(upstream_error_ratio), interval: 1s, bad_above: 0.5, good_below: 0.1, min: 0.25, increase: 0.25}
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := set.AdaptiveRules()
+	reps := make([]*control.Controller, 3)
+	for i := range reps {
+		if reps[i], err = control.New(control.Options{Prometheus: base, Lag: 3 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem := memory.New(memory.Config{SweepInterval: -1})
+	t.Cleanup(func() { mem.Close() })
+	eng, err := engine.New(engine.Config{Store: mem, Rules: func() *config.Set { return set }, Adaptive: reps[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limitInForce := func() int64 {
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "api", []engine.Descriptor{{Entries: []config.Entry{{Key: "route", Value: "x"}}, Hits: 0}}, decs); err != nil {
+			t.Fatal(err)
+		}
+		return decs[0].Limit.Params.Requests
+	}
+	// step judges the same instant on every replica and checks that they agree.
+	step := func() float64 {
+		now := time.Now()
+		for _, c := range reps {
+			c.Step(context.Background(), now, rules)
+		}
+		f := reps[0].Factor(rules[0])
+		for i, c := range reps[1:] {
+			if g := c.Factor(rules[0]); g != f {
+				t.Errorf("replica %d says %v, replica 0 %v, at %v", i+1, g, f, now)
+			}
+		}
+		return f
+	}
+	waitFactor := func(want float64) {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			f := step()
+			if f == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("factor %v after 90s, want %v", f, want)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	waitFactor(1)
+	if l := limitInForce(); l != 8 {
+		t.Fatalf("limit in force %d, want 8", l)
+	}
+	ratio.set(0.9) // the upstream fails
+	waitFactor(0.25)
+	if l := limitInForce(); l != 2 {
+		t.Fatalf("limit in force %d with factor 0.25, want 2", l)
+	}
+	ratio.set(0.02) // and recovers
+	waitFactor(1)
+	if l := limitInForce(); l != 8 {
+		t.Fatalf("limit in force %d after recovery, want 8", l)
+	}
+}
+
+type atomicFloat struct {
+	mu sync.Mutex
+	v  float64
+}
+
+func (a *atomicFloat) set(v float64) { a.mu.Lock(); a.v = v; a.mu.Unlock() }
+func (a *atomicFloat) get() float64  { a.mu.Lock(); defer a.mu.Unlock(); return a.v }
+
+// startScraping runs a real Prometheus scraping target every second and returns its URL.
+func startScraping(t *testing.T, target string) string {
+	return htestutil.StartPrometheus(t, fmt.Sprintf("global: {scrape_interval: 1s, scrape_timeout: 1s}\nscrape_configs:\n  - job_name: upstream\n    static_configs:\n      - targets: [%q]\n", target), "")
 }
