@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	sim "github.com/halt-envoy/halt-envoy/internal/simulate"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
 // simulate runs `halt-envoy simulate`: the algorithms side by side on one traffic
@@ -23,7 +25,9 @@ func simulate(args []string, stdout, stderr io.Writer) int {
 Replays one traffic pattern against fixed_window, token_bucket, sliding_window,
 sliding_window_counter, leaky_bucket and leaky_bucket with max_delay on a simulated
 clock, writes a chart per pattern (simulate-PATTERN.svg) and prints the totals.
-With no --pattern it compares steady, burst and ramp.
+With no --pattern it compares steady, burst and ramp. With --consistency it compares
+one algorithm decided exactly and local_first across --replicas replicas instead
+(simulate-PATTERN-consistency.svg).
 
 `)
 		fs.PrintDefaults()
@@ -40,6 +44,12 @@ With no --pattern it compares steady, burst and ramp.
 	fs.DurationVar(&p.BurstEvery, "burst-every", 0, "time between bursts (default 1.5x --period)")
 	fs.DurationVar(&p.Bucket, "bucket", 0, "bar width of the chart (default: about 50 bars)")
 	fs.Uint64Var(&p.Seed, "seed", 0, "not 0: Poisson arrivals (steady, ramp) from this seed; 0: evenly spaced")
+	consistency := fs.Bool("consistency", false, "compare exact and local_first consistency on one algorithm (--algorithm) across --replicas replicas instead of the algorithms")
+	algName := fs.String("algorithm", "fixed_window", "with --consistency: fixed_window, token_bucket or sliding_window_counter")
+	var c sim.Consistency
+	fs.IntVar(&c.Replicas, "replicas", 3, "with --consistency: replicas sharing the store, taking the arrivals in turn")
+	fs.Float64Var(&c.MaxOvershoot, "max-overshoot", 0.01, "with --consistency: local_first's max_overshoot")
+	fs.DurationVar(&c.SyncInterval, "sync-interval", 100*time.Millisecond, "with --consistency: local_first's sync_interval")
 	trace := fs.String("trace", "", "trace file: one arrival per line, seconds or RFC 3339, optional cost column")
 	out := fs.String("out", ".", "directory the charts are written to")
 	format := fs.String("format", "svg", "chart format: only svg is supported")
@@ -86,13 +96,27 @@ With no --pattern it compares steady, burst and ramp.
 			return 1
 		}
 	}
+	if *consistency {
+		a, err := algorithms.Parse(*algName)
+		if err != nil {
+			fmt.Fprintln(stderr, "halt-envoy simulate: --algorithm:", err)
+			return 2
+		}
+		c.Algorithm = a
+	}
 	for i, pt := range patterns {
-		res, err := sim.Run(pt, p)
+		run := func() (*sim.Result, error) { return sim.Run(pt, p) }
+		suffix := ""
+		if *consistency {
+			run = func() (*sim.Result, error) { return sim.RunConsistency(pt, p, c) }
+			suffix = "-consistency"
+		}
+		res, err := run()
 		if err != nil {
 			fmt.Fprintf(stderr, "halt-envoy simulate: %s: %v\n", pt, err)
 			return 2
 		}
-		name := filepath.Join(*out, "simulate-"+string(pt)+".svg")
+		name := filepath.Join(*out, "simulate-"+string(pt)+suffix+".svg")
 		if err := writeChart(name, res); err != nil {
 			fmt.Fprintln(stderr, "halt-envoy simulate:", err)
 			return 1

@@ -102,3 +102,26 @@ func TestSimulateErrors(t *testing.T) {
 		t.Errorf("help: exit %d %q", code, errb.String())
 	}
 }
+
+// TestSimulateConsistency: --consistency charts exact against local_first on one
+// algorithm and prints both totals; a local_first the server refuses is refused here.
+func TestSimulateConsistency(t *testing.T) {
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	args := []string{"simulate", "--consistency", "--pattern", "burst", "--limit", "3000", "--period", "1m", "--burst-size", "1000", "--burst-every", "5s", "--duration", "2m", "--out", dir}
+	if code := run(t.Context(), args, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, w := range []string{"| exact ", "| local_first ", "3 replicas taking the arrivals in turn, max_overshoot 0.01, sync_interval 100ms", "simulate-burst-consistency.svg"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("%q missing from:\n%s", w, out.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "simulate-burst-consistency.svg")); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := run(t.Context(), []string{"simulate", "--consistency", "--algorithm", "leaky_bucket", "--pattern", "burst", "--out", dir}, &out, &errb, os.Getenv); code != 2 || !strings.Contains(errb.String(), "local_first supports fixed_window, token_bucket and sliding_window_counter") {
+		t.Fatalf("leaky_bucket: exit %d, %s", code, errb.String())
+	}
+}

@@ -388,12 +388,19 @@ func Run(pattern Pattern, p Params) (*Result, error) {
 
 // simulate runs one algorithm over the arrivals.
 func simulate(name string, alg algorithms.Algorithm, shape bool, l *algorithms.Limit, reqs []arrival, start, bucket int64, n int) Series {
-	s := Series{Name: name, Algorithm: alg, Shaping: shape, Admitted: make([]int64, n), Denied: make([]int64, n)}
 	var st algorithms.State
+	return decideAll(name, alg, shape, l, reqs, start, bucket, n, func(_ int, a arrival) algorithms.Result {
+		return algorithms.Decide(alg, &st, a.at, l, a.cost)
+	})
+}
+
+// decideAll decides every arrival (the i-th with decide) and counts the outcomes.
+func decideAll(name string, alg algorithms.Algorithm, shape bool, l *algorithms.Limit, reqs []arrival, start, bucket int64, n int, decide func(i int, a arrival) algorithms.Result) Series {
+	s := Series{Name: name, Algorithm: alg, Shaping: shape, Admitted: make([]int64, n), Denied: make([]int64, n)}
 	var admitted []arrival // at: when the request leaves (arrival plus any shaping delay)
 	var delaySum int64
-	for _, a := range reqs {
-		r := algorithms.Decide(alg, &st, a.at, l, a.cost)
+	for i, a := range reqs {
+		r := decide(i, a)
 		s.Totals.Arrivals++
 		if !r.Allowed {
 			s.Totals.Denied++

@@ -404,3 +404,38 @@ func TestNiceValues(t *testing.T) {
 		}
 	}
 }
+
+// TestRunConsistency: exact and local_first on the same bursty traffic across three
+// replicas: local_first never admits more than limit x (1 + max_overshoot) in a fixed
+// window, admits about what exact does, and costs a small fraction of its store ops;
+// bad consistency parameters are refused.
+func TestRunConsistency(t *testing.T) {
+	p := Params{Limit: 10000, Period: time.Minute, BurstSize: 4000, BurstEvery: 5 * time.Second, Duration: 3 * time.Minute}
+	res, err := RunConsistency(Burst, p, Consistency{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Series) != 2 || res.Series[0].Name != "exact" || res.Series[1].Name != "local_first" {
+		t.Fatalf("series: %+v", res.Series)
+	}
+	exact, local := res.Series[0].Totals, res.Series[1].Totals
+	if exact.Admitted != 30000 {
+		t.Fatalf("exact admitted %d, want 3 windows x 10,000", exact.Admitted)
+	}
+	if local.Admitted < 29700 || local.Admitted > 30300 || local.WorstWindow > 10100 {
+		t.Fatalf("local_first admitted %d, worst window %d: want within 1%% of exact and of the limit", local.Admitted, local.WorstWindow)
+	}
+	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "3 replicas") || !strings.Contains(res.Notes[0], "store ops: exact 144000") {
+		t.Fatalf("notes: %q", res.Notes)
+	}
+	for name, c := range map[string]Consistency{
+		"sliding_window": {Algorithm: algorithms.SlidingWindow},
+		"replicas":       {Replicas: MaxReplicas + 1},
+		"overshoot":      {MaxOvershoot: 1},
+		"sync":           {SyncInterval: 2 * time.Minute},
+	} {
+		if _, err := RunConsistency(Burst, p, c); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
