@@ -51,9 +51,12 @@ const (
 	Calendar Algorithm = 6
 	// Penalty is the progressive lockout state of one identity; see DecidePenalty.
 	Penalty Algorithm = 7
+	// Once is the record of an idempotency key: the first decision of a request carrying
+	// it, kept for the rule's idempotency_ttl; see DecideOnce.
+	Once Algorithm = 8
 
 	// numAlgorithms is the highest wire value in use.
-	numAlgorithms = 7
+	numAlgorithms = 8
 )
 
 var algorithmNames = [numAlgorithms + 1]string{
@@ -64,6 +67,7 @@ var algorithmNames = [numAlgorithms + 1]string{
 	LeakyBucket:          "leaky_bucket",
 	Calendar:             "calendar",
 	Penalty:              "penalty",
+	Once:                 "once",
 }
 
 // String returns the configuration name of a.
@@ -255,6 +259,19 @@ func (l *Limit) Validate(a Algorithm) error {
 	if l.Requests > MaxRequests {
 		return limitErr(ParamRequests, "requests_per_unit %d is above the maximum %d", l.Requests, MaxRequests)
 	}
+	if a == Once {
+		// Requests is a fingerprint, Period a wait (0 for none), WindowEnd the record's end.
+		if l.Requests <= 0 {
+			return limitErr(ParamRequests, "once needs a fingerprint above 0, got %d", l.Requests)
+		}
+		if l.Period < 0 || l.Period > MaxPeriod {
+			return limitErr(ParamPeriod, "once's wait must be between 0 and 100 years, got %s", time.Duration(l.Period)*time.Microsecond)
+		}
+		if l.WindowEnd <= 0 {
+			return limitErr(ParamWindow, "once needs the record's end, got %d", l.WindowEnd)
+		}
+		return nil
+	}
 	if a != Calendar && (l.Period <= 0 || l.Period > MaxPeriod) {
 		return limitErr(ParamPeriod, "period must be between 1us and 100 years, got %s", time.Duration(l.Period)*time.Microsecond)
 	}
@@ -430,6 +447,8 @@ func Decide(a Algorithm, s *State, now int64, l *Limit, cost int64) Result {
 		return DecideCalendar(s, now, l, cost)
 	case Penalty:
 		return DecidePenalty(s, now, l, cost)
+	case Once:
+		return DecideOnce(s, now, l, cost)
 	}
 	return Result{RetryAfter: -1}
 }

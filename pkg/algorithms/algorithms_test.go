@@ -388,7 +388,7 @@ func BenchmarkLeakyBucket(b *testing.B) {
 func TestWireNumbers(t *testing.T) {
 	want := map[string]uint8{
 		"fixed_window": 1, "token_bucket": 2, "sliding_window": 3, "sliding_window_counter": 4,
-		"leaky_bucket": 5, "calendar": 6, "penalty": 7,
+		"leaky_bucket": 5, "calendar": 6, "penalty": 7, "once": 8,
 	}
 	seen := 0
 	for a := Algorithm(1); a != 0; a++ {

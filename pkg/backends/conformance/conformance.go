@@ -252,6 +252,7 @@ func Run(t *testing.T, open Factory, opt Options) {
 	t.Run("timelines", func(t *testing.T) { RunTimelines(t, open, opt) })
 	t.Run("skewed", func(t *testing.T) { RunSkewed(t, open, opt) })
 	t.Run("charges", func(t *testing.T) { RunCharges(t, open, opt) })
+	t.Run("once", func(t *testing.T) { RunOnce(t, open) })
 	t.Run("shaping_out_of_order", func(t *testing.T) {
 		if opt.SkipConcurrency {
 			t.Skip(opt.Reason)
@@ -307,6 +308,58 @@ func RunCharges(t *testing.T, open Factory, opt Options) {
 				return ChargeTimeline(seed*15485863+uint64(c.Algorithm), 150)
 			}, func(l *algorithms.Limit) { l.Drain, l.MaxDebt = mode.drain, mode.maxDebt })
 		})
+	}
+}
+
+// RunOnce plays idempotency-key records (algorithms.Once) through the store and the pure
+// algorithm and demands identical results, TTL included: claims by two fingerprints on
+// three keys, decisions recorded (some of algorithms.MaxCount), reads, and records that
+// end (the store may still hold the key: a record at or past its end is absent whatever
+// the store keeps). Records live a minute or more, so no store expires a key on the wall
+// clock while the suite runs.
+func RunOnce(t *testing.T, open Factory) {
+	st := open(t)
+	defer st.Close()
+	prefix := UniqueKey(t)
+	for seed := uint64(1); seed <= 3; seed++ {
+		rng := mrand.New(mrand.NewPCG(seed, seed*0x9e3779b97f4a7c15))
+		model := map[string]*algorithms.State{}
+		now := base + int64(seed)*1000*sec
+		for i := 0; i < 200; i++ {
+			switch r := rng.IntN(100); {
+			case r < 60:
+				now += rng.Int64N(sec)
+			case r < 90:
+				now += rng.Int64N(30 * sec)
+			default:
+				now += 200 * sec
+			}
+			key := fmt.Sprintf("%s:%d:%d", prefix, seed, rng.IntN(3))
+			lim := algorithms.Limit{Requests: 1 + rng.Int64N(2), Period: rng.Int64N(90 * sec), WindowEnd: now + 60*sec + rng.Int64N(120*sec)}
+			var cost int64
+			switch r := rng.IntN(100); {
+			case r < 45: // a claim
+			case r < 80:
+				cost = 1 + rng.Int64N(1<<20) // a decision recorded
+			case r < 85:
+				cost = algorithms.MaxCount
+			default:
+				cost = -1 // a read
+			}
+			ms := model[key]
+			if ms == nil {
+				ms = &algorithms.State{}
+				model[key] = ms
+			}
+			want := algorithms.Decide(algorithms.Once, ms, now, &lim, cost)
+			op := &backends.Op{Key: key, Algorithm: algorithms.Once, Limit: lim, Cost: cost}
+			if err := applyOne(st, now, op); err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, i, err)
+			}
+			if !sameResult(op.Result, want) || op.Result.TTL != want.TTL {
+				t.Fatalf("seed %d step %d key %s fingerprint %d cost %d:\n got  %+v\n want %+v", seed, i, key, lim.Requests, cost, op.Result, want)
+			}
+		}
 	}
 }
 

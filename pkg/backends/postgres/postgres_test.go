@@ -578,7 +578,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := statementsOf(string(v2), n, wireValues(v4OpLadder, v4ResStride))
+	stmts, err := statementsOf(string(v2), n, v4WireValues())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -696,7 +696,7 @@ func TestMigrateFromVersion3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := statementsOf(string(v3), n, wireValues(v4OpLadder, v4ResStride))
+	stmts, err := statementsOf(string(v3), n, v4WireValues())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -787,6 +787,14 @@ const (
 	v4ResStride = 8
 )
 
+// v4WireValues are the wire values a schema file of versions 1 to 4 takes: their strides,
+// and no marker of an algorithm added since (Once, version 6).
+func v4WireValues() map[string]int64 {
+	v := wireValues(v4OpLadder, v4ResStride)
+	delete(v, algorithms.Once.String())
+	return v
+}
+
 // TestMigrateFromVersion4 upgrades a table of schema version 4 (testdata/schema_v4.sql)
 // during a rolling upgrade: a replica of version 4 goes on calling its three-argument
 // function after the migration and gets its answers, the new function reads the rows
@@ -801,7 +809,7 @@ func TestMigrateFromVersion4(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stmts, err := statementsOf(string(v4), n, wireValues(v4OpLadder, v4ResStride))
+	stmts, err := statementsOf(string(v4), n, v4WireValues())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -859,5 +867,90 @@ func TestMigrateFromVersion4(t *testing.T) {
 	}
 	if res := v4call(at); res[1] != 1 || res[3] != 4 {
 		t.Fatalf("v4 after the refund: %v, want admitted with 4 left", res)
+	}
+}
+
+// TestMigrateFromVersion5 upgrades a table of schema version 5 (testdata/schema_v5.sql,
+// whose strides version 6 kept): a replica of version 5 keeps calling the function with
+// its ops and gets the same answers, and the migrated function keeps idempotency
+// records (algorithms.Once), which the version-5 function did not know.
+func TestMigrateFromVersion5(t *testing.T) {
+	dsn := testDSN(t)
+	table := tempTable(t, dsn)
+	ctx := context.Background()
+	n := namesFor(table)
+	v5, err := os.ReadFile("testdata/schema_v5.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := wireValues(opLadder, resStride)
+	delete(values, algorithms.Once.String())
+	stmts, err := statementsOf(string(v5), n, values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := parseURL(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, uc.pool.ConnConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, st := range stmts {
+		if _, err := conn.Exec(ctx, st.sql); err != nil {
+			t.Fatalf("v5 DDL %s: %v", st.what, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+versionTable+` VALUES ($1, 5)`, table); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2031, 1, 1, 0, 0, 30, 0, time.UTC).UnixMicro()
+	// A replica of version 5 calls the four-argument function with layout 5: a token
+	// bucket of 10 a minute charged 3, and an op of the algorithm it does not know.
+	v5call := func(alg algorithms.Algorithm, cost int64) []int64 {
+		t.Helper()
+		params := make([]int64, opStride)
+		copy(params, []int64{int64(alg), 10, 60_000_000, 0, 0, 0, at + 60_000_000, cost, 0, 0, 0})
+		var res []int64
+		if err := conn.QueryRow(ctx, `SELECT `+n.fn+`($1::text[], $2::bigint[], $3::bigint, $4::integer)`, []string{"k-" + alg.String()}, params, at, int32(layout)).Scan(&res); err != nil {
+			t.Fatalf("the function as version 5 calls it: %v", err)
+		}
+		if len(res) != resStride {
+			t.Fatalf("the function answered %d values, want %d", len(res), resStride)
+		}
+		return res
+	}
+	if res := v5call(algorithms.TokenBucket, 3); res[1] != 1 || res[3] != 7 {
+		t.Fatalf("v5 before the migration: %v", res)
+	}
+	if res := v5call(algorithms.Once, 0); res[1] != 0 || res[5] != -1 {
+		t.Fatalf("the version-5 function with an idempotency record: %v, want refused as unknown", res)
+	}
+	if err := Migrate(ctx, dsn, table); err != nil {
+		t.Fatal(err)
+	}
+	var version int
+	if err := conn.QueryRow(ctx, `SELECT version FROM `+versionTable+` WHERE table_name = $1`, table).Scan(&version); err != nil || version != SchemaVersion {
+		t.Fatalf("recorded version %d (%v), want %d", version, err, SchemaVersion)
+	}
+	// The version-5 replica's calls after the migration: the same signature and strides,
+	// the same answers.
+	if res := v5call(algorithms.TokenBucket, 3); res[1] != 1 || res[3] != 4 {
+		t.Fatalf("v5 after the migration: %v", res)
+	}
+	s6 := openTest(t, dsn, table, Config{SkipMigrate: true})
+	defer s6.Close()
+	once := func(s *Store) *backends.Op {
+		op := &backends.Op{Key: "idem", Algorithm: algorithms.Once, Limit: algorithms.Limit{Requests: 7, WindowEnd: at + 60_000_000}}
+		_ = s.Apply(ctx, at, []*backends.Op{op})
+		return op
+	}
+	if op := once(s6); op.Err != nil || !op.Result.Allowed || op.Result.Limit != algorithms.OnceNew {
+		t.Fatalf("a claim after the migration: %v %+v", op.Err, op.Result)
+	}
+	if op := once(s6); op.Err != nil || op.Result.Allowed || op.Result.Limit != algorithms.OnceClaimed {
+		t.Fatalf("a repeat after the migration: %v %+v", op.Err, op.Result)
 	}
 }

@@ -41,11 +41,14 @@ import (
 //	   strides of layout 5; the three-argument function of versions 1 to 4 stays, for
 //	   the replicas of those versions still running during a rolling upgrade. The table
 //	   is unchanged.
-const SchemaVersion = 5
+//	6: the record of an idempotency key (algorithms.Once, issue 17). The table, the
+//	   signatures and the strides (layout 5) are unchanged; migrating from 1 to 5
+//	   replaces the function, which a replica of version 5 calls as before.
+const SchemaVersion = 6
 
 // layout is the schema version whose parameter and result strides the function reads
 // and this store sends (the function's last argument): a caller of another layout is
-// refused by the function instead of misread.
+// refused by the function instead of misread. Version 6 kept the strides of 5.
 const layout = 5
 
 // The layout of the function's parameter array p: per op, opLadder fixed parameters

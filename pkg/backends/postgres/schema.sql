@@ -374,6 +374,31 @@ BEGIN
 					rttl := greatest(endt + (sb + 1) * per - at_, 0);
 				END IF;
 
+			ELSIF alg = 0 /*halt:once*/ THEN -- an idempotency key's record (algorithms.DecideOnce)
+				-- A: the claiming request's fingerprint, B: 0 while it is decided, then its
+				-- decision; C: when that decision's wait ends; D: the record's end.
+				IF sd > now_us AND sa <> 0 THEN
+					rttl := sd - now_us;
+					IF sa <> req THEN
+						rlim := 3; -- another request's record: a conflict
+					ELSIF sb <> 0 THEN
+						rlim := 2; rem := sb; rreset := greatest(sc - now_us, 0);
+					ELSIF cost > 0 THEN
+						sb := cost; sc := now_us + per; sd := we; rttl := sd - now_us;
+						allowed := true; rlim := 2; rem := cost; rreset := per;
+					ELSE
+						rlim := 1; -- claimed, still being decided
+					END IF;
+				ELSIF cost > 0 THEN
+					sa := req; sd := we; sb := cost; sc := now_us + per;
+					allowed := true; rlim := 2; rem := cost; rreset := per; rttl := sd - now_us;
+				ELSIF cost = 0 THEN
+					sa := req; sb := 0; sc := 0; sd := we;
+					allowed := true; rlim := 0; rttl := sd - now_us;
+				ELSE
+					allowed := true;
+				END IF;
+
 			ELSE
 				rretry := -1;
 			END IF;

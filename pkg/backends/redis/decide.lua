@@ -13,6 +13,7 @@ local SLIDING_WINDOW_COUNTER = 0 -- halt:sliding_window_counter
 local LEAKY_BUCKET = 0 -- halt:leaky_bucket
 local CALENDAR = 0 -- halt:calendar
 local PENALTY = 0 -- halt:penalty
+local ONCE = 0 -- halt:once
 -- algorithms.MaxCount: counters saturate here.
 local MAXC = 0 -- halt:max_count
 -- algorithms.MaxSlidingLog: the longest sliding log a stored state may hold.
@@ -379,6 +380,33 @@ local function penalty(s, now, R, P, steps, ladder, cost)
   return allowed, R, rem, reset, retry, 0, ttl, 0
 end
 
+-- algorithms.DecideOnce: an idempotency key's record. A: the fingerprint of the request
+-- that claimed it, B: 0 while it is decided, then its decision; C: when that decision's
+-- wait ends; D: the record's end. Results: allowed, phase (limit), the decision
+-- (remaining), the rest of its wait (reset), ttl.
+local function once(s, now, fp, wait, we, cost)
+  local live = s[4] > now and s[1] ~= 0
+  if cost > 0 then
+    if not live then
+      s[1] = fp
+    elseif s[1] ~= fp then
+      return 0, 3, 0, 0, 0, 0, s[4] - now, 0
+    elseif s[2] ~= 0 then
+      return 0, 2, s[2], mmax(s[3] - now, 0), 0, 0, s[4] - now, 0
+    end
+    s[2] = cost; s[3] = now + wait; s[4] = we
+    return 1, 2, cost, wait, 0, 0, s[4] - now, 0
+  end
+  if not live then
+    if cost < 0 then return 1, 0, 0, 0, 0, 0, 0, 0 end
+    s[1] = fp; s[2] = 0; s[3] = 0; s[4] = we
+    return 1, 0, 0, 0, 0, 0, s[4] - now, 0
+  end
+  if s[1] ~= fp then return 0, 3, 0, 0, 0, 0, s[4] - now, 0 end
+  if s[2] == 0 then return 0, 1, 0, 0, 0, 0, s[4] - now, 0 end
+  return 0, 2, s[2], mmax(s[3] - now, 0), 0, 0, s[4] - now, 0
+end
+
 local usetime = ARGV[2] == '1'
 -- ARGV[3]: up to this many extra milliseconds of expiry, at random for each key written
 -- (EXPIRATION_JITTER_MAX_SECONDS), from the seed ARGV[4].
@@ -413,6 +441,8 @@ for i = 1, #KEYS do
     P, burst, maxdelay, pos = unpack('<ddd', spec, pos)
   elseif alg == CALENDAR then
     ws, we, pos = unpack('<dd', spec, pos)
+  elseif alg == ONCE then
+    P, we, pos = unpack('<dd', spec, pos)
   elseif alg == PENALTY then
     P, steps, pos = unpack('<dd', spec, pos)
     ladder = {}
@@ -481,6 +511,8 @@ for i = 1, #KEYS do
       al, lim, rem, reset, retry, delay, ttl, debt = calendar(s, now, R, ws, we, cost, rec, rep, md)
     elseif alg == PENALTY then
       al, lim, rem, reset, retry, delay, ttl, debt = penalty(s, now, R, P, steps, ladder, cost)
+    elseif alg == ONCE then
+      al, lim, rem, reset, retry, delay, ttl, debt = once(s, now, R, P, we, cost)
     else
       al, lim, rem, reset, retry, delay, ttl, debt = 0, 0, 0, 0, -1, 0, 0, 0
     end

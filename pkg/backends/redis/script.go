@@ -78,6 +78,9 @@ func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	case algorithms.Calendar:
 		b = appendNum(b, l.WindowStart)
 		b = appendNum(b, l.WindowEnd)
+	case algorithms.Once:
+		b = appendNum(b, l.Period)
+		b = appendNum(b, l.WindowEnd)
 	case algorithms.Penalty:
 		b = appendNum(b, l.Period)
 		b = appendNum(b, int64(l.Steps))
