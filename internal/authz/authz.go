@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strconv"
@@ -259,6 +260,16 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			descs = sc.descs[:2]
 		} else {
 			s.log.Warn("route names an unknown policy; only the plan's limits apply", "route", routeName, "policy", route.Policy)
+		}
+	}
+	// An Idempotency-Key makes the call decided once (the rules' idempotency_ttl).
+	if k := r.header("idempotency-key"); k != "" {
+		if len(k) > engine.MaxIdempotencyKey {
+			return problem(headers.Problem{Status: 400, Title: "Bad Request", Policy: "idempotency-key",
+				Detail: fmt.Sprintf("the Idempotency-Key is %d bytes, the limit is %d", len(k), engine.MaxIdempotencyKey)}, nil), nil
+		}
+		for i := range descs {
+			descs[i].IdempotencyKey = k
 		}
 	}
 	decisions := sc.decisions[:len(descs)]

@@ -461,3 +461,45 @@ func TestWatcherReloadsKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestIdempotencyKey: a request with an Idempotency-Key is decided once (the plan's
+// idempotency_ttl): a repeat gets the first answer and is not charged; the key reused for
+// another route or cost is answered 422, and a key too long 400, as the IETF
+// idempotency-key draft says; neither is charged.
+func TestIdempotencyKey(t *testing.T) {
+	limits := strings.Replace(limitsYAML, "  free:\n    rate_limit: {unit: minute, requests_per_unit: 3}", "  free:\n    idempotency_ttl: 1h\n    rate_limit: {unit: minute, requests_per_unit: 3}", 1)
+	if limits == limitsYAML {
+		t.Fatal("the free plan was not found in limitsYAML")
+	}
+	e := setupWith(t, limits, authzYAML)
+	get := func(key string) *authv3.CheckResponse {
+		h := map[string]string{"x-api-key": freeKey}
+		if key != "" {
+			h["idempotency-key"] = key
+		}
+		return e.check(t, req("GET", "/v1/items/1", public, h))
+	}
+	remaining := func(r *authv3.CheckResponse) string {
+		return headers(r.GetOkResponse().GetResponseHeadersToAdd())["X-RateLimit-Remaining"]
+	}
+	if r := get("a"); status(r) != 200 || remaining(r) != "2" {
+		t.Fatalf("first: %d %v", status(r), r)
+	}
+	for i := range 3 {
+		if r := get("a"); status(r) != 200 || remaining(r) != "2" {
+			t.Fatalf("repeat %d: %d %v", i, status(r), r)
+		}
+	}
+	post := e.check(t, req("POST", "/v1/search", public, map[string]string{"x-api-key": freeKey, "idempotency-key": "a"}))
+	if status(post) != 422 || problemBody(t, post)["violated_policy"] != "idempotency-key" {
+		t.Fatalf("the key reused for another route: %d %v", status(post), post)
+	}
+	for _, k := range []string{strings.Repeat("k", 256), strings.Repeat("k", 1<<20)} {
+		if r := get(k); status(r) != 400 || !strings.Contains(problemBody(t, r)["detail"].(string), "the limit is 255") {
+			t.Fatalf("a key of %d bytes: %d %v", len(k), status(r), problemBody(t, r))
+		}
+	}
+	if r := get(""); status(r) != 200 || remaining(r) != "1" {
+		t.Fatalf("a request without a key after them: %d %s, want 1 left (only the first was charged)", status(r), remaining(r))
+	}
+}

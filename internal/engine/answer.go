@@ -6,11 +6,17 @@ import "github.com/halt-envoy/halt-envoy/internal/config"
 // middleware) makes of a call's decisions. Envoy's RateLimitService answers per
 // descriptor instead (internal/rlsv3).
 
-// Report returns the decision that answers a call: when the call is refused, the first
-// stage that refused decides (a penalty lockout, then a quota, then a rate limit; among
-// descriptors refused by the same stage, the first); otherwise the tightest limit of
-// every descriptor (Tighter). It is nil when no descriptor has a limit to report.
+// Report returns the decision that answers a call: when the call is refused, an
+// idempotency key's conflict or first request in progress decides, then the first stage
+// that refused (a penalty lockout, then a quota, then a rate limit; among descriptors
+// refused by the same stage, the first); otherwise the tightest limit of every descriptor
+// (Tighter). It is nil when no descriptor has a limit to report.
 func Report(decisions []Decision) *Decision {
+	for i := range decisions {
+		if d := &decisions[i]; d.Code == CodeOverLimit && (d.Idempotency == IdemConflict || d.Idempotency == IdemInProgress) {
+			return d
+		}
+	}
 	for _, kind := range [...]Kind{KindPenalty, KindQuota, KindRate} {
 		for i := range decisions {
 			if d := &decisions[i]; d.Code == CodeOverLimit && d.Kind == kind {

@@ -44,6 +44,8 @@ type scratch struct {
 	refuses []bool                 // stopIncrement: per op, whether its read refuses it
 	over    []bool                 // stopIncrement: per descriptor, whether a read refuses it
 	ev      DecisionEvent          // what observers are shown, one descriptor at a time
+	idem    []uint8                // per descriptor: its idempotency key's state (idemOff ...)
+	idemFP  int64                  // the call's idempotency fingerprint
 }
 
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
@@ -61,6 +63,11 @@ func (sc *scratch) reset(n int) {
 	}
 	sc.algo = sc.algo[:n]
 	clear(sc.algo)
+	if cap(sc.idem) < n {
+		sc.idem = make([]uint8, n)
+	}
+	sc.idem = sc.idem[:n]
+	clear(sc.idem)
 }
 
 // Check decides every descriptor of one call for domain. decisions must have the same
@@ -111,7 +118,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	defer e.pool.Put(sc)
 	sc.reset(len(descs))
 
-	hasPenalty, hasQuota := false, false
+	hasPenalty, hasQuota, hasIdem := false, false, false
 	// Match every descriptor first: "replaces" is decided across the whole call.
 	for i := range descs {
 		decisions[i] = Decision{Code: CodeOK}
@@ -138,6 +145,10 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		}
 		hasPenalty = hasPenalty || rule.Penalty != nil
 		hasQuota = hasQuota || len(rule.Quotas) > 0
+		if d.IdempotencyKey != "" && rule.Charges.IdempotencyTTL > 0 {
+			sc.idem[i] = idemWant
+			hasIdem = true
+		}
 		for _, name := range rule.Replaces {
 			if sc.replace == nil {
 				sc.replace = make(map[string]struct{})
@@ -146,11 +157,24 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		}
 	}
 
+	// Stage 0: idempotency keys. A repeat is answered from the key's record and is not
+	// charged; the first request's decision is recorded once the call is decided.
+	if hasIdem {
+		e.claimIdempotency(ctx, domain, nowUS, sc, descs, decisions)
+		defer func() {
+			if err != nil {
+				e.releaseIdempotency(domain, sc, descs)
+				return
+			}
+			e.recordIdempotency(ctx, domain, nowUS, sc, descs, decisions)
+		}()
+	}
+
 	// Stage 1: identities locked out by a penalty are refused without touching counters.
 	// A report or a refund is not checked: it records what was already served.
 	if hasPenalty {
 		for i := range descs {
-			if r := decisions[i].Rule; r != nil && r.Penalty != nil && !descs[i].Refund && !descs[i].reported(r) {
+			if r := decisions[i].Rule; r != nil && r.Penalty != nil && !descs[i].Refund && !descs[i].reported(r) && sc.idem[i] != idemAnswered {
 				e.addPenaltyOp(sc, domain, &descs[i], i, r, 0)
 			}
 		}
@@ -163,7 +187,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	for i := range descs {
 		d := &descs[i]
 		dec := &decisions[i]
-		if dec.Code == CodeOverLimit || dec.Kind == KindExempt {
+		if dec.Code == CodeOverLimit || dec.Kind == KindExempt || sc.idem[i] == idemAnswered {
 			continue
 		}
 		if d.Override != nil {
@@ -223,7 +247,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		if !callOver(decisions) {
 			for i := range descs {
 				dec := &decisions[i]
-				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt {
+				if r := dec.Rule; r != nil && len(r.Quotas) > 0 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt && sc.idem[i] != idemAnswered {
 					cost := descs[i].cost(r.Cost)
 					for q := range r.Quotas {
 						e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], cost, nowUS)
@@ -240,7 +264,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	if hasPenalty {
 		for i := range descs {
 			dec := &decisions[i]
-			if r := dec.Rule; r != nil && r.Penalty != nil && dec.Code == CodeOverLimit && dec.Kind != KindPenalty && !dec.FailedOpen {
+			if r := dec.Rule; r != nil && r.Penalty != nil && dec.Code == CodeOverLimit && dec.Kind != KindPenalty && !dec.FailedOpen && sc.idem[i] != idemAnswered {
 				e.addPenaltyOp(sc, domain, &descs[i], i, r, r.Penalty.Severity)
 			}
 		}
@@ -650,7 +674,7 @@ func (e *Engine) queueQuotaReads(sc *scratch, domain string, nowUS int64, descs 
 	for i := range descs {
 		dec := &decisions[i]
 		// A report or a refund is never refused: it needs no room.
-		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt && !descs[i].Refund && !descs[i].reported(r) {
+		if r := dec.Rule; r != nil && len(r.Quotas) > 1 && dec.Code == CodeOK && !dec.Shadow && dec.Kind != KindExempt && !descs[i].Refund && !descs[i].reported(r) && sc.idem[i] != idemAnswered {
 			for q := range r.Quotas {
 				e.addQuotaOp(sc, domain, &descs[i], i, r, &r.Quotas[q], 0, nowUS)
 			}

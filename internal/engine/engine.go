@@ -277,6 +277,9 @@ type Decision struct {
 	Kind Kind
 	// Exempt is the exemption's reason when Kind is KindExempt.
 	Exempt string
+	// Idempotency says what the descriptor's idempotency key did: a repeat answered from
+	// the record, a conflict, or a first request still in progress.
+	Idempotency Idempotency
 	// Delay (microseconds) is the longest a shaping leaky bucket (max_delay) of the
 	// descriptor wants its admitted request held: Check holds the call for the longest
 	// of them, CheckAt leaves that to its caller.
@@ -424,6 +427,12 @@ func (e *Engine) validate(domain string, descs []Descriptor) error {
 			if len(en.Key) > e.cfg.MaxValueLen || len(en.Value) > e.cfg.MaxValueLen {
 				return fmt.Errorf("%w: descriptor %d entry %d is longer than %d bytes", ErrInvalid, i, j, e.cfg.MaxValueLen)
 			}
+			if en.Key == IdempotencyEntry && len(en.Value) > MaxIdempotencyKey {
+				return fmt.Errorf("%w: descriptor %d entry %d: %s is %d bytes, the limit is %d", ErrInvalid, i, j, IdempotencyEntry, len(en.Value), MaxIdempotencyKey)
+			}
+		}
+		if k := descs[i].IdempotencyKey; len(k) > MaxIdempotencyKey {
+			return fmt.Errorf("%w: descriptor %d: the idempotency key is %d bytes, the limit is %d", ErrInvalid, i, len(k), MaxIdempotencyKey)
 		}
 	}
 	return nil

@@ -27,6 +27,13 @@ type Problem struct {
 // quota, so no rate-limit headers go with it), 429 for a quota or a rate limit, with
 // Retry-After at the headers' reset (algorithms.Result.Wait).
 func Refusal(d *engine.Decision) Problem {
+	// An idempotency key's refusals, as the IETF idempotency-key draft answers them.
+	switch d.Idempotency {
+	case engine.IdemConflict:
+		return Problem{Status: 422, Title: "Unprocessable Content", Detail: "the Idempotency-Key was first used for another request (other route, identity or cost)", Policy: "idempotency-key"}
+	case engine.IdemInProgress:
+		return Problem{Status: 409, Title: "Conflict", Detail: "a request with this Idempotency-Key is still being processed; retry later", Policy: "idempotency-key", WaitUS: max(d.Result.Wait(), 1_000_000)}
+	}
 	p := Problem{Status: 429, Title: "Too Many Requests", Detail: "rate limit exceeded", Policy: PolicyFor(d.Rule, d.Limit), WaitUS: d.Result.Wait()}
 	switch d.Kind {
 	case engine.KindPenalty:

@@ -135,8 +135,12 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 		resp.DynamicMetadata = dynamicMetadata(req, sc.decisions)
 	}
 	var report engine.Decision
+	idem := engine.IdemNone
 	for i := range sc.decisions {
 		dec := &sc.decisions[i]
+		if dec.Idempotency == engine.IdemConflict || dec.Idempotency == engine.IdemInProgress {
+			idem = dec.Idempotency
+		}
 		resp.Statuses[i] = descriptorStatus(dec, &blocks[i])
 		if dec.Rule != nil && dec.Rule.DetailedMetric {
 			s.engine.CountDetailed(req.Domain, descriptorText(sc.descs[i].Entries), dec)
@@ -148,6 +152,11 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 	}
 	if report.Limit != nil && s.headers.Any() {
 		resp.ResponseHeadersToAdd = appendHeaders(nil, s.headers, report.Rule, report.Limit, &report.Result)
+	}
+	if idem != engine.IdemNone {
+		// An idempotency key reused by another request, or whose first request is still
+		// being decided: OVER_LIMIT, and this header says why (docs/config.md).
+		resp.ResponseHeadersToAdd = appendIdempotency(resp.ResponseHeadersToAdd, idem)
 	}
 	return resp, nil
 }

@@ -1,0 +1,294 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// MaxIdempotencyKey bounds an idempotency key, in bytes: the IETF draft's keys are UUIDs
+// and the like, and a key is stored once per request for up to idempotency_ttl.
+const MaxIdempotencyKey = 255
+
+// Idempotency says what a descriptor's idempotency key did to its decision.
+type Idempotency uint8
+
+// What an idempotency key did.
+const (
+	// IdemNone: no key, a rule without idempotency_ttl, or the first request with the key
+	// (decided and charged as usual, its decision recorded).
+	IdemNone Idempotency = iota
+	// IdemReplayed: a repeat, answered with the first request's decision and charged
+	// nothing.
+	IdemReplayed
+	// IdemConflict: the key was first used by another request (other counters, hits, or
+	// rule): refused, charged nothing. ext_authz answers 422.
+	IdemConflict
+	// IdemInProgress: the first request with the key is still being decided: refused,
+	// charged nothing; a retry later gets its decision. ext_authz answers 409.
+	IdemInProgress
+)
+
+// String names the state as the RateLimitService's halt-idempotency header does.
+func (i Idempotency) String() string {
+	switch i {
+	case IdemReplayed:
+		return "replayed"
+	case IdemConflict:
+		return "conflict"
+	case IdemInProgress:
+		return "in-progress"
+	}
+	return ""
+}
+
+// IdemClaim bounds how long the first request holds its key before its decision is
+// recorded: a replica that stops mid-decision leaves the key in progress no longer.
+const IdemClaim = 30 * time.Second
+
+// The per-descriptor idempotency states of one call (scratch.idem).
+const (
+	idemOff      uint8 = iota
+	idemFirst          // claimed: record the decision after the call is decided
+	idemWant           // has a key its rule keeps: claim it
+	idemAnswered       // answered from the record (replayed, conflict, in progress)
+)
+
+// IdempotencyKeyOf appends the store key of idempotency key k for the i-th descriptor of
+// a call in domain. The record is the domain's, not one counter's: the same key sent for
+// other counters is a conflict.
+func IdempotencyKeyOf(dst []byte, domain, k string, i int) []byte {
+	dst = appendEscaped(dst, domain)
+	dst = append(dst, "|@idem:"...)
+	dst = appendEscaped(dst, k)
+	dst = append(dst, '|')
+	return strconv.AppendInt(dst, int64(i), 10)
+}
+
+// fingerprint is what a call with an idempotency key asks, as its records keep it
+// (algorithms.Once's Limit.Requests, 1 to MaxRequests): every keyed descriptor's counters
+// (its rule and identity), hits and charge mode, so that the key sent for another route
+// or cost is a conflict on each of them. The same on every replica of one configuration.
+func fingerprint(domain string, descs []Descriptor, decisions []Decision, idem []uint8) int64 {
+	h := fnv.New64a()
+	for i := range descs {
+		if idem[i] == idemOff {
+			continue
+		}
+		d, rule := &descs[i], decisions[i].Rule
+		_, _ = fmt.Fprintf(h, "%d|", i)
+		_, _ = h.Write(AppendIdentity(nil, domain, d.Entries, rule))
+		_, _ = fmt.Fprintf(h, "|%s|%d|%t|%t\n", rule.Name, d.Hits, d.Refund, d.Report)
+	}
+	return int64(h.Sum64()%uint64(algorithms.MaxRequests)) + 1
+}
+
+// The record of a decision (algorithms.Once's cost, 1 to MaxCount): bit 0 set,
+// bit 1 admitted, bit 2 "never" (RetryAfter -1), bits 3-8 what reported it (0 nothing,
+// 1+j the rule's limit j, 33+q its quota q), then the remaining count.
+const (
+	recAdmitted   = 1 << 1
+	recNever      = 1 << 2
+	recRefShift   = 3
+	recRefMask    = 63
+	recRemShift   = 9
+	recQuotaRef   = 33
+	maxRecordRest = int64(1)<<(52-recRemShift) - 1
+)
+
+func packDecision(dec *Decision) int64 {
+	v := int64(1)
+	if dec.Code == CodeOK {
+		v |= recAdmitted
+	}
+	if dec.Result.RetryAfter < 0 {
+		v |= recNever
+	}
+	v |= int64(limitRef(dec)) << recRefShift
+	return v | min(max(dec.Result.Remaining, 0), maxRecordRest)<<recRemShift
+}
+
+// limitRef numbers the limit dec reports among its rule's limits and quotas (0: none).
+func limitRef(dec *Decision) int {
+	r, l := dec.Rule, dec.Limit
+	if r == nil || l == nil {
+		return 0
+	}
+	if dec.Kind == KindQuota {
+		for q := range r.Quotas {
+			if q < recRefMask-recQuotaRef && l.Name == "quota:"+r.Quotas[q].Name {
+				return recQuotaRef + q
+			}
+		}
+		return 0
+	}
+	for j := range r.Limits {
+		c := &r.Limits[j]
+		if j < recQuotaRef-1 && (c == l || c.Name == l.Name && c.Params.Period == l.Params.Period) {
+			return 1 + j
+		}
+	}
+	return 0
+}
+
+// replay fills dec with the decision record v of rule, whose wait has wait left.
+func replay(dec *Decision, rule *config.Rule, v, wait, nowUS int64) {
+	dec.Idempotency = IdemReplayed
+	dec.Code = CodeOverLimit
+	if v&recAdmitted != 0 {
+		dec.Code = CodeOK
+	}
+	r := algorithms.Result{Allowed: dec.Code == CodeOK, Remaining: v >> recRemShift, ResetAfter: wait}
+	if !r.Allowed {
+		r.RetryAfter = wait
+		if v&recNever != 0 {
+			r.RetryAfter = -1
+		}
+	}
+	switch ref := int(v>>recRefShift) & recRefMask; {
+	case ref >= recQuotaRef && ref-recQuotaRef < len(rule.Quotas):
+		dec.Kind, dec.Limit = KindQuota, QuotaLimit(&rule.Quotas[ref-recQuotaRef], nowUS)
+		r.Limit = dec.Limit.Params.Requests
+	case ref >= 1 && ref-1 < len(rule.Limits):
+		dec.Kind, dec.Limit = KindRate, &rule.Limits[ref-1]
+		r.Limit = dec.Limit.Params.Requests
+		if a := dec.Limit.Algorithm; a == algorithms.TokenBucket || a == algorithms.LeakyBucket {
+			r.Limit = dec.Limit.Params.Capacity()
+		}
+	case !r.Allowed && rule.Penalty != nil:
+		// A refusal recorded with no limit or quota of the rule: a lockout.
+		p := rule.Penalty
+		dec.Kind, dec.Limit = KindPenalty, &config.Limit{Name: "penalty:" + p.Name, Algorithm: algorithms.Penalty, Params: p.Params}
+		r.Limit = p.Params.Requests
+	}
+	dec.Result = r
+}
+
+// claimIdempotency is stage 0: every descriptor whose rule keeps idempotency keys
+// (idempotency_ttl) and that carries one claims it in one store round. The first request
+// with a key goes on to be decided (sc.idem: idemFirst); a repeat is answered from the
+// record and charged nothing (idemAnswered). A claim the store could not answer leaves
+// its descriptor to be decided as if it had no key.
+func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
+	var ops []backends.Op
+	var owners []int
+	sc.idemFP = fingerprint(domain, descs, decisions, sc.idem)
+	for i := range descs {
+		if sc.idem[i] != idemWant {
+			continue
+		}
+		d, rule := &descs[i], decisions[i].Rule
+		end := nowUS + min(rule.Charges.IdempotencyTTL, IdemClaim).Microseconds()
+		ops = append(ops, backends.Op{
+			Key:       string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)),
+			Algorithm: algorithms.Once,
+			Limit:     algorithms.Limit{Requests: sc.idemFP, WindowEnd: end},
+		})
+		owners = append(owners, i)
+		sc.idem[i] = idemOff
+	}
+	ptrs := make([]*backends.Op, len(ops))
+	for k := range ops {
+		ptrs[k] = &ops[k]
+	}
+	if err := e.cfg.Store.Apply(ctx, nowUS, ptrs); err != nil && ctx.Err() != nil {
+		return
+	}
+	for k := range ops {
+		op, i := &ops[k], owners[k]
+		if op.Err != nil {
+			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+			e.logFailure("idempotency key not claimed; the request is decided as if it had none", domain, op.Err)
+			continue
+		}
+		dec := &decisions[i]
+		switch r := op.Result; r.Limit {
+		case algorithms.OnceNew:
+			sc.idem[i] = idemFirst
+		case algorithms.OnceDecided:
+			replay(dec, dec.Rule, r.Remaining, r.ResetAfter, nowUS)
+			sc.idem[i] = idemAnswered
+		case algorithms.OnceClaimed:
+			dec.Code, dec.Idempotency = CodeOverLimit, IdemInProgress
+			dec.Result = algorithms.Result{ResetAfter: min(r.TTL, IdemClaim.Microseconds()), RetryAfter: min(r.TTL, IdemClaim.Microseconds())}
+			sc.idem[i] = idemAnswered
+		default:
+			dec.Code, dec.Idempotency = CodeOverLimit, IdemConflict
+			dec.Result = algorithms.Result{RetryAfter: -1}
+			sc.idem[i] = idemAnswered
+		}
+	}
+}
+
+// recordIdempotency records the decision of every descriptor that claimed its key, for
+// its rule's idempotency_ttl. A record that fails leaves the claim, which ends after
+// IdemClaim: a retry is then decided (and charged) again.
+func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
+	var ops []backends.Op
+	var release []string
+	for i := range descs {
+		if sc.idem[i] != idemFirst {
+			continue
+		}
+		d, dec := &descs[i], &decisions[i]
+		if dec.Code != CodeOK && dec.Limit == nil || dec.FailedOpen {
+			// Refused by the failure mode, or let through by it: not a decision to
+			// repeat. The retry is decided anew.
+			release = append(release, string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)))
+			continue
+		}
+		wait := dec.Result.ResetAfter
+		if dec.Code != CodeOK {
+			wait = max(dec.Result.Wait(), 0)
+		}
+		ops = append(ops, backends.Op{
+			Key:       string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)),
+			Algorithm: algorithms.Once,
+			Limit: algorithms.Limit{Requests: sc.idemFP, Period: min(max(wait, 0), algorithms.MaxPeriod),
+				WindowEnd: nowUS + dec.Rule.Charges.IdempotencyTTL.Microseconds()},
+			Cost: packDecision(dec),
+		})
+	}
+	if len(release) > 0 {
+		_ = e.deleteKeys(ctx, release)
+	}
+	if len(ops) == 0 {
+		return
+	}
+	ptrs := make([]*backends.Op, len(ops))
+	for k := range ops {
+		ptrs[k] = &ops[k]
+	}
+	err := e.cfg.Store.Apply(ctx, nowUS, ptrs)
+	for k := range ops {
+		if err == nil && ops[k].Err != nil {
+			err = ops[k].Err
+		}
+	}
+	if err != nil {
+		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+		e.logFailure("idempotency decision not recorded; the key stays in progress until its claim ends", domain, err)
+	}
+}
+
+// releaseIdempotency forgets the claims of a call that failed before it was decided, so
+// that its retry is decided instead of answered in progress.
+func (e *Engine) releaseIdempotency(domain string, sc *scratch, descs []Descriptor) {
+	var keys []string
+	for i := range descs {
+		if sc.idem[i] == idemFirst {
+			keys = append(keys, string(IdempotencyKeyOf(nil, domain, descs[i].IdempotencyKey, i)))
+		}
+	}
+	if len(keys) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = e.deleteKeys(ctx, keys)
+	}
+}
