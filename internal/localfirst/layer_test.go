@@ -9,6 +9,7 @@ import (
 	"time"
 
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -165,6 +166,18 @@ func TestWarmUpThenLocal(t *testing.T) {
 	}
 	if got := r.count("k", sp); got != 112 {
 		t.Fatalf("store count %d after the sync, want 112", got)
+	}
+	// The batch's oldest hit waited one sync_interval: the sync lag.
+	var lag dto.Metric
+	if err := r.m.LocalFirstSyncLag.Write(&lag); err != nil {
+		t.Fatal(err)
+	}
+	if h := lag.GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != 0.1 {
+		t.Errorf("sync lag: %d samples, sum %v; want 1, 0.1", h.GetSampleCount(), h.GetSampleSum())
+	}
+	// Store ops: 3 + 1 + 1 decisions sent, and the sync: 6 ops for 112 decisions.
+	if got := promtest.ToFloat64(r.m.LocalFirstStoreOps.WithLabelValues("d", "r")); got != 6 {
+		t.Errorf("store ops %v, want 6", got)
 	}
 	local := promtest.ToFloat64(r.m.LocalFirstDecisions.WithLabelValues("d", "r", "local"))
 	remote := promtest.ToFloat64(r.m.LocalFirstDecisions.WithLabelValues("d", "r", "store"))
