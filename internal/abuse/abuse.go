@@ -26,6 +26,9 @@ const (
 	// NetworkChange is one API key used from more networks than expected in a window: a
 	// key that changed hands, or leaked.
 	NetworkChange = "network_change"
+	// SpikeDetector is an identity's request rate over a short window far above its own
+	// moving baseline (its rate over a long window).
+	SpikeDetector = "spike"
 )
 
 // Config is the authz file's `abuse:` block.
@@ -39,6 +42,30 @@ type Config struct {
 	Fanout        *Detector `yaml:"fanout"`
 	AuthFailures  *Detector `yaml:"auth_failures"`
 	NetworkChange *Network  `yaml:"network_change"`
+	Spike         *Spike    `yaml:"spike"`
+}
+
+// Spike is the spike detector: the identified caller's requests in the last Window
+// against Factor times what its rate over the last Baseline predicts for a Window.
+type Spike struct {
+	// Window is the short window; default 1m.
+	Window time.Duration `yaml:"window"`
+	// Baseline is the long window whose rate is the identity's normal; default 1h.
+	Baseline time.Duration `yaml:"baseline"`
+	// Factor is how many times the baseline's rate is a spike; default 5.
+	Factor float64 `yaml:"factor"`
+	// Min is the requests in Window below which nothing is a spike (a new or quiet
+	// identity has no baseline to speak of); default 30.
+	Min int64 `yaml:"min"`
+	// Severity is the points a detection charges; default 1.
+	Severity int64 `yaml:"severity"`
+}
+
+// Threshold is the requests in Window above which the caller spikes, given its count
+// over Baseline: Factor times the baseline's count scaled to Window, at least Min.
+func (s *Spike) Threshold(baselineCount int64) float64 {
+	expected := float64(baselineCount) * float64(s.Window) / float64(s.Baseline)
+	return max(float64(s.Min), s.Factor*expected)
 }
 
 // Detector is a detector's window, threshold and severity.
@@ -58,6 +85,10 @@ type Network struct {
 	IPv4Prefix int `yaml:"ipv4_prefix"`
 	IPv6Prefix int `yaml:"ipv6_prefix"`
 }
+
+// MaxCount is a count no detector reaches: the max of a marker that only tells new
+// from seen.
+const MaxCount = int64(1) << 40
 
 // maxWindow bounds a window: a counter kept longer than a day is a quota, not a detector.
 const maxWindow = 24 * time.Hour
@@ -104,8 +135,40 @@ func (c *Config) Check() []error {
 			bad("network_change.ipv6_prefix: must be between 1 and 128, got %d", n.IPv6Prefix)
 		}
 	}
-	if c.Fanout == nil && c.AuthFailures == nil && c.NetworkChange == nil {
-		bad("penalty: no detector is configured (fanout, auth_failures, network_change)")
+	if sp := c.Spike; sp != nil {
+		if sp.Window == 0 {
+			sp.Window = time.Minute
+		}
+		if sp.Baseline == 0 {
+			sp.Baseline = time.Hour
+		}
+		if sp.Factor == 0 {
+			sp.Factor = 5
+		}
+		if sp.Min == 0 {
+			sp.Min = 30
+		}
+		if sp.Severity == 0 {
+			sp.Severity = 1
+		}
+		switch {
+		case sp.Window < time.Second || sp.Window%time.Second != 0:
+			bad("spike.window: must be whole seconds, at least 1s, got %s", sp.Window)
+		case sp.Baseline <= sp.Window || sp.Baseline > 7*maxWindow || sp.Baseline%time.Second != 0:
+			bad("spike.baseline: must be whole seconds, longer than window (%s) and at most 168h, got %s", sp.Window, sp.Baseline)
+		}
+		if !(sp.Factor > 1) || sp.Factor > 1e6 {
+			bad("spike.factor: must be above 1 (a spike is that many times the baseline's rate) and at most 1e6, got %g", sp.Factor)
+		}
+		if sp.Min < 1 || sp.Min > 1<<30 {
+			bad("spike.min: must be between 1 and %d, got %d", 1<<30, sp.Min)
+		}
+		if sp.Severity < 1 || sp.Severity > 1<<20 {
+			bad("spike.severity: must be between 1 and %d, got %d", 1<<20, sp.Severity)
+		}
+	}
+	if c.Fanout == nil && c.AuthFailures == nil && c.NetworkChange == nil && c.Spike == nil {
+		bad("penalty: no detector is configured (fanout, auth_failures, network_change, spike)")
 	}
 	return errs
 }

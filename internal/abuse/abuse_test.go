@@ -26,12 +26,32 @@ func TestCheck(t *testing.T) {
 		{"fractional window", Config{Penalty: "p", Fanout: &Detector{Window: 1500 * time.Millisecond, Max: 3}}, "abuse.fanout.window"},
 		{"zero max", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute}}, "abuse.auth_failures.max: must be between 1"},
 		{"negative severity", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute, Max: 1, Severity: -1}}, "abuse.auth_failures.severity"},
+		{"spike factor", Config{Penalty: "p", Spike: &Spike{Factor: 0.5}}, "abuse.spike.factor: must be above 1"},
+		{"spike baseline", Config{Penalty: "p", Spike: &Spike{Window: time.Hour, Baseline: time.Minute}}, "abuse.spike.baseline: must be whole seconds, longer than window"},
 		{"prefix", Config{Penalty: "p", NetworkChange: &Network{Detector: Detector{Window: time.Minute, Max: 1}, IPv4Prefix: 33}}, "abuse.network_change.ipv4_prefix: must be between 1 and 32, got 33"},
 	} {
 		errs := tc.c.Check()
 		if len(errs) == 0 || !strings.Contains(fmt.Sprint(errs), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, errs, tc.want)
 		}
+	}
+}
+
+func TestSpikeThreshold(t *testing.T) {
+	c := Config{Penalty: "p", Spike: &Spike{Factor: 4, Min: 20}}
+	if errs := c.Check(); len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	sp := c.Spike
+	if sp.Window != time.Minute || sp.Baseline != time.Hour || sp.Severity != 1 {
+		t.Fatalf("defaults %+v", sp)
+	}
+	// 600 an hour is 10 a minute: 4 x 10 = 40; 60 an hour would be 4: min 20 wins.
+	if got := sp.Threshold(600); got != 40 {
+		t.Fatalf("threshold %v", got)
+	}
+	if got := sp.Threshold(60); got != 20 {
+		t.Fatalf("threshold %v", got)
 	}
 }
 

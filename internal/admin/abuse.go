@@ -48,8 +48,8 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, *config.PenaltyPolicy, 
 		return t, nil, err
 	}
 	t.hash = observe.IdentityHash(t.entries)
-	if len(t.entries) != 1 || (t.entries[0].Key != "remote_address" && t.entries[0].Key != "api_key_sha256") {
-		return t, nil, bad("descriptor must be one entry, remote_address=ADDRESS or api_key_sha256=HEX (the identities the abuse detectors charge)")
+	if k := t.entries[0].Key; len(t.entries) != 1 || (k != "remote_address" && k != "api_key_sha256" && k != "customer") {
+		return t, nil, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
 	}
 	set := h.cfg.Engine.Rules()
 	if set == nil {

@@ -24,9 +24,16 @@ const (
 // The identities detectors charge: the source address (the entry invalid_key_penalty
 // charges too), or the API key by its SHA-256 (the hash of the key file, never the key).
 const (
-	addressKey = "remote_address"
-	apiKeyKey  = "api_key_sha256"
+	addressKey  = "remote_address"
+	apiKeyKey   = "api_key_sha256"
+	customerKey = "customer"
 )
+
+// customerEntries is the identified caller as the spike detector charges it: its
+// customer (an API key's, a header's value, or "ip:ADDR").
+func customerEntries(c string) []config.Entry {
+	return []config.Entry{{Key: customerKey, Value: c}}
+}
 
 func addressEntries(source string) []config.Entry {
 	return []config.Entry{{Key: addressKey, Value: source}}
@@ -97,6 +104,11 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 			}
 		}
 	}
+	if sp := ab.Spike; sp != nil && id != nil {
+		if resp := s.detectSpike(ctx, cfg, pol, sp, id); resp != nil {
+			return resp
+		}
+	}
 	if n := ab.NetworkChange; n != nil && id != nil && id.keySum != "" && r.source != "" {
 		who := keyEntries(id.keySum)
 		if !ab.DryRun {
@@ -118,6 +130,34 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 		}
 	}
 	return nil
+}
+
+// detectSpike judges the identified caller's rate: its requests in the short window
+// against factor times what its baseline predicts (at least min). The caller's lockout
+// is read first; a spike is detected at most once per short window (a fixed-window
+// marker), so one burst is one detection.
+func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, sp *abuse.Spike, id *identity) *authv3.CheckResponse {
+	who := customerEntries(id.customer)
+	if !cfg.Abuse.DryRun {
+		if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+			return locked
+		}
+	}
+	short, long, err := s.engine.Rates(ctx, cfg.Domain, who, abuse.SpikeDetector, sp.Window, sp.Baseline)
+	if s.storeFailed(err) {
+		return nil
+	}
+	threshold := sp.Threshold(long)
+	if float64(short) <= threshold {
+		return nil
+	}
+	first, err := s.engine.Distinct(ctx, cfg.Domain, who, abuse.SpikeDetector+"-once", "spike", sp.Window, abuse.MaxCount)
+	if s.storeFailed(err) || !first.New {
+		return nil
+	}
+	detail := fmt.Sprintf("%d requests in %s; the baseline (%d in %s) allows %.0f (factor %g, min %d)", short, sp.Window, long, sp.Baseline, threshold, sp.Factor, sp.Min)
+	d := &abuse.Detector{Window: sp.Window, Max: int64(threshold), Severity: sp.Severity}
+	return s.charge(ctx, cfg, pol, abuse.SpikeDetector, d, who, customerKey+"="+id.customer, short, detail)
 }
 
 // authFailure counts a 401 or 403 answered to the request's source address, and

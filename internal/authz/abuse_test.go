@@ -218,3 +218,112 @@ func TestAbuseConfigProblems(t *testing.T) {
 		}
 	}
 }
+
+// spikeLimits has plans roomy enough that only the detector refuses.
+const spikeLimits = `
+domain: edge
+default_plan: free
+plans:
+  free:
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+  pro:
+    rate_limit: {unit: minute, requests_per_unit: 1000}
+penalties:
+  abuse:
+    threshold: 2
+    ladder: [10m]
+    decay: 1h
+descriptors:
+  - key: customer
+    descriptors:
+      - key: plan
+        plan_from_value: true
+`
+
+// TestAbuseSpike: a caller's steady rate, then a ramp within the factor, is never a
+// spike; a burst far above its own baseline is, once per window, and locks it out
+// (severity 2 of threshold 2), which the admin API explains. The spike detector counts
+// every identified request, refused by a limit or not.
+func TestAbuseSpike(t *testing.T) {
+	e := setupWith(t, spikeLimits, abuseYAML("  spike: {window: 1m, baseline: 1h, factor: 4, min: 20, severity: 2}\n"))
+	free := map[string]string{"x-api-key": freeKey}
+	// minute sends n requests spread evenly over one minute.
+	minute := func(n int) (codes map[int]int) {
+		codes = map[int]int{}
+		for i := 0; i < n; i++ {
+			codes[status(e.check(t, req("GET", "/v1/items/1", public, free)))]++
+			e.clock.Add(time.Minute / time.Duration(n))
+		}
+		return codes
+	}
+	// Two hours at 10 a minute: the baseline.
+	for m := 0; m < 120; m++ {
+		if c := minute(10); c[403] != 0 {
+			t.Fatalf("steady rate, minute %d: %v", m, c)
+		}
+	}
+	// A ramp to 38 a minute, within 4 x 10.
+	for _, n := range []int{15, 20, 25, 30, 34, 38} {
+		if c := minute(n); c[403] != 0 {
+			t.Fatalf("ramp to %d a minute: %v", n, c)
+		}
+	}
+	if a := e.abuseAdmin(t, "customer=bob"); a.Locked || len(a.Detections) != 0 {
+		t.Fatalf("after the ramp: %+v", a)
+	}
+	// A burst of 120 in a minute: detected once, locked out from the detection on.
+	c := minute(120)
+	// The short window slides: the ramp's last minute (38) still counts at its start, so
+	// the threshold (4 x the baseline's ~10.5 a minute) is crossed within the burst's
+	// first few seconds; every request from the detection on is refused.
+	if c[200] == 0 || c[200] > 42 || c[200]+c[403] != 120 {
+		t.Fatalf("burst: %v, want a few admitted, then 403 from the detection on", c)
+	}
+	a := e.abuseAdmin(t, "customer=bob")
+	if !a.Locked || len(a.Detections) != 1 || a.Detections[0].Detector != "spike" || a.Detections[0].Severity != 2 || !strings.Contains(a.Detections[0].Detail, "the baseline") {
+		t.Fatalf("admin after the burst: %+v", a)
+	}
+	// Another customer is untouched.
+	if r := e.check(t, req("GET", "/v1/items/1", public, map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("another customer: %d", status(r))
+	}
+}
+
+// TestAbuseDryRunEveryDetector: with every detector on in dry run, an attack that trips
+// each of them is answered as without detectors (never 403), and each detection is
+// counted as a dry run.
+func TestAbuseDryRunEveryDetector(t *testing.T) {
+	e := setupWith(t, spikeLimits, abuseYAML(`  dry_run: true
+  fanout: {window: 1m, max: 2}
+  auth_failures: {window: 1m, max: 2}
+  network_change: {window: 1h, max: 1}
+  spike: {window: 1m, baseline: 1h, factor: 2, min: 5}
+`))
+	pro := map[string]string{"x-api-key": proKey}
+	for i := 1; i <= 5; i++ { // fanout and auth_failures
+		if r := e.check(t, req("GET", "/v1/items/1", "203.0.113.9", key(i))); status(r) != 401 {
+			t.Fatalf("dry run, key %d: %d", i, status(r))
+		}
+	}
+	for i, src := range []string{"198.51.100.20", "203.0.113.5", "192.0.2.7"} { // network_change
+		if r := e.check(t, req("GET", "/v1/items/1", src, pro)); status(r) != 200 {
+			t.Fatalf("dry run, network %d: %d", i, status(r))
+		}
+	}
+	for i := 0; i < 10; i++ { // spike: past min 5 in a minute
+		if r := e.check(t, req("GET", "/v1/items/1", public, pro)); status(r) != 200 {
+			t.Fatalf("dry run, request %d: %d", i, status(r))
+		}
+	}
+	for _, d := range []string{"fanout", "auth_failures", "network_change", "spike"} {
+		if n := testutil.ToFloat64(e.m.AbuseDetections.WithLabelValues(d, "dry_run")); n < 1 {
+			t.Errorf("%s: no dry-run detection", d)
+		}
+		if n := testutil.ToFloat64(e.m.AbuseDetections.WithLabelValues(d, "enforce")); n != 0 {
+			t.Errorf("%s: %v enforced in dry run", d, n)
+		}
+	}
+	if a := e.abuseAdmin(t, "customer=acme"); a.Locked || len(a.Detections) != 1 || !a.Detections[0].DryRun {
+		t.Fatalf("spike in dry run: %+v", a)
+	}
+}

@@ -80,7 +80,7 @@ func New(engine *engine.Engine, rules func() *config.Set, config func() *Config,
 		m = engine.Metrics()
 	}
 	dl := map[string]*lograte.Limiter{}
-	for _, d := range []string{abuse.Fanout, abuse.AuthFailures, abuse.NetworkChange} {
+	for _, d := range []string{abuse.Fanout, abuse.AuthFailures, abuse.NetworkChange, abuse.SpikeDetector} {
 		dl[d] = lograte.New(lograte.DefaultInterval)
 	}
 	s := &Server{engine: engine, rules: rules, config: config, log: log, metrics: m,

@@ -318,3 +318,25 @@ func (e *Engine) Events(ctx context.Context, domain string, entries []config.Ent
 	}
 	return max - op.Result.Remaining, false, nil
 }
+
+// Rates counts one request of the identity entries of domain for detector name in two
+// sliding windows at once (one store round), short and long, and returns the counts in
+// each, this request included: a spike detector compares the short window's rate with
+// the long window's, the identity's own moving baseline. The state is two
+// sliding-window counters in the store, beside the rate-limit counters.
+func (e *Engine) Rates(ctx context.Context, domain string, entries []config.Entry, name string, short, long time.Duration) (shortCount, longCount int64, err error) {
+	nowUS := e.cfg.Clock.Now().UnixMicro()
+	base := AppendIdentity(nil, domain, entries, nil)
+	base = append(base, "|@detect:"...)
+	base = appendEscaped(base, name)
+	op := func(suffix string, w time.Duration) *backends.Op {
+		key := append(append([]byte(nil), base...), suffix...)
+		return &backends.Op{Key: string(key), Algorithm: algorithms.SlidingWindowCounter,
+			Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: w.Microseconds()}, Cost: 1}
+	}
+	s, l := op("|@short", short), op("|@long", long)
+	if err := e.applyOps(ctx, nowUS, []*backends.Op{s, l}); err != nil {
+		return 0, 0, fmt.Errorf("detector %s: %w", name, err)
+	}
+	return s.Result.Limit - s.Result.Remaining, l.Result.Limit - l.Result.Remaining, nil
+}

@@ -272,7 +272,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	r.MustRegister(m.LocalFirstDecisions, m.LocalFirstStoreOps, m.LocalFirstOvershoot, m.LocalFirstBudget, m.LocalFirstSyncLag,
 		m.LocalFirstReplicas, m.LocalFirstKeys, m.LocalFirstKeysRefused)
 	m.AbuseDetections = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "halt_abuse_detections_total", Help: "ext_authz's abuse detections, by detector (fanout, auth_failures, network_change) and mode (enforce: the penalty was charged; dry_run: only logged).",
+		Name: "halt_abuse_detections_total", Help: "ext_authz's abuse detections, by detector (fanout, auth_failures, network_change, spike) and mode (enforce: the penalty was charged; dry_run: only logged).",
 	}, []string{"detector", "mode"})
 	r.MustRegister(m.AbuseDetections)
 	m.SetKeyCaps(0, 0)
