@@ -163,7 +163,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		e.claimIdempotency(ctx, domain, nowUS, sc, descs, decisions)
 		defer func() {
 			if err != nil {
-				e.releaseIdempotency(domain, sc, descs)
+				e.releaseIdempotency(domain, sc, descs, decisions)
 				return
 			}
 			e.recordIdempotency(ctx, domain, nowUS, sc, descs, decisions)

@@ -61,14 +61,38 @@ const (
 )
 
 // IdempotencyKeyOf appends the store key of idempotency key k for the i-th descriptor of
-// a call in domain. The record is the domain's, not one counter's: the same key sent for
-// other counters is a conflict.
-func IdempotencyKeyOf(dst []byte, domain, k string, i int) []byte {
+// a call in domain, for calls of one kind (IdempotencyKind). The record is the domain's,
+// not one counter's: the same key sent for other counters is a conflict.
+func IdempotencyKeyOf(dst []byte, domain, k string, i int, kind byte) []byte {
 	dst = appendEscaped(dst, domain)
 	dst = append(dst, "|@idem:"...)
 	dst = appendEscaped(dst, k)
 	dst = append(dst, '|')
-	return strconv.AppendInt(dst, int64(i), 10)
+	dst = strconv.AppendInt(dst, int64(i), 10)
+	return append(dst, '|', kind)
+}
+
+// IdempotencyKind is the kind of call d is under rule, each with its own record of a
+// key: 'c' a check (0 hits: Envoy's request-time call of a budget), 'h' a charge, 'p' a
+// report-only charge, 'r' a refund. So Envoy's after-response charge, which carries the
+// request's headers and so its key, is decided once on its own instead of conflicting
+// with the request-time check.
+func IdempotencyKind(d *Descriptor, rule *config.Rule) byte {
+	switch {
+	case d.Hits == 0:
+		return 'c'
+	case d.Refund:
+		return 'r'
+	case d.reported(rule):
+		return 'p'
+	}
+	return 'h'
+}
+
+// recordKey is the store key of descriptor i's idempotency record.
+func recordKey(domain string, descs []Descriptor, decisions []Decision, i int) string {
+	d := &descs[i]
+	return string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i, IdempotencyKind(d, decisions[i].Rule)))
 }
 
 // fingerprint is what a call with an idempotency key asks, as its records keep it
@@ -183,10 +207,10 @@ func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int6
 		if sc.idem[i] != idemWant {
 			continue
 		}
-		d, rule := &descs[i], decisions[i].Rule
+		rule := decisions[i].Rule
 		end := nowUS + min(rule.Charges.IdempotencyTTL, IdemClaim).Microseconds()
 		ops = append(ops, backends.Op{
-			Key:       string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)),
+			Key:       recordKey(domain, descs, decisions, i),
 			Algorithm: algorithms.Once,
 			Limit:     algorithms.Limit{Requests: sc.idemFP, WindowEnd: end},
 		})
@@ -236,11 +260,11 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 		if sc.idem[i] != idemFirst {
 			continue
 		}
-		d, dec := &descs[i], &decisions[i]
+		dec := &decisions[i]
 		if dec.Code != CodeOK && dec.Limit == nil || dec.FailedOpen {
 			// Refused by the failure mode, or let through by it: not a decision to
 			// repeat. The retry is decided anew.
-			release = append(release, string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)))
+			release = append(release, recordKey(domain, descs, decisions, i))
 			continue
 		}
 		wait := dec.Result.ResetAfter
@@ -248,7 +272,7 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 			wait = max(dec.Result.Wait(), 0)
 		}
 		ops = append(ops, backends.Op{
-			Key:       string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i)),
+			Key:       recordKey(domain, descs, decisions, i),
 			Algorithm: algorithms.Once,
 			Limit: algorithms.Limit{Requests: sc.idemFP, Period: min(max(wait, 0), algorithms.MaxPeriod),
 				WindowEnd: nowUS + dec.Rule.Charges.IdempotencyTTL.Microseconds()},
@@ -279,11 +303,11 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 
 // releaseIdempotency forgets the claims of a call that failed before it was decided, so
 // that its retry is decided instead of answered in progress.
-func (e *Engine) releaseIdempotency(domain string, sc *scratch, descs []Descriptor) {
+func (e *Engine) releaseIdempotency(domain string, sc *scratch, descs []Descriptor, decisions []Decision) {
 	var keys []string
 	for i := range descs {
 		if sc.idem[i] == idemFirst {
-			keys = append(keys, string(IdempotencyKeyOf(nil, domain, descs[i].IdempotencyKey, i)))
+			keys = append(keys, recordKey(domain, descs, decisions, i))
 		}
 	}
 	if len(keys) > 0 {

@@ -87,6 +87,20 @@ func TestIdempotentRequests(t *testing.T) {
 	if dec := f.one(t, keyed("k1", d(1, "pay", "u"))); dec.Idempotency != engine.IdemNone || dec.Result.Remaining != 2 {
 		t.Fatalf("k1 an hour later: %+v", dec)
 	}
+	// Envoy's token budget: the request-time check (0 hits) and the after-response
+	// charge carry the request's key; each kind of call is decided once on its own.
+	if dec := f.one(t, keyed("t", d(0, "pay", "w"))); dec.Code != engine.CodeOK || dec.Result.Remaining != 3 {
+		t.Fatalf("check with a key: %+v", dec)
+	}
+	for i := range 2 {
+		dec := f.one(t, keyed("t", d(2, "pay", "w")))
+		if dec.Code != engine.CodeOK || dec.Result.Remaining != 1 || dec.Idempotency != []engine.Idempotency{engine.IdemNone, engine.IdemReplayed}[i] {
+			t.Fatalf("after-response charge %d with the request's key: %+v", i, dec)
+		}
+	}
+	if n := left("pay", "w"); n != 1 {
+		t.Fatalf("%d left after a charge of 2 and its repeat, want 1", n)
+	}
 	// A rule without idempotency_ttl ignores the key: both calls are charged.
 	f.one(t, keyed("p", d(1, "plain", "u")))
 	if dec := f.one(t, keyed("p", d(1, "plain", "u"))); dec.Idempotency != engine.IdemNone || dec.Result.Remaining != 1 {
