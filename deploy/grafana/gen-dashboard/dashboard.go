@@ -206,6 +206,22 @@ func build() (dashboard.Dashboard, error) {
 			FillOpacity(0).
 			OverrideByRegexp("rss.*", []dashboard.DynamicConfigValue{{Id: "unit", Value: "bytes"}}))
 
+	// ---- local-first limits ----
+	b.WithRow(dashboard.NewRowBuilder("Local-first limits")).
+		WithPanel(ts("Store ops per decision", "Store ops local_first limits cost per decision, by rule: far from the limit a small fraction, near it 1 (decided exactly). docs/consistency.md.", "short", 8, 9,
+			q(`sum by (domain, rule) (rate(halt_local_first_store_ops_total{%[2]s}[%[3]s])) / sum by (domain, rule) (rate(halt_local_first_decisions_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}}"))).
+		WithPanel(ts("Local budget", "The budget (hits) last granted to a key of the rule: it falls to 0 as the key nears its limit.", "short", 8, 9,
+			q(`max by (domain, rule) (halt_local_first_budget{%[2]s})`, "{{domain}} / {{rule}}"))).
+		WithPanel(ts("Sync lag (p50, p99) and replicas", "How long a locally admitted hit waited before the store counted it; the replicas counted through the store.", "s", 8, 9,
+			q(`histogram_quantile(0.5, sum by (le) (rate(halt_local_first_sync_lag_seconds_bucket{%[1]s}[%[3]s])))`, "p50"),
+			q(`histogram_quantile(0.99, sum by (le) (rate(halt_local_first_sync_lag_seconds_bucket{%[1]s}[%[3]s])))`, "p99"),
+			q(`max(halt_local_first_replicas{%[1]s})`, "replicas")).
+			OverrideByName("replicas", []dashboard.DynamicConfigValue{{Id: "unit", Value: "short"}})).
+		WithPanel(ts("Overshoot estimate", "Hits admitted locally beyond the limit (an upper bound, from batches the store found over it), by rule.", "short", 12, 8,
+			q(`sum by (domain, rule) (increase(halt_local_first_overshoot_hits_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}}"))).
+		WithPanel(ts("Decisions by where", "local_first decisions made from the local budget and sent to the store.", "reqps", 12, 8,
+			q(`sum by (domain, rule, where) (rate(halt_local_first_decisions_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}} {{where}}")))
+
 	// ---- SaaS layer ----
 	b.WithRow(dashboard.NewRowBuilder("Plans, quotas and penalties")).
 		WithPanel(ts("Plan decisions by plan", "Decisions of plan rules by plan and result.", "reqps", 12, 9,
