@@ -121,3 +121,43 @@ func TestTableSlidingLog(t *testing.T) {
 		t.Errorf("%d logs for %d keys", logs, s.Len())
 	}
 }
+
+// TestApplyAllocations: deciding on a key the store holds allocates nothing, and a new
+// key of up to inlineKey bytes nothing either, on average, once its shard has freed
+// slots (the key is copied into its entry; an index rebuilt now and then is amortised).
+func TestApplyAllocations(t *testing.T) {
+	s := New(Config{SweepInterval: -1})
+	defer s.Close()
+	lim := algorithms.Limit{Requests: 1_000_000, Period: 1_000_000, Burst: 1_000_000}
+	op := &backends.Op{Key: "bench|user=u1|@token_bucket:1000000", Algorithm: algorithms.TokenBucket, Limit: lim, Cost: 1}
+	ops := []*backends.Op{op}
+	now := int64(1_700_000_000_000_000)
+	if err := s.Apply(context.Background(), now, ops); err != nil {
+		t.Fatal(err)
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		now++
+		_ = s.Apply(context.Background(), now, ops)
+	}); n != 0 {
+		t.Errorf("a decision on a held key allocates %v times", n)
+	}
+	keys := make([]string, 2000)
+	for i := range keys {
+		keys[i] = "bench|user=n" + strconv.Itoa(i)
+	}
+	for _, k := range keys[:1000] { // grow the blocks and indexes first
+		op.Key = k
+		_ = s.Apply(context.Background(), now, ops)
+	}
+	for _, k := range keys[:1000] {
+		_ = s.Delete(context.Background(), k)
+	}
+	i := 1000
+	if n := testing.AllocsPerRun(500, func() {
+		op.Key = keys[i]
+		i++
+		_ = s.Apply(context.Background(), now, ops)
+	}); n != 0 {
+		t.Errorf("a new key into freed room allocates %v times", n)
+	}
+}
