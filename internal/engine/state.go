@@ -259,9 +259,9 @@ func (e *Engine) deleteKeys(ctx context.Context, keys []string) error {
 type Seen struct {
 	// New reports the value was not seen from the identity before in this window.
 	New bool
-	// Count is the distinct values seen in the window so far, this one included (when
-	// New; a value seen before is not counted again), at most Max + 1 once past Max: the
-	// counter stops at its limit.
+	// Count is the distinct values seen in the window so far, this one included, at
+	// most max + 1 once past max (the counter stops at its limit); 0 for a value seen
+	// before, whose count is not read.
 	Count int64
 	// Over reports Count went past the detector's max with this value.
 	Over bool
@@ -284,17 +284,17 @@ func (e *Engine) Distinct(ctx context.Context, domain string, entries []config.E
 	if err := e.applyOps(ctx, nowUS, []*backends.Op{marker}); err != nil {
 		return Seen{}, fmt.Errorf("detector %s: %w", name, err)
 	}
-	count := &backends.Op{Key: string(append(base, "|@count"...)),
-		Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: max, Period: period}}
-	if marker.Result.Allowed {
-		count.Cost = 1 // a new value: counted
+	if !marker.Result.Allowed {
+		return Seen{}, nil // seen before in this window: counted then
 	}
+	count := &backends.Op{Key: string(append(base, "|@count"...)),
+		Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: max, Period: period}, Cost: 1}
 	if err := e.applyOps(ctx, nowUS, []*backends.Op{count}); err != nil {
 		return Seen{}, fmt.Errorf("detector %s: %w", name, err)
 	}
 	r := count.Result
-	s := Seen{New: marker.Result.Allowed, Count: max - r.Remaining}
-	if marker.Result.Allowed && !r.Allowed {
+	s := Seen{New: true, Count: max - r.Remaining}
+	if !r.Allowed {
 		s.Over, s.Count = true, max+1
 	}
 	return s, nil
