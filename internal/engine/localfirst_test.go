@@ -392,3 +392,62 @@ descriptors:
 		t.Fatalf("%d store rounds, %d ops for two calls: want 4, 4 (hot never sent)", f.store.rounds-rounds, f.store.ops-ops)
 	}
 }
+
+// TestLocalFirstOutage: with the store down, a local-first limit keeps deciding from
+// local state for at most its window (no failure mode, no store error per call), then
+// the rule's failure_mode answers; once the store is back, what was admitted meanwhile
+// reaches it.
+func TestLocalFirstOutage(t *testing.T) {
+	f := newFixture(t, `domain: d
+descriptors:
+  - key: tenant
+    rate_limit: {unit: hour, requests_per_unit: 100000, consistency: local_first, failure_mode: deny}
+`, func(c *engine.Config) { c.LocalFirstManual, c.LocalFirstAnnounce = true, time.Second })
+	ctx := context.Background()
+	for range 9 {
+		if err := f.e.SyncLocalFirst(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.clock.Add(250 * time.Millisecond)
+	}
+	f.mustCheck(t, d(1, "tenant", "t")) // grants the budget
+	down := func(*backends.Op) bool { return true }
+
+	// An outage of 50 minutes inside the hour: every call decided locally; the sync
+	// passes fail (and mark the outage); none of it reaches the caller.
+	f.store.fail = down
+	for i := range 50 {
+		if decs, over := f.mustCheck(t, d(1, "tenant", "t")); over || decs[0].FailedOpen {
+			t.Fatalf("call %d in the outage: over %v, failed open %v: want decided locally", i, over, decs[0].FailedOpen)
+		}
+		f.clock.Add(time.Minute)
+		if err := f.e.SyncLocalFirst(ctx); err == nil {
+			t.Fatal("a sync pass succeeded on a store that is down")
+		}
+	}
+	// Back: the next sync pass sends the 50 admitted during the outage.
+	f.store.fail = nil
+	f.clock.Add(time.Second)
+	if err := f.e.SyncLocalFirst(ctx); err != nil {
+		t.Fatal(err)
+	}
+	decs, _ := f.mustCheck(t, d(1, "tenant", "t"))
+	if used := 100000 - decs[0].Result.Remaining; used < 51 {
+		t.Fatalf("after the outage the store counts %d, want at least the 51 admitted", used)
+	}
+
+	// Another outage, longer than the window: local for an hour, then failure_mode deny.
+	f.store.fail = down
+	f.clock.Add(time.Minute)
+	if err := f.e.SyncLocalFirst(ctx); err == nil { // the pending hit: fails, the outage begins
+		t.Fatal("a sync pass succeeded on a store that is down")
+	}
+	f.clock.Add(59 * time.Minute)
+	if decs, over := f.mustCheck(t, d(1, "tenant", "t")); over || decs[0].FailedOpen {
+		t.Fatalf("59 minutes into the outage: over %v, failed open %v; want decided locally: %+v", over, decs[0].FailedOpen, decs[0].Result)
+	}
+	f.clock.Add(2 * time.Minute)
+	if decs, over := f.mustCheck(t, d(1, "tenant", "t")); !over || decs[0].Code != engine.CodeOverLimit {
+		t.Fatalf("past the window: over %v, %v; want failure_mode deny", over, decs[0].Code)
+	}
+}

@@ -164,15 +164,16 @@ func (l *Layer) Take(key string, sp *Spec, cost, now int64) (r algorithms.Result
 	e.spec = *sp
 	e.lastUse = now
 	e.roll(now)
-	if e.failingSince != 0 && e.granted {
-		if now-e.failingSince < e.spec.Limit.Period {
-			r := e.outage(cost, now, l.replicas.n())
-			e.local.Inc()
-			return r, true, t
-		}
+	failing := e.failingSince != 0
+	if failing && e.granted && now-e.failingSince < e.spec.Limit.Period {
+		r := e.outage(cost, now, l.replicas.n())
+		e.local.Inc()
+		return r, true, t
 	}
-	if e.granted {
-		if e.spec.Algorithm == algorithms.FixedWindow && e.last.Remaining == 0 && cost > 0 && e.failingSince == 0 {
+	// Past the window of an outage nothing is decided locally any more, not even from a
+	// budget left over: the op goes to the store, and its failure to the failure mode.
+	if e.granted && !failing {
+		if e.spec.Algorithm == algorithms.FixedWindow && e.last.Remaining == 0 && cost > 0 {
 			// The store said the window is full; a window's count never falls, so every
 			// hit until it ends is refused, as exactly as the store would.
 			e.local.Inc()
