@@ -229,24 +229,27 @@ func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int6
 		if op.Err != nil {
 			e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
 			e.logFailure("idempotency key not claimed; the request is decided as if it had none", domain, op.Err)
+			e.cfg.Metrics.Idempotency.WithLabelValues("unclaimed").Inc()
 			continue
 		}
 		dec := &decisions[i]
+		outcome := "first"
 		switch r := op.Result; r.Limit {
 		case algorithms.OnceNew:
 			sc.idem[i] = idemFirst
 		case algorithms.OnceDecided:
 			replay(dec, dec.Rule, r.Remaining, r.ResetAfter, nowUS)
-			sc.idem[i] = idemAnswered
+			sc.idem[i], outcome = idemAnswered, "replayed"
 		case algorithms.OnceClaimed:
 			dec.Code, dec.Idempotency = CodeOverLimit, IdemInProgress
 			dec.Result = algorithms.Result{ResetAfter: min(r.TTL, IdemClaim.Microseconds()), RetryAfter: min(r.TTL, IdemClaim.Microseconds())}
-			sc.idem[i] = idemAnswered
+			sc.idem[i], outcome = idemAnswered, "in_progress"
 		default:
 			dec.Code, dec.Idempotency = CodeOverLimit, IdemConflict
 			dec.Result = algorithms.Result{RetryAfter: -1}
-			sc.idem[i] = idemAnswered
+			sc.idem[i], outcome = idemAnswered, "conflict"
 		}
+		e.cfg.Metrics.Idempotency.WithLabelValues(outcome).Inc()
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
@@ -53,6 +55,9 @@ func TestIdempotentRequests(t *testing.T) {
 	}
 	if n := left("pay", "u"); n != 2 {
 		t.Fatalf("%d left after a request and 3 repeats, want 2", n)
+	}
+	if first, replayed := promtest.ToFloat64(f.m.Idempotency.WithLabelValues("first")), promtest.ToFloat64(f.m.Idempotency.WithLabelValues("replayed")); first != 1 || replayed != 3 {
+		t.Fatalf("halt_idempotency_total first %v replayed %v, want 1 and 3", first, replayed)
 	}
 	// The key with another cost, or for another identity: a conflict, charged nothing.
 	for _, x := range []engine.Descriptor{d(2, "pay", "u"), d(1, "pay", "v")} {

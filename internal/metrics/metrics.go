@@ -99,6 +99,9 @@ type Metrics struct {
 	PenaltyRefusals *prometheus.CounterVec
 	// AlgorithmOverrides counts per-request algorithm asks by outcome (applied, ignored, invalid).
 	AlgorithmOverrides *prometheus.CounterVec
+	// Idempotency counts the descriptors that carried an idempotency key their rule keeps,
+	// by outcome (first, replayed, conflict, in_progress, unclaimed).
+	Idempotency *prometheus.CounterVec
 	// GraphQLRefusals counts GraphQL requests ext_authz refused before charging them, by
 	// route and the rule they broke (max_depth, max_cost, syntax, ...).
 	GraphQLRefusals *prometheus.CounterVec
@@ -229,6 +232,9 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	m.AlgorithmOverrides = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_algorithm_overrides_total", Help: "Per-request algorithm asks by outcome (applied, ignored: not allowed by the rule, invalid).",
 	}, []string{"outcome"})
+	m.Idempotency = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_idempotency_total", Help: "Descriptors with an idempotency key their rule keeps, by outcome (first: decided and recorded; replayed: answered from the record, not charged; conflict: the key was used by another request; in_progress: its first request was still being decided; unclaimed: the store could not claim it, decided as without a key).",
+	}, []string{"outcome"})
 	m.rules = newRuleCollector()
 	m.GraphQLRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_graphql_refusals_total", Help: "GraphQL requests refused by ext_authz before they were charged, by route and the rule they broke.",
@@ -285,7 +291,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	}
 	r.MustRegister(m.rules, keys("halt_rule_hits_total", m.RuleKeys), keys("halt_detailed_decisions_total", m.DetailedKeys))
 	r.MustRegister(m.Exemptions, m.PlanDecisions, m.PlanFallbacks, m.QuotaDecisions, m.PenaltyViolations,
-		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides)
+		m.PenaltyLockouts, m.PenaltyRefusals, m.AlgorithmOverrides, m.Idempotency)
 	memStat := func(f func(MemoryStore) float64) func() float64 {
 		return func() float64 {
 			if mem == nil {
