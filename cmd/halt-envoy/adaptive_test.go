@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -53,5 +55,27 @@ descriptors:
 	}
 	if !strings.Contains(p.Log.String(), "adaptive: the factor in force changed") {
 		t.Fatalf("no change logged:\n%s", p.Log.String())
+	}
+
+	// halt-envoy check prints the block, and with --adaptive-prometheus the factor now
+	// and the limit in force, as the server computes them.
+	var out, errb bytes.Buffer
+	args := []string{"check", "--config", dir, "--domain", "adapt", "--descriptor", "route=x"}
+	if code := run(t.Context(), args, &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("check: exit %d: %s", code, errb.String())
+	}
+	if w := "adaptive max(upstream_error_ratio) every 1s: factor 0.2..1 (x0.5 above 0.5, +0.1 below 0.5)"; !strings.Contains(out.String(), w) || strings.Contains(out.String(), "factor   ") {
+		t.Fatalf("check without Prometheus: %q missing, or a factor printed:\n%s", w, out.String())
+	}
+	out.Reset()
+	if code := run(t.Context(), append(args, "--adaptive-prometheus", prom, "--adaptive-lag", "2s"), &out, &errb, os.Getenv); code != 0 {
+		t.Fatalf("check: exit %d: %s", code, errb.String())
+	}
+	if w := "factor   0.2 now, fixed_window: 20 per 1h0m0s in force"; !strings.Contains(out.String(), w) {
+		t.Fatalf("check with Prometheus: %q missing:\n%s\n%s", w, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run(t.Context(), append(args, "--json", "--adaptive-prometheus", prom, "--adaptive-lag", "2s"), &out, &errb, os.Getenv); code != 0 || !strings.Contains(out.String(), `"factor": 0.2`) {
+		t.Fatalf("check --json: exit %d:\n%s", code, out.String())
 	}
 }

@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
+	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/adaptive"
+	"github.com/halt-envoy/halt-envoy/internal/adaptive/control"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
@@ -63,6 +68,8 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 	asJSON := fs.Bool("json", false, "print JSON")
 	var descs descriptorFlag
 	fs.Var(&descs, "descriptor", "descriptor entries k=v[,k=v] (repeatable)")
+	prom := fs.String("adaptive-prometheus", "", "evaluate the adaptive rules' factor in force now against this Prometheus (as the server would)")
+	lag := fs.Duration("adaptive-lag", control.DefaultLag, "as the server's --adaptive-lag")
 	var caps configCaps
 	caps.register(fs, false)
 	if err := fs.Parse(args); err != nil {
@@ -84,9 +91,25 @@ func check(args []string, stdout, stderr io.Writer, getenv func(string) string) 
 		fmt.Fprintf(stderr, "halt-envoy check: domain %q is not configured (have: %s)\n", *domain, strings.Join(set.Domains(), ", "))
 		return 1
 	}
+	var ctl *control.Controller
+	if *prom != "" {
+		c, err := control.New(control.Options{Prometheus: *prom, Lag: *lag, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		if err != nil {
+			fmt.Fprintln(stderr, "halt-envoy check:", err)
+			return 2
+		}
+		ctl = c
+	}
 	var reports []checkReport
 	for _, entries := range descs {
-		reports = append(reports, describe(set, *domain, entries))
+		r := describe(set, *domain, entries)
+		if rule, ok := set.Match(*domain, entries); ok && rule.Adaptive != nil && ctl != nil && r.RuleView != nil && r.Adaptive != nil {
+			// One evaluation now: a signal that says nothing leaves max, and says why on stderr.
+			ctl.Step(context.Background(), time.Now(), []*config.Rule{rule})
+			f := ctl.Factor(rule)
+			r.Adaptive.Factor = &f
+		}
+		reports = append(reports, r)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -169,6 +192,16 @@ func printReport(w io.Writer, r *checkReport) {
 	}
 	if p := r.Penalty; p != nil {
 		fmt.Fprintf(w, "  penalty  %s: %d point(s) per violation, lockout after %d, ladder %s, decay %s\n", p.Name, p.Severity, p.Threshold, strings.Join(p.Ladder, " -> "), p.Decay)
+	}
+	if a := r.Adaptive; a != nil {
+		fmt.Fprintf(w, "  adaptive %s every %s: factor %g..%g (x%g above %g, +%g below %g)\n", a.Query, a.Interval, a.Min, a.Max, a.Decrease, a.BadAbove, a.Increase, a.GoodBelow)
+		if a.Factor != nil {
+			fmt.Fprintf(w, "  factor   %g now", *a.Factor)
+			for _, l := range r.Limits {
+				fmt.Fprintf(w, ", %s: %d per %s in force", l.Algorithm, adaptive.Scale(l.Requests, *a.Factor), l.Period)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if r.Cost > 1 {
 		fmt.Fprintf(w, "  cost     %d hits per request\n", r.Cost)
