@@ -37,6 +37,11 @@ func shippedExample(t *testing.T, path string) {
 	if _, ok := set.PenaltyPolicy(cfg.InvalidKeyPenalty); !ok {
 		t.Errorf("invalid_key_penalty %q is not defined", cfg.InvalidKeyPenalty)
 	}
+	if cfg.Abuse != nil {
+		if _, ok := set.PenaltyPolicy(cfg.Abuse.Penalty); !ok {
+			t.Errorf("abuse.penalty %q is not defined", cfg.Abuse.Penalty)
+		}
+	}
 	// The demo keys map to plans the config knows.
 	for _, k := range cfg.APIKeys {
 		if rule, ok := set.Match(cfg.Domain, []config.Entry{{Key: "customer", Value: k.Customer}, {Key: "plan", Value: k.Plan}}); !ok || rule.PlanFallback {
