@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"strconv"
@@ -264,9 +263,8 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	// An Idempotency-Key makes the call decided once (the rules' idempotency_ttl).
 	if k := r.header("idempotency-key"); k != "" {
-		if len(k) > engine.MaxIdempotencyKey {
-			return problem(headers.Problem{Status: 400, Title: "Bad Request", Policy: "idempotency-key",
-				Detail: fmt.Sprintf("the Idempotency-Key is %d bytes, the limit is %d", len(k), engine.MaxIdempotencyKey)}, nil), nil
+		if p, bad := headers.BadIdempotencyKey(k); bad {
+			return problem(p, nil), nil
 		}
 		for i := range descs {
 			descs[i].IdempotencyKey = k

@@ -2,6 +2,7 @@ package headers
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 
 	"github.com/halt-envoy/halt-envoy/internal/engine"
@@ -11,7 +12,7 @@ import (
 // send it: a status, an RFC 9457 problem body, and Retry-After. Both render it from here
 // so that a client cannot tell which of them refused it.
 type Problem struct {
-	// Status is the HTTP status: 401, 403, 429 or 503.
+	// Status is the HTTP status: 400, 401, 403, 409, 422, 429 or 503.
 	Status int
 	// Title and Detail are the problem's; Title is the status text.
 	Title, Detail string
@@ -42,6 +43,21 @@ func Refusal(d *engine.Decision) Problem {
 		p.Detail = "quota exhausted for this period"
 	}
 	return p
+}
+
+// IdempotencyKeyHeader is the request header carrying an HTTP call's idempotency key
+// (the IETF idempotency-key draft's), read by ext_authz and the net/http middleware.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// BadIdempotencyKey is the answer to an Idempotency-Key longer than
+// engine.MaxIdempotencyKey, and whether k is one: 400, refused before anything is stored
+// or counted (a key is kept for up to idempotency_ttl, so its size is bounded).
+func BadIdempotencyKey(k string) (Problem, bool) {
+	if len(k) <= engine.MaxIdempotencyKey {
+		return Problem{}, false
+	}
+	return Problem{Status: 400, Title: "Bad Request", Policy: "idempotency-key",
+		Detail: fmt.Sprintf("the Idempotency-Key is %d bytes, the limit is %d", len(k), engine.MaxIdempotencyKey)}, true
 }
 
 // Unavailable is the answer of a transport that has no Envoy to hand a store failure to

@@ -43,6 +43,9 @@ const (
 	ReasonQuota Reason = "quota"
 	// ReasonRate: a rate limit decided.
 	ReasonRate Reason = "rate"
+	// ReasonIdempotency: the request's idempotency key refused it (CheckIdempotent): the
+	// key was first used by another request, or its first request is still being decided.
+	ReasonIdempotency Reason = "idempotency"
 )
 
 // Headers selects the rate-limit response header families (IETF: RateLimit and
@@ -82,6 +85,12 @@ type Decision struct {
 	Shadow bool
 	// FailedOpen reports that the store failed and FailOpen let the request through.
 	FailedOpen bool
+	// Idempotency says what the request's idempotency key (CheckIdempotent) did: ""
+	// (none, a rule without idempotency_ttl, or the first request with the key),
+	// "replayed" (the first decision, not charged again), "conflict" (the key was first
+	// used by another request) or "in-progress" (its first request is still being
+	// decided); the last two are refusals.
+	Idempotency string
 
 	// report is the engine's reported decision; the answer is rendered from it.
 	report engine.Decision
@@ -98,6 +107,18 @@ func decisionOf(decs []engine.Decision) Decision {
 		d.Shadow = d.Shadow || decs[i].Shadow
 		d.FailedOpen = d.FailedOpen || decs[i].FailedOpen
 		d.Delay = max(d.Delay, micros(decs[i].Delay))
+		// A conflict or a first request in progress refuses the call (engine.Report
+		// reports it); else one replayed descriptor makes the answer a replay.
+		switch idem := decs[i].Idempotency; idem {
+		case engine.IdemConflict, engine.IdemInProgress:
+			if decs[i].Code == engine.CodeOverLimit {
+				d.Idempotency = idem.String()
+			}
+		case engine.IdemReplayed:
+			if d.Idempotency == "" {
+				d.Idempotency = idem.String()
+			}
+		}
 	}
 	rep := engine.Report(decs)
 	if rep == nil {
@@ -112,6 +133,9 @@ func decisionOf(decs []engine.Decision) Decision {
 	}
 	d.report, d.has = *rep, true
 	d.Reason = Reason(rep.Kind.String())
+	if rep.Code == engine.CodeOverLimit && (rep.Idempotency == engine.IdemConflict || rep.Idempotency == engine.IdemInProgress) {
+		d.Reason = ReasonIdempotency
+	}
 	r := &rep.Result
 	d.Limit, d.Remaining = r.Limit, r.Remaining
 	d.ResetAfter = micros(r.ResetAfter)
@@ -122,8 +146,11 @@ func decisionOf(decs []engine.Decision) Decision {
 	}
 	if v, ok := headers.Of(rep.Rule, rep.Limit, r); ok {
 		d.Policy, d.Window = v.Policy, micros(v.WindowUS)
-	} else {
+	} else if rep.Limit != nil {
 		d.Policy = headers.PolicyFor(rep.Rule, rep.Limit)
+	} else {
+		// An idempotency key's refusal reports no limit: it names the key.
+		d.Policy = headers.Refusal(rep).Policy
 	}
 	if !d.Allowed {
 		d.Delay = 0
@@ -178,7 +205,8 @@ func canonical(name string) string {
 }
 
 // Problem is the refusal's HTTP status (429 for a rate limit or quota, 403 for a penalty
-// lockout) and RFC 9457 problem+json body, as ext_authz sends them; 0 and nil when the
+// lockout, 422 and 409 for an idempotency key's conflict and first request in progress)
+// and RFC 9457 problem+json body, as ext_authz sends them; 0 and nil when the
 // request passes.
 func (d *Decision) Problem() (status int, body []byte) {
 	if d.Allowed {

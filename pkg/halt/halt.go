@@ -227,17 +227,35 @@ func (h *Engine) domain(d string) (string, error) {
 // An error wraps ErrInvalid (a malformed request: no descriptors, an empty key, a value
 // over 1024 bytes), ErrStoreUnavailable (FailError) or ctx's error.
 func (h *Engine) Check(ctx context.Context, domain string, descs ...Descriptor) (Decision, error) {
-	return h.check(ctx, time.Time{}, false, domain, 1, descs)
+	return h.check(ctx, time.Time{}, false, domain, 1, "", descs)
 }
 
 // CheckN decides one request at the instant now, counting n hits on each descriptor (n
 // = 0 only looks), in the manner of x/time/rate's AllowN: tests pass the time instead of
 // sleeping. It never holds a shaped request: Decision.Delay says how long to.
 func (h *Engine) CheckN(ctx context.Context, now time.Time, domain string, n uint64, descs ...Descriptor) (Decision, error) {
-	return h.check(ctx, now, true, domain, n, descs)
+	return h.check(ctx, now, true, domain, n, "", descs)
 }
 
-func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain string, n uint64, descs []Descriptor) (Decision, error) {
+// CheckIdempotent is CheckN for a request carrying idempotency key key (an
+// Idempotency-Key header; "" for none), on every descriptor, as ext_authz decides it:
+// under a rule with idempotency_ttl the request is decided once, and a repeat within
+// that time gets the first decision again and is not charged again (Decision.Idempotency
+// says "replayed"). The key sent with another request (other descriptors or n) is
+// refused as a conflict, and a repeat while the first is still being decided as in
+// progress; neither is charged, and Decision.Problem answers them 422 and 409. The
+// record lives in the store, next to the counters, so a repeat is recognised on every
+// Engine and server sharing the store. A key longer than MaxIdempotencyKey is an error
+// wrapping ErrInvalid, before anything is stored.
+func (h *Engine) CheckIdempotent(ctx context.Context, now time.Time, domain, key string, n uint64, descs ...Descriptor) (Decision, error) {
+	return h.check(ctx, now, true, domain, n, key, descs)
+}
+
+// MaxIdempotencyKey bounds an idempotency key, in bytes (the IETF draft's keys are UUIDs
+// and the like): the server's bound.
+const MaxIdempotencyKey = engine.MaxIdempotencyKey
+
+func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain string, n uint64, key string, descs []Descriptor) (Decision, error) {
 	domain, err := h.domain(domain)
 	if err != nil {
 		return Decision{}, err
@@ -268,7 +286,7 @@ func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain
 		for _, e := range d {
 			sc.entries = append(sc.entries, config.Entry{Key: e.Key, Value: e.Value})
 		}
-		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: n}
+		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: n, IdempotencyKey: key}
 	}
 	if explicit {
 		_, err = h.eng.CheckAt(ctx, now, domain, sc.descs, sc.decs)

@@ -17,8 +17,11 @@
 // Every request is first probed against the domain's exemptions with its client address
 // and path; then its descriptors are decided, and it is answered as ext_authz answers:
 // the rate-limit headers of the reported limit, and on a refusal 429 (a rate limit or
-// quota) or 403 (a penalty lockout) with Retry-After and a problem+json body. The
-// middleware decides nothing itself.
+// quota) or 403 (a penalty lockout) with Retry-After and a problem+json body. A request
+// carrying an Idempotency-Key is decided once under a rule with idempotency_ttl, as
+// ext_authz decides it: a repeat gets the first answer and is not charged again, the key
+// reused for another request is answered 422, a repeat while the first is still being
+// decided 409, and a key over 255 bytes 400. The middleware decides nothing itself.
 package middleware
 
 import (
@@ -298,8 +301,16 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			return
 		}
 	}
+	// An Idempotency-Key makes the request decided once (the rules' idempotency_ttl), as
+	// ext_authz reads it: several fields are one value, joined as Envoy joins them.
+	key := idempotencyKey(r.Header)
+	if p, bad := headers.BadIdempotencyKey(key); bad {
+		clear(sc.entries)
+		writeProblem(w, p.Status, p.Body())
+		return
+	}
 	ctx := r.Context()
-	d, err := m.h.CheckN(ctx, m.h.Now(), m.s.domain, uint64(n), sc.descs...)
+	d, err := m.h.CheckIdempotent(ctx, m.h.Now(), m.s.domain, key, uint64(n), sc.descs...)
 	clear(sc.entries) // the request's values: not kept past it
 	switch {
 	case err == nil:
@@ -328,6 +339,22 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	next.ServeHTTP(w, r)
 }
+
+// idempotencyKey is the request's Idempotency-Key ("" for none). Envoy hands ext_authz
+// a header sent several times as one value joined with commas; so does this.
+func idempotencyKey(h http.Header) string {
+	vs := h[idempotencyHeader]
+	switch len(vs) {
+	case 0:
+		return ""
+	case 1:
+		return vs[0]
+	}
+	return strings.Join(vs, ",")
+}
+
+// idempotencyHeader is the canonical form of headers.IdempotencyKeyHeader (already so).
+const idempotencyHeader = headers.IdempotencyKeyHeader
 
 // fail answers a request the engine could not decide.
 func (m *middleware) fail(w http.ResponseWriter, r *http.Request, status int, err error) {

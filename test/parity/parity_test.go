@@ -29,7 +29,9 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/halt-envoy/halt-envoy/internal/authz"
 	"github.com/halt-envoy/halt-envoy/internal/config"
@@ -56,6 +58,7 @@ plans:
     penalty: abuse
   free:
     rate_limit: {unit: minute, requests_per_unit: 3}
+    idempotency_ttl: 1h
 penalties:
   abuse: {threshold: 2, ladder: [1m, 10m], decay: 1h}
 exemptions:
@@ -74,6 +77,7 @@ var keys = map[string][2]string{
 	"key-acme":  {"acme", "gold"},
 	"key-bob":   {"bob", "free"},
 	"key-carol": {"carol", "platinum"},
+	"key-dave":  {"dave", "free"},
 }
 
 const authzYAML = `
@@ -89,10 +93,15 @@ headers: [ietf, x-ratelimit]
 
 // step is one request: its caller, its client address, its path and method, and how
 // long after the previous step it comes.
+// idem is its Idempotency-Key ("" for none); wantStatus and wantRemaining, when set,
+// are what ext_authz must answer (its status and X-RateLimit-Remaining).
 type step struct {
-	after        time.Duration
-	key, addr    string
-	method, path string
+	after         time.Duration
+	key, addr     string
+	method, path  string
+	idem          string
+	wantStatus    int
+	wantRemaining string
 }
 
 // hits is the request's cost: the export route's (ext_authz's routes, the middleware's
@@ -106,33 +115,46 @@ func (s step) hits() uint64 {
 
 var steps = []step{
 	// acme (gold): a token bucket of 4 a minute, 9 a day, two violations lock it out.
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"}, // refused: a first violation
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""}, // refused: a first violation
 	// Exempt by path and by address: not counted, no headers.
-	{0, "key-acme", "203.0.113.10", "GET", "/healthz"},
-	{0, "key-acme", "198.51.100.20", "GET", "/v1/items"},
+	{0, "key-acme", "203.0.113.10", "GET", "/healthz", "", 0, ""},
+	{0, "key-acme", "198.51.100.20", "GET", "/v1/items", "", 0, ""},
 	// Paths are matched strictly: counted, refused, a second violation locks acme out.
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items/../../healthz"},
-	{50 * time.Second, "key-acme", "203.0.113.10", "POST", "/v1/export"}, // still locked out
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{30 * time.Second, "key-acme", "203.0.113.10", "POST", "/v1/export"}, // an export costs 3
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
-	{59 * time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items"}, // the day's 9th
-	{2 * time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items"},  // refused by the quota
-	{0, "key-acme", "203.0.113.10", "GET", "/v1/items"},
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items/../../healthz", "", 0, ""},
+	{50 * time.Second, "key-acme", "203.0.113.10", "POST", "/v1/export", "", 0, ""}, // still locked out
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{30 * time.Second, "key-acme", "203.0.113.10", "POST", "/v1/export", "", 0, ""}, // an export costs 3
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
+	{59 * time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""}, // the day's 9th
+	{2 * time.Second, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},  // refused by the quota
+	{0, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
 	// bob (free): a fixed window of 3 a minute (refused hits count); carol, on a plan the
 	// configuration does not know, is limited as the default plan, free.
-	{0, "key-bob", "203.0.113.11", "GET", "/v1/items"},
-	{0, "key-bob", "203.0.113.11", "POST", "/v1/export"},
-	{0, "key-bob", "203.0.113.11", "GET", "/v1/items"},
-	{0, "key-carol", "203.0.113.12", "GET", "/v1/items"},
-	{0, "key-carol", "203.0.113.12", "POST", "/v1/export"},
-	{time.Minute, "key-carol", "203.0.113.12", "GET", "/v1/items"},
+	{0, "key-bob", "203.0.113.11", "GET", "/v1/items", "", 0, ""},
+	{0, "key-bob", "203.0.113.11", "POST", "/v1/export", "", 0, ""},
+	{0, "key-bob", "203.0.113.11", "GET", "/v1/items", "", 0, ""},
+	{0, "key-carol", "203.0.113.12", "GET", "/v1/items", "", 0, ""},
+	{0, "key-carol", "203.0.113.12", "POST", "/v1/export", "", 0, ""},
+	{time.Minute, "key-carol", "203.0.113.12", "GET", "/v1/items", "", 0, ""},
+	// dave (free, whose rule keeps idempotency keys for an hour) sends Idempotency-Key
+	// (RLS: the halt_idempotency_key entry). A repeat gets the first answer and is not
+	// charged; the key reused for a dearer request is a conflict (422, RLS OVER_LIMIT
+	// with halt-idempotency: conflict), not charged; a key over 255 bytes is refused
+	// (400, RLS INVALID_ARGUMENT) before anything is counted; 255 bytes is a key.
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", "req-1", 200, "2"},
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", "req-1", 200, "2"},  // replayed
+	{0, "key-dave", "203.0.113.13", "POST", "/v1/export", "req-1", 422, ""}, // conflict
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", "", 200, "1"},
+	{10 * time.Second, "key-dave", "203.0.113.13", "GET", "/v1/items", "req-1", 200, "2"}, // still the first answer
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", strings.Repeat("k", 256), 400, ""},
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", strings.Repeat("k", 255), 200, "0"},
+	{0, "key-dave", "203.0.113.13", "GET", "/v1/items", "", 429, "0"}, // three charged: the first, the keyless, the 255-byte key
 	// The next day: acme's quota is back.
-	{24 * time.Hour, "key-acme", "203.0.113.10", "GET", "/v1/items"},
+	{24 * time.Hour, "key-acme", "203.0.113.10", "GET", "/v1/items", "", 0, ""},
 }
 
 // answer is what one way in answered, reduced to what they share.
@@ -147,6 +169,10 @@ type answer struct {
 	body       string
 	// remaining is RLS's limit_remaining of the descriptor, -1 without a limit.
 	remaining int64
+	// idem is RLS's halt-idempotency header (conflict, in-progress); invalid reports
+	// that RLS refused the call as INVALID_ARGUMENT.
+	idem    string
+	invalid bool
 }
 
 func (a answer) String() string {
@@ -259,12 +285,23 @@ func servers(t *testing.T, domain string, stores [3]backends.Store) ([3]way, [3]
 		if s.path == "/healthz" || strings.HasPrefix(s.addr, "198.51.100.") {
 			d.Entries = append(d.Entries, &rlcommon.RateLimitDescriptor_Entry{Key: "remote_address", Value: s.addr}, &rlcommon.RateLimitDescriptor_Entry{Key: "path", Value: s.path})
 		}
+		if s.idem != "" {
+			// Envoy: a request_headers action reading Idempotency-Key.
+			d.Entries = append(d.Entries, &rlcommon.RateLimitDescriptor_Entry{Key: engine.IdempotencyEntry, Value: s.idem})
+		}
 		resp, err := rls.ShouldRateLimit(context.Background(), &rlspb.RateLimitRequest{Domain: domain, Descriptors: []*rlcommon.RateLimitDescriptor{d}, HitsAddend: uint32(s.hits())})
+		if status.Code(err) == codes.InvalidArgument {
+			return answer{invalid: true, remaining: -1}
+		}
 		if err != nil {
 			t.Fatalf("ShouldRateLimit: %v", err)
 		}
 		a := answer{allowed: resp.GetOverallCode() == rlspb.RateLimitResponse_OK, rate: map[string]string{}, remaining: -1}
 		for _, h := range resp.GetResponseHeadersToAdd() {
+			if h.GetKey() == rlsv3.IdempotencyHeader {
+				a.idem = h.GetValue()
+				continue
+			}
 			a.rate[h.GetKey()] = h.GetValue()
 		}
 		if st := resp.GetStatuses()[0]; st.GetCurrentLimit() != nil {
@@ -279,6 +316,9 @@ func servers(t *testing.T, domain string, stores [3]backends.Store) ([3]way, [3]
 				SocketAddress: &corev3.SocketAddress{Address: s.addr, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 40000}}}}},
 			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: s.method, Path: s.path, Headers: map[string]string{"x-api-key": s.key}}},
 		}}
+		if s.idem != "" {
+			req.Attributes.Request.Http.Headers["idempotency-key"] = s.idem
+		}
 		resp, err := ext.Check(context.Background(), req)
 		if err != nil {
 			t.Fatalf("Check: %v", err)
@@ -309,6 +349,9 @@ func servers(t *testing.T, domain string, stores [3]backends.Store) ([3]way, [3]
 		}
 		req.Header.Set("X-Api-Key", s.key)
 		req.Header.Set("X-Forwarded-For", s.addr)
+		if s.idem != "" {
+			req.Header.Set("Idempotency-Key", s.idem)
+		}
 		resp, err := web.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -351,13 +394,24 @@ func runParity(t *testing.T, stores [3]backends.Store) {
 			c.Add(s.after)
 		}
 		rls, ext, mw := ways[0](t, s), ways[1](t, s), ways[2](t, s)
-		where := fmt.Sprintf("step %d (%s %s %s from %s)", i, s.key, s.method, s.path, s.addr)
+		where := fmt.Sprintf("step %d (%s %s %s from %s, Idempotency-Key %.12q)", i, s.key, s.method, s.path, s.addr, s.idem)
 		// ext_authz and the middleware answer alike, to the byte.
 		if ext.String() != mw.String() {
 			t.Errorf("%s:\n  ext_authz:  %s\n  middleware: %s", where, ext, mw)
 		}
+		if s.wantStatus != 0 && ext.status != s.wantStatus || s.wantRemaining != "" && ext.rate["X-RateLimit-Remaining"] != s.wantRemaining {
+			t.Errorf("%s: ext_authz answered %s, want status %d remaining %q", where, ext, s.wantStatus, s.wantRemaining)
+		}
+		// RLS refuses an over-long key as a malformed call, and a conflict or a first
+		// request in progress with OVER_LIMIT and the halt-idempotency header.
+		if rls.invalid != (ext.status == 400) {
+			t.Errorf("%s: rls INVALID_ARGUMENT %v, ext_authz %s", where, rls.invalid, ext)
+		}
+		if want := map[int]string{422: "conflict", 409: "in-progress"}[ext.status]; rls.idem != want {
+			t.Errorf("%s: rls halt-idempotency %q, want %q (ext_authz %s)", where, rls.idem, want, ext)
+		}
 		// RLS decides alike and sends the same rate-limit headers.
-		if rls.allowed != ext.allowed || fmt.Sprint(sorted(rls.rate)) != fmt.Sprint(sorted(ext.rate)) {
+		if !rls.invalid && (rls.allowed != ext.allowed || fmt.Sprint(sorted(rls.rate)) != fmt.Sprint(sorted(ext.rate))) {
 			t.Errorf("%s:\n  rls:       allowed=%v rate=%v\n  ext_authz: %s", where, rls.allowed, sorted(rls.rate), ext)
 		}
 		// Its limit_remaining is what the headers say is left.
@@ -368,7 +422,7 @@ func runParity(t *testing.T, stores [3]backends.Store) {
 		t.Logf("%s: %s", where, ext)
 	}
 	// The sequence went through every kind of answer.
-	for _, want := range []string{"200 rate", "200 exempt", "429 rate", "429 quota", "403 penalty"} {
+	for _, want := range []string{"200 rate", "200 exempt", "429 rate", "429 quota", "403 penalty", "422 idempotency", "400 idempotency"} {
 		if seen[want] == 0 {
 			t.Errorf("no step answered %q (saw %v)", want, seen)
 		}
@@ -377,6 +431,8 @@ func runParity(t *testing.T, stores [3]backends.Store) {
 
 func reason(a answer) string {
 	switch {
+	case strings.Contains(a.body, `"violated_policy":"idempotency-key"`):
+		return "idempotency"
 	case a.status == 403:
 		return "penalty"
 	case strings.Contains(a.body, "quota"):
