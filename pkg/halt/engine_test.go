@@ -450,3 +450,52 @@ func TestLocalFirstPolicy(t *testing.T) {
 		t.Errorf("a local-first Limiter: %v", err)
 	}
 }
+
+// TestCheckIdempotent: a request with an idempotency key, under a rule with
+// idempotency_ttl, is decided once: the repeat is the first decision, replayed and not
+// charged; the key sent with another cost is a conflict (422, not charged); a key over
+// MaxIdempotencyKey is ErrInvalid; "" is no key.
+func TestCheckIdempotent(t *testing.T) {
+	ctx := context.Background()
+	h, err := halt.New(newStore(t), halt.YAML("domain: api\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 5}\n    idempotency_ttl: 10m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2030, 1, 1, 0, 0, 10, 0, time.UTC)
+	u := halt.D("user", "u1")
+	for i, want := range []struct {
+		key       string
+		n         uint64
+		allowed   bool
+		idem      string
+		remaining int64
+	}{
+		{"k", 1, true, "", 4},
+		{"k", 1, true, "replayed", 4},
+		{"k", 2, false, "conflict", 0},
+		{"", 1, true, "", 3},
+		{"k", 1, true, "replayed", 4},
+	} {
+		d, err := h.CheckIdempotent(ctx, now, "", want.key, want.n, u)
+		if err != nil || d.Allowed != want.allowed || d.Idempotency != want.idem || d.Remaining != want.remaining {
+			t.Fatalf("call %d: %+v, %v; want allowed %v idempotency %q remaining %d", i, d, err, want.allowed, want.idem, want.remaining)
+		}
+		if !d.Allowed {
+			st, body := d.Problem()
+			if st != http.StatusUnprocessableEntity || d.Reason != halt.ReasonIdempotency || d.Policy != "idempotency-key" || !strings.Contains(string(body), `"violated_policy":"idempotency-key"`) {
+				t.Errorf("conflict: %d %s, %+v", st, body, d)
+			}
+			hdr := http.Header{}
+			d.WriteHeaders(hdr, halt.Headers{IETF: true, XRateLimit: true})
+			if len(hdr) != 0 {
+				t.Errorf("conflict: headers %v (it reports no limit)", hdr)
+			}
+		}
+	}
+	if _, err := h.CheckIdempotent(ctx, now, "", strings.Repeat("k", halt.MaxIdempotencyKey+1), 1, u); !errors.Is(err, halt.ErrInvalid) {
+		t.Errorf("over-long key: %v, want ErrInvalid", err)
+	}
+	if d, _ := h.CheckN(ctx, now, "", 1, u); d.Remaining != 2 {
+		t.Errorf("after: remaining %d, want 2 (charged twice: the first call and the keyless one)", d.Remaining)
+	}
+}

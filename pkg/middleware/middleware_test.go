@@ -529,3 +529,119 @@ func ExampleMustLimit() {
 	fmt.Println(w.Code, w.Header().Get("RateLimit-Policy"), w.Header().Get("RateLimit"))
 	// Output: 200 "PUBLIC_API";q=100;w=60 "PUBLIC_API";r=99;t=1
 }
+
+const idempotent = perAddress + "    idempotency_ttl: 1h\n"
+
+// keyed sends a request from 203.0.113.7 with Idempotency-Key fields keys (none for no
+// key) and cost X-Cost (the test's WithCost; empty for 1).
+func keyed(h http.Handler, cost string, keys ...string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodGet, "/v1/things", nil)
+	r.RemoteAddr = "203.0.113.7:5555"
+	for _, k := range keys {
+		r.Header.Add("Idempotency-Key", k)
+	}
+	if cost != "" {
+		r.Header.Set("X-Cost", cost)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+var costHeader = middleware.WithCost(func(r *http.Request) int64 {
+	if c := r.Header.Get("X-Cost"); c == "2" {
+		return 2
+	}
+	return 1
+})
+
+func wantAnswer(t *testing.T, what string, w *httptest.ResponseRecorder, status int, remaining string) {
+	t.Helper()
+	if w.Code != status || w.Header().Get("X-RateLimit-Remaining") != remaining {
+		t.Errorf("%s: %d remaining %q, want %d remaining %q (%v %s)", what, w.Code, w.Header().Get("X-RateLimit-Remaining"), status, remaining, w.Header(), w.Body)
+	}
+}
+
+func wantProblem(t *testing.T, what string, w *httptest.ResponseRecorder, detail string) {
+	t.Helper()
+	var p map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil || w.Header().Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("%s: %v %q %s", what, err, w.Header().Get("Content-Type"), w.Body)
+	}
+	if p["violated_policy"] != "idempotency-key" || p["status"] != float64(w.Code) || !strings.Contains(fmt.Sprint(p["detail"]), detail) {
+		t.Errorf("%s: problem %v", what, p)
+	}
+}
+
+// TestIdempotencyKey: the middleware reads Idempotency-Key as ext_authz does. A repeat
+// gets the first answer and is not charged; the key reused for a dearer request is 422,
+// not charged; a key over 255 bytes is 400 before anything is counted; a header sent
+// twice is one key, its fields joined with commas, as Envoy hands it to ext_authz.
+func TestIdempotencyKey(t *testing.T) {
+	h, c := newEngine(t, halt.YAML(strings.Replace(idempotent, "requests_per_unit: 2", "requests_per_unit: 5", 1)), nil)
+	s := mw(t, h, costHeader)
+	wantAnswer(t, "first", keyed(s, "", "req-1"), 200, "4")
+	c.Add(10 * time.Second)
+	w := keyed(s, "", "req-1")
+	wantAnswer(t, "repeat", w, 200, "4")
+	if w.Body.String() != "ok" {
+		t.Errorf("repeat: the handler did not run: %q", w.Body)
+	}
+	w = keyed(s, "2", "req-1")
+	wantAnswer(t, "conflict", w, 422, "")
+	wantProblem(t, "conflict", w, "first used for another request")
+	if w.Header().Get("Retry-After") != "" {
+		t.Errorf("conflict: Retry-After %q (the same request can never pass)", w.Header().Get("Retry-After"))
+	}
+	wantAnswer(t, "no key", keyed(s, ""), 200, "3")
+
+	w = keyed(s, "", strings.Repeat("k", 256))
+	wantAnswer(t, "256-byte key", w, 400, "")
+	wantProblem(t, "256-byte key", w, "256 bytes, the limit is 255")
+	wantAnswer(t, "255-byte key", keyed(s, "", strings.Repeat("k", 255)), 200, "2")
+	wantAnswer(t, "255-byte key again", keyed(s, "", strings.Repeat("k", 255)), 200, "2")
+
+	wantAnswer(t, "two fields", keyed(s, "", "a", "b"), 200, "1")
+	wantAnswer(t, "their join", keyed(s, "", "a,b"), 200, "1")
+	wantAnswer(t, "an empty key is none", keyed(s, "", ""), 200, "0")
+}
+
+// gateStore holds the first Apply that decides counters (not an idempotency record)
+// until release is closed: a first request still being decided.
+type gateStore struct {
+	backends.Store
+	armed   atomic.Bool
+	held    chan struct{}
+	release chan struct{}
+}
+
+func (g *gateStore) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	if ops[0].Algorithm != algorithms.Once && g.armed.CompareAndSwap(true, false) {
+		close(g.held)
+		<-g.release
+	}
+	return g.Store.Apply(ctx, now, ops)
+}
+
+// TestIdempotencyKeyInProgress: a repeat while the first request is still being decided
+// is answered 409 at once, with Retry-After (the claim's hold, 30 s), and not charged;
+// once the first is answered, a repeat gets its answer.
+func TestIdempotencyKeyInProgress(t *testing.T) {
+	g := &gateStore{Store: newStore(t), held: make(chan struct{}), release: make(chan struct{})}
+	g.armed.Store(true)
+	h, _ := newEngine(t, halt.YAML(idempotent), g)
+	s := mw(t, h)
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- keyed(s, "", "req-1") }()
+	<-g.held
+	w := keyed(s, "", "req-1")
+	wantAnswer(t, "while the first is decided", w, 409, "")
+	wantProblem(t, "while the first is decided", w, "still being processed")
+	if w.Header().Get("Retry-After") != "30" {
+		t.Errorf("409: Retry-After %q, want 30", w.Header().Get("Retry-After"))
+	}
+	close(g.release)
+	wantAnswer(t, "first", <-first, 200, "1")
+	wantAnswer(t, "repeat after it", keyed(s, "", "req-1"), 200, "1")
+	wantAnswer(t, "no key", keyed(s, ""), 200, "0")
+}
