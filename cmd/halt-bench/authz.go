@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -152,10 +153,14 @@ func checkOutcome(resp *authv3.CheckResponse) (bool, error) {
 // emptyAuthz is the baseline ext_authz service: it allows every request at once.
 type emptyAuthz struct {
 	authv3.UnimplementedAuthorizationServer
+	delay time.Duration // as emptyService's
 }
 
-// Check allows without looking at the request.
-func (emptyAuthz) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+// Check allows without looking at the request, after the delay if any.
+func (e emptyAuthz) Check(ctx context.Context, _ *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	if err := hold(ctx, e.delay); err != nil {
+		return nil, err
+	}
 	return &authv3.CheckResponse{
 		Status:       &status.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}},

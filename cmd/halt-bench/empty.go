@@ -13,15 +13,38 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// emptyService is the baseline RateLimitService: it answers OK at once and does no
-// work, so that what it costs per call is the cost of gRPC itself.
+// emptyService is the baseline RateLimitService: it answers OK and does no work, so
+// that what it costs per call is the cost of gRPC itself.
 type emptyService struct {
 	rlspb.UnimplementedRateLimitServiceServer
+	// delay holds every answer this long (--empty-delay). A server in front of a slow
+	// store answers fewer calls per second at a longer latency, and gRPC then costs more
+	// per call (fewer calls share each read, write and wake-up); a baseline held as long as
+	// the store takes pays that too, so a ratio to it is the store path's own cost.
+	delay time.Duration
 }
 
-// ShouldRateLimit answers OK without looking at the request.
-func (emptyService) ShouldRateLimit(context.Context, *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
+// ShouldRateLimit answers OK without looking at the request, after the delay if any.
+func (e emptyService) ShouldRateLimit(ctx context.Context, _ *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
+	if err := hold(ctx, e.delay); err != nil {
+		return nil, err
+	}
 	return &rlspb.RateLimitResponse{OverallCode: rlspb.RateLimitResponse_OK}, nil
+}
+
+// hold waits d (nothing when d is 0), or until the call is cancelled.
+func hold(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // emptyServer is a listening baseline server.
@@ -32,15 +55,16 @@ type emptyServer struct {
 
 // newEmptyServer listens on addr and registers the empty RateLimitService, the empty
 // ext_authz Authorization service (--method authz) and the standard health service (so --method health can be measured against it too). The
-// gRPC server has default options: the baseline is a plain grpc-go server.
-func newEmptyServer(addr string) (*emptyServer, error) {
+// gRPC server has default options: the baseline is a plain grpc-go server. delay holds
+// every RateLimitService and ext_authz answer that long (0: none).
+func newEmptyServer(addr string, delay time.Duration) (*emptyServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	s := grpc.NewServer()
-	rlspb.RegisterRateLimitServiceServer(s, emptyService{})
-	authv3.RegisterAuthorizationServer(s, emptyAuthz{})
+	rlspb.RegisterRateLimitServiceServer(s, emptyService{delay: delay})
+	authv3.RegisterAuthorizationServer(s, emptyAuthz{delay: delay})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(rlspb.RateLimitService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -81,6 +81,7 @@ func (d descriptorFlags) Set(s string) error {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := &loadConfig{}
 	var emptyAddr string
+	var emptyDelay time.Duration
 	var asJSON bool
 	var hits uint
 	var keysFile, keysPlan string
@@ -108,6 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&keysFile, "write-api-keys", "", "authz: instead of loading, write the API key file (SHA-256 of each of the --keys keys, customer c{key}) to `FILE` and exit")
 	fs.StringVar(&keysPlan, "plan", "pro", "authz: the plan of the keys --write-api-keys writes")
 	fs.StringVar(&emptyAddr, "empty-server", "", "instead of loading, serve the baseline empty RateLimitService on this `ADDR` until interrupted")
+	fs.DurationVar(&emptyDelay, "empty-delay", 0, "with --empty-server: hold every answer this long, a baseline at a slow store's latency (0: answer at once)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -118,8 +120,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "halt-bench: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
+	if emptyDelay < 0 || emptyDelay > time.Minute {
+		fmt.Fprintf(stderr, "halt-bench: --empty-delay %s is outside [0, 1m]\n", emptyDelay)
+		return 2
+	}
 	if emptyAddr != "" {
-		return runEmpty(ctx, emptyAddr, stdout, stderr)
+		return runEmpty(ctx, emptyAddr, emptyDelay, stdout, stderr)
 	}
 	if keysFile != "" {
 		return writeKeys(cfg, keysFile, keysPlan, stderr)
@@ -186,8 +192,8 @@ func writeKeys(cfg *loadConfig, file, plan string, stderr io.Writer) int {
 	return 0
 }
 
-func runEmpty(ctx context.Context, addr string, stdout, stderr io.Writer) int {
-	s, err := newEmptyServer(addr)
+func runEmpty(ctx context.Context, addr string, delay time.Duration, stdout, stderr io.Writer) int {
+	s, err := newEmptyServer(addr, delay)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-bench:", err)
 		return 1

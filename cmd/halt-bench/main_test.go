@@ -59,7 +59,7 @@ func startHalt(t *testing.T, yaml string) string {
 
 func startEmpty(t *testing.T) string {
 	t.Helper()
-	s, err := newEmptyServer("127.0.0.1:0")
+	s, err := newEmptyServer("127.0.0.1:0", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +188,55 @@ func TestLoadWarmupNotCounted(t *testing.T) {
 	checkSums(t, r)
 	if r.OK != 0 || r.OverLimit == 0 {
 		t.Errorf("ok %d over %d: warmup answers were counted", r.OK, r.OverLimit)
+	}
+}
+
+// TestEmptyServerDelay: with --empty-delay every answer still is OK, and none comes
+// sooner than the delay (a lower bound only: a loaded machine makes answers later, never
+// earlier).
+func TestEmptyServerDelay(t *testing.T) {
+	const delay = 20 * time.Millisecond
+	s, err := newEmptyServer("127.0.0.1:0", delay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	r, err := runLoad(context.Background(), &loadConfig{
+		Addr: s.Addr().String(), Method: methodRateLimit, Domain: "bench",
+		Descriptors: [][]entryTemplate{{{Key: "user", Value: "u{key}"}}},
+		Keys:        10, Concurrency: 4, Connections: 1, Duration: 300 * time.Millisecond,
+		Warmup: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSums(t, r)
+	if r.Requests == 0 || r.OK != r.Requests || r.Errors != 0 {
+		t.Fatalf("ok %d of %d, errors %d: %+v", r.OK, r.Requests, r.Errors, r.ErrorMsgs)
+	}
+	if min := float64(delay.Microseconds()); r.LatencyUS.P50 < min {
+		t.Errorf("p50 %.0f us: answers came sooner than the %s delay", r.LatencyUS.P50, delay)
+	}
+}
+
+// TestEmptyDelayFlag: a negative or absurd --empty-delay is refused by name.
+func TestEmptyDelayFlag(t *testing.T) {
+	for _, v := range []string{"-1ms", "2h"} {
+		var out, errb strings.Builder
+		if code := run(context.Background(), []string{"--empty-server", "127.0.0.1:0", "--empty-delay", v}, &out, &errb); code != 2 {
+			t.Errorf("--empty-delay %s: exit %d, want 2", v, code)
+		}
+		if !strings.Contains(errb.String(), "--empty-delay") {
+			t.Errorf("--empty-delay %s: stderr %q does not name the flag", v, errb.String())
+		}
 	}
 }
 
