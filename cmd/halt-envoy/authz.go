@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -24,11 +25,14 @@ type extAuthz struct {
 
 // startAuthz loads the authz config (and keeps reloading it). With no path it returns a
 // nil *extAuthz whose methods do nothing, so the caller needs no branches.
-func startAuthz(ctx context.Context, path string, caps authz.Caps, debounce time.Duration, engine *engine.Engine, rules func() *config.Set, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
+// The authz file and the rate-limit config are resolved against each other whichever
+// reloads: an authz file naming a penalty the rules lack is refused, and so is a rules
+// change that takes away the penalty the current authz file names.
+func startAuthz(ctx context.Context, path string, caps authz.Caps, debounce time.Duration, engine *engine.Engine, rules *config.Sources, log *slog.Logger, m *metrics.Metrics) (*extAuthz, error) {
 	if path == "" {
 		return nil, nil
 	}
-	w, err := caps.Watch(ctx, path, debounce, func(_ *authz.Config, err error) {
+	w, err := caps.Watch(ctx, path, debounce, rules.Current, func(_ *authz.Config, err error) {
 		if err != nil {
 			m.ConfigReloads.WithLabelValues("failure").Inc()
 			log.Error("authz config reload failed; keeping the last good one", "path", path, "err", err)
@@ -40,7 +44,13 @@ func startAuthz(ctx context.Context, path string, caps authz.Caps, debounce time
 	if err != nil {
 		return nil, err
 	}
-	srv := authz.New(engine, rules, w.Current, log, m)
+	rules.SetCheck(func(set *config.Set) error {
+		if err := w.Current().Resolve(set); err != nil {
+			return fmt.Errorf("the authz config (--authz-config) uses what this config lacks: %w", err)
+		}
+		return nil
+	})
+	srv := authz.New(engine, rules.Current, w.Current, log, m)
 	x := &extAuthz{watcher: w, srv: srv}
 	x.register = func(g *grpc.Server) { authv3.RegisterAuthorizationServer(g, srv) }
 	return x, nil

@@ -100,8 +100,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   halt-envoy [serve] [flags]          run the server (flags: halt-envoy serve -h)
-  halt-envoy validate --config PATH [--store URL [--store-timeout D] [--envoy-timeout D]]
+  halt-envoy validate --config PATH [--authz-config FILE] [--store URL [--store-timeout D] [--envoy-timeout D]]
                                       check a config file or directory, print every error;
+                                      with --authz-config, the ext_authz file too, against it;
                                       with --store, say whether the store answers in time
   halt-envoy check --config DIR --domain D --descriptor k=v[,k=v]
                                       which rule, algorithm, limits, plan, quota and penalty apply
@@ -446,7 +447,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 			log.Warn("local-first: sending the last unsynced hits failed", "err", err)
 		}
 	}()
-	ext, err := startAuthz(ctx, f.authzConfig, f.caps.authz(), f.debounce, eng, watcher.Current, log, m)
+	ext, err := startAuthz(ctx, f.authzConfig, f.caps.authz(), f.debounce, eng, watcher, log, m)
 	if err != nil {
 		return fmt.Errorf("load authz config: %w", err)
 	}
@@ -596,12 +597,13 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "config", "config file or directory")
+	authzPath := fs.String("authz-config", "", "ext_authz config file to check too, against the config (as serve loads it)")
 	var stores storeList
 	fs.Var(&stores, "store", "a store URL to check too (repeatable): does its timeout fit Envoy's, does its round trip fit its timeout")
 	storeTimeout := fs.Duration("store-timeout", 0, storeTimeoutHelp)
 	envoyTimeout := fs.Duration("envoy-timeout", storefit.DefaultEnvoyTimeout, envoyTimeoutHelp)
 	var caps configCaps
-	caps.register(fs, false)
+	caps.register(fs, true)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -614,6 +616,17 @@ func validate(args []string, stdout, stderr io.Writer, getenv func(string) strin
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: ok (%d domain(s): %s)\n", *path, len(set.Domains()), strings.Join(set.Domains(), ", "))
+	if *authzPath != "" {
+		ac, err := caps.authz().LoadConfig(*authzPath)
+		if err == nil {
+			err = ac.Resolve(set)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", *authzPath)
+	}
 	if !validateStores(context.Background(), stores, *storeTimeout, *envoyTimeout, stdout, stderr) {
 		return 1
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,8 +26,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/halt-envoy/halt-envoy/internal/authz"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
@@ -487,5 +490,66 @@ descriptors:
 	}
 	if counted := op.Result.Limit - op.Result.Remaining; counted != int64(sent) {
 		t.Fatalf("Redis counts %d of the %d admitted hits after SIGTERM", counted, sent)
+	}
+}
+
+// authzPenaltyLimits defines the penalty an authz file's abuse block names.
+const authzPenaltyLimits = "domain: edge\npenalties:\n  abuse: {threshold: 2, ladder: [10m], decay: 1h}\ndescriptors:\n  - key: customer\n    rate_limit: {unit: minute, requests_per_unit: 10}\n"
+
+// TestValidateAuthzPenalty: validate --authz-config resolves the authz file against the
+// config, and refuses an abuse.penalty the config does not define, at its line and column.
+func TestValidateAuthzPenalty(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", authzPenaltyLimits)
+	adir := t.TempDir()
+	az := filepath.Join(adir, "authz.yaml")
+	var stdout, stderr bytes.Buffer
+	os.WriteFile(az, []byte("domain: edge\nabuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 3}\n"), 0o644)
+	if code := run(context.Background(), []string{"validate", "--config", dir, "--authz-config", az}, &stdout, &stderr, os.Getenv); code != 0 {
+		t.Fatalf("good authz config: exit %d: %s", code, stderr.String())
+	}
+	os.WriteFile(az, []byte("domain: edge\nabuse:\n  penalty: nope\n  fanout: {window: 1m, max: 3}\n"), 0o644)
+	stderr.Reset()
+	if code := run(context.Background(), []string{"validate", "--config", dir, "--authz-config", az}, &stdout, &stderr, os.Getenv); code != 1 {
+		t.Fatalf("unknown abuse.penalty: exit %d", code)
+	}
+	if want := az + `:3:12: abuse.penalty: no penalty named "nope"`; !strings.Contains(stderr.String(), want) {
+		t.Fatalf("%q missing from:\n%s", want, stderr.String())
+	}
+}
+
+// TestAuthzPenaltyKeptOnRulesReload: with both configs loaded, a rate-limit config
+// reload that removes the penalty the authz file's abuse.penalty names is refused (the
+// last good rules stay), as a reload of the authz file naming a missing one is.
+func TestAuthzPenaltyKeptOnRulesReload(t *testing.T) {
+	dir := t.TempDir()
+	writeConfig(t, dir, "limits.yaml", authzPenaltyLimits)
+	results := make(chan error, 10)
+	ctx := t.Context()
+	src, err := config.Options{}.NewSources(ctx, dir, 20*time.Millisecond, func(_ *config.Set, err error) { results <- err }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	az := filepath.Join(t.TempDir(), "authz.yaml")
+	os.WriteFile(az, []byte("domain: edge\nabuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 3}\n"), 0o644)
+	m := metrics.New(nil)
+	x, err := startAuthz(ctx, az, authz.Caps{}, 20*time.Millisecond, nil, src, slog.New(slog.DiscardHandler), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.close()
+	writeConfig(t, dir, "limits.yaml", strings.Replace(authzPenaltyLimits, "  abuse:", "  other:", 1))
+	src.Reload()
+	select {
+	case err := <-results:
+		if want := az + `:3:12: abuse.penalty: no penalty named "abuse"`; err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("rules reload: %v, want %q", err, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload of the rules")
+	}
+	if _, ok := src.Current().PenaltyPolicy("abuse"); !ok {
+		t.Fatal("the last good rules were not kept")
 	}
 }

@@ -44,9 +44,9 @@ func keyEntries(sum string) []config.Entry {
 }
 
 // abusePenalty is the penalty policy the abuse detectors feed, nil without an abuse
-// block (or when it names no penalty of the rate-limit config: the file's validation
-// cannot see that config, so this is logged by the caller's absence of lockouts and the
-// warning below).
+// block. A name the rate-limit config lacks is refused where both configs are loaded
+// (Config.Resolve, on either's reload); the throttled warning below is left for what
+// that cannot see, e.g. rules given to New that were never resolved against the file.
 func (s *Server) abusePenalty(cfg *Config, set *config.Set) *config.PenaltyPolicy {
 	if cfg.Abuse == nil {
 		return nil

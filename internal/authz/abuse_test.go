@@ -15,6 +15,7 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/internal/admin"
 	"github.com/halt-envoy/halt-envoy/internal/authz"
+	"github.com/halt-envoy/halt-envoy/internal/config"
 )
 
 func abuseYAML(detectors string) string {
@@ -216,6 +217,60 @@ func TestAbuseConfigProblems(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
+	}
+}
+
+// TestAbusePenaltyResolved: abuse.penalty must name a penalty of the rate-limit config.
+// A name it lacks is refused where both are known, FILE:LINE:COL: abuse.penalty naming
+// the name: Resolve, the first load of a watched file (so serve does not start), and a
+// reload, which keeps the last good file.
+func TestAbusePenaltyResolved(t *testing.T) {
+	set, err := config.Parse(map[string][]byte{"limits.yaml": []byte(spikeLimits)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := filepath.Join(dir, "authz.yaml")
+	good := "domain: edge\nabuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 3}\n"
+	bad := "domain: edge\nabuse:\n  fanout: {window: 1m, max: 3}\n  penalty:   abusse\n"
+	want := p + `:4:14: abuse.penalty: no penalty named "abusse" under penalties:`
+
+	os.WriteFile(p, []byte(bad), 0o644)
+	c, err := authz.LoadConfig(p) // the file alone cannot tell
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Resolve(set); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Resolve: %v, want %q", err, want)
+	}
+	if err := c.Resolve(nil); err != nil {
+		t.Fatalf("Resolve without rules yet: %v", err)
+	}
+	rules := func() *config.Set { return set }
+	if _, err := authz.Watch(t.Context(), p, 20*time.Millisecond, rules, nil); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("first load: %v, want %q", err, want)
+	}
+
+	os.WriteFile(p, []byte(good), 0o644)
+	results := make(chan error, 10)
+	w, err := authz.Watch(t.Context(), p, 20*time.Millisecond, rules, func(_ *authz.Config, err error) { results <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	tmp := p + ".tmp"
+	os.WriteFile(tmp, []byte(bad), 0o644)
+	os.Rename(tmp, p)
+	select {
+	case err := <-results:
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("reload: %v, want %q", err, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after the file changed")
+	}
+	if c := w.Current(); c == nil || c.Abuse.Penalty != "abuse" {
+		t.Fatalf("the last good config was not kept: %+v", c)
 	}
 }
 

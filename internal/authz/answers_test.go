@@ -267,7 +267,7 @@ func TestWatcherReloadsOnChmod(t *testing.T) {
 	os.WriteFile(keys, []byte("api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"), 0o600)
 	os.WriteFile(filepath.Join(dir, "authz.yaml"), []byte("domain: edge\napi_keys_file: keys.yaml\n"), 0o644)
 	results := make(chan error, 10)
-	w, err := authz.Watch(context.Background(), filepath.Join(dir, "authz.yaml"), 20*time.Millisecond, func(_ *authz.Config, err error) { results <- err })
+	w, err := authz.Watch(context.Background(), filepath.Join(dir, "authz.yaml"), 20*time.Millisecond, nil, func(_ *authz.Config, err error) { results <- err })
 	if err != nil {
 		t.Fatal(err)
 	}

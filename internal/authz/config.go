@@ -62,6 +62,9 @@ type Config struct {
 	schemas []string
 	graphql bool
 	caps    Caps
+	// penaltyAt is the line and column of abuse.penalty's value, so that a name the
+	// rate-limit config does not define is refused at that place (Resolve).
+	penaltyAt [2]int
 }
 
 // IdentitySource is one way to identify a caller. Exactly one field is set.
@@ -272,7 +275,39 @@ func (cp Caps) LoadConfig(path string) (*Config, error) {
 	if err := c.compile(); err != nil {
 		return nil, err
 	}
+	if c.Abuse != nil {
+		// A second, lenient decode for the one position Resolve reports: the strict
+		// decode above cannot keep it (a custom unmarshaler loses KnownFields), and the
+		// file is under its cap, so this costs at most what the first decode did.
+		var at struct {
+			Abuse struct {
+				Penalty yaml.Node `yaml:"penalty"`
+			} `yaml:"abuse"`
+		}
+		if yaml.Unmarshal(data, &at) == nil {
+			c.penaltyAt = [2]int{at.Abuse.Penalty.Line, at.Abuse.Penalty.Column}
+		}
+	}
 	return c, nil
+}
+
+// Resolve checks the names c takes from the rate-limit config against set: today
+// abuse.penalty, which must name a penalty under penalties:, or the abuse detectors
+// would be silently off. A nil set (no rate-limit config yet, e.g. before the first
+// xDS push) has nothing to check against and passes; the check runs again when one
+// arrives. The error is FILE:LINE:COL: abuse.penalty: ..., as the file's other errors.
+func (c *Config) Resolve(set *config.Set) error {
+	if c == nil || c.Abuse == nil || set == nil {
+		return nil
+	}
+	if _, ok := set.PenaltyPolicy(c.Abuse.Penalty); ok {
+		return nil
+	}
+	at := c.penaltyAt
+	if at[0] == 0 {
+		at = [2]int{1, 1}
+	}
+	return fmt.Errorf("%s:%d:%d: abuse.penalty: no penalty named %q under penalties: of the rate-limit config (the penalty the abuse detectors charge)", c.file, at[0], at[1], c.Abuse.Penalty)
 }
 
 // KeysFile returns the resolved path of the API key file ("" when none).

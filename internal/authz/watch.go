@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/reload"
 )
 
@@ -18,12 +19,15 @@ type Watcher struct {
 
 // Watch loads path and keeps reloading it until ctx is done or Close is called.
 // onResult is called after every reload (not the first load, whose error Watch returns).
-func Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Config, error)) (*Watcher, error) {
-	return Caps{}.Watch(ctx, path, debounce, onResult)
+// rules (may be nil) is the current rate-limit config: every load is resolved against
+// it (Config.Resolve), so a file naming what that config does not define is refused
+// and the last good one stays.
+func Watch(ctx context.Context, path string, debounce time.Duration, rules func() *config.Set, onResult func(*Config, error)) (*Watcher, error) {
+	return Caps{}.Watch(ctx, path, debounce, rules, onResult)
 }
 
 // Watch is the package's Watch under cp.
-func (cp Caps) Watch(ctx context.Context, path string, debounce time.Duration, onResult func(*Config, error)) (*Watcher, error) {
+func (cp Caps) Watch(ctx context.Context, path string, debounce time.Duration, rules func() *config.Set, onResult func(*Config, error)) (*Watcher, error) {
 	if debounce <= 0 {
 		debounce = 300 * time.Millisecond
 	}
@@ -36,6 +40,11 @@ func (cp Caps) Watch(ctx context.Context, path string, debounce time.Duration, o
 		if cfg != nil {
 			for _, f := range cfg.SchemaFiles() {
 				dirs = append(dirs, filepath.Dir(f))
+			}
+		}
+		if err == nil && rules != nil {
+			if err = cfg.Resolve(rules()); err != nil {
+				cfg = nil
 			}
 		}
 		return cfg, dirs, err

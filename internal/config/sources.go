@@ -26,6 +26,7 @@ type Sources struct {
 	watcher   *reload.Watcher[Set]
 	onPush    func(*Set, error)
 	opt       Options
+	check     func(*Set) error // SetCheck's; nil checks nothing
 }
 
 // NewSources loads path (when not "") and watches it as Watch does: onFiles sees every
@@ -58,6 +59,9 @@ func (s *Sources) buildFiles(files map[string][]byte, problems []Problem) (*Set,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	set, err := s.opt.parseWith(union(files, s.pushed), problems)
+	if err == nil && s.check != nil {
+		err = s.check(set)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -72,6 +76,9 @@ func (s *Sources) buildFiles(files map[string][]byte, problems []Problem) (*Set,
 func (s *Sources) Push(docs map[string][]byte) error {
 	s.mu.Lock()
 	set, err := s.opt.Parse(union(s.goodFiles, docs))
+	if err == nil && s.check != nil {
+		err = s.check(set)
+	}
 	if err == nil {
 		s.pushed = maps.Clone(docs)
 		s.cur.Store(set)
@@ -87,6 +94,17 @@ func union(a, b map[string][]byte) map[string][]byte {
 	maps.Copy(out, a)
 	maps.Copy(out, b)
 	return out
+}
+
+// SetCheck makes every later change (files reloaded, documents pushed) pass check
+// before its Set replaces the current one; a change check refuses fails as a
+// malformed one does, keeping the current Set. It checks what another loaded
+// configuration takes from this one (the authz file's abuse.penalty names a penalty
+// here), so a reload cannot take away what that configuration uses.
+func (s *Sources) SetCheck(check func(*Set) error) {
+	s.mu.Lock()
+	s.check = check
+	s.mu.Unlock()
 }
 
 // Current returns the current Set (nil before anything was loaded).
