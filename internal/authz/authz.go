@@ -600,6 +600,28 @@ func hv(k, v string) *corev3.HeaderValueOption {
 	return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}
 }
 
+// grpcCode is the CheckResponse status of a denial with HTTP status httpStatus, by
+// google.rpc.Code's meanings (docs/authz.md#answers): 409, a request with the same
+// Idempotency-Key still being decided, is a concurrency conflict to retry later
+// (ABORTED); 422, the key first used for another request, fails on the system's state
+// (what the key was first used for), not on the request alone (FAILED_PRECONDITION).
+// Anything else refused (403, a lockout) is PERMISSION_DENIED.
+func grpcCode(httpStatus int) codes.Code {
+	switch httpStatus {
+	case 400:
+		return codes.InvalidArgument
+	case 401:
+		return codes.Unauthenticated
+	case 409:
+		return codes.Aborted
+	case 422:
+		return codes.FailedPrecondition
+	case 429:
+		return codes.ResourceExhausted
+	}
+	return codes.PermissionDenied
+}
+
 // problem builds a denied response: p's status, problem body and Retry-After, after the
 // headers hdrs.
 func problem(p headers.Problem, hdrs []*corev3.HeaderValueOption) *authv3.CheckResponse {
@@ -607,17 +629,8 @@ func problem(p headers.Problem, hdrs []*corev3.HeaderValueOption) *authv3.CheckR
 		hdrs = append(hdrs, hv("Retry-After", ra))
 	}
 	hdrs = append(hdrs, hv("Content-Type", headers.ContentType))
-	grpcCode := codes.PermissionDenied
-	switch p.Status {
-	case 400:
-		grpcCode = codes.InvalidArgument
-	case 401:
-		grpcCode = codes.Unauthenticated
-	case 429:
-		grpcCode = codes.ResourceExhausted
-	}
 	return &authv3.CheckResponse{
-		Status: &rpcstatus.Status{Code: int32(grpcCode), Message: p.Detail},
+		Status: &rpcstatus.Status{Code: int32(grpcCode(p.Status)), Message: p.Detail},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status:  &typev3.HttpStatus{Code: typev3.StatusCode(p.Status)},
 			Headers: hdrs,

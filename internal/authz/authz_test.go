@@ -494,6 +494,9 @@ func TestIdempotencyKey(t *testing.T) {
 	if status(post) != 422 || problemBody(t, post)["violated_policy"] != "idempotency-key" {
 		t.Fatalf("the key reused for another route: %d %v", status(post), post)
 	}
+	if c := codes.Code(post.GetStatus().GetCode()); c != codes.FailedPrecondition {
+		t.Fatalf("the key reused for another route: gRPC status %s, want FailedPrecondition", c)
+	}
 	for _, k := range []string{strings.Repeat("k", 256), strings.Repeat("k", 1<<20)} {
 		if r := get(k); status(r) != 400 || !strings.Contains(problemBody(t, r)["detail"].(string), "the limit is 255") {
 			t.Fatalf("a key of %d bytes: %d %v", len(k), status(r), problemBody(t, r))

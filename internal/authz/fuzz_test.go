@@ -17,8 +17,9 @@ import (
 // FuzzCheck feeds arbitrary CheckRequests (as protobuf bytes, the way they arrive) to
 // the ext_authz server over gRPC: whatever Envoy or an attacker sends, nothing panics and
 // the answer is one docs/authz.md defines: an OkHttpResponse with status OK, a
-// DeniedHttpResponse of 401, 403 or 429 with the matching gRPC status
-// (Unauthenticated, PermissionDenied, ResourceExhausted), or the gRPC error UNAVAILABLE.
+// DeniedHttpResponse of 401, 403, 409, 422 or 429 with the matching gRPC status
+// (Unauthenticated, PermissionDenied, Aborted, FailedPrecondition, ResourceExhausted),
+// or the gRPC error UNAVAILABLE.
 // Anything else (Internal, Unknown, a denial without a body, a 500) fails.
 func FuzzCheck(f *testing.F) {
 	seeds := []*authv3.CheckRequest{
@@ -61,9 +62,11 @@ func definedAnswer(resp *authv3.CheckResponse, err error) error {
 	case resp.GetDeniedResponse() != nil:
 		http := resp.GetDeniedResponse().GetStatus().GetCode()
 		want, defined := map[typev3.StatusCode]codes.Code{
-			typev3.StatusCode_Unauthorized:    codes.Unauthenticated,
-			typev3.StatusCode_Forbidden:       codes.PermissionDenied,
-			typev3.StatusCode_TooManyRequests: codes.ResourceExhausted,
+			typev3.StatusCode_Unauthorized:        codes.Unauthenticated,
+			typev3.StatusCode_Forbidden:           codes.PermissionDenied,
+			typev3.StatusCode_TooManyRequests:     codes.ResourceExhausted,
+			typev3.StatusCode_Conflict:            codes.Aborted,
+			typev3.StatusCode_UnprocessableEntity: codes.FailedPrecondition,
 		}[http]
 		if !defined || code != want {
 			return fmt.Errorf("denied with HTTP %d and gRPC status %s", http, code)
