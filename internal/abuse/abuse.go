@@ -173,6 +173,18 @@ func (c *Config) Check() []error {
 	return errs
 }
 
+// Address is address a as the detectors charge it: the canonical text of the IP address
+// (an IPv4-mapped IPv6 address as IPv4, IPv6 in lower case and shortest form), and false
+// when a is not an IP address. ext_authz keys a source address so, and the admin API
+// reads an operator's spelling so, that both name one identity.
+func Address(a string) (string, bool) {
+	ip, err := netip.ParseAddr(a)
+	if err != nil {
+		return "", false
+	}
+	return ip.Unmap().String(), true
+}
+
 // NetworkOf is the network of address a under n's prefix lengths ("" for an address
 // that does not parse).
 func (n *Network) NetworkOf(a string) string {

@@ -1,7 +1,10 @@
 package admin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/abuse"
@@ -37,6 +40,9 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, *config.PenaltyPolicy, 
 	if h.cfg.Abuse == nil || h.cfg.Abuse.Penalty == nil || h.cfg.Abuse.Penalty() == "" {
 		return t, nil, bad("no abuse detectors are configured (the authz file's abuse: block)")
 	}
+	if err := repeated(q); err != nil {
+		return t, nil, err
+	}
 	if t.domain == "" {
 		return t, nil, bad("domain is missing")
 	}
@@ -47,10 +53,25 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, *config.PenaltyPolicy, 
 	if t.entries, err = ParseDescriptor(desc); err != nil {
 		return t, nil, err
 	}
-	t.hash = observe.IdentityHash(t.entries)
 	if k := t.entries[0].Key; len(t.entries) != 1 || (k != "remote_address" && k != "api_key_sha256" && k != "customer") {
 		return t, nil, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
 	}
+	// The identity as the detectors write it: another spelling of the same address or
+	// hash would read and lift a lockout nobody has, and answer "lifted".
+	switch e := &t.entries[0]; e.Key {
+	case "remote_address":
+		a, ok := abuse.Address(e.Value)
+		if !ok {
+			return t, nil, bad("remote_address %q is not an IP address", truncate(e.Value))
+		}
+		e.Value = a
+	case "api_key_sha256":
+		if _, err := hex.DecodeString(e.Value); err != nil || len(e.Value) != 2*sha256.Size {
+			return t, nil, bad("api_key_sha256 must be the key's SHA-256 in 64 hex digits, as in the key file")
+		}
+		e.Value = strings.ToLower(e.Value)
+	}
+	t.hash = observe.IdentityHash(t.entries)
 	set := h.cfg.Engine.Rules()
 	if set == nil {
 		return t, nil, bad("no configuration loaded")

@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -302,12 +303,27 @@ func truncate(s string) string {
 	return s
 }
 
+// repeated refuses a query giving one of the admin API's parameters twice: reading or
+// resetting only the first of two descriptors, and answering as if both were done,
+// would mislead the operator.
+func repeated(q url.Values) error {
+	for _, name := range []string{"domain", "descriptor", "quota"} {
+		if n := len(q[name]); n > 1 {
+			return bad("%s is given %d times; a request reads or resets one descriptor", name, n)
+		}
+	}
+	return nil
+}
+
 // resolve parses the query and matches it like the engine would.
 func (h *Handler) resolve(r *http.Request) (*target, error) {
 	q := r.URL.Query()
 	t := &target{domain: q.Get("domain")}
 	desc := q.Get("descriptor")
 	t.hash = ShortHash(desc)
+	if err := repeated(q); err != nil {
+		return t, err
+	}
 	if t.domain == "" {
 		return t, bad("domain is missing")
 	}

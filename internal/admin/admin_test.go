@@ -396,6 +396,10 @@ func TestBadQueries(t *testing.T) {
 		{"GET", "/admin/v1/quotas", query("domain", "saas", "descriptor", "path=/healthz"), 400, "exempt"},
 		{"POST", "/admin/v1/quotas", query("domain", "saas", "descriptor", "user=u"), 405, "method not allowed"},
 		{"GET", "/admin/v1/nothing", nil, 404, "no such admin endpoint"},
+		// One descriptor a request: a second one is refused, not silently left as it was.
+		{"DELETE", "/admin/v1/limits", url.Values{"domain": {"saas"}, "descriptor": {"ip=a", "ip=b"}}, 400, "descriptor is given 2 times"},
+		{"DELETE", "/admin/v1/quotas", url.Values{"domain": {"saas"}, "descriptor": {"user=u"}, "quota": {"monthly", "daily"}}, 400, "quota is given 2 times"},
+		{"GET", "/admin/v1/penalty", url.Values{"domain": {"saas", "other"}, "descriptor": {"ip=a"}}, 400, "domain is given 2 times"},
 	} {
 		var e struct{ Error string }
 		code := f.call(t, c.method, c.path, c.q, token, &e)

@@ -382,3 +382,78 @@ func TestAbuseDryRunEveryDetector(t *testing.T) {
 		t.Fatalf("spike in dry run: %+v", a)
 	}
 }
+
+// adminCall sends one admin API request about abuse (method, raw query) on the same
+// engine and record as abuseAdmin, and returns its status and answer.
+func (e *env) adminCall(t *testing.T, method, rawQuery string) (int, admin.AbuseAnswer, string) {
+	t.Helper()
+	h := admin.New(admin.Config{Engine: e.eng, Token: "tok", Abuse: &admin.Abuse{Penalty: func() string { return "abuse" }, Detections: e.srv.Detections()}})
+	r := httptest.NewRequest(method, "/admin/v1/abuse?"+rawQuery, nil)
+	r.Header.Set("Authorization", "Bearer tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var a admin.AbuseAnswer
+	if w.Code == http.StatusOK {
+		if err := json.Unmarshal(w.Body.Bytes(), &a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w.Code, a, w.Body.String()
+}
+
+// TestAbuseAdminSpellings: the admin API reads and lifts the lockout of an address or a
+// key hash however the operator spells it (IPv6 in capitals or written out, an
+// IPv4-mapped address, a hash in capitals), as the detectors charged it; an address or
+// hash that is none is refused (400), and so is a descriptor given twice. Before, another
+// spelling read "not locked" and DELETE answered "lifted" while the lockout stayed.
+func TestAbuseAdminSpellings(t *testing.T) {
+	e := setup(t, abuseYAML("  fanout: {window: 1m, max: 3, severity: 1}\n"))
+	for _, attacker := range []string{"2001:db8::9", "203.0.113.9"} {
+		for i := 1; i <= 5; i++ {
+			e.check(t, req("GET", "/v1/items/1", attacker, key(i)))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", attacker, map[string]string{"x-api-key": proKey})); status(r) != 403 {
+			t.Fatalf("%s after 5 keys: %d, want 403", attacker, status(r))
+		}
+	}
+	canonical := e.abuseAdmin(t, "remote_address=2001:db8::9")
+	if !canonical.Locked || len(canonical.Detections) != 2 {
+		t.Fatalf("the address as charged: %+v", canonical)
+	}
+	for _, spelling := range []string{"2001:DB8::9", "2001:0db8:0:0:0:0:0:9"} {
+		a := e.abuseAdmin(t, "remote_address="+spelling)
+		if !a.Locked || a.Identity != canonical.Identity || len(a.Detections) != 2 {
+			t.Fatalf("%s: locked %v identity %s (want %s), %d detections", spelling, a.Locked, a.Identity, canonical.Identity, len(a.Detections))
+		}
+	}
+	if a := e.abuseAdmin(t, "remote_address=::ffff:203.0.113.9"); !a.Locked {
+		t.Fatalf("an IPv4-mapped spelling: %+v", a)
+	}
+	for _, q := range []string{
+		"domain=edge&descriptor=remote_address=bogus",
+		"domain=edge&descriptor=remote_address=2001:db8::9/64",
+		"domain=edge&descriptor=api_key_sha256=abc",
+		"domain=edge&descriptor=api_key_sha256=" + strings.Repeat("z", 64),
+		"domain=edge&descriptor=remote_address=2001:db8::9&descriptor=remote_address=203.0.113.9",
+		"domain=edge&domain=other&descriptor=remote_address=2001:db8::9",
+	} {
+		if code, _, body := e.adminCall(t, "DELETE", q); code != http.StatusBadRequest {
+			t.Fatalf("DELETE %s: %d %s, want 400", q, code, body)
+		}
+	}
+	keySum := sum(proKey)
+	_, lower, _ := e.adminCall(t, "GET", "domain=edge&descriptor=api_key_sha256="+keySum)
+	if code, upper, body := e.adminCall(t, "GET", "domain=edge&descriptor=api_key_sha256="+strings.ToUpper(keySum)); code != 200 || upper.Identity != lower.Identity {
+		t.Fatalf("a hash in capitals: %d %s, identity %s want %s", code, body, upper.Identity, lower.Identity)
+	}
+	// Lifted under another spelling: the address is served again.
+	if code, a, body := e.adminCall(t, "DELETE", "domain=edge&descriptor=remote_address=2001:DB8:0::9"); code != 200 || !a.Lifted {
+		t.Fatalf("DELETE: %d %s", code, body)
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", "2001:db8::9", map[string]string{"x-api-key": proKey})); status(r) != 200 {
+		t.Fatalf("after the lift: %d, want 200", status(r))
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", "203.0.113.9", map[string]string{"x-api-key": proKey})); status(r) != 403 {
+		t.Fatalf("the other address is still locked out: %d, want 403", status(r))
+	}
+}

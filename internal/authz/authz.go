@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,8 +146,8 @@ func parseRequest(req *authv3.CheckRequest) *request {
 	}
 	r.rawPath, r.path = p, config.CleanPath(p)
 	if sa := attrs.GetSource().GetAddress().GetSocketAddress(); sa != nil {
-		if a, err := netip.ParseAddr(sa.GetAddress()); err == nil {
-			r.source = a.Unmap().String()
+		if a, ok := abuse.Address(sa.GetAddress()); ok {
+			r.source = a
 		}
 	}
 	return r
