@@ -41,7 +41,10 @@ const (
 	ReasonPenalty Reason = "penalty"
 	// ReasonQuota: a calendar quota decided.
 	ReasonQuota Reason = "quota"
-	// ReasonRate: a rate limit decided.
+	// ReasonRate: a rate limit decided. A refusal whose limit is not known is one too,
+	// as Problem answers it (429): a repeat of an idempotent request whose first refusal
+	// was by a limit the rules in force do not have (the record of another Engine or
+	// server on the store, configured otherwise).
 	ReasonRate Reason = "rate"
 	// ReasonIdempotency: the request's idempotency key refused it (CheckIdempotent): the
 	// key was first used by another request, or its first request is still being decided.
@@ -58,8 +61,8 @@ type Headers = headers.Families
 type Decision struct {
 	// Allowed reports whether the request passes (every descriptor).
 	Allowed bool
-	// Reason says what decided: an exemption, a penalty, a quota, a rate limit, or
-	// nothing (no rule matched).
+	// Reason says what decided: an exemption, a penalty, a quota, a rate limit, an
+	// idempotency key, or nothing (no rule matched); always one of the Reason constants.
 	Reason Reason
 	// Exemption is why an exempt request was (path, private_address, cidr, value).
 	Exemption string
@@ -97,6 +100,22 @@ type Decision struct {
 	has    bool
 }
 
+// reasonOf is the Reason of a reported decision of kind k. A reported decision without
+// a kind (KindNone: an idempotency key's refusal, named by the caller, or a limit no
+// stage claimed) reports a limit, and Problem answers it as a rate limit: ReasonRate,
+// never the kind's log name "none", which is no Reason.
+func reasonOf(k engine.Kind) Reason {
+	switch k {
+	case engine.KindExempt:
+		return ReasonExempt
+	case engine.KindPenalty:
+		return ReasonPenalty
+	case engine.KindQuota:
+		return ReasonQuota
+	}
+	return ReasonRate
+}
+
 // decisionOf is the answer to decisions (engine.Report).
 func decisionOf(decs []engine.Decision) Decision {
 	d := Decision{Allowed: true}
@@ -122,7 +141,13 @@ func decisionOf(decs []engine.Decision) Decision {
 	}
 	rep := engine.Report(decs)
 	if rep == nil {
-		// Nothing to report: exempt (every descriptor, or the first) or unmatched.
+		// Nothing to report: exempt (every descriptor, or the first) or unmatched; or a
+		// refusal replayed from an idempotency record whose limit these rules lack,
+		// which Problem answers as a rate limit.
+		if !d.Allowed {
+			d.Reason = ReasonRate
+			return d
+		}
 		for i := range decs {
 			if decs[i].Kind == engine.KindExempt {
 				d.Reason, d.Exemption = ReasonExempt, decs[i].Exempt
@@ -132,7 +157,7 @@ func decisionOf(decs []engine.Decision) Decision {
 		return d
 	}
 	d.report, d.has = *rep, true
-	d.Reason = Reason(rep.Kind.String())
+	d.Reason = reasonOf(rep.Kind)
 	if rep.Code == engine.CodeOverLimit && (rep.Idempotency == engine.IdemConflict || rep.Idempotency == engine.IdemInProgress) {
 		d.Reason = ReasonIdempotency
 	}

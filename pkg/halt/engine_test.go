@@ -499,3 +499,37 @@ func TestCheckIdempotent(t *testing.T) {
 		t.Errorf("after: remaining %d, want 2 (charged twice: the first call and the keyless one)", d.Remaining)
 	}
 }
+
+// TestReplayedRefusalReason: two Engines on one store, configured differently (a
+// rollout): a request refused by A's per-minute limit, repeated with its key on B, whose
+// rule lacks that limit, is B's replayed refusal with no limit to report. Its Reason was
+// "" (ReasonNone: "no rule matched; passes unlimited") on a refusal; it is ReasonRate,
+// as Problem answers it (429).
+func TestReplayedRefusalReason(t *testing.T) {
+	ctx := context.Background()
+	store := newStore(t)
+	rule := "domain: api\ndescriptors:\n  - key: user\n    idempotency_ttl: 10m\n    rate_limits:\n      - {unit: hour, requests_per_unit: 100}\n"
+	a, err := halt.New(store, halt.YAML(rule+"      - {unit: minute, requests_per_unit: 1}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := halt.New(store, halt.YAML(rule))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2030, 1, 1, 0, 0, 10, 0, time.UTC)
+	u := halt.D("user", "u1")
+	if d, err := a.CheckN(ctx, now, "", 1, u); err != nil || !d.Allowed {
+		t.Fatalf("first: %+v, %v", d, err)
+	}
+	if d, err := a.CheckIdempotent(ctx, now, "", "k", 1, u); err != nil || d.Allowed || d.Reason != halt.ReasonRate {
+		t.Fatalf("refused on A: %+v, %v", d, err)
+	}
+	d, err := b.CheckIdempotent(ctx, now, "", "k", 1, u)
+	if err != nil || d.Allowed || d.Idempotency != "replayed" {
+		t.Fatalf("repeat on B: %+v, %v; want the refusal replayed", d, err)
+	}
+	if st, _ := d.Problem(); d.Reason != halt.ReasonRate || st != http.StatusTooManyRequests {
+		t.Fatalf("repeat on B: Reason %q, Problem %d; want %q and 429", d.Reason, st, halt.ReasonRate)
+	}
+}
