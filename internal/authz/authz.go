@@ -102,10 +102,24 @@ type request struct {
 	// judge it, by the domain's exemptions.path_match.
 	method, path, rawPath, source string
 	// rawQuery is the URL's query string (a GraphQL GET carries its query there).
-	rawQuery  string
+	rawQuery string
+	// target is the path with its query as received (an idempotency key's scope).
+	target    string
 	headers   map[string]string
 	headerMap *corev3.HeaderMap
 	http      *authv3.AttributeContext_HttpRequest
+}
+
+// body is the request body Envoy sent (with_request_body: raw_body, else body), nil
+// for none.
+func (r *request) body() []byte {
+	if b := r.http.GetRawBody(); len(b) > 0 {
+		return b
+	}
+	if b := r.http.GetBody(); b != "" {
+		return []byte(b)
+	}
+	return nil
 }
 
 func (r *request) header(name string) string {
@@ -133,6 +147,7 @@ func parseRequest(req *authv3.CheckRequest) *request {
 	if p == "" {
 		p = r.header(":path")
 	}
+	r.target = p
 	if i := strings.IndexAny(p, "?#"); i >= 0 {
 		if p[i] == '?' {
 			r.rawQuery, _, _ = strings.Cut(p[i+1:], "#")
@@ -265,8 +280,11 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		if p, bad := headers.BadIdempotencyKey(k); bad {
 			return problem(p, nil), nil
 		}
+		// The key stands for this request only: its method, target and body (when
+		// Envoy sent one) must match too, or a reuse is a conflict.
+		scope := engine.IdempotencyScope(r.method, r.target, r.body())
 		for i := range descs {
-			descs[i].IdempotencyKey = k
+			descs[i].IdempotencyKey, descs[i].IdempotencyScope = k, scope
 		}
 	}
 	decisions := sc.decisions[:len(descs)]
@@ -303,10 +321,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 // priceGraphQL prices a GraphQL route's request: its result, or the 400 that refuses
 // it, naming the rule it broke (violated_policy graphql:RULE).
 func (s *Server) priceGraphQL(route *compiledRoute, r *request) (*graphql.Result, *authv3.CheckResponse) {
-	body := r.http.GetRawBody()
-	if len(body) == 0 && r.http.GetBody() != "" {
-		body = []byte(r.http.GetBody())
-	}
+	body := r.body()
 	res, err := route.pricer.Price(graphql.Request{
 		Method:      r.method,
 		ContentType: r.header("content-type"),

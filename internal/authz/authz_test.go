@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -504,5 +505,120 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 	if r := get(""); status(r) != 200 || remaining(r) != "1" {
 		t.Fatalf("a request without a key after them: %d %s, want 1 left (only the first was charged)", status(r), remaining(r))
+	}
+}
+
+// idemEnv serves the free plan with idempotency_ttl 1h (3 a minute).
+func idemEnv(t *testing.T) *env {
+	t.Helper()
+	limits := strings.Replace(limitsYAML, "  free:\n    rate_limit: {unit: minute, requests_per_unit: 3}", "  free:\n    idempotency_ttl: 1h\n    rate_limit: {unit: minute, requests_per_unit: 3}", 1)
+	if limits == limitsYAML {
+		t.Fatal("the free plan was not found in limitsYAML")
+	}
+	return setupWith(t, limits, authzYAML)
+}
+
+// TestIdempotencyKeyIsTheRequests: an Idempotency-Key stands for one request, its
+// method, path with query and body (when Envoy sends it): reused for another it is a
+// 422 conflict, charged nothing, never a replay of the first admission, so one key
+// cannot carry any number of requests past the limit.
+func TestIdempotencyKeyIsTheRequests(t *testing.T) {
+	e := idemEnv(t)
+	send := func(method, path, key, body string) *authv3.CheckResponse {
+		h := map[string]string{"x-api-key": freeKey}
+		if key != "" {
+			h["idempotency-key"] = key
+		}
+		r := req(method, path, public, h)
+		if body != "" {
+			r.Attributes.Request.Http.RawBody = []byte(body)
+		}
+		return e.check(t, r)
+	}
+	for i := range 50 {
+		r := send("GET", fmt.Sprintf("/v1/items/%d", i), "one-key", "")
+		if want := map[bool]int{true: 200, false: 422}[i == 0]; status(r) != want {
+			t.Fatalf("GET /v1/items/%d with the one key: %d, want %d", i, status(r), want)
+		}
+	}
+	for _, p := range []string{"/v1/items/0?page=2", "/v1/items/0/"} {
+		if r := send("GET", p, "one-key", ""); status(r) != 422 {
+			t.Fatalf("GET %s with the key of GET /v1/items/0: %d, want 422", p, status(r))
+		}
+	}
+	if r := send("GET", "/v1/items/0", "one-key", ""); status(r) != 200 {
+		t.Fatalf("the first request repeated: %d", status(r))
+	}
+	// The same route and cost with another body: a conflict; the same body: a replay.
+	if r := send("POST", "/v1/orders", "body-key", `{"q":"a"}`); status(r) != 200 {
+		t.Fatalf("POST with a body: %d", status(r))
+	}
+	if r := send("POST", "/v1/orders", "body-key", `{"q":"b"}`); status(r) != 422 {
+		t.Fatalf("the key reused with another body: %d, want 422", status(r))
+	}
+	if r := send("POST", "/v1/orders", "body-key", `{"q":"a"}`); status(r) != 200 {
+		t.Fatalf("the POST repeated: %d", status(r))
+	}
+	r := send("GET", "/v1/items/0", "", "")
+	if rem := headers(r.GetOkResponse().GetResponseHeadersToAdd())["X-RateLimit-Remaining"]; status(r) != 200 || rem != "0" {
+		t.Fatalf("a request without a key after them: %d remaining %q, want 200 and 0 (two keyed requests charged)", status(r), rem)
+	}
+	if r := send("GET", "/v1/items/1", "", ""); status(r) != 429 {
+		t.Fatalf("the fourth charged request: %d, want 429", status(r))
+	}
+}
+
+// TestIdempotencyKeyIsTheCustomers: the customers of a domain never see each other's
+// keys: carol's key sent by bob is bob's own, decided (and charged) for him.
+func TestIdempotencyKeyIsTheCustomers(t *testing.T) {
+	e := idemEnv(t)
+	send := func(apiKey string) *authv3.CheckResponse {
+		return e.check(t, req("GET", "/v1/items/1", public, map[string]string{"x-api-key": apiKey, "idempotency-key": "shared"}))
+	}
+	if r := send(platinumKey); status(r) != 200 {
+		t.Fatalf("carol: %d", status(r))
+	}
+	for i := range 2 {
+		r := send(freeKey)
+		if rem := headers(r.GetOkResponse().GetResponseHeadersToAdd())["X-RateLimit-Remaining"]; status(r) != 200 || rem != "2" {
+			t.Fatalf("bob with carol's key (%d): %d remaining %q, want 200 and 2 (his own request, charged once)", i, status(r), rem)
+		}
+	}
+}
+
+// TestIdempotencyKeyRefusalEnds: a refused request's key is replayed only until the
+// refusal's wait ends; a retry after it (as Retry-After told) is decided afresh.
+func TestIdempotencyKeyRefusalEnds(t *testing.T) {
+	e := idemEnv(t)
+	send := func(key string) *authv3.CheckResponse {
+		h := map[string]string{"x-api-key": freeKey}
+		if key != "" {
+			h["idempotency-key"] = key
+		}
+		return e.check(t, req("GET", "/v1/items/1", public, h))
+	}
+	for range 3 {
+		send("")
+	}
+	r := send("late")
+	after := headers(r.GetDeniedResponse().GetHeaders())["Retry-After"]
+	if status(r) != 429 || after != "60" {
+		t.Fatalf("over the limit: %d Retry-After %q, want 429 and 60", status(r), after)
+	}
+	e.clock.Add(30 * time.Second)
+	r = send("late")
+	if after := headers(r.GetDeniedResponse().GetHeaders())["Retry-After"]; status(r) != 429 || after != "30" {
+		t.Fatalf("the refusal repeated within its wait: %d Retry-After %q, want 429 and 30", status(r), after)
+	}
+	e.clock.Add(30 * time.Second)
+	if r := send("late"); status(r) != 200 {
+		t.Fatalf("the key retried after the refusal's wait: %d, want 200", status(r))
+	}
+	if r := send("late"); status(r) != 200 {
+		t.Fatalf("that admission repeated: %d", status(r))
+	}
+	r = send("")
+	if rem := headers(r.GetOkResponse().GetResponseHeadersToAdd())["X-RateLimit-Remaining"]; status(r) != 200 || rem != "1" {
+		t.Fatalf("after the admission: %d remaining %q, want 1 (the admission charged once)", status(r), rem)
 	}
 }

@@ -213,6 +213,12 @@ type Descriptor struct {
 	// key: a repeat gets the first decision and is not charged again. The reserved
 	// entry halt_idempotency_key sets it; ext_authz takes the Idempotency-Key header.
 	IdempotencyKey string
+	// IdempotencyScope is what identifies the HTTP request carrying IdempotencyKey
+	// (IdempotencyScope's digest of its method, target and body; "" for none, as over
+	// RLS, where the descriptors are the request). A repeat must match it too, so that
+	// one key cannot carry other requests past the limits: the key sent with another
+	// request is a conflict. Only its hash is stored.
+	IdempotencyScope string
 }
 
 // cost is what d charges under rule cost ruleCost: its hits times the cost, saturated

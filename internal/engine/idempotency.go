@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -60,12 +62,29 @@ const (
 	idemAnswered       // answered from the record (replayed, conflict, in progress)
 )
 
+// IdempotencyScope is the Descriptor.IdempotencyScope of an HTTP request: a digest of
+// its method, its target (path with query, as received) and its body when the caller
+// has one (nil: none, as ext_authz without with_request_body). ext_authz and the net/http
+// middleware both take it from here, so that they answer a reused key alike. The digest
+// is of fixed size whatever the body, and the request's values are never kept.
+func IdempotencyScope(method, target string, body []byte) string {
+	h := sha256.New()
+	_, _ = fmt.Fprintf(h, "%s\x00%d\x00%s\x00%d\x00", method, len(target), target, len(body))
+	_, _ = h.Write(body)
+	var sum [sha256.Size]byte
+	return string(h.Sum(sum[:0]))
+}
+
 // IdempotencyKeyOf appends the store key of idempotency key k for the i-th descriptor of
-// a call in domain, for calls of one kind (IdempotencyKind). The record is the domain's,
-// not one counter's: the same key sent for other counters is a conflict.
-func IdempotencyKeyOf(dst []byte, domain, k string, i int, kind byte) []byte {
+// a call in domain whose counters are identity (AppendIdentity), for calls of one kind
+// (IdempotencyKind). The record is the counters' (a short hash of their identity): the
+// customers of a domain never see each other's keys.
+func IdempotencyKeyOf(dst []byte, domain string, identity []byte, k string, i int, kind byte) []byte {
 	dst = appendEscaped(dst, domain)
 	dst = append(dst, "|@idem:"...)
+	sum := sha256.Sum256(identity)
+	dst = base64.RawURLEncoding.AppendEncode(dst, sum[:16])
+	dst = append(dst, '|')
 	dst = appendEscaped(dst, k)
 	dst = append(dst, '|')
 	dst = strconv.AppendInt(dst, int64(i), 10)
@@ -91,14 +110,15 @@ func IdempotencyKind(d *Descriptor, rule *config.Rule) byte {
 
 // recordKey is the store key of descriptor i's idempotency record.
 func recordKey(domain string, descs []Descriptor, decisions []Decision, i int) string {
-	d := &descs[i]
-	return string(IdempotencyKeyOf(nil, domain, d.IdempotencyKey, i, IdempotencyKind(d, decisions[i].Rule)))
+	d, rule := &descs[i], decisions[i].Rule
+	return string(IdempotencyKeyOf(nil, domain, AppendIdentity(nil, domain, d.Entries, rule), d.IdempotencyKey, i, IdempotencyKind(d, rule)))
 }
 
 // fingerprint is what a call with an idempotency key asks, as its records keep it
 // (algorithms.Once's Limit.Requests, 1 to MaxRequests): every keyed descriptor's counters
-// (its rule and identity), hits and charge mode, so that the key sent for another route
-// or cost is a conflict on each of them. The same on every replica of one configuration.
+// (its rule and identity), hits, charge mode and request (IdempotencyScope), so that the
+// key sent for another request, route or cost is a conflict on each of them. The same on
+// every replica of one configuration.
 func fingerprint(domain string, descs []Descriptor, decisions []Decision, idem []uint8) int64 {
 	h := fnv.New64a()
 	for i := range descs {
@@ -108,7 +128,7 @@ func fingerprint(domain string, descs []Descriptor, decisions []Decision, idem [
 		d, rule := &descs[i], decisions[i].Rule
 		_, _ = fmt.Fprintf(h, "%d|", i)
 		_, _ = h.Write(AppendIdentity(nil, domain, d.Entries, rule))
-		_, _ = fmt.Fprintf(h, "|%s|%d|%t|%t\n", rule.Name, d.Hits, d.Refund, d.Report)
+		_, _ = fmt.Fprintf(h, "|%s|%d|%t|%t|%d|%s\n", rule.Name, d.Hits, d.Refund, d.Report, len(d.IdempotencyScope), d.IdempotencyScope)
 	}
 	return int64(h.Sum64()%uint64(algorithms.MaxRequests)) + 1
 }
@@ -254,7 +274,8 @@ func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int6
 }
 
 // recordIdempotency records the decision of every descriptor that claimed its key, for
-// its rule's idempotency_ttl. A record that fails leaves the claim, which ends after
+// its rule's idempotency_ttl; a refusal only until its wait ends (a "never" refusal for
+// the TTL). A record that fails leaves the claim, which ends after
 // IdemClaim: a retry is then decided (and charged) again.
 func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
 	var ops []backends.Op
@@ -271,15 +292,24 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 			continue
 		}
 		wait := dec.Result.ResetAfter
+		end := nowUS + dec.Rule.Charges.IdempotencyTTL.Microseconds()
 		if dec.Code != CodeOK {
 			wait = max(dec.Result.Wait(), 0)
+			if dec.Result.RetryAfter >= 0 {
+				// A refusal holds only until its wait ends: a retry after it is decided
+				// afresh, as the client was told it may be ("never" is kept the TTL).
+				if wait <= 0 {
+					release = append(release, recordKey(domain, descs, decisions, i))
+					continue
+				}
+				end = min(end, nowUS+wait)
+			}
 		}
 		ops = append(ops, backends.Op{
 			Key:       recordKey(domain, descs, decisions, i),
 			Algorithm: algorithms.Once,
-			Limit: algorithms.Limit{Requests: sc.idemFP, Period: min(max(wait, 0), algorithms.MaxPeriod),
-				WindowEnd: nowUS + dec.Rule.Charges.IdempotencyTTL.Microseconds()},
-			Cost: packDecision(dec),
+			Limit:     algorithms.Limit{Requests: sc.idemFP, Period: min(max(wait, 0), algorithms.MaxPeriod), WindowEnd: end},
+			Cost:      packDecision(dec),
 		})
 	}
 	if len(release) > 0 {

@@ -34,9 +34,10 @@ func keyed(k string, x engine.Descriptor) engine.Descriptor {
 }
 
 // TestIdempotentRequests: a request carrying an idempotency key is decided once; a repeat
-// gets the first decision and is not charged; the key sent with another cost or for
-// other counters is a conflict, charged nothing; the record ends with idempotency_ttl; a
-// rule without idempotency_ttl ignores keys (issue 17 item 5).
+// gets the first decision and is not charged; the key sent with another cost or request
+// is a conflict, charged nothing, and for other counters is theirs; a refusal is replayed
+// until its wait ends; the record ends with idempotency_ttl; a rule without
+// idempotency_ttl ignores keys (issue 17 item 5).
 func TestIdempotentRequests(t *testing.T) {
 	f := newFixture(t, idemConfig)
 	left := func(kv ...string) int64 {
@@ -59,28 +60,48 @@ func TestIdempotentRequests(t *testing.T) {
 	if first, replayed := promtest.ToFloat64(f.m.Idempotency.WithLabelValues("first")), promtest.ToFloat64(f.m.Idempotency.WithLabelValues("replayed")); first != 1 || replayed != 3 {
 		t.Fatalf("halt_idempotency_total first %v replayed %v, want 1 and 3", first, replayed)
 	}
-	// The key with another cost, or for another identity: a conflict, charged nothing.
-	for _, x := range []engine.Descriptor{d(2, "pay", "u"), d(1, "pay", "v")} {
-		if dec := f.one(t, keyed("k1", x)); dec.Code != engine.CodeOverLimit || dec.Idempotency != engine.IdemConflict {
-			t.Fatalf("conflict %v: %+v", x.Entries, dec)
+	// The key with another cost, or for another request (IdempotencyScope): a conflict,
+	// charged nothing.
+	other := keyed("k1", d(1, "pay", "u"))
+	other.IdempotencyScope = engine.IdempotencyScope("GET", "/v1/items/1", nil)
+	for _, x := range []engine.Descriptor{keyed("k1", d(2, "pay", "u")), other} {
+		if dec := f.one(t, x); dec.Code != engine.CodeOverLimit || dec.Idempotency != engine.IdemConflict {
+			t.Fatalf("conflict %v %x: %+v", x.Entries, x.IdempotencyScope, dec)
 		}
 	}
-	if left("pay", "u") != 2 || left("pay", "v") != 3 {
+	if left("pay", "u") != 2 {
 		t.Fatal("a conflict was charged")
 	}
-	// A refusal is recorded too: the repeat is refused without a charge.
+	// The key sent for other counters (another customer) is theirs: decided on its own,
+	// never a conflict with (nor a replay of) the first customer's request.
+	if dec := f.one(t, keyed("k1", d(1, "pay", "v"))); dec.Code != engine.CodeOK || dec.Idempotency != engine.IdemNone || dec.Result.Remaining != 2 {
+		t.Fatalf("k1 for other counters: %+v", dec)
+	}
+	if left("pay", "u") != 2 || left("pay", "v") != 2 {
+		t.Fatal("k1 for other counters was not charged once to them")
+	}
+	// A refusal is replayed until its wait ends, then the key decides afresh (the client
+	// was told it may retry then).
 	f.one(t, keyed("k2", d(2, "pay", "u")))
 	refused := f.one(t, keyed("k3", d(1, "pay", "u")))
-	if refused.Code != engine.CodeOverLimit {
+	if refused.Code != engine.CodeOverLimit || refused.Result.RetryAfter != (20*time.Second).Microseconds() {
 		t.Fatalf("k3 with nothing left: %+v", refused)
 	}
-	f.clock.Add(20 * time.Second) // one token back
+	f.clock.Add(19 * time.Second)
 	again := f.one(t, keyed("k3", d(1, "pay", "u")))
-	if again.Code != engine.CodeOverLimit || again.Idempotency != engine.IdemReplayed || again.Result.Remaining != 0 {
-		t.Fatalf("repeat of a refusal: %+v", again)
+	if again.Code != engine.CodeOverLimit || again.Idempotency != engine.IdemReplayed || again.Result.Remaining != 0 || again.Result.RetryAfter != time.Second.Microseconds() {
+		t.Fatalf("repeat of a refusal within its wait: %+v", again)
 	}
-	if n := left("pay", "u"); n != 1 {
-		t.Fatalf("%d left, want the token refilled", n)
+	f.clock.Add(time.Second) // one token back: the wait is over
+	again = f.one(t, keyed("k3", d(1, "pay", "u")))
+	if again.Code != engine.CodeOK || again.Idempotency != engine.IdemNone || again.Result.Remaining != 0 {
+		t.Fatalf("k3 after the refusal's wait: %+v", again)
+	}
+	if dec := f.one(t, keyed("k3", d(1, "pay", "u"))); dec.Code != engine.CodeOK || dec.Idempotency != engine.IdemReplayed {
+		t.Fatalf("k3's admission repeated: %+v", dec)
+	}
+	if n := left("pay", "u"); n != 0 {
+		t.Fatalf("%d left, want the refilled token taken by k3 once", n)
 	}
 	// The reserved entry carries the key as the field does.
 	viaEntry := d(2, "pay", "u", engine.IdempotencyEntry, "k2")

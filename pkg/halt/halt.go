@@ -227,35 +227,54 @@ func (h *Engine) domain(d string) (string, error) {
 // An error wraps ErrInvalid (a malformed request: no descriptors, an empty key, a value
 // over 1024 bytes), ErrStoreUnavailable (FailError) or ctx's error.
 func (h *Engine) Check(ctx context.Context, domain string, descs ...Descriptor) (Decision, error) {
-	return h.check(ctx, time.Time{}, false, domain, 1, "", descs)
+	return h.check(ctx, time.Time{}, false, domain, 1, "", "", descs)
 }
 
 // CheckN decides one request at the instant now, counting n hits on each descriptor (n
 // = 0 only looks), in the manner of x/time/rate's AllowN: tests pass the time instead of
 // sleeping. It never holds a shaped request: Decision.Delay says how long to.
 func (h *Engine) CheckN(ctx context.Context, now time.Time, domain string, n uint64, descs ...Descriptor) (Decision, error) {
-	return h.check(ctx, now, true, domain, n, "", descs)
+	return h.check(ctx, now, true, domain, n, "", "", descs)
 }
 
 // CheckIdempotent is CheckN for a request carrying idempotency key key (an
 // Idempotency-Key header; "" for none), on every descriptor, as ext_authz decides it:
 // under a rule with idempotency_ttl the request is decided once, and a repeat within
 // that time gets the first decision again and is not charged again (Decision.Idempotency
-// says "replayed"). The key sent with another request (other descriptors or n) is
-// refused as a conflict, and a repeat while the first is still being decided as in
+// says "replayed"); a refusal is replayed only until its wait ends. A key is the
+// descriptors' own: the same key sent for other counters is another key. The key sent
+// with other hits (n) or charge mode is refused as a conflict, and a repeat while the first is still being decided as in
 // progress; neither is charged, and Decision.Problem answers them 422 and 409. The
 // record lives in the store, next to the counters, so a repeat is recognised on every
 // Engine and server sharing the store. A key longer than MaxIdempotencyKey is an error
-// wrapping ErrInvalid, before anything is stored.
+// wrapping ErrInvalid, before anything is stored. A repeat is matched on the
+// descriptors and n only: for an HTTP request, use CheckIdempotentRequest.
 func (h *Engine) CheckIdempotent(ctx context.Context, now time.Time, domain, key string, n uint64, descs ...Descriptor) (Decision, error) {
-	return h.check(ctx, now, true, domain, n, key, descs)
+	return h.check(ctx, now, true, domain, n, key, "", descs)
+}
+
+// CheckIdempotentRequest is CheckIdempotent for the HTTP request whose scope is scope
+// (IdempotencyScope of its method, target and body): a repeat must be that request
+// too, so the key sent with another path, query or body is refused as a conflict (the
+// IETF idempotency-key draft's 422) instead of replaying the first decision, which
+// would carry any number of requests past the limits under one key. The net/http
+// middleware checks each request so, as ext_authz does.
+func (h *Engine) CheckIdempotentRequest(ctx context.Context, now time.Time, domain, key, scope string, n uint64, descs ...Descriptor) (Decision, error) {
+	return h.check(ctx, now, true, domain, n, key, scope, descs)
+}
+
+// IdempotencyScope is the scope of an HTTP request for CheckIdempotentRequest: a
+// fixed-size digest of its method (upper case), its target (the path with its query, as
+// received) and its body (nil when it is not read), computed as ext_authz computes it.
+func IdempotencyScope(method, target string, body []byte) string {
+	return engine.IdempotencyScope(method, target, body)
 }
 
 // MaxIdempotencyKey bounds an idempotency key, in bytes (the IETF draft's keys are UUIDs
 // and the like): the server's bound.
 const MaxIdempotencyKey = engine.MaxIdempotencyKey
 
-func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain string, n uint64, key string, descs []Descriptor) (Decision, error) {
+func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain string, n uint64, key, scope string, descs []Descriptor) (Decision, error) {
 	domain, err := h.domain(domain)
 	if err != nil {
 		return Decision{}, err
@@ -286,7 +305,7 @@ func (h *Engine) check(ctx context.Context, now time.Time, explicit bool, domain
 		for _, e := range d {
 			sc.entries = append(sc.entries, config.Entry{Key: e.Key, Value: e.Value})
 		}
-		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: n, IdempotencyKey: key}
+		sc.descs[i] = engine.Descriptor{Entries: sc.entries[first:len(sc.entries):len(sc.entries)], Hits: n, IdempotencyKey: key, IdempotencyScope: scope}
 	}
 	if explicit {
 		_, err = h.eng.CheckAt(ctx, now, domain, sc.descs, sc.decs)

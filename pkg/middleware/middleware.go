@@ -25,9 +25,11 @@
 package middleware
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -309,8 +311,18 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		writeProblem(w, p.Status, p.Body())
 		return
 	}
+	scope := ""
+	if key != "" {
+		body, err := peekBody(r)
+		if err != nil {
+			clear(sc.entries)
+			m.fail(w, r, http.StatusBadRequest, fmt.Errorf("reading the body of a request with an Idempotency-Key: %w", err))
+			return
+		}
+		scope = halt.IdempotencyScope(strings.ToUpper(r.Method), requestTarget(r), body)
+	}
 	ctx := r.Context()
-	d, err := m.h.CheckIdempotent(ctx, m.h.Now(), m.s.domain, key, uint64(n), sc.descs...)
+	d, err := m.h.CheckIdempotentRequest(ctx, m.h.Now(), m.s.domain, key, scope, uint64(n), sc.descs...)
 	clear(sc.entries) // the request's values: not kept past it
 	switch {
 	case err == nil:
@@ -351,6 +363,43 @@ func idempotencyKey(h http.Header) string {
 		return vs[0]
 	}
 	return strings.Join(vs, ",")
+}
+
+// MaxIdempotencyBody bounds how much of the body of a request with an Idempotency-Key
+// the middleware reads to tell the request apart from another sent with the same key:
+// past it only the first MaxIdempotencyBody bytes count, as Envoy's ext_authz
+// with_request_body sends at most max_request_bytes.
+const MaxIdempotencyBody = 1 << 20
+
+// peekBody reads up to MaxIdempotencyBody bytes of r's body (nil for none) and puts them
+// back in front of the rest, so the handler reads the body whole.
+func peekBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, MaxIdempotencyBody))
+	if err != nil {
+		return nil, err
+	}
+	r.Body = readCloser{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+	if len(b) == 0 {
+		return nil, nil
+	}
+	return b, nil
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// requestTarget is r's target as received (its path with query), as Envoy hands
+// ext_authz its :path.
+func requestTarget(r *http.Request) string {
+	if r.RequestURI != "" {
+		return r.RequestURI
+	}
+	return r.URL.RequestURI()
 }
 
 // idempotencyHeader is the canonical form of headers.IdempotencyKeyHeader (already so).

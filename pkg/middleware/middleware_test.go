@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -644,4 +645,56 @@ func TestIdempotencyKeyInProgress(t *testing.T) {
 	wantAnswer(t, "first", <-first, 200, "1")
 	wantAnswer(t, "repeat after it", keyed(s, "", "req-1"), 200, "1")
 	wantAnswer(t, "no key", keyed(s, ""), 200, "0")
+}
+
+// TestIdempotencyKeyIsTheRequests: as in ext_authz, an Idempotency-Key stands for one
+// request, its method, path with query and body: reused for another it is 422 and not
+// charged, never the first request's admission again. The handler still reads the body
+// whole, however long.
+func TestIdempotencyKeyIsTheRequests(t *testing.T) {
+	h, _ := newEngine(t, halt.YAML(strings.Replace(idempotent, "requests_per_unit: 2", "requests_per_unit: 5", 1)), nil)
+	m, err := middleware.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("the handler reading the body: %v", err)
+		}
+		fmt.Fprintf(w, "%d", len(b))
+	}))
+	send := func(method, target, key, body string) *httptest.ResponseRecorder {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		r := httptest.NewRequest(method, target, rd)
+		r.RemoteAddr = "203.0.113.7:5555"
+		r.Header.Set("Idempotency-Key", key)
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		return w
+	}
+	wantAnswer(t, "first", send("GET", "/v1/items/0", "k", ""), 200, "4")
+	for i := 1; i < 20; i++ {
+		wantAnswer(t, fmt.Sprintf("GET /v1/items/%d with the key", i), send("GET", fmt.Sprintf("/v1/items/%d", i), "k", ""), 422, "")
+	}
+	wantAnswer(t, "another query", send("GET", "/v1/items/0?page=2", "k", ""), 422, "")
+	wantAnswer(t, "another method", send("DELETE", "/v1/items/0", "k", ""), 422, "")
+	wantAnswer(t, "the first again", send("GET", "/v1/items/0", "k", ""), 200, "4")
+
+	long := strings.Repeat("x", middleware.MaxIdempotencyBody+10)
+	w := send("POST", "/v1/items", "b", long)
+	wantAnswer(t, "a long body", w, 200, "3")
+	if w.Body.String() != fmt.Sprint(len(long)) {
+		t.Fatalf("the handler read %s bytes of %d", w.Body, len(long))
+	}
+	wantAnswer(t, "another body", send("POST", "/v1/items", "b", "short"), 422, "")
+	w = send("POST", "/v1/items", "b", long)
+	wantAnswer(t, "the long body again", w, 200, "3")
+	if w.Body.String() != fmt.Sprint(len(long)) {
+		t.Fatalf("repeat: the handler read %s bytes of %d", w.Body, len(long))
+	}
+	wantAnswer(t, "no key", send("GET", "/v1/items/0", "", ""), 200, "2")
 }
