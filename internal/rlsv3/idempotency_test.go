@@ -31,6 +31,9 @@ descriptors:
   - key: api_key
     idempotency_ttl: 10m
     rate_limit: {unit: minute, requests_per_unit: 1000, algorithm: token_bucket}
+  - key: tight
+    idempotency_ttl: 10m
+    rate_limit: {unit: minute, requests_per_unit: 1, algorithm: token_bucket}
 `
 
 // TestIdempotencyOnEveryStore: three replicas on one store, 30 clients (at once, except
@@ -38,7 +41,8 @@ descriptors:
 // entry) to every replica in turn, all at once, retrying while the answer is "in
 // progress": each request is charged exactly once and every answer is its first
 // decision. The key reused with another cost is a conflict (OVER_LIMIT, halt-idempotency:
-// conflict), and a key of 1 MB is refused with INVALID_ARGUMENT.
+// conflict), and a key of 1 MB is refused with INVALID_ARGUMENT. Another customer's
+// request with the same key is its own; a refusal is replayed only until its wait ends.
 func TestIdempotencyOnEveryStore(t *testing.T) {
 	set, err := config.Parse(map[string][]byte{"pay.yaml": []byte(idemYAML)})
 	if err != nil {
@@ -156,6 +160,42 @@ func TestIdempotencyOnEveryStore(t *testing.T) {
 			chk, err = call(clients[0], "", 1)
 			if err != nil || chk.Statuses[0].LimitRemaining != 788 {
 				t.Fatalf("after the conflict and the huge key: %v %v, want 788 left", err, chk)
+			}
+			// Another customer sending that key: its own request, decided and charged
+			// for it, never a conflict with (nor a replay of) the first customer's.
+			other := func(key string) (*rlspb.RateLimitResponse, error) {
+				return clients[2].ShouldRateLimit(ctx, &rlspb.RateLimitRequest{Domain: "pay", HitsAddend: 7, Descriptors: []*rlcommon.RateLimitDescriptor{{
+					Entries: []*rlcommon.RateLimitDescriptor_Entry{{Key: "api_key", Value: "other-" + unique}, {Key: engine.IdempotencyEntry, Value: key}}}}})
+			}
+			for try := range 2 {
+				resp, err = other(fmt.Sprintf("req-%s-0", unique))
+				if err != nil || resp.OverallCode != rlspb.RateLimitResponse_OK || idemHeader(resp) != "" || resp.Statuses[0].LimitRemaining != 993 {
+					t.Fatalf("another customer with the key (%d): %v %v %q, want OK with 993 left", try, err, resp.GetOverallCode(), idemHeader(resp))
+				}
+			}
+			// A refusal is replayed only until its wait ends; then the key decides afresh.
+			tight := func(key string) (*rlspb.RateLimitResponse, error) {
+				entries := []*rlcommon.RateLimitDescriptor_Entry{{Key: "tight", Value: user}}
+				if key != "" {
+					entries = append(entries, &rlcommon.RateLimitDescriptor_Entry{Key: engine.IdempotencyEntry, Value: key})
+				}
+				return clients[0].ShouldRateLimit(ctx, &rlspb.RateLimitRequest{Domain: "pay", HitsAddend: 1, Descriptors: []*rlcommon.RateLimitDescriptor{{Entries: entries}}})
+			}
+			if resp, err = tight(""); err != nil || resp.OverallCode != rlspb.RateLimitResponse_OK {
+				t.Fatalf("tight: %v %v", err, resp.GetOverallCode())
+			}
+			for i, step := range []struct {
+				after time.Duration
+				want  rlspb.RateLimitResponse_Code
+			}{{0, rlspb.RateLimitResponse_OVER_LIMIT}, {30 * time.Second, rlspb.RateLimitResponse_OVER_LIMIT}, {30 * time.Second, rlspb.RateLimitResponse_OK}, {0, rlspb.RateLimitResponse_OK}} {
+				clock.Add(step.after)
+				resp, err = tight("late-" + unique)
+				if err != nil || resp.OverallCode != step.want {
+					t.Fatalf("tight with a key, step %d (+%v): %v %v, want %v", i, step.after, err, resp.GetOverallCode(), step.want)
+				}
+			}
+			if resp, err = tight(""); err != nil || resp.OverallCode != rlspb.RateLimitResponse_OVER_LIMIT {
+				t.Fatalf("tight after the keyed admission: %v %v, want OVER_LIMIT (charged once)", err, resp.GetOverallCode())
 			}
 		})
 	}
