@@ -641,8 +641,11 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 			}
 			continue
 		}
-		// A report-only op (issue 17) is never refused, so it refuses nothing either.
-		if op.Err == nil && sc.costs[k] > 0 && !op.Limit.Report && op.Result.Remaining < sc.costs[k] && (rule == nil || !rule.ShadowMode) {
+		// A report-only op (issue 17) is never refused, so it refuses nothing either. A
+		// local-first op also carries the hits other calls were admitted for locally
+		// (its ticket's Flush): the call is judged on its own cost.
+		own := sc.costs[k] - sc.tickets[k].Flush
+		if op.Err == nil && own > 0 && !op.Limit.Report && op.Result.Remaining < own && (rule == nil || !rule.ShadowMode) {
 			sc.refuses[k] = true
 			sc.over[sc.owners[k]] = true
 		}
@@ -656,8 +659,12 @@ func (e *Engine) stopIncrement(ctx context.Context, nowUS int64, sc *scratch, de
 		op.Result, op.Err = algorithms.Result{}, nil
 		// A refund and a report-only charge are not increments a refusal may spare: a
 		// charge after the response is always recorded (issue 17).
+		// The hits a local-first op carries for calls admitted earlier are owed whatever
+		// this call's answer: a refusal spares only its own cost.
 		if !refused || sc.refuses[k] || sc.costs[k] < 0 || op.Limit.Report {
 			op.Cost = sc.costs[k]
+		} else {
+			op.Cost = sc.tickets[k].Flush
 		}
 	}
 	return nil

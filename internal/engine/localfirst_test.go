@@ -391,6 +391,37 @@ descriptors:
 	if f.store.rounds-rounds != 4 || f.store.ops-ops != 4 {
 		t.Fatalf("%d store rounds, %d ops for two calls: want 4, 4 (hot never sent)", f.store.rounds-rounds, f.store.ops-ops)
 	}
+
+	// Calls tight refuses go on until hot's local budget is spent and its op goes to the
+	// store, carrying the hits admitted locally since the grant: those are owed whatever
+	// this call's answer, so the store must count every hot hit admitted locally (and
+	// not this call's own, spared by the refusal).
+	charged := int64(3) // the grant's hit and the two calls' above
+	for i := 0; ; i++ {
+		if i == 1000 {
+			t.Fatal("hot never went back to the store")
+		}
+		ops := f.store.ops
+		if _, over := f.mustCheck(t, d(1, "hot", "h"), d(1, "tight", "x")); !over {
+			t.Fatalf("call %d: tight did not refuse", i)
+		}
+		if f.store.ops-ops == 2 { // tight's read and decide only: hot decided locally
+			charged++
+			continue
+		}
+		break
+	}
+	if err := f.e.SyncLocalFirst(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	key := engine.LimitKey(nil, "d", []config.Entry{{Key: "hot", Value: "h"}}, nil, algorithms.FixedWindow, 60_000_000)
+	read := &backends.Op{Key: string(key), Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 10000, Period: 60_000_000}}
+	if err := f.store.Store.Apply(context.Background(), f.clock.Now().UnixMicro(), []*backends.Op{read}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read.Result.Limit - read.Result.Remaining; got != charged {
+		t.Fatalf("the store counts %d hot hits, want the %d admitted (hits admitted locally were lost with a spared op)", got, charged)
+	}
 }
 
 // TestLocalFirstOutage: with the store down, a local-first limit keeps deciding from
