@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"runtime/debug"
 	"sort"
@@ -388,10 +389,10 @@ func (b *builder) mergeDomain(d *domain, fc *fileCfg, line, col int) {
 	// without its own failure mode takes the domain's, quotas take its zone), so every
 	// file must say the same; exemptions are looked up per call and may come from one.
 	if fc.failureMode != d.failureMode {
-		conflict("failure_mode", orNone(string(d.failureMode)), orNone(string(fc.failureMode)))
+		conflict("failure_mode", cmp.Or(string(d.failureMode), "none"), cmp.Or(string(fc.failureMode), "none"))
 		ok = false
 	}
-	if name := orUTC(fc.timeZoneName); name != ed.TimeZone {
+	if name := cmp.Or(fc.timeZoneName, "UTC"); name != ed.TimeZone {
 		conflict("time_zone", ed.TimeZone, name)
 		ok = false
 	}
@@ -427,20 +428,6 @@ func (b *builder) mergeDomain(d *domain, fc *fileCfg, line, col int) {
 		added[i].File = fc.name
 	}
 	ed.Descriptors = append(ed.Descriptors, added...)
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
-}
-
-func orUTC(s string) string {
-	if s == "" {
-		return "UTC"
-	}
-	return s
 }
 
 // level builds the children of parent from descs; levels and names are the path so far.

@@ -322,14 +322,7 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 	for k := range ops {
 		ptrs[k] = &ops[k]
 	}
-	err := e.cfg.Store.Apply(ctx, nowUS, ptrs)
-	for k := range ops {
-		if err == nil && ops[k].Err != nil {
-			err = ops[k].Err
-		}
-	}
-	if err != nil {
-		e.cfg.Metrics.StoreErrors.WithLabelValues(e.cfg.StoreName).Inc()
+	if err := e.applyOps(ctx, nowUS, ptrs); err != nil {
 		e.logFailure("idempotency decision not recorded; the key stays in progress until its claim ends", domain, err)
 	}
 }

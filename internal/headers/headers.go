@@ -4,6 +4,7 @@
 package headers
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -109,22 +110,15 @@ func (f Families) Render(v *Values, add func(name, value string)) {
 	rem := strconv.FormatInt(v.Remaining, 10)
 	reset := strconv.FormatInt(Seconds(v.ResetUS), 10)
 	if f.XRateLimit {
-		add(or(f.XNames.Limit, XLimit), limit)
-		add(or(f.XNames.Remaining, XRemaining), rem)
-		add(or(f.XNames.Reset, XReset), reset)
+		add(cmp.Or(f.XNames.Limit, XLimit), limit)
+		add(cmp.Or(f.XNames.Remaining, XRemaining), rem)
+		add(cmp.Or(f.XNames.Reset, XReset), reset)
 	}
 	if f.IETF {
 		name := PolicyName(v.Policy)
 		add("RateLimit-Policy", `"`+name+`";q=`+limit+";w="+strconv.FormatInt(Seconds(v.WindowUS), 10))
 		add("RateLimit", `"`+name+`";r=`+rem+";t="+reset)
 	}
-}
-
-func or(name, def string) string {
-	if name == "" {
-		return def
-	}
-	return name
 }
 
 // Seconds rounds a wait in microseconds up to whole seconds, as HTTP's Retry-After and
