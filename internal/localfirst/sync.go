@@ -105,12 +105,17 @@ func (l *Layer) Sync(ctx context.Context, now int64, all bool) error {
 		l.m.LocalFirstReplicas.Set(float64(l.replicas.n()))
 	}
 	var refit []*pass
+	// An error of the whole round (no op has its own) is every op's.
+	wholeErr := err
+	if anyErr(ops) {
+		wholeErr = nil
+	}
 	for i := range passes {
 		p := &passes[i]
 		p.e.ops.Inc()
 		opErr := p.op.Err
-		if opErr == nil && err != nil && !anyErr(ops) {
-			opErr = err
+		if opErr == nil {
+			opErr = wholeErr
 		}
 		p.e.mu.Lock()
 		p.e.settle(p.flush, p.seq, &p.op.Result, opErr, now, l.replicas)
