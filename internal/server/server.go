@@ -515,8 +515,6 @@ const (
 	authzMethod = "/envoy.service.auth.v3.Authorization/Check"
 )
 
-// inCooldown refuses a new gRPC connection whose source address was caught resetting
-// streams (rapid reset) a moment ago.
 // UnixPrefix starts a listen address that is a unix socket's path ("unix:/run/halt.sock").
 const UnixPrefix = "unix:"
 
@@ -551,6 +549,8 @@ func listenAddr(addr string) (net.Listener, error) {
 	return l, nil
 }
 
+// inCooldown refuses a new gRPC connection whose source address was caught resetting
+// streams (rapid reset) a moment ago.
 func (s *Server) inCooldown(c net.Conn) bool {
 	if !s.cool.blocked(sourceOf(c)) {
 		return false

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"sort"
 	"sync"
 	"time"
 
@@ -207,23 +206,4 @@ func (c *Controller) Run(ctx context.Context, rules func() []*config.Rule, tick 
 		case <-t.C:
 		}
 	}
-}
-
-// Factors lists the factor in force of every rule evaluated, for /config and logs:
-// "domain/rule" -> factor, sorted by name.
-func (c *Controller) Factors() []NamedFactor {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]NamedFactor, 0, len(c.rules))
-	for k, s := range c.rules {
-		out = append(out, NamedFactor{Key: k, Factor: s.factor})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out
-}
-
-// NamedFactor is one rule's factor in force.
-type NamedFactor struct {
-	Key    string
-	Factor float64
 }
