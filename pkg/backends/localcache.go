@@ -220,9 +220,7 @@ func (c *LocalCache) learn(now int64, op *Op) {
 			return
 		}
 		sh.mu.Lock()
-		if _, ok := sh.m[op.Key]; ok {
-			c.drop(sh, op.Key)
-		}
+		c.drop(sh, op.Key)
 		sh.mu.Unlock()
 		return
 	}

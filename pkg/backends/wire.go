@@ -33,6 +33,22 @@ func WireValues() map[string]int64 {
 	return v
 }
 
+// WireMode packs a limit's charge modes as the Redis script and the PostgreSQL function
+// read them: 1 Drain, 2 Report, 4 NeedsUnit.
+func WireMode(l *algorithms.Limit) int64 {
+	var mode int64
+	if l.Drain {
+		mode |= 1
+	}
+	if l.Report {
+		mode |= 2
+	}
+	if l.NeedsUnit {
+		mode |= 4
+	}
+	return mode
+}
+
 // Inject returns src (a script embedded from a .lua or .sql file) with the placeholder
 // number of each marker ("-- halt:NAME", "/*halt:NAME*/") replaced by values[NAME], so that the numbers
 // that are a wire format (algorithm numbers, bounds) have one source, the Go constants:

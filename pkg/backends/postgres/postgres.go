@@ -402,19 +402,9 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 		c.sent = append(c.sent, op)
 		l := &op.Limit
 		cost := max(op.Cost, -algorithms.MaxCount)
-		var mode int64
-		if l.Drain {
-			mode |= 1
-		}
-		if l.Report {
-			mode |= 2
-		}
-		if l.NeedsUnit {
-			mode |= 4
-		}
 		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
 		c.params = append(c.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
-			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), mode, l.MaxDebt)
+			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), backends.WireMode(l), l.MaxDebt)
 		c.params = append(c.params, l.Ladder[:]...)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)

@@ -54,21 +54,11 @@ func decideScript() (string, error) {
 func appendOp(b []byte, now int64, op *backends.Op) []byte {
 	l := &op.Limit
 	cost := max(op.Cost, -algorithms.MaxCount)
-	var mode int64
-	if l.Drain {
-		mode |= 1
-	}
-	if l.Report {
-		mode |= 2
-	}
-	if l.NeedsUnit {
-		mode |= 4
-	}
 	b = appendNum(b, now)
 	b = appendNum(b, int64(op.Algorithm))
 	b = appendNum(b, cost)
 	b = appendNum(b, l.Requests)
-	b = appendNum(b, mode)
+	b = appendNum(b, backends.WireMode(l))
 	b = appendNum(b, l.MaxDebt)
 	switch op.Algorithm {
 	case algorithms.TokenBucket, algorithms.LeakyBucket:
