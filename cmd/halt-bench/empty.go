@@ -26,25 +26,10 @@ type emptyService struct {
 
 // ShouldRateLimit answers OK without looking at the request, after the delay if any.
 func (e emptyService) ShouldRateLimit(ctx context.Context, _ *rlspb.RateLimitRequest) (*rlspb.RateLimitResponse, error) {
-	if err := hold(ctx, e.delay); err != nil {
-		return nil, err
+	if e.delay > 0 && !sleep(ctx, e.delay) {
+		return nil, ctx.Err()
 	}
 	return &rlspb.RateLimitResponse{OverallCode: rlspb.RateLimitResponse_OK}, nil
-}
-
-// hold waits d (nothing when d is 0), or until the call is cancelled.
-func hold(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // emptyServer is a listening baseline server.
