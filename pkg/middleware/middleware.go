@@ -276,7 +276,13 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	sc := m.pool.Get().(*scratch)
-	defer m.pool.Put(sc)
+	defer func() {
+		// The request's values are not kept in the pool, on any path: a descriptor
+		// abandoned half-built leaves values past the slices' lengths.
+		clear(sc.entries[:cap(sc.entries)])
+		clear(sc.descs[:cap(sc.descs)])
+		m.pool.Put(sc)
+	}()
 	sc.descs, sc.entries = sc.descs[:0], sc.entries[:0]
 	for _, tmpl := range m.s.descs {
 		first := len(sc.entries)
@@ -307,7 +313,6 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	// ext_authz reads it: several fields are one value, joined as Envoy joins them.
 	key := idempotencyKey(r.Header)
 	if p, bad := headers.BadIdempotencyKey(key); bad {
-		clear(sc.entries)
 		writeProblem(w, p.Status, p.Body())
 		return
 	}
@@ -315,7 +320,6 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	if key != "" {
 		body, err := peekBody(r)
 		if err != nil {
-			clear(sc.entries)
 			m.fail(w, r, http.StatusBadRequest, fmt.Errorf("reading the body of a request with an Idempotency-Key: %w", err))
 			return
 		}
@@ -323,7 +327,6 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	ctx := r.Context()
 	d, err := m.h.CheckIdempotentRequest(ctx, m.h.Now(), m.s.domain, key, scope, uint64(n), sc.descs...)
-	clear(sc.entries) // the request's values: not kept past it
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
