@@ -267,6 +267,13 @@ type Seen struct {
 	Over bool
 }
 
+// detectKey is the store key prefix of an abuse detector's state for one identity.
+func detectKey(domain string, entries []config.Entry, name string) []byte {
+	key := AppendIdentity(nil, domain, entries, nil)
+	key = append(key, "|@detect:"...)
+	return appendEscaped(key, name)
+}
+
 // Distinct records that the identity entries of domain showed value (a key hash, a
 // network) to detector name, and reports whether the distinct values it showed in the
 // current window (fixed, aligned on multiples of window) went past max. The state is
@@ -275,9 +282,7 @@ type Seen struct {
 // A value seen before costs one store round; a new one two.
 func (e *Engine) Distinct(ctx context.Context, domain string, entries []config.Entry, name, value string, window time.Duration, max int64) (Seen, error) {
 	nowUS := e.cfg.Clock.Now().UnixMicro()
-	base := AppendIdentity(nil, domain, entries, nil)
-	base = append(base, "|@detect:"...)
-	base = appendEscaped(base, name)
+	base := detectKey(domain, entries, name)
 	period := window.Microseconds()
 	marker := &backends.Op{Key: string(appendEscaped(append(append([]byte(nil), base...), "|@value="...), value)),
 		Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1, Period: period}, Cost: 1}
@@ -306,9 +311,7 @@ func (e *Engine) Distinct(ctx context.Context, domain string, entries []config.E
 // sliding-window counter in the store.
 func (e *Engine) Events(ctx context.Context, domain string, entries []config.Entry, name string, window time.Duration, max int64) (count int64, over bool, err error) {
 	nowUS := e.cfg.Clock.Now().UnixMicro()
-	key := AppendIdentity(nil, domain, entries, nil)
-	key = append(key, "|@detect:"...)
-	key = appendEscaped(key, name)
+	key := detectKey(domain, entries, name)
 	op := &backends.Op{Key: string(key), Algorithm: algorithms.SlidingWindow, Limit: algorithms.Limit{Requests: max, Period: window.Microseconds()}, Cost: 1}
 	if err := e.applyOps(ctx, nowUS, []*backends.Op{op}); err != nil {
 		return 0, false, fmt.Errorf("detector %s: %w", name, err)
@@ -326,9 +329,7 @@ func (e *Engine) Events(ctx context.Context, domain string, entries []config.Ent
 // sliding-window counters in the store, beside the rate-limit counters.
 func (e *Engine) Rates(ctx context.Context, domain string, entries []config.Entry, name string, short, long time.Duration) (shortCount, longCount int64, err error) {
 	nowUS := e.cfg.Clock.Now().UnixMicro()
-	base := AppendIdentity(nil, domain, entries, nil)
-	base = append(base, "|@detect:"...)
-	base = appendEscaped(base, name)
+	base := detectKey(domain, entries, name)
 	op := func(suffix string, w time.Duration) *backends.Op {
 		key := append(append([]byte(nil), base...), suffix...)
 		return &backends.Op{Key: string(key), Algorithm: algorithms.SlidingWindowCounter,
