@@ -20,7 +20,8 @@
 #
 # Exported for the tests (when peers run):
 #   HALT_TEST_PEERS=1 (tests must fail, not skip, when an endpoint below is missing)
-#   REDIS_ADDR, REDIS_CLUSTER_ADDRS (6 nodes, comma list), REDIS_CLUSTER_BASE_PORT,
+#   REDIS_ADDR, REDIS_REGION2_ADDR (a second standalone Redis: another region's store),
+#   REDIS_CLUSTER_ADDRS (6 nodes, comma list), REDIS_CLUSTER_BASE_PORT,
 #   REDIS_SENTINEL_ADDR, REDIS_SENTINEL_MASTER (mymaster), REDIS_SENTINEL_MASTER_ADDR,
 #   REDIS_SENTINEL_REPLICA_ADDR, MEMCACHED_ADDR, PG_DSN, PG_DATA_DIR, PG_BIN, MONGO_URI
 #   (mongo-java-server: MongoDB wire protocol, atomic per document), FERRETDB_URI (FerretDB v1,
@@ -111,6 +112,10 @@ else
   p=$(free_port)
   timed redis peers_start_redis "$p"
   export REDIS_ADDR=127.0.0.1:$p
+
+  p=$(free_port)
+  timed redis-region2 peers_start_redis "$p"
+  export REDIS_REGION2_ADDR=127.0.0.1:$p
 
   p=$(free_port 6)
   timed redis-cluster peers_start_redis_cluster "$p"
