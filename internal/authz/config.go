@@ -62,9 +62,8 @@ type Config struct {
 	schemas []string
 	graphql bool
 	caps    Caps
-	// penaltyAt is the line and column of abuse.penalty's value, so that a name the
-	// rate-limit config does not define is refused at that place (Resolve).
-	penaltyAt [2]int
+	// at is where the names the rate-limit config must define were written (Resolve).
+	at namesAt
 }
 
 // IdentitySource is one way to identify a caller. Exactly one field is set.
@@ -275,39 +274,104 @@ func (cp Caps) LoadConfig(path string) (*Config, error) {
 	if err := c.compile(); err != nil {
 		return nil, err
 	}
-	if c.Abuse != nil {
-		// A second, lenient decode for the one position Resolve reports: the strict
-		// decode above cannot keep it (a custom unmarshaler loses KnownFields), and the
-		// file is under its cap, so this costs at most what the first decode did.
-		var at struct {
-			Abuse struct {
-				Penalty yaml.Node `yaml:"penalty"`
-			} `yaml:"abuse"`
-		}
-		if yaml.Unmarshal(data, &at) == nil {
-			c.penaltyAt = [2]int{at.Abuse.Penalty.Line, at.Abuse.Penalty.Column}
-		}
-	}
+	c.locate(data)
 	return c, nil
 }
 
-// Resolve checks the names c takes from the rate-limit config against set: today
-// abuse.penalty, which must name a penalty under penalties:, or the abuse detectors
-// would be silently off. A nil set (no rate-limit config yet, e.g. before the first
-// xDS push) has nothing to check against and passes; the check runs again when one
-// arrives. The error is FILE:LINE:COL: abuse.penalty: ..., as the file's other errors.
+// namesAt is where the names Resolve checks were written (line, column), so that a name
+// the rate-limit config does not define is refused at its place.
+type namesAt struct {
+	abusePenalty, invalidKeyPenalty, anonymousPlan [2]int
+	routePolicy                                    [][2]int // by route index
+}
+
+// locate records where the names Resolve checks were written: a second, lenient decode
+// into nodes, since the strict decode cannot keep positions (a custom unmarshaler loses
+// KnownFields). The file is under its cap, so this costs at most what the first decode
+// did, and only a file that names something from the rate-limit config pays it.
+func (c *Config) locate(data []byte) {
+	if c.Abuse == nil && c.InvalidKeyPenalty == "" && c.Anonymous == nil && !c.routesNamePolicies() {
+		return
+	}
+	var at struct {
+		InvalidKeyPenalty yaml.Node `yaml:"invalid_key_penalty"`
+		Anonymous         struct {
+			Plan yaml.Node `yaml:"plan"`
+		} `yaml:"anonymous"`
+		Abuse struct {
+			Penalty yaml.Node `yaml:"penalty"`
+		} `yaml:"abuse"`
+		Routes []struct {
+			Policy yaml.Node `yaml:"policy"`
+		} `yaml:"routes"`
+	}
+	if yaml.Unmarshal(data, &at) != nil {
+		return
+	}
+	pos := func(n yaml.Node) [2]int { return [2]int{n.Line, n.Column} }
+	c.at.abusePenalty = pos(at.Abuse.Penalty)
+	c.at.invalidKeyPenalty = pos(at.InvalidKeyPenalty)
+	c.at.anonymousPlan = pos(at.Anonymous.Plan)
+	c.at.routePolicy = make([][2]int, len(at.Routes))
+	for i, r := range at.Routes {
+		c.at.routePolicy[i] = pos(r.Policy)
+	}
+}
+
+func (c *Config) routesNamePolicies() bool {
+	for _, r := range c.Routes {
+		if r.Policy != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// Resolve checks the names c takes from the rate-limit config against set:
+// abuse.penalty and invalid_key_penalty must name a penalty under penalties: (or the
+// abuse detectors, or the invalid-key lockout, would be silently off), a route's policy
+// a policy or preset (or only the plan's limits would apply), and anonymous.plan a plan
+// (or anonymous callers would be served as the default plan). A nil set (no rate-limit
+// config yet, e.g. before the first xDS push) has nothing to check against and passes;
+// the check runs again when one arrives. Every problem is reported, each as
+// FILE:LINE:COL: FIELD: ..., as the file's other errors.
 func (c *Config) Resolve(set *config.Set) error {
-	if c == nil || c.Abuse == nil || set == nil {
+	if c == nil || set == nil {
 		return nil
 	}
-	if _, ok := set.PenaltyPolicy(c.Abuse.Penalty); ok {
-		return nil
+	var errs []error
+	bad := func(at [2]int, field, format string, args ...any) {
+		if at[0] == 0 {
+			at = [2]int{1, 1}
+		}
+		errs = append(errs, fmt.Errorf("%s:%d:%d: %s: %s", c.file, at[0], at[1], field, fmt.Sprintf(format, args...)))
 	}
-	at := c.penaltyAt
-	if at[0] == 0 {
-		at = [2]int{1, 1}
+	if c.Abuse != nil {
+		if _, ok := set.PenaltyPolicy(c.Abuse.Penalty); !ok {
+			bad(c.at.abusePenalty, "abuse.penalty", "no penalty named %q under penalties: of the rate-limit config (the penalty the abuse detectors charge)", c.Abuse.Penalty)
+		}
 	}
-	return fmt.Errorf("%s:%d:%d: abuse.penalty: no penalty named %q under penalties: of the rate-limit config (the penalty the abuse detectors charge)", c.file, at[0], at[1], c.Abuse.Penalty)
+	if c.InvalidKeyPenalty != "" {
+		if _, ok := set.PenaltyPolicy(c.InvalidKeyPenalty); !ok {
+			bad(c.at.invalidKeyPenalty, "invalid_key_penalty", "no penalty named %q under penalties: of the rate-limit config (the penalty an invalid API key charges)", c.InvalidKeyPenalty)
+		}
+	}
+	if c.Anonymous != nil && !set.HasPlan(c.Anonymous.Plan) {
+		bad(c.at.anonymousPlan, "anonymous.plan", "no plan named %q in the rate-limit config (plans: %s)", c.Anonymous.Plan, strings.Join(set.PlanNames(), ", "))
+	}
+	for i, r := range c.Routes {
+		if r.Policy == "" {
+			continue
+		}
+		if _, ok := set.Policy(r.Policy); !ok {
+			var at [2]int
+			if i < len(c.at.routePolicy) {
+				at = c.at.routePolicy[i]
+			}
+			bad(at, fmt.Sprintf("routes[%d].policy", i), "no policy or preset named %q in the rate-limit config", r.Policy)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // KeysFile returns the resolved path of the API key file ("" when none).
