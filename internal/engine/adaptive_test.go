@@ -82,3 +82,62 @@ descriptors:
 		t.Fatalf("factor 0.01 of 10: %d admitted, want 1", n)
 	}
 }
+
+// TestAdaptiveFactorIsWhatCheckApplies: AdaptiveFactor (what /config shows) is the
+// factor Check and Limits apply. Without a source of factors that is 1, the configured
+// limit, whatever the rule's max; with one, the source's factor.
+func TestAdaptiveFactorIsWhatCheckApplies(t *testing.T) {
+	const yaml = `
+domain: d
+descriptors:
+  - key: api
+    rate_limit: {unit: minute, requests_per_unit: 10}
+    adaptive: {query: up, bad_above: 0.5, min: 0.2, max: 0.5}
+  - key: fixed
+    rate_limit: {unit: minute, requests_per_unit: 10}
+`
+	for _, c := range []struct {
+		name   string
+		source *factors
+		want   float64
+		limit  uint64
+	}{
+		{"no source", nil, 1, 10},
+		{"source", &factors{f: map[string]float64{"api": 0.3}}, 0.3, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, yaml, func(cfg *engine.Config) {
+				if c.source != nil {
+					cfg.Adaptive = c.source
+				}
+			})
+			rule, ok := f.e.Rules().Match("d", []config.Entry{{Key: "api", Value: "x"}})
+			if !ok {
+				t.Fatal("no rule for api")
+			}
+			if got := f.e.AdaptiveFactor(rule); got != c.want {
+				t.Fatalf("AdaptiveFactor %g, want %g", got, c.want)
+			}
+			fixed, _ := f.e.Rules().Match("d", []config.Entry{{Key: "fixed", Value: "x"}})
+			if got := f.e.AdaptiveFactor(fixed); got != 1 {
+				t.Fatalf("a rule without adaptive: factor %g, want 1", got)
+			}
+			admitted := 0
+			for i := 0; i < 12; i++ {
+				if _, over := f.mustCheck(t, d(1, "api", "x")); !over {
+					admitted++
+				}
+			}
+			if uint64(admitted) != c.limit {
+				t.Fatalf("Check admitted %d, want %d (the factor shown, %g, of 10)", admitted, c.limit, c.want)
+			}
+			ls, err := f.e.Limits(t.Context(), "d", []config.Entry{{Key: "api", Value: "x"}}, rule)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ls[0].Limit.Params.Requests; uint64(got) != c.limit {
+				t.Fatalf("Limits reports %d, want %d", got, c.limit)
+			}
+		})
+	}
+}

@@ -206,10 +206,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			continue
 		}
 		cost := d.cost(rule.Cost)
-		factor := 1.0
-		if rule.Adaptive != nil && e.cfg.Adaptive != nil {
-			factor = e.cfg.Adaptive.Factor(rule)
-		}
+		factor := e.factor(rule)
 		for j := range rule.Limits {
 			l := &rule.Limits[j]
 			if l.Name != "" {

@@ -18,14 +18,17 @@ import (
 // was loaded).
 func (e *Engine) Rules() *config.Set { return e.cfg.Rules() }
 
-// AdaptiveFactor is the factor in force of adaptive rule r: the fraction of its
-// configured limits applied now (its max when no source of factors is wired).
-func (e *Engine) AdaptiveFactor(r *config.Rule) float64 {
-	if r.Adaptive == nil {
+// AdaptiveFactor is the factor in force of rule r: the fraction of its configured
+// limits that decisions apply now (1 for a rule without adaptive:, and for every rule
+// when no source of factors is wired). It is the factor Check applies, read the same way.
+func (e *Engine) AdaptiveFactor(r *config.Rule) float64 { return e.factor(r) }
+
+// factor is the one reading of a rule's factor in force, for Check, Limits and
+// AdaptiveFactor alike: the source's factor for an adaptive rule, else 1 (the
+// configured limits).
+func (e *Engine) factor(r *config.Rule) float64 {
+	if r.Adaptive == nil || e.cfg.Adaptive == nil {
 		return 1
-	}
-	if e.cfg.Adaptive == nil {
-		return r.Adaptive.Max
 	}
 	return e.cfg.Adaptive.Factor(r)
 }
@@ -139,10 +142,7 @@ func (e *Engine) Limits(ctx context.Context, domain string, entries []config.Ent
 	ptrs := make([]*backends.Op, len(ops))
 	out := make([]LimitState, len(ops))
 	check := &Descriptor{NeedsUnit: true}
-	factor := 1.0
-	if rule.Adaptive != nil && e.cfg.Adaptive != nil {
-		factor = e.cfg.Adaptive.Factor(rule)
-	}
+	factor := e.factor(rule)
 	for i := range rule.Limits {
 		l := &rule.Limits[i]
 		if factor < 1 {
