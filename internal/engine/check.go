@@ -46,6 +46,9 @@ type scratch struct {
 	ev      DecisionEvent          // what observers are shown, one descriptor at a time
 	idem    []uint8                // per descriptor: its idempotency key's state (idemOff ...)
 	idemFP  int64                  // the call's idempotency fingerprint
+	// idemKeys, per descriptor that claimed an idempotency key, is its record's store
+	// key, built once at the claim for the record or the release after the call.
+	idemKeys []string
 }
 
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
@@ -68,6 +71,8 @@ func (sc *scratch) reset(n int) {
 	}
 	sc.idem = sc.idem[:n]
 	clear(sc.idem)
+	clear(sc.idemKeys) // drop the last call's keys
+	sc.idemKeys = sc.idemKeys[:0]
 }
 
 // Check decides every descriptor of one call for domain. decisions must have the same

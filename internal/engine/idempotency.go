@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
+	"hash"
 	"hash/fnv"
 	"strconv"
 	"time"
@@ -108,28 +109,20 @@ func IdempotencyKind(d *Descriptor, rule *config.Rule) byte {
 	return 'h'
 }
 
-// recordKey is the store key of descriptor i's idempotency record.
-func recordKey(domain string, descs []Descriptor, decisions []Decision, i int) string {
-	d, rule := &descs[i], decisions[i].Rule
-	return string(IdempotencyKeyOf(nil, domain, AppendIdentity(nil, domain, d.Entries, rule), d.IdempotencyKey, i, IdempotencyKind(d, rule)))
+// fingerprintOne adds descriptor i, whose counters' identity is identity, to the
+// call's fingerprint h (see claimIdempotency): its counters (its rule and identity),
+// hits, charge mode and request (IdempotencyScope), so that the key sent for another
+// request, route or cost is a conflict on each of them. The same on every replica of
+// one configuration.
+func fingerprintOne(h hash.Hash64, i int, identity []byte, d *Descriptor, rule *config.Rule) {
+	_, _ = fmt.Fprintf(h, "%d|", i)
+	_, _ = h.Write(identity)
+	_, _ = fmt.Fprintf(h, "|%s|%d|%t|%t|%d|%s\n", rule.Name, d.Hits, d.Refund, d.Report, len(d.IdempotencyScope), d.IdempotencyScope)
 }
 
-// fingerprint is what a call with an idempotency key asks, as its records keep it
-// (algorithms.Once's Limit.Requests, 1 to MaxRequests): every keyed descriptor's counters
-// (its rule and identity), hits, charge mode and request (IdempotencyScope), so that the
-// key sent for another request, route or cost is a conflict on each of them. The same on
-// every replica of one configuration.
-func fingerprint(domain string, descs []Descriptor, decisions []Decision, idem []uint8) int64 {
-	h := fnv.New64a()
-	for i := range descs {
-		if idem[i] == idemOff {
-			continue
-		}
-		d, rule := &descs[i], decisions[i].Rule
-		_, _ = fmt.Fprintf(h, "%d|", i)
-		_, _ = h.Write(AppendIdentity(nil, domain, d.Entries, rule))
-		_, _ = fmt.Fprintf(h, "|%s|%d|%t|%t|%d|%s\n", rule.Name, d.Hits, d.Refund, d.Report, len(d.IdempotencyScope), d.IdempotencyScope)
-	}
+// fingerprintOf is what a call with an idempotency key asks, as its records keep it
+// (algorithms.Once's Limit.Requests, 1 to MaxRequests), from its fingerprint hash.
+func fingerprintOf(h hash.Hash64) int64 {
 	return int64(h.Sum64()%uint64(algorithms.MaxRequests)) + 1
 }
 
@@ -222,7 +215,24 @@ func replay(dec *Decision, rule *config.Rule, v, wait, nowUS int64) {
 func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int64, sc *scratch, descs []Descriptor, decisions []Decision) {
 	var ops []backends.Op
 	var owners []int
-	sc.idemFP = fingerprint(domain, descs, decisions, sc.idem)
+	// Each keyed descriptor's identity is built once: the fingerprint reads it, and its
+	// record's key (kept in sc.idemKeys for the record or the release after the call)
+	// is its hash.
+	if cap(sc.idemKeys) < len(descs) {
+		sc.idemKeys = make([]string, len(descs))
+	}
+	sc.idemKeys = sc.idemKeys[:len(descs)]
+	h := fnv.New64a()
+	for i := range descs {
+		if sc.idem[i] != idemWant {
+			continue
+		}
+		d, rule := &descs[i], decisions[i].Rule
+		sc.keyBuf = AppendIdentity(sc.keyBuf[:0], domain, d.Entries, rule)
+		fingerprintOne(h, i, sc.keyBuf, d, rule)
+		sc.idemKeys[i] = string(IdempotencyKeyOf(nil, domain, sc.keyBuf, d.IdempotencyKey, i, IdempotencyKind(d, rule)))
+	}
+	sc.idemFP = fingerprintOf(h)
 	for i := range descs {
 		if sc.idem[i] != idemWant {
 			continue
@@ -230,7 +240,7 @@ func (e *Engine) claimIdempotency(ctx context.Context, domain string, nowUS int6
 		rule := decisions[i].Rule
 		end := nowUS + min(rule.Charges.IdempotencyTTL, IdemClaim).Microseconds()
 		ops = append(ops, backends.Op{
-			Key:       recordKey(domain, descs, decisions, i),
+			Key:       sc.idemKeys[i],
 			Algorithm: algorithms.Once,
 			Limit:     algorithms.Limit{Requests: sc.idemFP, WindowEnd: end},
 		})
@@ -288,7 +298,7 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 		if dec.Code != CodeOK && dec.Limit == nil || dec.FailedOpen {
 			// Refused by the failure mode, or let through by it: not a decision to
 			// repeat. The retry is decided anew.
-			release = append(release, recordKey(domain, descs, decisions, i))
+			release = append(release, sc.idemKeys[i])
 			continue
 		}
 		wait := dec.Result.ResetAfter
@@ -299,14 +309,14 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 				// A refusal holds only until its wait ends: a retry after it is decided
 				// afresh, as the client was told it may be ("never" is kept the TTL).
 				if wait <= 0 {
-					release = append(release, recordKey(domain, descs, decisions, i))
+					release = append(release, sc.idemKeys[i])
 					continue
 				}
 				end = min(end, nowUS+wait)
 			}
 		}
 		ops = append(ops, backends.Op{
-			Key:       recordKey(domain, descs, decisions, i),
+			Key:       sc.idemKeys[i],
 			Algorithm: algorithms.Once,
 			Limit:     algorithms.Limit{Requests: sc.idemFP, Period: min(max(wait, 0), algorithms.MaxPeriod), WindowEnd: end},
 			Cost:      packDecision(dec),
@@ -333,7 +343,7 @@ func (e *Engine) releaseIdempotency(domain string, sc *scratch, descs []Descript
 	var keys []string
 	for i := range descs {
 		if sc.idem[i] == idemFirst {
-			keys = append(keys, recordKey(domain, descs, decisions, i))
+			keys = append(keys, sc.idemKeys[i])
 		}
 	}
 	if len(keys) > 0 {
