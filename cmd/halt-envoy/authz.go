@@ -9,6 +9,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
 
+	"github.com/halt-envoy/halt-envoy/internal/abuse"
 	"github.com/halt-envoy/halt-envoy/internal/admin"
 	"github.com/halt-envoy/halt-envoy/internal/authz"
 	"github.com/halt-envoy/halt-envoy/internal/config"
@@ -67,6 +68,12 @@ func (x *extAuthz) abuse() *admin.Abuse {
 				return c.Abuse.Penalty
 			}
 			return ""
+		},
+		IPv6Prefix: func() int {
+			if c := x.watcher.Current(); c != nil {
+				return c.IPv6AddressPrefix
+			}
+			return abuse.DefaultIPv6Prefix
 		},
 		Detections: x.srv.Detections(),
 	}

@@ -10,8 +10,12 @@ package abuse
 
 import (
 	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 )
@@ -173,17 +177,81 @@ func (c *Config) Check() []error {
 	return errs
 }
 
-// Address is address a as the detectors charge it: the canonical text of the IP address
-// (an IPv4-mapped IPv6 address as IPv4, IPv6 in lower case and shortest form), and false
-// when a is not an IP address. ext_authz keys a source address so, and the admin API
-// reads an operator's spelling so, that both name one identity.
-func Address(a string) (string, bool) {
+// The identities the detectors and lockouts charge, as the keys of their one-entry
+// descriptors: ext_authz charges them and the admin API reads them by these names.
+const (
+	// AddressKey is the source address, keyed by Address (invalid_key_penalty's lockout,
+	// fanout, auth_failures).
+	AddressKey = "remote_address"
+	// APIKeyKey is the API key by its SHA-256 in lower-case hex, as in the key file
+	// (network_change).
+	APIKeyKey = "api_key_sha256"
+	// CustomerKey is the identified caller (spike), as a plan's penalty charges it.
+	CustomerKey = "customer"
+)
+
+// DefaultIPv6Prefix is the length of the IPv6 network one address identity stands for.
+// A /64 is the smallest network a provider hands one subscriber, one host or one cloud
+// instance, and every address in it is the holder's to pick: keyed by the exact address,
+// a client rotating through its /64 would be a new identity at every call and never be
+// locked out.
+const DefaultIPv6Prefix = 64
+
+// Address is source address a as the address-keyed detectors and lockouts charge it,
+// and false when a is not an IP address: an IPv4 address (or an IPv4-mapped IPv6 one)
+// as its canonical text ("203.0.113.9"), an IPv6 address as its network of ipv6Prefix
+// bits ("2001:db8:1:2::/64"; a prefix outside 1..128 means DefaultIPv6Prefix), zone
+// dropped. It is the one keying of an address: ext_authz charges a source address so,
+// and the admin API reads an operator's spelling of any address of the network so, so
+// that both name one identity.
+func Address(a string, ipv6Prefix int) (string, bool) {
 	ip, err := netip.ParseAddr(a)
 	if err != nil {
 		return "", false
 	}
-	return ip.Unmap().String(), true
+	ip = ip.Unmap().WithZone("")
+	if ip.Is4() {
+		return ip.String(), true
+	}
+	if ipv6Prefix < 1 || ipv6Prefix > 128 {
+		ipv6Prefix = DefaultIPv6Prefix
+	}
+	p, err := ip.Prefix(ipv6Prefix)
+	if err != nil {
+		return "", false
+	}
+	return p.String(), true
 }
+
+// Identity is an operator's spelling of the identity key=value (AddressKey, APIKeyKey
+// or CustomerKey) as the detectors charge it: any address of the network, a hash in
+// capitals. Another spelling would read and lift a lockout nobody has. The error says
+// what is wrong with value, for the operator.
+func Identity(key, value string, ipv6Prefix int) (string, error) {
+	switch key {
+	case AddressKey:
+		a, ok := Address(value, ipv6Prefix)
+		if !ok {
+			if len(value) > 64 {
+				value = value[:64] + "..."
+			}
+			return "", fmt.Errorf("%s %q is not an IP address", AddressKey, value)
+		}
+		return a, nil
+	case APIKeyKey:
+		if _, err := hex.DecodeString(value); err != nil || len(value) != 2*sha256.Size {
+			return "", fmt.Errorf("%s must be the key's SHA-256 in 64 hex digits, as in the key file", APIKeyKey)
+		}
+		return strings.ToLower(value), nil
+	case CustomerKey:
+		return value, nil
+	}
+	return "", ErrNotIdentity
+}
+
+// ErrNotIdentity is Identity's answer to a key that names no identity the detectors
+// charge.
+var ErrNotIdentity = errors.New("not an identity the abuse detectors charge (" + AddressKey + ", " + APIKeyKey + " or " + CustomerKey + ")")
 
 // NetworkOf is the network of address a under n's prefix lengths ("" for an address
 // that does not parse).

@@ -1,6 +1,7 @@
 package abuse
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -97,5 +98,35 @@ func TestRecordBounded(t *testing.T) {
 	r.mu.Unlock()
 	if n != 3 {
 		t.Fatalf("%d identities kept, bound 3", n)
+	}
+}
+
+func TestAddress(t *testing.T) {
+	for _, c := range []struct {
+		in     string
+		prefix int
+		want   string
+	}{
+		{"203.0.113.9", 64, "203.0.113.9"},
+		{"::ffff:203.0.113.9", 64, "203.0.113.9"},
+		{"2001:db8:1:2:aaaa::9", 64, "2001:db8:1:2::/64"},
+		{"2001:DB8:1:2:0:0:0:1", 64, "2001:db8:1:2::/64"},
+		{"fe80::1%eth0", 64, "fe80::/64"},
+		{"2001:db8:1:2::9", 0, "2001:db8:1:2::/64"},
+		{"2001:db8:1:2::9", 48, "2001:db8:1::/48"},
+		{"2001:db8:1:2::9", 128, "2001:db8:1:2::9/128"},
+		{"2001:db8::/64", 64, ""},
+		{"bogus", 64, ""},
+	} {
+		got, ok := Address(c.in, c.prefix)
+		if got != c.want || ok != (c.want != "") {
+			t.Errorf("Address(%q, %d) = %q %v, want %q", c.in, c.prefix, got, ok, c.want)
+		}
+	}
+	if v, err := Identity(APIKeyKey, strings.Repeat("AB", 32), 64); err != nil || v != strings.Repeat("ab", 32) {
+		t.Errorf("Identity of a hash in capitals: %q %v", v, err)
+	}
+	if _, err := Identity("plan", "x", 64); !errors.Is(err, ErrNotIdentity) {
+		t.Errorf("Identity of another key: %v", err)
 	}
 }

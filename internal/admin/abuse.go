@@ -1,15 +1,10 @@
 package admin
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"errors"
 	"net/http"
-	"strings"
-	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/abuse"
-	"github.com/halt-envoy/halt-envoy/internal/config"
-	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
 )
 
@@ -18,6 +13,9 @@ import (
 type Abuse struct {
 	// Penalty names the penalty of the authz file's abuse block now ("" without one).
 	Penalty func() string
+	// IPv6Prefix is the authz file's ipv6_address_prefix now: the IPv6 network a
+	// remote_address stands for (abuse.Address). Nil means abuse.DefaultIPv6Prefix.
+	IPv6Prefix func() int
 	// Detections is the record the ext_authz server keeps (this replica's detections).
 	Detections *abuse.Record
 }
@@ -30,106 +28,65 @@ type AbuseAnswer struct {
 	Detections []abuse.Detection `json:"detections"`
 }
 
-// abuseTarget parses an abuse query: a domain and one entry, remote_address=ADDR or
-// api_key_sha256=HEX (the identities the detectors charge), and the penalty policy.
-func (h *Handler) abuseTarget(r *http.Request) (*target, *config.PenaltyPolicy, error) {
-	q := r.URL.Query()
-	t := &target{domain: q.Get("domain")}
-	desc := q.Get("descriptor")
-	t.hash = ShortHash(desc)
+// abuseTarget parses an abuse query: a domain and one entry, remote_address=ADDR,
+// api_key_sha256=HEX or customer=ID (the identities the detectors charge), and the
+// penalty policy the detectors feed. It matches no rule: the identity is the
+// detectors', not a descriptor of the rate-limit config.
+func (h *Handler) abuseTarget(r *http.Request) (*target, error) {
 	if h.cfg.Abuse == nil || h.cfg.Abuse.Penalty == nil || h.cfg.Abuse.Penalty() == "" {
-		return t, nil, bad("no abuse detectors are configured (the authz file's abuse: block)")
+		t := &target{domain: r.URL.Query().Get("domain"), hash: ShortHash(r.URL.Query().Get("descriptor"))}
+		return t, bad("no abuse detectors are configured (the authz file's abuse: block)")
 	}
-	if err := repeated(q); err != nil {
-		return t, nil, err
+	t, err := parseTarget(r)
+	if err != nil {
+		return t, err
 	}
-	if t.domain == "" {
-		return t, nil, bad("domain is missing")
+	e := &t.entries[0]
+	if len(t.entries) != 1 {
+		return t, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
 	}
-	if len(t.domain) > MaxLen {
-		return t, nil, bad("domain is %d bytes, the limit is %d", len(t.domain), MaxLen)
+	// The identity as the detectors write it: another spelling of the same address (or
+	// another address of its IPv6 network) or hash would read and lift a lockout nobody
+	// has, and answer "lifted".
+	prefix := abuse.DefaultIPv6Prefix
+	if h.cfg.Abuse.IPv6Prefix != nil {
+		prefix = h.cfg.Abuse.IPv6Prefix()
 	}
-	var err error
-	if t.entries, err = ParseDescriptor(desc); err != nil {
-		return t, nil, err
+	v, err := abuse.Identity(e.Key, e.Value, prefix)
+	switch {
+	case errors.Is(err, abuse.ErrNotIdentity):
+		return t, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
+	case err != nil:
+		return t, bad("%s", err)
 	}
-	if k := t.entries[0].Key; len(t.entries) != 1 || (k != "remote_address" && k != "api_key_sha256" && k != "customer") {
-		return t, nil, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
-	}
-	// The identity as the detectors write it: another spelling of the same address or
-	// hash would read and lift a lockout nobody has, and answer "lifted".
-	switch e := &t.entries[0]; e.Key {
-	case "remote_address":
-		a, ok := abuse.Address(e.Value)
-		if !ok {
-			return t, nil, bad("remote_address %q is not an IP address", truncate(e.Value))
-		}
-		e.Value = a
-	case "api_key_sha256":
-		if _, err := hex.DecodeString(e.Value); err != nil || len(e.Value) != 2*sha256.Size {
-			return t, nil, bad("api_key_sha256 must be the key's SHA-256 in 64 hex digits, as in the key file")
-		}
-		e.Value = strings.ToLower(e.Value)
-	}
+	e.Value = v
 	t.hash = observe.IdentityHash(t.entries)
 	set := h.cfg.Engine.Rules()
 	if set == nil {
-		return t, nil, bad("no configuration loaded")
+		return t, bad("no configuration loaded")
 	}
 	pol, ok := set.PenaltyPolicy(h.cfg.Abuse.Penalty())
 	if !ok {
-		return t, nil, bad("abuse.penalty %q is not a penalty of the rate-limit config", h.cfg.Abuse.Penalty())
+		return t, bad("abuse.penalty %q is not a penalty of the rate-limit config", h.cfg.Abuse.Penalty())
 	}
-	return t, pol, nil
+	t.pol = pol
+	return t, nil
+}
+
+// abuseAnswer adds the detections this replica recorded of the identity to its standing.
+func (h *Handler) abuseAnswer(t *target, ans PenaltyAnswer) any {
+	e := t.entries[0]
+	ds := h.cfg.Abuse.Detections.Get(t.domain, e.Key+"="+e.Value)
+	if ds == nil || ans.Lifted {
+		ds = []abuse.Detection{}
+	}
+	return AbuseAnswer{PenaltyAnswer: ans, Detections: ds}
 }
 
 func (h *Handler) getAbuse(w http.ResponseWriter, r *http.Request) {
-	t, pol, err := h.abuseTarget(r)
-	if err != nil {
-		h.finish(w, r, t, 0, "", err)
-		return
-	}
-	ctx, cancel := h.bound(r.Context())
-	defer cancel()
-	st, err := h.cfg.Engine.Penalty(ctx, t.domain, t.entries, nil, pol, 0)
-	if err != nil {
-		h.finish(w, r, t, 0, "", err)
-		return
-	}
-	pv := pol.View()
-	ans := AbuseAnswer{PenaltyAnswer: PenaltyAnswer{Domain: t.domain, Identity: t.hash, Penalty: pol.Name, PenaltyPolicy: &pv,
-		Locked: st.Locked, PointsLeft: st.PointsLeft, Threshold: st.Threshold}}
-	if st.Locked {
-		ans.LockedUntil = st.Until.Format(time.RFC3339)
-		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
-		ans.RemainingLockoutSeconds = headers.Seconds(st.Remaining.Microseconds())
-	}
-	e := t.entries[0]
-	ans.Detections = h.cfg.Abuse.Detections.Get(t.domain, e.Key+"="+e.Value)
-	if ans.Detections == nil {
-		ans.Detections = []abuse.Detection{}
-	}
-	result := "not locked"
-	if st.Locked {
-		result = "locked"
-	}
-	h.finish(w, r, t, http.StatusOK, result, nil)
-	writeJSON(w, http.StatusOK, ans)
+	h.readPenalty(w, r, h.abuseTarget, h.abuseAnswer)
 }
 
 func (h *Handler) deleteAbuse(w http.ResponseWriter, r *http.Request) {
-	t, pol, err := h.abuseTarget(r)
-	if err == nil {
-		ctx, cancel := h.bound(r.Context())
-		err = h.cfg.Engine.LiftPenalty(ctx, t.domain, t.entries, nil, pol)
-		cancel()
-	}
-	if err != nil {
-		h.finish(w, r, t, 0, "", err)
-		return
-	}
-	h.finish(w, r, t, http.StatusOK, "lifted", nil)
-	pv := pol.View()
-	writeJSON(w, http.StatusOK, AbuseAnswer{PenaltyAnswer: PenaltyAnswer{Domain: t.domain, Identity: t.hash, Penalty: pol.Name, PenaltyPolicy: &pv,
-		Lifted: true, Threshold: pol.Params.Requests, PointsLeft: pol.Params.Requests}, Detections: []abuse.Detection{}})
+	h.liftPenalty(w, r, h.abuseTarget, h.abuseAnswer)
 }

@@ -241,7 +241,10 @@ type target struct {
 	domain  string
 	entries []config.Entry
 	rule    *config.Rule
-	hash    string // ShortHash of the descriptor, for logs and answers
+	// pol is the penalty the target's lockout is read under: its rule's (penalty), the
+	// abuse detectors' (abuse, where rule is nil).
+	pol  *config.PenaltyPolicy
+	hash string // ShortHash of the descriptor, for logs and answers
 }
 
 // badRequest is a problem with the caller's query: answered 400 with its message.
@@ -315,8 +318,9 @@ func repeated(q url.Values) error {
 	return nil
 }
 
-// resolve parses the query and matches it like the engine would.
-func (h *Handler) resolve(r *http.Request) (*target, error) {
+// parseTarget reads the query's domain and descriptor, bounded and unrepeated: what
+// every endpoint's target starts from.
+func parseTarget(r *http.Request) (*target, error) {
 	q := r.URL.Query()
 	t := &target{domain: q.Get("domain")}
 	desc := q.Get("descriptor")
@@ -332,6 +336,15 @@ func (h *Handler) resolve(r *http.Request) (*target, error) {
 	}
 	var err error
 	if t.entries, err = ParseDescriptor(desc); err != nil {
+		return t, err
+	}
+	return t, nil
+}
+
+// resolve parses the query and matches it like the engine would.
+func (h *Handler) resolve(r *http.Request) (*target, error) {
+	t, err := parseTarget(r)
+	if err != nil {
 		return t, err
 	}
 	// The canonical form's hash: the one the log and trace observers print.
@@ -599,44 +612,66 @@ func (h *Handler) penaltyTarget(r *http.Request) (*target, error) {
 	if err == nil && t.rule.Penalty == nil {
 		err = bad("rule %q has no penalty", t.rule.Name)
 	}
+	if err == nil {
+		t.pol = t.rule.Penalty
+	}
 	return t, err
 }
 
 func (h *Handler) getPenalty(w http.ResponseWriter, r *http.Request) {
-	t, err := h.penaltyTarget(r)
+	h.readPenalty(w, r, h.penaltyTarget, nil)
+}
+
+func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
+	h.liftPenalty(w, r, h.penaltyTarget, nil)
+}
+
+// penaltyAnswer is the answer about t's standing under t.pol, before the store is read.
+func (t *target) penaltyAnswer() PenaltyAnswer {
+	pv := t.pol.View()
+	a := PenaltyAnswer{Domain: t.domain, Identity: t.hash, Penalty: t.pol.Name, PenaltyPolicy: &pv}
+	if t.rule != nil {
+		a.Rule = t.rule.Name
+	}
+	return a
+}
+
+// readPenalty answers GET of a lockout (/penalty, /abuse): the target of the request
+// (resolve), its standing under the target's penalty, and that answer as wrap makes it
+// (nil: the PenaltyAnswer itself).
+func (h *Handler) readPenalty(w http.ResponseWriter, r *http.Request, resolve func(*http.Request) (*target, error), wrap func(*target, PenaltyAnswer) any) {
+	t, err := resolve(r)
 	if err != nil {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
-	p := t.rule.Penalty
 	ctx, cancel := h.bound(r.Context())
 	defer cancel()
 	// Severity 0: a read that records nothing.
-	st, err := h.cfg.Engine.Penalty(ctx, t.domain, t.entries, t.rule, p, 0)
+	st, err := h.cfg.Engine.Penalty(ctx, t.domain, t.entries, t.rule, t.pol, 0)
 	if err != nil {
 		h.finish(w, r, t, 0, "", err)
 		return
 	}
-	pv := p.View()
-	ans := PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: p.Name, PenaltyPolicy: &pv, Locked: st.Locked, PointsLeft: st.PointsLeft, Threshold: st.Threshold}
+	ans := t.penaltyAnswer()
+	ans.Locked, ans.PointsLeft, ans.Threshold = st.Locked, st.PointsLeft, st.Threshold
+	result := "not locked"
 	if st.Locked {
 		ans.LockedUntil = st.Until.Format(time.RFC3339)
 		ans.RemainingLockout = st.Remaining.Round(time.Second).String()
 		ans.RemainingLockoutSeconds = headers.Seconds(st.Remaining.Microseconds())
-	}
-	result := "not locked"
-	if st.Locked {
 		result = "locked"
 	}
 	h.finish(w, r, t, http.StatusOK, result, nil)
-	writeJSON(w, http.StatusOK, ans)
+	writeJSON(w, http.StatusOK, answer(t, ans, wrap))
 }
 
-func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
-	t, err := h.penaltyTarget(r)
+// liftPenalty answers DELETE of a lockout (/penalty, /abuse), as readPenalty reads one.
+func (h *Handler) liftPenalty(w http.ResponseWriter, r *http.Request, resolve func(*http.Request) (*target, error), wrap func(*target, PenaltyAnswer) any) {
+	t, err := resolve(r)
 	if err == nil {
 		ctx, cancel := h.bound(r.Context())
-		err = h.cfg.Engine.LiftPenalty(ctx, t.domain, t.entries, t.rule, t.rule.Penalty)
+		err = h.cfg.Engine.LiftPenalty(ctx, t.domain, t.entries, t.rule, t.pol)
 		cancel()
 	}
 	if err != nil {
@@ -644,6 +679,14 @@ func (h *Handler) deletePenalty(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.finish(w, r, t, http.StatusOK, "lifted", nil)
-	pv := t.rule.Penalty.View()
-	writeJSON(w, http.StatusOK, PenaltyAnswer{Domain: t.domain, Rule: t.rule.Name, Identity: t.hash, Penalty: t.rule.Penalty.Name, PenaltyPolicy: &pv, Lifted: true, Threshold: t.rule.Penalty.Params.Requests, PointsLeft: t.rule.Penalty.Params.Requests})
+	ans := t.penaltyAnswer()
+	ans.Lifted, ans.Threshold, ans.PointsLeft = true, t.pol.Params.Requests, t.pol.Params.Requests
+	writeJSON(w, http.StatusOK, answer(t, ans, wrap))
+}
+
+func answer(t *target, ans PenaltyAnswer, wrap func(*target, PenaltyAnswer) any) any {
+	if wrap == nil {
+		return ans
+	}
+	return wrap(t, ans)
 }

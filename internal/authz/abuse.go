@@ -92,14 +92,14 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 	if id != nil {
 		presented = id.keySum
 	}
-	if d := ab.Fanout; d != nil && presented != "" && r.source != "" {
-		seen, err := s.engine.Distinct(ctx, cfg.Domain, addressEntries(r.source), abuse.Fanout, presented, d.Window, d.Max)
+	if d := ab.Fanout; d != nil && presented != "" && r.addr != "" {
+		seen, err := s.engine.Distinct(ctx, cfg.Domain, addressEntries(r.addr), abuse.Fanout, presented, d.Window, d.Max)
 		if s.storeFailed(err) {
 			return nil
 		}
 		if seen.Over {
 			detail := fmt.Sprintf("%d distinct API keys from one address in %s (max %d)", seen.Count, d.Window, d.Max)
-			if resp := s.charge(ctx, cfg, pol, abuse.Fanout, d, addressEntries(r.source), addressKey+"="+r.source, seen.Count, detail); resp != nil {
+			if resp := s.charge(ctx, cfg, pol, abuse.Fanout, d, addressEntries(r.addr), addressKey+"="+r.addr, seen.Count, detail); resp != nil {
 				return resp
 			}
 		}
@@ -181,16 +181,17 @@ func (s *Server) authFailure(ctx context.Context, req *authv3.CheckRequest, resp
 		}
 	}
 	r := parseRequest(req)
-	if r.source == "" {
+	addr, ok := cfg.Address(r.source)
+	if !ok {
 		return
 	}
 	d := cfg.Abuse.AuthFailures
-	n, over, err := s.engine.Events(ctx, cfg.Domain, addressEntries(r.source), abuse.AuthFailures, d.Window, d.Max)
+	n, over, err := s.engine.Events(ctx, cfg.Domain, addressEntries(addr), abuse.AuthFailures, d.Window, d.Max)
 	if s.storeFailed(err) || !over {
 		return
 	}
 	detail := fmt.Sprintf("more than %d answers 401 or 403 to one address in %s", d.Max, d.Window)
-	s.charge(ctx, cfg, pol, abuse.AuthFailures, d, addressEntries(r.source), addressKey+"="+r.source, n, detail)
+	s.charge(ctx, cfg, pol, abuse.AuthFailures, d, addressEntries(addr), addressKey+"="+addr, n, detail)
 }
 
 // storeFailed logs (throttled) a detector's store failure: the call goes on

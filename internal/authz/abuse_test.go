@@ -457,3 +457,100 @@ func TestAbuseAdminSpellings(t *testing.T) {
 		t.Fatalf("the other address is still locked out: %d, want 403", status(r))
 	}
 }
+
+// v6 is the i-th address of the /64 2001:db8:1:2::/64 (its interface id varied in every
+// group, as a client rotating through its allocation does).
+func v6(i int) string { return fmt.Sprintf("2001:db8:1:2:%x:%x::%x", i*7919%65536, i, i+1) }
+
+// TestAbuseIPv6Network: an IPv6 client is keyed by its /64, so rotating addresses within
+// it escapes neither invalid_key_penalty's lockout nor the fanout and auth_failures
+// detectors; the admin API reads the lockout by any address of the /64; another /64 and
+// an IPv4 client are untouched. Before, 8 wrong keys from one /64 were 8 identities and
+// never locked out.
+func TestAbuseIPv6Network(t *testing.T) {
+	pro := map[string]string{"x-api-key": proKey}
+	t.Run("invalid_key_penalty", func(t *testing.T) {
+		e := setup(t, authzYAML) // guessing: threshold 3, ladder 10m
+		codes := map[int]int{}
+		for i := 0; i < 8; i++ {
+			codes[status(e.check(t, req("GET", "/v1/items/1", v6(i), key(i))))]++
+		}
+		if codes[401] != 2 || codes[403] != 6 {
+			t.Fatalf("8 wrong keys from one /64: %v, want 2 x 401 then 403 (locked out at the 3rd)", codes)
+		}
+		r := e.check(t, req("GET", "/v1/items/1", v6(100), pro))
+		if status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:guessing" {
+			t.Fatalf("a valid key from another address of the /64: %d %s, want 403 penalty:guessing", status(r), r.GetDeniedResponse().GetBody())
+		}
+		for _, src := range []string{"2001:db8:1:3::1", "198.51.100.4", "::ffff:198.51.100.5"} {
+			if r := e.check(t, req("GET", "/v1/items/1", src, pro)); status(r) != 200 {
+				t.Fatalf("%s: %d, want 200", src, status(r))
+			}
+		}
+	})
+	t.Run("fanout", func(t *testing.T) {
+		e := setup(t, abuseYAML("  fanout: {window: 1m, max: 3, severity: 1}\n"))
+		for i := 1; i <= 5; i++ { // keys 4 and 5 are detections: locked (threshold 2)
+			e.check(t, req("GET", "/v1/items/1", v6(i), key(i)))
+		}
+		r := e.check(t, req("GET", "/v1/items/1", v6(6), pro))
+		if status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+			t.Fatalf("a valid key from the /64 after 5 keys: %d %s, want 403 penalty:abuse", status(r), r.GetDeniedResponse().GetBody())
+		}
+		a := e.abuseAdmin(t, "remote_address="+v6(42))
+		if !a.Locked || len(a.Detections) != 2 || a.Detections[1].Identity != "remote_address=2001:db8:1:2::/64" || a.Detections[1].Count != 4 {
+			t.Fatalf("admin by another address of the /64: %+v", a)
+		}
+		if b := e.abuseAdmin(t, "remote_address=2001:DB8:1:2:ffff::1"); b.Identity != a.Identity || !b.Locked {
+			t.Fatalf("admin by a third spelling: %+v, want identity %s", b, a.Identity)
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "2001:db8:1:3::1", pro)); status(r) != 200 {
+			t.Fatalf("another /64: %d, want 200", status(r))
+		}
+		if a := e.abuseAdmin(t, "remote_address=2001:db8:1:3::1"); a.Locked || len(a.Detections) != 0 {
+			t.Fatalf("admin, another /64: %+v", a)
+		}
+		// Lifted by any address of the /64: the whole /64 is served again.
+		if code, a, body := e.adminCall(t, "DELETE", "domain=edge&descriptor=remote_address="+v6(7)); code != 200 || !a.Lifted {
+			t.Fatalf("DELETE: %d %s", code, body)
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", v6(8), pro)); status(r) != 200 {
+			t.Fatalf("after the lift: %d, want 200", status(r))
+		}
+	})
+	t.Run("auth_failures", func(t *testing.T) {
+		e := setup(t, abuseYAML("  auth_failures: {window: 1m, max: 4, severity: 1}\n"))
+		for i := 0; i < 6; i++ { // failures 5 and 6 are detections: locked
+			if r := e.check(t, req("GET", "/v1/items/1", v6(i), nil)); status(r) != 401 {
+				t.Fatalf("failure %d: %d", i, status(r))
+			}
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", v6(9), pro)); status(r) != 403 {
+			t.Fatalf("after 6 failures from one /64: %d, want 403", status(r))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "2001:db8:1:3::1", pro)); status(r) != 200 {
+			t.Fatalf("another /64: %d, want 200", status(r))
+		}
+	})
+	t.Run("ipv6_address_prefix", func(t *testing.T) {
+		// A /56: two /64s of one /56 are one identity, another /56 is not.
+		e := setup(t, strings.Replace(authzYAML, "invalid_key_penalty: guessing\n", "invalid_key_penalty: guessing\nipv6_address_prefix: 56\n", 1))
+		for i, src := range []string{"2001:db8:1:2::1", "2001:db8:1:3::1", "2001:db8:1:4::1"} {
+			e.check(t, req("GET", "/v1/items/1", src, key(i)))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "2001:db8:1:ff::1", pro)); status(r) != 403 {
+			t.Fatalf("a valid key from the /56: %d, want 403", status(r))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "2001:db8:1:100::1", pro)); status(r) != 200 {
+			t.Fatalf("another /56: %d, want 200", status(r))
+		}
+	})
+}
+
+func TestIPv6AddressPrefixRefused(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "authz.yaml")
+	os.WriteFile(p, []byte("domain: d\nipv6_address_prefix: 129\n"), 0o644)
+	if _, err := authz.LoadConfig(p); err == nil || !strings.Contains(err.Error(), p+": ipv6_address_prefix: must be between 1 and 128") {
+		t.Fatalf("ipv6_address_prefix 129: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -101,6 +102,9 @@ type request struct {
 	// match on it. rawPath is the path as received (query dropped, rooted): exemptions
 	// judge it, by the domain's exemptions.path_match.
 	method, path, rawPath, source string
+	// addr is source as an identity (Config.Address: IPv6 by its network), "" without
+	// a source: invalid_key_penalty's lockout and the address-keyed detectors charge it.
+	addr string
 	// rawQuery is the URL's query string (a GraphQL GET carries its query there).
 	rawQuery string
 	// target is the path with its query as received (an idempotency key's scope).
@@ -161,8 +165,10 @@ func parseRequest(req *authv3.CheckRequest) *request {
 	}
 	r.rawPath, r.path = p, config.CleanPath(p)
 	if sa := attrs.GetSource().GetAddress().GetSocketAddress(); sa != nil {
-		if a, ok := abuse.Address(sa.GetAddress()); ok {
-			r.source = a
+		// The canonical text (IPv4-mapped as IPv4): exemptions and logs see the exact
+		// address; r.addr, the identity, is set by check under the config's prefix.
+		if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil {
+			r.source = ip.Unmap().WithZone("").String()
 		}
 	}
 	return r
@@ -208,6 +214,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return nil, status.Error(codes.Unavailable, "ext_authz is not configured (start halt-envoy with --authz-config)")
 	}
 	r := parseRequest(req)
+	r.addr, _ = cfg.Address(r.source)
 	route := cfg.matchRoute(r.method, r.path)
 
 	// Exemptions first: health checks and internal ranges are never counted. An exempt
@@ -224,14 +231,14 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	// at: answering a right key differently from a wrong one would tell a brute-forcer
 	// which guess was right.
 	pol := s.invalidKeyPenalty(cfg, set)
-	if pol != nil && r.source != "" {
-		if locked := s.addressLocked(ctx, cfg, pol, r.source, 0); locked != nil {
+	if pol != nil && r.addr != "" {
+		if locked := s.addressLocked(ctx, cfg, pol, r.addr, 0); locked != nil {
 			return locked, nil
 		}
 	}
 	ab := s.abusePenalty(cfg, set)
-	if ab != nil && ab != pol && r.source != "" && !cfg.Abuse.DryRun {
-		if locked := s.abuseLocked(ctx, cfg, ab, addressEntries(r.source)); locked != nil {
+	if ab != nil && ab != pol && r.addr != "" && !cfg.Abuse.DryRun {
+		if locked := s.abuseLocked(ctx, cfg, ab, addressEntries(r.addr)); locked != nil {
 			return locked, nil
 		}
 	}
@@ -482,8 +489,8 @@ func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol *config.Pe
 		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
 			s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path, "similar_suppressed", held)
 		}
-		if pol != nil && r.source != "" {
-			if locked := s.addressLocked(ctx, cfg, pol, r.source, pol.Severity); locked != nil {
+		if pol != nil && r.addr != "" {
+			if locked := s.addressLocked(ctx, cfg, pol, r.addr, pol.Severity); locked != nil {
 				return locked, nil
 			}
 		}

@@ -43,6 +43,11 @@ type Config struct {
 	// InvalidKeyPenalty names a penalty policy (from the rate-limit config) charged to the
 	// source address for every invalid API key: brute-force guessing locks out.
 	InvalidKeyPenalty string `yaml:"invalid_key_penalty"`
+	// IPv6AddressPrefix is the length of the IPv6 network a source address stands for
+	// wherever an address is an identity (invalid_key_penalty's lockout, the fanout and
+	// auth_failures detectors, the abuse lockout): 1 to 128, default
+	// abuse.DefaultIPv6Prefix (64). IPv4 addresses are always keyed whole.
+	IPv6AddressPrefix int `yaml:"ipv6_address_prefix"`
 	// Abuse configures the abuse detectors (internal/abuse): what they watch and the
 	// penalty they feed; nil is off.
 	Abuse *abuse.Config `yaml:"abuse"`
@@ -374,6 +379,10 @@ func (c *Config) Resolve(set *config.Set) error {
 	return errors.Join(errs...)
 }
 
+// Address is source address a as this config's address identities key it
+// (abuse.Address under ipv6_address_prefix).
+func (c *Config) Address(a string) (string, bool) { return abuse.Address(a, c.IPv6AddressPrefix) }
+
 // KeysFile returns the resolved path of the API key file ("" when none).
 func (c *Config) KeysFile() string {
 	if c.APIKeysFile == "" || filepath.IsAbs(c.APIKeysFile) {
@@ -535,6 +544,12 @@ func (c *Config) compile() error {
 			*h.v = h.def
 		}
 		*h.v = strings.ToLower(*h.v)
+	}
+	if c.IPv6AddressPrefix == 0 {
+		c.IPv6AddressPrefix = abuse.DefaultIPv6Prefix
+	}
+	if c.IPv6AddressPrefix < 1 || c.IPv6AddressPrefix > 128 {
+		errs = append(errs, fmt.Errorf("ipv6_address_prefix: must be between 1 and 128 (the IPv6 network one address identity stands for; default %d), got %d", abuse.DefaultIPv6Prefix, c.IPv6AddressPrefix))
 	}
 	if c.Abuse != nil {
 		errs = append(errs, c.Abuse.Check()...)
