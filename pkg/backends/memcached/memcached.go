@@ -112,13 +112,7 @@ func OpenURL(raw string, opt backends.Options) (*Store, error) {
 	cfg.CASAttempts = q.Int("cas_attempts", 0, 1, backends.MaxCASAttempts)
 	cfg.MaxIdleConns = q.Int("max_idle_conns", 0, 1, math.MaxInt)
 	if q.Bool("tls", false) {
-		opts := map[string]string{}
-		for _, k := range backends.TLSOptions {
-			if v := q.String(k, ""); q.Has(k) {
-				opts[k] = v
-			}
-		}
-		if cfg.TLS, err = backends.TLSConfig("memcached", opts, ""); err != nil {
+		if cfg.TLS, err = q.TLSConfig(""); err != nil {
 			return nil, err
 		}
 	} else {

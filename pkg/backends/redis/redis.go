@@ -164,33 +164,29 @@ func Parse(u *url.URL) (Config, error) {
 		}
 	}
 	q.Refuse("db", "applies to redis+unix:// only (the database is the URL's path)")
-	tlsOpts := map[string]string{}
-	for _, k := range backends.TLSOptions {
-		if !secure {
+	if !secure {
+		for _, k := range backends.TLSOptions {
 			q.Refuse(k, "needs a rediss://, rediss+sentinel:// or rediss+cluster:// URL")
-		} else if v := q.String(k, ""); q.Has(k) {
-			tlsOpts[k] = v
 		}
+	} else {
+		// One server: its name. Several (Sentinels, Cluster nodes, and the masters and
+		// nodes they point to): each connection verifies the name it dialled
+		// (tls.DialWithDialer takes it from the address when ServerName is empty).
+		host := ""
+		if cfg.Mode == Standalone && len(cfg.Addrs) > 0 {
+			host, _, _ = net.SplitHostPort(cfg.Addrs[0])
+		}
+		t, err := q.TLSConfig(host)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.TLS = t
 	}
 	if err := q.Err(); err != nil {
 		return cfg, err
 	}
 	if cfg.Mode == Sentinel && cfg.MasterName == "" {
 		return cfg, fmt.Errorf("redis URL: redis+sentinel:// needs ?master=NAME")
-	}
-	if secure {
-		// One server: its name. Several (Sentinels, Cluster nodes, and the masters and
-		// nodes they point to): each connection verifies the name it dialled
-		// (tls.DialWithDialer takes it from the address when ServerName is empty).
-		host := ""
-		if cfg.Mode == Standalone {
-			host, _, _ = net.SplitHostPort(cfg.Addrs[0])
-		}
-		t, err := backends.TLSConfig("redis", tlsOpts, host)
-		if err != nil {
-			return cfg, err
-		}
-		cfg.TLS = t
 	}
 	return cfg, nil
 }
