@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // Generic names are the reference's variables whose names other software sets too (a
@@ -318,7 +320,7 @@ func ReadWith(env map[string]string, opt Options) (*Settings, error) {
 	if r.boolean("LIMIT_RESPONSE_HEADERS_ENABLED") {
 		s.HeaderNames = &[3]string{r.str("LIMIT_LIMIT_HEADER"), r.str("LIMIT_REMAINING_HEADER"), r.str("LIMIT_RESET_HEADER")}
 		for i, n := range []string{"LIMIT_LIMIT_HEADER", "LIMIT_REMAINING_HEADER", "LIMIT_RESET_HEADER"} {
-			if !validHeaderName(s.HeaderNames[i]) {
+			if !httpguts.ValidHeaderFieldName(s.HeaderNames[i]) {
 				r.fail("%s=%q: not a valid header field name", n, s.HeaderNames[i])
 			}
 		}
@@ -853,20 +855,6 @@ func (r *reader) mogrifiers() []Mogrifier {
 		out = append(out, m)
 	}
 	return out
-}
-
-// validHeaderName reports whether v is an HTTP header field name (a token: RFC 9110).
-func validHeaderName(v string) bool {
-	if v == "" {
-		return false
-	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return true
 }
 
 // parseMap reads an envconfig map (k:v,k2:v2; checked by parse).
