@@ -2,18 +2,16 @@ package backends
 
 import (
 	"context"
-	"hash/maphash"
 	"sync"
 	"sync/atomic"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/internal/denycache"
 )
 
 // LocalCacheEntryBytes is what one entry of a LocalCache is counted as, besides its key:
 // the entry itself and its share of the map, rounded up.
 const LocalCacheEntryBytes = 128
-
-const localCacheShards = 32
 
 // LocalCache is a Store that answers, without a round trip, the ops of keys the store
 // said are over their limit until their window ends: the reference service's local
@@ -54,28 +52,19 @@ const localCacheShards = 32
 // entry counting len(key) + LocalCacheEntryBytes; a full shard evicts (an expired entry
 // if one of a few sampled is, else the first sampled).
 type LocalCache struct {
-	store    Store
-	perShard int64
-	seed     maphash.Seed
-	n        atomic.Int64
-	hits     atomic.Uint64
-	closed   atomic.Bool
-	shards   [localCacheShards]localShard
-	pool     sync.Pool // *[]*Op, the ops sent on to the store
+	store  Store
+	cache  *denycache.Cache[localEntry]
+	hits   atomic.Uint64
+	closed atomic.Bool
+	pool   sync.Pool // *[]*Op, the ops sent on to the store
 }
 
-type localShard struct {
-	mu    sync.Mutex
-	m     map[string]localEntry
-	bytes int64
-	_     [40]byte
-}
-
+// localEntry is what a denial fixed, live until the window's end (the cache's instant).
 type localEntry struct {
 	alg   algorithms.Algorithm
 	limit algorithms.Limit
-	// from and until bound the op times (microseconds) the entry answers at.
-	from, until int64
+	// from is the first op time (microseconds) the entry answers at.
+	from int64
 	// at is the time the store decided the answer the entry was learnt from, not earlier
 	// than the key's time (algorithms.StateTime); an op older than it goes to the store,
 	// which may decide it at the key's time (algorithms.At).
@@ -84,32 +73,28 @@ type localEntry struct {
 
 // NewLocalCache returns st behind a local over-limit cache of at most maxBytes.
 func NewLocalCache(st Store, maxBytes int64) *LocalCache {
-	c := &LocalCache{store: st, perShard: maxBytes / localCacheShards, seed: maphash.MakeSeed()}
-	for i := range c.shards {
-		c.shards[i].m = make(map[string]localEntry)
-	}
+	c := &LocalCache{store: st, cache: denycache.New[localEntry](maxBytes, localEntrySize)}
 	c.pool.New = func() any { return new([]*Op) }
 	return c
 }
+
+// localEntrySize is what a key's entry counts against the cache's bytes.
+func localEntrySize(key string) int64 { return int64(len(key)) + LocalCacheEntryBytes }
 
 // Hits reports how many ops the cache answered.
 func (c *LocalCache) Hits() uint64 { return c.hits.Load() }
 
 // Len reports how many keys the cache holds.
-func (c *LocalCache) Len() int { return int(c.n.Load()) }
+func (c *LocalCache) Len() int { return c.cache.Len() }
 
 // Unwrap returns the store behind the cache.
 func (c *LocalCache) Unwrap() Store { return c.store }
-
-func (c *LocalCache) shard(key string) *localShard {
-	return &c.shards[maphash.String(c.seed, key)%localCacheShards]
-}
 
 // Apply answers the ops it can from the cache and sends the others to the store in one
 // call, then learns from the store's answers. The contract holds: every op has its
 // answer, and the error is the first op's, in ops order.
 func (c *LocalCache) Apply(ctx context.Context, now int64, ops []*Op) error {
-	if c.n.Load() == 0 || c.closed.Load() {
+	if c.cache.Len() == 0 || c.closed.Load() {
 		err := c.store.Apply(ctx, now, ops)
 		c.learnAll(now, ops)
 		return err
@@ -147,38 +132,20 @@ func (c *LocalCache) learnAll(now int64, ops []*Op) {
 }
 
 // localCacheable reports whether op can ever be answered from the cache: a fixed window
-// or a calendar quota, never a report-only op (it is charged and never refused) nor a
-// calendar op that may drain into debt (a denial then still charges).
-func localCacheable(op *Op) bool {
-	if op.Limit.Report {
-		return false
-	}
-	switch op.Algorithm {
-	case algorithms.FixedWindow:
-		return true
-	case algorithms.Calendar:
-		return !op.Limit.Drain || op.Limit.MaxDebt == 0
-	}
-	return false
-}
+// or a calendar quota (denycache.Cacheable; not a penalty, whose answer this cache, which
+// sees no key time, cannot work out).
+func localCacheable(op *Op) bool { return denycache.Cacheable(op.Algorithm, &op.Limit, false) }
 
 // answer fills op.Result from a live entry and reports whether it did.
 func (c *LocalCache) answer(now int64, op *Op) bool {
 	if op.Cost <= 0 || !localCacheable(op) {
 		return false
 	}
-	sh := c.shard(op.Key)
-	sh.mu.Lock()
-	e, ok := sh.m[op.Key]
-	if ok && now >= e.until {
-		c.drop(sh, op.Key)
-		ok = false
-	}
-	sh.mu.Unlock()
+	e, until, ok := c.cache.Get(op.Key, now)
 	if !ok || e.alg != op.Algorithm || e.limit != op.Limit || now < e.from || now < e.at {
 		return false
 	}
-	left := e.until - now
+	left := until - now
 	op.Result = algorithms.Result{Limit: op.Limit.Requests, ResetAfter: left, RetryAfter: left, TTL: left}
 	if op.Cost > op.Limit.Requests {
 		op.Result.RetryAfter = -1
@@ -194,6 +161,7 @@ func (c *LocalCache) learn(now int64, op *Op) {
 	}
 	r := &op.Result
 	var e localEntry
+	var until int64
 	keep := false
 	// The window's end is now + TTL, and the time the store decided op at is that end
 	// less ResetAfter (the algorithms count waits from that time and the TTL from now).
@@ -204,83 +172,29 @@ func (c *LocalCache) learn(now int64, op *Op) {
 		// Decided inside the window it counted in (not a later one a broken clock left
 		// the key in), at or after now.
 		if p := op.Limit.Period; r.Remaining == 0 && r.ResetAfter > 0 && r.ResetAfter <= p && at >= now {
-			e.from, e.until, e.at = end-p, end, at
+			e.from, until, e.at = end-p, end, at
 			keep = true
 		}
 	case algorithms.Calendar:
 		// Decided in the op's own window (not a later one it found the key in).
 		if r.Remaining == 0 && r.Debt == 0 && r.ResetAfter > 0 && end == op.Limit.WindowEnd && at >= now {
-			e.from, e.until, e.at = op.Limit.WindowStart, end, at
+			e.from, until, e.at = op.Limit.WindowStart, end, at
 			keep = true
 		}
 	}
-	sh := c.shard(op.Key)
 	if !keep {
-		if c.n.Load() == 0 {
-			return
-		}
-		sh.mu.Lock()
-		c.drop(sh, op.Key)
-		sh.mu.Unlock()
-		return
-	}
-	size := int64(len(op.Key)) + LocalCacheEntryBytes
-	if size > c.perShard {
+		c.cache.Drop(op.Key)
 		return
 	}
 	e.alg, e.limit = op.Algorithm, op.Limit
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if _, ok := sh.m[op.Key]; ok {
-		sh.m[op.Key] = e
-		return
-	}
-	for sh.bytes+size > c.perShard && len(sh.m) > 0 {
-		c.evict(sh, now)
-	}
-	sh.m[op.Key] = e
-	sh.bytes += size
-	c.n.Add(1)
-}
-
-// drop removes key from sh; sh.mu is held.
-func (c *LocalCache) drop(sh *localShard, key string) {
-	if _, ok := sh.m[key]; !ok {
-		return
-	}
-	delete(sh.m, key)
-	sh.bytes -= int64(len(key)) + LocalCacheEntryBytes
-	c.n.Add(-1)
-}
-
-// evict makes room in sh (sh.mu held): an expired entry if one of a few sampled is, else
-// the first sampled.
-func (c *LocalCache) evict(sh *localShard, now int64) {
-	var victim string
-	n := 0
-	for k, e := range sh.m {
-		if e.until <= now {
-			victim = k
-			break
-		}
-		if n == 0 {
-			victim = k
-		}
-		if n++; n == 8 {
-			break
-		}
-	}
-	c.drop(sh, victim)
+	c.cache.Put(op.Key, e, until, now)
 }
 
 // Delete drops keys from the cache (a reset here must not be undone by a cached denial)
 // and from the store.
 func (c *LocalCache) Delete(ctx context.Context, keys ...string) error {
 	for _, k := range keys {
-		sh := c.shard(k)
-		sh.mu.Lock()
-		c.drop(sh, k)
-		sh.mu.Unlock()
+		c.cache.Drop(k)
 	}
 	return c.store.Delete(ctx, keys...)
 }

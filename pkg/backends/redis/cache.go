@@ -1,12 +1,9 @@
 package redis
 
 import (
-	"hash/maphash"
-	"sync"
-	"sync/atomic"
-
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/internal/denycache"
 )
 
 // denyCache remembers keys the server said are over their limit, for the algorithms
@@ -35,25 +32,15 @@ import (
 // another replica's Delete (admin reset) or another replica whose clock is ahead; see
 // the docs.
 type denyCache struct {
-	seed   maphash.Seed
-	maxPer int
-	n      atomic.Int64
-	shards [cacheShards]cacheShard
-}
-
-const cacheShards = 32
-
-type cacheShard struct {
-	mu sync.Mutex
-	m  map[string]cacheEntry
-	_  [40]byte
+	*denycache.Cache[cacheEntry]
 }
 
 type cacheEntry struct {
 	alg   algorithms.Algorithm
 	limit algorithms.Limit
-	// from and until bound the times (microseconds, op clock) at which the entry answers.
-	from, until int64
+	// from is the first time (microseconds, op clock) at which the entry answers; the
+	// cache's instant is the last.
+	from int64
 	// ttlEnd is when the server-side state expires in op time (for Result.TTL).
 	ttlEnd int64
 	// keyTime is the key's time the server reported with the answer the entry was
@@ -61,56 +48,26 @@ type cacheEntry struct {
 	keyTime int64
 }
 
+// newDenyCache returns a cache of at most maxKeys keys (at least one per shard).
 func newDenyCache(maxKeys int) *denyCache {
-	if maxKeys < cacheShards {
-		maxKeys = cacheShards
-	}
-	c := &denyCache{seed: maphash.MakeSeed(), maxPer: maxKeys / cacheShards}
-	for i := range c.shards {
-		c.shards[i].m = make(map[string]cacheEntry)
-	}
-	return c
+	return &denyCache{denycache.New[cacheEntry](int64(max(maxKeys, denycache.Shards)), func(string) int64 { return 1 })}
 }
 
-func (c *denyCache) shard(key string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, key)%cacheShards]
-}
-
-// cacheable reports whether op can ever be answered from the cache: never a report-only
-// op (it is never refused, and it is charged), and never a calendar op that may drain
-// into debt (a denial then still charges).
-func cacheable(op *backends.Op) bool {
-	if op.Limit.Report {
-		return false
-	}
-	switch op.Algorithm {
-	case algorithms.FixedWindow, algorithms.Penalty:
-		return true
-	case algorithms.Calendar:
-		return !op.Limit.Drain || op.Limit.MaxDebt == 0
-	}
-	return false
-}
+// cacheable reports whether op can ever be answered from the cache (denycache.Cacheable,
+// penalties included: the key's time the script reports fixes a lockout's answer).
+func cacheable(op *backends.Op) bool { return denycache.Cacheable(op.Algorithm, &op.Limit, true) }
 
 // answer fills op.Result from a live entry and reports whether it did.
 func (c *denyCache) answer(now int64, op *backends.Op) bool {
-	if c.n.Load() == 0 || !cacheable(op) {
+	if !cacheable(op) {
 		return false
 	}
-	sh := c.shard(op.Key)
-	sh.mu.Lock()
-	e, ok := sh.m[op.Key]
-	if ok && now >= e.until {
-		delete(sh.m, op.Key)
-		c.n.Add(-1)
-		ok = false
-	}
-	sh.mu.Unlock()
+	e, until, ok := c.Get(op.Key, now)
 	if !ok || e.alg != op.Algorithm || e.limit != op.Limit {
 		return false
 	}
 	at := algorithms.At(now, e.keyTime)
-	if at < e.from || at >= e.until {
+	if at < e.from || at >= until {
 		return false
 	}
 	l := &op.Limit
@@ -122,16 +79,16 @@ func (c *denyCache) answer(now int64, op *backends.Op) bool {
 		if cost <= 0 || algorithms.WindowStart(at, l.Period) != e.from {
 			return false
 		}
-		reset := e.until - at
-		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: e.until - now}
+		reset := until - at
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: until - now}
 	case algorithms.Calendar:
 		if cost <= 0 {
 			return false
 		}
-		reset := e.until - at
-		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: e.until - now}
+		reset := until - at
+		r = algorithms.Result{Limit: l.Requests, ResetAfter: reset, RetryAfter: reset, TTL: until - now}
 	case algorithms.Penalty:
-		left := e.until - at
+		left := until - at
 		r = algorithms.Result{Limit: l.Requests, ResetAfter: left, RetryAfter: left, TTL: max(0, e.ttlEnd-now)}
 	}
 	if op.Algorithm != algorithms.Penalty && cost > l.Requests {
@@ -155,6 +112,7 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 	// changed the key, and the time op found when it did not.
 	at := algorithms.At(now, keyTime)
 	var e cacheEntry
+	var until int64
 	keep := false
 	// An op the cache never answers (a report, a drain into debt) teaches nothing and
 	// drops what the key held: it changed the key behind any entry.
@@ -165,78 +123,29 @@ func (c *denyCache) learn(now, keyTime int64, op *backends.Op) {
 			// The window the server counted in (it may be a newer one than now's when
 			// the clock went back); the entry answers only inside exactly that window.
 			end := at + r.ResetAfter
-			e.from, e.until = end-op.Limit.Period, end
+			e.from, until = end-op.Limit.Period, end
 			keep = true
 		}
 	case alg == algorithms.Calendar:
 		// Only when it was decided in the op's own window (not a later one it found
 		// the key in: algorithms.DecideCalendar).
 		if r.Remaining == 0 && op.Limit.WindowEnd > at && at+r.ResetAfter == op.Limit.WindowEnd {
-			e.from, e.until = minTime, op.Limit.WindowEnd
+			e.from, until = minTime, op.Limit.WindowEnd
 			keep = true
 		}
 	case alg == algorithms.Penalty:
 		if !r.Allowed && r.ResetAfter > 0 {
-			e.from, e.until = minTime, at+r.ResetAfter
+			e.from, until = minTime, at+r.ResetAfter
 			e.ttlEnd = now + r.TTL
 			keep = true
 		}
 	}
 	if !keep {
-		if c.n.Load() == 0 {
-			return // nothing to forget: no hash of the key either
-		}
-		sh := c.shard(op.Key)
-		sh.mu.Lock()
-		if _, ok := sh.m[op.Key]; ok {
-			delete(sh.m, op.Key)
-			c.n.Add(-1)
-		}
-		sh.mu.Unlock()
+		c.Drop(op.Key)
 		return
 	}
 	e.alg, e.limit, e.keyTime = op.Algorithm, op.Limit, keyTime
-	sh := c.shard(op.Key)
-	sh.mu.Lock()
-	if _, ok := sh.m[op.Key]; !ok {
-		if len(sh.m) >= c.maxPer {
-			c.evict(sh, now)
-		}
-		c.n.Add(1)
-	}
-	sh.m[op.Key] = e
-	sh.mu.Unlock()
-}
-
-// evict makes room: an expired entry if one of a few sampled is, else the first sampled.
-func (c *denyCache) evict(sh *cacheShard, now int64) {
-	var victim string
-	n := 0
-	for k, e := range sh.m {
-		if e.until <= now {
-			victim = k
-			break
-		}
-		if n == 0 {
-			victim = k
-		}
-		if n++; n == 8 {
-			break
-		}
-	}
-	delete(sh.m, victim)
-	c.n.Add(-1)
-}
-
-// forget drops keys (Delete in this process must not be undone by a cached denial).
-func (c *denyCache) forget(key string) {
-	sh := c.shard(key)
-	sh.mu.Lock()
-	if _, ok := sh.m[key]; ok {
-		delete(sh.m, key)
-		c.n.Add(-1)
-	}
-	sh.mu.Unlock()
+	c.Put(op.Key, e, until, now)
 }
 
 // minTime is earlier than any op time.

@@ -611,7 +611,7 @@ func (s *Store) Delete(ctx context.Context, keys ...string) error {
 	}
 	if s.cache != nil {
 		for _, k := range keys {
-			s.cache.forget(k)
+			s.cache.Drop(k)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
