@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"sync"
@@ -50,12 +51,18 @@ type Config struct {
 }
 
 // Spike is the spike detector: the identified caller's requests in the last Window
-// against Factor times what its rate over the last Baseline predicts for a Window.
+// against Factor times what its moving baseline predicts for a Window. The baseline is
+// an exponentially weighted moving average (EWMA) of the caller's request rate, with
+// half-life HalfLife: a request's weight in it halves every HalfLife, so the baseline
+// follows a lasting change of traffic (half of the way in one half-life) and forgets a
+// burst as fast. Sampled once per Window, it is the EWMA of the per-window counts with
+// alpha = 1 - 2^(-Window/HalfLife) (Alpha).
 type Spike struct {
 	// Window is the short window; default 1m.
 	Window time.Duration `yaml:"window"`
-	// Baseline is the long window whose rate is the identity's normal; default 1h.
-	Baseline time.Duration `yaml:"baseline"`
+	// HalfLife is the baseline's half-life; default 20m (the mean age of what it
+	// weighs, HalfLife / ln 2, about 29m).
+	HalfLife time.Duration `yaml:"half_life"`
 	// Factor is how many times the baseline's rate is a spike; default 5.
 	Factor float64 `yaml:"factor"`
 	// Min is the requests in Window below which nothing is a spike (a new or quiet
@@ -65,11 +72,23 @@ type Spike struct {
 	Severity int64 `yaml:"severity"`
 }
 
-// Threshold is the requests in Window above which the caller spikes, given its count
-// over Baseline: Factor times the baseline's count scaled to Window, at least Min.
-func (s *Spike) Threshold(baselineCount int64) float64 {
-	expected := float64(baselineCount) * float64(s.Window) / float64(s.Baseline)
-	return max(float64(s.Min), s.Factor*expected)
+// Expected is the requests in a Window that the baseline predicts, given the
+// identity's exponentially decayed count (engine.Rate.Decayed, each request weighing
+// 2^(-age/HalfLife)): its EWMA rate, Decayed x ln 2 / HalfLife, over a Window.
+func (s *Spike) Expected(decayed float64) float64 {
+	return decayed * math.Ln2 * float64(s.Window) / float64(s.HalfLife)
+}
+
+// Threshold is the requests in Window above which the caller spikes, given its decayed
+// count: Factor times Expected, at least Min.
+func (s *Spike) Threshold(decayed float64) float64 {
+	return max(float64(s.Min), s.Factor*s.Expected(decayed))
+}
+
+// Alpha is the baseline's smoothing factor per Window: the weight of the last window's
+// count when the EWMA is sampled once per Window.
+func (s *Spike) Alpha() float64 {
+	return 1 - math.Exp2(-float64(s.Window)/float64(s.HalfLife))
 }
 
 // Detector is a detector's window, threshold and severity.
@@ -89,6 +108,9 @@ type Network struct {
 	IPv4Prefix int `yaml:"ipv4_prefix"`
 	IPv6Prefix int `yaml:"ipv6_prefix"`
 }
+
+// DefaultHalfLife is the spike baseline's half-life when none is given.
+const DefaultHalfLife = 20 * time.Minute
 
 // MaxCount is a count no detector reaches: the max of a marker that only tells new
 // from seen.
@@ -143,8 +165,8 @@ func (c *Config) Check() []error {
 		if sp.Window == 0 {
 			sp.Window = time.Minute
 		}
-		if sp.Baseline == 0 {
-			sp.Baseline = time.Hour
+		if sp.HalfLife == 0 {
+			sp.HalfLife = DefaultHalfLife
 		}
 		if sp.Factor == 0 {
 			sp.Factor = 5
@@ -158,8 +180,14 @@ func (c *Config) Check() []error {
 		switch {
 		case sp.Window < time.Second || sp.Window%time.Second != 0:
 			bad("spike.window: must be whole seconds, at least 1s, got %s", sp.Window)
-		case sp.Baseline <= sp.Window || sp.Baseline > 7*maxWindow || sp.Baseline%time.Second != 0:
-			bad("spike.baseline: must be whole seconds, longer than window (%s) and at most 168h, got %s", sp.Window, sp.Baseline)
+		case sp.HalfLife < sp.Window || sp.HalfLife > 7*maxWindow || sp.HalfLife%time.Second != 0:
+			bad("spike.half_life: must be whole seconds, at least window (%s) and at most 168h, got %s", sp.Window, sp.HalfLife)
+		case sp.Factor > 1 && sp.Factor*sp.Window.Seconds()*math.Ln2 >= sp.HalfLife.Seconds():
+			// The window's own requests are in the baseline: with factor x window at or
+			// past the baseline's mean age (half_life / ln 2), no burst could outgrow
+			// the threshold it raises.
+			bad("spike.half_life: %s is too short for factor %g over window %s: a spike could never be detected (want above factor x window x ln 2 = %s)",
+				sp.HalfLife, sp.Factor, sp.Window, time.Duration(sp.Factor*float64(sp.Window)*math.Ln2).Round(time.Second))
 		}
 		if !(sp.Factor > 1) || sp.Factor > 1e6 {
 			bad("spike.factor: must be above 1 (a spike is that many times the baseline's rate) and at most 1e6, got %g", sp.Factor)

@@ -3,6 +3,7 @@ package abuse
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -28,7 +29,8 @@ func TestCheck(t *testing.T) {
 		{"zero max", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute}}, "abuse.auth_failures.max: must be between 1"},
 		{"negative severity", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute, Max: 1, Severity: -1}}, "abuse.auth_failures.severity"},
 		{"spike factor", Config{Penalty: "p", Spike: &Spike{Factor: 0.5}}, "abuse.spike.factor: must be above 1"},
-		{"spike baseline", Config{Penalty: "p", Spike: &Spike{Window: time.Hour, Baseline: time.Minute}}, "abuse.spike.baseline: must be whole seconds, longer than window"},
+		{"spike half-life", Config{Penalty: "p", Spike: &Spike{Window: time.Hour, HalfLife: time.Minute}}, "abuse.spike.half_life: must be whole seconds, at least window"},
+		{"spike half-life for factor", Config{Penalty: "p", Spike: &Spike{Window: time.Minute, HalfLife: 3 * time.Minute, Factor: 5}}, "abuse.spike.half_life: 3m0s is too short for factor 5 over window 1m0s: a spike could never be detected (want above factor x window x ln 2 = 3m28s)"},
 		{"prefix", Config{Penalty: "p", NetworkChange: &Network{Detector: Detector{Window: time.Minute, Max: 1}, IPv4Prefix: 33}}, "abuse.network_change.ipv4_prefix: must be between 1 and 32, got 33"},
 	} {
 		errs := tc.c.Check()
@@ -44,15 +46,24 @@ func TestSpikeThreshold(t *testing.T) {
 		t.Fatal(errs)
 	}
 	sp := c.Spike
-	if sp.Window != time.Minute || sp.Baseline != time.Hour || sp.Severity != 1 {
+	if sp.Window != time.Minute || sp.HalfLife != 20*time.Minute || sp.Severity != 1 {
 		t.Fatalf("defaults %+v", sp)
 	}
-	// 600 an hour is 10 a minute: 4 x 10 = 40; 60 an hour would be 4: min 20 wins.
-	if got := sp.Threshold(600); got != 40 {
-		t.Fatalf("threshold %v", got)
+	// A steady 10 a minute makes the decayed count 10 x half-life / ln 2 (in minutes):
+	// the baseline expects 10 a minute, 4 x 10 = 40; 1 a minute would be 4: min 20 wins.
+	steady := func(perMinute float64) float64 { return perMinute * 20 / math.Ln2 }
+	if got := sp.Expected(steady(10)); math.Abs(got-10) > 1e-9 {
+		t.Fatalf("expected %v, want 10", got)
 	}
-	if got := sp.Threshold(60); got != 20 {
-		t.Fatalf("threshold %v", got)
+	if got := sp.Threshold(steady(10)); math.Abs(got-40) > 1e-9 {
+		t.Fatalf("threshold %v, want 40", got)
+	}
+	if got := sp.Threshold(steady(1)); got != 20 {
+		t.Fatalf("threshold %v, want min 20", got)
+	}
+	// One window is 1/20 of a half-life: alpha = 1 - 2^(-1/20).
+	if got, want := sp.Alpha(), 1-math.Exp2(-0.05); got != want || math.Abs(got-0.03406) > 1e-5 {
+		t.Fatalf("alpha %v, want %v", got, want)
 	}
 }
 

@@ -143,21 +143,22 @@ func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.Penal
 			return locked
 		}
 	}
-	short, long, err := s.engine.Rates(ctx, cfg.Domain, who, abuse.SpikeDetector, sp.Window, sp.Baseline)
+	rate, err := s.engine.Rates(ctx, cfg.Domain, who, abuse.SpikeDetector, sp.Window, sp.HalfLife)
 	if s.storeFailed(err) {
 		return nil
 	}
-	threshold := sp.Threshold(long)
-	if float64(short) <= threshold {
+	threshold := sp.Threshold(rate.Decayed)
+	if float64(rate.Short) <= threshold {
 		return nil
 	}
 	first, err := s.engine.Distinct(ctx, cfg.Domain, who, abuse.SpikeDetector+"-once", "spike", sp.Window, abuse.MaxCount)
 	if s.storeFailed(err) || !first.New {
 		return nil
 	}
-	detail := fmt.Sprintf("%d requests in %s; the baseline (%d in %s) allows %.0f (factor %g, min %d)", short, sp.Window, long, sp.Baseline, threshold, sp.Factor, sp.Min)
+	detail := fmt.Sprintf("%d requests in %s; the baseline (EWMA, half-life %s: %.1f in %s) allows %.0f (factor %g, min %d)",
+		rate.Short, sp.Window, sp.HalfLife, sp.Expected(rate.Decayed), sp.Window, threshold, sp.Factor, sp.Min)
 	d := &abuse.Detector{Window: sp.Window, Max: int64(threshold), Severity: sp.Severity}
-	return s.charge(ctx, cfg, pol, abuse.SpikeDetector, d, who, customerKey+"="+id.customer, short, detail)
+	return s.charge(ctx, cfg, pol, abuse.SpikeDetector, d, who, customerKey+"="+id.customer, rate.Short, detail)
 }
 
 // authFailure counts a 401 or 403 answered to the request's source address, and

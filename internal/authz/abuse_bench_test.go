@@ -24,8 +24,8 @@ func BenchmarkCheckAbuse(b *testing.B) {
 		{"none", ""},
 		{"fanout", "abuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 1000}\n"},
 		{"network_change", "abuse:\n  penalty: abuse\n  network_change: {window: 1h, max: 1000}\n"},
-		{"spike", "abuse:\n  penalty: abuse\n  spike: {window: 1m, baseline: 1h, min: 1000000000}\n"},
-		{"all", "abuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 1000}\n  auth_failures: {window: 1m, max: 1000}\n  network_change: {window: 1h, max: 1000}\n  spike: {window: 1m, baseline: 1h, min: 1000000000}\n"},
+		{"spike", "abuse:\n  penalty: abuse\n  spike: {window: 1m, half_life: 20m, min: 1000000000}\n"},
+		{"all", "abuse:\n  penalty: abuse\n  fanout: {window: 1m, max: 1000}\n  auth_failures: {window: 1m, max: 1000}\n  network_change: {window: 1h, max: 1000}\n  spike: {window: 1m, half_life: 20m, min: 1000000000}\n"},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			dir := b.TempDir()

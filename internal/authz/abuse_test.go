@@ -300,7 +300,7 @@ descriptors:
 // (severity 2 of threshold 2), which the admin API explains. The spike detector counts
 // every identified request, refused by a limit or not.
 func TestAbuseSpike(t *testing.T) {
-	e := setupWith(t, spikeLimits, abuseYAML("  spike: {window: 1m, baseline: 1h, factor: 4, min: 20, severity: 2}\n"))
+	e := setupWith(t, spikeLimits, abuseYAML("  spike: {window: 1m, half_life: 20m, factor: 4, min: 20, severity: 2}\n"))
 	free := map[string]string{"x-api-key": freeKey}
 	// minute sends n requests spread evenly over one minute.
 	minute := func(n int) (codes map[int]int) {
@@ -329,12 +329,13 @@ func TestAbuseSpike(t *testing.T) {
 	// A burst of 120 in a minute: detected once, locked out from the detection on.
 	c := minute(120)
 	// The short window slides: the ramp's last minute (38) still counts at its start, so
-	// the threshold (4 x the baseline's ~10.5 a minute) is crossed within the burst's
-	// first few seconds; every request from the detection on is refused.
+	// the threshold (4 x the EWMA baseline's ~14 a minute: the ramp raised it) is crossed
+	// within the burst's first half; every request from the detection on is refused.
 	if c[200] == 0 || c[200] > 42 || c[200]+c[403] != 120 {
 		t.Fatalf("burst: %v, want a few admitted, then 403 from the detection on", c)
 	}
 	a := e.abuseAdmin(t, "customer=bob")
+	t.Logf("burst %v; %s", c, a.Detections[0].Detail)
 	if !a.Locked || len(a.Detections) != 1 || a.Detections[0].Detector != "spike" || a.Detections[0].Severity != 2 || !strings.Contains(a.Detections[0].Detail, "the baseline") {
 		t.Fatalf("admin after the burst: %+v", a)
 	}
@@ -352,7 +353,7 @@ func TestAbuseDryRunEveryDetector(t *testing.T) {
   fanout: {window: 1m, max: 2}
   auth_failures: {window: 1m, max: 2}
   network_change: {window: 1h, max: 1}
-  spike: {window: 1m, baseline: 1h, factor: 2, min: 5}
+  spike: {window: 1m, half_life: 20m, factor: 2, min: 5}
 `))
 	pro := map[string]string{"x-api-key": proKey}
 	for i := 1; i <= 5; i++ { // fanout and auth_failures

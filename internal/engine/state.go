@@ -3,6 +3,8 @@ package engine
 import (
 	"context"
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/config"
@@ -322,22 +324,72 @@ func (e *Engine) Events(ctx context.Context, domain string, entries []config.Ent
 	return max - op.Result.Remaining, false, nil
 }
 
-// Rates counts one request of the identity entries of domain for detector name in two
-// sliding windows at once (one store round), short and long, and returns the counts in
-// each, this request included: a spike detector compares the short window's rate with
-// the long window's, the identity's own moving baseline. The state is two
-// sliding-window counters in the store, beside the rate-limit counters.
-func (e *Engine) Rates(ctx context.Context, domain string, entries []config.Entry, name string, short, long time.Duration) (shortCount, longCount int64, err error) {
+// Rate is what Rates learns of an identity's requests: its count in a short sliding
+// window and its moving baseline, an exponentially weighted moving average.
+type Rate struct {
+	// Short is the requests in the short window, this one included.
+	Short int64
+	// Decayed is the identity's requests, this one included, each weighing
+	// 2^(-age/halfLife): the exponentially decayed count whose rate, Decayed x ln 2 /
+	// halfLife, is the EWMA of the identity's request rate (a steady rate r makes it
+	// r x halfLife / ln 2). Requests older than 2 x EWMAEpochHalfLives half-lives (at
+	// most 1/256 of the weight) are left out.
+	Decayed float64
+}
+
+// The EWMA's encoding in the store. A request at t adds round(EWMAScale x
+// 2^((t-start)/halfLife)) to a calendar counter of its epoch (EWMAEpochHalfLives
+// half-lives, aligned on multiples of that since the Unix epoch), which only ever grows:
+// no store has to decay a value, and every store adds integers alike. The decayed count
+// at now is the sum over the current epoch and the two before it of counter x
+// 2^(-(now-start)/halfLife) / EWMAScale. A weight is between EWMAScale and 16 x
+// EWMAScale, so one epoch's counter (at most algorithms.MaxRequests) holds 2^30 requests
+// of one identity; past that it stops counting, and the baseline reads low.
+const (
+	EWMAScale          = 64
+	EWMAEpochHalfLives = 4
+	ewmaEpochs         = 3
+)
+
+// Rates counts one request of the identity entries of domain for detector name, in a
+// short sliding window and in the identity's exponentially weighted moving average of
+// half-life halfLife (see Rate and EWMAScale), and returns both, this request included.
+// It is one store round of four ops: a sliding-window counter and three calendar
+// counters (the current epoch's, charged; the two before, read), beside the rate-limit
+// counters, so every replica and every store reads the same baseline.
+func (e *Engine) Rates(ctx context.Context, domain string, entries []config.Entry, name string, short, halfLife time.Duration) (Rate, error) {
 	nowUS := e.cfg.Clock.Now().UnixMicro()
 	base := detectKey(domain, entries, name)
-	op := func(suffix string, w time.Duration) *backends.Op {
-		key := append(append([]byte(nil), base...), suffix...)
-		return &backends.Op{Key: string(key), Algorithm: algorithms.SlidingWindowCounter,
-			Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: w.Microseconds()}, Cost: 1}
+	key := func(suffix string) []byte { return append(append([]byte(nil), base...), suffix...) }
+	s := &backends.Op{Key: string(key("|@short")), Algorithm: algorithms.SlidingWindowCounter,
+		Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: short.Microseconds()}, Cost: 1}
+	h := halfLife.Microseconds()
+	epoch := EWMAEpochHalfLives * h
+	cur := algorithms.WindowStart(nowUS, epoch)
+	ops := [1 + ewmaEpochs]*backends.Op{s}
+	var starts [ewmaEpochs]int64
+	for i := range ewmaEpochs {
+		start := cur - int64(i)*epoch
+		starts[i] = start
+		var cost int64
+		if i == 0 {
+			cost = int64(math.Round(EWMAScale * math.Exp2(float64(nowUS-start)/float64(h))))
+		}
+		// The half-life is in the key: another half-life weighs requests otherwise.
+		k := key("|@ewma:")
+		k = strconv.AppendInt(k, h, 10)
+		k = append(k, ':')
+		k = strconv.AppendInt(k, start, 10)
+		ops[1+i] = &backends.Op{Key: string(k), Algorithm: algorithms.Calendar, Cost: cost,
+			Limit: algorithms.Limit{Requests: algorithms.MaxRequests, WindowStart: start, WindowEnd: start + ewmaEpochs*epoch}}
 	}
-	s, l := op("|@short", short), op("|@long", long)
-	if err := e.applyOps(ctx, nowUS, []*backends.Op{s, l}); err != nil {
-		return 0, 0, fmt.Errorf("detector %s: %w", name, err)
+	if err := e.applyOps(ctx, nowUS, ops[:]); err != nil {
+		return Rate{}, fmt.Errorf("detector %s: %w", name, err)
 	}
-	return s.Result.Limit - s.Result.Remaining, l.Result.Limit - l.Result.Remaining, nil
+	r := Rate{Short: s.Result.Limit - s.Result.Remaining}
+	for i, op := range ops[1:] {
+		sum := op.Result.Limit - op.Result.Remaining
+		r.Decayed += float64(sum) / EWMAScale * math.Exp2(-float64(nowUS-starts[i])/float64(h))
+	}
+	return r, nil
 }
