@@ -99,44 +99,35 @@ LOG=$WORK/bench.log
 PIDS=()
 log() { echo "bench-peers: $*" | tee -a "$LOG" >&2; }
 
+# The peers' helpers of scripts/test.sh: free_port (below the ephemeral range, never
+# handed out twice in a run), tcp_open, wait_ready, peers_start_redis and peers_teardown,
+# with their state under the work directory.
+PEERS_DIR=$WORK/peers
+mkdir -p "$PEERS_DIR"
+# shellcheck source=scripts/peers.sh
+source "$REPO/scripts/peers.sh"
+
 cleanup() {
-	local p
+	local p rc=$?
 	for p in "${PIDS[@]}"; do
 		kill "$p" 2>/dev/null || true
 	done
 	for p in "${PIDS[@]}"; do
 		wait "$p" 2>/dev/null || true
 	done
+	peers_teardown "$rc" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-declare -A HANDED=()
-# free_port VAR: set VAR to a free loopback port not handed out before in this run (not
-# called in a subshell, so that the ports handed out are remembered).
-free_port() {
+# port VAR: set VAR to a free loopback port (peers.sh's free_port).
+port() {
 	local p
-	for _ in $(seq 1 200); do
-		p=$((20000 + RANDOM % 30000))
-		if [[ -z ${HANDED[$p]:-} ]] && port_free "$p"; then
-			HANDED[$p]=1
-			printf -v "$1" %s "$p"
-			return 0
-		fi
-	done
-	die "no free loopback port"
+	p=$(free_port) || die "no free loopback port"
+	printf -v "$1" %s "$p"
 }
 # wait_for CMD...: retry CMD for up to 30 s, while the server started last
 # ($SERVER_PID) runs.
-wait_for() {
-	for _ in $(seq 1 300); do
-		if "$@" >/dev/null 2>&1; then return 0; fi
-		if [[ -n ${SERVER_PID:-} ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then return 1; fi
-		sleep 0.1
-	done
-	return 1
-}
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_for() { wait_ready "${SERVER_PID:--}" 30 "$@"; }
 stop_pid() {
 	kill "$1" 2>/dev/null || true
 	wait "$1" 2>/dev/null || true
@@ -237,12 +228,9 @@ EOF
 
 # ---------- Redis ----------
 command -v redis-server >/dev/null || die "redis-server not found (apt-get install redis-server)"
-free_port REDIS_PORT
-mkdir -p "$WORK/redis"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
-	--logfile "$WORK/redis/redis.log" &
-PIDS+=($!)
-wait_for tcp_open "$REDIS_PORT" || die "redis-server did not start (see $WORK/redis/redis.log)"
+command -v redis-cli >/dev/null || die "redis-cli not found (apt-get install redis-tools)"
+port REDIS_PORT
+peers_start_redis "$REDIS_PORT" || die "redis-server did not start (see $PEERS_DIR/redis-$REDIS_PORT)"
 REDIS=127.0.0.1:$REDIS_PORT
 log "Redis on $REDIS"
 
@@ -251,7 +239,7 @@ SERVER_PID="" SERVER_ADDR=""
 # start_case CASE: start its server, set SERVER_PID and SERVER_ADDR.
 start_case() {
 	local g h d
-	free_port g
+	port g
 	case $1 in
 	empty | empty-5 | empty-authz)
 		"$WORK/bin/halt-bench" --empty-server "127.0.0.1:$g" >>"$LOG" 2>&1 &
@@ -259,7 +247,7 @@ start_case() {
 		wait_for tcp_open "$g" || return 1
 		;;
 	halt-*)
-		free_port h
+		port h
 		local args=(--grpc-addr "127.0.0.1:$g" --http-addr "127.0.0.1:$h" --log-level warn --failure-mode error)
 		case $1 in
 		halt-memory) args+=(--config "$CFG/one" --store memory://) ;;
@@ -272,8 +260,8 @@ start_case() {
 		wait_for curl -sf "http://127.0.0.1:$h/readyz" || return 1
 		;;
 	ref-*)
-		free_port h
-		free_port d
+		port h
+		port d
 		local root=$CFG/ref/one
 		[[ $1 == ref-redis-5 ]] && root=$CFG/ref/five
 		env RUNTIME_ROOT="$root" RUNTIME_SUBDIRECTORY=ratelimit RUNTIME_APPDIRECTORY=config \
@@ -284,7 +272,7 @@ start_case() {
 		wait_for curl -sf "http://127.0.0.1:$h/healthcheck" || return 1
 		;;
 	limitador-*)
-		free_port h
+		port h
 		local store=memory
 		[[ $1 == limitador-redis ]] && store="redis redis://$REDIS"
 		# shellcheck disable=SC2086 # store is a subcommand and its argument
