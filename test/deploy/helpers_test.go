@@ -9,7 +9,6 @@ package deploy_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -174,12 +173,6 @@ func haltBinary(t *testing.T) string {
 	return testutil.BinaryVersion(t, "deploy-test")
 }
 
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	return testutil.FreePort(t)
-}
-
 type halt struct{ *testutil.Process }
 
 // startHalt runs halt-envoy with the memory store on free loopback ports and waits until
@@ -198,30 +191,6 @@ func startHalt(t *testing.T, configPath string) *halt {
 		StopSignal:   os.Interrupt,
 		StopTimeout:  10 * time.Second,
 	})}
-}
-
-// waitHTTP polls url until it answers 200; exited closes when the process died.
-func waitHTTP(t *testing.T, url string, exited <-chan struct{}, within time.Duration) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-exited:
-			t.Fatalf("process exited before %s answered", url)
-		case <-ctx.Done():
-			t.Fatalf("%s did not answer 200 within %v (last error: %v)", url, within, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 func httpGet(t *testing.T, url string) string {

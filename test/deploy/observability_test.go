@@ -525,8 +525,8 @@ func promGet(t *testing.T, base, path string, q url.Values) promResponse {
 }
 
 func TestPrometheusScrapesHalt(t *testing.T) {
-	promBin, err := exec.LookPath("prometheus")
-	if err != nil {
+	if _, err := exec.LookPath("prometheus"); err != nil {
+		// Before halt-envoy is built and started: StartPrometheus would say the same.
 		testutil.Missing(t, "no prometheus binary on PATH (Debian package prometheus): end-to-end scrape test skipped")
 	}
 	// halt-envoy with the demo config, in a directory of its own.
@@ -564,8 +564,7 @@ func TestPrometheusScrapesHalt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	promCfg := fmt.Sprintf(`global:
+	base := testutil.StartPrometheus(t, fmt.Sprintf(`global:
   scrape_interval: 1s
   evaluation_interval: 1s
 rule_files:
@@ -574,37 +573,7 @@ scrape_configs:
   - job_name: halt-envoy
     static_configs:
       - targets: [%q]
-`, alerts, h.HTTPAddr)
-	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(promCfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	promAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	promLog := &testutil.SyncBuffer{}
-	cmd := exec.Command(promBin,
-		"--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+promAddr,
-		"--log.level=warn")
-	cmd.Stdout, cmd.Stderr = promLog, promLog
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("prometheus log:\n%s", promLog.String())
-		}
-	})
-	base := "http://" + promAddr
-	waitHTTP(t, base+"/-/ready", exited, 30*time.Second)
+`, alerts, h.HTTPAddr), "")
 
 	// The dashboard's own "Decisions by result" query returns halt's decisions.
 	_, panels := loadDashboard(t)
