@@ -19,12 +19,16 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
 )
 
 // The detectors.
 const (
-	// Fanout is one source address presenting many distinct API keys in a window, as
-	// credential stuffing does.
+	// Fanout is one source address (or identified caller) presenting many distinct
+	// values of one dimension in a window: API keys or user names, as credential
+	// stuffing does, or paths, as a scan does.
 	Fanout = "fanout"
 	// AuthFailures is a run of 401 and 403 answers to one source address in a window.
 	AuthFailures = "auth_failures"
@@ -44,10 +48,10 @@ type Config struct {
 	// DryRun logs and records what would have been penalised, and charges nothing.
 	DryRun bool `yaml:"dry_run"`
 	// Fanout, AuthFailures and NetworkChange configure the detectors; nil is off.
-	Fanout        *Detector `yaml:"fanout"`
-	AuthFailures  *Detector `yaml:"auth_failures"`
-	NetworkChange *Network  `yaml:"network_change"`
-	Spike         *Spike    `yaml:"spike"`
+	Fanout        *FanoutDetector `yaml:"fanout"`
+	AuthFailures  *Detector       `yaml:"auth_failures"`
+	NetworkChange *Network        `yaml:"network_change"`
+	Spike         *Spike          `yaml:"spike"`
 }
 
 // Spike is the spike detector: the identified caller's requests in the last Window
@@ -101,6 +105,94 @@ type Detector struct {
 	Severity int64 `yaml:"severity"`
 }
 
+// FanoutDetector is the fanout detector: a Detector over the distinct values of one
+// dimension (Count) of the requests of one identity (Per).
+type FanoutDetector struct {
+	Detector `yaml:",inline"`
+	// Count is the dimension whose distinct values are counted (Dimensions): api_key
+	// (default), user, path or header:NAME.
+	Count Name `yaml:"count"`
+	// Per is the identity they are counted for: remote_address (default: the source
+	// address, IPv6 by its network) or customer (the identified caller).
+	Per Name `yaml:"per"`
+}
+
+// The dimensions fanout counts.
+const (
+	// DimAPIKey is the API key presented, valid or not (by its SHA-256).
+	DimAPIKey = "api_key"
+	// DimUser is the user name of an "Authorization: Basic" header.
+	DimUser = "user"
+	// DimPath is the request's path, dot segments resolved, query dropped.
+	DimPath = "path"
+	// DimHeader prefixes a request header's name: the header's value ("header:x-user").
+	DimHeader = "header:"
+)
+
+// Dimensions lists the dimensions fanout counts, as the config writes them.
+var Dimensions = []string{DimAPIKey, DimUser, DimPath, DimHeader + "NAME"}
+
+// StoreName is the name the detector's counts are kept under: "fanout" for API keys
+// (what it has always counted), "fanout:DIMENSION" for another dimension, so that
+// changing the dimension starts afresh instead of mixing values.
+func (f *FanoutDetector) StoreName() string {
+	if f.Count.Value == DimAPIKey {
+		return Fanout
+	}
+	return Fanout + ":" + f.Count.Value
+}
+
+// Noun is what the detector counts, in words ("API keys", "paths").
+func (f *FanoutDetector) Noun() string {
+	switch v := f.Count.Value; {
+	case v == DimAPIKey:
+		return "API keys"
+	case v == DimUser:
+		return "user names"
+	case v == DimPath:
+		return "paths"
+	default:
+		return "values of header " + strings.TrimPrefix(v, DimHeader)
+	}
+}
+
+// Name is a name in the config file with where it was written, so that a name that is
+// not one of the valid ones is refused at its line (PositionError).
+type Name struct {
+	Value        string
+	Line, Column int
+}
+
+// UnmarshalYAML keeps the scalar's value and position.
+func (n *Name) UnmarshalYAML(node *yaml.Node) error {
+	if node.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a name, not a %s", node.Line, kindName(node.Kind))
+	}
+	n.Value, n.Line, n.Column = node.Value, node.Line, node.Column
+	return nil
+}
+
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "list"
+	}
+	return "node"
+}
+
+// PositionError is a problem at a known line and column of the config file: the
+// caller reports it as FILE:LINE:COL: KEY: MSG.
+type PositionError struct {
+	Line, Column int
+	// Key is the key's path under abuse ("abuse.fanout.count").
+	Key string
+	Msg string
+}
+
+func (e *PositionError) Error() string { return e.Key + ": " + e.Msg }
+
 // Network is the network_change detector: a Detector over networks, each the source
 // address's prefix of these lengths.
 type Network struct {
@@ -140,8 +232,27 @@ func (c *Config) Check() []error {
 			bad("%s.severity: must be between 1 and %d, got %d", name, 1<<20, d.Severity)
 		}
 	}
-	if c.Fanout != nil {
-		det(Fanout, c.Fanout)
+	if f := c.Fanout; f != nil {
+		det(Fanout, &f.Detector)
+		at := func(n Name, key, format string, args ...any) {
+			errs = append(errs, &PositionError{Line: n.Line, Column: n.Column, Key: "abuse.fanout." + key, Msg: fmt.Sprintf(format, args...)})
+		}
+		if f.Count.Value == "" {
+			f.Count.Value = DimAPIKey
+		}
+		switch v := f.Count.Value; {
+		case v == DimAPIKey, v == DimUser, v == DimPath:
+		case strings.HasPrefix(v, DimHeader) && httpguts.ValidHeaderFieldName(v[len(DimHeader):]):
+			f.Count.Value = strings.ToLower(v)
+		default:
+			at(f.Count, "count", "unknown dimension %q (valid: %s)", v, strings.Join(Dimensions, ", "))
+		}
+		if f.Per.Value == "" {
+			f.Per.Value = AddressKey
+		}
+		if f.Per.Value != AddressKey && f.Per.Value != CustomerKey {
+			at(f.Per, "per", "unknown identity %q (valid: %s, %s)", f.Per.Value, AddressKey, CustomerKey)
+		}
 	}
 	if c.AuthFailures != nil {
 		det(AuthFailures, c.AuthFailures)

@@ -10,7 +10,7 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	c := Config{Penalty: "p", Fanout: &Detector{Window: time.Minute, Max: 3}, NetworkChange: &Network{Detector: Detector{Window: time.Hour, Max: 2}}}
+	c := Config{Penalty: "p", Fanout: &FanoutDetector{Detector: Detector{Window: time.Minute, Max: 3}}, NetworkChange: &Network{Detector: Detector{Window: time.Hour, Max: 2}}}
 	if errs := c.Check(); len(errs) != 0 {
 		t.Fatal(errs)
 	}
@@ -22,10 +22,10 @@ func TestCheck(t *testing.T) {
 		c    Config
 		want string
 	}{
-		{"no penalty", Config{Fanout: &Detector{Window: time.Minute, Max: 3}}, "abuse.penalty: required"},
+		{"no penalty", Config{Fanout: &FanoutDetector{Detector: Detector{Window: time.Minute, Max: 3}}}, "abuse.penalty: required"},
 		{"no detector", Config{Penalty: "p"}, "no detector is configured"},
-		{"zero window", Config{Penalty: "p", Fanout: &Detector{Max: 3}}, "abuse.fanout.window: must be whole seconds"},
-		{"fractional window", Config{Penalty: "p", Fanout: &Detector{Window: 1500 * time.Millisecond, Max: 3}}, "abuse.fanout.window"},
+		{"zero window", Config{Penalty: "p", Fanout: &FanoutDetector{Detector: Detector{Max: 3}}}, "abuse.fanout.window: must be whole seconds"},
+		{"fractional window", Config{Penalty: "p", Fanout: &FanoutDetector{Detector: Detector{Window: 1500 * time.Millisecond, Max: 3}}}, "abuse.fanout.window"},
 		{"zero max", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute}}, "abuse.auth_failures.max: must be between 1"},
 		{"negative severity", Config{Penalty: "p", AuthFailures: &Detector{Window: time.Minute, Max: 1, Severity: -1}}, "abuse.auth_failures.severity"},
 		{"spike factor", Config{Penalty: "p", Spike: &Spike{Factor: 0.5}}, "abuse.spike.factor: must be above 1"},

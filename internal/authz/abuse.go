@@ -2,6 +2,9 @@ package authz
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -88,20 +91,9 @@ func lockedOut(pol *config.PenaltyPolicy, left time.Duration) *authv3.CheckRespo
 // the 403 to answer when a detection (or an earlier one) locks the caller out.
 func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, id *identity, fail idFailure) *authv3.CheckResponse {
 	ab := cfg.Abuse
-	presented := fail.keySum
-	if id != nil {
-		presented = id.keySum
-	}
-	if d := ab.Fanout; d != nil && presented != "" && r.addr != "" {
-		seen, err := s.engine.Distinct(ctx, cfg.Domain, addressEntries(r.addr), abuse.Fanout, presented, d.Window, d.Max)
-		if s.storeFailed(err) {
-			return nil
-		}
-		if seen.Over {
-			detail := fmt.Sprintf("%d distinct API keys from one address in %s (max %d)", seen.Count, d.Window, d.Max)
-			if resp := s.charge(ctx, cfg, pol, abuse.Fanout, d, addressEntries(r.addr), addressKey+"="+r.addr, seen.Count, detail); resp != nil {
-				return resp
-			}
+	if f := ab.Fanout; f != nil {
+		if resp := s.detectFanout(ctx, cfg, pol, f, r, id, fail); resp != nil {
+			return resp
 		}
 	}
 	if sp := ab.Spike; sp != nil && id != nil {
@@ -130,6 +122,81 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 		}
 	}
 	return nil
+}
+
+// detectFanout counts the request's value of the fanout detector's dimension for its
+// identity (the source address, or the identified caller, whose lockout is read first),
+// and charges the identity when the distinct values go past max in the window.
+func (s *Server) detectFanout(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, f *abuse.FanoutDetector, r *request, id *identity, fail idFailure) *authv3.CheckResponse {
+	var who []config.Entry
+	var identity, per string
+	switch f.Per.Value {
+	case abuse.CustomerKey:
+		if id == nil {
+			return nil
+		}
+		who, identity, per = customerEntries(id.customer), customerKey+"="+id.customer, "caller"
+		if !cfg.Abuse.DryRun {
+			if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+				return locked
+			}
+		}
+	default:
+		if r.addr == "" {
+			return nil
+		}
+		who, identity, per = addressEntries(r.addr), addressKey+"="+r.addr, "address"
+	}
+	value := fanoutValue(f.Count.Value, r, id, fail)
+	if value == "" {
+		return nil
+	}
+	seen, err := s.engine.Distinct(ctx, cfg.Domain, who, f.StoreName(), value, f.Window, f.Max)
+	if s.storeFailed(err) || !seen.Over {
+		return nil
+	}
+	detail := fmt.Sprintf("%d distinct %s from one %s in %s (max %d)", seen.Count, f.Noun(), per, f.Window, f.Max)
+	return s.charge(ctx, cfg, pol, abuse.Fanout, &f.Detector, who, identity, seen.Count, detail)
+}
+
+// fanoutValue is the request's value of dimension dim as fanout stores it, "" for none:
+// the API key presented by its SHA-256 (valid or not), else a value's SHA-256 cut to
+// 128 bits, so that a long path or header costs the store no more than a key does.
+func fanoutValue(dim string, r *request, id *identity, fail idFailure) string {
+	var v string
+	switch dim {
+	case abuse.DimAPIKey:
+		if id != nil {
+			return id.keySum
+		}
+		return fail.keySum
+	case abuse.DimPath:
+		v = r.path
+	case abuse.DimUser:
+		v = basicUser(r.header("authorization"))
+	default:
+		v = r.header(strings.TrimPrefix(dim, abuse.DimHeader))
+	}
+	if v == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(v))
+	return hex.EncodeToString(sum[:16])
+}
+
+// basicUser is the user name of an "Authorization: Basic" value ("" for another scheme
+// or a value that does not decode).
+func basicUser(auth string) string {
+	scheme, cred, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "basic") {
+		return ""
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return ""
+	}
+	user, _, _ := strings.Cut(string(raw), ":")
+	return user
 }
 
 // detectSpike judges the identified caller's rate: its requests in the short window

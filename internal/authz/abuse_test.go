@@ -1,6 +1,7 @@
 package authz_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -553,5 +554,118 @@ func TestIPv6AddressPrefixRefused(t *testing.T) {
 	os.WriteFile(p, []byte("domain: d\nipv6_address_prefix: 129\n"), 0o644)
 	if _, err := authz.LoadConfig(p); err == nil || !strings.Contains(err.Error(), p+": ipv6_address_prefix: must be between 1 and 128") {
 		t.Fatalf("ipv6_address_prefix 129: %v", err)
+	}
+}
+
+func basicAuth(user string) map[string]string {
+	return map[string]string{"authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":hunter2"))}
+}
+
+// TestAbuseFanoutDimensions: fanout counts the distinct values of the dimension it is
+// given, per the identity it is given: paths per address (a scan), Basic user names per
+// address (credential stuffing without API keys), a header's values per identified
+// caller. A value repeated is not a fan-out; another address or caller is untouched;
+// the admin API names what was counted.
+func TestAbuseFanoutDimensions(t *testing.T) {
+	pro := map[string]string{"x-api-key": proKey}
+	t.Run("path per address", func(t *testing.T) {
+		e := setupWith(t, spikeLimits, abuseYAML("  fanout: {window: 1m, max: 3, count: path}\n"))
+		for i := 0; i < 10; i++ { // one path over and over: not a fan-out
+			if r := e.check(t, req("GET", "/v1/items/1", public, pro)); status(r) != 200 {
+				t.Fatalf("one path: %d", status(r))
+			}
+		}
+		for i := 1; i <= 4; i++ { // 3 paths pass; the 4th is a detection (1 point of 2)
+			if r := e.check(t, req("GET", fmt.Sprintf("/v1/items/%d", i), "203.0.113.9", pro)); status(r) != 200 {
+				t.Fatalf("path %d: %d, want 200", i, status(r))
+			}
+		}
+		// /v1/items/../items/5 is /v1/items/5: a fifth path, locked out.
+		r := e.check(t, req("GET", "/v1/items/../items/5", "203.0.113.9", pro))
+		if status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+			t.Fatalf("5th path: %d %s, want 403 penalty:abuse", status(r), r.GetDeniedResponse().GetBody())
+		}
+		if r := e.check(t, req("GET", "/v1/items/9", public, pro)); status(r) != 200 {
+			t.Fatalf("another address: %d", status(r))
+		}
+		a := e.abuseAdmin(t, "remote_address=203.0.113.9")
+		if !a.Locked || len(a.Detections) != 2 || a.Detections[1].Detail != "4 distinct paths from one address in 1m0s (max 3)" {
+			t.Fatalf("admin: %+v", a)
+		}
+	})
+	t.Run("user per address", func(t *testing.T) {
+		e := setupWith(t, spikeLimits, abuseYAML("  fanout: {window: 1m, max: 2, count: user}\n"))
+		for i := 0; i < 5; i++ { // one user name, many times
+			if r := e.check(t, req("POST", "/login", public, basicAuth("alice"))); status(r) != 401 {
+				t.Fatalf("one user: %d", status(r))
+			}
+		}
+		for i, u := range []string{"alice", "bob", "carol"} { // carol is a detection
+			if r := e.check(t, req("POST", "/login", "203.0.113.9", basicAuth(u))); status(r) != 401 {
+				t.Fatalf("user %d: %d, want 401", i, status(r))
+			}
+		}
+		if r := e.check(t, req("POST", "/login", "203.0.113.9", basicAuth("dave"))); status(r) != 403 {
+			t.Fatalf("4th user: %d, want 403", status(r))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "203.0.113.9", pro)); status(r) != 403 {
+			t.Fatalf("the locked address with a valid key: %d, want 403", status(r))
+		}
+		if a := e.abuseAdmin(t, "remote_address=203.0.113.9"); !a.Locked || !strings.Contains(a.Detections[0].Detail, "distinct user names from one address") {
+			t.Fatalf("admin: %+v", a)
+		}
+		if a := e.abuseAdmin(t, "remote_address="+public); a.Locked || len(a.Detections) != 0 {
+			t.Fatalf("the address with one user: %+v", a)
+		}
+	})
+	t.Run("header per customer", func(t *testing.T) {
+		e := setupWith(t, spikeLimits, abuseYAML("  fanout: {window: 1m, max: 2, count: header:X-Account, per: customer}\n"))
+		withAccount := func(k, account string) map[string]string {
+			return map[string]string{"x-api-key": k, "x-account": account}
+		}
+		for i, src := range []string{"198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"} {
+			// One account from many addresses: one value.
+			if r := e.check(t, req("GET", "/v1/items/1", src, withAccount(freeKey, "a1"))); status(r) != 200 {
+				t.Fatalf("bob, one account, request %d: %d", i, status(r))
+			}
+		}
+		for i := 1; i <= 3; i++ { // acme: the 3rd account is a detection
+			if r := e.check(t, req("GET", "/v1/items/1", fmt.Sprintf("198.51.100.%d", 10+i), withAccount(proKey, fmt.Sprint("a", i)))); status(r) != 200 {
+				t.Fatalf("acme, account %d: %d", i, status(r))
+			}
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "192.0.2.1", withAccount(proKey, "a4"))); status(r) != 403 {
+			t.Fatalf("acme, 4th account: %d, want 403", status(r))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "192.0.2.2", withAccount(proKey, "a1"))); status(r) != 403 {
+			t.Fatalf("acme locked out, from another address: %d, want 403", status(r))
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", "192.0.2.1", withAccount(freeKey, "a1"))); status(r) != 200 {
+			t.Fatalf("bob from acme's last address: %d, want 200", status(r))
+		}
+		a := e.abuseAdmin(t, "customer=acme")
+		if !a.Locked || len(a.Detections) != 2 || a.Detections[0].Identity != "customer=acme" || !strings.Contains(a.Detections[0].Detail, "distinct values of header x-account from one caller") {
+			t.Fatalf("admin: %+v", a)
+		}
+	})
+}
+
+// TestAbuseFanoutDimensionRefused: an unknown dimension or identity is refused at load,
+// FILE:LINE:COL naming the key and the valid ones.
+func TestAbuseFanoutDimensionRefused(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "authz.yaml")
+	for _, c := range []struct{ yaml, want string }{
+		{"domain: d\nabuse:\n  penalty: p\n  fanout:\n    window: 1m\n    max: 3\n    count: emails\n",
+			p + `:7:12: abuse.fanout.count: unknown dimension "emails" (valid: api_key, user, path, header:NAME)`},
+		{"domain: d\nabuse:\n  penalty: p\n  fanout: {window: 1m, max: 3, count: \"header:\"}\n",
+			p + `:4:39: abuse.fanout.count: unknown dimension "header:"`},
+		{"domain: d\nabuse:\n  penalty: p\n  fanout: {window: 1m, max: 3, per: planet}\n",
+			p + `:4:37: abuse.fanout.per: unknown identity "planet" (valid: remote_address, customer)`},
+		{"domain: d\nabuse:\n  penalty: p\n  fanout: {window: 1m, max: 3, count: [path]}\n", "line 4: want a name, not a list"},
+	} {
+		os.WriteFile(p, []byte(c.yaml), 0o644)
+		if _, err := authz.LoadConfig(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.yaml, err, c.want)
+		}
 	}
 }

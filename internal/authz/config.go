@@ -552,7 +552,15 @@ func (c *Config) compile() error {
 		errs = append(errs, fmt.Errorf("ipv6_address_prefix: must be between 1 and 128 (the IPv6 network one address identity stands for; default %d), got %d", abuse.DefaultIPv6Prefix, c.IPv6AddressPrefix))
 	}
 	if c.Abuse != nil {
-		errs = append(errs, c.Abuse.Check()...)
+		for _, err := range c.Abuse.Check() {
+			// A problem at a known line is reported FILE:LINE:COL: as a key's is.
+			var pe *abuse.PositionError
+			if errors.As(err, &pe) && pe.Line > 0 {
+				keyErrs = append(keyErrs, fmt.Errorf("%s:%d:%d: %w", c.file, pe.Line, pe.Column, err))
+				continue
+			}
+			errs = append(errs, err)
+		}
 	}
 	for i, err := range errs {
 		errs[i] = fmt.Errorf("%s: %w", c.file, err)
