@@ -1,6 +1,10 @@
 package engine
 
-import "github.com/halt-envoy/halt-envoy/internal/config"
+import (
+	"slices"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+)
 
 // What a transport with one answer per call (ext_authz, the Go library and its net/http
 // middleware) makes of a call's decisions. Envoy's RateLimitService answers per
@@ -52,4 +56,27 @@ func (e *Engine) ExemptRequest(domain, addr, path string) (reason string, ok boo
 		e.cfg.Metrics.Exemptions.WithLabelValues(domain, reason).Inc()
 	}
 	return reason, ok
+}
+
+// KeepsIdempotencyKeys reports whether an idempotency key could bear on a decision of
+// domain's descriptor entries: its rule, matched as Check matches it (the reserved
+// entries aside), keeps keys (idempotency_ttl). A transport asks it before doing the
+// work only a kept key needs (the middleware reads a request's body for its
+// IdempotencyScope); when it is false the key is ignored by Check.
+func (e *Engine) KeepsIdempotencyKeys(domain string, entries []config.Entry) bool {
+	set := e.cfg.Rules()
+	if set == nil {
+		return false
+	}
+	if slices.ContainsFunc(entries, reservedEntry) {
+		// Matched without them, as takeReserved leaves the descriptor.
+		entries = slices.DeleteFunc(slices.Clone(entries), reservedEntry)
+	}
+	rule, ok := set.Match(domain, entries)
+	return ok && rule.Charges.IdempotencyTTL > 0
+}
+
+// reservedEntry reports whether en is one of the reserved entries takeReserved takes out.
+func reservedEntry(en config.Entry) bool {
+	return en.Key == AlgorithmKey || en.Key == ChargeKey || en.Key == IdempotencyEntry
 }

@@ -270,6 +270,33 @@ func IdempotencyScope(method, target string, body []byte) string {
 	return engine.IdempotencyScope(method, target, body)
 }
 
+// KeepsIdempotencyKeys reports whether an idempotency key could bear on a request of
+// domain ("" for the configuration's only domain) counted as descs: a rule with
+// idempotency_ttl applies to one of them. When it is false, CheckIdempotentRequest
+// decides the request as if it had no key, so a caller need not compute its scope (the
+// middleware then leaves the body unread).
+func (h *Engine) KeepsIdempotencyKeys(domain string, descs ...Descriptor) bool {
+	domain, err := h.domain(domain)
+	if err != nil {
+		return false
+	}
+	sc := h.pool.Get().(*scratch)
+	defer func() {
+		clear(sc.entries[:cap(sc.entries)]) // every descriptor's values, not only the last's
+		h.pool.Put(sc)
+	}()
+	for _, d := range descs {
+		sc.entries = sc.entries[:0]
+		for _, e := range d {
+			sc.entries = append(sc.entries, config.Entry{Key: e.Key, Value: e.Value})
+		}
+		if h.eng.KeepsIdempotencyKeys(domain, sc.entries) {
+			return true
+		}
+	}
+	return false
+}
+
 // MaxIdempotencyKey bounds an idempotency key, in bytes (the IETF draft's keys are UUIDs
 // and the like): the server's bound.
 const MaxIdempotencyKey = engine.MaxIdempotencyKey

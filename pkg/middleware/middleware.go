@@ -317,7 +317,10 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	scope := ""
-	if key != "" {
+	// The body is read (up to MaxIdempotencyBody) only where a rule keeps the key: the
+	// scope tells this request from another sent with it. Elsewhere the key is ignored,
+	// and so is the body, which the handler streams as it comes.
+	if key != "" && m.h.KeepsIdempotencyKeys(m.s.domain, sc.descs...) {
 		body, err := peekBody(r)
 		if err != nil {
 			m.fail(w, r, http.StatusBadRequest, fmt.Errorf("reading the body of a request with an Idempotency-Key: %w", err))

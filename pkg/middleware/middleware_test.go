@@ -698,3 +698,71 @@ func TestIdempotencyKeyIsTheRequests(t *testing.T) {
 	}
 	wantAnswer(t, "no key", send("GET", "/v1/items/0", "", ""), 200, "2")
 }
+
+// readCounter is a request body that counts the bytes read from it.
+type readCounter struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *readCounter) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestIdempotencyBodyReadOnlyWhereKept: the middleware reads the body of a request with
+// an Idempotency-Key (for its scope) only where a rule that keeps keys applies to it;
+// elsewhere the key is ignored and the handler gets the body unread. The handler reads
+// the body whole either way.
+func TestIdempotencyBodyReadOnlyWhereKept(t *testing.T) {
+	const cfg = `
+domain: web
+descriptors:
+  - key: remote_address
+    value: 203.0.113.9
+    rate_limit: {unit: minute, requests_per_unit: 10}
+    idempotency_ttl: 1h
+  - key: remote_address
+    rate_limit: {unit: minute, requests_per_unit: 10}
+`
+	h, _ := newEngine(t, halt.YAML(cfg), nil)
+	m, err := middleware.New(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body *readCounter
+	var before int64
+	s := m(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		before = body.n.Load()
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("the handler reading the body: %v", err)
+		}
+		fmt.Fprintf(w, "%d", len(b))
+	}))
+	send := func(from, key string) int64 {
+		t.Helper()
+		body = &readCounter{r: strings.NewReader(strings.Repeat("x", 4096))}
+		r := httptest.NewRequest(http.MethodPost, "/v1/items", body)
+		r.RemoteAddr = from + ":5555"
+		if key != "" {
+			r.Header.Set("Idempotency-Key", key)
+		}
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		if w.Code != 200 || w.Body.String() != "4096" {
+			t.Fatalf("from %s key %q: %d %q, want 200 and the whole body", from, key, w.Code, w.Body)
+		}
+		return before
+	}
+	if n := send("203.0.113.7", "k1"); n != 0 {
+		t.Errorf("a key no rule keeps: %d bytes read before the handler, want 0", n)
+	}
+	if n := send("203.0.113.7", ""); n != 0 {
+		t.Errorf("no key: %d bytes read before the handler, want 0", n)
+	}
+	if n := send("203.0.113.9", "k1"); n != 4096 {
+		t.Errorf("a key its rule keeps: %d bytes read before the handler, want 4096 (the scope's)", n)
+	}
+}
