@@ -258,7 +258,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	if route != nil {
 		cost, routeName = route.Cost, route.Name
 		if route.pricer != nil {
-			res, refused := s.priceGraphQL(route, r)
+			res, refused := s.priceGraphQL(route, r, id.customer)
 			if refused != nil {
 				return refused, nil
 			}
@@ -325,9 +325,10 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return resp, nil
 }
 
-// priceGraphQL prices a GraphQL route's request: its result, or the 400 that refuses
-// it, naming the rule it broke (violated_policy graphql:RULE).
-func (s *Server) priceGraphQL(route *compiledRoute, r *request) (*graphql.Result, *authv3.CheckResponse) {
+// priceGraphQL prices a GraphQL route's request for tenant (the customer the limits key
+// by: its persisted queries are its own): its result, or the 400 that refuses it,
+// naming the rule it broke (violated_policy graphql:RULE).
+func (s *Server) priceGraphQL(route *compiledRoute, r *request, tenant string) (*graphql.Result, *authv3.CheckResponse) {
 	body := r.body()
 	res, err := route.pricer.Price(graphql.Request{
 		Method:      r.method,
@@ -335,6 +336,7 @@ func (s *Server) priceGraphQL(route *compiledRoute, r *request) (*graphql.Result
 		RawQuery:    r.rawQuery,
 		Body:        body,
 		Partial:     strings.EqualFold(r.header("x-envoy-auth-partial-body"), "true"),
+		Tenant:      tenant,
 	})
 	if err != nil {
 		rule, detail := "syntax", err.Error()

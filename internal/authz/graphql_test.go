@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,5 +213,58 @@ func TestGraphQLConfigProblems(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
+	}
+}
+
+// TestGraphQLPersistedQueriesPerTenant: one tenant's registrations cannot evict
+// another's persisted queries. The attack: the victim registers a query (priced 10),
+// then another customer registers 80 padded queries. Before, the cache was shared and
+// the victim's hash-only request was then charged unknown_cost (max_cost, 120); now each
+// customer has its own share, so the attacker evicts only its own texts, and a text is
+// never read across customers.
+func TestGraphQLPersistedQueriesPerTenant(t *testing.T) {
+	authzYAML := strings.Replace(gqlAuthz, "      max_cost: 120\n", "      max_cost: 120\n      persisted_queries: {cache_bytes: 16384, tenant_cache_bytes: 4096}\n", 1)
+	roomy := strings.Replace(strings.Replace(gqlLimits, "requests_per_unit: 100}", "requests_per_unit: 100000}", 1), "    quota: {period: daily, requests: 150}\n", "", 1)
+	e := setupFiles(t, roomy, authzYAML, map[string]string{"schema.graphql": gqlSchema})
+	victim := map[string]string{"x-api-key": freeKey}
+	attacker := map[string]string{"x-api-key": proKey}
+	cost := func(r *authv3.CheckResponse) string {
+		t.Helper()
+		if status(r) != 200 {
+			t.Fatalf("%d %s", status(r), r.GetDeniedResponse().GetBody())
+		}
+		return headers(r.GetOkResponse().GetHeaders())["x-halt-graphql-cost"]
+	}
+	register := func(h map[string]string, q string) (string, string) {
+		sum := sha256.Sum256([]byte(q))
+		hash := hex.EncodeToString(sum[:])
+		b, _ := json.Marshal(map[string]any{"query": q, "extensions": map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": hash}}})
+		return hash, cost(e.check(t, gqlReq(string(b), h)))
+	}
+	hashOnly := func(h map[string]string, hash string) string {
+		return cost(e.check(t, gqlReq(`{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"`+hash+`"}}}`, h)))
+	}
+	q := `query Find { search(text: "ada", limit: 1) { id } }`
+	hash, registered := register(victim, q)
+	if registered != "10" || hashOnly(victim, hash) != "10" {
+		t.Fatalf("the victim's query: registered at %s, then by hash at %s; want 10", registered, hashOnly(victim, hash))
+	}
+	// Another customer never reads the victim's text: unknown to it, max_cost.
+	if got := hashOnly(attacker, hash); got != "120" {
+		t.Fatalf("the victim's hash from another customer: %s, want 120 (unknown_cost)", got)
+	}
+	var first string
+	for i := 0; i < 80; i++ { // about 1 KB each: 20 times the attacker's share
+		h, _ := register(attacker, fmt.Sprintf("query P%d { me { id } } # %s", i, strings.Repeat("x", 1000)))
+		if i == 0 {
+			first = h
+		}
+	}
+	if got := hashOnly(victim, hash); got != "10" {
+		t.Fatalf("the victim's query after 80 padded registrations by another customer: %s, want 10", got)
+	}
+	// The attacker's share is bounded: its own first text is gone.
+	if got := hashOnly(attacker, first); got != "120" {
+		t.Fatalf("the attacker's first text after 80 registrations: %s, want 120 (evicted from its own share)", got)
 	}
 }

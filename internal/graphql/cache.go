@@ -5,11 +5,26 @@ import (
 	"sync"
 )
 
-// cache remembers persisted query texts by their SHA-256 (hex), least recently used
-// first out, within a budget of bytes. Only texts whose hash was verified go in.
+// cache remembers persisted query texts by their SHA-256 (hex), per tenant: each
+// tenant (the identity the route keys by, Request.Tenant) has a shelf of its own
+// bounded share of bytes, least recently used first out, so that one tenant's
+// registrations only ever evict its own texts. Before, one cache was shared: a tenant
+// registering padded texts evicted everyone's, and their hash-only requests went from
+// their price to unknown_cost. The shelves are bounded in number (budget / share): a
+// new tenant arriving when all are taken takes the shelf of the tenant idle the
+// longest. Only texts whose hash was verified go in.
 type cache struct {
-	mu     sync.Mutex
-	budget int64
+	mu         sync.Mutex
+	budget     int64 // all shelves together
+	share      int64 // one shelf
+	maxTenants int
+	used       int64      // bytes on every shelf
+	order      *list.List // of *shelf, most recently used at the front
+	byTenant   map[string]*list.Element
+}
+
+type shelf struct {
+	tenant string
 	used   int64
 	order  *list.List // of *entry, most recent at the front
 	byHash map[string]*list.Element
@@ -17,46 +32,75 @@ type cache struct {
 
 type entry struct{ hash, query string }
 
-func newCache(budget int64) *cache {
-	return &cache{budget: budget, order: list.New(), byHash: map[string]*list.Element{}}
+func newCache(budget, share int64) *cache {
+	share = min(share, budget)
+	return &cache{budget: budget, share: share, maxTenants: int(budget / max(share, 1)),
+		order: list.New(), byTenant: map[string]*list.Element{}}
 }
 
-func (c *cache) get(hash string) (string, bool) {
+func (c *cache) get(tenant, hash string) (string, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.byHash[hash]
+	tl, ok := c.byTenant[tenant]
 	if !ok {
 		return "", false
 	}
-	c.order.MoveToFront(el)
+	s := tl.Value.(*shelf)
+	el, ok := s.byHash[hash]
+	if !ok {
+		return "", false
+	}
+	c.order.MoveToFront(tl)
+	s.order.MoveToFront(el)
 	return el.Value.(*entry).query, true
 }
 
-func (c *cache) put(hash, query string) {
+func (c *cache) put(tenant, hash, query string) {
 	size := int64(len(hash) + len(query))
-	if size > c.budget {
+	if size > c.share || c.maxTenants == 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.byHash[hash]; ok {
-		c.order.MoveToFront(el)
+	tl, ok := c.byTenant[tenant]
+	if !ok {
+		if c.order.Len() >= c.maxTenants {
+			last := c.order.Back()
+			old := last.Value.(*shelf)
+			c.order.Remove(last)
+			delete(c.byTenant, old.tenant)
+			c.used -= old.used
+		}
+		tl = c.order.PushFront(&shelf{tenant: tenant, order: list.New(), byHash: map[string]*list.Element{}})
+		c.byTenant[tenant] = tl
+	}
+	c.order.MoveToFront(tl)
+	s := tl.Value.(*shelf)
+	if el, ok := s.byHash[hash]; ok {
+		s.order.MoveToFront(el)
 		return
 	}
-	for c.used+size > c.budget {
-		last := c.order.Back()
+	for s.used+size > c.share {
+		last := s.order.Back()
 		e := last.Value.(*entry)
-		c.order.Remove(last)
-		delete(c.byHash, e.hash)
-		c.used -= int64(len(e.hash) + len(e.query))
+		s.order.Remove(last)
+		delete(s.byHash, e.hash)
+		n := int64(len(e.hash) + len(e.query))
+		s.used -= n
+		c.used -= n
 	}
-	c.byHash[hash] = c.order.PushFront(&entry{hash: hash, query: query})
+	s.byHash[hash] = s.order.PushFront(&entry{hash: hash, query: query})
+	s.used += size
 	c.used += size
 }
 
-// len is the number of texts remembered (tests).
+// len is the number of texts remembered, on every shelf (tests).
 func (c *cache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.order.Len()
+	n := 0
+	for el := c.order.Front(); el != nil; el = el.Next() {
+		n += el.Value.(*shelf).order.Len()
+	}
+	return n
 }

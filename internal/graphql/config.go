@@ -170,9 +170,14 @@ func checkKeys(n *yaml.Node, what string, t reflect.Type, prefix string, pos map
 // hash (extensions.persistedQuery.sha256Hash, Apollo's APQ) is charged.
 type PersistedQueries struct {
 	// CacheBytes bounds the query texts remembered by hash (each seen with its hash and
-	// verified) per replica; default 4 MiB. A hash-only request whose text is remembered
-	// is priced as the text.
+	// verified) per replica and route, all tenants together; default 4 MiB. A hash-only
+	// request whose text its tenant registered is priced as the text.
 	CacheBytes int64 `yaml:"cache_bytes"`
+	// TenantCacheBytes is one tenant's share of CacheBytes (the tenant is the identity
+	// the route keys by: the customer): a tenant's registrations evict only its own
+	// texts; default 64 KiB (or CacheBytes when smaller). CacheBytes / TenantCacheBytes
+	// tenants are remembered at once, the one idle the longest giving way to a new one.
+	TenantCacheBytes int64 `yaml:"tenant_cache_bytes"`
 	// UnknownCost is the cost of a hash-only request whose text this replica has not
 	// seen; default max_cost, since the server may know a text halt never priced.
 	UnknownCost *int64 `yaml:"unknown_cost"`
@@ -191,6 +196,7 @@ const (
 	DefaultListSize          = 10
 	DefaultIntrospectionCost = 100
 	DefaultCacheBytes        = 4 << 20
+	DefaultTenantCacheBytes  = 64 << 10
 
 	// maxSetting bounds every configured number, so that no arithmetic on them overflows
 	// before saturation applies.
@@ -287,7 +293,12 @@ func Compile(c Config, schemaName string, schemaSDL []byte) (*Pricer, error) {
 	if p.unknownCost > p.maxCost {
 		bad("persisted_queries.unknown_cost", "%d is above max_cost %d: every hash-only request would be refused", p.unknownCost, p.maxCost)
 	}
-	p.apq = newCache(cacheBytes)
+	tenantBytes := min(DefaultTenantCacheBytes, cacheBytes)
+	set64(&tenantBytes, c.PersistedQueries.TenantCacheBytes, tenantBytes, "persisted_queries.tenant_cache_bytes")
+	if tenantBytes > cacheBytes {
+		bad("persisted_queries.tenant_cache_bytes", "%d is above cache_bytes %d: one tenant's share cannot be more than the whole", tenantBytes, cacheBytes)
+	}
+	p.apq = newCache(cacheBytes, tenantBytes)
 
 	p.listArgs = defaultListArguments
 	if c.ListArguments != nil {

@@ -288,18 +288,18 @@ func TestPersistedQueries(t *testing.T) {
 		t.Errorf("remembered hash: %+v", res)
 	}
 	// The cache keeps its byte budget, least recently used out.
-	c := newCache(200)
+	c := newCache(200, 200)
 	for i := 0; i < 10; i++ {
-		c.put(fmt.Sprintf("%064d", i), strings.Repeat("x", 36)) // 100 bytes each
+		c.put("", fmt.Sprintf("%064d", i), strings.Repeat("x", 36)) // 100 bytes each
 	}
 	if c.len() != 2 || c.used > 200 {
 		t.Errorf("cache holds %d entries, %d bytes", c.len(), c.used)
 	}
-	if _, ok := c.get(fmt.Sprintf("%064d", 9)); !ok {
+	if _, ok := c.get("", fmt.Sprintf("%064d", 9)); !ok {
 		t.Error("the newest entry is gone")
 	}
-	c.put("big", strings.Repeat("x", 300))
-	if _, ok := c.get("big"); ok {
+	c.put("", "big", strings.Repeat("x", 300))
+	if _, ok := c.get("", "big"); ok {
 		t.Error("an entry larger than the budget was kept")
 	}
 }
@@ -398,6 +398,7 @@ func TestBadConfig(t *testing.T) {
 		{"unknown wildcard", Config{Costs: map[string]int64{"*.nmae": 1}}, schema, []string{`costs: *.nmae: no type of the schema has a field "nmae"`}},
 		{"scalar type", Config{Costs: map[string]int64{"String.x": 1}}, schema, []string{"String is a scalar, not an object or interface type"}},
 		{"bad schema", Config{}, "type Query { a: Missing }", []string{"schema: schema.graphql:1"}},
+		{"tenant share above the whole", Config{PersistedQueries: PersistedQueries{CacheBytes: 1000, TenantCacheBytes: 2000}}, "", []string{"persisted_queries.tenant_cache_bytes: 2000 is above cache_bytes 1000"}},
 		{"unknown_cost above max_cost", Config{MaxCost: 10, PersistedQueries: PersistedQueries{UnknownCost: ptr(int64(11))}}, "", []string{"persisted_queries.unknown_cost: 11 is above max_cost 10"}},
 		{"bad list argument", Config{ListArguments: []string{"first", "1st"}}, "", []string{`list_arguments[1]: "1st" is not a GraphQL name`}},
 	} {
@@ -455,5 +456,46 @@ func TestOneReading(t *testing.T) {
 	// A POST's URL may carry other parameters.
 	if res := mustPrice(t, p, Request{Method: "POST", RawQuery: "tenant=acme", Body: []byte(`{"query":"{ a(first: 3) { id } }"}`)}); res.Cost != 3 {
 		t.Errorf("POST with another URL parameter: %+v", res)
+	}
+}
+
+// TestPersistedQueriesPerTenant: each tenant's texts are on its own share: a tenant
+// filling its share evicts only its own; a text is read only by the tenant that
+// registered it; the shelves are bounded in number (budget / share), the tenant idle
+// the longest giving way, so the whole stays within its budget.
+func TestPersistedQueriesPerTenant(t *testing.T) {
+	c := newCache(300, 100)                                                                          // three tenants of 100 bytes
+	text := func(i int) (string, string) { return fmt.Sprintf("%064d", i), strings.Repeat("x", 36) } // 100 bytes
+	h, q := text(0)
+	c.put("victim", h, q)
+	for i := 1; i <= 50; i++ {
+		c.put("attacker", fmt.Sprintf("%064d", i), strings.Repeat("y", 36))
+	}
+	if got, ok := c.get("victim", h); !ok || got != q {
+		t.Fatal("the attacker's registrations evicted the victim's text")
+	}
+	if _, ok := c.get("attacker", h); ok {
+		t.Fatal("a text was read by a tenant that never registered it")
+	}
+	if _, ok := c.get("attacker", fmt.Sprintf("%064d", 1)); ok {
+		t.Fatal("the attacker's share holds more than its bound")
+	}
+	if _, ok := c.get("attacker", fmt.Sprintf("%064d", 50)); !ok {
+		t.Fatal("the attacker's newest text is gone")
+	}
+	// A third tenant fits; a fourth takes the shelf of the one idle the longest.
+	h3, q3 := text(60)
+	c.put("third", h3, q3)
+	c.get("victim", h)
+	h4, q4 := text(61)
+	c.put("fourth", h4, q4)
+	if _, ok := c.get("victim", h); !ok {
+		t.Fatal("the victim, used last, lost its shelf")
+	}
+	if _, ok := c.get("attacker", fmt.Sprintf("%064d", 50)); ok {
+		t.Fatal("the tenant idle the longest kept its shelf beyond the bound")
+	}
+	if c.order.Len() != 3 || c.used > 300 || c.len() != 3 {
+		t.Fatalf("%d shelves, %d bytes, %d texts; want 3 within 300", c.order.Len(), c.used, c.len())
 	}
 }

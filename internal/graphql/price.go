@@ -34,6 +34,10 @@ type Request struct {
 	// Partial says Envoy sent only the body's first max_request_bytes
 	// (x-envoy-auth-partial-body: true): a truncated document cannot be priced.
 	Partial bool
+	// Tenant is the identity the route keys by (ext_authz's customer): the persisted
+	// queries it registers are remembered on its own share of the cache, and its
+	// hash-only requests read only them.
+	Tenant string
 }
 
 // Operation is one priced operation of a request.
@@ -225,7 +229,7 @@ func (p *Pricer) Price(r Request) (Result, error) {
 	var res Result
 	var learn []entry // persisted texts to remember once the request passes
 	for i := range reqs {
-		op, text, err := p.operation(&reqs[i])
+		op, text, err := p.operation(r.Tenant, &reqs[i])
 		if err != nil {
 			if len(reqs) > 1 {
 				var rf *Refusal
@@ -246,7 +250,7 @@ func (p *Pricer) Price(r Request) (Result, error) {
 	}
 	res.Cost = max(res.Cost, 1)
 	for _, e := range learn {
-		p.apq.put(e.hash, e.query)
+		p.apq.put(r.Tenant, e.hash, e.query)
 	}
 	return res, nil
 }
@@ -343,7 +347,7 @@ func (p *Pricer) decode(r Request) ([]wireRequest, error) {
 
 // operation prices one request of the body. It returns the text priced (for the
 // persisted-query cache).
-func (p *Pricer) operation(w *wireRequest) (Operation, string, error) {
+func (p *Pricer) operation(tenant string, w *wireRequest) (Operation, string, error) {
 	var op Operation
 	h, err := persistedHash(w.Extensions)
 	if err != nil {
@@ -363,7 +367,7 @@ func (p *Pricer) operation(w *wireRequest) (Operation, string, error) {
 	case query == "" && op.Hash == "":
 		return op, "", refuse(RuleSyntax, "no query")
 	case query == "":
-		text, ok := p.apq.get(op.Hash)
+		text, ok := p.apq.get(tenant, op.Hash)
 		if !ok {
 			op.Source, op.Cost = "unknown", p.unknownCost
 			if nameRE.MatchString(name) {
