@@ -203,7 +203,7 @@ func TestGraphQLConfigProblems(t *testing.T) {
 		{"negative bound", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {max_cost: -1}\n", "authz.yaml:4:15: routes[0].graphql.max_cost: must not be negative"},
 		{"at its line", "domain: d\nroutes:\n  - path: /graphql\n    graphql:\n      schema: schema.graphql\n      costs:\n        Query.users: 2\n        User.nmae: 1\n", `authz.yaml:8:9: routes[0].graphql.costs: User.nmae: type User has no field "nmae"`},
 		{"list argument at its line", "domain: d\nroutes:\n  - path: /a\n  - path: /graphql\n    graphql:\n      list_arguments:\n        - first\n        - 1st\n", `authz.yaml:8:11: routes[1].graphql.list_arguments[1]: "1st" is not a GraphQL name`},
-		{"unknown nested key", "domain: d\nroutes:\n  - path: /graphql\n    graphql:\n      persisted_queries: {cache_byte: 3}\n", "line 5: field cache_byte not found in graphql.persisted_queries (valid: cache_bytes, unknown_cost)"},
+		{"unknown nested key", "domain: d\nroutes:\n  - path: /graphql\n    graphql:\n      persisted_queries: {cache_byte: 3}\n", "line 5: field cache_byte not found in graphql.persisted_queries (valid: cache_bytes, tenant_cache_bytes, unknown_cost)"},
 		{"missing schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: nope.graphql}\n", "authz.yaml:4:15: routes[0].graphql.schema:"},
 		{"bad schema", "domain: d\nroutes:\n  - path: /graphql\n    graphql: {schema: authz.yaml}\n", "routes[0].graphql.schema:"},
 	} {
