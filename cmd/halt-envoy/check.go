@@ -185,6 +185,9 @@ func printReport(w io.Writer, r *checkReport) {
 		if l.Consistency == string(config.ConsistencyLocalFirst) {
 			line += fmt.Sprintf(", local_first (max_overshoot %g, sync_interval %s)", l.MaxOvershoot, l.SyncInterval)
 		}
+		if l.Regions == config.RegionsShared {
+			line += fmt.Sprintf(", shared across regions (read every %s)", l.SyncInterval)
+		}
 		fmt.Fprintln(w, line)
 	}
 	for _, q := range r.Quotas {

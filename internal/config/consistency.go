@@ -91,16 +91,22 @@ func (d *decoder) fraction(n *yaml.Node, field string) (float64, bool) {
 func (d *decoder) checkConsistency(l *limitDraft, n *yaml.Node, field string) bool {
 	lc := &l.limitCfg
 	lc.lim.Consistency = l.consistency
+	if !d.checkRegions(l, field) {
+		return false
+	}
 	if l.consistency != ConsistencyLocalFirst {
 		ok := true
 		for _, x := range []struct {
 			n    *yaml.Node
 			name string
 		}{{l.overshootNode, "max_overshoot"}, {l.syncNode, "sync_interval"}} {
-			if x.n != nil {
+			if x.n != nil && !(l.shared && x.name == "sync_interval") {
 				d.add(x.n, join(field, x.name), "%s applies to consistency: local_first only", x.name)
 				ok = false
 			}
+		}
+		if ok && l.shared {
+			return d.checkSync(l, field)
 		}
 		return ok
 	}
@@ -112,6 +118,12 @@ func (d *decoder) checkConsistency(l *limitDraft, n *yaml.Node, field string) bo
 	if l.overshootNode != nil {
 		lc.lim.MaxOvershoot = l.overshoot
 	}
+	return d.checkSync(l, field)
+}
+
+// checkSync resolves and checks sync_interval (local_first, or regions: shared).
+func (d *decoder) checkSync(l *limitDraft, field string) bool {
+	lc := &l.limitCfg
 	lc.lim.SyncInterval = DefaultSyncInterval
 	if l.syncNode != nil {
 		lc.lim.SyncInterval = l.sync

@@ -24,6 +24,12 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 5, consistency: exact}
   - key: plain
     rate_limit: {unit: minute, requests_per_unit: 5}
+  - key: shared
+    rate_limit: {unit: minute, requests_per_unit: 5, regions: shared}
+  - key: sharedlf
+    rate_limit: {unit: minute, requests_per_unit: 5000, algorithm: sliding_window_counter, consistency: local_first, regions: shared, sync_interval: 50ms}
+  - key: own
+    rate_limit: {unit: minute, requests_per_unit: 5, regions: own}
 `})
 	cases := []struct {
 		key       string
@@ -37,6 +43,9 @@ descriptors:
 		{"counter", ConsistencyLocalFirst, 0.001, 100 * time.Millisecond, `"consistency":"local_first","max_overshoot":0.001,"sync_interval":"100ms"`},
 		{"exact", ConsistencyExact, 0, 0, `"consistency":"exact"}`},
 		{"plain", "", 0, 0, `"consistency":"exact"}`},
+		{"shared", "", 0, 100 * time.Millisecond, `"consistency":"exact","sync_interval":"100ms","regions":"shared"}`},
+		{"sharedlf", ConsistencyLocalFirst, 0.01, 50 * time.Millisecond, `"consistency":"local_first","max_overshoot":0.01,"sync_interval":"50ms","regions":"shared"}`},
+		{"own", "", 0, 0, `"consistency":"exact"}`},
 	}
 	for _, c := range cases {
 		r, ok := s.Match("d", ents(c.key, "x"))
@@ -44,7 +53,8 @@ descriptors:
 			t.Fatalf("%s: no rule", c.key)
 		}
 		l := &r.Limits[0]
-		if l.Consistency != c.cons || l.MaxOvershoot != c.overshoot || l.SyncInterval != c.sync || l.LocalFirst() != (c.cons == ConsistencyLocalFirst) {
+		if l.Consistency != c.cons || l.MaxOvershoot != c.overshoot || l.SyncInterval != c.sync || l.LocalFirst() != (c.cons == ConsistencyLocalFirst) ||
+			l.SharedRegions != strings.HasPrefix(c.key, "shared") {
 			t.Errorf("%s: %q %v %v", c.key, l.Consistency, l.MaxOvershoot, l.SyncInterval)
 		}
 		b, _ := json.Marshal(r.View())
@@ -77,6 +87,13 @@ func TestConsistencyBadInput(t *testing.T) {
 		{"overshoot without local_first", "      unit: second\n      requests_per_unit: 1\n      max_overshoot: 0.1\n", 7, "max_overshoot", "max_overshoot applies to consistency: local_first only"},
 		{"sync on exact", "      unit: second\n      requests_per_unit: 1\n      consistency: exact\n      sync_interval: 1ms\n", 8, "sync_interval", "applies to consistency: local_first only"},
 		{"unlimited", "      unlimited: true\n      consistency: local_first\n", 6, "consistency", "should not specify consistency when unlimited"},
+		{"unknown regions", "      unit: second\n      requests_per_unit: 1\n      regions: all\n", 7, "regions", `unknown regions "all" (want own or shared)`},
+		{"regions token bucket", "      unit: second\n      requests_per_unit: 1\n      algorithm: token_bucket\n      regions: shared\n", 8, "regions", "regions: shared is not supported by token_bucket: its state is a time"},
+		{"regions sliding window", "      unit: second\n      requests_per_unit: 1\n      algorithm: sliding_window\n      regions: shared\n", 8, "regions", "regions: shared is not supported by sliding_window"},
+		{"regions leaky bucket", "      unit: second\n      requests_per_unit: 1\n      algorithm: leaky_bucket\n      regions: shared\n", 8, "regions", "regions: shared is not supported by leaky_bucket"},
+		{"regions local_first token bucket", "      unit: second\n      requests_per_unit: 1\n      algorithm: token_bucket\n      consistency: local_first\n      regions: shared\n", 9, "regions", "regions: shared is not supported by token_bucket"},
+		{"regions sync too long", "      unit: second\n      requests_per_unit: 1\n      regions: shared\n      sync_interval: 2s\n", 8, "sync_interval", "sync_interval 2s is longer than the limit's window (1s)"},
+		{"regions unlimited", "      unlimited: true\n      regions: shared\n", 6, "regions", "should not specify regions when unlimited"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

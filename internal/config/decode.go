@@ -888,6 +888,9 @@ type limitDraft struct {
 	consistencyNode, overshootNode, syncNode *yaml.Node
 	overshoot                                float64
 	sync                                     time.Duration
+	// regions: shared (regions.go).
+	regionsNode *yaml.Node
+	shared      bool
 }
 
 func rateLimitKeys() *keys[*limitDraft] {
@@ -945,6 +948,10 @@ func rateLimitKeys() *keys[*limitDraft] {
 			l.okAll = l.okAll && ok
 			l.sync = v
 		}},
+		row{"regions", func(d *decoder, l *limitDraft, p pair, f string) {
+			l.regionsNode = p.v
+			l.shared = d.regions(p.v, f)
+		}},
 	)
 }
 
@@ -968,7 +975,7 @@ func (d *decoder) limit(l *limitDraft, n *yaml.Node, field string) *limitCfg {
 			n    *yaml.Node
 			name string
 		}{{l.unitNode, "unit"}, {l.rpuNode, "requests_per_unit"}, {l.algNode, "algorithm"}, {l.burstNode, "burst"}, {l.multNode, "unit_multiplier"}, {l.delayNode, "max_delay"},
-			{l.consistencyNode, "consistency"}, {l.overshootNode, "max_overshoot"}, {l.syncNode, "sync_interval"}} {
+			{l.consistencyNode, "consistency"}, {l.overshootNode, "max_overshoot"}, {l.syncNode, "sync_interval"}, {l.regionsNode, "regions"}} {
 			if x.n != nil {
 				d.add(x.n, join(field, x.name), "should not specify %s when unlimited", x.name)
 			}

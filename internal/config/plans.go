@@ -57,8 +57,14 @@ type Limit struct {
 	// beyond it across every replica, in (0, 1); 0 for an exact limit.
 	MaxOvershoot float64
 	// SyncInterval is how often a replica sends a local-first limit's hits to the store
-	// and reads back the global count; 0 for an exact limit.
+	// and reads back the global count, and how often it reads the other regions'
+	// counts of a SharedRegions limit; 0 for an exact limit of one region.
 	SyncInterval time.Duration
+	// SharedRegions is rate_limit.regions: shared: one limit for every region of the
+	// deployment, each region counting its own hits in its own store and reading the
+	// others' (internal/localfirst's Regions). Only fixed_window and
+	// sliding_window_counter (RegionsUnsupported).
+	SharedRegions bool
 }
 
 // Period returns the window length (unit x multiplier).

@@ -70,6 +70,9 @@ type LimitView struct {
 	Consistency  string  `json:"consistency"`
 	MaxOvershoot float64 `json:"max_overshoot,omitempty"`
 	SyncInterval string  `json:"sync_interval,omitempty"`
+	// Regions is "shared" for a limit shared by every region (with its SyncInterval, the
+	// read interval of the other regions' counts), empty for a region's own.
+	Regions string `json:"regions,omitempty"`
 }
 
 // QuotaView is the JSON form of a Quota.
@@ -138,6 +141,9 @@ func (l *Limit) View() LimitView {
 	if l.LocalFirst() {
 		v.Consistency = string(ConsistencyLocalFirst)
 		v.MaxOvershoot, v.SyncInterval = l.MaxOvershoot, l.SyncInterval.String()
+	}
+	if l.SharedRegions {
+		v.Regions, v.SyncInterval = RegionsShared, l.SyncInterval.String()
 	}
 	return v
 }
