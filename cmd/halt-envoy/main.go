@@ -143,6 +143,7 @@ type serveFlags struct {
 	disablePprof                                           bool
 	shadowMode, dynamicMetadata, stopIncrement             bool
 	localFirstAnnounce                                     time.Duration
+	regions                                                regionFlags
 	authzConfig                                            string
 	adaptivePrometheus                                     string
 	adaptiveLag                                            time.Duration
@@ -193,6 +194,7 @@ func parseServe(args []string, stderr io.Writer, getenv func(string) string) (*s
 	fs.BoolVar(&f.disablePprof, "disable-pprof", false, "do not serve /debug/pprof (served on --admin-addr, or on the HTTP port behind the admin token)")
 	fs.BoolVar(&f.shadowMode, "shadow-mode", false, "global shadow mode (the reference's SHADOW_MODE): every call is answered OK; descriptors are still decided, counted and reported over limit")
 	fs.DurationVar(&f.localFirstAnnounce, "local-first-announce", localfirst.DefaultAnnounceEvery, "how often this replica announces itself in the store to the others (local_first limits count the replicas so): a new replica decides exactly for two of these, a stopped one is counted for two")
+	f.regions.register(fs)
 	fs.BoolVar(&f.stopIncrement, "stop-increment-over-limit", false, "a call its rate limits refuse is not charged to the limits that would have let it through: they are read first, one more store round for calls with several (the reference's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT)")
 	fs.BoolVar(&f.dynamicMetadata, "response-dynamic-metadata", false, "return the reference's dynamic metadata in every RateLimitResponse (RESPONSE_DYNAMIC_METADATA): the call's descriptors, quota_mode violations, the matched rules' metadata")
 	fs.StringVar(&f.authzConfig, "authz-config", "", "ext_authz config file: serve envoy.service.auth.v3.Authorization on the gRPC port")
@@ -300,7 +302,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	// where a driver quotes one without its URL. A token file that cannot be read is
 	// reported when the admin API starts.
 	tok, _ := f.saas.token()
-	log, err := newLogger(stderr, f.logLevel, f.logFormat, append(append(backends.URLSecrets(f.store), backends.URLSecrets(f.storePerSecond)...), tok)...)
+	log, err := newLogger(stderr, f.logLevel, f.logFormat, append(append(backends.URLSecrets(f.store), backends.URLSecrets(f.storePerSecond)...), append(f.regions.secrets(), tok)...)...)
 	if err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
@@ -315,6 +317,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	}
 	if f.localFirstAnnounce < 100*time.Millisecond {
 		fmt.Fprintf(stderr, "halt-envoy: --local-first-announce %s: must be at least 100ms (each replica writes to the store once per period)\n", f.localFirstAnnounce)
+		return 2
+	}
+	if _, err := f.regions.parse(); err != nil {
+		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
 	if err := runServer(ctx, f, fams, log); err != nil {
@@ -420,7 +426,17 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if err != nil {
 		return err
 	}
+	others, err := f.regions.parse()
+	if err != nil {
+		return err
+	}
+	regions, closeRegions, err := f.regions.open(ctx, others, storeOpt, clock.Now, m, log)
+	if err != nil {
+		return err
+	}
+	defer closeRegions() // after eng.Close below, which stops the reads
 	eng, err := engine.New(engine.Config{
+		Regions:     regions,
 		Adaptive:    factors,
 		Clock:       clock,
 		Observers:   observers,

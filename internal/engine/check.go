@@ -224,6 +224,9 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 			}
 			l = e.overrideAlgorithm(domain, rule, l, sc.algo[i])
 			e.addOp(sc, domain, d, i, rule, l, cost, KindRate)
+			if l.SharedRegions && e.cfg.Regions != nil && e.regional(sc, l, nowUS) {
+				continue // refused here: the other regions hold the whole limit
+			}
 			if l.LocalFirst() {
 				e.takeLocal(sc, domain, rule, l, nowUS)
 			}
@@ -387,6 +390,7 @@ func (e *Engine) takeLocal(sc *scratch, domain string, rule *config.Rule, l *con
 	}
 	sp := localfirst.Spec{Algorithm: l.Algorithm, Limit: l.Params, MaxOvershoot: l.MaxOvershoot,
 		SyncInterval: l.SyncInterval.Microseconds(), Domain: domain, Rule: rule.Name}
+	sp.Limit.Requests = op.Limit.Requests // a shared limit's: what the other regions left
 	r, local, t := e.lf.Take(op.Key, &sp, op.Cost, nowUS)
 	switch {
 	case local:
@@ -395,6 +399,31 @@ func (e *Engine) takeLocal(sc *scratch, domain string, rule *config.Rule, l *con
 		op.Cost = min(algorithms.MaxCount, op.Cost+t.Flush)
 		sc.tickets[k] = t
 	}
+}
+
+// regional turns the op just queued for the shared limit l into this region's: its own
+// sub-counter, decided with the limit less what the other regions counted (as last
+// read, never waiting for them). It reports whether the op was refused here because
+// nothing is left, which no store op would change.
+func (e *Engine) regional(sc *scratch, l *config.Limit, nowUS int64) bool {
+	k := len(sc.ops) - 1
+	op := &sc.ops[k]
+	if config.RegionsUnsupported(op.Algorithm) != "" {
+		return false // a per-request algorithm override: this region's own limit
+	}
+	sub, requests, _ := e.cfg.Regions.Cap(op.Key, op.Algorithm, op.Limit, l.SyncInterval.Microseconds(), nowUS)
+	op.Key, op.Limit.Requests = sub, requests
+	if requests > 0 || op.Cost <= 0 {
+		return false
+	}
+	p := op.Limit.Period
+	r := algorithms.Result{Limit: l.Params.Requests, RetryAfter: l.SyncInterval.Microseconds()}
+	if op.Algorithm == algorithms.FixedWindow {
+		r.ResetAfter = algorithms.WindowStart(nowUS, p) + p - nowUS
+		r.RetryAfter = r.ResetAfter
+	}
+	op.Result, sc.local[k] = r, true
+	return true
 }
 
 // apply sends the queued ops to the store in one round, but those decided locally; it

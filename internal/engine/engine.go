@@ -88,6 +88,11 @@ type Config struct {
 	// Adaptive gives the factor in force of a rule with an adaptive block
 	// (internal/adaptive/control); nil, or a factor of 1, applies the configured limits.
 	Adaptive Factors
+	// Regions, when the deployment has several regions, keeps the limits they share
+	// (rate_limit.regions: shared): this region's sub-counter in Store, the others read
+	// in the background. nil: one region, a shared limit is an ordinary one. Close stops
+	// its reads.
+	Regions *localfirst.Regions
 }
 
 // Factors is where the engine reads the factor that scales an adaptive rule's limits.
@@ -157,7 +162,21 @@ func New(cfg Config) (*Engine, error) {
 // store (on SIGTERM, after the drain), bounded by ctx, and stops their syncing. The
 // engine keeps deciding after Close, local-first limits exactly. It leaves the store
 // open.
-func (e *Engine) Close(ctx context.Context) error { return e.lf.Close(ctx) }
+func (e *Engine) Close(ctx context.Context) error {
+	if e.cfg.Regions != nil {
+		e.cfg.Regions.Close()
+	}
+	return e.lf.Close(ctx)
+}
+
+// SyncRegions reads the other regions' counts of the shared limits due at the engine
+// clock's time (the background loops do it unless the Regions are manual).
+func (e *Engine) SyncRegions(ctx context.Context) error {
+	if e.cfg.Regions == nil {
+		return nil
+	}
+	return e.cfg.Regions.Sync(ctx, e.cfg.Clock.Now().UnixMicro())
+}
 
 // SyncLocalFirst runs one sync pass of the local-first limits at the engine clock's
 // time (the background loop does it every few milliseconds unless LocalFirstManual).

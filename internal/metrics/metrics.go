@@ -77,6 +77,15 @@ type Metrics struct {
 	// decided exactly because that state was full.
 	LocalFirstKeys        prometheus.Gauge
 	LocalFirstKeysRefused prometheus.Counter
+	// RegionStaleness is, per other region, how long ago its store last answered a read
+	// of the shared limits' counts: the age of the counts this region decides on.
+	RegionStaleness *prometheus.GaugeVec
+	// RegionReadErrors counts failed reads of another region's store, by region.
+	RegionReadErrors *prometheus.CounterVec
+	// RegionShareDecisions counts the decisions of shared limits held to this region's
+	// share of the limit because a count of another region was older than the stale
+	// bound (a partition) or not read yet.
+	RegionShareDecisions prometheus.Counter
 	// Connections is the connections open now, by listener (grpc, http, admin): how
 	// close each is to its cap.
 	Connections *prometheus.GaugeVec
@@ -277,6 +286,16 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	})
 	r.MustRegister(m.LocalFirstDecisions, m.LocalFirstStoreOps, m.LocalFirstOvershoot, m.LocalFirstBudget, m.LocalFirstSyncLag,
 		m.LocalFirstReplicas, m.LocalFirstKeys, m.LocalFirstKeysRefused)
+	m.RegionStaleness = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "halt_region_staleness_seconds", Help: "Per other region, how long ago its store last answered a read of the shared limits' counts (regions: shared).",
+	}, []string{"region"})
+	m.RegionReadErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "halt_region_read_errors_total", Help: "Failed reads of another region's store (regions: shared), by region.",
+	}, []string{"region"})
+	m.RegionShareDecisions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "halt_region_share_decisions_total", Help: "Decisions of shared limits held to this region's share because another region's count was stale (a partition) or not read yet.",
+	})
+	r.MustRegister(m.RegionStaleness, m.RegionReadErrors, m.RegionShareDecisions)
 	m.AbuseDetections = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_abuse_detections_total", Help: "ext_authz's abuse detections, by detector (fanout, auth_failures, network_change, spike) and mode (enforce: the penalty was charged; dry_run: only logged).",
 	}, []string{"detector", "mode"})

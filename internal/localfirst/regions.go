@@ -1,0 +1,395 @@
+package localfirst
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+)
+
+// DefaultStaleAfter is how old another region's counts may be before a shared limit
+// holds this region to its share: long enough for a few missed reads across a
+// continent, short enough that a partition costs little overshoot.
+const DefaultStaleAfter = time.Second
+
+// regionTag separates a shared limit's key from the region whose sub-counter it is. A
+// limit key's entries escape '@', so no limit key ends in it by chance.
+const regionTag = "|@region:"
+
+// Region is another region of the deployment: its name and its store, which this region
+// only reads (cost-0 ops).
+type Region struct {
+	Name  string
+	Store backends.Store
+}
+
+// RegionsConfig wires Regions.
+type RegionsConfig struct {
+	// Local is this region's name: its sub-counters are written in the engine's store.
+	Local string
+	// Others are the other regions, each with its own store.
+	Others []Region
+	// Share is the fraction of a shared limit this region may count while another
+	// region's counts are stale (a partition); 0 means 1 / (1 + len(Others)).
+	Share float64
+	// StaleAfter is how old a region's counts may be before the share applies; 0 means
+	// DefaultStaleAfter.
+	StaleAfter time.Duration
+	// Now is the engine's clock.
+	Now func() time.Time
+	// Metrics defaults to metrics.Discard(); Logger to a discarding logger.
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	// MaxKeys bounds the shared keys whose remote counts are kept; past it a new key is
+	// held to the share. 0 means DefaultMaxKeys.
+	MaxKeys int
+	// Manual leaves the reads to the caller (Sync), for tests on a fake clock.
+	Manual bool
+}
+
+// Regions keeps the limits shared by several regions (rate_limit.regions: shared): each
+// region counts its own hits in its own store, under the limit's key tagged with its
+// name (a grow-only counter per region and window, so regions never write the same
+// key), and reads the other regions' counters in the background, one batch of cost-0
+// ops per region every sync_interval. A decision is the region's own op with the limit
+// less the other regions' counts as last read (Cap): the request path never waits on
+// another region. docs/consistency.md states and proves the bound. It is safe for
+// concurrent use.
+type Regions struct {
+	cfg        RegionsConfig
+	share      float64
+	staleAfter int64 // us
+
+	mu   sync.RWMutex
+	keys map[string]*sharedKey
+
+	lastOK   []atomicTime    // per other region: when its store last answered (us)
+	ctx      context.Context // the reads', cancelled by Close
+	cancel   context.CancelFunc
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	started  sync.Once
+	closeMu  sync.Mutex
+	closed   bool
+	sweepMu  sync.Mutex
+	lastScan int64
+}
+
+type atomicTime struct {
+	mu sync.Mutex
+	t  int64
+}
+
+func (a *atomicTime) set(t int64) {
+	a.mu.Lock()
+	a.t = max(a.t, t)
+	a.mu.Unlock()
+}
+
+func (a *atomicTime) get() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.t
+}
+
+// sharedKey is one shared limit's key: its sub-counter here and the counts last read of
+// the others.
+type sharedKey struct {
+	own    string   // this region's sub-counter
+	remote []string // the other regions' sub-counters, in Others' order
+
+	mu        sync.Mutex
+	algorithm algorithms.Algorithm
+	period    int64
+	interval  int64 // how often the others are read (us)
+	lastUse   int64
+	seen      []reading // per other region
+}
+
+// reading is one region's count of a key as last read.
+type reading struct {
+	count  int64 // its count (fixed_window) or weighted count (sliding_window_counter)
+	window int64 // the fixed window the count belongs to
+	at     int64 // when the read was sent (us); 0: never answered
+	sent   int64 // when the last read was sent (us)
+}
+
+// NewRegions returns the Regions of cfg; the reads start with the first shared key.
+func NewRegions(cfg RegionsConfig) *Regions {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.Discard()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxKeys <= 0 {
+		cfg.MaxKeys = DefaultMaxKeys
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = DefaultStaleAfter
+	}
+	share := cfg.Share
+	if share <= 0 || share > 1 {
+		share = 1 / float64(1+len(cfg.Others))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Regions{cfg: cfg, share: share, staleAfter: cfg.StaleAfter.Microseconds(), ctx: ctx, cancel: cancel,
+		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), stop: make(chan struct{})}
+}
+
+// Local is this region's name.
+func (r *Regions) Local() string { return r.cfg.Local }
+
+// Share is the fraction of a shared limit this region keeps to during a partition.
+func (r *Regions) Share() float64 { return r.share }
+
+// ShareOf is this region's share of a limit of requests, in hits.
+func (r *Regions) ShareOf(requests int64) int64 {
+	return int64(math.Floor(r.share * float64(requests)))
+}
+
+// Cap returns the store key of this region's sub-counter of the shared limit key and
+// the Requests its op is decided with at now (us): the limit less the other regions'
+// counts as last read; at most this region's share of the limit while a count is older
+// than the stale bound or was never read (held is then true). It never waits for
+// another region: the reads happen in the background, every interval (us).
+func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, interval, now int64) (sub string, requests int64, held bool) {
+	k := r.key(key, a, lim.Period, interval, now)
+	if k == nil {
+		// Past MaxKeys: no counts are kept for the key; the share is safe without them.
+		r.cfg.Metrics.RegionShareDecisions.Inc()
+		return key + regionTag + r.cfg.Local, r.ShareOf(lim.Requests), true
+	}
+	k.mu.Lock()
+	k.lastUse = max(k.lastUse, now)
+	var others int64
+	for i := range k.seen {
+		s := &k.seen[i]
+		if s.at == 0 || now-s.at > r.staleAfter {
+			held = true
+		}
+		if a == algorithms.FixedWindow && s.window != algorithms.WindowStart(now, lim.Period) {
+			continue // a new window: every region's count started again at 0
+		}
+		others += s.count
+	}
+	k.mu.Unlock()
+	requests = max(0, lim.Requests-others)
+	if held {
+		requests = min(requests, r.ShareOf(lim.Requests))
+		r.cfg.Metrics.RegionShareDecisions.Inc()
+	}
+	return k.own, requests, held
+}
+
+// Seen returns another region's count of a shared key as last read, and when that read
+// was sent (us); ok is false when it was never read.
+func (r *Regions) Seen(key, region string) (count, at int64, ok bool) {
+	r.mu.RLock()
+	k := r.keys[key]
+	r.mu.RUnlock()
+	if k == nil {
+		return 0, 0, false
+	}
+	for i, o := range r.cfg.Others {
+		if o.Name == region {
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			s := k.seen[i]
+			return s.count, s.at, s.at != 0
+		}
+	}
+	return 0, 0, false
+}
+
+// key returns key's state, made at now, or nil past MaxKeys or once closed.
+func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now int64) *sharedKey {
+	r.mu.RLock()
+	k, ok := r.keys[key]
+	r.mu.RUnlock()
+	if ok {
+		k.mu.Lock()
+		if k.algorithm != a || k.period != period || k.interval != interval {
+			// A reload changed the limit (the key names algorithm and period, so only
+			// the interval can differ): read at the new pace.
+			k.algorithm, k.period, k.interval = a, period, interval
+		}
+		k.mu.Unlock()
+		return k
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if k, ok = r.keys[key]; ok {
+		return k
+	}
+	r.closeMu.Lock()
+	closed := r.closed
+	r.closeMu.Unlock()
+	if closed || len(r.keys) >= r.cfg.MaxKeys {
+		return nil
+	}
+	k = &sharedKey{own: key + regionTag + r.cfg.Local, algorithm: a, period: period, interval: interval, lastUse: now,
+		remote: make([]string, len(r.cfg.Others)), seen: make([]reading, len(r.cfg.Others))}
+	for i, o := range r.cfg.Others {
+		k.remote[i] = key + regionTag + o.Name
+	}
+	r.keys[key] = k
+	if !r.cfg.Manual {
+		r.started.Do(r.start)
+	}
+	return k
+}
+
+// start runs one read loop per other region, so that a slow or cut region delays no
+// other region's reads.
+func (r *Regions) start() {
+	for i := range r.cfg.Others {
+		r.wg.Add(1)
+		go r.loop(i)
+	}
+}
+
+func (r *Regions) loop(i int) {
+	defer r.wg.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		_ = r.read(r.ctx, i, r.cfg.Now().UnixMicro())
+	}
+}
+
+// Sync reads every other region's counts due at now (us), one region after the other,
+// and returns the first error. The background loops do the same, one per region.
+func (r *Regions) Sync(ctx context.Context, now int64) error {
+	var first error
+	for i := range r.cfg.Others {
+		if err := r.read(ctx, i, now); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// read sends region i one batch of cost-0 reads of the keys whose interval passed since
+// their last read, and keeps what it answers. The store bounds the call by its own
+// timeout (a remote region's store is opened with a timeout fit for the distance).
+func (r *Regions) read(ctx context.Context, i int, now int64) error {
+	r.sweep(now)
+	type due struct {
+		k  *sharedKey
+		op backends.Op
+	}
+	var batch []due
+	r.mu.RLock()
+	for _, k := range r.keys {
+		k.mu.Lock()
+		s := &k.seen[i]
+		if now-s.sent >= k.interval || now < s.sent {
+			s.sent = now
+			l := algorithms.Limit{Requests: algorithms.MaxRequests, Period: k.period}
+			batch = append(batch, due{k: k, op: backends.Op{Key: k.remote[i], Algorithm: k.algorithm, Limit: l}})
+		}
+		k.mu.Unlock()
+	}
+	r.mu.RUnlock()
+	m := r.cfg.Metrics
+	name := r.cfg.Others[i].Name
+	defer func() {
+		if ok := r.lastOK[i].get(); ok != 0 {
+			m.RegionStaleness.WithLabelValues(name).Set(time.Duration(max(0, now-ok) * int64(time.Microsecond)).Seconds())
+		}
+	}()
+	if len(batch) == 0 {
+		return nil
+	}
+	ops := make([]*backends.Op, len(batch))
+	for j := range batch {
+		ops[j] = &batch[j].op
+	}
+	err := r.cfg.Others[i].Store.Apply(ctx, now, ops)
+	failed := 0
+	for j := range batch {
+		d := &batch[j]
+		if d.op.Err != nil || (err != nil && !anyErr(ops)) {
+			failed++
+			continue
+		}
+		res := &d.op.Result
+		d.k.mu.Lock()
+		s := &d.k.seen[i]
+		if now >= s.at {
+			// Counts only grow in a window; a read sent later is never older.
+			s.count, s.window, s.at = res.Limit-res.Remaining, algorithms.WindowStart(now, d.k.period), now
+		}
+		d.k.mu.Unlock()
+	}
+	if failed > 0 {
+		m.RegionReadErrors.WithLabelValues(name).Inc()
+		if err == nil {
+			err = firstOpErr(ops)
+		}
+		r.cfg.Logger.Debug("reading another region's counts failed; deciding on the last ones read", "region", name, "keys", failed, "err", err)
+		return err
+	}
+	r.lastOK[i].set(now)
+	return nil
+}
+
+func firstOpErr(ops []*backends.Op) error {
+	for _, op := range ops {
+		if op.Err != nil {
+			return op.Err
+		}
+	}
+	return nil
+}
+
+// sweep forgets the shared keys unused for idleAfter (or two windows, if longer), once
+// per idleAfter.
+func (r *Regions) sweep(now int64) {
+	r.sweepMu.Lock()
+	due := now-r.lastScan >= idleAfter.Microseconds() || now < r.lastScan
+	if due {
+		r.lastScan = now
+	}
+	r.sweepMu.Unlock()
+	if !due {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key, k := range r.keys {
+		k.mu.Lock()
+		idle := now-k.lastUse > max(idleAfter.Microseconds(), 2*k.period)
+		k.mu.Unlock()
+		if idle {
+			delete(r.keys, key)
+		}
+	}
+}
+
+// Close stops the reads (the other regions' stores belong to the caller).
+func (r *Regions) Close() {
+	r.closeMu.Lock()
+	defer r.closeMu.Unlock()
+	if r.closed {
+		return
+	}
+	r.closed = true
+	close(r.stop)
+	r.cancel()
+	r.wg.Wait()
+}
