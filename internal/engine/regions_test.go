@@ -1,0 +1,415 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/halt-envoy/halt-envoy/internal/config"
+	"github.com/halt-envoy/halt-envoy/internal/engine"
+	"github.com/halt-envoy/halt-envoy/internal/localfirst"
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
+)
+
+// faultProxy is a TCP proxy on loopback in front of a store: it passes bytes through,
+// delays each one by a set time in each direction, or cuts the link (every open
+// connection is closed, and new ones are closed as soon as they are accepted).
+type faultProxy struct {
+	ln     net.Listener
+	target string
+
+	mu    sync.Mutex
+	delay time.Duration
+	cut   bool
+	conns map[net.Conn]struct{}
+	wg    sync.WaitGroup
+}
+
+func startProxy(t testing.TB, target string) *faultProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &faultProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.setCut(true)
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *faultProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *faultProxy) setDelay(d time.Duration) {
+	p.mu.Lock()
+	p.delay = d
+	p.mu.Unlock()
+}
+
+// setCut cuts the link (true) or heals it (false).
+func (p *faultProxy) setCut(cut bool) {
+	p.mu.Lock()
+	p.cut = cut
+	if cut {
+		for c := range p.conns {
+			_ = c.Close()
+		}
+	}
+	p.mu.Unlock()
+}
+
+func (p *faultProxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		for _, c := range cs {
+			_ = c.Close()
+		}
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *faultProxy) accept() {
+	defer p.wg.Done()
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", p.target)
+		if err != nil {
+			_ = in.Close()
+			continue
+		}
+		if !p.track(in, out) {
+			continue
+		}
+		p.wg.Add(2)
+		go p.pipe(in, out)
+		go p.pipe(out, in)
+	}
+}
+
+// pipe copies src to dst, each chunk no earlier than the delay after it was read; a
+// chunk still held when the connection closes is dropped.
+func (p *faultProxy) pipe(src, dst net.Conn) {
+	defer p.wg.Done()
+	defer func() { _ = dst.Close(); _ = src.Close() }()
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	ch := make(chan chunk, 1024)
+	dead := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for c := range ch {
+			if d := time.Until(c.at); d > 0 {
+				timer := time.NewTimer(d)
+				select {
+				case <-timer.C:
+				case <-dead:
+					timer.Stop()
+					return
+				}
+			}
+			if _, err := dst.Write(c.b); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			d := p.delay
+			p.mu.Unlock()
+			select {
+			case ch <- chunk{b: append([]byte(nil), buf[:n]...), at: time.Now().Add(d)}:
+			case <-done:
+			}
+		}
+		if err != nil {
+			close(dead)
+			close(ch)
+			<-done
+			return
+		}
+	}
+}
+
+// region is one region of a two-region test: its engine, its own store, and the proxy
+// in front of that store through which the other region reads it.
+type region struct {
+	name    string
+	store   backends.Store // its own, direct
+	proxy   *faultProxy    // in front of its store, for the other region
+	eng     *engine.Engine
+	regions *localfirst.Regions
+	m       *metrics.Metrics
+}
+
+var debugRegions = false
+
+const sharedYAML = `domain: d
+descriptors:
+  - key: tenant
+    rate_limit: {unit: second, unit_multiplier: 10, requests_per_unit: 1000, algorithm: %s, regions: shared, sync_interval: 100ms%s}
+`
+
+// twoRegions starts regions a (its store at REDIS_ADDR) and b (REDIS_REGION2_ADDR), on
+// one fake clock, each reading the other's store through a fault proxy; the reads run
+// when the test says (SyncRegions).
+func twoRegions(t *testing.T, yaml string, clock engine.Clock) (a, b *region) {
+	t.Helper()
+	set, err := config.Parse(map[string][]byte{"regions.yaml": []byte(yaml)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("rg-%s-%d:", t.Name(), time.Now().UnixNano())
+	open := func(addr string) backends.Store {
+		s, err := all.Open(context.Background(), "redis://"+addr+"/0", backends.Options{Timeout: 2 * time.Second, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a = &region{name: "a", store: open(testutil.Peer(t, "REDIS_ADDR"))}
+	b = &region{name: "b", store: open(testutil.Peer(t, "REDIS_REGION2_ADDR"))}
+	for _, r := range []*region{a, b} {
+		r.proxy = startProxy(t, mustAddr(t, r))
+	}
+	for _, pair := range [][2]*region{{a, b}, {b, a}} {
+		r, other := pair[0], pair[1]
+		// The other region's store, read through its proxy, with a timeout of its own.
+		remote, err := all.Open(context.Background(), "redis://"+other.proxy.addr()+"/0", backends.Options{Timeout: 500 * time.Millisecond, KeyPrefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { remote.Close() })
+		r.m = metrics.New(nil)
+		r.regions = localfirst.NewRegions(localfirst.RegionsConfig{Local: r.name, Others: []localfirst.Region{{Name: other.name, Store: remote}},
+			Now: clock.Now, Metrics: r.m, Manual: true})
+		r.eng, err = engine.New(engine.Config{Store: r.store, StoreName: "redis", Rules: func() *config.Set { return set },
+			Clock: clock, Metrics: r.m, LocalFirstAnnounce: time.Second, LocalFirstManual: true, Regions: r.regions})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return a, b
+}
+
+var regionAddrs = map[string]string{"a": "REDIS_ADDR", "b": "REDIS_REGION2_ADDR"}
+
+func mustAddr(t *testing.T, r *region) string { return testutil.Peer(t, regionAddrs[r.name]) }
+
+func (r *region) check(t *testing.T) bool {
+	t.Helper()
+	decs := make([]engine.Decision, 1)
+	if _, err := r.eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+		t.Fatal(err)
+	}
+	return decs[0].Code == engine.CodeOK
+}
+
+// own reads a region's own count of the shared key in its store (cost 0).
+func (r *region) own(t *testing.T, a algorithms.Algorithm, now int64) int64 {
+	t.Helper()
+	key := string(engine.LimitKey(nil, "d", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, a, 10_000_000)) + "|@region:" + r.name
+	op := &backends.Op{Key: key, Algorithm: a, Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: 10_000_000}}
+	if err := r.store.Apply(context.Background(), now, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	return op.Result.Limit - op.Result.Remaining
+}
+
+// window runs traffic on both regions from start for the window's length: a call every
+// 2 ms, one in four to region a, the others to b (a gets 12.5 calls per 100 ms, b 37.5),
+// both
+// reading the other every 100 ms (read errors are the partition's); at offset at, do
+// runs once. It returns what each region admitted.
+func window(t *testing.T, clock *fakeClock, a, b *region, start time.Time, at time.Duration, do func()) (admA, admB int64) {
+	t.Helper()
+	clock.mu.Lock()
+	clock.now = start
+	clock.mu.Unlock()
+	const step = 2 * time.Millisecond
+	end := start.Add(10 * time.Second)
+	for i := 0; clock.Now().Before(end); i++ {
+		if time.Duration(i)*step == at && do != nil {
+			do()
+		}
+		if i%50 == 0 {
+			for _, r := range []*region{a, b} {
+				if err := r.eng.SyncRegions(context.Background()); err != nil && debugRegions {
+					t.Logf("%s at %v: %v", r.name, clock.Now().Sub(start), err)
+				}
+			}
+		}
+		if i%4 == 0 {
+			if a.check(t) {
+				admA++
+			}
+		} else if b.check(t) {
+			admB++
+		}
+		clock.Add(step)
+	}
+	return admA, admB
+}
+
+// TestRegionsSharedLimit: two regions, each with its own Redis, share one limit of 1,000
+// per 10 s. Connected, they admit together at least the limit and at most the limit
+// plus what the other region admits in one read interval (38 here): the bound of
+// docs/consistency.md. A partition (the proxies cut the links) holds each region to its
+// share (500) once the other's counts are older than the stale bound (1 s), and never
+// refuses it (never fail-open, never fail-closed); after healing, each region's view of
+// the other equals the other's own count within two read intervals, and the limit is
+// shared again.
+func TestRegionsSharedLimit(t *testing.T) {
+	for _, alg := range []algorithms.Algorithm{algorithms.FixedWindow, algorithms.SlidingWindowCounter} {
+		t.Run(alg.String(), func(t *testing.T) {
+			clock := &fakeClock{now: t0}
+			a, b := twoRegions(t, fmt.Sprintf(sharedYAML, alg, ""), clock)
+			// The bound connected: the limit, plus what the busier region (b) admits in
+			// one read interval (38 calls).
+			const limit, perRead = 1000, 38
+			win := func(n int) time.Time { return t0.Add(time.Duration(n) * 10 * time.Second) }
+			fixed := alg == algorithms.FixedWindow
+
+			// Window 1, connected.
+			admA, admB := window(t, clock, a, b, win(1), -1, nil)
+			t.Logf("connected: a %d, b %d, total %d", admA, admB, admA+admB)
+			if tot := admA + admB; tot < limit || tot > limit+perRead {
+				t.Errorf("connected: admitted %d, want between %d and %d", tot, limit, limit+perRead)
+			}
+			if !fixed {
+				// A sliding counter's previous window weighs on the next ones; the rest
+				// of the test is the fixed window's (its windows start whole).
+				return
+			}
+
+			// Window 2: the links are cut 1 s in, before the limit is reached. Each region
+			// decides on the last counts read until they are older than the stale bound
+			// (1 s), then stops at its share or where it already is: the regions admit at
+			// most the sum, over regions, of the larger of its share (500) and its count
+			// when its counts went stale, which here is at most its calls until 2 s (the
+			// cut, the stale bound, and the read before the cut up to 100 ms earlier):
+			// a 250, b 750, so 500 + 750.
+			admA, admB = window(t, clock, a, b, win(2), time.Second, func() { a.proxy.setCut(true); b.proxy.setCut(true) })
+			t.Logf("cut at 1 s: a %d, b %d, total %d", admA, admB, admA+admB)
+			if tot := admA + admB; tot < limit || tot > 500+750 || admA > 500 || admB > 750 {
+				t.Errorf("partition from mid-window: a admitted %d, b %d, want a <= 500, b <= 750 and a total of at least %d", admA, admB, limit)
+			}
+
+			// Window 3, partitioned throughout: each region admits its share, exactly.
+			admA, admB = window(t, clock, a, b, win(3), -1, nil)
+			t.Logf("partitioned: a %d, b %d", admA, admB)
+			if admA != limit/2 || admB != limit/2 {
+				t.Errorf("partitioned: a admitted %d, b %d, want its share, %d each", admA, admB, limit/2)
+			}
+			for _, r := range []*region{a, b} {
+				if promtest.ToFloat64(r.m.RegionShareDecisions) == 0 || promtest.ToFloat64(r.m.RegionReadErrors.WithLabelValues(map[string]string{"a": "b", "b": "a"}[r.name])) == 0 {
+					t.Errorf("region %s: no share decisions or read errors counted during the partition", r.name)
+				}
+			}
+
+			// Window 4: healed 1 s in. Within two read intervals (no calls meanwhile) each
+			// region sees the other's own count; the window admits within the connected
+			// bound.
+			key := string(engine.LimitKey(nil, "d", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, alg, 10_000_000))
+			admA, admB = window(t, clock, a, b, win(4), time.Second, func() {
+				a.proxy.setCut(false)
+				b.proxy.setCut(false)
+				for range 2 {
+					clock.Add(100 * time.Millisecond)
+					for _, r := range []*region{a, b} {
+						_ = r.eng.SyncRegions(context.Background()) // the first may find a connection the cut closed
+					}
+				}
+				now := clock.Now().UnixMicro()
+				for _, pair := range [][2]*region{{a, b}, {b, a}} {
+					seen, at, ok := pair[0].regions.Seen(key, pair[1].name)
+					if own := pair[1].own(t, alg, now); !ok || seen != own || now-at > 100_000 {
+						t.Errorf("after healing: %s sees %d of %s (read %v, %d us ago), which counts %d", pair[0].name, seen, pair[1].name, ok, now-at, own)
+					}
+				}
+			})
+			t.Logf("healed at 1 s: a %d, b %d, total %d", admA, admB, admA+admB)
+			if tot := admA + admB; tot < limit || tot > limit+perRead {
+				t.Errorf("healed: admitted %d, want between %d and %d", tot, limit, limit+perRead)
+			}
+		})
+	}
+}
+
+// TestRegionsRemoteNeverOnRequestPath: with the other region's store behind a proxy
+// that holds every byte for an hour, no read of it is ever answered, and decisions go
+// on all the same (the reads run in their own loop): held to this region's share, since
+// no count of the other region was ever read. BenchmarkRegions measures their latency
+// with 80 ms each way in front of the other region.
+func TestRegionsRemoteNeverOnRequestPath(t *testing.T) {
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(fmt.Sprintf(sharedYAML, "fixed_window", ""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("rg-path-%d:", time.Now().UnixNano())
+	own, err := all.Open(context.Background(), "redis://"+testutil.Peer(t, "REDIS_ADDR")+"/0", backends.Options{Timeout: 2 * time.Second, KeyPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	p := startProxy(t, testutil.Peer(t, "REDIS_REGION2_ADDR"))
+	p.setDelay(time.Hour) // no read is ever answered
+	remote, err := all.Open(context.Background(), "redis://"+p.addr()+"/0", backends.Options{Timeout: time.Second, KeyPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	// The reads run in their loop on the real clock; the decisions on a fake one, so that
+	// no window ends during the test.
+	regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: "a", Others: []localfirst.Region{{Name: "b", Store: remote}}})
+	eng, err := engine.New(engine.Config{Store: own, Rules: func() *config.Set { return set }, Regions: regions, Clock: &fakeClock{now: t0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = eng.Close(context.Background()) }()
+	// The reads of b never come back; decisions go on, held to a's share (500) since no
+	// count of b was ever read.
+	admitted := 0
+	for range 600 {
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+			t.Fatal(err)
+		}
+		if decs[0].Code == engine.CodeOK {
+			admitted++
+		}
+	}
+	if admitted > 500 {
+		t.Errorf("admitted %d with the other region never read, want at most the share, 500", admitted)
+	}
+	if _, _, ok := regions.Seen(string(engine.LimitKey(nil, "d", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, algorithms.FixedWindow, 10_000_000)), "b"); ok {
+		t.Error("a read of b was answered through a proxy that holds every byte for an hour")
+	}
+}
