@@ -80,6 +80,11 @@ func (e *Engine) runStage(ctx context.Context, st stage, domain string, nowUS in
 			}
 			continue
 		}
+		if l != nil && l.SharedRegions && e.cfg.Regions != nil {
+			// A shared limit's op ran with what the other regions left of it (Remaining
+			// is the whole limit's): the limit reported is the limit.
+			op.Result.Limit = l.Params.Requests
+		}
 		switch r := &op.Result; st {
 		case stageDecide:
 			// Inline, not a function: this is the one fold on every call's path.

@@ -229,6 +229,9 @@ func (r *region) check(t *testing.T) bool {
 	if _, err := r.eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
 		t.Fatal(err)
 	}
+	if l := decs[0].Result.Limit; l != 1000 {
+		t.Fatalf("region %s reports a limit of %d, want the shared limit, 1000", r.name, l)
+	}
 	return decs[0].Code == engine.CodeOK
 }
 
