@@ -155,7 +155,7 @@ else
 
   PEERS_SECS=$(peers_since "$T0")
   say "all peers up in $PEERS_SECS"
-  env | grep -E '^(HALT_TEST_PEERS|REDIS_[A-Z_]+|MEMCACHED_ADDR|PG_DSN|PG_DATA_DIR|PG_BIN|MONGO_URI|FERRETDB_URI|DYNAMODB_ENDPOINT)=' | sort |
+  env | grep -E '^(HALT_TEST_PEERS|REDIS_[A-Z0-9_]+|MEMCACHED_ADDR|PG_DSN|PG_DATA_DIR|PG_BIN|MONGO_URI|FERRETDB_URI|DYNAMODB_ENDPOINT)=' | sort |
     tee "$PEERS_DIR/env" | sed 's/^/    /'
 
   if [ -n "${HALT_PEERS_ONLY:-}" ]; then
