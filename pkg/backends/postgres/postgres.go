@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -61,11 +62,24 @@ type Config struct {
 	// SkipMigrate makes Open only check the schema version instead of creating the
 	// table, for deployments whose runtime role has no CREATE right.
 	SkipMigrate bool
+	// Pipelines is how many shared round trips (each a pipeline on one connection) may
+	// be in flight at once; zero means DefaultPipelines.
+	Pipelines int
 }
+
+// DefaultPipelines is how many shared round trips are in flight at once by default.
+// The calls that arrive while they are out wait for the next, so fewer means larger
+// rounds and less CPU per call; PostgreSQL runs one connection's statements one after
+// another, so two let it decide on two cores at once.
+const DefaultPipelines = 2
+
+// maxPipelines bounds the pipelines URL option: each holds a connection of the pool.
+const maxPipelines = 64
 
 // Store is the PostgreSQL backend. Create it with Open.
 type Store struct {
 	pool    *pgxpool.Pool
+	batch   *backends.Batcher
 	names   names
 	callSQL string
 	opt     backends.Options
@@ -128,6 +142,7 @@ func parseURL(raw string) (*urlConfig, error) {
 	}
 	out.cfg.CleanupBatch = q.Int("cleanup_batch", 0, 1, math.MaxInt)
 	out.cfg.SkipMigrate = !q.Bool("migrate", true)
+	out.cfg.Pipelines = q.Int("pipelines", 0, 1, maxPipelines)
 	// The rest are pgx's options, and PostgreSQL run-time parameters the server checks
 	// when a connection starts.
 	rest, err := q.Rest()
@@ -169,7 +184,8 @@ func ParseURL(raw string) (Config, error) {
 
 // OpenURL opens the store a postgres:// or postgresql:// URL names. Besides every pgx
 // option it understands table=NAME, cleanup_interval=DURATION (0 disables),
-// cleanup_batch=N and migrate=false (only check the schema version).
+// cleanup_batch=N, migrate=false (only check the schema version) and pipelines=N (shared
+// round trips in flight at once).
 func OpenURL(ctx context.Context, raw string, opt backends.Options) (*Store, error) {
 	uc, err := parseURL(raw)
 	if err != nil {
@@ -187,6 +203,9 @@ func Open(ctx context.Context, dsn string, cfg Config, opt backends.Options) (*S
 	}
 	if cfg.Table == "" {
 		cfg.Table = uc.table
+	}
+	if cfg.Pipelines == 0 {
+		cfg.Pipelines = uc.cfg.Pipelines
 	}
 	return open(ctx, uc.pool, cfg, opt)
 }
@@ -207,6 +226,9 @@ func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Opti
 	}
 	if cfg.CleanupBatch <= 0 {
 		cfg.CleanupBatch = DefaultCleanupBatch
+	}
+	if cfg.Pipelines <= 0 {
+		cfg.Pipelines = DefaultPipelines
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = func() int64 { return time.Now().UnixMicro() }
@@ -244,6 +266,7 @@ func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Opti
 		pool.Close()
 		return nil, err
 	}
+	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "postgres", Collectors: cfg.Pipelines, Round: s.round})
 	if cfg.CleanupInterval > 0 {
 		go s.cleanLoop()
 	} else {
@@ -332,43 +355,13 @@ func check(op *backends.Op) error {
 	return nil
 }
 
-type call struct {
-	keys   []string
-	params []int64
-	order  []int          // order[i] = index in ops of the i-th op sent
-	sent   []*backends.Op // sent[i] = ops[order[i]]
+// stmtName names the prepared decision statement on every connection (pgx keeps it
+// per connection, prepared once).
+const stmtName = "halt_apply"
 
-	// The round trip runs on a goroutine of its own (Store.roundTrip), so that a caller
-	// whose timeout passes gets its answer on time while the query keeps its connection.
-	res   []int64
-	err   error
-	done  chan struct{} // one send when the round trip finished and the caller waits
-	state atomic.Int32  // callRunning, then callFinished or callAbandoned, set once
-}
-
-// The states of a call's round trip: whoever moves it from callRunning owns the call's
-// end (the caller reads the answer and pools the call; an abandoned call is pooled by
-// the round trip when it ends).
-const (
-	callRunning int32 = iota
-	callFinished
-	callAbandoned
-)
-
-var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
-
-// putCall empties c and pools it.
-func putCall(c *call) {
-	clear(c.sent) // no op outlives its call in the pool
-	c.keys, c.params, c.order, c.sent = c.keys[:0], c.params[:0], c.order[:0], c.sent[:0]
-	c.res, c.err = nil, nil
-	c.state.Store(callRunning)
-	callPool.Put(c)
-}
-
-// Apply decides every op in one round trip. Ops are sent sorted by key (stable, so one
-// key's ops keep their order): every transaction then locks rows in the same order, which
-// rules out deadlocks between concurrent batches.
+// Apply decides every op in one round trip, shared with the Apply calls of other
+// goroutines in flight at the same time (round): each call is one statement of its own
+// transaction, so it stays atomic per key and fails or succeeds on its own.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -376,77 +369,150 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	if !inTime(now) {
 		return backends.FailAll(ops, fmt.Errorf("postgres: clock value %d us is outside the supported range of +-%d us", now, MaxTime))
 	}
-	c := callPool.Get().(*call)
-	var first error
-	for i, op := range ops {
-		op.Err = nil
-		op.Result = algorithms.Result{}
-		if err := check(op); err != nil {
-			op.Err = err
-			if first == nil {
-				first = err
-			}
-			continue
-		}
-		c.order = append(c.order, i)
-	}
-	if len(c.order) == 0 {
-		putCall(c)
-		return first
-	}
-	if len(c.order) > 1 {
-		slices.SortStableFunc(c.order, func(a, b int) int { return cmp.Compare(ops[a].Key, ops[b].Key) })
-	}
-	for _, i := range c.order {
-		op := ops[i]
-		c.sent = append(c.sent, op)
-		l := &op.Limit
-		cost := max(op.Cost, -algorithms.MaxCount)
-		c.keys = append(c.keys, s.opt.KeyPrefix+op.Key)
-		c.params = append(c.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
-			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), backends.WireMode(l), l.MaxDebt)
-		c.params = append(c.params, l.Ladder[:]...)
-	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	// The connection is taken within the caller's budget: a warm pool has one ready.
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		err = backends.FailAll(c.sent, fmt.Errorf("postgres apply: %w", classify(err)))
-		putCall(c)
-		return err
-	}
-	go s.roundTrip(ctx, conn, c, now)
-	select {
-	case <-c.done:
-	case <-ctx.Done():
-		if c.state.CompareAndSwap(callRunning, callAbandoned) {
-			// The round trip goes on without us and pools c when it ends; ops are ours.
-			err := fmt.Errorf("postgres apply: %w: %w", backends.ErrUnavailable, ctx.Err())
-			for _, op := range ops {
-				if op.Err == nil {
-					op.Result, op.Err = algorithms.Result{}, err
-				}
-			}
-			return err
+	return s.batch.Apply(ctx, now, ops)
+}
+
+// Rounds is how many round trips the store has made for Apply calls: fewer than the
+// calls when concurrent calls shared one.
+func (s *Store) Rounds() uint64 { return s.batch.Rounds() }
+
+// stmt is one call's statement in a round: its valid ops sorted by key (stable, so one
+// key's ops keep their order), so that every transaction locks rows in the same order,
+// which rules out deadlocks between concurrent calls.
+type stmt struct {
+	call   *backends.Call
+	keys   []string
+	params []int64
+	sent   []*backends.Op // sent[i] is the op of keys[i]
+}
+
+// scratch is a round's reusable memory.
+type scratch struct {
+	stmts []stmt
+	buf   []byte
+	vals  [][]byte
+	res   []int64
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+var (
+	paramFormats  = []int16{pgtype.BinaryFormatCode, pgtype.BinaryFormatCode, pgtype.BinaryFormatCode}
+	resultFormats = []int16{pgtype.BinaryFormatCode}
+)
+
+// round sends the calls' statements in one pipeline, each followed by its own Sync (its
+// own implicit transaction), in one write, and reads their answers in order. A query
+// whose context ends mid-flight costs its connection (pgx closes it, as the only way to
+// stop reading an answer), and a new one takes longer than a tight store timeout: so the
+// pipeline's context lasts drainFor past the calls' latest deadline, the server's
+// statement_timeout ends a slow statement at the store timeout, and the connection goes
+// back to the pool with the late answers read. A caller whose own deadline passes has its
+// answer on time from the Batcher.
+func (s *Store) round(ctx context.Context, calls []*backends.Call) {
+	sc := scratchPool.Get().(*scratch)
+	defer func() {
+		for i := range sc.stmts {
+			st := &sc.stmts[i]
+			clear(st.keys)
+			clear(st.sent)
+			st.call, st.keys, st.params, st.sent = nil, st.keys[:0], st.params[:0], st.sent[:0]
 		}
-		<-c.done // it finished meanwhile
+		sc.stmts = sc.stmts[:0]
+		scratchPool.Put(sc)
+	}()
+	for _, c := range calls {
+		if st := s.prepare(sc, c); len(st.sent) == 0 {
+			st.call = nil
+			sc.stmts = sc.stmts[:len(sc.stmts)-1] // nothing valid to send
+		}
 	}
-	defer putCall(c)
-	res, err := c.res, c.err
-	if err == nil && len(res) != resStride*len(c.order) {
-		err = fmt.Errorf("%w: decision function returned %d values for %d ops", backends.ErrCorrupt, len(res), len(c.order))
+	if len(sc.stmts) == 0 {
+		return
 	}
-	if err != nil {
+	failOne := func(st *stmt, err error) {
 		if schemaMissing(err) {
 			err = fmt.Errorf("state table %q or its function is missing (dropped?): %w: %w", s.names.raw, backends.ErrUnavailable, err)
 			s.heal()
 		}
-		return backends.FailAll(c.sent, fmt.Errorf("postgres apply: %w", classify(err)))
+		backends.FailAll(st.sent, fmt.Errorf("postgres apply: %w", classify(err)))
 	}
-	for j, i := range c.order {
+	fail := func(from int, err error) {
+		for i := from; i < len(sc.stmts); i++ {
+			failOne(&sc.stmts[i], err)
+		}
+	}
+	// The connection is taken within the calls' budget: a warm pool has one ready.
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		fail(0, err)
+		return
+	}
+	defer conn.Release()
+	qctx := ctx
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		qctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), d.Add(drainFor(s.opt.Timeout)))
+		defer cancel()
+	}
+	sd, err := conn.Conn().Prepare(qctx, stmtName, s.callSQL)
+	if err != nil {
+		fail(0, err)
+		return
+	}
+	tm := conn.Conn().TypeMap()
+	p := conn.Conn().PgConn().StartPipeline(qctx)
+	for i := range sc.stmts {
+		st := &sc.stmts[i]
+		if sc.buf, sc.vals, err = encode(tm, sd, st, sc.buf[:0], sc.vals[:0]); err != nil {
+			p.Close() //nolint:errcheck // the encoding error is the one to report
+			fail(0, err)
+			return
+		}
+		p.SendQueryStatement(sd, sc.vals, paramFormats, resultFormats)
+		p.SendPipelineSync()
+	}
+	if err := p.Flush(); err != nil {
+		fail(0, err)
+		return
+	}
+	for i := range sc.stmts {
+		st := &sc.stmts[i]
+		var broken bool
+		sc.res, broken, err = readResult(p, tm, sc.res[:0])
+		if err == nil && len(sc.res) != resStride*len(st.sent) {
+			err = fmt.Errorf("%w: decision function returned %d values for %d ops", backends.ErrCorrupt, len(sc.res), len(st.sent))
+		}
+		if broken {
+			p.Close() //nolint:errcheck // the connection is lost; err says why
+			fail(i, err)
+			return
+		}
+		if err != nil {
+			// The server skipped the rest of this statement's transaction to its Sync;
+			// the next statements stand on their own.
+			failOne(st, err)
+		} else {
+			answer(st, sc.res)
+		}
+		if _, err := p.GetResults(); err != nil { // the statement's Sync
+			p.Close() //nolint:errcheck // the connection is lost; err says why
+			fail(i+1, err)
+			return
+		}
+	}
+	if err := p.Close(); err != nil {
+		s.opt.Logger.Debug("postgres: closing a pipeline", "err", redactErr(err))
+	}
+}
+
+// answer reads st's results into its ops.
+func answer(st *stmt, res []int64) {
+	for j, op := range st.sent {
 		r := res[j*resStride : (j+1)*resStride]
-		ops[i].Result = algorithms.Result{
+		op.Result = algorithms.Result{
 			Allowed:    r[1] == 1,
 			Limit:      r[2],
 			Remaining:  r[3],
@@ -457,26 +523,88 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 			Debt:       r[8],
 		}
 	}
-	return first
 }
 
-// roundTrip runs c's decision on conn and hands the answer to the caller, or, when the
-// caller stopped waiting, finishes on its own. A query whose context ends mid-flight
-// costs its connection (pgx closes it, as the only way to stop reading an answer), and
-// a new one takes longer than a tight store timeout: so the query's context is not the
-// caller's but lasts drainFor longer, the server's statement_timeout ends a slow
-// statement at the store timeout, and the connection goes back to the pool with the
-// late answer read.
-func (s *Store) roundTrip(ctx context.Context, conn *pgxpool.Conn, c *call, now int64) {
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.Timeout+drainFor(s.opt.Timeout))
-	c.err = conn.QueryRow(qctx, s.callSQL, c.keys, c.params, now).Scan(&c.res)
-	cancel()
-	conn.Release()
-	if c.state.CompareAndSwap(callRunning, callFinished) {
-		c.done <- struct{}{}
-		return
+// prepare appends c's statement to sc: its ops checked (an op that could overflow fails
+// on its own), the valid ones sorted by key.
+func (s *Store) prepare(sc *scratch, c *backends.Call) *stmt {
+	if len(sc.stmts) < cap(sc.stmts) {
+		sc.stmts = sc.stmts[:len(sc.stmts)+1]
+	} else {
+		sc.stmts = append(sc.stmts, stmt{})
 	}
-	putCall(c) // abandoned: nobody reads the answer
+	st := &sc.stmts[len(sc.stmts)-1]
+	st.call = c
+	for _, op := range c.Ops {
+		if err := check(op); err != nil {
+			op.Err = err
+			continue
+		}
+		st.sent = append(st.sent, op)
+	}
+	if len(st.sent) > 1 {
+		slices.SortStableFunc(st.sent, func(a, b *backends.Op) int { return cmp.Compare(a.Key, b.Key) })
+	}
+	for _, op := range st.sent {
+		l := &op.Limit
+		cost := max(op.Cost, -algorithms.MaxCount)
+		st.keys = append(st.keys, s.opt.KeyPrefix+op.Key)
+		st.params = append(st.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
+			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), backends.WireMode(l), l.MaxDebt)
+		st.params = append(st.params, l.Ladder[:]...)
+	}
+	return st
+}
+
+// encode appends st's three parameters (keys, op parameters, now) to buf in binary,
+// and their slices of it to vals. The pipeline copies them into its send buffer at
+// once, so buf is reused for the next statement.
+func encode(tm *pgtype.Map, sd *pgconn.StatementDescription, st *stmt, buf []byte, vals [][]byte) ([]byte, [][]byte, error) {
+	if len(sd.ParamOIDs) != 3 {
+		return buf, vals, fmt.Errorf("postgres: the decision statement takes %d parameters, want 3", len(sd.ParamOIDs))
+	}
+	var ends [3]int
+	var err error
+	for i, v := range [3]any{st.keys, st.params, st.call.Now} {
+		if buf, err = tm.Encode(sd.ParamOIDs[i], pgtype.BinaryFormatCode, v, buf); err != nil {
+			return buf, vals, err
+		}
+		ends[i] = len(buf)
+	}
+	return buf, append(vals, buf[:ends[0]], buf[ends[0]:ends[1]], buf[ends[1]:ends[2]]), nil
+}
+
+// readResult reads one statement's answer: one row holding the bigint[] of results.
+// broken reports that the connection is lost (the pipeline cannot go on); any other
+// error is the statement's own, and the next statement's answer follows its Sync.
+func readResult(p *pgconn.Pipeline, tm *pgtype.Map, res []int64) (_ []int64, broken bool, err error) {
+	r, err := p.GetResults()
+	if err != nil {
+		return res, !isPgError(err), err
+	}
+	rr, ok := r.(*pgconn.ResultReader)
+	if !ok {
+		return res, true, fmt.Errorf("postgres: pipeline answered %T, want a result", r)
+	}
+	rows := 0
+	for rr.NextRow() {
+		rows++
+		if v := rr.Values(); len(v) == 1 && rows == 1 {
+			err = tm.Scan(pgtype.Int8ArrayOID, pgtype.BinaryFormatCode, v[0], &res)
+		}
+	}
+	if _, cerr := rr.Close(); cerr != nil {
+		return res, !isPgError(cerr), cerr
+	}
+	if err == nil && rows != 1 {
+		err = fmt.Errorf("%w: decision function returned %d rows", backends.ErrCorrupt, rows)
+	}
+	return res, false, err
+}
+
+func isPgError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe)
 }
 
 // Delete removes keys in one statement.
@@ -511,6 +639,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		<-s.done
+		s.batch.Close()
 		s.pool.Close()
 	})
 	return nil
