@@ -13,9 +13,11 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -67,11 +69,13 @@ type Config struct {
 	Pipelines int
 }
 
-// DefaultPipelines is how many shared round trips are in flight at once by default.
-// The calls that arrive while they are out wait for the next, so fewer means larger
-// rounds and less CPU per call; PostgreSQL runs one connection's statements one after
-// another, so two let it decide on two cores at once.
-const DefaultPipelines = 2
+// DefaultPipelines is how many shared round trips are in flight at once by default: one.
+// The calls that arrive while it is out all wait for the next, so rounds are as large as
+// the load makes them. On the 2-core benchmark machine one cost 35.9 µs of CPU per call at
+// 11,977 calls/s and two 43.5 µs at 10,624 calls/s (docs/benchmarks.md): PostgreSQL's own
+// work per op is the same either way, and fewer, larger rounds cost both sides less.
+// More help when PostgreSQL is far away (a round trip of a millisecond or more).
+const DefaultPipelines = 1
 
 // maxPipelines bounds the pipelines URL option: each holds a connection of the pool.
 const maxPipelines = 64
@@ -82,8 +86,11 @@ type Store struct {
 	batch   *backends.Batcher
 	names   names
 	callSQL string
-	opt     backends.Options
-	cfg     Config
+	// mergedSQL decides the ops of several calls in one statement, one call of the
+	// decision function per op, each at its own call's now (round).
+	mergedSQL string
+	opt       backends.Options
+	cfg       Config
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -251,10 +258,12 @@ func open(ctx context.Context, pc *pgxpool.Config, cfg Config, opt backends.Opti
 		pool:    pool,
 		names:   n,
 		callSQL: `SELECT ` + n.fn + `($1::text[], $2::bigint[], $3::bigint, ` + strconv.Itoa(layout) + `)`,
-		opt:     opt,
-		cfg:     cfg,
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		mergedSQL: `SELECT u.i, ` + n.fn + `(ARRAY[u.k], ($2::bigint[])[(u.i::int - 1) * ` + strconv.Itoa(opStride) + ` + 1 : u.i::int * ` +
+			strconv.Itoa(opStride) + `], u.n, ` + strconv.Itoa(layout) + `) FROM unnest($1::text[], $3::bigint[]) WITH ORDINALITY AS u(k, n, i)`,
+		opt:  opt,
+		cfg:  cfg,
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	sctx := ctx
 	if _, ok := ctx.Deadline(); !ok {
@@ -340,9 +349,13 @@ func classify(err error) error {
 
 func inTime(v int64) bool { return v >= -MaxTime && v <= MaxTime }
 
-// check rejects ops whose numbers could overflow a bigint inside the function: such an
-// op fails on its own with a clear error instead of being admitted or failing the batch.
-func check(op *backends.Op) error {
+// check rejects ops whose numbers could overflow a bigint inside the function, and keys
+// PostgreSQL's text refuses (a NUL byte, invalid UTF-8): such an op fails on its own
+// with a clear error instead of being admitted or failing the round it shares.
+func check(op *backends.Op, key string) error {
+	if strings.IndexByte(key, 0) >= 0 || !utf8.ValidString(key) {
+		return fmt.Errorf("postgres: key %q: PostgreSQL text holds no NUL byte or invalid UTF-8", op.Key)
+	}
 	if err := op.Limit.Validate(op.Algorithm); err != nil {
 		return fmt.Errorf("postgres: key %q: %w", op.Key, err)
 	}
@@ -388,12 +401,37 @@ type stmt struct {
 	sent   []*backends.Op // sent[i] is the op of keys[i]
 }
 
+// item is one op of a merged round: st.sent[j].
+type item struct {
+	st *stmt
+	j  int
+}
+
 // scratch is a round's reusable memory.
 type scratch struct {
 	stmts []stmt
 	buf   []byte
 	vals  [][]byte
 	res   []int64
+	// a merged round's ops and its parameters
+	items  []item
+	keys   []string
+	params []int64
+	nows   []int64
+}
+
+// reset empties sc, keeping its memory, and pools it.
+func (sc *scratch) reset() {
+	for i := range sc.stmts {
+		st := &sc.stmts[i]
+		clear(st.keys)
+		clear(st.sent)
+		st.call, st.keys, st.params, st.sent = nil, st.keys[:0], st.params[:0], st.sent[:0]
+	}
+	clear(sc.items)
+	clear(sc.keys)
+	sc.stmts, sc.items, sc.keys, sc.params, sc.nows = sc.stmts[:0], sc.items[:0], sc.keys[:0], sc.params[:0], sc.nows[:0]
+	scratchPool.Put(sc)
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -403,26 +441,23 @@ var (
 	resultFormats = []int16{pgtype.BinaryFormatCode}
 )
 
-// round sends the calls' statements in one pipeline, each followed by its own Sync (its
-// own implicit transaction), in one write, and reads their answers in order. A query
-// whose context ends mid-flight costs its connection (pgx closes it, as the only way to
-// stop reading an answer), and a new one takes longer than a tight store timeout: so the
-// pipeline's context lasts drainFor past the calls' latest deadline, the server's
-// statement_timeout ends a slow statement at the store timeout, and the connection goes
-// back to the pool with the late answers read. A caller whose own deadline passes has its
-// answer on time from the Batcher.
+// round decides the calls' ops in one round trip. Several calls go as one statement
+// (merged): every op of every call sorted by key, so that the statement's transaction
+// takes its row locks in the same order as every other (no deadlock between rounds, nor
+// with a replica that sends each call on its own), one call of the decision function per
+// op at its own call's now. If that statement fails with an error of what was asked
+// (nothing was written: its transaction rolled back), the calls are sent again apart, so
+// that one call's bad op fails only that call. One call goes on its own (pipeline).
+//
+// A query whose context ends mid-flight costs its connection (pgx closes it, as the only
+// way to stop reading an answer), and a new one takes longer than a tight store timeout:
+// so the round's queries run until drainFor past the calls' latest deadline, the
+// server's statement_timeout ends a slow statement at the store timeout, and the
+// connection goes back to the pool with a late answer read. A caller whose own deadline
+// passes has its answer on time from the Batcher.
 func (s *Store) round(ctx context.Context, calls []*backends.Call) {
 	sc := scratchPool.Get().(*scratch)
-	defer func() {
-		for i := range sc.stmts {
-			st := &sc.stmts[i]
-			clear(st.keys)
-			clear(st.sent)
-			st.call, st.keys, st.params, st.sent = nil, st.keys[:0], st.params[:0], st.sent[:0]
-		}
-		sc.stmts = sc.stmts[:0]
-		scratchPool.Put(sc)
-	}()
+	defer sc.reset()
 	for _, c := range calls {
 		if st := s.prepare(sc, c); len(st.sent) == 0 {
 			st.call = nil
@@ -432,22 +467,10 @@ func (s *Store) round(ctx context.Context, calls []*backends.Call) {
 	if len(sc.stmts) == 0 {
 		return
 	}
-	failOne := func(st *stmt, err error) {
-		if schemaMissing(err) {
-			err = fmt.Errorf("state table %q or its function is missing (dropped?): %w: %w", s.names.raw, backends.ErrUnavailable, err)
-			s.heal()
-		}
-		backends.FailAll(st.sent, fmt.Errorf("postgres apply: %w", classify(err)))
-	}
-	fail := func(from int, err error) {
-		for i := from; i < len(sc.stmts); i++ {
-			failOne(&sc.stmts[i], err)
-		}
-	}
 	// The connection is taken within the calls' budget: a warm pool has one ready.
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
-		fail(0, err)
+		s.fail(sc.stmts, err)
 		return
 	}
 	defer conn.Release()
@@ -457,25 +480,97 @@ func (s *Store) round(ctx context.Context, calls []*backends.Call) {
 		qctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), d.Add(drainFor(s.opt.Timeout)))
 		defer cancel()
 	}
-	sd, err := conn.Conn().Prepare(qctx, stmtName, s.callSQL)
+	if len(sc.stmts) > 1 {
+		err := s.merged(qctx, conn.Conn(), sc)
+		if err == nil {
+			return
+		}
+		if !isPgError(err) || schemaMissing(err) || errors.Is(classify(err), backends.ErrUnavailable) {
+			s.fail(sc.stmts, err)
+			return
+		}
+		s.opt.Logger.Debug("postgres: a merged round failed; sending its calls apart", "calls", len(sc.stmts), "err", err)
+	}
+	s.apart(qctx, conn.Conn(), sc)
+}
+
+// fail gives every op of stmts err, classified.
+func (s *Store) fail(stmts []stmt, err error) {
+	if schemaMissing(err) {
+		err = fmt.Errorf("state table %q or its function is missing (dropped?): %w: %w", s.names.raw, backends.ErrUnavailable, err)
+		s.heal()
+	}
+	err = fmt.Errorf("postgres apply: %w", classify(err))
+	for i := range stmts {
+		backends.FailAll(stmts[i].sent, err)
+	}
+}
+
+// merged decides every statement's ops in one statement (round). It answers every op
+// and returns nil, or returns the error and answers nothing.
+func (s *Store) merged(ctx context.Context, conn *pgx.Conn, sc *scratch) error {
+	for i := range sc.stmts {
+		st := &sc.stmts[i]
+		for j := range st.sent {
+			sc.items = append(sc.items, item{st: st, j: j})
+		}
+	}
+	slices.SortStableFunc(sc.items, func(a, b item) int { return cmp.Compare(a.st.keys[a.j], b.st.keys[b.j]) })
+	for _, it := range sc.items {
+		sc.keys = append(sc.keys, it.st.keys[it.j])
+		sc.params = append(sc.params, it.st.params[it.j*opStride:(it.j+1)*opStride]...)
+		sc.nows = append(sc.nows, it.st.call.Now)
+	}
+	rows, err := conn.Query(ctx, s.mergedSQL, sc.keys, sc.params, sc.nows)
 	if err != nil {
-		fail(0, err)
+		return err
+	}
+	n := 0
+	for rows.Next() {
+		var i int64
+		if err := rows.Scan(&i, &sc.res); err != nil {
+			rows.Close()
+			return err
+		}
+		if i < 1 || i > int64(len(sc.items)) || len(sc.res) != resStride {
+			rows.Close()
+			return fmt.Errorf("%w: decision statement returned op %d of %d with %d values", backends.ErrCorrupt, i, len(sc.items), len(sc.res))
+		}
+		it := sc.items[i-1]
+		answerOp(it.st.sent[it.j], sc.res)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if n != len(sc.items) {
+		return fmt.Errorf("%w: decision statement answered %d of %d ops", backends.ErrCorrupt, n, len(sc.items))
+	}
+	return nil
+}
+
+// apart sends each statement in one pipeline, each followed by its own Sync (its own
+// implicit transaction), in one write, and reads their answers in order.
+func (s *Store) apart(ctx context.Context, conn *pgx.Conn, sc *scratch) {
+	sd, err := conn.Prepare(ctx, stmtName, s.callSQL)
+	if err != nil {
+		s.fail(sc.stmts, err)
 		return
 	}
-	tm := conn.Conn().TypeMap()
-	p := conn.Conn().PgConn().StartPipeline(qctx)
+	tm := conn.TypeMap()
+	p := conn.PgConn().StartPipeline(ctx)
 	for i := range sc.stmts {
 		st := &sc.stmts[i]
 		if sc.buf, sc.vals, err = encode(tm, sd, st, sc.buf[:0], sc.vals[:0]); err != nil {
 			p.Close() //nolint:errcheck // the encoding error is the one to report
-			fail(0, err)
+			s.fail(sc.stmts, err)
 			return
 		}
 		p.SendQueryStatement(sd, sc.vals, paramFormats, resultFormats)
 		p.SendPipelineSync()
 	}
 	if err := p.Flush(); err != nil {
-		fail(0, err)
+		s.fail(sc.stmts, err)
 		return
 	}
 	for i := range sc.stmts {
@@ -487,19 +582,21 @@ func (s *Store) round(ctx context.Context, calls []*backends.Call) {
 		}
 		if broken {
 			p.Close() //nolint:errcheck // the connection is lost; err says why
-			fail(i, err)
+			s.fail(sc.stmts[i:], err)
 			return
 		}
 		if err != nil {
 			// The server skipped the rest of this statement's transaction to its Sync;
 			// the next statements stand on their own.
-			failOne(st, err)
+			s.fail(sc.stmts[i:i+1], err)
 		} else {
-			answer(st, sc.res)
+			for j, op := range st.sent {
+				answerOp(op, sc.res[j*resStride:(j+1)*resStride])
+			}
 		}
 		if _, err := p.GetResults(); err != nil { // the statement's Sync
 			p.Close() //nolint:errcheck // the connection is lost; err says why
-			fail(i+1, err)
+			s.fail(sc.stmts[i+1:], err)
 			return
 		}
 	}
@@ -508,20 +605,17 @@ func (s *Store) round(ctx context.Context, calls []*backends.Call) {
 	}
 }
 
-// answer reads st's results into its ops.
-func answer(st *stmt, res []int64) {
-	for j, op := range st.sent {
-		r := res[j*resStride : (j+1)*resStride]
-		op.Result = algorithms.Result{
-			Allowed:    r[1] == 1,
-			Limit:      r[2],
-			Remaining:  r[3],
-			ResetAfter: r[4],
-			RetryAfter: r[5],
-			Delay:      r[6],
-			TTL:        r[7],
-			Debt:       r[8],
-		}
+// answerOp reads one op's results (resStride values) into it.
+func answerOp(op *backends.Op, r []int64) {
+	op.Result = algorithms.Result{
+		Allowed:    r[1] == 1,
+		Limit:      r[2],
+		Remaining:  r[3],
+		ResetAfter: r[4],
+		RetryAfter: r[5],
+		Delay:      r[6],
+		TTL:        r[7],
+		Debt:       r[8],
 	}
 }
 
@@ -536,7 +630,7 @@ func (s *Store) prepare(sc *scratch, c *backends.Call) *stmt {
 	st := &sc.stmts[len(sc.stmts)-1]
 	st.call = c
 	for _, op := range c.Ops {
-		if err := check(op); err != nil {
+		if err := check(op, s.opt.KeyPrefix+op.Key); err != nil {
 			op.Err = err
 			continue
 		}
