@@ -28,6 +28,11 @@ type AbuseAnswer struct {
 	Detections []abuse.Detection `json:"detections"`
 }
 
+// abuseDescriptorHelp is the answer to a descriptor that is not one identity the
+// detectors charge.
+const abuseDescriptorHelp = "descriptor must be one entry, " + abuse.AddressKey + "=ADDRESS, " + abuse.APIKeyKey + "=HEX or " +
+	abuse.CustomerKey + "=ID (the identities the abuse detectors charge)"
+
 // abuseTarget parses an abuse query: a domain and one entry, remote_address=ADDR,
 // api_key_sha256=HEX or customer=ID (the identities the detectors charge), and the
 // penalty policy the detectors feed. It matches no rule: the identity is the
@@ -43,7 +48,7 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, error) {
 	}
 	e := &t.entries[0]
 	if len(t.entries) != 1 {
-		return t, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
+		return t, bad("%s", abuseDescriptorHelp)
 	}
 	// The identity as the detectors write it: another spelling of the same address (or
 	// another address of its IPv6 network) or hash would read and lift a lockout nobody
@@ -55,7 +60,7 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, error) {
 	v, err := abuse.Identity(e.Key, e.Value, prefix)
 	switch {
 	case errors.Is(err, abuse.ErrNotIdentity):
-		return t, bad("descriptor must be one entry, remote_address=ADDRESS, api_key_sha256=HEX or customer=ID (the identities the abuse detectors charge)")
+		return t, bad("%s", abuseDescriptorHelp)
 	case err != nil:
 		return t, bad("%s", err)
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/halt-envoy/halt-envoy/internal/abuse"
 	"github.com/halt-envoy/halt-envoy/internal/config"
-	"github.com/halt-envoy/halt-envoy/internal/headers"
 	"github.com/halt-envoy/halt-envoy/internal/observe"
 )
 
@@ -24,26 +23,23 @@ const (
 	DefaultDetectionsPerIdentity = 8
 )
 
-// The identities detectors charge: the source address (the entry invalid_key_penalty
-// charges too), or the API key by its SHA-256 (the hash of the key file, never the key).
-const (
-	addressKey  = "remote_address"
-	apiKeyKey   = "api_key_sha256"
-	customerKey = "customer"
-)
+// The identities the detectors charge (abuse.AddressKey, APIKeyKey, CustomerKey), as
+// one-entry descriptors.
 
 // customerEntries is the identified caller as the spike detector charges it: its
 // customer (an API key's, a header's value, or "ip:ADDR").
 func customerEntries(c string) []config.Entry {
-	return []config.Entry{{Key: customerKey, Value: c}}
+	return []config.Entry{{Key: abuse.CustomerKey, Value: c}}
 }
 
-func addressEntries(source string) []config.Entry {
-	return []config.Entry{{Key: addressKey, Value: source}}
+// addressEntries is the source address r.addr (abuse.Address) as invalid_key_penalty
+// and the address-keyed detectors charge it.
+func addressEntries(addr string) []config.Entry {
+	return []config.Entry{{Key: abuse.AddressKey, Value: addr}}
 }
 
 func keyEntries(sum string) []config.Entry {
-	return []config.Entry{{Key: apiKeyKey, Value: sum}}
+	return []config.Entry{{Key: abuse.APIKeyKey, Value: sum}}
 }
 
 // abusePenalty is the penalty policy the abuse detectors feed, nil without an abuse
@@ -64,27 +60,6 @@ func (s *Server) abusePenalty(cfg *Config, set *config.Set) *config.PenaltyPolic
 	return pol
 }
 
-// abuseLocked reads (charging nothing) whether the identity entries are locked out
-// under the abuse penalty, and returns the 403 when they are. A store failure lets the
-// call go on (logged, throttled), as the invalid-key lockout does.
-func (s *Server) abuseLocked(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, entries []config.Entry) *authv3.CheckResponse {
-	locked, left, err := s.engine.Penalize(ctx, cfg.Domain, entries, pol, 0)
-	if err != nil {
-		if ok, held := s.penaltyLog.Allow(time.Now()); ok {
-			s.log.Warn("abuse penalty unavailable", "err", err, "similar_suppressed", held)
-		}
-		return nil
-	}
-	if !locked {
-		return nil
-	}
-	return lockedOut(pol, left)
-}
-
-func lockedOut(pol *config.PenaltyPolicy, left time.Duration) *authv3.CheckResponse {
-	return problem(headers.Problem{Status: 403, Title: "Forbidden", Detail: "abuse detected; locked out", Policy: "penalty:" + pol.Name, WaitUS: left.Microseconds()}, nil)
-}
-
 // detect runs the detectors that judge the identification: fanout (the key presented,
 // valid or not, against the source address) and network_change (the source's network
 // against the key that identified the caller; its lockout is read first). It returns
@@ -101,10 +76,11 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 			return resp
 		}
 	}
-	if n := ab.NetworkChange; n != nil && id != nil && id.keySum != "" && r.source != "" {
-		who := keyEntries(id.keySum)
+	if n := ab.NetworkChange; n != nil && id != nil && id.keyed && r.source != "" {
+		keySum := id.keySum()
+		who := keyEntries(keySum)
 		if !ab.DryRun {
-			if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+			if locked := s.lockedOut(ctx, cfg, pol, who, 0, abuseLockout); locked != nil {
 				return locked
 			}
 		}
@@ -118,7 +94,7 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 		}
 		if seen.Over {
 			detail := fmt.Sprintf("one API key from %d networks in %s (max %d; the last %s)", seen.Count, n.Window, n.Max, network)
-			return s.charge(ctx, cfg, pol, abuse.NetworkChange, &n.Detector, who, apiKeyKey+"="+id.keySum, seen.Count, detail)
+			return s.charge(ctx, cfg, pol, abuse.NetworkChange, &n.Detector, who, abuse.APIKeyKey+"="+keySum, seen.Count, detail)
 		}
 	}
 	return nil
@@ -135,9 +111,9 @@ func (s *Server) detectFanout(ctx context.Context, cfg *Config, pol *config.Pena
 		if id == nil {
 			return nil
 		}
-		who, identity, per = customerEntries(id.customer), customerKey+"="+id.customer, "caller"
+		who, identity, per = customerEntries(id.customer), abuse.CustomerKey+"="+id.customer, "caller"
 		if !cfg.Abuse.DryRun {
-			if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+			if locked := s.lockedOut(ctx, cfg, pol, who, 0, abuseLockout); locked != nil {
 				return locked
 			}
 		}
@@ -145,7 +121,7 @@ func (s *Server) detectFanout(ctx context.Context, cfg *Config, pol *config.Pena
 		if r.addr == "" {
 			return nil
 		}
-		who, identity, per = addressEntries(r.addr), addressKey+"="+r.addr, "address"
+		who, identity, per = addressEntries(r.addr), abuse.AddressKey+"="+r.addr, "address"
 	}
 	value := fanoutValue(f.Count.Value, r, id, fail)
 	if value == "" {
@@ -167,9 +143,9 @@ func fanoutValue(dim string, r *request, id *identity, fail idFailure) string {
 	switch dim {
 	case abuse.DimAPIKey:
 		if id != nil {
-			return id.keySum
+			return id.keySum()
 		}
-		return fail.keySum
+		return fail.keySum()
 	case abuse.DimPath:
 		v = r.path
 	case abuse.DimUser:
@@ -206,7 +182,7 @@ func basicUser(auth string) string {
 func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, sp *abuse.Spike, id *identity) *authv3.CheckResponse {
 	who := customerEntries(id.customer)
 	if !cfg.Abuse.DryRun {
-		if locked := s.abuseLocked(ctx, cfg, pol, who); locked != nil {
+		if locked := s.lockedOut(ctx, cfg, pol, who, 0, abuseLockout); locked != nil {
 			return locked
 		}
 	}
@@ -225,41 +201,32 @@ func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.Penal
 	detail := fmt.Sprintf("%d requests in %s; the baseline (EWMA, half-life %s: %.1f in %s) allows %.0f (factor %g, min %d)",
 		rate.Short, sp.Window, sp.HalfLife, sp.Expected(rate.Decayed), sp.Window, threshold, sp.Factor, sp.Min)
 	d := &abuse.Detector{Window: sp.Window, Max: int64(threshold), Severity: sp.Severity}
-	return s.charge(ctx, cfg, pol, abuse.SpikeDetector, d, who, customerKey+"="+id.customer, rate.Short, detail)
+	return s.charge(ctx, cfg, pol, abuse.SpikeDetector, d, who, abuse.CustomerKey+"="+id.customer, rate.Short, detail)
 }
 
-// authFailure counts a 401 or 403 answered to the request's source address, and
-// charges the abuse penalty when they go past auth_failures.max in its window. It runs
-// after the answer is decided: the answer it follows stands.
-func (s *Server) authFailure(ctx context.Context, req *authv3.CheckRequest, resp *authv3.CheckResponse) {
-	cfg, set := s.config(), s.rules()
-	if cfg == nil || set == nil || cfg.Abuse == nil || cfg.Abuse.AuthFailures == nil {
-		return
-	}
-	pol := s.abusePenalty(cfg, set)
-	if pol == nil {
-		return
-	}
-	// The address's own lockouts (this penalty's, invalid_key_penalty's) are not further
-	// failures: a locked-out client would otherwise be detected again at every call.
-	body := resp.GetDeniedResponse().GetBody()
-	for _, name := range []string{pol.Name, cfg.InvalidKeyPenalty} {
-		if name != "" && strings.Contains(body, `"violated_policy":"penalty:`+name+`"`) {
-			return
-		}
-	}
-	r := parseRequest(req)
-	addr, ok := cfg.Address(r.source)
-	if !ok {
+// authFailure counts a 401 or 403 answered to the request's source address (r.addr),
+// and charges the abuse penalty ab when they go past auth_failures.max in its window.
+// check calls it with the answer decided, and only for an answer that is not the
+// address's own lockout (addressLockout): a locked-out client would otherwise be
+// detected again at every call. The answer it follows stands.
+func (s *Server) authFailure(ctx context.Context, cfg *Config, ab *config.PenaltyPolicy, r *request) {
+	if ab == nil || cfg.Abuse.AuthFailures == nil || r.addr == "" {
 		return
 	}
 	d := cfg.Abuse.AuthFailures
-	n, over, err := s.engine.Events(ctx, cfg.Domain, addressEntries(addr), abuse.AuthFailures, d.Window, d.Max)
+	n, over, err := s.engine.Events(ctx, cfg.Domain, addressEntries(r.addr), abuse.AuthFailures, d.Window, d.Max)
 	if s.storeFailed(err) || !over {
 		return
 	}
 	detail := fmt.Sprintf("more than %d answers 401 or 403 to one address in %s", d.Max, d.Window)
-	s.charge(ctx, cfg, pol, abuse.AuthFailures, d, addressEntries(addr), addressKey+"="+addr, n, detail)
+	s.charge(ctx, cfg, ab, abuse.AuthFailures, d, addressEntries(r.addr), abuse.AddressKey+"="+r.addr, n, detail)
+}
+
+// addressLockout reports whether policy, a refusal's violated_policy, is the lockout of
+// the abuse penalty ab or of invalid_key_penalty.
+func addressLockout(cfg *Config, ab *config.PenaltyPolicy, policy string) bool {
+	name, ok := strings.CutPrefix(policy, "penalty:")
+	return ok && ((ab != nil && name == ab.Name) || (cfg.InvalidKeyPenalty != "" && name == cfg.InvalidKeyPenalty))
 }
 
 // storeFailed logs (throttled) a detector's store failure: the call goes on
@@ -292,7 +259,7 @@ func (s *Server) charge(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 		}
 		if locked {
 			det.Locked = true
-			resp = lockedOut(pol, left)
+			resp = lockout(pol, left, abuseLockout)
 		}
 	}
 	s.metrics.AbuseDetections.WithLabelValues(detector, mode).Inc()

@@ -178,26 +178,40 @@ func parseRequest(req *authv3.CheckRequest) *request {
 type identity struct {
 	customer, plan string
 	how            string // api_key, header, source_address, anonymous
-	// keySum is the SHA-256 (hex) of the API key that identified the caller ("" for
-	// another source): the abuse detectors' key identity.
-	keySum string
+	// key is the SHA-256 of the API key that identified the caller (keyed: false for
+	// another source): the abuse detectors' key identity, encoded only when one asks.
+	key   [sha256.Size]byte
+	keyed bool
+}
+
+// keySum is the identifying key's SHA-256 in hex ("" for another source).
+func (id *identity) keySum() string {
+	if !id.keyed {
+		return ""
+	}
+	return hex.EncodeToString(id.key[:])
 }
 
 // outcome of identification when no identity was found.
 type idFailure struct {
 	missing bool // no key at all (vs. an unknown key)
-	keyHash string
-	// keySum is the SHA-256 (hex) of the unknown key presented ("" for none).
-	keySum string
+	// key is the SHA-256 of the unknown key presented (presented: false for none).
+	key       [sha256.Size]byte
+	presented bool
+}
+
+// keySum is the unknown key's SHA-256 in hex ("" for none).
+func (f *idFailure) keySum() string {
+	if !f.presented {
+		return ""
+	}
+	return hex.EncodeToString(f.key[:])
 }
 
 // Check authorizes one request: exemptions, penalty, quotas, rate limits, in that order.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
 	start := time.Now()
 	resp, err := s.check(ctx, req)
-	if code := resp.GetDeniedResponse().GetStatus().GetCode(); err == nil && (code == 401 || code == 403) {
-		s.authFailure(ctx, req, resp)
-	}
 	s.duration.Observe(time.Since(start).Seconds())
 	if err == nil {
 		s.ok.Inc()
@@ -232,13 +246,13 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	// which guess was right.
 	pol := s.invalidKeyPenalty(cfg, set)
 	if pol != nil && r.addr != "" {
-		if locked := s.addressLocked(ctx, cfg, pol, r.addr, 0); locked != nil {
+		if locked := s.lockedOut(ctx, cfg, pol, addressEntries(r.addr), 0, invalidKeyLockout); locked != nil {
 			return locked, nil
 		}
 	}
 	ab := s.abusePenalty(cfg, set)
 	if ab != nil && ab != pol && r.addr != "" && !cfg.Abuse.DryRun {
-		if locked := s.abuseLocked(ctx, cfg, ab, addressEntries(r.addr)); locked != nil {
+		if locked := s.lockedOut(ctx, cfg, ab, addressEntries(r.addr), 0, abuseLockout); locked != nil {
 			return locked, nil
 		}
 	}
@@ -249,7 +263,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		}
 	}
 	if id == nil {
-		return s.refuseIdentity(ctx, cfg, pol, r, fail)
+		return s.refuseIdentity(ctx, cfg, pol, ab, r, fail)
 	}
 
 	cost := int64(1)
@@ -308,7 +322,13 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	// tightest limit is reported.
 	report := engine.Report(decisions)
 	if report != nil && report.Code == engine.CodeOverLimit {
-		return s.deny(cfg, report), nil
+		// A lockout under another penalty than the address's own is a failure
+		// auth_failures counts.
+		p := headers.Refusal(report)
+		if p.Status == 403 && !addressLockout(cfg, ab, p.Policy) {
+			s.authFailure(ctx, cfg, ab, r)
+		}
+		return s.deny(cfg, p, report), nil
 	}
 	// Upstream learns the plan the call was limited as: an unknown plan was served as
 	// the default plan, and a service gating features by this header must never see a
@@ -416,9 +436,9 @@ func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
 			}
 			sum := sha256.Sum256([]byte(key))
 			if k, ok := cfg.keys[sum]; ok && len(key) <= maxKeyLen {
-				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key", keySum: hex.EncodeToString(sum[:])}, fail
+				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key", key: sum, keyed: true}, fail
 			}
-			fail = idFailure{keyHash: hex.EncodeToString(sum[:4]), keySum: hex.EncodeToString(sum[:])}
+			fail = idFailure{key: sum, presented: true}
 			if cfg.Anonymous == nil {
 				return nil, fail
 			}
@@ -462,50 +482,66 @@ func (s *Server) invalidKeyPenalty(cfg *Config, set *config.Set) *config.Penalty
 	return pol
 }
 
-// addressLocked charges severity points (0: only reads) of pol to the source address
-// and returns the 403 to answer when the address is locked out, nil otherwise. A store
-// failure is logged and lets the call go on: the address lockout fails open, as the
-// rest of a call follows its rule's failure mode.
-func (s *Server) addressLocked(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, source string, severity int64) *authv3.CheckResponse {
-	who := []config.Entry{{Key: "remote_address", Value: source}}
+// What a lockout's 403 says, and what its log line says when the store cannot read it.
+const (
+	invalidKeyLockout = "too many invalid API keys from this address; locked out"
+	abuseLockout      = "abuse detected; locked out"
+)
+
+// lockedOut charges severity points (0: only reads) of pol to the identity entries who
+// and returns the 403 to answer when they are locked out (detail: invalidKeyLockout,
+// abuseLockout), nil otherwise. A store failure is logged (throttled) and lets the call
+// go on: a lockout fails open, as the rest of a call follows its rule's failure mode.
+func (s *Server) lockedOut(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, who []config.Entry, severity int64, detail string) *authv3.CheckResponse {
 	locked, left, err := s.engine.Penalize(ctx, cfg.Domain, who, pol, severity)
 	if err != nil {
 		if ok, held := s.penaltyLog.Allow(time.Now()); ok {
-			s.log.Warn("invalid-key penalty unavailable", "err", err, "similar_suppressed", held)
+			msg := "abuse penalty unavailable"
+			if detail == invalidKeyLockout {
+				msg = "invalid-key penalty unavailable"
+			}
+			s.log.Warn(msg, "err", err, "similar_suppressed", held)
 		}
 		return nil
 	}
 	if !locked {
 		return nil
 	}
-	return problem(headers.Problem{Status: 403, Title: "Forbidden", Detail: "too many invalid API keys from this address; locked out", Policy: "penalty:" + pol.Name, WaitUS: left.Microseconds()}, nil)
+	return lockout(pol, left, detail)
+}
+
+// lockout is the 403 of an identity locked out under pol for left.
+func lockout(pol *config.PenaltyPolicy, left time.Duration, detail string) *authv3.CheckResponse {
+	return problem(headers.Problem{Status: 403, Title: "Forbidden", Detail: detail, Policy: "penalty:" + pol.Name, WaitUS: left.Microseconds()}, nil)
 }
 
 // refuseIdentity answers a caller without a valid key: 401, or 403 when this invalid
 // key locked its address out. Every invalid key counts against the address (pol, nil
 // when invalid_key_penalty is not set); the lockout itself was checked before.
-func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, fail idFailure) (*authv3.CheckResponse, error) {
+func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol, ab *config.PenaltyPolicy, r *request, fail idFailure) (*authv3.CheckResponse, error) {
 	detail := "a valid API key is required"
 	if !fail.missing {
 		detail = "the API key is not valid"
 		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
-			s.log.Info("invalid API key", "key_sha256_prefix", fail.keyHash, "source", r.source, "path", r.path, "similar_suppressed", held)
+			s.log.Info("invalid API key", "key_sha256_prefix", hex.EncodeToString(fail.key[:4]), "source", r.source, "path", r.path, "similar_suppressed", held)
 		}
 		if pol != nil && r.addr != "" {
-			if locked := s.addressLocked(ctx, cfg, pol, r.addr, pol.Severity); locked != nil {
+			if locked := s.lockedOut(ctx, cfg, pol, addressEntries(r.addr), pol.Severity, invalidKeyLockout); locked != nil {
 				return locked, nil
 			}
 		}
 	}
+	// A 401 is a failure auth_failures counts (ab: the abuse penalty, nil without one).
+	s.authFailure(ctx, cfg, ab, r)
 	return problem(headers.Problem{Status: 401, Title: "Unauthorized", Detail: detail}, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
 }
 
-// deny answers a call a stage refused (headers.Refusal): a penalty lockout is 403 with
-// Retry-After and no rate-limit headers (headers.Of has none for it: a lockout is not a
-// quota); a rate limit or quota is 429 with the rate-limit headers of the refusing limit
-// and Retry-After.
-func (s *Server) deny(cfg *Config, d *engine.Decision) *authv3.CheckResponse {
-	return problem(headers.Refusal(d), s.rateHeaders(cfg, d))
+// deny answers a call a stage refused with p, its headers.Refusal: a penalty lockout is
+// 403 with Retry-After and no rate-limit headers (headers.Of has none for it: a lockout
+// is not a quota); a rate limit or quota is 429 with the rate-limit headers of the
+// refusing limit and Retry-After.
+func (s *Server) deny(cfg *Config, p headers.Problem, d *engine.Decision) *authv3.CheckResponse {
+	return problem(p, s.rateHeaders(cfg, d))
 }
 
 // okAnswer is an allowed answer and the messages it points to, allocated together.
