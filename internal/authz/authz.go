@@ -482,7 +482,8 @@ func (s *Server) invalidKeyPenalty(cfg *Config, set *config.Set) *config.Penalty
 	return pol
 }
 
-// What a lockout's 403 says, and what its log line says when the store cannot read it.
+// What a lockout's 403 says (its detail); lockedOut also tells by it which penalty's
+// store failure it logs.
 const (
 	invalidKeyLockout = "too many invalid API keys from this address; locked out"
 	abuseLockout      = "abuse detected; locked out"
