@@ -60,19 +60,23 @@ func (s *Server) abusePenalty(cfg *Config, set *config.Set) *config.PenaltyPolic
 	return pol
 }
 
-// detect runs the detectors that judge the identification: fanout (the key presented,
-// valid or not, against the source address) and network_change (the source's network
-// against the key that identified the caller; its lockout is read first). It returns
-// the 403 to answer when a detection (or an earlier one) locks the caller out.
+// detect runs the detectors that judge the identification: fanout (a dimension's
+// values against the source address or the caller), spike (the caller's rate against
+// its baseline) and network_change (the source's network against the key that
+// identified the caller). The lockout of an identity other than the address is read
+// first, once per call. It returns the 403 to answer when a detection (or an earlier
+// one) locks the caller out.
 func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, id *identity, fail idFailure) *authv3.CheckResponse {
 	ab := cfg.Abuse
+	customerRead := false // the caller's lockout was read (by fanout per customer)
 	if f := ab.Fanout; f != nil {
 		if resp := s.detectFanout(ctx, cfg, pol, f, r, id, fail); resp != nil {
 			return resp
 		}
+		customerRead = f.Per.Value == abuse.CustomerKey && id != nil
 	}
 	if sp := ab.Spike; sp != nil && id != nil {
-		if resp := s.detectSpike(ctx, cfg, pol, sp, id); resp != nil {
+		if resp := s.detectSpike(ctx, cfg, pol, sp, id, !customerRead); resp != nil {
 			return resp
 		}
 	}
@@ -177,11 +181,11 @@ func basicUser(auth string) string {
 
 // detectSpike judges the identified caller's rate: its requests in the short window
 // against factor times what its baseline predicts (at least min). The caller's lockout
-// is read first; a spike is detected at most once per short window (a fixed-window
-// marker), so one burst is one detection.
-func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, sp *abuse.Spike, id *identity) *authv3.CheckResponse {
+// is read first (readLockout: unless fanout read it in this call); a spike is detected
+// at most once per short window (a fixed-window marker), so one burst is one detection.
+func (s *Server) detectSpike(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, sp *abuse.Spike, id *identity, readLockout bool) *authv3.CheckResponse {
 	who := customerEntries(id.customer)
-	if !cfg.Abuse.DryRun {
+	if readLockout && !cfg.Abuse.DryRun {
 		if locked := s.lockedOut(ctx, cfg, pol, who, 0, abuseLockout); locked != nil {
 			return locked
 		}

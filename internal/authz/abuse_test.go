@@ -669,3 +669,27 @@ func TestAbuseFanoutDimensionRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestAbuseFanoutPerCustomerWithSpike: with fanout per customer and spike both on, the
+// caller's lockout is read once per call (by fanout) and still refuses every call once
+// either detector locked the caller out.
+func TestAbuseFanoutPerCustomerWithSpike(t *testing.T) {
+	e := setupWith(t, spikeLimits, abuseYAML("  fanout: {window: 1m, max: 1000, count: path, per: customer}\n  spike: {window: 1m, factor: 2, min: 5, severity: 2}\n"))
+	pro := map[string]string{"x-api-key": proKey}
+	codes := map[int]int{}
+	for i := 0; i < 10; i++ { // the 6th is past min 5: the spike locks acme out (severity 2 of 2)
+		codes[status(e.check(t, req("GET", "/v1/items/1", public, pro)))]++
+	}
+	if codes[200] != 5 || codes[403] != 5 {
+		t.Fatalf("10 calls, min 5: %v, want 5 admitted, then 403 from the detection on", codes)
+	}
+	if r := e.check(t, req("GET", "/v1/items/2", "198.51.100.77", pro)); status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:abuse" {
+		t.Fatalf("acme from another address: %d, want 403 penalty:abuse", status(r))
+	}
+	if r := e.check(t, req("GET", "/v1/items/1", public, map[string]string{"x-api-key": freeKey})); status(r) != 200 {
+		t.Fatalf("bob: %d", status(r))
+	}
+	if a := e.abuseAdmin(t, "customer=acme"); !a.Locked || len(a.Detections) != 1 || a.Detections[0].Detector != "spike" {
+		t.Fatalf("admin: %+v", a)
+	}
+}
