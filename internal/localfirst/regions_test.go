@@ -181,3 +181,35 @@ func TestRegionsShare(t *testing.T) {
 	r.Close()
 	r.Close() // twice is fine
 }
+
+// TestReplicasAfterGap: a replica whose loop stalled past a window keeps the count it
+// had until a read of the new window: the first announcements of a window see only the
+// replicas that announced before them (here 1 of 3), and the count must not fall to it.
+func TestReplicasAfterGap(t *testing.T) {
+	r := newReplicas(sec)
+	answer := func(now, cost, seen int64) {
+		op := r.op(now)
+		if op == nil || op.Cost != cost {
+			t.Fatalf("at %d: op %+v, want cost %d", now, op, cost)
+		}
+		op.Result = algorithms.Result{Limit: algorithms.MaxRequests, Remaining: algorithms.MaxRequests - seen}
+		r.settle(op, now)
+	}
+	answer(t0, 1, 1)
+	answer(t0+sec*3/4, 0, 3)
+	if r.n() != 3 {
+		t.Fatalf("count %d, want 3", r.n())
+	}
+	answer(t0+10*sec, 1, 1) // ten windows later, the first to announce again
+	if r.n() != 3 {
+		t.Fatalf("after a gap: count %d, want the last one, 3", r.n())
+	}
+	answer(t0+10*sec+sec*3/4, 0, 3)
+	answer(t0+11*sec, 1, 1)
+	answer(t0+11*sec+sec*3/4, 0, 2) // one stopped
+	answer(t0+12*sec, 1, 1)
+	answer(t0+12*sec+sec*3/4, 0, 2)
+	if r.n() != 2 {
+		t.Fatalf("a stopped replica is still counted two windows on: %d", r.n())
+	}
+}

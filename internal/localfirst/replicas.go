@@ -17,8 +17,9 @@ const ReplicasKey = "@halt|replicas"
 // (cost 0) three quarters into the window, when every live replica has announced. The
 // count is the largest seen in this window and the previous one, so a replica that
 // stops is forgotten after two windows, and a new one is seen by the others within one
-// window of its first announcement. A replica grants itself no local budget (decides
-// exactly) until it has run two windows and read a count: until the others know of it.
+// window of its first announcement (also after a gap of several windows). A replica
+// grants itself no local budget (decides exactly) until it has run two windows and read
+// a count: until the others know of it.
 // A failed read keeps the last count: the count never falls because the store is away.
 type replicas struct {
 	every   int64 // announcement period (us)
@@ -79,11 +80,11 @@ func (r *replicas) settle(op *backends.Op, now int64) {
 	case w == r.curWindow:
 		r.cur = max(r.cur, seen)
 	case w > r.curWindow:
-		if w == r.curWindow+r.every {
-			r.prev = r.cur
-		} else {
-			r.prev = 0
-		}
+		// After a gap (this replica's loop stalled past a window) the last count still
+		// stands for one window: the first announcements of a new window see only the
+		// replicas that announced before them, and the count must never fall below the
+		// replicas there are.
+		r.prev = r.cur
 		r.cur, r.curWindow = seen, w
 	}
 	r.count = int(max(1, r.cur, r.prev))

@@ -1,6 +1,7 @@
 // Package conformance is the one suite every halt-envoy backend runs unchanged: the same
-// timelines must give the same decisions as the pure algorithms, and concurrent hammering
-// of one key must never admit more than the limit.
+// timelines must give the same decisions as the pure algorithms, concurrent hammering
+// of one key must never admit more than the limit, and local-first replicas over the
+// store must keep their stated bound (localfirst.go).
 package conformance
 
 import (
@@ -268,6 +269,7 @@ func Run(t *testing.T, open Factory, opt Options) {
 		}
 		RunConcurrency(t, open, opt)
 	})
+	t.Run("local_first", func(t *testing.T) { RunLocalFirst(t, open, opt) })
 }
 
 // base is a fixed instant far from any epoch-aligned surprise: 2030-01-01T00:00:00Z.
