@@ -229,6 +229,14 @@ if (($# == 0)); then
   grep -q -- '--- PASS: TestMemoryBound ' "$PEERS_DIR/memory.log" ||
     { echo "test.sh: TestMemoryBound did not pass without -race" >&2; exit 1; }
   memory_summary="ok ($(grep -o 'peak [0-9]* MiB' "$PEERS_DIR/memory.log" | head -1) for 1M keys)"
+  # The engine's exact allocation count per decision: sync.Pool drops pooled scratch at
+  # random under the race detector, so TestCheckAllocs is built only without it.
+  say "go test -count=1 -run '^TestCheckAllocs\$' -v ./internal/engine (no -race: allocations per decision)"
+  allocs_test() { go test -count=1 -timeout 5m -run '^TestCheckAllocs$' -v ./internal/engine 2>&1 | tee "$PEERS_DIR/allocs.log"; }
+  peers_run_tracked allocs allocs_test
+  grep -q -- '--- PASS: TestCheckAllocs ' "$PEERS_DIR/allocs.log" ||
+    { echo "test.sh: TestCheckAllocs did not pass without -race" >&2; exit 1; }
+  memory_summary="$memory_summary; allocations per decision ok"
 fi
 
 STAGE="test modules"

@@ -38,6 +38,11 @@ type scratch struct {
 	local   []bool              // the op was decided from local state (local-first): not sent
 	tickets []localfirst.Ticket // a local-first op sent to the store: what its answer settles
 	keyBuf  []byte
+	// arena holds the queued ops' store keys back to back (keyEnds: where each ends),
+	// made into one string when the round goes out (keys): one allocation per round,
+	// not one per op.
+	arena   []byte
+	keyEnds []int
 	replace map[string]struct{}
 	algo    []algorithms.Algorithm // per descriptor: requested algorithm override (0 none)
 	costs   []int64                // stopIncrement: the queued ops' costs
@@ -54,6 +59,7 @@ type scratch struct {
 // clearOps empties the op queue (keeping its storage) once a stage has been folded in.
 func (sc *scratch) clearOps() {
 	sc.ops, sc.opPtrs, sc.owners, sc.limits, sc.kinds = sc.ops[:0], sc.opPtrs[:0], sc.owners[:0], sc.limits[:0], sc.kinds[:0]
+	sc.arena, sc.keyEnds = sc.arena[:0], sc.keyEnds[:0]
 	clear(sc.tickets) // drop the entries they point at
 	sc.local, sc.tickets = sc.local[:0], sc.tickets[:0]
 }
@@ -285,7 +291,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 	if e.cfg.ShadowMode {
 		overLimit = false
 	}
-	e.count(domain, decisions)
+	e.count(set, domain, decisions)
 	if len(e.cfg.Observers) > 0 {
 		for i := range decisions {
 			// One event in the scratch, refilled per descriptor: observers see it only
@@ -391,7 +397,7 @@ func (e *Engine) takeLocal(sc *scratch, domain string, rule *config.Rule, l *con
 	sp := localfirst.Spec{Algorithm: l.Algorithm, Limit: l.Params, MaxOvershoot: l.MaxOvershoot,
 		SyncInterval: l.SyncInterval.Microseconds(), Domain: domain, Rule: rule.Name}
 	sp.Limit.Requests = op.Limit.Requests // a shared limit's: what the other regions left
-	r, local, t := e.lf.Take(op.Key, &sp, op.Cost, nowUS)
+	r, local, t := e.lf.Take(sc.opKey(k), &sp, op.Cost, nowUS)
 	switch {
 	case local:
 		op.Result, sc.local[k] = r, true
@@ -411,7 +417,7 @@ func (e *Engine) regional(sc *scratch, l *config.Limit, nowUS int64) bool {
 	if config.RegionsUnsupported(op.Algorithm) != "" {
 		return false // a per-request algorithm override: this region's own limit
 	}
-	sub, requests, _ := e.cfg.Regions.Cap(op.Key, op.Algorithm, op.Limit, l.SyncInterval.Microseconds(), nowUS)
+	sub, requests, _ := e.cfg.Regions.Cap(sc.opKey(k), op.Algorithm, op.Limit, l.SyncInterval.Microseconds(), nowUS)
 	op.Key, op.Limit.Requests = sub, requests
 	if requests > 0 || op.Cost <= 0 {
 		return false
@@ -426,9 +432,45 @@ func (e *Engine) regional(sc *scratch, l *config.Limit, nowUS int64) bool {
 	return true
 }
 
+// keySpan is where op k's key lies in sc.arena.
+func (sc *scratch) keySpan(k int) (start, end int) {
+	if k > 0 {
+		start = sc.keyEnds[k-1]
+	}
+	return start, sc.keyEnds[k]
+}
+
+// opKey sets op k's Key on its own, for a use before the round goes out.
+func (sc *scratch) opKey(k int) string {
+	if op := &sc.ops[k]; op.Key == "" {
+		start, end := sc.keySpan(k)
+		op.Key = string(sc.arena[start:end])
+	}
+	return sc.ops[k].Key
+}
+
+// keys sets the Key of every queued op that has none from one string of the whole
+// arena: a store that keeps a key keeps that string (the few keys of one round), which
+// the local over-limit caches, local-first state and the memory store's long keys copy
+// out instead.
+func (sc *scratch) keys() {
+	var all string
+	for k := range sc.ops {
+		if sc.ops[k].Key != "" {
+			continue
+		}
+		if all == "" {
+			all = string(sc.arena)
+		}
+		start, end := sc.keySpan(k)
+		sc.ops[k].Key = all[start:end]
+	}
+}
+
 // apply sends the queued ops to the store in one round, but those decided locally; it
 // sends nothing when every op was.
 func (e *Engine) apply(ctx context.Context, nowUS int64, sc *scratch) error {
+	sc.keys()
 	sc.opPtrs = sc.opPtrs[:0]
 	for k := range sc.ops {
 		if !sc.local[k] {
@@ -484,8 +526,12 @@ func LimitKey(dst []byte, domain string, entries []config.Entry, rule *config.Ru
 	return strconv.AppendInt(dst, periodUS, 10)
 }
 
+// queue adds an op of key sc.keyBuf. Its Key is set when the round goes out (sc.keys),
+// or at once by opKey where it is needed before (local-first).
 func (e *Engine) queue(sc *scratch, owner int, l *config.Limit, kind Kind, a algorithms.Algorithm, p algorithms.Limit, cost int64) {
-	sc.ops = append(sc.ops, backends.Op{Key: string(sc.keyBuf), Algorithm: a, Limit: p, Cost: cost})
+	sc.arena = append(sc.arena, sc.keyBuf...)
+	sc.keyEnds = append(sc.keyEnds, len(sc.arena))
+	sc.ops = append(sc.ops, backends.Op{Algorithm: a, Limit: p, Cost: cost})
 	sc.owners = append(sc.owners, owner)
 	sc.limits = append(sc.limits, l)
 	sc.kinds = append(sc.kinds, kind)

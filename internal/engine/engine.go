@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,6 +113,8 @@ type Engine struct {
 	failLog *lograte.Limiter
 	// lf decides local-first limits from local state and syncs them with the store.
 	lf *localfirst.Layer
+	// counters caches the rules' decision counters (counters.go).
+	counters atomic.Pointer[counterCache]
 }
 
 // New returns an engine for cfg.
@@ -367,7 +370,7 @@ func (e *Engine) failureMode(r *config.Rule) config.FailureMode {
 	return e.cfg.FailureMode
 }
 
-func (e *Engine) count(domain string, decisions []Decision) {
+func (e *Engine) count(set *config.Set, domain string, decisions []Decision) {
 	m := e.cfg.Metrics
 	for i := range decisions {
 		d := &decisions[i]
@@ -379,23 +382,29 @@ func (e *Engine) count(domain string, decisions []Decision) {
 		if d.Rule == nil && d.Limit == nil {
 			continue
 		}
-		result := metrics.ResultOK
+		res := resOK
 		switch {
 		case d.FailedOpen:
-			result = metrics.ResultFailOpen
+			res = resFailOpen
 		case d.Code == CodeOverLimit:
-			result = metrics.ResultOverLimit
+			res = resOverLimit
 		case d.Shadow:
-			result = metrics.ResultShadow
+			res = resShadow
 		}
-		name := "override"
-		if d.Rule != nil {
-			name = d.Rule.Name
+		result := resultNames[res]
+		if d.Rule == nil {
+			m.Decisions.WithLabelValues(domain, "override", result).Inc()
+		} else if rc := e.ruleCounters(set, domain, d.Rule); rc != nil {
+			if d.Rule.Plan != "" {
+				rc.inc(&rc.plan, m.PlanDecisions, d.Rule.Plan, res)
+			}
+			rc.inc(&rc.dec, m.Decisions, d.Rule.Name, res)
+		} else {
 			if d.Rule.Plan != "" {
 				m.PlanDecisions.WithLabelValues(domain, d.Rule.Plan, result).Inc()
 			}
+			m.Decisions.WithLabelValues(domain, d.Rule.Name, result).Inc()
 		}
-		m.Decisions.WithLabelValues(domain, name, result).Inc()
 		switch {
 		case d.Kind == KindQuota:
 			m.QuotaDecisions.WithLabelValues(domain, d.Limit.Name, result).Inc()

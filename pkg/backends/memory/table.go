@@ -2,6 +2,7 @@ package memory
 
 import (
 	"hash/maphash"
+	"strings"
 	"sync"
 
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
@@ -128,7 +129,9 @@ func (sh *shard) insert(key string, h uint64, st *algorithms.State, expires int6
 		if sh.long == nil {
 			sh.long = make(map[uint32]string)
 		}
-		sh.long[slot] = key
+		// A copy: the caller's key may be a slice of a larger string (the engine builds
+		// a round's keys as one), which the map would keep whole.
+		sh.long[slot] = strings.Clone(key)
 		e.klen = inlineKey + 1 // any length over inlineKey: the key is in long
 	}
 	sh.store(slot, st, expires)

@@ -8,6 +8,7 @@ package denycache
 
 import (
 	"hash/maphash"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -95,7 +96,9 @@ func (c *Cache[E]) Put(key string, e E, until, now int64) {
 	for sh.used+size > c.perShard && len(sh.m) > 0 {
 		c.evict(sh, now)
 	}
-	sh.m[key] = entry[E]{e, until}
+	// A key of its own: the caller's may be a slice of a larger string (the engine
+	// builds a round's keys as one), which the map would keep whole.
+	sh.m[strings.Clone(key)] = entry[E]{e, until}
 	sh.used += size
 	c.n.Add(1)
 }
