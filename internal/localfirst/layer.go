@@ -173,9 +173,11 @@ func (l *Layer) Take(key string, sp *Spec, cost, now int64) (r algorithms.Result
 	// Past the window of an outage nothing is decided locally any more, not even from a
 	// budget left over: the op goes to the store, and its failure to the failure mode.
 	if e.granted && !failing {
-		if e.spec.Algorithm == algorithms.FixedWindow && e.last.Remaining == 0 && cost > 0 {
-			// The store said the window is full; a window's count never falls, so every
-			// hit until it ends is refused, as exactly as the store would.
+		if e.spec.Algorithm == algorithms.FixedWindow && e.last.Remaining == 0 && cost > 0 && now-e.grantAt < e.spec.SyncInterval {
+			// The store said the window is full; admissions never lower its count, so the
+			// hits are refused as the store would refuse them. Only a refund or an admin
+			// reset, which do not pass here, can make room: once a sync_interval the
+			// op goes to the store again to learn of it.
 			e.local.Inc()
 			return e.result(false, cost, now), true, t
 		}

@@ -223,6 +223,36 @@ func TestFullWindowRefusedLocally(t *testing.T) {
 	}
 }
 
+// TestFullWindowRechecked: a refund (decided in the store, exactly, without the layer)
+// or an admin reset makes room in a full fixed window; the layer refuses locally for at
+// most a sync_interval after the store last said full, then asks the store again and
+// admits what the store now admits.
+func TestFullWindowRechecked(t *testing.T) {
+	r := newRig(t, nil)
+	sp := fw(10, 60*sec, 0.5)
+	r.warm()
+	for range 12 {
+		if _, _, err := r.decide("k", sp, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res, sent, _ := r.decide("k", sp, 1); sent || res.Allowed {
+		t.Fatalf("full window: sent %v, allowed %v", sent, res.Allowed)
+	}
+	refund := &backends.Op{Key: "k", Algorithm: sp.Algorithm, Limit: sp.Limit, Cost: -3}
+	if err := r.store.Apply(context.Background(), r.now, []*backends.Op{refund}); err != nil {
+		t.Fatal(err)
+	}
+	r.now += sp.SyncInterval - 1
+	if res, sent, _ := r.decide("k", sp, 1); sent || res.Allowed {
+		t.Fatalf("within the interval: sent %v, allowed %v", sent, res.Allowed)
+	}
+	r.now++
+	if res, sent, _ := r.decide("k", sp, 1); !sent || !res.Allowed {
+		t.Fatalf("a sync_interval after the store said full, with room refunded: sent %v, allowed %v", sent, res.Allowed)
+	}
+}
+
 // TestOutage: with the store down, a key with local state keeps deciding from it (its
 // replica's share of what the store last said remained) for at most the limit's window;
 // then the store's error comes back to the caller (the failure mode). The hits admitted
