@@ -100,18 +100,20 @@ pids+=("${sp[@]}")
 sleep 1
 for i in 0 1 2; do
   "$work/halt-bench" --addr "127.0.0.1:$((base + 10 * i))" --descriptor tenant=t1 --concurrency "$CONC" --warmup 0s \
-    --duration "$((60 * WINDOWS + 90))s" --json >/dev/null 2>&1 &
+    --duration "$((60 * WINDOWS + 150))s" --json >/dev/null 2>&1 &
 done
 scrape() { # the sum over the three of a metric's series matching $1
   local i
   for i in 0 1 2; do curl -s "127.0.0.1:$((base + 10 * i + 1))/metrics"; done | grep -E "^$1" | awk '{s += $2} END {printf "%d\n", s}'
 }
-# half-way through the window after the warm-up, then through each next one
-sleep $(((90 - $(date +%s) % 60) % 60 + 60))
+# midwin: seconds to the next half-way point of a minute window at least 30 s away
+midwin() { local d=$(((90 - $(date +%s) % 60) % 60)); [ "$d" -ge 30 ] || d=$((d + 60)); echo "$d"; }
+# half-way through a window after the warm-up, then through each next one
+sleep "$(midwin)"
 prev=$(scrape 'halt_decisions_total\{domain="bench",result="ok"')
 ops0=$(scrape 'halt_local_first_store_ops_total') dec0=$(scrape 'halt_local_first_decisions_total')
 for w in $(seq 1 "$WINDOWS"); do
-  sleep $(((90 - $(date +%s) % 60) % 60 + 30))
+  sleep "$(midwin)"
   now=$(scrape 'halt_decisions_total\{domain="bench",result="ok"')
   echo "window $w: admitted $((now - prev)) (bound 10,100; errors and fail-opens: $(scrape 'halt_decisions_total\{domain="bench",result="(error|fail_open)"'))"
   prev=$now
