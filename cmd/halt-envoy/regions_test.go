@@ -2,9 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+
+	"github.com/halt-envoy/halt-envoy/internal/testutil"
 )
 
 // TestRegionFlags: the regions are declared by flags or HALT_* variables, checked
@@ -62,4 +71,70 @@ func TestRegionFlags(t *testing.T) {
 			t.Errorf("%q: the error shows the secret: %v", c.args, err)
 		}
 	}
+}
+
+// TestRegionsThroughBinary: two halt-envoy processes, regions a and b, each counting in
+// its own Redis and reading the other's: a limit of 10 a minute shared by both admits
+// 10 in all. a admits 4; once b has read a's count, b admits what is left (b's first
+// call, before any read, is held to its share, 5); both stop cleanly on SIGTERM.
+func TestRegionsThroughBinary(t *testing.T) {
+	addrA, addrB := testutil.Peer(t, "REDIS_ADDR"), testutil.Peer(t, "REDIS_REGION2_ADDR")
+	dir := t.TempDir()
+	writeConfig(t, dir, "r.yaml", `domain: rg
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 10, regions: shared, sync_interval: 100ms}
+`)
+	prefix := fmt.Sprintf("rg-bin-%d:", time.Now().UnixNano())
+	common := []string{"--config", dir, "--store-key-prefix", prefix, "--store-timeout", "2s", "--failure-mode", "error"}
+	a := start(t, append(common, "--store", "redis://"+addrA+"/0", "--region", "a", "--region-store", "b=redis://"+addrB+"/0")...)
+	b := start(t, append(common, "--store", "redis://"+addrB+"/0", "--region", "b", "--region-store", "a=redis://"+addrA+"/0")...)
+	call := func(p *process) bool {
+		t.Helper()
+		r, err := rlspb.NewRateLimitServiceClient(p.client(t)).ShouldRateLimit(context.Background(), rlReq("rg", "tenant", "t1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.OverallCode == rlspb.RateLimitResponse_OK
+	}
+	metric := func(p *process, name string) (float64, bool) {
+		resp, err := http.Get("http://" + p.HTTPAddr + "/metrics")
+		if err != nil {
+			return 0, false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, name+" ") {
+				v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
+				return v, true
+			}
+		}
+		return 0, false
+	}
+	admitted := 0
+	for range 4 {
+		if call(a) {
+			admitted++
+		}
+	}
+	if !call(b) {
+		t.Fatal("b's first call refused")
+	}
+	admitted++
+	// b reads a in the background: once it has, its counts are a's.
+	testutil.WaitFor(t, 20*time.Second, func() bool { _, ok := metric(b, `halt_region_staleness_seconds{region="a"}`); return ok })
+	for range 10 {
+		if call(b) {
+			admitted++
+		}
+	}
+	if admitted != 10 {
+		t.Errorf("a and b admitted %d of a shared 10", admitted)
+	}
+	if v, _ := metric(b, `halt_region_read_errors_total{region="a"}`); v != 0 {
+		t.Errorf("b failed %v reads of a", v)
+	}
+	a.Term(t, 20*time.Second)
+	b.Term(t, 20*time.Second)
 }
