@@ -18,6 +18,7 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 	"github.com/halt-envoy/halt-envoy/pkg/backends"
 	"github.com/halt-envoy/halt-envoy/pkg/backends/all"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 )
 
 // faultProxy is a TCP proxy on loopback in front of a store: it passes bytes through,
@@ -414,5 +415,66 @@ func TestRegionsRemoteNeverOnRequestPath(t *testing.T) {
 	}
 	if _, _, ok := regions.Seen(string(engine.LimitKey(nil, "d", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, algorithms.FixedWindow, 10_000_000)), "b"); ok {
 		t.Error("a read of b was answered through a proxy that holds every byte for an hour")
+	}
+}
+
+// TestRegionsAdminState: the admin API's reads and resets of a shared limit are this
+// region's: Limits reports what is left of the whole limit (the other regions' counts as
+// last read, and this region's own), and ResetLimits clears this region's count.
+func TestRegionsAdminState(t *testing.T) {
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(fmt.Sprintf(sharedYAML, "fixed_window", ""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, other := memory.New(memory.Config{SweepInterval: -1}), memory.New(memory.Config{SweepInterval: -1})
+	defer own.Close()
+	defer other.Close()
+	clock := &fakeClock{now: t0.Add(10 * time.Second)}
+	regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: "a", Others: []localfirst.Region{{Name: "b", Store: other}}, Now: clock.Now, Manual: true})
+	eng, err := engine.New(engine.Config{Store: own, Rules: func() *config.Set { return set }, Clock: clock, Regions: regions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents := []config.Entry{{Key: "tenant", Value: "t1"}}
+	key := string(engine.LimitKey(nil, "d", ents, nil, algorithms.FixedWindow, 10_000_000))
+	// Region b counted 600 of the 1,000.
+	op := &backends.Op{Key: key + "|@region:b", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1000, Period: 10_000_000}, Cost: 600}
+	if err := other.Apply(context.Background(), clock.Now().UnixMicro(), []*backends.Op{op}); err != nil || !op.Result.Allowed {
+		t.Fatalf("%v %+v", err, op.Result)
+	}
+	rule, _ := set.Match("d", ents)
+	remaining := func() (int64, bool) {
+		t.Helper()
+		st, err := eng.Limits(context.Background(), "d", ents, rule)
+		if err != nil || len(st) != 1 {
+			t.Fatalf("Limits: %v %v", st, err)
+		}
+		return st[0].Remaining, st[0].Allowed
+	}
+	remaining() // the key is read from now on
+	if err := eng.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if rem, ok := remaining(); rem != 400 || !ok {
+		t.Fatalf("b at 600: remaining %d allowed %v, want 400", rem, ok)
+	}
+	admitted := 0
+	for range 500 {
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+			t.Fatal(err)
+		}
+		if decs[0].Code == engine.CodeOK {
+			admitted++
+		}
+	}
+	if rem, ok := remaining(); admitted != 400 || rem != 0 || ok {
+		t.Fatalf("admitted %d, then remaining %d allowed %v, want 400, 0, false", admitted, rem, ok)
+	}
+	if err := eng.ResetLimits(context.Background(), "d", ents, rule); err != nil {
+		t.Fatal(err)
+	}
+	if rem, ok := remaining(); rem != 400 || !ok {
+		t.Fatalf("after a reset of a's count: remaining %d allowed %v, want 400", rem, ok)
 	}
 }

@@ -104,6 +104,10 @@ func (e *Engine) ResetLimits(ctx context.Context, domain string, entries []confi
 	for i := range rule.Limits {
 		l := &rule.Limits[i]
 		keys = append(keys, string(LimitKey(nil, domain, entries, rule, l.Algorithm, l.Params.Period)))
+		if l.SharedRegions && e.cfg.Regions != nil {
+			// This region's count of a limit shared by regions (each region resets its own).
+			keys = append(keys, e.cfg.Regions.SubKey(keys[len(keys)-1]))
+		}
 		if rule.AllowAlgorithmOverride {
 			for a := algorithms.Algorithm(1); a.Valid(); a++ {
 				if a.Selectable() && a != l.Algorithm {
@@ -154,9 +158,31 @@ func (e *Engine) Limits(ctx context.Context, domain string, entries []config.Ent
 		// Cost 0: a read that never counts.
 		ops[i] = backends.Op{Key: string(LimitKey(nil, domain, entries, rule, l.Algorithm, l.Params.Period)), Algorithm: l.Algorithm, Limit: chargeParams(l.Params, rule, check)}
 		ptrs[i] = &ops[i]
+		if l.SharedRegions && e.cfg.Regions != nil {
+			// A limit shared by regions: this region's count, against what the others
+			// left of the limit as last read (Remaining is the whole limit's).
+			ops[i].Key, ops[i].Limit.Requests, _ = e.cfg.Regions.Cap(ops[i].Key, l.Algorithm, ops[i].Limit, l.SyncInterval.Microseconds(), nowUS)
+		}
 	}
-	if err := e.applyOps(ctx, nowUS, ptrs); err != nil {
-		return nil, err
+	sent := ptrs[:0:0]
+	for i, op := range ptrs {
+		if op.Limit.Requests > 0 || !out[i].Limit.SharedRegions {
+			sent = append(sent, op)
+			continue
+		}
+		// The other regions hold the whole shared limit: nothing passes until their
+		// counts fall (a sliding window) or the window ends.
+		p := op.Limit.Period
+		op.Result = algorithms.Result{RetryAfter: out[i].Limit.SyncInterval.Microseconds()}
+		if op.Algorithm == algorithms.FixedWindow {
+			op.Result.ResetAfter = algorithms.WindowStart(nowUS, p) + p - nowUS
+			op.Result.RetryAfter = op.Result.ResetAfter
+		}
+	}
+	if len(sent) > 0 {
+		if err := e.applyOps(ctx, nowUS, sent); err != nil {
+			return nil, err
+		}
 	}
 	for i := range out {
 		s, r := &out[i], &ops[i].Result

@@ -190,6 +190,9 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 	return k.own, requests, held
 }
 
+// SubKey is the key of this region's sub-counter of the shared limit key.
+func (r *Regions) SubKey(key string) string { return key + regionTag + r.cfg.Local }
+
 // Seen returns another region's count of a shared key as last read, and when that read
 // was sent (us); ok is false when it was never read.
 func (r *Regions) Seen(key, region string) (count, at int64, ok bool) {
