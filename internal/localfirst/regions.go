@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/halt-envoy/halt-envoy/internal/metrics"
@@ -69,13 +70,14 @@ type Regions struct {
 	keys map[string]*sharedKey
 
 	lastOK   []atomicTime    // per other region: when its store last answered (us)
+	due      []atomic.Int64  // per other region: when its next key is due (us)
+	added    []atomic.Bool   // per other region: a key was added since its last pass
 	ctx      context.Context // the reads', cancelled by Close
 	cancel   context.CancelFunc
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	started  sync.Once
-	closeMu  sync.Mutex
-	closed   bool
+	closed   atomic.Bool
 	sweepMu  sync.Mutex
 	lastScan int64
 }
@@ -142,7 +144,8 @@ func NewRegions(cfg RegionsConfig) *Regions {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Regions{cfg: cfg, share: share, staleAfter: cfg.StaleAfter.Microseconds(), ctx: ctx, cancel: cancel,
-		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), stop: make(chan struct{})}
+		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), stop: make(chan struct{}),
+		due: make([]atomic.Int64, len(cfg.Others)), added: make([]atomic.Bool, len(cfg.Others))}
 }
 
 // Local is this region's name.
@@ -233,10 +236,7 @@ func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now 
 	if k, ok = r.keys[key]; ok {
 		return k
 	}
-	r.closeMu.Lock()
-	closed := r.closed
-	r.closeMu.Unlock()
-	if closed || len(r.keys) >= r.cfg.MaxKeys {
+	if r.closed.Load() || len(r.keys) >= r.cfg.MaxKeys {
 		return nil
 	}
 	k = &sharedKey{own: key + regionTag + r.cfg.Local, algorithm: a, period: period, interval: interval, lastUse: now,
@@ -245,6 +245,9 @@ func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now 
 		k.remote[i] = key + regionTag + o.Name
 	}
 	r.keys[key] = k
+	for i := range r.added {
+		r.added[i].Store(true) // read at the next tick, not at the next key's due time
+	}
 	if !r.cfg.Manual {
 		r.started.Do(r.start)
 	}
@@ -270,7 +273,11 @@ func (r *Regions) loop(i int) {
 			return
 		case <-t.C:
 		}
-		_ = r.read(r.ctx, i, r.cfg.Now().UnixMicro())
+		now := r.cfg.Now().UnixMicro()
+		if now < r.due[i].Load() && !r.added[i].Swap(false) {
+			continue // nothing due and no new key: no pass over the keys
+		}
+		_ = r.read(r.ctx, i, now)
 	}
 }
 
@@ -296,18 +303,25 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 		op backends.Op
 	}
 	var batch []due
+	next := int64(math.MaxInt64)
 	r.mu.RLock()
 	for _, k := range r.keys {
 		k.mu.Lock()
 		s := &k.seen[i]
-		if now-s.sent >= k.interval || now < s.sent {
+		// A key is read once its interval passed, or within the last quarter of it: the
+		// keys fall into common batches, and a pass over them runs about once an
+		// interval, not once a tick.
+		early := k.interval - k.interval/4
+		if now-s.sent >= early || now < s.sent {
 			s.sent = now
 			l := algorithms.Limit{Requests: algorithms.MaxRequests, Period: k.period}
 			batch = append(batch, due{k: k, op: backends.Op{Key: k.remote[i], Algorithm: k.algorithm, Limit: l}})
 		}
+		next = min(next, s.sent+early)
 		k.mu.Unlock()
 	}
 	r.mu.RUnlock()
+	r.due[i].Store(next)
 	m := r.cfg.Metrics
 	name := r.cfg.Others[i].Name
 	defer func() {
@@ -386,12 +400,9 @@ func (r *Regions) sweep(now int64) {
 
 // Close stops the reads (the other regions' stores belong to the caller).
 func (r *Regions) Close() {
-	r.closeMu.Lock()
-	defer r.closeMu.Unlock()
-	if r.closed {
+	if r.closed.Swap(true) {
 		return
 	}
-	r.closed = true
 	close(r.stop)
 	r.cancel()
 	r.wg.Wait()
