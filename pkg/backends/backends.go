@@ -19,6 +19,8 @@ import (
 // Result or Err. Ops in one Apply call are independent: each is atomic on its own key.
 type Op struct {
 	// Key identifies the counter. Stores may prefix it but must not otherwise change it.
+	// It may be a slice of a larger string (the engine builds the keys of a round as
+	// one): a store that keeps a key past Apply keeps a copy (strings.Clone).
 	Key string
 	// Algorithm and Limit say how to decide. Limit.Drain and Limit.MaxDebt say what a
 	// charge that does not fit takes; Limit.Report makes the op report-only: charged
