@@ -217,10 +217,14 @@ func build() (dashboard.Dashboard, error) {
 			q(`histogram_quantile(0.99, sum by (le) (rate(halt_local_first_sync_lag_seconds_bucket{%[1]s}[%[3]s])))`, "p99"),
 			q(`max(halt_local_first_replicas{%[1]s})`, "replicas")).
 			OverrideByName("replicas", []dashboard.DynamicConfigValue{{Id: "unit", Value: "short"}})).
-		WithPanel(ts("Overshoot estimate", "Hits admitted locally beyond the limit (an upper bound, from batches the store found over it), by rule.", "short", 12, 8,
+		WithPanel(ts("Overshoot estimate", "Hits admitted locally beyond the limit (an upper bound, from batches the store found over it), by rule.", "short", 8, 8,
 			q(`sum by (domain, rule) (increase(halt_local_first_overshoot_hits_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}}"))).
-		WithPanel(ts("Decisions by where", "local_first decisions made from the local budget and sent to the store.", "reqps", 12, 8,
-			q(`sum by (domain, rule, where) (rate(halt_local_first_decisions_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}} {{where}}")))
+		WithPanel(ts("Decisions by where", "local_first decisions made from the local budget and sent to the store.", "reqps", 8, 8,
+			q(`sum by (domain, rule, where) (rate(halt_local_first_decisions_total{%[2]s}[%[3]s]))`, "{{domain}} / {{rule}} {{where}}"))).
+		WithPanel(ts("Other regions' counts: age", "regions: shared limits: how old each other region's counts are (past --region-stale-after this region is held to its share), and the decisions so held. docs/consistency.md.", "s", 8, 8,
+			q(`max by (region) (halt_region_staleness_seconds{%[1]s})`, "{{region}}"),
+			q(`sum(rate(halt_region_share_decisions_total{%[1]s}[%[3]s]))`, "held to the share")).
+			OverrideByName("held to the share", []dashboard.DynamicConfigValue{{Id: "unit", Value: "reqps"}}))
 
 	// ---- SaaS layer ----
 	b.WithRow(dashboard.NewRowBuilder("Plans, quotas and penalties")).
