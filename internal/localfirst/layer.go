@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -252,6 +253,7 @@ func (l *Layer) entry(key string, sp *Spec, now int64) *entry {
 		l.m.LocalFirstKeysRefused.Inc()
 		return nil
 	}
+	key = strings.Clone(key) // kept: never a slice of a round's larger string (backends.Op.Key)
 	e = &entry{key: key, l: l, spec: *sp, lastUse: now,
 		local:     l.m.LocalFirstDecisions.WithLabelValues(sp.Domain, sp.Rule, "local"),
 		remote:    l.m.LocalFirstDecisions.WithLabelValues(sp.Domain, sp.Rule, "store"),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -239,6 +240,7 @@ func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now 
 	if r.closed.Load() || len(r.keys) >= r.cfg.MaxKeys {
 		return nil
 	}
+	key = strings.Clone(key) // kept: never a slice of a round's larger string (backends.Op.Key)
 	k = &sharedKey{own: key + regionTag + r.cfg.Local, algorithm: a, period: period, interval: interval, lastUse: now,
 		remote: make([]string, len(r.cfg.Others)), seen: make([]reading, len(r.cfg.Others))}
 	for i, o := range r.cfg.Others {
