@@ -44,7 +44,7 @@ const DefaultRegionTimeout = time.Second
 
 func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.region, "region", "", "this replica's region (lower-case letters, digits, - and _): with --region-store, limits with rate_limit.regions: shared are one limit for every region; this region counts its hits in --store")
-	fs.Var(&r.stores, "region-store", "another region's store, NAME=URL (repeat the flag for each region; in HALT_REGION_STORE separate them with spaces): read in the background every sync_interval, never written")
+	fs.Var(&r.stores, "region-store", "another region's store, NAME=URL (repeat the flag for each region; in HALT_REGION_STORE separate them with spaces): read in the background every sync_interval with ops that count nothing")
 	fs.Float64Var(&r.share, "region-share", 0, "the fraction of a shared limit this region may count while another region's counts are stale (a partition), in (0, 1]; 0 = 1 / the number of regions")
 	fs.DurationVar(&r.staleAfter, "region-stale-after", localfirst.DefaultStaleAfter, "how old another region's counts may be before this region is held to its --region-share of a shared limit")
 	fs.DurationVar(&r.timeout, "region-timeout", DefaultRegionTimeout, "the timeout of a read of another region's store (unless its URL sets timeout=)")
