@@ -478,3 +478,60 @@ func TestRegionsAdminState(t *testing.T) {
 		t.Fatalf("after a reset of a's count: remaining %d allowed %v, want 400", rem, ok)
 	}
 }
+
+// TestRegionsRefund: a refund of a shared fixed window gives back from this region's
+// own count, whatever the other regions left: a admitted 300 while b counted 200, then
+// b reached 800; a refund of 1 leaves a at 299 (decided within what b left, 200, a
+// fixed window would have forgiven 100 of a's admitted hits as if they were above the
+// limit, and left it at 199).
+func TestRegionsRefund(t *testing.T) {
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(fmt.Sprintf(sharedYAML, "fixed_window", ""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, other := memory.New(memory.Config{SweepInterval: -1}), memory.New(memory.Config{SweepInterval: -1})
+	defer own.Close()
+	defer other.Close()
+	clock := &fakeClock{now: t0.Add(10 * time.Second)}
+	regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: "a", Others: []localfirst.Region{{Name: "b", Store: other}}, Now: clock.Now, Manual: true})
+	eng, err := engine.New(engine.Config{Store: own, Rules: func() *config.Set { return set }, Clock: clock, Regions: regions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents := []config.Entry{{Key: "tenant", Value: "t1"}}
+	key := string(engine.LimitKey(nil, "d", ents, nil, algorithms.FixedWindow, 10_000_000))
+	count := func(s backends.Store, sub string, n int64) int64 {
+		t.Helper()
+		op := &backends.Op{Key: key + "|@region:" + sub, Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1000, Period: 10_000_000}, Cost: n}
+		if err := s.Apply(context.Background(), clock.Now().UnixMicro(), []*backends.Op{op}); err != nil {
+			t.Fatal(err)
+		}
+		return op.Result.Limit - op.Result.Remaining
+	}
+	check := func(hits uint64, refund bool) {
+		t.Helper()
+		desc := d(hits, "tenant", "t1")
+		desc.Refund = refund
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{desc}, decs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(1, false) // the key is read from now on
+	count(other, "b", 200)
+	if err := eng.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for range 299 {
+		check(1, false)
+	}
+	count(other, "b", 600) // b at 800
+	clock.Add(100 * time.Millisecond)
+	if err := eng.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	check(1, true)
+	if got := count(own, "a", 0); got != 299 {
+		t.Fatalf("a counts %d after a refund of 1 from 300, want 299", got)
+	}
+}
