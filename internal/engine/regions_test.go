@@ -202,8 +202,9 @@ func twoRegions(t *testing.T, yaml string, clock engine.Clock) (a, b *region) {
 	}
 	for _, pair := range [][2]*region{{a, b}, {b, a}} {
 		r, other := pair[0], pair[1]
-		// The other region's store, read through its proxy, with a timeout of its own.
-		remote, err := all.Open(context.Background(), "redis://"+other.proxy.addr()+"/0", backends.Options{Timeout: 500 * time.Millisecond, KeyPrefix: prefix})
+		// The other region's store, read through its proxy, with a timeout of its own:
+		// generous, so that a loaded machine never turns a slow read into a partition.
+		remote, err := all.Open(context.Background(), "redis://"+other.proxy.addr()+"/0", backends.Options{Timeout: 5 * time.Second, KeyPrefix: prefix})
 		if err != nil {
 			t.Fatal(err)
 		}
