@@ -81,6 +81,7 @@ type Store struct {
 	stop   context.CancelFunc // the SRV refresher's
 	opt    backends.Options
 	cas    backends.CAS
+	batch  *backends.Batcher
 	closed atomic.Bool
 }
 
@@ -205,13 +206,16 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 	}
 	mc.Timeout = opt.Timeout
 	mc.MaxIdleConns = cfg.MaxIdleConns
-	return &Store{mc: mc, sel: sel, stop: stop, cfg: cfg, opt: opt, cas: backends.CAS{
+	s := &Store{mc: mc, sel: sel, stop: stop, cfg: cfg, opt: opt, cas: backends.CAS{
 		Store:    "memcached",
 		Attempts: cfg.CASAttempts,
 		// The first two retries go at once (usually enough on a round trip this short).
 		Backoff: backends.Backoff{Free: 3, Step: 50 * time.Microsecond, MaxSteps: 20},
 		Jitter:  opt.ExpiryJitter,
-	}}, nil
+	}}
+	bc := &backends.BatchCAS{CAS: s.cas, IO: s, Key: s.itemKey, One: s.one}
+	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "memcached", Round: bc.Round})
+	return s, nil
 }
 
 // itemKey maps a rate-limit key to a memcached key. Keys that memcached accepts as they
@@ -260,38 +264,27 @@ func unavailable(what string, err error) error {
 	return fmt.Errorf("memcached %s: %w: %w", what, backends.ErrUnavailable, err)
 }
 
-// call is one Apply's working memory and its I/O for backends.CAS, pooled to keep
-// Apply's allocations flat.
+// call is the I/O of one op for backends.CAS (an op decided again after its round's write
+// lost a race), pooled.
 type call struct {
 	s   *Store
-	st  algorithms.State
 	buf []byte
-	// pre is what a batch's GetMulti read; an op takes its key's item for its first read
-	// only if no earlier op of the batch used that key (which may have changed it).
-	pre     map[string]*memcache.Item
-	used    map[string]bool
-	prefill bool
 	// item is what the last Read found (nil: nothing), for the Write after it.
 	item *memcache.Item
 }
 
 var callPool = sync.Pool{New: func() any { return new(call) }}
 
-// Read gets the item at key (or takes the batch's prefetched one) and decodes it.
+// Read gets the item at key and decodes it.
 func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
-	if c.prefill {
-		c.prefill = false
-		c.item = c.pre[key]
-	} else {
-		it, err := c.s.mc.Get(key)
-		switch {
-		case errors.Is(err, memcache.ErrCacheMiss):
-			it = nil
-		case err != nil:
-			return false, unavailable("apply", err)
-		}
-		c.item = it
+	it, err := c.s.mc.Get(key)
+	switch {
+	case errors.Is(err, memcache.ErrCacheMiss):
+		it = nil
+	case err != nil:
+		return false, unavailable("apply", err)
 	}
+	c.item = it
 	if c.item == nil {
 		return false, nil
 	}
@@ -325,44 +318,108 @@ func (c *call) Write(ctx context.Context, key string, st *algorithms.State, now,
 	return false, unavailable("apply", err)
 }
 
-// Apply decides each op in order with backends.CAS. A batch reads all its keys first
-// with one GetMulti (one round trip per server), then writes each op with its own
-// compare-and-swap.
+// Apply decides the ops with the Apply calls of other goroutines in flight at the same
+// time, in one round (backends.BatchCAS): one multi-get of every key (one round trip per
+// server), then one compare-and-swap (or add) per key changed, all at once.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
 	if s.closed.Load() {
 		return backends.FailAll(ops, fmt.Errorf("memcached apply: %w: store closed", backends.ErrUnavailable))
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	keys := make([]string, len(ops))
-	for i, op := range ops {
-		keys[i] = s.itemKey(op.Key)
-	}
+	return s.batch.Apply(ctx, now, ops)
+}
+
+// Rounds is how many rounds the store has run for Apply calls (each one multi-get and
+// its writes): fewer than the calls when concurrent calls shared one.
+func (s *Store) Rounds() uint64 { return s.batch.Rounds() }
+
+// one is a call for backends.CAS, for an op decided on its own after a lost race.
+func (s *Store) one() (backends.Versioned, func()) {
 	c := callPool.Get().(*call)
-	defer func() {
-		c.pre, c.used, c.item, c.prefill = nil, nil, nil, false
-		callPool.Put(c)
-	}()
 	c.s = s
-	if len(ops) > 1 {
-		pre, err := s.mc.GetMulti(keys)
-		if err != nil {
-			return backends.FailAll(ops, unavailable("apply", err))
-		}
-		c.pre, c.used = pre, make(map[string]bool, len(ops))
+	return c, func() {
+		c.item = nil
+		callPool.Put(c)
 	}
-	var first error
-	for i, op := range ops {
-		if c.pre != nil {
-			c.prefill = !c.used[keys[i]]
-			c.used[keys[i]] = true
-		}
-		op.Result, op.Err = s.cas.Decide(ctx, c, keys[i], op, now, &c.st)
-		if op.Err != nil && first == nil {
-			first = op.Err
-		}
+}
+
+// ReadBatch reads every key with one multi-get (one round trip per server; a single
+// key with a get).
+func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	if err := ctx.Err(); err != nil {
+		return unavailable("apply", err)
 	}
-	return first
+	if len(keys) == 1 {
+		it, err := s.mc.Get(keys[0])
+		switch {
+		case errors.Is(err, memcache.ErrCacheMiss):
+			it = nil
+		case err != nil:
+			return unavailable("apply", err)
+		}
+		snapshot(keys[0], it, snaps[0])
+		return nil
+	}
+	items, err := s.mc.GetMulti(keys)
+	if err != nil {
+		return unavailable("apply", err)
+	}
+	for i, k := range keys {
+		snapshot(k, items[k], snaps[i])
+	}
+	return nil
+}
+
+// snapshot decodes what a read found at key into sn.
+func snapshot(key string, it *memcache.Item, sn *backends.Snapshot) {
+	sn.Found, sn.Version, sn.Err = false, 0, nil
+	if it == nil {
+		return
+	}
+	if it.Flags != itemFlags {
+		sn.Err = fmt.Errorf("memcached apply: key %q: %w: item has flags %#x, not halt-envoy's %#x (written by something else)", key, backends.ErrCorrupt, it.Flags, itemFlags)
+		return
+	}
+	if err := backends.DecodeState(it.Value, &sn.State); err != nil {
+		sn.Err = fmt.Errorf("memcached apply: key %q: %w", key, err)
+		return
+	}
+	sn.Found, sn.Version = true, int64(it.CasID)
+}
+
+// writeWorkers bounds the writes of one round in flight at once (gomemcache sends one
+// request per connection at a time).
+const writeWorkers = 16
+
+// WriteBatch adds each item (nothing was read) or compares-and-swaps it against the CAS
+// id read, all at once on pooled connections.
+func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
+	backends.Spread(len(writes), writeWorkers, func(i int) {
+		w := writes[i]
+		if err := ctx.Err(); err != nil {
+			w.Err = unavailable("apply", err)
+			return
+		}
+		nv := &memcache.Item{Key: w.Key, Value: backends.EncodeState(nil, w.State), Flags: itemFlags, Expiration: s.expiration(w.TTL)}
+		var err error
+		if !w.Snap.Found {
+			err = s.mc.Add(nv)
+		} else {
+			nv.CasID = uint64(w.Snap.Version)
+			err = s.mc.CompareAndSwap(nv)
+		}
+		switch {
+		case err == nil:
+			w.Won = true
+		case errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrCacheMiss):
+		default:
+			w.Err = unavailable("apply", err)
+		}
+	})
 }
 
 // Delete removes keys; missing keys are fine.
@@ -393,6 +450,7 @@ func (s *Store) Ping(ctx context.Context) error {
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
 		s.stop()
+		s.batch.Close()
 		return s.mc.Close()
 	}
 	return nil
