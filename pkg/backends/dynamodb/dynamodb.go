@@ -93,6 +93,7 @@ type Store struct {
 	cfg    Config
 	opt    backends.Options
 	cas    backends.CAS
+	batch  *backends.Batcher
 	log    *slog.Logger
 	table  *string
 	tr     *http.Transport
@@ -173,6 +174,7 @@ func Open(ctx context.Context, rawURL string, opt backends.Options) (*Store, err
 		return nil, err
 	}
 	if err := s.setup(ctx); err != nil {
+		_ = s.Close()
 		return nil, err
 	}
 	return s, nil
@@ -240,7 +242,7 @@ func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) 
 		// a warning; the check guards against corruption in transit, which TLS covers.
 		o.DisableValidateResponseChecksum = true
 	})
-	return &Store{
+	s := &Store{
 		client: client,
 		cfg:    cfg,
 		opt:    opt,
@@ -253,7 +255,10 @@ func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) 
 		log:   opt.Logger.With("store", "dynamodb", "table", cfg.Table, "region", awsCfg.Region),
 		table: aws.String(cfg.Table),
 		tr:    tr,
-	}, nil
+	}
+	bc := &backends.BatchCAS{CAS: s.cas, IO: s, Key: s.key, One: s.one}
+	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "dynamodb", Round: bc.Round})
+	return s, nil
 }
 
 // setup creates the table when missing (on-demand billing), waits until it is ACTIVE and
@@ -417,9 +422,11 @@ func isUnavailable(err error) bool {
 
 func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
 
-// Apply decides the ops one after another, so that the same key twice in one batch is
-// applied in order; each op is its own compare-and-swap (backends.CAS) by conditional
-// write.
+// Apply decides the ops with the Apply calls of other goroutines in flight at the same
+// time, in one round (backends.BatchCAS): one BatchGetItem of every key (100 to a
+// request), then one conditional PutItem per key changed, all at once. The writes are
+// not one TransactWriteItems: a transaction is all or nothing (one lost race would fail
+// the others' writes) and costs twice the write capacity of single writes.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -429,23 +436,105 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	var first error
+	return s.batch.Apply(ctx, now, ops)
+}
+
+// Rounds is how many rounds the store has run for Apply calls (each one batched read
+// and its writes): fewer than the calls when concurrent calls shared one.
+func (s *Store) Rounds() uint64 { return s.batch.Rounds() }
+
+// one is a call for backends.CAS, for an op decided on its own after a lost race.
+func (s *Store) one() (backends.Versioned, func()) {
 	c := callPool.Get().(*call)
-	defer func() {
-		*c = call{st: c.st} // keep only the scratch state's storage
-		callPool.Put(c)
-	}()
 	c.s = s
-	for _, op := range ops {
-		key := s.key(op.Key)
-		c.next, c.reread = nil, false
-		c.keyAttr = &types.AttributeValueMemberS{Value: key} // one per op, for its read and write
-		op.Result, op.Err = s.cas.Decide(ctx, c, key, op, now, &c.st)
-		if op.Err != nil && first == nil {
-			first = op.Err
+	return c, func() {
+		*c = call{st: c.st}
+		callPool.Put(c)
+	}
+}
+
+// maxBatchGet is BatchGetItem's limit on keys per request.
+const maxBatchGet = 100
+
+// ReadBatch reads every key with BatchGetItem, maxBatchGet keys to a request (a single
+// key with GetItem), strongly consistent unless consistent_read=false, asking again for
+// what DynamoDB leaves unprocessed.
+func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	for _, sn := range snaps {
+		sn.Found, sn.Version, sn.Err = false, 0, nil
+	}
+	if len(keys) == 1 {
+		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{
+			TableName:      s.table,
+			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: keys[0]}},
+			ConsistentRead: aws.Bool(s.cfg.ConsistentRead),
+		})
+		if err != nil {
+			return classify("dynamodb apply: read", err)
+		}
+		s.snapshot(keys[0], out.Item, snaps[0])
+		return nil
+	}
+	at := make(map[string]int, len(keys))
+	for i, k := range keys {
+		at[k] = i
+	}
+	for from := 0; from < len(keys); from += maxBatchGet {
+		part := keys[from:min(from+maxBatchGet, len(keys))]
+		want := make([]map[string]types.AttributeValue, len(part))
+		for i, k := range part {
+			want[i] = map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: k}}
+		}
+		req := map[string]types.KeysAndAttributes{*s.table: {Keys: want, ConsistentRead: aws.Bool(s.cfg.ConsistentRead)}}
+		for attempt := 0; len(req) > 0; attempt++ {
+			if attempt > 0 {
+				if err := s.cas.Backoff.Wait(ctx, attempt); err != nil {
+					return classify("dynamodb apply: read", err)
+				}
+			}
+			out, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: req})
+			if err != nil {
+				return classify("dynamodb apply: read", err)
+			}
+			for _, item := range out.Responses[*s.table] {
+				k, ok := item[attrKey].(*types.AttributeValueMemberS)
+				if !ok {
+					continue // not one of halt's keys: it cannot match one of ours
+				}
+				if i, mine := at[k.Value]; mine {
+					s.snapshot(k.Value, item, snaps[i])
+				}
+			}
+			req = out.UnprocessedKeys
 		}
 	}
-	return first
+	return nil
+}
+
+// snapshot decodes the item read at key into sn.
+func (s *Store) snapshot(key string, item map[string]types.AttributeValue, sn *backends.Snapshot) {
+	if len(item) == 0 {
+		return
+	}
+	v, err := decodeItem(item, &sn.State)
+	if err != nil {
+		sn.Err = fmt.Errorf("dynamodb apply: key %q: %w", key, err)
+		return
+	}
+	sn.Found, sn.Version = true, v
+}
+
+// writeWorkers bounds the writes of one round in flight at once.
+const writeWorkers = 16
+
+// WriteBatch makes each write as Write does (a PutItem on the condition that the item is
+// still at the version read, or still absent), all at once.
+func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
+	backends.Spread(len(writes), writeWorkers, func(i int) {
+		w := writes[i]
+		c := &call{s: s, keyAttr: &types.AttributeValueMemberS{Value: w.Key}, found: w.Snap.Found, version: w.Snap.Version}
+		w.Won, w.Err = c.Write(ctx, w.Key, w.State, w.Now, w.TTL)
+	})
 }
 
 // call is one Apply's I/O for backends.CAS: the version the last read found, for the
@@ -469,6 +558,9 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 // Read gets the item at key (strongly consistent unless consistent_read=false), or takes
 // the one the last failed write returned, and decodes it.
 func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
+	if c.keyAttr == nil || c.keyAttr.Value != key {
+		c.keyAttr = &types.AttributeValueMemberS{Value: key} // one per op, for its read and write
+	}
 	item := c.next
 	c.next, c.found = nil, false
 	if item == nil {
@@ -623,6 +715,7 @@ func (s *Store) Ping(ctx context.Context) error {
 // Close closes idle connections; later Apply calls fail with ErrUnavailable.
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
+		s.batch.Close()
 		s.tr.CloseIdleConnections()
 	}
 	return nil

@@ -79,6 +79,7 @@ type Store struct {
 	cfg    Config
 	opt    backends.Options
 	cas    backends.CAS
+	batch  *backends.Batcher
 	log    *slog.Logger
 
 	mu        sync.Mutex // guards sweeping and closed
@@ -234,7 +235,7 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		// The driver quotes the connection string in some errors: never log a password.
 		return nil, fmt.Errorf("mongodb open: %w", backends.Redact(err))
 	}
-	return &Store{
+	s := &Store{
 		client: client,
 		// Reads go to the primary whatever the URI says: a secondary's stale copy would
 		// never pass the version check, so it could only cost lost races and retries.
@@ -251,7 +252,10 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		log:  opt.Logger.With("store", "mongodb", "database", cfg.Database, "collection", cfg.Collection),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
-	}, nil
+	}
+	bc := &backends.BatchCAS{CAS: s.cas, IO: s, Key: s.key, One: s.one}
+	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "mongodb", Round: bc.Round})
+	return s, nil
 }
 
 // setup pings the server and creates the TTL index, falling back to the sweeper when the
@@ -311,25 +315,95 @@ func unavailable(what string, err error) error {
 
 func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
 
-// Apply decides the ops one after another, so that the same key twice in one batch is
-// applied in order; each op is its own compare-and-swap (backends.CAS) on its document.
+// Apply decides the ops with the Apply calls of other goroutines in flight at the same
+// time, in one round (backends.BatchCAS): one find of every key, then one conditional
+// write per key changed, all at once. The writes are not one bulkWrite: its result counts
+// the updates that matched, but does not say which, so an update that lost its race could
+// not be told from one that landed, and deciding it again could count a hit twice.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	var first error
+	return s.batch.Apply(ctx, now, ops)
+}
+
+// Rounds is how many rounds the store has run for Apply calls (each one find and its
+// writes): fewer than the calls when concurrent calls shared one.
+func (s *Store) Rounds() uint64 { return s.batch.Rounds() }
+
+// one is a call for backends.CAS, for an op decided on its own after a lost race.
+func (s *Store) one() (backends.Versioned, func()) {
 	c := callPool.Get().(*call)
-	defer func() {
+	c.s = s
+	return c, func() {
 		c.s = nil
 		callPool.Put(c)
-	}()
-	c.s = s
-	for _, op := range ops {
-		op.Result, op.Err = s.cas.Decide(ctx, c, s.key(op.Key), op, now, &c.st)
-		if op.Err != nil && first == nil {
-			first = op.Err
+	}
+}
+
+// ReadBatch reads every key with one find ($in; a single key with findOne), from the
+// primary.
+func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	for _, sn := range snaps {
+		sn.Found, sn.Version, sn.Err = false, 0, nil
+	}
+	if len(keys) == 1 {
+		raw, err := s.coll.FindOne(ctx, bson.D{{Key: "_id", Value: keys[0]}}).Raw()
+		switch {
+		case errors.Is(err, mongo.ErrNoDocuments):
+			return nil
+		case err != nil:
+			return unavailable("mongodb apply: read", err)
+		}
+		snapshot(keys[0], raw, snaps[0])
+		return nil
+	}
+	cur, err := s.coll.Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: keys}}}})
+	if err != nil {
+		return unavailable("mongodb apply: read", err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx)) //nolint:errcheck // the read's own error is what counts
+	for cur.Next(ctx) {
+		id, ok := cur.Current.Lookup("_id").StringValueOK()
+		if !ok {
+			continue // not one of halt's keys: it cannot match one of ours
+		}
+		for i, k := range keys {
+			if k == id {
+				snapshot(k, cur.Current, snaps[i])
+				break
+			}
 		}
 	}
-	return first
+	if err := cur.Err(); err != nil {
+		return unavailable("mongodb apply: read", err)
+	}
+	return nil
+}
+
+// snapshot decodes the document read at key into sn.
+func snapshot(key string, raw bson.Raw, sn *backends.Snapshot) {
+	v, err := decodeDoc(raw, &sn.State)
+	if err != nil {
+		sn.Err = fmt.Errorf("mongodb apply: key %q: %w", key, err)
+		return
+	}
+	sn.Found, sn.Version = true, v
+}
+
+// writeWorkers bounds the writes of one round in flight at once.
+const writeWorkers = 16
+
+// WriteBatch makes each write as Write does (an insert, or an update conditional on the
+// version read), all at once.
+func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
+	backends.Spread(len(writes), writeWorkers, func(i int) {
+		w := writes[i]
+		c := &call{s: s, found: w.Snap.Found, version: w.Snap.Version}
+		w.Won, w.Err = c.Write(ctx, w.Key, w.State, w.Now, w.TTL)
+	})
 }
 
 // call is one Apply's I/O for backends.CAS: what the last read found (whether there was
@@ -468,6 +542,7 @@ func (s *Store) Close() error {
 		if started {
 			<-s.done
 		}
+		s.batch.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.SetupTimeout)
 		defer cancel()
 		if err := s.client.Disconnect(ctx); err != nil {
