@@ -448,7 +448,7 @@ func (s *Store) one() (backends.Versioned, func()) {
 	c := callPool.Get().(*call)
 	c.s = s
 	return c, func() {
-		*c = call{st: c.st}
+		*c = call{}
 		callPool.Put(c)
 	}
 }
@@ -537,11 +537,10 @@ func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
 	})
 }
 
-// call is one Apply's I/O for backends.CAS: the version the last read found, for the
+// call is one op's I/O for backends.CAS: the version the last read found, for the
 // conditional write after it, and the item a failed write returned, for the next read.
 type call struct {
 	s       *Store
-	st      algorithms.State
 	keyAttr *types.AttributeValueMemberS
 	found   bool
 	version int64

@@ -406,12 +406,11 @@ func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
 	})
 }
 
-// call is one Apply's I/O for backends.CAS: what the last read found (whether there was
-// a document, and its version) for the write after it, and scratch space reused across
-// the ops.
+// call is one op's I/O for backends.CAS (an op decided again after its round's write lost
+// a race; a round's writes): what the last read found (whether there was a document, and
+// its version) for the write after it.
 type call struct {
 	s       *Store
-	st      algorithms.State
 	buf     []byte
 	found   bool
 	version int64
