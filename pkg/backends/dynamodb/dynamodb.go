@@ -524,8 +524,9 @@ func (s *Store) snapshot(key string, item map[string]types.AttributeValue, sn *b
 	sn.Found, sn.Version = true, v
 }
 
-// writeWorkers bounds the writes of one round in flight at once.
-const writeWorkers = 16
+// writeWorkers bounds the writes of one round in flight at once (each holds a pooled
+// connection while it waits).
+const writeWorkers = 64
 
 // WriteBatch makes each write as Write does (a PutItem on the condition that the item is
 // still at the version read, or still absent), all at once.

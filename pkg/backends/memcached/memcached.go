@@ -391,14 +391,12 @@ func snapshot(key string, it *memcache.Item, sn *backends.Snapshot) {
 	sn.Found, sn.Version = true, int64(it.CasID)
 }
 
-// writeWorkers bounds the writes of one round in flight at once (gomemcache sends one
-// request per connection at a time).
-const writeWorkers = 16
-
 // WriteBatch adds each item (nothing was read) or compares-and-swaps it against the CAS
 // id read, all at once on pooled connections.
 func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
-	backends.Spread(len(writes), writeWorkers, func(i int) {
+	// gomemcache sends one request per connection at a time: as many writes in flight as
+	// it keeps idle connections.
+	backends.Spread(len(writes), s.cfg.MaxIdleConns, func(i int) {
 		w := writes[i]
 		if err := ctx.Err(); err != nil {
 			w.Err = unavailable("apply", err)

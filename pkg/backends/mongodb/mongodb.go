@@ -393,8 +393,9 @@ func snapshot(key string, raw bson.Raw, sn *backends.Snapshot) {
 	sn.Found, sn.Version = true, v
 }
 
-// writeWorkers bounds the writes of one round in flight at once.
-const writeWorkers = 16
+// writeWorkers bounds the writes of one round in flight at once (each holds a pooled
+// connection while it waits).
+const writeWorkers = 64
 
 // WriteBatch makes each write as Write does (an insert, or an update conditional on the
 // version read), all at once.
