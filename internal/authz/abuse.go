@@ -27,7 +27,7 @@ const (
 // one-entry descriptors.
 
 // customerEntries is the identified caller as the spike detector charges it: its
-// customer (an API key's, a header's value, or "ip:ADDR").
+// customer (an API key's, a header's value, or "ip:ADDR", IPv6 by its network).
 func customerEntries(c string) []config.Entry {
 	return []config.Entry{{Key: abuse.CustomerKey, Value: c}}
 }

@@ -103,7 +103,8 @@ type request struct {
 	// judge it, by the domain's exemptions.path_match.
 	method, path, rawPath, source string
 	// addr is source as an identity (Config.Address: IPv6 by its network), "" without
-	// a source: invalid_key_penalty's lockout and the address-keyed detectors charge it.
+	// a source: the source_address customer, invalid_key_penalty's lockout and the
+	// address-keyed detectors charge it.
 	addr string
 	// rawQuery is the URL's query string (a GraphQL GET carries its query there).
 	rawQuery string
@@ -166,7 +167,8 @@ func parseRequest(req *authv3.CheckRequest) *request {
 	r.rawPath, r.path = p, config.CleanPath(p)
 	if sa := attrs.GetSource().GetAddress().GetSocketAddress(); sa != nil {
 		// The canonical text (IPv4-mapped as IPv4): exemptions and logs see the exact
-		// address; r.addr, the identity, is set by check under the config's prefix.
+		// address; r.addr, the identity (the source_address customer, the lockouts and
+		// the address-keyed detectors), is set by check under the config's prefix.
 		if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil {
 			r.source = ip.Unmap().WithZone("").String()
 		}
@@ -449,8 +451,11 @@ func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
 				return &identity{customer: v, plan: s.anonPlan(cfg), how: "header"}, fail
 			}
 		case src.SourceAddress:
-			if r.source != "" {
-				return &identity{customer: "ip:" + r.source, plan: s.anonPlan(cfg), how: "source_address"}, fail
+			// The address as an identity (IPv6 by its network, as the lockouts key it):
+			// keyed by the exact address, a client rotating through its /64 would get a
+			// fresh limit and quota at every address.
+			if r.addr != "" {
+				return &identity{customer: "ip:" + r.addr, plan: s.anonPlan(cfg), how: "source_address"}, fail
 			}
 		}
 	}

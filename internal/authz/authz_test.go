@@ -622,3 +622,69 @@ func TestIdempotencyKeyRefusalEnds(t *testing.T) {
 		t.Fatalf("after the admission: %d remaining %q, want 1 (the admission charged once)", status(r), rem)
 	}
 }
+
+// An anonymous caller identified by its source address is its IPv6 network (the
+// ipv6_address_prefix, /64 by default): a client rotating through the addresses of its
+// /64 shares one limit instead of getting a fresh one at every address. Another /64 is
+// another caller; IPv4 (and IPv4-mapped IPv6) is the whole address.
+func TestSourceAddressIdentityIsTheIPv6Network(t *testing.T) {
+	const anon = `
+domain: edge
+identity:
+  - api_key: {}
+  - source_address: true
+anonymous: {plan: free}
+api_keys_file: keys.yaml
+`
+	customer := func(r *authv3.CheckResponse) string {
+		return headers(r.GetOkResponse().GetHeaders())["x-halt-customer"]
+	}
+	e := setup(t, anon)
+	// free: 3 a minute, shared by the ten addresses of 2001:db8:1:2::/64; and so is
+	// the plan's penalty (abuse: locked out at the second violation).
+	for i := 1; i <= 10; i++ {
+		a := fmt.Sprintf("2001:db8:1:2:%x:%x::%x", i*7919%0x10000, i*31, i)
+		r := e.check(t, req("GET", "/x", a, nil))
+		want := 200
+		switch {
+		case i > 5:
+			want = 403
+		case i > 3:
+			want = 429
+		}
+		if status(r) != want {
+			t.Fatalf("address %d (%s) of one /64: status %d, want %d: %v", i, a, status(r), want, r)
+		}
+		if want == 200 && customer(r) != "ip:2001:db8:1:2::/64" {
+			t.Fatalf("address %d (%s): customer %q, want the /64", i, a, customer(r))
+		}
+	}
+	// Another /64 (the next one) has its own limit; so does an IPv4 address, whose
+	// IPv4-mapped spelling is the same caller.
+	if r := e.check(t, req("GET", "/x", "2001:db8:1:3::1", nil)); status(r) != 200 || customer(r) != "ip:2001:db8:1:3::/64" {
+		t.Fatalf("another /64: %v", r)
+	}
+	for i, a := range []string{"203.0.113.9", "::ffff:203.0.113.9", "::ffff:cb00:7109", "203.0.113.9"} {
+		r := e.check(t, req("GET", "/x", a, nil))
+		want := 200
+		if i == 3 {
+			want = 429
+		}
+		if status(r) != want || (want == 200 && customer(r) != "ip:203.0.113.9") {
+			t.Fatalf("IPv4 %s (call %d): status %d, customer %q, want %d as ip:203.0.113.9", a, i+1, status(r), customer(r), want)
+		}
+	}
+	// A zone is dropped (fe80::1%eth0 is a private address, exempt here).
+	if r := e.check(t, req("GET", "/x", "2001:db8:9::1%eth0", nil)); status(r) != 200 || customer(r) != "ip:2001:db8:9::/64" {
+		t.Fatalf("zoned address: %v", r)
+	}
+
+	// ipv6_address_prefix: 128 keys every address on its own.
+	e = setup(t, anon+"ipv6_address_prefix: 128\n")
+	for i := 1; i <= 5; i++ {
+		a := fmt.Sprintf("2001:db8:1:2::%x", i)
+		if r := e.check(t, req("GET", "/x", a, nil)); status(r) != 200 || customer(r) != "ip:"+a+"/128" {
+			t.Fatalf("prefix 128, address %s: %v", a, r)
+		}
+	}
+}
