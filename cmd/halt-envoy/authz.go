@@ -75,6 +75,12 @@ func (x *extAuthz) abuse() *admin.Abuse {
 			}
 			return abuse.DefaultIPv6Prefix
 		},
+		InvalidKeyPenalty: func() (string, string) {
+			if c := x.watcher.Current(); c != nil {
+				return c.InvalidKeyPenalty, c.Domain
+			}
+			return "", ""
+		},
 		Detections: x.srv.Detections(),
 	}
 }

@@ -363,14 +363,22 @@ func Address(a string, ipv6Prefix int) (string, bool) {
 }
 
 // Identity is an operator's spelling of the identity key=value (AddressKey, APIKeyKey
-// or CustomerKey) as the detectors charge it: any address of the network, a hash in
-// capitals. Another spelling would read and lift a lockout nobody has. The error says
-// what is wrong with value, for the operator.
+// or CustomerKey) as the detectors charge it: any address of the network or the
+// network itself as the detectors write it ("2001:db8:1:2::/64", copied from a
+// detection), a hash in capitals. Another spelling would read and lift a lockout nobody
+// has. The error says what is wrong with value, for the operator.
 func Identity(key, value string, ipv6Prefix int) (string, error) {
 	switch key {
 	case AddressKey:
 		a, ok := Address(value, ipv6Prefix)
 		if !ok {
+			// The network's own text, of exactly the prefix in force: a wider or narrower
+			// one, or an address with host bits ("2001:db8::9/64"), names no identity.
+			if p, err := netip.ParsePrefix(value); err == nil && p == p.Masked() {
+				if n, ok := Address(p.Addr().String(), ipv6Prefix); ok && n == p.String() {
+					return n, nil
+				}
+			}
 			if len(value) > 64 {
 				value = value[:64] + "..."
 			}

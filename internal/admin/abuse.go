@@ -16,6 +16,11 @@ type Abuse struct {
 	// IPv6Prefix is the authz file's ipv6_address_prefix now: the IPv6 network a
 	// remote_address stands for (abuse.Address). Nil means abuse.DefaultIPv6Prefix.
 	IPv6Prefix func() int
+	// InvalidKeyPenalty is the authz file's invalid_key_penalty now and its domain
+	// (name "", or nil, without one): /admin/v1/penalty reads and lifts that lockout of
+	// an address (remote_address=ADDR in that domain, keyed as the detectors key it) by
+	// any address of the network.
+	InvalidKeyPenalty func() (name, domain string)
 	// Detections is the record the ext_authz server keeps (this replica's detections).
 	Detections *abuse.Record
 }
@@ -46,18 +51,23 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, error) {
 	if err != nil {
 		return t, err
 	}
-	e := &t.entries[0]
 	if len(t.entries) != 1 {
 		return t, bad("%s", abuseDescriptorHelp)
 	}
+	return h.identityTarget(t, h.cfg.Abuse.Penalty(), "abuse.penalty")
+}
+
+// identityTarget completes t, one entry naming an identity ext_authz charges outside
+// any rule (abuse.Identity's keys), as a target under the penalty named policy (field:
+// the authz file's field naming it, for the error): the entry as the detectors and
+// lockouts write it, whatever the operator's spelling. It is the one parsing of such an
+// identity, for /abuse and for /penalty's invalid_key_penalty lockouts.
+func (h *Handler) identityTarget(t *target, policy, field string) (*target, error) {
+	e := &t.entries[0]
 	// The identity as the detectors write it: another spelling of the same address (or
 	// another address of its IPv6 network) or hash would read and lift a lockout nobody
 	// has, and answer "lifted".
-	prefix := abuse.DefaultIPv6Prefix
-	if h.cfg.Abuse.IPv6Prefix != nil {
-		prefix = h.cfg.Abuse.IPv6Prefix()
-	}
-	v, err := abuse.Identity(e.Key, e.Value, prefix)
+	v, err := abuse.Identity(e.Key, e.Value, h.ipv6Prefix())
 	switch {
 	case errors.Is(err, abuse.ErrNotIdentity):
 		return t, bad("%s", abuseDescriptorHelp)
@@ -70,12 +80,29 @@ func (h *Handler) abuseTarget(r *http.Request) (*target, error) {
 	if set == nil {
 		return t, bad("no configuration loaded")
 	}
-	pol, ok := set.PenaltyPolicy(h.cfg.Abuse.Penalty())
+	pol, ok := set.PenaltyPolicy(policy)
 	if !ok {
-		return t, bad("abuse.penalty %q is not a penalty of the rate-limit config", h.cfg.Abuse.Penalty())
+		return t, bad("%s %q is not a penalty of the rate-limit config", field, policy)
 	}
 	t.pol = pol
 	return t, nil
+}
+
+// ipv6Prefix is the authz file's ipv6_address_prefix now.
+func (h *Handler) ipv6Prefix() int {
+	if h.cfg.Abuse != nil && h.cfg.Abuse.IPv6Prefix != nil {
+		return h.cfg.Abuse.IPv6Prefix()
+	}
+	return abuse.DefaultIPv6Prefix
+}
+
+// invalidKeyPenalty is the authz file's invalid_key_penalty now and the domain it is
+// charged in ("" without one).
+func (h *Handler) invalidKeyPenalty() (name, domain string) {
+	if h.cfg.Abuse != nil && h.cfg.Abuse.InvalidKeyPenalty != nil {
+		return h.cfg.Abuse.InvalidKeyPenalty()
+	}
+	return "", ""
 }
 
 // abuseAnswer adds the detections this replica recorded of the identity to its standing.

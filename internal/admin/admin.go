@@ -9,7 +9,7 @@
 //	DELETE /admin/v1/limits?domain=D&descriptor=...              reset them (full limits)
 //	GET    /admin/v1/quotas?domain=D&descriptor=k=v,k=v          usage of every quota
 //	DELETE /admin/v1/quotas?domain=D&descriptor=...[&quota=NAME]  reset them (or one)
-//	GET    /admin/v1/penalty?domain=D&descriptor=...             lockout state
+//	GET    /admin/v1/penalty?domain=D&descriptor=...             lockout state (remote_address=A: also invalid_key_penalty's)
 //	DELETE /admin/v1/penalty?domain=D&descriptor=...             lift it
 //	GET    /admin/v1/abuse?domain=D&descriptor=remote_address=A  abuse lockout and why
 //	DELETE /admin/v1/abuse?domain=D&descriptor=...               lift it
@@ -32,6 +32,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/halt-envoy/halt-envoy/internal/abuse"
 	"github.com/halt-envoy/halt-envoy/internal/config"
 	"github.com/halt-envoy/halt-envoy/internal/engine"
 	"github.com/halt-envoy/halt-envoy/internal/headers"
@@ -607,7 +608,27 @@ type PenaltyAnswer struct {
 	Lifted     bool  `json:"lifted,omitempty"`
 }
 
+// penaltyTarget is the lockout a /penalty query names: a descriptor's under its rule's
+// penalty, or, for the one entry remote_address=ADDR while the authz file sets
+// invalid_key_penalty (in the authz file's domain), that lockout of the address's network (any address of it, as
+// /abuse reads one) unless a rule of the rate-limit config gives the descriptor another
+// penalty of its own (Envoy's exact remote_address, counted as sent).
 func (h *Handler) penaltyTarget(r *http.Request) (*target, error) {
+	if name, domain := h.invalidKeyPenalty(); name != "" {
+		t, err := parseTarget(r)
+		if err != nil {
+			return t, err
+		}
+		if t.domain == domain && len(t.entries) == 1 && t.entries[0].Key == abuse.AddressKey {
+			set := h.cfg.Engine.Rules()
+			if set == nil {
+				return t, errors.New("no configuration loaded")
+			}
+			if rule, ok := set.Match(t.domain, t.entries); !ok || rule.Penalty == nil || rule.Penalty.Name == name {
+				return h.identityTarget(t, name, "invalid_key_penalty")
+			}
+		}
+	}
 	t, err := h.resolve(r)
 	if err == nil && t.rule.Penalty == nil {
 		err = bad("rule %q has no penalty", t.rule.Name)

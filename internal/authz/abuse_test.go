@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -691,5 +692,84 @@ func TestAbuseFanoutPerCustomerWithSpike(t *testing.T) {
 	}
 	if a := e.abuseAdmin(t, "customer=acme"); !a.Locked || len(a.Detections) != 1 || a.Detections[0].Detector != "spike" {
 		t.Fatalf("admin: %+v", a)
+	}
+}
+
+// penaltyCall sends one /admin/v1/penalty request (method, raw query) on e's engine,
+// with the admin API told the authz file's invalid_key_penalty (guessing, domain edge).
+func (e *env) penaltyCall(t *testing.T, method, rawQuery string) (int, admin.PenaltyAnswer, string) {
+	t.Helper()
+	h := admin.New(admin.Config{Engine: e.eng, Token: "tok", Abuse: &admin.Abuse{
+		InvalidKeyPenalty: func() (string, string) { return "guessing", "edge" }, Detections: e.srv.Detections()}})
+	r := httptest.NewRequest(method, "/admin/v1/penalty?"+rawQuery, nil)
+	r.Header.Set("Authorization", "Bearer tok")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var a admin.PenaltyAnswer
+	if w.Code == http.StatusOK {
+		if err := json.Unmarshal(w.Body.Bytes(), &a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w.Code, a, w.Body.String()
+}
+
+// TestPenaltyAdminInvalidKeyNetwork: /admin/v1/penalty reads and lifts
+// invalid_key_penalty's lockout of an IPv6 client by any address of its /64 (and by the
+// /64 as a detection writes it), as /abuse does, whether or not the rate-limit config has
+// a remote_address rule under that penalty. Before, it took only the /64 typed exactly
+// (with such a rule: any other address read "not locked" and DELETE answered "lifted"
+// while the /64 stayed locked out), and without such a rule no spelling at all.
+func TestPenaltyAdminInvalidKeyNetwork(t *testing.T) {
+	pro := map[string]string{"x-api-key": proKey}
+	for name, limits := range map[string]string{
+		"no remote_address rule":                       limitsYAML,
+		"a remote_address rule under the same penalty": limitsYAML + "  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 100}\n    penalty: guessing\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := setupWith(t, limits, authzYAML) // guessing: threshold 3, ladder 10m
+			for i := 0; i < 3; i++ {
+				e.check(t, req("GET", "/v1/items/1", v6(i), key(i)))
+			}
+			if r := e.check(t, req("GET", "/v1/items/1", v6(50), pro)); status(r) != 403 {
+				t.Fatalf("after 3 wrong keys from one /64: %d, want 403", status(r))
+			}
+			var identity string
+			for _, a := range []string{v6(1), v6(77), "2001:DB8:1:2::ffff", "2001:db8:1:2::/64"} {
+				code, ans, body := e.penaltyCall(t, "GET", "domain=edge&descriptor=remote_address="+url.QueryEscape(a))
+				if code != 200 || !ans.Locked || ans.Penalty != "guessing" || ans.RemainingLockoutSeconds != 600 {
+					t.Fatalf("GET by %s: %d %s, want locked under guessing for 600 s", a, code, body)
+				}
+				if identity == "" {
+					identity = ans.Identity
+				} else if ans.Identity != identity {
+					t.Fatalf("GET by %s: identity %s, want %s (one /64)", a, ans.Identity, identity)
+				}
+			}
+			if code, ans, body := e.penaltyCall(t, "GET", "domain=edge&descriptor=remote_address=2001:db8:1:3::1"); code != 200 || ans.Locked {
+				t.Fatalf("another /64: %d %s", code, body)
+			}
+			for _, q := range []string{
+				"domain=edge&descriptor=remote_address=bogus",
+				"domain=edge&descriptor=remote_address=2001:db8:1:2::9/64",
+				"domain=edge&descriptor=remote_address=2001:db8:1::/48",
+			} {
+				if code, _, body := e.penaltyCall(t, "DELETE", q); code != http.StatusBadRequest || !strings.Contains(body, "remote_address") {
+					t.Fatalf("DELETE %s: %d %s, want 400 naming remote_address", q, code, body)
+				}
+			}
+			if code, ans, body := e.penaltyCall(t, "DELETE", "domain=edge&descriptor=remote_address="+v6(9)); code != 200 || !ans.Lifted {
+				t.Fatalf("DELETE by another address of the /64: %d %s", code, body)
+			}
+			if r := e.check(t, req("GET", "/v1/items/1", v6(3), pro)); status(r) != 200 {
+				t.Fatalf("after the lift: %d, want 200", status(r))
+			}
+		})
+	}
+	// A remote_address rule with a penalty of its own is Envoy's descriptor: /penalty
+	// reads it by the exact address, as sent.
+	e := setupWith(t, limitsYAML+"  - key: remote_address\n    rate_limit: {unit: minute, requests_per_unit: 100}\n    penalty: abuse\n", authzYAML)
+	if code, ans, body := e.penaltyCall(t, "GET", "domain=edge&descriptor=remote_address=2001:db8::5"); code != 200 || ans.Penalty != "abuse" || ans.Rule == "" {
+		t.Fatalf("a rule's own penalty: %d %s", code, body)
 	}
 }
