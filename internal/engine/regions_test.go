@@ -536,3 +536,63 @@ func TestRegionsRefund(t *testing.T) {
 		t.Fatalf("a counts %d after a refund of 1 from 300, want 299", got)
 	}
 }
+
+// regionsMemory is region a of a deployment whose other region, b, has its own memory
+// store; the reads run when the test says (SyncRegions).
+func regionsMemory(t *testing.T, yaml string, clock *fakeClock, m *metrics.Metrics) (eng *engine.Engine, other backends.Store, regions *localfirst.Regions) {
+	t.Helper()
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(yaml)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, o := memory.New(memory.Config{SweepInterval: -1}), memory.New(memory.Config{SweepInterval: -1})
+	t.Cleanup(func() { own.Close(); o.Close() })
+	regions = localfirst.NewRegions(localfirst.RegionsConfig{Local: "a", Others: []localfirst.Region{{Name: "b", Store: o}}, Now: clock.Now, Metrics: m, Manual: true})
+	eng, err = engine.New(engine.Config{Store: own, Rules: func() *config.Set { return set }, Clock: clock, Metrics: m, Regions: regions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng, o, regions
+}
+
+// TestRegionsLongSyncInterval: a shared limit read every 5 s (a daily or hourly limit
+// whose user spares the cross-region reads) is not held to this region's share between
+// two reads that both answered: its counts are as fresh as its sync_interval makes them.
+// It was held to the share whenever the last read was older than --region-stale-after
+// (1 s): three quarters of every interval, on a healthy link, with no alert.
+func TestRegionsLongSyncInterval(t *testing.T) {
+	const yaml = `domain: d
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 1000, regions: shared, sync_interval: 5s}
+`
+	clock := &fakeClock{now: t0}
+	m := metrics.New(nil)
+	eng, _, _ := regionsMemory(t, yaml, clock, m)
+	check := func() bool {
+		t.Helper()
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+			t.Fatal(err)
+		}
+		return decs[0].Code == engine.CodeOK
+	}
+	check() // the key is read from now on
+	if err := eng.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	held := promtest.ToFloat64(m.RegionShareDecisions)
+	clock.Add(2 * time.Second) // the next read is not due before 3.75 s
+	admitted := 1
+	for range 799 {
+		if check() {
+			admitted++
+		}
+	}
+	if admitted != 800 {
+		t.Fatalf("2 s after a read that answered (b counted 0), admitted %d of 800, want 800 of the shared 1,000 (the share is 500)", admitted)
+	}
+	if n := promtest.ToFloat64(m.RegionShareDecisions) - held; n != 0 {
+		t.Fatalf("%v decisions held to the share on a link that answers every read", n)
+	}
+}

@@ -163,7 +163,8 @@ func (r *Regions) ShareOf(requests int64) int64 {
 // Cap returns the store key of this region's sub-counter of the shared limit key and
 // the Requests its op is decided with at now (us): the limit less the other regions'
 // counts as last read; at most this region's share of the limit while a count is older
-// than the stale bound or was never read (held is then true). It never waits for
+// than the stale bound (or two intervals, if longer) or was never read (held is then
+// true). It never waits for
 // another region: the reads happen in the background, every interval (us).
 func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, interval, now int64) (sub string, requests int64, held bool) {
 	k := r.key(key, a, lim.Period, interval, now)
@@ -172,12 +173,17 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 		r.cfg.Metrics.RegionShareDecisions.Inc()
 		return key + regionTag + r.cfg.Local, r.ShareOf(lim.Requests), true
 	}
+	// A key read every interval cannot be fresher than that: its counts are stale once a
+	// read is missed (two intervals), or past the stale bound if that is longer. With the
+	// stale bound alone, a sync_interval above it held a healthy link to the share
+	// between any two reads.
+	stale := max(r.staleAfter, 2*interval)
 	k.mu.Lock()
 	k.lastUse = max(k.lastUse, now)
 	var others int64
 	for i := range k.seen {
 		s := &k.seen[i]
-		if s.at == 0 || now-s.at > r.staleAfter {
+		if s.at == 0 || now-s.at > stale {
 			held = true
 		}
 		if a == algorithms.FixedWindow && s.window != algorithms.WindowStart(now, lim.Period) {
