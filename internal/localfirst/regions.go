@@ -71,6 +71,7 @@ type Regions struct {
 	keys map[string]*sharedKey
 
 	lastOK   []atomicTime    // per other region: when its store last answered (us)
+	firstAt  []atomic.Int64  // per other region: when its first read was sent (us)
 	due      []atomic.Int64  // per other region: when its next key is due (us)
 	added    []atomic.Bool   // per other region: a key was added since its last pass
 	ctx      context.Context // the reads', cancelled by Close
@@ -145,7 +146,7 @@ func NewRegions(cfg RegionsConfig) *Regions {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Regions{cfg: cfg, share: share, staleAfter: cfg.StaleAfter.Microseconds(), ctx: ctx, cancel: cancel,
-		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), stop: make(chan struct{}),
+		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), firstAt: make([]atomic.Int64, len(cfg.Others)), stop: make(chan struct{}),
 		due: make([]atomic.Int64, len(cfg.Others)), added: make([]atomic.Bool, len(cfg.Others))}
 }
 
@@ -333,13 +334,20 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 	m := r.cfg.Metrics
 	name := r.cfg.Others[i].Name
 	defer func() {
-		if ok := r.lastOK[i].get(); ok != 0 {
+		ok := r.lastOK[i].get()
+		if ok == 0 {
+			// Never answered (down since this replica started): its counts are as old as
+			// the first read sent, so that the staleness alert fires.
+			ok = r.firstAt[i].Load()
+		}
+		if ok != 0 {
 			m.RegionStaleness.WithLabelValues(name).Set(time.Duration(max(0, now-ok) * int64(time.Microsecond)).Seconds())
 		}
 	}()
 	if len(batch) == 0 {
 		return nil
 	}
+	r.firstAt[i].CompareAndSwap(0, now)
 	ops := make([]*backends.Op, len(batch))
 	for j := range batch {
 		ops[j] = &batch[j].op

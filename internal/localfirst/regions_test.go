@@ -213,3 +213,27 @@ func TestReplicasAfterGap(t *testing.T) {
 		t.Fatalf("a stopped replica is still counted two windows on: %d", r.n())
 	}
 }
+
+// TestRegionsStalenessNeverAnswered: a region whose store never answered a read (down
+// since this replica started) reports its staleness since the first read sent, so that
+// HaltEnvoyRegionStale fires; the gauge was never set, and the alert stayed silent
+// while every shared limit was held to the share.
+func TestRegionsStalenessNeverAnswered(t *testing.T) {
+	g := newRegionRig(t, algorithms.FixedWindow, 0)
+	g.c.down.Store(true)
+	g.capAt("k", t0)
+	if err := g.r.Sync(context.Background(), t0); err == nil {
+		t.Fatal("a read of a store that is down did not fail")
+	}
+	later := t0 + 10*sec
+	_ = g.r.Sync(context.Background(), later)
+	if _, _, held := g.capAt("k", later); !held {
+		t.Fatal("c never answered, yet the key is not held to the share")
+	}
+	if v := promtest.ToFloat64(g.m.RegionStaleness.WithLabelValues("c")); v != 10 {
+		t.Fatalf("staleness of c, which never answered in 10 s of reads: %v s, want 10", v)
+	}
+	if v := promtest.ToFloat64(g.m.RegionStaleness.WithLabelValues("b")); v != 0 {
+		t.Fatalf("staleness of b, which answered just now: %v s", v)
+	}
+}

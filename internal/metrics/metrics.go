@@ -287,7 +287,7 @@ func build(r *prometheus.Registry, mem func() MemoryStore) *Metrics {
 	r.MustRegister(m.LocalFirstDecisions, m.LocalFirstStoreOps, m.LocalFirstOvershoot, m.LocalFirstBudget, m.LocalFirstSyncLag,
 		m.LocalFirstReplicas, m.LocalFirstKeys, m.LocalFirstKeysRefused)
 	m.RegionStaleness = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "halt_region_staleness_seconds", Help: "Per other region, how long ago its store last answered a read of the shared limits' counts (regions: shared).",
+		Name: "halt_region_staleness_seconds", Help: "Per other region, how long ago its store last answered a read of the shared limits' counts (since the first read, if it never answered; regions: shared).",
 	}, []string{"region"})
 	m.RegionReadErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "halt_region_read_errors_total", Help: "Failed reads of another region's store (regions: shared), by region.",
