@@ -229,13 +229,16 @@ if (($# == 0)); then
   grep -q -- '--- PASS: TestMemoryBound ' "$PEERS_DIR/memory.log" ||
     { echo "test.sh: TestMemoryBound did not pass without -race" >&2; exit 1; }
   memory_summary="ok ($(grep -o 'peak [0-9]* MiB' "$PEERS_DIR/memory.log" | head -1) for 1M keys)"
-  # The engine's exact allocation count per decision: sync.Pool drops pooled scratch at
-  # random under the race detector, so TestCheckAllocs is built only without it.
-  say "go test -count=1 -run '^TestCheckAllocs\$' -v ./internal/engine (no -race: allocations per decision)"
-  allocs_test() { go test -count=1 -timeout 5m -run '^TestCheckAllocs$' -v ./internal/engine 2>&1 | tee "$PEERS_DIR/allocs.log"; }
+  # The engine's exact allocation count per decision, and the Redis store's per Apply of
+  # several ops: sync.Pool drops pooled scratch at random under the race detector, so
+  # TestCheckAllocs and TestApplyAllocs are built only without it.
+  say "go test -count=1 -run '^(TestCheckAllocs|TestApplyAllocs)\$' -v ./internal/engine ./pkg/backends/redis (no -race: allocations per decision)"
+  allocs_test() { go test -count=1 -timeout 5m -run '^(TestCheckAllocs|TestApplyAllocs)$' -v ./internal/engine ./pkg/backends/redis 2>&1 | tee "$PEERS_DIR/allocs.log"; }
   peers_run_tracked allocs allocs_test
-  grep -q -- '--- PASS: TestCheckAllocs ' "$PEERS_DIR/allocs.log" ||
-    { echo "test.sh: TestCheckAllocs did not pass without -race" >&2; exit 1; }
+  for t in TestCheckAllocs TestApplyAllocs; do
+    grep -q -- "--- PASS: $t " "$PEERS_DIR/allocs.log" ||
+      { echo "test.sh: $t did not pass without -race" >&2; exit 1; }
+  done
   memory_summary="$memory_summary; allocations per decision ok"
 fi
 

@@ -186,16 +186,16 @@ func (b *batcher) merge(calls []*call) []*call {
 			i = j
 			continue
 		}
-		nk, ns := 0, 0
+		// The merged call's keys are its parts' (Store.command points at them); only
+		// the ops' specs are joined into one ARGV.
+		ns := 0
 		for _, c := range calls[i:j] {
-			nk += len(c.keys)
 			ns += len(c.spec)
 		}
-		m := &call{keys: make([]string, 0, nk), slot: calls[i].slot, parts: calls[i:j]}
+		m := &call{slot: calls[i].slot, parts: calls[i:j]}
 		var sb strings.Builder
 		sb.Grow(ns)
 		for _, c := range calls[i:j] {
-			m.keys = append(m.keys, c.keys...)
 			sb.WriteString(c.spec)
 		}
 		m.spec = sb.String()

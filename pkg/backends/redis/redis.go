@@ -440,8 +440,11 @@ type call struct {
 	// parts are the calls a merged call stands for.
 	parts []*call
 
-	// argv holds the ARGV of the call's script (args), inside the call: no slice of its own.
-	argv [4]any
+	// keyBuf holds keys for up to argKeys ops, inside the call: no slice of its own.
+	keyBuf [argKeys]string
+	// argBuf holds the command's arguments (command) for up to argInline of them, inside
+	// the call: no slice of its own.
+	argBuf [argInline]any
 
 	reply string
 	err   error
@@ -451,7 +454,12 @@ type call struct {
 }
 
 func (s *Store) newCall(ctx context.Context, deadline time.Time, now int64, ops []*backends.Op) *call {
-	c := &call{keys: make([]string, len(ops)), ops: ops, ctx: ctx, deadline: deadline, done: make(chan struct{}, 1)}
+	c := &call{ops: ops, ctx: ctx, deadline: deadline, done: make(chan struct{}, 1)}
+	if len(ops) <= len(c.keyBuf) {
+		c.keys = c.keyBuf[:len(ops)]
+	} else {
+		c.keys = make([]string, len(ops))
+	}
 	// A Builder hands over its buffer as the string: one allocation, no copy.
 	var sb strings.Builder
 	sb.Grow(88 * len(ops))
@@ -530,9 +538,11 @@ func (s *Store) splitBySlot(ctx context.Context, deadline time.Time, now int64, 
 func (s *Store) run(ctx context.Context, calls []*call) {
 	if len(calls) == 1 {
 		c := calls[0]
-		cmd := s.client.EvalSha(ctx, s.sha, c.keys, s.args(c)...)
+		cmd := s.command(ctx, c, false)
+		_ = s.client.Process(ctx, cmd)
 		if isNoScript(cmd.Err()) {
-			cmd = s.client.Eval(ctx, s.script, c.keys, s.args(c)...)
+			cmd = s.command(ctx, c, true)
+			_ = s.client.Process(ctx, cmd)
 		}
 		c.reply, c.err = cmd.Text()
 		return
@@ -540,7 +550,8 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*goredis.Cmd, len(calls))
 	for i, c := range calls {
-		cmds[i] = pipe.EvalSha(ctx, s.sha, c.keys, s.args(c)...)
+		cmds[i] = s.command(ctx, c, false)
+		_ = pipe.Process(ctx, cmds[i])
 	}
 	_, _ = pipe.Exec(ctx)
 	var again []int
@@ -556,8 +567,8 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	}
 	pipe = s.client.Pipeline()
 	for _, i := range again {
-		c := calls[i]
-		cmds[i] = pipe.Eval(ctx, s.script, c.keys, s.args(c)...)
+		cmds[i] = s.command(ctx, calls[i], true)
+		_ = pipe.Process(ctx, cmds[i])
 	}
 	_, _ = pipe.Exec(ctx)
 	for _, i := range again {
@@ -565,15 +576,65 @@ func (s *Store) run(ctx context.Context, calls []*call) {
 	}
 }
 
-// args are a call's ARGV: its ops, whether to read TIME, the expiry jitter and a seed
-// for it (Redis seeds a script's math.random the same way on every run).
-func (s *Store) args(c *call) []any {
-	seed := "0"
-	if s.jitter != "0" {
-		seed = strconv.FormatInt(rand.Int64N(1<<31), 10)
+// argInline is how many command arguments a call holds without a slice of their own:
+// EVALSHA, the script, the key count and the four ARGV take 7, so up to 5 keys (the
+// several descriptors of most Envoy routes).
+const argInline = 7 + argKeys
+
+// argKeys is how many keys a call holds without a slice of its own.
+const argKeys = 5
+
+// command builds c's EVALSHA (EVAL with eval) with the arguments go-redis's EvalSha
+// would send, but without boxing each key: go-redis's EvalSha copies every key into an
+// interface{} of its own (one allocation per key, per call), where a *string into the
+// call's own key slice is a pointer, which an interface holds as is, and which go-redis
+// writes (and hashes to its Cluster slot) as the string itself. The same holds for the
+// script, its SHA and the ops' spec. A merged call's keys are its parts' keys, in order.
+//
+// The arguments point into c (and s): the command must be done before c is reused, as it
+// is when Process or the pipeline's Exec returns.
+func (s *Store) command(ctx context.Context, c *call, eval bool) *goredis.Cmd {
+	n := len(c.keys)
+	if c.parts != nil {
+		n = 0
+		for _, p := range c.parts {
+			n += len(p.keys)
+		}
 	}
-	c.argv = [4]any{c.spec, s.flagArg, s.jitterArg, seed}
-	return c.argv[:]
+	args := c.argBuf[:0]
+	if 7+n > len(c.argBuf) {
+		args = make([]any, 0, 7+n)
+	}
+	if eval {
+		args = append(args, "eval", &s.script)
+	} else {
+		args = append(args, "evalsha", &s.sha)
+	}
+	args = append(args, n)
+	if c.parts == nil {
+		for i := range c.keys {
+			args = append(args, &c.keys[i])
+		}
+	} else {
+		for _, p := range c.parts {
+			for i := range p.keys {
+				args = append(args, &p.keys[i])
+			}
+		}
+	}
+	args = append(args, &c.spec, s.flagArg, s.jitterArg, s.seed())
+	cmd := goredis.NewCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3)
+	return cmd
+}
+
+// seed is ARGV[4], the seed of the expiry jitter (Redis seeds a script's math.random the
+// same way on every run).
+func (s *Store) seed() any {
+	if s.jitter == "0" {
+		return "0"
+	}
+	return strconv.FormatInt(rand.Int64N(1<<31), 10)
 }
 
 func isNoScript(err error) bool {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -746,4 +747,207 @@ func TestConformanceKeyPrefix(t *testing.T) {
 			return mustOpen(t, "redis://"+addr+"/0"+q, backends.Options{Timeout: testTimeout, KeyPrefix: prefix})
 		})
 	}
+}
+
+// cmdLog is a go-redis hook that records each script call the store sends: its command
+// name and the keys it carries, read back from the arguments as go-redis writes them.
+type cmdLog struct {
+	mu    sync.Mutex
+	names []string
+	keys  [][]string
+}
+
+func (l *cmdLog) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (l *cmdLog) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		l.record(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (l *cmdLog) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		for _, cmd := range cmds {
+			l.record(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (l *cmdLog) record(cmd goredis.Cmder) {
+	name := cmd.Name()
+	if name != "evalsha" && name != "eval" {
+		return
+	}
+	args := cmd.Args()
+	var keys []string
+	for _, a := range args[3 : 3+args[2].(int)] {
+		switch k := a.(type) {
+		case *string:
+			keys = append(keys, *k)
+		case string:
+			keys = append(keys, k)
+		default:
+			keys = append(keys, fmt.Sprintf("unexpected %T", a))
+		}
+	}
+	l.mu.Lock()
+	l.names = append(l.names, name)
+	l.keys = append(l.keys, keys)
+	l.mu.Unlock()
+}
+
+func (l *cmdLog) take() (names []string, keys [][]string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	names, keys = l.names, l.keys
+	l.names, l.keys = nil, nil
+	return names, keys
+}
+
+// TestOneScriptCallPerApply: an Apply of several ops (Envoy's several descriptors) is one
+// script call carrying every key, once per cluster slot, and the keys Redis receives are
+// the keys asked for (the store hands go-redis pointers to its keys, not copies).
+func TestOneScriptCallPerApply(t *testing.T) {
+	addr := testutil.Peer(t, "REDIS_ADDR")
+	checkScriptCalls(t, []scriptCase{
+		{"standalone", "redis://" + addr, false},
+		{"standalone/unbatched", "redis://" + addr + "?batch=false", false},
+	})
+}
+
+func TestOneScriptCallPerSlot(t *testing.T) {
+	addrs := testutil.Peer(t, "REDIS_CLUSTER_ADDRS")
+	checkScriptCalls(t, []scriptCase{
+		{"cluster/one-slot", "redis+cluster://" + addrs, true},
+		{"cluster/many-slots", "redis+cluster://" + addrs, false},
+		{"cluster/many-slots/unbatched", "redis+cluster://" + addrs + "?batch=false", false},
+	})
+}
+
+type scriptCase struct {
+	name, url string
+	tag       bool // keys share a hash tag (one slot)
+}
+
+func checkScriptCalls(t *testing.T, cases []scriptCase) {
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := mustOpen(t, c.url, backends.Options{Timeout: testTimeout, KeyPrefix: "pfx:"})
+			defer s.Close()
+			log := &cmdLog{}
+			s.client.AddHook(log)
+			p := conformance.UniqueKey(t)
+			if c.tag {
+				p = "{" + p + "}"
+			}
+			lim := algorithms.Limit{Requests: 10, Period: 60_000_000}
+			var ops []*backends.Op
+			want := map[int][]string{} // slot -> keys, in op order
+			for i := 0; i < 5; i++ {
+				op := &backends.Op{Key: fmt.Sprintf("%s:d%d", p, i), Algorithm: algorithms.FixedWindow, Limit: lim, Cost: 1}
+				ops = append(ops, op)
+				slot := 0
+				if s.slots != nil {
+					slot = s.slots.slot("pfx:" + op.Key)
+				}
+				want[slot] = append(want[slot], "pfx:"+op.Key)
+			}
+			if err := s.Apply(context.Background(), time.Now().UnixMicro(), ops); err != nil {
+				t.Fatal(err)
+			}
+			for i, op := range ops {
+				if !op.Result.Allowed || op.Result.Remaining != 9 {
+					t.Fatalf("op %d: %+v", i, op.Result)
+				}
+			}
+			names, keys := log.take()
+			if len(names) != len(want) {
+				t.Fatalf("%d script calls (%v) for ops in %d slots, want one per slot", len(names), names, len(want))
+			}
+			for i, ks := range keys {
+				if names[i] != "evalsha" {
+					t.Errorf("call %d is %s, want evalsha (the script is loaded)", i, names[i])
+				}
+				slot := 0
+				if s.slots != nil {
+					slot = s.slots.slot(ks[0])
+				}
+				if !slices.Equal(ks, want[slot]) {
+					t.Errorf("call %d carries keys %q, want %q", i, ks, want[slot])
+				}
+			}
+			// Redis holds what was counted, under the keys asked for.
+			for i, op := range ops {
+				n, err := s.client.Exists(context.Background(), "pfx:"+op.Key).Result()
+				if err != nil || n != 1 {
+					t.Fatalf("op %d: key %q in Redis: %d, %v", i, "pfx:"+op.Key, n, err)
+				}
+			}
+		})
+	}
+}
+
+// TestMergedCallsCarryEveryKey: concurrent Apply calls of several ops each, merged by the
+// collector into shared script calls, send every op's key exactly once and each caller
+// gets its own ops' answers.
+func TestMergedCallsCarryEveryKey(t *testing.T) {
+	s := mustOpen(t, "redis://"+testutil.Peer(t, "REDIS_ADDR"), backends.Options{Timeout: testTimeout})
+	defer s.Close()
+	log := &cmdLog{}
+	s.client.AddHook(log)
+	p := conformance.UniqueKey(t)
+	lim := algorithms.Limit{Requests: 1000, Period: 60_000_000}
+	const workers, rounds, perCall = 8, 50, 5
+	now := time.Now().UnixMicro()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for r := 0; r < rounds; r++ {
+				ops := make([]*backends.Op, perCall)
+				for i := range ops {
+					// Each key is used once by one worker: its answer is exact.
+					ops[i] = &backends.Op{Key: fmt.Sprintf("%s:%d:%d:%d", p, w, r, i), Algorithm: algorithms.TokenBucket, Limit: lim, Cost: int64(1 + i)}
+				}
+				if err := s.Apply(context.Background(), now, ops); err != nil {
+					errs <- err
+					return
+				}
+				for i, op := range ops {
+					if !op.Result.Allowed || op.Result.Remaining != 1000-int64(1+i) {
+						errs <- fmt.Errorf("worker %d round %d op %d: %+v", w, r, i, op.Result)
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	names, keys := log.take()
+	seen := map[string]int{}
+	for _, ks := range keys {
+		for _, k := range ks {
+			seen[k]++
+		}
+	}
+	if len(seen) != workers*rounds*perCall {
+		t.Fatalf("%d distinct keys sent, want %d", len(seen), workers*rounds*perCall)
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Fatalf("key %q sent %d times", k, n)
+		}
+	}
+	if len(names) > workers*rounds {
+		t.Fatalf("%d script calls for %d Apply calls", len(names), workers*rounds)
+	}
+	t.Logf("%d Apply calls of %d ops went out in %d script calls", workers*rounds, perCall, len(names))
 }
