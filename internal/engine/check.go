@@ -417,13 +417,16 @@ func (e *Engine) regional(sc *scratch, l *config.Limit, nowUS int64) bool {
 	if config.RegionsUnsupported(op.Algorithm) != "" {
 		return false // a per-request algorithm override: this region's own limit
 	}
-	sub, requests, _ := e.cfg.Regions.Cap(sc.opKey(k), op.Algorithm, op.Limit, l.SyncInterval.Microseconds(), nowUS)
+	sub, requests, held := e.cfg.Regions.Cap(sc.opKey(k), op.Algorithm, op.Limit, l.SyncInterval.Microseconds(), nowUS)
 	op.Key = sub
 	if op.Cost < 0 {
 		// A refund gives back from this region's count within the whole limit: within
 		// what the others left, a fixed window would forgive this region's admitted hits
 		// above it.
 		return false
+	}
+	if held {
+		e.cfg.Metrics.RegionShareDecisions.Inc()
 	}
 	op.Limit.Requests = requests
 	if requests > 0 || (op.Cost == 0 && !op.Limit.NeedsUnit) {

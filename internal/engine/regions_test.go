@@ -596,3 +596,39 @@ descriptors:
 		t.Fatalf("%v decisions held to the share on a link that answers every read", n)
 	}
 }
+
+// TestRegionsShareMetricDecisionsOnly: halt_region_share_decisions_total counts the
+// decisions held to the share, not the admin API's reads of a shared limit (nor
+// refunds, which are never held): it counted every read, and an operator polling /limits
+// saw a partition that was not there.
+func TestRegionsShareMetricDecisionsOnly(t *testing.T) {
+	clock := &fakeClock{now: t0}
+	m := metrics.New(nil)
+	eng, _, _ := regionsMemory(t, fmt.Sprintf(sharedYAML, "fixed_window", ""), clock, m)
+	ents := []config.Entry{{Key: "tenant", Value: "t1"}}
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(fmt.Sprintf(sharedYAML, "fixed_window", ""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule, _ := set.Match("d", ents)
+	for range 3 { // before any read: the key would be held to the share
+		if _, err := eng.Limits(context.Background(), "d", ents, rule); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refund := d(1, "tenant", "t1")
+	refund.Refund = true
+	decs := make([]engine.Decision, 1)
+	if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{refund}, decs); err != nil {
+		t.Fatal(err)
+	}
+	if n := promtest.ToFloat64(m.RegionShareDecisions); n != 0 {
+		t.Fatalf("%v decisions held to the share after three admin reads and a refund, want 0", n)
+	}
+	if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+		t.Fatal(err)
+	}
+	if n := promtest.ToFloat64(m.RegionShareDecisions); n != 1 {
+		t.Fatalf("%v decisions held to the share after one decision before the first read, want 1", n)
+	}
+}

@@ -166,12 +166,13 @@ func (r *Regions) ShareOf(requests int64) int64 {
 // counts as last read; at most this region's share of the limit while a count is older
 // than the stale bound (or two intervals, if longer) or was never read (held is then
 // true). It never waits for
-// another region: the reads happen in the background, every interval (us).
+// another region: the reads happen in the background, every interval (us). The caller
+// counts a decision held to the share (Metrics.RegionShareDecisions): an admin read or a
+// refund is not one.
 func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, interval, now int64) (sub string, requests int64, held bool) {
 	k := r.key(key, a, lim.Period, interval, now)
 	if k == nil {
 		// Past MaxKeys: no counts are kept for the key; the share is safe without them.
-		r.cfg.Metrics.RegionShareDecisions.Inc()
 		return key + regionTag + r.cfg.Local, r.ShareOf(lim.Requests), true
 	}
 	// A key read every interval cannot be fresher than that: its counts are stale once a
@@ -196,7 +197,6 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 	requests = max(0, lim.Requests-others)
 	if held {
 		requests = min(requests, r.ShareOf(lim.Requests))
-		r.cfg.Metrics.RegionShareDecisions.Inc()
 	}
 	return k.own, requests, held
 }
