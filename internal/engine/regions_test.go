@@ -632,3 +632,64 @@ func TestRegionsShareMetricDecisionsOnly(t *testing.T) {
 		t.Fatalf("%v decisions held to the share after one decision before the first read, want 1", n)
 	}
 }
+
+// TestRegionsPerSecondStore: with a store of its own for one-second limits
+// (--store-per-second), a region's sub-counter of a shared one-second limit stays in its
+// main store, where the other regions read it (--region-store): it went to the
+// per-second store, which no other region reads, and each region admitted the whole
+// limit.
+func TestRegionsPerSecondStore(t *testing.T) {
+	const yaml = `domain: d
+descriptors:
+  - key: tenant
+    rate_limit: {unit: second, requests_per_unit: 1000, regions: shared, sync_interval: 100ms}
+`
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(yaml)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := func() backends.Store {
+		s := memory.New(memory.Config{SweepInterval: -1})
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	mainA, mainB := mem(), mem()
+	clock := &fakeClock{now: t0}
+	start := func(local, other string, main, otherMain backends.Store) *engine.Engine {
+		regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: local, Others: []localfirst.Region{{Name: other, Store: otherMain}}, Now: clock.Now, Manual: true})
+		eng, err := engine.New(engine.Config{Store: &backends.PerSecond{Main: main, Second: mem()}, Rules: func() *config.Set { return set }, Clock: clock, Regions: regions})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return eng
+	}
+	a, b := start("a", "b", mainA, mainB), start("b", "a", mainB, mainA)
+	check := func(eng *engine.Engine, n int) (admitted int) {
+		t.Helper()
+		for range n {
+			decs := make([]engine.Decision, 1)
+			if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+				t.Fatal(err)
+			}
+			if decs[0].Code == engine.CodeOK {
+				admitted++
+			}
+		}
+		return admitted
+	}
+	check(a, 1) // both keys are read from now on
+	check(b, 1)
+	for _, e := range []*engine.Engine{a, b} {
+		if err := e.SyncRegions(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admB := 1 + check(b, 599)
+	clock.Add(100 * time.Millisecond)
+	if err := a.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if admA := 1 + check(a, 1000); admA+admB != 1000 {
+		t.Fatalf("a admitted %d after b admitted %d of a shared 1,000 a second: %d in all", admA, admB, admA+admB)
+	}
+}

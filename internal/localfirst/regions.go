@@ -20,8 +20,8 @@ import (
 const DefaultStaleAfter = time.Second
 
 // regionTag separates a shared limit's key from the region whose sub-counter it is. A
-// limit key's entries escape '@', so no limit key ends in it by chance.
-const regionTag = "|@region:"
+// limit key's entries escape '@', so no limit key holds it by chance.
+const regionTag = backends.RegionTag
 
 // Region is another region of the deployment: its name and its store, which this region
 // only reads (cost-0 ops).

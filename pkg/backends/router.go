@@ -3,6 +3,7 @@ package backends
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 )
 
@@ -18,12 +19,21 @@ type PerSecond struct {
 	// Main holds every op whose limit is not of one second, and is where Delete, Ping and
 	// Close go first.
 	Main Store
-	// Second holds the ops whose Limit.Period is SecondPeriod.
+	// Second holds the ops whose Limit.Period is SecondPeriod (IsPerSecond).
 	Second Store
 }
 
-// IsPerSecond reports whether op goes to the per-second store.
-func IsPerSecond(op *Op) bool { return op.Limit.Period == SecondPeriod }
+// RegionTag separates the key of a limit shared by several regions from the name of
+// the region whose sub-counter it is (KEY|@region:NAME): each region writes its own in
+// its main store, where the other regions read it.
+const RegionTag = "|@region:"
+
+// IsPerSecond reports whether op goes to the per-second store: a one-second limit's, but
+// never a region's sub-counter of a shared limit, which the other regions read in its
+// main store (they are not told of a per-second one).
+func IsPerSecond(op *Op) bool {
+	return op.Limit.Period == SecondPeriod && !strings.Contains(op.Key, RegionTag)
+}
 
 // Apply splits ops by period and applies each part to its store. When it returns every
 // op has its answer from its store (the contract holds for each part); the error is the
