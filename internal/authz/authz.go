@@ -186,6 +186,19 @@ type identity struct {
 	keyed bool
 }
 
+// tenant is the caller's shelf of the persisted-query cache: its customer when an API
+// key or a header (an upstream authenticator's) named it, "" (one shelf shared by all)
+// for a caller known only by its source address. Addresses are cheap to come by (a /48
+// holds 65,536 /64s): a shelf each would let a flood of them push every customer's
+// texts out, and their hash-only requests up to unknown_cost. No customer is "": a
+// key's customer and a header's value are never empty.
+func (id *identity) tenant() string {
+	if id.how == "source_address" {
+		return ""
+	}
+	return id.customer
+}
+
 // keySum is the identifying key's SHA-256 in hex ("" for another source).
 func (id *identity) keySum() string {
 	if !id.keyed {
@@ -274,7 +287,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	if route != nil {
 		cost, routeName = route.Cost, route.Name
 		if route.pricer != nil {
-			res, refused := s.priceGraphQL(route, r, id.customer)
+			res, refused := s.priceGraphQL(route, r, id.tenant())
 			if refused != nil {
 				return refused, nil
 			}
@@ -347,8 +360,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return resp, nil
 }
 
-// priceGraphQL prices a GraphQL route's request for tenant (the customer the limits key
-// by: its persisted queries are its own): its result, or the 400 that refuses it,
+// priceGraphQL prices a GraphQL route's request for tenant (identity.tenant: the
+// customer, whose persisted queries are its own, or "" for the callers known only by
+// their address, who share theirs): its result, or the 400 that refuses it,
 // naming the rule it broke (violated_policy graphql:RULE).
 func (s *Server) priceGraphQL(route *compiledRoute, r *request, tenant string) (*graphql.Result, *authv3.CheckResponse) {
 	body := r.body()

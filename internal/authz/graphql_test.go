@@ -268,3 +268,58 @@ func TestGraphQLPersistedQueriesPerTenant(t *testing.T) {
 		t.Fatalf("the attacker's first text after 80 registrations: %s, want 120 (evicted from its own share)", got)
 	}
 }
+
+// TestGraphQLPersistedQueriesAnonymousShareOneShelf: callers identified only by their
+// source address share one shelf of the persisted-query cache. The attack: a customer
+// registers a query (priced 10), then callers from 40 fresh addresses (a /48 holds
+// 65,536 /64s) register one text each. Before, each address took a shelf of its own, the
+// customer's (idle the longest) was given to one of them, and its hash-only requests
+// were charged unknown_cost (max_cost, 120) from then on.
+func TestGraphQLPersistedQueriesAnonymousShareOneShelf(t *testing.T) {
+	authzYAML := strings.Replace(gqlAuthz, "      max_cost: 120\n", "      max_cost: 120\n      persisted_queries: {cache_bytes: 16384, tenant_cache_bytes: 4096}\n", 1) +
+		"identity:\n  - api_key: {}\n  - source_address: true\nanonymous: {plan: free}\n"
+	roomy := strings.Replace(strings.Replace(gqlLimits, "requests_per_unit: 100}", "requests_per_unit: 100000}", 1), "    quota: {period: daily, requests: 150}\n", "", 1)
+	e := setupFiles(t, roomy, authzYAML, map[string]string{"schema.graphql": gqlSchema})
+	send := func(source string, h map[string]string, body string) string {
+		t.Helper()
+		r := req("POST", "/graphql", source, h)
+		r.Attributes.Request.Http.RawBody = []byte(body)
+		resp := e.check(t, r)
+		if status(resp) != 200 {
+			t.Fatalf("%s: %d %s", source, status(resp), resp.GetDeniedResponse().GetBody())
+		}
+		return headers(resp.GetOkResponse().GetHeaders())["x-halt-graphql-cost"]
+	}
+	register := func(source string, h map[string]string, q string) (string, string) {
+		sum := sha256.Sum256([]byte(q))
+		hash := hex.EncodeToString(sum[:])
+		b, _ := json.Marshal(map[string]any{"query": q, "extensions": map[string]any{"persistedQuery": map[string]any{"version": 1, "sha256Hash": hash}}})
+		return hash, send(source, h, string(b))
+	}
+	hashOnly := func(source string, h map[string]string, hash string) string {
+		return send(source, h, `{"extensions":{"persistedQuery":{"version":1,"sha256Hash":"`+hash+`"}}}`)
+	}
+	customer := map[string]string{"x-api-key": freeKey}
+	hash, registered := register(public, customer, `query Find { search(text: "ada", limit: 1) { id } }`)
+	if registered != "10" {
+		t.Fatalf("the customer's query registered at %s, want 10", registered)
+	}
+	var anon []string
+	for i := 0; i < 40; i++ {
+		src := fmt.Sprintf("2001:db8:7:%x::1", i)
+		h, _ := register(src, nil, fmt.Sprintf("query A%d { me { id } }", i))
+		anon = append(anon, h)
+	}
+	if got := hashOnly(public, customer, hash); got != "10" {
+		t.Fatalf("the customer's query after 40 anonymous addresses registered: %s, want 10", got)
+	}
+	// The anonymous callers' shelf is one, bounded by tenant_cache_bytes, and theirs:
+	// the last text registered is there for any anonymous caller, a keyed customer
+	// does not read it.
+	if got := hashOnly("2001:db8:8::1", nil, anon[39]); got != "1" {
+		t.Fatalf("the last anonymous text from another anonymous caller: %s, want 1", got)
+	}
+	if got := hashOnly(public, customer, anon[39]); got != "120" {
+		t.Fatalf("an anonymous text from a keyed customer: %s, want 120 (unknown_cost)", got)
+	}
+}
