@@ -71,7 +71,7 @@ func (x *extAuthz) abuse() *admin.Abuse {
 		},
 		IPv6Prefix: func() int {
 			if c := x.watcher.Current(); c != nil {
-				return c.IPv6AddressPrefix
+				return int(c.IPv6AddressPrefix)
 			}
 			return abuse.DefaultIPv6Prefix
 		},

@@ -556,6 +556,12 @@ func TestIPv6AddressPrefixRefused(t *testing.T) {
 	if _, err := authz.LoadConfig(p); err == nil || !strings.Contains(err.Error(), p+": ipv6_address_prefix: must be between 1 and 128") {
 		t.Fatalf("ipv6_address_prefix 129: %v", err)
 	}
+	// 0 written out is not "unset": it would key all of IPv6 as one address, and was
+	// silently taken as the default /64.
+	os.WriteFile(p, []byte("domain: d\nipv6_address_prefix: 0\n"), 0o644)
+	if _, err := authz.LoadConfig(p); err == nil || !strings.Contains(err.Error(), p+": line 2: ipv6_address_prefix: must be between 1 and 128") || !strings.Contains(err.Error(), "got 0") {
+		t.Fatalf("ipv6_address_prefix 0: %v", err)
+	}
 }
 
 func basicAuth(user string) map[string]string {

@@ -47,7 +47,7 @@ type Config struct {
 	// wherever an address is an identity (invalid_key_penalty's lockout, the fanout and
 	// auth_failures detectors, the abuse lockout): 1 to 128, default
 	// abuse.DefaultIPv6Prefix (64). IPv4 addresses are always keyed whole.
-	IPv6AddressPrefix int `yaml:"ipv6_address_prefix"`
+	IPv6AddressPrefix PrefixLen `yaml:"ipv6_address_prefix"`
 	// Abuse configures the abuse detectors (internal/abuse): what they watch and the
 	// penalty they feed; nil is off.
 	Abuse *abuse.Config `yaml:"abuse"`
@@ -381,7 +381,28 @@ func (c *Config) Resolve(set *config.Set) error {
 
 // Address is source address a as this config's address identities key it
 // (abuse.Address under ipv6_address_prefix).
-func (c *Config) Address(a string) (string, bool) { return abuse.Address(a, c.IPv6AddressPrefix) }
+func (c *Config) Address(a string) (string, bool) {
+	return abuse.Address(a, int(c.IPv6AddressPrefix))
+}
+
+// PrefixLen is a network's prefix length in bits as the file writes it. Unset is 0 (the
+// default applies); a 0 written out is refused at decoding, as any length out of range
+// is at compile: taken as unset, it would silently mean the default /64 to an operator
+// who asked for all of IPv6 as one address.
+type PrefixLen int
+
+// UnmarshalYAML refuses an explicit 0.
+func (p *PrefixLen) UnmarshalYAML(n *yaml.Node) error {
+	var v int
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	if v == 0 {
+		return fmt.Errorf("line %d: ipv6_address_prefix: must be between 1 and 128 (the IPv6 network one address identity stands for; default %d), got 0", n.Line, abuse.DefaultIPv6Prefix)
+	}
+	*p = PrefixLen(v)
+	return nil
+}
 
 // KeysFile returns the resolved path of the API key file ("" when none).
 func (c *Config) KeysFile() string {
