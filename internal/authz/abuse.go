@@ -146,7 +146,9 @@ func fanoutValue(dim string, r *request, id *identity, fail idFailure) string {
 	var v string
 	switch dim {
 	case abuse.DimAPIKey:
-		if id != nil {
+		// The key that identified the caller, else the invalid one presented, also when
+		// the anonymous fallback served the call.
+		if id != nil && id.keyed {
 			return id.keySum()
 		}
 		return fail.keySum()

@@ -779,3 +779,44 @@ func TestPenaltyAdminInvalidKeyNetwork(t *testing.T) {
 		t.Fatalf("a rule's own penalty: %d %s", code, body)
 	}
 }
+
+// TestInvalidKeysWithAnonymous: with anonymous on, a wrong key is still a wrong key. A
+// caller presenting one is served anonymously (by its address), but the key counts
+// against the address under invalid_key_penalty and as a key presented for fanout.
+// Before, the anonymous fallback skipped both: a guesser was never locked out, and the
+// right key answered differently (its customer, its plan) from a wrong one, so it could
+// try keys without bound and tell the right one.
+func TestInvalidKeysWithAnonymous(t *testing.T) {
+	const anon = "identity:\n  - api_key: {}\n  - source_address: true\nanonymous: {plan: free}\n"
+	roomy := strings.Replace(limitsYAML, "requests_per_unit: 3}", "requests_per_unit: 1000}", 1)
+	t.Run("invalid_key_penalty", func(t *testing.T) {
+		withAnon := strings.Replace(authzYAML, "bearer: true}\n", "bearer: true}\n  - source_address: true\n", 1) + "anonymous: {plan: free}\n"
+		e := setupWith(t, roomy, withAnon) // guessing: threshold 3
+		var got []int
+		for i := 0; i < 4; i++ {
+			got = append(got, status(e.check(t, req("GET", "/v1/items/1", v6(i), key(i)))))
+		}
+		if fmt.Sprint(got) != "[200 200 403 403]" {
+			t.Fatalf("4 wrong keys from one /64 with anonymous on: %v, want [200 200 403 403] (served anonymously, locked out at the 3rd)", got)
+		}
+		if r := e.check(t, req("GET", "/v1/items/1", v6(9), map[string]string{"x-api-key": proKey})); status(r) != 403 || problemBody(t, r)["violated_policy"] != "penalty:guessing" {
+			t.Fatalf("the right key from the locked /64: %d %s, want 403 penalty:guessing", status(r), r.GetDeniedResponse().GetBody())
+		}
+		// A caller without a key is not guessing: served anonymously, never charged.
+		for i := 0; i < 5; i++ {
+			if r := e.check(t, req("GET", "/v1/items/1", "198.51.100.30", nil)); status(r) != 200 {
+				t.Fatalf("no key, call %d: %d, want 200", i+1, status(r))
+			}
+		}
+	})
+	t.Run("fanout", func(t *testing.T) {
+		e := setupWith(t, roomy, abuseYAML("  fanout: {window: 1m, max: 3, severity: 1}\n")+anon)
+		var got []int
+		for i := 1; i <= 6; i++ {
+			got = append(got, status(e.check(t, req("GET", "/v1/items/1", "203.0.113.9", key(i)))))
+		}
+		if fmt.Sprint(got) != "[200 200 200 200 403 403]" {
+			t.Fatalf("6 wrong keys from one address with anonymous on: %v, want 4 x 200 then 403 (abuse: threshold 2)", got)
+		}
+	})
+}

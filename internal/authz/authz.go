@@ -280,6 +280,14 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	if id == nil {
 		return s.refuseIdentity(ctx, cfg, pol, ab, r, fail)
 	}
+	// A wrong key the anonymous fallback served is still a wrong key: it counts against
+	// the address as it would have with a 401, or anonymous would give a guesser keys
+	// without bound and a different answer for the right one.
+	if !id.keyed && fail.presented {
+		if locked := s.invalidKey(ctx, cfg, pol, r, fail); locked != nil {
+			return locked, nil
+		}
+	}
 
 	cost := int64(1)
 	routeName := ""
@@ -542,18 +550,26 @@ func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol, ab *confi
 	detail := "a valid API key is required"
 	if !fail.missing {
 		detail = "the API key is not valid"
-		if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
-			s.log.Info("invalid API key", "key_sha256_prefix", hex.EncodeToString(fail.key[:4]), "source", r.source, "path", r.path, "similar_suppressed", held)
-		}
-		if pol != nil && r.addr != "" {
-			if locked := s.lockedOut(ctx, cfg, pol, addressEntries(r.addr), pol.Severity, invalidKeyLockout); locked != nil {
-				return locked, nil
-			}
+		if locked := s.invalidKey(ctx, cfg, pol, r, fail); locked != nil {
+			return locked, nil
 		}
 	}
 	// A 401 is a failure auth_failures counts (ab: the abuse penalty, nil without one).
 	s.authFailure(ctx, cfg, ab, r)
 	return problem(headers.Problem{Status: 401, Title: "Unauthorized", Detail: detail}, []*corev3.HeaderValueOption{hv("WWW-Authenticate", `Bearer realm="halt"`)}), nil
+}
+
+// invalidKey logs (throttled) the invalid key fail presented and charges it to the
+// address under pol (invalid_key_penalty, nil without one): the 403 when that locks the
+// address out, nil otherwise.
+func (s *Server) invalidKey(ctx context.Context, cfg *Config, pol *config.PenaltyPolicy, r *request, fail idFailure) *authv3.CheckResponse {
+	if ok, held := s.invalidKeyLog.Allow(time.Now()); ok {
+		s.log.Info("invalid API key", "key_sha256_prefix", hex.EncodeToString(fail.key[:4]), "source", r.source, "path", r.path, "similar_suppressed", held)
+	}
+	if pol == nil || r.addr == "" {
+		return nil
+	}
+	return s.lockedOut(ctx, cfg, pol, addressEntries(r.addr), pol.Severity, invalidKeyLockout)
 }
 
 // deny answers a call a stage refused with p, its headers.Refusal: a penalty lockout is
