@@ -688,3 +688,89 @@ api_keys_file: keys.yaml
 		}
 	}
 }
+
+// TestWatcherIgnoresOtherFiles: a change to a file the authz config does not read (a
+// log written beside it, an editor's swap file) does not reload it. Before, every change
+// in the directory did: a server logging into the config's directory reloaded every
+// debounce interval for ever (each reload's own log line the next change), and every
+// reload dropped the persisted-query cache.
+func TestWatcherIgnoresOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "keys.yaml"), []byte("api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"), 0o644)
+	authzPath := filepath.Join(dir, "authz.yaml")
+	os.WriteFile(authzPath, []byte("domain: edge\napi_keys_file: keys.yaml\n"), 0o644)
+	results := make(chan *authz.Config, 100)
+	w, err := authz.Watch(context.Background(), authzPath, 20*time.Millisecond, nil, func(c *authz.Config, err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		results <- c
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for i := 0; i < 5; i++ {
+		os.WriteFile(filepath.Join(dir, "halt.log"), []byte(strings.Repeat("x", i+1)), 0o644)
+		time.Sleep(50 * time.Millisecond) // past the debounce: each write its own reload, before
+	}
+	os.WriteFile(authzPath, []byte("domain: edge2\napi_keys_file: keys.yaml\n"), 0o644)
+	select {
+	case c := <-results:
+		if c == nil || c.Domain != "edge2" {
+			domain := "<failed>"
+			if c != nil {
+				domain = c.Domain
+			}
+			t.Fatalf("the first reload (domain %s) is not the authz file's change (a write to another file reloaded it)", domain)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after the authz file changed")
+	}
+}
+
+// TestWatcherSeesConfigMapSwap: mounted from a Kubernetes ConfigMap, the authz file is a
+// symlink into ..data, and an update swaps ..data: that reloads it, though no event
+// names the file itself.
+func TestWatcherSeesConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, domain string) {
+		os.Mkdir(filepath.Join(dir, name), 0o755)
+		os.WriteFile(filepath.Join(dir, name, "keys.yaml"), []byte("api_keys:\n  - {sha256: "+sum(proKey)+", customer: acme, plan: pro}\n"), 0o644)
+		os.WriteFile(filepath.Join(dir, name, "authz.yaml"), []byte("domain: "+domain+"\napi_keys_file: keys.yaml\n"), 0o644)
+	}
+	version("..v1", "edge")
+	if err := os.Symlink("..v1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"authz.yaml", "keys.yaml"} {
+		os.Symlink(filepath.Join("..data", f), filepath.Join(dir, f))
+	}
+	results := make(chan *authz.Config, 100)
+	w, err := authz.Watch(context.Background(), filepath.Join(dir, "authz.yaml"), 20*time.Millisecond, nil, func(c *authz.Config, err error) {
+		if err != nil {
+			t.Error(err)
+		}
+		results <- c
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	version("..v2", "edge2")
+	os.Symlink("..v2", filepath.Join(dir, "..data_tmp"))
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case c := <-results:
+			if c != nil && c.Domain == "edge2" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no reload after the ConfigMap's ..data swap")
+		}
+	}
+}
