@@ -96,8 +96,11 @@ type Store struct {
 	batch  *backends.Batcher
 	log    *slog.Logger
 	table  *string
-	tr     *http.Transport
-	closed atomic.Bool
+	// insertSQL and updateSQL are the PartiQL statements of a round's writes
+	// (writeStatements): create the item if absent; update it if still at a version.
+	insertSQL, updateSQL string
+	tr                   *http.Transport
+	closed               atomic.Bool
 }
 
 // ParseURL reads dynamodb://TABLE?region=...&endpoint=...&create_table=...&consistent_read=...
@@ -256,6 +259,9 @@ func New(ctx context.Context, cfg Config, opt backends.Options) (*Store, error) 
 		table: aws.String(cfg.Table),
 		tr:    tr,
 	}
+	t := strconv.Quote(cfg.Table) // a table name is letters, digits, '_', '-' and '.'
+	s.insertSQL = `INSERT INTO ` + t + ` VALUE {'` + attrKey + `': ?, '` + attrVersion + `': ?, '` + attrState + `': ?, '` + attrExpiry + `': ?}`
+	s.updateSQL = `UPDATE ` + t + ` SET "` + attrVersion + `" = ? SET "` + attrState + `" = ? SET "` + attrExpiry + `" = ? WHERE "` + attrKey + `" = ? AND "` + attrVersion + `" = ?`
 	bc := &backends.BatchCAS{CAS: s.cas, IO: s, Key: s.key, One: s.one}
 	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "dynamodb", Round: bc.Round})
 	return s, nil
@@ -524,18 +530,72 @@ func (s *Store) snapshot(key string, item map[string]types.AttributeValue, sn *b
 	sn.Found, sn.Version = true, v
 }
 
-// writeWorkers bounds the writes of one round in flight at once (each holds a pooled
-// connection while it waits).
-const writeWorkers = 64
+// writeWorkers bounds the write requests of one round in flight at once (each holds a
+// pooled connection while it waits).
+const writeWorkers = 16
 
-// WriteBatch makes each write as Write does (a PutItem on the condition that the item is
-// still at the version read, or still absent), all at once.
+// maxBatchStatements is BatchExecuteStatement's limit on statements per request.
+const maxBatchStatements = 25
+
+// WriteBatch makes the writes with BatchExecuteStatement, maxBatchStatements to a
+// request, the requests at once: each statement is a conditional write of its own (an
+// INSERT, refused when the item exists; an UPDATE on the condition that the item is still
+// at the version read), answered on its own, billed as the single write it is. One write
+// alone is a conditional PutItem (Write).
 func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
-	backends.Spread(len(writes), writeWorkers, func(i int) {
-		w := writes[i]
+	if len(writes) == 1 {
+		w := writes[0]
 		c := &call{s: s, keyAttr: &types.AttributeValueMemberS{Value: w.Key}, found: w.Snap.Found, version: w.Snap.Version}
 		w.Won, w.Err = c.Write(ctx, w.Key, w.State, w.Now, w.TTL)
+		return
+	}
+	n := (len(writes) + maxBatchStatements - 1) / maxBatchStatements
+	backends.Spread(n, writeWorkers, func(i int) {
+		s.writeStatements(ctx, writes[i*maxBatchStatements:min((i+1)*maxBatchStatements, len(writes))])
 	})
+}
+
+// writeStatements sends one BatchExecuteStatement for writes.
+func (s *Store) writeStatements(ctx context.Context, writes []*backends.Write) {
+	stmts := make([]types.BatchStatementRequest, len(writes))
+	for i, w := range writes {
+		exp := time.UnixMicro(w.Now).Add(backends.TTL(w.TTL))
+		state := &types.AttributeValueMemberB{Value: backends.EncodeState(nil, w.State)}
+		expiry := &types.AttributeValueMemberN{Value: strconv.FormatInt(ceilSeconds(exp), 10)}
+		key := &types.AttributeValueMemberS{Value: w.Key}
+		if !w.Snap.Found {
+			stmts[i] = types.BatchStatementRequest{Statement: &s.insertSQL, Parameters: []types.AttributeValue{
+				key, &types.AttributeValueMemberN{Value: "1"}, state, expiry}}
+			continue
+		}
+		stmts[i] = types.BatchStatementRequest{Statement: &s.updateSQL, Parameters: []types.AttributeValue{
+			&types.AttributeValueMemberN{Value: strconv.FormatInt(w.Snap.Version+1, 10)}, state, expiry,
+			key, &types.AttributeValueMemberN{Value: strconv.FormatInt(w.Snap.Version, 10)}}}
+	}
+	out, err := s.client.BatchExecuteStatement(ctx, &ddb.BatchExecuteStatementInput{Statements: stmts})
+	if err == nil && len(out.Responses) != len(writes) {
+		err = fmt.Errorf("%w: BatchExecuteStatement answered %d of %d statements", backends.ErrUnavailable, len(out.Responses), len(writes))
+	}
+	if err != nil {
+		err = classify("dynamodb apply: write", err)
+		for _, w := range writes {
+			w.Err = err
+		}
+		return
+	}
+	for i, w := range writes {
+		e := out.Responses[i].Error
+		switch {
+		case e == nil:
+			w.Won = true
+		case e.Code == types.BatchStatementErrorCodeEnumConditionalCheckFailed,
+			e.Code == types.BatchStatementErrorCodeEnumDuplicateItem,
+			e.Code == types.BatchStatementErrorCodeEnumTransactionConflict:
+			// Lost the race (or met a transaction on the item): nothing was written.
+		default:
+			w.Err = fmt.Errorf("dynamodb apply: write: %w: %s: %s", backends.ErrUnavailable, e.Code, aws.ToString(e.Message))
+		}
+	}
 }
 
 // call is one op's I/O for backends.CAS: the version the last read found, for the
