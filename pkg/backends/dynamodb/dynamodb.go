@@ -430,9 +430,10 @@ func (s *Store) key(k string) string { return s.opt.KeyPrefix + k }
 
 // Apply decides the ops with the Apply calls of other goroutines in flight at the same
 // time, in one round (backends.BatchCAS): one BatchGetItem of every key (100 to a
-// request), then one conditional PutItem per key changed, all at once. The writes are
-// not one TransactWriteItems: a transaction is all or nothing (one lost race would fail
-// the others' writes) and costs twice the write capacity of single writes.
+// request), then one conditional write per key changed, in BatchExecuteStatement
+// requests (WriteBatch). The writes are not one TransactWriteItems: a transaction is all
+// or nothing (one lost race would fail the others' writes) and costs twice the write
+// capacity of single writes.
 func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil

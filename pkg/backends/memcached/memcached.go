@@ -214,9 +214,17 @@ func New(cfg Config, opt backends.Options) (*Store, error) {
 		Jitter:  opt.ExpiryJitter,
 	}}
 	bc := &backends.BatchCAS{CAS: s.cas, IO: s, Key: s.itemKey, One: s.one}
-	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "memcached", Round: bc.Round})
+	s.batch = backends.NewBatcher(backends.BatchConfig{Store: "memcached", Collectors: rounds, Round: bc.Round})
 	return s, nil
 }
+
+// rounds is how many rounds are in flight at once. Two, where the other stores have one:
+// at memcached's 15 ms default timeout a call that waits for the round ahead of it, then
+// its own two round trips, times out more often under load; on the 2-core benchmark
+// machine (load 6-14) one round cost 1.99x the empty handler's CPU per call with 0.62 %
+// of calls over the timeout, two 2.16x with 0.21 %, and the store before batching 2.28x
+// with 0.26 % (docs/benchmarks.md).
+const rounds = 2
 
 // itemKey maps a rate-limit key to a memcached key. Keys that memcached accepts as they
 // are keep their text (readable in stats dumps); longer ones, or ones with spaces or
