@@ -693,3 +693,49 @@ descriptors:
 		t.Fatalf("a admitted %d after b admitted %d of a shared 1,000 a second: %d in all", admA, admB, admA+admB)
 	}
 }
+
+// TestRegionsResetOverride: the admin reset of a shared limit whose rule allows
+// per-request algorithm overrides clears this region's sub-counter of the other
+// algorithm a request may share it under (sliding_window_counter for a fixed_window): it
+// cleared that algorithm's plain key, which nobody counts in, and the requests that ask
+// for it stayed refused.
+func TestRegionsResetOverride(t *testing.T) {
+	const yaml = `domain: d
+descriptors:
+  - key: tenant
+    allow_algorithm_override: true
+    rate_limit: {unit: minute, requests_per_unit: 3, regions: shared}
+`
+	clock := &fakeClock{now: t0}
+	eng, _, _ := regionsMemory(t, yaml, clock, nil)
+	ask := func() bool {
+		t.Helper()
+		decs := make([]engine.Decision, 1)
+		desc := d(1, "tenant", "t1", engine.AlgorithmKey, "sliding_window_counter")
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{desc}, decs); err != nil {
+			t.Fatal(err)
+		}
+		return decs[0].Code == engine.CodeOK
+	}
+	ask() // the key is read from now on
+	if err := eng.SyncRegions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ask()
+	ask()
+	if ask() {
+		t.Fatal("a fourth hit of 3 a minute admitted")
+	}
+	set, err := config.Parse(map[string][]byte{"r.yaml": []byte(yaml)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents := []config.Entry{{Key: "tenant", Value: "t1"}}
+	rule, _ := set.Match("d", ents)
+	if err := eng.ResetLimits(context.Background(), "d", ents, rule); err != nil {
+		t.Fatal(err)
+	}
+	if !ask() {
+		t.Fatal("after an admin reset, a request asking for sliding_window_counter is still refused")
+	}
+}

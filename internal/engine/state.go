@@ -112,6 +112,10 @@ func (e *Engine) ResetLimits(ctx context.Context, domain string, entries []confi
 			for a := algorithms.Algorithm(1); a.Valid(); a++ {
 				if a.Selectable() && a != l.Algorithm {
 					keys = append(keys, string(LimitKey(nil, domain, entries, rule, a, l.Params.Period)))
+					if l.SharedRegions && e.cfg.Regions != nil && config.RegionsUnsupported(a) == "" {
+						// Shared under the other algorithm too (Check's regional).
+						keys = append(keys, e.cfg.Regions.SubKey(keys[len(keys)-1]))
+					}
 				}
 			}
 		}
