@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -737,5 +738,68 @@ descriptors:
 	}
 	if !ask() {
 		t.Fatal("after an admin reset, a request asking for sliding_window_counter is still refused")
+	}
+}
+
+// TestRegionsReloadShorterInterval: a configuration reload that shortens a shared
+// limit's sync_interval (10 s to 100 ms) reads the other regions at the new pace from the
+// next tick of the background loop; the loop slept until the old interval's next read
+// was due, and the key was held to the share meanwhile. The background loop runs for
+// real here, on the test's clock; the waits are generous multiples of its 5 ms tick.
+func TestRegionsReloadShorterInterval(t *testing.T) {
+	const yaml = `domain: d
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 1000, regions: shared, sync_interval: %s}
+`
+	parse := func(interval string) *config.Set {
+		set, err := config.Parse(map[string][]byte{"r.yaml": []byte(fmt.Sprintf(yaml, interval))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	var cur atomic.Pointer[config.Set]
+	cur.Store(parse("10s"))
+	clock := &fakeClock{now: t0}
+	own, other := memory.New(memory.Config{SweepInterval: -1}), memory.New(memory.Config{SweepInterval: -1})
+	defer own.Close()
+	defer other.Close()
+	regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: "a", Others: []localfirst.Region{{Name: "b", Store: other}}, Now: clock.Now})
+	eng, err := engine.New(engine.Config{Store: own, Rules: cur.Load, Clock: clock, Regions: regions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	check := func() {
+		t.Helper()
+		decs := make([]engine.Decision, 1)
+		if _, err := eng.Check(context.Background(), "d", []engine.Descriptor{d(1, "tenant", "t1")}, decs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := string(engine.LimitKey(nil, "d", []config.Entry{{Key: "tenant", Value: "t1"}}, nil, algorithms.FixedWindow, 60_000_000))
+	waitSeen := func(want int64) bool {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if n, _, ok := regions.Seen(key, "b"); ok && n == want {
+				return true
+			}
+		}
+		return false
+	}
+	check()
+	if !waitSeen(0) {
+		t.Fatal("the first read of region b never came")
+	}
+	op := &backends.Op{Key: key + "|@region:b", Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: 1000, Period: 60_000_000}, Cost: 600}
+	if err := other.Apply(context.Background(), clock.Now().UnixMicro(), []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Store(parse("100ms"))
+	clock.Add(200 * time.Millisecond)
+	check()
+	if !waitSeen(600) {
+		t.Fatal("reloaded to a sync_interval of 100ms, region b was not read again 200ms later (it was due 7.5s after the first read)")
 	}
 }

@@ -231,12 +231,19 @@ func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now 
 	r.mu.RUnlock()
 	if ok {
 		k.mu.Lock()
-		if k.algorithm != a || k.period != period || k.interval != interval {
+		changed := k.algorithm != a || k.period != period || k.interval != interval
+		if changed {
 			// A reload changed the limit (the key names algorithm and period, so only
 			// the interval can differ): read at the new pace.
 			k.algorithm, k.period, k.interval = a, period, interval
 		}
 		k.mu.Unlock()
+		if changed {
+			for i := range r.added {
+				// From the next tick: the loops sleep until the old pace's next read.
+				r.added[i].Store(true)
+			}
+		}
 		return k
 	}
 	r.mu.Lock()
