@@ -122,8 +122,12 @@ descriptors:
 		t.Fatal("b's first call refused")
 	}
 	admitted++
-	// b reads a in the background: once it has, its counts are a's.
-	testutil.WaitFor(t, 20*time.Second, func() bool { _, ok := metric(b, `halt_region_staleness_seconds{region="a"}`); return ok })
+	// b reads a in the background: once a read has answered (the gauge is also set,
+	// high, while a never answers), its counts are a's.
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		v, ok := metric(b, `halt_region_staleness_seconds{region="a"}`)
+		return ok && v < 1
+	})
 	for range 10 {
 		if call(b) {
 			admitted++

@@ -309,6 +309,15 @@ func TestRegionsSharedLimit(t *testing.T) {
 			if tot := admA + admB; tot < limit || tot > limit+perRead {
 				t.Errorf("connected: admitted %d, want between %d and %d", tot, limit, limit+perRead)
 			}
+			// The reads did go through the proxies: a cut link gives the same total (500
+			// each, the shares), so the total alone proves nothing. Only the calls before
+			// a key's first read (the first 100 ms, 50 calls in all) are held.
+			for _, r := range []*region{a, b} {
+				other := map[string]string{"a": "b", "b": "a"}[r.name]
+				if e, h := promtest.ToFloat64(r.m.RegionReadErrors.WithLabelValues(other)), promtest.ToFloat64(r.m.RegionShareDecisions); e != 0 || h > 50 {
+					t.Errorf("connected: region %s failed %v reads of %s and held %v decisions to its share, want 0 and at most 50", r.name, e, other, h)
+				}
+			}
 			if !fixed {
 				// A sliding counter's previous window weighs on the next ones; the rest
 				// of the test is the fixed window's (its windows start whole).
