@@ -365,20 +365,14 @@ func Address(a string, ipv6Prefix int) (string, bool) {
 // Identity is an operator's spelling of the identity key=value (AddressKey, APIKeyKey
 // or CustomerKey) as the detectors charge it: any address of the network or the
 // network itself as the detectors write it ("2001:db8:1:2::/64", copied from a
-// detection), a hash in capitals. Another spelling would read and lift a lockout nobody
-// has. The error says what is wrong with value, for the operator.
+// detection), also as the customer of a caller known by its address ("ip:ADDR"), a
+// hash in capitals. Another spelling would read and lift a lockout nobody has. The error
+// says what is wrong with value, for the operator.
 func Identity(key, value string, ipv6Prefix int) (string, error) {
 	switch key {
 	case AddressKey:
-		a, ok := Address(value, ipv6Prefix)
+		a, ok := addressOrNetwork(value, ipv6Prefix)
 		if !ok {
-			// The network's own text, of exactly the prefix in force: a wider or narrower
-			// one, or an address with host bits ("2001:db8::9/64"), names no identity.
-			if p, err := netip.ParsePrefix(value); err == nil && p == p.Masked() {
-				if n, ok := Address(p.Addr().String(), ipv6Prefix); ok && n == p.String() {
-					return n, nil
-				}
-			}
 			if len(value) > 64 {
 				value = value[:64] + "..."
 			}
@@ -391,9 +385,31 @@ func Identity(key, value string, ipv6Prefix int) (string, error) {
 		}
 		return strings.ToLower(value), nil
 	case CustomerKey:
+		// ext_authz's source_address customer is "ip:" and the address as Address keys
+		// it; any other customer is taken as written.
+		if rest, ok := strings.CutPrefix(value, "ip:"); ok {
+			if a, ok := addressOrNetwork(rest, ipv6Prefix); ok {
+				return "ip:" + a, nil
+			}
+		}
 		return value, nil
 	}
 	return "", ErrNotIdentity
+}
+
+// addressOrNetwork is a, an address or a network as Address writes one, as Address
+// keys it; false for anything else: a network of another length, or with host bits
+// ("2001:db8::9/64"), names no identity.
+func addressOrNetwork(a string, ipv6Prefix int) (string, bool) {
+	if n, ok := Address(a, ipv6Prefix); ok {
+		return n, true
+	}
+	if p, err := netip.ParsePrefix(a); err == nil && p == p.Masked() {
+		if n, ok := Address(p.Addr().String(), ipv6Prefix); ok && n == p.String() {
+			return n, true
+		}
+	}
+	return "", false
 }
 
 // ErrNotIdentity is Identity's answer to a key that names no identity the detectors

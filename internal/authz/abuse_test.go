@@ -820,3 +820,39 @@ func TestInvalidKeysWithAnonymous(t *testing.T) {
 		}
 	})
 }
+
+// TestAbuseAdminAnonymousCustomer: a caller known by its address is the customer
+// ip:NETWORK (IPv6 by its /64), and the spike detector charges it so; the admin API
+// reads and lifts that standing as customer=ip:ADDR by any address of the network, as
+// it reads remote_address. Before, only the network typed exactly was found; another
+// address read "not locked" and DELETE answered "lifted" while the lockout stayed.
+func TestAbuseAdminAnonymousCustomer(t *testing.T) {
+	e := setupWith(t, spikeLimits, abuseYAML("  spike: {window: 1m, half_life: 20m, factor: 4, min: 20, severity: 2}\n")+
+		"identity:\n  - api_key: {}\n  - source_address: true\nanonymous: {plan: free}\n")
+	codes := map[int]int{}
+	for i := 0; i < 60; i++ { // a new caller past min 20 in a minute: a spike
+		codes[status(e.check(t, req("GET", "/v1/items/1", v6(i), nil)))]++
+		e.clock.Add(time.Second / 2)
+	}
+	if codes[403] == 0 {
+		t.Fatalf("60 calls from one /64 in 30 s: %v, want the spike's lockout", codes)
+	}
+	want := e.abuseAdmin(t, "customer=ip:2001:db8:1:2::/64")
+	if !want.Locked || len(want.Detections) != 1 || want.Detections[0].Identity != "customer=ip:2001:db8:1:2::/64" {
+		t.Fatalf("the customer as charged: %+v", want)
+	}
+	for _, spelling := range []string{"ip:" + v6(99), "ip:2001:DB8:1:2::1"} {
+		if a := e.abuseAdmin(t, "customer="+url.QueryEscape(spelling)); !a.Locked || a.Identity != want.Identity || len(a.Detections) != 1 {
+			t.Fatalf("customer=%s: %+v, want %s locked", spelling, a, want.Identity)
+		}
+	}
+	if a := e.abuseAdmin(t, "customer=ip:2001:db8:1:3::1"); a.Locked {
+		t.Fatalf("another /64: %+v", a)
+	}
+	if code, a, body := e.adminCall(t, "DELETE", "domain=edge&descriptor=customer="+url.QueryEscape("ip:"+v6(5))); code != 200 || !a.Lifted {
+		t.Fatalf("DELETE by another address: %d %s", code, body)
+	}
+	if a := e.abuseAdmin(t, "customer=ip:2001:db8:1:2::/64"); a.Locked {
+		t.Fatalf("after the lift: %+v", a)
+	}
+}
