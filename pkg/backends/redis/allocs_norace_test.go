@@ -17,12 +17,13 @@ import (
 // TestApplyAllocs: an Apply of five ops (Envoy's several descriptors) allocates no more
 // than an Apply of one: one script call carrying every key, whose keys go-redis receives
 // as pointers into the call (go-redis's EvalSha boxed each key into an interface{} of its
-// own, one allocation per op). Unbatched, so that the count is the call's own, and
-// without the local cache. A count of mallocs averaged over many calls, independent of
-// load; not under the race detector, whose sync.Pool drops pooled buffers (go-redis's) at
-// random (scripts/test.sh runs it in its stage without -race).
+// own, one allocation per op). Unbatched, so that the count is the call's own; without
+// the eviction watch (its INFO reads would be counted) and the local cache. A count of
+// mallocs averaged over many calls, independent of load; not under the race detector,
+// whose sync.Pool drops pooled buffers (go-redis's) at random (scripts/test.sh runs it in
+// its stage without -race).
 func TestApplyAllocs(t *testing.T) {
-	s := mustOpen(t, "redis://"+testutil.Peer(t, "REDIS_ADDR")+"?batch=false&local_cache=false", backends.Options{Timeout: testTimeout})
+	s := mustOpen(t, "redis://"+testutil.Peer(t, "REDIS_ADDR")+"?batch=false&local_cache=false&watch_interval=0", backends.Options{Timeout: testTimeout})
 	defer s.Close()
 	p := conformance.UniqueKey(t)
 	lim := algorithms.Limit{Requests: 1 << 40, Period: 3_600_000_000}
