@@ -101,6 +101,11 @@ type Store struct {
 	insertSQL, updateSQL string
 	tr                   *http.Transport
 	closed               atomic.Bool
+	// readsPerCall and writesPerCall are set when IAM refused BatchGetItem, or the
+	// PartiQL writes of BatchExecuteStatement: a role written for the store before it
+	// batched grants only GetItem and PutItem, and an upgrade must not turn it into a
+	// store that fails every round. From then on the store reads (writes) key by key.
+	readsPerCall, writesPerCall atomic.Bool
 }
 
 // ParseURL reads dynamodb://TABLE?region=...&endpoint=...&create_table=...&consistent_read=...
@@ -482,6 +487,9 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		s.snapshot(keys[0], out.Item, snaps[0])
 		return nil
 	}
+	if s.readsPerCall.Load() {
+		return s.readEach(ctx, keys, snaps)
+	}
 	at := make(map[string]int, len(keys))
 	for i, k := range keys {
 		at[k] = i
@@ -500,6 +508,11 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 				}
 			}
 			out, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: req})
+			if action, denied := accessDenied(err, "dynamodb:BatchGetItem"); denied {
+				// A read changes nothing: read every key again, one by one.
+				s.fallBack(&s.readsPerCall, "BatchGetItem", action, "GetItem", err)
+				return s.readEach(ctx, keys, snaps)
+			}
 			if err != nil {
 				return classify("dynamodb apply: read", err)
 			}
@@ -516,6 +529,88 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		}
 	}
 	return nil
+}
+
+// readEach reads every key with a GetItem of its own, writeWorkers at once: the path of a
+// role without dynamodb:BatchGetItem.
+func (s *Store) readEach(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	var mu sync.Mutex
+	var first error
+	backends.Spread(len(keys), writeWorkers, func(i int) {
+		sn := snaps[i]
+		sn.Found, sn.Version, sn.Err = false, 0, nil
+		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{
+			TableName:      s.table,
+			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: keys[i]}},
+			ConsistentRead: aws.Bool(s.cfg.ConsistentRead),
+		})
+		if err != nil {
+			mu.Lock()
+			if first == nil {
+				first = classify("dynamodb apply: read", err)
+			}
+			mu.Unlock()
+			return
+		}
+		s.snapshot(keys[i], out.Item, sn)
+	})
+	return first
+}
+
+// PerCall reports whether the store has fallen back from its batched requests to one
+// request per key, reads (BatchGetItem refused) and writes (BatchExecuteStatement's
+// PartiQL writes refused), because the table's IAM policy does not grant them. The
+// decisions are the same either way; the per-call path costs a request per key.
+func (s *Store) PerCall() (reads, writes bool) {
+	return s.readsPerCall.Load(), s.writesPerCall.Load()
+}
+
+// fallBack switches one kind of operation to its per-call path, warning once, naming
+// the IAM action that is missing.
+func (s *Store) fallBack(flag *atomic.Bool, batch, action, single string, err error) {
+	if flag.CompareAndSwap(false, true) {
+		s.log.Warn("dynamodb: the IAM policy does not allow "+batch+"; using one "+single+" per key instead (slower, same decisions) until restarted. Grant "+action+" on the table for the batched path",
+			"missing_action", action, "error", err)
+	}
+}
+
+// notAuthorized is the phrase of IAM's refusals ("User: ... is not authorized to perform:
+// dynamodb:X on resource: ...").
+const notAuthorized = "is not authorized to perform: "
+
+// accessDenied reports whether err is IAM refusing the request (AccessDeniedException,
+// or another code whose message says "not authorized"), and the action it names (or
+// def when the message names none).
+func accessDenied(err error, def string) (string, bool) {
+	var ae smithy.APIError
+	if err == nil || !errors.As(err, &ae) {
+		return "", false
+	}
+	msg := ae.ErrorMessage()
+	switch ae.ErrorCode() {
+	case "AccessDeniedException", "AccessDenied":
+	default:
+		if !strings.Contains(msg, notAuthorized) {
+			return "", false
+		}
+	}
+	return deniedAction(msg, def), true
+}
+
+// deniedAction is the action an IAM refusal's message names, or def.
+func deniedAction(msg, def string) string {
+	i := strings.Index(msg, notAuthorized)
+	if i < 0 {
+		return def
+	}
+	a := msg[i+len(notAuthorized):]
+	if j := strings.IndexAny(a, " ,;"); j >= 0 {
+		a = a[:j]
+	}
+	if !strings.HasPrefix(a, "dynamodb:") || len(a) > 64 {
+		return def
+	}
+	return a
 }
 
 // snapshot decodes the item read at key into sn.
@@ -544,15 +639,23 @@ const maxBatchStatements = 25
 // at the version read), answered on its own, billed as the single write it is. One write
 // alone is a conditional PutItem (Write).
 func (s *Store) WriteBatch(ctx context.Context, writes []*backends.Write) {
-	if len(writes) == 1 {
-		w := writes[0]
-		c := &call{s: s, keyAttr: &types.AttributeValueMemberS{Value: w.Key}, found: w.Snap.Found, version: w.Snap.Version}
-		w.Won, w.Err = c.Write(ctx, w.Key, w.State, w.Now, w.TTL)
+	if len(writes) == 1 || s.writesPerCall.Load() {
+		s.writeEach(ctx, writes)
 		return
 	}
 	n := (len(writes) + maxBatchStatements - 1) / maxBatchStatements
 	backends.Spread(n, writeWorkers, func(i int) {
 		s.writeStatements(ctx, writes[i*maxBatchStatements:min((i+1)*maxBatchStatements, len(writes))])
+	})
+}
+
+// writeEach makes each write with a conditional PutItem of its own, writeWorkers at
+// once: a single write, and the path of a role without the PartiQL write actions.
+func (s *Store) writeEach(ctx context.Context, writes []*backends.Write) {
+	backends.Spread(len(writes), writeWorkers, func(i int) {
+		w := writes[i]
+		c := &call{s: s, keyAttr: &types.AttributeValueMemberS{Value: w.Key}, found: w.Snap.Found, version: w.Snap.Version}
+		w.Won, w.Err = c.Write(ctx, w.Key, w.State, w.Now, w.TTL)
 	})
 }
 
@@ -574,6 +677,12 @@ func (s *Store) writeStatements(ctx context.Context, writes []*backends.Write) {
 			key, &types.AttributeValueMemberN{Value: strconv.FormatInt(w.Snap.Version, 10)}}}
 	}
 	out, err := s.client.BatchExecuteStatement(ctx, &ddb.BatchExecuteStatementInput{Statements: stmts})
+	if action, denied := accessDenied(err, "dynamodb:PartiQLInsert/dynamodb:PartiQLUpdate"); denied {
+		// Refused as a whole: no statement ran. Every write goes again as a PutItem.
+		s.fallBack(&s.writesPerCall, "BatchExecuteStatement's PartiQL writes", action, "PutItem", err)
+		s.writeEach(ctx, writes)
+		return
+	}
 	if err == nil && len(out.Responses) != len(writes) {
 		err = fmt.Errorf("%w: BatchExecuteStatement answered %d of %d statements", backends.ErrUnavailable, len(out.Responses), len(writes))
 	}
@@ -584,11 +693,20 @@ func (s *Store) writeStatements(ctx context.Context, writes []*backends.Write) {
 		}
 		return
 	}
+	// IAM may refuse statement by statement (PartiQLInsert granted, PartiQLUpdate not):
+	// a refused statement wrote nothing, unlike its neighbours, so only it goes again as
+	// a PutItem.
+	var refused []*backends.Write
 	for i, w := range writes {
 		e := out.Responses[i].Error
 		switch {
 		case e == nil:
 			w.Won = true
+		case e.Code == types.BatchStatementErrorCodeEnumAccessDenied:
+			msg := aws.ToString(e.Message)
+			s.fallBack(&s.writesPerCall, "BatchExecuteStatement's PartiQL writes", deniedAction(msg, "dynamodb:PartiQLInsert/dynamodb:PartiQLUpdate"), "PutItem",
+				fmt.Errorf("%s: %s", e.Code, msg))
+			refused = append(refused, w)
 		case e.Code == types.BatchStatementErrorCodeEnumConditionalCheckFailed,
 			e.Code == types.BatchStatementErrorCodeEnumDuplicateItem,
 			e.Code == types.BatchStatementErrorCodeEnumTransactionConflict:
@@ -596,6 +714,9 @@ func (s *Store) writeStatements(ctx context.Context, writes []*backends.Write) {
 		default:
 			w.Err = fmt.Errorf("dynamodb apply: write: %w: %s: %s", backends.ErrUnavailable, e.Code, aws.ToString(e.Message))
 		}
+	}
+	if len(refused) > 0 {
+		s.writeEach(ctx, refused)
 	}
 }
 
