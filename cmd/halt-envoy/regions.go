@@ -92,7 +92,7 @@ func (r *regionFlags) parse() ([]regionStore, error) {
 		seen[name] = true
 		out = append(out, regionStore{name: name, url: url})
 	}
-	if r.share < 0 || r.share > 1 {
+	if !(r.share >= 0 && r.share <= 1) { // NaN too: it would make every share negative
 		return nil, fmt.Errorf("--region-share %s: want a fraction in (0, 1], or 0 for 1 / the number of regions", strconv.FormatFloat(r.share, 'g', -1, 64))
 	}
 	if r.staleAfter < 100*time.Millisecond {

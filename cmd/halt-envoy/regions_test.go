@@ -56,6 +56,7 @@ func TestRegionFlags(t *testing.T) {
 		{[]string{"--region", "eu", "--region-store", "eu=redis://us/0"}, "--region-store #1: eu is this replica's own region"},
 		{[]string{"--region", "eu", "--region-store", "us=redis://a/0", "--region-store", "us=redis://b/0"}, "--region-store #2: region us named twice"},
 		{[]string{"--region", "eu", "--region-store", "us=redis://us/0", "--region-share", "1.5"}, "--region-share 1.5: want a fraction in (0, 1]"},
+		{[]string{"--region", "eu", "--region-store", "us=redis://us/0", "--region-share", "NaN"}, "--region-share NaN: want a fraction in (0, 1]"},
 		{[]string{"--region", "eu", "--region-store", "us=redis://us/0", "--region-stale-after", "10ms"}, "--region-stale-after 10ms: must be at least 100ms"},
 		{[]string{"--region", "eu", "--region-store", "us=redis://us/0", "--region-timeout", "0s"}, "--region-timeout 0s: must be positive"},
 	}

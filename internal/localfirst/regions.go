@@ -141,7 +141,7 @@ func NewRegions(cfg RegionsConfig) *Regions {
 		cfg.StaleAfter = DefaultStaleAfter
 	}
 	share := cfg.Share
-	if share <= 0 || share > 1 {
+	if !(share > 0 && share <= 1) { // NaN too
 		share = 1 / float64(1+len(cfg.Others))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
