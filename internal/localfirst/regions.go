@@ -181,6 +181,7 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 	// between any two reads.
 	stale := max(r.staleAfter, 2*interval)
 	k.mu.Lock()
+	wake := now-k.lastUse > idleAfter.Microseconds() // its reads had stopped (read)
 	k.lastUse = max(k.lastUse, now)
 	var others int64
 	for i := range k.seen {
@@ -194,6 +195,11 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 		others += s.count
 	}
 	k.mu.Unlock()
+	if wake && !r.cfg.Manual {
+		for i := range r.added {
+			r.added[i].Store(true) // read it from the next tick
+		}
+	}
 	requests = max(0, lim.Requests-others)
 	if held {
 		requests = min(requests, r.ShareOf(lim.Requests))
@@ -323,6 +329,13 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 	r.mu.RLock()
 	for _, k := range r.keys {
 		k.mu.Lock()
+		if now-k.lastUse > idleAfter.Microseconds() {
+			// Nobody decided on it for a while (a rule removed, a tenant gone quiet): no
+			// reads until it is used again (Cap wakes the loops), only the sweep's two
+			// windows of memory.
+			k.mu.Unlock()
+			continue
+		}
 		s := &k.seen[i]
 		// A key is read once its interval passed, or within the last quarter of it: the
 		// keys fall into common batches, and a pass over them runs about once an

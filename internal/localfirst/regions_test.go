@@ -143,6 +143,7 @@ func TestRegionsSlidingCounter(t *testing.T) {
 	g.capAt("k", now)
 	g.count(g.b, "b", "k", 600, now)
 	half := now + 90*sec // half-way through the next window: 600 weighs 300
+	g.capAt("k", half)   // used again (a key idle for a minute is not read until it is)
 	if err := g.r.Sync(context.Background(), half); err != nil {
 		t.Fatal(err)
 	}
@@ -235,5 +236,34 @@ func TestRegionsStalenessNeverAnswered(t *testing.T) {
 	}
 	if v := promtest.ToFloat64(g.m.RegionStaleness.WithLabelValues("b")); v != 0 {
 		t.Fatalf("staleness of b, which answered just now: %v s", v)
+	}
+}
+
+// TestRegionsIdleKeysNotRead: a shared key nobody decided on for idleAfter (a rule
+// removed by a reload, a tenant gone quiet) is no longer read from the other regions,
+// though kept until swept (two windows of an hourly or daily limit): it was read every
+// sync_interval until then, a batch op per key to every other region. Used again, it is
+// held to the share until the next read, as a new key is.
+func TestRegionsIdleKeysNotRead(t *testing.T) {
+	g := newRegionRig(t, algorithms.FixedWindow, 0)
+	g.capAt("k", t0)
+	const step = 100_000
+	end := t0 + 2*60*sec - step // before the sweep (two windows of a minute)
+	for now := t0; now < end; now += step {
+		if err := g.r.Sync(context.Background(), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := g.b.ops.Load(); n > idleAfter.Microseconds()/step+2 {
+		t.Fatalf("%d reads of b for a key last used 2 minutes ago, want at most %d (reads stop after %s idle)", n, idleAfter.Microseconds()/step+2, idleAfter)
+	}
+	if _, req, held := g.capAt("k", end); !held || req != 300 {
+		t.Fatalf("used again after idling: %d held %v, want the share, 300, until the next read", req, held)
+	}
+	if err := g.r.Sync(context.Background(), end+step); err != nil {
+		t.Fatal(err)
+	}
+	if _, req, held := g.capAt("k", end+step); held || req != 900 {
+		t.Fatalf("read again: %d held %v, want 900", req, held)
 	}
 }
