@@ -270,6 +270,7 @@ func Run(t *testing.T, open Factory, opt Options) {
 		RunConcurrency(t, open, opt)
 	})
 	t.Run("local_first", func(t *testing.T) { RunLocalFirst(t, open, opt) })
+	t.Run("peek", func(t *testing.T) { RunPeek(t, open, opt) })
 }
 
 // base is a fixed instant far from any epoch-aligned surprise: 2030-01-01T00:00:00Z.

@@ -341,6 +341,21 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	return s.batch.Apply(ctx, now, ops)
 }
 
+// Peek is backends.Peeker: one batched read of the ops' keys, each op decided at cost 0
+// on what was read, nothing written (a missing key stays missing), within the store's
+// timeout.
+func (s *Store) Peek(ctx context.Context, now int64, ops []*backends.Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	if s.closed.Load() {
+		return backends.FailAll(ops, fmt.Errorf("memcached peek: %w: store closed", backends.ErrUnavailable))
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
+	defer cancel()
+	return backends.PeekBatch(ctx, s, s.itemKey, now, ops)
+}
+
 // Rounds is how many rounds the store has run for Apply calls (each one multi-get and
 // its writes): fewer than the calls when concurrent calls shared one.
 func (s *Store) Rounds() uint64 { return s.batch.Rounds() }
