@@ -6,23 +6,23 @@ import (
 	"github.com/halt-envoy/halt-envoy/pkg/algorithms"
 )
 
-// Peeker is a store that can read a key's decision without writing anything: what a
+// Peeker is a store that can read (PeekOps) a key's decision without writing anything: what a
 // region reads of another region's sub-counters when the store's own replication (a
 // DynamoDB global table) carries them into this region's store. A cost-0 Apply may write
 // (it creates a missing key's state, or rolls a window forward), and a write to a key
 // another region owns would fight the replication that carries its counts: on a global
 // table the last writer wins, so such a write could erase the owner's hits.
 type Peeker interface {
-	// Peek fills each op's Result (or Err) as a cost-0 Apply at now would, whatever the
+	// PeekOps fills each op's Result (or Err) as a cost-0 Apply at now would, whatever the
 	// op's Cost, computed with the pure algorithms from the state the store holds, and
 	// writes nothing: a missing key reads as a fresh state and stays missing. It keeps
 	// Apply's contract on answers (every op answered; an error exactly when some op has
 	// one) and Apply's timeout. The read need not be strongly consistent: its caller
 	// reads counts that another region's replication is carrying anyway.
-	Peek(ctx context.Context, now int64, ops []*Op) error
+	PeekOps(ctx context.Context, now int64, ops []*Op) error
 }
 
-// PeekBatch is Peek for a compare-and-swap store: one ReadBatch of the ops' distinct
+// PeekBatch is PeekOps for a compare-and-swap store: one ReadBatch of the ops' distinct
 // keys (named in the store by key), then each op decided at cost 0 on a copy of what was
 // read. Nothing is written.
 func PeekBatch(ctx context.Context, io BatchIO, key func(string) string, now int64, ops []*Op) error {

@@ -12,7 +12,7 @@ import (
 )
 
 // RunPeek checks a store that implements backends.Peeker (skipped on one that does not):
-// every Peek answers as a cost-0 Apply at its time would, whatever the op's Cost, and
+// every PeekOps answers as a cost-0 Apply at its time would, whatever the op's Cost, and
 // writes nothing. The writing is caught by what follows: the timeline's ops are decided
 // by the pure algorithms as if no Peek had happened, and the Peeks are sent at later
 // times than the ops after them (a Peek that rolled a window forward, or moved a key's
@@ -97,7 +97,7 @@ func RunPeek(t *testing.T, open Factory, opt Options) {
 func peekAll(p backends.Peeker, now int64, ops []*backends.Op) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := p.Peek(ctx, now, ops); err != nil {
+	if err := p.PeekOps(ctx, now, ops); err != nil {
 		return err
 	}
 	for _, op := range ops {

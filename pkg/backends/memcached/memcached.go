@@ -341,10 +341,10 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	return s.batch.Apply(ctx, now, ops)
 }
 
-// Peek is backends.Peeker: one batched read of the ops' keys, each op decided at cost 0
+// PeekOps is backends.Peeker: one batched read of the ops' keys, each op decided at cost 0
 // on what was read, nothing written (a missing key stays missing), within the store's
 // timeout.
-func (s *Store) Peek(ctx context.Context, now int64, ops []*backends.Op) error {
+func (s *Store) PeekOps(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil
 	}

@@ -89,6 +89,28 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 	return nil
 }
 
+// PeekOps is backends.Peeker: each op decided at cost 0 on a copy of its key's state,
+// nothing stored (a missing key stays missing, an entry's expiry is left as it is).
+func (s *Store) PeekOps(_ context.Context, now int64, ops []*backends.Op) error {
+	if s.closed.Load() {
+		return backends.FailAll(ops, backends.ErrUnavailable)
+	}
+	for _, op := range ops {
+		sh, h := s.shardFor(op.Key)
+		sh.mu.Lock()
+		var st algorithms.State
+		slot, _, ok := sh.find(op.Key, h)
+		if ok {
+			st = sh.load(slot)
+			st.Log = append([]algorithms.Entry(nil), st.Log...) // the shard's: Decide must not touch it
+		}
+		sh.mu.Unlock()
+		lim := op.Limit
+		op.Result, op.Err = algorithms.Decide(op.Algorithm, &st, now, &lim, 0), nil
+	}
+	return nil
+}
+
 func (s *Store) apply(now int64, op *backends.Op) algorithms.Result {
 	sh, h := s.shardFor(op.Key)
 	sh.mu.Lock()
