@@ -23,11 +23,18 @@ const DefaultStaleAfter = time.Second
 // limit key's entries escape '@', so no limit key holds it by chance.
 const regionTag = backends.RegionTag
 
-// Region is another region of the deployment: its name and its store, which this region
-// only reads (cost-0 ops).
+// Region is another region of the deployment: its name and where its sub-counters are
+// read, which this region never counts in.
 type Region struct {
-	Name  string
+	Name string
+	// Store is the region's own store, read with cost-0 ops (which may write: start a
+	// key's window state, as any cost-0 Apply may). Used when Peek is nil.
 	Store backends.Store
+	// Peek, when set, reads the region's sub-counters where the store's own replication
+	// brings them (a DynamoDB global table: this region's store), with reads that never
+	// write: a write there would race the replication of the owner's counts, and on a
+	// global table the last writer wins.
+	Peek backends.Peeker
 }
 
 // RegionsConfig wires Regions.
@@ -58,7 +65,8 @@ type RegionsConfig struct {
 // region counts its own hits in its own store, under the limit's key tagged with its
 // name (a grow-only counter per region and window, so regions never write the same
 // key), and reads the other regions' counters in the background, one batch of cost-0
-// ops per region every sync_interval. A decision is the region's own op with the limit
+// ops per region every sync_interval (from the region's store, or, where the store's
+// replication carries them, from this region's own with reads that never write). A decision is the region's own op with the limit
 // less the other regions' counts as last read (Cap): the request path never waits on
 // another region. docs/consistency.md states and proves the bound. It is safe for
 // concurrent use.
@@ -372,7 +380,12 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 	for j := range batch {
 		ops[j] = &batch[j].op
 	}
-	err := r.cfg.Others[i].Store.Apply(ctx, now, ops)
+	var err error
+	if p := r.cfg.Others[i].Peek; p != nil {
+		err = p.PeekOps(ctx, now, ops)
+	} else {
+		err = r.cfg.Others[i].Store.Apply(ctx, now, ops)
+	}
 	failed := 0
 	for j := range batch {
 		d := &batch[j]

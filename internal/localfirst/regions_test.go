@@ -34,7 +34,7 @@ func newRegionRig(t *testing.T, alg algorithms.Algorithm, maxKeys int) *regionRi
 	}
 	g := &regionRig{t: t, b: mk(), c: mk(), m: metrics.New(nil), alg: alg,
 		lim: algorithms.Limit{Requests: 900, Period: 60 * sec}, bounds: sec}
-	g.r = NewRegions(RegionsConfig{Local: "a", Others: []Region{{"b", g.b}, {"c", g.c}}, Metrics: g.m, MaxKeys: maxKeys, Manual: true})
+	g.r = NewRegions(RegionsConfig{Local: "a", Others: []Region{{Name: "b", Store: g.b}, {Name: "c", Store: g.c}}, Metrics: g.m, MaxKeys: maxKeys, Manual: true})
 	return g
 }
 
