@@ -352,6 +352,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 		return fmt.Errorf("open store: %w", backends.Redact(err))
 	}
 	defer store.Close()
+	ownStore := store // the regions replicated into it are read here, past any cache
 	checkStoreFit(ctx, f.store, storeOpt, f.envoyTimeout, store, log)
 	switch s := store.(type) {
 	case *memory.Store:
@@ -430,7 +431,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if err != nil {
 		return err
 	}
-	regions, closeRegions, err := f.regions.open(ctx, others, storeOpt, clock.Now, m, log)
+	regions, closeRegions, err := f.regions.open(ctx, others, ownStore, f.store, storeOpt, clock.Now, m, log)
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ const DefaultRegionTimeout = time.Second
 
 func (r *regionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.region, "region", "", "this replica's region (lower-case letters, digits, - and _): with --region-store, limits with rate_limit.regions: shared are one limit for every region; this region counts its hits in --store")
-	fs.Var(&r.stores, "region-store", "another region's store, NAME=URL (repeat the flag for each region; in HALT_REGION_STORE separate them with spaces): read in the background every sync_interval with ops that count nothing")
+	fs.Var(&r.stores, "region-store", "another region's store, NAME=URL (repeat the flag for each region; in HALT_REGION_STORE separate them with spaces): read in the background every sync_interval with ops that count nothing; NAME="+replicatedStore+" when the store's own replication brings that region's counts into --store (a DynamoDB global table): read there with reads that never write")
 	fs.Float64Var(&r.share, "region-share", 0, "the fraction of a shared limit this region may count while another region's counts are stale (a partition), in (0, 1]; 0 = 1 / the number of regions")
 	fs.DurationVar(&r.staleAfter, "region-stale-after", localfirst.DefaultStaleAfter, "how old another region's counts may be before this region is held to its --region-share of a shared limit")
 	fs.DurationVar(&r.timeout, "region-timeout", DefaultRegionTimeout, "the timeout of a read of another region's store (unless its URL sets timeout=)")
@@ -52,7 +52,12 @@ func (r *regionFlags) register(fs *flag.FlagSet) {
 
 var regionName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 
-// regionStore is one other region as declared.
+// replicatedStore is the URL of --region-store NAME=replicated: the region's counts
+// reach this region's own store by the store's replication (a DynamoDB global table).
+const replicatedStore = "replicated"
+
+// regionStore is one other region as declared; url is replicatedStore for a region read
+// in this region's own store.
 type regionStore struct{ name, url string }
 
 // parse checks the flags whole and returns the other regions, nil for a deployment of
@@ -116,8 +121,10 @@ func (r *regionFlags) secrets() []string {
 }
 
 // open opens the other regions' stores and returns the Regions, nil for one region,
-// and what closes the stores.
-func (r *regionFlags) open(ctx context.Context, others []regionStore, opt backends.Options, now func() time.Time, m *metrics.Metrics, log *slog.Logger) (*localfirst.Regions, func(), error) {
+// and what closes the stores. own is this region's store as opened from --store (no
+// cache in front): a region declared NAME=replicated is read there, with reads that
+// never write, and is refused when that store cannot read so.
+func (r *regionFlags) open(ctx context.Context, others []regionStore, own backends.Store, ownURL string, opt backends.Options, now func() time.Time, m *metrics.Metrics, log *slog.Logger) (*localfirst.Regions, func(), error) {
 	if len(others) == 0 {
 		return nil, func() {}, nil
 	}
@@ -125,10 +132,21 @@ func (r *regionFlags) open(ctx context.Context, others []regionStore, opt backen
 	var regs []localfirst.Region
 	closeAll := func() {
 		for _, g := range regs {
-			_ = g.Store.Close()
+			if g.Store != nil {
+				_ = g.Store.Close()
+			}
 		}
 	}
 	for _, o := range others {
+		if o.url == replicatedStore {
+			p, ok := own.(backends.Peeker)
+			if !ok {
+				closeAll()
+				return nil, nil, fmt.Errorf("--region-store %s=%s: this region's store (--store, %s) cannot read another region's counts without writing, and a write would race the replication that brings them; replicated regions need a store that can (DynamoDB, a global table: docs/consistency.md)", o.name, replicatedStore, storeKind(ownURL))
+			}
+			regs = append(regs, localfirst.Region{Name: o.name, Peek: p})
+			continue
+		}
 		st, err := all.Open(ctx, o.url, opt)
 		if err != nil {
 			closeAll()

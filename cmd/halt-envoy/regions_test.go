@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,7 +15,10 @@ import (
 
 	rlspb "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
+	"github.com/halt-envoy/halt-envoy/internal/metrics"
 	"github.com/halt-envoy/halt-envoy/internal/testutil"
+	"github.com/halt-envoy/halt-envoy/pkg/backends"
+	"github.com/halt-envoy/halt-envoy/pkg/backends/memory"
 )
 
 // TestRegionFlags: the regions are declared by flags or HALT_* variables, checked
@@ -142,4 +147,106 @@ descriptors:
 	}
 	a.Term(t, 20*time.Second)
 	b.Term(t, 20*time.Second)
+}
+
+// TestRegionReplicatedFlag: --region-store NAME=replicated reads that region's counts in
+// this region's own store, with reads that never write; a store that cannot read so is
+// refused at start, naming the flag.
+func TestRegionReplicatedFlag(t *testing.T) {
+	f, err := parseServe([]string{"--region", "eu", "--region-store", "us=replicated", "--region-store", "ap=replicated"}, &bytes.Buffer{}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	others, err := f.regions.parse()
+	if err != nil || len(others) != 2 || others[0] != (regionStore{"us", replicatedStore}) {
+		t.Fatalf("parse: %v %v", others, err)
+	}
+	mem := memory.New(memory.Config{SweepInterval: -1})
+	defer mem.Close()
+	log := slog.New(slog.DiscardHandler)
+	regions, closeAll, err := f.regions.open(context.Background(), others, mem, "memory://", backends.Options{}, time.Now, metrics.New(nil), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	regions.Close()
+	closeAll() // closes no store: the replicated regions' is this region's own
+	if err := mem.Ping(context.Background()); err != nil {
+		t.Fatalf("closing the regions closed this region's own store: %v", err)
+	}
+	// A store behind a cache that cannot peek stands for Redis and PostgreSQL here.
+	_, _, err = f.regions.open(context.Background(), others, backends.NewLocalCache(mem, 1<<20), "redis://x:6379/0", backends.Options{}, time.Now, metrics.New(nil), log)
+	if err == nil || !strings.Contains(err.Error(), "--region-store us=replicated: this region's store (--store, redis) cannot read") {
+		t.Fatalf("a store that cannot peek: %v", err)
+	}
+}
+
+// TestRegionsReplicatedThroughBinary: two halt-envoy processes, regions a and b, on one
+// DynamoDB table (DynamoDB Local has no global tables: one table is what each region's
+// replica holds once replication caught up), each declaring the other
+// --region-store NAME=replicated: a limit of 10 a minute shared by both admits 10 in all.
+func TestRegionsReplicatedThroughBinary(t *testing.T) {
+	endpoint := testutil.Peer(t, "DYNAMODB_ENDPOINT")
+	dir := t.TempDir()
+	writeConfig(t, dir, "r.yaml", `domain: rg
+descriptors:
+  - key: tenant
+    rate_limit: {unit: minute, requests_per_unit: 10, regions: shared, sync_interval: 100ms}
+`)
+	prefix := fmt.Sprintf("rg-ddb-%d:", time.Now().UnixNano())
+	store := "dynamodb://halt_test?region=us-east-1&access_key_id=test&secret_access_key=test&endpoint=" + url.QueryEscape(endpoint)
+	common := []string{"--config", dir, "--store", store, "--store-key-prefix", prefix, "--store-timeout", "10s", "--failure-mode", "error"}
+	a := start(t, append(common, "--region", "a", "--region-store", "b=replicated")...)
+	b := start(t, append(common, "--region", "b", "--region-store", "a=replicated")...)
+	call := func(p *process) bool {
+		t.Helper()
+		r, err := rlspb.NewRateLimitServiceClient(p.client(t)).ShouldRateLimit(context.Background(), rlReq("rg", "tenant", "t1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.OverallCode == rlspb.RateLimitResponse_OK
+	}
+	admitted := 0
+	for range 4 {
+		if call(a) {
+			admitted++
+		}
+	}
+	if !call(b) {
+		t.Fatal("b's first call refused")
+	}
+	admitted++
+	testutil.WaitFor(t, 20*time.Second, func() bool {
+		v, ok := regionMetric(b, `halt_region_staleness_seconds{region="a"}`)
+		return ok && v < 1
+	})
+	for range 10 {
+		if call(b) {
+			admitted++
+		}
+	}
+	if admitted != 10 {
+		t.Errorf("a and b admitted %d of a shared 10", admitted)
+	}
+	if v, _ := regionMetric(b, `halt_region_read_errors_total{region="a"}`); v != 0 {
+		t.Errorf("b failed %v reads of a", v)
+	}
+	a.Term(t, 20*time.Second)
+	b.Term(t, 20*time.Second)
+}
+
+// regionMetric reads one sample of p's /metrics.
+func regionMetric(p *process, name string) (float64, bool) {
+	resp, err := http.Get("http://" + p.HTTPAddr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
+			return v, true
+		}
+	}
+	return 0, false
 }

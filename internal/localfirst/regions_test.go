@@ -267,3 +267,41 @@ func TestRegionsIdleKeysNotRead(t *testing.T) {
 		t.Fatalf("read again: %d held %v, want 900", req, held)
 	}
 }
+
+// TestRegionsPeek: a region whose sub-counters the store's own replication brings into
+// this region's store (a DynamoDB global table) is read there with reads that never
+// write: its counts are read as they are, and a key it never counted stays absent. The
+// same reads as cost-0 Applies create that key (what a write to a replicated table must
+// not do: it would race the owner's counts).
+func TestRegionsPeek(t *testing.T) {
+	mem := memory.New(memory.Config{SweepInterval: -1})
+	t.Cleanup(func() { mem.Close() })
+	alg, lim := algorithms.FixedWindow, algorithms.Limit{Requests: 900, Period: 60 * sec}
+	op := &backends.Op{Key: "k" + regionTag + "b", Algorithm: alg, Limit: lim, Cost: 200}
+	if err := mem.Apply(context.Background(), t0, []*backends.Op{op}); err != nil {
+		t.Fatal(err)
+	}
+	for _, peek := range []bool{true, false} {
+		reg := Region{Name: "b", Store: mem}
+		if peek {
+			reg = Region{Name: "b", Peek: mem}
+		}
+		r := NewRegions(RegionsConfig{Local: "a", Others: []Region{reg}, Manual: true})
+		for _, key := range []string{"k", "j"} {
+			r.Cap(key, alg, lim, 100_000, t0)
+		}
+		if err := r.Sync(context.Background(), t0); err != nil {
+			t.Fatal(err)
+		}
+		if _, req, held := r.Cap("k", alg, lim, 100_000, t0); req != 700 || held {
+			t.Fatalf("peek %v: after reading 200: %d held %v, want 700", peek, req, held)
+		}
+		if n, at, ok := r.Seen("j", "b"); !ok || n != 0 || at != t0 {
+			t.Fatalf("peek %v: Seen j: %d %d %v, want 0 read at t0", peek, n, at, ok)
+		}
+		if want := map[bool]int{true: 1, false: 2}[peek]; mem.Len() != want {
+			t.Fatalf("peek %v: the store holds %d keys after the reads, want %d", peek, mem.Len(), want)
+		}
+		r.Close()
+	}
+}
