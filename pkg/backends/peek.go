@@ -22,10 +22,16 @@ type Peeker interface {
 	PeekOps(ctx context.Context, now int64, ops []*Op) error
 }
 
+// BatchReader is the read half of BatchIO, all PeekBatch needs.
+type BatchReader interface {
+	// ReadBatch is BatchIO's.
+	ReadBatch(ctx context.Context, keys []string, snaps []*Snapshot) error
+}
+
 // PeekBatch is PeekOps for a compare-and-swap store: one ReadBatch of the ops' distinct
 // keys (named in the store by key), then each op decided at cost 0 on a copy of what was
 // read. Nothing is written.
-func PeekBatch(ctx context.Context, io BatchIO, key func(string) string, now int64, ops []*Op) error {
+func PeekBatch(ctx context.Context, io BatchReader, key func(string) string, now int64, ops []*Op) error {
 	if len(ops) == 0 {
 		return nil
 	}

@@ -453,7 +453,10 @@ func (s *Store) Apply(ctx context.Context, now int64, ops []*backends.Op) error 
 
 // PeekOps is backends.Peeker: one batched read of the ops' keys, each op decided at cost 0
 // on what was read, nothing written (a missing key stays missing), within the store's
-// timeout.
+// timeout. The reads are eventually consistent (half the read capacity of a strongly
+// consistent one) whatever consistent_read says: what they read of another region's
+// counts arrives by replication, already later than its owner wrote it, and nothing is
+// written back on what was read.
 func (s *Store) PeekOps(ctx context.Context, now int64, ops []*backends.Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -463,7 +466,7 @@ func (s *Store) PeekOps(ctx context.Context, now int64, ops []*backends.Op) erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opt.Timeout)
 	defer cancel()
-	return backends.PeekBatch(ctx, s, s.key, now, ops)
+	return backends.PeekBatch(ctx, eventualReads{s}, s.key, now, ops)
 }
 
 // Rounds is how many rounds the store has run for Apply calls (each one batched read
@@ -480,6 +483,14 @@ func (s *Store) one() (backends.Versioned, func()) {
 	}
 }
 
+// eventualReads reads a batch with eventually consistent reads (PeekOps).
+type eventualReads struct{ s *Store }
+
+// ReadBatch is Store.ReadBatch with eventually consistent reads.
+func (e eventualReads) ReadBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	return e.s.readBatch(ctx, keys, snaps, false)
+}
+
 // maxBatchGet is BatchGetItem's limit on keys per request.
 const maxBatchGet = 100
 
@@ -487,6 +498,11 @@ const maxBatchGet = 100
 // key with GetItem), strongly consistent unless consistent_read=false, asking again for
 // what DynamoDB leaves unprocessed.
 func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+	return s.readBatch(ctx, keys, snaps, s.cfg.ConsistentRead)
+}
+
+// readBatch is ReadBatch, strongly consistent or not as consistent says.
+func (s *Store) readBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot, consistent bool) error {
 	for _, sn := range snaps {
 		sn.Found, sn.Version, sn.Err = false, 0, nil
 	}
@@ -494,7 +510,7 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{
 			TableName:      s.table,
 			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: keys[0]}},
-			ConsistentRead: aws.Bool(s.cfg.ConsistentRead),
+			ConsistentRead: aws.Bool(consistent),
 		})
 		if err != nil {
 			return classify("dynamodb apply: read", err)
@@ -503,7 +519,7 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		return nil
 	}
 	if s.readsPerCall.Load() {
-		return s.readEach(ctx, keys, snaps)
+		return s.readEach(ctx, keys, snaps, consistent)
 	}
 	at := make(map[string]int, len(keys))
 	for i, k := range keys {
@@ -515,7 +531,7 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		for i, k := range part {
 			want[i] = map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: k}}
 		}
-		req := map[string]types.KeysAndAttributes{*s.table: {Keys: want, ConsistentRead: aws.Bool(s.cfg.ConsistentRead)}}
+		req := map[string]types.KeysAndAttributes{*s.table: {Keys: want, ConsistentRead: aws.Bool(consistent)}}
 		for attempt := 0; len(req) > 0; attempt++ {
 			if attempt > 0 {
 				if err := s.cas.Backoff.Wait(ctx, attempt); err != nil {
@@ -526,7 +542,7 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 			if action, denied := accessDenied(err, "dynamodb:BatchGetItem"); denied {
 				// A read changes nothing: read every key again, one by one.
 				s.fallBack(&s.readsPerCall, "BatchGetItem", action, "GetItem", err)
-				return s.readEach(ctx, keys, snaps)
+				return s.readEach(ctx, keys, snaps, consistent)
 			}
 			if err != nil {
 				return classify("dynamodb apply: read", err)
@@ -548,7 +564,7 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 
 // readEach reads every key with a GetItem of its own, writeWorkers at once: the path of a
 // role without dynamodb:BatchGetItem.
-func (s *Store) readEach(ctx context.Context, keys []string, snaps []*backends.Snapshot) error {
+func (s *Store) readEach(ctx context.Context, keys []string, snaps []*backends.Snapshot, consistent bool) error {
 	var mu sync.Mutex
 	var first error
 	backends.Spread(len(keys), writeWorkers, func(i int) {
@@ -557,7 +573,7 @@ func (s *Store) readEach(ctx context.Context, keys []string, snaps []*backends.S
 		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{
 			TableName:      s.table,
 			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: keys[i]}},
-			ConsistentRead: aws.Bool(s.cfg.ConsistentRead),
+			ConsistentRead: aws.Bool(consistent),
 		})
 		if err != nil {
 			mu.Lock()
