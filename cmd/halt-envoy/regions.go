@@ -155,7 +155,7 @@ func (r *regionFlags) open(ctx context.Context, others []regionStore, own backen
 		regs = append(regs, localfirst.Region{Name: o.name, Store: st})
 	}
 	regions := localfirst.NewRegions(localfirst.RegionsConfig{Local: r.region, Others: regs, Share: r.share,
-		StaleAfter: r.staleAfter, Now: now, Metrics: m, Logger: log})
+		StaleAfter: r.staleAfter, Now: now, Metrics: m, Logger: log, Heartbeat: own})
 	log.Info("regions: limits with regions: shared are one limit for every region", "region", r.region,
 		"others", len(regs), "share", regions.Share(), "stale_after", r.staleAfter)
 	return regions, closeAll, nil

@@ -59,7 +59,35 @@ type RegionsConfig struct {
 	MaxKeys int
 	// Manual leaves the reads to the caller (Sync), for tests on a fake clock.
 	Manual bool
+	// Heartbeat is this region's own store. When set and some region is read by Peek
+	// (replicated), this region writes its heartbeat there (HeartbeatKey) every half
+	// stale bound, and a replicated region's counts are as fresh as its heartbeat as
+	// read: a replication outage leaves the local replica answering, and only the
+	// heartbeat's age shows that the counts stopped arriving.
+	Heartbeat backends.Store
+	// ClockSkew is how far apart the regions' clocks may be: a heartbeat holds the
+	// writer's clock, so a region's counts are stale once its heartbeat is older than
+	// the stale bound plus this. 0 means DefaultClockSkew.
+	ClockSkew time.Duration
 }
+
+// DefaultClockSkew is the clock skew allowed between regions' heartbeats: NTP keeps
+// cloud hosts within milliseconds; this leaves room for a host that lost sync for a
+// while, at the cost of seeing a replication outage that much later.
+const DefaultClockSkew = 250 * time.Millisecond
+
+// HeartbeatKey is the store key of region's heartbeat: a fixed_window counter over
+// heartbeatPeriod whose count is the writer's clock, in heartbeatUnit since the window's
+// start. A limit key's entries escape '@', so no limit key is one.
+func HeartbeatKey(region string) string { return "@region-heartbeat:" + region }
+
+// heartbeatPeriod is the heartbeat counter's window: the longest period a store takes
+// (about 100 years), so that the count (the time) never starts again at 0 in practice.
+const heartbeatPeriod = algorithms.MaxPeriod
+
+// heartbeatUnit is the heartbeat's resolution (us): 100 years of it fit in
+// algorithms.MaxRequests.
+const heartbeatUnit = int64(10 * time.Millisecond / time.Microsecond)
 
 // Regions keeps the limits shared by several regions (rate_limit.regions: shared): each
 // region counts its own hits in its own store, under the limit's key tagged with its
@@ -90,6 +118,12 @@ type Regions struct {
 	closed   atomic.Bool
 	sweepMu  sync.Mutex
 	lastScan int64
+
+	skew      int64        // us
+	beating   bool         // a heartbeat is written (Heartbeat set, some region replicated)
+	beatEvery int64        // us
+	beatMu    sync.Mutex   // one heartbeat write at a time
+	lastBeat  atomic.Int64 // when this region's heartbeat was last written (us)
 }
 
 type atomicTime struct {
@@ -127,8 +161,9 @@ type sharedKey struct {
 type reading struct {
 	count  int64 // its count (fixed_window) or weighted count (sliding_window_counter)
 	window int64 // the fixed window the count belongs to
-	at     int64 // when the read was sent (us); 0: never answered
+	at     int64 // how fresh its count is (us): when the read was sent, or, for a replicated region, its heartbeat as read; 0: never answered
 	sent   int64 // when the last read was sent (us)
+	readAt int64 // when the read that set count was sent (us)
 }
 
 // NewRegions returns the Regions of cfg; the reads start with the first shared key.
@@ -152,10 +187,71 @@ func NewRegions(cfg RegionsConfig) *Regions {
 	if !(share > 0 && share <= 1) { // NaN too
 		share = 1 / float64(1+len(cfg.Others))
 	}
+	if cfg.ClockSkew <= 0 {
+		cfg.ClockSkew = DefaultClockSkew
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Regions{cfg: cfg, share: share, staleAfter: cfg.StaleAfter.Microseconds(), ctx: ctx, cancel: cancel,
+	r := &Regions{cfg: cfg, share: share, staleAfter: cfg.StaleAfter.Microseconds(), ctx: ctx, cancel: cancel,
 		keys: make(map[string]*sharedKey), lastOK: make([]atomicTime, len(cfg.Others)), firstAt: make([]atomic.Int64, len(cfg.Others)), stop: make(chan struct{}),
-		due: make([]atomic.Int64, len(cfg.Others)), added: make([]atomic.Bool, len(cfg.Others))}
+		due: make([]atomic.Int64, len(cfg.Others)), added: make([]atomic.Bool, len(cfg.Others)),
+		skew: cfg.ClockSkew.Microseconds(), beatEvery: max(1, cfg.StaleAfter.Microseconds()/2)}
+	for _, o := range cfg.Others {
+		if o.Peek != nil && cfg.Heartbeat != nil {
+			r.beating = true
+		}
+	}
+	if r.beating && !cfg.Manual {
+		// From the start, not with the first shared key: the other regions hold their
+		// share of every shared limit while this region's heartbeat is missing, whether
+		// or not this region serves the limit.
+		r.wg.Add(1)
+		go r.beatLoop()
+	}
+	return r
+}
+
+// beatLoop writes this region's heartbeat every half stale bound until Close.
+func (r *Regions) beatLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		now := r.cfg.Now().UnixMicro()
+		if last := r.lastBeat.Load(); now-last < r.beatEvery && now >= last {
+			continue
+		}
+		_ = r.beat(r.ctx, now)
+	}
+}
+
+// beat writes this region's heartbeat at now (us): its count is raised to now's time in
+// heartbeatUnit (a cost-0 op reads it, then one op adds the difference with the limit at
+// that time, so that two replicas of this region racing never raise it past the later
+// one's clock: the op that would is refused and counts nothing).
+func (r *Regions) beat(ctx context.Context, now int64) error {
+	r.beatMu.Lock()
+	defer r.beatMu.Unlock()
+	target := (now - algorithms.WindowStart(now, heartbeatPeriod)) / heartbeatUnit
+	key := HeartbeatKey(r.cfg.Local)
+	read := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: heartbeatPeriod}}
+	if err := r.cfg.Heartbeat.Apply(ctx, now, []*backends.Op{read}); err != nil {
+		r.cfg.Logger.Debug("writing this region's heartbeat failed", "err", err)
+		return err
+	}
+	if c := read.Result.Limit - read.Result.Remaining; target > c {
+		op := &backends.Op{Key: key, Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: target, Period: heartbeatPeriod}, Cost: target - c}
+		if err := r.cfg.Heartbeat.Apply(ctx, now, []*backends.Op{op}); err != nil {
+			r.cfg.Logger.Debug("writing this region's heartbeat failed", "err", err)
+			return err
+		}
+	}
+	r.lastBeat.Store(now)
+	return nil
 }
 
 // Local is this region's name.
@@ -311,10 +407,14 @@ func (r *Regions) loop(i int) {
 	}
 }
 
-// Sync reads every other region's counts due at now (us), one region after the other,
-// and returns the first error. The background loops do the same, one per region.
+// Sync writes this region's heartbeat (when one is written), then reads every other
+// region's counts due at now (us), one region after the other, and returns the first
+// error. The background loops do the same, one per region and one for the heartbeat.
 func (r *Regions) Sync(ctx context.Context, now int64) error {
 	var first error
+	if r.beating {
+		first = r.beat(ctx, now)
+	}
 	for i := range r.cfg.Others {
 		if err := r.read(ctx, i, now); err != nil && first == nil {
 			first = err
@@ -376,13 +476,38 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 		return nil
 	}
 	r.firstAt[i].CompareAndSwap(0, now)
-	ops := make([]*backends.Op, len(batch))
+	ops := make([]*backends.Op, len(batch), len(batch)+1)
 	for j := range batch {
 		ops[j] = &batch[j].op
 	}
 	var err error
+	fresh := now // how fresh the counts read are (us)
+	var hbErr error
 	if p := r.cfg.Others[i].Peek; p != nil {
+		var hb *backends.Op
+		if r.beating {
+			// The counts came by replication: they are as fresh as the region's
+			// heartbeat that came with them, read in the same batch.
+			hb = &backends.Op{Key: HeartbeatKey(name), Algorithm: algorithms.FixedWindow, Limit: algorithms.Limit{Requests: algorithms.MaxRequests, Period: heartbeatPeriod}}
+			ops = append(ops, hb)
+		}
 		err = p.PeekOps(ctx, now, ops)
+		ops = ops[:len(batch)]
+		if hb != nil {
+			fresh = 0 // never written, or unread: as stale as a region never read
+			if hb.Err == nil {
+				if c := hb.Result.Limit - hb.Result.Remaining; c > 0 {
+					// The allowance for clock skew: a heartbeat may be stamped by a clock
+					// behind this one. Never fresher than this read.
+					fresh = min(now, algorithms.WindowStart(now, heartbeatPeriod)+c*heartbeatUnit+r.skew)
+				}
+			} else {
+				hbErr = hb.Err
+			}
+			if fresh < now-r.staleAfter {
+				r.cfg.Logger.Debug("another region's heartbeat is old: its replication may have stopped; holding its shared limits to this region's share", "region", name, "heartbeat_age", time.Duration(now-fresh)*time.Microsecond)
+			}
+		}
 	} else {
 		err = r.cfg.Others[i].Store.Apply(ctx, now, ops)
 	}
@@ -396,9 +521,9 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 		res := &d.op.Result
 		d.k.mu.Lock()
 		s := &d.k.seen[i]
-		if now >= s.at {
+		if now >= s.readAt {
 			// Counts only grow in a window; a read sent later is never older.
-			s.count, s.window, s.at = res.Limit-res.Remaining, algorithms.WindowStart(now, d.k.period), now
+			s.count, s.window, s.at, s.readAt = res.Limit-res.Remaining, algorithms.WindowStart(now, d.k.period), fresh, now
 		}
 		d.k.mu.Unlock()
 	}
@@ -410,7 +535,15 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 		r.cfg.Logger.Debug("reading another region's counts failed; deciding on the last ones read", "region", name, "keys", failed, "err", err)
 		return err
 	}
-	r.lastOK[i].set(now)
+	if hbErr != nil {
+		m.RegionReadErrors.WithLabelValues(name).Inc()
+		r.cfg.Logger.Debug("reading another region's heartbeat failed; holding its shared limits to this region's share", "region", name, "err", hbErr)
+		return hbErr
+	}
+	if fresh == 0 {
+		return nil // answered, but no heartbeat: its counts stay as stale as never read
+	}
+	r.lastOK[i].set(fresh)
 	return nil
 }
 
