@@ -168,6 +168,7 @@ type region struct {
 	eng     *engine.Engine
 	regions *localfirst.Regions
 	m       *metrics.Metrics
+	also    []*localfirst.Regions // synced with it in window (a region with no engine: its heartbeat)
 }
 
 var debugRegions = false
@@ -269,6 +270,11 @@ func window(t *testing.T, clock *fakeClock, a, b *region, start time.Time, at ti
 			for _, r := range []*region{a, b} {
 				if err := r.eng.SyncRegions(context.Background()); err != nil && debugRegions {
 					t.Logf("%s at %v: %v", r.name, clock.Now().Sub(start), err)
+				}
+				for _, x := range r.also {
+					if err := x.Sync(context.Background(), clock.Now().UnixMicro()); err != nil && debugRegions {
+						t.Logf("%s at %v: %v", x.Local(), clock.Now().Sub(start), err)
+					}
 				}
 			}
 		}
