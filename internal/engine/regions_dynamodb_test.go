@@ -196,7 +196,8 @@ func soloWindow(t *testing.T, clock *fakeClock, a *region, start time.Time, runn
 // heartbeat, only a takes traffic), a takes the whole limit in a window and is not held;
 // once b's heartbeat stops (b's halt stopped, or its writes stopped reaching a's
 // replica: the same to a), a is held to its share (a third) in the next window and
-// b's staleness shows it, though every read of a's replica answers.
+// b's staleness shows it, though every read of a's replica answers; once b heartbeats
+// again, a takes the whole limit again.
 func TestRegionsDynamoDBReplicationOutage(t *testing.T) {
 	endpoint := testutil.Peer(t, "DYNAMODB_ENDPOINT")
 	a, b, c, clock, _ := dynamoRegions(t, endpoint, "halt_test")
@@ -225,5 +226,11 @@ func TestRegionsDynamoDBReplicationOutage(t *testing.T) {
 	}
 	if st := promtest.ToFloat64(a.m.RegionStaleness.WithLabelValues("c")); st > 1 {
 		t.Errorf("c's staleness is %vs, want under 1s: c heartbeats", st)
+	}
+
+	// Replication resumes (b heartbeats again): the share rule lifts from the next read.
+	adm, held = soloWindow(t, clock, a, t0.Add(50*time.Second), syncB, syncC)
+	if adm != 1000 || held > 50 {
+		t.Errorf("b's replication resumed: a admitted %d (%v held to its share), want the whole limit, 1000, and at most 50 held", adm, held)
 	}
 }
