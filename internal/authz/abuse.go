@@ -80,7 +80,7 @@ func (s *Server) detect(ctx context.Context, cfg *Config, pol *config.PenaltyPol
 			return resp
 		}
 	}
-	if n := ab.NetworkChange; n != nil && id != nil && id.keyed && r.source != "" {
+	if n := ab.NetworkChange; n != nil && id != nil && id.keyed() && r.source != "" {
 		keySum := id.keySum()
 		who := keyEntries(keySum)
 		if !ab.DryRun {
@@ -148,7 +148,7 @@ func fanoutValue(dim string, r *request, id *identity, fail idFailure) string {
 	case abuse.DimAPIKey:
 		// The key that identified the caller, else the invalid one presented, also when
 		// the anonymous fallback served the call.
-		if id != nil && id.keyed {
+		if id != nil && id.keyed() {
 			return id.keySum()
 		}
 		return fail.keySum()

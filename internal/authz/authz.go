@@ -180,11 +180,13 @@ func parseRequest(req *authv3.CheckRequest) *request {
 type identity struct {
 	customer, plan string
 	how            string // api_key, header, source_address, anonymous
-	// key is the SHA-256 of the API key that identified the caller (keyed: false for
-	// another source): the abuse detectors' key identity, encoded only when one asks.
-	key   [sha256.Size]byte
-	keyed bool
+	// key is the SHA-256 of the API key that identified the caller (zero for another
+	// source: keyed): the abuse detectors' key identity, encoded only when one asks.
+	key [sha256.Size]byte
 }
+
+// keyed reports whether an API key identified the caller (key is its SHA-256).
+func (id *identity) keyed() bool { return id.how == "api_key" }
 
 // tenant is the caller's shelf of the persisted-query cache: its customer when an API
 // key or a header (an upstream authenticator's) named it, "" (one shelf shared by all)
@@ -201,7 +203,7 @@ func (id *identity) tenant() string {
 
 // keySum is the identifying key's SHA-256 in hex ("" for another source).
 func (id *identity) keySum() string {
-	if !id.keyed {
+	if !id.keyed() {
 		return ""
 	}
 	return hex.EncodeToString(id.key[:])
@@ -209,8 +211,8 @@ func (id *identity) keySum() string {
 
 // outcome of identification when no identity was found.
 type idFailure struct {
-	missing bool // no key at all (vs. an unknown key)
-	// key is the SHA-256 of the unknown key presented (presented: false for none).
+	// key is the SHA-256 of the unknown key presented (presented: false for none, the
+	// key missing altogether).
 	key       [sha256.Size]byte
 	presented bool
 }
@@ -283,7 +285,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	// A wrong key the anonymous fallback served is still a wrong key: it counts against
 	// the address as it would have with a 401, or anonymous would give a guesser keys
 	// without bound and a different answer for the right one.
-	if !id.keyed && fail.presented {
+	if !id.keyed() && fail.presented {
 		if locked := s.invalidKey(ctx, cfg, pol, r, fail); locked != nil {
 			return locked, nil
 		}
@@ -445,7 +447,7 @@ func graphqlAnswer(cfg *Config, resp *authv3.CheckResponse, gq *graphql.Result) 
 
 // identify walks the configured identity sources in order.
 func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
-	fail := idFailure{missing: true}
+	var fail idFailure
 	for _, src := range cfg.Identity {
 		switch {
 		case src.APIKey != nil:
@@ -460,7 +462,7 @@ func (s *Server) identify(cfg *Config, r *request) (*identity, idFailure) {
 			}
 			sum := sha256.Sum256([]byte(key))
 			if k, ok := cfg.keys[sum]; ok && len(key) <= maxKeyLen {
-				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key", key: sum, keyed: true}, fail
+				return &identity{customer: k.Customer, plan: k.Plan, how: "api_key", key: sum}, fail
 			}
 			fail = idFailure{key: sum, presented: true}
 			if cfg.Anonymous == nil {
@@ -548,7 +550,7 @@ func lockout(pol *config.PenaltyPolicy, left time.Duration, detail string) *auth
 // when invalid_key_penalty is not set); the lockout itself was checked before.
 func (s *Server) refuseIdentity(ctx context.Context, cfg *Config, pol, ab *config.PenaltyPolicy, r *request, fail idFailure) (*authv3.CheckResponse, error) {
 	detail := "a valid API key is required"
-	if !fail.missing {
+	if fail.presented {
 		detail = "the API key is not valid"
 		if locked := s.invalidKey(ctx, cfg, pol, r, fail); locked != nil {
 			return locked, nil
