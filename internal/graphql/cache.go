@@ -15,10 +15,8 @@ import (
 // longest. Only texts whose hash was verified go in.
 type cache struct {
 	mu         sync.Mutex
-	budget     int64 // all shelves together
 	share      int64 // one shelf
 	maxTenants int
-	used       int64      // bytes on every shelf
 	order      *list.List // of *shelf, most recently used at the front
 	byTenant   map[string]*list.Element
 }
@@ -34,7 +32,7 @@ type entry struct{ hash, query string }
 
 func newCache(budget, share int64) *cache {
 	share = min(share, budget)
-	return &cache{budget: budget, share: share, maxTenants: int(budget / max(share, 1)),
+	return &cache{share: share, maxTenants: int(budget / max(share, 1)),
 		order: list.New(), byTenant: map[string]*list.Element{}}
 }
 
@@ -69,7 +67,6 @@ func (c *cache) put(tenant, hash, query string) {
 			old := last.Value.(*shelf)
 			c.order.Remove(last)
 			delete(c.byTenant, old.tenant)
-			c.used -= old.used
 		}
 		tl = c.order.PushFront(&shelf{tenant: tenant, order: list.New(), byHash: map[string]*list.Element{}})
 		c.byTenant[tenant] = tl
@@ -87,11 +84,9 @@ func (c *cache) put(tenant, hash, query string) {
 		delete(s.byHash, e.hash)
 		n := int64(len(e.hash) + len(e.query))
 		s.used -= n
-		c.used -= n
 	}
 	s.byHash[hash] = s.order.PushFront(&entry{hash: hash, query: query})
 	s.used += size
-	c.used += size
 }
 
 // len is the number of texts remembered, on every shelf (tests).
@@ -101,6 +96,18 @@ func (c *cache) len() int {
 	n := 0
 	for el := c.order.Front(); el != nil; el = el.Next() {
 		n += el.Value.(*shelf).order.Len()
+	}
+	return n
+}
+
+// bytes is what the texts on every shelf weigh (tests): the shelves' own counts, which
+// eviction keeps; at most maxTenants x share, so within the budget.
+func (c *cache) bytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for el := c.order.Front(); el != nil; el = el.Next() {
+		n += el.Value.(*shelf).used
 	}
 	return n
 }

@@ -292,8 +292,8 @@ func TestPersistedQueries(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		c.put("", fmt.Sprintf("%064d", i), strings.Repeat("x", 36)) // 100 bytes each
 	}
-	if c.len() != 2 || c.used > 200 {
-		t.Errorf("cache holds %d entries, %d bytes", c.len(), c.used)
+	if c.len() != 2 || c.bytes() > 200 {
+		t.Errorf("cache holds %d entries, %d bytes", c.len(), c.bytes())
 	}
 	if _, ok := c.get("", fmt.Sprintf("%064d", 9)); !ok {
 		t.Error("the newest entry is gone")
@@ -495,7 +495,7 @@ func TestPersistedQueriesPerTenant(t *testing.T) {
 	if _, ok := c.get("attacker", fmt.Sprintf("%064d", 50)); ok {
 		t.Fatal("the tenant idle the longest kept its shelf beyond the bound")
 	}
-	if c.order.Len() != 3 || c.used > 300 || c.len() != 3 {
-		t.Fatalf("%d shelves, %d bytes, %d texts; want 3 within 300", c.order.Len(), c.used, c.len())
+	if c.order.Len() != 3 || c.bytes() > 300 || c.len() != 3 {
+		t.Fatalf("%d shelves, %d bytes, %d texts; want 3 within 300", c.order.Len(), c.bytes(), c.len())
 	}
 }
