@@ -348,6 +348,15 @@ func Address(a string, ipv6Prefix int) (string, bool) {
 	if err != nil {
 		return "", false
 	}
+	return AddressOf(ip, ipv6Prefix)
+}
+
+// AddressOf is Address of an address already parsed (false for the zero Addr), so that
+// a caller holding one (ext_authz, once per call) does not format and parse it again.
+func AddressOf(ip netip.Addr, ipv6Prefix int) (string, bool) {
+	if !ip.IsValid() {
+		return "", false
+	}
 	ip = ip.Unmap().WithZone("")
 	if ip.Is4() {
 		return ip.String(), true

@@ -106,6 +106,8 @@ type request struct {
 	// a source: the source_address customer, invalid_key_penalty's lockout and the
 	// address-keyed detectors charge it.
 	addr string
+	// ip is source parsed (the zero Addr without one), which addr is keyed from.
+	ip netip.Addr
 	// rawQuery is the URL's query string (a GraphQL GET carries its query there).
 	rawQuery string
 	// target is the path with its query as received (an idempotency key's scope).
@@ -170,7 +172,8 @@ func parseRequest(req *authv3.CheckRequest) *request {
 		// address; r.addr, the identity (the source_address customer, the lockouts and
 		// the address-keyed detectors), is set by check under the config's prefix.
 		if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil {
-			r.source = ip.Unmap().WithZone("").String()
+			r.ip = ip.Unmap().WithZone("")
+			r.source = r.ip.String()
 		}
 	}
 	return r
@@ -245,7 +248,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return nil, status.Error(codes.Unavailable, "ext_authz is not configured (start halt-envoy with --authz-config)")
 	}
 	r := parseRequest(req)
-	r.addr, _ = cfg.Address(r.source)
+	r.addr, _ = cfg.Address(r.ip)
 	route := cfg.matchRoute(r.method, r.path)
 
 	// Exemptions first: health checks and internal ranges are never counted. An exempt

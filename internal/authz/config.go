@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -381,8 +382,8 @@ func (c *Config) Resolve(set *config.Set) error {
 
 // Address is source address a as this config's address identities key it
 // (abuse.Address under ipv6_address_prefix).
-func (c *Config) Address(a string) (string, bool) {
-	return abuse.Address(a, int(c.IPv6AddressPrefix))
+func (c *Config) Address(a netip.Addr) (string, bool) {
+	return abuse.AddressOf(a, int(c.IPv6AddressPrefix))
 }
 
 // PrefixLen is a network's prefix length in bits as the file writes it. Unset is 0 (the
