@@ -511,10 +511,13 @@ func (r *Regions) read(ctx context.Context, i int, now int64) error {
 	} else {
 		err = r.cfg.Others[i].Store.Apply(ctx, now, ops)
 	}
+	// An error of the whole batch (no op has its own) is every op's: looked at once, not
+	// once per key.
+	wholeErr := err != nil && !anyErr(ops)
 	failed := 0
 	for j := range batch {
 		d := &batch[j]
-		if d.op.Err != nil || (err != nil && !anyErr(ops)) {
+		if d.op.Err != nil || wholeErr {
 			failed++
 			continue
 		}
