@@ -160,14 +160,8 @@ func (l *Layer) refit(ctx context.Context, now int64, ps []*pass) {
 	}
 }
 
-func anyErr(ops []*backends.Op) bool {
-	for _, op := range ops {
-		if op.Err != nil {
-			return true
-		}
-	}
-	return false
-}
+// anyErr reports whether some op has its own error (firstOpErr).
+func anyErr(ops []*backends.Op) bool { return firstOpErr(ops) != nil }
 
 // sweep forgets the keys idle for idleAfter (or two windows, if longer) with nothing
 // pending or in flight: it looks at every key, so it runs once per idleAfter.
