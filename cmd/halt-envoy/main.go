@@ -144,6 +144,7 @@ type serveFlags struct {
 	shadowMode, dynamicMetadata, stopIncrement             bool
 	localFirstAnnounce                                     time.Duration
 	regions                                                regionFlags
+	regionOthers                                           []regionStore // regions.parse's, checked in serve
 	authzConfig                                            string
 	adaptivePrometheus                                     string
 	adaptiveLag                                            time.Duration
@@ -319,7 +320,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		fmt.Fprintf(stderr, "halt-envoy: --local-first-announce %s: must be at least 100ms (each replica writes to the store once per period)\n", f.localFirstAnnounce)
 		return 2
 	}
-	if _, err := f.regions.parse(); err != nil {
+	if f.regionOthers, err = f.regions.parse(); err != nil {
 		fmt.Fprintln(stderr, "halt-envoy:", err)
 		return 2
 	}
@@ -427,11 +428,7 @@ func runServer(ctx context.Context, f *serveFlags, fams headers.Families, log *s
 	if err != nil {
 		return err
 	}
-	others, err := f.regions.parse()
-	if err != nil {
-		return err
-	}
-	regions, closeRegions, err := f.regions.open(ctx, others, ownStore, f.store, storeOpt, clock.Now, m, log)
+	regions, closeRegions, err := f.regions.open(ctx, f.regionOthers, ownStore, f.store, storeOpt, clock.Now, m, log)
 	if err != nil {
 		return err
 	}
