@@ -95,54 +95,31 @@ descriptors:
 	common := []string{"--config", dir, "--store-key-prefix", prefix, "--store-timeout", "2s", "--failure-mode", "error"}
 	a := start(t, append(common, "--store", "redis://"+addrA+"/0", "--region", "a", "--region-store", "b=redis://"+addrB+"/0")...)
 	b := start(t, append(common, "--store", "redis://"+addrB+"/0", "--region", "b", "--region-store", "a=redis://"+addrA+"/0")...)
-	call := func(p *process) bool {
-		t.Helper()
-		r, err := rlspb.NewRateLimitServiceClient(p.client(t)).ShouldRateLimit(context.Background(), rlReq("rg", "tenant", "t1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.OverallCode == rlspb.RateLimitResponse_OK
-	}
-	metric := func(p *process, name string) (float64, bool) {
-		resp, err := http.Get("http://" + p.HTTPAddr + "/metrics")
-		if err != nil {
-			return 0, false
-		}
-		defer resp.Body.Close()
-		body, _ := io.ReadAll(resp.Body)
-		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, name+" ") {
-				v, _ := strconv.ParseFloat(line[len(name)+1:], 64)
-				return v, true
-			}
-		}
-		return 0, false
-	}
 	admitted := 0
 	for range 4 {
-		if call(a) {
+		if regionCall(t, a) {
 			admitted++
 		}
 	}
-	if !call(b) {
+	if !regionCall(t, b) {
 		t.Fatal("b's first call refused")
 	}
 	admitted++
 	// b reads a in the background: once a read has answered (the gauge is also set,
 	// high, while a never answers), its counts are a's.
 	testutil.WaitFor(t, 20*time.Second, func() bool {
-		v, ok := metric(b, `halt_region_staleness_seconds{region="a"}`)
+		v, ok := regionMetric(b, `halt_region_staleness_seconds{region="a"}`)
 		return ok && v < 1
 	})
 	for range 10 {
-		if call(b) {
+		if regionCall(t, b) {
 			admitted++
 		}
 	}
 	if admitted != 10 {
 		t.Errorf("a and b admitted %d of a shared 10", admitted)
 	}
-	if v, _ := metric(b, `halt_region_read_errors_total{region="a"}`); v != 0 {
+	if v, _ := regionMetric(b, `halt_region_read_errors_total{region="a"}`); v != 0 {
 		t.Errorf("b failed %v reads of a", v)
 	}
 	a.Term(t, 20*time.Second)
@@ -197,21 +174,13 @@ descriptors:
 	common := []string{"--config", dir, "--store", store, "--store-key-prefix", prefix, "--store-timeout", "10s", "--failure-mode", "error"}
 	a := start(t, append(common, "--region", "a", "--region-store", "b=replicated")...)
 	b := start(t, append(common, "--region", "b", "--region-store", "a=replicated")...)
-	call := func(p *process) bool {
-		t.Helper()
-		r, err := rlspb.NewRateLimitServiceClient(p.client(t)).ShouldRateLimit(context.Background(), rlReq("rg", "tenant", "t1"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.OverallCode == rlspb.RateLimitResponse_OK
-	}
 	admitted := 0
 	for range 4 {
-		if call(a) {
+		if regionCall(t, a) {
 			admitted++
 		}
 	}
-	if !call(b) {
+	if !regionCall(t, b) {
 		t.Fatal("b's first call refused")
 	}
 	admitted++
@@ -220,7 +189,7 @@ descriptors:
 		return ok && v < 1
 	})
 	for range 10 {
-		if call(b) {
+		if regionCall(t, b) {
 			admitted++
 		}
 	}
@@ -249,4 +218,14 @@ func regionMetric(p *process, name string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// regionCall sends p one call of domain rg, tenant t1, and reports whether it was admitted.
+func regionCall(t *testing.T, p *process) bool {
+	t.Helper()
+	r, err := rlspb.NewRateLimitServiceClient(p.client(t)).ShouldRateLimit(context.Background(), rlReq("rg", "tenant", "t1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.OverallCode == rlspb.RateLimitResponse_OK
 }
