@@ -174,7 +174,7 @@ func (e *Engine) check(ctx context.Context, clock Clock, now time.Time, domain s
 		e.claimIdempotency(ctx, domain, nowUS, sc, descs, decisions)
 		defer func() {
 			if err != nil {
-				e.releaseIdempotency(domain, sc, descs, decisions)
+				e.releaseIdempotency(sc)
 				return
 			}
 			e.recordIdempotency(ctx, domain, nowUS, sc, descs, decisions)

@@ -339,9 +339,9 @@ func (e *Engine) recordIdempotency(ctx context.Context, domain string, nowUS int
 
 // releaseIdempotency forgets the claims of a call that failed before it was decided, so
 // that its retry is decided instead of answered in progress.
-func (e *Engine) releaseIdempotency(domain string, sc *scratch, descs []Descriptor, decisions []Decision) {
+func (e *Engine) releaseIdempotency(sc *scratch) {
 	var keys []string
-	for i := range descs {
+	for i := range sc.idem {
 		if sc.idem[i] == idemFirst {
 			keys = append(keys, sc.idemKeys[i])
 		}
