@@ -277,7 +277,7 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 	k := r.key(key, a, lim.Period, interval, now)
 	if k == nil {
 		// Past MaxKeys: no counts are kept for the key; the share is safe without them.
-		return key + regionTag + r.cfg.Local, r.ShareOf(lim.Requests), true
+		return r.SubKey(key), r.ShareOf(lim.Requests), true
 	}
 	// A key read every interval cannot be fresher than that: its counts are stale once a
 	// read is missed (two intervals), or past the stale bound if that is longer. With the
@@ -365,7 +365,7 @@ func (r *Regions) key(key string, a algorithms.Algorithm, period, interval, now 
 		return nil
 	}
 	key = strings.Clone(key) // kept: never a slice of a round's larger string (backends.Op.Key)
-	k = &sharedKey{own: key + regionTag + r.cfg.Local, algorithm: a, period: period, interval: interval, lastUse: now,
+	k = &sharedKey{own: r.SubKey(key), algorithm: a, period: period, interval: interval, lastUse: now,
 		remote: make([]string, len(r.cfg.Others)), seen: make([]reading, len(r.cfg.Others))}
 	for i, o := range r.cfg.Others {
 		k.remote[i] = key + regionTag + o.Name
