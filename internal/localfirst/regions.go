@@ -288,12 +288,13 @@ func (r *Regions) Cap(key string, a algorithms.Algorithm, lim algorithms.Limit, 
 	wake := now-k.lastUse > idleAfter.Microseconds() // its reads had stopped (read)
 	k.lastUse = max(k.lastUse, now)
 	var others int64
+	window := algorithms.WindowStart(now, lim.Period)
 	for i := range k.seen {
 		s := &k.seen[i]
 		if s.at == 0 || now-s.at > stale {
 			held = true
 		}
-		if a == algorithms.FixedWindow && s.window != algorithms.WindowStart(now, lim.Period) {
+		if a == algorithms.FixedWindow && s.window != window {
 			continue // a new window: every region's count started again at 0
 		}
 		others += s.count
