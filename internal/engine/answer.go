@@ -17,7 +17,7 @@ import (
 // (Tighter). It is nil when no descriptor has a limit to report.
 func Report(decisions []Decision) *Decision {
 	for i := range decisions {
-		if d := &decisions[i]; d.Code == CodeOverLimit && (d.Idempotency == IdemConflict || d.Idempotency == IdemInProgress) {
+		if d := &decisions[i]; d.Code == CodeOverLimit && d.Idempotency.Refuses() {
 			return d
 		}
 	}

@@ -51,6 +51,10 @@ func (i Idempotency) String() string {
 	return ""
 }
 
+// Refuses reports whether the key alone refuses the call: a conflict, or a first
+// request still in progress (Report answers the call with it; the transports say why).
+func (i Idempotency) Refuses() bool { return i == IdemConflict || i == IdemInProgress }
+
 // IdemClaim bounds how long the first request holds its key before its decision is
 // recorded: a replica that stops mid-decision leaves the key in progress no longer.
 const IdemClaim = 30 * time.Second

@@ -138,7 +138,7 @@ func (s *Service) shouldRateLimit(ctx context.Context, req *rlspb.RateLimitReque
 	idem := engine.IdemNone
 	for i := range sc.decisions {
 		dec := &sc.decisions[i]
-		if dec.Idempotency == engine.IdemConflict || dec.Idempotency == engine.IdemInProgress {
+		if dec.Idempotency.Refuses() {
 			idem = dec.Idempotency
 		}
 		resp.Statuses[i] = descriptorStatus(dec, &blocks[i])

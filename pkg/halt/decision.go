@@ -158,7 +158,7 @@ func decisionOf(decs []engine.Decision) Decision {
 	}
 	d.report, d.has = *rep, true
 	d.Reason = reasonOf(rep.Kind)
-	if rep.Code == engine.CodeOverLimit && (rep.Idempotency == engine.IdemConflict || rep.Idempotency == engine.IdemInProgress) {
+	if rep.Code == engine.CodeOverLimit && rep.Idempotency.Refuses() {
 		d.Reason = ReasonIdempotency
 	}
 	r := &rep.Result
