@@ -75,6 +75,7 @@ type casKey struct {
 	snap   Snapshot
 	exists bool // whether the key holds a state after the ops decided so far
 	dirty  bool // some op changed it: it must be written
+	live   bool // some op on it is of a caller who still waits
 	gone   bool // changed only by callers who gave up: not written
 	lost   bool // its write lost its race: its ops go through CAS.Decide
 	now    int64
@@ -173,18 +174,17 @@ func (b *BatchCAS) Round(ctx context.Context, calls []*Call) {
 	// Write the keys some waiting caller changed; a key only callers who gave up changed
 	// is not written, so that no hit counts for an answer nobody receives.
 	gone := fmt.Errorf("%s apply: %w: the caller gave up", b.CAS.Store, ErrUnavailable)
+	// One pass over the ops, not one per key: a round holds up to MaxCalls calls' ops.
+	for _, ref := range r.refs {
+		if k := &r.keys[ref.key]; k.dirty && !k.live && ref.call.Live() {
+			k.live = true
+		}
+	}
 	for i := range r.keys {
 		k := &r.keys[i]
 		if k.dirty && k.snap.Err == nil {
-			k.dirty = false
-			for _, ref := range r.refs {
-				if ref.key == i && ref.call.Live() {
-					k.dirty = true
-					break
-				}
-			}
-			if !k.dirty {
-				k.gone = true
+			if !k.live {
+				k.dirty, k.gone = false, true
 				continue
 			}
 			k.write = Write{Key: r.names[i], Snap: &k.snap, State: &k.snap.State, Now: k.now, TTL: k.ttl}
