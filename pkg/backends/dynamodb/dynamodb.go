@@ -503,23 +503,11 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 
 // readBatch is ReadBatch, strongly consistent or not as consistent says.
 func (s *Store) readBatch(ctx context.Context, keys []string, snaps []*backends.Snapshot, consistent bool) error {
+	if len(keys) == 1 || s.readsPerCall.Load() {
+		return s.readEach(ctx, keys, snaps, consistent)
+	}
 	for _, sn := range snaps {
 		sn.Found, sn.Version, sn.Err = false, 0, nil
-	}
-	if len(keys) == 1 {
-		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{
-			TableName:      s.table,
-			Key:            map[string]types.AttributeValue{attrKey: &types.AttributeValueMemberS{Value: keys[0]}},
-			ConsistentRead: aws.Bool(consistent),
-		})
-		if err != nil {
-			return classify("dynamodb apply: read", err)
-		}
-		s.snapshot(keys[0], out.Item, snaps[0])
-		return nil
-	}
-	if s.readsPerCall.Load() {
-		return s.readEach(ctx, keys, snaps, consistent)
 	}
 	at := make(map[string]int, len(keys))
 	for i, k := range keys {
@@ -562,8 +550,8 @@ func (s *Store) readBatch(ctx context.Context, keys []string, snaps []*backends.
 	return nil
 }
 
-// readEach reads every key with a GetItem of its own, writeWorkers at once: the path of a
-// role without dynamodb:BatchGetItem.
+// readEach reads every key with a GetItem of its own, writeWorkers at once: a single key,
+// and the path of a role without dynamodb:BatchGetItem.
 func (s *Store) readEach(ctx context.Context, keys []string, snaps []*backends.Snapshot, consistent bool) error {
 	var mu sync.Mutex
 	var first error
