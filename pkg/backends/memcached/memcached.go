@@ -285,12 +285,9 @@ var callPool = sync.Pool{New: func() any { return new(call) }}
 
 // Read gets the item at key and decodes it.
 func (c *call) Read(ctx context.Context, key string, st *algorithms.State) (bool, error) {
-	it, err := c.s.mc.Get(key)
-	switch {
-	case errors.Is(err, memcache.ErrCacheMiss):
-		it = nil
-	case err != nil:
-		return false, unavailable("apply", err)
+	it, err := c.s.get(key)
+	if err != nil {
+		return false, err
 	}
 	c.item = it
 	if c.item == nil {
@@ -377,12 +374,9 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		return unavailable("apply", err)
 	}
 	if len(keys) == 1 {
-		it, err := s.mc.Get(keys[0])
-		switch {
-		case errors.Is(err, memcache.ErrCacheMiss):
-			it = nil
-		case err != nil:
-			return unavailable("apply", err)
+		it, err := s.get(keys[0])
+		if err != nil {
+			return err
 		}
 		snapshot(keys[0], it, snaps[0])
 		return nil
@@ -395,6 +389,18 @@ func (s *Store) ReadBatch(ctx context.Context, keys []string, snaps []*backends.
 		snapshot(k, items[k], snaps[i])
 	}
 	return nil
+}
+
+// get reads the item at key: nil when there is none.
+func (s *Store) get(key string) (*memcache.Item, error) {
+	it, err := s.mc.Get(key)
+	switch {
+	case errors.Is(err, memcache.ErrCacheMiss):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable("apply", err)
+	}
+	return it, nil
 }
 
 // snapshot decodes what a read found at key into sn.
