@@ -95,18 +95,16 @@ func (s *Store) PeekOps(_ context.Context, now int64, ops []*backends.Op) error 
 	if s.closed.Load() {
 		return backends.FailAll(ops, backends.ErrUnavailable)
 	}
+	var stored, scratch algorithms.State
 	for _, op := range ops {
 		sh, h := s.shardFor(op.Key)
 		sh.mu.Lock()
-		var st algorithms.State
 		slot, _, ok := sh.find(op.Key, h)
 		if ok {
-			st = sh.load(slot)
-			st.Log = append([]algorithms.Entry(nil), st.Log...) // the shard's: Decide must not touch it
+			stored = sh.load(slot) // its Log is the shard's: PeekState decides on a copy
 		}
+		op.Result, op.Err = backends.PeekState(op, now, ok, &stored, &scratch), nil
 		sh.mu.Unlock()
-		lim := op.Limit
-		op.Result, op.Err = algorithms.Decide(op.Algorithm, &st, now, &lim, 0), nil
 	}
 	return nil
 }
