@@ -629,24 +629,29 @@ func (s *Store) prepare(sc *scratch, c *backends.Call) *stmt {
 	}
 	st := &sc.stmts[len(sc.stmts)-1]
 	st.call = c
-	for _, op := range c.Ops {
-		if err := check(op, s.opt.KeyPrefix+op.Key); err != nil {
-			op.Err = err
-			continue
-		}
-		st.sent = append(st.sent, op)
-	}
+	st.sent = append(st.sent, c.Ops...)
 	if len(st.sent) > 1 {
 		slices.SortStableFunc(st.sent, func(a, b *backends.Op) int { return cmp.Compare(a.Key, b.Key) })
 	}
+	// The prefixed key is built once per op, for the check and the statement both.
+	n := 0
 	for _, op := range st.sent {
+		key := s.opt.KeyPrefix + op.Key
+		if err := check(op, key); err != nil {
+			op.Err = err
+			continue
+		}
+		st.sent[n] = op
+		n++
 		l := &op.Limit
 		cost := max(op.Cost, -algorithms.MaxCount)
-		st.keys = append(st.keys, s.opt.KeyPrefix+op.Key)
+		st.keys = append(st.keys, key)
 		st.params = append(st.params, int64(op.Algorithm), l.Requests, l.Period, l.Burst, l.MaxDelay,
 			l.WindowStart, l.WindowEnd, cost, int64(l.Steps), backends.WireMode(l), l.MaxDebt)
 		st.params = append(st.params, l.Ladder[:]...)
 	}
+	clear(st.sent[n:]) // no op outlives its round in the pool
+	st.sent = st.sent[:n]
 	return st
 }
 
